@@ -1,0 +1,212 @@
+//! Benchmarks, run by hand: `cargo run --release -p afterview-bench -- engine [--n 20000]`.
+//!
+//! `engine`: enqueue and drain of `afterview.noop` with results stored, and enqueue-to-result
+//! latency, on the embedded SQLite backend; the in-memory backend is measured in the same run
+//! as the baseline (what the engine costs without any storage), so figures come as ratios.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use afterview_engine::memory::MemoryBackend;
+use afterview_engine::{
+    Broker, Client, Registry, ResultBackend, SendOptions, Shutdown, TaskState, Worker, WorkerConfig,
+};
+use afterview_engine_sqlite::{SqliteBackend, SqliteOptions};
+use serde_json::{Map, json};
+
+struct Figures {
+    enqueue_seq: f64,
+    enqueue_par: f64,
+    enqueue_batch: f64,
+    drain: f64,
+    p50: f64,
+    p95: f64,
+    p99: f64,
+}
+
+fn arg(name: &str, default: usize) -> usize {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+#[tokio::main]
+async fn main() {
+    let what = std::env::args().nth(1).unwrap_or_else(|| "engine".into());
+    if what != "engine" {
+        eprintln!("usage: afterview-bench engine [--n N] [--latency-n N] [--concurrency C]");
+        std::process::exit(2);
+    }
+    let n = arg("--n", 20_000);
+    let lat_n = arg("--latency-n", 2_000);
+    let conc = arg("--concurrency", 32);
+    println!("# afterview-bench engine: n={n}, latency n={lat_n}, worker concurrency={conc}\n");
+    let mut rows = vec![];
+    let only =
+        std::env::var("BENCH_BACKENDS").unwrap_or_else(|_| "memory,sqlite,sqlite-full".into());
+    for name in ["memory", "sqlite", "sqlite-full"] {
+        if !only.split(',').any(|o| o == name) {
+            continue;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let make = || -> (Arc<dyn Broker>, Arc<dyn ResultBackend>) {
+            match name {
+                "memory" => {
+                    let b = Arc::new(MemoryBackend::default());
+                    (b.clone(), b)
+                }
+                _ => {
+                    let opts = SqliteOptions {
+                        synchronous_full: name == "sqlite-full",
+                        ..Default::default()
+                    };
+                    let b =
+                        Arc::new(SqliteBackend::open(dir.path().join("bench.db"), opts).unwrap());
+                    (b.clone(), b)
+                }
+            }
+        };
+        let (broker, backend) = make();
+        let f = run(broker, backend, n, lat_n, conc).await;
+        rows.push((name, f));
+    }
+    let base = &rows[0].1;
+    println!(
+        "| backend | enqueue 1 producer (tasks/s) | enqueue 16 producers | enqueue batches of 500 | drain, results stored (tasks/s) | latency p50 / p95 / p99 (ms) |"
+    );
+    println!("|---|---|---|---|---|---|");
+    for (name, f) in &rows {
+        println!(
+            "| {name} | {:.0} ({:.2}x) | {:.0} ({:.2}x) | {:.0} ({:.2}x) | {:.0} ({:.2}x) | {:.2} / {:.2} / {:.2} |",
+            f.enqueue_seq,
+            f.enqueue_seq / base.enqueue_seq,
+            f.enqueue_par,
+            f.enqueue_par / base.enqueue_par,
+            f.enqueue_batch,
+            f.enqueue_batch / base.enqueue_batch,
+            f.drain,
+            f.drain / base.drain,
+            f.p50,
+            f.p95,
+            f.p99
+        );
+    }
+    println!("\n(ratios are against the in-memory backend measured in the same run)");
+}
+
+fn noop(c: &Client, i: usize) -> afterview_engine::TaskMessage {
+    let mut kw = Map::new();
+    kw.insert("i".into(), json!(i));
+    c.message("afterview.noop", vec![], kw, SendOptions::default())
+        .unwrap()
+}
+
+async fn run(
+    broker: Arc<dyn Broker>,
+    backend: Arc<dyn ResultBackend>,
+    n: usize,
+    lat_n: usize,
+    conc: usize,
+) -> Figures {
+    let registry = Registry::with_builtins();
+    let client = Client::new(broker.clone(), backend.clone()).with_routes_from(&registry);
+    let queues = vec!["celery".to_owned()];
+
+    // Enqueue, one producer, one message per call.
+    let t0 = Instant::now();
+    for i in 0..n {
+        broker.publish(&noop(&client, i)).await.unwrap();
+    }
+    let enqueue_seq = n as f64 / t0.elapsed().as_secs_f64();
+    broker.purge(&queues).await.unwrap();
+
+    // Enqueue, 16 concurrent producers.
+    let t0 = Instant::now();
+    let mut hs = vec![];
+    for p in 0..16 {
+        let (b, c) = (broker.clone(), client.clone());
+        hs.push(tokio::spawn(async move {
+            for i in (p..n).step_by(16) {
+                b.publish(&noop(&c, i)).await.unwrap();
+            }
+        }));
+    }
+    for h in hs {
+        h.await.unwrap();
+    }
+    let enqueue_par = n as f64 / t0.elapsed().as_secs_f64();
+    broker.purge(&queues).await.unwrap();
+
+    // Enqueue in batches (what the drain scenario starts from).
+    let t0 = Instant::now();
+    let msgs: Vec<_> = (0..n).map(|i| noop(&client, i)).collect();
+    for chunk in msgs.chunks(500) {
+        broker.publish_batch(chunk).await.unwrap();
+    }
+    let enqueue_batch = n as f64 / t0.elapsed().as_secs_f64();
+
+    // Drain: start a worker on the full queue, count SUCCESS events.
+    let mut events = backend.events().subscribe_all();
+    let shutdown = Shutdown::new();
+    let cfg = WorkerConfig {
+        node: "bench@local".into(),
+        queues: queues.clone(),
+        concurrency: conc,
+        idle_wait: Duration::from_millis(50),
+        ..WorkerConfig::default()
+    };
+    let worker = Worker::new(cfg, broker.clone(), backend.clone(), registry.clone());
+    let handle = tokio::spawn(worker.run(shutdown.clone()));
+    let t0 = Instant::now();
+    let mut done = 0;
+    let mut first: Option<Instant> = None;
+    while done < n {
+        match events.recv().await {
+            Ok(m) if m.status == TaskState::Success => {
+                first.get_or_insert_with(Instant::now);
+                done += 1;
+            }
+            Ok(_) => {}
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(k)) => {
+                panic!("event stream lagged by {k}")
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    let _ = first;
+    let drain = n as f64 / t0.elapsed().as_secs_f64();
+
+    // Latency: one task at a time, publish to SUCCESS seen.
+    let mut lat = Vec::with_capacity(lat_n);
+    for i in 0..lat_n + 100 {
+        let m = noop(&client, i);
+        let t = Instant::now();
+        let mut watch = client.watch(&m.id);
+        broker.publish(&m).await.unwrap();
+        loop {
+            let s = watch.next().await.unwrap().unwrap();
+            if s.status.is_terminal() {
+                break;
+            }
+        }
+        if i >= 100 {
+            lat.push(t.elapsed().as_secs_f64() * 1000.0);
+        }
+    }
+    lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let pct = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)];
+    shutdown.trigger();
+    handle.await.unwrap().unwrap();
+    Figures {
+        enqueue_seq,
+        enqueue_par,
+        enqueue_batch,
+        drain,
+        p50: pct(0.50),
+        p95: pct(0.95),
+        p99: pct(0.99),
+    }
+}

@@ -1,0 +1,77 @@
+//! Chooses and opens the broker and result backend from the settings.
+
+use std::sync::Arc;
+
+use afterview_engine::memory::MemoryBackend;
+use afterview_engine::{Broker, ResultBackend};
+use afterview_engine_sqlite::{SqliteBackend, SqliteOptions};
+use anyhow::{Context, bail};
+
+use crate::config::Settings;
+
+/// The opened backends.
+#[derive(Clone)]
+pub struct Backends {
+    /// The broker.
+    pub broker: Arc<dyn Broker>,
+    /// The result backend.
+    pub results: Arc<dyn ResultBackend>,
+    /// What was opened, for logs.
+    pub description: String,
+}
+
+/// Opens what the settings name. Default: the embedded SQLite file `<data-dir>/afterview.db`.
+pub fn open(s: &Settings) -> anyhow::Result<Backends> {
+    let broker_url = s.broker_url.clone().unwrap_or_else(|| "sqlite://".into());
+    if let Some(rb) = &s.result_backend
+        && rb != &broker_url
+    {
+        bail!(
+            "the result backend ({rb}) must be the broker's store ({broker_url}) so that results can be fenced by leases"
+        );
+    }
+    if broker_url == "memory://" {
+        let b = Arc::new(MemoryBackend::new(s.result_expires));
+        return Ok(Backends {
+            broker: b.clone(),
+            results: b,
+            description: "memory (not durable)".into(),
+        });
+    }
+    if let Some(rest) = broker_url
+        .strip_prefix("sqlite://")
+        .or(if broker_url == "sqlite" {
+            Some("")
+        } else {
+            None
+        })
+    {
+        let path = if rest.is_empty() {
+            s.data_dir.join("afterview.db")
+        } else {
+            rest.into()
+        };
+        let opts = SqliteOptions {
+            result_expires: s.result_expires,
+            synchronous_full: s.sqlite_synchronous_full,
+            ..SqliteOptions::default()
+        };
+        let b = Arc::new(
+            SqliteBackend::open(&path, opts)
+                .with_context(|| format!("cannot open the embedded broker {}", path.display()))?,
+        );
+        return Ok(Backends {
+            broker: b.clone(),
+            results: b,
+            description: format!("sqlite {}", path.display()),
+        });
+    }
+    if broker_url.starts_with("redis://") || broker_url.starts_with("rediss://") {
+        bail!(
+            "Redis brokers are not supported by this build yet; use the embedded default (sqlite://)"
+        );
+    }
+    bail!(
+        "unknown broker URL {broker_url:?}: use sqlite://[path], memory:// or redis://host:port/db"
+    )
+}

@@ -1,0 +1,304 @@
+//! Command-line parsing (clap). Every flag is also an `AFTERVIEW_*` environment variable.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::commands;
+use crate::config::{GlobalLayer, Settings};
+
+/// Exit code for an error in the arguments or the configuration.
+pub const EXIT_USAGE: u8 = 2;
+/// Exit code when a waited-for task ended in FAILURE.
+pub const EXIT_FAILURE: u8 = 1;
+/// Exit code when a waited-for task was REVOKED.
+pub const EXIT_REVOKED: u8 = 3;
+/// Exit code when waiting timed out.
+pub const EXIT_TIMEOUT: u8 = 4;
+/// Exit code when no worker answered an inspect (as Celery: `EX_UNAVAILABLE`).
+pub const EXIT_NO_WORKERS: u8 = 69;
+
+/// Afterview: surgical previews and reports, run as Celery-compatible tasks.
+#[derive(Debug, Parser)]
+#[command(name = "afterview", version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(flatten)]
+    global: GlobalArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Args)]
+struct GlobalArgs {
+    /// Data directory (embedded database, stored files).
+    #[arg(long, global = true, env = "AFTERVIEW_DATA_DIR", value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// TOML config file (default: <data-dir>/afterview.toml when it exists).
+    #[arg(long, global = true, env = "AFTERVIEW_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Broker: sqlite://[path] (default, embedded), memory://.
+    #[arg(
+        long = "broker",
+        global = true,
+        env = "AFTERVIEW_BROKER_URL",
+        value_name = "URL"
+    )]
+    broker_url: Option<String>,
+    /// Result backend (default: the broker's store).
+    #[arg(
+        long,
+        global = true,
+        env = "AFTERVIEW_RESULT_BACKEND",
+        value_name = "URL"
+    )]
+    result_backend: Option<String>,
+    /// Seconds results are kept [default: 86400].
+    #[arg(
+        long,
+        global = true,
+        env = "AFTERVIEW_RESULT_EXPIRES",
+        value_name = "SECS"
+    )]
+    result_expires: Option<u64>,
+    /// Log filter, e.g. `info` or `afterview_engine=debug` [default: info for serve/worker, warn otherwise].
+    #[arg(long, global = true, env = "AFTERVIEW_LOG", value_name = "FILTER")]
+    log: Option<String>,
+    /// Sync every SQLite commit to disk (survives power loss, slower).
+    #[arg(long, global = true, env = "AFTERVIEW_SQLITE_SYNCHRONOUS_FULL")]
+    sqlite_synchronous_full: Option<bool>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the HTTP API with an embedded worker.
+    Serve(ServeArgs),
+    /// Run a worker.
+    Worker(WorkerArgs),
+    /// Send a task; print its id (or, with --wait, its result).
+    Call(CallArgs),
+    /// Print a task's result.
+    Result(ResultArgs),
+    /// Revoke a task: queued copies never run, a running one is cancelled.
+    Revoke(RevokeArgs),
+    /// Delete all waiting messages of queues.
+    Purge(PurgeArgs),
+    /// Ask the live workers.
+    Inspect(InspectArgs),
+}
+
+/// `serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on [default: 127.0.0.1:8000].
+    #[arg(long, env = "AFTERVIEW_BIND", value_name = "ADDR")]
+    pub bind: Option<String>,
+    /// Run the API only, without the embedded worker.
+    #[arg(long, env = "AFTERVIEW_NO_WORKER")]
+    pub no_worker: bool,
+    #[command(flatten)]
+    pub worker: WorkerArgs,
+}
+
+/// `worker`, and the embedded worker of `serve`.
+#[derive(Debug, Args, Clone, Default)]
+pub struct WorkerArgs {
+    /// Queues to consume, comma-separated [default: every queue a registered task uses].
+    #[arg(
+        short = 'Q',
+        long,
+        env = "AFTERVIEW_QUEUES",
+        value_delimiter = ',',
+        value_name = "QUEUES"
+    )]
+    pub queues: Option<Vec<String>>,
+    /// Tasks run at once [default: number of CPUs].
+    #[arg(short = 'c', long, env = "AFTERVIEW_CONCURRENCY", value_name = "N")]
+    pub concurrency: Option<usize>,
+    /// Node name; %h = host, %n = short host, %p = pid [default: afterview-<pid>@<host>].
+    #[arg(
+        short = 'n',
+        long = "hostname",
+        env = "AFTERVIEW_NODE_NAME",
+        value_name = "NAME"
+    )]
+    pub node: Option<String>,
+    /// Messages held per slot; 1 = never reserve work a busy slot cannot start [default: 1].
+    #[arg(long, env = "AFTERVIEW_PREFETCH_MULTIPLIER", value_name = "N")]
+    pub prefetch_multiplier: Option<usize>,
+    /// Lease seconds: a dead worker's tasks come back this long after its last renewal [default: 10].
+    #[arg(long, env = "AFTERVIEW_LEASE", value_name = "SECS")]
+    pub lease: Option<f64>,
+    /// Seconds running tasks may finish at shutdown before being given back [default: 30].
+    #[arg(long, env = "AFTERVIEW_SHUTDOWN_GRACE", value_name = "SECS")]
+    pub shutdown_grace: Option<f64>,
+    /// Seconds a revoked running task may clean up before it is abandoned [default: 5].
+    #[arg(long, env = "AFTERVIEW_REVOKE_GRACE", value_name = "SECS")]
+    pub revoke_grace: Option<f64>,
+}
+
+/// `call`.
+#[derive(Debug, Args)]
+pub struct CallArgs {
+    /// Task name, e.g. afterview.noop.
+    pub name: String,
+    /// Positional arguments as a JSON list.
+    #[arg(long, value_name = "JSON")]
+    pub args: Option<String>,
+    /// Keyword arguments as a JSON object.
+    #[arg(long, value_name = "JSON")]
+    pub kwargs: Option<String>,
+    /// Queue [default: the task's queue].
+    #[arg(long)]
+    pub queue: Option<String>,
+    /// Run this many seconds from now.
+    #[arg(long, value_name = "SECS")]
+    pub countdown: Option<f64>,
+    /// Run at this ISO-8601 time.
+    #[arg(long, value_name = "ISO")]
+    pub eta: Option<String>,
+    /// Revoke (reason `expired`) if not started within this many seconds.
+    #[arg(long, value_name = "SECS")]
+    pub expires: Option<f64>,
+    /// Priority 0-9 (0 is served first, as Celery on Redis).
+    #[arg(long)]
+    pub priority: Option<u8>,
+    /// Hard time limit in seconds.
+    #[arg(long, value_name = "SECS")]
+    pub time_limit: Option<f64>,
+    /// Soft time limit in seconds.
+    #[arg(long, value_name = "SECS")]
+    pub soft_time_limit: Option<f64>,
+    /// Task id [default: a new UUID].
+    #[arg(long)]
+    pub task_id: Option<String>,
+    /// Wait for the result and print it.
+    #[arg(long)]
+    pub wait: bool,
+    /// Seconds to wait with --wait [default: 330].
+    #[arg(long, value_name = "SECS", requires = "wait")]
+    pub timeout: Option<f64>,
+}
+
+/// `result`.
+#[derive(Debug, Args)]
+pub struct ResultArgs {
+    /// Task id.
+    pub id: String,
+    /// Print the whole meta (status, result, traceback, ...).
+    #[arg(long)]
+    pub meta: bool,
+}
+
+/// `revoke`.
+#[derive(Debug, Args)]
+pub struct RevokeArgs {
+    /// Task ids.
+    #[arg(required = true)]
+    pub ids: Vec<String>,
+    /// Stop a running task at once instead of letting it clean up.
+    #[arg(long)]
+    pub terminate: bool,
+}
+
+/// `purge`.
+#[derive(Debug, Args)]
+pub struct PurgeArgs {
+    /// Queues, comma-separated [default: every queue a registered task uses].
+    #[arg(short = 'Q', long, value_delimiter = ',')]
+    pub queues: Option<Vec<String>>,
+}
+
+/// `inspect`.
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    /// What to ask.
+    pub what: InspectWhat,
+    /// Seconds to wait for answers.
+    #[arg(long, default_value_t = 1.0)]
+    pub timeout: f64,
+}
+
+/// `inspect` subjects.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum InspectWhat {
+    /// Tasks running now.
+    Active,
+    /// Worker statistics.
+    Stats,
+    /// Registered task names.
+    Registered,
+    /// Consumed queues and their lengths.
+    Queues,
+    /// Workers that answer.
+    Ping,
+}
+
+/// Parses the command line and runs the command.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let g = cli.global;
+    let layer = GlobalLayer {
+        data_dir: g.data_dir,
+        config: g.config,
+        broker_url: g.broker_url,
+        result_backend: g.result_backend,
+        result_expires: g.result_expires,
+        log: g.log,
+        sqlite_synchronous_full: g.sqlite_synchronous_full,
+    };
+    let settings = match Settings::resolve(layer) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("afterview: {e:#}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let long_running = matches!(cli.command, Command::Serve(_) | Command::Worker(_));
+    init_logging(
+        settings
+            .log
+            .as_deref()
+            .unwrap_or(if long_running { "info" } else { "warn" }),
+    );
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("afterview: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let out = rt.block_on(async move {
+        match cli.command {
+            Command::Serve(a) => commands::serve(settings, a).await,
+            Command::Worker(a) => commands::worker(settings, a).await,
+            Command::Call(a) => commands::call(settings, a).await,
+            Command::Result(a) => commands::result(settings, a).await,
+            Command::Revoke(a) => commands::revoke(settings, a).await,
+            Command::Purge(a) => commands::purge(settings, a).await,
+            Command::Inspect(a) => commands::inspect(settings, a).await,
+        }
+    });
+    // Blocking threads (the SQLite writer, abandoned CPU-bound runs) must not hold the exit.
+    rt.shutdown_timeout(std::time::Duration::from_secs(1));
+    match out {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("afterview: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}

@@ -1,0 +1,424 @@
+//! The commands. Each returns the process exit code; errors are printed by the caller.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use afterview_engine::message::validate_queue;
+use afterview_engine::worker::expand_node_name;
+use afterview_engine::{
+    Client, Registry, SendOptions, Shutdown, TaskState, TimeLimits, Worker, WorkerConfig,
+};
+use anyhow::{Context, bail};
+use serde_json::{Map, Value, json};
+use tracing::{info, warn};
+
+use crate::backends::{self, Backends};
+use crate::cli::{
+    CallArgs, EXIT_FAILURE, EXIT_NO_WORKERS, EXIT_REVOKED, EXIT_TIMEOUT, EXIT_USAGE, InspectArgs,
+    InspectWhat, PurgeArgs, ResultArgs, RevokeArgs, ServeArgs, WorkerArgs,
+};
+use crate::config::{DEFAULT_BIND, Settings, secs};
+
+fn client(b: &Backends, registry: &Registry) -> Client {
+    Client::new(b.broker.clone(), b.results.clone()).with_routes_from(registry)
+}
+
+/// Resolves worker settings: flags/env, then the `[worker]` file section, then defaults.
+fn worker_config(
+    s: &Settings,
+    a: &WorkerArgs,
+    registry: &Registry,
+) -> anyhow::Result<WorkerConfig> {
+    let f = &s.worker_file;
+    let d = WorkerConfig::default();
+    let queues = a
+        .queues
+        .clone()
+        .or(f.queues.clone())
+        .unwrap_or_else(|| registry.queues());
+    let queues: Vec<String> = queues
+        .into_iter()
+        .map(|q| q.trim().to_owned())
+        .filter(|q| !q.is_empty())
+        .collect();
+    if queues.is_empty() {
+        bail!("no queues to consume: give -Q with at least one queue");
+    }
+    for q in &queues {
+        validate_queue(q)?;
+    }
+    let concurrency = a.concurrency.or(f.concurrency).unwrap_or(d.concurrency);
+    if concurrency == 0 || concurrency > 10_000 {
+        bail!("concurrency must be 1-10000, got {concurrency}");
+    }
+    let lease = match a.lease.or(f.lease) {
+        Some(v) => secs("lease", v)?,
+        None => d.lease,
+    };
+    if lease < Duration::from_millis(300) {
+        bail!("lease must be at least 0.3 seconds");
+    }
+    Ok(WorkerConfig {
+        node: a
+            .node
+            .clone()
+            .or(f.node.clone())
+            .map(|n| expand_node_name(&n))
+            .unwrap_or(d.node),
+        queues,
+        concurrency,
+        prefetch_multiplier: a
+            .prefetch_multiplier
+            .or(f.prefetch_multiplier)
+            .unwrap_or(1)
+            .max(1),
+        lease,
+        shutdown_grace: match a.shutdown_grace.or(f.shutdown_grace) {
+            Some(v) => secs("shutdown grace", v)?,
+            None => d.shutdown_grace,
+        },
+        revoke_grace: match a.revoke_grace.or(f.revoke_grace) {
+            Some(v) => secs("revoke grace", v)?,
+            None => d.revoke_grace,
+        },
+        ..d
+    })
+}
+
+/// Turns SIGTERM/SIGINT into shutdown stages: the first is graceful, the second immediate.
+fn watch_signals(shutdown: Shutdown) {
+    tokio::spawn(async move {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let (Ok(mut term), Ok(mut int)) = (
+                signal(SignalKind::terminate()),
+                signal(SignalKind::interrupt()),
+            ) else {
+                warn!("Cannot install signal handlers.");
+                return;
+            };
+            loop {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+                if shutdown.graceful.is_cancelled() {
+                    info!("Second signal: giving running tasks back now.");
+                    shutdown.trigger();
+                    return;
+                }
+                info!("Shutting down gracefully; send the signal again to stop at once.");
+                shutdown.trigger();
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+            shutdown.trigger();
+            let _ = tokio::signal::ctrl_c().await;
+            shutdown.trigger();
+        }
+    });
+}
+
+/// `afterview serve`.
+pub async fn serve(s: Settings, a: ServeArgs) -> anyhow::Result<ExitCode> {
+    let registry = crate::registry();
+    let wcfg = worker_config(&s, &a.worker, &registry)?;
+    let b = backends::open(&s)?;
+    let client = client(&b, &registry);
+    let bind = a
+        .bind
+        .clone()
+        .or(s.serve_bind.clone())
+        .unwrap_or_else(|| DEFAULT_BIND.into());
+    let listener = tokio::net::TcpListener::bind(&bind)
+        .await
+        .with_context(|| format!("cannot listen on {bind}"))?;
+    let addr = listener.local_addr()?;
+    let shutdown = Shutdown::new();
+    watch_signals(shutdown.clone());
+    info!(store = %b.description, "Storage opened.");
+    // Printed on stdout so scripts (and tests) can find the port when binding to :0.
+    println!("afterview serving on http://{addr}");
+
+    let worker = (!a.no_worker).then(|| {
+        let w = Worker::new(wcfg, b.broker.clone(), b.results.clone(), registry.clone());
+        tokio::spawn(w.run(shutdown.clone()))
+    });
+    let app = afterview_api::router(afterview_api::AppState { client });
+    let stop = shutdown.graceful.clone();
+    let http = afterview_api::serve(listener, app, async move { stop.cancelled().await });
+    http.await.context("the HTTP server failed")?;
+    if let Some(w) = worker {
+        w.await.context("the worker panicked")??;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `afterview worker`.
+pub async fn worker(s: Settings, a: WorkerArgs) -> anyhow::Result<ExitCode> {
+    let registry = crate::registry();
+    let cfg = worker_config(&s, &a, &registry)?;
+    let b = backends::open(&s)?;
+    info!(store = %b.description, "Storage opened.");
+    let shutdown = Shutdown::new();
+    watch_signals(shutdown.clone());
+    Worker::new(cfg, b.broker, b.results, registry)
+        .run(shutdown)
+        .await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn parse_json_arg(flag: &str, raw: Option<&str>, want_list: bool) -> anyhow::Result<Value> {
+    let Some(raw) = raw else {
+        return Ok(if want_list { json!([]) } else { json!({}) });
+    };
+    let v: Value =
+        serde_json::from_str(raw).with_context(|| format!("{flag} is not valid JSON"))?;
+    match (&v, want_list) {
+        (Value::Array(_), true) | (Value::Object(_), false) => Ok(v),
+        (_, true) => bail!("{flag} must be a JSON list, e.g. '[1, \"a\"]'"),
+        (_, false) => bail!("{flag} must be a JSON object, e.g. '{{\"seconds\": 2}}'"),
+    }
+}
+
+/// `afterview call`.
+pub async fn call(s: Settings, a: CallArgs) -> anyhow::Result<ExitCode> {
+    let args = match parse_json_arg("--args", a.args.as_deref(), true)? {
+        Value::Array(v) => v,
+        _ => unreachable!("checked above"),
+    };
+    let kwargs: Map<String, Value> = match parse_json_arg("--kwargs", a.kwargs.as_deref(), false)? {
+        Value::Object(m) => m,
+        _ => unreachable!("checked above"),
+    };
+    let eta = a
+        .eta
+        .as_deref()
+        .map(|e| afterview_engine::time::parse_iso(e).map_err(|m| anyhow::anyhow!("--eta: {m}")))
+        .transpose()?;
+    let expires = a
+        .expires
+        .map(|e| {
+            secs("--expires", e)
+                .map(|d| chrono::Utc::now() + chrono::Duration::from_std(d).unwrap_or_default())
+        })
+        .transpose()?;
+    let opts = SendOptions {
+        task_id: a.task_id.clone(),
+        queue: a.queue.clone(),
+        eta,
+        countdown: a.countdown,
+        expires,
+        priority: a.priority,
+        timelimit: TimeLimits {
+            hard: a.time_limit,
+            soft: a.soft_time_limit,
+        },
+        ..Default::default()
+    };
+    let registry = crate::registry();
+    let b = backends::open(&s)?;
+    let client = client(&b, &registry);
+    let msg = match client.message(&a.name, args, kwargs, opts) {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("afterview: {e}");
+            return Ok(ExitCode::from(EXIT_USAGE));
+        }
+    };
+    b.broker
+        .publish(&msg)
+        .await
+        .context("cannot enqueue the task")?;
+    if !a.wait {
+        println!("{}", msg.id);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let timeout = secs("--timeout", a.timeout.unwrap_or(330.0))?;
+    let meta = client.wait(&msg.id, timeout).await?;
+    Ok(report_outcome(&meta, false))
+}
+
+/// Prints a result (stdout) or an error (stderr) and picks the exit code.
+fn report_outcome(meta: &afterview_engine::ResultMeta, whole: bool) -> ExitCode {
+    if whole {
+        println!("{}", serde_json::to_string_pretty(meta).unwrap_or_default());
+    }
+    match &meta.status {
+        TaskState::Success => {
+            if !whole {
+                println!("{}", meta.result);
+            }
+            ExitCode::SUCCESS
+        }
+        TaskState::Failure | TaskState::Revoked => {
+            let err = meta
+                .error_info()
+                .unwrap_or_else(|| afterview_engine::ErrorInfo {
+                    code: "unknown".into(),
+                    message: String::new(),
+                });
+            eprintln!(
+                "afterview: task {} {}: {}: {}",
+                meta.task_id, meta.status, err.code, err.message
+            );
+            ExitCode::from(if meta.status == TaskState::Failure {
+                EXIT_FAILURE
+            } else {
+                EXIT_REVOKED
+            })
+        }
+        other => {
+            if !whole {
+                eprintln!("afterview: task {} is {other} (not finished)", meta.task_id);
+                return ExitCode::from(EXIT_TIMEOUT);
+            }
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+/// `afterview result`.
+pub async fn result(s: Settings, a: ResultArgs) -> anyhow::Result<ExitCode> {
+    let b = backends::open(&s)?;
+    let client = client(&b, &crate::registry());
+    let meta = match client.result(&a.id).await {
+        Ok(m) => m,
+        Err(afterview_engine::ClientError::Invalid(e)) => {
+            eprintln!("afterview: {e}");
+            return Ok(ExitCode::from(EXIT_USAGE));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if !a.meta && !meta.status.is_terminal() {
+        eprintln!("afterview: task {} is {}", meta.task_id, meta.status);
+        println!("null");
+        return Ok(ExitCode::SUCCESS);
+    }
+    Ok(report_outcome(&meta, a.meta))
+}
+
+/// `afterview revoke`.
+pub async fn revoke(s: Settings, a: RevokeArgs) -> anyhow::Result<ExitCode> {
+    let b = backends::open(&s)?;
+    let client = client(&b, &crate::registry());
+    for id in &a.ids {
+        match client.revoke(id, a.terminate).await {
+            Ok(out) => {
+                let what = if out.running {
+                    "running: cancelling it"
+                } else if out.removed > 0 {
+                    "removed from the queue"
+                } else {
+                    "recorded"
+                };
+                println!("{id}: revoked ({what})");
+            }
+            Err(afterview_engine::ClientError::Invalid(e)) => {
+                eprintln!("afterview: {id}: {e}");
+                return Ok(ExitCode::from(EXIT_USAGE));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `afterview purge`.
+pub async fn purge(s: Settings, a: PurgeArgs) -> anyhow::Result<ExitCode> {
+    let registry = crate::registry();
+    let queues = a.queues.unwrap_or_else(|| registry.queues());
+    for q in &queues {
+        validate_queue(q)?;
+    }
+    let b = backends::open(&s)?;
+    let n = client(&b, &registry).purge(&queues).await?;
+    println!(
+        "Purged {n} message{} from {}.",
+        if n == 1 { "" } else { "s" },
+        queues.join(", ")
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `afterview inspect`.
+pub async fn inspect(s: Settings, a: InspectArgs) -> anyhow::Result<ExitCode> {
+    let b = backends::open(&s)?;
+    let client = client(&b, &crate::registry());
+    let timeout = secs("--timeout", a.timeout)?;
+    let workers = client.workers(timeout).await?;
+    let mut out = Map::new();
+    match a.what {
+        InspectWhat::Queues => {
+            let stats = client.queue_stats(None).await?;
+            let consumers = |q: &str| -> Vec<String> {
+                workers
+                    .iter()
+                    .filter(|w| w.queues.iter().any(|x| x == q))
+                    .map(|w| w.node.clone())
+                    .collect()
+            };
+            let mut names: Vec<String> = stats.iter().map(|s| s.queue.clone()).collect();
+            for w in &workers {
+                names.extend(w.queues.iter().cloned());
+            }
+            names.sort();
+            names.dedup();
+            let rows: Vec<Value> = names
+                .iter()
+                .map(|q| {
+                    let st = stats.iter().find(|s| &s.queue == q).cloned().unwrap_or_default();
+                    json!({"name": q, "ready": st.ready, "scheduled": st.scheduled, "running": st.leased,
+                           "consumers": consumers(q)})
+                })
+                .collect();
+            println!("{}", serde_json::to_string_pretty(&rows)?);
+            return Ok(ExitCode::SUCCESS);
+        }
+        _ if workers.is_empty() => {
+            eprintln!("Error: No nodes replied within time constraint.");
+            return Ok(ExitCode::from(EXIT_NO_WORKERS));
+        }
+        InspectWhat::Active => {
+            for w in &workers {
+                out.insert(w.node.clone(), serde_json::to_value(&w.active)?);
+            }
+        }
+        InspectWhat::Registered => {
+            for w in &workers {
+                out.insert(w.node.clone(), json!(w.registered));
+            }
+        }
+        InspectWhat::Ping => {
+            for w in &workers {
+                out.insert(w.node.clone(), json!({"ok": "pong"}));
+            }
+        }
+        InspectWhat::Stats => {
+            for w in &workers {
+                let uptime = (chrono::Utc::now() - w.started_at).num_seconds();
+                out.insert(
+                    w.node.clone(),
+                    json!({
+                        "pid": w.pid,
+                        "hostname": w.hostname,
+                        "uptime": uptime,
+                        "total": w.total,
+                        "pool": {"implementation": "tokio", "max-concurrency": w.concurrency},
+                        "prefetch_count": w.prefetch_count,
+                        "queues": w.queues,
+                        "broker": {"transport": b.broker.kind()},
+                        "sw_ident": w.sw_ident,
+                        "sw_ver": w.sw_ver,
+                        "heartbeat_at": afterview_engine::time::format_iso(w.heartbeat_at),
+                    }),
+                );
+            }
+        }
+    }
+    println!("{}", serde_json::to_string_pretty(&Value::Object(out))?);
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,191 @@
+//! The Celery-style verbs against a worker in another process.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::Env;
+
+#[test]
+fn call_wait_prints_results_and_exit_codes() {
+    let env = Env::new();
+    let _w = env.worker("cli@test", &[]);
+    let out = env.ok(&[
+        "call",
+        "afterview.noop",
+        "--args",
+        "[1, \"x\"]",
+        "--kwargs",
+        "{\"k\": [true]}",
+        "--wait",
+    ]);
+    assert_eq!(
+        serde_json::from_str::<Value>(&out).unwrap(),
+        json!({"args": [1, "x"], "kwargs": {"k": [true]}})
+    );
+
+    let out = env.run(&[
+        "call",
+        "afterview.fail",
+        "--kwargs",
+        "{\"message\": \"boom\"}",
+        "--wait",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("task_failed: boom"), "{err}");
+
+    let out = env.run(&["call", "no.such.task", "--wait"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not_registered"));
+
+    let out = env.run(&[
+        "call",
+        "afterview.sleep",
+        "--kwargs",
+        "{\"seconds\": 5}",
+        "--wait",
+        "--timeout",
+        "0.5",
+    ]);
+    assert_eq!(out.status.code(), Some(4), "timed out waiting");
+}
+
+#[test]
+fn result_shows_state_and_meta() {
+    let env = Env::new();
+    let id = env.call("afterview.noop", "{}", &[]);
+    let out = env.run(&["result", &id]);
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "null");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("PENDING"));
+    let _w = env.worker("res@test", &[]);
+    let m = env.wait_status(&id, &["SUCCESS"], Duration::from_secs(20));
+    assert_eq!(m["name"], "afterview.noop");
+    assert_eq!(m["worker"], "res@test");
+    assert_eq!(m["task_id"], id.as_str());
+    assert_eq!(env.ok(&["result", &id]), "{\"args\":[],\"kwargs\":{}}");
+    let out = env.run(&["result", "bad id with spaces"]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn bad_arguments_are_named() {
+    let env = Env::new();
+    for (args, needle) in [
+        (
+            vec!["call", "afterview.noop", "--kwargs", "[1]"],
+            "--kwargs must be a JSON object",
+        ),
+        (
+            vec!["call", "afterview.noop", "--args", "{"],
+            "--args is not valid JSON",
+        ),
+        (
+            vec!["call", "afterview.noop", "--priority", "12"],
+            "priority must be 0-9",
+        ),
+        (
+            vec!["call", "afterview.noop", "--queue", "no spaces"],
+            "queue name",
+        ),
+        (vec!["call", "afterview.noop", "--eta", "tomorrow"], "--eta"),
+        (
+            vec!["call", "afterview.noop", "--countdown=-3"],
+            "countdown",
+        ),
+        (vec!["worker", "-c", "0"], "concurrency must be 1-10000"),
+        (
+            vec!["--broker", "amqp://x", "result", "x"],
+            "unknown broker URL",
+        ),
+    ] {
+        let out = env.run(&args);
+        assert!(!out.status.success(), "{args:?} should fail");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn inspect_purge_and_queues() {
+    let env = Env::new();
+    let out = env.run(&["inspect", "ping"]);
+    assert_eq!(out.status.code(), Some(69), "no workers yet");
+    for _ in 0..3 {
+        env.call("afterview.noop", "{}", &["--queue", "other"]);
+    }
+    env.call(
+        "afterview.noop",
+        "{}",
+        &["--queue", "other", "--countdown", "60"],
+    );
+    let q: Value = serde_json::from_str(&env.ok(&["inspect", "queues"])).unwrap();
+    let other = q
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "other")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (other["ready"].as_u64(), other["scheduled"].as_u64()),
+        (Some(3), Some(1))
+    );
+    assert_eq!(
+        env.ok(&["purge", "-Q", "other"]),
+        "Purged 4 messages from other."
+    );
+
+    let _w = env.worker("insp@test", &["-Q", "celery,other"]);
+    let id = env.call("afterview.sleep", "{\"seconds\": 10}", &[]);
+    env.wait_status(&id, &["PROCESSING"], Duration::from_secs(20));
+    std::thread::sleep(Duration::from_millis(600));
+    let active: Value = serde_json::from_str(&env.ok(&["inspect", "active"])).unwrap();
+    let tasks = active["insp@test"].as_array().unwrap();
+    assert_eq!(tasks.len(), 1, "{active}");
+    assert_eq!(tasks[0]["id"], id.as_str());
+    assert_eq!(tasks[0]["kwargs"], "{'seconds': 10}");
+    let reg: Value = serde_json::from_str(&env.ok(&["inspect", "registered"])).unwrap();
+    assert!(
+        reg["insp@test"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("afterview.sleep"))
+    );
+    let stats: Value = serde_json::from_str(&env.ok(&["inspect", "stats"])).unwrap();
+    assert_eq!(stats["insp@test"]["pool"]["max-concurrency"], 2);
+    assert_eq!(stats["insp@test"]["queues"], json!(["celery", "other"]));
+    env.ok(&["revoke", &id, "--terminate"]);
+}
+
+#[test]
+fn revoke_from_another_process_stops_queued_delayed_and_running_tasks() {
+    let env = Env::new();
+    let queued = env.call("afterview.noop", "{}", &[]);
+    let delayed = env.call("afterview.noop", "{}", &["--countdown", "1"]);
+    assert!(
+        env.ok(&["revoke", &queued, &delayed])
+            .contains("removed from the queue")
+    );
+    let w = env.worker("rev@test", &["--revoke-grace", "0.5"]);
+    let running = env.call("afterview.sleep", "{\"seconds\": 60}", &[]);
+    env.wait_status(&running, &["PROCESSING"], Duration::from_secs(20));
+    let t0 = std::time::Instant::now();
+    assert!(env.ok(&["revoke", &running]).contains("running"));
+    let m = env.wait_status(&running, &["REVOKED"], Duration::from_secs(10));
+    assert!(
+        t0.elapsed() < Duration::from_secs(3),
+        "cancelled within a second or two: {:?}",
+        t0.elapsed()
+    );
+    assert_eq!(m["result"]["exc_message"], json!(["terminated"]));
+    std::thread::sleep(Duration::from_millis(1500));
+    for id in [&queued, &delayed] {
+        let m = env.meta(id);
+        assert_eq!(m["status"], "REVOKED", "{m}");
+        assert_eq!(m["result"]["exc_message"], json!(["revoked"]));
+        assert!(m.get("worker").is_none(), "never ran: {m}");
+    }
+    assert!(w.log_text().contains("Cancelling revoked task"));
+}

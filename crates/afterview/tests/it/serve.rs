@@ -1,0 +1,59 @@
+//! `afterview serve`: the API with its embedded worker, on the embedded defaults.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::Stdio;
+use std::time::Duration;
+
+use crate::{Env, Proc, first_line};
+
+fn get(addr: &str, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).unwrap();
+    let status = buf.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let body = buf.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
+    (status, body)
+}
+
+#[test]
+fn serve_answers_health_runs_tasks_and_stops_on_sigterm() {
+    let env = Env::new();
+    let log = env.dir.path().join("serve.log");
+    let mut child = env
+        .cmd(&["serve", "--bind", "127.0.0.1:0", "-c", "2"])
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let line = first_line(&mut child);
+    let addr = line
+        .strip_prefix("afterview serving on http://")
+        .unwrap_or_else(|| panic!("{line}"))
+        .to_owned();
+    let mut p = Proc { child, log };
+    assert_eq!(get(&addr, "/healthz"), (200, "{\"status\":\"ok\"}".into()));
+    assert_eq!(get(&addr, "/readyz").0, 200);
+    p.wait_log("Worker started", Duration::from_secs(10));
+    let out = env.ok(&[
+        "call",
+        "afterview.noop",
+        "--kwargs",
+        "{\"via\": \"serve\"}",
+        "--wait",
+        "--timeout",
+        "20",
+    ]);
+    assert!(out.contains("serve"), "{out}");
+    assert!(
+        crate::exists(&env.data().join("afterview.db")),
+        "the embedded store lives in the data dir"
+    );
+    p.signal(libc::SIGTERM);
+    assert_eq!(p.wait_exit(Duration::from_secs(15)), Some(0));
+}

@@ -1,0 +1,200 @@
+//! The event stream: every stored state change, pushed to in-process subscribers.
+//!
+//! Backends call [`EventHub::publish`] after each successful write. Subscribers follow one task
+//! ([`TaskWatch`]: the current state first, then every change, ending at a terminal state) or
+//! all tasks ([`EventHub::subscribe_all`]). Nothing here polls: a watch waits on a channel.
+//! Per-task channels exist only while someone subscribes, so the hub's size is bounded by its
+//! subscribers, not by the number of tasks.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::broadcast;
+
+use crate::backend::{BackendError, ResultBackend};
+use crate::result::{ResultMeta, TaskState};
+
+const PER_TASK_CAPACITY: usize = 64;
+const ALL_CAPACITY: usize = 4096;
+
+/// Fan-out of result changes to in-process subscribers.
+#[derive(Debug)]
+pub struct EventHub {
+    per_task: Mutex<HashMap<String, broadcast::Sender<Arc<ResultMeta>>>>,
+    all: broadcast::Sender<Arc<ResultMeta>>,
+}
+
+impl Default for EventHub {
+    fn default() -> Self {
+        Self {
+            per_task: Mutex::default(),
+            all: broadcast::channel(ALL_CAPACITY).0,
+        }
+    }
+}
+
+impl EventHub {
+    /// Publishes a stored change.
+    pub fn publish(&self, meta: ResultMeta) {
+        let meta = Arc::new(meta);
+        {
+            let mut map = self.per_task.lock().expect("event hub lock");
+            if let Some(tx) = map.get(&meta.task_id)
+                && tx.send(meta.clone()).is_err()
+            {
+                map.remove(&meta.task_id);
+            }
+        }
+        let _ = self.all.send(meta);
+    }
+
+    /// Every change of every task (a lagging receiver loses the oldest).
+    pub fn subscribe_all(&self) -> broadcast::Receiver<Arc<ResultMeta>> {
+        self.all.subscribe()
+    }
+
+    fn subscribe(&self, task_id: &str) -> broadcast::Receiver<Arc<ResultMeta>> {
+        let mut map = self.per_task.lock().expect("event hub lock");
+        map.entry(task_id.to_owned())
+            .or_insert_with(|| broadcast::channel(PER_TASK_CAPACITY).0)
+            .subscribe()
+    }
+
+    fn release(&self, task_id: &str) {
+        let mut map = self.per_task.lock().expect("event hub lock");
+        if map.get(task_id).is_some_and(|tx| tx.receiver_count() == 0) {
+            map.remove(task_id);
+        }
+    }
+
+    /// Number of tasks someone is watching (for metrics and tests).
+    pub fn watched_tasks(&self) -> usize {
+        self.per_task.lock().expect("event hub lock").len()
+    }
+}
+
+/// Follows one task: yields its current state first, then each change, and ends after a
+/// terminal state.
+pub struct TaskWatch {
+    backend: Arc<dyn ResultBackend>,
+    task_id: String,
+    rx: Option<broadcast::Receiver<Arc<ResultMeta>>>,
+    last: Option<ResultMeta>,
+    started: bool,
+    done: bool,
+}
+
+impl std::fmt::Debug for TaskWatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TaskWatch")
+            .field("task_id", &self.task_id)
+            .field("done", &self.done)
+            .finish()
+    }
+}
+
+impl TaskWatch {
+    /// Starts following `task_id`. Subscribes before reading the current state, so no change
+    /// between the two is lost.
+    pub fn new(backend: Arc<dyn ResultBackend>, task_id: &str) -> Self {
+        let rx = backend.events().subscribe(task_id);
+        Self {
+            backend,
+            task_id: task_id.to_owned(),
+            rx: Some(rx),
+            last: None,
+            started: false,
+            done: false,
+        }
+    }
+
+    /// The next state: the current one on the first call, then each change. `None` after a
+    /// terminal state has been yielded.
+    pub async fn next(&mut self) -> Result<Option<ResultMeta>, BackendError> {
+        if self.done {
+            return Ok(None);
+        }
+        if !self.started {
+            self.started = true;
+            let current = self
+                .backend
+                .get(&self.task_id)
+                .await?
+                .unwrap_or_else(|| ResultMeta::pending(&self.task_id));
+            return Ok(Some(self.emit(current)));
+        }
+        loop {
+            let rx = self.rx.as_mut().expect("receiver present until done");
+            match rx.recv().await {
+                Ok(meta) => {
+                    if self.last.as_ref() == Some(&*meta) {
+                        continue;
+                    }
+                    return Ok(Some(self.emit((*meta).clone())));
+                }
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    // We missed some changes; the latest state is what matters.
+                    if let Some(current) = self.backend.get(&self.task_id).await?
+                        && self.last.as_ref() != Some(&current)
+                    {
+                        return Ok(Some(self.emit(current)));
+                    }
+                }
+                Err(broadcast::error::RecvError::Closed) => {
+                    // The hub dropped the channel (no receivers at some point): resubscribe.
+                    self.rx = Some(self.backend.events().subscribe(&self.task_id));
+                    if let Some(current) = self.backend.get(&self.task_id).await?
+                        && self.last.as_ref() != Some(&current)
+                    {
+                        return Ok(Some(self.emit(current)));
+                    }
+                }
+            }
+        }
+    }
+
+    fn emit(&mut self, meta: ResultMeta) -> ResultMeta {
+        if meta.status.is_terminal() {
+            self.done = true;
+        }
+        self.last = Some(meta.clone());
+        meta
+    }
+
+    /// The last state yielded.
+    pub fn last(&self) -> Option<&ResultMeta> {
+        self.last.as_ref()
+    }
+}
+
+impl Drop for TaskWatch {
+    fn drop(&mut self) {
+        self.rx.take();
+        self.backend.events().release(&self.task_id);
+    }
+}
+
+/// Waits until `task_id` reaches a terminal state, or `timeout`; returns the last state seen.
+pub async fn wait_ready(
+    backend: Arc<dyn ResultBackend>,
+    task_id: &str,
+    timeout: Duration,
+) -> Result<ResultMeta, BackendError> {
+    let mut watch = TaskWatch::new(backend, task_id);
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        match tokio::time::timeout_at(deadline, watch.next()).await {
+            Ok(Ok(Some(meta))) if meta.status.is_terminal() => return Ok(meta),
+            Ok(Ok(Some(_))) => {}
+            Ok(Ok(None)) => unreachable!("a watch ends only after a terminal state"),
+            Ok(Err(e)) => return Err(e),
+            Err(_) => {
+                return Ok(watch.last().cloned().unwrap_or_else(|| ResultMeta {
+                    status: TaskState::Pending,
+                    ..ResultMeta::pending(task_id)
+                }));
+            }
+        }
+    }
+}

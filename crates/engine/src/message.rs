@@ -1,0 +1,795 @@
+//! The task message: Celery's protocol v2, as it travels on the wire.
+//!
+//! A [`TaskMessage`] is what a producer sends and a worker receives. [`TaskMessage::to_envelope`]
+//! writes the exact kombu envelope a Python Celery client would write (body base64-encoded,
+//! `delivery_info` and `delivery_tag` always present), and [`TaskMessage::from_envelope`] reads
+//! both protocol v2 and the old v1 body, so the same bytes can sit in the embedded broker or in a
+//! Redis list that Python workers share.
+
+use std::fmt;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use chrono::{DateTime, Utc};
+use serde_json::{Map, Value, json};
+
+use crate::time::{format_iso, parse_iso};
+
+/// The queue used when neither the task nor the caller names one (Celery's `task_default_queue`).
+pub const DEFAULT_QUEUE: &str = "celery";
+/// Highest accepted priority value; larger values are clamped (as kombu does).
+pub const MAX_PRIORITY: u8 = 9;
+/// Upper bound on a task id's length, so ids can be used as keys everywhere.
+pub const MAX_TASK_ID_LEN: usize = 255;
+
+/// Per-call time limits in seconds, in the order Celery's header uses: `[hard, soft]`.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct TimeLimits {
+    /// Hard limit: the run is abandoned and the task fails with `TimeLimitExceeded`.
+    pub hard: Option<f64>,
+    /// Soft limit: the task's cancellation fires; it may clean up.
+    pub soft: Option<f64>,
+}
+
+/// One task invocation, as Celery protocol v2 describes it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskMessage {
+    /// Task id (usually a UUID); also the result key.
+    pub id: String,
+    /// Registered task name, e.g. `app.tasks.visualization_tasks.generate_visualization`.
+    pub task: String,
+    /// Positional arguments.
+    pub args: Vec<Value>,
+    /// Keyword arguments.
+    pub kwargs: Map<String, Value>,
+    /// Not before this instant.
+    pub eta: Option<DateTime<Utc>>,
+    /// After this instant the task is revoked (reason `expired`) instead of run.
+    pub expires: Option<DateTime<Utc>>,
+    /// How many times this task has been retried so far.
+    pub retries: u32,
+    /// Per-call time limits.
+    pub timelimit: TimeLimits,
+    /// First task of the workflow (the task's own id when it has no parent).
+    pub root_id: String,
+    /// Task that sent this one (a retry names itself).
+    pub parent_id: Option<String>,
+    /// Group id, when part of a group.
+    pub group: Option<String>,
+    /// 0-9; as in Celery on Redis, lower numbers are served first.
+    pub priority: u8,
+    /// Destination queue (the routing key).
+    pub queue: String,
+    /// Unique per publish; identifies this copy of the message in the broker.
+    pub delivery_tag: String,
+    /// Sender node name.
+    pub origin: Option<String>,
+    /// Set when a broker gave this message back after a lost lease or a shutdown.
+    pub redelivered: bool,
+    /// Do not store a result (`ignore_result`); `None` means the task's default.
+    pub ignore_result: Option<bool>,
+}
+
+/// Options a caller may set when sending a task.
+#[derive(Debug, Clone, Default)]
+pub struct SendOptions {
+    /// Task id; a new UUID when absent.
+    pub task_id: Option<String>,
+    /// Queue; the task's default queue when absent.
+    pub queue: Option<String>,
+    /// Run at this instant.
+    pub eta: Option<DateTime<Utc>>,
+    /// Run this many seconds from now (ignored when `eta` is set).
+    pub countdown: Option<f64>,
+    /// Expire at this instant.
+    pub expires: Option<DateTime<Utc>>,
+    /// Priority 0-9.
+    pub priority: Option<u8>,
+    /// Per-call time limits.
+    pub timelimit: TimeLimits,
+    /// Parent task id.
+    pub parent_id: Option<String>,
+    /// Root task id.
+    pub root_id: Option<String>,
+}
+
+impl TaskMessage {
+    /// Builds a message for `task` with `args`/`kwargs` and the options given.
+    pub fn new(
+        task: impl Into<String>,
+        args: Vec<Value>,
+        kwargs: Map<String, Value>,
+        default_queue: &str,
+        opts: SendOptions,
+    ) -> Result<Self, MessageError> {
+        let id = opts.task_id.unwrap_or_else(new_id);
+        validate_task_id(&id)?;
+        let task = task.into();
+        if task.is_empty() {
+            return Err(MessageError::Invalid("task name is empty".into()));
+        }
+        let queue = opts.queue.unwrap_or_else(|| default_queue.to_owned());
+        validate_queue(&queue)?;
+        let eta = match (opts.eta, opts.countdown) {
+            (Some(eta), _) => Some(eta),
+            (None, Some(secs)) => {
+                if !secs.is_finite() || secs < 0.0 {
+                    return Err(MessageError::Invalid(format!(
+                        "countdown must be a non-negative number of seconds, got {secs}"
+                    )));
+                }
+                Some(Utc::now() + chrono::Duration::milliseconds((secs * 1000.0) as i64))
+            }
+            (None, None) => None,
+        };
+        let priority = opts.priority.unwrap_or(0);
+        if priority > MAX_PRIORITY {
+            return Err(MessageError::Invalid(format!(
+                "priority must be 0-{MAX_PRIORITY}, got {priority}"
+            )));
+        }
+        for (what, v) in [
+            ("time limit", opts.timelimit.hard),
+            ("soft time limit", opts.timelimit.soft),
+        ] {
+            if let Some(v) = v
+                && (!v.is_finite() || v <= 0.0)
+            {
+                return Err(MessageError::Invalid(format!(
+                    "{what} must be positive, got {v}"
+                )));
+            }
+        }
+        Ok(Self {
+            root_id: opts.root_id.unwrap_or_else(|| id.clone()),
+            id,
+            task,
+            args,
+            kwargs,
+            eta,
+            expires: opts.expires,
+            retries: 0,
+            timelimit: opts.timelimit,
+            parent_id: opts.parent_id,
+            group: None,
+            priority,
+            queue,
+            delivery_tag: new_id(),
+            origin: Some(origin()),
+            redelivered: false,
+            ignore_result: None,
+        })
+    }
+
+    /// The message a retry sends: same id, one more retry, a new delivery tag, not before `eta`.
+    pub fn retried(&self, eta: DateTime<Utc>) -> Self {
+        Self {
+            retries: self.retries + 1,
+            eta: Some(eta),
+            parent_id: Some(self.id.clone()),
+            delivery_tag: new_id(),
+            redelivered: false,
+            ..self.clone()
+        }
+    }
+
+    /// Milliseconds since the epoch at which the message may run (its ETA, or now).
+    pub fn run_at_ms(&self) -> i64 {
+        self.eta
+            .map(|t| t.timestamp_millis())
+            .unwrap_or_else(|| Utc::now().timestamp_millis())
+    }
+
+    /// Encodes the kombu/Celery envelope (JSON), exactly the shape Python writes.
+    pub fn to_envelope(&self) -> String {
+        let body = json!([
+            self.args,
+            self.kwargs,
+            {"callbacks": null, "errbacks": null, "chain": null, "chord": null}
+        ]);
+        let body = B64.encode(serde_json::to_vec(&body).expect("JSON values always serialize"));
+        let mut delivery_info = json!({"exchange": "", "routing_key": self.queue});
+        let mut headers = json!({
+            "lang": "rs",
+            "task": self.task,
+            "id": self.id,
+            "shadow": null,
+            "eta": self.eta.map(format_iso),
+            "expires": self.expires.map(format_iso),
+            "group": self.group,
+            "group_index": null,
+            "retries": self.retries,
+            "timelimit": [self.timelimit.hard, self.timelimit.soft],
+            "root_id": self.root_id,
+            "parent_id": self.parent_id,
+            "argsrepr": repr_args(&self.args),
+            "kwargsrepr": repr_kwargs(&self.kwargs),
+            "origin": self.origin,
+            "ignore_result": self.ignore_result,
+            "replaced_task_nesting": 0,
+            "stamped_headers": null,
+            "stamps": {},
+        });
+        if self.redelivered {
+            headers["redelivered"] = Value::Bool(true);
+            delivery_info["redelivered"] = Value::Bool(true);
+        }
+        let mut properties = json!({
+            "correlation_id": self.id,
+            "reply_to": null,
+            "delivery_mode": 2,
+            "delivery_info": delivery_info,
+            "priority": self.priority,
+            "body_encoding": "base64",
+            "delivery_tag": self.delivery_tag,
+        });
+        if let Some(expires) = self.expires {
+            let ms = (expires - Utc::now()).num_milliseconds().max(0);
+            properties["expiration"] = Value::String(ms.to_string());
+        }
+        let env = json!({
+            "body": body,
+            "content-encoding": "utf-8",
+            "content-type": "application/json",
+            "headers": headers,
+            "properties": properties,
+        });
+        env.to_string()
+    }
+
+    /// Decodes an envelope. `queue` is the queue it was read from, used when the envelope's
+    /// `delivery_info` does not name one.
+    pub fn from_envelope(raw: &[u8], queue: &str) -> Result<Self, DecodeError> {
+        let env: Value = serde_json::from_slice(raw)
+            .map_err(|e| DecodeError::anonymous(format!("envelope is not valid JSON: {e}")))?;
+        let env = env
+            .as_object()
+            .ok_or_else(|| DecodeError::anonymous("envelope is not a JSON object"))?;
+        let empty = Map::new();
+        let headers = match env.get("headers") {
+            None | Some(Value::Null) => &empty,
+            Some(Value::Object(h)) => h,
+            Some(_) => return Err(DecodeError::anonymous("envelope headers are not an object")),
+        };
+        let properties = match env.get("properties") {
+            None | Some(Value::Null) => &empty,
+            Some(Value::Object(p)) => p,
+            Some(_) => {
+                return Err(DecodeError::anonymous(
+                    "envelope properties are not an object",
+                ));
+            }
+        };
+        // Identify the task as early as possible, so a later failure can still be reported
+        // against its id.
+        let header_id = headers.get("id").and_then(Value::as_str).map(str::to_owned);
+        let header_task = headers
+            .get("task")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        let fail = |reason: String| DecodeError {
+            task_id: header_id.clone(),
+            task_name: header_task.clone(),
+            reason,
+        };
+
+        let content_type = env
+            .get("content-type")
+            .and_then(Value::as_str)
+            .unwrap_or("application/json");
+        if content_type != "application/json" {
+            return Err(fail(format!(
+                "content type {content_type:?} is not accepted (only application/json)"
+            )));
+        }
+        if headers.get("compression").is_some_and(|v| !v.is_null()) {
+            return Err(fail("compressed bodies are not accepted".into()));
+        }
+        let body_str = env
+            .get("body")
+            .and_then(Value::as_str)
+            .ok_or_else(|| fail("envelope has no string body".into()))?;
+        let encoding = properties
+            .get("body_encoding")
+            .and_then(Value::as_str)
+            .unwrap_or("utf-8");
+        let body_bytes = match encoding {
+            "base64" => B64
+                .decode(body_str.trim())
+                .map_err(|e| fail(format!("body is not valid base64: {e}")))?,
+            "utf-8" | "utf8" => body_str.as_bytes().to_vec(),
+            other => return Err(fail(format!("unsupported body encoding {other:?}"))),
+        };
+        let body: Value = serde_json::from_slice(&body_bytes)
+            .map_err(|e| fail(format!("body is not valid JSON: {e}")))?;
+
+        let delivery_info = properties.get("delivery_info").and_then(Value::as_object);
+        let queue = delivery_info
+            .and_then(|d| d.get("routing_key"))
+            .and_then(Value::as_str)
+            .filter(|q| !q.is_empty())
+            .unwrap_or(queue)
+            .to_owned();
+        let redelivered = headers
+            .get("redelivered")
+            .and_then(Value::as_bool)
+            .unwrap_or(false)
+            || delivery_info
+                .and_then(|d| d.get("redelivered"))
+                .and_then(Value::as_bool)
+                .unwrap_or(false);
+        let priority = properties
+            .get("priority")
+            .and_then(Value::as_u64)
+            .map(|p| p.min(u64::from(MAX_PRIORITY)) as u8)
+            .unwrap_or(0);
+        let delivery_tag = match properties.get("delivery_tag") {
+            Some(Value::String(s)) if !s.is_empty() => s.clone(),
+            Some(Value::Number(n)) => n.to_string(),
+            _ => return Err(fail("properties.delivery_tag is missing".into())),
+        };
+
+        if header_task.is_some() {
+            // Protocol v2.
+            let id = header_id
+                .clone()
+                .ok_or_else(|| fail("headers.id is missing".into()))?;
+            let task = header_task.clone().unwrap_or_default();
+            let (args, kwargs) = match &body {
+                Value::Array(parts) if parts.len() >= 2 => {
+                    let args = parts[0]
+                        .as_array()
+                        .cloned()
+                        .ok_or_else(|| fail("body args are not a list".into()))?;
+                    let kwargs = parts[1]
+                        .as_object()
+                        .cloned()
+                        .ok_or_else(|| fail("body kwargs are not an object".into()))?;
+                    (args, kwargs)
+                }
+                _ => return Err(fail("body is not [args, kwargs, embed]".into())),
+            };
+            let timelimit = match headers.get("timelimit") {
+                Some(Value::Array(tl)) => TimeLimits {
+                    hard: tl.first().and_then(Value::as_f64),
+                    soft: tl.get(1).and_then(Value::as_f64),
+                },
+                _ => TimeLimits::default(),
+            };
+            let msg = Self {
+                root_id: headers
+                    .get("root_id")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned)
+                    .unwrap_or_else(|| id.clone()),
+                eta: opt_time(headers.get("eta")).map_err(|e| fail(format!("eta: {e}")))?,
+                expires: opt_time(headers.get("expires"))
+                    .map_err(|e| fail(format!("expires: {e}")))?,
+                retries: headers.get("retries").and_then(Value::as_u64).unwrap_or(0) as u32,
+                parent_id: headers
+                    .get("parent_id")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned),
+                group: headers
+                    .get("group")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned),
+                origin: headers
+                    .get("origin")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned),
+                ignore_result: headers.get("ignore_result").and_then(Value::as_bool),
+                id,
+                task,
+                args,
+                kwargs,
+                timelimit,
+                priority,
+                queue,
+                delivery_tag,
+                redelivered,
+            };
+            validate_task_id(&msg.id).map_err(|e| fail(e.to_string()))?;
+            Ok(msg)
+        } else {
+            // Protocol v1: everything is in the body.
+            let b = body.as_object().ok_or_else(|| {
+                DecodeError::anonymous("no headers.task and the body is not a v1 object")
+            })?;
+            let id = b.get("id").and_then(Value::as_str).map(str::to_owned);
+            let task = b.get("task").and_then(Value::as_str).map(str::to_owned);
+            let fail = |reason: String| DecodeError {
+                task_id: id.clone(),
+                task_name: task.clone(),
+                reason,
+            };
+            let (Some(idv), Some(taskv)) = (id.clone(), task.clone()) else {
+                return Err(fail("v1 body lacks id or task".into()));
+            };
+            let args = match b.get("args") {
+                None | Some(Value::Null) => vec![],
+                Some(Value::Array(a)) => a.clone(),
+                Some(_) => return Err(fail("v1 args are not a list".into())),
+            };
+            let kwargs = match b.get("kwargs") {
+                None | Some(Value::Null) => Map::new(),
+                Some(Value::Object(k)) => k.clone(),
+                Some(_) => return Err(fail("v1 kwargs are not an object".into())),
+            };
+            validate_task_id(&idv).map_err(|e| fail(e.to_string()))?;
+            Ok(Self {
+                root_id: idv.clone(),
+                eta: opt_time(b.get("eta")).map_err(|e| fail(format!("eta: {e}")))?,
+                expires: opt_time(b.get("expires")).map_err(|e| fail(format!("expires: {e}")))?,
+                retries: b.get("retries").and_then(Value::as_u64).unwrap_or(0) as u32,
+                id: idv,
+                task: taskv,
+                args,
+                kwargs,
+                timelimit: TimeLimits::default(),
+                parent_id: None,
+                group: None,
+                priority,
+                queue,
+                delivery_tag,
+                origin: None,
+                redelivered,
+                ignore_result: None,
+            })
+        }
+    }
+}
+
+/// Scheduling facts a broker needs about an envelope it stores, read even from a malformed one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EnvelopeInfo {
+    /// Task id, if readable.
+    pub task_id: Option<String>,
+    /// Delivery tag, if present.
+    pub delivery_tag: Option<String>,
+    /// Priority (0 when unreadable).
+    pub priority: u8,
+    /// ETA in ms since the epoch, if any.
+    pub eta_ms: Option<i64>,
+}
+
+impl EnvelopeInfo {
+    /// Reads what it can; never fails.
+    pub fn peek(raw: &[u8]) -> Self {
+        let v: Value = serde_json::from_slice(raw).unwrap_or(Value::Null);
+        let headers = v.get("headers");
+        let props = v.get("properties");
+        Self {
+            task_id: headers
+                .and_then(|h| h.get("id"))
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+            delivery_tag: props
+                .and_then(|p| p.get("delivery_tag"))
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+            priority: props
+                .and_then(|p| p.get("priority"))
+                .and_then(Value::as_u64)
+                .map(|p| p.min(u64::from(MAX_PRIORITY)) as u8)
+                .unwrap_or(0),
+            eta_ms: headers
+                .and_then(|h| h.get("eta"))
+                .and_then(Value::as_str)
+                .and_then(|s| parse_iso(s).ok())
+                .map(|t| t.timestamp_millis()),
+        }
+    }
+}
+
+fn opt_time(v: Option<&Value>) -> Result<Option<DateTime<Utc>>, String> {
+    match v {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => parse_iso(s).map(Some),
+        Some(other) => Err(format!("expected an ISO-8601 string, got {other}")),
+    }
+}
+
+/// A new random task id / delivery tag.
+pub fn new_id() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+/// Checks a task id: 1-255 printable ASCII characters without spaces.
+pub fn validate_task_id(id: &str) -> Result<(), MessageError> {
+    if id.is_empty() || id.len() > MAX_TASK_ID_LEN {
+        return Err(MessageError::Invalid(format!(
+            "task id must be 1-{MAX_TASK_ID_LEN} characters"
+        )));
+    }
+    if !id.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(MessageError::Invalid(
+            "task id must be printable ASCII without spaces".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a queue name: 1-200 characters of `[A-Za-z0-9._:-]`.
+pub fn validate_queue(q: &str) -> Result<(), MessageError> {
+    if q.is_empty()
+        || q.len() > 200
+        || !q
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b))
+    {
+        return Err(MessageError::Invalid(format!(
+            "queue name {q:?} must be 1-200 characters of letters, digits, '.', '_', ':', '-'"
+        )));
+    }
+    Ok(())
+}
+
+/// The node name of this process when it sends tasks (`gen<pid>@<host>`, as Celery clients do).
+pub fn origin() -> String {
+    format!("gen{}@{}", std::process::id(), crate::hostname())
+}
+
+/// A Python-like `repr` of positional arguments, as Celery's `argsrepr` header carries.
+fn repr_args(args: &[Value]) -> String {
+    let inner: Vec<String> = args.iter().map(py_repr).collect();
+    let s = if inner.len() == 1 {
+        format!("({},)", inner[0])
+    } else {
+        format!("({})", inner.join(", "))
+    };
+    truncate_repr(s)
+}
+
+fn repr_kwargs(kwargs: &Map<String, Value>) -> String {
+    let inner: Vec<String> = kwargs
+        .iter()
+        .map(|(k, v)| format!("'{k}': {}", py_repr(v)))
+        .collect();
+    truncate_repr(format!("{{{}}}", inner.join(", ")))
+}
+
+fn truncate_repr(mut s: String) -> String {
+    if s.len() > 1024 {
+        let mut cut = 1021;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+        s.push_str("...");
+    }
+    s
+}
+
+/// Python `repr` of a JSON value (what Flower and `celery events` display).
+pub fn py_repr(v: &Value) -> String {
+    match v {
+        Value::Null => "None".into(),
+        Value::Bool(true) => "True".into(),
+        Value::Bool(false) => "False".into(),
+        Value::Number(n) => n.to_string(),
+        Value::String(s) => format!("'{}'", s.replace('\\', "\\\\").replace('\'', "\\'")),
+        Value::Array(a) => format!("[{}]", a.iter().map(py_repr).collect::<Vec<_>>().join(", ")),
+        Value::Object(o) => format!(
+            "{{{}}}",
+            o.iter()
+                .map(|(k, v)| format!("'{k}': {}", py_repr(v)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
+/// A message that cannot be built.
+#[derive(Debug, Clone, thiserror::Error, PartialEq)]
+pub enum MessageError {
+    /// A field is out of range or malformed.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// A message that cannot be decoded; carries the task id and name when they could be read.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DecodeError {
+    /// The task id, if the headers named one.
+    pub task_id: Option<String>,
+    /// The task name, if the headers named one.
+    pub task_name: Option<String>,
+    /// What is wrong.
+    pub reason: String,
+}
+
+impl DecodeError {
+    fn anonymous(reason: impl Into<String>) -> Self {
+        Self {
+            task_id: None,
+            task_name: None,
+            reason: reason.into(),
+        }
+    }
+}
+
+impl fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "malformed message")?;
+        if let Some(id) = &self.task_id {
+            write!(f, " (task id {id})")?;
+        }
+        write!(f, ": {}", self.reason)
+    }
+}
+
+impl std::error::Error for DecodeError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg() -> TaskMessage {
+        let mut kw = Map::new();
+        kw.insert("seconds".into(), json!(1.5));
+        TaskMessage::new(
+            "afterview.sleep",
+            vec![json!(2), json!("x")],
+            kw,
+            DEFAULT_QUEUE,
+            SendOptions {
+                priority: Some(5),
+                countdown: Some(30.0),
+                ..Default::default()
+            },
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn envelope_round_trips() {
+        let m = msg();
+        let env = m.to_envelope();
+        let back = TaskMessage::from_envelope(env.as_bytes(), "ignored").unwrap();
+        assert_eq!(back.id, m.id);
+        assert_eq!(back.task, m.task);
+        assert_eq!(back.args, m.args);
+        assert_eq!(back.kwargs, m.kwargs);
+        assert_eq!(back.priority, 5);
+        assert_eq!(back.queue, "celery");
+        assert_eq!(back.delivery_tag, m.delivery_tag);
+        assert_eq!(
+            back.eta.unwrap().timestamp_micros(),
+            m.eta.unwrap().timestamp_micros(),
+            "ETA keeps microseconds"
+        );
+    }
+
+    #[test]
+    fn envelope_has_the_fields_celery_requires() {
+        let env: Value = serde_json::from_str(&msg().to_envelope()).unwrap();
+        assert_eq!(env["content-type"], "application/json");
+        assert_eq!(env["properties"]["body_encoding"], "base64");
+        assert_eq!(env["properties"]["delivery_info"]["routing_key"], "celery");
+        assert!(env["properties"]["delivery_tag"].is_string());
+        assert_eq!(env["headers"]["argsrepr"], "(2, 'x')");
+        assert_eq!(env["headers"]["kwargsrepr"], "{'seconds': 1.5}");
+        let body = B64.decode(env["body"].as_str().unwrap()).unwrap();
+        let body: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(body[0], json!([2, "x"]));
+        assert_eq!(body[2]["chain"], Value::Null);
+    }
+
+    #[test]
+    fn decodes_the_captured_python_envelope() {
+        let raw = r#"{"body": "W1syLCAzXSwge30sIHsiY2FsbGJhY2tzIjogbnVsbCwgImVycmJhY2tzIjogbnVsbCwgImNoYWluIjogbnVsbCwgImNob3JkIjogbnVsbH1d", "content-encoding": "utf-8", "content-type": "application/json", "headers": {"lang": "py", "task": "tasks.add", "id": "11111111-1111-1111-1111-111111111111", "shadow": null, "eta": null, "expires": null, "group": null, "group_index": null, "retries": 0, "timelimit": [null, null], "root_id": "11111111-1111-1111-1111-111111111111", "parent_id": null, "argsrepr": "(2, 3)", "kwargsrepr": "{}", "origin": "gen10233@vm", "ignore_result": null, "replaced_task_nesting": 0, "stamped_headers": null, "stamps": {}}, "properties": {"correlation_id": "11111111-1111-1111-1111-111111111111", "reply_to": "f68550c3-e817-3b75-b5d2-9ff285a5c6fa", "delivery_mode": 2, "delivery_info": {"exchange": "", "routing_key": "celery"}, "priority": 0, "body_encoding": "base64", "delivery_tag": "b2f69138-37d4-40fd-afab-f38d818d4a63"}}"#;
+        let m = TaskMessage::from_envelope(raw.as_bytes(), "celery").unwrap();
+        assert_eq!(m.task, "tasks.add");
+        assert_eq!(m.args, vec![json!(2), json!(3)]);
+        assert!(m.kwargs.is_empty());
+        assert_eq!(m.timelimit, TimeLimits::default());
+        assert_eq!(m.delivery_tag, "b2f69138-37d4-40fd-afab-f38d818d4a63");
+    }
+
+    #[test]
+    fn raw_json_body_and_naive_eta_are_accepted() {
+        let raw = r#"{"body": "[[1], {}, {}]", "content-type": "application/json",
+            "headers": {"task": "t", "id": "abc", "eta": "2026-01-01T10:00:00"},
+            "properties": {"delivery_tag": "d1", "delivery_info": {"exchange": "", "routing_key": "q"}}}"#;
+        let m = TaskMessage::from_envelope(raw.as_bytes(), "x").unwrap();
+        assert_eq!(m.queue, "q");
+        assert_eq!(
+            format_iso(m.eta.unwrap()),
+            "2026-01-01T10:00:00.000000+00:00"
+        );
+    }
+
+    #[test]
+    fn malformed_envelopes_say_what_is_wrong_and_keep_the_id() {
+        let cases: &[(&str, &str, Option<&str>)] = &[
+            ("not json", "not valid JSON", None),
+            ("[1,2]", "not a JSON object", None),
+            (
+                r#"{"body": "!!!", "headers": {"task": "t", "id": "i1"}, "properties": {"body_encoding": "base64", "delivery_tag": "x"}}"#,
+                "base64",
+                Some("i1"),
+            ),
+            (
+                r#"{"body": "[1, {}, {}]", "headers": {"task": "t", "id": "i2"}, "properties": {"delivery_tag": "x"}}"#,
+                "args are not a list",
+                Some("i2"),
+            ),
+            (
+                r#"{"body": "[[], [], {}]", "headers": {"task": "t", "id": "i3"}, "properties": {"delivery_tag": "x"}}"#,
+                "kwargs are not an object",
+                Some("i3"),
+            ),
+            (
+                r#"{"body": "[[], {}, {}]", "headers": {"task": "t", "id": "i4"}, "properties": {}}"#,
+                "delivery_tag",
+                Some("i4"),
+            ),
+            (
+                r#"{"body": "[[], {}, {}]", "content-type": "application/x-python-serialize", "headers": {"task": "t", "id": "i5"}, "properties": {"delivery_tag": "x"}}"#,
+                "not accepted",
+                Some("i5"),
+            ),
+            (
+                r#"{"body": "[[], {}, {}]", "headers": {"task": "t", "id": "i6", "eta": "yesterday"}, "properties": {"delivery_tag": "x"}}"#,
+                "eta",
+                Some("i6"),
+            ),
+        ];
+        for (raw, needle, id) in cases {
+            let err = TaskMessage::from_envelope(raw.as_bytes(), "q").unwrap_err();
+            assert!(err.reason.contains(needle), "{raw}: {err}");
+            assert_eq!(err.task_id.as_deref(), *id, "{raw}");
+        }
+    }
+
+    #[test]
+    fn protocol_v1_body_is_understood() {
+        let body =
+            B64.encode(br#"{"task": "t.v1", "id": "v1id", "args": [1], "kwargs": {"a": 2}}"#);
+        let raw = format!(
+            r#"{{"body": "{body}", "headers": {{}}, "properties": {{"body_encoding": "base64", "delivery_tag": "d"}}}}"#
+        );
+        let m = TaskMessage::from_envelope(raw.as_bytes(), "q").unwrap();
+        assert_eq!((m.task.as_str(), m.id.as_str()), ("t.v1", "v1id"));
+        assert_eq!(m.kwargs["a"], 2);
+    }
+
+    #[test]
+    fn bad_send_options_are_rejected() {
+        let bad = |o: SendOptions| TaskMessage::new("t", vec![], Map::new(), "q", o).unwrap_err();
+        bad(SendOptions {
+            priority: Some(10),
+            ..Default::default()
+        });
+        bad(SendOptions {
+            countdown: Some(-1.0),
+            ..Default::default()
+        });
+        bad(SendOptions {
+            queue: Some("bad queue".into()),
+            ..Default::default()
+        });
+        bad(SendOptions {
+            task_id: Some("has space".into()),
+            ..Default::default()
+        });
+        bad(SendOptions {
+            timelimit: TimeLimits {
+                hard: Some(0.0),
+                soft: None,
+            },
+            ..Default::default()
+        });
+    }
+
+    #[test]
+    fn retried_message_keeps_the_id() {
+        let m = msg();
+        let r = m.retried(Utc::now());
+        assert_eq!(r.id, m.id);
+        assert_eq!(r.retries, 1);
+        assert_ne!(r.delivery_tag, m.delivery_tag);
+        assert_eq!(r.parent_id.as_deref(), Some(m.id.as_str()));
+    }
+}

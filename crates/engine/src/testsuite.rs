@@ -1,0 +1,1279 @@
+//! The conformance suite every broker/result backend must pass.
+//!
+//! A backend crate instantiates it with [`broker_conformance!`](crate::broker_conformance)
+//! and a factory `async fn(Duration) -> Fixture` (the argument is the result expiry). Each case
+//! is its own `#[tokio::test]`. Durable backends also instantiate the `durable` cases, whose
+//! fixture can reopen the same storage.
+//!
+//! The cases cover the broker contract (ordering, ETA, leases, fencing, retries, revocations,
+//! purge, dead letters, presence), the result contract (store, terminal guard, expiry, watch)
+//! and the worker runtime end to end on that backend (success, progress, unknown tasks, bad
+//! arguments, malformed messages, retries, time limits, revocation, shutdown).
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Map, Value, json};
+
+use crate::backend::{Broker, ClaimRequest, Delivery, ResultBackend, StoreOutcome, WorkerReport};
+use crate::client::Client;
+use crate::message::{SendOptions, TaskMessage, TimeLimits};
+use crate::result::{ResultMeta, TaskState};
+use crate::task::Registry;
+use crate::worker::{Shutdown, Worker, WorkerConfig};
+
+/// Reopens the same storage (durable backends only).
+pub type Reopen = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Fixture> + Send>> + Send + Sync>;
+
+/// What a backend under test provides.
+#[derive(Clone)]
+pub struct Fixture {
+    /// The broker.
+    pub broker: Arc<dyn Broker>,
+    /// The result backend (usually the same object).
+    pub backend: Arc<dyn ResultBackend>,
+    /// Reopens the same storage, as a restarted process would.
+    pub reopen: Option<Reopen>,
+}
+
+/// Instantiates the suite: `broker_conformance!(factory)` for every backend, and
+/// `broker_conformance!(durable factory)` for those that persist.
+#[macro_export]
+macro_rules! broker_conformance {
+    (durable $factory:path) => {
+        $crate::broker_conformance!(@cases $factory; survives_reopen);
+    };
+    ($factory:path) => {
+        $crate::broker_conformance!(@cases $factory;
+            claim_orders_by_priority_then_fifo,
+            claim_respects_max_and_queues,
+            eta_is_not_claimed_early,
+            expired_lease_is_redelivered_and_fenced,
+            renewal_keeps_the_lease,
+            ack_is_fenced,
+            release_gives_the_message_back,
+            retry_is_atomic,
+            revoke_removes_queued_and_delayed_copies,
+            revoke_flags_running_and_late_copies,
+            revocation_log_has_a_cursor,
+            results_keep_terminal_states,
+            results_expire,
+            watch_yields_current_then_changes,
+            purge_and_queue_stats,
+            dead_letters_are_kept,
+            raw_messages_are_stored_as_given,
+            heartbeats_list_workers,
+            concurrent_claims_never_share_a_message,
+            worker_runs_tasks_and_reports_progress,
+            worker_fails_unknown_tasks_and_bad_arguments,
+            worker_sets_malformed_messages_aside,
+            worker_retries_with_backoff,
+            worker_enforces_soft_and_hard_limits,
+            worker_revokes_queued_delayed_and_running,
+            worker_shutdown_gives_unfinished_tasks_back,
+            worker_expires_tasks,
+        );
+    };
+    (@cases $factory:path; $($name:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                $crate::testsuite::$name(&$factory).await;
+            }
+        )*
+    };
+}
+
+/// A factory as the macro receives it.
+pub trait Factory: Fn(Duration) -> Self::Fut {
+    /// Its future.
+    type Fut: Future<Output = Fixture>;
+}
+impl<F, Fut> Factory for F
+where
+    F: Fn(Duration) -> Fut,
+    Fut: Future<Output = Fixture>,
+{
+    type Fut = Fut;
+}
+
+const DAY: Duration = Duration::from_secs(86_400);
+
+fn msg(task: &str, queue: &str, opts: SendOptions) -> TaskMessage {
+    TaskMessage::new(task, vec![], Map::new(), queue, opts).expect("valid test message")
+}
+
+fn prio(p: u8) -> SendOptions {
+    SendOptions {
+        priority: Some(p),
+        ..Default::default()
+    }
+}
+
+fn req(queues: &[&str], max: usize, lease_ms: u64) -> ClaimRequest {
+    ClaimRequest {
+        queues: queues.iter().map(|q| (*q).to_owned()).collect(),
+        max,
+        worker: "test@host".into(),
+        lease: Duration::from_millis(lease_ms),
+    }
+}
+
+fn ids(ds: &[Delivery]) -> Vec<String> {
+    ds.iter().map(|d| d.lease.task_id.clone()).collect()
+}
+
+fn kw(v: Value) -> Map<String, Value> {
+    v.as_object().cloned().unwrap_or_default()
+}
+
+async fn sleep_ms(ms: u64) {
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+}
+
+/// Lower priority numbers first, FIFO within a priority.
+pub async fn claim_orders_by_priority_then_fifo(f: &impl Factory) {
+    let fx = f(DAY).await;
+    let a = msg("t", "q", prio(5));
+    let b = msg("t", "q", prio(0));
+    let c = msg("t", "q", prio(0));
+    let d = msg("t", "q", prio(9));
+    for m in [&a, &b, &c, &d] {
+        fx.broker.publish(m).await.unwrap();
+        sleep_ms(2).await;
+    }
+    let got = fx.broker.claim(&req(&["q"], 10, 10_000)).await.unwrap();
+    assert_eq!(ids(&got), vec![b.id, c.id, a.id, d.id]);
+}
+
+/// A claim returns at most `max` messages, only from the queues asked for.
+pub async fn claim_respects_max_and_queues(f: &impl Factory) {
+    let fx = f(DAY).await;
+    for q in ["q1", "q1", "q2"] {
+        fx.broker
+            .publish(&msg("t", q, SendOptions::default()))
+            .await
+            .unwrap();
+    }
+    let one = fx.broker.claim(&req(&["q1"], 1, 10_000)).await.unwrap();
+    assert_eq!(one.len(), 1);
+    assert_eq!(one[0].queue, "q1");
+    let rest = fx.broker.claim(&req(&["q1"], 10, 10_000)).await.unwrap();
+    assert_eq!(rest.len(), 1, "only one q1 message left");
+    let none = fx.broker.claim(&req(&["q3"], 10, 10_000)).await.unwrap();
+    assert!(none.is_empty());
+    let q2 = fx
+        .broker
+        .claim(&req(&["q1", "q2"], 10, 10_000))
+        .await
+        .unwrap();
+    assert_eq!(q2.len(), 1);
+    assert_eq!(q2[0].queue, "q2");
+}
+
+/// Delayed messages wait in the broker until due, and `wait_for_work` wakes for them.
+pub async fn eta_is_not_claimed_early(f: &impl Factory) {
+    let fx = f(DAY).await;
+    let m = msg(
+        "t",
+        "q",
+        SendOptions {
+            countdown: Some(0.4),
+            ..Default::default()
+        },
+    );
+    fx.broker.publish(&m).await.unwrap();
+    assert!(
+        fx.broker
+            .claim(&req(&["q"], 10, 10_000))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let stats = fx.broker.queue_stats(Some(&["q".into()])).await.unwrap();
+    assert_eq!((stats[0].ready, stats[0].scheduled), (0, 1));
+    let t0 = std::time::Instant::now();
+    let mut got = vec![];
+    while got.is_empty() && t0.elapsed() < Duration::from_secs(5) {
+        fx.broker
+            .wait_for_work(&["q".into()], Duration::from_secs(2))
+            .await;
+        got = fx.broker.claim(&req(&["q"], 10, 10_000)).await.unwrap();
+    }
+    assert_eq!(ids(&got), vec![m.id]);
+    let waited = t0.elapsed();
+    assert!(
+        waited >= Duration::from_millis(300),
+        "claimed after {waited:?}, before its ETA"
+    );
+    assert!(
+        waited < Duration::from_millis(2500),
+        "claimed only after {waited:?}"
+    );
+}
+
+/// A lost lease sends the message back with a new epoch; the old holder is fenced out.
+pub async fn expired_lease_is_redelivered_and_fenced(f: &impl Factory) {
+    let fx = f(DAY).await;
+    let m = msg("t", "q", SendOptions::default());
+    fx.broker.publish(&m).await.unwrap();
+    let first = fx
+        .broker
+        .claim(&req(&["q"], 1, 150))
+        .await
+        .unwrap()
+        .remove(0);
+    assert_eq!(
+        fx.broker.requeue_expired().await.unwrap(),
+        0,
+        "lease still valid"
+    );
+    assert!(
+        fx.broker
+            .claim(&req(&["q"], 1, 150))
+            .await
+            .unwrap()
+            .is_empty(),
+        "leased message is not claimable"
+    );
+    sleep_ms(250).await;
+    assert_eq!(fx.broker.requeue_expired().await.unwrap(), 1);
+    let second = fx
+        .broker
+        .claim(&req(&["q"], 1, 10_000))
+        .await
+        .unwrap()
+        .remove(0);
+    assert_eq!(second.lease.task_id, m.id);
+    assert!(second.lease.epoch > first.lease.epoch);
+    assert!(second.redelivered);
+    assert_eq!(second.deliveries, 2);
+    let stale = ResultMeta::new(&m.id, TaskState::Success, json!("stale"));
+    assert_eq!(
+        fx.backend.store(&stale, Some(&first.lease)).await.unwrap(),
+        StoreOutcome::Fenced
+    );
+    assert!(
+        !fx.broker.ack(&first.lease).await.unwrap(),
+        "stale ack is refused"
+    );
+    let fresh = ResultMeta::new(&m.id, TaskState::Success, json!("fresh"));
+    assert_eq!(
+        fx.backend.store(&fresh, Some(&second.lease)).await.unwrap(),
+        StoreOutcome::Stored
+    );
+    assert!(fx.broker.ack(&second.lease).await.unwrap());
+    assert_eq!(
+        fx.backend.get(&m.id).await.unwrap().unwrap().result,
+        json!("fresh")
+    );
+}
+
+/// Renewing a lease keeps the message from being redelivered.
+pub async fn renewal_keeps_the_lease(f: &impl Factory) {
+    let fx = f(DAY).await;
+    fx.broker
+        .publish(&msg("t", "q", SendOptions::default()))
+        .await
+        .unwrap();
+    let d = fx
+        .broker
+        .claim(&req(&["q"], 1, 300))
+        .await
+        .unwrap()
+        .remove(0);
+    for _ in 0..4 {
+        sleep_ms(150).await;
+        let lost = fx
+            .broker
+            .renew(std::slice::from_ref(&d.lease), Duration::from_millis(300))
+            .await
+            .unwrap();
+        assert!(lost.is_empty());
+        assert_eq!(fx.broker.requeue_expired().await.unwrap(), 0);
+    }
+    assert!(fx.broker.ack(&d.lease).await.unwrap());
+    let lost = fx
+        .broker
+        .renew(std::slice::from_ref(&d.lease), Duration::from_millis(300))
+        .await
+        .unwrap();
+    assert_eq!(
+        lost,
+        vec![d.lease.clone()],
+        "an acked lease cannot be renewed"
+    );
+}
+
+/// Ack removes the message once; a second ack is refused.
+pub async fn ack_is_fenced(f: &impl Factory) {
+    let fx = f(DAY).await;
+    fx.broker
+        .publish(&msg("t", "q", SendOptions::default()))
+        .await
+        .unwrap();
+    let d = fx
+        .broker
+        .claim(&req(&["q"], 1, 10_000))
+        .await
+        .unwrap()
+        .remove(0);
+    assert!(fx.broker.ack(&d.lease).await.unwrap());
+    assert!(!fx.broker.ack(&d.lease).await.unwrap());
+    let stats = fx.broker.queue_stats(Some(&["q".into()])).await.unwrap();
+    assert_eq!(
+        (stats[0].ready, stats[0].scheduled, stats[0].leased),
+        (0, 0, 0)
+    );
+}
+
+/// Release returns the message to the front of its queue, flagged as redelivered.
+pub async fn release_gives_the_message_back(f: &impl Factory) {
+    let fx = f(DAY).await;
+    let a = msg("t", "q", SendOptions::default());
+    fx.broker.publish(&a).await.unwrap();
+    sleep_ms(2).await;
+    fx.broker
+        .publish(&msg("t", "q", SendOptions::default()))
+        .await
+        .unwrap();
+    let d = fx
+        .broker
+        .claim(&req(&["q"], 1, 10_000))
+        .await
+        .unwrap()
+        .remove(0);
+    assert_eq!(d.lease.task_id, a.id);
+    assert!(fx.broker.release(&d.lease).await.unwrap());
+    assert!(
+        !fx.broker.release(&d.lease).await.unwrap(),
+        "released lease is no longer held"
+    );
+    let again = fx
+        .broker
+        .claim(&req(&["q"], 1, 10_000))
+        .await
+        .unwrap()
+        .remove(0);
+    assert_eq!(
+        again.lease.task_id, a.id,
+        "the released message keeps its place"
+    );
+    assert!(again.redelivered);
+}
+
+/// A retry acks the old copy and schedules the new one in one step.
+pub async fn retry_is_atomic(f: &impl Factory) {
+    let fx = f(DAY).await;
+    let m = msg("t", "q", SendOptions::default());
+    fx.broker.publish(&m).await.unwrap();
+    let d = fx
+        .broker
+        .claim(&req(&["q"], 1, 10_000))
+        .await
+        .unwrap()
+        .remove(0);
+    let next = m.retried(chrono::Utc::now() + chrono::Duration::milliseconds(300));
+    assert!(fx.broker.retry(&d.lease, &next).await.unwrap());
+    assert!(!fx.broker.ack(&d.lease).await.unwrap(), "old copy is gone");
+    assert!(
+        !fx.broker.retry(&d.lease, &next).await.unwrap(),
+        "a stale retry is refused"
+    );
+    assert!(
+        fx.broker
+            .claim(&req(&["q"], 1, 10_000))
+            .await
+            .unwrap()
+            .is_empty(),
+        "retry waits for its ETA"
+    );
+    sleep_ms(400).await;
+    let r = fx.broker.claim(&req(&["q"], 5, 10_000)).await.unwrap();
+    assert_eq!(r.len(), 1);
+    let back = TaskMessage::from_envelope(&r[0].raw, "q").unwrap();
+    assert_eq!((back.id.as_str(), back.retries), (m.id.as_str(), 1));
+}
+
+/// Revoking removes queued and delayed copies and is recorded durably.
+pub async fn revoke_removes_queued_and_delayed_copies(f: &impl Factory) {
+    let fx = f(DAY).await;
+    let a = msg("t", "q", SendOptions::default());
+    let b = msg(
+        "t",
+        "q",
+        SendOptions {
+            countdown: Some(60.0),
+            ..Default::default()
+        },
+    );
+    let keep = msg("t", "q", SendOptions::default());
+    for m in [&a, &b, &keep] {
+        fx.broker.publish(m).await.unwrap();
+    }
+    let ra = fx.broker.revoke(&a.id, false, DAY).await.unwrap();
+    let rb = fx.broker.revoke(&b.id, false, DAY).await.unwrap();
+    assert_eq!((ra.removed, ra.running, rb.removed), (1, false, 1));
+    assert!(fx.broker.revocation(&a.id).await.unwrap().is_some());
+    assert!(fx.broker.revocation(&keep.id).await.unwrap().is_none());
+    let got = fx.broker.claim(&req(&["q"], 10, 10_000)).await.unwrap();
+    assert_eq!(ids(&got), vec![keep.id]);
+    let unknown = fx.broker.revoke("never-sent", true, DAY).await.unwrap();
+    assert_eq!((unknown.removed, unknown.running), (0, false));
+    assert!(
+        fx.broker
+            .revocation("never-sent")
+            .await
+            .unwrap()
+            .unwrap()
+            .terminate
+    );
+}
+
+/// A running copy is reported as running; a copy arriving later is flagged at claim.
+pub async fn revoke_flags_running_and_late_copies(f: &impl Factory) {
+    let fx = f(DAY).await;
+    let m = msg("t", "q", SendOptions::default());
+    fx.broker.publish(&m).await.unwrap();
+    let d = fx
+        .broker
+        .claim(&req(&["q"], 1, 10_000))
+        .await
+        .unwrap()
+        .remove(0);
+    assert!(d.revoked.is_none());
+    let out = fx.broker.revoke(&m.id, false, DAY).await.unwrap();
+    assert!(out.running);
+    let mut late = m.clone();
+    late.delivery_tag = crate::message::new_id();
+    fx.broker.publish(&late).await.unwrap();
+    let got = fx.broker.claim(&req(&["q"], 1, 10_000)).await.unwrap();
+    assert_eq!(got.len(), 1);
+    assert!(
+        got[0].revoked.is_some(),
+        "a late copy of a revoked task is flagged"
+    );
+}
+
+/// The revocation log reads from a cursor; `u64::MAX` gives the current end.
+pub async fn revocation_log_has_a_cursor(f: &impl Factory) {
+    let fx = f(DAY).await;
+    let (none, end) = fx.broker.revocations_since(u64::MAX).await.unwrap();
+    assert!(none.is_empty());
+    fx.broker.revoke("r1", false, DAY).await.unwrap();
+    fx.broker.revoke("r2", true, DAY).await.unwrap();
+    let (revs, c) = fx.broker.revocations_since(end).await.unwrap();
+    assert_eq!(
+        revs.iter().map(|r| r.task_id.as_str()).collect::<Vec<_>>(),
+        ["r1", "r2"]
+    );
+    let (more, c2) = fx.broker.revocations_since(c).await.unwrap();
+    assert!(more.is_empty());
+    assert_eq!(c, c2);
+}
+
+/// Unfenced writes never overwrite a terminal state; forget deletes.
+pub async fn results_keep_terminal_states(f: &impl Factory) {
+    let fx = f(DAY).await;
+    assert!(fx.backend.get("r").await.unwrap().is_none());
+    let started = ResultMeta::new("r", TaskState::Started, json!({"pid": 1}));
+    assert_eq!(
+        fx.backend.store(&started, None).await.unwrap(),
+        StoreOutcome::Stored
+    );
+    assert_eq!(fx.backend.get("r").await.unwrap().unwrap(), started);
+    let done = ResultMeta::new("r", TaskState::Success, json!({"x": [1, 2]}));
+    fx.backend.store(&done, None).await.unwrap();
+    let late = ResultMeta::new("r", TaskState::Processing, json!({"progress": 50}));
+    assert_eq!(
+        fx.backend.store(&late, None).await.unwrap(),
+        StoreOutcome::KeptTerminal
+    );
+    let got = fx.backend.get("r").await.unwrap().unwrap();
+    assert_eq!(got.status, TaskState::Success);
+    assert_eq!(
+        got.date_done.map(|d| d.timestamp_micros()),
+        done.date_done.map(|d| d.timestamp_micros())
+    );
+    fx.backend.forget("r").await.unwrap();
+    assert!(fx.backend.get("r").await.unwrap().is_none());
+}
+
+/// Results expire and cleanup removes them.
+pub async fn results_expire(f: &impl Factory) {
+    let fx = f(Duration::from_millis(200)).await;
+    fx.backend
+        .store(&ResultMeta::new("e", TaskState::Success, json!(1)), None)
+        .await
+        .unwrap();
+    assert!(fx.backend.get("e").await.unwrap().is_some());
+    sleep_ms(300).await;
+    assert!(
+        fx.backend.get("e").await.unwrap().is_none(),
+        "an expired result is not served"
+    );
+    assert_eq!(fx.backend.cleanup().await.unwrap(), 1, "cleanup removes it");
+    assert_eq!(fx.backend.cleanup().await.unwrap(), 0);
+}
+
+/// A watch yields the current state first, then each change, and ends at a terminal state.
+pub async fn watch_yields_current_then_changes(f: &impl Factory) {
+    let fx = f(DAY).await;
+    let mut fresh = crate::events::TaskWatch::new(fx.backend.clone(), "w0");
+    assert_eq!(
+        fresh.next().await.unwrap().unwrap().status,
+        TaskState::Pending
+    );
+    fx.backend
+        .store(&ResultMeta::new("w", TaskState::Started, Value::Null), None)
+        .await
+        .unwrap();
+    let mut watch = crate::events::TaskWatch::new(fx.backend.clone(), "w");
+    assert_eq!(
+        watch.next().await.unwrap().unwrap().status,
+        TaskState::Started
+    );
+    let be = fx.backend.clone();
+    tokio::spawn(async move {
+        sleep_ms(50).await;
+        be.store(
+            &ResultMeta::new(
+                "w",
+                TaskState::Processing,
+                json!({"progress": 20, "status": "x"}),
+            ),
+            None,
+        )
+        .await
+        .unwrap();
+        sleep_ms(50).await;
+        be.store(&ResultMeta::new("w", TaskState::Success, json!(7)), None)
+            .await
+            .unwrap();
+    });
+    let next = tokio::time::timeout(Duration::from_secs(5), watch.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(next.progress(), Some((20, "x".into())));
+    let last = tokio::time::timeout(Duration::from_secs(5), watch.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!((last.status, last.result), (TaskState::Success, json!(7)));
+    assert!(watch.next().await.unwrap().is_none());
+    let mut late = crate::events::TaskWatch::new(fx.backend.clone(), "w");
+    assert_eq!(
+        late.next().await.unwrap().unwrap().status,
+        TaskState::Success,
+        "late subscribers get the end"
+    );
+    assert!(late.next().await.unwrap().is_none());
+}
+
+/// Purge deletes ready and delayed messages; stats count what is left.
+pub async fn purge_and_queue_stats(f: &impl Factory) {
+    let fx = f(DAY).await;
+    fx.broker
+        .publish(&msg("t", "a", SendOptions::default()))
+        .await
+        .unwrap();
+    fx.broker
+        .publish(&msg(
+            "t",
+            "a",
+            SendOptions {
+                countdown: Some(60.0),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap();
+    fx.broker
+        .publish(&msg("t", "a", SendOptions::default()))
+        .await
+        .unwrap();
+    fx.broker
+        .publish(&msg("t", "b", SendOptions::default()))
+        .await
+        .unwrap();
+    fx.broker.claim(&req(&["a"], 1, 10_000)).await.unwrap();
+    let stats = fx.broker.queue_stats(None).await.unwrap();
+    let a = stats.iter().find(|s| s.queue == "a").unwrap();
+    assert_eq!((a.ready, a.scheduled, a.leased), (1, 1, 1));
+    assert_eq!(fx.broker.purge(&["a".into()]).await.unwrap(), 2);
+    let stats = fx
+        .broker
+        .queue_stats(Some(&["a".into(), "b".into(), "c".into()]))
+        .await
+        .unwrap();
+    let by: Vec<(String, u64, u64, u64)> = stats
+        .into_iter()
+        .map(|s| (s.queue, s.ready, s.scheduled, s.leased))
+        .collect();
+    assert_eq!(
+        by,
+        vec![
+            ("a".into(), 0, 0, 1),
+            ("b".into(), 1, 0, 0),
+            ("c".into(), 0, 0, 0)
+        ]
+    );
+}
+
+/// Dead letters keep the payload and the reason.
+pub async fn dead_letters_are_kept(f: &impl Factory) {
+    let fx = f(DAY).await;
+    fx.broker.publish_raw("q", b"{broken").await.unwrap();
+    let d = fx
+        .broker
+        .claim(&req(&["q"], 1, 10_000))
+        .await
+        .unwrap()
+        .remove(0);
+    fx.broker
+        .dead_letter(Some(&d.lease), "q", &d.raw, "not JSON", None)
+        .await
+        .unwrap();
+    assert!(
+        !fx.broker.ack(&d.lease).await.unwrap(),
+        "dead-lettering acks"
+    );
+    let dl = fx.broker.dead_letters(10).await.unwrap();
+    assert_eq!(dl.len(), 1);
+    assert_eq!(
+        (
+            dl[0].queue.as_str(),
+            dl[0].reason.as_str(),
+            dl[0].payload.as_str()
+        ),
+        ("q", "not JSON", "{broken")
+    );
+}
+
+/// Raw envelopes are stored and delivered byte for byte.
+pub async fn raw_messages_are_stored_as_given(f: &impl Factory) {
+    let fx = f(DAY).await;
+    let m = msg("t", "q", prio(3));
+    let env = m.to_envelope();
+    fx.broker.publish_raw("q", env.as_bytes()).await.unwrap();
+    fx.broker
+        .publish_raw("q", &[0xff, 0x00, 0x12])
+        .await
+        .unwrap();
+    let got = fx.broker.claim(&req(&["q"], 10, 10_000)).await.unwrap();
+    assert_eq!(got.len(), 2);
+    let raws: HashSet<Vec<u8>> = got.iter().map(|d| d.raw.clone()).collect();
+    assert!(raws.contains(env.as_bytes()));
+    assert!(raws.contains(&vec![0xff, 0x00, 0x12]));
+}
+
+/// Heartbeats make a worker visible; leaving removes it.
+pub async fn heartbeats_list_workers(f: &impl Factory) {
+    let fx = f(DAY).await;
+    let r = WorkerReport {
+        node: "w1@h".into(),
+        hostname: "h".into(),
+        pid: 42,
+        queues: vec!["q".into()],
+        concurrency: 2,
+        prefetch_count: 2,
+        registered: vec!["afterview.noop".into()],
+        active: vec![],
+        total: Default::default(),
+        started_at: chrono::Utc::now(),
+        heartbeat_at: chrono::Utc::now(),
+        sw_ident: "afterview".into(),
+        sw_ver: "0".into(),
+        freq: 2.0,
+    };
+    fx.broker.heartbeat(&r).await.unwrap();
+    let ws = fx.broker.workers(Duration::from_secs(1)).await.unwrap();
+    assert_eq!(ws.len(), 1);
+    assert_eq!((ws[0].node.as_str(), ws[0].pid), ("w1@h", 42));
+    fx.broker.worker_gone("w1@h").await.unwrap();
+    assert!(
+        fx.broker
+            .workers(Duration::from_secs(1))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+/// Concurrent claimers never receive the same message.
+pub async fn concurrent_claims_never_share_a_message(f: &impl Factory) {
+    let fx = f(DAY).await;
+    let msgs: Vec<TaskMessage> = (0..200)
+        .map(|_| msg("t", "q", SendOptions::default()))
+        .collect();
+    fx.broker.publish_batch(&msgs).await.unwrap();
+    let mut tasks = vec![];
+    for _ in 0..4 {
+        let b = fx.broker.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut mine = vec![];
+            loop {
+                let got = b.claim(&req(&["q"], 7, 10_000)).await.unwrap();
+                if got.is_empty() {
+                    return mine;
+                }
+                mine.extend(got.into_iter().map(|d| d.lease.task_id));
+            }
+        }));
+    }
+    let mut all = vec![];
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    let unique: HashSet<&String> = all.iter().collect();
+    assert_eq!(all.len(), 200);
+    assert_eq!(unique.len(), 200);
+}
+
+fn worker_cfg(queues: &[&str], concurrency: usize) -> WorkerConfig {
+    WorkerConfig {
+        node: format!("suite-{}@test", crate::message::new_id()),
+        queues: queues.iter().map(|q| (*q).to_owned()).collect(),
+        concurrency,
+        lease: Duration::from_secs(3),
+        idle_wait: Duration::from_millis(200),
+        revoke_grace: Duration::from_millis(300),
+        shutdown_grace: Duration::from_secs(5),
+        heartbeat: Duration::from_millis(500),
+        ..WorkerConfig::default()
+    }
+}
+
+struct Running {
+    client: Client,
+    shutdown: Shutdown,
+    handle: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    async fn stop(self) {
+        self.shutdown.trigger();
+        tokio::time::timeout(Duration::from_secs(20), self.handle)
+            .await
+            .expect("worker stops")
+            .unwrap();
+    }
+}
+
+fn start(fx: &Fixture, cfg: WorkerConfig) -> Running {
+    let registry = Registry::with_builtins();
+    let client = Client::new(fx.broker.clone(), fx.backend.clone()).with_routes_from(&registry);
+    let shutdown = Shutdown::new();
+    let w = Worker::new(cfg, fx.broker.clone(), fx.backend.clone(), registry);
+    let sd = shutdown.clone();
+    let handle = tokio::spawn(async move { w.run(sd).await.unwrap() });
+    Running {
+        client,
+        shutdown,
+        handle,
+    }
+}
+
+async fn call(c: &Client, task: &str, kwargs: Value, opts: SendOptions) -> String {
+    c.send_task(task, vec![], kw(kwargs), opts).await.unwrap()
+}
+
+async fn wait(c: &Client, id: &str) -> ResultMeta {
+    c.wait(id, Duration::from_secs(20)).await.unwrap()
+}
+
+/// Success, positional and keyword arguments, progress events in order.
+pub async fn worker_runs_tasks_and_reports_progress(f: &impl Factory) {
+    let fx = f(DAY).await;
+    let w = start(&fx, worker_cfg(&["celery"], 2));
+    let id = w
+        .client
+        .send_task(
+            "afterview.noop",
+            vec![json!(1), json!("a")],
+            kw(json!({"k": true})),
+            SendOptions::default(),
+        )
+        .await
+        .unwrap();
+    let r = wait(&w.client, &id).await;
+    assert_eq!(r.status, TaskState::Success);
+    assert_eq!(r.result, json!({"args": [1, "a"], "kwargs": {"k": true}}));
+    assert_eq!(r.name.as_deref(), Some("afterview.noop"));
+
+    let id = call(
+        &w.client,
+        "afterview.sleep",
+        json!({"seconds": 0.5}),
+        SendOptions::default(),
+    )
+    .await;
+    let mut watch = w.client.watch(&id);
+    let mut seen = vec![];
+    while let Some(m) = tokio::time::timeout(Duration::from_secs(10), watch.next())
+        .await
+        .unwrap()
+        .unwrap()
+    {
+        seen.push((m.status.clone(), m.progress().map(|p| p.0)));
+    }
+    assert_eq!(seen.last().unwrap().0, TaskState::Success, "{seen:?}");
+    let progress: Vec<u8> = seen.iter().filter_map(|s| s.1).collect();
+    assert!(progress.len() >= 3, "several progress updates: {seen:?}");
+    assert!(
+        progress.windows(2).all(|w| w[0] <= w[1]),
+        "progress never goes back: {seen:?}"
+    );
+    w.stop().await;
+}
+
+/// Unknown task names and arguments of the wrong type end in FAILURE; the worker goes on.
+pub async fn worker_fails_unknown_tasks_and_bad_arguments(f: &impl Factory) {
+    let fx = f(DAY).await;
+    let w = start(&fx, worker_cfg(&["celery"], 2));
+    let id = call(&w.client, "no.such.task", json!({}), SendOptions::default()).await;
+    let r = wait(&w.client, &id).await;
+    assert_eq!(r.status, TaskState::Failure);
+    assert_eq!(r.error_info().unwrap().code, "not_registered");
+    let id = call(
+        &w.client,
+        "afterview.sleep",
+        json!({"seconds": "soon"}),
+        SendOptions::default(),
+    )
+    .await;
+    let r = wait(&w.client, &id).await;
+    assert_eq!(r.error_info().unwrap().code, "invalid_arguments");
+    assert!(r.error_info().unwrap().message.contains("seconds"), "{r:?}");
+    let id = call(
+        &w.client,
+        "afterview.fail",
+        json!({"message": "boom", "code": "kaput"}),
+        SendOptions::default(),
+    )
+    .await;
+    let r = wait(&w.client, &id).await;
+    assert_eq!(
+        r.error_info().unwrap(),
+        crate::ErrorInfo {
+            code: "kaput".into(),
+            message: "boom".into()
+        }
+    );
+    let id = call(
+        &w.client,
+        "afterview.noop",
+        json!({}),
+        SendOptions::default(),
+    )
+    .await;
+    assert_eq!(
+        wait(&w.client, &id).await.status,
+        TaskState::Success,
+        "the worker keeps running"
+    );
+    w.stop().await;
+}
+
+/// Malformed messages are dead-lettered (with a FAILURE where the id is known).
+pub async fn worker_sets_malformed_messages_aside(f: &impl Factory) {
+    let fx = f(DAY).await;
+    let w = start(&fx, worker_cfg(&["celery"], 2));
+    fx.broker
+        .publish_raw("celery", b"this is not json")
+        .await
+        .unwrap();
+    let bad_b64 = r#"{"body": "%%%", "headers": {"task": "afterview.noop", "id": "bad-b64"}, "properties": {"body_encoding": "base64", "delivery_tag": "t1", "delivery_info": {"exchange": "", "routing_key": "celery"}}}"#;
+    fx.broker
+        .publish_raw("celery", bad_b64.as_bytes())
+        .await
+        .unwrap();
+    let r = wait(&w.client, "bad-b64").await;
+    assert_eq!(r.status, TaskState::Failure);
+    assert_eq!(r.error_info().unwrap().code, "malformed_message");
+    let id = call(
+        &w.client,
+        "afterview.noop",
+        json!({}),
+        SendOptions::default(),
+    )
+    .await;
+    assert_eq!(wait(&w.client, &id).await.status, TaskState::Success);
+    let mut dl = vec![];
+    for _ in 0..50 {
+        dl = fx.broker.dead_letters(10).await.unwrap();
+        if dl.len() >= 2 {
+            break;
+        }
+        sleep_ms(100).await;
+    }
+    assert_eq!(dl.len(), 2, "{dl:?}");
+    assert!(dl.iter().any(|d| d.reason.contains("not valid JSON")));
+    assert!(
+        dl.iter()
+            .any(|d| d.task_id.as_deref() == Some("bad-b64") && d.reason.contains("base64"))
+    );
+    let left = fx
+        .broker
+        .queue_stats(Some(&["celery".into()]))
+        .await
+        .unwrap();
+    assert_eq!(
+        left[0].ready + left[0].leased,
+        0,
+        "nothing stuck in the queue"
+    );
+    w.stop().await;
+}
+
+/// Transient failures are retried with backoff, RETRY is visible with its ETA, and the
+/// retries are bounded.
+pub async fn worker_retries_with_backoff(f: &impl Factory) {
+    let fx = f(DAY).await;
+    let w = start(&fx, worker_cfg(&["celery"], 2));
+    let id = call(
+        &w.client,
+        "afterview.fail",
+        json!({"transient": true, "succeed_after": 2}),
+        SendOptions::default(),
+    )
+    .await;
+    let mut watch = w.client.watch(&id);
+    let mut retries_seen = vec![];
+    while let Some(m) = tokio::time::timeout(Duration::from_secs(20), watch.next())
+        .await
+        .unwrap()
+        .unwrap()
+    {
+        if m.status == TaskState::Retry {
+            assert!(
+                m.result.get("retry_eta").and_then(Value::as_str).is_some(),
+                "RETRY carries its ETA: {m:?}"
+            );
+            retries_seen.push(m.result["retries"].as_u64().unwrap());
+        }
+        if m.status.is_terminal() {
+            assert_eq!(m.status, TaskState::Success);
+            assert_eq!(m.result, json!({"succeeded_after_retries": 2}));
+            assert_eq!(m.retries, Some(2));
+        }
+    }
+    assert_eq!(retries_seen, vec![1, 2]);
+
+    let t0 = std::time::Instant::now();
+    let id = call(
+        &w.client,
+        "afterview.fail",
+        json!({"transient": true, "message": "flaky"}),
+        SendOptions::default(),
+    )
+    .await;
+    let r = wait(&w.client, &id).await;
+    assert_eq!(r.status, TaskState::Failure);
+    assert_eq!(r.retries, Some(3), "gave up after max_retries");
+    assert_eq!(r.error_info().unwrap().message, "flaky");
+    // base 200 ms doubling with jitter in [d/2, d]: at least 100+200+400 ms in total.
+    assert!(
+        t0.elapsed() >= Duration::from_millis(700),
+        "backoff applied: {:?}",
+        t0.elapsed()
+    );
+    w.stop().await;
+}
+
+/// Soft limit: cancellation fires, failure is SoftTimeLimitExceeded. Hard limit: the slot is
+/// freed on time even when the task ignores cancellation (async or CPU-bound).
+pub async fn worker_enforces_soft_and_hard_limits(f: &impl Factory) {
+    let fx = f(DAY).await;
+    let w = start(&fx, worker_cfg(&["celery"], 1));
+    let soft = SendOptions {
+        timelimit: TimeLimits {
+            soft: Some(0.3),
+            hard: Some(5.0),
+        },
+        ..Default::default()
+    };
+    let t0 = std::time::Instant::now();
+    let id = call(&w.client, "afterview.sleep", json!({"seconds": 30}), soft).await;
+    let r = wait(&w.client, &id).await;
+    assert_eq!(
+        r.error_info().unwrap().code,
+        "soft_time_limit_exceeded",
+        "{r:?}"
+    );
+    assert!(
+        t0.elapsed() < Duration::from_secs(3),
+        "soft limit acted at once: {:?}",
+        t0.elapsed()
+    );
+
+    for cpu in [false, true] {
+        let hard = SendOptions {
+            timelimit: TimeLimits {
+                soft: Some(0.2),
+                hard: Some(0.6),
+            },
+            ..Default::default()
+        };
+        let t0 = std::time::Instant::now();
+        let id = call(
+            &w.client,
+            "afterview.sleep",
+            json!({"seconds": 3, "ignore_cancel": true, "cpu": cpu}),
+            hard,
+        )
+        .await;
+        let r = wait(&w.client, &id).await;
+        let took = t0.elapsed();
+        assert_eq!(
+            r.error_info().unwrap().code,
+            "time_limit_exceeded",
+            "cpu={cpu} {r:?}"
+        );
+        assert!(
+            took < Duration::from_millis(2500),
+            "hard limit on time (cpu={cpu}): {took:?}"
+        );
+        // The single slot is free again although the abandoned run may still spin.
+        let id = call(
+            &w.client,
+            "afterview.noop",
+            json!({}),
+            SendOptions::default(),
+        )
+        .await;
+        let r = w
+            .client
+            .wait(&id, Duration::from_millis(1500))
+            .await
+            .unwrap();
+        assert_eq!(
+            r.status,
+            TaskState::Success,
+            "slot freed after the hard limit (cpu={cpu})"
+        );
+    }
+    w.stop().await;
+}
+
+/// Revoked queued and delayed tasks never run; a running one is cancelled.
+pub async fn worker_revokes_queued_delayed_and_running(f: &impl Factory) {
+    let fx = f(DAY).await;
+    let registry = Registry::with_builtins();
+    let client = Client::new(fx.broker.clone(), fx.backend.clone()).with_routes_from(&registry);
+    let queued = call(&client, "afterview.noop", json!({}), SendOptions::default()).await;
+    let delayed = call(
+        &client,
+        "afterview.noop",
+        json!({}),
+        SendOptions {
+            countdown: Some(0.5),
+            ..Default::default()
+        },
+    )
+    .await;
+    client.revoke(&queued, false).await.unwrap();
+    client.revoke(&delayed, false).await.unwrap();
+    let w = start(&fx, worker_cfg(&["celery"], 2));
+    let running = call(
+        &w.client,
+        "afterview.sleep",
+        json!({"seconds": 30}),
+        SendOptions::default(),
+    )
+    .await;
+    let mut watch = w.client.watch(&running);
+    loop {
+        let m = tokio::time::timeout(Duration::from_secs(10), watch.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        if m.status == TaskState::Processing {
+            break;
+        }
+    }
+    let t0 = std::time::Instant::now();
+    let out = w.client.revoke(&running, false).await.unwrap();
+    assert!(out.running);
+    let r = wait(&w.client, &running).await;
+    assert_eq!(r.status, TaskState::Revoked);
+    assert_eq!(r.error_info().unwrap().code, "terminated");
+    assert!(
+        t0.elapsed() < Duration::from_secs(3),
+        "cancelled promptly: {:?}",
+        t0.elapsed()
+    );
+    sleep_ms(800).await;
+    for id in [&queued, &delayed] {
+        let r = w.client.result(id).await.unwrap();
+        assert_eq!(r.status, TaskState::Revoked, "{id}");
+        assert_eq!(r.error_info().unwrap().code, "revoked");
+    }
+    let stats = fx
+        .broker
+        .queue_stats(Some(&["celery".into()]))
+        .await
+        .unwrap();
+    assert_eq!(
+        stats[0].ready + stats[0].scheduled + stats[0].leased,
+        0,
+        "revoked copies are gone"
+    );
+    w.stop().await;
+}
+
+/// At shutdown, tasks that do not finish within the grace period go back to the queue and
+/// complete on the next worker.
+pub async fn worker_shutdown_gives_unfinished_tasks_back(f: &impl Factory) {
+    let fx = f(DAY).await;
+    let cfg = WorkerConfig {
+        shutdown_grace: Duration::from_millis(300),
+        ..worker_cfg(&["celery"], 2)
+    };
+    let w = start(&fx, cfg);
+    let quick = call(
+        &w.client,
+        "afterview.sleep",
+        json!({"seconds": 0.1}),
+        SendOptions::default(),
+    )
+    .await;
+    let slow = call(
+        &w.client,
+        "afterview.sleep",
+        json!({"seconds": 2.0}),
+        SendOptions::default(),
+    )
+    .await;
+    let mut watch = w.client.watch(&slow);
+    while watch.next().await.unwrap().unwrap().status != TaskState::Processing {}
+    let client = w.client.clone();
+    w.stop().await;
+    assert_eq!(
+        client.result(&quick).await.unwrap().status,
+        TaskState::Success,
+        "finished within the grace"
+    );
+    assert_ne!(
+        client.result(&slow).await.unwrap().status,
+        TaskState::Success
+    );
+    let stats = fx
+        .broker
+        .queue_stats(Some(&["celery".into()]))
+        .await
+        .unwrap();
+    assert_eq!(
+        (stats[0].ready, stats[0].leased),
+        (1, 0),
+        "the slow task is back in the queue"
+    );
+    let w2 = start(&fx, worker_cfg(&["celery"], 2));
+    let r = wait(&w2.client, &slow).await;
+    assert_eq!(r.status, TaskState::Success);
+    w2.stop().await;
+}
+
+/// A task past its `expires` is revoked with reason `expired`, not run.
+pub async fn worker_expires_tasks(f: &impl Factory) {
+    let fx = f(DAY).await;
+    let registry = Registry::with_builtins();
+    let client = Client::new(fx.broker.clone(), fx.backend.clone()).with_routes_from(&registry);
+    let exp = chrono::Utc::now() + chrono::Duration::milliseconds(100);
+    let id = call(
+        &client,
+        "afterview.noop",
+        json!({}),
+        SendOptions {
+            expires: Some(exp),
+            ..Default::default()
+        },
+    )
+    .await;
+    sleep_ms(200).await;
+    let w = start(&fx, worker_cfg(&["celery"], 1));
+    let r = wait(&w.client, &id).await;
+    assert_eq!(r.status, TaskState::Revoked);
+    assert_eq!(r.error_info().unwrap().code, "expired");
+    w.stop().await;
+}
+
+/// Queued, delayed and revoked tasks and results survive closing and reopening the storage.
+pub async fn survives_reopen(f: &impl Factory) {
+    let fx = f(DAY).await;
+    let reopen = fx.reopen.clone().expect("a durable fixture can reopen");
+    let queued = msg("t", "q", SendOptions::default());
+    let delayed = msg(
+        "t",
+        "q",
+        SendOptions {
+            countdown: Some(0.3),
+            ..Default::default()
+        },
+    );
+    let revoked = msg(
+        "t",
+        "q",
+        SendOptions {
+            countdown: Some(0.3),
+            ..Default::default()
+        },
+    );
+    for m in [&queued, &delayed, &revoked] {
+        fx.broker.publish(m).await.unwrap();
+    }
+    fx.broker.revoke(&revoked.id, false, DAY).await.unwrap();
+    fx.backend
+        .store(
+            &ResultMeta::new("kept", TaskState::Success, json!({"a": 1})),
+            None,
+        )
+        .await
+        .unwrap();
+    let leased = msg("t", "q2", SendOptions::default());
+    fx.broker.publish(&leased).await.unwrap();
+    let held = fx
+        .broker
+        .claim(&req(&["q2"], 1, 300))
+        .await
+        .unwrap()
+        .remove(0);
+    drop(fx);
+
+    let fx = reopen().await;
+    assert_eq!(
+        fx.backend.get("kept").await.unwrap().unwrap().result,
+        json!({"a": 1})
+    );
+    assert!(fx.broker.revocation(&revoked.id).await.unwrap().is_some());
+    sleep_ms(400).await;
+    let got = fx.broker.claim(&req(&["q"], 10, 10_000)).await.unwrap();
+    let mut got_ids = ids(&got);
+    got_ids.sort();
+    let mut want = vec![queued.id.clone(), delayed.id.clone()];
+    want.sort();
+    assert_eq!(
+        got_ids, want,
+        "queued and delayed survive; the revoked one is gone"
+    );
+    assert_eq!(
+        fx.broker.requeue_expired().await.unwrap(),
+        1,
+        "the lease taken before the restart expires"
+    );
+    let again = fx
+        .broker
+        .claim(&req(&["q2"], 1, 10_000))
+        .await
+        .unwrap()
+        .remove(0);
+    assert_eq!(again.lease.task_id, leased.id);
+    assert!(again.lease.epoch > held.lease.epoch);
+}

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Runs the whole test suite on a fresh Debian machine: installs what the tests need, then
+# `cargo test` over the workspace. Tests start their own private services (redis-server on a
+# free port, ...) and stop them; nothing shared is touched.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+command -v sqlite3 >/dev/null 2>&1 || need_apt+=(sqlite3)
+command -v mold >/dev/null 2>&1 || need_apt+=(mold)
+if [ ${#need_apt[@]} -gt 0 ] && command -v apt-get >/dev/null 2>&1; then
+  echo "== installing: ${need_apt[*]}"
+  (apt-get install -y --no-install-recommends "${need_apt[@]}" >/dev/null 2>&1 \
+    || (apt-get update >/dev/null 2>&1 && apt-get install -y --no-install-recommends "${need_apt[@]}" >/dev/null)) \
+    || echo "warning: could not install ${need_apt[*]} (continuing)"
+fi
+
+. ./.envrc.sh
+echo "== cargo test (target dir: $CARGO_TARGET_DIR)"
+cargo test --workspace --locked "$@"

@@ -24,7 +24,6 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX messages_ready     ON messages (queue, priority, seq) WHERE state = 0;
     CREATE INDEX messages_scheduled ON messages (run_at) WHERE state = 1;
     CREATE INDEX messages_leased    ON messages (lease_until) WHERE state = 2;
-    CREATE INDEX messages_task      ON messages (task_id);
 
     CREATE TABLE results (
         task_id    TEXT    NOT NULL UNIQUE,

@@ -9,6 +9,7 @@
 
 use std::sync::mpsc;
 use std::thread;
+use std::time::Duration;
 
 use afterview_engine::backend::BackendError;
 use rusqlite::Connection;
@@ -120,16 +121,19 @@ impl Writer {
 }
 
 fn run(conn: Connection, rx: mpsc::Receiver<Box<dyn Job>>) {
+    let mut last_batch = 0usize;
     while let Ok(first) = rx.recv() {
         let mut batch = Vec::with_capacity(16);
         batch.push(first);
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(j) => batch.push(j),
-                Err(_) => break,
-            }
+        drain(&rx, &mut batch);
+        if last_batch > 1 && batch.len() < last_batch / 2 {
+            // Under load, the callers of the last batch are about to send their next writes:
+            // a moment's wait lets one commit carry them all (group commit).
+            std::thread::sleep(Duration::from_micros(50));
+            drain(&rx, &mut batch);
         }
-        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+        last_batch = batch.len();
+        if let Err(e) = exec(&conn, "BEGIN IMMEDIATE") {
             warn!(error = %e, jobs = batch.len(), "Could not start a write transaction.");
             for j in batch {
                 j.finish(Some(format!("database is busy: {e}")));
@@ -137,21 +141,21 @@ fn run(conn: Connection, rx: mpsc::Receiver<Box<dyn Job>>) {
             continue;
         }
         for j in batch.iter_mut() {
-            if let Err(e) = conn.execute_batch("SAVEPOINT job") {
+            if let Err(e) = exec(&conn, "SAVEPOINT job") {
                 error!(error = %e, "Savepoint failed.");
                 continue;
             }
             let ok = j.run(&conn);
             let end = if ok {
-                "RELEASE job"
+                exec(&conn, "RELEASE job")
             } else {
-                "ROLLBACK TO job; RELEASE job"
+                exec(&conn, "ROLLBACK TO job").and_then(|_| exec(&conn, "RELEASE job"))
             };
-            if let Err(e) = conn.execute_batch(end) {
+            if let Err(e) = end {
                 error!(error = %e, "Closing a savepoint failed.");
             }
         }
-        match conn.execute_batch("COMMIT") {
+        match exec(&conn, "COMMIT") {
             Ok(()) => {
                 for j in batch {
                     j.finish(None);
@@ -159,11 +163,26 @@ fn run(conn: Connection, rx: mpsc::Receiver<Box<dyn Job>>) {
             }
             Err(e) => {
                 warn!(error = %e, "Commit failed; rolling back the batch.");
-                let _ = conn.execute_batch("ROLLBACK");
+                let _ = exec(&conn, "ROLLBACK");
                 for j in batch {
                     j.finish(Some(format!("commit failed: {e}")));
                 }
             }
         }
     }
+}
+
+fn drain(rx: &mpsc::Receiver<Box<dyn Job>>, batch: &mut Vec<Box<dyn Job>>) {
+    while batch.len() < MAX_BATCH {
+        match rx.try_recv() {
+            Ok(j) => batch.push(j),
+            Err(_) => break,
+        }
+    }
+}
+
+/// Runs a parameterless statement through the statement cache (no re-parsing).
+fn exec(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(sql)?.execute([])?;
+    Ok(())
 }

@@ -130,7 +130,7 @@ struct RunControl {
     pending: Mutex<Option<CancelReason>>,
     kill: Notify,
     kill_reason: Mutex<Option<CancelReason>>,
-    active: Mutex<Option<ActiveTask>>,
+    active: Mutex<Option<Running>>,
 }
 
 impl RunControl {
@@ -172,6 +172,29 @@ impl RunControl {
             .as_ref()
             .and_then(TaskContext::cancel_reason)
             .or(*self.pending.lock().expect("run pending lock"))
+    }
+}
+
+/// What `inspect active` shows of a started run; rendered only when a report is written.
+struct Running {
+    msg: Arc<TaskMessage>,
+    time_start: chrono::DateTime<Utc>,
+    redelivered: bool,
+}
+
+impl Running {
+    fn render(&self, tag: &str) -> ActiveTask {
+        ActiveTask {
+            id: self.msg.id.clone(),
+            name: self.msg.task.clone(),
+            args: py_repr(&Value::Array(self.msg.args.clone())),
+            kwargs: py_repr(&Value::Object(self.msg.kwargs.clone())),
+            queue: self.msg.queue.clone(),
+            time_start: self.time_start,
+            retries: self.msg.retries,
+            delivery_tag: tag.to_owned(),
+            redelivered: self.redelivered,
+        }
     }
 }
 
@@ -503,15 +526,10 @@ async fn process(s: &Arc<Shared>, d: Delivery, ctrl: &Arc<RunControl>) {
         kwargs: msg.kwargs.clone(),
     });
     ctrl.attach(ctx.clone());
-    *ctrl.active.lock().expect("active lock") = Some(ActiveTask {
-        id: msg.id.clone(),
-        name: msg.task.clone(),
-        args: py_repr(&Value::Array(msg.args.clone())),
-        kwargs: py_repr(&Value::Object(msg.kwargs.clone())),
-        queue: msg.queue.clone(),
+    let msg = Arc::new(msg);
+    *ctrl.active.lock().expect("active lock") = Some(Running {
+        msg: msg.clone(),
         time_start: Utc::now(),
-        retries: msg.retries,
-        delivery_tag: lease.delivery_tag.clone(),
         redelivered: d.redelivered || msg.redelivered,
     });
     let started = base.meta(
@@ -965,8 +983,15 @@ fn report(s: &Shared) -> WorkerReport {
         .runs
         .lock()
         .expect("runs lock")
-        .values()
-        .filter_map(|r| r.ctrl.active.lock().expect("active lock").clone())
+        .iter()
+        .filter_map(|(tag, r)| {
+            r.ctrl
+                .active
+                .lock()
+                .expect("active lock")
+                .as_ref()
+                .map(|a| a.render(tag))
+        })
         .collect();
     WorkerReport {
         node: s.cfg.node.clone(),

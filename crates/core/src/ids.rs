@@ -1,0 +1,63 @@
+//! Identifiers. Resource ids are UUIDs (v4) as lowercase strings; user ids are opaque strings
+//! from the identity provider (Firebase uids are at most 128 characters).
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// The maximum length of a user id.
+pub const MAX_USER_ID_LEN: usize = 128;
+
+/// A new random resource id.
+pub fn new_id() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+/// Whether `s` is a resource id (a UUID in canonical form).
+pub fn is_resource_id(s: &str) -> bool {
+    s.len() == 36 && uuid::Uuid::parse_str(s).is_ok()
+}
+
+/// Who owns something.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
+#[serde(transparent)]
+pub struct UserId(String);
+
+impl UserId {
+    /// Checks and wraps a user id: 1-128 printable characters.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        if s.is_empty() || s.len() > MAX_USER_ID_LEN {
+            return Err(format!("user id must be 1-{MAX_USER_ID_LEN} characters"));
+        }
+        if s.chars().any(|c| c.is_control() || c.is_whitespace()) {
+            return Err("user id must not contain spaces or control characters".into());
+        }
+        Ok(Self(s.to_owned()))
+    }
+
+    /// The id.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for UserId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_validate() {
+        assert!(is_resource_id(&new_id()));
+        assert!(!is_resource_id("img-123"));
+        assert!(UserId::parse("uid_42").is_ok());
+        assert!(UserId::parse("").is_err());
+        assert!(UserId::parse("a b").is_err());
+        assert!(UserId::parse(&"x".repeat(129)).is_err());
+    }
+}

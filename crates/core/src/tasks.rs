@@ -1,0 +1,210 @@
+//! The product's tasks: names (the seed's, unchanged), queues, typed arguments and results.
+//! The API enqueues these by name; the jobs crate implements them.
+
+use serde::{Deserialize, Serialize};
+
+/// `generate_visualization_task` of the seed.
+pub const GENERATE_VISUALIZATION: &str = "app.tasks.visualization_tasks.generate_visualization";
+/// `generate_comparison_task` of the seed.
+pub const GENERATE_COMPARISON: &str = "app.tasks.visualization_tasks.generate_comparison";
+/// `generate_export_task` of the seed.
+pub const GENERATE_EXPORT: &str = "app.tasks.export_tasks.generate_export";
+/// `generate_cost_infographic_task` of the seed.
+pub const GENERATE_COST_INFOGRAPHIC: &str = "app.tasks.export_tasks.generate_cost_infographic";
+
+/// Queue of the visualization tasks.
+pub const QUEUE_VISUALIZATIONS: &str = "visualizations";
+/// Queue of the export tasks.
+pub const QUEUE_EXPORTS: &str = "exports";
+
+/// The fewest procedures in a comparison.
+pub const MIN_COMPARISON: usize = 2;
+/// The most procedures in a comparison.
+pub const MAX_COMPARISON: usize = 4;
+
+/// How strong a simulated change is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Intensity {
+    /// A conservative change.
+    Subtle,
+    /// The default.
+    #[default]
+    Moderate,
+    /// A marked change (still within what surgery can do).
+    Pronounced,
+}
+
+impl Intensity {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Subtle => "subtle",
+            Self::Moderate => "moderate",
+            Self::Pronounced => "pronounced",
+        }
+    }
+}
+
+/// A point in image pixels (x to the right, y down).
+pub type Point = [f32; 2];
+
+/// Explicit facial landmarks that override detection. "left"/"right" are the subject's: the
+/// subject's right eye is on the image's left in a non-mirrored photo.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControlPoints {
+    /// Centre of the subject's right eye.
+    pub right_eye: Point,
+    /// Centre of the subject's left eye.
+    pub left_eye: Point,
+    /// Tip of the nose.
+    pub nose_tip: Point,
+    /// The subject's right mouth corner.
+    pub mouth_right: Point,
+    /// The subject's left mouth corner.
+    pub mouth_left: Point,
+    /// Lowest point of the chin (estimated from the others when absent).
+    #[serde(default)]
+    pub chin: Option<Point>,
+}
+
+/// Which engine makes the preview.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EngineKind {
+    /// Offline, deterministic warping of the patient's own pixels.
+    Local,
+    /// Google Gemini image editing, blended back inside the treated region.
+    Gemini,
+}
+
+impl EngineKind {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Local => "local",
+            Self::Gemini => "gemini",
+        }
+    }
+}
+
+/// Options of a preview.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PreviewOptions {
+    /// Strength of the change.
+    #[serde(default)]
+    pub intensity: Intensity,
+    /// Landmarks that replace face detection.
+    #[serde(default)]
+    pub control_points: Option<ControlPoints>,
+    /// Engine; the server's default when absent.
+    #[serde(default)]
+    pub engine: Option<EngineKind>,
+}
+
+/// Arguments of [`GENERATE_VISUALIZATION`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GenerateVisualization {
+    /// The uploaded photo.
+    pub image_id: String,
+    /// Catalog id.
+    pub procedure_id: String,
+    /// Options.
+    #[serde(default)]
+    pub options: PreviewOptions,
+    /// The owner (ownership is checked against it).
+    pub user_id: String,
+}
+
+/// Arguments of [`GENERATE_COMPARISON`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GenerateComparison {
+    /// The uploaded photo.
+    pub image_id: String,
+    /// 2-4 distinct catalog ids.
+    pub procedure_ids: Vec<String>,
+    /// Options (applied to each procedure).
+    #[serde(default)]
+    pub options: PreviewOptions,
+    /// The owner.
+    pub user_id: String,
+}
+
+/// Result of [`GENERATE_VISUALIZATION`] (and each item of a comparison).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VisualizationResult {
+    /// Visualization id.
+    pub id: String,
+    /// The photo it was made from.
+    pub image_id: String,
+    /// Catalog id.
+    pub procedure_id: String,
+    /// `local` or `gemini`.
+    pub engine: String,
+    /// Intensity used.
+    pub intensity: Intensity,
+    /// The original photo.
+    pub before_image_url: String,
+    /// The simulated photo.
+    pub after_image_url: String,
+    /// ISO-8601 UTC.
+    pub generated_at: String,
+}
+
+/// Result of [`GENERATE_COMPARISON`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ComparisonResult {
+    /// Comparison id (a visualization record of kind `comparison`).
+    pub id: String,
+    /// The photo.
+    pub image_id: String,
+    /// Catalog ids, in order.
+    pub procedure_ids: Vec<String>,
+    /// `local` or `gemini`.
+    pub engine: String,
+    /// One result per procedure.
+    pub items: Vec<VisualizationResult>,
+    /// The original photo.
+    pub before_image_url: String,
+    /// The labelled side-by-side composite.
+    pub comparison_image_url: String,
+    /// ISO-8601 UTC.
+    pub generated_at: String,
+}
+
+/// URL of an uploaded photo's content.
+pub fn image_url(image_id: &str) -> String {
+    format!("/api/images/{image_id}/content")
+}
+
+/// URL of a visualization's picture (the after image, or a comparison's composite).
+pub fn visualization_image_url(viz_id: &str) -> String {
+    format!("/api/visualizations/{viz_id}/image")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arguments_read_as_the_seed_sends_them() {
+        let a: GenerateVisualization = serde_json::from_str(
+            r#"{"image_id": "i", "procedure_id": "rhinoplasty", "user_id": "u"}"#,
+        )
+        .unwrap();
+        assert_eq!(a.options.intensity, Intensity::Moderate);
+        let a: GenerateVisualization = serde_json::from_str(
+            r#"{"image_id": "i", "procedure_id": "p", "user_id": "u",
+                "options": {"intensity": "subtle", "control_points": {"right_eye": [1, 2], "left_eye": [3, 4],
+                "nose_tip": [2, 5], "mouth_right": [1, 7], "mouth_left": [3, 7]}}}"#,
+        )
+        .unwrap();
+        assert_eq!(a.options.intensity, Intensity::Subtle);
+        assert_eq!(a.options.control_points.unwrap().chin, None);
+        assert!(serde_json::from_str::<PreviewOptions>(r#"{"intensity": "extreme"}"#).is_err());
+    }
+}

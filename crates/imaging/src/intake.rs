@@ -1,0 +1,270 @@
+//! Photo intake: accept JPEG, PNG and WebP by content, enforce the byte and pixel limits before
+//! decoding, apply the EXIF orientation, drop every piece of metadata, and store a normalized
+//! PNG (RGB, 8 bits, no text chunks, no EXIF).
+//!
+//! Order matters for safety: size check, magic-byte sniff, header-only dimension read and pixel
+//! check, then a decode bounded by `image::Limits`. A decompression bomb (a tiny file declaring
+//! a huge image) is refused at the header.
+
+use std::io::Cursor;
+
+use afterview_core::ErrorCode;
+use image::codecs::png::{CompressionType, FilterType, PngEncoder};
+use image::{DynamicImage, ImageDecoder, ImageEncoder, ImageFormat, ImageReader, RgbImage};
+
+/// Default byte limit (20 MB).
+pub const DEFAULT_MAX_BYTES: usize = 20 * 1000 * 1000;
+/// Default pixel limit (40 megapixels).
+pub const DEFAULT_MAX_PIXELS: u64 = 40_000_000;
+
+/// Intake limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest accepted file.
+    pub max_bytes: usize,
+    /// Largest accepted width × height.
+    pub max_pixels: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_bytes: DEFAULT_MAX_BYTES,
+            max_pixels: DEFAULT_MAX_PIXELS,
+        }
+    }
+}
+
+/// The accepted source formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceFormat {
+    /// JPEG.
+    Jpeg,
+    /// PNG.
+    Png,
+    /// WebP.
+    Webp,
+}
+
+impl SourceFormat {
+    fn image_format(self) -> ImageFormat {
+        match self {
+            Self::Jpeg => ImageFormat::Jpeg,
+            Self::Png => ImageFormat::Png,
+            Self::Webp => ImageFormat::WebP,
+        }
+    }
+
+    /// Lowercase name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Jpeg => "jpeg",
+            Self::Png => "png",
+            Self::Webp => "webp",
+        }
+    }
+}
+
+/// Why a photo was refused. Each variant has its own stable code ([`IntakeError::code`]).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum IntakeError {
+    /// Zero bytes.
+    #[error("the file is empty")]
+    Empty,
+    /// Over the byte limit.
+    #[error("the file has {size} bytes; the limit is {limit}")]
+    TooLarge {
+        /// File size.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// Not JPEG, PNG or WebP.
+    #[error("unsupported image format{}: upload a JPEG, PNG or WebP photo", .detected.map(|d| format!(" ({d})")).unwrap_or_default())]
+    Unsupported {
+        /// What the content looks like, when recognizable.
+        detected: Option<&'static str>,
+    },
+    /// Over the pixel limit (checked before decoding).
+    #[error("the image is {width}x{height} ({} megapixels); the limit is {} megapixels", (*.width as u64 * *.height as u64) / 1_000_000, .limit / 1_000_000)]
+    TooManyPixels {
+        /// Declared width.
+        width: u32,
+        /// Declared height.
+        height: u32,
+        /// The limit.
+        limit: u64,
+    },
+    /// Truncated or damaged.
+    #[error("the image could not be decoded: {0}")]
+    Corrupt(String),
+}
+
+impl IntakeError {
+    /// The stable error code.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Self::Empty => ErrorCode::EmptyFile,
+            Self::TooLarge { .. } => ErrorCode::FileTooLarge,
+            Self::Unsupported { .. } => ErrorCode::UnsupportedFormat,
+            Self::TooManyPixels { .. } => ErrorCode::ImageTooLarge,
+            Self::Corrupt(_) => ErrorCode::CorruptImage,
+        }
+    }
+}
+
+/// A photo after intake.
+#[derive(Debug, Clone)]
+pub struct Normalized {
+    /// The normalized photo: PNG, RGB 8-bit, upright, no metadata.
+    pub png: Vec<u8>,
+    /// Width after orientation.
+    pub width: u32,
+    /// Height after orientation.
+    pub height: u32,
+    /// What was uploaded.
+    pub source_format: SourceFormat,
+}
+
+/// Recognizes the format from the first bytes.
+pub fn sniff(bytes: &[u8]) -> Result<SourceFormat, IntakeError> {
+    if bytes.starts_with(&[0xFF, 0xD8, 0xFF]) {
+        return Ok(SourceFormat::Jpeg);
+    }
+    if bytes.starts_with(b"\x89PNG\r\n\x1a\n") {
+        return Ok(SourceFormat::Png);
+    }
+    if bytes.len() >= 12 && &bytes[0..4] == b"RIFF" && &bytes[8..12] == b"WEBP" {
+        return Ok(SourceFormat::Webp);
+    }
+    let detected = if bytes.starts_with(b"GIF8") {
+        Some("gif")
+    } else if bytes.starts_with(b"BM") {
+        Some("bmp")
+    } else if bytes.starts_with(b"II*\0") || bytes.starts_with(b"MM\0*") {
+        Some("tiff")
+    } else if bytes.len() >= 12 && &bytes[4..8] == b"ftyp" {
+        Some("heic/avif")
+    } else if bytes.starts_with(b"%PDF") {
+        Some("pdf")
+    } else if bytes.iter().take(512).all(|b| b.is_ascii()) {
+        Some("text")
+    } else {
+        None
+    };
+    Err(IntakeError::Unsupported { detected })
+}
+
+/// Checks, decodes, orients and normalizes an uploaded photo.
+pub fn intake(bytes: &[u8], limits: &Limits) -> Result<Normalized, IntakeError> {
+    let (img, source_format) = decode_upright(bytes, limits)?;
+    let (width, height) = img.dimensions();
+    Ok(Normalized {
+        png: encode_png(&img),
+        width,
+        height,
+        source_format,
+    })
+}
+
+/// The checked, decoded, upright photo (what [`intake`] stores, before encoding).
+pub fn decode_upright(
+    bytes: &[u8],
+    limits: &Limits,
+) -> Result<(RgbImage, SourceFormat), IntakeError> {
+    if bytes.is_empty() {
+        return Err(IntakeError::Empty);
+    }
+    if bytes.len() > limits.max_bytes {
+        return Err(IntakeError::TooLarge {
+            size: bytes.len(),
+            limit: limits.max_bytes,
+        });
+    }
+    let format = sniff(bytes)?;
+    if format == SourceFormat::Jpeg && !has_jpeg_end(bytes) {
+        // JPEG decoders fill a truncated scan with grey; refuse it instead.
+        return Err(IntakeError::Corrupt(
+            "the JPEG is truncated (no end-of-image marker)".into(),
+        ));
+    }
+    let (width, height) = ImageReader::with_format(Cursor::new(bytes), format.image_format())
+        .into_dimensions()
+        .map_err(|e| IntakeError::Corrupt(e.to_string()))?;
+    if width == 0 || height == 0 {
+        return Err(IntakeError::Corrupt("the image has no pixels".into()));
+    }
+    if u64::from(width) * u64::from(height) > limits.max_pixels {
+        return Err(IntakeError::TooManyPixels {
+            width,
+            height,
+            limit: limits.max_pixels,
+        });
+    }
+    let mut reader = ImageReader::with_format(Cursor::new(bytes), format.image_format());
+    let mut decode_limits = image::Limits::default();
+    decode_limits.max_image_width = Some(width);
+    decode_limits.max_image_height = Some(height);
+    // RGBA16 is the widest buffer a decoder may need, plus slack for its own work.
+    decode_limits.max_alloc = Some(u64::from(width) * u64::from(height) * 8 + (64 << 20));
+    reader.limits(decode_limits);
+    let mut decoder = reader
+        .into_decoder()
+        .map_err(|e| IntakeError::Corrupt(e.to_string()))?;
+    let orientation = decoder
+        .orientation()
+        .unwrap_or(image::metadata::Orientation::NoTransforms);
+    let mut img =
+        DynamicImage::from_decoder(decoder).map_err(|e| IntakeError::Corrupt(e.to_string()))?;
+    img.apply_orientation(orientation);
+    Ok((flatten(img), format))
+}
+
+/// Whether a JPEG has its end-of-image marker (`FF D9`) near the end. Entropy-coded data
+/// never contains `FF D9` (an `FF` there is always stuffed), so a file without it was cut short;
+/// some writers pad after the marker, hence the window.
+fn has_jpeg_end(bytes: &[u8]) -> bool {
+    let tail = &bytes[bytes.len().saturating_sub(4096)..];
+    tail.windows(2).any(|w| w == [0xFF, 0xD9])
+}
+
+/// RGB 8-bit; transparent pixels are composed over white.
+fn flatten(img: DynamicImage) -> RgbImage {
+    if !img.color().has_alpha() {
+        return img.into_rgb8();
+    }
+    let rgba = img.into_rgba8();
+    let (w, h) = rgba.dimensions();
+    RgbImage::from_fn(w, h, |x, y| {
+        let p = rgba.get_pixel(x, y).0;
+        let a = u32::from(p[3]);
+        let mix = |c: u8| ((u32::from(c) * a + 255 * (255 - a) + 127) / 255) as u8;
+        image::Rgb([mix(p[0]), mix(p[1]), mix(p[2])])
+    })
+}
+
+/// Encodes PNG with fixed settings (the same pixels always give the same bytes).
+pub fn encode_png(img: &RgbImage) -> Vec<u8> {
+    let mut out = Vec::with_capacity((img.width() * img.height()) as usize);
+    PngEncoder::new_with_quality(&mut out, CompressionType::Fast, FilterType::Adaptive)
+        .write_image(
+            img.as_raw(),
+            img.width(),
+            img.height(),
+            image::ExtendedColorType::Rgb8,
+        )
+        .expect("encoding into memory cannot fail");
+    out
+}
+
+/// Decodes a PNG this crate produced (stored photos and previews).
+pub fn decode_png(bytes: &[u8]) -> Result<RgbImage, IntakeError> {
+    image::load_from_memory_with_format(bytes, ImageFormat::Png)
+        .map(DynamicImage::into_rgb8)
+        .map_err(|e| IntakeError::Corrupt(e.to_string()))
+}
+
+/// Decodes any accepted format (e.g. a generated image from Gemini), within the limits.
+pub fn decode_any(bytes: &[u8], limits: &Limits) -> Result<RgbImage, IntakeError> {
+    decode_upright(bytes, limits).map(|(img, _)| img)
+}

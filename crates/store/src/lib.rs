@@ -1,0 +1,222 @@
+//! Afterview's storage.
+//!
+//! - [`MetadataStore`]: who owns which image, visualization, export and task; idempotency
+//!   records. Every read takes the owner: asking for someone else's id answers `None`, exactly
+//!   like an id that does not exist, so the API can answer 404 without a second check.
+//!   Implementations: embedded SQLite ([`sqlite::SqliteMetadata`]); PostgreSQL will join.
+//! - [`BlobStore`]: the bytes (photos, previews, reports), over the `object_store` crate
+//!   ([`blob::ObjectBlobStore`]: a local directory by default, in memory for tests; S3 later).
+//!
+//! Both traits have a conformance suite (feature `testsuite`) that every implementation passes.
+//! Blob keys never contain user ids (they are derived from resource ids only).
+
+pub mod blob;
+pub mod sqlite;
+#[cfg(feature = "testsuite")]
+pub mod testsuite;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+pub use blob::{BlobStore, ObjectBlobStore};
+
+/// A storage failure.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The store cannot be reached or failed; retrying may help.
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
+    /// A record with this id (or key) exists already.
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// Stored data could not be read back.
+    #[error("corrupt data: {0}")]
+    Corrupt(String),
+}
+
+/// An uploaded photo.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ImageRecord {
+    /// Image id.
+    pub id: String,
+    /// Owner.
+    pub owner: String,
+    /// Blob key of the normalized PNG.
+    pub blob_key: String,
+    /// Width in pixels.
+    pub width: u32,
+    /// Height in pixels.
+    pub height: u32,
+    /// Size of the stored PNG.
+    pub bytes: u64,
+    /// What was uploaded (`jpeg`, `png`, `webp`).
+    pub source_format: String,
+    /// When.
+    pub created_at: DateTime<Utc>,
+}
+
+/// A preview or a comparison.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VisualizationRecord {
+    /// Visualization id.
+    pub id: String,
+    /// Owner.
+    pub owner: String,
+    /// The source photo.
+    pub image_id: String,
+    /// `single` or `comparison`.
+    pub kind: String,
+    /// Procedures, in order.
+    pub procedure_ids: Vec<String>,
+    /// `local` or `gemini`.
+    pub engine: String,
+    /// Blob key of the after picture (or the comparison composite).
+    pub blob_key: String,
+    /// The task result as returned to clients.
+    pub result: Value,
+    /// The task that made it.
+    pub task_id: Option<String>,
+    /// When.
+    pub created_at: DateTime<Utc>,
+}
+
+/// A report or an infographic.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExportRecord {
+    /// Export id.
+    pub id: String,
+    /// Owner.
+    pub owner: String,
+    /// `report` or `infographic`.
+    pub kind: String,
+    /// `pdf`, `png`, `svg`.
+    pub format: String,
+    /// Blob key.
+    pub blob_key: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Photos it was made from (deleting one deletes the export).
+    pub image_ids: Vec<String>,
+    /// The task result as returned to clients.
+    pub result: Value,
+    /// The task that made it.
+    pub task_id: Option<String>,
+    /// When.
+    pub created_at: DateTime<Utc>,
+}
+
+/// Who sent which task.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskRecord {
+    /// Task id.
+    pub id: String,
+    /// Owner.
+    pub owner: String,
+    /// Task name.
+    pub name: String,
+    /// When it was sent.
+    pub created_at: DateTime<Utc>,
+}
+
+/// A stored answer to a request with an `Idempotency-Key`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IdempotentResponse {
+    /// A fingerprint of the request (method, path, body), so a reused key with another request
+    /// is detected.
+    pub fingerprint: String,
+    /// HTTP status.
+    pub status: u16,
+    /// Response body.
+    pub body: Value,
+    /// When it was first answered.
+    pub created_at: DateTime<Utc>,
+}
+
+/// What deleting an image removed (the caller deletes these blobs).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Deleted {
+    /// Blob keys of the image and everything derived from it.
+    pub blob_keys: Vec<String>,
+    /// Visualizations removed.
+    pub visualizations: u64,
+    /// Exports removed.
+    pub exports: u64,
+}
+
+/// Metadata, scoped by owner.
+#[async_trait]
+pub trait MetadataStore: Send + Sync + 'static {
+    /// Stores a new image.
+    async fn insert_image(&self, r: &ImageRecord) -> Result<(), StoreError>;
+    /// The owner's image.
+    async fn get_image(&self, owner: &str, id: &str) -> Result<Option<ImageRecord>, StoreError>;
+    /// The owner's images, newest first.
+    async fn list_images(&self, owner: &str, limit: u32) -> Result<Vec<ImageRecord>, StoreError>;
+    /// Deletes the owner's image and every visualization and export made from it.
+    async fn delete_image(&self, owner: &str, id: &str) -> Result<Option<Deleted>, StoreError>;
+
+    /// Stores a new visualization.
+    async fn insert_visualization(&self, r: &VisualizationRecord) -> Result<(), StoreError>;
+    /// The owner's visualization.
+    async fn get_visualization(
+        &self,
+        owner: &str,
+        id: &str,
+    ) -> Result<Option<VisualizationRecord>, StoreError>;
+    /// The owner's visualizations, newest first.
+    async fn list_visualizations(
+        &self,
+        owner: &str,
+        limit: u32,
+    ) -> Result<Vec<VisualizationRecord>, StoreError>;
+
+    /// Stores a new export.
+    async fn insert_export(&self, r: &ExportRecord) -> Result<(), StoreError>;
+    /// The owner's export.
+    async fn get_export(&self, owner: &str, id: &str) -> Result<Option<ExportRecord>, StoreError>;
+    /// The owner's exports, newest first.
+    async fn list_exports(&self, owner: &str, limit: u32) -> Result<Vec<ExportRecord>, StoreError>;
+
+    /// Records who sent a task.
+    async fn insert_task(&self, r: &TaskRecord) -> Result<(), StoreError>;
+    /// The owner's task.
+    async fn get_task(&self, owner: &str, id: &str) -> Result<Option<TaskRecord>, StoreError>;
+    /// The owner's tasks, newest first.
+    async fn list_tasks(&self, owner: &str, limit: u32) -> Result<Vec<TaskRecord>, StoreError>;
+
+    /// The stored answer for `(owner, key)`, if any.
+    async fn get_idempotent(
+        &self,
+        owner: &str,
+        key: &str,
+    ) -> Result<Option<IdempotentResponse>, StoreError>;
+    /// Stores an answer for `(owner, key)`; `false` when one exists already (the first wins).
+    async fn put_idempotent(
+        &self,
+        owner: &str,
+        key: &str,
+        r: &IdempotentResponse,
+    ) -> Result<bool, StoreError>;
+
+    /// Removes idempotency records and task records older than `before`.
+    async fn cleanup(&self, before: DateTime<Utc>) -> Result<u64, StoreError>;
+    /// Cheap reachability check.
+    async fn ping(&self) -> Result<(), StoreError>;
+}
+
+/// The blob key of a photo.
+pub fn image_key(id: &str) -> String {
+    format!("images/{id}.png")
+}
+
+/// The blob key of a visualization picture.
+pub fn visualization_key(id: &str) -> String {
+    format!("visualizations/{id}.png")
+}
+
+/// The blob key of an export.
+pub fn export_key(id: &str, format: &str) -> String {
+    format!("exports/{id}.{format}")
+}

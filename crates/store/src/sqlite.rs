@@ -1,0 +1,514 @@
+//! The embedded metadata store: one SQLite file (WAL) in the data dir, its own migrations.
+//! Queries run on the blocking pool; one connection serializes this process's access.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use rusqlite::{Connection, OptionalExtension, params};
+use serde_json::Value;
+
+use crate::{
+    Deleted, ExportRecord, IdempotentResponse, ImageRecord, MetadataStore, StoreError, TaskRecord,
+    VisualizationRecord,
+};
+
+const MIGRATIONS: &[&str] = &[
+    // 1: images, visualizations, exports, tasks, idempotency.
+    "
+    CREATE TABLE images (
+        id TEXT PRIMARY KEY, owner TEXT NOT NULL, blob_key TEXT NOT NULL,
+        width INTEGER NOT NULL, height INTEGER NOT NULL, bytes INTEGER NOT NULL,
+        source_format TEXT NOT NULL, created_at TEXT NOT NULL
+    );
+    CREATE INDEX images_owner ON images (owner, created_at);
+    CREATE TABLE visualizations (
+        id TEXT PRIMARY KEY, owner TEXT NOT NULL, image_id TEXT NOT NULL, kind TEXT NOT NULL,
+        procedure_ids TEXT NOT NULL, engine TEXT NOT NULL, blob_key TEXT NOT NULL,
+        result TEXT NOT NULL, task_id TEXT, created_at TEXT NOT NULL
+    );
+    CREATE INDEX visualizations_owner ON visualizations (owner, created_at);
+    CREATE INDEX visualizations_image ON visualizations (image_id);
+    CREATE TABLE exports (
+        id TEXT PRIMARY KEY, owner TEXT NOT NULL, kind TEXT NOT NULL, format TEXT NOT NULL,
+        blob_key TEXT NOT NULL, size INTEGER NOT NULL, image_ids TEXT NOT NULL,
+        result TEXT NOT NULL, task_id TEXT, created_at TEXT NOT NULL
+    );
+    CREATE INDEX exports_owner ON exports (owner, created_at);
+    CREATE TABLE tasks (
+        id TEXT PRIMARY KEY, owner TEXT NOT NULL, name TEXT NOT NULL, created_at TEXT NOT NULL
+    );
+    CREATE INDEX tasks_owner ON tasks (owner, created_at);
+    CREATE TABLE idempotency (
+        owner TEXT NOT NULL, key TEXT NOT NULL, fingerprint TEXT NOT NULL, status INTEGER NOT NULL,
+        body TEXT NOT NULL, created_at TEXT NOT NULL, PRIMARY KEY (owner, key)
+    );
+    ",
+];
+
+/// The SQLite metadata store.
+#[derive(Clone)]
+pub struct SqliteMetadata {
+    conn: Arc<Mutex<Connection>>,
+}
+
+impl std::fmt::Debug for SqliteMetadata {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteMetadata").finish_non_exhaustive()
+    }
+}
+
+fn err(e: rusqlite::Error) -> StoreError {
+    match &e {
+        rusqlite::Error::SqliteFailure(f, _)
+            if f.code == rusqlite::ErrorCode::ConstraintViolation =>
+        {
+            StoreError::Conflict(e.to_string())
+        }
+        _ => StoreError::Unavailable(e.to_string()),
+    }
+}
+
+fn ts(t: &DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+}
+
+fn parse_ts(s: &str) -> rusqlite::Result<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(s)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| {
+            rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
+        })
+}
+
+fn json_col(s: &str) -> rusqlite::Result<Value> {
+    serde_json::from_str(s).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
+    })
+}
+
+fn strings_col(s: &str) -> rusqlite::Result<Vec<String>> {
+    serde_json::from_str(s).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
+    })
+}
+
+fn image_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ImageRecord> {
+    Ok(ImageRecord {
+        id: r.get(0)?,
+        owner: r.get(1)?,
+        blob_key: r.get(2)?,
+        width: r.get(3)?,
+        height: r.get(4)?,
+        bytes: r.get::<_, i64>(5)? as u64,
+        source_format: r.get(6)?,
+        created_at: parse_ts(&r.get::<_, String>(7)?)?,
+    })
+}
+
+fn viz_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<VisualizationRecord> {
+    Ok(VisualizationRecord {
+        id: r.get(0)?,
+        owner: r.get(1)?,
+        image_id: r.get(2)?,
+        kind: r.get(3)?,
+        procedure_ids: strings_col(&r.get::<_, String>(4)?)?,
+        engine: r.get(5)?,
+        blob_key: r.get(6)?,
+        result: json_col(&r.get::<_, String>(7)?)?,
+        task_id: r.get(8)?,
+        created_at: parse_ts(&r.get::<_, String>(9)?)?,
+    })
+}
+
+fn export_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ExportRecord> {
+    Ok(ExportRecord {
+        id: r.get(0)?,
+        owner: r.get(1)?,
+        kind: r.get(2)?,
+        format: r.get(3)?,
+        blob_key: r.get(4)?,
+        size: r.get::<_, i64>(5)? as u64,
+        image_ids: strings_col(&r.get::<_, String>(6)?)?,
+        result: json_col(&r.get::<_, String>(7)?)?,
+        task_id: r.get(8)?,
+        created_at: parse_ts(&r.get::<_, String>(9)?)?,
+    })
+}
+
+fn task_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TaskRecord> {
+    Ok(TaskRecord {
+        id: r.get(0)?,
+        owner: r.get(1)?,
+        name: r.get(2)?,
+        created_at: parse_ts(&r.get::<_, String>(3)?)?,
+    })
+}
+
+const IMAGE_COLS: &str = "id, owner, blob_key, width, height, bytes, source_format, created_at";
+const VIZ_COLS: &str =
+    "id, owner, image_id, kind, procedure_ids, engine, blob_key, result, task_id, created_at";
+const EXPORT_COLS: &str =
+    "id, owner, kind, format, blob_key, size, image_ids, result, task_id, created_at";
+
+impl SqliteMetadata {
+    /// Opens (creating and migrating) the database at `path`.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        if let Some(dir) = path.parent()
+            && !dir.as_os_str().is_empty()
+        {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                StoreError::Unavailable(format!("cannot create {}: {e}", dir.display()))
+            })?;
+        }
+        let conn = Connection::open(path).map_err(err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(err)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(err)?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(err)?;
+        conn.pragma_update(None, "foreign_keys", true)
+            .map_err(err)?;
+        migrate(&conn)
+            .map_err(|e| StoreError::Corrupt(format!("metadata migration failed: {e}")))?;
+        Ok(Self {
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    async fn run<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut c = conn.lock().expect("metadata connection lock");
+            f(&mut c).map_err(err)
+        })
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("metadata task failed: {e}")))?
+    }
+}
+
+fn migrate(conn: &Connection) -> rusqlite::Result<()> {
+    conn.execute_batch("BEGIN IMMEDIATE")?;
+    let out = (|| {
+        let v = conn.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))? as usize;
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(v) {
+            conn.execute_batch(sql)?;
+            conn.pragma_update(None, "user_version", (i + 1) as i64)?;
+        }
+        Ok(())
+    })();
+    match out {
+        Ok(()) => conn.execute_batch("COMMIT"),
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK");
+            Err(e)
+        }
+    }
+}
+
+fn to_json<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_string(v).expect("records serialize")
+}
+
+#[async_trait]
+impl MetadataStore for SqliteMetadata {
+    async fn insert_image(&self, r: &ImageRecord) -> Result<(), StoreError> {
+        let r = r.clone();
+        self.run(move |c| {
+            c.execute(
+                &format!(
+                    "INSERT INTO images ({IMAGE_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
+                ),
+                params![
+                    r.id,
+                    r.owner,
+                    r.blob_key,
+                    r.width,
+                    r.height,
+                    r.bytes as i64,
+                    r.source_format,
+                    ts(&r.created_at)
+                ],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get_image(&self, owner: &str, id: &str) -> Result<Option<ImageRecord>, StoreError> {
+        let (owner, id) = (owner.to_owned(), id.to_owned());
+        self.run(move |c| {
+            c.query_row(
+                &format!("SELECT {IMAGE_COLS} FROM images WHERE id = ?1 AND owner = ?2"),
+                params![id, owner],
+                image_row,
+            )
+            .optional()
+        })
+        .await
+    }
+
+    async fn list_images(&self, owner: &str, limit: u32) -> Result<Vec<ImageRecord>, StoreError> {
+        let owner = owner.to_owned();
+        self.run(move |c| {
+            c.prepare(&format!("SELECT {IMAGE_COLS} FROM images WHERE owner = ?1 ORDER BY created_at DESC, id LIMIT ?2"))?
+                .query_map(params![owner, limit], image_row)?
+                .collect()
+        })
+        .await
+    }
+
+    async fn delete_image(&self, owner: &str, id: &str) -> Result<Option<Deleted>, StoreError> {
+        let (owner, id) = (owner.to_owned(), id.to_owned());
+        self.run(move |c| {
+            let tx = c.transaction()?;
+            let Some(key) = tx
+                .query_row(
+                    "SELECT blob_key FROM images WHERE id = ?1 AND owner = ?2",
+                    params![id, owner],
+                    |r| r.get::<_, String>(0),
+                )
+                .optional()?
+            else {
+                return Ok(None);
+            };
+            let mut d = Deleted {
+                blob_keys: vec![key],
+                ..Default::default()
+            };
+            let viz: Vec<String> = tx
+                .prepare("SELECT blob_key FROM visualizations WHERE image_id = ?1 AND owner = ?2")?
+                .query_map(params![id, owner], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
+            d.visualizations = viz.len() as u64;
+            d.blob_keys.extend(viz);
+            let exports: Vec<(String, String)> = tx
+                .prepare(
+                    "SELECT id, blob_key FROM exports WHERE owner = ?2
+                     AND EXISTS (SELECT 1 FROM json_each(exports.image_ids) WHERE value = ?1)",
+                )?
+                .query_map(params![id, owner], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<rusqlite::Result<_>>()?;
+            d.exports = exports.len() as u64;
+            for (eid, key) in exports {
+                tx.execute("DELETE FROM exports WHERE id = ?1", [eid])?;
+                d.blob_keys.push(key);
+            }
+            tx.execute(
+                "DELETE FROM visualizations WHERE image_id = ?1 AND owner = ?2",
+                params![id, owner],
+            )?;
+            tx.execute(
+                "DELETE FROM images WHERE id = ?1 AND owner = ?2",
+                params![id, owner],
+            )?;
+            tx.commit()?;
+            Ok(Some(d))
+        })
+        .await
+    }
+
+    async fn insert_visualization(&self, r: &VisualizationRecord) -> Result<(), StoreError> {
+        let r = r.clone();
+        self.run(move |c| {
+            c.execute(
+                &format!("INSERT INTO visualizations ({VIZ_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"),
+                params![
+                    r.id,
+                    r.owner,
+                    r.image_id,
+                    r.kind,
+                    to_json(&r.procedure_ids),
+                    r.engine,
+                    r.blob_key,
+                    to_json(&r.result),
+                    r.task_id,
+                    ts(&r.created_at)
+                ],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get_visualization(
+        &self,
+        owner: &str,
+        id: &str,
+    ) -> Result<Option<VisualizationRecord>, StoreError> {
+        let (owner, id) = (owner.to_owned(), id.to_owned());
+        self.run(move |c| {
+            c.query_row(
+                &format!("SELECT {VIZ_COLS} FROM visualizations WHERE id = ?1 AND owner = ?2"),
+                params![id, owner],
+                viz_row,
+            )
+            .optional()
+        })
+        .await
+    }
+
+    async fn list_visualizations(
+        &self,
+        owner: &str,
+        limit: u32,
+    ) -> Result<Vec<VisualizationRecord>, StoreError> {
+        let owner = owner.to_owned();
+        self.run(move |c| {
+            c.prepare(&format!("SELECT {VIZ_COLS} FROM visualizations WHERE owner = ?1 ORDER BY created_at DESC, id LIMIT ?2"))?
+                .query_map(params![owner, limit], viz_row)?
+                .collect()
+        })
+        .await
+    }
+
+    async fn insert_export(&self, r: &ExportRecord) -> Result<(), StoreError> {
+        let r = r.clone();
+        self.run(move |c| {
+            c.execute(
+                &format!("INSERT INTO exports ({EXPORT_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"),
+                params![
+                    r.id,
+                    r.owner,
+                    r.kind,
+                    r.format,
+                    r.blob_key,
+                    r.size as i64,
+                    to_json(&r.image_ids),
+                    to_json(&r.result),
+                    r.task_id,
+                    ts(&r.created_at)
+                ],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get_export(&self, owner: &str, id: &str) -> Result<Option<ExportRecord>, StoreError> {
+        let (owner, id) = (owner.to_owned(), id.to_owned());
+        self.run(move |c| {
+            c.query_row(
+                &format!("SELECT {EXPORT_COLS} FROM exports WHERE id = ?1 AND owner = ?2"),
+                params![id, owner],
+                export_row,
+            )
+            .optional()
+        })
+        .await
+    }
+
+    async fn list_exports(&self, owner: &str, limit: u32) -> Result<Vec<ExportRecord>, StoreError> {
+        let owner = owner.to_owned();
+        self.run(move |c| {
+            c.prepare(&format!("SELECT {EXPORT_COLS} FROM exports WHERE owner = ?1 ORDER BY created_at DESC, id LIMIT ?2"))?
+                .query_map(params![owner, limit], export_row)?
+                .collect()
+        })
+        .await
+    }
+
+    async fn insert_task(&self, r: &TaskRecord) -> Result<(), StoreError> {
+        let r = r.clone();
+        self.run(move |c| {
+            c.execute(
+                "INSERT INTO tasks (id, owner, name, created_at) VALUES (?1, ?2, ?3, ?4)",
+                params![r.id, r.owner, r.name, ts(&r.created_at)],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get_task(&self, owner: &str, id: &str) -> Result<Option<TaskRecord>, StoreError> {
+        let (owner, id) = (owner.to_owned(), id.to_owned());
+        self.run(move |c| {
+            c.query_row(
+                "SELECT id, owner, name, created_at FROM tasks WHERE id = ?1 AND owner = ?2",
+                params![id, owner],
+                task_row,
+            )
+            .optional()
+        })
+        .await
+    }
+
+    async fn list_tasks(&self, owner: &str, limit: u32) -> Result<Vec<TaskRecord>, StoreError> {
+        let owner = owner.to_owned();
+        self.run(move |c| {
+            c.prepare("SELECT id, owner, name, created_at FROM tasks WHERE owner = ?1 ORDER BY created_at DESC, id LIMIT ?2")?
+                .query_map(params![owner, limit], task_row)?
+                .collect()
+        })
+        .await
+    }
+
+    async fn get_idempotent(
+        &self,
+        owner: &str,
+        key: &str,
+    ) -> Result<Option<IdempotentResponse>, StoreError> {
+        let (owner, key) = (owner.to_owned(), key.to_owned());
+        self.run(move |c| {
+            c.query_row(
+                "SELECT fingerprint, status, body, created_at FROM idempotency WHERE owner = ?1 AND key = ?2",
+                params![owner, key],
+                |r| {
+                    Ok(IdempotentResponse {
+                        fingerprint: r.get(0)?,
+                        status: r.get(1)?,
+                        body: json_col(&r.get::<_, String>(2)?)?,
+                        created_at: parse_ts(&r.get::<_, String>(3)?)?,
+                    })
+                },
+            )
+            .optional()
+        })
+        .await
+    }
+
+    async fn put_idempotent(
+        &self,
+        owner: &str,
+        key: &str,
+        r: &IdempotentResponse,
+    ) -> Result<bool, StoreError> {
+        let (owner, key, r) = (owner.to_owned(), key.to_owned(), r.clone());
+        self.run(move |c| {
+            let n = c.execute(
+                "INSERT INTO idempotency (owner, key, fingerprint, status, body, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (owner, key) DO NOTHING",
+                params![
+                    owner,
+                    key,
+                    r.fingerprint,
+                    r.status,
+                    to_json(&r.body),
+                    ts(&r.created_at)
+                ],
+            )?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    async fn cleanup(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
+        let cutoff = ts(&before);
+        self.run(move |c| {
+            let a = c.execute("DELETE FROM idempotency WHERE created_at < ?1", [&cutoff])?;
+            let b = c.execute("DELETE FROM tasks WHERE created_at < ?1", [&cutoff])?;
+            Ok((a + b) as u64)
+        })
+        .await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.run(|c| c.query_row("SELECT 1", [], |_| Ok(()))).await
+    }
+}

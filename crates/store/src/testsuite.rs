@@ -1,0 +1,312 @@
+//! Conformance suites: [`metadata_conformance!`](crate::metadata_conformance) for
+//! [`MetadataStore`] implementations and [`blob_conformance!`](crate::blob_conformance) for
+//! [`BlobStore`] ones. A factory returns a fresh, empty store.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use chrono::{Duration, Utc};
+use serde_json::json;
+
+use crate::{
+    BlobStore, ExportRecord, IdempotentResponse, ImageRecord, MetadataStore, StoreError,
+    TaskRecord, VisualizationRecord, image_key, visualization_key,
+};
+
+/// Instantiates the metadata suite.
+#[macro_export]
+macro_rules! metadata_conformance {
+    ($factory:path) => {
+        $crate::metadata_conformance!(@cases $factory;
+            images_are_owner_scoped,
+            lists_are_newest_first_and_limited,
+            deleting_an_image_cascades,
+            visualizations_and_exports_round_trip,
+            tasks_record_ownership,
+            idempotency_keeps_the_first_answer,
+            duplicate_ids_conflict,
+            cleanup_expires_old_records,
+        );
+    };
+    (@cases $factory:path; $($name:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                $crate::testsuite::$name($factory().await).await;
+            }
+        )*
+    };
+}
+
+/// Instantiates the blob suite.
+#[macro_export]
+macro_rules! blob_conformance {
+    ($factory:path) => {
+        $crate::blob_conformance!(@cases $factory; blobs_round_trip, blob_keys_are_checked);
+    };
+    (@cases $factory:path; $($name:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                $crate::testsuite::$name($factory().await).await;
+            }
+        )*
+    };
+}
+
+fn image(owner: &str, id: &str, age_s: i64) -> ImageRecord {
+    ImageRecord {
+        id: id.into(),
+        owner: owner.into(),
+        blob_key: image_key(id),
+        width: 640,
+        height: 480,
+        bytes: 1234,
+        source_format: "jpeg".into(),
+        created_at: Utc::now() - Duration::seconds(age_s),
+    }
+}
+
+fn viz(owner: &str, id: &str, image_id: &str) -> VisualizationRecord {
+    VisualizationRecord {
+        id: id.into(),
+        owner: owner.into(),
+        image_id: image_id.into(),
+        kind: "single".into(),
+        procedure_ids: vec!["rhinoplasty".into()],
+        engine: "local".into(),
+        blob_key: visualization_key(id),
+        result: json!({"id": id, "after_image_url": "/x"}),
+        task_id: Some(format!("task-{id}")),
+        created_at: Utc::now(),
+    }
+}
+
+fn export(owner: &str, id: &str, image_ids: &[&str]) -> ExportRecord {
+    ExportRecord {
+        id: id.into(),
+        owner: owner.into(),
+        kind: "report".into(),
+        format: "pdf".into(),
+        blob_key: format!("exports/{id}.pdf"),
+        size: 99,
+        image_ids: image_ids.iter().map(|s| (*s).to_owned()).collect(),
+        result: json!({"id": id}),
+        task_id: None,
+        created_at: Utc::now(),
+    }
+}
+
+/// Someone else's id reads exactly like a missing one.
+pub async fn images_are_owner_scoped(s: Arc<dyn MetadataStore>) {
+    s.insert_image(&image("alice", "i1", 0)).await.unwrap();
+    let got = s.get_image("alice", "i1").await.unwrap().unwrap();
+    assert_eq!(got.width, 640);
+    assert_eq!(
+        got.created_at.timestamp_micros(),
+        got.created_at.timestamp_micros()
+    );
+    assert!(s.get_image("bob", "i1").await.unwrap().is_none());
+    assert!(s.get_image("alice", "nope").await.unwrap().is_none());
+    assert!(s.list_images("bob", 10).await.unwrap().is_empty());
+    assert!(
+        s.delete_image("bob", "i1").await.unwrap().is_none(),
+        "bob cannot delete alice's image"
+    );
+    assert!(s.get_image("alice", "i1").await.unwrap().is_some());
+}
+
+/// Lists are the owner's, newest first, bounded.
+pub async fn lists_are_newest_first_and_limited(s: Arc<dyn MetadataStore>) {
+    for (i, age) in [("old", 30), ("new", 1), ("mid", 10)] {
+        s.insert_image(&image("alice", i, age)).await.unwrap();
+    }
+    s.insert_image(&image("bob", "bobs", 0)).await.unwrap();
+    let ids: Vec<String> = s
+        .list_images("alice", 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(ids, ["new", "mid", "old"]);
+    assert_eq!(s.list_images("alice", 2).await.unwrap().len(), 2);
+}
+
+/// Deleting an image removes its visualizations and the exports made from it.
+pub async fn deleting_an_image_cascades(s: Arc<dyn MetadataStore>) {
+    s.insert_image(&image("alice", "i1", 0)).await.unwrap();
+    s.insert_image(&image("alice", "i2", 0)).await.unwrap();
+    s.insert_visualization(&viz("alice", "v1", "i1"))
+        .await
+        .unwrap();
+    s.insert_visualization(&viz("alice", "v2", "i2"))
+        .await
+        .unwrap();
+    s.insert_export(&export("alice", "e1", &["i1"]))
+        .await
+        .unwrap();
+    s.insert_export(&export("alice", "e2", &["i2"]))
+        .await
+        .unwrap();
+    let d = s.delete_image("alice", "i1").await.unwrap().unwrap();
+    assert_eq!((d.visualizations, d.exports), (1, 1));
+    let mut keys = d.blob_keys.clone();
+    keys.sort();
+    assert_eq!(
+        keys,
+        ["exports/e1.pdf", "images/i1.png", "visualizations/v1.png"]
+    );
+    assert!(s.get_image("alice", "i1").await.unwrap().is_none());
+    assert!(s.get_visualization("alice", "v1").await.unwrap().is_none());
+    assert!(s.get_export("alice", "e1").await.unwrap().is_none());
+    assert!(
+        s.get_visualization("alice", "v2").await.unwrap().is_some(),
+        "other images' work stays"
+    );
+    assert!(s.get_export("alice", "e2").await.unwrap().is_some());
+    assert!(
+        s.delete_image("alice", "i1").await.unwrap().is_none(),
+        "a second delete finds nothing"
+    );
+}
+
+/// Visualizations and exports keep every field.
+pub async fn visualizations_and_exports_round_trip(s: Arc<dyn MetadataStore>) {
+    let v = viz("alice", "v1", "i1");
+    s.insert_visualization(&v).await.unwrap();
+    let got = s.get_visualization("alice", "v1").await.unwrap().unwrap();
+    assert_eq!(
+        (got.procedure_ids, got.result, got.task_id),
+        (v.procedure_ids, v.result, v.task_id)
+    );
+    assert!(s.get_visualization("bob", "v1").await.unwrap().is_none());
+    assert_eq!(s.list_visualizations("alice", 5).await.unwrap().len(), 1);
+    let e = export("alice", "e1", &["i1", "i2"]);
+    s.insert_export(&e).await.unwrap();
+    let got = s.get_export("alice", "e1").await.unwrap().unwrap();
+    assert_eq!(
+        (got.image_ids, got.size, got.format),
+        (e.image_ids, 99, "pdf".into())
+    );
+    assert!(s.get_export("bob", "e1").await.unwrap().is_none());
+    assert_eq!(s.list_exports("alice", 5).await.unwrap().len(), 1);
+}
+
+/// Tasks remember their owner.
+pub async fn tasks_record_ownership(s: Arc<dyn MetadataStore>) {
+    let t = TaskRecord {
+        id: "t1".into(),
+        owner: "alice".into(),
+        name: "afterview.noop".into(),
+        created_at: Utc::now(),
+    };
+    s.insert_task(&t).await.unwrap();
+    assert_eq!(
+        s.get_task("alice", "t1").await.unwrap().unwrap().name,
+        "afterview.noop"
+    );
+    assert!(s.get_task("bob", "t1").await.unwrap().is_none());
+    assert_eq!(s.list_tasks("alice", 10).await.unwrap().len(), 1);
+}
+
+/// The first answer for a key wins; keys are per owner.
+pub async fn idempotency_keeps_the_first_answer(s: Arc<dyn MetadataStore>) {
+    let first = IdempotentResponse {
+        fingerprint: "f1".into(),
+        status: 202,
+        body: json!({"task_id": "a"}),
+        created_at: Utc::now(),
+    };
+    let second = IdempotentResponse {
+        body: json!({"task_id": "b"}),
+        ..first.clone()
+    };
+    assert!(s.put_idempotent("alice", "k", &first).await.unwrap());
+    assert!(!s.put_idempotent("alice", "k", &second).await.unwrap());
+    assert_eq!(
+        s.get_idempotent("alice", "k").await.unwrap().unwrap().body,
+        json!({"task_id": "a"})
+    );
+    assert!(s.get_idempotent("bob", "k").await.unwrap().is_none());
+}
+
+/// Ids are unique.
+pub async fn duplicate_ids_conflict(s: Arc<dyn MetadataStore>) {
+    s.insert_image(&image("alice", "i1", 0)).await.unwrap();
+    assert!(matches!(
+        s.insert_image(&image("bob", "i1", 0)).await,
+        Err(StoreError::Conflict(_))
+    ));
+}
+
+/// Old idempotency and task records are removed.
+pub async fn cleanup_expires_old_records(s: Arc<dyn MetadataStore>) {
+    let old = Utc::now() - Duration::days(3);
+    let r = IdempotentResponse {
+        fingerprint: "f".into(),
+        status: 200,
+        body: json!(1),
+        created_at: old,
+    };
+    s.put_idempotent("alice", "old", &r).await.unwrap();
+    s.put_idempotent(
+        "alice",
+        "new",
+        &IdempotentResponse {
+            created_at: Utc::now(),
+            ..r
+        },
+    )
+    .await
+    .unwrap();
+    s.insert_task(&TaskRecord {
+        id: "t-old".into(),
+        owner: "alice".into(),
+        name: "n".into(),
+        created_at: old,
+    })
+    .await
+    .unwrap();
+    let n = s.cleanup(Utc::now() - Duration::days(1)).await.unwrap();
+    assert_eq!(n, 2);
+    assert!(s.get_idempotent("alice", "old").await.unwrap().is_none());
+    assert!(s.get_idempotent("alice", "new").await.unwrap().is_some());
+    s.ping().await.unwrap();
+}
+
+/// Put, get, replace, delete.
+pub async fn blobs_round_trip(b: Arc<dyn BlobStore>) {
+    assert!(b.get("images/x.png").await.unwrap().is_none());
+    b.put("images/x.png", Bytes::from_static(b"one"))
+        .await
+        .unwrap();
+    assert_eq!(
+        b.get("images/x.png").await.unwrap().unwrap(),
+        Bytes::from_static(b"one")
+    );
+    b.put("images/x.png", Bytes::from_static(b"two"))
+        .await
+        .unwrap();
+    assert_eq!(
+        b.get("images/x.png").await.unwrap().unwrap(),
+        Bytes::from_static(b"two")
+    );
+    let big = Bytes::from(vec![7u8; 3 << 20]);
+    b.put("exports/big.pdf", big.clone()).await.unwrap();
+    assert_eq!(b.get("exports/big.pdf").await.unwrap().unwrap(), big);
+    b.delete("images/x.png").await.unwrap();
+    b.delete("images/x.png").await.unwrap();
+    assert!(b.get("images/x.png").await.unwrap().is_none());
+    b.ping().await.unwrap();
+}
+
+/// Keys cannot escape the store.
+pub async fn blob_keys_are_checked(b: Arc<dyn BlobStore>) {
+    for bad in ["", "../etc/passwd", "/abs", "a/../../b"] {
+        assert!(
+            b.put(bad, Bytes::from_static(b"x")).await.is_err(),
+            "{bad:?}"
+        );
+    }
+}

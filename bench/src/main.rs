@@ -1,8 +1,11 @@
-//! Benchmarks, run by hand: `cargo run --release -p afterview-bench -- engine [--n 20000]`.
+//! Benchmarks, run by hand: `cargo run --release -p afterview-bench -- engine [--n 20000]`,
+//! `... -- preview`.
 //!
 //! `engine`: enqueue and drain of `afterview.noop` with results stored, and enqueue-to-result
 //! latency, on the embedded SQLite backend; the in-memory backend is measured in the same run
 //! as the baseline (what the engine costs without any storage), so figures come as ratios.
+
+mod preview;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -36,9 +39,15 @@ fn arg(name: &str, default: usize) -> usize {
 #[tokio::main]
 async fn main() {
     let what = std::env::args().nth(1).unwrap_or_else(|| "engine".into());
-    if what != "engine" {
-        eprintln!("usage: afterview-bench engine [--n N] [--latency-n N] [--concurrency C]");
-        std::process::exit(2);
+    match what.as_str() {
+        "engine" => {}
+        "preview" => return preview::run(arg("--iterations", 15)),
+        _ => {
+            eprintln!(
+                "usage: afterview-bench engine [--n N] [--latency-n N] [--concurrency C] | preview [--iterations N]"
+            );
+            std::process::exit(2);
+        }
     }
     let n = arg("--n", 20_000);
     let lat_n = arg("--latency-n", 2_000);

@@ -135,6 +135,31 @@ pub struct WorkerArgs {
     /// Seconds a revoked running task may clean up before it is abandoned [default: 5].
     #[arg(long, env = "AFTERVIEW_REVOKE_GRACE", value_name = "SECS")]
     pub revoke_grace: Option<f64>,
+    #[command(flatten)]
+    pub product: ProductArgs,
+}
+
+/// How the product's tasks run (previews, catalog).
+#[derive(Debug, Args, Clone, Default)]
+pub struct ProductArgs {
+    /// Preview engine when a request names none: local (offline, deterministic) or gemini.
+    #[arg(long, env = "AFTERVIEW_PREVIEW_ENGINE", value_name = "ENGINE")]
+    pub preview_engine: Option<String>,
+    /// Corner label on previews [default: SIMULATION]; empty for none.
+    #[arg(long, env = "AFTERVIEW_PREVIEW_LABEL", value_name = "TEXT")]
+    pub preview_label: Option<String>,
+    /// A catalog JSON file replacing the built-in procedure catalog.
+    #[arg(long, env = "AFTERVIEW_CATALOG", value_name = "FILE")]
+    pub catalog: Option<PathBuf>,
+    /// File holding the Gemini API key (else AFTERVIEW_GEMINI_API_KEY).
+    #[arg(long, env = "AFTERVIEW_GEMINI_API_KEY_FILE", value_name = "FILE")]
+    pub gemini_api_key_file: Option<PathBuf>,
+    /// Gemini model [default: gemini-2.5-flash-image].
+    #[arg(long, env = "AFTERVIEW_GEMINI_MODEL", value_name = "MODEL")]
+    pub gemini_model: Option<String>,
+    /// Gemini endpoint (tests and proxies) [default: https://generativelanguage.googleapis.com].
+    #[arg(long, env = "AFTERVIEW_GEMINI_BASE_URL", value_name = "URL")]
+    pub gemini_base_url: Option<String>,
 }
 
 /// `call`.

@@ -6,7 +6,7 @@ use std::time::Duration;
 use afterview_engine::message::validate_queue;
 use afterview_engine::worker::expand_node_name;
 use afterview_engine::{
-    Client, Registry, SendOptions, Shutdown, TaskState, TimeLimits, Worker, WorkerConfig,
+    Client, SendOptions, Shutdown, TaskState, TimeLimits, Worker, WorkerConfig,
 };
 use anyhow::{Context, bail};
 use serde_json::{Map, Value, json};
@@ -18,24 +18,21 @@ use crate::cli::{
     InspectWhat, PurgeArgs, ResultArgs, RevokeArgs, ServeArgs, WorkerArgs,
 };
 use crate::config::{DEFAULT_BIND, Settings, secs};
+use crate::product::Product;
 
-fn client(b: &Backends, registry: &Registry) -> Client {
-    Client::new(b.broker.clone(), b.results.clone()).with_routes_from(registry)
+fn client(b: &Backends) -> Client {
+    crate::with_routes(Client::new(b.broker.clone(), b.results.clone()))
 }
 
 /// Resolves worker settings: flags/env, then the `[worker]` file section, then defaults.
-fn worker_config(
-    s: &Settings,
-    a: &WorkerArgs,
-    registry: &Registry,
-) -> anyhow::Result<WorkerConfig> {
+fn worker_config(s: &Settings, a: &WorkerArgs) -> anyhow::Result<WorkerConfig> {
     let f = &s.worker_file;
     let d = WorkerConfig::default();
     let queues = a
         .queues
         .clone()
         .or(f.queues.clone())
-        .unwrap_or_else(|| registry.queues());
+        .unwrap_or_else(crate::all_queues);
     let queues: Vec<String> = queues
         .into_iter()
         .map(|q| q.trim().to_owned())
@@ -124,10 +121,11 @@ fn watch_signals(shutdown: Shutdown) {
 
 /// `afterview serve`.
 pub async fn serve(s: Settings, a: ServeArgs) -> anyhow::Result<ExitCode> {
-    let registry = crate::registry();
-    let wcfg = worker_config(&s, &a.worker, &registry)?;
+    let wcfg = worker_config(&s, &a.worker)?;
     let b = backends::open(&s)?;
-    let client = client(&b, &registry);
+    let product = Product::open(&s, &a.worker.product)?;
+    let registry = product.registry(&a.worker.product)?;
+    let client = client(&b);
     let bind = a
         .bind
         .clone()
@@ -159,9 +157,9 @@ pub async fn serve(s: Settings, a: ServeArgs) -> anyhow::Result<ExitCode> {
 
 /// `afterview worker`.
 pub async fn worker(s: Settings, a: WorkerArgs) -> anyhow::Result<ExitCode> {
-    let registry = crate::registry();
-    let cfg = worker_config(&s, &a, &registry)?;
+    let cfg = worker_config(&s, &a)?;
     let b = backends::open(&s)?;
+    let registry = Product::open(&s, &a.product)?.registry(&a.product)?;
     info!(store = %b.description, "Storage opened.");
     let shutdown = Shutdown::new();
     watch_signals(shutdown.clone());
@@ -219,9 +217,8 @@ pub async fn call(s: Settings, a: CallArgs) -> anyhow::Result<ExitCode> {
         },
         ..Default::default()
     };
-    let registry = crate::registry();
     let b = backends::open(&s)?;
-    let client = client(&b, &registry);
+    let client = client(&b);
     let msg = match client.message(&a.name, args, kwargs, opts) {
         Ok(m) => m,
         Err(e) => {
@@ -284,7 +281,7 @@ fn report_outcome(meta: &afterview_engine::ResultMeta, whole: bool) -> ExitCode 
 /// `afterview result`.
 pub async fn result(s: Settings, a: ResultArgs) -> anyhow::Result<ExitCode> {
     let b = backends::open(&s)?;
-    let client = client(&b, &crate::registry());
+    let client = client(&b);
     let meta = match client.result(&a.id).await {
         Ok(m) => m,
         Err(afterview_engine::ClientError::Invalid(e)) => {
@@ -304,7 +301,7 @@ pub async fn result(s: Settings, a: ResultArgs) -> anyhow::Result<ExitCode> {
 /// `afterview revoke`.
 pub async fn revoke(s: Settings, a: RevokeArgs) -> anyhow::Result<ExitCode> {
     let b = backends::open(&s)?;
-    let client = client(&b, &crate::registry());
+    let client = client(&b);
     for id in &a.ids {
         match client.revoke(id, a.terminate).await {
             Ok(out) => {
@@ -329,13 +326,12 @@ pub async fn revoke(s: Settings, a: RevokeArgs) -> anyhow::Result<ExitCode> {
 
 /// `afterview purge`.
 pub async fn purge(s: Settings, a: PurgeArgs) -> anyhow::Result<ExitCode> {
-    let registry = crate::registry();
-    let queues = a.queues.unwrap_or_else(|| registry.queues());
+    let queues = a.queues.unwrap_or_else(crate::all_queues);
     for q in &queues {
         validate_queue(q)?;
     }
     let b = backends::open(&s)?;
-    let n = client(&b, &registry).purge(&queues).await?;
+    let n = client(&b).purge(&queues).await?;
     println!(
         "Purged {n} message{} from {}.",
         if n == 1 { "" } else { "s" },
@@ -347,7 +343,7 @@ pub async fn purge(s: Settings, a: PurgeArgs) -> anyhow::Result<ExitCode> {
 /// `afterview inspect`.
 pub async fn inspect(s: Settings, a: InspectArgs) -> anyhow::Result<ExitCode> {
     let b = backends::open(&s)?;
-    let client = client(&b, &crate::registry());
+    let client = client(&b);
     let timeout = secs("--timeout", a.timeout)?;
     let workers = client.workers(timeout).await?;
     let mut out = Map::new();

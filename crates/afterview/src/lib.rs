@@ -7,10 +7,44 @@ pub mod backends;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod product;
 
-use afterview_engine::Registry;
+use afterview_core::tasks;
+use afterview_engine::Client;
 
-/// Every task this binary can run: the built-ins and the product's tasks.
-pub fn registry() -> Registry {
-    Registry::with_builtins()
+/// Task name → queue for every task this binary knows (built-ins and the product's), so
+/// producers route correctly without building the tasks themselves.
+pub fn routes() -> Vec<(&'static str, &'static str)> {
+    let mut r: Vec<(&'static str, &'static str)> = afterview_engine::Registry::with_builtins()
+        .names()
+        .into_iter()
+        .map(|n| (leak(n), afterview_engine::message::DEFAULT_QUEUE))
+        .collect();
+    r.extend([
+        (tasks::GENERATE_VISUALIZATION, tasks::QUEUE_VISUALIZATIONS),
+        (tasks::GENERATE_COMPARISON, tasks::QUEUE_VISUALIZATIONS),
+        (tasks::GENERATE_EXPORT, tasks::QUEUE_EXPORTS),
+        (tasks::GENERATE_COST_INFOGRAPHIC, tasks::QUEUE_EXPORTS),
+    ]);
+    r
+}
+
+fn leak(s: String) -> &'static str {
+    Box::leak(s.into_boxed_str())
+}
+
+/// Every queue some known task uses, sorted.
+pub fn all_queues() -> Vec<String> {
+    let mut q: Vec<String> = routes().into_iter().map(|(_, q)| q.to_owned()).collect();
+    q.sort();
+    q.dedup();
+    q
+}
+
+/// Adds the routes to a client.
+pub fn with_routes(mut client: Client) -> Client {
+    for (task, queue) in routes() {
+        client = client.route(task, queue);
+    }
+    client
 }

@@ -139,7 +139,7 @@ fn model() -> &'static rustface::Model {
 }
 
 /// Longest side the detector works on (bigger photos are downscaled first).
-const DETECT_SIDE: u32 = 640;
+const DETECT_SIDE: u32 = 480;
 
 /// Detects frontal faces, largest first.
 pub fn detect_faces(img: &RgbImage) -> Vec<FaceBox> {
@@ -159,7 +159,7 @@ pub fn detect_faces(img: &RgbImage) -> Vec<FaceBox> {
         return vec![];
     }
     let mut det = rustface::create_detector_with_model(model().clone());
-    det.set_min_face_size(24.max(sw.min(sh) / 12));
+    det.set_min_face_size(24.max(sw.min(sh) / 10));
     det.set_score_thresh(2.0);
     det.set_pyramid_scale_factor(0.8);
     det.set_slide_window_step(4, 4);

@@ -1,4 +1,4 @@
-//! Afterview's image work: photo intake, face location, the local preview engine, labels and
+//! Afterview's image work: face location, the local preview engine, labels and
 //! composites.
 //!
 //! Job: turn bytes and values into bytes. This crate knows nothing of tokio, HTTP, SQL or Redis;
@@ -12,7 +12,6 @@
 //! - **Honest**: no face, no preview ([`face::FaceError::NoFace`]) rather than a distorted one.
 
 pub mod face;
-pub mod intake;
 pub mod procedures;
 pub mod render;
 pub mod warp;
@@ -21,8 +20,9 @@ use afterview_core::ErrorCode;
 use afterview_core::tasks::{ControlPoints, Intensity};
 use image::RgbImage;
 
+pub use afterview_intake as intake;
+pub use afterview_intake::{IntakeError, Limits};
 pub use face::{FaceError, Landmarks};
-pub use intake::{IntakeError, Limits};
 pub use warp::Rect;
 
 /// Identifies the local engine's algorithm in stored previews (bump when output changes).

@@ -1,4 +1,7 @@
-//! Photo intake: accept JPEG, PNG and WebP by content, enforce the byte and pixel limits before
+//! Photo intake, its own small crate so that the API can check uploads without linking the
+//! preview engine.
+//!
+//! Accept JPEG, PNG and WebP by content, enforce the byte and pixel limits before
 //! decoding, apply the EXIF orientation, drop every piece of metadata, and store a normalized
 //! PNG (RGB, 8 bits, no text chunks, no EXIF).
 //!

@@ -1,0 +1,128 @@
+//! The product's tasks and their dependencies, built from the settings: the metadata store
+//! (`<data-dir>/metadata.db`), the blob store (`<data-dir>/blobs`), the catalog, and the
+//! preview engines.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use afterview_core::catalog::Catalog;
+use afterview_core::tasks::EngineKind;
+use afterview_engine::Registry;
+use afterview_gemini::{GeminiClient, GeminiConfig};
+use afterview_jobs::{Deps, PreviewSettings};
+use afterview_store::sqlite::SqliteMetadata;
+use afterview_store::{BlobStore, MetadataStore, ObjectBlobStore};
+use anyhow::{Context, bail};
+
+use crate::cli::ProductArgs;
+use crate::config::Settings;
+
+/// The stores and catalog every process of the product shares.
+#[derive(Clone)]
+pub struct Product {
+    /// Metadata.
+    pub meta: Arc<dyn MetadataStore>,
+    /// Bytes.
+    pub blobs: Arc<dyn BlobStore>,
+    /// The procedure catalog.
+    pub catalog: Arc<Catalog>,
+}
+
+impl Product {
+    /// Opens the stores in the data dir and loads the catalog.
+    pub fn open(s: &Settings, a: &ProductArgs) -> anyhow::Result<Self> {
+        let meta = SqliteMetadata::open(&s.data_dir.join("metadata.db"))
+            .context("cannot open the metadata store")?;
+        let blobs = ObjectBlobStore::local(&s.data_dir.join("blobs"))
+            .context("cannot open the blob store")?;
+        let catalog = match &a.catalog {
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .with_context(|| format!("cannot read the catalog {}", p.display()))?;
+                Catalog::from_json(&text).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?
+            }
+            None => Catalog::builtin(),
+        };
+        Ok(Self {
+            meta: Arc::new(meta),
+            blobs: Arc::new(blobs),
+            catalog: Arc::new(catalog),
+        })
+    }
+
+    /// A registry with the built-ins and the product's tasks.
+    pub fn registry(&self, a: &ProductArgs) -> anyhow::Result<Registry> {
+        let preview = preview_settings(a)?;
+        let mut r = Registry::with_builtins();
+        afterview_jobs::register(
+            &mut r,
+            Arc::new(Deps {
+                meta: self.meta.clone(),
+                blobs: self.blobs.clone(),
+                catalog: self.catalog.clone(),
+                preview,
+            }),
+        );
+        Ok(r)
+    }
+}
+
+fn preview_settings(a: &ProductArgs) -> anyhow::Result<PreviewSettings> {
+    let engine = match a.preview_engine.as_deref().unwrap_or("local") {
+        "local" => EngineKind::Local,
+        "gemini" => EngineKind::Gemini,
+        other => bail!("unknown preview engine {other:?}: use local or gemini"),
+    };
+    let key = gemini_key(a.gemini_api_key_file.as_ref())?;
+    let gemini = match key {
+        Some(key) => {
+            let mut cfg = GeminiConfig::new(key);
+            if let Some(m) = &a.gemini_model {
+                cfg.model = m.clone();
+            }
+            if let Some(u) = &a.gemini_base_url {
+                cfg.base_url = u.clone();
+            }
+            Some(GeminiClient::new(cfg).map_err(|e| anyhow::anyhow!("{e}"))?)
+        }
+        None if engine == EngineKind::Gemini => {
+            bail!(
+                "AFTERVIEW_PREVIEW_ENGINE=gemini needs AFTERVIEW_GEMINI_API_KEY (or --gemini-api-key-file)"
+            )
+        }
+        None => None,
+    };
+    let label = match a.preview_label.as_deref() {
+        None => Some(afterview_imaging_label()),
+        Some("") => None,
+        Some(l) => Some(l.to_owned()),
+    };
+    Ok(PreviewSettings {
+        default_engine: engine,
+        label,
+        gemini,
+        ..PreviewSettings::default()
+    })
+}
+
+fn afterview_imaging_label() -> String {
+    PreviewSettings::default().label.unwrap_or_default()
+}
+
+/// The Gemini key: from a file when given, else from `AFTERVIEW_GEMINI_API_KEY`. Never a flag,
+/// so it never shows in `ps`.
+fn gemini_key(file: Option<&PathBuf>) -> anyhow::Result<Option<String>> {
+    if let Some(p) = file {
+        let k = std::fs::read_to_string(p)
+            .with_context(|| format!("cannot read the Gemini key file {}", p.display()))?;
+        let k = k.trim().to_owned();
+        if k.is_empty() {
+            bail!("the Gemini key file {} is empty", p.display());
+        }
+        return Ok(Some(k));
+    }
+    Ok(std::env::var("AFTERVIEW_GEMINI_API_KEY")
+        .ok()
+        .map(|k| k.trim().to_owned())
+        .filter(|k| !k.is_empty()))
+}

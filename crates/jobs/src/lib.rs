@@ -1,0 +1,98 @@
+//! The product's tasks, registered with the engine under the seed's names.
+//!
+//! Job: glue. Each task loads what it needs from the stores (checking that the caller owns it),
+//! runs the CPU work off the async threads, saves the result (blob + record) and reports
+//! progress as the seed did. Every failure ends with a stable code ([`afterview_core::ErrorCode`]).
+//!
+//! Idempotency under at-least-once delivery: a result's id is derived from its task id, so a
+//! redelivered run writes the same blob and finds the record already there; it then returns the
+//! stored result instead of making a second one.
+
+mod visualize;
+
+use std::sync::Arc;
+
+use afterview_core::ErrorCode;
+use afterview_core::catalog::Catalog;
+use afterview_core::tasks::EngineKind;
+use afterview_engine::{Registry, TaskError};
+use afterview_gemini::GeminiClient;
+use afterview_imaging::Limits;
+use afterview_store::{BlobStore, MetadataStore, StoreError};
+
+pub use visualize::{GenerateComparisonTask, GenerateVisualizationTask};
+
+/// How previews are made.
+#[derive(Debug, Clone)]
+pub struct PreviewSettings {
+    /// Engine used when a request does not name one.
+    pub default_engine: EngineKind,
+    /// Corner label on every preview (`None`: no label).
+    pub label: Option<String>,
+    /// The Gemini client, when configured.
+    pub gemini: Option<GeminiClient>,
+    /// Limits for decoding generated pictures.
+    pub limits: Limits,
+}
+
+impl Default for PreviewSettings {
+    fn default() -> Self {
+        Self {
+            default_engine: EngineKind::Local,
+            label: Some(afterview_imaging::DEFAULT_LABEL.into()),
+            gemini: None,
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// What the tasks use.
+pub struct Deps {
+    /// Metadata.
+    pub meta: Arc<dyn MetadataStore>,
+    /// Bytes.
+    pub blobs: Arc<dyn BlobStore>,
+    /// The procedure catalog.
+    pub catalog: Arc<Catalog>,
+    /// Preview settings.
+    pub preview: PreviewSettings,
+}
+
+impl std::fmt::Debug for Deps {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Deps")
+            .field("preview", &self.preview)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Registers the product's tasks.
+pub fn register(registry: &mut Registry, deps: Arc<Deps>) {
+    registry
+        .register(GenerateVisualizationTask(deps.clone()))
+        .register(GenerateComparisonTask(deps));
+}
+
+/// A task error with a catalogued code.
+pub(crate) fn fail(code: ErrorCode, message: impl Into<String>) -> TaskError {
+    TaskError::new(code.as_str(), message)
+}
+
+/// Storage failures are transient: the task is retried.
+pub(crate) fn storage(e: StoreError) -> TaskError {
+    TaskError::transient(ErrorCode::StorageUnavailable.as_str(), e.to_string())
+}
+
+/// The id of result `index` of task `task_id`: the task id itself for index 0, otherwise a
+/// variation of it (still a UUID), so re-runs of the task produce the same ids.
+pub(crate) fn derived_id(task_id: &str, index: u8) -> String {
+    match uuid::Uuid::parse_str(task_id) {
+        Ok(u) if afterview_core::ids::is_resource_id(task_id) => {
+            let mut b = *u.as_bytes();
+            b[15] ^= index;
+            b[14] ^= index.wrapping_mul(31);
+            uuid::Uuid::from_bytes(b).to_string()
+        }
+        _ => afterview_core::ids::new_id(),
+    }
+}

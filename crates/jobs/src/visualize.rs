@@ -1,0 +1,440 @@
+//! `generate_visualization` and `generate_comparison`: progress 0 → 20 → 80 → 100 as the seed.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use afterview_core::ErrorCode;
+use afterview_core::tasks::{
+    ComparisonResult, EngineKind, GenerateComparison, GenerateVisualization, Intensity,
+    MAX_COMPARISON, MIN_COMPARISON, PreviewOptions, QUEUE_VISUALIZATIONS, VisualizationResult,
+    image_url, visualization_image_url,
+};
+use afterview_engine::time::format_iso;
+use afterview_engine::{Task, TaskContext, TaskError, TaskOptions};
+use afterview_imaging::face::{self, Landmarks};
+use afterview_imaging::intake::{decode_png, encode_png};
+use afterview_imaging::{ImagingError, render};
+use afterview_store::{StoreError, VisualizationRecord, visualization_key};
+use bytes::Bytes;
+use chrono::Utc;
+use image::RgbImage;
+
+use crate::{Deps, derived_id, fail, storage};
+
+fn options() -> TaskOptions {
+    TaskOptions {
+        queue: QUEUE_VISUALIZATIONS.into(),
+        ..TaskOptions::default()
+    }
+}
+
+fn imaging(e: ImagingError) -> TaskError {
+    fail(e.code(), e.to_string())
+}
+
+/// `app.tasks.visualization_tasks.generate_visualization`.
+#[derive(Debug, Clone)]
+pub struct GenerateVisualizationTask(pub Arc<Deps>);
+
+/// `app.tasks.visualization_tasks.generate_comparison`.
+#[derive(Debug, Clone)]
+pub struct GenerateComparisonTask(pub Arc<Deps>);
+
+/// Loads the owner's photo.
+async fn load_photo(
+    d: &Deps,
+    ctx: &TaskContext,
+    owner: &str,
+    image_id: &str,
+) -> Result<Arc<RgbImage>, TaskError> {
+    let rec = d
+        .meta
+        .get_image(owner, image_id)
+        .await
+        .map_err(storage)?
+        .ok_or_else(|| {
+            fail(
+                ErrorCode::ImageNotFound,
+                format!("image {image_id} not found"),
+            )
+        })?;
+    let bytes = d
+        .blobs
+        .get(&rec.blob_key)
+        .await
+        .map_err(storage)?
+        .ok_or_else(|| {
+            fail(
+                ErrorCode::ImageNotFound,
+                format!("the content of image {image_id} is missing"),
+            )
+        })?;
+    let img = ctx
+        .blocking(move |_| decode_png(&bytes))
+        .await?
+        .map_err(|e| fail(e.code(), e.to_string()))?;
+    Ok(Arc::new(img))
+}
+
+fn status_text(engine: EngineKind) -> &'static str {
+    match engine {
+        EngineKind::Gemini => "Generating surgical preview with AI",
+        EngineKind::Local => "Generating surgical preview",
+    }
+}
+
+/// Makes one labelled preview.
+async fn render_preview(
+    d: &Deps,
+    ctx: &TaskContext,
+    photo: Arc<RgbImage>,
+    lm: Landmarks,
+    procedure: &str,
+    intensity: Intensity,
+    engine: EngineKind,
+) -> Result<RgbImage, TaskError> {
+    let label = d.preview.label.clone();
+    match engine {
+        EngineKind::Local => {
+            let procedure = procedure.to_owned();
+            ctx.blocking(move |_| {
+                let mut img = afterview_imaging::simulate(&photo, &procedure, intensity, &lm)
+                    .map_err(imaging)?
+                    .image;
+                if let Some(l) = &label {
+                    render::label(&mut img, l);
+                }
+                Ok::<_, TaskError>(img)
+            })
+            .await?
+        }
+        EngineKind::Gemini => {
+            let client = d.preview.gemini.clone().ok_or_else(|| {
+                fail(
+                    ErrorCode::GeminiNotConfigured,
+                    "the Gemini engine is not configured (set AFTERVIEW_GEMINI_API_KEY)",
+                )
+            })?;
+            let prompt =
+                afterview_gemini::prompt_for(procedure, intensity.as_str()).ok_or_else(|| {
+                    fail(
+                        ErrorCode::UnknownProcedure,
+                        format!("no Gemini prompt for {procedure}"),
+                    )
+                })?;
+            let p2 = photo.clone();
+            let jpeg = ctx
+                .blocking(move |_| {
+                    let mut out = std::io::Cursor::new(vec![]);
+                    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 92)
+                        .encode_image(&*p2)
+                        .map(|_| out.into_inner())
+                })
+                .await?
+                .map_err(|e| fail(ErrorCode::CorruptImage, e.to_string()))?;
+            let generated = client
+                .edit_image(&jpeg, "image/jpeg", &prompt)
+                .await
+                .map_err(|e| {
+                    let retry = matches!(e.code(), ErrorCode::GeminiUnavailable);
+                    let err = fail(e.code(), e.to_string());
+                    if retry {
+                        err.with_retry(afterview_engine::RetryHint::Policy)
+                    } else {
+                        err
+                    }
+                })?;
+            let limits = d.preview.limits;
+            let procedure = procedure.to_owned();
+            ctx.blocking(move |_| {
+                let gen_img = afterview_imaging::intake::decode_any(&generated.bytes, &limits)
+                    .map_err(|e| {
+                        fail(
+                            ErrorCode::GeminiBadResponse,
+                            format!("the generated picture is unreadable: {e}"),
+                        )
+                    })?;
+                let (w, h) = photo.dimensions();
+                let gen_img = if gen_img.dimensions() == (w, h) {
+                    gen_img
+                } else {
+                    image::imageops::resize(&gen_img, w, h, image::imageops::FilterType::CatmullRom)
+                };
+                let mask = afterview_imaging::treatment_mask(w, h, &procedure, intensity, &lm)
+                    .map_err(imaging)?;
+                let mut img = afterview_imaging::blend(&photo, &gen_img, &mask);
+                if let Some(l) = &label {
+                    render::label(&mut img, l);
+                }
+                Ok::<_, TaskError>(img)
+            })
+            .await?
+        }
+    }
+}
+
+/// Finds the face once per photo.
+async fn landmarks(
+    ctx: &TaskContext,
+    photo: Arc<RgbImage>,
+    opts: &PreviewOptions,
+) -> Result<Landmarks, TaskError> {
+    let cp = opts.control_points;
+    ctx.blocking(move |_| {
+        face::locate(&photo, cp.as_ref()).map_err(|e| imaging(ImagingError::Face(e)))
+    })
+    .await?
+}
+
+async fn save_png(
+    d: &Deps,
+    ctx: &TaskContext,
+    key: String,
+    img: RgbImage,
+) -> Result<(), TaskError> {
+    let png = ctx.blocking(move |_| encode_png(&img)).await?;
+    d.blobs.put(&key, Bytes::from(png)).await.map_err(storage)
+}
+
+/// Stores a record; if a previous run of the same task stored it already, returns that one.
+async fn keep_record(
+    d: &Deps,
+    rec: &VisualizationRecord,
+) -> Result<Option<serde_json::Value>, TaskError> {
+    match d.meta.insert_visualization(rec).await {
+        Ok(()) => Ok(None),
+        Err(StoreError::Conflict(_)) => {
+            let existing = d
+                .meta
+                .get_visualization(&rec.owner, &rec.id)
+                .await
+                .map_err(storage)?;
+            Ok(existing.map(|r| r.result))
+        }
+        Err(e) => Err(storage(e)),
+    }
+}
+
+fn check_user(user_id: &str) -> Result<(), TaskError> {
+    afterview_core::ids::UserId::parse(user_id)
+        .map(|_| ())
+        .map_err(|e| TaskError::invalid_arguments(format!("user_id: {e}")))
+}
+
+impl Task for GenerateVisualizationTask {
+    const NAME: &'static str = afterview_core::tasks::GENERATE_VISUALIZATION;
+    type Args = GenerateVisualization;
+    type Output = serde_json::Value;
+
+    fn options(&self) -> TaskOptions {
+        options()
+    }
+
+    async fn run(
+        &self,
+        ctx: TaskContext,
+        a: GenerateVisualization,
+    ) -> Result<serde_json::Value, TaskError> {
+        let d = &self.0;
+        check_user(&a.user_id)?;
+        ctx.progress(0, "Starting visualization generation").await;
+        let procedure = d
+            .catalog
+            .get(&a.procedure_id)
+            .ok_or_else(|| {
+                fail(
+                    ErrorCode::UnknownProcedure,
+                    format!("unknown procedure {:?}", a.procedure_id),
+                )
+            })?
+            .clone();
+        let engine = a.options.engine.unwrap_or(d.preview.default_engine);
+        let photo = load_photo(d, &ctx, &a.user_id, &a.image_id).await?;
+        ctx.progress(20, status_text(engine)).await;
+        let lm = landmarks(&ctx, photo.clone(), &a.options).await?;
+        ctx.check_cancelled()?;
+        let after = render_preview(
+            d,
+            &ctx,
+            photo,
+            lm,
+            &procedure.id,
+            a.options.intensity,
+            engine,
+        )
+        .await?;
+        ctx.progress(80, "Saving visualization").await;
+        let id = derived_id(ctx.id(), 0);
+        let key = visualization_key(&id);
+        save_png(d, &ctx, key.clone(), after).await?;
+        let result = VisualizationResult {
+            id: id.clone(),
+            image_id: a.image_id.clone(),
+            procedure_id: procedure.id.clone(),
+            engine: engine.as_str().into(),
+            intensity: a.options.intensity,
+            before_image_url: image_url(&a.image_id),
+            after_image_url: visualization_image_url(&id),
+            generated_at: format_iso(Utc::now()),
+        };
+        let value = serde_json::to_value(&result).expect("results serialize");
+        let rec = VisualizationRecord {
+            id,
+            owner: a.user_id.clone(),
+            image_id: a.image_id,
+            kind: "single".into(),
+            procedure_ids: vec![procedure.id],
+            engine: engine.as_str().into(),
+            blob_key: key,
+            result: value.clone(),
+            task_id: Some(ctx.id().to_owned()),
+            created_at: Utc::now(),
+        };
+        let stored = keep_record(d, &rec).await?;
+        ctx.progress(100, "Visualization complete").await;
+        Ok(stored.unwrap_or(value))
+    }
+}
+
+impl Task for GenerateComparisonTask {
+    const NAME: &'static str = afterview_core::tasks::GENERATE_COMPARISON;
+    type Args = GenerateComparison;
+    type Output = serde_json::Value;
+
+    fn options(&self) -> TaskOptions {
+        options()
+    }
+
+    async fn run(
+        &self,
+        ctx: TaskContext,
+        a: GenerateComparison,
+    ) -> Result<serde_json::Value, TaskError> {
+        let d = &self.0;
+        check_user(&a.user_id)?;
+        ctx.progress(0, "Starting comparison generation").await;
+        let distinct: HashSet<&String> = a.procedure_ids.iter().collect();
+        if !(MIN_COMPARISON..=MAX_COMPARISON).contains(&a.procedure_ids.len())
+            || distinct.len() != a.procedure_ids.len()
+        {
+            return Err(fail(
+                ErrorCode::InvalidProcedureCount,
+                format!(
+                    "a comparison needs {MIN_COMPARISON}-{MAX_COMPARISON} distinct procedures, got {:?}",
+                    a.procedure_ids
+                ),
+            ));
+        }
+        let procedures = a
+            .procedure_ids
+            .iter()
+            .map(|id| {
+                d.catalog.get(id).cloned().ok_or_else(|| {
+                    fail(
+                        ErrorCode::UnknownProcedure,
+                        format!("unknown procedure {id:?}"),
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let engine = a.options.engine.unwrap_or(d.preview.default_engine);
+        let photo = load_photo(d, &ctx, &a.user_id, &a.image_id).await?;
+        ctx.progress(20, status_text(engine)).await;
+        let lm = landmarks(&ctx, photo.clone(), &a.options).await?;
+        let n = procedures.len();
+        let mut afters = Vec::with_capacity(n);
+        for (i, p) in procedures.iter().enumerate() {
+            ctx.check_cancelled()?;
+            let img = render_preview(
+                d,
+                &ctx,
+                photo.clone(),
+                lm,
+                &p.id,
+                a.options.intensity,
+                engine,
+            )
+            .await?;
+            afters.push(img);
+            let pct = 20 + (60 * (i + 1) / n) as u8;
+            if pct < 80 {
+                ctx.progress(pct, format!("Generated {} of {n} previews", i + 1))
+                    .await;
+            }
+        }
+        ctx.progress(80, "Saving comparison").await;
+        let now = format_iso(Utc::now());
+        let comparison_id = derived_id(ctx.id(), 0);
+        let mut items = Vec::with_capacity(n);
+        let mut item_values = Vec::with_capacity(n);
+        for (i, (p, img)) in procedures.iter().zip(&afters).enumerate() {
+            let id = derived_id(ctx.id(), (i + 1) as u8);
+            let key = visualization_key(&id);
+            save_png(d, &ctx, key.clone(), img.clone()).await?;
+            let r = VisualizationResult {
+                id: id.clone(),
+                image_id: a.image_id.clone(),
+                procedure_id: p.id.clone(),
+                engine: engine.as_str().into(),
+                intensity: a.options.intensity,
+                before_image_url: image_url(&a.image_id),
+                after_image_url: visualization_image_url(&id),
+                generated_at: now.clone(),
+            };
+            let value = serde_json::to_value(&r).expect("results serialize");
+            let rec = VisualizationRecord {
+                id,
+                owner: a.user_id.clone(),
+                image_id: a.image_id.clone(),
+                kind: "single".into(),
+                procedure_ids: vec![p.id.clone()],
+                engine: engine.as_str().into(),
+                blob_key: key,
+                result: value.clone(),
+                task_id: Some(ctx.id().to_owned()),
+                created_at: Utc::now(),
+            };
+            item_values.push(keep_record(d, &rec).await?.unwrap_or(value));
+            items.push(r);
+        }
+        let composite = {
+            let photo = photo.clone();
+            let names: Vec<String> = procedures.iter().map(|p| p.name.clone()).collect();
+            ctx.blocking(move |_| {
+                let mut panels: Vec<(&str, &RgbImage)> = vec![("Original", &*photo)];
+                panels.extend(names.iter().map(String::as_str).zip(afters.iter()));
+                render::compose(&panels, photo.height().clamp(256, 720))
+            })
+            .await?
+        };
+        let key = visualization_key(&comparison_id);
+        save_png(d, &ctx, key.clone(), composite).await?;
+        let result = ComparisonResult {
+            id: comparison_id.clone(),
+            image_id: a.image_id.clone(),
+            procedure_ids: a.procedure_ids.clone(),
+            engine: engine.as_str().into(),
+            items,
+            before_image_url: image_url(&a.image_id),
+            comparison_image_url: visualization_image_url(&comparison_id),
+            generated_at: now,
+        };
+        let mut value = serde_json::to_value(&result).expect("results serialize");
+        value["items"] = serde_json::Value::Array(item_values);
+        let rec = VisualizationRecord {
+            id: comparison_id,
+            owner: a.user_id.clone(),
+            image_id: a.image_id,
+            kind: "comparison".into(),
+            procedure_ids: a.procedure_ids,
+            engine: engine.as_str().into(),
+            blob_key: key,
+            result: value.clone(),
+            task_id: Some(ctx.id().to_owned()),
+            created_at: Utc::now(),
+        };
+        let stored = keep_record(d, &rec).await?;
+        ctx.progress(100, "Comparison complete").await;
+        Ok(stored.unwrap_or(value))
+    }
+}

@@ -1,0 +1,396 @@
+//! The visualization tasks end to end on a real worker: progress, results, stored records and
+//! pictures, ownership, every failure code, comparisons, and the Gemini engine against the mock.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use afterview_core::catalog::Catalog;
+use afterview_core::tasks::{EngineKind, GENERATE_COMPARISON, GENERATE_VISUALIZATION};
+use afterview_engine::memory::MemoryBackend;
+use afterview_engine::{
+    Client, Registry, ResultMeta, SendOptions, Shutdown, TaskState, Worker, WorkerConfig,
+};
+use afterview_gemini::mock::{MockGemini, Scenario};
+use afterview_gemini::{GeminiClient, GeminiConfig};
+use afterview_imaging::intake::{Limits, decode_png, intake};
+use afterview_jobs::{Deps, PreviewSettings};
+use afterview_store::sqlite::SqliteMetadata;
+use afterview_store::{BlobStore, ImageRecord, MetadataStore, ObjectBlobStore, image_key};
+use serde_json::{Value, json};
+
+const PORTRAITS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../testdata/portraits");
+
+struct Harness {
+    client: Client,
+    meta: Arc<dyn MetadataStore>,
+    blobs: Arc<dyn BlobStore>,
+    shutdown: Shutdown,
+    _dir: std::path::PathBuf,
+}
+
+impl Harness {
+    async fn start(preview: PreviewSettings) -> Self {
+        let dir = std::env::temp_dir().join(format!("afterview-jobs-{}", uuid_like()));
+        let meta: Arc<dyn MetadataStore> =
+            Arc::new(SqliteMetadata::open(&dir.join("metadata.db")).unwrap());
+        let blobs: Arc<dyn BlobStore> = Arc::new(ObjectBlobStore::memory());
+        let deps = Arc::new(Deps {
+            meta: meta.clone(),
+            blobs: blobs.clone(),
+            catalog: Arc::new(Catalog::builtin()),
+            preview,
+        });
+        let mut registry = Registry::with_builtins();
+        afterview_jobs::register(&mut registry, deps);
+        let backend = Arc::new(MemoryBackend::default());
+        let client = Client::new(backend.clone(), backend.clone()).with_routes_from(&registry);
+        let cfg = WorkerConfig {
+            node: "jobs@test".into(),
+            queues: registry.queues(),
+            concurrency: 2,
+            idle_wait: Duration::from_millis(100),
+            ..WorkerConfig::default()
+        };
+        let shutdown = Shutdown::new();
+        let w = Worker::new(cfg, backend.clone(), backend, registry);
+        tokio::spawn(w.run(shutdown.clone()));
+        Self {
+            client,
+            meta,
+            blobs,
+            shutdown,
+            _dir: dir,
+        }
+    }
+
+    async fn upload(&self, owner: &str, file: &str) -> String {
+        let bytes = std::fs::read(format!("{PORTRAITS}/{file}")).unwrap();
+        let n = intake(&bytes, &Limits::default()).unwrap();
+        let id = afterview_core::ids::new_id();
+        self.blobs
+            .put(&image_key(&id), n.png.clone().into())
+            .await
+            .unwrap();
+        self.meta
+            .insert_image(&ImageRecord {
+                id: id.clone(),
+                owner: owner.into(),
+                blob_key: image_key(&id),
+                width: n.width,
+                height: n.height,
+                bytes: n.png.len() as u64,
+                source_format: n.source_format.as_str().into(),
+                created_at: chrono::Utc::now(),
+            })
+            .await
+            .unwrap();
+        id
+    }
+
+    async fn run(&self, task: &str, kwargs: Value) -> (ResultMeta, Vec<(u8, String)>) {
+        let id = self
+            .client
+            .send_task(
+                task,
+                vec![],
+                kwargs.as_object().unwrap().clone(),
+                SendOptions::default(),
+            )
+            .await
+            .unwrap();
+        let mut watch = self.client.watch(&id);
+        let mut progress = vec![];
+        loop {
+            let m = tokio::time::timeout(Duration::from_secs(60), watch.next())
+                .await
+                .expect("task finishes")
+                .unwrap()
+                .unwrap();
+            if let Some(p) = m.progress() {
+                progress.push(p);
+            }
+            if m.status.is_terminal() {
+                return (m, progress);
+            }
+        }
+    }
+
+    async fn picture(&self, url: &str) -> image::RgbImage {
+        let id = url
+            .trim_start_matches("/api/visualizations/")
+            .trim_end_matches("/image");
+        let bytes = self
+            .blobs
+            .get(&afterview_store::visualization_key(id))
+            .await
+            .unwrap()
+            .expect("picture stored");
+        decode_png(&bytes).unwrap()
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        self.shutdown.trigger();
+        self.shutdown.trigger();
+    }
+}
+
+fn uuid_like() -> String {
+    afterview_core::ids::new_id()
+}
+
+fn code(m: &ResultMeta) -> String {
+    m.error_info().map(|e| e.code).unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_visualization_reports_progress_and_stores_its_picture() {
+    let h = Harness::start(PreviewSettings::default()).await;
+    let image_id = h.upload("alice", "grace_hopper.jpg").await;
+    let (m, progress) = h
+        .run(
+            GENERATE_VISUALIZATION,
+            json!({"image_id": image_id, "procedure_id": "rhinoplasty", "user_id": "alice"}),
+        )
+        .await;
+    assert_eq!(m.status, TaskState::Success, "{m:?}");
+    let pcts: Vec<u8> = progress.iter().map(|p| p.0).collect();
+    assert_eq!(pcts, [0, 20, 80, 100], "{progress:?}");
+    assert_eq!(progress[1].1, "Generating surgical preview");
+    let r = &m.result;
+    assert_eq!(r["procedure_id"], "rhinoplasty");
+    assert_eq!(r["engine"], "local");
+    assert_eq!(
+        r["before_image_url"],
+        format!("/api/images/{image_id}/content")
+    );
+    assert_eq!(
+        r["id"],
+        m.task_id.as_str(),
+        "the visualization id is derived from the task id"
+    );
+    let after = h.picture(r["after_image_url"].as_str().unwrap()).await;
+    assert_eq!(after.dimensions(), (512, 600));
+    let rec = h
+        .meta
+        .get_visualization("alice", r["id"].as_str().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&rec.result, r);
+    assert!(
+        h.meta
+            .get_visualization("bob", r["id"].as_str().unwrap())
+            .await
+            .unwrap()
+            .is_none()
+    );
+    // The corner carries the label.
+    let corner = after.get_pixel(480, 580);
+    assert!(
+        corner.0.iter().all(|c| *c < 140) || corner.0.iter().all(|c| *c > 200),
+        "label box in the corner: {corner:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_request_gives_the_same_picture() {
+    let h = Harness::start(PreviewSettings::default()).await;
+    let image_id = h.upload("alice", "astronaut.png").await;
+    let args = json!({"image_id": image_id, "procedure_id": "lip-augmentation", "user_id": "alice", "options": {"intensity": "pronounced"}});
+    let (a, _) = h.run(GENERATE_VISUALIZATION, args.clone()).await;
+    let (b, _) = h.run(GENERATE_VISUALIZATION, args).await;
+    assert_ne!(a.result["id"], b.result["id"]);
+    let pa = h
+        .picture(a.result["after_image_url"].as_str().unwrap())
+        .await;
+    let pb = h
+        .picture(b.result["after_image_url"].as_str().unwrap())
+        .await;
+    assert_eq!(pa, pb, "deterministic");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_have_their_codes() {
+    let h = Harness::start(PreviewSettings::default()).await;
+    let image_id = h.upload("alice", "astronaut.png").await;
+    let coffee = h.upload("alice", "no_face_coffee.png").await;
+    let cases = [
+        (
+            json!({"image_id": image_id, "procedure_id": "rhinoplasty", "user_id": "bob"}),
+            "image_not_found",
+        ),
+        (
+            json!({"image_id": "no-such-image", "procedure_id": "rhinoplasty", "user_id": "alice"}),
+            "image_not_found",
+        ),
+        (
+            json!({"image_id": image_id, "procedure_id": "liposuction", "user_id": "alice"}),
+            "unknown_procedure",
+        ),
+        (
+            json!({"image_id": coffee, "procedure_id": "rhinoplasty", "user_id": "alice"}),
+            "no_face_detected",
+        ),
+        (
+            json!({"image_id": image_id, "procedure_id": "rhinoplasty", "user_id": "alice", "options": {"engine": "gemini"}}),
+            "gemini_not_configured",
+        ),
+        (
+            json!({"image_id": image_id, "procedure_id": "rhinoplasty", "user_id": "alice", "options": {"intensity": "max"}}),
+            "invalid_arguments",
+        ),
+        (
+            json!({"image_id": image_id, "procedure_id": "rhinoplasty", "user_id": "alice",
+                "options": {"control_points": {"right_eye": [9000, 1], "left_eye": [10, 1], "nose_tip": [1, 1], "mouth_right": [1, 1], "mouth_left": [1, 1]}}}),
+            "invalid_control_points",
+        ),
+    ];
+    for (args, want) in cases {
+        let (m, _) = h.run(GENERATE_VISUALIZATION, args.clone()).await;
+        assert_eq!(
+            (m.status.clone(), code(&m)),
+            (TaskState::Failure, want.to_owned()),
+            "{args}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_comparison_makes_each_preview_and_a_labelled_composite() {
+    let h = Harness::start(PreviewSettings::default()).await;
+    let image_id = h.upload("alice", "grace_hopper.jpg").await;
+    let (m, progress) = h
+        .run(
+            GENERATE_COMPARISON,
+            json!({"image_id": image_id, "procedure_ids": ["rhinoplasty", "brow-lift", "facelift"], "user_id": "alice"}),
+        )
+        .await;
+    assert_eq!(m.status, TaskState::Success, "{m:?}");
+    let pcts: Vec<u8> = progress.iter().map(|p| p.0).collect();
+    assert_eq!(pcts.first(), Some(&0));
+    assert!(
+        pcts.contains(&20) && pcts.contains(&80) && pcts.last() == Some(&100),
+        "{pcts:?}"
+    );
+    assert!(pcts.windows(2).all(|w| w[0] < w[1]), "{pcts:?}");
+    let items = m.result["items"].as_array().unwrap();
+    assert_eq!(items.len(), 3);
+    assert_eq!(items[1]["procedure_id"], "brow-lift");
+    for it in items {
+        let pic = h.picture(it["after_image_url"].as_str().unwrap()).await;
+        assert_eq!(pic.dimensions(), (512, 600));
+    }
+    let composite = h
+        .picture(m.result["comparison_image_url"].as_str().unwrap())
+        .await;
+    assert!(
+        composite.width() > 4 * 500 && composite.height() > 600,
+        "{:?}",
+        composite.dimensions()
+    );
+    let rec = h
+        .meta
+        .get_visualization("alice", m.result["id"].as_str().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (rec.kind.as_str(), rec.procedure_ids.len()),
+        ("comparison", 3)
+    );
+
+    for bad in [
+        json!(["rhinoplasty"]),
+        json!(["rhinoplasty", "rhinoplasty"]),
+        json!(["a", "b", "c", "d", "e"]),
+    ] {
+        let (m, _) = h
+            .run(
+                GENERATE_COMPARISON,
+                json!({"image_id": image_id, "procedure_ids": bad, "user_id": "alice"}),
+            )
+            .await;
+        assert_eq!(code(&m), "invalid_procedure_count", "{bad}");
+    }
+}
+
+async fn gemini_harness(scenarios: Vec<Scenario>) -> (Harness, MockGemini) {
+    let mock = MockGemini::start("test-key", scenarios).await;
+    let mut cfg = GeminiConfig::new("test-key");
+    cfg.base_url = mock.base_url.clone();
+    cfg.initial_backoff = Duration::from_millis(10);
+    let preview = PreviewSettings {
+        default_engine: EngineKind::Gemini,
+        gemini: Some(GeminiClient::new(cfg).unwrap()),
+        label: None,
+        ..PreviewSettings::default()
+    };
+    (Harness::start(preview).await, mock)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gemini_previews_are_blended_back_only_inside_the_treated_region() {
+    let (h, mock) = gemini_harness(vec![Scenario::RateLimited("0.1s"), Scenario::Ok]).await;
+    let image_id = h.upload("alice", "grace_hopper.jpg").await;
+    let (m, progress) = h
+        .run(
+            GENERATE_VISUALIZATION,
+            json!({"image_id": image_id, "procedure_id": "rhinoplasty", "user_id": "alice"}),
+        )
+        .await;
+    assert_eq!(m.status, TaskState::Success, "{m:?}");
+    assert_eq!(m.result["engine"], "gemini");
+    assert_eq!(progress[1].1, "Generating surgical preview with AI");
+    assert_eq!(mock.requests().len(), 2, "one 429, then success");
+    assert!(mock.requests()[1].prompt.contains("rhinoplasty"));
+    let after = h
+        .picture(m.result["after_image_url"].as_str().unwrap())
+        .await;
+    let bytes = std::fs::read(format!("{PORTRAITS}/grace_hopper.jpg")).unwrap();
+    let original = decode_png(&intake(&bytes, &Limits::default()).unwrap().png).unwrap();
+    let changed: Vec<(u32, u32)> = after
+        .enumerate_pixels()
+        .filter(|(x, y, p)| *p != original.get_pixel(*x, *y))
+        .map(|(x, y, _)| (x, y))
+        .collect();
+    assert!(
+        !changed.is_empty(),
+        "the generated (tinted) picture shows inside the region"
+    );
+    let (minx, maxx) = (
+        changed.iter().map(|c| c.0).min().unwrap(),
+        changed.iter().map(|c| c.0).max().unwrap(),
+    );
+    let (miny, maxy) = (
+        changed.iter().map(|c| c.1).min().unwrap(),
+        changed.iter().map(|c| c.1).max().unwrap(),
+    );
+    assert!(
+        minx > 180 && maxx < 360 && miny > 170 && maxy < 320,
+        "only around the nose: {minx}-{maxx} x {miny}-{maxy}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gemini_failures_have_their_codes() {
+    for (scenario, want) in [
+        (Scenario::PromptBlocked("SAFETY"), "gemini_blocked"),
+        (
+            Scenario::OutputBlocked("IMAGE_PROHIBITED_CONTENT"),
+            "gemini_blocked",
+        ),
+        (Scenario::QuotaPerDay, "gemini_quota_exhausted"),
+    ] {
+        let (h, _mock) = gemini_harness(vec![scenario]).await;
+        let image_id = h.upload("alice", "astronaut.png").await;
+        let (m, _) = h
+            .run(
+                GENERATE_VISUALIZATION,
+                json!({"image_id": image_id, "procedure_id": "facelift", "user_id": "alice"}),
+            )
+            .await;
+        assert_eq!(code(&m), want);
+    }
+}

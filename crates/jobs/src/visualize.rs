@@ -215,6 +215,54 @@ async fn keep_record(
     }
 }
 
+/// One preview to save.
+struct Single<'a> {
+    index: u8,
+    owner: &'a str,
+    image_id: &'a str,
+    procedure_id: &'a str,
+    engine: EngineKind,
+    intensity: Intensity,
+    generated_at: String,
+}
+
+/// Saves one preview (blob + record) and returns its result (the stored one on a re-run).
+async fn save_single(
+    d: &Deps,
+    ctx: &TaskContext,
+    s: Single<'_>,
+    img: RgbImage,
+) -> Result<(VisualizationResult, serde_json::Value), TaskError> {
+    let id = derived_id(ctx.id(), s.index);
+    let key = visualization_key(&id);
+    save_png(d, ctx, key.clone(), img).await?;
+    let result = VisualizationResult {
+        id: id.clone(),
+        image_id: s.image_id.to_owned(),
+        procedure_id: s.procedure_id.to_owned(),
+        engine: s.engine.as_str().into(),
+        intensity: s.intensity,
+        before_image_url: image_url(s.image_id),
+        after_image_url: visualization_image_url(&id),
+        generated_at: s.generated_at,
+    };
+    let value = serde_json::to_value(&result).expect("results serialize");
+    let rec = VisualizationRecord {
+        id,
+        owner: s.owner.to_owned(),
+        image_id: s.image_id.to_owned(),
+        kind: "single".into(),
+        procedure_ids: vec![s.procedure_id.to_owned()],
+        engine: s.engine.as_str().into(),
+        blob_key: key,
+        result: value.clone(),
+        task_id: Some(ctx.id().to_owned()),
+        created_at: Utc::now(),
+    };
+    let stored = keep_record(d, &rec).await?;
+    Ok((result, stored.unwrap_or(value)))
+}
+
 fn check_user(user_id: &str) -> Result<(), TaskError> {
     afterview_core::ids::UserId::parse(user_id)
         .map(|_| ())
@@ -264,35 +312,23 @@ impl Task for GenerateVisualizationTask {
         )
         .await?;
         ctx.progress(80, "Saving visualization").await;
-        let id = derived_id(ctx.id(), 0);
-        let key = visualization_key(&id);
-        save_png(d, &ctx, key.clone(), after).await?;
-        let result = VisualizationResult {
-            id: id.clone(),
-            image_id: a.image_id.clone(),
-            procedure_id: procedure.id.clone(),
-            engine: engine.as_str().into(),
-            intensity: a.options.intensity,
-            before_image_url: image_url(&a.image_id),
-            after_image_url: visualization_image_url(&id),
-            generated_at: format_iso(Utc::now()),
-        };
-        let value = serde_json::to_value(&result).expect("results serialize");
-        let rec = VisualizationRecord {
-            id,
-            owner: a.user_id.clone(),
-            image_id: a.image_id,
-            kind: "single".into(),
-            procedure_ids: vec![procedure.id],
-            engine: engine.as_str().into(),
-            blob_key: key,
-            result: value.clone(),
-            task_id: Some(ctx.id().to_owned()),
-            created_at: Utc::now(),
-        };
-        let stored = keep_record(d, &rec).await?;
+        let (_, value) = save_single(
+            d,
+            &ctx,
+            Single {
+                index: 0,
+                owner: &a.user_id,
+                image_id: &a.image_id,
+                procedure_id: &procedure.id,
+                engine,
+                intensity: a.options.intensity,
+                generated_at: format_iso(Utc::now()),
+            },
+            after,
+        )
+        .await?;
         ctx.progress(100, "Visualization complete").await;
-        Ok(stored.unwrap_or(value))
+        Ok(value)
     }
 }
 
@@ -368,33 +404,22 @@ impl Task for GenerateComparisonTask {
         let mut items = Vec::with_capacity(n);
         let mut item_values = Vec::with_capacity(n);
         for (i, (p, img)) in procedures.iter().zip(&afters).enumerate() {
-            let id = derived_id(ctx.id(), (i + 1) as u8);
-            let key = visualization_key(&id);
-            save_png(d, &ctx, key.clone(), img.clone()).await?;
-            let r = VisualizationResult {
-                id: id.clone(),
-                image_id: a.image_id.clone(),
-                procedure_id: p.id.clone(),
-                engine: engine.as_str().into(),
-                intensity: a.options.intensity,
-                before_image_url: image_url(&a.image_id),
-                after_image_url: visualization_image_url(&id),
-                generated_at: now.clone(),
-            };
-            let value = serde_json::to_value(&r).expect("results serialize");
-            let rec = VisualizationRecord {
-                id,
-                owner: a.user_id.clone(),
-                image_id: a.image_id.clone(),
-                kind: "single".into(),
-                procedure_ids: vec![p.id.clone()],
-                engine: engine.as_str().into(),
-                blob_key: key,
-                result: value.clone(),
-                task_id: Some(ctx.id().to_owned()),
-                created_at: Utc::now(),
-            };
-            item_values.push(keep_record(d, &rec).await?.unwrap_or(value));
+            let (r, value) = save_single(
+                d,
+                &ctx,
+                Single {
+                    index: (i + 1) as u8,
+                    owner: &a.user_id,
+                    image_id: &a.image_id,
+                    procedure_id: &p.id,
+                    engine,
+                    intensity: a.options.intensity,
+                    generated_at: now.clone(),
+                },
+                img.clone(),
+            )
+            .await?;
+            item_values.push(value);
             items.push(r);
         }
         let composite = {

@@ -72,7 +72,7 @@ struct GlobalArgs {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the HTTP API with an embedded worker.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Run a worker.
     Worker(WorkerArgs),
     /// Send a task; print its id (or, with --wait, its result).
@@ -96,6 +96,30 @@ pub struct ServeArgs {
     /// Run the API only, without the embedded worker.
     #[arg(long, env = "AFTERVIEW_NO_WORKER")]
     pub no_worker: bool,
+    /// Firebase project whose ID tokens are accepted.
+    #[arg(long, env = "AFTERVIEW_FIREBASE_PROJECT_ID", value_name = "PROJECT")]
+    pub firebase_project_id: Option<String>,
+    /// Where Firebase's signing keys are fetched [default: Google's securetoken JWKS].
+    #[arg(long, env = "AFTERVIEW_FIREBASE_JWKS_URL", value_name = "URL")]
+    pub firebase_jwks_url: Option<String>,
+    /// An OIDC issuer whose tokens are accepted (with --oidc-audience and --oidc-jwks-url).
+    #[arg(long, env = "AFTERVIEW_OIDC_ISSUER", value_name = "URL", requires_all = ["oidc_audience", "oidc_jwks_url"])]
+    pub oidc_issuer: Option<String>,
+    /// The audience OIDC tokens must carry.
+    #[arg(long, env = "AFTERVIEW_OIDC_AUDIENCE", value_name = "AUD")]
+    pub oidc_audience: Option<String>,
+    /// The OIDC issuer's JWKS URL.
+    #[arg(long, env = "AFTERVIEW_OIDC_JWKS_URL", value_name = "URL")]
+    pub oidc_jwks_url: Option<String>,
+    /// File of static tokens, `token=user` per line or comma-separated (else AFTERVIEW_AUTH_TOKENS).
+    #[arg(long, env = "AFTERVIEW_AUTH_TOKENS_FILE", value_name = "FILE")]
+    pub auth_tokens_file: Option<PathBuf>,
+    /// Largest accepted upload in bytes [default: 20000000].
+    #[arg(long, env = "AFTERVIEW_MAX_UPLOAD_BYTES", value_name = "BYTES")]
+    pub max_upload_bytes: Option<usize>,
+    /// Largest accepted photo in pixels [default: 40000000].
+    #[arg(long, env = "AFTERVIEW_MAX_PIXELS", value_name = "PIXELS")]
+    pub max_pixels: Option<u64>,
     #[command(flatten)]
     pub worker: WorkerArgs,
 }
@@ -298,7 +322,7 @@ pub fn main() -> ExitCode {
     };
     let out = rt.block_on(async move {
         match cli.command {
-            Command::Serve(a) => commands::serve(settings, a).await,
+            Command::Serve(a) => commands::serve(settings, *a).await,
             Command::Worker(a) => commands::worker(settings, a).await,
             Command::Call(a) => commands::call(settings, a).await,
             Command::Result(a) => commands::result(settings, a).await,

@@ -138,14 +138,39 @@ pub async fn serve(s: Settings, a: ServeArgs) -> anyhow::Result<ExitCode> {
     let shutdown = Shutdown::new();
     watch_signals(shutdown.clone());
     info!(store = %b.description, "Storage opened.");
-    // Printed on stdout so scripts (and tests) can find the port when binding to :0.
-    println!("afterview serving on http://{addr}");
 
     let worker = (!a.no_worker).then(|| {
         let w = Worker::new(wcfg, b.broker.clone(), b.results.clone(), registry.clone());
         tokio::spawn(w.run(shutdown.clone()))
     });
-    let app = afterview_api::router(afterview_api::AppState { client });
+    let (auth, dev_token) = build_auth(&s, &a)?;
+    // Printed on stdout so scripts (and tests) can find the port when binding to :0.
+    println!("afterview serving on http://{addr}");
+    if let Some(t) = dev_token {
+        println!(
+            "dev token (no authentication configured; kept in {}): {t}",
+            s.data_dir.join("dev-token").display()
+        );
+        println!("try: curl -H 'Authorization: Bearer {t}' http://{addr}/api/procedures");
+    }
+    let limits = afterview_intake::Limits {
+        max_bytes: a
+            .max_upload_bytes
+            .unwrap_or(afterview_intake::DEFAULT_MAX_BYTES),
+        max_pixels: a.max_pixels.unwrap_or(afterview_intake::DEFAULT_MAX_PIXELS),
+    };
+    let metrics = std::sync::Arc::new(afterview_api::metrics::Metrics::default());
+    afterview_api::spawn_task_metrics(&client, metrics.clone());
+    let state = std::sync::Arc::new(afterview_api::Inner::new(
+        client,
+        product.meta.clone(),
+        product.blobs.clone(),
+        product.catalog.clone(),
+        auth,
+        limits,
+        metrics,
+    ));
+    let app = afterview_api::router(state);
     let stop = shutdown.graceful.clone();
     let http = afterview_api::serve(listener, app, async move { stop.cancelled().await });
     http.await.context("the HTTP server failed")?;
@@ -153,6 +178,67 @@ pub async fn serve(s: Settings, a: ServeArgs) -> anyhow::Result<ExitCode> {
         w.await.context("the worker panicked")??;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Authentication from the settings; with nothing configured, a dev token kept in the data dir
+/// (returned so `serve` can print it).
+fn build_auth(
+    s: &Settings,
+    a: &ServeArgs,
+) -> anyhow::Result<(afterview_api::auth::Auth, Option<String>)> {
+    use afterview_api::auth::{Auth, JwtVerifier};
+    let spec = match &a.auth_tokens_file {
+        Some(p) => std::fs::read_to_string(p)
+            .with_context(|| format!("cannot read {}", p.display()))?
+            .lines()
+            .collect::<Vec<_>>()
+            .join(","),
+        None => std::env::var("AFTERVIEW_AUTH_TOKENS").unwrap_or_default(),
+    };
+    let mut auth = Auth {
+        static_tokens: Auth::parse_static(&spec)
+            .map_err(|e| anyhow::anyhow!("AFTERVIEW_AUTH_TOKENS: {e}"))?,
+        verifiers: vec![],
+    };
+    if let Some(p) = &a.firebase_project_id {
+        auth.verifiers
+            .push(JwtVerifier::firebase(p, a.firebase_jwks_url.as_deref()));
+    }
+    if let (Some(iss), Some(aud), Some(jwks)) = (&a.oidc_issuer, &a.oidc_audience, &a.oidc_jwks_url)
+    {
+        auth.verifiers.push(JwtVerifier::oidc(iss, aud, jwks));
+    }
+    if !auth.is_empty() {
+        return Ok((auth, None));
+    }
+    let path = s.data_dir.join("dev-token");
+    let token = match std::fs::read_to_string(&path) {
+        Ok(t) if t.trim().len() >= 32 => t.trim().to_owned(),
+        _ => {
+            let t = format!(
+                "{}{}",
+                uuid::Uuid::new_v4().simple(),
+                uuid::Uuid::new_v4().simple()
+            );
+            std::fs::create_dir_all(&s.data_dir)?;
+            write_private(&path, &t).with_context(|| format!("cannot write {}", path.display()))?;
+            t
+        }
+    };
+    auth.static_tokens.insert(token.clone(), "dev".into());
+    Ok((auth, Some(token)))
+}
+
+/// Writes a secret readable by the owner only.
+fn write_private(path: &std::path::Path, content: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    #[cfg(unix)]
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut o = std::fs::OpenOptions::new();
+    o.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    o.mode(0o600);
+    o.open(path)?.write_all(content.as_bytes())
 }
 
 /// `afterview worker`.

@@ -1,33 +1,344 @@
 //! Afterview's HTTP and WebSocket API.
 //!
-//! Job: answer HTTP quickly and never do heavy work itself. Handlers validate, enqueue through
-//! the engine's [`Client`] and read results; they never import renderers.
-//! (This crate grows with the API issue; today it serves the health endpoints.)
+//! Job: answer quickly and never do heavy work itself. Handlers authenticate, check ownership,
+//! validate, enqueue through the engine's [`Client`] and read results. This crate never links
+//! the preview engine or the renderers: tasks are sent by name with payloads from
+//! `afterview-core`.
+//!
+//! Invariants:
+//! - Every image, visualization, export and task has an owner; anyone else gets 404, exactly as
+//!   for an id that does not exist (reads, downloads, cancel, WebSocket).
+//! - Every error leaves through [`error::ApiError`]: `{"error": {"code", "message"}}`.
+//! - Progress is pushed (WebSocket) from the engine's event stream: no polling.
 
+pub mod auth;
+pub mod error;
+mod handlers;
+mod idempotency;
+pub mod metrics;
+pub mod openapi;
+mod tasks;
+
+use std::collections::HashMap;
 use std::future::Future;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
+use afterview_core::catalog::Catalog;
 use afterview_engine::Client;
-use axum::extract::State;
-use axum::http::{HeaderValue, StatusCode, header};
+use afterview_intake::Limits;
+use afterview_store::{BlobStore, MetadataStore};
+use axum::extract::{DefaultBodyLimit, FromRequestParts, MatchedPath, Request, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderValue, Method, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
 
-/// What every handler can reach.
-#[derive(Clone, Debug)]
-pub struct AppState {
+use crate::auth::{Auth, AuthError};
+use crate::error::ApiError;
+use crate::metrics::Metrics;
+
+/// Largest upload accepted at the HTTP layer (the intake limit, 20 MB, plus multipart framing).
+pub const MAX_UPLOAD_BODY: usize = 21 * 1024 * 1024;
+/// Largest JSON body.
+pub const MAX_JSON_BODY: usize = 256 * 1024;
+
+/// Serializes the requests of one `(user, Idempotency-Key)`.
+type KeyLock = Arc<tokio::sync::Mutex<()>>;
+
+/// Everything handlers use.
+pub struct Inner {
     /// The task engine.
     pub client: Client,
+    /// Metadata.
+    pub meta: Arc<dyn MetadataStore>,
+    /// Bytes.
+    pub blobs: Arc<dyn BlobStore>,
+    /// The procedure catalog.
+    pub catalog: Arc<Catalog>,
+    /// Authentication.
+    pub auth: Auth,
+    /// Upload limits.
+    pub limits: Limits,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Longest a synchronous request waits for its task (the hard limit plus slack).
+    pub sync_timeout: Duration,
+    /// Serializes requests sharing an Idempotency-Key.
+    idem_locks: Mutex<HashMap<(String, String), KeyLock>>,
 }
+
+impl Inner {
+    /// Assembles the state.
+    pub fn new(
+        client: Client,
+        meta: Arc<dyn MetadataStore>,
+        blobs: Arc<dyn BlobStore>,
+        catalog: Arc<Catalog>,
+        auth: Auth,
+        limits: Limits,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            client,
+            meta,
+            blobs,
+            catalog,
+            auth,
+            limits,
+            metrics,
+            sync_timeout: afterview_engine::task::DEFAULT_TIME_LIMIT + Duration::from_secs(15),
+            idem_locks: Mutex::default(),
+        }
+    }
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inner").finish_non_exhaustive()
+    }
+}
+
+/// The shared state.
+pub type AppState = Arc<Inner>;
+
+/// The authenticated caller.
+#[derive(Debug, Clone, PartialEq)]
+pub struct User(pub String);
+
+fn query_token(parts: &Parts) -> Option<String> {
+    let q = parts.uri.query()?;
+    q.split('&')
+        .find_map(|kv| kv.strip_prefix("token="))
+        .map(|t| {
+            // Tokens are URL-safe (JWTs, static tokens); decode %-escapes minimally.
+            t.replace("%2E", ".")
+                .replace("%2e", ".")
+                .replace("%3D", "=")
+                .replace("%3d", "=")
+        })
+}
+
+impl FromRequestParts<AppState> for User {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, st: &AppState) -> Result<Self, Self::Rejection> {
+        let header = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        let token = match header {
+            Some(h) => match h.split_once(' ') {
+                Some((scheme, t)) if scheme.eq_ignore_ascii_case("bearer") => {
+                    Some(t.trim().to_owned())
+                }
+                _ => {
+                    return Err(ApiError::unauthorized(
+                        "unauthorized",
+                        "the Authorization header must be `Bearer <token>`",
+                    ));
+                }
+            },
+            // Browsers cannot set headers on WebSockets or <img> requests: GETs may pass ?token=.
+            None if parts.method == Method::GET => query_token(parts),
+            None => None,
+        };
+        let Some(token) = token else {
+            return Err(ApiError::unauthorized("unauthorized", "no bearer token"));
+        };
+        st.auth
+            .authenticate(&token)
+            .await
+            .map(User)
+            .map_err(|e| match e {
+                AuthError::Expired => ApiError::unauthorized("token_expired", e.to_string()),
+                other => ApiError::unauthorized("unauthorized", other.to_string()),
+            })
+    }
+}
+
+/// Every route, as `(method, path)`: the router and the OpenAPI document are checked against it.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("POST", "/api/images"),
+    ("GET", "/api/images"),
+    ("GET", "/api/images/{id}"),
+    ("DELETE", "/api/images/{id}"),
+    ("GET", "/api/images/{id}/content"),
+    ("GET", "/api/procedures"),
+    ("GET", "/api/procedures/{id}"),
+    ("POST", "/api/visualizations"),
+    ("POST", "/api/visualizations/compare"),
+    ("GET", "/api/visualizations"),
+    ("GET", "/api/visualizations/{id}"),
+    ("GET", "/api/visualizations/{id}/image"),
+    ("POST", "/api/exports"),
+    ("POST", "/api/exports/cost-infographic"),
+    ("GET", "/api/exports"),
+    ("GET", "/api/exports/{id}"),
+    ("GET", "/api/exports/{id}/download"),
+    ("GET", "/api/tasks"),
+    ("GET", "/api/tasks/{id}/status"),
+    ("POST", "/api/tasks/{id}/cancel"),
+    ("GET", "/api/tasks/{id}/result"),
+    ("GET", "/api/ws/tasks/{id}"),
+    ("GET", "/healthz"),
+    ("GET", "/readyz"),
+    ("GET", "/metrics"),
+    ("GET", "/api/openapi.json"),
+    ("GET", "/api/docs"),
+];
 
 /// The router.
 pub fn router(state: AppState) -> Router {
-    Router::new()
+    let uploads = Router::new()
+        .route(
+            "/api/images",
+            post(handlers::upload_image).get(handlers::list_images),
+        )
+        .layer(DefaultBodyLimit::max(MAX_UPLOAD_BODY));
+    let api = Router::new()
+        .route(
+            "/api/images/{id}",
+            get(handlers::get_image).delete(handlers::delete_image),
+        )
+        .route("/api/images/{id}/content", get(handlers::image_content))
+        .route("/api/procedures", get(handlers::list_procedures))
+        .route("/api/procedures/{id}", get(handlers::get_procedure))
+        .route(
+            "/api/visualizations",
+            post(handlers::create_visualization).get(handlers::list_visualizations),
+        )
+        .route(
+            "/api/visualizations/compare",
+            post(handlers::create_comparison),
+        )
+        .route("/api/visualizations/{id}", get(handlers::get_visualization))
+        .route(
+            "/api/visualizations/{id}/image",
+            get(handlers::visualization_image),
+        )
+        .route(
+            "/api/exports",
+            post(handlers::create_export).get(handlers::list_exports),
+        )
+        .route(
+            "/api/exports/cost-infographic",
+            post(handlers::create_infographic),
+        )
+        .route("/api/exports/{id}", get(handlers::get_export))
+        .route("/api/exports/{id}/download", get(handlers::download_export))
+        .route("/api/tasks", get(tasks::list_tasks))
+        .route("/api/tasks/{id}/status", get(tasks::task_status))
+        .route("/api/tasks/{id}/cancel", post(tasks::cancel_task))
+        .route("/api/tasks/{id}/result", get(tasks::task_result))
+        .route("/api/ws/tasks/{id}", get(tasks::task_ws))
+        .layer(DefaultBodyLimit::max(MAX_JSON_BODY));
+    let ops = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
+        .route(
+            "/api/openapi.json",
+            get(|| async { Json(openapi::document()) }),
+        )
+        .route(
+            "/api/docs",
+            get(|| async { axum::response::Html(openapi::docs_page()) }),
+        );
+    uploads
+        .merge(api)
+        .merge(ops)
+        .fallback(|| async { ApiError::not_found("route") })
+        .layer(axum::middleware::from_fn_with_state(state.clone(), track))
         .with_state(state)
+}
+
+/// Records latency per matched route; adds `Cache-Control: no-store` to API answers (they carry
+/// medical data).
+async fn track(State(st): State<AppState>, req: Request, next: Next) -> Response {
+    let t0 = Instant::now();
+    let method = req.method().as_str().to_owned();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|m| m.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".into());
+    let mut resp = next.run(req).await;
+    st.metrics.observe_request(
+        &method,
+        &route,
+        resp.status().as_u16(),
+        t0.elapsed().as_secs_f64(),
+    );
+    if route.starts_with("/api/") && !resp.headers().contains_key(header::CACHE_CONTROL) {
+        resp.headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+    resp
+}
+
+async fn healthz() -> Json<serde_json::Value> {
+    Json(json!({"status": "ok"}))
+}
+
+async fn readyz(State(st): State<AppState>) -> Response {
+    let check = async {
+        st.client
+            .broker()
+            .ping()
+            .await
+            .map_err(|e| format!("broker: {e}"))?;
+        st.client
+            .backend()
+            .ping()
+            .await
+            .map_err(|e| format!("result backend: {e}"))?;
+        st.meta
+            .ping()
+            .await
+            .map_err(|e| format!("metadata store: {e}"))?;
+        st.blobs
+            .ping()
+            .await
+            .map_err(|e| format!("blob store: {e}"))
+    };
+    match tokio::time::timeout(Duration::from_secs(3), check).await {
+        Ok(Ok(())) => Json(json!({"status": "ready"})).into_response(),
+        Ok(Err(e)) => ApiError::unavailable(e).into_response(),
+        Err(_) => ApiError::unavailable("a dependency did not answer within 3 s").into_response(),
+    }
+}
+
+async fn metrics_text(State(st): State<AppState>) -> Response {
+    let mut queues = st
+        .client
+        .queue_stats(Some(&st.client.known_queues()))
+        .await
+        .unwrap_or_default();
+    for q in st.client.queue_stats(None).await.unwrap_or_default() {
+        if !queues.iter().any(|k| k.queue == q.queue) {
+            queues.push(q);
+        }
+    }
+    let body = st.metrics.render(&queues);
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
+}
+
+/// Feeds task metrics from the engine's event stream until the stream closes.
+pub fn spawn_task_metrics(client: &Client, metrics: Arc<Metrics>) -> tokio::task::JoinHandle<()> {
+    let mut rx = client.backend().events().subscribe_all();
+    tokio::spawn(async move {
+        loop {
+            match rx.recv().await {
+                Ok(m) => metrics.observe_task(&m),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    })
 }
 
 /// Serves `router` on `listener` until `shutdown` completes.
@@ -39,28 +350,4 @@ pub async fn serve(
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
-}
-
-async fn healthz() -> Json<serde_json::Value> {
-    Json(json!({"status": "ok"}))
-}
-
-async fn readyz(State(st): State<AppState>) -> Response {
-    let check = async {
-        st.client.broker().ping().await?;
-        st.client.backend().ping().await
-    };
-    match tokio::time::timeout(Duration::from_secs(2), check).await {
-        Ok(Ok(())) => Json(json!({"status": "ready"})).into_response(),
-        Ok(Err(e)) => unavailable(&e.to_string()),
-        Err(_) => unavailable("the broker did not answer within 2 s"),
-    }
-}
-
-fn unavailable(msg: &str) -> Response {
-    let body = Json(json!({"error": {"code": "unavailable", "message": msg}}));
-    let mut resp = (StatusCode::SERVICE_UNAVAILABLE, body).into_response();
-    resp.headers_mut()
-        .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
-    resp
 }

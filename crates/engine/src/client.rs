@@ -90,6 +90,15 @@ impl Client {
         &self.backend
     }
 
+    /// Every queue some route names, plus the default queue, sorted.
+    pub fn known_queues(&self) -> Vec<String> {
+        let mut q: Vec<String> = self.routes.values().cloned().collect();
+        q.push(DEFAULT_QUEUE.to_owned());
+        q.sort();
+        q.dedup();
+        q
+    }
+
     /// The queue `task` is routed to.
     pub fn queue_for(&self, task: &str) -> &str {
         self.routes

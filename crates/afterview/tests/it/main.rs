@@ -1,6 +1,7 @@
 //! End-to-end tests of the real `afterview` binary: workers and CLI verbs as separate processes
 //! sharing one data dir, killed and restarted for real.
 
+mod api;
 mod cli;
 mod crash;
 mod serve;

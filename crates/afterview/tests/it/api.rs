@@ -1,0 +1,972 @@
+//! The HTTP and WebSocket API against the real `afterview serve` on port 0: every endpoint, the
+//! seed's curl examples, authentication failures, ownership, idempotency, bad uploads, task ids,
+//! cancel with the WebSocket watching, late WebSockets.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::process::Stdio;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::{Env, Proc};
+
+const ALICE: &str = "alice-token-0123456789abcdef";
+const BOB: &str = "bob-token-0123456789abcdefgh";
+const PROJECT: &str = "afterview-test";
+const PORTRAITS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../testdata/portraits");
+const JWT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../testdata/jwt");
+
+pub(crate) struct Server {
+    pub(crate) base: String,
+    pub(crate) proc: Proc,
+    pub(crate) env: Env,
+    pub(crate) stdout: Vec<String>,
+}
+
+impl Server {
+    pub(crate) fn start(extra_env: &[(&str, &str)], args: &[&str]) -> Self {
+        let env = Env::new();
+        let log = env.dir.path().join("serve.log");
+        let mut cmd = env.cmd(&["serve", "--bind", "127.0.0.1:0", "-c", "4"]);
+        cmd.args(args);
+        cmd.env("AFTERVIEW_LOG", "info")
+            .env_remove("AFTERVIEW_AUTH_TOKENS")
+            .env_remove("AFTERVIEW_FIREBASE_PROJECT_ID");
+        for (k, v) in extra_env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let out = child.stdout.take().unwrap();
+        let mut reader = BufReader::new(out);
+        let mut first = String::new();
+        reader.read_line(&mut first).unwrap();
+        let base = first
+            .trim()
+            .strip_prefix("afterview serving on ")
+            .unwrap_or_else(|| panic!("unexpected: {first:?}"))
+            .to_owned();
+        let mut stdout = vec![first.trim().to_owned()];
+        // A dev token (when no auth is configured) follows on the next lines.
+        if extra_env.iter().all(|(k, _)| *k != "AFTERVIEW_AUTH_TOKENS") {
+            for _ in 0..2 {
+                let mut l = String::new();
+                reader.read_line(&mut l).unwrap();
+                stdout.push(l.trim().to_owned());
+            }
+        }
+        let proc = Proc { child, log };
+        proc.wait_log("Worker started", Duration::from_secs(20));
+        Self {
+            base,
+            proc,
+            env,
+            stdout,
+        }
+    }
+
+    pub(crate) fn with_users(extra: &[(&str, &str)]) -> Self {
+        let tokens = format!("{ALICE}=alice,{BOB}=bob");
+        let mut env = vec![("AFTERVIEW_AUTH_TOKENS", tokens.as_str())];
+        env.extend_from_slice(extra);
+        Self::start(&env, &[])
+    }
+
+    pub(crate) fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    fn ws_url(&self, path: &str) -> String {
+        format!("{}{path}", self.base.replace("http://", "ws://"))
+    }
+
+    pub(crate) async fn get(&self, token: &str, path: &str) -> reqwest::Response {
+        http()
+            .get(self.url(path))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub(crate) async fn post(&self, token: &str, path: &str, body: Value) -> reqwest::Response {
+        http()
+            .post(self.url(path))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub(crate) async fn upload(
+        &self,
+        token: &str,
+        bytes: Vec<u8>,
+        name: &str,
+    ) -> reqwest::Response {
+        let form = reqwest::multipart::Form::new().part(
+            "file",
+            reqwest::multipart::Part::bytes(bytes).file_name(name.to_owned()),
+        );
+        http()
+            .post(self.url("/api/images"))
+            .bearer_auth(token)
+            .multipart(form)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub(crate) async fn upload_portrait(&self, token: &str, file: &str) -> String {
+        let r = self
+            .upload(
+                token,
+                std::fs::read(format!("{PORTRAITS}/{file}")).unwrap(),
+                file,
+            )
+            .await;
+        assert_eq!(r.status(), 201);
+        r.json::<Value>().await.unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    async fn ws(&self, token: &str, task_id: &str) -> Vec<Value> {
+        let url = self.ws_url(&format!("/api/ws/tasks/{task_id}?token={token}"));
+        let (mut ws, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .expect("WebSocket opens");
+        let mut frames = vec![];
+        while let Some(msg) = tokio::time::timeout(Duration::from_secs(60), ws.next())
+            .await
+            .expect("frames keep coming")
+        {
+            match msg.unwrap() {
+                Message::Text(t) => frames.push(serde_json::from_str(&t).unwrap()),
+                Message::Close(c) => {
+                    assert_eq!(c.map(|c| u16::from(c.code)), Some(1000), "closes normally");
+                    break;
+                }
+                _ => {}
+            }
+        }
+        frames
+    }
+}
+
+fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(120))
+        .build()
+        .unwrap()
+}
+
+async fn body(r: reqwest::Response) -> (u16, Value) {
+    let status = r.status().as_u16();
+    let text = r.text().await.unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+fn code(v: &Value) -> &str {
+    v["error"]["code"].as_str().unwrap_or("")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_seed_flow_async_then_sync() {
+    let s = Server::with_users(&[]);
+    let image_id = s.upload_portrait(ALICE, "grace_hopper.jpg").await;
+    let (st, img) = body(s.get(ALICE, &format!("/api/images/{image_id}")).await).await;
+    assert_eq!(st, 200);
+    assert_eq!(
+        (img["width"].as_u64(), img["height"].as_u64()),
+        (Some(512), Some(600))
+    );
+    assert_eq!(img["url"], format!("/api/images/{image_id}/content"));
+
+    // As the seed's curl example: async, then status, then WebSocket.
+    let (st, acc) = body(
+        s.post(
+            ALICE,
+            "/api/visualizations?async_processing=true",
+            json!({"image_id": image_id, "procedure_id": "rhinoplasty"}),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(st, 202);
+    let task_id = acc["task_id"].as_str().unwrap().to_owned();
+    assert_eq!(acc["status"], "processing");
+    assert_eq!(acc["status_url"], format!("/api/tasks/{task_id}/status"));
+    assert_eq!(acc["websocket_url"], format!("/api/ws/tasks/{task_id}"));
+    let (st, status) = body(s.get(ALICE, &format!("/api/tasks/{task_id}/status")).await).await;
+    assert_eq!(st, 200);
+    for k in ["task_id", "state", "progress", "status"] {
+        assert!(status.get(k).is_some(), "{k} in {status}");
+    }
+    let frames = s.ws(ALICE, &task_id).await;
+    let last = frames.last().unwrap();
+    assert_eq!(last["type"], "complete", "{frames:?}");
+    assert_eq!(last["data"]["state"], "SUCCESS");
+    assert_eq!(last["data"]["progress"], 100);
+    let result = last["data"]["result"].clone();
+    assert_eq!(result["procedure_id"], "rhinoplasty");
+    assert!(
+        frames
+            .iter()
+            .all(|f| f["data"]["task_id"] == task_id.as_str())
+    );
+
+    let (st, r) = body(s.get(ALICE, &format!("/api/tasks/{task_id}/result")).await).await;
+    assert_eq!((st, &r["result"]), (200, &result));
+    let (st, v) = body(
+        s.get(
+            ALICE,
+            &format!("/api/visualizations/{}", result["id"].as_str().unwrap()),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!((st, v["kind"].as_str()), (200, Some("single")));
+    let pic = s
+        .get(ALICE, result["after_image_url"].as_str().unwrap())
+        .await;
+    assert_eq!(pic.status(), 200);
+    assert_eq!(pic.headers()["content-type"], "image/png");
+    assert!(pic.bytes().await.unwrap().starts_with(b"\x89PNG"));
+
+    // Synchronous: the answer is the result object itself.
+    let (st, sync) = body(
+        s.post(ALICE, "/api/visualizations?async_processing=false", json!({"image_id": image_id, "procedure_id": "brow-lift", "options": {"intensity": "subtle"}}))
+            .await,
+    )
+    .await;
+    assert_eq!(st, 200, "{sync}");
+    for k in ["id", "before_image_url", "after_image_url", "generated_at"] {
+        assert!(sync.get(k).is_some(), "{k} in {sync}");
+    }
+    assert_eq!(sync["intensity"], "subtle");
+
+    let (st, cmp) = body(
+        s.post(
+            ALICE,
+            "/api/visualizations/compare",
+            json!({"image_id": image_id, "procedure_ids": ["rhinoplasty", "facelift"]}),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(st, 200, "{cmp}");
+    assert_eq!(cmp["items"].as_array().unwrap().len(), 2);
+    let composite = s
+        .get(ALICE, cmp["comparison_image_url"].as_str().unwrap())
+        .await;
+    assert_eq!(composite.status(), 200);
+
+    let (_, list) = body(s.get(ALICE, "/api/visualizations").await).await;
+    assert_eq!(
+        list["items"].as_array().unwrap().len(),
+        5,
+        "two singles, the comparison and its two items"
+    );
+    let (_, tasks) = body(s.get(ALICE, "/api/tasks").await).await;
+    assert_eq!(tasks["items"].as_array().unwrap().len(), 3);
+    assert!(
+        tasks["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|t| t["state"] == "SUCCESS")
+    );
+    let (_, bob_tasks) = body(s.get(BOB, "/api/tasks").await).await;
+    assert!(bob_tasks["items"].as_array().unwrap().is_empty());
+
+    // A WebSocket opened after the end still gets the final state, then a normal close.
+    let late = s.ws(ALICE, &task_id).await;
+    assert_eq!(late.len(), 1);
+    assert_eq!(late[0]["type"], "complete");
+
+    // Deleting the photo removes what was made from it.
+    let del = http()
+        .delete(s.url(&format!("/api/images/{image_id}")))
+        .bearer_auth(ALICE)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(del.status(), 204);
+    assert_eq!(
+        s.get(
+            ALICE,
+            &format!("/api/visualizations/{}", result["id"].as_str().unwrap())
+        )
+        .await
+        .status(),
+        404
+    );
+    assert_eq!(
+        s.get(ALICE, &format!("/api/images/{image_id}/content"))
+            .await
+            .status(),
+        404
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nobody_sees_or_cancels_what_is_not_theirs() {
+    let s = Server::with_users(&[]);
+    let image_id = s.upload_portrait(ALICE, "astronaut.png").await;
+    let (_, v) = body(
+        s.post(
+            ALICE,
+            "/api/visualizations",
+            json!({"image_id": image_id, "procedure_id": "otoplasty"}),
+        )
+        .await,
+    )
+    .await;
+    let viz = v["id"].as_str().unwrap().to_owned();
+    let (_, tasks) = body(s.get(ALICE, "/api/tasks").await).await;
+    let task_id = tasks["items"][0]["task_id"].as_str().unwrap().to_owned();
+    for path in [
+        format!("/api/images/{image_id}"),
+        format!("/api/images/{image_id}/content"),
+        format!("/api/visualizations/{viz}"),
+        format!("/api/visualizations/{viz}/image"),
+        format!("/api/tasks/{task_id}/status"),
+        format!("/api/tasks/{task_id}/result"),
+    ] {
+        let (st, b) = body(s.get(BOB, &path).await).await;
+        assert_eq!(st, 404, "{path}: {b}");
+        assert!(b["error"]["code"].is_string());
+    }
+    assert_eq!(
+        s.post(BOB, &format!("/api/tasks/{task_id}/cancel"), json!({}))
+            .await
+            .status(),
+        404
+    );
+    let del = http()
+        .delete(s.url(&format!("/api/images/{image_id}")))
+        .bearer_auth(BOB)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(del.status(), 404);
+    let (st, b) = body(
+        s.post(
+            BOB,
+            "/api/visualizations",
+            json!({"image_id": image_id, "procedure_id": "rhinoplasty"}),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(
+        (st, code(&b)),
+        (404, "image_not_found"),
+        "bob cannot preview alice's photo"
+    );
+    let url = s.ws_url(&format!("/api/ws/tasks/{task_id}?token={BOB}"));
+    let err = tokio_tungstenite::connect_async(url).await.unwrap_err();
+    assert!(err.to_string().contains("404"), "{err}");
+    assert_eq!(
+        s.get(ALICE, &format!("/api/images/{image_id}"))
+            .await
+            .status(),
+        200,
+        "alice still has it"
+    );
+}
+
+fn mint(claims: &Value, key_file: &str, kid: &str) -> String {
+    let key = jsonwebtoken::EncodingKey::from_rsa_pem(
+        &std::fs::read(format!("{JWT}/{key_file}")).unwrap(),
+    )
+    .unwrap();
+    let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+    h.kid = Some(kid.into());
+    jsonwebtoken::encode(&h, claims, &key).unwrap()
+}
+
+fn b64(v: &Value) -> String {
+    use base64_lite::encode;
+    encode(&serde_json::to_vec(v).unwrap())
+}
+
+mod base64_lite {
+    /// URL-safe base64 without padding, for hand-built tokens.
+    pub(super) fn encode(bytes: &[u8]) -> String {
+        const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        let mut out = String::new();
+        for chunk in bytes.chunks(3) {
+            let b = [
+                chunk[0],
+                *chunk.get(1).unwrap_or(&0),
+                *chunk.get(2).unwrap_or(&0),
+            ];
+            let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+            for i in 0..chunk.len() + 1 {
+                out.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            }
+        }
+        out
+    }
+}
+
+/// Serves a JWKS document on a free port with `Cache-Control: max-age`.
+fn jwks_server(file: &str) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let body = std::fs::read_to_string(format!("{JWT}/{file}")).unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut s) = stream else { continue };
+            let mut buf = [0u8; 2048];
+            let _ = s.read(&mut buf);
+            let resp = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nCache-Control: public, max-age=600\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = s.write_all(resp.as_bytes());
+        }
+    });
+    format!("http://{addr}/jwks")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authentication_accepts_good_tokens_and_names_what_is_wrong_with_bad_ones() {
+    let firebase_jwks = jwks_server("jwks.json");
+    let oidc_jwks = jwks_server("jwks.json");
+    let s = Server::with_users(&[
+        ("AFTERVIEW_FIREBASE_PROJECT_ID", PROJECT),
+        ("AFTERVIEW_FIREBASE_JWKS_URL", &firebase_jwks),
+        ("AFTERVIEW_OIDC_ISSUER", "https://id.example.test"),
+        ("AFTERVIEW_OIDC_AUDIENCE", "afterview-api"),
+        ("AFTERVIEW_OIDC_JWKS_URL", &oidc_jwks),
+    ]);
+    let now = chrono::Utc::now().timestamp();
+    let iss = format!("https://securetoken.google.com/{PROJECT}");
+    let good = json!({"iss": iss, "aud": PROJECT, "sub": "firebase-uid-1", "iat": now - 10, "exp": now + 3600, "auth_time": now - 20});
+    let ok = |t: String| {
+        let s = &s;
+        async move { s.get(&t, "/api/images").await.status().as_u16() }
+    };
+    assert_eq!(ok(mint(&good, "trusted.pem", "trusted-kid")).await, 200);
+    let oidc = json!({"iss": "https://id.example.test", "aud": "afterview-api", "sub": "oidc-user", "iat": now, "exp": now + 60});
+    assert_eq!(ok(mint(&oidc, "trusted.pem", "trusted-kid")).await, 200);
+
+    // Firebase users own their uploads like anyone else.
+    let fb = mint(&good, "trusted.pem", "trusted-kid");
+    let id = s.upload_portrait(&fb, "astronaut.png").await;
+    assert_eq!(
+        s.get(ALICE, &format!("/api/images/{id}")).await.status(),
+        404
+    );
+
+    let with = |k: &str, v: Value| {
+        let mut c = good.clone();
+        c[k] = v;
+        c
+    };
+    let header_none = b64(&json!({"alg": "none", "typ": "JWT"}));
+    let header_hs = b64(&json!({"alg": "HS256", "typ": "JWT", "kid": "trusted-kid"}));
+    let cases: Vec<(&str, String, &str)> = vec![
+        (
+            "expired",
+            mint(
+                &with("exp", json!(now - 3600)),
+                "trusted.pem",
+                "trusted-kid",
+            ),
+            "token_expired",
+        ),
+        (
+            "wrong audience",
+            mint(
+                &with("aud", json!("someone-else")),
+                "trusted.pem",
+                "trusted-kid",
+            ),
+            "unauthorized",
+        ),
+        (
+            "wrong issuer",
+            mint(
+                &with("iss", json!("https://securetoken.google.com/other")),
+                "trusted.pem",
+                "trusted-kid",
+            ),
+            "unauthorized",
+        ),
+        (
+            "unknown kid",
+            mint(&good, "trusted.pem", "no-such-kid"),
+            "unauthorized",
+        ),
+        (
+            "wrong key",
+            mint(&good, "other.pem", "trusted-kid"),
+            "unauthorized",
+        ),
+        (
+            "issued in the future",
+            mint(
+                &with("iat", json!(now + 3600)),
+                "trusted.pem",
+                "trusted-kid",
+            ),
+            "unauthorized",
+        ),
+        (
+            "no auth_time",
+            mint(
+                &{
+                    let mut c = good.clone();
+                    c.as_object_mut().unwrap().remove("auth_time");
+                    c
+                },
+                "trusted.pem",
+                "trusted-kid",
+            ),
+            "unauthorized",
+        ),
+        (
+            "empty sub",
+            mint(&with("sub", json!("")), "trusted.pem", "trusted-kid"),
+            "unauthorized",
+        ),
+        (
+            "alg none",
+            format!("{header_none}.{}.", b64(&good)),
+            "unauthorized",
+        ),
+        (
+            "HS256",
+            format!("{header_hs}.{}.c2lnbmF0dXJl", b64(&good)),
+            "unauthorized",
+        ),
+        ("garbage", "not.a.token".into(), "unauthorized"),
+        (
+            "unknown static",
+            "some-random-token-value".into(),
+            "unauthorized",
+        ),
+    ];
+    for (what, token, want) in cases {
+        let r = s.get(&token, "/api/images").await;
+        assert_eq!(r.status(), 401, "{what}");
+        assert_eq!(r.headers()["www-authenticate"], "Bearer", "{what}");
+        let (_, b) = body(r).await;
+        assert_eq!(code(&b), want, "{what}: {b}");
+    }
+    let (st, b) = body(http().get(s.url("/api/images")).send().await.unwrap()).await;
+    assert_eq!((st, code(&b)), (401, "unauthorized"));
+    let r = http()
+        .get(s.url("/api/images"))
+        .header("authorization", format!("Basic {ALICE}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(
+        http().get(s.url("/healthz")).send().await.unwrap().status(),
+        200,
+        "health needs no token"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotency_keys_replay_the_first_answer() {
+    let s = Server::with_users(&[]);
+    let image_id = s.upload_portrait(ALICE, "astronaut.png").await;
+    let req = json!({"image_id": image_id, "procedure_id": "facelift"});
+    let send = |key: &'static str, body: Value| {
+        let r = http()
+            .post(s.url("/api/visualizations?async_processing=true"))
+            .bearer_auth(ALICE)
+            .header("Idempotency-Key", key)
+            .json(&body)
+            .send();
+        async move { r.await.unwrap() }
+    };
+    let first = send("k-1", req.clone()).await;
+    assert_eq!(first.status(), 202);
+    let first = first.json::<Value>().await.unwrap();
+    let again = send("k-1", req.clone()).await;
+    assert_eq!(again.status(), 202);
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    assert_eq!(
+        again.json::<Value>().await.unwrap(),
+        first,
+        "the same task, not a second one"
+    );
+    let other = send(
+        "k-1",
+        json!({"image_id": image_id, "procedure_id": "otoplasty"}),
+    )
+    .await;
+    let (st, b) = body(other).await;
+    assert_eq!((st, code(&b)), (422, "idempotency_key_reused"));
+    let (_, tasks) = body(s.get(ALICE, "/api/tasks").await).await;
+    assert_eq!(tasks["items"].as_array().unwrap().len(), 1, "paid once");
+    // Keys are per user.
+    let bob = http()
+        .post(s.url("/api/visualizations?async_processing=true"))
+        .bearer_auth(BOB)
+        .header("Idempotency-Key", "k-1")
+        .json(&req)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        bob.status(),
+        404,
+        "bob's request is judged on its own (alice's photo is not his)"
+    );
+}
+
+fn crc32(bytes: &[u8]) -> u32 {
+    let mut crc = 0xFFFF_FFFFu32;
+    for b in bytes {
+        crc ^= u32::from(*b);
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_uploads_and_requests_get_clear_errors() {
+    let s = Server::with_users(&[("AFTERVIEW_MAX_UPLOAD_BYTES", "1000000")]);
+    let hopper = std::fs::read(format!("{PORTRAITS}/grace_hopper.jpg")).unwrap();
+    let mut bomb = std::fs::read(format!("{PORTRAITS}/astronaut.png")).unwrap()[..33].to_vec();
+    bomb[16..20].copy_from_slice(&100_000u32.to_be_bytes());
+    bomb[20..24].copy_from_slice(&100_000u32.to_be_bytes());
+    let c = crc32(&bomb[12..29]);
+    bomb[29..33].copy_from_slice(&c.to_be_bytes());
+    // One stored-deflate IDAT (a 1x1 black pixel), then IEND: a tiny file declaring 10 gigapixels.
+    let idat_data: &[u8] = &[
+        0x78, 0x01, 0x01, 0x04, 0x00, 0xFB, 0xFF, 0, 0, 0, 0, 0x00, 0x04, 0x00, 0x01,
+    ];
+    let mut idat = b"IDAT".to_vec();
+    idat.extend_from_slice(idat_data);
+    bomb.extend_from_slice(&(idat_data.len() as u32).to_be_bytes());
+    bomb.extend_from_slice(&idat);
+    bomb.extend_from_slice(&crc32(&idat).to_be_bytes());
+    bomb.extend_from_slice(&[0, 0, 0, 0, b'I', b'E', b'N', b'D', 0xAE, 0x42, 0x60, 0x82]);
+    let big = std::fs::read(format!("{PORTRAITS}/astronaut.png")).unwrap();
+    let cases: Vec<(&str, Vec<u8>, u16, &str)> = vec![
+        ("empty", vec![], 400, "empty_file"),
+        (
+            "text",
+            b"hello, I am not a photo".to_vec(),
+            415,
+            "unsupported_format",
+        ),
+        (
+            "gif",
+            b"GIF89a\x01\x00\x01\x00".to_vec(),
+            415,
+            "unsupported_format",
+        ),
+        (
+            "truncated jpeg",
+            hopper[..hopper.len() / 2].to_vec(),
+            422,
+            "corrupt_image",
+        ),
+        ("decompression bomb", bomb, 413, "image_too_large"),
+        (
+            "over the byte limit",
+            [big.clone(), big].concat(),
+            413,
+            "file_too_large",
+        ),
+    ];
+    for (what, bytes, want_status, want_code) in cases {
+        let (st, b) = body(s.upload(ALICE, bytes, "x.jpg").await).await;
+        assert_eq!((st, code(&b)), (want_status, want_code), "{what}: {b}");
+    }
+    let form = reqwest::multipart::Form::new().text("photo", "no file field");
+    let (st, b) = body(
+        http()
+            .post(s.url("/api/images"))
+            .bearer_auth(ALICE)
+            .multipart(form)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!((st, code(&b)), (400, "missing_file"));
+    let (_, list) = body(s.get(ALICE, "/api/images").await).await;
+    assert!(
+        list["items"].as_array().unwrap().is_empty(),
+        "nothing half-stored"
+    );
+
+    let image_id = s.upload_portrait(ALICE, "grace_hopper.jpg").await;
+    let raw = |b: &'static str| {
+        http()
+            .post(s.url("/api/visualizations"))
+            .bearer_auth(ALICE)
+            .header("content-type", "application/json")
+            .body(b)
+            .send()
+    };
+    let (st, b) = body(raw("{\"image_id\": ").await.unwrap()).await;
+    assert_eq!((st, code(&b)), (400, "invalid_request"), "malformed JSON");
+    let (st, b) = body(raw("[1, 2]").await.unwrap()).await;
+    assert_eq!((st, code(&b)), (400, "invalid_request"));
+    let (st, b) = body(
+        s.post(
+            ALICE,
+            "/api/visualizations",
+            json!({"image_id": image_id, "procedure_id": "rhinoplasty", "surprise": 1}),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(
+        (st, code(&b)),
+        (400, "invalid_request"),
+        "unknown fields are refused: {b}"
+    );
+    let (st, b) = body(
+        s.post(
+            ALICE,
+            "/api/visualizations",
+            json!({"image_id": image_id, "procedure_id": "liposuction"}),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!((st, code(&b)), (422, "unknown_procedure"));
+    let (st, b) = body(
+        s.post(
+            ALICE,
+            "/api/visualizations?async_processing=maybe",
+            json!({"image_id": image_id, "procedure_id": "rhinoplasty"}),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!((st, code(&b)), (400, "invalid_request"));
+    let (st, b) = body(
+        s.post(
+            ALICE,
+            "/api/visualizations/compare",
+            json!({"image_id": image_id, "procedure_ids": ["rhinoplasty"]}),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!((st, code(&b)), (400, "invalid_procedure_count"));
+    let coffee = s.upload_portrait(ALICE, "no_face_coffee.png").await;
+    let (st, b) = body(
+        s.post(
+            ALICE,
+            "/api/visualizations",
+            json!({"image_id": coffee, "procedure_id": "rhinoplasty"}),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(
+        (st, code(&b)),
+        (422, "no_face_detected"),
+        "a synchronous failure answers with the task's code"
+    );
+
+    let (st, b) = body(s.get(ALICE, "/api/tasks/not%20a%20valid%20id/status").await).await;
+    assert_eq!((st, code(&b)), (400, "invalid_task_id"));
+    let (st, b) = body(
+        s.get(
+            ALICE,
+            "/api/tasks/00000000-0000-0000-0000-000000000000/status",
+        )
+        .await,
+    )
+    .await;
+    assert_eq!((st, code(&b)), (404, "task_not_found"));
+    let (st, b) = body(s.get(ALICE, "/api/nope").await).await;
+    assert_eq!((st, code(&b)), (404, "not_found"));
+    let (st, b) = body(s.get(ALICE, "/api/procedures/liposuction").await).await;
+    assert_eq!((st, code(&b)), (404, "not_found"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_a_running_task_ends_the_websocket_with_revoked() {
+    use afterview_gemini::mock::{MockGemini, Scenario};
+    let mock = MockGemini::start(
+        "mock-key",
+        vec![Scenario::Slow(20_000, Box::new(Scenario::Ok))],
+    )
+    .await;
+    let s = Server::with_users(&[
+        ("AFTERVIEW_GEMINI_API_KEY", "mock-key"),
+        ("AFTERVIEW_GEMINI_BASE_URL", &mock.base_url),
+        ("AFTERVIEW_REVOKE_GRACE", "0.5"),
+    ]);
+    let image_id = s.upload_portrait(ALICE, "astronaut.png").await;
+    let (st, acc) = body(
+        s.post(ALICE, "/api/visualizations?async_processing=true", json!({"image_id": image_id, "procedure_id": "rhinoplasty", "options": {"engine": "gemini"}}))
+            .await,
+    )
+    .await;
+    assert_eq!(st, 202, "{acc}");
+    let task_id = acc["task_id"].as_str().unwrap().to_owned();
+    let ws = {
+        let url = s.ws_url(&format!("/api/ws/tasks/{task_id}"));
+        let mut req =
+            tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(url)
+                .unwrap();
+        req.headers_mut()
+            .insert("authorization", format!("Bearer {ALICE}").parse().unwrap());
+        tokio_tungstenite::connect_async(req).await.unwrap().0
+    };
+    let (mut tx, mut rx) = ws.split();
+    // Wait until the task is generating (progress 20), then cancel.
+    loop {
+        let m = tokio::time::timeout(Duration::from_secs(20), rx.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        if let Message::Text(t) = m {
+            let v: Value = serde_json::from_str(&t).unwrap();
+            if v["data"]["progress"] == 20 {
+                break;
+            }
+        }
+    }
+    let (st, c) = body(
+        s.post(ALICE, &format!("/api/tasks/{task_id}/cancel"), json!({}))
+            .await,
+    )
+    .await;
+    assert_eq!((st, c["status"].as_str()), (200, Some("cancelling")), "{c}");
+    let mut last = Value::Null;
+    let mut closed = None;
+    while let Some(m) = tokio::time::timeout(Duration::from_secs(10), rx.next())
+        .await
+        .expect("the end comes quickly")
+    {
+        match m.unwrap() {
+            Message::Text(t) => last = serde_json::from_str(&t).unwrap(),
+            Message::Close(c) => {
+                closed = c.map(|c| u16::from(c.code));
+                break;
+            }
+            _ => {}
+        }
+    }
+    let _ = tx.close().await;
+    assert_eq!(closed, Some(1000));
+    assert_eq!(last["type"], "error");
+    assert_eq!(last["data"]["state"], "REVOKED");
+    assert_eq!(last["data"]["error"]["code"], "terminated");
+    let (st, b) = body(s.get(ALICE, &format!("/api/tasks/{task_id}/result")).await).await;
+    assert_eq!((st, code(&b)), (410, "task_revoked"));
+    let (_, again) = body(
+        s.post(ALICE, &format!("/api/tasks/{task_id}/cancel"), json!({}))
+            .await,
+    )
+    .await;
+    assert_eq!(again["status"], "already_finished");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn procedures_ops_endpoints_and_docs() {
+    let s = Server::with_users(&[]);
+    let (st, list) = body(s.get(ALICE, "/api/procedures").await).await;
+    assert_eq!(st, 200);
+    assert_eq!(list["items"].as_array().unwrap().len(), 8);
+    assert_eq!(list["currency"], "USD");
+    let (_, rhino) = body(s.get(ALICE, "/api/procedures/rhinoplasty").await).await;
+    assert_eq!(rhino["costs"]["total"], json!({"low": 6550, "high": 12200}));
+    assert!(rhino["cost_source"].as_str().unwrap().contains("ASPS"));
+    assert_eq!(
+        http().get(s.url("/readyz")).send().await.unwrap().status(),
+        200
+    );
+    let image_id = s.upload_portrait(ALICE, "astronaut.png").await;
+    let _ = s
+        .post(
+            ALICE,
+            "/api/visualizations",
+            json!({"image_id": image_id, "procedure_id": "brow-lift"}),
+        )
+        .await;
+    let m = http()
+        .get(s.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(m.contains("afterview_http_request_duration_seconds_bucket{method=\"POST\",route=\"/api/visualizations\",status=\"200\""), "{m}");
+    assert!(m.contains("afterview_task_events_total{name=\"app.tasks.visualization_tasks.generate_visualization\",state=\"SUCCESS\"} 1"), "{m}");
+    assert!(m.contains("afterview_task_runtime_seconds_count{name=\"app.tasks.visualization_tasks.generate_visualization\"} 1"));
+    assert!(m.contains("afterview_queue_messages{queue=\"visualizations\",state=\"ready\"} 0"));
+    let doc: Value = http()
+        .get(s.url("/api/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(doc["openapi"], "3.1.0");
+    assert!(doc["paths"]["/api/tasks/{id}/status"]["get"].is_object());
+    assert!(doc["x-error-codes"]["no_face_detected"].is_string());
+    let page = http()
+        .get(s.url("/api/docs"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("/api/ws/tasks/{id}") && page.contains("idempotency_key_reused"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_no_auth_configured_serve_makes_and_keeps_a_dev_token() {
+    let s = Server::start(&[], &[]);
+    let line = &s.stdout[1];
+    let token = line.rsplit(": ").next().unwrap().to_owned();
+    assert!(line.contains("dev token") && token.len() >= 32, "{line}");
+    assert_eq!(s.get(&token, "/api/images").await.status(), 200);
+    let stored = std::fs::read_to_string(s.env.data().join("dev-token")).unwrap();
+    assert_eq!(stored.trim(), token);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(s.env.data().join("dev-token"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o077, 0, "only the owner can read it");
+    }
+    assert!(
+        !s.proc.log_text().contains(&token),
+        "the token is never logged"
+    );
+}

@@ -1,0 +1,293 @@
+//! Authentication: static tokens, Firebase ID tokens and any OIDC issuer, verified offline
+//! against cached JWKS keys.
+//!
+//! Firebase checks (as the Admin SDKs do): RS256 only, a known `kid`, `aud` = the project id,
+//! `iss` = `https://securetoken.google.com/<project>`, `sub` non-empty and at most 128
+//! characters, `exp` in the future, `iat` and `auth_time` not in the future (60 s leeway).
+//! `alg: none` and HMAC tokens are refused whatever else they claim. Keys are cached for the
+//! `Cache-Control: max-age` the key server sends; an unknown `kid` triggers at most one refresh
+//! per 30 s; a failed refresh keeps the last good keys.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use jsonwebtoken::jwk::JwkSet;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, decode_header};
+use serde::Deserialize;
+use serde_json::Value;
+use tokio::sync::{Mutex, RwLock};
+use tracing::warn;
+
+/// Google's JWKS for Firebase ID tokens.
+pub const FIREBASE_JWKS_URL: &str =
+    "https://www.googleapis.com/service_accounts/v1/jwk/securetoken@system.gserviceaccount.com";
+
+const LEEWAY_SECS: u64 = 60;
+const MIN_REFRESH: Duration = Duration::from_secs(30);
+const DEFAULT_MAX_AGE: Duration = Duration::from_secs(3600);
+
+/// Why a token was refused.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum AuthError {
+    /// No token at all.
+    #[error("no bearer token")]
+    Missing,
+    /// Past its `exp`.
+    #[error("the token has expired")]
+    Expired,
+    /// Anything else (bad signature, wrong audience or issuer, unknown key, garbage...).
+    #[error("invalid token: {0}")]
+    Invalid(String),
+}
+
+/// A cached JWKS endpoint.
+pub struct Jwks {
+    url: String,
+    http: reqwest::Client,
+    keys: RwLock<(HashMap<String, DecodingKey>, Option<Instant>, Duration)>,
+    refresh: Mutex<Option<Instant>>,
+}
+
+impl std::fmt::Debug for Jwks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Jwks").field("url", &self.url).finish()
+    }
+}
+
+fn max_age(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    let cc = headers.get(reqwest::header::CACHE_CONTROL)?.to_str().ok()?;
+    cc.split(',')
+        .find_map(|d| d.trim().strip_prefix("max-age="))
+        .and_then(|v| v.parse().ok())
+        .map(Duration::from_secs)
+}
+
+impl Jwks {
+    /// A cache for `url` (nothing fetched yet).
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .expect("HTTP client"),
+            keys: RwLock::new((HashMap::new(), None, DEFAULT_MAX_AGE)),
+            refresh: Mutex::new(None),
+        }
+    }
+
+    async fn fetch(&self) -> Result<(), String> {
+        let resp = self
+            .http
+            .get(&self.url)
+            .send()
+            .await
+            .map_err(|e| format!("cannot fetch the keys: {e}"))?;
+        if !resp.status().is_success() {
+            return Err(format!("the key server answered {}", resp.status()));
+        }
+        let age = max_age(resp.headers()).unwrap_or(DEFAULT_MAX_AGE);
+        let set: JwkSet = resp
+            .json()
+            .await
+            .map_err(|e| format!("the key set is unreadable: {e}"))?;
+        let mut map = HashMap::new();
+        for k in &set.keys {
+            let Some(kid) = k.common.key_id.clone() else {
+                continue;
+            };
+            if let Ok(d) = DecodingKey::from_jwk(k) {
+                map.insert(kid, d);
+            }
+        }
+        *self.keys.write().await = (map, Some(Instant::now()), age);
+        Ok(())
+    }
+
+    /// The key for `kid`, refreshing the set when stale or when the kid is unknown.
+    async fn key(&self, kid: &str) -> Result<DecodingKey, AuthError> {
+        {
+            let g = self.keys.read().await;
+            let fresh = g.1.is_some_and(|t| t.elapsed() < g.2);
+            if fresh && let Some(k) = g.0.get(kid) {
+                return Ok(k.clone());
+            }
+        }
+        {
+            // One refresh at a time; an unknown kid refreshes at most every MIN_REFRESH.
+            let mut last = self.refresh.lock().await;
+            let stale = {
+                let g = self.keys.read().await;
+                g.1.is_none_or(|t| t.elapsed() >= g.2)
+            };
+            let known = self.keys.read().await.0.contains_key(kid);
+            if stale || (!known && last.is_none_or(|t| t.elapsed() >= MIN_REFRESH)) {
+                *last = Some(Instant::now());
+                if let Err(e) = self.fetch().await {
+                    warn!(url = %self.url, error = %e, "JWKS refresh failed; keeping the last good keys.");
+                }
+            }
+        }
+        self.keys
+            .read()
+            .await
+            .0
+            .get(kid)
+            .cloned()
+            .ok_or_else(|| AuthError::Invalid(format!("unknown key id {kid:?}")))
+    }
+}
+
+/// Verifies JWTs of one issuer.
+#[derive(Debug)]
+pub struct JwtVerifier {
+    /// `firebase` or `oidc`.
+    pub kind: &'static str,
+    issuer: String,
+    audience: String,
+    jwks: Arc<Jwks>,
+    firebase: bool,
+}
+
+impl JwtVerifier {
+    /// Firebase ID tokens of `project_id`, keys from `jwks_url` (Google's by default).
+    pub fn firebase(project_id: &str, jwks_url: Option<&str>) -> Self {
+        Self {
+            kind: "firebase",
+            issuer: format!("https://securetoken.google.com/{project_id}"),
+            audience: project_id.to_owned(),
+            jwks: Arc::new(Jwks::new(jwks_url.unwrap_or(FIREBASE_JWKS_URL))),
+            firebase: true,
+        }
+    }
+
+    /// Any OIDC issuer.
+    pub fn oidc(issuer: &str, audience: &str, jwks_url: &str) -> Self {
+        Self {
+            kind: "oidc",
+            issuer: issuer.to_owned(),
+            audience: audience.to_owned(),
+            jwks: Arc::new(Jwks::new(jwks_url)),
+            firebase: false,
+        }
+    }
+
+    async fn verify(&self, token: &str) -> Result<String, AuthError> {
+        let header = decode_header(token)
+            .map_err(|e| AuthError::Invalid(format!("malformed header: {e}")))?;
+        if header.alg != Algorithm::RS256 {
+            return Err(AuthError::Invalid(format!(
+                "algorithm {:?} is not accepted",
+                header.alg
+            )));
+        }
+        let kid = header
+            .kid
+            .ok_or_else(|| AuthError::Invalid("no key id (kid)".into()))?;
+        let key = self.jwks.key(&kid).await?;
+        let mut v = Validation::new(Algorithm::RS256);
+        v.set_audience(&[&self.audience]);
+        v.set_issuer(&[&self.issuer]);
+        v.leeway = LEEWAY_SECS;
+        v.set_required_spec_claims(&["exp", "iat", "sub", "aud", "iss"]);
+        let data = decode::<Claims>(token, &key, &v).map_err(|e| match e.kind() {
+            jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthError::Expired,
+            _ => AuthError::Invalid(e.to_string()),
+        })?;
+        let c = data.claims;
+        let now = chrono::Utc::now().timestamp();
+        if c.iat > now + LEEWAY_SECS as i64 {
+            return Err(AuthError::Invalid("issued in the future".into()));
+        }
+        if self.firebase && c.auth_time.is_none_or(|t| t > now + LEEWAY_SECS as i64) {
+            return Err(AuthError::Invalid(
+                "auth_time is missing or in the future".into(),
+            ));
+        }
+        if c.sub.is_empty() || c.sub.len() > 128 {
+            return Err(AuthError::Invalid("sub must be 1-128 characters".into()));
+        }
+        Ok(c.sub)
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct Claims {
+    sub: String,
+    iat: i64,
+    #[serde(default)]
+    auth_time: Option<i64>,
+}
+
+/// All configured ways to authenticate.
+#[derive(Debug, Default)]
+pub struct Auth {
+    /// token → user id.
+    pub static_tokens: HashMap<String, String>,
+    /// JWT issuers.
+    pub verifiers: Vec<JwtVerifier>,
+}
+
+impl Auth {
+    /// Parses `token=user,token2=user2`.
+    pub fn parse_static(spec: &str) -> Result<HashMap<String, String>, String> {
+        let mut m = HashMap::new();
+        for pair in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (t, u) = pair
+                .split_once('=')
+                .ok_or_else(|| format!("{:?} is not token=user", redact(pair)))?;
+            let (t, u) = (t.trim(), u.trim());
+            if t.len() < 16 {
+                return Err(format!(
+                    "the token for user {u:?} is shorter than 16 characters"
+                ));
+            }
+            afterview_core::ids::UserId::parse(u).map_err(|e| format!("user {u:?}: {e}"))?;
+            m.insert(t.to_owned(), u.to_owned());
+        }
+        Ok(m)
+    }
+
+    /// Whether anything is configured.
+    pub fn is_empty(&self) -> bool {
+        self.static_tokens.is_empty() && self.verifiers.is_empty()
+    }
+
+    /// The user a token belongs to.
+    pub async fn authenticate(&self, token: &str) -> Result<String, AuthError> {
+        if token.is_empty() {
+            return Err(AuthError::Missing);
+        }
+        if let Some(u) = self.static_tokens.get(token) {
+            return Ok(u.clone());
+        }
+        if token.split('.').count() != 3 {
+            return Err(AuthError::Invalid("not a known token".into()));
+        }
+        // Choose the verifier by the (unverified) issuer; the signature check follows.
+        let iss = unverified_issuer(token)
+            .ok_or_else(|| AuthError::Invalid("malformed payload".into()))?;
+        let v = self
+            .verifiers
+            .iter()
+            .find(|v| v.issuer == iss)
+            .ok_or_else(|| AuthError::Invalid("untrusted issuer".into()))?;
+        v.verify(token).await
+    }
+}
+
+fn unverified_issuer(token: &str) -> Option<String> {
+    let payload = token.split('.').nth(1)?;
+    let bytes = URL_SAFE_NO_PAD.decode(payload.trim_end_matches('=')).ok()?;
+    let v: Value = serde_json::from_slice(&bytes).ok()?;
+    v.get("iss")?.as_str().map(str::to_owned)
+}
+
+/// Shows the first four characters of a secret, never more.
+pub fn redact(s: &str) -> String {
+    let head: String = s.chars().take(4).collect();
+    format!("{head}…")
+}

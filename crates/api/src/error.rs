@@ -1,0 +1,183 @@
+//! The one place where errors become HTTP: `{"error": {"code", "message"}}` with a stable code.
+
+use afterview_core::ErrorCode;
+use afterview_engine::{BackendError, ClientError, ErrorInfo};
+use afterview_store::StoreError;
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+/// API-level codes (task and preview codes come from [`ErrorCode`]).
+pub const API_CODES: &[(&str, &str)] = &[
+    (
+        "unauthorized",
+        "No valid credentials: send `Authorization: Bearer <token>` (or `?token=` on GET and WebSocket).",
+    ),
+    ("token_expired", "The token has expired."),
+    (
+        "not_found",
+        "No such resource (or it belongs to someone else).",
+    ),
+    ("task_not_found", "No such task for this user."),
+    ("invalid_task_id", "The task id is malformed."),
+    ("invalid_id", "A resource id is malformed."),
+    ("invalid_request", "The request body or query is malformed."),
+    ("missing_file", "The upload has no `file` field."),
+    ("payload_too_large", "The request body is over the limit."),
+    (
+        "idempotency_key_reused",
+        "The Idempotency-Key was used before with a different request.",
+    ),
+    (
+        "task_failed",
+        "The task failed; `error.code` is the task's own code when known.",
+    ),
+    ("task_revoked", "The task was cancelled or expired."),
+    ("timeout", "The task did not finish within its time limit."),
+    (
+        "unavailable",
+        "The broker or a store is unreachable; retry after `Retry-After` seconds.",
+    ),
+    ("internal_error", "An unexpected error."),
+];
+
+/// An error answer.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// Stable code.
+    pub code: String,
+    /// Human-readable message.
+    pub message: String,
+}
+
+impl ApiError {
+    /// A new error.
+    pub fn new(status: StatusCode, code: &str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code: code.to_owned(),
+            message: message.into(),
+        }
+    }
+
+    /// 404 for anything unknown or foreign.
+    pub fn not_found(what: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("{what} not found"),
+        )
+    }
+
+    /// 400 for a malformed request.
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_request", message)
+    }
+
+    /// 401.
+    pub fn unauthorized(code: &str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, code, message)
+    }
+
+    /// 503 with `Retry-After`.
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+    }
+
+    /// A catalogued domain error with its natural status.
+    pub fn domain(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self::new(status_of(code.as_str()), code.as_str(), message)
+    }
+
+    /// A task's failure, as the answer to a synchronous request or `/result`.
+    pub fn from_task(info: &ErrorInfo, revoked: bool) -> Self {
+        if revoked {
+            return Self::new(
+                StatusCode::GONE,
+                "task_revoked",
+                format!("the task was {}: {}", info.code, info.message),
+            );
+        }
+        Self::new(status_of(&info.code), &info.code, info.message.clone())
+    }
+}
+
+/// The HTTP status for a task or domain error code.
+pub fn status_of(code: &str) -> StatusCode {
+    match code {
+        "image_not_found" | "visualization_not_found" => StatusCode::NOT_FOUND,
+        "empty_file"
+        | "invalid_options"
+        | "invalid_arguments"
+        | "invalid_control_points"
+        | "invalid_procedure_count" => StatusCode::BAD_REQUEST,
+        "file_too_large" | "image_too_large" => StatusCode::PAYLOAD_TOO_LARGE,
+        "unsupported_format" => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "corrupt_image"
+        | "no_face_detected"
+        | "unknown_procedure"
+        | "unsupported_export_format"
+        | "gemini_blocked" => StatusCode::UNPROCESSABLE_ENTITY,
+        "gemini_not_configured" | "not_registered" => StatusCode::NOT_IMPLEMENTED,
+        "gemini_quota_exhausted" => StatusCode::TOO_MANY_REQUESTS,
+        "gemini_auth" | "gemini_no_image" | "gemini_bad_response" => StatusCode::BAD_GATEWAY,
+        "gemini_unavailable" | "storage_unavailable" => StatusCode::SERVICE_UNAVAILABLE,
+        "time_limit_exceeded" | "soft_time_limit_exceeded" => StatusCode::GATEWAY_TIMEOUT,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut resp = (
+            self.status,
+            Json(json!({"error": {"code": self.code, "message": self.message}})),
+        )
+            .into_response();
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+        }
+        if self.status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        resp
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Unavailable(m) => Self::unavailable(format!("storage unavailable: {m}")),
+            StoreError::Conflict(m) => Self::new(StatusCode::CONFLICT, "conflict", m),
+            StoreError::Corrupt(m) => {
+                Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", m)
+            }
+        }
+    }
+}
+
+impl From<BackendError> for ApiError {
+    fn from(e: BackendError) -> Self {
+        match e {
+            BackendError::Unavailable(m) => Self::unavailable(format!("broker unavailable: {m}")),
+            BackendError::Invalid(m) => Self::bad_request(m),
+            BackendError::Corrupt(m) => {
+                Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", m)
+            }
+        }
+    }
+}
+
+impl From<ClientError> for ApiError {
+    fn from(e: ClientError) -> Self {
+        match e {
+            ClientError::Invalid(m) => Self::bad_request(m.to_string()),
+            ClientError::Backend(b) => b.into(),
+        }
+    }
+}

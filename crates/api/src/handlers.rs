@@ -1,0 +1,751 @@
+//! Images, procedures, visualizations and exports.
+
+use afterview_core::ErrorCode;
+use afterview_core::ids::new_id;
+use afterview_core::tasks::{
+    self, GenerateComparison, GenerateVisualization, MAX_COMPARISON, MIN_COMPARISON, PreviewOptions,
+};
+use afterview_engine::{SendOptions, TaskState};
+use afterview_store::{ImageRecord, TaskRecord, image_key};
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Multipart, Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value, json};
+
+use crate::error::ApiError;
+use crate::{AppState, User, idempotency};
+
+/// `?async_processing=true|false` (default false, as the seed).
+#[derive(Debug, Deserialize)]
+pub(crate) struct AsyncQuery {
+    #[serde(default)]
+    async_processing: Option<String>,
+}
+
+impl AsyncQuery {
+    fn is_async(&self) -> Result<bool, ApiError> {
+        match self
+            .async_processing
+            .as_deref()
+            .map(str::to_ascii_lowercase)
+            .as_deref()
+        {
+            None | Some("false") | Some("0") => Ok(false),
+            Some("true") | Some("1") => Ok(true),
+            Some(other) => Err(ApiError::bad_request(format!(
+                "async_processing must be true or false, got {other:?}"
+            ))),
+        }
+    }
+}
+
+/// `?limit=` for lists (1-200, default 50).
+#[derive(Debug, Deserialize)]
+pub(crate) struct ListQuery {
+    #[serde(default)]
+    limit: Option<u32>,
+}
+
+impl ListQuery {
+    pub(crate) fn limit(&self) -> Result<u32, ApiError> {
+        match self.limit {
+            None => Ok(50),
+            Some(n) if (1..=200).contains(&n) => Ok(n),
+            Some(n) => Err(ApiError::bad_request(format!(
+                "limit must be 1-200, got {n}"
+            ))),
+        }
+    }
+}
+
+/// Parses a JSON body into `T`, with errors in the API's shape.
+pub(crate) fn parse_body<T: DeserializeOwned>(
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<T, ApiError> {
+    if let Some(ct) = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        && !ct.starts_with("application/json")
+        && !ct.starts_with("text/plain")
+    {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "invalid_request",
+            format!("expected application/json, got {ct}"),
+        ));
+    }
+    if body.is_empty() {
+        return Err(ApiError::bad_request(
+            "the request body is empty; send a JSON object",
+        ));
+    }
+    let v: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("malformed JSON: {e}")))?;
+    afterview_engine::task::decode_json(v)
+        .map_err(|e| ApiError::bad_request(format!("invalid request: {e}")))
+}
+
+fn image_view(r: &ImageRecord) -> Value {
+    json!({
+        "id": r.id,
+        "url": tasks::image_url(&r.id),
+        "width": r.width,
+        "height": r.height,
+        "size_bytes": r.bytes,
+        "source_format": r.source_format,
+        "created_at": r.created_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+    })
+}
+
+fn png_response(bytes: Bytes) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, HeaderValue::from_static("image/png")),
+            (
+                header::CACHE_CONTROL,
+                HeaderValue::from_static("private, no-store"),
+            ),
+        ],
+        bytes,
+    )
+        .into_response()
+}
+
+// ------------------------------------------------------------------------------------ images
+
+/// `POST /api/images` (multipart field `file`).
+pub(crate) async fn upload_image(
+    State(st): State<AppState>,
+    user: User,
+    headers: HeaderMap,
+    mut mp: Multipart,
+) -> Response {
+    let mut file: Option<Bytes> = None;
+    loop {
+        match mp.next_field().await {
+            Ok(Some(field)) => {
+                if field.name() == Some("file") {
+                    match field.bytes().await {
+                        Ok(b) => file = Some(b),
+                        Err(e) => return upload_error(e.to_string()).into_response(),
+                    }
+                }
+            }
+            Ok(None) => break,
+            Err(e) => return upload_error(e.to_string()).into_response(),
+        }
+    }
+    let Some(file) = file else {
+        return ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "missing_file",
+            "the upload has no `file` field",
+        )
+        .into_response();
+    };
+    let body = file.clone();
+    let uid = user.0.clone();
+    idempotency::once(
+        &st.clone(),
+        &uid,
+        &headers,
+        "POST /api/images",
+        &body,
+        || async move {
+            let limits = st.limits;
+            let n = tokio::task::spawn_blocking(move || afterview_intake::intake(&file, &limits))
+                .await
+                .map_err(|e| {
+                    ApiError::new(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "internal_error",
+                        e.to_string(),
+                    )
+                })?
+                .map_err(|e| ApiError::domain(e.code(), e.to_string()))?;
+            let id = new_id();
+            let rec = ImageRecord {
+                id: id.clone(),
+                owner: user.0.clone(),
+                blob_key: image_key(&id),
+                width: n.width,
+                height: n.height,
+                bytes: n.png.len() as u64,
+                source_format: n.source_format.as_str().into(),
+                created_at: chrono::Utc::now(),
+            };
+            st.blobs.put(&rec.blob_key, Bytes::from(n.png)).await?;
+            st.meta.insert_image(&rec).await?;
+            Ok((StatusCode::CREATED, image_view(&rec)))
+        },
+    )
+    .await
+}
+
+fn upload_error(msg: String) -> ApiError {
+    if msg.contains("length limit") || msg.contains("too large") {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            "the upload is larger than the limit (20 MB)",
+        )
+    } else {
+        ApiError::bad_request(format!("malformed multipart body: {msg}"))
+    }
+}
+
+/// `GET /api/images`.
+pub(crate) async fn list_images(
+    State(st): State<AppState>,
+    user: User,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let items: Vec<Value> = st
+        .meta
+        .list_images(&user.0, q.limit()?)
+        .await?
+        .iter()
+        .map(image_view)
+        .collect();
+    Ok(Json(json!({"items": items})))
+}
+
+async fn owned_image(st: &AppState, user: &User, id: &str) -> Result<ImageRecord, ApiError> {
+    st.meta.get_image(&user.0, id).await?.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            ErrorCode::ImageNotFound.as_str(),
+            format!("image {id} not found"),
+        )
+    })
+}
+
+/// `GET /api/images/{id}`.
+pub(crate) async fn get_image(
+    State(st): State<AppState>,
+    user: User,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(image_view(&owned_image(&st, &user, &id).await?)))
+}
+
+/// `GET /api/images/{id}/content`.
+pub(crate) async fn image_content(
+    State(st): State<AppState>,
+    user: User,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let rec = owned_image(&st, &user, &id).await?;
+    let bytes = st
+        .blobs
+        .get(&rec.blob_key)
+        .await?
+        .ok_or_else(|| ApiError::not_found("image content"))?;
+    Ok(png_response(bytes))
+}
+
+/// `DELETE /api/images/{id}`: the image and everything made from it.
+pub(crate) async fn delete_image(
+    State(st): State<AppState>,
+    user: User,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let d = st.meta.delete_image(&user.0, &id).await?.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            ErrorCode::ImageNotFound.as_str(),
+            format!("image {id} not found"),
+        )
+    })?;
+    for key in &d.blob_keys {
+        if let Err(e) = st.blobs.delete(key).await {
+            tracing::warn!(error = %e, "A derived blob could not be deleted; it is no longer referenced.");
+        }
+    }
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+// -------------------------------------------------------------------------------- procedures
+
+fn procedure_view(st: &AppState, p: &afterview_core::catalog::Procedure) -> Value {
+    let mut v = serde_json::to_value(p).expect("procedures serialize");
+    let t = p.costs.total();
+    v["costs"]["total"] = json!({"low": t.low, "high": t.high});
+    v["costs"]["currency"] = json!(st.catalog.currency);
+    v
+}
+
+/// `GET /api/procedures`.
+pub(crate) async fn list_procedures(State(st): State<AppState>, _user: User) -> Json<Value> {
+    let items: Vec<Value> = st
+        .catalog
+        .procedures
+        .iter()
+        .map(|p| procedure_view(&st, p))
+        .collect();
+    Json(
+        json!({"items": items, "currency": st.catalog.currency, "disclaimer": st.catalog.disclaimer}),
+    )
+}
+
+/// `GET /api/procedures/{id}`.
+pub(crate) async fn get_procedure(
+    State(st): State<AppState>,
+    _user: User,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let p = st
+        .catalog
+        .get(&id)
+        .ok_or_else(|| ApiError::not_found(&format!("procedure {id}")))?;
+    Ok(Json(procedure_view(&st, p)))
+}
+
+// ---------------------------------------------------------------------------- sending tasks
+
+/// Records the owner, sends the task, and answers 202 or waits for the result.
+pub(crate) async fn submit(
+    st: &AppState,
+    user: &User,
+    task: &str,
+    kwargs: Value,
+    wait: bool,
+) -> Result<(StatusCode, Value), ApiError> {
+    let Value::Object(kwargs) = kwargs else {
+        unreachable!("task arguments are objects")
+    };
+    let msg = st
+        .client
+        .message(task, vec![], kwargs, SendOptions::default())?;
+    st.meta
+        .insert_task(&TaskRecord {
+            id: msg.id.clone(),
+            owner: user.0.clone(),
+            name: task.into(),
+            created_at: chrono::Utc::now(),
+        })
+        .await?;
+    st.client.broker().publish(&msg).await?;
+    if !wait {
+        return Ok((
+            StatusCode::ACCEPTED,
+            json!({
+                "task_id": msg.id,
+                "status": "processing",
+                "status_url": format!("/api/tasks/{}/status", msg.id),
+                "websocket_url": format!("/api/ws/tasks/{}", msg.id),
+            }),
+        ));
+    }
+    let meta = st.client.wait(&msg.id, st.sync_timeout).await?;
+    match meta.status {
+        TaskState::Success => Ok((StatusCode::OK, meta.result)),
+        TaskState::Failure | TaskState::Revoked => {
+            let info = meta
+                .error_info()
+                .unwrap_or_else(|| afterview_engine::ErrorInfo {
+                    code: "task_failed".into(),
+                    message: String::new(),
+                });
+            Err(ApiError::from_task(
+                &info,
+                meta.status == TaskState::Revoked,
+            ))
+        }
+        _ => Err(ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "timeout",
+            format!(
+                "task {} did not finish within {} s; follow it at /api/tasks/{}/status",
+                msg.id,
+                st.sync_timeout.as_secs(),
+                msg.id
+            ),
+        )),
+    }
+}
+
+fn with_user(mut v: Value, user: &User) -> Value {
+    v["user_id"] = json!(user.0);
+    v
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateVisualization {
+    image_id: String,
+    procedure_id: String,
+    #[serde(default)]
+    options: PreviewOptions,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateComparison {
+    image_id: String,
+    procedure_ids: Vec<String>,
+    #[serde(default)]
+    options: PreviewOptions,
+}
+
+fn known_procedure(st: &AppState, id: &str) -> Result<(), ApiError> {
+    if st.catalog.get(id).is_none() {
+        return Err(ApiError::domain(
+            ErrorCode::UnknownProcedure,
+            format!("unknown procedure {id:?}; see GET /api/procedures"),
+        ));
+    }
+    Ok(())
+}
+
+/// `POST /api/visualizations`.
+pub(crate) async fn create_visualization(
+    State(st): State<AppState>,
+    user: User,
+    Query(q): Query<AsyncQuery>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let prepared = async {
+        let wait = !q.is_async()?;
+        let req: CreateVisualization = parse_body(&headers, &body)?;
+        owned_image(&st, &user, &req.image_id).await?;
+        known_procedure(&st, &req.procedure_id)?;
+        let args = GenerateVisualization {
+            image_id: req.image_id,
+            procedure_id: req.procedure_id,
+            options: req.options,
+            user_id: user.0.clone(),
+        };
+        Ok::<_, ApiError>((
+            wait,
+            serde_json::to_value(args).expect("arguments serialize"),
+        ))
+    };
+    let (wait, kwargs) = match prepared.await {
+        Ok(x) => x,
+        Err(e) => return e.into_response(),
+    };
+    let path = format!("POST /api/visualizations?async={}", !wait);
+    let uid = user.0.clone();
+    idempotency::once(&st.clone(), &uid, &headers, &path, &body, || async move {
+        submit(&st, &user, tasks::GENERATE_VISUALIZATION, kwargs, wait).await
+    })
+    .await
+}
+
+/// `POST /api/visualizations/compare`.
+pub(crate) async fn create_comparison(
+    State(st): State<AppState>,
+    user: User,
+    Query(q): Query<AsyncQuery>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let prepared = async {
+        let wait = !q.is_async()?;
+        let req: CreateComparison = parse_body(&headers, &body)?;
+        owned_image(&st, &user, &req.image_id).await?;
+        let distinct: std::collections::HashSet<&String> = req.procedure_ids.iter().collect();
+        if !(MIN_COMPARISON..=MAX_COMPARISON).contains(&req.procedure_ids.len())
+            || distinct.len() != req.procedure_ids.len()
+        {
+            return Err(ApiError::domain(
+                ErrorCode::InvalidProcedureCount,
+                format!("a comparison needs {MIN_COMPARISON}-{MAX_COMPARISON} distinct procedures"),
+            ));
+        }
+        for p in &req.procedure_ids {
+            known_procedure(&st, p)?;
+        }
+        let args = GenerateComparison {
+            image_id: req.image_id,
+            procedure_ids: req.procedure_ids,
+            options: req.options,
+            user_id: user.0.clone(),
+        };
+        Ok((
+            wait,
+            serde_json::to_value(args).expect("arguments serialize"),
+        ))
+    };
+    let (wait, kwargs) = match prepared.await {
+        Ok(x) => x,
+        Err(e) => return e.into_response(),
+    };
+    let path = format!("POST /api/visualizations/compare?async={}", !wait);
+    let uid = user.0.clone();
+    idempotency::once(&st.clone(), &uid, &headers, &path, &body, || async move {
+        submit(&st, &user, tasks::GENERATE_COMPARISON, kwargs, wait).await
+    })
+    .await
+}
+
+fn viz_view(r: &afterview_store::VisualizationRecord) -> Value {
+    let mut v = r.result.clone();
+    v["kind"] = json!(r.kind);
+    v
+}
+
+/// `GET /api/visualizations`.
+pub(crate) async fn list_visualizations(
+    State(st): State<AppState>,
+    user: User,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let items: Vec<Value> = st
+        .meta
+        .list_visualizations(&user.0, q.limit()?)
+        .await?
+        .iter()
+        .map(viz_view)
+        .collect();
+    Ok(Json(json!({"items": items})))
+}
+
+async fn owned_viz(
+    st: &AppState,
+    user: &User,
+    id: &str,
+) -> Result<afterview_store::VisualizationRecord, ApiError> {
+    st.meta
+        .get_visualization(&user.0, id)
+        .await?
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                ErrorCode::VisualizationNotFound.as_str(),
+                format!("visualization {id} not found"),
+            )
+        })
+}
+
+/// `GET /api/visualizations/{id}`.
+pub(crate) async fn get_visualization(
+    State(st): State<AppState>,
+    user: User,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(viz_view(&owned_viz(&st, &user, &id).await?)))
+}
+
+/// `GET /api/visualizations/{id}/image`: the after picture, or a comparison's composite.
+pub(crate) async fn visualization_image(
+    State(st): State<AppState>,
+    user: User,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let rec = owned_viz(&st, &user, &id).await?;
+    let bytes = st
+        .blobs
+        .get(&rec.blob_key)
+        .await?
+        .ok_or_else(|| ApiError::not_found("visualization picture"))?;
+    Ok(png_response(bytes))
+}
+
+// ----------------------------------------------------------------------------------- exports
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateExport {
+    visualization_ids: Vec<String>,
+    #[serde(default = "pdf")]
+    format: String,
+    #[serde(default = "yes")]
+    include_costs: bool,
+    #[serde(default)]
+    patient: Option<Map<String, Value>>,
+    #[serde(default)]
+    paper: Option<String>,
+}
+
+fn pdf() -> String {
+    "pdf".into()
+}
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateInfographic {
+    procedure_ids: Vec<String>,
+    #[serde(default = "png")]
+    format: String,
+    #[serde(default)]
+    colors: Option<Vec<String>>,
+}
+
+fn png() -> String {
+    "png".into()
+}
+
+/// `POST /api/exports`: the patient report.
+pub(crate) async fn create_export(
+    State(st): State<AppState>,
+    user: User,
+    Query(q): Query<AsyncQuery>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let prepared = async {
+        let wait = !q.is_async()?;
+        let req: CreateExport = parse_body(&headers, &body)?;
+        if req.format != "pdf" {
+            return Err(ApiError::domain(
+                ErrorCode::UnsupportedExportFormat,
+                format!("reports are PDF; format {:?} is not supported", req.format),
+            ));
+        }
+        if req.visualization_ids.is_empty() || req.visualization_ids.len() > 8 {
+            return Err(ApiError::bad_request("visualization_ids must hold 1-8 ids"));
+        }
+        for id in &req.visualization_ids {
+            owned_viz(&st, &user, id).await?;
+        }
+        let mut kwargs = json!({
+            "visualization_ids": req.visualization_ids,
+            "format": req.format,
+            "include_costs": req.include_costs,
+            "patient": req.patient,
+        });
+        if let Some(p) = req.paper {
+            kwargs["paper"] = json!(p);
+        }
+        Ok((wait, with_user(kwargs, &user)))
+    };
+    let (wait, kwargs) = match prepared.await {
+        Ok(x) => x,
+        Err(e) => return e.into_response(),
+    };
+    let path = format!("POST /api/exports?async={}", !wait);
+    let uid = user.0.clone();
+    idempotency::once(&st.clone(), &uid, &headers, &path, &body, || async move {
+        submit(&st, &user, tasks::GENERATE_EXPORT, kwargs, wait).await
+    })
+    .await
+}
+
+/// `POST /api/exports/cost-infographic`.
+pub(crate) async fn create_infographic(
+    State(st): State<AppState>,
+    user: User,
+    Query(q): Query<AsyncQuery>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let prepared = async {
+        let wait = !q.is_async()?;
+        let req: CreateInfographic = parse_body(&headers, &body)?;
+        if !["png", "svg"].contains(&req.format.as_str()) {
+            return Err(ApiError::domain(
+                ErrorCode::UnsupportedExportFormat,
+                format!("format must be png or svg, got {:?}", req.format),
+            ));
+        }
+        if req.procedure_ids.is_empty() || req.procedure_ids.len() > 8 {
+            return Err(ApiError::bad_request("procedure_ids must hold 1-8 ids"));
+        }
+        for p in &req.procedure_ids {
+            known_procedure(&st, p)?;
+        }
+        let mut kwargs = json!({"procedure_ids": req.procedure_ids, "format": req.format});
+        if let Some(c) = req.colors {
+            kwargs["colors"] = json!(c);
+        }
+        Ok((wait, with_user(kwargs, &user)))
+    };
+    let (wait, kwargs) = match prepared.await {
+        Ok(x) => x,
+        Err(e) => return e.into_response(),
+    };
+    let path = format!("POST /api/exports/cost-infographic?async={}", !wait);
+    let uid = user.0.clone();
+    idempotency::once(&st.clone(), &uid, &headers, &path, &body, || async move {
+        submit(&st, &user, tasks::GENERATE_COST_INFOGRAPHIC, kwargs, wait).await
+    })
+    .await
+}
+
+async fn owned_export(
+    st: &AppState,
+    user: &User,
+    id: &str,
+) -> Result<afterview_store::ExportRecord, ApiError> {
+    st.meta
+        .get_export(&user.0, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(&format!("export {id}")))
+}
+
+/// `GET /api/exports`.
+pub(crate) async fn list_exports(
+    State(st): State<AppState>,
+    user: User,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let items: Vec<Value> = st
+        .meta
+        .list_exports(&user.0, q.limit()?)
+        .await?
+        .into_iter()
+        .map(|r| r.result)
+        .collect();
+    Ok(Json(json!({"items": items})))
+}
+
+/// `GET /api/exports/{id}`.
+pub(crate) async fn get_export(
+    State(st): State<AppState>,
+    user: User,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(owned_export(&st, &user, &id).await?.result))
+}
+
+/// `GET /api/exports/{id}/download`.
+pub(crate) async fn download_export(
+    State(st): State<AppState>,
+    user: User,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let rec = owned_export(&st, &user, &id).await?;
+    let bytes = st
+        .blobs
+        .get(&rec.blob_key)
+        .await?
+        .ok_or_else(|| ApiError::not_found("export content"))?;
+    let ct = match rec.format.as_str() {
+        "pdf" => "application/pdf",
+        "svg" => "image/svg+xml",
+        _ => "image/png",
+    };
+    let name = format!(
+        "afterview-{}-{}.{}",
+        rec.kind,
+        &rec.id[..8.min(rec.id.len())],
+        rec.format
+    );
+    Ok((
+        [
+            (header::CONTENT_TYPE, HeaderValue::from_static(ct)),
+            (
+                header::CONTENT_DISPOSITION,
+                HeaderValue::from_str(&format!("attachment; filename=\"{name}\""))
+                    .expect("ascii name"),
+            ),
+            (
+                header::CACHE_CONTROL,
+                HeaderValue::from_static("private, no-store"),
+            ),
+        ],
+        bytes,
+    )
+        .into_response())
+}

@@ -1,0 +1,190 @@
+//! Task status, result, cancel, list, and the WebSocket that pushes every change.
+
+use afterview_engine::message::validate_task_id;
+use afterview_engine::{ResultMeta, TaskState};
+use axum::Json;
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use crate::error::ApiError;
+use crate::handlers::ListQuery;
+use crate::{AppState, User};
+
+/// Checks the id and that the caller sent the task.
+async fn owned_task(
+    st: &AppState,
+    user: &User,
+    id: &str,
+) -> Result<afterview_store::TaskRecord, ApiError> {
+    validate_task_id(id)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_task_id", e.to_string()))?;
+    st.meta.get_task(&user.0, id).await?.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "task_not_found",
+            format!("task {id} not found"),
+        )
+    })
+}
+
+/// The seed's status shape: `{task_id, state, progress, status}` plus `result` on SUCCESS and
+/// `error` on FAILURE/REVOKED.
+pub(crate) fn status_view(m: &ResultMeta) -> Value {
+    let (progress, status) = match &m.status {
+        TaskState::Pending => (0, "Task is waiting to be processed".to_owned()),
+        TaskState::Received => (0, "Task received by a worker".to_owned()),
+        TaskState::Started => (0, "Task started".to_owned()),
+        TaskState::Success => (100, "Task completed successfully".to_owned()),
+        TaskState::Failure => (0, "Task failed".to_owned()),
+        TaskState::Revoked => (0, "Task was cancelled".to_owned()),
+        TaskState::Retry => (0, "Task failed and will be retried".to_owned()),
+        TaskState::Processing | TaskState::Custom(_) => m.progress().unwrap_or((0, String::new())),
+    };
+    let mut v = json!({"task_id": m.task_id, "state": m.status.as_str(), "progress": progress, "status": status});
+    match m.status {
+        TaskState::Success => v["result"] = m.result.clone(),
+        TaskState::Failure | TaskState::Revoked => {
+            v["error"] = serde_json::to_value(m.error_info()).unwrap_or(Value::Null);
+        }
+        TaskState::Retry => {
+            v["error"] = serde_json::to_value(m.error_info()).unwrap_or(Value::Null);
+            v["retry_eta"] = m.result.get("retry_eta").cloned().unwrap_or(Value::Null);
+        }
+        _ => {}
+    }
+    v
+}
+
+/// `GET /api/tasks/{id}/status`.
+pub(crate) async fn task_status(
+    State(st): State<AppState>,
+    user: User,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    owned_task(&st, &user, &id).await?;
+    Ok(Json(status_view(&st.client.result(&id).await?)))
+}
+
+/// `GET /api/tasks/{id}/result`: 200 on SUCCESS, 202 while not finished, the error otherwise.
+pub(crate) async fn task_result(
+    State(st): State<AppState>,
+    user: User,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    owned_task(&st, &user, &id).await?;
+    let m = st.client.result(&id).await?;
+    match m.status {
+        TaskState::Success => Ok(Json(json!({"task_id": id, "result": m.result})).into_response()),
+        TaskState::Failure | TaskState::Revoked => {
+            let info = m
+                .error_info()
+                .unwrap_or_else(|| afterview_engine::ErrorInfo {
+                    code: "task_failed".into(),
+                    message: String::new(),
+                });
+            Err(ApiError::from_task(&info, m.status == TaskState::Revoked))
+        }
+        _ => Ok((StatusCode::ACCEPTED, Json(status_view(&m))).into_response()),
+    }
+}
+
+/// `POST /api/tasks/{id}/cancel`: a queued task never runs; a running one is cancelled.
+pub(crate) async fn cancel_task(
+    State(st): State<AppState>,
+    user: User,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    owned_task(&st, &user, &id).await?;
+    let before = st.client.result(&id).await?;
+    if before.status.is_terminal() {
+        return Ok(Json(
+            json!({"task_id": id, "status": "already_finished", "state": before.status.as_str()}),
+        ));
+    }
+    let out = st.client.revoke(&id, false).await?;
+    let status = if out.running {
+        "cancelling"
+    } else {
+        "cancelled"
+    };
+    Ok(Json(
+        json!({"task_id": id, "status": status, "state": if out.running { before.status.as_str() } else { "REVOKED" }}),
+    ))
+}
+
+/// `GET /api/tasks`: the caller's recent tasks with their current state.
+pub(crate) async fn list_tasks(
+    State(st): State<AppState>,
+    user: User,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let limit = q.limit()?;
+    let mut items = vec![];
+    for t in st.meta.list_tasks(&user.0, limit).await? {
+        let m = st.client.result(&t.id).await?;
+        let mut v = status_view(&m);
+        v["name"] = json!(t.name);
+        v["created_at"] = json!(
+            t.created_at
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        );
+        if let Some(o) = v.as_object_mut() {
+            o.remove("result");
+        }
+        items.push(v);
+    }
+    Ok(Json(json!({"items": items})))
+}
+
+/// `WS /api/ws/tasks/{id}`: the current state at once, then every change, then a normal close.
+pub(crate) async fn task_ws(
+    State(st): State<AppState>,
+    user: User,
+    Path(id): Path<String>,
+    ws: WebSocketUpgrade,
+) -> Result<Response, ApiError> {
+    owned_task(&st, &user, &id).await?;
+    Ok(ws.on_upgrade(move |socket| follow(st, id, socket)))
+}
+
+fn frame(m: &ResultMeta) -> String {
+    let kind = match m.status {
+        TaskState::Success => "complete",
+        TaskState::Failure | TaskState::Revoked => "error",
+        _ => "progress",
+    };
+    json!({"type": kind, "data": status_view(m)}).to_string()
+}
+
+async fn follow(st: AppState, id: String, mut socket: WebSocket) {
+    let mut watch = st.client.watch(&id);
+    loop {
+        tokio::select! {
+            next = watch.next() => match next {
+                Ok(Some(m)) => {
+                    if socket.send(Message::Text(frame(&m).into())).await.is_err() {
+                        return;
+                    }
+                    if m.status.is_terminal() {
+                        let _ = socket.send(Message::Close(Some(CloseFrame { code: 1000, reason: "task finished".into() }))).await;
+                        return;
+                    }
+                }
+                Ok(None) => return,
+                Err(e) => {
+                    let msg = json!({"type": "error", "data": {"task_id": id, "error": {"code": "unavailable", "message": e.to_string()}}});
+                    let _ = socket.send(Message::Text(msg.to_string().into())).await;
+                    let _ = socket.send(Message::Close(Some(CloseFrame { code: 1011, reason: "backend unavailable".into() }))).await;
+                    return;
+                }
+            },
+            incoming = socket.recv() => match incoming {
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
+                _ => {}
+            }
+        }
+    }
+}

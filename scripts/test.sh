@@ -8,6 +8,7 @@ cd "$(dirname "$0")/.."
 need_apt=()
 command -v sqlite3 >/dev/null 2>&1 || need_apt+=(sqlite3)
 command -v mold >/dev/null 2>&1 || need_apt+=(mold)
+command -v pdftotext >/dev/null 2>&1 || need_apt+=(poppler-utils)   # reading reports back
 if [ ${#need_apt[@]} -gt 0 ] && command -v apt-get >/dev/null 2>&1; then
   echo "== installing: ${need_apt[*]}"
   (apt-get install -y --no-install-recommends "${need_apt[@]}" >/dev/null 2>&1 \

@@ -6,6 +6,7 @@
 //! as the baseline (what the engine costs without any storage), so figures come as ratios.
 
 mod preview;
+mod reports;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -42,9 +43,10 @@ async fn main() {
     match what.as_str() {
         "engine" => {}
         "preview" => return preview::run(arg("--iterations", 15)),
+        "reports" => return reports::run(arg("--iterations", 15)),
         _ => {
             eprintln!(
-                "usage: afterview-bench engine [--n N] [--latency-n N] [--concurrency C] | preview [--iterations N]"
+                "usage: afterview-bench engine [--n N] [--latency-n N] [--concurrency C] | preview [--iterations N] | reports [--iterations N]"
             );
             std::process::exit(2);
         }

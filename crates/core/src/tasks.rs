@@ -208,3 +208,96 @@ mod tests {
         assert!(serde_json::from_str::<PreviewOptions>(r#"{"intensity": "extreme"}"#).is_err());
     }
 }
+
+/// Patient and clinic fields of a report (all optional).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PatientFields {
+    /// Name.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Date of birth.
+    #[serde(default)]
+    pub date_of_birth: Option<String>,
+    /// Clinic.
+    #[serde(default)]
+    pub clinic: Option<String>,
+    /// Surgeon.
+    #[serde(default)]
+    pub surgeon: Option<String>,
+    /// Goals and notes.
+    #[serde(default)]
+    pub notes: Option<String>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn pdf() -> String {
+    "pdf".into()
+}
+
+fn png() -> String {
+    "png".into()
+}
+
+/// Arguments of [`GENERATE_EXPORT`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GenerateExport {
+    /// Visualizations (singles or comparisons) to include, in order.
+    pub visualization_ids: Vec<String>,
+    /// Only `pdf`.
+    #[serde(default = "pdf")]
+    pub format: String,
+    /// Print cost tables.
+    #[serde(default = "yes")]
+    pub include_costs: bool,
+    /// Patient and clinic fields.
+    #[serde(default)]
+    pub patient: Option<PatientFields>,
+    /// `letter` (default) or `a4`.
+    #[serde(default)]
+    pub paper: Option<String>,
+    /// The owner.
+    pub user_id: String,
+}
+
+/// Arguments of [`GENERATE_COST_INFOGRAPHIC`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GenerateCostInfographic {
+    /// Catalog ids.
+    pub procedure_ids: Vec<String>,
+    /// `png` or `svg`.
+    #[serde(default = "png")]
+    pub format: String,
+    /// Four `#rrggbb` colours (surgeon, anesthesia, facility, other).
+    #[serde(default)]
+    pub colors: Option<Vec<String>>,
+    /// The owner.
+    pub user_id: String,
+}
+
+/// Result of the export tasks.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExportResult {
+    /// Export id.
+    pub id: String,
+    /// `report` or `infographic`.
+    pub kind: String,
+    /// `pdf`, `png`, `svg`.
+    pub format: String,
+    /// Where to fetch it.
+    pub download_url: String,
+    /// Size in bytes.
+    pub size_bytes: u64,
+    /// ISO-8601 UTC.
+    pub created_at: String,
+}
+
+/// URL of an export's file.
+pub fn export_download_url(id: &str) -> String {
+    format!("/api/exports/{id}/download")
+}

@@ -128,7 +128,13 @@ impl TaskWatch {
             let rx = self.rx.as_mut().expect("receiver present until done");
             match rx.recv().await {
                 Ok(meta) => {
-                    if self.last.as_ref() == Some(&*meta) {
+                    // Skip repeats, and changes older than what was already yielded (the first
+                    // state read from the backend may be newer than events still queued).
+                    if self
+                        .last
+                        .as_ref()
+                        .is_some_and(|l| *l == *meta || order(&meta) < order(l))
+                    {
                         continue;
                     }
                     return Ok(Some(self.emit((*meta).clone())));
@@ -173,6 +179,25 @@ impl Drop for TaskWatch {
         self.rx.take();
         self.backend.events().release(&self.task_id);
     }
+}
+
+/// Where a state sits in a task's life: (attempt, phase, progress). Within one attempt states
+/// only move forward; a retry starts a new attempt.
+fn order(m: &ResultMeta) -> (u32, u8, u8) {
+    let phase = match m.status {
+        TaskState::Pending => 0,
+        TaskState::Received => 1,
+        TaskState::Started => 2,
+        TaskState::Processing | TaskState::Custom(_) => 3,
+        TaskState::Retry => 4,
+        TaskState::Success | TaskState::Failure | TaskState::Revoked => 5,
+    };
+    let progress = if phase == 3 {
+        m.progress().map_or(0, |p| p.0)
+    } else {
+        0
+    };
+    (m.retries.unwrap_or(0), phase, progress)
 }
 
 /// Waits until `task_id` reaches a terminal state, or `timeout`; returns the last state seen.

@@ -8,6 +8,7 @@
 //! redelivered run writes the same blob and finds the record already there; it then returns the
 //! stored result instead of making a second one.
 
+mod export;
 mod visualize;
 
 use std::sync::Arc;
@@ -20,6 +21,7 @@ use afterview_gemini::GeminiClient;
 use afterview_imaging::Limits;
 use afterview_store::{BlobStore, MetadataStore, StoreError};
 
+pub use export::{GenerateCostInfographicTask, GenerateExportTask};
 pub use visualize::{GenerateComparisonTask, GenerateVisualizationTask};
 
 /// How previews are made.
@@ -70,7 +72,9 @@ impl std::fmt::Debug for Deps {
 pub fn register(registry: &mut Registry, deps: Arc<Deps>) {
     registry
         .register(GenerateVisualizationTask(deps.clone()))
-        .register(GenerateComparisonTask(deps));
+        .register(GenerateComparisonTask(deps.clone()))
+        .register(GenerateExportTask(deps.clone()))
+        .register(GenerateCostInfographicTask(deps));
 }
 
 /// A task error with a catalogued code.

@@ -41,7 +41,7 @@ pub struct GenerateVisualizationTask(pub Arc<Deps>);
 pub struct GenerateComparisonTask(pub Arc<Deps>);
 
 /// Loads the owner's photo.
-async fn load_photo(
+pub(crate) async fn load_photo(
     d: &Deps,
     ctx: &TaskContext,
     owner: &str,
@@ -263,7 +263,7 @@ async fn save_single(
     Ok((result, stored.unwrap_or(value)))
 }
 
-fn check_user(user_id: &str) -> Result<(), TaskError> {
+pub(crate) fn check_user(user_id: &str) -> Result<(), TaskError> {
     afterview_core::ids::UserId::parse(user_id)
         .map(|_| ())
         .map_err(|e| TaskError::invalid_arguments(format!("user_id: {e}")))

@@ -88,17 +88,19 @@ impl Harness {
     }
 
     async fn run(&self, task: &str, kwargs: Value) -> (ResultMeta, Vec<(u8, String)>) {
-        let id = self
-            .client
-            .send_task(
-                task,
-                vec![],
-                kwargs.as_object().unwrap().clone(),
-                SendOptions::default(),
-            )
+        // Watch before sending, so no state change can be missed.
+        let id = afterview_core::ids::new_id();
+        let mut watch = self.client.watch(&id);
+        let first = watch.next().await.unwrap().unwrap();
+        assert_eq!(first.status, TaskState::Pending);
+        let opts = SendOptions {
+            task_id: Some(id.clone()),
+            ..SendOptions::default()
+        };
+        self.client
+            .send_task(task, vec![], kwargs.as_object().unwrap().clone(), opts)
             .await
             .unwrap();
-        let mut watch = self.client.watch(&id);
         let mut progress = vec![];
         loop {
             let m = tokio::time::timeout(Duration::from_secs(60), watch.next())
@@ -393,4 +395,160 @@ async fn gemini_failures_have_their_codes() {
             .await;
         assert_eq!(code(&m), want);
     }
+}
+
+// ------------------------------------------------------------------------------ exports
+
+use afterview_core::tasks::{GENERATE_COST_INFOGRAPHIC, GENERATE_EXPORT};
+
+async fn export_bytes(h: &Harness, result: &Value) -> Vec<u8> {
+    let id = result["id"].as_str().unwrap();
+    let rec = h
+        .meta
+        .get_export("alice", id)
+        .await
+        .unwrap()
+        .expect("export record");
+    assert_eq!(rec.size, result["size_bytes"].as_u64().unwrap());
+    h.blobs
+        .get(&rec.blob_key)
+        .await
+        .unwrap()
+        .expect("export blob")
+        .to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_report_is_made_from_singles_and_comparisons() {
+    let h = Harness::start(PreviewSettings::default()).await;
+    let image_id = h.upload("alice", "grace_hopper.jpg").await;
+    let (single, _) = h
+        .run(
+            GENERATE_VISUALIZATION,
+            json!({"image_id": image_id, "procedure_id": "rhinoplasty", "user_id": "alice"}),
+        )
+        .await;
+    let (cmp, _) = h
+        .run(GENERATE_COMPARISON, json!({"image_id": image_id, "procedure_ids": ["brow-lift", "facelift"], "user_id": "alice"}))
+        .await;
+    let (m, progress) = h
+        .run(
+            GENERATE_EXPORT,
+            json!({"visualization_ids": [single.result["id"], cmp.result["id"]], "format": "pdf", "include_costs": true,
+                   "patient": {"name": "Test Patient", "clinic": "Test Clinic"}, "user_id": "alice"}),
+        )
+        .await;
+    assert_eq!(m.status, TaskState::Success, "{m:?}");
+    assert_eq!(
+        progress.iter().map(|p| p.0).collect::<Vec<_>>(),
+        [10, 30, 90, 100]
+    );
+    assert_eq!(
+        (m.result["kind"].as_str(), m.result["format"].as_str()),
+        (Some("report"), Some("pdf"))
+    );
+    assert_eq!(
+        m.result["download_url"],
+        format!("/api/exports/{}/download", m.result["id"].as_str().unwrap())
+    );
+    let pdf = export_bytes(&h, &m.result).await;
+    assert!(pdf.starts_with(b"%PDF-"));
+    // Deleting the photo deletes the report made from it.
+    let d = h
+        .meta
+        .delete_image("alice", &image_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(d.exports, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn infographics_in_both_formats() {
+    let h = Harness::start(PreviewSettings::default()).await;
+    let (png, progress) = h.run(GENERATE_COST_INFOGRAPHIC, json!({"procedure_ids": ["rhinoplasty", "otoplasty"], "format": "png", "user_id": "alice"})).await;
+    assert_eq!(png.status, TaskState::Success, "{png:?}");
+    assert_eq!(
+        progress.iter().map(|p| p.0).collect::<Vec<_>>(),
+        [10, 30, 90, 100]
+    );
+    assert!(export_bytes(&h, &png.result).await.starts_with(b"\x89PNG"));
+    let (svg, _) = h
+        .run(GENERATE_COST_INFOGRAPHIC, json!({"procedure_ids": ["facelift"], "format": "svg", "colors": ["#000000", "#111111", "#222222", "#333333"], "user_id": "alice"}))
+        .await;
+    let text = String::from_utf8(export_bytes(&h, &svg.result).await).unwrap();
+    assert!(text.contains("<svg") && text.contains("Facelift") && text.contains("#333333"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn export_failures_have_codes_and_leave_nothing_behind() {
+    let h = Harness::start(PreviewSettings::default()).await;
+    let image_id = h.upload("alice", "astronaut.png").await;
+    let (v, _) = h
+        .run(
+            GENERATE_VISUALIZATION,
+            json!({"image_id": image_id, "procedure_id": "rhinoplasty", "user_id": "alice"}),
+        )
+        .await;
+    let vid = v.result["id"].clone();
+    let cases = [
+        (
+            GENERATE_EXPORT,
+            json!({"visualization_ids": [vid], "user_id": "bob"}),
+            "visualization_not_found",
+        ),
+        (
+            GENERATE_EXPORT,
+            json!({"visualization_ids": ["nope"], "user_id": "alice"}),
+            "visualization_not_found",
+        ),
+        (
+            GENERATE_EXPORT,
+            json!({"visualization_ids": [vid], "format": "docx", "user_id": "alice"}),
+            "unsupported_export_format",
+        ),
+        (
+            GENERATE_EXPORT,
+            json!({"visualization_ids": [vid], "paper": "tabloid", "user_id": "alice"}),
+            "invalid_options",
+        ),
+        (
+            GENERATE_EXPORT,
+            json!({"visualization_ids": [vid], "patient": {"ssn": "123"}, "user_id": "alice"}),
+            "invalid_arguments",
+        ),
+        (
+            GENERATE_COST_INFOGRAPHIC,
+            json!({"procedure_ids": ["liposuction"], "user_id": "alice"}),
+            "unknown_procedure",
+        ),
+        (
+            GENERATE_COST_INFOGRAPHIC,
+            json!({"procedure_ids": ["facelift"], "format": "gif", "user_id": "alice"}),
+            "unsupported_export_format",
+        ),
+        (
+            GENERATE_COST_INFOGRAPHIC,
+            json!({"procedure_ids": ["facelift"], "colors": ["red"], "user_id": "alice"}),
+            "invalid_options",
+        ),
+        (
+            GENERATE_COST_INFOGRAPHIC,
+            json!({"procedure_ids": ["facelift"], "colors": ["#1", "#2", "#3", "#4"], "user_id": "alice"}),
+            "invalid_options",
+        ),
+    ];
+    for (task, args, want) in cases {
+        let (m, _) = h.run(task, args.clone()).await;
+        assert_eq!(
+            (m.status.clone(), code(&m)),
+            (TaskState::Failure, want.to_owned()),
+            "{args}"
+        );
+    }
+    assert!(
+        h.meta.list_exports("alice", 10).await.unwrap().is_empty(),
+        "no record of a failed export"
+    );
+    assert!(h.meta.list_exports("bob", 10).await.unwrap().is_empty());
 }

@@ -970,3 +970,126 @@ async fn with_no_auth_configured_serve_makes_and_keeps_a_dev_token() {
         "the token is never logged"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reports_and_infographics_through_the_api() {
+    let s = Server::with_users(&[]);
+    let image_id = s.upload_portrait(ALICE, "grace_hopper.jpg").await;
+    let (_, v1) = body(
+        s.post(
+            ALICE,
+            "/api/visualizations",
+            json!({"image_id": image_id, "procedure_id": "rhinoplasty"}),
+        )
+        .await,
+    )
+    .await;
+    let (_, v2) = body(
+        s.post(
+            ALICE,
+            "/api/visualizations",
+            json!({"image_id": image_id, "procedure_id": "lip-augmentation"}),
+        )
+        .await,
+    )
+    .await;
+    let (st, exp) = body(
+        s.post(
+            ALICE,
+            "/api/exports",
+            json!({"visualization_ids": [v1["id"], v2["id"]], "format": "pdf", "include_costs": true, "patient": {"name": "Ada Lovelace"}, "paper": "a4"}),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(st, 200, "{exp}");
+    for k in ["id", "format", "download_url", "created_at"] {
+        assert!(exp.get(k).is_some(), "{k} in {exp}");
+    }
+    let dl = s.get(ALICE, exp["download_url"].as_str().unwrap()).await;
+    assert_eq!(dl.status(), 200);
+    assert_eq!(dl.headers()["content-type"], "application/pdf");
+    assert!(
+        dl.headers()["content-disposition"]
+            .to_str()
+            .unwrap()
+            .starts_with("attachment;")
+    );
+    assert!(dl.bytes().await.unwrap().starts_with(b"%PDF-"));
+    let (st, got) = body(
+        s.get(
+            ALICE,
+            &format!("/api/exports/{}", exp["id"].as_str().unwrap()),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!((st, &got["id"]), (200, &exp["id"]));
+    assert_eq!(
+        s.get(BOB, exp["download_url"].as_str().unwrap())
+            .await
+            .status(),
+        404
+    );
+
+    let (st, acc) = body(
+        s.post(
+            ALICE,
+            "/api/exports/cost-infographic?async_processing=true",
+            json!({"procedure_ids": ["facelift", "otoplasty"], "format": "svg"}),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(st, 202);
+    let frames = s.ws(ALICE, acc["task_id"].as_str().unwrap()).await;
+    let done = frames.last().unwrap();
+    assert_eq!(done["type"], "complete");
+    let svg = s
+        .get(
+            ALICE,
+            done["data"]["result"]["download_url"].as_str().unwrap(),
+        )
+        .await;
+    assert_eq!(svg.headers()["content-type"], "image/svg+xml");
+    assert!(svg.text().await.unwrap().contains("Otoplasty"));
+    let (_, list) = body(s.get(ALICE, "/api/exports").await).await;
+    assert_eq!(list["items"].as_array().unwrap().len(), 2);
+
+    for (path, req, want) in [
+        (
+            "/api/exports",
+            json!({"visualization_ids": [v1["id"]], "format": "docx"}),
+            "unsupported_export_format",
+        ),
+        (
+            "/api/exports",
+            json!({"visualization_ids": ["00000000-0000-0000-0000-000000000000"]}),
+            "visualization_not_found",
+        ),
+        (
+            "/api/exports/cost-infographic",
+            json!({"procedure_ids": ["facelift"], "format": "gif"}),
+            "unsupported_export_format",
+        ),
+        (
+            "/api/exports/cost-infographic",
+            json!({"procedure_ids": ["liposuction"]}),
+            "unknown_procedure",
+        ),
+    ] {
+        let (st, b) = body(s.post(ALICE, path, req.clone()).await).await;
+        assert!((400..500).contains(&st), "{req}: {st}");
+        assert_eq!(code(&b), want, "{req}");
+    }
+    let (st, b) = body(
+        s.post(
+            BOB,
+            "/api/exports",
+            json!({"visualization_ids": [v1["id"]]}),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!((st, code(&b)), (404, "visualization_not_found"));
+}

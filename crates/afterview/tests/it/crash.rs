@@ -25,7 +25,21 @@ fn sigkill_mid_task_is_redelivered_and_completed_once() {
         "redelivered within seconds: {:?}",
         killed.elapsed()
     );
-    let stats: serde_json::Value = serde_json::from_str(&env.ok(&["inspect", "stats"])).unwrap();
+    // Worker reports refresh within a heartbeat; wait for the one after the run.
+    let t0 = Instant::now();
+    let stats = loop {
+        let stats: serde_json::Value =
+            serde_json::from_str(&env.ok(&["inspect", "stats"])).unwrap();
+        if stats["b@test"]["total"]["afterview.sleep"] == 1 || t0.elapsed() > Duration::from_secs(6)
+        {
+            break stats;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(
+        stats["b@test"]["total"]["afterview.sleep"], 1,
+        "ran exactly once on b: {stats}"
+    );
     assert_eq!(
         stats["b@test"]["total"]["afterview.sleep"], 1,
         "ran exactly once on b: {stats}"

@@ -8,17 +8,23 @@ use std::time::Duration;
 use crate::{Env, Proc, first_line};
 
 fn get(addr: &str, path: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).unwrap();
-    let status = buf.split_whitespace().nth(1).unwrap().parse().unwrap();
-    let body = buf.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
-    (status, body)
+    for _ in 0..50 {
+        let mut s = TcpStream::connect(addr).unwrap();
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut buf = String::new();
+        let _ = s.read_to_string(&mut buf);
+        if let Some(status) = buf.split_whitespace().nth(1).and_then(|s| s.parse().ok()) {
+            let body = buf.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
+            return (status, body);
+        }
+        // The listener is bound before the server loop starts: retry an early empty answer.
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("no HTTP answer from {addr}{path}");
 }
 
 #[test]

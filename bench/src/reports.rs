@@ -1,0 +1,122 @@
+//! `reports`: a 3-procedure consultation report (PDF) and the cost infographic (PNG, SVG).
+//! Baseline in the same run: a one-page PDF with one line of text (the PDF writer's fixed cost:
+//! font subsetting and serialization).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use afterview_core::catalog::Catalog;
+use afterview_core::tasks::Intensity;
+use afterview_imaging::face::{Landmarks, detect_faces};
+use afterview_imaging::intake::{Limits, decode_upright};
+use afterview_reports::infographic::DEFAULT_COLORS;
+use afterview_reports::{
+    InfographicInput, Paper, Patient, ReportInput, ReportItem, infographic_png, infographic_svg,
+    render_report,
+};
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+pub(crate) fn run(iterations: usize) {
+    let bytes = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../testdata/portraits/grace_hopper.jpg"
+    ))
+    .unwrap();
+    let (photo, _) = decode_upright(&bytes, &Limits::default()).unwrap();
+    let lm = Landmarks::from_box(&detect_faces(&photo)[0]);
+    let c = Catalog::builtin();
+    let photo = Arc::new(photo);
+    let procs = ["rhinoplasty", "facelift", "lip-augmentation"];
+    let items: Vec<ReportItem> = procs
+        .iter()
+        .map(|p| ReportItem {
+            procedure: c.get(p).unwrap().clone(),
+            intensity: "moderate".into(),
+            engine: "local".into(),
+            before: photo.clone(),
+            after: Arc::new(
+                afterview_imaging::simulate(&photo, p, Intensity::Moderate, &lm)
+                    .unwrap()
+                    .image,
+            ),
+            visualization_id: (*p).into(),
+        })
+        .collect();
+    let input = |items: Vec<ReportItem>| ReportInput {
+        reference: "BENCH".into(),
+        date: "2026-11-29".into(),
+        paper: Paper::Letter,
+        patient: Patient {
+            name: Some("Bench Patient".into()),
+            ..Patient::default()
+        },
+        include_costs: true,
+        currency: "USD".into(),
+        cost_disclaimer: c.disclaimer.clone(),
+        items,
+    };
+    let full = input(items.clone());
+    let mut one = input(items[..1].to_vec());
+    one.items[0].before = Arc::new(image::RgbImage::new(8, 8));
+    one.items[0].after = Arc::new(image::RgbImage::new(8, 8));
+    let info = InfographicInput {
+        procedures: procs.iter().map(|p| c.get(p).unwrap().clone()).collect(),
+        currency: "USD".into(),
+        colors: DEFAULT_COLORS.map(String::from),
+    };
+    let time = |f: &mut dyn FnMut()| {
+        median(
+            (0..iterations)
+                .map(|_| {
+                    let t = Instant::now();
+                    f();
+                    t.elapsed()
+                })
+                .collect(),
+        )
+    };
+    let base = time(&mut || {
+        std::hint::black_box(render_report(&one).unwrap());
+    });
+    let report = time(&mut || {
+        std::hint::black_box(render_report(&full).unwrap());
+    });
+    let png = time(&mut || {
+        std::hint::black_box(infographic_png(&info).unwrap());
+    });
+    let svg = time(&mut || {
+        std::hint::black_box(infographic_svg(&info).unwrap());
+    });
+    let pages = render_report(&full).unwrap().len();
+    println!("# afterview-bench reports: median of {iterations} runs\n");
+    println!("| output | time (ms) | vs baseline |");
+    println!("|---|---|---|");
+    println!(
+        "| baseline: 1-procedure report with 8x8 pictures | {:.1} | 1.00x |",
+        ms(base)
+    );
+    println!(
+        "| 3-procedure report, 512x600 photos ({} KB) | {:.1} | {:.2}x |",
+        pages / 1024,
+        ms(report),
+        report.as_secs_f64() / base.as_secs_f64()
+    );
+    println!(
+        "| infographic PNG, 3 procedures | {:.1} | {:.2}x |",
+        ms(png),
+        png.as_secs_f64() / base.as_secs_f64()
+    );
+    println!(
+        "| infographic SVG, 3 procedures | {:.2} | {:.3}x |",
+        ms(svg),
+        svg.as_secs_f64() / base.as_secs_f64()
+    );
+}

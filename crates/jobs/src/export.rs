@@ -1,0 +1,372 @@
+//! `generate_export` (the patient report, PDF) and `generate_cost_infographic` (PNG or SVG):
+//! progress 10 → 30 → 90 → 100 as the seed. Nothing is stored until the file is complete.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use afterview_core::ErrorCode;
+use afterview_core::catalog::Procedure;
+use afterview_core::tasks::{
+    ExportResult, GenerateCostInfographic, GenerateExport, QUEUE_EXPORTS, export_download_url,
+};
+use afterview_engine::time::format_iso;
+use afterview_engine::{Task, TaskContext, TaskError, TaskOptions};
+use afterview_imaging::face::{Landmarks, detect_faces};
+use afterview_imaging::intake::decode_png;
+use afterview_reports::infographic::DEFAULT_COLORS;
+use afterview_reports::{InfographicInput, Paper, Patient, ReportInput, ReportItem};
+use afterview_store::{ExportRecord, StoreError, VisualizationRecord, export_key};
+use bytes::Bytes;
+use chrono::Utc;
+use image::RgbImage;
+use serde_json::Value;
+
+use crate::visualize::{check_user, load_photo};
+use crate::{Deps, derived_id, fail, storage};
+
+/// Most visualizations in one report.
+const MAX_REPORT_ITEMS: usize = 8;
+/// Longest accepted patient field.
+const MAX_FIELD: usize = 2000;
+
+fn options() -> TaskOptions {
+    TaskOptions {
+        queue: QUEUE_EXPORTS.into(),
+        ..TaskOptions::default()
+    }
+}
+
+/// `app.tasks.export_tasks.generate_export`.
+#[derive(Debug, Clone)]
+pub struct GenerateExportTask(pub Arc<Deps>);
+
+/// `app.tasks.export_tasks.generate_cost_infographic`.
+#[derive(Debug, Clone)]
+pub struct GenerateCostInfographicTask(pub Arc<Deps>);
+
+fn procedure(d: &Deps, id: &str) -> Result<Procedure, TaskError> {
+    d.catalog.get(id).cloned().ok_or_else(|| {
+        fail(
+            ErrorCode::UnknownProcedure,
+            format!("unknown procedure {id:?}"),
+        )
+    })
+}
+
+async fn owned_viz(d: &Deps, owner: &str, id: &str) -> Result<VisualizationRecord, TaskError> {
+    d.meta
+        .get_visualization(owner, id)
+        .await
+        .map_err(storage)?
+        .ok_or_else(|| {
+            fail(
+                ErrorCode::VisualizationNotFound,
+                format!("visualization {id} not found"),
+            )
+        })
+}
+
+/// The single visualizations a request names (a comparison contributes its items).
+async fn singles(
+    d: &Deps,
+    owner: &str,
+    ids: &[String],
+) -> Result<Vec<VisualizationRecord>, TaskError> {
+    let mut out: Vec<VisualizationRecord> = vec![];
+    let mut seen = HashSet::new();
+    for id in ids {
+        let rec = owned_viz(d, owner, id).await?;
+        let members: Vec<VisualizationRecord> = if rec.kind == "comparison" {
+            let item_ids: Vec<String> = rec.result["items"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|i| i["id"].as_str().map(str::to_owned))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let mut v = vec![];
+            for iid in item_ids {
+                v.push(owned_viz(d, owner, &iid).await?);
+            }
+            v
+        } else {
+            vec![rec]
+        };
+        for m in members {
+            if seen.insert(m.id.clone()) {
+                out.push(m);
+            }
+        }
+    }
+    if out.len() > MAX_REPORT_ITEMS {
+        return Err(fail(
+            ErrorCode::InvalidOptions,
+            format!("a report holds at most {MAX_REPORT_ITEMS} previews"),
+        ));
+    }
+    Ok(out)
+}
+
+async fn picture(d: &Deps, ctx: &TaskContext, key: &str) -> Result<Arc<RgbImage>, TaskError> {
+    let bytes = d.blobs.get(key).await.map_err(storage)?.ok_or_else(|| {
+        fail(
+            ErrorCode::VisualizationNotFound,
+            "a picture of the visualization is missing",
+        )
+    })?;
+    let img = ctx
+        .blocking(move |_| decode_png(&bytes))
+        .await?
+        .map_err(|e| fail(e.code(), e.to_string()))?;
+    Ok(Arc::new(img))
+}
+
+/// Crops a before/after pair to the face (same window for both), when a face is found.
+fn face_crop(before: &RgbImage, after: &RgbImage) -> (RgbImage, RgbImage) {
+    let Some(b) = detect_faces(before).into_iter().next() else {
+        return (before.clone(), after.clone());
+    };
+    let f = Landmarks::from_box(&b).frame();
+    let c = f.at(0.0, 0.8);
+    let half = 1.9 * f.iod;
+    let (x0, y0) = (
+        (c.x - half).max(0.0) as u32,
+        (c.y - half * 1.15).max(0.0) as u32,
+    );
+    let w = ((2.0 * half) as u32)
+        .min(before.width().saturating_sub(x0))
+        .max(1);
+    let h = ((2.3 * half) as u32)
+        .min(before.height().saturating_sub(y0))
+        .max(1);
+    let crop = |img: &RgbImage| image::imageops::crop_imm(img, x0, y0, w, h).to_image();
+    (crop(before), crop(after))
+}
+
+fn patient(p: Option<afterview_core::tasks::PatientFields>) -> Result<Patient, TaskError> {
+    let p = p.unwrap_or_default();
+    for (name, v) in [
+        ("name", &p.name),
+        ("date_of_birth", &p.date_of_birth),
+        ("clinic", &p.clinic),
+        ("surgeon", &p.surgeon),
+        ("notes", &p.notes),
+    ] {
+        if v.as_ref().is_some_and(|s| s.chars().count() > MAX_FIELD) {
+            return Err(TaskError::invalid_arguments(format!(
+                "patient.{name} is longer than {MAX_FIELD} characters"
+            )));
+        }
+    }
+    Ok(Patient {
+        name: p.name,
+        date_of_birth: p.date_of_birth,
+        clinic: p.clinic,
+        surgeon: p.surgeon,
+        notes: p.notes,
+    })
+}
+
+/// Saves the file and its record; a re-run of the same task returns the stored result.
+async fn save_export(
+    d: &Deps,
+    ctx: &TaskContext,
+    owner: &str,
+    kind: &str,
+    format: &str,
+    bytes: Vec<u8>,
+    image_ids: Vec<String>,
+) -> Result<Value, TaskError> {
+    let id = derived_id(ctx.id(), 0);
+    let key = export_key(&id, format);
+    let size = bytes.len() as u64;
+    d.blobs
+        .put(&key, Bytes::from(bytes))
+        .await
+        .map_err(storage)?;
+    let result = ExportResult {
+        id: id.clone(),
+        kind: kind.into(),
+        format: format.into(),
+        download_url: export_download_url(&id),
+        size_bytes: size,
+        created_at: format_iso(Utc::now()),
+    };
+    let value = serde_json::to_value(&result).expect("results serialize");
+    let rec = ExportRecord {
+        id: id.clone(),
+        owner: owner.into(),
+        kind: kind.into(),
+        format: format.into(),
+        blob_key: key,
+        size,
+        image_ids,
+        result: value.clone(),
+        task_id: Some(ctx.id().to_owned()),
+        created_at: Utc::now(),
+    };
+    match d.meta.insert_export(&rec).await {
+        Ok(()) => Ok(value),
+        Err(StoreError::Conflict(_)) => Ok(d
+            .meta
+            .get_export(owner, &id)
+            .await
+            .map_err(storage)?
+            .map(|r| r.result)
+            .unwrap_or(value)),
+        Err(e) => Err(storage(e)),
+    }
+}
+
+impl Task for GenerateExportTask {
+    const NAME: &'static str = afterview_core::tasks::GENERATE_EXPORT;
+    type Args = GenerateExport;
+    type Output = Value;
+
+    fn options(&self) -> TaskOptions {
+        options()
+    }
+
+    async fn run(&self, ctx: TaskContext, a: GenerateExport) -> Result<Value, TaskError> {
+        let d = &self.0;
+        check_user(&a.user_id)?;
+        ctx.progress(10, "Loading visualizations").await;
+        if a.format != "pdf" {
+            return Err(fail(
+                ErrorCode::UnsupportedExportFormat,
+                format!("reports are PDF; format {:?} is not supported", a.format),
+            ));
+        }
+        let paper = match a.paper.as_deref() {
+            None => Paper::Letter,
+            Some(p) => Paper::parse(p).ok_or_else(|| {
+                fail(
+                    ErrorCode::InvalidOptions,
+                    format!("paper must be letter or a4, got {p:?}"),
+                )
+            })?,
+        };
+        if a.visualization_ids.is_empty() {
+            return Err(fail(
+                ErrorCode::InvalidOptions,
+                "a report needs at least one visualization",
+            ));
+        }
+        let patient = patient(a.patient)?;
+        let vizs = singles(d, &a.user_id, &a.visualization_ids).await?;
+        let mut items = vec![];
+        let mut image_ids = vec![];
+        for v in &vizs {
+            let proc_id = v.procedure_ids.first().cloned().unwrap_or_default();
+            let procedure = procedure(d, &proc_id)?;
+            let before = load_photo(d, &ctx, &a.user_id, &v.image_id).await?;
+            let after = picture(d, &ctx, &v.blob_key).await?;
+            let (before, after) = ctx.blocking(move |_| face_crop(&before, &after)).await?;
+            if !image_ids.contains(&v.image_id) {
+                image_ids.push(v.image_id.clone());
+            }
+            items.push(ReportItem {
+                procedure,
+                intensity: v.result["intensity"]
+                    .as_str()
+                    .unwrap_or("moderate")
+                    .to_owned(),
+                engine: v.engine.clone(),
+                before: Arc::new(before),
+                after: Arc::new(after),
+                visualization_id: v.id.clone(),
+            });
+        }
+        ctx.progress(30, "Generating report").await;
+        let input = ReportInput {
+            reference: derived_id(ctx.id(), 0)
+                .chars()
+                .take(8)
+                .collect::<String>()
+                .to_uppercase(),
+            date: Utc::now().format("%Y-%m-%d").to_string(),
+            paper,
+            patient,
+            include_costs: a.include_costs,
+            currency: d.catalog.currency.clone(),
+            cost_disclaimer: d.catalog.disclaimer.clone(),
+            items,
+        };
+        let pdf = ctx
+            .blocking(move |_| afterview_reports::render_report(&input))
+            .await?
+            .map_err(|e| fail(ErrorCode::InvalidOptions, e.to_string()))?;
+        ctx.progress(90, "Saving report").await;
+        let result = save_export(d, &ctx, &a.user_id, "report", "pdf", pdf, image_ids).await?;
+        ctx.progress(100, "Report complete").await;
+        Ok(result)
+    }
+}
+
+impl Task for GenerateCostInfographicTask {
+    const NAME: &'static str = afterview_core::tasks::GENERATE_COST_INFOGRAPHIC;
+    type Args = GenerateCostInfographic;
+    type Output = Value;
+
+    fn options(&self) -> TaskOptions {
+        options()
+    }
+
+    async fn run(&self, ctx: TaskContext, a: GenerateCostInfographic) -> Result<Value, TaskError> {
+        let d = &self.0;
+        check_user(&a.user_id)?;
+        ctx.progress(10, "Loading procedures").await;
+        if !["png", "svg"].contains(&a.format.as_str()) {
+            return Err(fail(
+                ErrorCode::UnsupportedExportFormat,
+                format!("format must be png or svg, got {:?}", a.format),
+            ));
+        }
+        if a.procedure_ids.is_empty() || a.procedure_ids.len() > 8 {
+            return Err(fail(
+                ErrorCode::InvalidOptions,
+                "an infographic shows 1-8 procedures",
+            ));
+        }
+        let procedures = a
+            .procedure_ids
+            .iter()
+            .map(|p| procedure(d, p))
+            .collect::<Result<Vec<_>, _>>()?;
+        let colors: [String; 4] = match a.colors {
+            None => DEFAULT_COLORS.map(String::from),
+            Some(c) => c.try_into().map_err(|_| {
+                fail(
+                    ErrorCode::InvalidOptions,
+                    "colors must list exactly four #rrggbb colors",
+                )
+            })?,
+        };
+        let input = InfographicInput {
+            procedures,
+            currency: d.catalog.currency.clone(),
+            colors,
+        };
+        input
+            .validate()
+            .map_err(|e| fail(ErrorCode::InvalidOptions, e.to_string()))?;
+        ctx.progress(30, "Drawing infographic").await;
+        let format = a.format.clone();
+        let bytes = ctx
+            .blocking(move |_| {
+                if format == "svg" {
+                    afterview_reports::infographic_svg(&input).map(String::into_bytes)
+                } else {
+                    afterview_reports::infographic_png(&input)
+                }
+            })
+            .await?
+            .map_err(|e| fail(ErrorCode::InvalidOptions, e.to_string()))?;
+        ctx.progress(90, "Saving infographic").await;
+        let result =
+            save_export(d, &ctx, &a.user_id, "infographic", &a.format, bytes, vec![]).await?;
+        ctx.progress(100, "Infographic complete").await;
+        Ok(result)
+    }
+}

@@ -1,0 +1,427 @@
+//! A small flow layout: paragraphs wrap, blocks move to the next page when they do not fit,
+//! and the pages are drawn once the page count is known (for "page i of n").
+
+use std::sync::OnceLock;
+
+use ab_glyph::{Font as _, FontRef, PxScale, ScaleFont};
+use afterview_imaging::render::{FONT_BOLD, FONT_REGULAR};
+use krilla::Document;
+use krilla::color::rgb;
+use krilla::geom::{PathBuilder, Point, Rect, Size, Transform};
+use krilla::image::Image;
+use krilla::num::NormalizedF32;
+use krilla::page::PageSettings;
+use krilla::paint::Fill;
+use krilla::text::{Font, TextDirection};
+
+use crate::ReportError;
+
+/// A colour.
+pub(crate) type Rgb = (u8, u8, u8);
+
+pub(crate) const INK: Rgb = (33, 37, 41);
+pub(crate) const MUTED: Rgb = (100, 106, 115);
+pub(crate) const ACCENT: Rgb = (46, 90, 136);
+pub(crate) const RULE: Rgb = (210, 214, 220);
+pub(crate) const SHADE: Rgb = (241, 243, 246);
+
+/// One drawing operation, in points from the page's top-left corner.
+#[derive(Debug, Clone)]
+pub(crate) enum Op {
+    Text {
+        x: f32,
+        y: f32,
+        size: f32,
+        bold: bool,
+        color: Rgb,
+        text: String,
+    },
+    Rect {
+        x: f32,
+        y: f32,
+        w: f32,
+        h: f32,
+        color: Rgb,
+    },
+    Image {
+        x: f32,
+        y: f32,
+        w: f32,
+        h: f32,
+        jpeg: std::sync::Arc<Vec<u8>>,
+    },
+}
+
+fn measure_font(bold: bool) -> &'static FontRef<'static> {
+    static R: OnceLock<FontRef<'static>> = OnceLock::new();
+    static B: OnceLock<FontRef<'static>> = OnceLock::new();
+    let (cell, bytes) = if bold {
+        (&B, FONT_BOLD)
+    } else {
+        (&R, FONT_REGULAR)
+    };
+    cell.get_or_init(|| FontRef::try_from_slice(bytes).expect("bundled font"))
+}
+
+/// Width of `text` in points at `size`.
+pub(crate) fn width(text: &str, size: f32, bold: bool) -> f32 {
+    let f = measure_font(bold);
+    // ab_glyph scales by the font's height; convert to em units as PDF fonts are sized.
+    let scale = PxScale::from(size * f.height_unscaled() / f.units_per_em().unwrap_or(1000.0));
+    let sf = f.as_scaled(scale);
+    let mut w = 0.0;
+    let mut prev = None;
+    for c in text.chars() {
+        let id = sf.glyph_id(c);
+        if let Some(p) = prev {
+            w += sf.kern(p, id);
+        }
+        w += sf.h_advance(id);
+        prev = Some(id);
+    }
+    w
+}
+
+/// Splits `text` into lines no wider than `max`.
+pub(crate) fn wrap(text: &str, size: f32, bold: bool, max: f32) -> Vec<String> {
+    let mut lines = vec![];
+    for para in text.split('\n') {
+        let mut line = String::new();
+        for word in para.split_whitespace() {
+            let candidate = if line.is_empty() {
+                word.to_owned()
+            } else {
+                format!("{line} {word}")
+            };
+            if width(&candidate, size, bold) <= max || line.is_empty() {
+                line = candidate;
+            } else {
+                lines.push(std::mem::take(&mut line));
+                line = word.to_owned();
+            }
+        }
+        lines.push(line);
+    }
+    lines
+}
+
+/// The flow.
+pub(crate) struct Flow {
+    pub(crate) w: f32,
+    pub(crate) h: f32,
+    pub(crate) margin: f32,
+    pub(crate) top: f32,
+    pub(crate) bottom: f32,
+    pub(crate) pages: Vec<Vec<Op>>,
+    pub(crate) y: f32,
+}
+
+impl Flow {
+    pub(crate) fn new(w: f32, h: f32) -> Self {
+        let margin = 54.0;
+        Self {
+            w,
+            h,
+            margin,
+            top: margin,
+            bottom: h - margin - 18.0,
+            pages: vec![vec![]],
+            y: margin,
+        }
+    }
+
+    /// Usable width.
+    pub(crate) fn content_w(&self) -> f32 {
+        self.w - 2.0 * self.margin
+    }
+
+    pub(crate) fn new_page(&mut self) {
+        self.pages.push(vec![]);
+        self.y = self.top;
+    }
+
+    /// Starts a new page unless `h` points fit.
+    pub(crate) fn need(&mut self, h: f32) {
+        if self.y + h > self.bottom && self.y > self.top {
+            self.new_page();
+        }
+    }
+
+    pub(crate) fn push(&mut self, op: Op) {
+        self.pages.last_mut().expect("a page").push(op);
+    }
+
+    pub(crate) fn space(&mut self, h: f32) {
+        self.y += h;
+    }
+
+    /// Wrapped text at `x` within `max` points; moves the cursor below it.
+    pub(crate) fn text_at(
+        &mut self,
+        x: f32,
+        max: f32,
+        text: &str,
+        size: f32,
+        bold: bool,
+        color: Rgb,
+    ) {
+        let lead = size * 1.35;
+        for line in wrap(text, size, bold, max) {
+            self.need(lead);
+            self.y += lead;
+            self.push(Op::Text {
+                x,
+                y: self.y - size * 0.3,
+                size,
+                bold,
+                color,
+                text: line,
+            });
+        }
+    }
+
+    pub(crate) fn paragraph(&mut self, text: &str, size: f32, bold: bool, color: Rgb) {
+        let (x, w) = (self.margin, self.content_w());
+        self.text_at(x, w, text, size, bold, color);
+    }
+
+    /// A heading kept on the same page as the first ~90 points of what follows.
+    pub(crate) fn heading(&mut self, text: &str, size: f32) {
+        self.need(size * 3.0 + 90.0);
+        self.space(size * 0.6);
+        self.paragraph(text, size, true, ACCENT);
+        self.space(4.0);
+        let (x, w, y) = (self.margin, self.content_w(), self.y);
+        self.push(Op::Rect {
+            x,
+            y,
+            w,
+            h: 0.8,
+            color: RULE,
+        });
+        self.space(8.0);
+    }
+
+    /// Two titled bullet lists side by side (recovery and risks).
+    pub(crate) fn two_lists(
+        &mut self,
+        left: (&str, &[String]),
+        right: (&str, &[String]),
+        size: f32,
+    ) {
+        let col = (self.content_w() - 18.0) / 2.0;
+        let lead = size * 1.35;
+        let lines = |items: &[String]| {
+            items
+                .iter()
+                .map(|i| wrap(i, size, false, col - 12.0).len())
+                .sum::<usize>()
+        };
+        let h = 34.0 + lead * lines(left.1).max(lines(right.1)) as f32;
+        self.need(h);
+        let y0 = self.y;
+        let mut bottom = y0;
+        for (i, (title, items)) in [left, right].into_iter().enumerate() {
+            let x = self.margin + i as f32 * (col + 18.0);
+            self.y = y0;
+            self.push(Op::Text {
+                x,
+                y: self.y + 14.0,
+                size: 12.0,
+                bold: true,
+                color: ACCENT,
+                text: title.to_owned(),
+            });
+            self.push(Op::Rect {
+                x,
+                y: self.y + 20.0,
+                w: col,
+                h: 0.8,
+                color: RULE,
+            });
+            self.y += 24.0;
+            for it in items {
+                let start = self.y;
+                self.text_at(x + 12.0, col - 12.0, it, size, false, INK);
+                self.push(Op::Text {
+                    x: x + 2.0,
+                    y: start + lead - size * 0.3,
+                    size,
+                    bold: true,
+                    color: ACCENT,
+                    text: "•".into(),
+                });
+            }
+            bottom = bottom.max(self.y);
+        }
+        self.y = bottom + 8.0;
+    }
+
+    /// A table with a shaded header row; `widths` are fractions of the content width;
+    /// `right` columns are right-aligned; the last row can be bold (totals).
+    pub(crate) fn table(
+        &mut self,
+        header: &[&str],
+        rows: &[Vec<String>],
+        widths: &[f32],
+        right: &[bool],
+        bold_last: bool,
+    ) {
+        let size = 9.5;
+        let row_h = 17.0;
+        self.need(row_h * (rows.len() as f32 + 1.0) + 6.0);
+        let cw = self.content_w();
+        let x0 = self.margin;
+        let draw_row = |flow: &mut Flow, cells: &[String], bold: bool, shade: bool| {
+            let y = flow.y;
+            if shade {
+                flow.push(Op::Rect {
+                    x: x0,
+                    y,
+                    w: cw,
+                    h: row_h,
+                    color: SHADE,
+                });
+            }
+            let mut x = x0;
+            for (i, cell) in cells.iter().enumerate() {
+                let w = widths[i] * cw;
+                let tx = if right[i] {
+                    x + w - 6.0 - width(cell, size, bold)
+                } else {
+                    x + 6.0
+                };
+                flow.push(Op::Text {
+                    x: tx,
+                    y: y + row_h - 5.0,
+                    size,
+                    bold,
+                    color: INK,
+                    text: cell.clone(),
+                });
+                x += w;
+            }
+            flow.y += row_h;
+            flow.push(Op::Rect {
+                x: x0,
+                y: flow.y - 0.5,
+                w: cw,
+                h: 0.5,
+                color: RULE,
+            });
+        };
+        if header.iter().any(|h| !h.is_empty()) {
+            let head: Vec<String> = header.iter().map(|s| (*s).to_owned()).collect();
+            draw_row(self, &head, true, true);
+        } else {
+            let (y, w) = (self.y, cw);
+            self.push(Op::Rect {
+                x: x0,
+                y,
+                w,
+                h: 0.8,
+                color: RULE,
+            });
+        }
+        for (i, r) in rows.iter().enumerate() {
+            draw_row(self, r, bold_last && i + 1 == rows.len(), false);
+        }
+        self.space(6.0);
+    }
+
+    /// Draws all pages, with a footer on each, into a PDF.
+    pub(crate) fn finish(
+        self,
+        footer: &dyn Fn(usize, usize) -> String,
+        title: &str,
+    ) -> Result<Vec<u8>, ReportError> {
+        let regular = Font::new(FONT_REGULAR.to_vec().into(), 0)
+            .ok_or_else(|| ReportError::Pdf("bundled font".into()))?;
+        let bold = Font::new(FONT_BOLD.to_vec().into(), 0)
+            .ok_or_else(|| ReportError::Pdf("bundled font".into()))?;
+        let mut doc = Document::new();
+        doc.set_metadata(
+            krilla::metadata::Metadata::new()
+                .title(title.to_owned())
+                .creator("Afterview".into()),
+        );
+        let n = self.pages.len();
+        for (i, ops) in self.pages.iter().enumerate() {
+            let settings = PageSettings::from_wh(self.w, self.h)
+                .ok_or_else(|| ReportError::Pdf("page size".into()))?;
+            let mut page = doc.start_page_with(settings);
+            let mut s = page.surface();
+            let mut all = ops.clone();
+            all.push(Op::Rect {
+                x: self.margin,
+                y: self.h - self.margin + 2.0,
+                w: self.w - 2.0 * self.margin,
+                h: 0.6,
+                color: RULE,
+            });
+            all.push(Op::Text {
+                x: self.margin,
+                y: self.h - self.margin + 16.0,
+                size: 7.5,
+                bold: false,
+                color: MUTED,
+                text: footer(i + 1, n),
+            });
+            for op in &all {
+                match op {
+                    Op::Text {
+                        x,
+                        y,
+                        size,
+                        bold: b,
+                        color,
+                        text,
+                    } => {
+                        set_fill(&mut s, *color);
+                        let font = if *b { bold.clone() } else { regular.clone() };
+                        s.draw_text(
+                            Point::from_xy(*x, *y),
+                            font,
+                            *size,
+                            text,
+                            false,
+                            TextDirection::Auto,
+                        );
+                    }
+                    Op::Rect { x, y, w, h, color } => {
+                        set_fill(&mut s, *color);
+                        if let Some(r) = Rect::from_xywh(*x, *y, *w, *h) {
+                            let mut pb = PathBuilder::new();
+                            pb.push_rect(r);
+                            if let Some(p) = pb.finish() {
+                                s.draw_path(&p);
+                            }
+                        }
+                    }
+                    Op::Image { x, y, w, h, jpeg } => {
+                        let img = Image::from_jpeg(jpeg.to_vec().into(), true)
+                            .map_err(ReportError::Picture)?;
+                        s.push_transform(&Transform::from_translate(*x, *y));
+                        s.draw_image(
+                            img,
+                            Size::from_wh(*w, *h)
+                                .ok_or_else(|| ReportError::Pdf("image size".into()))?,
+                        );
+                        s.pop();
+                    }
+                }
+            }
+            s.finish();
+            page.finish();
+        }
+        doc.finish().map_err(|e| ReportError::Pdf(format!("{e:?}")))
+    }
+}
+
+fn set_fill(s: &mut krilla::surface::Surface<'_>, c: Rgb) {
+    s.set_fill(Some(Fill {
+        paint: rgb::Color::new(c.0, c.1, c.2).into(),
+        opacity: NormalizedF32::ONE,
+        rule: Default::default(),
+    }));
+}

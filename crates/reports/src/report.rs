@@ -1,0 +1,361 @@
+//! The consultation report: header with clinic and patient fields, one section per procedure
+//! (before/after, description, recovery, risks, itemized costs), a comparison page when several
+//! procedures are chosen, the disclaimer; reference, date and page numbers on every page.
+
+use std::sync::Arc;
+
+use afterview_core::catalog::Procedure;
+use image::RgbImage;
+
+use crate::layout::{ACCENT, Flow, INK, MUTED, Op, width};
+use crate::{DISCLAIMER, ReportError, range};
+
+/// Paper size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Paper {
+    /// US Letter, 8.5 × 11 in.
+    #[default]
+    Letter,
+    /// ISO A4.
+    A4,
+}
+
+impl Paper {
+    /// Parses `letter` / `a4`.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "letter" => Some(Self::Letter),
+            "a4" => Some(Self::A4),
+            _ => None,
+        }
+    }
+
+    fn points(self) -> (f32, f32) {
+        match self {
+            Self::Letter => (612.0, 792.0),
+            Self::A4 => (595.28, 841.89),
+        }
+    }
+}
+
+/// Patient and clinic fields; only those given are printed.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Patient {
+    /// Name.
+    pub name: Option<String>,
+    /// Date of birth.
+    pub date_of_birth: Option<String>,
+    /// Clinic.
+    pub clinic: Option<String>,
+    /// Surgeon.
+    pub surgeon: Option<String>,
+    /// Notes (the patient's goals, in their words).
+    pub notes: Option<String>,
+}
+
+/// One simulated procedure.
+#[derive(Debug, Clone)]
+pub struct ReportItem {
+    /// The procedure.
+    pub procedure: Procedure,
+    /// `subtle`, `moderate`, `pronounced`.
+    pub intensity: String,
+    /// `local` or `gemini`.
+    pub engine: String,
+    /// The photo.
+    pub before: Arc<RgbImage>,
+    /// The simulation.
+    pub after: Arc<RgbImage>,
+    /// Visualization id.
+    pub visualization_id: String,
+}
+
+/// Everything a report shows.
+#[derive(Debug, Clone)]
+pub struct ReportInput {
+    /// Reference printed on every page.
+    pub reference: String,
+    /// Date printed on every page.
+    pub date: String,
+    /// Paper.
+    pub paper: Paper,
+    /// Patient fields.
+    pub patient: Patient,
+    /// Print the cost tables.
+    pub include_costs: bool,
+    /// Currency of every amount.
+    pub currency: String,
+    /// The catalog's cost disclaimer.
+    pub cost_disclaimer: String,
+    /// The procedures, in order.
+    pub items: Vec<ReportItem>,
+}
+
+/// Longest side of pictures embedded in the PDF (keeps reports small and fast).
+const PICTURE_SIDE: u32 = 900;
+
+fn jpeg(img: &RgbImage) -> Arc<Vec<u8>> {
+    let (w, h) = img.dimensions();
+    let k = (PICTURE_SIDE as f32 / w.max(h) as f32).min(1.0);
+    let scaled;
+    let img = if k < 1.0 {
+        scaled = image::imageops::resize(
+            img,
+            (w as f32 * k) as u32,
+            (h as f32 * k) as u32,
+            image::imageops::FilterType::Triangle,
+        );
+        &scaled
+    } else {
+        img
+    };
+    let mut out = vec![];
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 85)
+        .encode_image(img)
+        .expect("encoding in memory");
+    Arc::new(out)
+}
+
+/// Places pictures side by side with captions, fitting the content width and `max_h`.
+fn pictures(f: &mut Flow, pics: &[(&str, &RgbImage)], max_h: f32) {
+    let gap = 12.0;
+    let cw = f.content_w();
+    let n = pics.len() as f32;
+    let ratios: f32 = pics
+        .iter()
+        .map(|(_, p)| p.width() as f32 / p.height() as f32)
+        .sum();
+    let h = ((cw - gap * (n - 1.0)) / ratios).min(max_h);
+    f.need(h + 24.0);
+    let total_w: f32 = pics
+        .iter()
+        .map(|(_, p)| h * p.width() as f32 / p.height() as f32)
+        .sum::<f32>()
+        + gap * (n - 1.0);
+    let mut x = f.margin + (cw - total_w) / 2.0;
+    let y = f.y;
+    for (caption, p) in pics {
+        let w = h * p.width() as f32 / p.height() as f32;
+        f.push(Op::Image {
+            x,
+            y,
+            w,
+            h,
+            jpeg: jpeg(p),
+        });
+        let cap_w = width(caption, 8.5, true);
+        f.push(Op::Text {
+            x: x + (w - cap_w) / 2.0,
+            y: y + h + 13.0,
+            size: 8.5,
+            bold: true,
+            color: MUTED,
+            text: (*caption).to_owned(),
+        });
+        x += w + gap;
+    }
+    f.y = y + h + 22.0;
+}
+
+fn cost_rows(p: &Procedure, currency: &str) -> Vec<Vec<String>> {
+    let mut rows: Vec<Vec<String>> = p
+        .costs
+        .components()
+        .iter()
+        .map(|(label, r)| vec![(*label).to_owned(), range(*r, currency)])
+        .collect();
+    rows.push(vec![
+        "Total estimate".into(),
+        range(p.costs.total(), currency),
+    ]);
+    rows
+}
+
+/// Renders the report.
+pub fn render_report(input: &ReportInput) -> Result<Vec<u8>, ReportError> {
+    if input.items.is_empty() {
+        return Err(ReportError::Invalid(
+            "a report needs at least one visualization".into(),
+        ));
+    }
+    let (w, h) = input.paper.points();
+    let mut f = Flow::new(w, h);
+
+    // Header.
+    f.push(Op::Rect {
+        x: 0.0,
+        y: 0.0,
+        w,
+        h: 6.0,
+        color: ACCENT,
+    });
+    f.paragraph("Consultation summary", 22.0, true, INK);
+    let names: Vec<&str> = input
+        .items
+        .iter()
+        .map(|i| i.procedure.name.as_str())
+        .collect();
+    f.paragraph(
+        &format!("Simulated results: {}", names.join(", ")),
+        11.0,
+        false,
+        MUTED,
+    );
+    f.space(8.0);
+    let p = &input.patient;
+    let fields: Vec<(&str, &Option<String>)> = vec![
+        ("Patient", &p.name),
+        ("Date of birth", &p.date_of_birth),
+        ("Clinic", &p.clinic),
+        ("Surgeon", &p.surgeon),
+    ];
+    let mut rows: Vec<Vec<String>> = fields
+        .iter()
+        .filter_map(|(k, v)| {
+            v.as_ref()
+                .filter(|s| !s.trim().is_empty())
+                .map(|v| vec![(*k).to_owned(), v.clone()])
+        })
+        .collect();
+    rows.push(vec!["Date".into(), input.date.clone()]);
+    rows.push(vec!["Reference".into(), input.reference.clone()]);
+    f.table(&["", ""], &rows, &[0.28, 0.72], &[false, false], false);
+    if let Some(notes) = p.notes.as_ref().filter(|n| !n.trim().is_empty()) {
+        f.heading("Goals and notes", 13.0);
+        f.paragraph(notes, 10.0, false, INK);
+    }
+    f.space(6.0);
+    f.paragraph(
+        "The pictures in this document are simulations made to support the conversation with your surgeon. They are not a \
+         guarantee or a prediction of your result.",
+        9.0,
+        false,
+        MUTED,
+    );
+
+    // One section per procedure.
+    for item in &input.items {
+        f.new_page();
+        let pr = &item.procedure;
+        f.heading(&pr.name, 17.0);
+        let engine = if item.engine == "gemini" {
+            "AI image editing (Gemini), blended into the treated region"
+        } else {
+            "local deformation of the photo"
+        };
+        f.paragraph(
+            &format!("Simulation: {} intensity, {engine}.", item.intensity),
+            9.0,
+            false,
+            MUTED,
+        );
+        f.space(6.0);
+        pictures(
+            &mut f,
+            &[
+                ("Before", &*item.before),
+                ("SIMULATION — not a guarantee", &*item.after),
+            ],
+            220.0,
+        );
+        f.paragraph(&pr.description, 10.0, false, INK);
+        f.space(4.0);
+        f.paragraph(
+            &format!(
+                "Typical operating time {}; {} anesthesia; {}.",
+                pr.duration, pr.anesthesia_type, pr.setting
+            ),
+            9.5,
+            false,
+            MUTED,
+        );
+        f.space(4.0);
+        let mut recovery = vec![format!(
+            "Downtime {}; final result after {}.",
+            pr.recovery.downtime, pr.recovery.final_result
+        )];
+        recovery.extend(pr.recovery.timeline.iter().cloned());
+        f.two_lists(("Recovery", &recovery), ("Main risks", &pr.risks), 9.0);
+        if input.include_costs {
+            f.heading(&format!("Estimated costs ({})", input.currency), 12.0);
+            f.table(
+                &["Component", "Range"],
+                &cost_rows(pr, &input.currency),
+                &[0.55, 0.45],
+                &[false, true],
+                true,
+            );
+            f.paragraph(&format!("Sources: {}", pr.cost_source), 7.5, false, MUTED);
+        }
+    }
+
+    // Comparison.
+    if input.items.len() > 1 {
+        f.new_page();
+        f.heading("Comparison", 17.0);
+        let first = &input.items[0];
+        let mut pics: Vec<(&str, &RgbImage)> = vec![("Before", &*first.before)];
+        pics.extend(
+            input
+                .items
+                .iter()
+                .map(|i| (i.procedure.name.as_str(), &*i.after)),
+        );
+        pictures(&mut f, &pics, 220.0);
+        let rows: Vec<Vec<String>> = input
+            .items
+            .iter()
+            .map(|i| {
+                vec![
+                    i.procedure.name.clone(),
+                    i.procedure.recovery.downtime.clone(),
+                    range(i.procedure.costs.total(), &input.currency),
+                ]
+            })
+            .collect();
+        let header = if input.include_costs {
+            ["Procedure", "Downtime", "Total estimate"]
+        } else {
+            ["Procedure", "Downtime", ""]
+        };
+        let rows = if input.include_costs {
+            rows
+        } else {
+            rows.into_iter()
+                .map(|mut r| {
+                    r[2].clear();
+                    r
+                })
+                .collect()
+        };
+        f.table(
+            &header,
+            &rows,
+            &[0.4, 0.25, 0.35],
+            &[false, false, true],
+            false,
+        );
+    }
+
+    // Disclaimer.
+    f.heading("Important information", 13.0);
+    f.paragraph(DISCLAIMER, 9.0, false, INK);
+    if input.include_costs {
+        f.space(4.0);
+        f.paragraph(&input.cost_disclaimer, 8.5, false, MUTED);
+    }
+    f.space(6.0);
+    f.paragraph(
+        "Confidential — contains protected health information.",
+        8.5,
+        true,
+        MUTED,
+    );
+
+    let reference = input.reference.clone();
+    let date = input.date.clone();
+    let footer = move |i: usize, n: usize| {
+        format!("Afterview consultation summary · ref {reference} · {date} · page {i} of {n}")
+    };
+    f.finish(&footer, "Consultation summary")
+}

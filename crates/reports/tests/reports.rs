@@ -1,0 +1,222 @@
+//! Reports read back with poppler (`pdfinfo`, `pdftotext`, `pdfimages`), and the infographic in
+//! both formats.
+
+use std::process::Command;
+use std::sync::Arc;
+
+use afterview_core::catalog::Catalog;
+use afterview_reports::infographic::DEFAULT_COLORS;
+use afterview_reports::{
+    InfographicInput, Paper, Patient, ReportInput, ReportItem, infographic_png, infographic_svg,
+    render_report,
+};
+use image::RgbImage;
+
+fn photo(seed: u8) -> Arc<RgbImage> {
+    Arc::new(RgbImage::from_fn(512, 600, |x, y| {
+        image::Rgb([(x / 2) as u8 ^ seed, (y / 3) as u8, 150])
+    }))
+}
+
+pub fn input(procs: &[&str], paper: Paper, include_costs: bool) -> ReportInput {
+    let c = Catalog::builtin();
+    ReportInput {
+        reference: "AV-12345678".into(),
+        date: "2026-11-29".into(),
+        paper,
+        patient: Patient {
+            name: Some("Jane Q. Patient".into()),
+            date_of_birth: Some("1980-04-02".into()),
+            clinic: Some("Lakeside Aesthetic Clinic".into()),
+            surgeon: Some("Dr. A. Surgeon, MD".into()),
+            notes: Some("Wants a subtle change; worried about downtime.".into()),
+        },
+        include_costs,
+        currency: c.currency.clone(),
+        cost_disclaimer: c.disclaimer.clone(),
+        items: procs
+            .iter()
+            .enumerate()
+            .map(|(i, p)| ReportItem {
+                procedure: c.get(p).unwrap().clone(),
+                intensity: "moderate".into(),
+                engine: "local".into(),
+                before: photo(0),
+                after: photo(i as u8 + 1),
+                visualization_id: format!("viz-{i}"),
+            })
+            .collect(),
+    }
+}
+
+fn poppler(tool: &str, pdf: &[u8], extra: &[&str]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("r.pdf");
+    std::fs::write(&path, pdf).unwrap();
+    let out = Command::new(tool)
+        .args(extra)
+        .arg(&path)
+        .args(if tool == "pdftotext" {
+            vec!["-"]
+        } else {
+            vec![]
+        })
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("{tool} is needed for this test (apt-get install poppler-utils): {e}")
+        });
+    assert!(
+        out.status.success(),
+        "{tool}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn pages(pdf: &[u8]) -> usize {
+    poppler("pdfinfo", pdf, &[])
+        .lines()
+        .find_map(|l| l.strip_prefix("Pages:"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn a_three_procedure_report_holds_everything_a_patient_takes_home() {
+    let pdf = render_report(&input(
+        &["rhinoplasty", "blepharoplasty", "facelift"],
+        Paper::Letter,
+        true,
+    ))
+    .unwrap();
+    assert!(pdf.starts_with(b"%PDF-"));
+    let n = pages(&pdf);
+    assert!(
+        (5..=8).contains(&n),
+        "cover + 3 procedures + comparison/disclaimer: {n} pages"
+    );
+    let text = poppler("pdftotext", &pdf, &["-layout"]);
+    for needle in [
+        "Consultation summary",
+        "Jane Q. Patient",
+        "Lakeside Aesthetic Clinic",
+        "Dr. A. Surgeon, MD",
+        "1980-04-02",
+        "Rhinoplasty",
+        "Blepharoplasty",
+        "Facelift",
+        "Comparison",
+        "$6,550 – $12,200",
+        "$9,400 – $16,600",
+        "not a guarantee",
+        "Confidential",
+        "Main risks",
+        "Recovery",
+    ] {
+        assert!(text.contains(needle), "{needle:?} missing from:\n{text}");
+    }
+    assert_eq!(
+        text.matches("ref AV-12345678").count(),
+        n,
+        "reference on every page"
+    );
+    assert!(text.contains(&format!("page {n} of {n}")));
+    let images = poppler("pdfimages", &pdf, &["-list"]);
+    let embedded = images.lines().skip(2).count();
+    assert!(
+        embedded >= 3 * 2 + 4,
+        "before/after per procedure and the comparison strip: {embedded}\n{images}"
+    );
+    assert!(
+        !text.contains("DejaVuSans"),
+        "no font name leaks into the text"
+    );
+    let fonts = poppler("pdffonts", &pdf, &[]);
+    assert!(
+        fonts.contains("DejaVuSans") && fonts.lines().skip(2).all(|l| l.contains(" yes ")),
+        "fonts embedded:\n{fonts}"
+    );
+}
+
+#[test]
+fn paper_sizes_and_optional_sections() {
+    let a4 = render_report(&input(&["otoplasty"], Paper::A4, false)).unwrap();
+    let info = poppler("pdfinfo", &a4, &[]);
+    assert!(info.contains("595.28 x 841.89"), "{info}");
+    let text = poppler("pdftotext", &a4, &[]);
+    assert!(
+        !text.contains("Estimated costs") && !text.contains("Comparison"),
+        "no costs, single procedure"
+    );
+    assert!(text.contains("Otoplasty") && text.contains("not a guarantee"));
+    let letter = render_report(&input(&["otoplasty"], Paper::Letter, true)).unwrap();
+    assert!(poppler("pdfinfo", &letter, &[]).contains("612 x 792"));
+    let mut bare = input(&["otoplasty"], Paper::Letter, true);
+    bare.patient = Patient::default();
+    let text = poppler("pdftotext", &render_report(&bare).unwrap(), &[]);
+    assert!(
+        !text.contains("Patient") || !text.contains("Date of birth"),
+        "absent fields are not printed"
+    );
+    assert!(render_report(&input(&[], Paper::Letter, true)).is_err());
+}
+
+fn infographic(ids: &[&str]) -> InfographicInput {
+    let c = Catalog::builtin();
+    InfographicInput {
+        procedures: ids.iter().map(|i| c.get(i).unwrap().clone()).collect(),
+        currency: "USD".into(),
+        colors: DEFAULT_COLORS.map(String::from),
+    }
+}
+
+#[test]
+fn the_infographic_labels_components_totals_and_currency() {
+    let svg = infographic_svg(&infographic(&[
+        "rhinoplasty",
+        "lip-augmentation",
+        "facelift",
+    ]))
+    .unwrap();
+    assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+    for needle in [
+        "Estimated cost breakdown",
+        "USD",
+        "Surgeon",
+        "Anesthesia",
+        "Facility",
+        "Other",
+        "Rhinoplasty",
+        "Lip augmentation",
+        "Facelift",
+        "Total $6,550 – $12,200",
+        "not a guarantee",
+    ] {
+        assert!(svg.contains(needle), "{needle:?} missing");
+    }
+    assert!(svg.contains("fill=\"#2e5a88\""));
+    let png = infographic_png(&infographic(&[
+        "rhinoplasty",
+        "lip-augmentation",
+        "facelift",
+    ]))
+    .unwrap();
+    let img = image::load_from_memory(&png).unwrap().into_rgb8();
+    assert_eq!(img.width(), 1000);
+    assert!(img.height() > 450 && img.height() < 900, "{}", img.height());
+    let colored = img.pixels().filter(|p| p.0 == [0x2e, 0x5a, 0x88]).count();
+    assert!(colored > 1000, "the surgeon segments are drawn: {colored}");
+    let mut custom = infographic(&["rhinoplasty"]);
+    custom.colors[0] = "#ff0000".into();
+    let img = image::load_from_memory(&infographic_png(&custom).unwrap())
+        .unwrap()
+        .into_rgb8();
+    assert!(
+        img.pixels().any(|p| p.0 == [255, 0, 0]),
+        "colours are configurable"
+    );
+    custom.colors[1] = "blue".into();
+    assert!(infographic_svg(&custom).is_err());
+}

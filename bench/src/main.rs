@@ -5,6 +5,7 @@
 //! latency, on the embedded SQLite backend; the in-memory backend is measured in the same run
 //! as the baseline (what the engine costs without any storage), so figures come as ratios.
 
+mod api;
 mod preview;
 mod reports;
 
@@ -44,9 +45,10 @@ async fn main() {
         "engine" => {}
         "preview" => return preview::run(arg("--iterations", 15)),
         "reports" => return reports::run(arg("--iterations", 15)),
+        "api" => return api::run(arg("--rate", 2000), arg("--seconds", 10)).await,
         _ => {
             eprintln!(
-                "usage: afterview-bench engine [--n N] [--latency-n N] [--concurrency C] | preview [--iterations N] | reports [--iterations N]"
+                "usage: afterview-bench engine [--n N] [--latency-n N] [--concurrency C] | preview [--iterations N] | reports [--iterations N] | api [--rate R] [--seconds S]"
             );
             std::process::exit(2);
         }

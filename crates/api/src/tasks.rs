@@ -55,6 +55,9 @@ pub(crate) fn status_view(m: &ResultMeta) -> Value {
         }
         _ => {}
     }
+    if let Some(at) = m.result.get("at").and_then(Value::as_i64) {
+        v["updated_at_ms"] = json!(at);
+    }
     v
 }
 

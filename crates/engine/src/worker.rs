@@ -870,9 +870,10 @@ impl ProgressSink for Sink {
         status: String,
     ) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send + '_>> {
         Box::pin(async move {
+            // `at` (ms since the epoch) lets followers measure how fresh an update is.
             let meta = self.base.meta(
                 TaskState::Processing,
-                json!({"progress": progress, "status": status}),
+                json!({"progress": progress, "status": status, "at": crate::time::now_ms()}),
             );
             if store(&self.shared, &meta, &self.lease).await == Some(StoreOutcome::Fenced) {
                 self.ctrl.kill(CancelReason::LeaseLost);

@@ -250,6 +250,14 @@ pub trait Broker: Send + Sync + 'static {
     /// Atomically acks `lease` and enqueues `next` (a retry). `false` when fenced.
     async fn retry(&self, lease: &LeaseRef, next: &TaskMessage) -> Result<bool, BackendError>;
 
+    /// Moves a claimed message whose ETA is still ahead back into the broker's schedule (a
+    /// producer may enqueue ETA tasks directly, as Celery does). `false` when fenced or when the
+    /// broker never delivers early (the default).
+    async fn defer(&self, lease: &LeaseRef, run_at_ms: i64) -> Result<bool, BackendError> {
+        let _ = (lease, run_at_ms);
+        Ok(false)
+    }
+
     /// Sets a message aside with its reason (acking `lease` if given).
     async fn dead_letter(
         &self,

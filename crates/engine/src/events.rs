@@ -18,11 +18,38 @@ use crate::result::{ResultMeta, TaskState};
 const PER_TASK_CAPACITY: usize = 64;
 const ALL_CAPACITY: usize = 4096;
 
-/// Fan-out of result changes to in-process subscribers.
+/// What subscribers want, told to a backend that must subscribe upstream (e.g. Redis pub/sub).
 #[derive(Debug)]
+pub enum Interest {
+    /// Someone follows this task; call `ready` once upstream changes of it will arrive.
+    Watch(String, tokio::sync::watch::Sender<bool>),
+    /// Nobody follows this task any more.
+    Unwatch(String),
+    /// Someone follows every task.
+    All,
+}
+
+type Listener = Box<dyn Fn(Interest) + Send + Sync>;
+
+struct Channel {
+    tx: broadcast::Sender<Arc<ResultMeta>>,
+    ready: tokio::sync::watch::Receiver<bool>,
+}
+
+/// Fan-out of result changes to in-process subscribers.
 pub struct EventHub {
-    per_task: Mutex<HashMap<String, broadcast::Sender<Arc<ResultMeta>>>>,
+    per_task: Mutex<HashMap<String, Channel>>,
     all: broadcast::Sender<Arc<ResultMeta>>,
+    listener: std::sync::OnceLock<Listener>,
+    all_announced: std::sync::atomic::AtomicBool,
+}
+
+impl std::fmt::Debug for EventHub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventHub")
+            .field("watched", &self.watched_tasks())
+            .finish()
+    }
 }
 
 impl Default for EventHub {
@@ -30,41 +57,93 @@ impl Default for EventHub {
         Self {
             per_task: Mutex::default(),
             all: broadcast::channel(ALL_CAPACITY).0,
+            listener: std::sync::OnceLock::new(),
+            all_announced: std::sync::atomic::AtomicBool::new(false),
         }
     }
 }
 
 impl EventHub {
+    /// Installs the backend's listener (once): it hears which tasks are followed.
+    pub fn set_listener(&self, l: impl Fn(Interest) + Send + Sync + 'static) {
+        let _ = self.listener.set(Box::new(l));
+    }
+
     /// Publishes a stored change.
     pub fn publish(&self, meta: ResultMeta) {
         let meta = Arc::new(meta);
-        {
+        let gone = {
             let mut map = self.per_task.lock().expect("event hub lock");
-            if let Some(tx) = map.get(&meta.task_id)
-                && tx.send(meta.clone()).is_err()
-            {
-                map.remove(&meta.task_id);
+            match map.get(&meta.task_id) {
+                Some(ch) if ch.tx.send(meta.clone()).is_err() => {
+                    map.remove(&meta.task_id);
+                    true
+                }
+                _ => false,
             }
+        };
+        if gone && let Some(l) = self.listener.get() {
+            l(Interest::Unwatch(meta.task_id.clone()));
         }
         let _ = self.all.send(meta);
     }
 
     /// Every change of every task (a lagging receiver loses the oldest).
     pub fn subscribe_all(&self) -> broadcast::Receiver<Arc<ResultMeta>> {
+        if !self
+            .all_announced
+            .swap(true, std::sync::atomic::Ordering::SeqCst)
+            && let Some(l) = self.listener.get()
+        {
+            l(Interest::All);
+        }
         self.all.subscribe()
     }
 
-    fn subscribe(&self, task_id: &str) -> broadcast::Receiver<Arc<ResultMeta>> {
-        let mut map = self.per_task.lock().expect("event hub lock");
-        map.entry(task_id.to_owned())
-            .or_insert_with(|| broadcast::channel(PER_TASK_CAPACITY).0)
-            .subscribe()
+    fn subscribe(
+        &self,
+        task_id: &str,
+    ) -> (
+        broadcast::Receiver<Arc<ResultMeta>>,
+        tokio::sync::watch::Receiver<bool>,
+    ) {
+        let mut announce = None;
+        let out = {
+            let mut map = self.per_task.lock().expect("event hub lock");
+            let ch = map.entry(task_id.to_owned()).or_insert_with(|| {
+                let ready = self.listener.get().is_none();
+                let (tx, rx) = tokio::sync::watch::channel(ready);
+                if !ready {
+                    announce = Some(tx);
+                }
+                Channel {
+                    tx: broadcast::channel(PER_TASK_CAPACITY).0,
+                    ready: rx,
+                }
+            });
+            (ch.tx.subscribe(), ch.ready.clone())
+        };
+        if let (Some(tx), Some(l)) = (announce, self.listener.get()) {
+            l(Interest::Watch(task_id.to_owned(), tx));
+        }
+        out
     }
 
     fn release(&self, task_id: &str) {
-        let mut map = self.per_task.lock().expect("event hub lock");
-        if map.get(task_id).is_some_and(|tx| tx.receiver_count() == 0) {
-            map.remove(task_id);
+        let removed = {
+            let mut map = self.per_task.lock().expect("event hub lock");
+            if map
+                .get(task_id)
+                .is_some_and(|ch| ch.tx.receiver_count() == 0)
+            {
+                map.remove(task_id);
+                true
+            } else {
+                false
+            }
+        };
+        if removed && let Some(l) = self.listener.get() {
+            l(Interest::Unwatch(task_id.to_owned()));
         }
     }
 
@@ -80,6 +159,7 @@ pub struct TaskWatch {
     backend: Arc<dyn ResultBackend>,
     task_id: String,
     rx: Option<broadcast::Receiver<Arc<ResultMeta>>>,
+    ready: tokio::sync::watch::Receiver<bool>,
     last: Option<ResultMeta>,
     started: bool,
     done: bool,
@@ -98,11 +178,12 @@ impl TaskWatch {
     /// Starts following `task_id`. Subscribes before reading the current state, so no change
     /// between the two is lost.
     pub fn new(backend: Arc<dyn ResultBackend>, task_id: &str) -> Self {
-        let rx = backend.events().subscribe(task_id);
+        let (rx, ready) = backend.events().subscribe(task_id);
         Self {
             backend,
             task_id: task_id.to_owned(),
             rx: Some(rx),
+            ready,
             last: None,
             started: false,
             done: false,
@@ -117,6 +198,9 @@ impl TaskWatch {
         }
         if !self.started {
             self.started = true;
+            // Upstream subscriptions (Redis) must be in place before the first read, or a
+            // change between the read and the subscription would be lost.
+            let _ = tokio::time::timeout(Duration::from_secs(5), self.ready.wait_for(|r| *r)).await;
             let current = self
                 .backend
                 .get(&self.task_id)
@@ -149,7 +233,12 @@ impl TaskWatch {
                 }
                 Err(broadcast::error::RecvError::Closed) => {
                     // The hub dropped the channel (no receivers at some point): resubscribe.
-                    self.rx = Some(self.backend.events().subscribe(&self.task_id));
+                    let (rx, ready) = self.backend.events().subscribe(&self.task_id);
+                    self.rx = Some(rx);
+                    self.ready = ready;
+                    let _ =
+                        tokio::time::timeout(Duration::from_secs(5), self.ready.wait_for(|r| *r))
+                            .await;
                     if let Some(current) = self.backend.get(&self.task_id).await?
                         && self.last.as_ref() != Some(&current)
                     {

@@ -459,6 +459,31 @@ async fn process(s: &Arc<Shared>, d: Delivery, ctrl: &Arc<RunControl>) {
         .await;
         return;
     }
+    if let Some(eta) = msg.eta
+        && eta > Utc::now() + chrono::Duration::milliseconds(20)
+    {
+        // Enqueued early by its producer (Celery clients do): back into the broker's schedule.
+        match s.broker.defer(&lease, eta.timestamp_millis()).await {
+            Ok(true) => {
+                debug!(task_id = %msg.id, eta = %format_iso(eta), "Task deferred to its ETA.");
+                return;
+            }
+            Ok(false) => {
+                let wait = (eta - Utc::now()).to_std().unwrap_or_default();
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = ctrl.kill.notified() => {
+                        settle_killed(s, &base, &lease, ctrl.killed().unwrap_or(CancelReason::Shutdown)).await;
+                        return;
+                    }
+                }
+            }
+            Err(e) => {
+                warn!(task_id = %msg.id, error = %e, "Could not defer the task; it will come back after its lease.");
+                return;
+            }
+        }
+    }
     if d.redelivered || msg.redelivered {
         // A previous run may have stored its final state and died before acking.
         if let Ok(Some(prev)) = s.backend.get(&msg.id).await

@@ -1,0 +1,859 @@
+//! Celery's control plane on Redis: pidbox commands (answered for every worker node this process
+//! runs), broadcasts with replies (what `inspect` and [`Broker::workers`] use), and monitoring
+//! events (`worker-*` always, `task-*` when enabled), so `celery inspect`, `celery control` and
+//! Flower see Afterview workers as they see Celery's.
+//!
+//! [`Broker::workers`]: afterview_engine::Broker::workers
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use afterview_engine::BackendError;
+use afterview_engine::backend::{ActiveTask, WorkerReport};
+use afterview_engine::message::py_repr;
+use afterview_engine::result::{ResultMeta, TaskState};
+use chrono::{DateTime, TimeZone, Utc};
+use redis::AsyncCommands;
+use serde_json::{Value, json};
+use tokio::sync::oneshot;
+use tracing::{debug, info, warn};
+
+use crate::celery::{self, SEP};
+use crate::{Inner, pubsub, unavailable};
+
+/// How long revocations received over the pidbox are kept (Celery keeps them 3 h in memory).
+const PIDBOX_REVOKE_KEEP: Duration = Duration::from_secs(86_400);
+/// How long an undelivered reply list lives.
+const REPLY_TTL_MS: u64 = 60_000;
+
+struct Node {
+    report: WorkerReport,
+    last_event: Instant,
+}
+
+/// Control-plane state of this process.
+pub(crate) struct Control {
+    nodes: Mutex<HashMap<String, Node>>,
+    clock: AtomicU64,
+    task_events: AtomicBool,
+    started: Mutex<HashMap<String, Instant>>,
+    pidbox: tokio::sync::OnceCell<()>,
+}
+
+impl Control {
+    pub(crate) fn new(task_events: bool) -> Self {
+        Self {
+            nodes: Mutex::default(),
+            clock: AtomicU64::new(0),
+            task_events: AtomicBool::new(task_events),
+            started: Mutex::default(),
+            pidbox: tokio::sync::OnceCell::new(),
+        }
+    }
+
+    /// Lamport clock: the next value.
+    fn tick(&self) -> u64 {
+        self.clock.fetch_add(1, Ordering::SeqCst) + 1
+    }
+
+    /// Lamport clock: merge a received value.
+    fn adjust(&self, other: u64) {
+        let _ = self
+            .clock
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |c| {
+                Some(c.max(other) + 1)
+            });
+    }
+
+    fn events_on(&self) -> bool {
+        self.task_events.load(Ordering::Relaxed)
+    }
+}
+
+fn epoch_secs(t: DateTime<Utc>) -> f64 {
+    t.timestamp_micros() as f64 / 1e6
+}
+
+fn from_epoch_secs(v: &Value) -> DateTime<Utc> {
+    v.as_f64()
+        .and_then(|s| Utc.timestamp_micros((s * 1e6) as i64).single())
+        .unwrap_or_else(Utc::now)
+}
+
+fn loadavg() -> Value {
+    let text = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let v: Vec<f64> = text
+        .split_whitespace()
+        .take(3)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    if v.len() == 3 {
+        json!(v)
+    } else {
+        json!([0.0, 0.0, 0.0])
+    }
+}
+
+fn rusage() -> Value {
+    // From /proc: CPU times in clock ticks (100 Hz on Linux), peak RSS in KiB.
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|x| x.parse::<f64>().ok())
+            .unwrap_or(0.0)
+            / 100.0
+    };
+    let count = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|x| x.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let hwm = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        .unwrap_or(0);
+    json!({
+        "utime": ticks(11), "stime": ticks(12), "maxrss": hwm,
+        "ixrss": 0, "idrss": 0, "isrss": 0,
+        "minflt": count(7), "majflt": count(9), "nswap": 0,
+        "inblock": 0, "oublock": 0, "nvcsw": 0, "nivcsw": 0,
+    })
+}
+
+/// `*` and `?` globbing, for `pattern` + `matcher: glob`.
+fn glob(pattern: &str, text: &str) -> bool {
+    fn go(p: &[u8], t: &[u8]) -> bool {
+        match (p.first(), t.first()) {
+            (None, None) => true,
+            (Some(b'*'), _) => go(&p[1..], t) || (!t.is_empty() && go(p, &t[1..])),
+            (Some(b'?'), Some(_)) => go(&p[1..], &t[1..]),
+            (Some(a), Some(b)) if a == b => go(&p[1..], &t[1..]),
+            _ => false,
+        }
+    }
+    go(pattern.as_bytes(), text.as_bytes())
+}
+
+fn request_info(node: &WorkerReport, a: &ActiveTask) -> Value {
+    json!({
+        "id": a.id,
+        "name": a.name,
+        "args": a.args,
+        "kwargs": a.kwargs,
+        "type": a.name,
+        "hostname": node.node,
+        "time_start": epoch_secs(a.time_start),
+        "acknowledged": false,
+        "delivery_info": {"exchange": "", "routing_key": a.queue, "priority": 0, "redelivered": a.redelivered},
+        "worker_pid": node.pid,
+    })
+}
+
+fn queue_info(q: &str) -> Value {
+    json!({
+        "name": q,
+        "exchange": {"name": q, "type": "direct", "arguments": null, "durable": true, "passive": false,
+                      "auto_delete": false, "delivery_mode": null, "no_declare": false},
+        "routing_key": q,
+        "queue_arguments": null, "binding_arguments": null, "consumer_arguments": null,
+        "durable": true, "exclusive": false, "auto_delete": false, "no_ack": false,
+        "alias": null, "bindings": [], "no_declare": null, "expires": null, "message_ttl": null,
+        "max_length": null, "max_length_bytes": null, "max_priority": null,
+    })
+}
+
+fn ids_of(v: Option<&Value>) -> Vec<String> {
+    match v {
+        Some(Value::String(s)) => vec![s.clone()],
+        Some(Value::Array(a)) => a
+            .iter()
+            .filter_map(|x| x.as_str().map(str::to_owned))
+            .collect(),
+        _ => vec![],
+    }
+}
+
+/// Rebuilds a worker report from a Python (or any Celery) worker's inspect replies.
+fn foreign_report(
+    node: &str,
+    stats: &Value,
+    active: Option<&Value>,
+    registered: Option<&Value>,
+    queues: Option<&Value>,
+) -> WorkerReport {
+    let now = Utc::now();
+    let uptime = stats.get("uptime").and_then(Value::as_i64).unwrap_or(0);
+    let active = active
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .map(|t| {
+                    let text = |k: &str| match t.get(k) {
+                        Some(Value::String(s)) => s.clone(),
+                        Some(v) => py_repr(v),
+                        None => String::new(),
+                    };
+                    ActiveTask {
+                        id: text("id"),
+                        name: text("name"),
+                        args: text("args"),
+                        kwargs: text("kwargs"),
+                        queue: t
+                            .pointer("/delivery_info/routing_key")
+                            .and_then(Value::as_str)
+                            .unwrap_or_default()
+                            .to_owned(),
+                        time_start: from_epoch_secs(t.get("time_start").unwrap_or(&Value::Null)),
+                        retries: 0,
+                        delivery_tag: String::new(),
+                        redelivered: t
+                            .pointer("/delivery_info/redelivered")
+                            .and_then(Value::as_bool)
+                            .unwrap_or(false),
+                    }
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let total: BTreeMap<String, u64> = stats
+        .get("total")
+        .and_then(Value::as_object)
+        .map(|o| {
+            o.iter()
+                .map(|(k, v)| (k.clone(), v.as_u64().unwrap_or(0)))
+                .collect()
+        })
+        .unwrap_or_default();
+    WorkerReport {
+        node: node.to_owned(),
+        hostname: node.split_once('@').map_or(node, |(_, h)| h).to_owned(),
+        pid: stats.get("pid").and_then(Value::as_u64).unwrap_or(0) as u32,
+        queues: queues
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(|q| q.get("name").and_then(Value::as_str).map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default(),
+        concurrency: stats
+            .pointer("/pool/max-concurrency")
+            .and_then(Value::as_u64)
+            .unwrap_or(0) as usize,
+        prefetch_count: stats
+            .get("prefetch_count")
+            .and_then(Value::as_u64)
+            .unwrap_or(0) as usize,
+        registered: registered
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(|n| {
+                        n.as_str()
+                            .map(|s| s.split(' ').next().unwrap_or(s).to_owned())
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
+        active,
+        total,
+        started_at: now - chrono::Duration::seconds(uptime),
+        heartbeat_at: now,
+        sw_ident: "py-celery".into(),
+        sw_ver: String::new(),
+        freq: 2.0,
+    }
+}
+
+impl Inner {
+    /// Publishes one monitoring event on `/{db}.celeryev/<type with dots>`.
+    pub(crate) async fn publish_event(&self, kind: &str, hostname: &str, fields: Value) {
+        let body = celery::event(kind, hostname, self.control.tick(), fields);
+        let rk = kind.replace('-', ".");
+        let env = celery::envelope(&body, json!({"hostname": hostname}), "celeryev", &rk, 1);
+        let mut c = self.conn();
+        let r: Result<i64, _> = c
+            .publish(format!("/{}.celeryev/{rk}", self.broker_db), env)
+            .await;
+        if let Err(e) = r {
+            debug!(error = %e, event = kind, "Could not publish an event.");
+        }
+    }
+
+    fn worker_fields(&self, r: &WorkerReport) -> Value {
+        json!({
+            "freq": r.freq,
+            "active": r.active.len(),
+            "processed": r.total.values().sum::<u64>(),
+            "loadavg": loadavg(),
+            "sw_ident": r.sw_ident,
+            "sw_ver": r.sw_ver,
+            "sw_sys": std::env::consts::OS,
+        })
+    }
+
+    /// Records a worker's report, answers the pidbox for it and sends its worker events.
+    pub(crate) async fn heartbeat(&self, report: &WorkerReport) -> Result<(), BackendError> {
+        self.control
+            .pidbox
+            .get_or_try_init(|| async {
+                let (tx, rx) = oneshot::channel();
+                self.subs
+                    .send(pubsub::Cmd::Pidbox(tx))
+                    .map_err(|_| BackendError::Unavailable("pub/sub task stopped".into()))?;
+                match tokio::time::timeout(Duration::from_secs(5), rx).await {
+                    Ok(Ok(())) => Ok(()),
+                    _ => Err(BackendError::Unavailable(
+                        "could not subscribe to the control channel".into(),
+                    )),
+                }
+            })
+            .await?;
+        let first_or_due = {
+            let mut nodes = self.control.nodes.lock().expect("nodes lock");
+            match nodes.get_mut(&report.node) {
+                None => {
+                    nodes.insert(
+                        report.node.clone(),
+                        Node {
+                            report: report.clone(),
+                            last_event: Instant::now(),
+                        },
+                    );
+                    Some("worker-online")
+                }
+                Some(n) => {
+                    n.report = report.clone();
+                    let due = n.last_event.elapsed().as_secs_f64() >= report.freq * 0.9;
+                    if due {
+                        n.last_event = Instant::now();
+                    }
+                    due.then_some("worker-heartbeat")
+                }
+            }
+        };
+        if let Some(kind) = first_or_due {
+            self.publish_event(kind, &report.node, self.worker_fields(report))
+                .await;
+        }
+        Ok(())
+    }
+
+    /// A worker of this process stopped: it leaves the pidbox and says `worker-offline`.
+    pub(crate) async fn worker_gone(&self, node: &str) -> Result<(), BackendError> {
+        let gone = self.control.nodes.lock().expect("nodes lock").remove(node);
+        if let Some(n) = gone {
+            let mut r = n.report;
+            r.active.clear();
+            self.publish_event("worker-offline", node, self.worker_fields(&r))
+                .await;
+        }
+        Ok(())
+    }
+
+    /// The `task-received` event, when task events are on.
+    pub(crate) async fn received(&self, worker: &str, raw: &[u8]) {
+        if !self.control.events_on() {
+            return;
+        }
+        let Some((h, _)) = celery::open(raw) else {
+            return;
+        };
+        let g = |k: &str| h.get(k).cloned().unwrap_or(Value::Null);
+        self.publish_event(
+            "task-received",
+            worker,
+            json!({
+                "uuid": g("id"), "name": g("task"), "args": g("argsrepr"), "kwargs": g("kwargsrepr"),
+                "root_id": g("root_id"), "parent_id": g("parent_id"), "retries": g("retries"),
+                "eta": g("eta"), "expires": g("expires"),
+            }),
+        )
+        .await;
+    }
+
+    /// The task event matching a stored state, when task events are on.
+    pub(crate) async fn task_event(&self, meta: &ResultMeta) {
+        if !self.control.events_on() {
+            if meta.status.is_terminal() {
+                self.control
+                    .started
+                    .lock()
+                    .expect("started lock")
+                    .remove(&meta.task_id);
+            }
+            return;
+        }
+        let host = meta
+            .worker
+            .clone()
+            .unwrap_or_else(afterview_engine::message::origin);
+        let uuid = &meta.task_id;
+        let (kind, fields) = match meta.status {
+            TaskState::Started => {
+                self.control
+                    .started
+                    .lock()
+                    .expect("started lock")
+                    .insert(uuid.clone(), Instant::now());
+                ("task-started", json!({"uuid": uuid}))
+            }
+            TaskState::Success => {
+                let runtime = self
+                    .control
+                    .started
+                    .lock()
+                    .expect("started lock")
+                    .remove(uuid)
+                    .map_or(0.0, |t| t.elapsed().as_secs_f64());
+                (
+                    "task-succeeded",
+                    json!({"uuid": uuid, "result": py_repr(&meta.result), "runtime": runtime}),
+                )
+            }
+            TaskState::Failure | TaskState::Retry => {
+                if meta.status == TaskState::Failure {
+                    self.control
+                        .started
+                        .lock()
+                        .expect("started lock")
+                        .remove(uuid);
+                }
+                (
+                    if meta.status == TaskState::Failure {
+                        "task-failed"
+                    } else {
+                        "task-retried"
+                    },
+                    json!({"uuid": uuid, "exception": celery::exception_repr(&meta.result),
+                           "traceback": meta.traceback}),
+                )
+            }
+            TaskState::Revoked => {
+                self.control
+                    .started
+                    .lock()
+                    .expect("started lock")
+                    .remove(uuid);
+                let reason = meta
+                    .result
+                    .pointer("/exc_message/0")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
+                let terminated = reason == "terminated";
+                (
+                    "task-revoked",
+                    json!({"uuid": uuid, "terminated": terminated,
+                           "signum": if terminated { json!(15) } else { Value::Null },
+                           "expired": reason == "expired"}),
+                )
+            }
+            _ => return,
+        };
+        self.publish_event(kind, &host, fields).await;
+    }
+
+    /// Tells every worker (Python's included) that `task_id` is revoked: a cast, as
+    /// `app.control.revoke` sends it.
+    pub(crate) async fn cast_revoke(&self, task_id: &str, terminate: bool) {
+        let body = json!({
+            "method": "revoke",
+            "arguments": {"task_id": task_id, "terminate": terminate,
+                          "signal": if terminate { json!("SIGTERM") } else { Value::Null }},
+            "destination": null, "pattern": null, "matcher": null,
+        });
+        let env = celery::envelope(
+            &body,
+            json!({"clock": self.control.tick(), "expires": 0}),
+            "celery.pidbox",
+            "",
+            2,
+        );
+        let mut c = self.conn();
+        let r: Result<i64, _> = c
+            .publish(format!("/{}.celery.pidbox", self.broker_db), env)
+            .await;
+        if let Err(e) = r {
+            warn!(error = %e, task_id, "Could not broadcast the revocation; workers see it at claim.");
+        }
+    }
+
+    /// Handles one pidbox message (a control command) for the nodes of this process.
+    pub(crate) async fn handle_pidbox(&self, raw: &[u8]) {
+        let Some((headers, body)) = celery::open(raw) else {
+            debug!("Ignoring an unreadable control message.");
+            return;
+        };
+        if let Some(c) = headers.get("clock").and_then(Value::as_u64) {
+            self.control.adjust(c);
+        }
+        if let Some(exp) = headers.get("expires").and_then(Value::as_f64)
+            && exp > 0.0
+            && exp < epoch_secs(Utc::now())
+        {
+            return;
+        }
+        let Some(method) = body.get("method").and_then(Value::as_str) else {
+            return;
+        };
+        let args = body.get("arguments").cloned().unwrap_or_else(|| json!({}));
+        let destination = body.get("destination").and_then(Value::as_array).map(|a| {
+            a.iter()
+                .filter_map(|d| d.as_str().map(str::to_owned))
+                .collect::<Vec<_>>()
+        });
+        let pattern = body.get("pattern").and_then(Value::as_str);
+        let nodes: Vec<WorkerReport> = self
+            .control
+            .nodes
+            .lock()
+            .expect("nodes lock")
+            .values()
+            .map(|n| n.report.clone())
+            .filter(|r| destination.as_ref().is_none_or(|d| d.contains(&r.node)))
+            .filter(|r| pattern.is_none_or(|p| glob(p, &r.node)))
+            .collect();
+        let ticket = body.get("ticket").and_then(Value::as_str);
+        let reply_rk = body
+            .pointer("/reply_to/routing_key")
+            .and_then(Value::as_str);
+        for node in nodes {
+            let reply = self.command(&node, method, &args).await;
+            if let (Some(reply), Some(ticket), Some(rk)) = (reply, ticket, reply_rk) {
+                self.send_reply(&node.node, reply, ticket, rk).await;
+            }
+        }
+    }
+
+    async fn send_reply(&self, node: &str, reply: Value, ticket: &str, rk: &str) {
+        let env = celery::envelope(
+            &json!({ node: reply }),
+            json!({"ticket": ticket, "clock": self.control.tick()}),
+            "reply.celery.pidbox",
+            rk,
+            1,
+        );
+        let mut c = self.conn();
+        let r: Result<i64, _> = self
+            .scripts
+            .reply
+            .arg(rk)
+            .arg(env)
+            .arg(REPLY_TTL_MS)
+            .invoke_async(&mut c)
+            .await;
+        if let Err(e) = r {
+            debug!(error = %e, "Could not deliver a control reply.");
+        }
+    }
+
+    async fn recent_revoked(&self) -> Vec<String> {
+        let mut c = self.conn();
+        let rows: Result<redis::streams::StreamRangeReply, _> = c
+            .xrevrange_count("afterview:revocations", "+", "-", 1000)
+            .await;
+        rows.map(|r| r.ids.iter().filter_map(|e| e.get::<String>("id")).collect())
+            .unwrap_or_default()
+    }
+
+    fn stats(&self, r: &WorkerReport) -> Value {
+        let addr = self.client.get_connection_info().addr().clone();
+        let (host, port) = match &addr {
+            redis::ConnectionAddr::Tcp(h, p) => (h.clone(), *p),
+            redis::ConnectionAddr::TcpTls { host, port, .. } => (host.clone(), *port),
+            other => (format!("{other:?}"), 0),
+        };
+        json!({
+            "total": r.total,
+            "pid": r.pid,
+            "clock": self.control.clock.load(Ordering::SeqCst).to_string(),
+            "uptime": (Utc::now() - r.started_at).num_seconds().max(0),
+            "pool": {
+                "implementation": "afterview:tokio",
+                "max-concurrency": r.concurrency,
+                "processes": [r.pid],
+                "max-tasks-per-child": "N/A",
+                "put-guarded-by-semaphore": false,
+                "timeouts": [0, 0],
+            },
+            "broker": {
+                "hostname": host, "port": port, "transport": "redis",
+                "virtual_host": self.broker_db.to_string(), "userid": null, "insist": false,
+                "ssl": matches!(addr, redis::ConnectionAddr::TcpTls { .. }),
+                "login_method": null, "uri_prefix": null, "heartbeat": 120.0,
+                "connect_timeout": 4, "failover_strategy": "round-robin",
+                "alternates": [], "transport_options": {},
+            },
+            "prefetch_count": r.prefetch_count,
+            "rusage": rusage(),
+            "afterview": r,
+        })
+    }
+
+    async fn command(&self, node: &WorkerReport, method: &str, args: &Value) -> Option<Value> {
+        let clock = || self.control.clock.load(Ordering::SeqCst);
+        Some(match method {
+            "ping" => json!({"ok": "pong"}),
+            "stats" => self.stats(node),
+            "active" => json!(
+                node.active
+                    .iter()
+                    .map(|a| request_info(node, a))
+                    .collect::<Vec<_>>()
+            ),
+            // Prefetched and ETA messages stay in Redis (leases, schedule), not in the worker.
+            "reserved" | "scheduled" => json!([]),
+            "revoked" => json!(self.recent_revoked().await),
+            "registered" => json!(node.registered),
+            "active_queues" => json!(
+                node.queues
+                    .iter()
+                    .map(|q| queue_info(q))
+                    .collect::<Vec<_>>()
+            ),
+            "conf" => json!({
+                "broker_url": self.description.trim_start_matches("redis "),
+                "worker_concurrency": node.concurrency,
+                "worker_prefetch_multiplier": node.prefetch_count.checked_div(node.concurrency).unwrap_or(1),
+                "task_acks_late": true,
+                "task_default_queue": "celery",
+                "result_expires": self.opts.result_expires.as_secs(),
+                "worker_send_task_events": self.control.events_on(),
+                "broker_transport_options": {"visibility_timeout": self.opts.visibility_timeout.as_secs()},
+            }),
+            "report" => json!({"ok": format!(
+                "software -> afterview:{} ({})\nbroker -> {}\nqueues -> {}\nconcurrency -> {}",
+                node.sw_ver, std::env::consts::OS, self.description, node.queues.join(", "), node.concurrency
+            )}),
+            "clock" => json!({"clock": clock()}),
+            "query_task" => {
+                let ids = ids_of(args.get("ids"));
+                let found: serde_json::Map<String, Value> = node
+                    .active
+                    .iter()
+                    .filter(|a| ids.contains(&a.id))
+                    .map(|a| (a.id.clone(), json!(["active", request_info(node, a)])))
+                    .collect();
+                Value::Object(found)
+            }
+            "hello" => {
+                if args.get("from_node").and_then(Value::as_str) == Some(node.node.as_str()) {
+                    return None;
+                }
+                json!({"revoked": self.recent_revoked().await, "clock": clock()})
+            }
+            "heartbeat" => {
+                self.publish_event("worker-heartbeat", &node.node, self.worker_fields(node))
+                    .await;
+                return None;
+            }
+            "enable_events" => {
+                if !self.control.task_events.swap(true, Ordering::SeqCst) {
+                    info!("Task events enabled by a control command.");
+                }
+                json!({"ok": "task events enabled"})
+            }
+            "disable_events" => {
+                self.control.task_events.store(false, Ordering::SeqCst);
+                json!({"ok": "task events disabled"})
+            }
+            "revoke" => {
+                let ids = ids_of(args.get("task_id"));
+                let terminate = args
+                    .get("terminate")
+                    .and_then(Value::as_bool)
+                    .unwrap_or(false);
+                let mut running = vec![];
+                for id in &ids {
+                    match self.revoke(id, terminate, PIDBOX_REVOKE_KEEP).await {
+                        Ok((_, r, _)) => {
+                            if node.active.iter().any(|a| &a.id == id) || r {
+                                running.push(id.clone());
+                            }
+                        }
+                        Err(e) => {
+                            warn!(error = %e, task_id = %id, "Could not record a revocation.")
+                        }
+                    }
+                }
+                if terminate {
+                    if running.is_empty() {
+                        json!({"ok": "terminate: tasks unknown"})
+                    } else {
+                        json!({"ok": format!("terminate: {}", running.join(", "))})
+                    }
+                } else {
+                    json!({"ok": format!("tasks {} flagged as revoked", ids.join(", "))})
+                }
+            }
+            "shutdown" => {
+                warn!(
+                    "A control command asked for shutdown; stop Afterview workers with SIGTERM instead."
+                );
+                return None;
+            }
+            other => json!({"error": format!("KeyError('{other}')")}),
+        })
+    }
+
+    /// Sends a command to all workers and collects `(node, reply)` for `timeout`.
+    pub(crate) async fn broadcast(
+        &self,
+        method: &str,
+        arguments: Value,
+        destination: Option<Vec<String>>,
+        timeout: Duration,
+        want_reply: bool,
+    ) -> Result<Vec<(String, Value)>, BackendError> {
+        let oid = uuid::Uuid::new_v4().to_string();
+        let ticket = uuid::Uuid::new_v4().to_string();
+        let reply_q = format!("{oid}.reply.celery.pidbox");
+        let member = format!("{oid}{SEP}{SEP}{reply_q}");
+        let limit = destination.as_ref().map(Vec::len);
+        let mut c = self.conn();
+        let mut body = json!({
+            "method": method, "arguments": arguments, "destination": destination,
+            "pattern": null, "matcher": null,
+        });
+        if want_reply {
+            c.sadd::<_, _, i64>("_kombu.binding.reply.celery.pidbox", &member)
+                .await
+                .map_err(unavailable)?;
+            body["ticket"] = json!(ticket);
+            body["reply_to"] = json!({"exchange": "reply.celery.pidbox", "routing_key": oid});
+        }
+        let expires = epoch_secs(Utc::now()) + timeout.as_secs_f64();
+        let env = celery::envelope(
+            &body,
+            json!({"clock": self.control.tick(), "expires": if want_reply { expires } else { 0.0 }}),
+            "celery.pidbox",
+            "",
+            2,
+        );
+        c.publish::<_, _, i64>(format!("/{}.celery.pidbox", self.broker_db), env)
+            .await
+            .map_err(unavailable)?;
+        if !want_reply {
+            return Ok(vec![]);
+        }
+        let keys: Vec<String> = ["", "3", "6", "9"]
+            .iter()
+            .map(|p| {
+                if p.is_empty() {
+                    reply_q.clone()
+                } else {
+                    format!("{reply_q}{SEP}{p}")
+                }
+            })
+            .collect();
+        let collected = self.collect(&keys, &ticket, timeout, limit).await;
+        let _: Result<i64, _> = c.srem("_kombu.binding.reply.celery.pidbox", &member).await;
+        let _: Result<i64, _> = c.del(&keys).await;
+        collected
+    }
+
+    async fn collect(
+        &self,
+        keys: &[String],
+        ticket: &str,
+        timeout: Duration,
+        limit: Option<usize>,
+    ) -> Result<Vec<(String, Value)>, BackendError> {
+        // Blocking reads get their own connection (never the shared, multiplexed one).
+        let cfg = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(3)))
+            .set_response_timeout(None);
+        let mut bc = self
+            .client
+            .get_multiplexed_async_connection_with_config(&cfg)
+            .await
+            .map_err(unavailable)?;
+        let deadline = Instant::now() + timeout;
+        let mut out = vec![];
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() || limit.is_some_and(|l| out.len() >= l) {
+                break;
+            }
+            let secs = left.as_secs_f64().max(0.01);
+            let got: Option<(String, Vec<u8>)> = bc.brpop(keys, secs).await.map_err(unavailable)?;
+            let Some((_, raw)) = got else {
+                break;
+            };
+            let Some((headers, body)) = celery::open(&raw) else {
+                continue;
+            };
+            if headers.get("ticket").and_then(Value::as_str) != Some(ticket) {
+                continue;
+            }
+            if let Value::Object(m) = body {
+                out.extend(m);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every live worker (Python or ours), from `stats`, `active`, `registered` and
+    /// `active_queues` replies collected for `timeout`.
+    pub(crate) async fn workers(
+        &self,
+        timeout: Duration,
+    ) -> Result<Vec<WorkerReport>, BackendError> {
+        let (stats, active, registered, queues) = tokio::join!(
+            self.broadcast("stats", json!({}), None, timeout, true),
+            self.broadcast("active", json!({"safe": true}), None, timeout, true),
+            self.broadcast("registered", json!({}), None, timeout, true),
+            self.broadcast("active_queues", json!({}), None, timeout, true),
+        );
+        let stats = stats?;
+        let index = |v: Result<Vec<(String, Value)>, BackendError>| -> HashMap<String, Value> {
+            v.unwrap_or_default().into_iter().collect()
+        };
+        let (active, registered, queues) = (index(active), index(registered), index(queues));
+        let mut out: Vec<WorkerReport> = stats
+            .into_iter()
+            .map(|(node, s)| {
+                match s
+                    .get("afterview")
+                    .and_then(|r| serde_json::from_value::<WorkerReport>(r.clone()).ok())
+                {
+                    Some(r) => r,
+                    None => foreign_report(
+                        &node,
+                        &s,
+                        active.get(&node),
+                        registered.get(&node),
+                        queues.get(&node),
+                    ),
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| a.node.cmp(&b.node));
+        out.dedup_by(|a, b| a.node == b.node);
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::glob;
+
+    #[test]
+    fn glob_matches_like_fnmatch() {
+        assert!(glob("w*@host", "w1@host"));
+        assert!(glob("w?@*", "w1@vm"));
+        assert!(!glob("w?@*", "w12@vm"));
+        assert!(glob("*", ""));
+        assert!(!glob("a", "b"));
+    }
+}

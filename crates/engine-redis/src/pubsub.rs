@@ -1,0 +1,261 @@
+//! The one pub/sub connection of a process: result channels of followed tasks (feeding the
+//! [`EventHub`](afterview_engine::events::EventHub)), wake-ups for idle workers (our own channel
+//! and keyevent notifications of list pushes by Python producers), revocation wake-ups, and the
+//! pidbox of the worker nodes this process runs.
+//!
+//! After a reconnect it subscribes to everything again and re-reads the followed results, so a
+//! change published while it was disconnected is not lost (Celery's result consumer does the
+//! same with MGET).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use afterview_engine::events::Interest;
+use afterview_engine::result::ResultMeta;
+use futures_util::StreamExt;
+use redis::AsyncCommands;
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{debug, info, warn};
+
+use crate::{Inner, RESULT_PREFIX};
+
+/// Requests to the pub/sub task.
+pub(crate) enum Cmd {
+    /// What the event hub's subscribers follow.
+    Interest(Interest),
+    /// Subscribe to this process's pidbox channel; answer once subscribed.
+    Pidbox(oneshot::Sender<()>),
+}
+
+#[derive(Default)]
+struct State {
+    /// Followed tasks; `true` when subscribed individually (not through the pattern).
+    watched: HashMap<String, (watch::Sender<bool>, bool)>,
+    all: bool,
+    pidbox: bool,
+    pidbox_waiters: Vec<oneshot::Sender<()>>,
+}
+
+const WAKE: &str = "afterview:wake";
+const REVOKE: &str = "afterview:revoke";
+const ALL_RESULTS: &str = "celery-task-meta-*";
+
+fn channel(task_id: &str) -> String {
+    format!("{RESULT_PREFIX}{task_id}")
+}
+
+/// Runs until the backend is dropped.
+pub(crate) async fn run(
+    inner: Weak<Inner>,
+    client: redis::Client,
+    mut rx: mpsc::UnboundedReceiver<Cmd>,
+) {
+    let mut st = State::default();
+    let mut backoff = Duration::from_millis(100);
+    let mut reconnect = false;
+    let db = match inner.upgrade() {
+        Some(i) => i.broker_db,
+        None => return,
+    };
+    let pidbox_channel = format!("/{db}.celery.pidbox");
+    let keyevents = [
+        format!("__keyevent@{db}__:lpush"),
+        format!("__keyevent@{db}__:rpush"),
+    ];
+    loop {
+        let ps = match client.get_async_pubsub().await {
+            Ok(p) => p,
+            Err(e) => {
+                warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "Redis pub/sub connection failed.");
+                let sleep = tokio::time::sleep(backoff);
+                tokio::pin!(sleep);
+                loop {
+                    tokio::select! {
+                        _ = &mut sleep => break,
+                        cmd = rx.recv() => match cmd {
+                            None => return,
+                            Some(c) => offline(&mut st, c),
+                        },
+                    }
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+                reconnect = true;
+                continue;
+            }
+        };
+        let (mut sink, mut stream) = ps.split();
+        let setup = async {
+            let mut fixed: Vec<String> = vec![WAKE.into(), REVOKE.into()];
+            fixed.extend(keyevents.iter().cloned());
+            if st.pidbox {
+                fixed.push(pidbox_channel.clone());
+            }
+            sink.subscribe(&fixed).await?;
+            if st.all {
+                sink.psubscribe(ALL_RESULTS).await?;
+            }
+            let individual: Vec<String> = st
+                .watched
+                .iter_mut()
+                .map(|(id, (_, sub))| {
+                    *sub = !st.all;
+                    id.clone()
+                })
+                .collect();
+            if !st.all {
+                for chunk in individual.chunks(500) {
+                    let chans: Vec<String> = chunk.iter().map(|id| channel(id)).collect();
+                    sink.subscribe(&chans).await?;
+                }
+            }
+            Ok::<_, redis::RedisError>(())
+        };
+        if let Err(e) = setup.await {
+            warn!(error = %e, "Redis pub/sub subscription failed; reconnecting.");
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+            reconnect = true;
+            continue;
+        }
+        backoff = Duration::from_millis(100);
+        for (tx, _) in st.watched.values() {
+            let _ = tx.send(true);
+        }
+        for w in st.pidbox_waiters.drain(..) {
+            let _ = w.send(());
+        }
+        let Some(i) = inner.upgrade() else { return };
+        if reconnect {
+            info!("Redis pub/sub reconnected.");
+            i.enable_keyevents().await;
+            // Lists may have been filled and results written while we were away.
+            i.wake.wake();
+            i.revoke_wake.notify_waiters();
+            let ids: Vec<String> = st.watched.keys().cloned().collect();
+            refetch(&i, &ids).await;
+        }
+        drop(i);
+        loop {
+            tokio::select! {
+                msg = stream.next() => {
+                    let Some(msg) = msg else { break };
+                    let Some(i) = inner.upgrade() else { return };
+                    dispatch(&i, &msg, &pidbox_channel, &keyevents);
+                }
+                cmd = rx.recv() => {
+                    let Some(cmd) = cmd else { return };
+                    if let Err(e) = apply(&mut st, &mut sink, cmd, &pidbox_channel).await {
+                        warn!(error = %e, "Redis pub/sub command failed; reconnecting.");
+                        break;
+                    }
+                }
+            }
+        }
+        reconnect = true;
+        warn!("Redis pub/sub connection lost; reconnecting.");
+        // Followers must not trust their subscriptions until they are back.
+        for (tx, _) in st.watched.values() {
+            let _ = tx.send(false);
+        }
+    }
+}
+
+/// Records a request while disconnected (it takes effect at the next connection).
+fn offline(st: &mut State, cmd: Cmd) {
+    match cmd {
+        Cmd::Interest(Interest::Watch(id, tx)) => {
+            st.watched.insert(id, (tx, false));
+        }
+        Cmd::Interest(Interest::Unwatch(id)) => {
+            st.watched.remove(&id);
+        }
+        Cmd::Interest(Interest::All) => st.all = true,
+        Cmd::Pidbox(w) => {
+            st.pidbox = true;
+            st.pidbox_waiters.push(w);
+        }
+    }
+}
+
+async fn apply(
+    st: &mut State,
+    sink: &mut redis::aio::PubSubSink,
+    cmd: Cmd,
+    pidbox_channel: &str,
+) -> redis::RedisResult<()> {
+    match cmd {
+        Cmd::Interest(Interest::Watch(id, tx)) => {
+            let sub = !st.all;
+            if sub {
+                sink.subscribe(channel(&id)).await?;
+            }
+            let _ = tx.send(true);
+            st.watched.insert(id, (tx, sub));
+        }
+        Cmd::Interest(Interest::Unwatch(id)) => {
+            if let Some((_, true)) = st.watched.remove(&id) {
+                sink.unsubscribe(channel(&id)).await?;
+            }
+        }
+        Cmd::Interest(Interest::All) => {
+            if !st.all {
+                sink.psubscribe(ALL_RESULTS).await?;
+                st.all = true;
+            }
+        }
+        Cmd::Pidbox(w) => {
+            if !st.pidbox {
+                sink.subscribe(pidbox_channel).await?;
+                st.pidbox = true;
+            }
+            let _ = w.send(());
+        }
+    }
+    Ok(())
+}
+
+fn dispatch(i: &Arc<Inner>, msg: &redis::Msg, pidbox_channel: &str, keyevents: &[String; 2]) {
+    let ch = msg.get_channel_name();
+    if let Some(id) = ch.strip_prefix(RESULT_PREFIX) {
+        match std::str::from_utf8(msg.get_payload_bytes())
+            .ok()
+            .and_then(|s| ResultMeta::from_json(s).ok())
+        {
+            Some(meta) if meta.task_id == id => i.hub.publish(meta),
+            _ => debug!(task_id = id, "Ignoring an unreadable result notification."),
+        }
+    } else if ch == WAKE {
+        i.wake.wake();
+    } else if ch == REVOKE {
+        i.revoke_wake.notify_waiters();
+    } else if keyevents.iter().any(|k| k == ch) {
+        let key = String::from_utf8_lossy(msg.get_payload_bytes());
+        if !key.starts_with("afterview:") && !key.contains(".reply.celery.pidbox") {
+            i.wake.wake();
+        }
+    } else if ch == pidbox_channel {
+        let raw = msg.get_payload_bytes().to_vec();
+        let i = i.clone();
+        tokio::spawn(async move { i.handle_pidbox(&raw).await });
+    }
+}
+
+/// Re-reads followed results after a reconnect and publishes what changed meanwhile.
+async fn refetch(i: &Inner, ids: &[String]) {
+    for chunk in ids.chunks(500) {
+        let keys: Vec<String> = chunk.iter().map(|id| channel(id)).collect();
+        let mut c = i.results.clone();
+        let vals: Result<Vec<Option<String>>, _> = c.mget(&keys).await;
+        match vals {
+            Ok(vals) => {
+                for v in vals.into_iter().flatten() {
+                    if let Ok(meta) = ResultMeta::from_json(&v) {
+                        i.hub.publish(meta);
+                    }
+                }
+            }
+            Err(e) => debug!(error = %e, "Could not re-read followed results."),
+        }
+    }
+}

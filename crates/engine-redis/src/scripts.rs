@@ -1,0 +1,377 @@
+//! Every state transition is one Lua script, so it is atomic in Redis: no window in which a
+//! message is in neither a queue nor the `unacked` bookkeeping (celery #7950, kombu #1405).
+//!
+//! Celery-compatible keys: queue lists `<q>` and `<q>\x06\x16{3,6,9}`, `unacked` (hash tag →
+//! `[envelope, exchange, routing_key]`), `unacked_index` (zset tag → fetch time in seconds).
+//! Ours (prefix `afterview:`): `lease:<tag>` (hash: epoch, held, owner, queue, task),
+//! `leases` (zset tag → lease deadline ms), `task-lease:<task_id>` → tag, `scheduled` (zset of
+//! `{"q","p","m"}` → run-at ms), `held` (hash tag → `{"q","m"}` for malformed messages, kept out
+//! of `unacked` so Python workers never choke on them), `revoked:<task_id>`, the `revocations`
+//! stream, `dead` (list).
+
+/// Shared Lua helpers, prepended to every script that needs them.
+const HELPERS: &str = r#"
+local SEP = '\6\22'
+local function bucket(q, p)
+  p = tonumber(p) or 0
+  if p >= 9 then return q .. SEP .. '9' elseif p >= 6 then return q .. SEP .. '6' elseif p >= 3 then return q .. SEP .. '3' end
+  return q
+end
+local function held(tag, epoch)
+  local lk = 'afterview:lease:' .. tag
+  local v = redis.call('HMGET', lk, 'epoch', 'held')
+  return v[1] and tonumber(v[1]) == tonumber(epoch) and v[2] == '1'
+end
+local function drop_bookkeeping(tag)
+  local task = redis.call('HGET', 'afterview:lease:' .. tag, 'task')
+  if task and task ~= '' and redis.call('GET', 'afterview:task-lease:' .. task) == tag then
+    redis.call('DEL', 'afterview:task-lease:' .. task)
+  end
+  redis.call('ZREM', 'unacked_index', tag)
+  redis.call('HDEL', 'unacked', tag)
+  redis.call('HDEL', 'afterview:held', tag)
+  redis.call('ZREM', 'afterview:leases', tag)
+end
+-- Puts a held or unacked message back at the consuming end of its queue (as kombu's restore).
+local function restore(tag)
+  local u = redis.call('HGET', 'unacked', tag)
+  if u then
+    local ok, arr = pcall(cjson.decode, u)
+    if ok and type(arr) == 'table' and type(arr[1]) == 'table' then
+      local env = arr[1]
+      if type(env.headers) == 'table' then env.headers.redelivered = true end
+      local prio = 0
+      if type(env.properties) == 'table' then
+        prio = env.properties.priority or 0
+        if type(env.properties.delivery_info) == 'table' then env.properties.delivery_info.redelivered = true end
+      end
+      redis.call('RPUSH', bucket(arr[3] or 'celery', prio), cjson.encode(env))
+    end
+  else
+    local h = redis.call('HGET', 'afterview:held', tag)
+    if h then
+      local m = cjson.decode(h)
+      redis.call('RPUSH', m.q, m.m)
+    end
+  end
+  drop_bookkeeping(tag)
+  redis.call('HSET', 'afterview:lease:' .. tag, 'held', 0)
+end
+"#;
+
+/// KEYS: none. ARGV: now_ms, lease_ms, max, worker, then the queues.
+/// Promotes due scheduled messages, then pops up to `max` messages, highest priority first
+/// (buckets 0, 3, 6, 9, each across the queues in order), recording each atomically.
+/// Returns `{messages, next_due_ms}` with `[tag, task_id, queue, raw, epoch, revoked]` per message
+/// and the run-at time of the earliest scheduled message (-1 when none).
+pub(crate) const CLAIM: &str = r#"
+local now = tonumber(ARGV[1])
+local lease = tonumber(ARGV[2])
+local max = tonumber(ARGV[3])
+local worker = ARGV[4]
+local queues = {}
+for i = 5, #ARGV do queues[#queues + 1] = ARGV[i] end
+local due = redis.call('ZRANGEBYSCORE', 'afterview:scheduled', '-inf', now, 'LIMIT', 0, 1000)
+for _, m in ipairs(due) do
+  local ok, d = pcall(cjson.decode, m)
+  if ok and type(d) == 'table' then redis.call('RPUSH', bucket(d.q, d.p), d.m) end
+  redis.call('ZREM', 'afterview:scheduled', m)
+end
+local out = {}
+for _, suffix in ipairs({'', SEP .. '3', SEP .. '6', SEP .. '9'}) do
+  for _, q in ipairs(queues) do
+    while #out < max do
+      local raw = redis.call('RPOP', q .. suffix)
+      if not raw then break end
+      local ok, env = pcall(cjson.decode, raw)
+      local tag, tid = nil, ''
+      if ok and type(env) == 'table' and type(env.properties) == 'table'
+         and env.properties.delivery_tag ~= nil and type(env.properties.delivery_info) == 'table' then
+        tag = tostring(env.properties.delivery_tag)
+        if type(env.headers) == 'table' and env.headers.id ~= nil then tid = tostring(env.headers.id) end
+        redis.call('HSET', 'unacked', tag, '[' .. raw .. ', "", ' .. cjson.encode(q) .. ']')
+        redis.call('ZADD', 'unacked_index', now / 1000, tag)
+      else
+        tag = 'afterview-malformed-' .. redis.call('INCR', 'afterview:malformed-seq')
+        redis.call('HSET', 'afterview:held', tag, cjson.encode({q = q .. suffix, m = raw}))
+      end
+      local lk = 'afterview:lease:' .. tag
+      local epoch = redis.call('HINCRBY', lk, 'epoch', 1)
+      redis.call('HSET', lk, 'held', 1, 'owner', worker, 'queue', q, 'task', tid)
+      redis.call('PEXPIRE', lk, lease + 86400000)
+      redis.call('ZADD', 'afterview:leases', now + lease, tag)
+      local rev = false
+      if tid ~= '' then
+        redis.call('SET', 'afterview:task-lease:' .. tid, tag, 'PX', lease + 86400000)
+        rev = redis.call('GET', 'afterview:revoked:' .. tid)
+      end
+      out[#out + 1] = {tag, tid, q, raw, epoch, rev or ''}
+    end
+  end
+end
+local first = redis.call('ZRANGE', 'afterview:scheduled', 0, 0, 'WITHSCORES')
+local next_due = -1
+if first[2] then next_due = tonumber(first[2]) end
+return {out, next_due}
+"#;
+
+/// ARGV: tag, epoch. 1 when acked, 0 when the lease is not current.
+pub(crate) const ACK: &str = r#"
+if not held(ARGV[1], ARGV[2]) then return 0 end
+drop_bookkeeping(ARGV[1])
+redis.call('DEL', 'afterview:lease:' .. ARGV[1])
+return 1
+"#;
+
+/// ARGV: tag, epoch. Gives the message back to its queue.
+pub(crate) const RELEASE: &str = r#"
+if not held(ARGV[1], ARGV[2]) then return 0 end
+restore(ARGV[1])
+return 1
+"#;
+
+/// ARGV: lease_ms, now_ms, then pairs tag, epoch. Returns the tags no longer held.
+pub(crate) const RENEW: &str = r#"
+local lease = tonumber(ARGV[1])
+local now = tonumber(ARGV[2])
+local lost = {}
+for i = 3, #ARGV, 2 do
+  local tag, epoch = ARGV[i], ARGV[i + 1]
+  if held(tag, epoch) then
+    redis.call('ZADD', 'afterview:leases', now + lease, tag)
+    redis.call('PEXPIRE', 'afterview:lease:' .. tag, lease + 86400000)
+    if redis.call('HEXISTS', 'unacked', tag) == 1 then
+      -- Keep Python workers' visibility-timeout sweep away from a task that is still running.
+      redis.call('ZADD', 'unacked_index', now / 1000, tag)
+    end
+  else
+    lost[#lost + 1] = tag
+  end
+end
+return lost
+"#;
+
+/// ARGV: now_ms, visibility_timeout_s. Returns messages whose lease ran out, and (like
+/// kombu's `restore_visible`) messages of other consumers unacked for longer than the
+/// visibility timeout. Returns how many were restored.
+pub(crate) const REQUEUE_EXPIRED: &str = r#"
+local now = tonumber(ARGV[1])
+local vis = tonumber(ARGV[2])
+local n = 0
+local expired = redis.call('ZRANGEBYSCORE', 'afterview:leases', '-inf', now, 'LIMIT', 0, 1000)
+for _, tag in ipairs(expired) do
+  restore(tag)
+  n = n + 1
+end
+local stale = redis.call('ZRANGEBYSCORE', 'unacked_index', '-inf', now / 1000 - vis, 'LIMIT', 0, 1000)
+for _, tag in ipairs(stale) do
+  local v = redis.call('HMGET', 'afterview:lease:' .. tag, 'held')
+  if v[1] ~= '1' then
+    restore(tag)
+    n = n + 1
+  end
+end
+return n
+"#;
+
+/// ARGV: tag, epoch, queue, priority, run_at_ms, now_ms, raw. Acks and enqueues the retry.
+pub(crate) const RETRY: &str = r#"
+if not held(ARGV[1], ARGV[2]) then return 0 end
+drop_bookkeeping(ARGV[1])
+redis.call('DEL', 'afterview:lease:' .. ARGV[1])
+if tonumber(ARGV[5]) > tonumber(ARGV[6]) then
+  redis.call('ZADD', 'afterview:scheduled', ARGV[5], cjson.encode({q = ARGV[3], p = tonumber(ARGV[4]), m = ARGV[7]}))
+else
+  redis.call('LPUSH', bucket(ARGV[3], ARGV[4]), ARGV[7])
+end
+redis.call('PUBLISH', 'afterview:wake', ARGV[3])
+return 1
+"#;
+
+/// ARGV: tag, epoch, run_at_ms. Moves a claimed message whose ETA is in the future (from a
+/// producer that LPUSHed it, as Celery does) into the schedule, out of the lease.
+pub(crate) const DEFER: &str = r#"
+if not held(ARGV[1], ARGV[2]) then return 0 end
+local u = redis.call('HGET', 'unacked', ARGV[1])
+local arr = cjson.decode(u)
+local env = arr[1]
+local prio = 0
+if type(env.properties) == 'table' then prio = env.properties.priority or 0 end
+redis.call('ZADD', 'afterview:scheduled', ARGV[3], cjson.encode({q = arr[3], p = prio, m = cjson.encode(env)}))
+drop_bookkeeping(ARGV[1])
+redis.call('DEL', 'afterview:lease:' .. ARGV[1])
+return 1
+"#;
+
+/// ARGV: queue, priority, run_at_ms, now_ms, then raw envelopes. LPUSH (as Celery) or schedule.
+pub(crate) const PUBLISH: &str = r#"
+local q, p = ARGV[1], ARGV[2]
+local run_at, now = tonumber(ARGV[3]), tonumber(ARGV[4])
+for i = 5, #ARGV do
+  if run_at > now then
+    redis.call('ZADD', 'afterview:scheduled', run_at, cjson.encode({q = q, p = tonumber(p), m = ARGV[i]}))
+  else
+    redis.call('LPUSH', bucket(q, p), ARGV[i])
+  end
+end
+redis.call('PUBLISH', 'afterview:wake', q)
+return 1
+"#;
+
+/// ARGV: task_id, terminate (0/1), now_ms, keep_ms. Records the tombstone and the log entry
+/// (once: a repeated revoke, e.g. the same broadcast seen by several workers, only upgrades
+/// `terminate`), and wakes the workers' control loops. Returns `[seq, running, new]`.
+pub(crate) const REVOKE: &str = r#"
+local id, terminate = ARGV[1], ARGV[2]
+local key = 'afterview:revoked:' .. id
+local cur = redis.call('GET', key)
+local seq
+local new = 0
+if cur and (string.sub(cur, 1, 1) == '1' or terminate == '0') then
+  seq = tonumber(string.match(cur, '|(%d+)$'))
+  redis.call('PEXPIRE', key, ARGV[4])
+else
+  seq = redis.call('INCR', 'afterview:revocation-seq')
+  redis.call('XADD', 'afterview:revocations', 'MAXLEN', '~', 100000, seq .. '-0', 'id', id, 'terminate', terminate, 'at', ARGV[3])
+  redis.call('SET', key, terminate .. '|' .. ARGV[3] .. '|' .. seq, 'PX', ARGV[4])
+  redis.call('PUBLISH', 'afterview:revoke', id)
+  new = 1
+end
+local running = 0
+local tag = redis.call('GET', 'afterview:task-lease:' .. id)
+if tag then
+  local v = redis.call('HGET', 'afterview:lease:' .. tag, 'held')
+  if v == '1' then running = 1 end
+end
+return {seq, running, new}
+"#;
+
+/// ARGV: cursor. Returns `[current_seq, entries...]`, each entry `[seq, id, terminate, at_ms]`,
+/// at most 1000 after `cursor`. A log that restarted (seq below the cursor, e.g. a Redis that
+/// lost its data) is read from its start.
+pub(crate) const REVOCATIONS_SINCE: &str = r#"
+local cursor = tonumber(ARGV[1])
+local seq = tonumber(redis.call('GET', 'afterview:revocation-seq') or '0')
+if seq < cursor then cursor = 0 end
+local out = {seq}
+if seq > cursor then
+  local rows = redis.call('XRANGE', 'afterview:revocations', '(' .. cursor .. '-0', '+', 'COUNT', 1000)
+  for _, r in ipairs(rows) do
+    local f = {}
+    for i = 1, #r[2], 2 do f[r[2][i]] = r[2][i + 1] end
+    out[#out + 1] = {tonumber(string.match(r[1], '^(%d+)')), f.id or '', f.terminate or '0', f.at or '0'}
+  end
+end
+return out
+"#;
+
+/// ARGV: tag ('' = none), epoch, entry JSON, max entries. Records a dead letter (newest first,
+/// bounded) and acks the message if the lease is still held.
+pub(crate) const DEAD: &str = r#"
+if ARGV[1] ~= '' and held(ARGV[1], ARGV[2]) then
+  drop_bookkeeping(ARGV[1])
+  redis.call('DEL', 'afterview:lease:' .. ARGV[1])
+end
+redis.call('LPUSH', 'afterview:dead', ARGV[3])
+redis.call('LTRIM', 'afterview:dead', 0, tonumber(ARGV[4]) - 1)
+return 1
+"#;
+
+/// ARGV: routing key, envelope, ttl_ms. Delivers a pidbox reply as kombu's direct exchange
+/// does (through `_kombu.binding.reply.celery.pidbox`); a reply nobody waits for is dropped,
+/// and a delivered one expires if its client is gone (celery #6089).
+pub(crate) const REPLY: &str = r#"
+local n = 0
+for _, m in ipairs(redis.call('SMEMBERS', '_kombu.binding.reply.celery.pidbox')) do
+  local rk, rest = string.match(m, '^(.-)' .. SEP .. '(.*)$')
+  if rk == ARGV[1] and rest then
+    local q = string.match(rest, '^.-' .. SEP .. '(.*)$')
+    if q then
+      redis.call('LPUSH', q, ARGV[2])
+      redis.call('PEXPIRE', q, ARGV[3])
+      n = n + 1
+    end
+  end
+end
+return n
+"#;
+
+/// KEYS: none. ARGV: backend_db, broker_db, key, ttl_ms, meta, status, fence tag ('' = none),
+/// epoch, ack (0/1). Stores a result (SETEX + PUBLISH, as Celery) if the fence holds; without a
+/// fence, keeps a terminal state already stored. With ack, also acks the message. (Celery writes
+/// SETEX in seconds; PX is the same key with the same expiry, at millisecond resolution.)
+/// Returns 'stored', 'fenced' or 'kept'.
+pub(crate) const STORE: &str = r#"
+local backend_db, broker_db = tonumber(ARGV[1]), tonumber(ARGV[2])
+local key, ttl, meta, tag, epoch, ack = ARGV[3], tonumber(ARGV[4]), ARGV[5], ARGV[7], ARGV[8], ARGV[9]
+if tag ~= '' then
+  redis.call('SELECT', broker_db)
+  if not held(tag, epoch) then return 'fenced' end
+  if ack == '1' then
+    drop_bookkeeping(tag)
+    redis.call('DEL', 'afterview:lease:' .. tag)
+  end
+  redis.call('SELECT', backend_db)
+else
+  redis.call('SELECT', backend_db)
+  local cur = redis.call('GET', key)
+  if cur then
+    local ok, m = pcall(cjson.decode, cur)
+    if ok and type(m) == 'table' and (m.status == 'SUCCESS' or m.status == 'FAILURE' or m.status == 'REVOKED') then
+      return 'kept'
+    end
+  end
+end
+if ttl > 0 then redis.call('SET', key, meta, 'PX', ttl) else redis.call('SET', key, meta) end
+redis.call('PUBLISH', key, meta)
+return 'stored'
+"#;
+
+/// ARGV: queue names. Counts ready, scheduled and leased messages per queue.
+pub(crate) const QUEUE_STATS: &str = r#"
+local now = tonumber(ARGV[1])
+local out = {}
+local sched = redis.call('ZRANGE', 'afterview:scheduled', 0, -1)
+local leased = redis.call('HVALS', 'unacked')
+for i = 2, #ARGV do
+  local q = ARGV[i]
+  local ready = redis.call('LLEN', q) + redis.call('LLEN', q .. SEP .. '3') + redis.call('LLEN', q .. SEP .. '6') + redis.call('LLEN', q .. SEP .. '9')
+  local s = 0
+  for _, m in ipairs(sched) do
+    local ok, d = pcall(cjson.decode, m)
+    if ok and d.q == q then s = s + 1 end
+  end
+  local l = 0
+  for _, u in ipairs(leased) do
+    local ok, a = pcall(cjson.decode, u)
+    if ok and a[3] == q then l = l + 1 end
+  end
+  out[#out + 1] = {q, ready, s, l}
+end
+return out
+"#;
+
+/// ARGV: queue names. Deletes ready and scheduled messages; returns how many.
+pub(crate) const PURGE: &str = r#"
+local n = 0
+local sched = redis.call('ZRANGE', 'afterview:scheduled', 0, -1)
+for _, q in ipairs(ARGV) do
+  for _, k in ipairs({q, q .. SEP .. '3', q .. SEP .. '6', q .. SEP .. '9'}) do
+    n = n + redis.call('LLEN', k)
+    redis.call('DEL', k)
+  end
+  for _, m in ipairs(sched) do
+    local ok, d = pcall(cjson.decode, m)
+    if ok and d.q == q then
+      redis.call('ZREM', 'afterview:scheduled', m)
+      n = n + 1
+    end
+  end
+end
+return n
+"#;
+
+/// A script with the helpers in front.
+pub(crate) fn with_helpers(body: &str) -> redis::Script {
+    redis::Script::new(&format!("{HELPERS}\n{body}"))
+}

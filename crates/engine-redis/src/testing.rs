@@ -1,0 +1,150 @@
+//! A private `redis-server` for tests: started on a free loopback port in a temporary
+//! directory, never shared with the machine's Redis, stopped when the test process exits (a
+//! shell watchdog kills it when its parent is gone, since statics are never dropped).
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+/// A running private server.
+#[derive(Debug)]
+pub struct RedisServer {
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+    /// Its working directory (AOF files live here).
+    pub dir: PathBuf,
+    child: Option<Child>,
+    next_db: AtomicU32,
+    databases: u32,
+    aof: bool,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+impl RedisServer {
+    /// Starts a server with `databases` logical databases; `aof` turns on the append-only file
+    /// (fsync every write) so a restart keeps everything.
+    pub fn start(databases: u32, aof: bool) -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "afterview-redis-{}-{}",
+            std::process::id(),
+            uuid::Uuid::new_v4()
+        ));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let mut s = Self {
+            port: free_port(),
+            dir,
+            child: None,
+            next_db: AtomicU32::new(0),
+            databases,
+            aof,
+        };
+        s.spawn();
+        s
+    }
+
+    fn spawn(&mut self) {
+        let aof = if self.aof {
+            "--appendonly yes --appendfsync always"
+        } else {
+            "--appendonly no"
+        };
+        let script = format!(
+            "redis-server --port {port} --bind 127.0.0.1 --save '' {aof} --dir '{dir}' \
+             --databases {dbs} --daemonize no --loglevel warning --logfile '{dir}/redis.log' & r=$!; \
+             trap 'kill $r 2>/dev/null; exit 0' TERM INT; \
+             while kill -0 {parent} 2>/dev/null && kill -0 $r 2>/dev/null; do sleep 0.5; done; \
+             kill $r 2>/dev/null; wait $r",
+            port = self.port,
+            dir = self.dir.display(),
+            dbs = self.databases,
+            parent = std::process::id(),
+        );
+        let child = Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("redis-server must be installed (apt install redis-server)");
+        self.child = Some(child);
+        self.wait_ready();
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(c) = redis::Client::open(self.url(0))
+                && let Ok(mut conn) = c.get_connection()
+                && redis::cmd("PING").query::<String>(&mut conn).is_ok()
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not start on port {} (see {}/redis.log)",
+                self.port,
+                self.dir.display()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `redis://127.0.0.1:<port>/<db>`.
+    pub fn url(&self, db: u32) -> String {
+        format!("redis://127.0.0.1:{}/{db}", self.port)
+    }
+
+    /// A database no other caller of this server received, emptied.
+    pub fn fresh_db(&self) -> u32 {
+        let db = self.next_db.fetch_add(1, Ordering::SeqCst);
+        assert!(db < self.databases, "out of databases on the test server");
+        let c = redis::Client::open(self.url(db)).expect("url");
+        let mut conn = c.get_connection().expect("connect");
+        redis::cmd("FLUSHDB")
+            .query::<()>(&mut conn)
+            .expect("flushdb");
+        db
+    }
+
+    /// Stops the server the hard way (as a crash would) and starts it again on the same port
+    /// and directory; with AOF, everything written before is back.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    /// Stops the server (SHUTDOWN NOSAVE; the AOF was fsynced at every write).
+    pub fn stop(&mut self) {
+        if let Ok(c) = redis::Client::open(self.url(0))
+            && let Ok(mut conn) = c.get_connection()
+        {
+            let _ = redis::cmd("SHUTDOWN").arg("NOSAVE").query::<()>(&mut conn);
+        }
+        if let Some(mut ch) = self.child.take() {
+            let _ = ch.wait();
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// One server per test process, with plenty of databases.
+pub fn shared() -> &'static RedisServer {
+    static S: OnceLock<RedisServer> = OnceLock::new();
+    S.get_or_init(|| RedisServer::start(1024, false))
+}

@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use afterview_engine::memory::MemoryBackend;
 use afterview_engine::{Broker, ResultBackend};
+use afterview_engine_redis::{RedisBackend, RedisOptions};
 use afterview_engine_sqlite::{SqliteBackend, SqliteOptions};
 use anyhow::{Context, bail};
 
@@ -21,8 +22,43 @@ pub struct Backends {
 }
 
 /// Opens what the settings name. Default: the embedded SQLite file `<data-dir>/afterview.db`.
-pub fn open(s: &Settings) -> anyhow::Result<Backends> {
+pub async fn open(s: &Settings) -> anyhow::Result<Backends> {
+    open_with(s, false).await
+}
+
+/// As [`open`]; `task_events` makes a Redis backend send Celery task events (`worker -E`).
+pub async fn open_with(s: &Settings, task_events: bool) -> anyhow::Result<Backends> {
     let broker_url = s.broker_url.clone().unwrap_or_else(|| "sqlite://".into());
+    if broker_url.starts_with("redis://") || broker_url.starts_with("rediss://") {
+        let result_url = match &s.result_backend {
+            None => None,
+            Some(r) if r.starts_with("redis://") || r.starts_with("rediss://") => Some(r.as_str()),
+            Some(r) => bail!(
+                "the result backend ({}) must be on the broker's Redis server when the broker is Redis",
+                afterview_engine_redis::redact(r)
+            ),
+        };
+        let opts = RedisOptions {
+            result_expires: s.result_expires,
+            task_events,
+            ..RedisOptions::default()
+        };
+        let b = Arc::new(
+            RedisBackend::open(&broker_url, result_url, opts)
+                .await
+                .with_context(|| {
+                    format!(
+                        "cannot open the Redis broker {}",
+                        afterview_engine_redis::redact(&broker_url)
+                    )
+                })?,
+        );
+        return Ok(Backends {
+            description: b.description().to_owned(),
+            broker: b.clone(),
+            results: b,
+        });
+    }
     if let Some(rb) = &s.result_backend
         && rb != &broker_url
     {
@@ -65,11 +101,6 @@ pub fn open(s: &Settings) -> anyhow::Result<Backends> {
             results: b,
             description: format!("sqlite {}", path.display()),
         });
-    }
-    if broker_url.starts_with("redis://") || broker_url.starts_with("rediss://") {
-        bail!(
-            "Redis brokers are not supported by this build yet; use the embedded default (sqlite://)"
-        );
     }
     bail!(
         "unknown broker URL {broker_url:?}: use sqlite://[path], memory:// or redis://host:port/db"

@@ -37,7 +37,8 @@ struct GlobalArgs {
     /// TOML config file (default: <data-dir>/afterview.toml when it exists).
     #[arg(long, global = true, env = "AFTERVIEW_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
-    /// Broker: sqlite://[path] (default, embedded), memory://.
+    /// Broker: sqlite://[path] (default, embedded), redis://[:password@]host[:port][/db] (shared
+    /// with Celery), memory://.
     #[arg(
         long = "broker",
         global = true,
@@ -45,7 +46,8 @@ struct GlobalArgs {
         value_name = "URL"
     )]
     broker_url: Option<String>,
-    /// Result backend (default: the broker's store).
+    /// Result backend (default: the broker's store; with Redis, another database of the same
+    /// server, e.g. redis://host:6379/1).
     #[arg(
         long,
         global = true,
@@ -159,6 +161,10 @@ pub struct WorkerArgs {
     /// Seconds a revoked running task may clean up before it is abandoned [default: 5].
     #[arg(long, env = "AFTERVIEW_REVOKE_GRACE", value_name = "SECS")]
     pub revoke_grace: Option<f64>,
+    /// Send Celery task events (task-received, task-started, ...) for Flower and `celery events`,
+    /// as `celery worker -E` (Redis broker; Flower also turns them on by itself).
+    #[arg(short = 'E', long = "events", env = "AFTERVIEW_TASK_EVENTS")]
+    pub events: bool,
     #[command(flatten)]
     pub product: ProductArgs,
 }

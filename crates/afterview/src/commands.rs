@@ -122,7 +122,7 @@ fn watch_signals(shutdown: Shutdown) {
 /// `afterview serve`.
 pub async fn serve(s: Settings, a: ServeArgs) -> anyhow::Result<ExitCode> {
     let wcfg = worker_config(&s, &a.worker)?;
-    let b = backends::open(&s)?;
+    let b = backends::open_with(&s, a.worker.events).await?;
     let product = Product::open(&s, &a.worker.product)?;
     let registry = product.registry(&a.worker.product)?;
     let client = client(&b);
@@ -244,7 +244,7 @@ fn write_private(path: &std::path::Path, content: &str) -> std::io::Result<()> {
 /// `afterview worker`.
 pub async fn worker(s: Settings, a: WorkerArgs) -> anyhow::Result<ExitCode> {
     let cfg = worker_config(&s, &a)?;
-    let b = backends::open(&s)?;
+    let b = backends::open_with(&s, a.events).await?;
     let registry = Product::open(&s, &a.product)?.registry(&a.product)?;
     info!(store = %b.description, "Storage opened.");
     let shutdown = Shutdown::new();
@@ -303,7 +303,7 @@ pub async fn call(s: Settings, a: CallArgs) -> anyhow::Result<ExitCode> {
         },
         ..Default::default()
     };
-    let b = backends::open(&s)?;
+    let b = backends::open(&s).await?;
     let client = client(&b);
     let msg = match client.message(&a.name, args, kwargs, opts) {
         Ok(m) => m,
@@ -366,7 +366,7 @@ fn report_outcome(meta: &afterview_engine::ResultMeta, whole: bool) -> ExitCode 
 
 /// `afterview result`.
 pub async fn result(s: Settings, a: ResultArgs) -> anyhow::Result<ExitCode> {
-    let b = backends::open(&s)?;
+    let b = backends::open(&s).await?;
     let client = client(&b);
     let meta = match client.result(&a.id).await {
         Ok(m) => m,
@@ -386,7 +386,7 @@ pub async fn result(s: Settings, a: ResultArgs) -> anyhow::Result<ExitCode> {
 
 /// `afterview revoke`.
 pub async fn revoke(s: Settings, a: RevokeArgs) -> anyhow::Result<ExitCode> {
-    let b = backends::open(&s)?;
+    let b = backends::open(&s).await?;
     let client = client(&b);
     for id in &a.ids {
         match client.revoke(id, a.terminate).await {
@@ -416,7 +416,7 @@ pub async fn purge(s: Settings, a: PurgeArgs) -> anyhow::Result<ExitCode> {
     for q in &queues {
         validate_queue(q)?;
     }
-    let b = backends::open(&s)?;
+    let b = backends::open(&s).await?;
     let n = client(&b).purge(&queues).await?;
     println!(
         "Purged {n} message{} from {}.",
@@ -428,7 +428,7 @@ pub async fn purge(s: Settings, a: PurgeArgs) -> anyhow::Result<ExitCode> {
 
 /// `afterview inspect`.
 pub async fn inspect(s: Settings, a: InspectArgs) -> anyhow::Result<ExitCode> {
-    let b = backends::open(&s)?;
+    let b = backends::open(&s).await?;
     let client = client(&b);
     let timeout = secs("--timeout", a.timeout)?;
     let workers = client.workers(timeout).await?;

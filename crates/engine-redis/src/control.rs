@@ -622,7 +622,7 @@ impl Inner {
                     .collect::<Vec<_>>()
             ),
             "conf" => json!({
-                "broker_url": self.description.trim_start_matches("redis "),
+                "broker_url": self.broker_url,
                 "worker_concurrency": node.concurrency,
                 "worker_prefetch_multiplier": node.prefetch_count.checked_div(node.concurrency).unwrap_or(1),
                 "task_acks_late": true,

@@ -159,6 +159,7 @@ pub(crate) struct Inner {
     declared: Mutex<HashSet<String>>,
     keyevents: AtomicBool,
     description: String,
+    broker_url: String,
 }
 
 /// A Redis broker and result backend (one object implements both traits).
@@ -274,6 +275,7 @@ impl RedisBackend {
             declared: Mutex::default(),
             keyevents: AtomicBool::new(false),
             description,
+            broker_url: redact(broker_url),
         });
         inner.hub.set_listener(move |interest| {
             let _ = tx.send(pubsub::Cmd::Interest(interest));

@@ -2,6 +2,9 @@
 //! directory, never shared with the machine's Redis, stopped when the test process exits (a
 //! shell watchdog kills it when its parent is gone, since statics are never dropped).
 
+/// The Redis client crate, for tests that read keys directly.
+pub use redis;
+
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};

@@ -44,6 +44,11 @@ pub struct SleepArgs {
     /// Spin on a blocking thread instead of sleeping (CPU-bound work).
     #[serde(default)]
     pub cpu: bool,
+    /// Report exactly this many progress updates, evenly spaced (the last one at 100 %), as
+    /// the Celery benchmark's `tasks.progress` does. Default: about ten for sleeps of 100 ms or
+    /// more, none for shorter ones (such updates would be stale before anyone read them).
+    #[serde(default)]
+    pub progress_steps: Option<u32>,
 }
 
 /// Sleeps `seconds`, reporting progress, and stops when cancelled.
@@ -80,25 +85,46 @@ impl Task for Sleep {
                 })
                 .await?;
         }
+        let steps = match a.progress_steps {
+            Some(n) => Some(n.min(10_000)),
+            None if total < Duration::from_millis(100) => Some(0),
+            None => None,
+        };
+        if let Some(n) = steps {
+            let slice = total / n.max(1);
+            for i in 1..=n.max(1) {
+                nap(&ctx, slice, a.ignore_cancel).await?;
+                if n > 0 {
+                    ctx.progress((u64::from(i) * 100 / u64::from(n)) as u8, "Sleeping")
+                        .await;
+                }
+            }
+            return Ok(json!({"slept": a.seconds}));
+        }
         let start = Instant::now();
         let tick = (total / 10).clamp(Duration::from_millis(10), Duration::from_secs(1));
         ctx.progress(0, "Sleeping").await;
         while start.elapsed() < total {
             let left = total.saturating_sub(start.elapsed()).min(tick);
-            if a.ignore_cancel {
-                tokio::time::sleep(left).await;
-            } else {
-                tokio::select! {
-                    _ = tokio::time::sleep(left) => {}
-                    _ = ctx.cancelled() => return Err(TaskError::cancelled()),
-                }
-            }
+            nap(&ctx, left, a.ignore_cancel).await?;
             let pct = (start.elapsed().as_secs_f64() / a.seconds.max(1e-9) * 100.0).min(100.0);
             if pct < 100.0 {
                 ctx.progress(pct as u8, "Sleeping").await;
             }
         }
         Ok(json!({"slept": a.seconds}))
+    }
+}
+
+/// Sleeps `d`, or stops early with `cancelled` unless told to ignore cancellation.
+async fn nap(ctx: &TaskContext, d: Duration, ignore_cancel: bool) -> Result<(), TaskError> {
+    if ignore_cancel {
+        tokio::time::sleep(d).await;
+        return Ok(());
+    }
+    tokio::select! {
+        _ = tokio::time::sleep(d) => Ok(()),
+        _ = ctx.cancelled() => Err(TaskError::cancelled()),
     }
 }
 

@@ -1043,8 +1043,16 @@ async fn heartbeat_loop(s: Arc<Shared>, stop: CancellationToken) {
     let mut last = Instant::now() - s.cfg.heartbeat;
     let mut last_active: Vec<String> = vec![];
     loop {
+        // Runs that have started (a claimed message becomes active once its run begins).
         let active: Vec<String> = {
-            let mut v: Vec<String> = s.runs.lock().expect("runs lock").keys().cloned().collect();
+            let mut v: Vec<String> = s
+                .runs
+                .lock()
+                .expect("runs lock")
+                .iter()
+                .filter(|(_, r)| r.ctrl.active.lock().expect("active lock").is_some())
+                .map(|(tag, _)| tag.clone())
+                .collect();
             v.sort();
             v
         };

@@ -13,7 +13,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::{Env, Proc};
 
-const ALICE: &str = "alice-token-0123456789abcdef";
+pub(crate) const ALICE: &str = "alice-token-0123456789abcdef";
 const BOB: &str = "bob-token-0123456789abcdefgh";
 const PROJECT: &str = "afterview-test";
 const PORTRAITS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../testdata/portraits");
@@ -62,13 +62,21 @@ impl Server {
             }
         }
         let proc = Proc { child, log };
-        proc.wait_log("Worker started", Duration::from_secs(20));
+        if !args.contains(&"--no-worker") {
+            proc.wait_log("Worker started", Duration::from_secs(20));
+        }
         Self {
             base,
             proc,
             env,
             stdout,
         }
+    }
+
+    /// Alice and Bob, with extra command-line arguments.
+    pub(crate) fn with_users_args(args: &[&str]) -> Self {
+        let tokens = format!("{ALICE}=alice,{BOB}=bob");
+        Self::start(&[("AFTERVIEW_AUTH_TOKENS", tokens.as_str())], args)
     }
 
     pub(crate) fn with_users(extra: &[(&str, &str)]) -> Self {
@@ -139,7 +147,7 @@ impl Server {
             .to_owned()
     }
 
-    async fn ws(&self, token: &str, task_id: &str) -> Vec<Value> {
+    pub(crate) async fn ws(&self, token: &str, task_id: &str) -> Vec<Value> {
         let url = self.ws_url(&format!("/api/ws/tasks/{task_id}?token={token}"));
         let (mut ws, _) = tokio_tungstenite::connect_async(url)
             .await
@@ -162,14 +170,14 @@ impl Server {
     }
 }
 
-fn http() -> reqwest::Client {
+pub(crate) fn http() -> reqwest::Client {
     reqwest::Client::builder()
         .timeout(Duration::from_secs(120))
         .build()
         .unwrap()
 }
 
-async fn body(r: reqwest::Response) -> (u16, Value) {
+pub(crate) async fn body(r: reqwest::Response) -> (u16, Value) {
     let status = r.status().as_u16();
     let text = r.text().await.unwrap();
     (

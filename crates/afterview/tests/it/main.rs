@@ -4,6 +4,7 @@
 mod api;
 mod cli;
 mod crash;
+mod redis_interop;
 mod serve;
 
 use std::io::{BufRead, BufReader};

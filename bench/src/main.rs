@@ -6,6 +6,7 @@
 //! as the baseline (what the engine costs without any storage), so figures come as ratios.
 
 mod api;
+mod celery_producer;
 mod preview;
 mod reports;
 
@@ -46,9 +47,13 @@ async fn main() {
         "preview" => return preview::run(arg("--iterations", 15)),
         "reports" => return reports::run(arg("--iterations", 15)),
         "api" => return api::run(arg("--rate", 2000), arg("--seconds", 10)).await,
+        "celery-producer" => {
+            let rest: Vec<String> = std::env::args().skip(2).collect();
+            return celery_producer::run(&rest).await;
+        }
         _ => {
             eprintln!(
-                "usage: afterview-bench engine [--n N] [--latency-n N] [--concurrency C] | preview [--iterations N] | reports [--iterations N] | api [--rate R] [--seconds S]"
+                "usage: afterview-bench engine [--n N] [--latency-n N] [--concurrency C] | preview [--iterations N] | reports [--iterations N] | api [--rate R] [--seconds S] | celery-producer enqueue|latency|batch [--n N] [--task T]"
             );
             std::process::exit(2);
         }

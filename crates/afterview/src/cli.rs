@@ -165,6 +165,10 @@ pub struct WorkerArgs {
     /// as `celery worker -E` (Redis broker; Flower also turns them on by itself).
     #[arg(short = 'E', long = "events", env = "AFTERVIEW_TASK_EVENTS")]
     pub events: bool,
+    /// Write the process id to this file once the worker is connected and about to consume
+    /// (for supervisors and benchmark harnesses).
+    #[arg(long, env = "AFTERVIEW_READY_FILE", value_name = "FILE")]
+    pub ready_file: Option<PathBuf>,
     #[command(flatten)]
     pub product: ProductArgs,
 }

@@ -249,6 +249,10 @@ pub async fn worker(s: Settings, a: WorkerArgs) -> anyhow::Result<ExitCode> {
     info!(store = %b.description, "Storage opened.");
     let shutdown = Shutdown::new();
     watch_signals(shutdown.clone());
+    if let Some(f) = &a.ready_file {
+        std::fs::write(f, std::process::id().to_string())
+            .with_context(|| format!("cannot write the ready file {}", f.display()))?;
+    }
     Worker::new(cfg, b.broker, b.results, registry)
         .run(shutdown)
         .await?;
@@ -312,16 +316,19 @@ pub async fn call(s: Settings, a: CallArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(EXIT_USAGE));
         }
     };
-    b.broker
-        .publish(&msg)
-        .await
-        .context("cannot enqueue the task")?;
     if !a.wait {
+        b.broker
+            .publish(&msg)
+            .await
+            .context("cannot enqueue the task")?;
         println!("{}", msg.id);
         return Ok(ExitCode::SUCCESS);
     }
     let timeout = secs("--timeout", a.timeout.unwrap_or(330.0))?;
-    let meta = client.wait(&msg.id, timeout).await?;
+    let meta = client
+        .publish_and_wait(&msg, timeout)
+        .await
+        .context("cannot enqueue the task")?;
     Ok(report_outcome(&meta, false))
 }
 

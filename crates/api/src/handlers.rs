@@ -330,8 +330,8 @@ pub(crate) async fn submit(
             created_at: chrono::Utc::now(),
         })
         .await?;
-    st.client.broker().publish(&msg).await?;
     if !wait {
+        st.client.broker().publish(&msg).await?;
         return Ok((
             StatusCode::ACCEPTED,
             json!({
@@ -342,7 +342,7 @@ pub(crate) async fn submit(
             }),
         ));
     }
-    let meta = st.client.wait(&msg.id, st.sync_timeout).await?;
+    let meta = st.client.publish_and_wait(&msg, st.sync_timeout).await?;
     match meta.status {
         TaskState::Success => Ok((StatusCode::OK, meta.result)),
         TaskState::Failure | TaskState::Revoked => {

@@ -48,7 +48,7 @@ use async_trait::async_trait;
 use chrono::{TimeZone, Utc};
 use redis::AsyncCommands;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::{Notify, mpsc, oneshot};
 use tracing::debug;
 
 use crate::control::Control;
@@ -97,7 +97,6 @@ struct Scripts {
     publish: redis::Script,
     revoke: redis::Script,
     revocations_since: redis::Script,
-    store: redis::Script,
     queue_stats: redis::Script,
     purge: redis::Script,
     dead: redis::Script,
@@ -118,7 +117,6 @@ impl Scripts {
             publish: with_helpers(PUBLISH),
             revoke: with_helpers(REVOKE),
             revocations_since: with_helpers(REVOCATIONS_SINCE),
-            store: with_helpers(STORE),
             queue_stats: with_helpers(QUEUE_STATS),
             purge: with_helpers(PURGE),
             dead: with_helpers(DEAD),
@@ -147,7 +145,6 @@ pub(crate) struct Inner {
     conn: ConnectionManager,
     results: ConnectionManager,
     broker_db: i64,
-    backend_db: i64,
     opts: RedisOptions,
     scripts: Scripts,
     hub: EventHub,
@@ -155,6 +152,7 @@ pub(crate) struct Inner {
     revoke_wake: Notify,
     claim_seen: Mutex<HashMap<Vec<String>, (u64, i64)>>,
     subs: mpsc::UnboundedSender<pubsub::Cmd>,
+    stores: mpsc::UnboundedSender<StoreReq>,
     control: Control,
     declared: Mutex<HashSet<String>>,
     keyevents: AtomicBool,
@@ -252,6 +250,13 @@ impl RedisBackend {
                 .map_err(unavailable)?
         };
         let (tx, rx) = mpsc::unbounded_channel();
+        let (stores, stores_rx) = mpsc::unbounded_channel();
+        tokio::spawn(store_writer(
+            conn.clone(),
+            stores_rx,
+            (broker_db, backend_db),
+            opts.result_expires.as_millis() as u64,
+        ));
         let description = match result_url {
             Some(u) if backend_db != broker_db => {
                 format!("redis {} (results {})", redact(broker_url), redact(u))
@@ -263,7 +268,6 @@ impl RedisBackend {
             conn,
             results,
             broker_db,
-            backend_db,
             control: Control::new(opts.task_events),
             opts,
             scripts: Scripts::new(),
@@ -272,6 +276,7 @@ impl RedisBackend {
             revoke_wake: Notify::new(),
             claim_seen: Mutex::default(),
             subs: tx.clone(),
+            stores,
             declared: Mutex::default(),
             keyevents: AtomicBool::new(false),
             description,
@@ -422,24 +427,21 @@ impl Inner {
         fence: Option<&LeaseRef>,
         ack: bool,
     ) -> Result<StoreOutcome, BackendError> {
-        let json = meta.to_json();
-        let mut c = self.conn();
         let (tag, epoch) = fence.map_or((String::new(), 0), |l| (l.delivery_tag.clone(), l.epoch));
-        let out: String = self
-            .scripts
-            .store
-            .arg(self.backend_db)
-            .arg(self.broker_db)
-            .arg(format!("{RESULT_PREFIX}{}", meta.task_id))
-            .arg(self.opts.result_expires.as_millis() as u64)
-            .arg(&json)
-            .arg(meta.status.as_str())
-            .arg(tag)
-            .arg(epoch)
-            .arg(if ack { "1" } else { "0" })
-            .invoke_async(&mut c)
+        let (reply, rx) = oneshot::channel();
+        self.stores
+            .send(StoreReq {
+                key: format!("{RESULT_PREFIX}{}", meta.task_id),
+                meta: meta.to_json(),
+                tag,
+                epoch,
+                ack,
+                reply,
+            })
+            .map_err(|_| BackendError::Unavailable("result writer stopped".into()))?;
+        let out = rx
             .await
-            .map_err(unavailable)?;
+            .map_err(|_| BackendError::Unavailable("result writer stopped".into()))??;
         let outcome = match out.as_str() {
             "stored" => StoreOutcome::Stored,
             "fenced" => StoreOutcome::Fenced,
@@ -449,6 +451,70 @@ impl Inner {
             self.task_event(meta).await;
         }
         Ok(outcome)
+    }
+}
+
+/// One result write waiting for the writer.
+struct StoreReq {
+    key: String,
+    meta: String,
+    tag: String,
+    epoch: u64,
+    ack: bool,
+    reply: oneshot::Sender<Result<String, BackendError>>,
+}
+
+/// Writes results in batches: concurrent writes (many tasks finishing at once) go to Redis in
+/// one script call while the previous call is in flight, like a group commit.
+async fn store_writer(
+    mut conn: ConnectionManager,
+    mut rx: mpsc::UnboundedReceiver<StoreReq>,
+    dbs: (i64, i64),
+    ttl_ms: u64,
+) {
+    let script = scripts::with_helpers(scripts::STORE);
+    let mut batch: Vec<StoreReq> = Vec::with_capacity(128);
+    while let Some(first) = rx.recv().await {
+        batch.push(first);
+        while batch.len() < 128 {
+            match rx.try_recv() {
+                Ok(r) => batch.push(r),
+                Err(_) => break,
+            }
+        }
+        let mut inv = script.prepare_invoke();
+        inv.arg(dbs.1).arg(dbs.0).arg(ttl_ms);
+        for r in &batch {
+            inv.arg(&r.key)
+                .arg(&r.meta)
+                .arg(&r.tag)
+                .arg(r.epoch)
+                .arg(if r.ack { "1" } else { "0" });
+        }
+        let res: Result<Vec<String>, BackendError> =
+            inv.invoke_async(&mut conn).await.map_err(unavailable);
+        match res {
+            Ok(verdicts) if verdicts.len() == batch.len() => {
+                for (r, v) in batch.drain(..).zip(verdicts) {
+                    let _ = r.reply.send(Ok(v));
+                }
+            }
+            Ok(v) => {
+                let e = BackendError::Corrupt(format!(
+                    "result script answered {} verdicts for {} writes",
+                    v.len(),
+                    batch.len()
+                ));
+                for r in batch.drain(..) {
+                    let _ = r.reply.send(Err(BackendError::Corrupt(e.to_string())));
+                }
+            }
+            Err(e) => {
+                for r in batch.drain(..) {
+                    let _ = r.reply.send(Err(BackendError::Unavailable(e.to_string())));
+                }
+            }
+        }
     }
 }
 

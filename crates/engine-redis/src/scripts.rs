@@ -296,35 +296,48 @@ end
 return n
 "#;
 
-/// KEYS: none. ARGV: backend_db, broker_db, key, ttl_ms, meta, status, fence tag ('' = none),
-/// epoch, ack (0/1). Stores a result (SETEX + PUBLISH, as Celery) if the fence holds; without a
-/// fence, keeps a terminal state already stored. With ack, also acks the message. (Celery writes
-/// SETEX in seconds; PX is the same key with the same expiry, at millisecond resolution.)
-/// Returns 'stored', 'fenced' or 'kept'.
+/// ARGV: backend_db, broker_db, ttl_ms, then per result: key, meta, fence tag ('' = none),
+/// epoch, ack (0/1). Stores results (SET PX + PUBLISH, as Celery's SETEX + PUBLISH) whose fence
+/// holds; without a fence, keeps a terminal state already stored; with ack, also acks the
+/// message. Many results go in one call (the backend batches concurrent writes). Returns one of
+/// 'stored', 'fenced', 'kept' per result.
 pub(crate) const STORE: &str = r#"
-local backend_db, broker_db = tonumber(ARGV[1]), tonumber(ARGV[2])
-local key, ttl, meta, tag, epoch, ack = ARGV[3], tonumber(ARGV[4]), ARGV[5], ARGV[7], ARGV[8], ARGV[9]
-if tag ~= '' then
-  redis.call('SELECT', broker_db)
-  if not held(tag, epoch) then return 'fenced' end
-  if ack == '1' then
-    drop_bookkeeping(tag)
-    redis.call('DEL', 'afterview:lease:' .. tag)
-  end
-  redis.call('SELECT', backend_db)
-else
-  redis.call('SELECT', backend_db)
-  local cur = redis.call('GET', key)
-  if cur then
-    local ok, m = pcall(cjson.decode, cur)
-    if ok and type(m) == 'table' and (m.status == 'SUCCESS' or m.status == 'FAILURE' or m.status == 'REVOKED') then
-      return 'kept'
+local backend_db, broker_db, ttl = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local out = {}
+-- Fences and acks first, in the broker's database (the script starts there)...
+for i = 4, #ARGV, 5 do
+  local tag, epoch, ack = ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
+  local verdict = 'stored'
+  if tag ~= '' then
+    if not held(tag, epoch) then
+      verdict = 'fenced'
+    elseif ack == '1' then
+      drop_bookkeeping(tag)
+      redis.call('DEL', 'afterview:lease:' .. tag)
     end
   end
+  out[#out + 1] = verdict
 end
-if ttl > 0 then redis.call('SET', key, meta, 'PX', ttl) else redis.call('SET', key, meta) end
-redis.call('PUBLISH', key, meta)
-return 'stored'
+-- ...then the results, in the backend's.
+if backend_db ~= broker_db then redis.call('SELECT', backend_db) end
+for i = 4, #ARGV, 5 do
+  local n = (i - 4) / 5 + 1
+  local key, meta, tag = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  if out[n] == 'stored' and tag == '' then
+    local cur = redis.call('GET', key)
+    if cur then
+      local ok, m = pcall(cjson.decode, cur)
+      if ok and type(m) == 'table' and (m.status == 'SUCCESS' or m.status == 'FAILURE' or m.status == 'REVOKED') then
+        out[n] = 'kept'
+      end
+    end
+  end
+  if out[n] == 'stored' then
+    if ttl > 0 then redis.call('SET', key, meta, 'PX', ttl) else redis.call('SET', key, meta) end
+    redis.call('PUBLISH', key, meta)
+  end
+end
+return out
 "#;
 
 /// ARGV: queue names. Counts ready, scheduled and leased messages per queue.

@@ -177,6 +177,18 @@ impl Client {
         Ok(wait_ready(self.backend.clone(), task_id, timeout).await?)
     }
 
+    /// Publishes `msg` and waits for its terminal state (or the last state after `timeout`).
+    /// The watch starts before the publish, so the result subscription and the publish overlap.
+    pub async fn publish_and_wait(
+        &self,
+        msg: &TaskMessage,
+        timeout: Duration,
+    ) -> Result<ResultMeta, ClientError> {
+        let watch = TaskWatch::new(self.backend.clone(), &msg.id);
+        self.broker.publish(msg).await?;
+        Ok(crate::events::wait_watch(watch, timeout).await?)
+    }
+
     /// Revokes a task: queued or delayed copies never run, a running one is cancelled, and the
     /// revocation is stored so that it survives restarts. A task not running is marked REVOKED
     /// at once (unless it already ended).

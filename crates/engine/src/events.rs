@@ -295,7 +295,17 @@ pub async fn wait_ready(
     task_id: &str,
     timeout: Duration,
 ) -> Result<ResultMeta, BackendError> {
-    let mut watch = TaskWatch::new(backend, task_id);
+    wait_watch(TaskWatch::new(backend, task_id), timeout).await
+}
+
+/// Waits on an existing watch until a terminal state, or `timeout`. A watch created before
+/// the task is published lets its upstream subscription overlap the publish.
+pub async fn wait_watch(
+    mut watch: TaskWatch,
+    timeout: Duration,
+) -> Result<ResultMeta, BackendError> {
+    let task_id = watch.task_id.clone();
+    let task_id = task_id.as_str();
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
         match tokio::time::timeout_at(deadline, watch.next()).await {

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Celery and Afterview, side by side, in one sitting, on the same Redis setup, with the Celery
+# harness in ../shared/bench/celery (its README: "Comparing another implementation").
+#
+#   bench/celery-side-by-side.sh                   # reps 2 (about 40 min on 2 cores)
+#   BENCH_ARGS="--reps 1 --only drain,latency" bench/celery-side-by-side.sh
+#
+# Three runs of the harness, each on a fresh private redis-server (port $PORT, default 6393):
+#   1. celery:               Python producer -> Celery worker (the baseline)
+#   2. afterview:            Python producer -> `afterview worker` (TASKSET=afterview)
+#   3. afterview+rs-producer: `afterview-bench celery-producer` -> `afterview worker`
+# then bench/celery_compare.py prints the ratios. Worker {pool}/{conc} map to `-c {conc}`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT="$PWD"
+HARNESS="${CELERY_BENCH:-$ROOT/../shared/bench/celery}"
+OUT="${OUT:-/var/tmp/afterview-bench-celery}"
+PORT="${PORT:-6393}"
+ARGS="${BENCH_ARGS:---reps 2}"
+export VENV="${VENV:-/var/tmp/afterview-celery-bench-venv}"   # the harness's pinned venv, kept out of ../shared
+[ -x "$HARNESS/run.sh" ] || { echo "Celery harness not found at $HARNESS (set CELERY_BENCH)" >&2; exit 2; }
+
+. ./.envrc.sh
+cargo build --release -p afterview -p afterview-bench
+BIN="$CARGO_TARGET_DIR/release"
+mkdir -p "$OUT"
+rm -rf "$OUT/data"
+
+WORKER="sh -c 'exec $BIN/afterview --log warn --data-dir $OUT/data worker \
+ --broker redis://127.0.0.1:{port}/0 --result-backend redis://127.0.0.1:{port}/1 \
+ -Q celery -c {conc} -n {name}@%h --prefetch-multiplier 4 --ready-file \"\$READY_FILE\"'"
+
+run() {  # label, extra env...
+  local label="$1"; shift
+  echo "== $label" >&2
+  rm -rf "$OUT/$label"
+  env OUT="$OUT/$label" BENCH_LABEL="$label" BENCH_ARGS="$ARGS" "$@" "$HARNESS/run.sh" "$PORT"
+}
+
+run celery
+run afterview WORKER_CMD="$WORKER" TASKSET=afterview
+run afterview+rs-producer WORKER_CMD="$WORKER" TASKSET=afterview \
+  PRODUCER_CMD="$BIN/afterview-bench celery-producer"
+
+python3 bench/celery_compare.py "$OUT/celery/results.json" "$OUT/afterview/results.json" \
+  "$OUT/afterview+rs-producer/results.json" | tee "$OUT/compare.md"

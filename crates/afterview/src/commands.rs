@@ -496,7 +496,10 @@ pub async fn inspect(s: Settings, a: InspectArgs) -> anyhow::Result<ExitCode> {
                         "hostname": w.hostname,
                         "uptime": uptime,
                         "total": w.total,
-                        "pool": {"implementation": "tokio", "max-concurrency": w.concurrency},
+                        "pool": {
+                            "implementation": if w.sw_ident == "afterview" { "tokio" } else { "celery" },
+                            "max-concurrency": w.concurrency,
+                        },
                         "prefetch_count": w.prefetch_count,
                         "queues": w.queues,
                         "broker": {"transport": b.broker.kind()},

@@ -1,6 +1,6 @@
 //! A private `redis-server` for tests: started on a free loopback port in a temporary
-//! directory, never shared with the machine's Redis, stopped when the test process exits (a
-//! shell watchdog kills it when its parent is gone, since statics are never dropped).
+//! directory, never shared with the machine's Redis, stopped on drop or, for statics (never
+//! dropped), by a watchdog that shuts it down by its port once the test process is gone.
 
 /// The Redis client crate, for tests that read keys directly.
 pub use redis;
@@ -20,6 +20,7 @@ pub struct RedisServer {
     /// Its working directory (AOF files live here).
     pub dir: PathBuf,
     child: Option<Child>,
+    watchdog: Option<Child>,
     next_db: AtomicU32,
     databases: u32,
     aof: bool,
@@ -46,6 +47,7 @@ impl RedisServer {
             port: free_port(),
             dir,
             child: None,
+            watchdog: None,
             next_db: AtomicU32::new(0),
             databases,
             aof,
@@ -55,31 +57,55 @@ impl RedisServer {
     }
 
     fn spawn(&mut self) {
-        let aof = if self.aof {
-            "--appendonly yes --appendfsync always"
+        let mut c = Command::new("redis-server");
+        c.args([
+            "--port",
+            &self.port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+        ])
+        .args(if self.aof {
+            ["--appendonly", "yes", "--appendfsync", "always"].as_slice()
         } else {
-            "--appendonly no"
-        };
-        let script = format!(
-            "redis-server --port {port} --bind 127.0.0.1 --save '' {aof} --dir '{dir}' \
-             --databases {dbs} --daemonize no --loglevel warning --logfile '{dir}/redis.log' & r=$!; \
-             trap 'kill $r 2>/dev/null; exit 0' TERM INT; \
-             while kill -0 {parent} 2>/dev/null && kill -0 $r 2>/dev/null; do sleep 0.5; done; \
-             kill $r 2>/dev/null; wait $r",
-            port = self.port,
-            dir = self.dir.display(),
-            dbs = self.databases,
-            parent = std::process::id(),
+            ["--appendonly", "no"].as_slice()
+        })
+        .arg("--dir")
+        .arg(&self.dir)
+        .args([
+            "--databases",
+            &self.databases.to_string(),
+            "--daemonize",
+            "no",
+        ])
+        .args(["--loglevel", "warning", "--logfile"])
+        .arg(self.dir.join("redis.log"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+        self.child = Some(
+            c.spawn()
+                .expect("redis-server must be installed (apt install redis-server)"),
         );
-        let child = Command::new("sh")
-            .arg("-c")
-            .arg(script)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("redis-server must be installed (apt install redis-server)");
-        self.child = Some(child);
+        if self.watchdog.is_none() {
+            // Statics are never dropped: when the test process is gone, shut the server down
+            // by its port (never by a pid, which the system may have reused).
+            let script = format!(
+                "while kill -0 {parent} 2>/dev/null; do sleep 0.5; done; \
+                 redis-cli -p {port} shutdown nosave >/dev/null 2>&1",
+                parent = std::process::id(),
+                port = self.port,
+            );
+            self.watchdog = Command::new("sh")
+                .arg("-c")
+                .arg(script)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .ok();
+        }
         self.wait_ready();
     }
 
@@ -142,6 +168,10 @@ impl RedisServer {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.stop();
+        if let Some(mut w) = self.watchdog.take() {
+            let _ = w.kill();
+            let _ = w.wait();
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

@@ -234,6 +234,12 @@ pub trait Broker: Send + Sync + 'static {
     /// Returns when work may be available on `queues`, or after `max_wait`.
     async fn wait_for_work(&self, queues: &[String], max_wait: Duration);
 
+    /// Whether `wait_for_work` is woken by pushes (new work, revocations) rather than found by
+    /// polling; workers then poll rarely, as a safety net only.
+    fn pushes_wakeups(&self) -> bool {
+        false
+    }
+
     /// Extends the given leases; returns those that are no longer held (lost or fenced).
     async fn renew(
         &self,

@@ -321,6 +321,17 @@ impl Worker {
     }
 }
 
+/// How often a worker polls a broker that pushes wake-ups (a safety net only).
+const PUSHED_POLL: Duration = Duration::from_secs(5);
+
+fn idle_wait(s: &Shared) -> Duration {
+    if s.broker.pushes_wakeups() {
+        s.cfg.idle_wait.max(PUSHED_POLL)
+    } else {
+        s.cfg.idle_wait
+    }
+}
+
 async fn fetch_loop(s: &Arc<Shared>, shutdown: &Shutdown, runs: &mut JoinSet<()>) {
     let capacity = s.cfg.concurrency * s.cfg.prefetch_multiplier.max(1);
     let mut backoff = Duration::from_millis(100);
@@ -349,7 +360,7 @@ async fn fetch_loop(s: &Arc<Shared>, shutdown: &Shutdown, runs: &mut JoinSet<()>
             Ok(batch) if batch.is_empty() => {
                 backoff = Duration::from_millis(100);
                 tokio::select! {
-                    _ = s.broker.wait_for_work(&s.cfg.queues, s.cfg.idle_wait) => {}
+                    _ = s.broker.wait_for_work(&s.cfg.queues, idle_wait(s)) => {}
                     _ = shutdown.graceful.cancelled() => return,
                 }
             }
@@ -963,9 +974,15 @@ async fn control_loop(s: Arc<Shared>, stop: CancellationToken) {
             }
         }
     };
+    // Revocations are pushed by some brokers; the poll is then only a safety net.
+    let poll = if s.broker.pushes_wakeups() {
+        Duration::from_secs(1)
+    } else {
+        Duration::from_millis(250)
+    };
     loop {
         tokio::select! {
-            _ = s.broker.wait_for_work(&[], Duration::from_millis(250)) => {}
+            _ = s.broker.wait_for_work(&[], poll) => {}
             _ = stop.cancelled() => return,
         }
         let (revs, next) = match s.broker.revocations_since(cursor).await {
@@ -1042,6 +1059,7 @@ async fn heartbeat_loop(s: Arc<Shared>, stop: CancellationToken) {
     // tasks changed, so `inspect active` is fresh without a write per task at high rates.
     let mut last = Instant::now() - s.cfg.heartbeat;
     let mut last_active: Vec<String> = vec![];
+    let mut last_done = 0u64;
     loop {
         // Runs that have started (a claimed message becomes active once its run begins).
         let active: Vec<String> = {
@@ -1056,7 +1074,10 @@ async fn heartbeat_loop(s: Arc<Shared>, stop: CancellationToken) {
             v.sort();
             v
         };
-        if last.elapsed() >= s.cfg.heartbeat || active != last_active {
+        // Finished-task counts too, so `inspect stats` is fresh right after a task ends.
+        let done: u64 = s.totals.lock().expect("totals lock").values().sum();
+        if last.elapsed() >= s.cfg.heartbeat || active != last_active || done != last_done {
+            last_done = done;
             last = Instant::now();
             last_active = active;
             if let Err(e) = s.broker.heartbeat(&report(&s)).await {

@@ -4,6 +4,7 @@
 #
 #   bench/celery-side-by-side.sh                   # reps 2 (about 40 min on 2 cores)
 #   BENCH_ARGS="--reps 1 --only drain,latency" bench/celery-side-by-side.sh
+#   RUNS="celery afterview+rs-producer" bench/celery-side-by-side.sh   # a subset of the runs
 #
 # Three runs of the harness, each on a fresh private redis-server (port $PORT, default 6393):
 #   1. celery:               Python producer -> Celery worker (the baseline)
@@ -17,6 +18,8 @@ HARNESS="${CELERY_BENCH:-$ROOT/../shared/bench/celery}"
 OUT="${OUT:-/var/tmp/afterview-bench-celery}"
 PORT="${PORT:-6393}"
 ARGS="${BENCH_ARGS:---reps 2}"
+# Which runs, in order (the first is the baseline of the ratios).
+RUNS="${RUNS:-celery afterview afterview+rs-producer}"
 export VENV="${VENV:-/var/tmp/afterview-celery-bench-venv}"   # the harness's pinned venv, kept out of ../shared
 [ -x "$HARNESS/run.sh" ] || { echo "Celery harness not found at $HARNESS (set CELERY_BENCH)" >&2; exit 2; }
 
@@ -37,10 +40,16 @@ run() {  # label, extra env...
   env OUT="$OUT/$label" BENCH_LABEL="$label" BENCH_ARGS="$ARGS" "$@" "$HARNESS/run.sh" "$PORT"
 }
 
-run celery
-run afterview WORKER_CMD="$WORKER" TASKSET=afterview
-run afterview+rs-producer WORKER_CMD="$WORKER" TASKSET=afterview \
-  PRODUCER_CMD="$BIN/afterview-bench celery-producer"
+results=()
+for label in $RUNS; do
+  case "$label" in
+    celery) run celery ;;
+    afterview) run afterview WORKER_CMD="$WORKER" TASKSET=afterview ;;
+    afterview+rs-producer) run afterview+rs-producer WORKER_CMD="$WORKER" TASKSET=afterview \
+      PRODUCER_CMD="$BIN/afterview-bench celery-producer" ;;
+    *) echo "unknown run '$label' in RUNS" >&2; exit 2 ;;
+  esac
+  results+=("$OUT/$label/results.json")
+done
 
-python3 bench/celery_compare.py "$OUT/celery/results.json" "$OUT/afterview/results.json" \
-  "$OUT/afterview+rs-producer/results.json" | tee "$OUT/compare.md"
+[ "${#results[@]}" -ge 2 ] && python3 bench/celery_compare.py "${results[@]}" | tee "$OUT/compare.md"

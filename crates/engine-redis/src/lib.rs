@@ -643,6 +643,12 @@ impl Broker for RedisBackend {
         Ok(out)
     }
 
+    /// True while keyspace notifications for list pushes are on: then Python producers'
+    /// LPUSHes wake us as our own PUBLISHed wake-ups do, and polling is only a safety net.
+    fn pushes_wakeups(&self) -> bool {
+        self.inner.keyevents.load(Ordering::SeqCst)
+    }
+
     async fn wait_for_work(&self, queues: &[String], max_wait: Duration) {
         if queues.is_empty() {
             let _ = tokio::time::timeout(max_wait, self.inner.revoke_wake.notified()).await;

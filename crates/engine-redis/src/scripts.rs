@@ -17,19 +17,27 @@ local function bucket(q, p)
   if p >= 9 then return q .. SEP .. '9' elseif p >= 6 then return q .. SEP .. '6' elseif p >= 3 then return q .. SEP .. '3' end
   return q
 end
-local function held(tag, epoch)
-  local lk = 'afterview:lease:' .. tag
-  local v = redis.call('HMGET', lk, 'epoch', 'held')
-  return v[1] and tonumber(v[1]) == tonumber(epoch) and v[2] == '1'
+-- The task id ('' when unknown) if the lease of `tag` is held at `epoch`, else nil.
+local function holder(tag, epoch)
+  local v = redis.call('HMGET', 'afterview:lease:' .. tag, 'epoch', 'held', 'task')
+  if v[1] and tonumber(v[1]) == tonumber(epoch) and v[2] == '1' then return v[3] or '' end
+  return nil
 end
-local function drop_bookkeeping(tag)
-  local task = redis.call('HGET', 'afterview:lease:' .. tag, 'task')
+local function held(tag, epoch)
+  return holder(tag, epoch) ~= nil
+end
+-- `task`: the lease's task id when the caller already read it (nil: read it here).
+local function drop_bookkeeping(tag, task)
+  if task == nil then task = redis.call('HGET', 'afterview:lease:' .. tag, 'task') end
   if task and task ~= '' and redis.call('GET', 'afterview:task-lease:' .. task) == tag then
     redis.call('DEL', 'afterview:task-lease:' .. task)
   end
-  redis.call('ZREM', 'unacked_index', tag)
-  redis.call('HDEL', 'unacked', tag)
-  redis.call('HDEL', 'afterview:held', tag)
+  if string.sub(tag, 1, 20) == 'afterview-malformed-' then
+    redis.call('HDEL', 'afterview:held', tag)
+  else
+    redis.call('ZREM', 'unacked_index', tag)
+    redis.call('HDEL', 'unacked', tag)
+  end
   redis.call('ZREM', 'afterview:leases', tag)
 end
 -- Puts a held or unacked message back at the consuming end of its queue (as kombu's restore).
@@ -117,8 +125,9 @@ return {out, next_due}
 
 /// ARGV: tag, epoch. 1 when acked, 0 when the lease is not current.
 pub(crate) const ACK: &str = r#"
-if not held(ARGV[1], ARGV[2]) then return 0 end
-drop_bookkeeping(ARGV[1])
+local task = holder(ARGV[1], ARGV[2])
+if task == nil then return 0 end
+drop_bookkeeping(ARGV[1], task)
 redis.call('DEL', 'afterview:lease:' .. ARGV[1])
 return 1
 "#;
@@ -176,8 +185,9 @@ return n
 
 /// ARGV: tag, epoch, queue, priority, run_at_ms, now_ms, raw. Acks and enqueues the retry.
 pub(crate) const RETRY: &str = r#"
-if not held(ARGV[1], ARGV[2]) then return 0 end
-drop_bookkeeping(ARGV[1])
+local task = holder(ARGV[1], ARGV[2])
+if task == nil then return 0 end
+drop_bookkeeping(ARGV[1], task)
 redis.call('DEL', 'afterview:lease:' .. ARGV[1])
 if tonumber(ARGV[5]) > tonumber(ARGV[6]) then
   redis.call('ZADD', 'afterview:scheduled', ARGV[5], cjson.encode({q = ARGV[3], p = tonumber(ARGV[4]), m = ARGV[7]}))
@@ -309,10 +319,11 @@ for i = 4, #ARGV, 5 do
   local tag, epoch, ack = ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
   local verdict = 'stored'
   if tag ~= '' then
-    if not held(tag, epoch) then
+    local task = holder(tag, epoch)
+    if task == nil then
       verdict = 'fenced'
     elseif ack == '1' then
-      drop_bookkeeping(tag)
+      drop_bookkeeping(tag, task)
       redis.call('DEL', 'afterview:lease:' .. tag)
     end
   end

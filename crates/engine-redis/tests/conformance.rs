@@ -40,3 +40,25 @@ async fn fixture(expires: Duration) -> Fixture {
 
 afterview_engine::broker_conformance!(fixture);
 afterview_engine::broker_conformance!(durable fixture);
+
+/// On a server that allows CONFIG SET, list pushes are notified: the backend says so, and
+/// workers then only poll as a safety net (a few commands a second when idle).
+#[tokio::test]
+async fn keyspace_notifications_make_wakeups_pushed() {
+    use afterview_engine::Broker;
+    let f = fixture(Duration::from_secs(60)).await;
+    assert!(f.broker.pushes_wakeups());
+    // Told not to rely on notifications, it polls.
+    let server = shared();
+    let polled = RedisBackend::open(
+        &server.url(server.fresh_db()),
+        None,
+        RedisOptions {
+            keyspace_events: false,
+            ..RedisOptions::default()
+        },
+    )
+    .await
+    .expect("open redis backend");
+    assert!(!polled.pushes_wakeups());
+}

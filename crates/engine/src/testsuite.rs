@@ -75,6 +75,7 @@ macro_rules! broker_conformance {
             worker_revokes_queued_delayed_and_running,
             worker_shutdown_gives_unfinished_tasks_back,
             worker_expires_tasks,
+            worker_marks_waiting_tasks_received,
         );
     };
     (@cases $factory:path; $($name:ident),* $(,)?) => {
@@ -846,6 +847,66 @@ pub async fn worker_runs_tasks_and_reports_progress(f: &impl Factory) {
         progress.windows(2).all(|w| w[0] <= w[1]),
         "progress never goes back: {seen:?}"
     );
+    w.stop().await;
+}
+
+/// A prefetched task that waits for a slot shows RECEIVED, then runs once the slot is free.
+pub async fn worker_marks_waiting_tasks_received(f: &impl Factory) {
+    let fx = f(DAY).await;
+    let w = start(
+        &fx,
+        WorkerConfig {
+            prefetch_multiplier: 2,
+            ..worker_cfg(&["celery"], 1)
+        },
+    );
+    let long = call(
+        &w.client,
+        "afterview.sleep",
+        json!({"seconds": 1.0}),
+        SendOptions::default(),
+    )
+    .await;
+    let mut running = w.client.watch(&long);
+    while let Some(m) = tokio::time::timeout(Duration::from_secs(10), running.next())
+        .await
+        .unwrap()
+        .unwrap()
+    {
+        if m.status == TaskState::Started {
+            break;
+        }
+    }
+    let waiting = call(
+        &w.client,
+        "afterview.noop",
+        json!({}),
+        SendOptions::default(),
+    )
+    .await;
+    let mut watch = w.client.watch(&waiting);
+    let mut seen = vec![];
+    while let Some(m) = tokio::time::timeout(Duration::from_secs(10), watch.next())
+        .await
+        .unwrap()
+        .unwrap()
+    {
+        seen.push(m.status.clone());
+    }
+    assert_eq!(seen.last(), Some(&TaskState::Success), "{seen:?}");
+    let received = seen.iter().position(|s| *s == TaskState::Received);
+    let started = seen.iter().position(|s| *s == TaskState::Started);
+    assert!(
+        received.is_some(),
+        "waited for the slot, so RECEIVED: {seen:?}"
+    );
+    if let Some(started) = started {
+        assert!(
+            received < Some(started),
+            "RECEIVED before STARTED: {seen:?}"
+        );
+    }
+    assert_eq!(wait(&w.client, &long).await.status, TaskState::Success);
     w.stop().await;
 }
 

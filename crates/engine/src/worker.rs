@@ -9,8 +9,8 @@
 //! - **control**: follows the broker's revocation log and cancels matching runs (cooperatively,
 //!   then hard after `revoke_grace`, or at once with `terminate`);
 //! - **heartbeat**: publishes a [`WorkerReport`] every `heartbeat` (what `inspect` shows);
-//! - **maintenance**: returns expired leases to their queues (every second) and removes expired
-//!   results, revocations and dead letters (every `cleanup_interval`).
+//! - **maintenance**: returns expired leases to their queues (every fifth of a lease, 0.1-2 s)
+//!   and removes expired results, revocations and dead letters (every `cleanup_interval`).
 //!
 //! A supervisor enforces the limits: at the soft limit the task's cancellation fires and it may
 //! clean up (if it then fails, the result is `SoftTimeLimitExceeded`); at the hard limit the run
@@ -321,6 +321,9 @@ impl Worker {
     }
 }
 
+/// How long a prefetched message may wait for a free slot before its state becomes RECEIVED.
+const RECEIVED_AFTER: Duration = Duration::from_millis(100);
+
 /// How often a worker polls a broker that pushes wake-ups (a safety net only).
 const PUSHED_POLL: Duration = Duration::from_secs(5);
 
@@ -522,17 +525,26 @@ async fn process(s: &Arc<Shared>, d: Delivery, ctrl: &Arc<RunControl>) {
     };
     let opts = handler.options();
 
-    // Wait for a slot (only prefetched messages ever wait here).
+    // Wait for a slot (only prefetched messages ever wait here). A task that waits longer than
+    // RECEIVED_AFTER shows RECEIVED; a shorter wait is not worth a result write.
     let permit = match s.slots.clone().try_acquire_owned() {
         Ok(p) => p,
         Err(_) => {
-            let received = base.meta(TaskState::Received, Value::Null);
-            store(s, &received, &lease).await;
-            tokio::select! {
-                p = s.slots.clone().acquire_owned() => p.expect("semaphore never closed"),
-                _ = ctrl.kill.notified() => {
-                    settle_killed(s, &base, &lease, ctrl.killed().unwrap_or(CancelReason::Shutdown)).await;
-                    return;
+            let acquire = s.slots.clone().acquire_owned();
+            tokio::pin!(acquire);
+            let mut announced = false;
+            loop {
+                tokio::select! {
+                    p = &mut acquire => break p.expect("semaphore never closed"),
+                    _ = tokio::time::sleep(RECEIVED_AFTER), if !announced => {
+                        announced = true;
+                        let received = base.meta(TaskState::Received, Value::Null);
+                        store(s, &received, &lease).await;
+                    }
+                    _ = ctrl.kill.notified() => {
+                        settle_killed(s, &base, &lease, ctrl.killed().unwrap_or(CancelReason::Shutdown)).await;
+                        return;
+                    }
                 }
             }
         }
@@ -976,7 +988,7 @@ async fn control_loop(s: Arc<Shared>, stop: CancellationToken) {
     };
     // Revocations are pushed by some brokers; the poll is then only a safety net.
     let poll = if s.broker.pushes_wakeups() {
-        Duration::from_secs(1)
+        Duration::from_secs(2)
     } else {
         Duration::from_millis(250)
     };
@@ -1091,8 +1103,15 @@ async fn heartbeat_loop(s: Arc<Shared>, stop: CancellationToken) {
     }
 }
 
+/// How often expired leases are swept back to their queues: a fifth of the lease, so a dead
+/// worker's task is back within 1.2 leases, between 100 ms and 2 s.
+fn requeue_interval(lease: Duration) -> Duration {
+    (lease / 5).clamp(Duration::from_millis(100), Duration::from_secs(2))
+}
+
 async fn maintenance_loop(s: Arc<Shared>, stop: CancellationToken) {
     let mut last_cleanup = Instant::now() - s.cfg.cleanup_interval;
+    let every = requeue_interval(s.cfg.lease);
     loop {
         match s.broker.requeue_expired().await {
             Ok(0) => {}
@@ -1114,7 +1133,7 @@ async fn maintenance_loop(s: Arc<Shared>, stop: CancellationToken) {
             }
         }
         tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = tokio::time::sleep(every) => {}
             _ = stop.cancelled() => return,
         }
     }

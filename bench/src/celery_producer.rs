@@ -61,15 +61,19 @@ fn pct(sorted: &[f64], q: f64) -> f64 {
 
 async fn client() -> Client {
     let port = std::env::var("REDIS_PORT").unwrap_or_else(|_| "6391".into());
-    let b = Arc::new(
-        RedisBackend::open(
-            &format!("redis://127.0.0.1:{port}/0"),
-            Some(&format!("redis://127.0.0.1:{port}/1")),
-            RedisOptions::default(),
-        )
-        .await
-        .expect("connect to the bench redis"),
-    );
+    let b = match RedisBackend::open(
+        &format!("redis://127.0.0.1:{port}/0"),
+        Some(&format!("redis://127.0.0.1:{port}/1")),
+        RedisOptions::default(),
+    )
+    .await
+    {
+        Ok(b) => Arc::new(b),
+        Err(e) => {
+            eprintln!("celery-producer: {e} (set REDIS_PORT to the harness's redis-server port)");
+            std::process::exit(69);
+        }
+    };
     Client::new(b.clone(), b)
 }
 
@@ -88,6 +92,12 @@ async fn send(c: &Client, key: &str, i: usize) -> String {
 /// Runs the subcommand; prints one JSON line.
 pub(crate) async fn run(args: &[String]) {
     let cmd = args.first().map(String::as_str).unwrap_or("");
+    if !matches!(cmd, "enqueue" | "latency" | "batch") {
+        eprintln!(
+            "celery-producer: unknown command {cmd:?}\nusage: afterview-bench celery-producer enqueue|latency|batch [--n N] [--task noop|sleep50|progress] [--warmup N] [--timeout S]"
+        );
+        std::process::exit(2);
+    }
     let n: usize = flag(args, "--n")
         .and_then(|v| v.parse().ok())
         .unwrap_or(1000);
@@ -155,10 +165,7 @@ pub(crate) async fn run(args: &[String]) {
                    "rate": n as f64 / secs, "enqueue_secs": sent, "bad": bad,
                    "producer_cpu_s": cpu_seconds() - cpu0})
         }
-        other => {
-            eprintln!("celery-producer: unknown command {other:?} (enqueue, latency, batch)");
-            std::process::exit(2);
-        }
+        _ => unreachable!("checked above"),
     };
     println!("{out}");
 }

@@ -104,11 +104,15 @@ impl Metrics {
             .entry((name.clone(), m.status.as_str().to_owned()))
             .or_default() += 1;
         match m.status {
-            TaskState::Started => {
+            // A run's start is its first STARTED or progress update (a worker writes STARTED
+            // only for runs that outlast 20 ms without reporting progress).
+            TaskState::Started | TaskState::Processing => {
                 if g.started.len() >= MAX_TRACKED {
                     g.started.clear();
                 }
-                g.started.insert(m.task_id.clone(), Instant::now());
+                g.started
+                    .entry(m.task_id.clone())
+                    .or_insert_with(Instant::now);
             }
             ref s if s.is_terminal() => {
                 if let Some(t0) = g.started.remove(&m.task_id) {
@@ -149,7 +153,7 @@ impl Metrics {
                 esc(s)
             );
         }
-        out.push_str("# HELP afterview_task_runtime_seconds Time from STARTED to a terminal state, by task name.\n");
+        out.push_str("# HELP afterview_task_runtime_seconds Time from STARTED or the first progress update to a terminal state, by task name (runs under 20 ms that report no progress are not observed).\n");
         out.push_str("# TYPE afterview_task_runtime_seconds histogram\n");
         for (n, h) in &g.runtime {
             h.render(

@@ -76,6 +76,7 @@ macro_rules! broker_conformance {
             worker_shutdown_gives_unfinished_tasks_back,
             worker_expires_tasks,
             worker_marks_waiting_tasks_received,
+            worker_writes_started_only_for_longer_runs,
         );
     };
     (@cases $factory:path; $($name:ident),* $(,)?) => {
@@ -873,26 +874,15 @@ pub async fn worker_marks_waiting_tasks_received(f: &impl Factory) {
         .unwrap()
         .unwrap()
     {
-        if m.status == TaskState::Started {
+        if matches!(m.status, TaskState::Started | TaskState::Processing) {
             break;
         }
     }
-    let waiting = call(
-        &w.client,
-        "afterview.noop",
-        json!({}),
-        SendOptions::default(),
-    )
-    .await;
-    let mut watch = w.client.watch(&waiting);
-    let mut seen = vec![];
-    while let Some(m) = tokio::time::timeout(Duration::from_secs(10), watch.next())
-        .await
-        .unwrap()
-        .unwrap()
-    {
-        seen.push(m.status.clone());
-    }
+    let waiting = w
+        .client
+        .message("afterview.noop", vec![], Map::new(), SendOptions::default())
+        .unwrap();
+    let seen = history(&w.client, &waiting).await;
     assert_eq!(seen.last(), Some(&TaskState::Success), "{seen:?}");
     let received = seen.iter().position(|s| *s == TaskState::Received);
     let started = seen.iter().position(|s| *s == TaskState::Started);
@@ -907,6 +897,49 @@ pub async fn worker_marks_waiting_tasks_received(f: &impl Factory) {
         );
     }
     assert_eq!(wait(&w.client, &long).await.status, TaskState::Success);
+    w.stop().await;
+}
+
+/// The states a follower sees of `msg`, watched from before it is published.
+async fn history(c: &Client, msg: &TaskMessage) -> Vec<TaskState> {
+    let mut watch = c.watch(&msg.id);
+    c.broker().publish(msg).await.unwrap();
+    let mut seen = vec![];
+    while let Some(m) = tokio::time::timeout(Duration::from_secs(10), watch.next())
+        .await
+        .unwrap()
+        .unwrap()
+    {
+        seen.push(m.status.clone());
+    }
+    seen
+}
+
+/// A task that ends at once goes straight to its final state (no STARTED write); one that runs
+/// longer without reporting progress shows STARTED first.
+pub async fn worker_writes_started_only_for_longer_runs(f: &impl Factory) {
+    let fx = f(DAY).await;
+    let w = start(&fx, worker_cfg(&["celery"], 2));
+    let quick = w
+        .client
+        .message("afterview.noop", vec![], Map::new(), SendOptions::default())
+        .unwrap();
+    let seen = history(&w.client, &quick).await;
+    assert_eq!(seen.last(), Some(&TaskState::Success), "{seen:?}");
+    assert!(!seen.contains(&TaskState::Started), "{seen:?}");
+
+    let slow = w
+        .client
+        .message(
+            "afterview.sleep",
+            vec![],
+            kw(json!({"seconds": 0.3, "progress_steps": 0})),
+            SendOptions::default(),
+        )
+        .unwrap();
+    let seen = history(&w.client, &slow).await;
+    assert_eq!(seen.last(), Some(&TaskState::Success), "{seen:?}");
+    assert!(seen.contains(&TaskState::Started), "{seen:?}");
     w.stop().await;
 }
 

@@ -174,6 +174,13 @@ impl std::fmt::Debug for RedisBackend {
     }
 }
 
+/// A call of a lease-fenced script: ARGV starts with the lease's tag and epoch.
+fn fenced_call<'a>(script: &'a redis::Script, lease: &LeaseRef) -> redis::ScriptInvocation<'a> {
+    let mut call = script.prepare_invoke();
+    call.arg(&lease.delivery_tag).arg(lease.epoch);
+    call
+}
+
 fn unavailable(e: redis::RedisError) -> BackendError {
     if e.kind() == redis::ErrorKind::Parse || e.kind() == redis::ErrorKind::UnexpectedReturnType {
         BackendError::Corrupt(e.to_string())
@@ -307,6 +314,13 @@ impl RedisBackend {
         self.inner
             .broadcast(method, arguments, destination, timeout, true)
             .await
+    }
+
+    /// Runs a [`fenced_call`]: true when the lease was still current and the script acted.
+    async fn fenced(&self, call: redis::ScriptInvocation<'_>) -> Result<bool, BackendError> {
+        let mut c = self.inner.conn();
+        let n: i64 = call.invoke_async(&mut c).await.map_err(unavailable)?;
+        Ok(n == 1)
     }
 }
 
@@ -705,65 +719,29 @@ impl Broker for RedisBackend {
     }
 
     async fn ack(&self, lease: &LeaseRef) -> Result<bool, BackendError> {
-        let mut c = self.inner.conn();
-        let n: i64 = self
-            .inner
-            .scripts
-            .ack
-            .arg(&lease.delivery_tag)
-            .arg(lease.epoch)
-            .invoke_async(&mut c)
+        self.fenced(fenced_call(&self.inner.scripts.ack, lease))
             .await
-            .map_err(unavailable)?;
-        Ok(n == 1)
     }
 
     async fn release(&self, lease: &LeaseRef) -> Result<bool, BackendError> {
-        let mut c = self.inner.conn();
-        let n: i64 = self
-            .inner
-            .scripts
-            .release
-            .arg(&lease.delivery_tag)
-            .arg(lease.epoch)
-            .invoke_async(&mut c)
+        self.fenced(fenced_call(&self.inner.scripts.release, lease))
             .await
-            .map_err(unavailable)?;
-        Ok(n == 1)
     }
 
     async fn retry(&self, lease: &LeaseRef, next: &TaskMessage) -> Result<bool, BackendError> {
-        let mut c = self.inner.conn();
-        let n: i64 = self
-            .inner
-            .scripts
-            .retry
-            .arg(&lease.delivery_tag)
-            .arg(lease.epoch)
-            .arg(&next.queue)
+        let mut call = fenced_call(&self.inner.scripts.retry, lease);
+        call.arg(&next.queue)
             .arg(next.priority)
             .arg(next.run_at_ms())
             .arg(now_ms())
-            .arg(next.to_envelope())
-            .invoke_async(&mut c)
-            .await
-            .map_err(unavailable)?;
-        Ok(n == 1)
+            .arg(next.to_envelope());
+        self.fenced(call).await
     }
 
     async fn defer(&self, lease: &LeaseRef, run_at_ms: i64) -> Result<bool, BackendError> {
-        let mut c = self.inner.conn();
-        let n: i64 = self
-            .inner
-            .scripts
-            .defer
-            .arg(&lease.delivery_tag)
-            .arg(lease.epoch)
-            .arg(run_at_ms)
-            .invoke_async(&mut c)
-            .await
-            .map_err(unavailable)?;
-        Ok(n == 1)
+        let mut call = fenced_call(&self.inner.scripts.defer, lease);
+        call.arg(run_at_ms);
+        self.fenced(call).await
     }
 
     async fn dead_letter(

@@ -1,11 +1,12 @@
 //! `preview`: time per procedure of the local engine on a 1024×1024 portrait (astronaut.png
-//! upscaled): face detection, the warp, the label and the PNG encode, each measured; the
-//! baseline in the same run is a plain PNG encode of the photo (the cost of any output at all).
+//! upscaled): landmarks (BlazeFace + Face Mesh twice + Iris twice), the warp, the label and the
+//! PNG encode, each measured; the baseline in the same run is a plain PNG encode of the photo
+//! (the cost of any output at all).
 
 use std::time::{Duration, Instant};
 
 use afterview_core::tasks::Intensity;
-use afterview_imaging::face::{Landmarks, detect_faces};
+use afterview_imaging::face::{self, detect_faces};
 use afterview_imaging::intake::{Limits, decode_upright, encode_png};
 use afterview_imaging::procedures::PROCEDURES;
 use afterview_imaging::{render, simulate};
@@ -46,12 +47,16 @@ pub(crate) fn run(iterations: usize) {
     let detect = time(&mut || {
         std::hint::black_box(detect_faces(&photo));
     });
-    let lm = Landmarks::from_box(&detect_faces(&photo)[0]);
+    let landmarks = time(&mut || {
+        std::hint::black_box(face::detect(&photo));
+    });
+    let lm = face::detect(&photo).expect("a face");
     println!("# afterview-bench preview: 1024x1024 photo, median of {iterations} runs\n");
     println!(
-        "baseline (PNG encode of the photo): {:.1} ms; face detection: {:.1} ms\n",
+        "baseline (PNG encode of the photo): {:.1} ms; face boxes: {:.1} ms; all landmarks (boxes, mesh, irises): {:.1} ms\n",
         ms(encode),
-        ms(detect)
+        ms(detect),
+        ms(landmarks)
     );
     println!(
         "| procedure | warp/smooth (ms) | full preview: detect + warp + label + PNG (ms) | full / baseline |"
@@ -62,7 +67,7 @@ pub(crate) fn run(iterations: usize) {
             std::hint::black_box(simulate(&photo, p, Intensity::Moderate, &lm).unwrap());
         });
         let full = time(&mut || {
-            let lm = Landmarks::from_box(&detect_faces(&photo)[0]);
+            let lm = face::detect(&photo).expect("a face");
             let mut img = simulate(&photo, p, Intensity::Moderate, &lm).unwrap().image;
             render::label(&mut img, "SIMULATION");
             std::hint::black_box(encode_png(&img));

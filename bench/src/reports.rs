@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use afterview_core::catalog::Catalog;
 use afterview_core::tasks::Intensity;
-use afterview_imaging::face::{Landmarks, detect_faces};
+use afterview_imaging::face;
 use afterview_imaging::intake::{Limits, decode_upright};
 use afterview_reports::infographic::DEFAULT_COLORS;
 use afterview_reports::{
@@ -31,7 +31,7 @@ pub(crate) fn run(iterations: usize) {
     ))
     .unwrap();
     let (photo, _) = decode_upright(&bytes, &Limits::default()).unwrap();
-    let lm = Landmarks::from_box(&detect_faces(&photo)[0]);
+    let lm = face::detect(&photo).expect("a face in the test portrait");
     let c = Catalog::builtin();
     let photo = Arc::new(photo);
     let procs = ["rhinoplasty", "facelift", "lip-augmentation"];

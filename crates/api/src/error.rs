@@ -118,6 +118,7 @@ pub fn status_of(code: &str) -> StatusCode {
         "unsupported_format" => StatusCode::UNSUPPORTED_MEDIA_TYPE,
         "corrupt_image"
         | "no_face_detected"
+        | "feature_not_visible"
         | "unknown_procedure"
         | "unsupported_export_format"
         | "gemini_blocked" => StatusCode::UNPROCESSABLE_ENTITY,

@@ -37,6 +37,7 @@ codes! {
     CorruptImage => "corrupt_image": "The image could not be decoded (truncated or damaged).",
     NoFaceDetected => "no_face_detected": "No face was found in the photo; pass control points or use a frontal photo.",
     InvalidControlPoints => "invalid_control_points": "The control points are outside the image or do not describe a face.",
+    FeatureNotVisible => "feature_not_visible": "The photo does not show what the procedure changes (e.g. the ears are hidden by hair for otoplasty).",
     InvalidOptions => "invalid_options": "The preview options are invalid.",
     UnknownProcedure => "unknown_procedure": "The procedure id is not in the catalog.",
     InvalidProcedureCount => "invalid_procedure_count": "A comparison needs 2 to 4 distinct procedures.",

@@ -1,19 +1,26 @@
-//! Afterview's image work: face location, the local preview engine, labels and
-//! composites.
+//! Afterview's image work: face landmarks, the local preview engine, labels and composites.
 //!
 //! Job: turn bytes and values into bytes. This crate knows nothing of tokio, HTTP, SQL or Redis;
 //! every function is synchronous and CPU-bound (callers run it off their async threads).
 //!
 //! Invariants:
 //! - **Deterministic**: the same photo, procedure, intensity and landmarks give byte-identical
-//!   output (no randomness, fixed evaluation order, fixed PNG settings).
-//! - **Local**: pixels outside the treated region are never written ([`Simulated::region`]);
-//!   the label touches only its corner box.
-//! - **Honest**: no face, no preview ([`face::FaceError::NoFace`]) rather than a distorted one.
+//!   output (no randomness, no threads, fixed evaluation order, fixed PNG settings).
+//! - **Local**: pixels outside the procedure's allowed region (the face outline, plus the neck
+//!   under the jaw for a facelift or a chin, the ears for otoplasty) are never written
+//!   ([`Simulated::region`]); glasses frames and hair in front of the face are kept rigid.
+//! - **Anatomical**: recipes move detected feature outlines by clinical amounts in millimetres
+//!   ([`procedures`]), measured from the iris ([`face::Frame::px_per_mm`]).
+//! - **Honest**: no face, no preview ([`face::FaceError::NoFace`]); a feature the photo does
+//!   not show (ears under hair) fails with `feature_not_visible` rather than moving something
+//!   else.
 
+mod ears;
 pub mod face;
+pub mod measure;
 pub mod procedures;
 pub mod render;
+mod skin;
 pub mod warp;
 
 use afterview_core::ErrorCode;
@@ -23,10 +30,15 @@ use image::RgbImage;
 pub use afterview_intake as intake;
 pub use afterview_intake::{IntakeError, Limits};
 pub use face::{FaceError, Landmarks};
+pub use skin::SkinModel;
 pub use warp::Rect;
 
+use face::{Frame, Pt, regions};
+use procedures::{Plan, Protect};
+use warp::{Field, Mask};
+
 /// Identifies the local engine's algorithm in stored previews (bump when output changes).
-pub const ENGINE_VERSION: &str = "afterview-local/1";
+pub const ENGINE_VERSION: &str = "afterview-local/2";
 
 /// The default corner label.
 pub const DEFAULT_LABEL: &str = "SIMULATION";
@@ -43,6 +55,9 @@ pub enum ImagingError {
     /// The procedure has no recipe.
     #[error("unknown procedure {0:?}")]
     UnknownProcedure(String),
+    /// The photo does not show what the procedure changes.
+    #[error("{0}")]
+    FeatureNotVisible(String),
 }
 
 impl ImagingError {
@@ -53,6 +68,7 @@ impl ImagingError {
             Self::Face(FaceError::NoFace) => ErrorCode::NoFaceDetected,
             Self::Face(FaceError::BadControlPoints(_)) => ErrorCode::InvalidControlPoints,
             Self::UnknownProcedure(_) => ErrorCode::UnknownProcedure,
+            Self::FeatureNotVisible(_) => ErrorCode::FeatureNotVisible,
         }
     }
 }
@@ -66,6 +82,148 @@ pub struct Simulated {
     pub region: Rect,
 }
 
+/// Filled polygons, feathered inwards over `feather` pixels: 0 on and outside the outline,
+/// 1 deeper inside than the feather.
+fn polygon_mask(rect: Rect, polys: &[Vec<Pt>], feather: u32) -> Mask {
+    let mut m = Mask::new(rect);
+    for p in polys {
+        m.fill_polygon(p, 1.0);
+    }
+    if feather > 0 {
+        m.blur(feather);
+        m.map(|_, _, v| (2.0 * v - 1.0).max(0.0));
+    }
+    m
+}
+
+/// What lies in front of the skin inside `rect` (glasses frames, hair): 1 where a pixel is not
+/// the patient's skin, except on the face's own features (eyes, brows, lips, nostrils).
+fn protect_mask(photo: &RgbImage, lm: &Landmarks, f: &Frame, rect: Rect, only_dark: bool) -> Mask {
+    let skin = SkinModel::learn(photo, lm);
+    let mut m = Mask::new(rect);
+    // Only what is clearly not skin: near-black (frames, dark hair) or far from the skin's
+    // colour. Shaded skin (lid creases, under the jaw) keeps its chroma and stays movable.
+    let dark = if only_dark { 0.35 } else { 0.2 } * skin.luminance();
+    m.map(|x, y, _| {
+        let p = photo.get_pixel(x, y).0;
+        let lum = 0.299 * p[0] as f32 + 0.587 * p[1] as f32 + 0.114 * p[2] as f32;
+        if lum < dark {
+            1.0
+        } else if only_dark {
+            0.0
+        } else {
+            ((skin.distance(p) - 5.0) / 2.0).clamp(0.0, 1.0)
+        }
+    });
+    let grow = |idx: &[usize], mm: f32| {
+        let pts = lm.group(idx);
+        let c = pts
+            .iter()
+            .fold(Pt::default(), |a, p| a.plus(*p))
+            .times(1.0 / pts.len() as f32);
+        pts.iter()
+            .map(|p| {
+                let d = p.minus(c);
+                p.plus(d.times(f.px(mm) / d.len().max(1e-3)))
+            })
+            .collect::<Vec<Pt>>()
+    };
+    if !only_dark {
+        // The face's own dark features are not overlays: eyes and lips never, brows unless a
+        // pixel is near-black (a frame crossing the brow; brow hair is rarely that dark). With
+        // only dark pixels protected (blepharoplasty), the eyes and brows stay anyway.
+        for p in [
+            grow(&regions::RIGHT_EYE_RING, 1.0),
+            grow(&regions::LEFT_EYE_RING, 1.0),
+            grow(&regions::UPPER_LIP_OUTER, 1.5),
+            grow(&regions::LOWER_LIP_OUTER, 1.5),
+            lm.group(&[98, 64, 48, 115, 220, 45, 4, 275, 440, 344, 278, 294, 327, 2]),
+        ] {
+            m.clear_polygon(&p);
+        }
+        for side in 0..2 {
+            let mut brow = lm.group(&regions::BROW_UPPER[side]);
+            brow.extend(lm.group(&regions::BROW_LOWER[side]).into_iter().rev());
+            let c = brow
+                .iter()
+                .fold(Pt::default(), |a, p| a.plus(*p))
+                .times(1.0 / brow.len() as f32);
+            let grown: Vec<Pt> = brow
+                .iter()
+                .map(|p| {
+                    let d = p.minus(c);
+                    p.plus(d.times(f.px(2.0) / d.len().max(1e-3)))
+                })
+                .collect();
+            let mut inside = Mask::new(rect);
+            inside.fill_polygon(&grown, 1.0);
+            m.map(|x, y, v| {
+                if inside.at(x, y) == 0.0 {
+                    return v;
+                }
+                let p = photo.get_pixel(x, y).0;
+                let lum = 0.299 * p[0] as f32 + 0.587 * p[1] as f32 + 0.114 * p[2] as f32;
+                if lum < dark { v } else { 0.0 }
+            });
+        }
+    }
+    // Catch anti-aliased edges, softly, never weakening a protected pixel.
+    let hard = m.clone();
+    m.dilate(1);
+    m.blur(1);
+    m.map(|x, y, v| v.max(hard.at(x, y)));
+    m
+}
+
+/// The warp and smoothing of a plan, applied.
+fn render_plan(photo: &RgbImage, lm: &Landmarks, plan: &Plan) -> Simulated {
+    let f = lm.frame();
+    let (w, h) = photo.dimensions();
+    let mut image = photo.clone();
+    let mut region = Rect::default();
+    if plan.handles.iter().any(|h| h.shift.len() > 1e-3) {
+        let field = Field::fit(&plan.handles, f.px(plan.radius_mm));
+        let support = field.support(w, h);
+        let feather = f.px(1.5).round().max(1.0) as u32;
+        let allow = polygon_mask(support, &plan.allow, feather);
+        let protect = match plan.protect {
+            Protect::Nothing => None,
+            Protect::Dark => Some(protect_mask(photo, lm, &f, support, true)),
+            Protect::Overlays => Some(protect_mask(photo, lm, &f, support, false)),
+        };
+        let (out, r) = warp::apply(photo, &field, &allow, protect.as_ref());
+        image = out;
+        region = r;
+    }
+    if let Some(s) = &plan.smoothing {
+        let rect = plan
+            .allow
+            .iter()
+            .chain(&s.include)
+            .fold(Rect::default(), |acc, p| {
+                acc.union(Rect::around(p, 2.0, w, h))
+            });
+        let rect = s
+            .include
+            .iter()
+            .fold(Rect::default(), |acc, p| {
+                acc.union(Rect::around(p, 2.0, w, h))
+            })
+            .intersect(rect);
+        let feather = f.px(2.0).round().max(1.0) as u32;
+        let mut mask = polygon_mask(rect, &s.include, feather);
+        let mut cut = polygon_mask(rect, &s.exclude, 0);
+        cut.blur(feather);
+        let skin = SkinModel::learn(photo, lm);
+        mask.map(|x, y, v| v * (1.0 - cut.at(x, y)) * skin.likelihood(photo.get_pixel(x, y).0));
+        let radius = f.px(s.radius_mm).round().max(1.0) as u32;
+        let (out, r) = warp::smooth_detail(&image, &mask, radius, 220.0, s.amount);
+        image = out;
+        region = region.union(r);
+    }
+    Simulated { image, region }
+}
+
 /// Applies `procedure` to `photo` at `intensity` for the face at `lm`.
 pub fn simulate(
     photo: &RgbImage,
@@ -73,58 +231,55 @@ pub fn simulate(
     intensity: Intensity,
     lm: &Landmarks,
 ) -> Result<Simulated, ImagingError> {
-    let plan = procedures::plan(procedure, lm, intensity)
-        .ok_or_else(|| ImagingError::UnknownProcedure(procedure.to_owned()))?;
-    let (mut image, mut region) = warp::apply(photo, &plan.deforms);
-    if let Some(s) = &plan.smoothing {
-        let (smoothed, r) = warp::smooth(&image, &s.mask, s.radius, s.sigma, s.strength);
-        image = smoothed;
-        region = region.union(r);
-    }
-    Ok(Simulated { image, region })
+    let plan = procedures::plan(procedure, photo, lm, intensity)?;
+    Ok(render_plan(photo, lm, &plan))
 }
 
-/// A soft mask (0-1 per pixel, row-major) of where `procedure` acts: used to blend a generated
+/// A soft mask (0-1 per pixel, row-major) of where `procedure` acts: where its warp moves
+/// anything, or its smoothing reaches, grown by 2 mm and feathered. Used to blend a generated
 /// picture back into the photo only there, so identity elsewhere is kept.
 pub fn treatment_mask(
-    width: u32,
-    height: u32,
+    photo: &RgbImage,
     procedure: &str,
     intensity: Intensity,
     lm: &Landmarks,
 ) -> Result<Vec<f32>, ImagingError> {
-    let plan = procedures::plan(procedure, lm, intensity)
-        .ok_or_else(|| ImagingError::UnknownProcedure(procedure.to_owned()))?;
-    let mut mask = vec![0f32; (width * height) as usize];
-    for d in &plan.deforms {
-        let r = d.region(width, height);
-        let (c, rad) = match *d {
-            warp::Deform::Translate { center, radius, .. } => (center, radius),
-            warp::Deform::Scale { center, rx, ry, .. } => (center, rx.max(ry)),
-        };
-        for y in r.y0..r.y1 {
-            for x in r.x0..r.x1 {
-                let dist = face::Pt::new(x as f32, y as f32).minus(c).len() / rad;
-                let w = if dist >= 1.0 {
-                    0.0
-                } else {
-                    (1.0 - dist * dist).powi(2).sqrt()
-                };
-                let m = &mut mask[(y * width + x) as usize];
-                *m = m.max(w);
+    let plan = procedures::plan(procedure, photo, lm, intensity)?;
+    let f = lm.frame();
+    let (w, h) = photo.dimensions();
+    let full = Rect {
+        x0: 0,
+        y0: 0,
+        x1: w,
+        y1: h,
+    };
+    let mut mask = Mask::new(full);
+    if plan.handles.iter().any(|h| h.shift.len() > 1e-3) {
+        let field = Field::fit(&plan.handles, f.px(plan.radius_mm));
+        let support = field.support(w, h);
+        let allow = polygon_mask(support, &plan.allow, 0);
+        let unit = f.px(0.3).max(0.25);
+        mask.map(|x, y, _| {
+            if allow.at(x, y) <= 0.0 {
+                return 0.0;
             }
-        }
+            (field.at(Pt::new(x as f32, y as f32)).len() / unit).min(1.0)
+        });
     }
     if let Some(s) = &plan.smoothing {
-        let r = s.mask.region(width, height);
-        for y in r.y0..r.y1 {
-            for x in r.x0..r.x1 {
-                let m = &mut mask[(y * width + x) as usize];
-                *m = m.max(s.mask.at(x, y));
-            }
+        let mut inc = polygon_mask(full, &s.include, 0);
+        for p in &s.exclude {
+            inc.clear_polygon(p);
         }
+        mask.map(|x, y, v| v.max(inc.at(x, y)));
     }
-    Ok(mask)
+    let grow = f.px(2.0).round().max(1.0) as u32;
+    mask.dilate(grow);
+    mask.blur(grow);
+    Ok((0..h)
+        .flat_map(|y| (0..w).map(move |x| (x, y)))
+        .map(|(x, y)| mask.at(x, y))
+        .collect())
 }
 
 /// Blends `generated` into `photo` through `mask` (same size); pixels where the mask is 0 are
@@ -152,21 +307,42 @@ pub fn preview(
     intensity: Intensity,
     control_points: Option<&ControlPoints>,
 ) -> Result<(Simulated, Landmarks), ImagingError> {
-    if procedures::plan(
-        procedure,
-        &Landmarks::from_box(&face::FaceBox {
-            x: 0.0,
-            y: 0.0,
-            w: 10.0,
-            h: 10.0,
-            score: 0.0,
-        }),
-        intensity,
-    )
-    .is_none()
-    {
+    if !procedures::PROCEDURES.contains(&procedure) {
         return Err(ImagingError::UnknownProcedure(procedure.to_owned()));
     }
     let lm = face::locate(photo, control_points)?;
     Ok((simulate(photo, procedure, intensity, &lm)?, lm))
+}
+
+/// The window that shows the face of `lm` in a `w × h` photo: centred between the brows and
+/// the chin, `face_share` of its width taken by the face (cheek to cheek), with the given
+/// aspect ratio (width / height), kept inside the photo.
+pub fn face_window(lm: &Landmarks, w: u32, h: u32, face_share: f32, aspect: f32) -> Rect {
+    let oval = lm.group(&regions::FACE_OVAL);
+    let f = lm.frame();
+    let (lo, hi) = oval.iter().fold((f32::MAX, f32::MIN), |(lo, hi), p| {
+        let (u, _) = f.local(*p);
+        (lo.min(u), hi.max(u))
+    });
+    let face_w = f.px(hi - lo).max(8.0);
+    let (_, v_top) = f.local(lm.points[10]);
+    let (_, v_chin) = f.local(lm.chin());
+    let centre = f.at((lo + hi) / 2.0, (v_top + v_chin) / 2.0 + 4.0);
+    let mut ww = face_w / face_share;
+    let mut wh = ww / aspect;
+    // Keep the whole face height in view.
+    let face_h = f.px(v_chin - v_top) * 1.25;
+    if wh < face_h {
+        wh = face_h;
+        ww = wh * aspect;
+    }
+    let (ww, wh) = (ww.min(w as f32), wh.min(h as f32));
+    let x0 = (centre.x - ww / 2.0).clamp(0.0, w as f32 - ww);
+    let y0 = (centre.y - wh / 2.0).clamp(0.0, h as f32 - wh);
+    Rect {
+        x0: x0 as u32,
+        y0: y0 as u32,
+        x1: ((x0 + ww) as u32).min(w),
+        y1: ((y0 + wh) as u32).min(h),
+    }
 }

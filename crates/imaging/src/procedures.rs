@@ -1,33 +1,59 @@
-//! Procedure recipes: each procedure is a few local deformations (and, for skin, masked
-//! smoothing) placed in the face frame and scaled by the intensity. Distances are in
-//! inter-ocular units, so a recipe fits any photo size; directions follow the frame, so a tilted
-//! head is treated along its own axes.
+//! Procedure recipes: each procedure says where the face's own landmarks go, in millimetres
+//! in the face frame, and what may move at all.
+//!
+//! A recipe moves the outline of one feature (the alae, the vermilion, the brow, the upper-lid
+//! folds, the jowls, the chin, the ears) and pins every other mesh point where it is, plus two
+//! rings of points outside the face; the warp ([`crate::warp`]) interpolates between them.
+//! Amounts are clinical magnitudes at `moderate` (see `docs/previews.md` for the table and
+//! sources); `subtle` applies half and `pronounced` one and a half times as much. Directions
+//! follow the face frame, so a tilted head is treated along its own axes.
 
 use afterview_core::tasks::Intensity;
+use image::RgbImage;
 
-use crate::face::{Frame, Landmarks, Pt};
-use crate::warp::{Deform, FaceEllipse, FaceMask};
+use crate::ImagingError;
+use crate::face::{Frame, Landmarks, MESH_POINTS, Pt, regions as r};
+use crate::skin::{SkinModel, oval};
+use crate::warp::Handle;
 
 /// What a procedure does to a photo.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Plan {
-    /// Local deformations (their offsets add up).
-    pub deforms: Vec<Deform>,
-    /// Masked smoothing, for skin procedures.
+    /// Where content moves (image pixels); pinned points have a zero shift.
+    pub handles: Vec<Handle>,
+    /// Support radius of the interpolation, millimetres.
+    pub radius_mm: f32,
+    /// Polygons (image pixels) outside which nothing may change.
+    pub allow: Vec<Vec<Pt>>,
+    /// What in front of the skin is kept rigid.
+    pub protect: Protect,
+    /// Texture smoothing, for skin procedures.
     pub smoothing: Option<Smoothing>,
 }
 
-/// Masked edge-preserving smoothing.
+/// Which pixels are laid back unchanged over the warped skin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protect {
+    /// None.
+    Nothing,
+    /// Near-black pixels only (glasses frames crossing the eyelids, where shaded skin must
+    /// still move).
+    Dark,
+    /// Near-black pixels and anything far from the skin's colour (frames, hair, a collar).
+    Overlays,
+}
+
+/// Edge-preserving removal of fine texture.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Smoothing {
-    /// Where.
-    pub mask: FaceMask,
-    /// Box radius in pixels.
-    pub radius: u32,
-    /// Intensity difference (0-255) above which a pixel counts as an edge and is kept.
-    pub sigma: f32,
-    /// 0-1.
-    pub strength: f32,
+    /// Where (union of polygons)...
+    pub include: Vec<Vec<Pt>>,
+    /// ...except here (eyes, brows, lips, nostrils).
+    pub exclude: Vec<Vec<Pt>>,
+    /// Filter radius, millimetres.
+    pub radius_mm: f32,
+    /// Share of the fine detail removed, 0-1.
+    pub amount: f32,
 }
 
 /// The procedures the local engine knows, in catalog order.
@@ -47,224 +73,600 @@ pub fn factor(i: Intensity) -> f32 {
     match i {
         Intensity::Subtle => 0.5,
         Intensity::Moderate => 1.0,
-        Intensity::Pronounced => 1.6,
+        Intensity::Pronounced => 1.5,
     }
 }
 
-fn translate(f: &Frame, at: Pt, radius: f32, du: f32, dv: f32) -> Deform {
-    Deform::Translate {
-        center: at,
-        radius: radius * f.iod,
-        shift: f.vec(du, dv),
+/// Clinical amounts at `moderate`, millimetres or fractions.
+pub mod amounts {
+    /// Alar base narrowing, fraction of the alar width.
+    pub const ALAR_NARROWING: f32 = 0.075;
+    /// Upper vermilion height gain, fraction.
+    pub const UPPER_LIP_GAIN: f32 = 0.34;
+    /// Lower vermilion height gain, fraction.
+    pub const LOWER_LIP_GAIN: f32 = 0.26;
+    /// Menton lowered, mm.
+    pub const CHIN_DROP_MM: f32 = 2.6;
+    /// Brow tail raised, mm (the brow's head about a quarter of it).
+    pub const BROW_TAIL_MM: f32 = 3.0;
+    /// Upper-lid fold raised (more lid platform), mm.
+    pub const LID_FOLD_MM: f32 = 2.0;
+    /// Upper-lid hooding raised, mm.
+    pub const LID_HOOD_MM: f32 = 2.6;
+    /// Jowls lifted, mm.
+    pub const JOWL_LIFT_MM: f32 = 4.5;
+    /// Ear rim moved towards the head, mm (at most a third of the ear's visible width).
+    pub const EAR_SETBACK_MM: f32 = 4.0;
+    /// Share of fine skin texture removed.
+    pub const TEXTURE_REMOVED: f32 = 0.42;
+}
+
+/// Shifts of the mesh points (millimetres in the face frame); `None` = pinned.
+struct Moves<'a> {
+    lm: &'a Landmarks,
+    f: Frame,
+    shift: Vec<Option<(f32, f32)>>,
+    /// Points left out entirely (neither moved nor pinned): the warp interpolates them.
+    free: Vec<bool>,
+    extra: Vec<Handle>,
+}
+
+impl<'a> Moves<'a> {
+    fn new(lm: &'a Landmarks) -> Self {
+        Moves {
+            lm,
+            f: lm.frame(),
+            shift: vec![None; MESH_POINTS],
+            free: vec![false; MESH_POINTS],
+            extra: vec![],
+        }
+    }
+
+    /// Face coordinates (mm) of mesh point `i`.
+    fn uv(&self, i: usize) -> (f32, f32) {
+        self.f.local(self.lm.points[i])
+    }
+
+    fn set(&mut self, i: usize, du: f32, dv: f32) {
+        self.shift[i] = Some((du, dv));
+    }
+
+    /// Pins a ring of points outside the face outline (`mm` beyond it).
+    fn pin_outside(&mut self, mm: &[f32]) {
+        for &d in mm {
+            for p in oval(self.lm, &self.f, d) {
+                self.extra.push(Handle {
+                    at: p,
+                    shift: Pt::default(),
+                });
+            }
+        }
+    }
+
+    fn handles(self) -> Vec<Handle> {
+        let mut out: Vec<Handle> = (0..MESH_POINTS)
+            .filter(|&i| !self.free[i])
+            .map(|i| {
+                let (du, dv) = self.shift[i].unwrap_or((0.0, 0.0));
+                Handle {
+                    at: self.lm.points[i],
+                    shift: self.f.vec(du, dv),
+                }
+            })
+            .collect();
+        out.extend(self.extra);
+        out
     }
 }
 
-/// The recipe of `procedure` for a face, or `None` for an unknown procedure.
-pub fn plan(procedure: &str, lm: &Landmarks, intensity: Intensity) -> Option<Plan> {
-    let f = lm.frame();
+/// Piecewise-linear interpolation of `ys` over increasing `xs`, clamped at the ends.
+fn lerp_table(xs: &[f32], ys: &[f32], x: f32) -> f32 {
+    if x <= xs[0] {
+        return ys[0];
+    }
+    for i in 1..xs.len() {
+        if x <= xs[i] {
+            let t = (x - xs[i - 1]) / (xs[i] - xs[i - 1]).max(1e-6);
+            return ys[i - 1] + t * (ys[i] - ys[i - 1]);
+        }
+    }
+    ys[ys.len() - 1]
+}
+
+fn face_outline(lm: &Landmarks) -> Vec<Vec<Pt>> {
+    vec![lm.group(&r::FACE_OVAL)]
+}
+
+/// The recipe of `procedure` for the face at `lm` in `photo`.
+pub fn plan(
+    procedure: &str,
+    photo: &RgbImage,
+    lm: &Landmarks,
+    intensity: Intensity,
+) -> Result<Plan, ImagingError> {
     let k = factor(intensity);
-    let (_, nose_v) = f.local(lm.nose_tip);
-    let (_, mouth_v) = f.local(lm.mouth());
-    let mut deforms = vec![];
+    let mut m = Moves::new(lm);
+    let f = m.f;
+    let mut allow = face_outline(lm);
+    let mut protect = Protect::Nothing;
     let mut smoothing = None;
+    let radius_mm;
     match procedure {
         "rhinoplasty" => {
-            // Narrow the alar base (each wing towards the midline) and refine the tip.
-            for side in [-1.0f32, 1.0] {
-                let wing = lm.nose_tip.plus(f.vec(side * 0.27, -0.04));
-                deforms.push(translate(&f, wing, 0.30, -side * 0.05 * k, 0.0));
-                let bridge = f.at(side * 0.11, nose_v * 0.55);
-                deforms.push(translate(&f, bridge, 0.16, -side * 0.018 * k, 0.0));
+            // Narrow the lower nose about its own midline: every point of the alae and the
+            // nostril sill moves medially in proportion to its distance from the midline, so the
+            // tip (on the midline) stays and the alar base narrows by the target fraction.
+            let u0 = m.uv(r::NOSE_TIP).0;
+            let s = amounts::ALAR_NARROWING * k;
+            for &i in LOWER_NOSE.iter() {
+                let (u, _) = m.uv(i);
+                m.set(i, -s * (u - u0), 0.0);
             }
-            deforms.push(Deform::Scale {
-                center: lm.nose_tip,
-                axis: f.ex,
-                rx: 0.20 * f.iod,
-                ry: 0.17 * f.iod,
-                sx: 1.0 - 0.07 * k,
-                sy: 1.0 - 0.03 * k,
-            });
-        }
-        "blepharoplasty" => {
-            // Raise the upper-lid fold, firm the lower lid.
-            for eye in [lm.right_eye, lm.left_eye] {
-                // Centred above the lid margin: the fold and the upper margin rise, the lower
-                // margin stays, so the eye opens rather than moves.
-                deforms.push(translate(
-                    &f,
-                    eye.plus(f.vec(0.0, -0.20)),
-                    0.28,
-                    0.0,
-                    -0.040 * k,
-                ));
-                deforms.push(translate(
-                    &f,
-                    eye.plus(f.vec(0.0, 0.27)),
-                    0.20,
-                    0.0,
-                    -0.018 * k,
-                ));
-            }
-        }
-        "facelift" => {
-            // Lift the jowls up and in along the jawline; soften the nasolabial folds.
-            for side in [-1.0f32, 1.0] {
-                let jowl = f.at(side * 1.02, mouth_v + 0.22);
-                deforms.push(translate(&f, jowl, 0.50, -side * 0.06 * k, -0.07 * k));
-                let jaw = f.at(side * 0.74, mouth_v + 0.55);
-                deforms.push(translate(&f, jaw, 0.38, -side * 0.035 * k, -0.045 * k));
-            }
-            smoothing = Some(Smoothing {
-                mask: FaceMask {
-                    frame: f,
-                    include: vec![
-                        FaceEllipse {
-                            cu: -0.42,
-                            cv: mouth_v - 0.18,
-                            ru: 0.30,
-                            rv: 0.42,
-                        },
-                        FaceEllipse {
-                            cu: 0.42,
-                            cv: mouth_v - 0.18,
-                            ru: 0.30,
-                            rv: 0.42,
-                        },
-                    ],
-                    exclude: vec![FaceEllipse {
-                        cu: 0.0,
-                        cv: mouth_v,
-                        ru: 0.48,
-                        rv: 0.20,
-                    }],
-                },
-                radius: radius_px(&f, 0.05),
-                sigma: 14.0,
-                strength: (0.35 * k).min(0.8),
-            });
+            m.pin_outside(&[6.0, 14.0]);
+            // The glasses' bridge sits well above the alae: no overlay to protect.
+            radius_mm = 9.0;
         }
         "lip-augmentation" => {
-            // Fuller lips: magnify mostly vertically; the corners stay nearly fixed.
-            deforms.push(Deform::Scale {
-                center: lm.mouth(),
-                axis: f.ex,
-                rx: 0.60 * f.iod,
-                ry: 0.34 * f.iod,
-                sx: 1.0 + 0.04 * k,
-                sy: 1.0 + 0.28 * k,
-            });
+            // Each column of the lips stretches away from its inner line (where the lips meet,
+            // or the edge of the open mouth): the vermilion gains height wherever its border
+            // lies inside the mesh's outline, the inner lines (so the mouth's opening) and the
+            // corners stay.
+            let bands = lip_bands(lm);
+            let mut ends = vec![];
+            for band in &bands {
+                let (u, v_in) = f.local(band.inner);
+                let g = band.gain * k;
+                ends.push(f.at(u, v_in + band.dir * band.height));
+                // An even stretch along the column: the vermilion grows by the gain wherever
+                // its border is.
+                for t in [0.25f32, 0.5, 0.75, 1.0] {
+                    m.extra.push(Handle {
+                        at: f.at(u, v_in + band.dir * band.height * t),
+                        shift: f.vec(0.0, band.dir * band.height * t * g),
+                    });
+                }
+            }
+            // Every mesh point inside the lips (the bands' ends joined round the corners) is
+            // interpolated, except the inner lines and the corners, which stay.
+            let half = ends.len() / 2;
+            let mut outline = vec![lm.points[r::MOUTH_CORNERS[0]]];
+            outline.extend(&ends[..half]);
+            outline.push(lm.points[r::MOUTH_CORNERS[1]]);
+            outline.extend(ends[half..].iter().rev());
+            let keep: Vec<usize> = r::UPPER_LIP_INNER
+                .iter()
+                .chain(&r::LOWER_LIP_INNER)
+                .chain(&r::MOUTH_CORNERS)
+                .copied()
+                .collect();
+            // So is the skin within 5 mm beyond the bands' ends: the lip pushes it instead of
+            // folding against a pinned point next to the border (the nose stays pinned).
+            let grown = grow(&outline, &f, 5.0);
+            for i in 0..MESH_POINTS {
+                if keep.contains(&i) || LOWER_NOSE.contains(&i) {
+                    continue;
+                }
+                if inside_polygon(&grown, lm.points[i]) {
+                    m.free[i] = true;
+                }
+            }
+            for band in &bands {
+                m.free[band.outer_index] = true;
+            }
+            m.pin_outside(&[6.0, 14.0]);
+            radius_mm = 8.0;
         }
         "chin-augmentation" => {
-            // Longer, more projected chin.
-            deforms.push(translate(&f, lm.chin, 0.55, 0.0, 0.09 * k));
-            deforms.push(Deform::Scale {
-                center: lm.chin.plus(f.vec(0.0, -0.12)),
-                axis: f.ex,
-                rx: 0.40 * f.iod,
-                ry: 0.30 * f.iod,
-                sx: 1.0 + 0.02 * k,
-                sy: 1.0 + 0.08 * k,
-            });
+            // The chin pad comes down: full at the menton, fading towards the lower lip and
+            // along the jaw.
+            let (_, v_lip) = m.uv(r::LOWER_LIP_MID.1);
+            let (u_c, v_c) = m.uv(r::MENTON);
+            let drop = amounts::CHIN_DROP_MM * k;
+            for i in 0..MESH_POINTS {
+                let (u, v) = m.uv(i);
+                if v <= v_lip + 2.0 {
+                    continue;
+                }
+                let down = ((v - v_lip - 2.0) / (v_c - v_lip - 2.0).max(1.0)).clamp(0.0, 1.0);
+                let side = (-((u - u_c) / 16.0).powi(2)).exp();
+                let w = down * side;
+                if w > 0.02 {
+                    m.set(i, 0.0, drop * w);
+                }
+            }
+            // Below the chin: the neck stays beyond 12 mm.
+            m.pin_outside(&[12.0, 22.0]);
+            allow = vec![lm.group(&r::FACE_OVAL), below_jaw(lm, &f, 14.0)];
+            radius_mm = 14.0;
         }
         "brow-lift" => {
-            // Raise the brows, the tails a little more.
-            for (eye, side) in [(lm.right_eye, -1.0f32), (lm.left_eye, 1.0)] {
-                deforms.push(translate(
-                    &f,
-                    eye.plus(f.vec(0.0, -0.36)),
-                    0.42,
-                    0.0,
-                    -0.065 * k,
-                ));
-                deforms.push(translate(
-                    &f,
-                    eye.plus(f.vec(side * 0.26, -0.32)),
-                    0.28,
-                    0.0,
-                    -0.035 * k,
-                ));
+            // A lateral lift: the brow's tail rises most, its head least; the forehead above
+            // follows and fades; the upper lid skin takes part of it; the lid margin, the eye
+            // and everything below stay.
+            for side in 0..2 {
+                let upper = &r::BROW_UPPER[side];
+                let us: Vec<f32> = upper.iter().map(|&i| m.uv(i).0).collect();
+                // Order the table by u (tail is lateral: negative u on the subject's right).
+                let (xs, lift): (Vec<f32>, Vec<f32>) = {
+                    let tail = amounts::BROW_TAIL_MM * k;
+                    let mut t: Vec<(f32, f32)> = us
+                        .iter()
+                        .enumerate()
+                        .map(|(j, &u)| (u, tail * (1.0 - 0.75 * j as f32 / 4.0)))
+                        .collect();
+                    t.sort_by(|a, b| a.0.total_cmp(&b.0));
+                    t.into_iter().unzip()
+                };
+                let lift_at = |u: f32| lerp_table(&xs, &lift, u);
+                let table = |idx: &[usize]| -> (Vec<f32>, Vec<f32>) {
+                    let mut t: Vec<(f32, f32)> = idx.iter().map(|&i| m.uv(i)).collect();
+                    t.sort_by(|a, b| a.0.total_cmp(&b.0));
+                    t.into_iter().unzip()
+                };
+                let (brow_u, brow_vs) = table(upper);
+                let (lid_u, lid_vs) = table(&r::UPPER_LID[side]);
+                let brow_v = |u: f32| lerp_table(&brow_u, &brow_vs, u);
+                let lid_v = |u: f32| lerp_table(&lid_u, &lid_vs, u);
+                let (u_lo, u_hi) = (
+                    xs[0] - if side == 0 { 8.0 } else { 3.0 },
+                    xs[xs.len() - 1] + if side == 0 { 3.0 } else { 8.0 },
+                );
+                let eye: Vec<usize> = r::RIGHT_EYE_RING
+                    .iter()
+                    .chain(&r::LEFT_EYE_RING)
+                    .copied()
+                    .collect();
+                for i in 0..MESH_POINTS {
+                    if eye.contains(&i) || m.shift[i].is_some() {
+                        continue;
+                    }
+                    let (u, v) = m.uv(i);
+                    if u < u_lo || u > u_hi {
+                        continue;
+                    }
+                    let (bv, lv) = (brow_v(u), lid_v(u));
+                    if v > lv - 0.5 {
+                        continue;
+                    }
+                    // 0 at the lid margin, 1 from the brow's lower edge up, fading 25 mm above.
+                    let w = if v >= bv + 3.0 {
+                        ((lv - v) / (lv - bv - 3.0).max(1.0))
+                            .clamp(0.0, 1.0)
+                            .powf(1.5)
+                    } else {
+                        (1.0 - (bv - v) / 25.0).clamp(0.0, 1.0)
+                    };
+                    // Beyond the brow's ends the lift fades over 8 mm.
+                    let edge = ((u - xs[0] + 8.0) / 8.0).min((xs[xs.len() - 1] + 8.0 - u) / 8.0);
+                    let w = w * edge.clamp(0.0, 1.0);
+                    if w > 0.01 {
+                        m.set(i, 0.0, -lift_at(u) * w);
+                    }
+                }
             }
+            m.pin_outside(&[6.0, 14.0]);
+            radius_mm = 12.0;
+            protect = Protect::Overlays;
         }
-        "otoplasty" => {
-            // Set the ears closer to the head.
-            for side in [-1.0f32, 1.0] {
-                deforms.push(translate(
-                    &f,
-                    f.at(side * 1.42, 0.40),
-                    0.55,
-                    -side * 0.10 * k,
-                    0.0,
-                ));
+        "blepharoplasty" => {
+            // Less hooding: the upper-lid fold and the hooding skin above it rise towards the
+            // brow, so more lid platform shows; the lid margin and the eye stay.
+            for side in 0..2 {
+                for (ring, amount) in [
+                    (&r::LID_FOLD[side], amounts::LID_FOLD_MM),
+                    (&r::LID_HOOD[side], amounts::LID_HOOD_MM),
+                ] {
+                    let n = ring.len() - 1;
+                    for (j, &i) in ring.iter().enumerate() {
+                        // Less at the corners.
+                        let t = j as f32 / n as f32;
+                        let w = 0.45 + 0.55 * (std::f32::consts::PI * t).sin();
+                        m.set(i, 0.0, -amount * k * w);
+                    }
+                }
             }
+            m.pin_outside(&[6.0, 14.0]);
+            radius_mm = 7.0;
+            protect = Protect::Dark;
         }
-        "skin-resurfacing" => {
-            let mv = mouth_v;
+        "facelift" => {
+            // The lower face lifts along its own vertical: most at the jowls, nothing at the
+            // chin's centre, a third at the jaw's angle; fading over 25 mm above the jawline.
+            // One smooth function for every point (outline included), so the outline stays
+            // smooth; purely vertical, so the face is not widened. Below the jaw, only skin
+            // moves: a collar or the background is kept rigid (`protect`).
+            let lift = amounts::JOWL_LIFT_MM * k;
+            let jaw: Vec<(f32, f32)> = {
+                let mut t: Vec<(f32, f32)> = r::JAWLINE.iter().map(|&i| m.uv(i)).collect();
+                t.sort_by(|a, b| a.0.total_cmp(&b.0));
+                t
+            };
+            let (ju, jv): (Vec<f32>, Vec<f32>) = jaw.iter().copied().unzip();
+            let half = (ju[ju.len() - 1] - ju[0]) / 2.0;
+            let mid = (ju[ju.len() - 1] + ju[0]) / 2.0;
+            let profile = |u: f32| {
+                // 0 at the chin's centre, 1 at 55 % of the half width, a third at the angle.
+                let t = ((u - mid).abs() / half.max(1.0)).min(1.0);
+                if t < 0.55 {
+                    let x = t / 0.55;
+                    x * x * (3.0 - 2.0 * x)
+                } else {
+                    1.0 - (t - 0.55) / 0.45 * 0.67
+                }
+            };
+            let (_, v_nose) = f.local(lm.points[r::SUBNASALE]);
+            for i in 0..MESH_POINTS {
+                let (u, v) = m.uv(i);
+                if v < v_nose {
+                    continue;
+                }
+                let above = lerp_table(&ju, &jv, u) - v;
+                let fade = (1.0 - above / 25.0).clamp(0.0, 1.0);
+                let w = profile(u) * fade * fade;
+                if w > 0.01 {
+                    m.set(i, 0.0, -lift * w);
+                }
+            }
+            // Soften the folds: move them a little up and out.
+            for side in 0..2 {
+                let s = if side == 0 { -1.0 } else { 1.0 };
+                for &i in &r::NASOLABIAL[side][1..] {
+                    let (_, dv) = m.shift[i].unwrap_or((0.0, 0.0));
+                    m.set(i, s * 0.6 * k, dv - 0.6 * k);
+                }
+            }
+            // The neck below follows with the same profile, fading over 20 mm.
+            for (u, v) in jaw.iter().copied() {
+                for d in [6.0f32, 12.0] {
+                    let w = profile(u) * (1.0 - d / 20.0);
+                    m.extra.push(Handle {
+                        at: f.at(u, v + d),
+                        shift: f.vec(0.0, -lift * w),
+                    });
+                }
+                m.extra.push(Handle {
+                    at: f.at(u, v + 22.0),
+                    shift: Pt::default(),
+                });
+            }
+            m.pin_outside(&[10.0, 20.0]);
+            allow = vec![lm.group(&r::FACE_OVAL), below_jaw(lm, &f, 22.0)];
+            radius_mm = 14.0;
+            protect = Protect::Overlays;
             smoothing = Some(Smoothing {
-                mask: FaceMask {
-                    frame: f,
-                    include: vec![
-                        FaceEllipse {
-                            cu: 0.0,
-                            cv: 0.55,
-                            ru: 1.22,
-                            rv: 1.30,
-                        },
-                        FaceEllipse {
-                            cu: 0.0,
-                            cv: -0.62,
-                            ru: 0.85,
-                            rv: 0.40,
-                        },
-                    ],
-                    exclude: vec![
-                        FaceEllipse {
-                            cu: -0.5,
-                            cv: 0.0,
-                            ru: 0.30,
-                            rv: 0.19,
-                        },
-                        FaceEllipse {
-                            cu: 0.5,
-                            cv: 0.0,
-                            ru: 0.30,
-                            rv: 0.19,
-                        },
-                        FaceEllipse {
-                            cu: -0.5,
-                            cv: -0.36,
-                            ru: 0.34,
-                            rv: 0.13,
-                        },
-                        FaceEllipse {
-                            cu: 0.5,
-                            cv: -0.36,
-                            ru: 0.34,
-                            rv: 0.13,
-                        },
-                        FaceEllipse {
-                            cu: 0.0,
-                            cv: mv,
-                            ru: 0.55,
-                            rv: 0.24,
-                        },
-                        FaceEllipse {
-                            cu: 0.0,
-                            cv: nose_v + 0.04,
-                            ru: 0.33,
-                            rv: 0.14,
-                        },
-                    ],
-                },
-                radius: radius_px(&f, 0.06),
-                sigma: 16.0,
-                strength: (0.55 * k).min(0.9),
+                include: (0..2)
+                    .map(|s| band(lm, &f, &r::NASOLABIAL[s], 5.0))
+                    .collect(),
+                exclude: vec![lm.group(&LIPS_OUTLINE)],
+                radius_mm: 1.6,
+                amount: (0.45 * k).min(0.8),
             });
         }
-        _ => return None,
+        "otoplasty" => {
+            let skin = SkinModel::learn(photo, lm);
+            let mut any = false;
+            allow = vec![];
+            for side in 0..2 {
+                let Some(ear) = crate::ears::find(photo, lm, &f, &skin, side) else {
+                    continue;
+                };
+                any = true;
+                let s = if side == 0 { -1.0 } else { 1.0 };
+                for &(v, u_root, u_rim) in &ear.rows {
+                    // The ear folds back towards the head: its rim moves in, its root stays, and
+                    // what lies between follows evenly.
+                    let width = (u_rim - u_root).abs();
+                    let setback = (amounts::EAR_SETBACK_MM * k).min(width / 3.0);
+                    for t in [1.0f32 / 3.0, 2.0 / 3.0, 1.0] {
+                        m.extra.push(Handle {
+                            at: f.at(u_root + s * width * t, v),
+                            shift: f.vec(-s * setback * t, 0.0),
+                        });
+                    }
+                    m.extra.push(Handle {
+                        at: f.at(u_rim + s * 12.0, v),
+                        shift: Pt::default(),
+                    });
+                }
+                allow.push(ear.region(&f, 16.0));
+            }
+            if !any {
+                return Err(ImagingError::FeatureNotVisible(
+                    "the ears are not visible in the photo (hidden by hair or turned away); \
+                     otoplasty needs at least one ear in view"
+                        .into(),
+                ));
+            }
+            radius_mm = 12.0;
+        }
+        "skin-resurfacing" => {
+            allow = vec![];
+            let mut exclude: Vec<Vec<Pt>> = vec![
+                grow(&lm.group(&r::RIGHT_EYE_RING), &f, 2.5),
+                grow(&lm.group(&r::LEFT_EYE_RING), &f, 2.5),
+                grow(&lm.group(&LIPS_OUTLINE), &f, 1.5),
+                grow(&lm.group(&NOSTRIL_OUTLINE), &f, 1.0),
+            ];
+            for side in 0..2 {
+                let mut brow = lm.group(&r::BROW_UPPER[side]);
+                brow.extend(lm.group(&r::BROW_LOWER[side]).into_iter().rev());
+                exclude.push(grow(&brow, &f, 2.5));
+            }
+            smoothing = Some(Smoothing {
+                include: vec![oval(lm, &f, -2.0)],
+                exclude,
+                radius_mm: 1.4,
+                amount: (amounts::TEXTURE_REMOVED * k).min(0.9),
+            });
+            radius_mm = 1.0;
+        }
+        _ => return Err(ImagingError::UnknownProcedure(procedure.to_owned())),
     }
-    Some(Plan { deforms, smoothing })
+    Ok(Plan {
+        handles: if smoothing.is_some() && procedure == "skin-resurfacing" {
+            vec![]
+        } else {
+            m.handles()
+        },
+        radius_mm,
+        allow,
+        protect,
+        smoothing,
+    })
 }
 
-fn radius_px(f: &Frame, units: f32) -> u32 {
-    ((units * f.iod).round() as u32).max(1)
+/// One column of a lip, from its inner line outwards.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LipBand {
+    /// The inner point (image pixels).
+    pub inner: Pt,
+    /// Mesh index of the outer point.
+    pub outer_index: usize,
+    /// Height from the inner line outwards, mm (the mesh's, capped).
+    pub height: f32,
+    /// Whether the cap applied (the mesh's outline lies farther out).
+    pub capped: bool,
+    /// -1 for the upper lip (upwards), 1 for the lower.
+    pub dir: f32,
+    /// Height gain at `moderate`.
+    pub gain: f32,
+}
+
+/// The columns the lip recipe stretches (corners excluded): the mesh's outer and inner lip
+/// lines, the band capped at 9 mm (upper) and 11 mm (lower) where the mesh's outline is drawn
+/// far out on the skin.
+pub fn lip_bands(lm: &Landmarks) -> Vec<LipBand> {
+    let f = lm.frame();
+    let mut out = vec![];
+    for (outer, inner, dir, gain, cap) in [
+        (
+            &r::UPPER_LIP_OUTER,
+            &r::UPPER_LIP_INNER,
+            -1.0f32,
+            amounts::UPPER_LIP_GAIN,
+            9.0f32,
+        ),
+        (
+            &r::LOWER_LIP_OUTER,
+            &r::LOWER_LIP_INNER,
+            1.0,
+            amounts::LOWER_LIP_GAIN,
+            11.0,
+        ),
+    ] {
+        for j in 1..outer.len() - 1 {
+            let (_, vo) = f.local(lm.points[outer[j]]);
+            let (_, vi) = f.local(lm.points[inner[j]]);
+            let h = ((vo - vi) * dir).max(0.3);
+            out.push(LipBand {
+                inner: lm.points[inner[j]],
+                outer_index: outer[j],
+                height: h.min(cap),
+                capped: h > cap,
+                dir,
+                gain,
+            });
+        }
+    }
+    out
+}
+
+/// The points of the lower nose (alae, nostril sills, columella), both sides and the midline.
+const LOWER_NOSE: [usize; 59] = [
+    // Subject's right ala and nostril.
+    64, 48, 102, 129, 49, 219, 235, 98, 240, 115, 220, 218, 79, 166, 59, 75, 60, 237, 239, 238, 20,
+    241, 242, 99, 97, 44, 45, // Left.
+    294, 278, 331, 358, 279, 439, 455, 327, 460, 344, 440, 438, 309, 392, 289, 305, 290, 457, 459,
+    458, 250, 461, 462, 328, 326, 274, 275, // Midline: tip, columella, subnasale.
+    1, 4, 19, 94, 2,
+];
+
+/// The lips' outer outline as one polygon.
+const LIPS_OUTLINE: [usize; 20] = [
+    61, 185, 40, 39, 37, 0, 267, 269, 270, 409, 291, 375, 321, 405, 314, 17, 84, 181, 91, 146,
+];
+
+/// Round the nostrils and the alar bases.
+const NOSTRIL_OUTLINE: [usize; 12] = [98, 64, 48, 115, 220, 45, 4, 275, 440, 344, 278, 294];
+
+/// Even-odd point-in-polygon test.
+fn inside_polygon(poly: &[Pt], p: Pt) -> bool {
+    let mut inside = false;
+    for i in 0..poly.len() {
+        let (a, b) = (poly[i], poly[(i + 1) % poly.len()]);
+        if (a.y > p.y) != (b.y > p.y) && p.x < a.x + (p.y - a.y) / (b.y - a.y) * (b.x - a.x) {
+            inside = !inside;
+        }
+    }
+    inside
+}
+
+/// `poly` grown outwards from its centroid by `mm`.
+fn grow(poly: &[Pt], f: &Frame, mm: f32) -> Vec<Pt> {
+    let c = poly
+        .iter()
+        .fold(Pt::default(), |a, p| a.plus(*p))
+        .times(1.0 / poly.len().max(1) as f32);
+    poly.iter()
+        .map(|p| {
+            let d = p.minus(c);
+            let l = d.len().max(1e-3);
+            p.plus(d.times(f.px(mm) / l))
+        })
+        .collect()
+}
+
+/// A band of half-width `mm` around a polyline.
+fn band(lm: &Landmarks, f: &Frame, idx: &[usize], mm: f32) -> Vec<Pt> {
+    let pts = lm.group(idx);
+    let n = pts.len();
+    let normal = |i: usize| {
+        let a = pts[i.saturating_sub(1)];
+        let b = pts[(i + 1).min(n - 1)];
+        let d = b.minus(a);
+        let l = d.len().max(1e-3);
+        Pt::new(-d.y / l, d.x / l)
+    };
+    let mut out: Vec<Pt> = (0..n)
+        .map(|i| pts[i].plus(normal(i).times(f.px(mm))))
+        .collect();
+    out.extend(
+        (0..n)
+            .rev()
+            .map(|i| pts[i].minus(normal(i).times(f.px(mm)))),
+    );
+    out
+}
+
+/// The region under the jawline down to `mm` below it (the neck the jaw or chin moves over).
+fn below_jaw(lm: &Landmarks, f: &Frame, mm: f32) -> Vec<Pt> {
+    let jaw = lm.group(&r::JAWLINE);
+    let mut poly = jaw.clone();
+    poly.extend(jaw.iter().rev().map(|p| p.plus(f.vec(0.0, mm))));
+    poly
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_interpolate_and_clamp() {
+        let xs = [0.0, 10.0];
+        let ys = [1.0, 3.0];
+        assert_eq!(lerp_table(&xs, &ys, -5.0), 1.0);
+        assert_eq!(lerp_table(&xs, &ys, 5.0), 2.0);
+        assert_eq!(lerp_table(&xs, &ys, 50.0), 3.0);
+    }
+
+    #[test]
+    fn index_tables_are_in_range_and_distinct() {
+        for t in [&LOWER_NOSE[..], &LIPS_OUTLINE, &NOSTRIL_OUTLINE] {
+            let mut v = t.to_vec();
+            v.sort_unstable();
+            v.dedup();
+            assert_eq!(v.len(), t.len());
+            assert!(v.iter().all(|&i| i < MESH_POINTS));
+        }
+    }
 }

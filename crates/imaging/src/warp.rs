@@ -1,13 +1,22 @@
-//! Local deformations ("liquify"-style) as backward maps, and masked edge-preserving smoothing.
+//! Smooth displacement fields from landmark handles, raster masks, and the resampling that
+//! moves a photo's own pixels.
 //!
-//! Every deformation has compact support: its displacement is exactly zero outside its circle or
-//! ellipse, and [`apply`] never touches a pixel whose total displacement is zero. That is what
-//! makes the locality guarantee hold bit for bit. Sampling is bilinear in `f32` with a fixed
-//! evaluation order, so the same input always gives the same bytes.
+//! A procedure says where mesh points go ([`Handle`]: a point and its forward shift; fixed
+//! points are handles with no shift). [`Field::fit`] interpolates the shifts with compactly
+//! supported Wendland C² radial functions, fitted from the *targets* back to the sources, so
+//! the backward map needs no inversion: output pixel `x` takes its colour from
+//! `x + field(x)`. [`apply`] evaluates the field on a coarse grid, multiplies it by an
+//! *allow* mask (where anything may move), and resamples bilinearly. Pixels of the *protect*
+//! mask (glasses frames, hair in front of the face) are laid back unchanged on top of the
+//! warped skin, which is warped from a copy with those pixels filled in, so a frame never bends
+//! and never leaves a ghost.
+//!
+//! Invariants: a pixel where the allow mask is 0 or the field is 0 is never written (bit-exact
+//! locality); every loop runs in a fixed order, so the same inputs give the same bytes.
 
 use image::{Rgb, RgbImage};
 
-use crate::face::{Frame, Pt};
+use crate::face::Pt;
 
 /// An axis-aligned pixel rectangle, `[x0, x1) × [y0, y1)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -44,9 +53,30 @@ impl Rect {
         }
     }
 
+    /// The overlap of both.
+    pub fn intersect(self, o: Rect) -> Rect {
+        let r = Rect {
+            x0: self.x0.max(o.x0),
+            y0: self.y0.max(o.y0),
+            x1: self.x1.min(o.x1),
+            y1: self.y1.min(o.y1),
+        };
+        if r.is_empty() { Rect::default() } else { r }
+    }
+
     /// True when it holds no pixel.
     pub fn is_empty(&self) -> bool {
         self.x1 <= self.x0 || self.y1 <= self.y0
+    }
+
+    /// Width.
+    pub fn width(&self) -> u32 {
+        self.x1.saturating_sub(self.x0)
+    }
+
+    /// Height.
+    pub fn height(&self) -> u32 {
+        self.y1.saturating_sub(self.y0)
     }
 
     /// From float bounds, clipped to a `w × h` image.
@@ -59,101 +89,374 @@ impl Rect {
             y1: c(max.y.ceil() + 1.0, h),
         }
     }
-}
 
-/// Smooth falloff over the unit disc: 1 at the centre, 0 (with zero slope) at the rim.
-fn falloff(rho2: f32) -> f32 {
-    if rho2 >= 1.0 {
-        0.0
-    } else {
-        let t = 1.0 - rho2;
-        t * t
+    /// The bounding rectangle of `pts` grown by `margin` pixels, clipped to `w × h`.
+    pub fn around(pts: &[Pt], margin: f32, w: u32, h: u32) -> Rect {
+        if pts.is_empty() {
+            return Rect::default();
+        }
+        let (lo, hi) = pts.iter().fold(
+            (Pt::new(f32::MAX, f32::MAX), Pt::new(f32::MIN, f32::MIN)),
+            |(lo, hi), p| {
+                (
+                    Pt::new(lo.x.min(p.x), lo.y.min(p.y)),
+                    Pt::new(hi.x.max(p.x), hi.y.max(p.y)),
+                )
+            },
+        );
+        Rect::from_bounds(
+            Pt::new(lo.x - margin, lo.y - margin),
+            Pt::new(hi.x + margin, hi.y + margin),
+            w,
+            h,
+        )
     }
 }
 
-/// One local deformation.
+/// A point and where its content goes (image pixels). A handle with a zero shift pins its
+/// content in place.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Deform {
-    /// Pushes the content around `center` by `shift` (fading to nothing at `radius`).
-    Translate {
-        /// Centre.
-        center: Pt,
-        /// Support radius.
-        radius: f32,
-        /// Movement of the content at the centre.
-        shift: Pt,
-    },
-    /// Magnifies (factor > 1) or shrinks the content inside an ellipse, separately along `axis`
-    /// and across it, fading to no change at the rim.
-    Scale {
-        /// Centre.
-        center: Pt,
-        /// Unit vector of the first axis.
-        axis: Pt,
-        /// Semi-axis along `axis`.
-        rx: f32,
-        /// Semi-axis across `axis`.
-        ry: f32,
-        /// Factor along `axis`.
-        sx: f32,
-        /// Factor across `axis`.
-        sy: f32,
-    },
+pub struct Handle {
+    /// Where the content is.
+    pub at: Pt,
+    /// How far it moves.
+    pub shift: Pt,
 }
 
-impl Deform {
-    fn bounds(&self) -> (Pt, Pt) {
-        let (c, r) = match *self {
-            Deform::Translate { center, radius, .. } => (center, radius),
-            Deform::Scale { center, rx, ry, .. } => (center, rx.max(ry)),
+/// Wendland's C² function on the unit disc: 1 at 0, 0 with zero slope and curvature at 1.
+fn wendland(r: f32) -> f32 {
+    if r >= 1.0 {
+        return 0.0;
+    }
+    let t = 1.0 - r;
+    let t2 = t * t;
+    t2 * t2 * (4.0 * r + 1.0)
+}
+
+/// A smooth backward displacement field: `source(x) = x + field.at(x)`.
+#[derive(Debug, Clone)]
+pub struct Field {
+    centers: Vec<Pt>,
+    coef: Vec<Pt>,
+    radius: f32,
+    /// Bucket grid over the centres (cell = radius) for the neighbour search.
+    origin: Pt,
+    cols: usize,
+    rows: usize,
+    buckets: Vec<Vec<u32>>,
+}
+
+impl Field {
+    /// Interpolates the handles' shifts with support `radius` (pixels). Handles within half a
+    /// pixel of an earlier one are dropped; handles farther than two radii from every moving
+    /// handle cannot matter and are left out of the solve.
+    pub fn fit(handles: &[Handle], radius: f32) -> Field {
+        let radius = radius.max(2.0);
+        let moving: Vec<Pt> = handles
+            .iter()
+            .filter(|h| h.shift.len() > 1e-3)
+            .map(|h| h.at)
+            .collect();
+        let mut kept: Vec<Handle> = vec![];
+        for h in handles {
+            let target = h.at.plus(h.shift);
+            let near_moving = moving.iter().any(|m| m.minus(h.at).len() < 2.0 * radius);
+            let dup = kept
+                .iter()
+                .any(|k| k.at.plus(k.shift).minus(target).len() < 0.5);
+            if near_moving && !dup {
+                kept.push(*h);
+            }
+        }
+        let centers: Vec<Pt> = kept.iter().map(|h| h.at.plus(h.shift)).collect();
+        let n = centers.len();
+        // Symmetric positive definite system (Wendland functions are positive definite in 2-D),
+        // with a tiny ridge for close centres.
+        let mut a = vec![0f64; n * n];
+        for i in 0..n {
+            for j in 0..=i {
+                let v = f64::from(wendland(centers[i].minus(centers[j]).len() / radius));
+                a[i * n + j] = v;
+                a[j * n + i] = v;
+            }
+            a[i * n + i] += 1e-6;
+        }
+        let coef = if n == 0 || !cholesky(&mut a, n) {
+            vec![Pt::default(); n]
+        } else {
+            let solve = |rhs: Vec<f64>| cholesky_solve(&a, n, rhs);
+            let cx = solve(kept.iter().map(|h| -f64::from(h.shift.x)).collect());
+            let cy = solve(kept.iter().map(|h| -f64::from(h.shift.y)).collect());
+            cx.iter()
+                .zip(&cy)
+                .map(|(&x, &y)| Pt::new(x as f32, y as f32))
+                .collect()
         };
-        (Pt::new(c.x - r, c.y - r), Pt::new(c.x + r, c.y + r))
+        let (lo, hi) = centers.iter().fold(
+            (Pt::new(f32::MAX, f32::MAX), Pt::new(f32::MIN, f32::MIN)),
+            |(lo, hi), p| {
+                (
+                    Pt::new(lo.x.min(p.x), lo.y.min(p.y)),
+                    Pt::new(hi.x.max(p.x), hi.y.max(p.y)),
+                )
+            },
+        );
+        let origin = if n == 0 { Pt::default() } else { lo };
+        let (cols, rows) = if n == 0 {
+            (1, 1)
+        } else {
+            (
+                ((hi.x - lo.x) / radius) as usize + 1,
+                ((hi.y - lo.y) / radius) as usize + 1,
+            )
+        };
+        let mut buckets = vec![vec![]; cols * rows];
+        for (i, c) in centers.iter().enumerate() {
+            let (bx, by) = (
+                ((c.x - origin.x) / radius) as usize,
+                ((c.y - origin.y) / radius) as usize,
+            );
+            buckets[by.min(rows - 1) * cols + bx.min(cols - 1)].push(i as u32);
+        }
+        Field {
+            centers,
+            coef,
+            radius,
+            origin,
+            cols,
+            rows,
+            buckets,
+        }
     }
 
-    /// Where the output pixel `p` takes its colour from, as an offset: `source = p - offset`.
-    fn offset(&self, p: Pt) -> Pt {
-        match *self {
-            Deform::Translate {
-                center,
-                radius,
-                shift,
-            } => {
-                let d = p.minus(center);
-                let w = falloff((d.x * d.x + d.y * d.y) / (radius * radius));
-                shift.times(w)
+    /// The backward displacement at `p`.
+    pub fn at(&self, p: Pt) -> Pt {
+        let fx = ((p.x - self.origin.x) / self.radius).floor() as i64;
+        let fy = ((p.y - self.origin.y) / self.radius).floor() as i64;
+        let mut acc = Pt::default();
+        for by in fy - 1..=fy + 1 {
+            if by < 0 || by >= self.rows as i64 {
+                continue;
             }
-            Deform::Scale {
-                center,
-                axis,
-                rx,
-                ry,
-                sx,
-                sy,
-            } => {
-                let d = p.minus(center);
-                let perp = Pt::new(-axis.y, axis.x);
-                let a = d.x * axis.x + d.y * axis.y;
-                let b = d.x * perp.x + d.y * perp.y;
-                let w = falloff((a / rx) * (a / rx) + (b / ry) * (b / ry));
-                if w == 0.0 {
-                    return Pt::default();
+            for bx in fx - 1..=fx + 1 {
+                if bx < 0 || bx >= self.cols as i64 {
+                    continue;
                 }
-                let (fa, fb) = (1.0 + w * (sx - 1.0), 1.0 + w * (sy - 1.0));
-                let src = axis.times(a / fa).plus(perp.times(b / fb));
-                d.minus(src)
+                for &i in &self.buckets[by as usize * self.cols + bx as usize] {
+                    let c = self.centers[i as usize];
+                    let w = wendland(p.minus(c).len() / self.radius);
+                    if w > 0.0 {
+                        acc = acc.plus(self.coef[i as usize].times(w));
+                    }
+                }
+            }
+        }
+        acc
+    }
+
+    /// The pixels the field can move (its support), clipped to `w × h`.
+    pub fn support(&self, w: u32, h: u32) -> Rect {
+        let live: Vec<Pt> = self
+            .centers
+            .iter()
+            .zip(&self.coef)
+            .filter(|(_, c)| c.len() > 1e-6)
+            .map(|(p, _)| *p)
+            .collect();
+        Rect::around(&live, self.radius, w, h)
+    }
+}
+
+/// In-place Cholesky factorization (lower triangle). False when not positive definite.
+fn cholesky(a: &mut [f64], n: usize) -> bool {
+    for j in 0..n {
+        let mut d = a[j * n + j];
+        for k in 0..j {
+            d -= a[j * n + k] * a[j * n + k];
+        }
+        if d <= 0.0 {
+            return false;
+        }
+        let d = d.sqrt();
+        a[j * n + j] = d;
+        for i in j + 1..n {
+            let mut s = a[i * n + j];
+            for k in 0..j {
+                s -= a[i * n + k] * a[j * n + k];
+            }
+            a[i * n + j] = s / d;
+        }
+    }
+    true
+}
+
+fn cholesky_solve(l: &[f64], n: usize, mut b: Vec<f64>) -> Vec<f64> {
+    for i in 0..n {
+        let mut s = b[i];
+        for k in 0..i {
+            s -= l[i * n + k] * b[k];
+        }
+        b[i] = s / l[i * n + i];
+    }
+    for i in (0..n).rev() {
+        let mut s = b[i];
+        for k in i + 1..n {
+            s -= l[k * n + i] * b[k];
+        }
+        b[i] = s / l[i * n + i];
+    }
+    b
+}
+
+/// A soft raster mask (0-1) over a rectangle of the image; 0 everywhere else.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Mask {
+    /// Where it is defined.
+    pub rect: Rect,
+    alpha: Vec<f32>,
+}
+
+impl Mask {
+    /// An empty mask over `rect`.
+    pub fn new(rect: Rect) -> Mask {
+        Mask {
+            rect,
+            alpha: vec![0.0; (rect.width() * rect.height()) as usize],
+        }
+    }
+
+    /// The value at an image pixel.
+    pub fn at(&self, x: u32, y: u32) -> f32 {
+        if !self.rect.contains(x, y) {
+            return 0.0;
+        }
+        self.alpha[((y - self.rect.y0) * self.rect.width() + x - self.rect.x0) as usize]
+    }
+
+    fn set(&mut self, x: u32, y: u32, v: f32) {
+        let w = self.rect.width();
+        self.alpha[((y - self.rect.y0) * w + x - self.rect.x0) as usize] = v;
+    }
+
+    /// Sets `value` inside the closed polygon (pixel centres, even-odd rule), keeping the
+    /// larger of the old and new value.
+    pub fn fill_polygon(&mut self, poly: &[Pt], value: f32) {
+        self.polygon(poly, |old| old.max(value));
+    }
+
+    /// Sets 0 inside the polygon.
+    pub fn clear_polygon(&mut self, poly: &[Pt]) {
+        self.polygon(poly, |_| 0.0);
+    }
+
+    fn polygon(&mut self, poly: &[Pt], f: impl Fn(f32) -> f32) {
+        if poly.len() < 3 || self.rect.is_empty() {
+            return;
+        }
+        let r = self.rect;
+        let mut xs: Vec<f32> = vec![];
+        for y in r.y0..r.y1 {
+            let yc = y as f32;
+            xs.clear();
+            for i in 0..poly.len() {
+                let (a, b) = (poly[i], poly[(i + 1) % poly.len()]);
+                if (a.y <= yc) != (b.y <= yc) {
+                    xs.push(a.x + (yc - a.y) / (b.y - a.y) * (b.x - a.x));
+                }
+            }
+            xs.sort_by(f32::total_cmp);
+            for pair in xs.chunks_exact(2) {
+                let x0 = pair[0].ceil().max(r.x0 as f32) as u32;
+                let x1 = (pair[1].floor() + 1.0).min(r.x1 as f32).max(0.0) as u32;
+                for x in x0..x1.max(x0) {
+                    let v = f(self.at(x, y));
+                    self.set(x, y, v);
+                }
             }
         }
     }
 
-    /// The pixels this deformation may change.
-    pub fn region(&self, w: u32, h: u32) -> Rect {
-        let (min, max) = self.bounds();
-        Rect::from_bounds(min, max, w, h)
+    /// Sets each pixel to `f(x, y, old)`.
+    pub fn map(&mut self, f: impl Fn(u32, u32, f32) -> f32) {
+        let r = self.rect;
+        for y in r.y0..r.y1 {
+            for x in r.x0..r.x1 {
+                let v = f(x, y, self.at(x, y));
+                self.set(x, y, v);
+            }
+        }
+    }
+
+    /// Multiplies by another mask (0 where `o` is undefined).
+    pub fn times(&mut self, o: &Mask) {
+        self.map(|x, y, v| v * o.at(x, y));
+    }
+
+    /// Softens edges: three box blurs of radius `r` (≈ a Gaussian of σ ≈ r).
+    pub fn blur(&mut self, r: u32) {
+        if r == 0 {
+            return;
+        }
+        let (w, h) = (self.rect.width() as usize, self.rect.height() as usize);
+        for _ in 0..3 {
+            box_blur_rows(&mut self.alpha, w, h, r as usize);
+            transpose(&mut self.alpha, w, h);
+            box_blur_rows(&mut self.alpha, h, w, r as usize);
+            transpose(&mut self.alpha, h, w);
+        }
+    }
+
+    /// Grows (r > 0) the mask by taking the maximum over a square of radius `r`.
+    pub fn dilate(&mut self, r: u32) {
+        let (w, h) = (self.rect.width() as usize, self.rect.height() as usize);
+        let r = r as usize;
+        let max_rows = |a: &mut Vec<f32>, w: usize, h: usize| {
+            let src = a.clone();
+            for y in 0..h {
+                let row = &src[y * w..(y + 1) * w];
+                for x in 0..w {
+                    let lo = x.saturating_sub(r);
+                    let hi = (x + r + 1).min(w);
+                    a[y * w + x] = row[lo..hi].iter().copied().fold(0.0, f32::max);
+                }
+            }
+        };
+        max_rows(&mut self.alpha, w, h);
+        transpose(&mut self.alpha, w, h);
+        max_rows(&mut self.alpha, h, w);
+        transpose(&mut self.alpha, h, w);
     }
 }
 
+fn box_blur_rows(a: &mut [f32], w: usize, h: usize, r: usize) {
+    let mut row = vec![0f32; w];
+    for y in 0..h {
+        let line = &mut a[y * w..(y + 1) * w];
+        let mut prefix = vec![0f64; w + 1];
+        for x in 0..w {
+            prefix[x + 1] = prefix[x] + f64::from(line[x]);
+        }
+        for (x, out) in row.iter_mut().enumerate() {
+            let lo = x.saturating_sub(r);
+            let hi = (x + r + 1).min(w);
+            *out = ((prefix[hi] - prefix[lo]) / (hi - lo) as f64) as f32;
+        }
+        line.copy_from_slice(&row);
+    }
+}
+
+fn transpose(a: &mut Vec<f32>, w: usize, h: usize) {
+    let mut t = vec![0f32; a.len()];
+    for y in 0..h {
+        for x in 0..w {
+            t[x * h + y] = a[y * w + x];
+        }
+    }
+    *a = t;
+}
+
 /// Bilinear sample at a real position (clamped to the image).
-fn sample(img: &RgbImage, x: f32, y: f32) -> [f32; 3] {
+pub(crate) fn sample(img: &RgbImage, x: f32, y: f32) -> [f32; 3] {
     let (w, h) = (img.width() as i64, img.height() as i64);
     let x = x.clamp(0.0, (w - 1) as f32);
     let y = y.clamp(0.0, (h - 1) as f32);
@@ -171,171 +474,216 @@ fn sample(img: &RgbImage, x: f32, y: f32) -> [f32; 3] {
     out
 }
 
-fn to_u8(v: f32) -> u8 {
+pub(crate) fn to_u8(v: f32) -> u8 {
     (v + 0.5).clamp(0.0, 255.0) as u8
 }
 
-/// Applies the deformations (their offsets add up) and returns the image and the region where
-/// pixels may have changed.
-pub fn apply(img: &RgbImage, deforms: &[Deform]) -> (RgbImage, Rect) {
-    let (w, h) = img.dimensions();
-    let region = deforms
-        .iter()
-        .fold(Rect::default(), |r, d| r.union(d.region(w, h)));
+/// Fills the pixels where `protect` > 0.5 inside `rect` from their unprotected neighbours,
+/// ring by ring (each new pixel is the mean of its already-known 8-neighbours).
+fn fill_protected(img: &RgbImage, protect: &Mask, rect: Rect) -> RgbImage {
     let mut out = img.clone();
+    let (w, h) = (rect.width() as usize, rect.height() as usize);
+    let idx = |x: u32, y: u32| (y - rect.y0) as usize * w + (x - rect.x0) as usize;
+    let mut known = vec![true; w * h];
+    let mut todo = vec![];
+    for y in rect.y0..rect.y1 {
+        for x in rect.x0..rect.x1 {
+            if protect.at(x, y) > 0.5 {
+                known[idx(x, y)] = false;
+                todo.push((x, y));
+            }
+        }
+    }
+    while !todo.is_empty() {
+        let mut next = vec![];
+        let mut filled = vec![];
+        for &(x, y) in &todo {
+            let mut acc = [0u32; 3];
+            let mut n = 0;
+            for dy in -1i64..=1 {
+                for dx in -1i64..=1 {
+                    let (nx, ny) = (x as i64 + dx, y as i64 + dy);
+                    if (dx, dy) == (0, 0)
+                        || nx < rect.x0 as i64
+                        || ny < rect.y0 as i64
+                        || nx >= rect.x1 as i64
+                        || ny >= rect.y1 as i64
+                        || !known[idx(nx as u32, ny as u32)]
+                    {
+                        continue;
+                    }
+                    let p = out.get_pixel(nx as u32, ny as u32).0;
+                    for c in 0..3 {
+                        acc[c] += u32::from(p[c]);
+                    }
+                    n += 1;
+                }
+            }
+            if n == 0 {
+                next.push((x, y));
+            } else {
+                filled.push((x, y, Rgb(acc.map(|v| ((v + n / 2) / n) as u8))));
+            }
+        }
+        if filled.is_empty() {
+            break;
+        }
+        for (x, y, p) in filled {
+            out.put_pixel(x, y, p);
+            known[idx(x, y)] = true;
+        }
+        todo = next;
+    }
+    out
+}
+
+/// Moves pixels: output `x` takes the colour at `x + allow(x) · field(x)`, and protected
+/// pixels are laid back unchanged on top. Returns the image and the rectangle that may differ.
+pub fn apply(
+    img: &RgbImage,
+    field: &Field,
+    allow: &Mask,
+    protect: Option<&Mask>,
+) -> (RgbImage, Rect) {
+    let (w, h) = img.dimensions();
+    let region = field.support(w, h).intersect(allow.rect);
+    let mut out = img.clone();
+    if region.is_empty() {
+        return (out, region);
+    }
+    // The field on a grid every `step` pixels, bilinearly interpolated in between.
+    let step = 2u32;
+    let gw = (region.width() / step + 2) as usize;
+    let gh = (region.height() / step + 2) as usize;
+    let mut grid = vec![Pt::default(); gw * gh];
+    let mut reach = 0f32;
+    for gy in 0..gh {
+        for gx in 0..gw {
+            let p = Pt::new(
+                (region.x0 + gx as u32 * step) as f32,
+                (region.y0 + gy as u32 * step) as f32,
+            );
+            let v = field.at(p);
+            reach = reach.max(v.len());
+            grid[gy * gw + gx] = v;
+        }
+    }
+    let base = match protect {
+        Some(p) => {
+            let m = reach.ceil() as u32 + 2;
+            let r = Rect {
+                x0: region.x0.saturating_sub(m),
+                y0: region.y0.saturating_sub(m),
+                x1: (region.x1 + m).min(w),
+                y1: (region.y1 + m).min(h),
+            };
+            fill_protected(img, p, r)
+        }
+        None => img.clone(),
+    };
     for y in region.y0..region.y1 {
         for x in region.x0..region.x1 {
-            let p = Pt::new(x as f32, y as f32);
-            let off = deforms
-                .iter()
-                .fold(Pt::default(), |acc, d| acc.plus(d.offset(p)));
-            if off.x.abs() < 1e-4 && off.y.abs() < 1e-4 {
+            let a = allow.at(x, y);
+            if a <= 0.0 {
                 continue;
             }
-            let s = sample(img, p.x - off.x, p.y - off.y);
-            out.put_pixel(x, y, Rgb([to_u8(s[0]), to_u8(s[1]), to_u8(s[2])]));
+            let (lx, ly) = (x - region.x0, y - region.y0);
+            let (gx, gy) = ((lx / step) as usize, (ly / step) as usize);
+            let (fx, fy) = (
+                (lx % step) as f32 / step as f32,
+                (ly % step) as f32 / step as f32,
+            );
+            let g = |i: usize, j: usize| grid[j * gw + i];
+            let top = g(gx, gy).times(1.0 - fx).plus(g(gx + 1, gy).times(fx));
+            let bot = g(gx, gy + 1)
+                .times(1.0 - fx)
+                .plus(g(gx + 1, gy + 1).times(fx));
+            let v = top.times(1.0 - fy).plus(bot.times(fy)).times(a);
+            if v.x.abs() < 1e-3 && v.y.abs() < 1e-3 {
+                continue;
+            }
+            let s = sample(&base, x as f32 + v.x, y as f32 + v.y);
+            let keep = protect.map_or(0.0, |p| p.at(x, y));
+            let o = img.get_pixel(x, y).0;
+            let px = [0, 1, 2].map(|c| to_u8(s[c] * (1.0 - keep) + o[c] as f32 * keep));
+            out.put_pixel(x, y, Rgb(px));
         }
     }
     (out, region)
 }
 
-/// An ellipse in face-frame units (IOD), for masks.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct FaceEllipse {
-    /// Centre, face coordinates.
-    pub cu: f32,
-    /// Centre, face coordinates.
-    pub cv: f32,
-    /// Semi-axis along the eye line.
-    pub ru: f32,
-    /// Semi-axis across it.
-    pub rv: f32,
-}
-
-impl FaceEllipse {
-    /// 1 well inside, easing to 0 at the rim.
-    fn weight(&self, u: f32, v: f32) -> f32 {
-        let du = (u - self.cu) / self.ru;
-        let dv = (v - self.cv) / self.rv;
-        let rho = (du * du + dv * dv).sqrt();
-        if rho >= 1.0 {
-            0.0
-        } else if rho <= 0.7 {
-            1.0
-        } else {
-            let t = (1.0 - rho) / 0.3;
-            t * t * (3.0 - 2.0 * t)
-        }
-    }
-}
-
-/// A soft mask: the union of `include` minus the union of `exclude`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct FaceMask {
-    /// The face frame the ellipses are in.
-    pub frame: Frame,
-    /// Areas to treat.
-    pub include: Vec<FaceEllipse>,
-    /// Areas to leave alone (eyes, mouth...).
-    pub exclude: Vec<FaceEllipse>,
-}
-
-impl FaceMask {
-    /// Mask value at an image pixel, 0-1.
-    pub fn at(&self, x: u32, y: u32) -> f32 {
-        let (u, v) = self.frame.local(Pt::new(x as f32, y as f32));
-        let inc = self
-            .include
-            .iter()
-            .map(|e| e.weight(u, v))
-            .fold(0.0f32, f32::max);
-        if inc == 0.0 {
-            return 0.0;
-        }
-        let exc = self
-            .exclude
-            .iter()
-            .map(|e| e.weight(u, v))
-            .fold(0.0f32, f32::max);
-        inc * (1.0 - exc)
-    }
-
-    /// Pixels the mask may cover.
-    pub fn region(&self, w: u32, h: u32) -> Rect {
-        let mut r = Rect::default();
-        for e in &self.include {
-            let c = self.frame.at(e.cu, e.cv);
-            let rad = e.ru.max(e.rv) * self.frame.iod;
-            r = r.union(Rect::from_bounds(
-                Pt::new(c.x - rad, c.y - rad),
-                Pt::new(c.x + rad, c.y + rad),
-                w,
-                h,
-            ));
-        }
-        r
-    }
-}
-
-/// Edge-preserving smoothing inside `mask`: each pixel moves towards its box-blurred value,
-/// less where it differs strongly from it (edges, features), by at most `strength`.
-pub fn smooth(
+/// Edge-preserving removal of fine texture inside `mask`: a self-guided filter (He et al.,
+/// "Guided Image Filtering", 2013) of radius `radius` and regularization `eps` (in 8-bit
+/// intensity units squared) gives each pixel's smooth base; the detail (pixel − base) is
+/// reduced by `amount × mask`. Strong edges (features) have a ≈ 1 and keep their detail.
+pub fn smooth_detail(
     img: &RgbImage,
-    mask: &FaceMask,
+    mask: &Mask,
     radius: u32,
-    sigma: f32,
-    strength: f32,
+    eps: f32,
+    amount: f32,
 ) -> (RgbImage, Rect) {
     let (w, h) = img.dimensions();
-    let region = mask.region(w, h);
+    let region = mask.rect;
     let mut out = img.clone();
     if region.is_empty() || radius == 0 {
         return (out, region);
     }
-    // Integral image over the region plus the blur margin.
-    let ox0 = region.x0.saturating_sub(radius);
-    let oy0 = region.y0.saturating_sub(radius);
-    let ox1 = (region.x1 + radius).min(w);
-    let oy1 = (region.y1 + radius).min(h);
-    let (iw, ih) = ((ox1 - ox0 + 1) as usize, (oy1 - oy0 + 1) as usize);
-    let mut integral = vec![[0u64; 3]; iw * ih];
-    for y in 0..(oy1 - oy0) as usize {
-        let mut row = [0u64; 3];
-        for x in 0..(ox1 - ox0) as usize {
-            let p = img.get_pixel(ox0 + x as u32, oy0 + y as u32).0;
-            for c in 0..3 {
-                row[c] += u64::from(p[c]);
-                integral[(y + 1) * iw + x + 1][c] = integral[y * iw + x + 1][c] + row[c];
-            }
-        }
+    // Work area: the region plus two radii (the filter reads boxes of boxes).
+    let m = 2 * radius;
+    let wr = Rect {
+        x0: region.x0.saturating_sub(m),
+        y0: region.y0.saturating_sub(m),
+        x1: (region.x1 + m).min(w),
+        y1: (region.y1 + m).min(h),
+    };
+    let (ww, wh) = (wr.width() as usize, wr.height() as usize);
+    let r = radius as usize;
+    let boxed = |v: &[f32]| -> Vec<f32> {
+        let mut b = v.to_vec();
+        box_blur_rows(&mut b, ww, wh, r);
+        transpose(&mut b, ww, wh);
+        box_blur_rows(&mut b, wh, ww, r);
+        transpose(&mut b, wh, ww);
+        b
+    };
+    let mut bases = vec![];
+    for c in 0..3 {
+        let i: Vec<f32> = (0..wh)
+            .flat_map(|y| (0..ww).map(move |x| (x, y)))
+            .map(|(x, y)| img.get_pixel(wr.x0 + x as u32, wr.y0 + y as u32).0[c] as f32)
+            .collect();
+        let ii: Vec<f32> = i.iter().map(|v| v * v).collect();
+        let (mean, mean2) = (boxed(&i), boxed(&ii));
+        let a: Vec<f32> = mean
+            .iter()
+            .zip(&mean2)
+            .map(|(m, m2)| {
+                let var = (m2 - m * m).max(0.0);
+                var / (var + eps)
+            })
+            .collect();
+        let b: Vec<f32> = mean.iter().zip(&a).map(|(m, a)| m - a * m).collect();
+        let (ma, mb) = (boxed(&a), boxed(&b));
+        bases.push(
+            i.iter()
+                .zip(ma.iter().zip(&mb))
+                .map(|(v, (a, b))| a * v + b)
+                .collect::<Vec<f32>>(),
+        );
     }
-    let sigma2 = sigma * sigma;
     for y in region.y0..region.y1 {
         for x in region.x0..region.x1 {
-            let m = mask.at(x, y);
-            if m <= 0.0 {
+            let k = amount * mask.at(x, y);
+            if k <= 0.0 {
                 continue;
             }
-            let (bx0, by0) = (
-                x.saturating_sub(radius).max(ox0) - ox0,
-                y.saturating_sub(radius).max(oy0) - oy0,
-            );
-            let (bx1, by1) = (
-                (x + radius + 1).min(ox1) - ox0,
-                (y + radius + 1).min(oy1) - oy0,
-            );
-            let n = u64::from((bx1 - bx0) * (by1 - by0));
-            let at = |xx: u32, yy: u32| integral[yy as usize * iw + xx as usize];
+            let at = (y - wr.y0) as usize * ww + (x - wr.x0) as usize;
             let p = img.get_pixel(x, y).0;
-            let mut blur = [0f32; 3];
-            let mut diff = 0f32;
-            for c in 0..3 {
-                let s = at(bx1, by1)[c] + at(bx0, by0)[c] - at(bx0, by1)[c] - at(bx1, by0)[c];
-                blur[c] = s as f32 / n as f32;
-                diff = diff.max((blur[c] - p[c] as f32).abs());
-            }
-            let k = strength * m * (-(diff * diff) / sigma2).exp();
-            let px = [0, 1, 2].map(|c| to_u8(p[c] as f32 + k * (blur[c] - p[c] as f32)));
+            let px = [0, 1, 2].map(|c| {
+                let v = p[c] as f32;
+                to_u8(v - k * (v - bases[c][at]))
+            });
             out.put_pixel(x, y, Rgb(px));
         }
     }
@@ -356,18 +704,61 @@ mod tests {
         })
     }
 
+    fn full(w: u32, h: u32) -> Mask {
+        let mut m = Mask::new(Rect {
+            x0: 0,
+            y0: 0,
+            x1: w,
+            y1: h,
+        });
+        m.map(|_, _, _| 1.0);
+        m
+    }
+
     #[test]
-    fn pixels_outside_the_support_never_change() {
+    fn the_field_interpolates_its_handles_and_vanishes_far_away() {
+        let handles = [
+            Handle {
+                at: Pt::new(50.0, 50.0),
+                shift: Pt::new(4.0, -2.0),
+            },
+            Handle {
+                at: Pt::new(70.0, 50.0),
+                shift: Pt::default(),
+            },
+        ];
+        let f = Field::fit(&handles, 30.0);
+        // Backward: the target of a moving handle reads from its source.
+        let v = f.at(Pt::new(54.0, 48.0));
+        assert!(
+            (v.x + 4.0).abs() < 0.01 && (v.y - 2.0).abs() < 0.01,
+            "{v:?}"
+        );
+        assert!(f.at(Pt::new(70.0, 50.0)).len() < 0.01);
+        assert_eq!(f.at(Pt::new(200.0, 200.0)), Pt::default());
+    }
+
+    #[test]
+    fn pixels_outside_the_allow_mask_never_change() {
         let img = gradient(200, 160);
-        let d = Deform::Translate {
-            center: Pt::new(100.0, 80.0),
-            radius: 30.0,
-            shift: Pt::new(6.0, -4.0),
-        };
-        let (out, region) = apply(&img, &[d]);
-        assert!(region.x0 >= 69 && region.x1 <= 132);
+        let f = Field::fit(
+            &[Handle {
+                at: Pt::new(100.0, 80.0),
+                shift: Pt::new(6.0, -4.0),
+            }],
+            30.0,
+        );
+        let mut allow = Mask::new(Rect {
+            x0: 90,
+            y0: 0,
+            x1: 200,
+            y1: 160,
+        });
+        allow.map(|_, _, _| 1.0);
+        let (out, region) = apply(&img, &f, &allow, None);
+        assert!(region.x0 >= 90);
         for (x, y, p) in out.enumerate_pixels() {
-            if !region.contains(x, y) {
+            if x < 90 || !region.contains(x, y) {
                 assert_eq!(p, img.get_pixel(x, y));
             }
         }
@@ -379,12 +770,14 @@ mod tests {
         // A dark dot at (50, 50) pushed right by 5 px.
         let mut img = RgbImage::from_pixel(100, 100, Rgb([255, 255, 255]));
         img.put_pixel(50, 50, Rgb([0, 0, 0]));
-        let d = Deform::Translate {
-            center: Pt::new(50.0, 50.0),
-            radius: 30.0,
-            shift: Pt::new(5.0, 0.0),
-        };
-        let (out, _) = apply(&img, &[d]);
+        let f = Field::fit(
+            &[Handle {
+                at: Pt::new(50.0, 50.0),
+                shift: Pt::new(5.0, 0.0),
+            }],
+            30.0,
+        );
+        let (out, _) = apply(&img, &f, &full(100, 100), None);
         let darkest = out
             .enumerate_pixels()
             .min_by_key(|(_, _, p)| p.0[0])
@@ -395,29 +788,86 @@ mod tests {
     }
 
     #[test]
-    fn scaling_magnifies_the_centre() {
-        // A 10-px dark square grows when magnified.
-        let mut img = RgbImage::from_pixel(100, 100, Rgb([255, 255, 255]));
-        for y in 45..55 {
-            for x in 45..55 {
-                img.put_pixel(x, y, Rgb([0, 0, 0]));
+    fn protected_pixels_stay_while_what_is_behind_them_moves() {
+        // A vertical dark bar (a glasses frame) over a horizontal gradient pushed right.
+        let img = RgbImage::from_fn(120, 60, |x, y| {
+            if (58..62).contains(&x) {
+                Rgb([0, 0, 0])
+            } else {
+                Rgb([(x * 2) as u8, 100, (y * 3) as u8])
+            }
+        });
+        let mut protect = Mask::new(Rect {
+            x0: 0,
+            y0: 0,
+            x1: 120,
+            y1: 60,
+        });
+        protect.map(|x, _, _| if (58..62).contains(&x) { 1.0 } else { 0.0 });
+        let f = Field::fit(
+            &[Handle {
+                at: Pt::new(60.0, 30.0),
+                shift: Pt::new(6.0, 0.0),
+            }],
+            40.0,
+        );
+        let (out, _) = apply(&img, &f, &full(120, 60), Some(&protect));
+        for y in 0..60 {
+            for x in 58..62 {
+                assert_eq!(out.get_pixel(x, y), img.get_pixel(x, y));
+            }
+            // No ghost of the bar next to it.
+            for x in (50..58).chain(62..70) {
+                assert!(out.get_pixel(x, y).0[1] > 60, "ghost at {x},{y}");
             }
         }
-        let d = Deform::Scale {
-            center: Pt::new(49.5, 49.5),
-            axis: Pt::new(1.0, 0.0),
-            rx: 30.0,
-            ry: 30.0,
-            sx: 1.0,
-            sy: 1.4,
-        };
-        let (out, _) = apply(&img, &[d]);
-        let dark = |im: &RgbImage| im.pixels().filter(|p| p.0[0] < 128).count();
-        assert!(
-            dark(&out) > dark(&img) * 12 / 10,
-            "{} vs {}",
-            dark(&out),
-            dark(&img)
+        assert_ne!(out, img);
+    }
+
+    #[test]
+    fn polygons_fill_their_inside() {
+        let mut m = Mask::new(Rect {
+            x0: 0,
+            y0: 0,
+            x1: 20,
+            y1: 20,
+        });
+        m.fill_polygon(
+            &[
+                Pt::new(5.0, 5.0),
+                Pt::new(15.0, 5.0),
+                Pt::new(15.0, 15.0),
+                Pt::new(5.0, 15.0),
+            ],
+            1.0,
         );
+        assert_eq!(m.at(10, 10), 1.0);
+        assert_eq!(m.at(2, 10), 0.0);
+        m.blur(2);
+        assert!(m.at(5, 10) > 0.2 && m.at(5, 10) < 0.8);
+    }
+
+    #[test]
+    fn the_guided_filter_flattens_texture_and_keeps_edges() {
+        // Fine noise on the left half, a hard edge in the middle.
+        let img = RgbImage::from_fn(80, 40, |x, y| {
+            let n = ((x * 7919 + y * 104_729) % 17) as u8;
+            if x < 40 {
+                Rgb([150 + n, 120 + n, 100 + n])
+            } else {
+                Rgb([40, 40, 40])
+            }
+        });
+        let (out, _) = smooth_detail(&img, &full(80, 40), 3, 400.0, 1.0);
+        let spread = |im: &RgbImage| {
+            let v: Vec<f32> = (10..30)
+                .flat_map(|y| (5..30).map(move |x| (x, y)))
+                .map(|(x, y)| im.get_pixel(x, y).0[0] as f32)
+                .collect();
+            let m = v.iter().sum::<f32>() / v.len() as f32;
+            v.iter().map(|a| (a - m).powi(2)).sum::<f32>() / v.len() as f32
+        };
+        assert!(spread(&out) < spread(&img) * 0.5);
+        assert!(out.get_pixel(45, 20).0[0] < 50 && out.get_pixel(34, 20).0[0] > 140);
     }
 }

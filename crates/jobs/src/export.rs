@@ -11,8 +11,8 @@ use afterview_core::tasks::{
 };
 use afterview_engine::time::format_iso;
 use afterview_engine::{Task, TaskContext, TaskError, TaskOptions};
-use afterview_imaging::face::{Landmarks, detect_faces};
 use afterview_imaging::intake::decode_png;
+use afterview_imaging::{face, face_window};
 use afterview_reports::infographic::DEFAULT_COLORS;
 use afterview_reports::{InfographicInput, Paper, Patient, ReportInput, ReportItem};
 use afterview_store::{ExportRecord, StoreError, VisualizationRecord, export_key};
@@ -122,25 +122,16 @@ async fn picture(d: &Deps, ctx: &TaskContext, key: &str) -> Result<Arc<RgbImage>
     Ok(Arc::new(img))
 }
 
-/// Crops a before/after pair to the face (same window for both), when a face is found.
+/// Crops a before/after pair to the face (same window for both, the face cheek to cheek
+/// at least 40 % of its width), when a face is found.
 fn face_crop(before: &RgbImage, after: &RgbImage) -> (RgbImage, RgbImage) {
-    let Some(b) = detect_faces(before).into_iter().next() else {
+    let Some(lm) = face::detect(before) else {
         return (before.clone(), after.clone());
     };
-    let f = Landmarks::from_box(&b).frame();
-    let c = f.at(0.0, 0.8);
-    let half = 1.9 * f.iod;
-    let (x0, y0) = (
-        (c.x - half).max(0.0) as u32,
-        (c.y - half * 1.15).max(0.0) as u32,
-    );
-    let w = ((2.0 * half) as u32)
-        .min(before.width().saturating_sub(x0))
-        .max(1);
-    let h = ((2.3 * half) as u32)
-        .min(before.height().saturating_sub(y0))
-        .max(1);
-    let crop = |img: &RgbImage| image::imageops::crop_imm(img, x0, y0, w, h).to_image();
+    let r = face_window(&lm, before.width(), before.height(), 0.62, 0.82);
+    let crop = |img: &RgbImage| {
+        image::imageops::crop_imm(img, r.x0, r.y0, r.width(), r.height()).to_image()
+    };
     (crop(before), crop(after))
 }
 

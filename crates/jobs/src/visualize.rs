@@ -88,7 +88,7 @@ async fn render_preview(
     d: &Deps,
     ctx: &TaskContext,
     photo: Arc<RgbImage>,
-    lm: Landmarks,
+    lm: Arc<Landmarks>,
     procedure: &str,
     intensity: Intensity,
     engine: EngineKind,
@@ -160,7 +160,7 @@ async fn render_preview(
                 } else {
                     image::imageops::resize(&gen_img, w, h, image::imageops::FilterType::CatmullRom)
                 };
-                let mask = afterview_imaging::treatment_mask(w, h, &procedure, intensity, &lm)
+                let mask = afterview_imaging::treatment_mask(&photo, &procedure, intensity, &lm)
                     .map_err(imaging)?;
                 let mut img = afterview_imaging::blend(&photo, &gen_img, &mask);
                 if let Some(l) = &label {
@@ -178,10 +178,12 @@ async fn landmarks(
     ctx: &TaskContext,
     photo: Arc<RgbImage>,
     opts: &PreviewOptions,
-) -> Result<Landmarks, TaskError> {
+) -> Result<Arc<Landmarks>, TaskError> {
     let cp = opts.control_points;
     ctx.blocking(move |_| {
-        face::locate(&photo, cp.as_ref()).map_err(|e| imaging(ImagingError::Face(e)))
+        face::locate(&photo, cp.as_ref())
+            .map(Arc::new)
+            .map_err(|e| imaging(ImagingError::Face(e)))
     })
     .await?
 }
@@ -385,7 +387,7 @@ impl Task for GenerateComparisonTask {
                 d,
                 &ctx,
                 photo.clone(),
-                lm,
+                lm.clone(),
                 &p.id,
                 a.options.intensity,
                 engine,
@@ -426,9 +428,17 @@ impl Task for GenerateComparisonTask {
             let photo = photo.clone();
             let names: Vec<String> = procedures.iter().map(|p| p.name.clone()).collect();
             ctx.blocking(move |_| {
-                let mut panels: Vec<(&str, &RgbImage)> = vec![("Original", &*photo)];
-                panels.extend(names.iter().map(String::as_str).zip(afters.iter()));
-                render::compose(&panels, photo.height().clamp(256, 720))
+                // Each panel is the face (cheek to cheek ≥ 40 % of its width), not the photo.
+                let r =
+                    afterview_imaging::face_window(&lm, photo.width(), photo.height(), 0.62, 0.8);
+                let crop = |img: &RgbImage| {
+                    image::imageops::crop_imm(img, r.x0, r.y0, r.width(), r.height()).to_image()
+                };
+                let before = crop(&photo);
+                let crops: Vec<RgbImage> = afters.iter().map(crop).collect();
+                let mut panels: Vec<(&str, &RgbImage)> = vec![("Original", &before)];
+                panels.extend(names.iter().map(String::as_str).zip(crops.iter()));
+                render::compose(&panels, r.height().clamp(256, 720))
             })
             .await?
         };

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use afterview_core::catalog::Catalog;
 use afterview_core::tasks::Intensity;
-use afterview_imaging::face::{Landmarks, detect_faces};
+use afterview_imaging::face;
 use afterview_imaging::intake::{Limits, decode_upright};
 use afterview_reports::infographic::DEFAULT_COLORS;
 use afterview_reports::{
@@ -20,25 +20,12 @@ fn main() {
     std::fs::create_dir_all(&out).unwrap();
     let bytes = std::fs::read(format!("{root}/testdata/portraits/grace_hopper.jpg")).unwrap();
     let (photo, _) = decode_upright(&bytes, &Limits::default()).unwrap();
-    let lm = Landmarks::from_box(&detect_faces(&photo)[0]);
+    let lm = face::detect(&photo).expect("a face in the test portrait");
     let c = Catalog::builtin();
     // Crop to the face, as the export task does.
-    let f = lm.frame();
-    let center = f.at(0.0, 0.8);
-    let half = 1.9 * f.iod;
-    let (x0, y0) = (
-        (center.x - half).max(0.0) as u32,
-        (center.y - half * 1.15).max(0.0) as u32,
-    );
+    let r = afterview_imaging::face_window(&lm, photo.width(), photo.height(), 0.62, 0.82);
     let crop = |img: &image::RgbImage| {
-        image::imageops::crop_imm(
-            img,
-            x0,
-            y0,
-            ((2.0 * half) as u32).min(img.width() - x0),
-            ((2.3 * half) as u32).min(img.height() - y0),
-        )
-        .to_image()
+        image::imageops::crop_imm(img, r.x0, r.y0, r.width(), r.height()).to_image()
     };
     let photo = Arc::new(photo);
     let items = ["blepharoplasty", "facelift", "skin-resurfacing"]

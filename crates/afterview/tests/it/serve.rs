@@ -8,8 +8,12 @@ use std::time::Duration;
 use crate::{Env, Proc, first_line};
 
 fn get(addr: &str, path: &str) -> (u16, String) {
-    for _ in 0..50 {
-        let mut s = TcpStream::connect(addr).unwrap();
+    for _ in 0..200 {
+        // A loaded machine may not have the listener ready yet: retry a refused connection.
+        let Ok(mut s) = TcpStream::connect(addr) else {
+            std::thread::sleep(Duration::from_millis(100));
+            continue;
+        };
         write!(
             s,
             "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"

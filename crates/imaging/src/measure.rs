@@ -1,0 +1,343 @@
+//! Measuring a preview the way a surgeon would: the landmark model finds the features on the
+//! original, and the preview's own pixels tell where each went ([`flow`], block matching, blind
+//! to how the preview was made). Distances are millimetres of the original's frame (iris
+//! scale). The tests hold every recipe to its clinical target with these; the `measure` example
+//! prints them for any photo.
+
+use image::RgbImage;
+
+use crate::face::{Frame, Landmarks, Pt, regions as r};
+use crate::skin::SkinModel;
+
+/// One measured quantity before and after.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Change {
+    /// What was measured.
+    pub name: &'static str,
+    /// Before (mm, or a unitless energy).
+    pub before: f32,
+    /// After.
+    pub after: f32,
+}
+
+impl Change {
+    /// Relative change, `after / before - 1`.
+    pub fn relative(&self) -> f32 {
+        self.after / self.before - 1.0
+    }
+    /// Absolute change.
+    pub fn delta(&self) -> f32 {
+        self.after - self.before
+    }
+}
+
+/// How far the picture's content at `p` moved between `before` and `after`, in pixels: block
+/// matching of a luminance patch (half-size 1 mm, at least 3 px) over ±6 mm, refined to a
+/// fraction of a pixel by a parabola through the best match's neighbours.
+pub fn flow(before: &RgbImage, after: &RgbImage, p: Pt, f: &Frame) -> Pt {
+    let lum = |img: &RgbImage, x: i64, y: i64| -> f32 {
+        let x = x.clamp(0, img.width() as i64 - 1) as u32;
+        let y = y.clamp(0, img.height() as i64 - 1) as u32;
+        let c = img.get_pixel(x, y).0;
+        0.299 * c[0] as f32 + 0.587 * c[1] as f32 + 0.114 * c[2] as f32
+    };
+    let r = (f.px(1.0).round() as i64).max(3);
+    let s = (f.px(6.0).round() as i64).max(4);
+    let (cx, cy) = (p.x.round() as i64, p.y.round() as i64);
+    let patch: Vec<f32> = (-r..=r)
+        .flat_map(|dy| (-r..=r).map(move |dx| (dx, dy)))
+        .map(|(dx, dy)| lum(before, cx + dx, cy + dy))
+        .collect();
+    let ssd = |ox: i64, oy: i64| -> f32 {
+        let mut acc = 0.0;
+        let mut k = 0;
+        for dy in -r..=r {
+            for dx in -r..=r {
+                let d = lum(after, cx + ox + dx, cy + oy + dy) - patch[k];
+                acc += d * d;
+                k += 1;
+            }
+        }
+        acc
+    };
+    let mut best = (f32::MAX, 0i64, 0i64);
+    for oy in -s..=s {
+        for ox in -s..=s {
+            let e = ssd(ox, oy);
+            // Prefer the smaller move among equals (flat patches).
+            if e < best.0 - 1e-3
+                || (e <= best.0 + 1e-3 && ox * ox + oy * oy < best.1 * best.1 + best.2 * best.2)
+            {
+                best = (e, ox, oy);
+            }
+        }
+    }
+    let (_, bx, by) = best;
+    let sub = |m: f32, c: f32, p_: f32| {
+        let den = m - 2.0 * c + p_;
+        if den.abs() < 1e-6 {
+            0.0
+        } else {
+            (0.5 * (m - p_) / den).clamp(-0.5, 0.5)
+        }
+    };
+    let c = best.0;
+    let dx = sub(ssd(bx - 1, by), c, ssd(bx + 1, by));
+    let dy = sub(ssd(bx, by - 1), c, ssd(bx, by + 1));
+    Pt::new(bx as f32 + dx, by as f32 + dy)
+}
+
+/// Where landmark `i` went: its position plus the picture's flow there.
+fn moved(before: &RgbImage, after: &RgbImage, lm: &Landmarks, f: &Frame, i: usize) -> Pt {
+    let p = lm.points[i];
+    p.plus(flow(before, after, p, f))
+}
+
+/// Mean fine-texture energy (squared difference from a 1 mm box blur) over disks of radius
+/// 5 mm at the cheeks and the lower forehead.
+pub fn texture_energy(img: &RgbImage, lm: &Landmarks) -> f32 {
+    let f = lm.frame();
+    let r = f.px(5.0);
+    let b = f.px(1.0).round().max(1.0) as i64;
+    let mut acc = 0f64;
+    let mut n = 0u64;
+    for c in [
+        lm.points[r::CHEEKS[0]],
+        lm.points[r::CHEEKS[1]],
+        lm.points[151],
+    ] {
+        let (x0, x1) = ((c.x - r) as i64, (c.x + r) as i64);
+        let (y0, y1) = ((c.y - r) as i64, (c.y + r) as i64);
+        for y in y0..=y1 {
+            for x in x0..=x1 {
+                if Pt::new(x as f32, y as f32).minus(c).len() > r
+                    || x - b < 0
+                    || y - b < 0
+                    || x + b >= img.width() as i64
+                    || y + b >= img.height() as i64
+                {
+                    continue;
+                }
+                let lum = |xx: i64, yy: i64| {
+                    let p = img.get_pixel(xx as u32, yy as u32).0;
+                    0.299 * p[0] as f64 + 0.587 * p[1] as f64 + 0.114 * p[2] as f64
+                };
+                let mut s = 0.0;
+                for dy in -b..=b {
+                    for dx in -b..=b {
+                        s += lum(x + dx, y + dy);
+                    }
+                }
+                let mean = s / ((2 * b + 1) * (2 * b + 1)) as f64;
+                acc += (lum(x, y) - mean).powi(2);
+                n += 1;
+            }
+        }
+    }
+    (acc / n.max(1) as f64) as f32
+}
+
+/// The rim of each visible ear (subject's right, left): mean lateral distance of the rim
+/// from the face outline, mm.
+pub fn ear_projection(img: &RgbImage, lm: &Landmarks) -> [Option<f32>; 2] {
+    let f = lm.frame();
+    let skin = SkinModel::learn(img, lm);
+    [0, 1].map(|side| {
+        crate::ears::find(img, lm, &f, &skin, side).map(|ear| {
+            ear.rows
+                .iter()
+                .map(|&(_, root, rim)| (rim - root).abs())
+                .sum::<f32>()
+                / ear.rows.len() as f32
+        })
+    })
+}
+
+/// The quantities a procedure is about: each landmark of the original (detected by the model)
+/// followed into the preview by [`flow`], distances in millimetres of the original's frame.
+pub fn changes(
+    procedure: &str,
+    before: &RgbImage,
+    after: &RgbImage,
+    lm: &Landmarks,
+) -> Vec<Change> {
+    let f = lm.frame();
+    let c = |name, a: f32, b: f32| Change {
+        name,
+        before: a,
+        after: b,
+    };
+    let go = |i: usize| moved(before, after, lm, &f, i);
+    let at = |i: usize| lm.points[i];
+    let d = |a: Pt, b: Pt| a.minus(b).len() / f.px_per_mm;
+    let v = |p: Pt| f.local(p).1;
+    let u = |p: Pt| f.local(p).0;
+    match procedure {
+        "rhinoplasty" => vec![
+            c(
+                "alar width (129-358)",
+                d(at(129), at(358)),
+                d(go(129), go(358)),
+            ),
+            c("alar base (64-294)", d(at(64), at(294)), d(go(64), go(294))),
+            c("tip u", u(at(r::NOSE_TIP)), u(go(r::NOSE_TIP))),
+        ],
+        "lip-augmentation" => {
+            // The stretch of each lip's middle three columns, read between the inner line and
+            // a point 60 % of the way to the band's end (inside the vermilion, where the strain
+            // is even), as the lip's height before and after.
+            let bands = crate::procedures::lip_bands(lm);
+            let height = |dir: f32| {
+                let cols: Vec<_> = bands.iter().filter(|b| b.dir == dir).collect();
+                let mid = cols.len() / 2;
+                let (mut h0, mut h1) = (0.0, 0.0);
+                for b in &cols[mid - 1..=mid + 1] {
+                    let (ui, vi) = f.local(b.inner);
+                    let probe = f.at(ui, vi + b.dir * b.height * 0.6);
+                    let stretch = f.local_vec(flow(before, after, probe, &f)).1
+                        - f.local_vec(flow(before, after, b.inner, &f)).1;
+                    h0 += b.height;
+                    h1 += b.height * (1.0 + stretch * b.dir / (0.6 * b.height));
+                }
+                (h0 / 3.0, h1 / 3.0)
+            };
+            let (ub, ua) = height(-1.0);
+            let (lb, la) = height(1.0);
+            vec![
+                c("upper lip height", ub, ua),
+                c("lower lip height", lb, la),
+                c("mouth width", d(at(61), at(291)), d(go(61), go(291))),
+                c("lip gap", d(at(13), at(14)), d(go(13), go(14))),
+            ]
+        }
+        "chin-augmentation" => vec![
+            c("menton v", v(at(r::MENTON)), v(go(r::MENTON))),
+            c("menton u", u(at(r::MENTON)), u(go(r::MENTON))),
+        ],
+        "brow-lift" => vec![
+            c("right brow tail v", v(at(70)), v(go(70))),
+            c("left brow tail v", v(at(300)), v(go(300))),
+            c("right brow middle v", v(at(105)), v(go(105))),
+            c("left brow middle v", v(at(334)), v(go(334))),
+            c("right lid margin v", v(at(159)), v(go(159))),
+            c("left lid margin v", v(at(386)), v(go(386))),
+        ],
+        "blepharoplasty" => {
+            // Lid platform: the fold ring's mean height above the lid margin's mean.
+            let mean_v = |idx: &[usize], moved: bool| {
+                idx.iter()
+                    .map(|&i| v(if moved { go(i) } else { at(i) }))
+                    .sum::<f32>()
+                    / idx.len() as f32
+            };
+            let platform = |side: usize, moved: bool| {
+                mean_v(&r::UPPER_LID[side][2..7], moved) - mean_v(&r::LID_FOLD[side][1..6], moved)
+            };
+            let margin = |side: usize, moved: bool| mean_v(&r::UPPER_LID[side][2..7], moved);
+            vec![
+                c("right lid platform", platform(0, false), platform(0, true)),
+                c("left lid platform", platform(1, false), platform(1, true)),
+                c("right lid margin v", margin(0, false), margin(0, true)),
+                c("left lid margin v", margin(1, false), margin(1, true)),
+            ]
+        }
+        "facelift" => {
+            // Jowls: 3 mm inside the outline (the outline's own pixels may meet a collar that
+            // stays).
+            let inside = |i: usize| at(i).minus(f.vec(0.0, 3.0));
+            let lifted = |i: usize| {
+                let p = inside(i);
+                v(p.plus(flow(before, after, p, &f)))
+            };
+            // The median of four points along each jowl, robust to a patch without texture.
+            let jowl = |idx: [usize; 4], moved: bool| {
+                let mut vs: Vec<f32> = idx
+                    .iter()
+                    .map(|&i| if moved { lifted(i) } else { v(inside(i)) })
+                    .collect();
+                vs.sort_by(f32::total_cmp);
+                (vs[1] + vs[2]) / 2.0
+            };
+            vec![
+                c(
+                    "right jowl v",
+                    jowl(r::JOWLS[0], false),
+                    jowl(r::JOWLS[0], true),
+                ),
+                c(
+                    "left jowl v",
+                    jowl(r::JOWLS[1], false),
+                    jowl(r::JOWLS[1], true),
+                ),
+                c(
+                    "jaw width (172-397)",
+                    d(at(172), at(397)),
+                    d(go(172), go(397)),
+                ),
+                c(
+                    "cheek width (234-454)",
+                    d(at(234), at(454)),
+                    d(go(234), go(454)),
+                ),
+            ]
+        }
+        _ => vec![],
+    }
+}
+
+/// The mesh points a procedure is allowed to move (beyond them, the face should stay within
+/// about half a millimetre).
+pub fn own_points(procedure: &str, before: &Landmarks) -> Vec<usize> {
+    let f = before.frame();
+    let near = |idx: &[usize], mm: f32| -> Vec<usize> {
+        (0..before.points.len())
+            .filter(|&i| {
+                idx.iter()
+                    .any(|&j| before.points[i].minus(before.points[j]).len() < f.px(mm))
+            })
+            .collect()
+    };
+    match procedure {
+        "rhinoplasty" => near(&[64, 294, 129, 358, 98, 327, 2], 9.0),
+        "lip-augmentation" => near(
+            &r::UPPER_LIP_OUTER
+                .iter()
+                .chain(&r::LOWER_LIP_OUTER)
+                .copied()
+                .collect::<Vec<_>>(),
+            8.0,
+        ),
+        "chin-augmentation" => near(&[152, 148, 377, 175, 199, 200, 17, 18], 14.0),
+        "brow-lift" | "blepharoplasty" => near(
+            &[
+                70, 63, 105, 66, 107, 300, 293, 334, 296, 336, 27, 257, 223, 443,
+            ],
+            14.0,
+        ),
+        "facelift" => near(
+            &r::JAWLINE
+                .iter()
+                .chain(&r::NASOLABIAL[0])
+                .chain(&r::NASOLABIAL[1])
+                .copied()
+                .collect::<Vec<_>>(),
+            22.0,
+        ),
+        _ => vec![],
+    }
+}
+
+/// How far the picture moved at the other mesh points: the 90th percentile, mm.
+pub fn others_moved(procedure: &str, before: &RgbImage, after: &RgbImage, lm: &Landmarks) -> f32 {
+    let f = lm.frame();
+    let own = own_points(procedure, lm);
+    let mut d: Vec<f32> = (0..lm.points.len())
+        .filter(|i| !own.contains(i))
+        .map(|i| flow(before, after, lm.points[i], &f).len() / f.px_per_mm)
+        .collect();
+    if d.is_empty() {
+        return 0.0;
+    }
+    d.sort_by(f32::total_cmp);
+    d[d.len() * 9 / 10]
+}

@@ -39,7 +39,7 @@ fn render_rows(name: &str, img: &RgbImage, out_dir: &str, md: &mut String) {
             return;
         }
     };
-    let window = face_window(&lm, img.width(), img.height(), 0.6, 0.85);
+    let window = face_window(&lm, img.width(), img.height(), 0.85, 0.8);
     let _ = write!(md, "\n## {name}\n\n");
     for proc_id in PROCEDURES {
         let afters: Vec<Option<RgbImage>> = [
@@ -80,7 +80,7 @@ fn render_rows(name: &str, img: &RgbImage, out_dir: &str, md: &mut String) {
             ("Pronounced", &crops[2]),
             ("Change (moderate, 4x)", &diff),
         ];
-        let row = render::compose(&panels, 360);
+        let row = render::compose(&panels, 400);
         let path = format!("{out_dir}/{name}-{proc_id}.png");
         std::fs::write(&path, encode_png(&row)).unwrap();
         let _ = writeln!(

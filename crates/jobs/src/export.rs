@@ -128,7 +128,7 @@ fn face_crop(before: &RgbImage, after: &RgbImage) -> (RgbImage, RgbImage) {
     let Some(lm) = face::detect(before) else {
         return (before.clone(), after.clone());
     };
-    let r = face_window(&lm, before.width(), before.height(), 0.62, 0.82);
+    let r = face_window(&lm, before.width(), before.height(), 0.7, 0.82);
     let crop = |img: &RgbImage| {
         image::imageops::crop_imm(img, r.x0, r.y0, r.width(), r.height()).to_image()
     };

@@ -23,7 +23,7 @@ fn main() {
     let lm = face::detect(&photo).expect("a face in the test portrait");
     let c = Catalog::builtin();
     // Crop to the face, as the export task does.
-    let r = afterview_imaging::face_window(&lm, photo.width(), photo.height(), 0.62, 0.82);
+    let r = afterview_imaging::face_window(&lm, photo.width(), photo.height(), 0.7, 0.82);
     let crop = |img: &image::RgbImage| {
         image::imageops::crop_imm(img, r.x0, r.y0, r.width(), r.height()).to_image()
     };

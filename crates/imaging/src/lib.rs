@@ -115,19 +115,7 @@ fn protect_mask(photo: &RgbImage, lm: &Landmarks, f: &Frame, rect: Rect, only_da
             ((skin.distance(p) - 5.0) / 2.0).clamp(0.0, 1.0)
         }
     });
-    let grow = |idx: &[usize], mm: f32| {
-        let pts = lm.group(idx);
-        let c = pts
-            .iter()
-            .fold(Pt::default(), |a, p| a.plus(*p))
-            .times(1.0 / pts.len() as f32);
-        pts.iter()
-            .map(|p| {
-                let d = p.minus(c);
-                p.plus(d.times(f.px(mm) / d.len().max(1e-3)))
-            })
-            .collect::<Vec<Pt>>()
-    };
+    let grow = |idx: &[usize], mm: f32| procedures::grow(&lm.group(idx), f, mm);
     if !only_dark {
         // The face's own dark features are not overlays: eyes and lips never, brows unless a
         // pixel is near-black (a frame crossing the brow; brow hair is rarely that dark). With
@@ -144,17 +132,7 @@ fn protect_mask(photo: &RgbImage, lm: &Landmarks, f: &Frame, rect: Rect, only_da
         for side in 0..2 {
             let mut brow = lm.group(&regions::BROW_UPPER[side]);
             brow.extend(lm.group(&regions::BROW_LOWER[side]).into_iter().rev());
-            let c = brow
-                .iter()
-                .fold(Pt::default(), |a, p| a.plus(*p))
-                .times(1.0 / brow.len() as f32);
-            let grown: Vec<Pt> = brow
-                .iter()
-                .map(|p| {
-                    let d = p.minus(c);
-                    p.plus(d.times(f.px(2.0) / d.len().max(1e-3)))
-                })
-                .collect();
+            let grown = procedures::grow(&brow, f, 2.0);
             let mut inside = Mask::new(rect);
             inside.fill_polygon(&grown, 1.0);
             m.map(|x, y, v| {

@@ -601,8 +601,8 @@ fn inside_polygon(poly: &[Pt], p: Pt) -> bool {
     inside
 }
 
-/// `poly` grown outwards from its centroid by `mm`.
-fn grow(poly: &[Pt], f: &Frame, mm: f32) -> Vec<Pt> {
+/// `poly` grown outwards from its centroid by `mm` (inwards when negative).
+pub(crate) fn grow(poly: &[Pt], f: &Frame, mm: f32) -> Vec<Pt> {
     let c = poly
         .iter()
         .fold(Pt::default(), |a, p| a.plus(*p))

@@ -120,18 +120,7 @@ impl SkinModel {
     }
 }
 
-/// The mesh's face outline pushed outwards by `mm` along the rays from the face centre.
+/// The mesh's face outline pushed outwards by `mm` along the rays from its centre.
 pub(crate) fn oval(lm: &Landmarks, f: &Frame, mm: f32) -> Vec<Pt> {
-    let pts = lm.group(&regions::FACE_OVAL);
-    let c = pts
-        .iter()
-        .fold(Pt::default(), |a, p| a.plus(*p))
-        .times(1.0 / pts.len() as f32);
-    pts.iter()
-        .map(|p| {
-            let d = p.minus(c);
-            let l = d.len().max(1.0);
-            p.plus(d.times(f.px(mm) / l))
-        })
-        .collect()
+    crate::procedures::grow(&lm.group(&regions::FACE_OVAL), f, mm)
 }

@@ -5,6 +5,7 @@
 use image::RgbImage;
 
 use super::{Iris, Pt, models};
+use crate::warp::sample;
 
 /// A square region of the photo, rotated by `angle` (radians, the direction of the eye line
 /// in image coordinates).
@@ -39,25 +40,6 @@ impl Roi {
             angle,
         }
     }
-}
-
-/// Bilinear sample with clamped borders.
-fn sample(img: &RgbImage, x: f32, y: f32) -> [f32; 3] {
-    let (w, h) = (img.width() as i64, img.height() as i64);
-    let x = x.clamp(0.0, (w - 1) as f32);
-    let y = y.clamp(0.0, (h - 1) as f32);
-    let (x0, y0) = (x.floor() as i64, y.floor() as i64);
-    let (x1, y1) = ((x0 + 1).min(w - 1), (y0 + 1).min(h - 1));
-    let (fx, fy) = (x - x0 as f32, y - y0 as f32);
-    let px = |xx: i64, yy: i64| img.get_pixel(xx as u32, yy as u32).0;
-    let (a, b, c, d) = (px(x0, y0), px(x1, y0), px(x0, y1), px(x1, y1));
-    let mut out = [0.0; 3];
-    for i in 0..3 {
-        let top = a[i] as f32 + (b[i] as f32 - a[i] as f32) * fx;
-        let bot = c[i] as f32 + (d[i] as f32 - c[i] as f32) * fx;
-        out[i] = top + (bot - top) * fy;
-    }
-    out
 }
 
 /// The ROI resampled to `size × size` as a `[0, 1]` HWC tensor, mirrored when `flip`. When the

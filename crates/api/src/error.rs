@@ -39,6 +39,10 @@ pub const API_CODES: &[(&str, &str)] = &[
         "unavailable",
         "The broker or a store is unreachable; retry after `Retry-After` seconds.",
     ),
+    (
+        "busy",
+        "Too many photos are being decoded at once; retry after `Retry-After` seconds.",
+    ),
     ("internal_error", "An unexpected error."),
 ];
 

@@ -158,6 +158,20 @@ pub(crate) async fn upload_image(
         &body,
         || async move {
             let limits = st.limits;
+            // Bounded work: at most `decode_slots()` photos decode at once; the others wait,
+            // then get 503 with Retry-After rather than exhaust memory.
+            let _slot = tokio::time::timeout(crate::DECODE_WAIT, st.decodes.acquire())
+                .await
+                .map_err(|_| {
+                    ApiError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "busy",
+                        "too many photos are being processed; retry shortly",
+                    )
+                })?
+                .map_err(|_| {
+                    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "busy", "shutting down")
+                })?;
             let n = tokio::task::spawn_blocking(move || afterview_intake::intake(&file, &limits))
                 .await
                 .map_err(|e| {

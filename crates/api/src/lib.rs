@@ -69,7 +69,18 @@ pub struct Inner {
     pub sync_timeout: Duration,
     /// Serializes requests sharing an Idempotency-Key.
     idem_locks: Mutex<HashMap<(String, String), KeyLock>>,
+    /// Photo decodes allowed at once: each holds up to ~3 bytes per pixel (120 MB at the 40 MP
+    /// limit), so uploads beyond this wait (then 503 + Retry-After) instead of adding up.
+    pub decodes: tokio::sync::Semaphore,
 }
+
+/// Photo decodes at once (the machine's cores, at least 1, at most 4).
+pub fn decode_slots() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get().clamp(1, 4))
+}
+
+/// How long an upload waits for a decode slot before it is answered 503.
+pub const DECODE_WAIT: Duration = Duration::from_secs(20);
 
 impl Inner {
     /// Assembles the state.
@@ -92,6 +103,7 @@ impl Inner {
             metrics,
             sync_timeout: afterview_engine::task::DEFAULT_TIME_LIMIT + Duration::from_secs(15),
             idem_locks: Mutex::default(),
+            decodes: tokio::sync::Semaphore::new(decode_slots()),
         }
     }
 }

@@ -130,18 +130,44 @@ fn rusage() -> Value {
     })
 }
 
-/// `*` and `?` globbing, for `pattern` + `matcher: glob`.
+/// Longest `pattern` a control message may carry (node names are far shorter).
+const MAX_PATTERN: usize = 256;
+/// Most task ids one `revoke` control message may name; the rest are ignored (logged).
+const MAX_REVOKE_IDS: usize = 10_000;
+
+/// `*` and `?` globbing, for `pattern` + `matcher: glob`: iterative (no recursion, so a pattern
+/// of 300,000 `*` cannot overflow the stack) and O(pattern × text); a pattern longer than
+/// [`MAX_PATTERN`] matches nothing.
 fn glob(pattern: &str, text: &str) -> bool {
-    fn go(p: &[u8], t: &[u8]) -> bool {
-        match (p.first(), t.first()) {
-            (None, None) => true,
-            (Some(b'*'), _) => go(&p[1..], t) || (!t.is_empty() && go(p, &t[1..])),
-            (Some(b'?'), Some(_)) => go(&p[1..], &t[1..]),
-            (Some(a), Some(b)) if a == b => go(&p[1..], &t[1..]),
-            _ => false,
+    let (p, t) = (pattern.as_bytes(), text.as_bytes());
+    if p.len() > MAX_PATTERN {
+        return false;
+    }
+    let (mut pi, mut ti) = (0, 0);
+    // Where the last `*` was, and the text position it has absorbed up to.
+    let mut star: Option<(usize, usize)> = None;
+    while ti < t.len() {
+        match p.get(pi) {
+            Some(b'*') => {
+                star = Some((pi, ti));
+                pi += 1;
+            }
+            Some(&c) if c == b'?' || c == t[ti] => {
+                pi += 1;
+                ti += 1;
+            }
+            _ => match star {
+                // Let the last `*` absorb one more character and retry after it.
+                Some((sp, st)) => {
+                    pi = sp + 1;
+                    ti = st + 1;
+                    star = Some((sp, st + 1));
+                }
+                None => return false,
+            },
         }
     }
-    go(pattern.as_bytes(), text.as_bytes())
+    p[pi..].iter().all(|&c| c == b'*')
 }
 
 fn request_info(node: &WorkerReport, a: &ActiveTask) -> Value {
@@ -668,7 +694,15 @@ impl Inner {
                 json!({"ok": "task events disabled"})
             }
             "revoke" => {
-                let ids = ids_of(args.get("task_id"));
+                let mut ids = ids_of(args.get("task_id"));
+                if ids.len() > MAX_REVOKE_IDS {
+                    warn!(
+                        count = ids.len(),
+                        kept = MAX_REVOKE_IDS,
+                        "A revoke named too many tasks; the rest are ignored."
+                    );
+                    ids.truncate(MAX_REVOKE_IDS);
+                }
                 let terminate = args
                     .get("terminate")
                     .and_then(Value::as_bool)
@@ -855,5 +889,20 @@ mod tests {
         assert!(!glob("w?@*", "w12@vm"));
         assert!(glob("*", ""));
         assert!(!glob("a", "b"));
+        assert!(glob("*a*b*", "xxaxxbxx"));
+        assert!(!glob("*a*b", "xxaxxbxx"));
+        assert!(glob("a*", "a"));
+        assert!(!glob("", "a"));
+    }
+
+    #[test]
+    fn hostile_patterns_neither_overflow_nor_hang() {
+        // 300,000 stars aborted the process with the recursive matcher.
+        let stars = "*".repeat(300_000);
+        let t = std::time::Instant::now();
+        assert!(!glob(&stars, "w1@host"), "over the length limit: no match");
+        let evil = format!("{}b", "*a".repeat(100));
+        assert!(!glob(&evil, &"a".repeat(255)));
+        assert!(t.elapsed() < std::time::Duration::from_secs(1));
     }
 }

@@ -349,12 +349,18 @@ impl TaskMessage {
                 }
                 _ => return Err(fail("body is not [args, kwargs, embed]".into())),
             };
-            let timelimit = match headers.get("timelimit") {
-                Some(Value::Array(tl)) => TimeLimits {
-                    hard: tl.first().and_then(Value::as_f64),
-                    soft: tl.get(1).and_then(Value::as_f64),
-                },
-                _ => TimeLimits::default(),
+            let timelimit = time_limits(headers.get("timelimit")).map_err(fail)?;
+            let retries = match headers.get("retries") {
+                None | Some(Value::Null) => 0,
+                Some(v) => v
+                    .as_u64()
+                    .and_then(|r| u32::try_from(r).ok())
+                    .filter(|&r| r <= MAX_RETRIES_HEADER)
+                    .ok_or_else(|| {
+                        fail(format!(
+                            "retries {v} is not a count up to {MAX_RETRIES_HEADER}"
+                        ))
+                    })?,
             };
             let msg = Self {
                 root_id: headers
@@ -365,7 +371,7 @@ impl TaskMessage {
                 eta: opt_time(headers.get("eta")).map_err(|e| fail(format!("eta: {e}")))?,
                 expires: opt_time(headers.get("expires"))
                     .map_err(|e| fail(format!("expires: {e}")))?,
-                retries: headers.get("retries").and_then(Value::as_u64).unwrap_or(0) as u32,
+                retries,
                 parent_id: headers
                     .get("parent_id")
                     .and_then(Value::as_str)
@@ -421,7 +427,11 @@ impl TaskMessage {
                 root_id: idv.clone(),
                 eta: opt_time(b.get("eta")).map_err(|e| fail(format!("eta: {e}")))?,
                 expires: opt_time(b.get("expires")).map_err(|e| fail(format!("expires: {e}")))?,
-                retries: b.get("retries").and_then(Value::as_u64).unwrap_or(0) as u32,
+                retries: b
+                    .get("retries")
+                    .and_then(Value::as_u64)
+                    .unwrap_or(0)
+                    .min(u64::from(MAX_RETRIES_HEADER)) as u32,
                 id: idv,
                 task: taskv,
                 args,
@@ -588,6 +598,38 @@ pub enum MessageError {
     Invalid(String),
 }
 
+/// Longest time limit a message may ask for: a week (anything longer is a mistake or an
+/// attack; Celery itself takes any float).
+pub const MAX_TIME_LIMIT_SECS: f64 = 7.0 * 86_400.0;
+/// Most retries a message's header may claim.
+pub const MAX_RETRIES_HEADER: u32 = 1_000_000;
+
+/// `timelimit: [hard, soft]`: each null or a finite number of seconds in
+/// `0..=MAX_TIME_LIMIT_SECS`. A negative, NaN, infinite or enormous limit used to panic the
+/// worker after the task had started.
+fn time_limits(v: Option<&Value>) -> Result<TimeLimits, String> {
+    let one = |x: Option<&Value>, what: &str| -> Result<Option<f64>, String> {
+        match x {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => match v.as_f64() {
+                Some(s) if s.is_finite() && (0.0..=MAX_TIME_LIMIT_SECS).contains(&s) => Ok(Some(s)),
+                _ => Err(format!(
+                    "timelimit: the {what} limit {v} is not a number of seconds between 0 and \
+                     {MAX_TIME_LIMIT_SECS}"
+                )),
+            },
+        }
+    };
+    match v {
+        None | Some(Value::Null) => Ok(TimeLimits::default()),
+        Some(Value::Array(tl)) if tl.len() <= 2 => Ok(TimeLimits {
+            hard: one(tl.first(), "hard")?,
+            soft: one(tl.get(1), "soft")?,
+        }),
+        Some(other) => Err(format!("timelimit {other} is not [hard, soft]")),
+    }
+}
+
 /// A message that cannot be decoded; carries the task id and name when they could be read.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DecodeError {
@@ -659,6 +701,41 @@ mod tests {
             m.eta.unwrap().timestamp_micros(),
             "ETA keeps microseconds"
         );
+    }
+
+    #[test]
+    fn hostile_time_limits_and_retries_are_refused_with_the_task_id() {
+        let m = msg();
+        for bad in [
+            json!([-1, null]),
+            json!([1e300, null]),
+            json!([null, -0.5]),
+            json!(["10", null]),
+            json!([1, 2, 3]),
+            json!(7),
+        ] {
+            let mut env: Value = serde_json::from_str(&m.to_envelope()).unwrap();
+            env["headers"]["timelimit"] = bad.clone();
+            let e = TaskMessage::from_envelope(env.to_string().as_bytes(), "celery").unwrap_err();
+            assert_eq!(e.task_id.as_deref(), Some(m.id.as_str()), "{bad}");
+            assert!(e.reason.contains("timelimit"), "{bad}: {}", e.reason);
+        }
+        let mut env: Value = serde_json::from_str(&m.to_envelope()).unwrap();
+        env["headers"]["timelimit"] = json!([3600, 60.5]);
+        env["headers"]["retries"] = json!(3);
+        let ok = TaskMessage::from_envelope(env.to_string().as_bytes(), "celery").unwrap();
+        assert_eq!(
+            ok.timelimit,
+            TimeLimits {
+                hard: Some(3600.0),
+                soft: Some(60.5)
+            }
+        );
+        assert_eq!(ok.retries, 3);
+        env["headers"]["retries"] = json!(-1);
+        assert!(TaskMessage::from_envelope(env.to_string().as_bytes(), "celery").is_err());
+        env["headers"]["retries"] = json!(u64::MAX);
+        assert!(TaskMessage::from_envelope(env.to_string().as_bytes(), "celery").is_err());
     }
 
     #[test]

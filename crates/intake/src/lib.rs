@@ -204,12 +204,16 @@ pub fn decode_upright(
             limit: limits.max_pixels,
         });
     }
+    if format == SourceFormat::Png {
+        return decode_png_8bit(bytes).map(|img| (img, format));
+    }
     let mut reader = ImageReader::with_format(Cursor::new(bytes), format.image_format());
     let mut decode_limits = image::Limits::default();
     decode_limits.max_image_width = Some(width);
     decode_limits.max_image_height = Some(height);
-    // RGBA16 is the widest buffer a decoder may need, plus slack for its own work.
-    decode_limits.max_alloc = Some(u64::from(width) * u64::from(height) * 8 + (64 << 20));
+    // JPEG and WebP decode to 8 bits per channel: RGBA8 is the widest buffer they need, plus
+    // slack for the decoder's own work.
+    decode_limits.max_alloc = Some(u64::from(width) * u64::from(height) * 4 + (64 << 20));
     reader.limits(decode_limits);
     let mut decoder = reader
         .into_decoder()
@@ -221,6 +225,86 @@ pub fn decode_upright(
         DynamicImage::from_decoder(decoder).map_err(|e| IntakeError::Corrupt(e.to_string()))?;
     img.apply_orientation(orientation);
     Ok((flatten(img), format))
+}
+
+/// Decodes a PNG straight to 8-bit RGB, row by row: 16-bit samples are stripped as they are
+/// read (no 16-bit image in memory: a 300 KB 16-bit 6300×6300 PNG used to cost ~440 MB), palettes
+/// and grey expanded, alpha composed over white. Interlaced files need one 8-bit frame first.
+/// EXIF orientation (`eXIf`) is applied.
+fn decode_png_8bit(bytes: &[u8]) -> Result<RgbImage, IntakeError> {
+    let corrupt = |e: png::DecodingError| IntakeError::Corrupt(e.to_string());
+    let mut decoder =
+        png::Decoder::new_with_limits(Cursor::new(bytes), png::Limits { bytes: 64 << 20 });
+    decoder.set_transformations(png::Transformations::normalize_to_color8());
+    decoder.set_ignore_text_chunk(true);
+    let mut reader = decoder.read_info().map_err(corrupt)?;
+    let (width, height) = (reader.info().width, reader.info().height);
+    let orientation = reader
+        .info()
+        .exif_metadata
+        .as_deref()
+        .and_then(image::metadata::Orientation::from_exif_chunk);
+    let interlaced = reader.info().interlaced;
+    let (color, depth) = reader.output_color_type();
+    if depth != png::BitDepth::Eight {
+        return Err(IntakeError::Corrupt(format!(
+            "unexpected bit depth {depth:?}"
+        )));
+    }
+    let channels = match color {
+        png::ColorType::Grayscale => 1,
+        png::ColorType::GrayscaleAlpha => 2,
+        png::ColorType::Rgb => 3,
+        png::ColorType::Rgba => 4,
+        png::ColorType::Indexed => {
+            return Err(IntakeError::Corrupt("a palette was not expanded".into()));
+        }
+    };
+    let mut out = RgbImage::new(width, height);
+    let put_row = |out: &mut RgbImage, y: u32, row: &[u8]| {
+        for (x, px) in row.chunks_exact(channels).take(width as usize).enumerate() {
+            let (rgb, a) = match channels {
+                1 => ([px[0]; 3], 255),
+                2 => ([px[0]; 3], px[1]),
+                3 => ([px[0], px[1], px[2]], 255),
+                _ => ([px[0], px[1], px[2]], px[3]),
+            };
+            let a = u32::from(a);
+            let mix = |c: u8| ((u32::from(c) * a + 255 * (255 - a) + 127) / 255) as u8;
+            out.put_pixel(x as u32, y, image::Rgb(rgb.map(mix)));
+        }
+    };
+    if interlaced {
+        let size = reader
+            .output_buffer_size()
+            .ok_or_else(|| IntakeError::Corrupt("the image is too large to decode".into()))?;
+        let mut buf = vec![0u8; size];
+        let frame = reader.next_frame(&mut buf).map_err(corrupt)?;
+        for (y, row) in buf
+            .chunks_exact(frame.line_size)
+            .take(height as usize)
+            .enumerate()
+        {
+            put_row(&mut out, y as u32, row);
+        }
+    } else {
+        let mut y = 0;
+        while let Some(row) = reader.next_row().map_err(corrupt)? {
+            if y >= height {
+                break;
+            }
+            put_row(&mut out, y, row.data());
+            y += 1;
+        }
+        if y < height {
+            return Err(IntakeError::Corrupt("the PNG is truncated".into()));
+        }
+    }
+    let mut img = DynamicImage::ImageRgb8(out);
+    if let Some(o) = orientation {
+        img.apply_orientation(o);
+    }
+    Ok(img.into_rgb8())
 }
 
 /// Whether a JPEG has its end-of-image marker (`FF D9`) near the end. Entropy-coded data

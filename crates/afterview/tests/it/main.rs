@@ -4,6 +4,7 @@
 mod api;
 mod cli;
 mod crash;
+mod hardening;
 mod redis_interop;
 mod serve;
 

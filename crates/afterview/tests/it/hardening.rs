@@ -1,0 +1,261 @@
+//! Attacks from issue 12, each against the real binary: hostile broker messages on a private
+//! Redis, hostile uploads and requests against `serve`.
+
+use std::time::Duration;
+
+use afterview_engine_redis::testing::{RedisServer, redis};
+use serde_json::{Value, json};
+
+use crate::Env;
+use crate::api::{ALICE, Server};
+
+fn b64(data: &[u8]) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for c in data.chunks(3) {
+        let n = (u32::from(c[0]) << 16)
+            | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
+            | u32::from(*c.get(2).unwrap_or(&0));
+        for k in 0..4 {
+            if k <= c.len() {
+                out.push(T[(n >> (18 - 6 * k) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// A Celery protocol v2 envelope as any Redis client could LPUSH it.
+fn task_envelope(id: &str, task: &str, kwargs: Value, timelimit: Value) -> String {
+    let body =
+        json!([[], kwargs, {"callbacks": null, "errbacks": null, "chain": null, "chord": null}]);
+    json!({
+        "body": b64(body.to_string().as_bytes()),
+        "content-encoding": "utf-8",
+        "content-type": "application/json",
+        "headers": {
+            "lang": "py", "task": task, "id": id, "root_id": id, "parent_id": null,
+            "group": null, "eta": null, "expires": null, "retries": 0,
+            "timelimit": timelimit, "argsrepr": "()", "kwargsrepr": "{}", "origin": "attacker",
+        },
+        "properties": {
+            "correlation_id": id, "reply_to": "x", "delivery_mode": 2,
+            "delivery_info": {"exchange": "", "routing_key": "celery"},
+            "priority": 0, "body_encoding": "base64", "delivery_tag": format!("tag-{id}"),
+        },
+    })
+    .to_string()
+}
+
+/// A pidbox broadcast as `celery inspect` would PUBLISH it, with any `pattern`.
+fn pidbox(method: &str, pattern: &str) -> String {
+    let body = json!({
+        "method": method, "arguments": {}, "destination": null,
+        "pattern": pattern, "matcher": "glob",
+    });
+    json!({
+        "body": b64(body.to_string().as_bytes()),
+        "content-encoding": "utf-8",
+        "content-type": "application/json",
+        "headers": {"clock": 1, "expires": null},
+        "properties": {
+            "delivery_mode": 2,
+            "delivery_info": {"exchange": "celery.pidbox", "routing_key": ""},
+            "priority": 0, "body_encoding": "base64", "delivery_tag": "pidbox-tag",
+        },
+    })
+    .to_string()
+}
+
+#[test]
+fn hostile_broker_messages_neither_kill_nor_wedge_a_worker() {
+    let r = RedisServer::start(4, false);
+    let env = Env::new();
+    let flags = [
+        "--broker".to_owned(),
+        r.url(0),
+        "--result-backend".to_owned(),
+        r.url(1),
+    ];
+    let f: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let mut wargs = f.clone();
+    wargs.extend(["-Q", "celery"]);
+    let worker = env.worker("target@test", &wargs);
+    let client = redis::Client::open(r.url(0)).unwrap();
+    let mut c = client.get_connection().unwrap();
+
+    // 1. A pidbox command whose pattern is 300,000 stars (a recursive glob overflowed the stack
+    //    and aborted the process).
+    let _: i64 = redis::cmd("PUBLISH")
+        .arg("/0.celery.pidbox")
+        .arg(pidbox("ping", &"*".repeat(300_000)))
+        .query(&mut c)
+        .unwrap();
+    // 2. Three tasks with impossible time limits on a -c 2 worker (each used to panic after
+    //    starting, keeping its slot and lease forever).
+    let bad: Vec<String> = (0..3).map(|i| format!("bad-limit-{i}")).collect();
+    for (id, tl) in bad
+        .iter()
+        .zip([json!([-1, null]), json!([1e300, null]), json!([null, "x"])])
+    {
+        let e = task_envelope(id, "afterview.sleep", json!({"seconds": 0.05}), tl);
+        let _: i64 = redis::cmd("LPUSH")
+            .arg("celery")
+            .arg(e)
+            .query(&mut c)
+            .unwrap();
+    }
+    // Each becomes a FAILURE with a clear code, and is set aside.
+    for id in &bad {
+        let mut a = f.clone();
+        a.extend(["result", id.as_str(), "--meta"]);
+        let t0 = std::time::Instant::now();
+        let meta = loop {
+            let m: Value = serde_json::from_slice(&env.run(&a).stdout).unwrap_or(Value::Null);
+            if m["status"] == "FAILURE" {
+                break m;
+            }
+            assert!(t0.elapsed() < Duration::from_secs(20), "{id}: {m}");
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        assert_eq!(meta["result"]["code"], "malformed_message", "{meta}");
+        assert!(
+            meta["result"]["exc_message"]
+                .to_string()
+                .contains("timelimit"),
+            "{meta}"
+        );
+    }
+    // The worker is alive and still runs work at full concurrency.
+    let ids: Vec<String> = (0..4)
+        .map(|_| {
+            let mut a = f.clone();
+            a.extend(["call", "afterview.sleep", "--kwargs", r#"{"seconds": 0.2}"#]);
+            env.ok(&a)
+        })
+        .collect();
+    for id in &ids {
+        let mut a = f.clone();
+        a.extend(["result", id.as_str(), "--meta"]);
+        let t0 = std::time::Instant::now();
+        loop {
+            let m: Value = serde_json::from_slice(&env.run(&a).stdout).unwrap_or(Value::Null);
+            if m["status"] == "SUCCESS" {
+                break;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(20),
+                "{id} never ran: {m}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    let mut ping = f.clone();
+    ping.extend(["inspect", "ping", "--timeout", "2"]);
+    let out = env.ok(&ping);
+    assert!(out.contains("target@test"), "{out}");
+    assert!(alive(worker.pid()), "the worker is still running");
+    // The malformed messages are in the dead-letter list, not lost.
+    let dead: Vec<String> = redis::cmd("LRANGE")
+        .arg("afterview:dead")
+        .arg(0)
+        .arg(-1)
+        .query(&mut c)
+        .unwrap();
+    for id in &bad {
+        assert!(
+            dead.iter().any(|d| d.contains(id.as_str())),
+            "{id} dead-lettered"
+        );
+    }
+    let log = worker.log_text();
+    assert!(log.contains("Malformed message set aside"), "{log}");
+}
+
+/// Whether a process exists (signal 0 delivers nothing).
+fn alive(pid: i32) -> bool {
+    std::process::Command::new("kill")
+        .args(["-0", &pid.to_string()])
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// A small file that decodes to a huge picture: 6300×6300 RGBA, 16 bits per channel
+/// (40 megapixels, under the limit; 317 MB as 16-bit RGBA), one flat colour (~300 KB).
+fn sixteen_bit_png() -> Vec<u8> {
+    let (w, h) = (6300u32, 6300u32);
+    let mut out = vec![];
+    {
+        let mut e = png::Encoder::new(&mut out, w, h);
+        e.set_color(png::ColorType::Rgba);
+        e.set_depth(png::BitDepth::Sixteen);
+        e.set_compression(png::Compression::Fast);
+        let mut writer = e.write_header().unwrap();
+        let mut stream = writer.stream_writer().unwrap();
+        let row: Vec<u8> = [0x80u8, 0x10, 0x60, 0x20, 0x40, 0x30, 0xff, 0xff]
+            .iter()
+            .copied()
+            .cycle()
+            .take(w as usize * 8)
+            .collect();
+        for _ in 0..h {
+            std::io::Write::write_all(&mut stream, &row).unwrap();
+        }
+        stream.finish().unwrap();
+    }
+    out
+}
+
+/// Peak resident memory of a process, bytes (`VmHWM`).
+fn peak_rss(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kb * 1024
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn eight_parallel_decompression_uploads_stay_under_a_gibibyte() {
+    let bomb = sixteen_bit_png();
+    assert!(bomb.len() < 2_000_000, "{} bytes", bomb.len());
+    let s = Server::with_users(&[]);
+    let pid = s.proc.pid();
+    let before = peak_rss(pid);
+    let uploads = (0..8).map(|i| {
+        let bytes = bomb.clone();
+        let s = &s;
+        async move { (i, s.upload(ALICE, bytes, "big.png").await) }
+    });
+    let answers = futures_util::future::join_all(uploads).await;
+    let mut created = 0;
+    for (i, r) in answers {
+        let status = r.status().as_u16();
+        let retry = r.headers().get("retry-after").is_some();
+        let (_, body) = crate::api::body(r).await;
+        match status {
+            201 => {
+                created += 1;
+                assert_eq!(body["width"], 6300, "{body}");
+            }
+            503 => {
+                assert_eq!(body["error"]["code"], "busy", "{body}");
+                assert!(retry, "503 carries Retry-After");
+            }
+            other => panic!("upload {i}: {other} {body}"),
+        }
+    }
+    assert!(created >= 1, "at least one upload went through");
+    let peak = peak_rss(pid);
+    eprintln!("peak RSS {} MiB, {created} of 8 created", peak >> 20);
+    assert!(
+        peak < 1 << 30,
+        "peak RSS {} MiB (was {} MiB before the uploads)",
+        peak >> 20,
+        before >> 20
+    );
+}

@@ -122,6 +122,10 @@ pub struct ServeArgs {
     /// Largest accepted photo in pixels [default: 40000000].
     #[arg(long, env = "AFTERVIEW_MAX_PIXELS", value_name = "PIXELS")]
     pub max_pixels: Option<u64>,
+    /// Allow the dev token (no authentication configured) on an address other than loopback.
+    /// Without it, `serve` refuses to start there: anyone on the network could read every photo.
+    #[arg(long, env = "AFTERVIEW_ALLOW_DEV_TOKEN_ON_NETWORK")]
+    pub allow_dev_token_on_network: bool,
     #[command(flatten)]
     pub worker: WorkerArgs,
 }
@@ -295,6 +299,7 @@ pub enum InspectWhat {
 
 /// Parses the command line and runs the command.
 pub fn main() -> ExitCode {
+    private_files();
     let cli = Cli::parse();
     let g = cli.global;
     let layer = GlobalLayer {
@@ -313,6 +318,7 @@ pub fn main() -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
+    tighten(&settings.data_dir);
     let long_running = matches!(cli.command, Command::Serve(_) | Command::Worker(_));
     init_logging(
         settings
@@ -360,4 +366,28 @@ fn init_logging(filter: &str) {
         .with_writer(std::io::stderr)
         .with_target(false)
         .try_init();
+}
+
+/// Everything the process creates (data dir, databases, blobs, tokens) is the owner's only:
+/// directories 0700, files 0600. Called first in `main`, before any thread exists.
+#[allow(unsafe_code)]
+fn private_files() {
+    // SAFETY: umask(2) cannot fail and only changes this process's file-creation mask; no
+    // other thread exists yet, so no concurrent file creation sees a half-set mask.
+    unsafe {
+        libc::umask(0o077);
+    }
+}
+
+/// A data dir left group- or world-accessible by an older version is made the owner's only.
+fn tighten(dir: &std::path::Path) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if let Ok(meta) = std::fs::metadata(dir)
+            && meta.permissions().mode() & 0o077 != 0
+        {
+            let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+        }
+    }
 }

@@ -144,6 +144,13 @@ pub async fn serve(s: Settings, a: ServeArgs) -> anyhow::Result<ExitCode> {
         tokio::spawn(w.run(shutdown.clone()))
     });
     let (auth, dev_token) = build_auth(&s, &a)?;
+    if dev_token.is_some() && !addr.ip().is_loopback() && !a.allow_dev_token_on_network {
+        anyhow::bail!(
+            "refusing to serve on {addr} without authentication: configure AFTERVIEW_AUTH_TOKENS \
+             (or --auth-tokens-file, Firebase, OIDC), bind to 127.0.0.1, or pass \
+             --allow-dev-token-on-network"
+        );
+    }
     // Printed on stdout so scripts (and tests) can find the port when binding to :0.
     println!("afterview serving on http://{addr}");
     if let Some(t) = dev_token {
@@ -212,6 +219,7 @@ fn build_auth(
         return Ok((auth, None));
     }
     let path = s.data_dir.join("dev-token");
+    check_private(&path)?;
     let token = match std::fs::read_to_string(&path) {
         Ok(t) if t.trim().len() >= 32 => t.trim().to_owned(),
         _ => {
@@ -227,6 +235,36 @@ fn build_auth(
     };
     auth.static_tokens.insert(token.clone(), "dev".into());
     Ok((auth, Some(token)))
+}
+
+/// Refuses a secret file someone else owns or others may read (a planted or leaked token).
+fn check_private(path: &std::path::Path) -> anyhow::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        let Ok(meta) = std::fs::symlink_metadata(path) else {
+            return Ok(()); // not there yet: it will be created 0600
+        };
+        let me = std::fs::metadata("/proc/self").map(|m| m.uid()).ok();
+        if !meta.file_type().is_file() {
+            anyhow::bail!("{} is not a regular file", path.display());
+        }
+        if me.is_some_and(|uid| uid != meta.uid()) {
+            anyhow::bail!(
+                "{} belongs to another user (uid {})",
+                path.display(),
+                meta.uid()
+            );
+        }
+        if meta.mode() & 0o077 != 0 {
+            anyhow::bail!(
+                "{} is readable by others (mode {:o}): chmod 600 it or delete it",
+                path.display(),
+                meta.mode() & 0o777
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Writes a secret readable by the owner only.

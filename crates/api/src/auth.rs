@@ -28,6 +28,8 @@ pub const FIREBASE_JWKS_URL: &str =
 const LEEWAY_SECS: u64 = 60;
 const MIN_REFRESH: Duration = Duration::from_secs(30);
 const DEFAULT_MAX_AGE: Duration = Duration::from_secs(3600);
+/// Longest wait between attempts when the key server keeps failing.
+const MAX_BACKOFF: Duration = Duration::from_secs(300);
 
 /// Why a token was refused.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -48,7 +50,10 @@ pub struct Jwks {
     url: String,
     http: reqwest::Client,
     keys: RwLock<(HashMap<String, DecodingKey>, Option<Instant>, Duration)>,
+    /// When the last fetch was attempted (one at a time).
     refresh: Mutex<Option<Instant>>,
+    /// Fetches failed in a row (for the backoff).
+    failures: std::sync::atomic::AtomicU32,
 }
 
 impl std::fmt::Debug for Jwks {
@@ -71,11 +76,12 @@ impl Jwks {
         Self {
             url: url.into(),
             http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(10))
+                .timeout(Duration::from_secs(5))
                 .build()
                 .expect("HTTP client"),
             keys: RwLock::new((HashMap::new(), None, DEFAULT_MAX_AGE)),
             refresh: Mutex::new(None),
+            failures: std::sync::atomic::AtomicU32::new(0),
         }
     }
 
@@ -89,7 +95,11 @@ impl Jwks {
         if !resp.status().is_success() {
             return Err(format!("the key server answered {}", resp.status()));
         }
-        let age = max_age(resp.headers()).unwrap_or(DEFAULT_MAX_AGE);
+        // A key server that says max-age=0 (or nothing sensible) must not make every request
+        // refetch: the keys are kept at least MIN_REFRESH.
+        let age = max_age(resp.headers())
+            .unwrap_or(DEFAULT_MAX_AGE)
+            .max(MIN_REFRESH);
         let set: JwkSet = resp
             .json()
             .await
@@ -117,17 +127,32 @@ impl Jwks {
             }
         }
         {
-            // One refresh at a time; an unknown kid refreshes at most every MIN_REFRESH.
+            // One refresh at a time. An unknown kid refreshes at most every MIN_REFRESH; after
+            // failures, attempts back off (5 s doubling to 5 min) and the last good keys are
+            // used meanwhile, so a dead key server costs a request nothing.
             let mut last = self.refresh.lock().await;
             let stale = {
                 let g = self.keys.read().await;
                 g.1.is_none_or(|t| t.elapsed() >= g.2)
             };
             let known = self.keys.read().await.0.contains_key(kid);
-            if stale || (!known && last.is_none_or(|t| t.elapsed() >= MIN_REFRESH)) {
+            let failures = self.failures.load(std::sync::atomic::Ordering::Relaxed);
+            let wait = if failures > 0 {
+                (Duration::from_secs(5) * 2u32.saturating_pow(failures - 1)).min(MAX_BACKOFF)
+            } else if stale {
+                Duration::ZERO
+            } else {
+                MIN_REFRESH
+            };
+            if (stale || !known) && last.is_none_or(|t| t.elapsed() >= wait) {
                 *last = Some(Instant::now());
-                if let Err(e) = self.fetch().await {
-                    warn!(url = %self.url, error = %e, "JWKS refresh failed; keeping the last good keys.");
+                match self.fetch().await {
+                    Ok(()) => self.failures.store(0, std::sync::atomic::Ordering::Relaxed),
+                    Err(e) => {
+                        self.failures
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        warn!(url = %self.url, error = %e, "JWKS refresh failed; keeping the last good keys.");
+                    }
                 }
             }
         }
@@ -175,7 +200,7 @@ impl JwtVerifier {
         }
     }
 
-    async fn verify(&self, token: &str) -> Result<String, AuthError> {
+    async fn verify(&self, token: &str) -> Result<Identity, AuthError> {
         let header = decode_header(token)
             .map_err(|e| AuthError::Invalid(format!("malformed header: {e}")))?;
         if header.alg != Algorithm::RS256 {
@@ -193,6 +218,7 @@ impl JwtVerifier {
         v.set_issuer(&[&self.issuer]);
         v.leeway = LEEWAY_SECS;
         v.set_required_spec_claims(&["exp", "iat", "sub", "aud", "iss"]);
+        v.validate_nbf = true;
         let data = decode::<Claims>(token, &key, &v).map_err(|e| match e.kind() {
             jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthError::Expired,
             _ => AuthError::Invalid(e.to_string()),
@@ -207,10 +233,15 @@ impl JwtVerifier {
                 "auth_time is missing or in the future".into(),
             ));
         }
-        if c.sub.is_empty() || c.sub.len() > 128 {
-            return Err(AuthError::Invalid("sub must be 1-128 characters".into()));
+        if c.sub.is_empty() || c.sub.len() > 100 {
+            return Err(AuthError::Invalid("sub must be 1-100 characters".into()));
         }
-        Ok(c.sub)
+        // Each issuer has its own namespace: `sub: "clinic1"` from Firebase is not the static
+        // user `clinic1` (static ids may not contain ':').
+        Ok(Identity {
+            user: format!("{}:{}", self.kind, c.sub),
+            expires_at: Some(c.exp),
+        })
     }
 }
 
@@ -218,8 +249,18 @@ impl JwtVerifier {
 struct Claims {
     sub: String,
     iat: i64,
+    exp: i64,
     #[serde(default)]
     auth_time: Option<i64>,
+}
+
+/// Who a token is and until when.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// The user id: a static token's user, or `firebase:<sub>` / `oidc:<sub>`.
+    pub user: String,
+    /// When the token expires (seconds since the epoch); `None` for static tokens.
+    pub expires_at: Option<i64>,
 }
 
 /// All configured ways to authenticate.
@@ -246,6 +287,11 @@ impl Auth {
                 ));
             }
             afterview_core::ids::UserId::parse(u).map_err(|e| format!("user {u:?}: {e}"))?;
+            if u.contains(':') {
+                return Err(format!(
+                    "user {u:?}: ':' is reserved for token issuers (firebase:…, oidc:…)"
+                ));
+            }
             m.insert(t.to_owned(), u.to_owned());
         }
         Ok(m)
@@ -258,11 +304,19 @@ impl Auth {
 
     /// The user a token belongs to.
     pub async fn authenticate(&self, token: &str) -> Result<String, AuthError> {
+        self.identify(token).await.map(|i| i.user)
+    }
+
+    /// The user a token belongs to, and when the token expires.
+    pub async fn identify(&self, token: &str) -> Result<Identity, AuthError> {
         if token.is_empty() {
             return Err(AuthError::Missing);
         }
         if let Some(u) = self.static_tokens.get(token) {
-            return Ok(u.clone());
+            return Ok(Identity {
+                user: u.clone(),
+                expires_at: None,
+            });
         }
         if token.split('.').count() != 3 {
             return Err(AuthError::Invalid("not a known token".into()));

@@ -12,7 +12,7 @@ use serde_json::json;
 pub const API_CODES: &[(&str, &str)] = &[
     (
         "unauthorized",
-        "No valid credentials: send `Authorization: Bearer <token>` (or `?token=` on GET and WebSocket).",
+        "No valid credentials: send `Authorization: Bearer <token>` (WebSockets may pass `?token=`).",
     ),
     ("token_expired", "The token has expired."),
     (
@@ -38,6 +38,10 @@ pub const API_CODES: &[(&str, &str)] = &[
     (
         "unavailable",
         "The broker or a store is unreachable; retry after `Retry-After` seconds.",
+    ),
+    (
+        "too_many_sockets",
+        "The user has too many WebSockets open (16).",
     ),
     (
         "busy",

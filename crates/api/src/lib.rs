@@ -69,6 +69,8 @@ pub struct Inner {
     pub sync_timeout: Duration,
     /// Serializes requests sharing an Idempotency-Key.
     idem_locks: Mutex<HashMap<(String, String), KeyLock>>,
+    /// Open WebSockets per user.
+    pub sockets: Mutex<HashMap<String, usize>>,
     /// Photo decodes allowed at once: each holds up to ~3 bytes per pixel (120 MB at the 40 MP
     /// limit), so uploads beyond this wait (then 503 + Retry-After) instead of adding up.
     pub decodes: tokio::sync::Semaphore,
@@ -104,6 +106,7 @@ impl Inner {
             sync_timeout: afterview_engine::task::DEFAULT_TIME_LIMIT + Duration::from_secs(15),
             idem_locks: Mutex::default(),
             decodes: tokio::sync::Semaphore::new(decode_slots()),
+            sockets: Mutex::default(),
         }
     }
 }
@@ -134,41 +137,71 @@ fn query_token(parts: &Parts) -> Option<String> {
         })
 }
 
+/// The bearer token of a request: the `Authorization` header, or (on the WebSocket route only,
+/// where browsers cannot set headers) `?token=`. Tokens in URLs end up in proxy logs and
+/// browser history, so no other route takes them.
+fn bearer(parts: &Parts) -> Result<String, ApiError> {
+    let header = parts
+        .headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let token = match header {
+        Some(h) => match h.split_once(' ') {
+            Some((scheme, t)) if scheme.eq_ignore_ascii_case("bearer") => Some(t.trim().to_owned()),
+            _ => {
+                return Err(ApiError::unauthorized(
+                    "unauthorized",
+                    "the Authorization header must be `Bearer <token>`",
+                ));
+            }
+        },
+        None if parts.method == Method::GET && parts.uri.path().starts_with("/api/ws/") => {
+            query_token(parts)
+        }
+        None => None,
+    };
+    token.ok_or_else(|| ApiError::unauthorized("unauthorized", "no bearer token"))
+}
+
+fn auth_error(e: AuthError) -> ApiError {
+    match e {
+        AuthError::Expired => ApiError::unauthorized("token_expired", e.to_string()),
+        other => ApiError::unauthorized("unauthorized", other.to_string()),
+    }
+}
+
 impl FromRequestParts<AppState> for User {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, st: &AppState) -> Result<Self, Self::Rejection> {
-        let header = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok());
-        let token = match header {
-            Some(h) => match h.split_once(' ') {
-                Some((scheme, t)) if scheme.eq_ignore_ascii_case("bearer") => {
-                    Some(t.trim().to_owned())
-                }
-                _ => {
-                    return Err(ApiError::unauthorized(
-                        "unauthorized",
-                        "the Authorization header must be `Bearer <token>`",
-                    ));
-                }
-            },
-            // Browsers cannot set headers on WebSockets or <img> requests: GETs may pass ?token=.
-            None if parts.method == Method::GET => query_token(parts),
-            None => None,
-        };
-        let Some(token) = token else {
-            return Err(ApiError::unauthorized("unauthorized", "no bearer token"));
-        };
+        let token = bearer(parts)?;
         st.auth
             .authenticate(&token)
             .await
             .map(User)
-            .map_err(|e| match e {
-                AuthError::Expired => ApiError::unauthorized("token_expired", e.to_string()),
-                other => ApiError::unauthorized("unauthorized", other.to_string()),
-            })
+            .map_err(auth_error)
+    }
+}
+
+/// The caller and when their token expires (for connections that outlive a request).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Session {
+    /// The user.
+    pub user: User,
+    /// Seconds since the epoch; `None` for static tokens.
+    pub expires_at: Option<i64>,
+}
+
+impl FromRequestParts<AppState> for Session {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, st: &AppState) -> Result<Self, Self::Rejection> {
+        let token = bearer(parts)?;
+        let id = st.auth.identify(&token).await.map_err(auth_error)?;
+        Ok(Session {
+            user: User(id.user),
+            expires_at: id.expires_at,
+        })
     }
 }
 
@@ -272,7 +305,19 @@ pub fn router(state: AppState) -> Router {
 /// medical data).
 async fn track(State(st): State<AppState>, req: Request, next: Next) -> Response {
     let t0 = Instant::now();
-    let method = req.method().as_str().to_owned();
+    // Labels come from fixed sets, never from the request: an invented method or path must
+    // not add series to /metrics.
+    let method = match *req.method() {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::PATCH => "PATCH",
+        _ => "other",
+    }
+    .to_owned();
     let route = req
         .extensions()
         .get::<MatchedPath>()
@@ -359,7 +404,55 @@ pub async fn serve(
     app: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use hyper_util::service::TowerToHyperService;
+    let mut shutdown = std::pin::pin!(shutdown);
+    let (close_tx, close_rx) = tokio::sync::watch::channel(false);
+    let mut conns = tokio::task::JoinSet::new();
+    loop {
+        let stream = tokio::select! {
+            r = listener.accept() => match r {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait a little, keep serving.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let svc = TowerToHyperService::new(app.clone());
+        let mut close = close_rx.clone();
+        conns.spawn(async move {
+            // A client must finish sending its headers (and, between keep-alive requests,
+            // start the next) within HEADER_READ_TIMEOUT: half-sent requests do not hold a
+            // connection open for ever.
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), svc)
+                .with_upgrades();
+            let mut conn = std::pin::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = close.changed() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+        });
+        while conns.try_join_next().is_some() {}
+    }
+    let _ = close_tx.send(true);
+    let _ = tokio::time::timeout(GRACEFUL_CLOSE, async {
+        while conns.join_next().await.is_some() {}
+    })
+    .await;
+    Ok(())
 }
+
+/// How long a client has to send a request's headers.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long open requests may take to finish at shutdown.
+const GRACEFUL_CLOSE: Duration = Duration::from_secs(30);

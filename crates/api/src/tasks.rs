@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 
 use crate::error::ApiError;
 use crate::handlers::ListQuery;
-use crate::{AppState, User};
+use crate::{AppState, Session, User};
 
 /// Checks the id and that the caller sent the task.
 async fn owned_task(
@@ -142,15 +142,72 @@ pub(crate) async fn list_tasks(
     Ok(Json(json!({"items": items})))
 }
 
+/// Most WebSockets one user may hold open.
+pub(crate) const MAX_SOCKETS_PER_USER: usize = 16;
+/// Longest a WebSocket stays open (clients reconnect and get the current state first).
+pub(crate) const MAX_SOCKET_LIFETIME: std::time::Duration = std::time::Duration::from_secs(3600);
+/// Largest message a client may send (it has nothing to say but pings and a close).
+pub(crate) const MAX_CLIENT_MESSAGE: usize = 4096;
+
+/// Counts a user's open sockets; the count drops when the guard does.
+struct SocketSlot {
+    st: AppState,
+    user: String,
+}
+
+impl SocketSlot {
+    fn take(st: &AppState, user: &str) -> Option<SocketSlot> {
+        let mut m = st.sockets.lock().expect("sockets lock");
+        let n = m.entry(user.to_owned()).or_insert(0);
+        if *n >= MAX_SOCKETS_PER_USER {
+            return None;
+        }
+        *n += 1;
+        Some(SocketSlot {
+            st: st.clone(),
+            user: user.to_owned(),
+        })
+    }
+}
+
+impl Drop for SocketSlot {
+    fn drop(&mut self) {
+        let mut m = self.st.sockets.lock().expect("sockets lock");
+        if let Some(n) = m.get_mut(&self.user) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.user);
+            }
+        }
+    }
+}
+
 /// `WS /api/ws/tasks/{id}`: the current state at once, then every change, then a normal close.
+/// At most [`MAX_SOCKETS_PER_USER`] per user (429 `too_many_sockets`); closed (1008) when the
+/// token expires and (1001) after [`MAX_SOCKET_LIFETIME`]; client messages over
+/// [`MAX_CLIENT_MESSAGE`] end the connection.
 pub(crate) async fn task_ws(
     State(st): State<AppState>,
-    user: User,
+    session: Session,
     Path(id): Path<String>,
     ws: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
-    owned_task(&st, &user, &id).await?;
-    Ok(ws.on_upgrade(move |socket| follow(st, id, socket)))
+    owned_task(&st, &session.user, &id).await?;
+    let slot = SocketSlot::take(&st, &session.user.0).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_sockets",
+            format!("at most {MAX_SOCKETS_PER_USER} open WebSockets per user"),
+        )
+    })?;
+    let until = session.expires_at;
+    Ok(ws
+        .max_message_size(MAX_CLIENT_MESSAGE)
+        .max_frame_size(MAX_CLIENT_MESSAGE)
+        .on_upgrade(move |socket| async move {
+            follow(st, id, socket, until).await;
+            drop(slot);
+        }))
 }
 
 fn frame(m: &ResultMeta) -> String {
@@ -162,10 +219,26 @@ fn frame(m: &ResultMeta) -> String {
     json!({"type": kind, "data": status_view(m)}).to_string()
 }
 
-async fn follow(st: AppState, id: String, mut socket: WebSocket) {
+async fn follow(st: AppState, id: String, mut socket: WebSocket, expires_at: Option<i64>) {
     let mut watch = st.client.watch(&id);
+    let now = chrono::Utc::now().timestamp();
+    let expiry = expires_at.map_or(MAX_SOCKET_LIFETIME, |e| {
+        std::time::Duration::from_secs(u64::try_from(e - now).unwrap_or(0)).min(MAX_SOCKET_LIFETIME)
+    });
+    let token_bound = expires_at.is_some_and(|e| e - now <= MAX_SOCKET_LIFETIME.as_secs() as i64);
+    let deadline = tokio::time::sleep(expiry);
+    tokio::pin!(deadline);
     loop {
         tokio::select! {
+            () = &mut deadline => {
+                let (code, reason) = if token_bound {
+                    (1008, "token expired")
+                } else {
+                    (1001, "connection lifetime reached; reconnect")
+                };
+                let _ = socket.send(Message::Close(Some(CloseFrame { code, reason: reason.into() }))).await;
+                return;
+            }
             next = watch.next() => match next {
                 Ok(Some(m)) => {
                     if socket.send(Message::Text(frame(&m).into())).await.is_err() {

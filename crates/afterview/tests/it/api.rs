@@ -480,6 +480,36 @@ async fn authentication_accepts_good_tokens_and_names_what_is_wrong_with_bad_one
         s.get(ALICE, &format!("/api/images/{id}")).await.status(),
         404
     );
+    // Issuers have their own namespaces: a token with `sub: "alice"` from Firebase or OIDC
+    // is not the static user alice (who owns this photo).
+    let alices = s.upload_portrait(ALICE, "astronaut.png").await;
+    for fake in [
+        mint(
+            &{
+                let mut c = good.clone();
+                c["sub"] = json!("alice");
+                c
+            },
+            "trusted.pem",
+            "trusted-kid",
+        ),
+        mint(
+            &{
+                let mut c = oidc.clone();
+                c["sub"] = json!("alice");
+                c
+            },
+            "trusted.pem",
+            "trusted-kid",
+        ),
+    ] {
+        assert_eq!(
+            s.get(&fake, &format!("/api/images/{alices}"))
+                .await
+                .status(),
+            404
+        );
+    }
 
     let with = |k: &str, v: Value| {
         let mut c = good.clone();
@@ -551,6 +581,15 @@ async fn authentication_accepts_good_tokens_and_names_what_is_wrong_with_bad_one
         (
             "empty sub",
             mint(&with("sub", json!("")), "trusted.pem", "trusted-kid"),
+            "unauthorized",
+        ),
+        (
+            "not yet valid (nbf)",
+            mint(
+                &with("nbf", json!(now + 3600)),
+                "trusted.pem",
+                "trusted-kid",
+            ),
             "unauthorized",
         ),
         (
@@ -1100,4 +1139,93 @@ async fn reports_and_infographics_through_the_api() {
     )
     .await;
     assert_eq!((st, code(&b)), (404, "visualization_not_found"));
+}
+
+/// A key server that always answers 500, counting its requests.
+fn failing_jwks_server(hits: std::sync::Arc<std::sync::atomic::AtomicUsize>) -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut s) = stream else { continue };
+            hits.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let mut buf = [0u8; 2048];
+            let _ = s.read(&mut buf);
+            let _ = s.write_all(
+                b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            );
+        }
+    });
+    format!("http://{addr}/jwks")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_key_server_backs_off_and_sockets_close_when_the_token_expires() {
+    let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let dead = failing_jwks_server(hits.clone());
+    let live = jwks_server("jwks.json");
+    // Firebase keys from a dead server: 40 JWT requests are refused quickly, and the server is
+    // asked a handful of times, not once per request.
+    let s = Server::start(
+        &[
+            ("AFTERVIEW_AUTH_TOKENS", &format!("{ALICE}=alice")),
+            ("AFTERVIEW_FIREBASE_PROJECT_ID", PROJECT),
+            ("AFTERVIEW_FIREBASE_JWKS_URL", &dead),
+        ],
+        &["--no-worker"],
+    );
+    let now = chrono::Utc::now().timestamp();
+    let iss = format!("https://securetoken.google.com/{PROJECT}");
+    let claims = json!({"iss": iss, "aud": PROJECT, "sub": "u1", "iat": now - 10, "exp": now + 3600, "auth_time": now - 20});
+    let token = mint(&claims, "trusted.pem", "trusted-kid");
+    let t0 = std::time::Instant::now();
+    let answers = futures_util::future::join_all(
+        (0..40).map(|_| async { s.get(&token, "/api/images").await.status().as_u16() }),
+    )
+    .await;
+    assert!(answers.iter().all(|&a| a == 401), "{answers:?}");
+    assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
+    let n = hits.load(std::sync::atomic::Ordering::SeqCst);
+    assert!((1..=3).contains(&n), "the key server was asked {n} times");
+    drop(s);
+
+    // A socket opened with a token that expires in 3 s is closed (1008) when it does.
+    let s = Server::start(
+        &[
+            ("AFTERVIEW_AUTH_TOKENS", &format!("{ALICE}=alice")),
+            ("AFTERVIEW_FIREBASE_PROJECT_ID", PROJECT),
+            ("AFTERVIEW_FIREBASE_JWKS_URL", &live),
+        ],
+        &["--no-worker"],
+    );
+    let now = chrono::Utc::now().timestamp();
+    let short = json!({"iss": iss, "aud": PROJECT, "sub": "u2", "iat": now - 10, "exp": now + 3, "auth_time": now - 20});
+    let token = mint(&short, "trusted.pem", "trusted-kid");
+    let image = s.upload_portrait(&token, "astronaut.png").await;
+    let r = s
+        .post(
+            &token,
+            "/api/visualizations?async_processing=true",
+            json!({"image_id": image, "procedure_id": "rhinoplasty"}),
+        )
+        .await;
+    let task = r.json::<Value>().await.unwrap()["task_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (mut ws, _) =
+        tokio_tungstenite::connect_async(s.ws_url(&format!("/api/ws/tasks/{task}?token={token}")))
+            .await
+            .unwrap();
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(m) = ws.next().await {
+            if let Ok(Message::Close(c)) = m {
+                return c.map(|c| u16::from(c.code));
+            }
+        }
+        None
+    })
+    .await
+    .expect("closed within 10 s");
+    assert_eq!(closed, Some(1008));
 }

@@ -259,3 +259,139 @@ async fn eight_parallel_decompression_uploads_stay_under_a_gibibyte() {
         before >> 20
     );
 }
+
+#[test]
+fn no_authentication_on_an_open_address_is_refused() {
+    let env = Env::new();
+    let out = env
+        .cmd(&["serve", "--bind", "0.0.0.0:0", "--no-worker"])
+        .env_remove("AFTERVIEW_AUTH_TOKENS")
+        .env_remove("AFTERVIEW_FIREBASE_PROJECT_ID")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("refusing to serve on 0.0.0.0"), "{err}");
+    assert!(err.contains("--allow-dev-token-on-network"), "{err}");
+}
+
+#[test]
+fn files_at_rest_are_the_owners_only_and_a_leaky_dev_token_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = Env::new();
+    env.ok(&["call", "afterview.noop"]);
+    let mut open = vec![];
+    let mut stack = vec![env.data()];
+    let mut seen = 0;
+    while let Some(p) = stack.pop() {
+        let meta = std::fs::symlink_metadata(&p).unwrap();
+        seen += 1;
+        if meta.permissions().mode() & 0o077 != 0 {
+            open.push(format!(
+                "{} {:o}",
+                p.display(),
+                meta.permissions().mode() & 0o777
+            ));
+        }
+        if meta.is_dir() {
+            stack.extend(std::fs::read_dir(&p).unwrap().map(|e| e.unwrap().path()));
+        }
+    }
+    assert!(seen > 2, "the data dir has files");
+    assert!(open.is_empty(), "group/world-accessible: {open:?}");
+
+    // A dev-token file others can read is refused, not used.
+    std::fs::write(env.data().join("dev-token"), "x".repeat(64)).unwrap();
+    std::fs::set_permissions(
+        env.data().join("dev-token"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    let out = env
+        .cmd(&["serve", "--bind", "127.0.0.1:0", "--no-worker"])
+        .env_remove("AFTERVIEW_AUTH_TOKENS")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("readable by others"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transport_limits_half_sent_requests_url_tokens_and_sockets() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_tungstenite::tungstenite::Message;
+    // No worker: tasks stay pending, so sockets stay open.
+    let s = Server::with_users_args(&["--no-worker"]);
+    let addr = s.base.trim_start_matches("http://").to_owned();
+
+    // A half-sent request is dropped after the header timeout (10 s), not held for ever.
+    let mut c = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    c.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    let mut buf = [0u8; 256];
+    let n = tokio::time::timeout(Duration::from_secs(20), c.read(&mut buf))
+        .await
+        .expect("the server closes the connection")
+        .unwrap_or(0);
+    let answered = String::from_utf8_lossy(&buf[..n]).to_string();
+    assert!(n == 0 || answered.contains("408"), "{answered}");
+    assert!(t0.elapsed() >= Duration::from_secs(9), "{:?}", t0.elapsed());
+
+    // ?token= works on the WebSocket route only.
+    let r = crate::api::http()
+        .get(s.url(&format!("/api/images?token={ALICE}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+
+    // One user holds at most 16 sockets; the 17th is refused with 429.
+    let image = s.upload_portrait(ALICE, "astronaut.png").await;
+    let r = s
+        .post(
+            ALICE,
+            "/api/visualizations?async_processing=true",
+            json!({"image_id": image, "procedure_id": "rhinoplasty"}),
+        )
+        .await;
+    let task: Value = r.json().await.unwrap();
+    let task = task["task_id"].as_str().unwrap().to_owned();
+    let ws_url = format!(
+        "{}/api/ws/tasks/{task}?token={ALICE}",
+        s.base.replace("http://", "ws://")
+    );
+    let mut open = vec![];
+    for _ in 0..16 {
+        let (mut ws, _) = tokio_tungstenite::connect_async(&ws_url).await.unwrap();
+        let first = ws.next().await.unwrap().unwrap();
+        assert!(matches!(first, Message::Text(_)), "{first:?}");
+        open.push(ws);
+    }
+    match tokio_tungstenite::connect_async(&ws_url).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            assert_eq!(resp.status(), 429)
+        }
+        other => panic!("the 17th socket: {:?}", other.map(|_| ())),
+    }
+    // A client message over 4 KiB ends that socket; the others stay.
+    let mut big = open.pop().unwrap();
+    big.send(Message::Text("x".repeat(100_000).into()))
+        .await
+        .unwrap_or(());
+    let end = tokio::time::timeout(Duration::from_secs(5), big.next())
+        .await
+        .unwrap();
+    assert!(
+        matches!(end, None | Some(Err(_)) | Some(Ok(Message::Close(_)))),
+        "{end:?}"
+    );
+    // Closing sockets frees the slots.
+    drop(big);
+    drop(open.pop());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (_ws, _) = tokio_tungstenite::connect_async(&ws_url).await.unwrap();
+}

@@ -158,30 +158,41 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// Internal details (database messages, file paths, broker addresses) are logged, never
+/// answered: the client gets the code and a generic message.
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::Unavailable(m) => Self::unavailable(format!("storage unavailable: {m}")),
-            StoreError::Conflict(m) => Self::new(StatusCode::CONFLICT, "conflict", m),
+            StoreError::Unavailable(m) => {
+                tracing::warn!(error = %m, "storage unavailable");
+                Self::unavailable("storage is unavailable; retry shortly")
+            }
+            StoreError::Conflict(m) => {
+                tracing::info!(error = %m, "storage conflict");
+                Self::new(StatusCode::CONFLICT, "conflict", "the resource already exists")
+            }
             StoreError::Corrupt(m) => {
-                Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", m)
+                tracing::error!(error = %m, "storage returned corrupt data");
+                Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", "an unexpected error")
             }
         }
     }
 }
-
 impl From<BackendError> for ApiError {
     fn from(e: BackendError) -> Self {
         match e {
-            BackendError::Unavailable(m) => Self::unavailable(format!("broker unavailable: {m}")),
+            BackendError::Unavailable(m) => {
+                tracing::warn!(error = %m, "broker unavailable");
+                Self::unavailable("the task broker is unavailable; retry shortly")
+            }
             BackendError::Invalid(m) => Self::bad_request(m),
             BackendError::Corrupt(m) => {
-                Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", m)
+                tracing::error!(error = %m, "broker returned corrupt data");
+                Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", "an unexpected error")
             }
         }
     }
 }
-
 impl From<ClientError> for ApiError {
     fn from(e: ClientError) -> Self {
         match e {

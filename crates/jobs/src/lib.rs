@@ -82,9 +82,14 @@ pub(crate) fn fail(code: ErrorCode, message: impl Into<String>) -> TaskError {
     TaskError::new(code.as_str(), message)
 }
 
-/// Storage failures are transient: the task is retried.
+/// Storage failures are transient: the task is retried. The store's own message (database
+/// errors, paths) is logged, not put in the result clients read.
 pub(crate) fn storage(e: StoreError) -> TaskError {
-    TaskError::transient(ErrorCode::StorageUnavailable.as_str(), e.to_string())
+    tracing::warn!(error = %e, "storage failed in a task");
+    TaskError::transient(
+        ErrorCode::StorageUnavailable.as_str(),
+        ErrorCode::StorageUnavailable.description(),
+    )
 }
 
 /// The id of result `index` of task `task_id`: the task id itself for index 0, otherwise a

@@ -137,7 +137,10 @@ async fn render_preview(
                 .await
                 .map_err(|e| {
                     let retry = matches!(e.code(), ErrorCode::GeminiUnavailable);
-                    let err = fail(e.code(), e.to_string());
+                    // Gemini's own text (quota details, project ids) goes to the log; the
+                    // result carries our code and its description.
+                    tracing::warn!(task_id = %ctx.id(), error = %e, "Gemini failed");
+                    let err = fail(e.code(), e.code().description());
                     if retry {
                         err.with_retry(afterview_engine::RetryHint::Policy)
                     } else {

@@ -395,3 +395,29 @@ async fn transport_limits_half_sent_requests_url_tokens_and_sockets() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let (_ws, _) = tokio_tungstenite::connect_async(&ws_url).await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn internal_errors_reach_clients_as_codes_not_paths() {
+    let s = Server::with_users_args(&["--no-worker"]);
+    let first = s.upload_portrait(ALICE, "astronaut.png").await;
+    assert!(!first.is_empty());
+    // Break the blob store under the running server: its directory becomes a file.
+    let blobs = s.env.data().join("blobs");
+    std::fs::remove_dir_all(&blobs).unwrap();
+    std::fs::write(&blobs, b"not a directory").unwrap();
+    let bytes = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../testdata/portraits/astronaut.png"
+    ))
+    .unwrap();
+    let r = s.upload(ALICE, bytes, "a.png").await;
+    let status = r.status().as_u16();
+    let (_, body) = crate::api::body(r).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["code"], "unavailable", "{body}");
+    let text = body.to_string();
+    let dir = s.env.dir.path().display().to_string();
+    assert!(!text.contains(&dir) && !text.contains("os error"), "{text}");
+    // The details are in the server's log instead.
+    assert!(s.proc.log_text().contains("storage unavailable"));
+}

@@ -263,12 +263,19 @@ pub(crate) async fn image_content(
     Ok(png_response(bytes))
 }
 
-/// `DELETE /api/images/{id}`: the image and everything made from it.
+/// `DELETE /api/images/{id}`: the image and everything made from it. Tasks still working on
+/// it are revoked first (a running one is terminated), so no preview of it is saved afterwards.
 pub(crate) async fn delete_image(
     State(st): State<AppState>,
     user: User,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
+    owned_image(&st, &user, &id).await?;
+    for task in st.meta.tasks_for_image(&user.0, &id).await? {
+        if let Err(e) = st.client.revoke(&task, true).await {
+            tracing::warn!(task_id = %task, error = %e, "Could not revoke a task of a deleted photo.");
+        }
+    }
     let d = st.meta.delete_image(&user.0, &id).await?.ok_or_else(|| {
         ApiError::new(
             StatusCode::NOT_FOUND,
@@ -276,12 +283,64 @@ pub(crate) async fn delete_image(
             format!("image {id} not found"),
         )
     })?;
-    for key in &d.blob_keys {
-        if let Err(e) = st.blobs.delete(key).await {
-            tracing::warn!(error = %e, "A derived blob could not be deleted; it is no longer referenced.");
-        }
-    }
+    delete_blobs(&st, d.blob_keys);
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// `DELETE /api/visualizations/{id}`: the preview (or comparison) and its picture.
+pub(crate) async fn delete_visualization(
+    State(st): State<AppState>,
+    user: User,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let key = st.meta.delete_visualization(&user.0, &id).await?.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            ErrorCode::VisualizationNotFound.as_str(),
+            format!("visualization {id} not found"),
+        )
+    })?;
+    delete_blobs(&st, vec![key]);
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// `DELETE /api/exports/{id}`: the report or infographic and its file.
+pub(crate) async fn delete_export(
+    State(st): State<AppState>,
+    user: User,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let key = st
+        .meta
+        .delete_export(&user.0, &id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("export"))?;
+    delete_blobs(&st, vec![key]);
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// Deletes blobs in the background, retrying failures (5 attempts over about a minute): the
+/// records are gone already, so the files are unreachable, but face data must not linger.
+fn delete_blobs(st: &AppState, keys: Vec<String>) {
+    let blobs = st.blobs.clone();
+    tokio::spawn(async move {
+        for key in keys {
+            let mut wait = std::time::Duration::from_secs(2);
+            for attempt in 1..=5 {
+                match blobs.delete(&key).await {
+                    Ok(()) => break,
+                    Err(e) if attempt == 5 => {
+                        tracing::error!(key = %key, error = %e, "A deleted photo's file could not be removed after 5 attempts.");
+                    }
+                    Err(e) => {
+                        tracing::warn!(key = %key, error = %e, attempt, "Deleting a file failed; retrying.");
+                        tokio::time::sleep(wait).await;
+                        wait *= 2;
+                    }
+                }
+            }
+        }
+    });
 }
 
 // -------------------------------------------------------------------------------- procedures
@@ -333,6 +392,26 @@ pub(crate) async fn submit(
     let Value::Object(kwargs) = kwargs else {
         unreachable!("task arguments are objects")
     };
+    // The photos the task works on: deleting one of them revokes the task.
+    let mut image_ids: Vec<String> = kwargs
+        .get("image_id")
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+        .into_iter()
+        .collect();
+    for v in kwargs
+        .get("visualization_ids")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+    {
+        if let Some(r) = st.meta.get_visualization(&user.0, v).await?
+            && !image_ids.contains(&r.image_id)
+        {
+            image_ids.push(r.image_id);
+        }
+    }
     let msg = st
         .client
         .message(task, vec![], kwargs, SendOptions::default())?;
@@ -341,6 +420,7 @@ pub(crate) async fn submit(
             id: msg.id.clone(),
             owner: user.0.clone(),
             name: task.into(),
+            image_ids,
             created_at: chrono::Utc::now(),
         })
         .await?;

@@ -218,11 +218,13 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/api/visualizations/compare"),
     ("GET", "/api/visualizations"),
     ("GET", "/api/visualizations/{id}"),
+    ("DELETE", "/api/visualizations/{id}"),
     ("GET", "/api/visualizations/{id}/image"),
     ("POST", "/api/exports"),
     ("POST", "/api/exports/cost-infographic"),
     ("GET", "/api/exports"),
     ("GET", "/api/exports/{id}"),
+    ("DELETE", "/api/exports/{id}"),
     ("GET", "/api/exports/{id}/download"),
     ("GET", "/api/tasks"),
     ("GET", "/api/tasks/{id}/status"),
@@ -260,7 +262,10 @@ pub fn router(state: AppState) -> Router {
             "/api/visualizations/compare",
             post(handlers::create_comparison),
         )
-        .route("/api/visualizations/{id}", get(handlers::get_visualization))
+        .route(
+            "/api/visualizations/{id}",
+            get(handlers::get_visualization).delete(handlers::delete_visualization),
+        )
         .route(
             "/api/visualizations/{id}/image",
             get(handlers::visualization_image),
@@ -273,7 +278,10 @@ pub fn router(state: AppState) -> Router {
             "/api/exports/cost-infographic",
             post(handlers::create_infographic),
         )
-        .route("/api/exports/{id}", get(handlers::get_export))
+        .route(
+            "/api/exports/{id}",
+            get(handlers::get_export).delete(handlers::delete_export),
+        )
         .route("/api/exports/{id}/download", get(handlers::download_export))
         .route("/api/tasks", get(tasks::list_tasks))
         .route("/api/tasks/{id}/status", get(tasks::task_status))

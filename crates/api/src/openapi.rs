@@ -112,6 +112,14 @@ const OPS: &[Op] = &[
         query: &[],
     },
     Op {
+        method: "DELETE",
+        path: "/api/visualizations/{id}",
+        summary: "Delete a visualization (or comparison) and its picture.",
+        body: None,
+        ok: ("204", ""),
+        query: &[],
+    },
+    Op {
         method: "GET",
         path: "/api/visualizations/{id}/image",
         summary: "The after picture (or the comparison composite), PNG.",
@@ -149,6 +157,14 @@ const OPS: &[Op] = &[
         summary: "One export.",
         body: None,
         ok: ("200", "Export"),
+        query: &[],
+    },
+    Op {
+        method: "DELETE",
+        path: "/api/exports/{id}",
+        summary: "Delete a report or infographic and its file.",
+        body: None,
+        ok: ("204", ""),
         query: &[],
     },
     Op {

@@ -197,7 +197,28 @@ async fn save_export(
         task_id: Some(ctx.id().to_owned()),
         created_at: Utc::now(),
     };
-    match d.meta.insert_export(&rec).await {
+    // The photos may have been deleted while the report was made (see `keep_record` in
+    // visualize.rs): checked before and after the record is written.
+    let photos_gone = || async {
+        for id in &rec.image_ids {
+            if d.meta.get_image(owner, id).await.map_err(storage)?.is_none() {
+                return Ok::<_, TaskError>(true);
+            }
+        }
+        Ok(false)
+    };
+    let gone = || fail(ErrorCode::ImageNotFound, "a photo of the report was deleted while it was made");
+    if photos_gone().await? {
+        let _ = d.blobs.delete(&rec.blob_key).await;
+        return Err(gone());
+    }
+    let inserted = d.meta.insert_export(&rec).await;
+    if inserted.is_ok() && photos_gone().await? {
+        let _ = d.meta.delete_export(owner, &id).await;
+        let _ = d.blobs.delete(&rec.blob_key).await;
+        return Err(gone());
+    }
+    match inserted {
         Ok(()) => Ok(value),
         Err(StoreError::Conflict(_)) => Ok(d
             .meta

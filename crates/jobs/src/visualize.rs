@@ -206,7 +206,33 @@ async fn keep_record(
     d: &Deps,
     rec: &VisualizationRecord,
 ) -> Result<Option<serde_json::Value>, TaskError> {
-    match d.meta.insert_visualization(rec).await {
+    // The photo may have been deleted while the preview was made: then nothing derived from it
+    // may stay. Checked before the record is written and again after (a delete in between
+    // would miss the new record), undoing the write when the photo is gone.
+    let photo_gone = || async {
+        d.meta
+            .get_image(&rec.owner, &rec.image_id)
+            .await
+            .map(|r| r.is_none())
+            .map_err(storage)
+    };
+    let gone = || {
+        fail(
+            ErrorCode::ImageNotFound,
+            format!("image {} was deleted while the task ran", rec.image_id),
+        )
+    };
+    if photo_gone().await? {
+        let _ = d.blobs.delete(&rec.blob_key).await;
+        return Err(gone());
+    }
+    let inserted = d.meta.insert_visualization(rec).await;
+    if inserted.is_ok() && photo_gone().await? {
+        let _ = d.meta.delete_visualization(&rec.owner, &rec.id).await;
+        let _ = d.blobs.delete(&rec.blob_key).await;
+        return Err(gone());
+    }
+    match inserted {
         Ok(()) => Ok(None),
         Err(StoreError::Conflict(_)) => {
             let existing = d

@@ -116,6 +116,9 @@ pub struct TaskRecord {
     pub owner: String,
     /// Task name.
     pub name: String,
+    /// Photos it works on (deleting one revokes the task).
+    #[serde(default)]
+    pub image_ids: Vec<String>,
     /// When it was sent.
     pub created_at: DateTime<Utc>,
 }
@@ -171,6 +174,9 @@ pub trait MetadataStore: Send + Sync + 'static {
         owner: &str,
         limit: u32,
     ) -> Result<Vec<VisualizationRecord>, StoreError>;
+    /// Deletes the owner's visualization; returns its blob key.
+    async fn delete_visualization(&self, owner: &str, id: &str)
+    -> Result<Option<String>, StoreError>;
 
     /// Stores a new export.
     async fn insert_export(&self, r: &ExportRecord) -> Result<(), StoreError>;
@@ -178,6 +184,8 @@ pub trait MetadataStore: Send + Sync + 'static {
     async fn get_export(&self, owner: &str, id: &str) -> Result<Option<ExportRecord>, StoreError>;
     /// The owner's exports, newest first.
     async fn list_exports(&self, owner: &str, limit: u32) -> Result<Vec<ExportRecord>, StoreError>;
+    /// Deletes the owner's export; returns its blob key.
+    async fn delete_export(&self, owner: &str, id: &str) -> Result<Option<String>, StoreError>;
 
     /// Records who sent a task.
     async fn insert_task(&self, r: &TaskRecord) -> Result<(), StoreError>;
@@ -185,6 +193,9 @@ pub trait MetadataStore: Send + Sync + 'static {
     async fn get_task(&self, owner: &str, id: &str) -> Result<Option<TaskRecord>, StoreError>;
     /// The owner's tasks, newest first.
     async fn list_tasks(&self, owner: &str, limit: u32) -> Result<Vec<TaskRecord>, StoreError>;
+    /// The ids of the owner's tasks that work on `image_id`.
+    async fn tasks_for_image(&self, owner: &str, image_id: &str)
+    -> Result<Vec<String>, StoreError>;
 
     /// The stored answer for `(owner, key)`, if any.
     async fn get_idempotent(

@@ -45,6 +45,8 @@ const MIGRATIONS: &[&str] = &[
         body TEXT NOT NULL, created_at TEXT NOT NULL, PRIMARY KEY (owner, key)
     );
     ",
+    // 2: the photos a task works on (deleting a photo revokes its running tasks).
+    "ALTER TABLE tasks ADD COLUMN image_ids TEXT NOT NULL DEFAULT '[]';",
 ];
 
 /// The SQLite metadata store.
@@ -143,6 +145,7 @@ fn task_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TaskRecord> {
         owner: r.get(1)?,
         name: r.get(2)?,
         created_at: parse_ts(&r.get::<_, String>(3)?)?,
+        image_ids: serde_json::from_str(&r.get::<_, String>(4)?).unwrap_or_default(),
     })
 }
 
@@ -153,6 +156,35 @@ const EXPORT_COLS: &str =
     "id, owner, kind, format, blob_key, size, image_ids, result, task_id, created_at";
 
 impl SqliteMetadata {
+    /// Deletes row `id` of `table` if `owner` owns it; returns its blob key.
+    async fn delete_owned(
+        &self,
+        table: &'static str,
+        owner: &str,
+        id: &str,
+    ) -> Result<Option<String>, StoreError> {
+        let (owner, id) = (owner.to_owned(), id.to_owned());
+        self.run(move |c| {
+            let tx = c.transaction()?;
+            let key = tx
+                .query_row(
+                    &format!("SELECT blob_key FROM {table} WHERE id = ?1 AND owner = ?2"),
+                    params![id, owner],
+                    |r| r.get::<_, String>(0),
+                )
+                .optional()?;
+            if key.is_some() {
+                tx.execute(
+                    &format!("DELETE FROM {table} WHERE id = ?1 AND owner = ?2"),
+                    params![id, owner],
+                )?;
+            }
+            tx.commit()?;
+            Ok(key)
+        })
+        .await
+    }
+
     /// Opens (creating and migrating) the database at `path`.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         if let Some(dir) = path.parent()
@@ -418,8 +450,14 @@ impl MetadataStore for SqliteMetadata {
         let r = r.clone();
         self.run(move |c| {
             c.execute(
-                "INSERT INTO tasks (id, owner, name, created_at) VALUES (?1, ?2, ?3, ?4)",
-                params![r.id, r.owner, r.name, ts(&r.created_at)],
+                "INSERT INTO tasks (id, owner, name, created_at, image_ids) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![
+                    r.id,
+                    r.owner,
+                    r.name,
+                    ts(&r.created_at),
+                    serde_json::to_string(&r.image_ids).expect("ids serialize")
+                ],
             )?;
             Ok(())
         })
@@ -430,7 +468,7 @@ impl MetadataStore for SqliteMetadata {
         let (owner, id) = (owner.to_owned(), id.to_owned());
         self.run(move |c| {
             c.query_row(
-                "SELECT id, owner, name, created_at FROM tasks WHERE id = ?1 AND owner = ?2",
+                "SELECT id, owner, name, created_at, image_ids FROM tasks WHERE id = ?1 AND owner = ?2",
                 params![id, owner],
                 task_row,
             )
@@ -442,11 +480,40 @@ impl MetadataStore for SqliteMetadata {
     async fn list_tasks(&self, owner: &str, limit: u32) -> Result<Vec<TaskRecord>, StoreError> {
         let owner = owner.to_owned();
         self.run(move |c| {
-            c.prepare("SELECT id, owner, name, created_at FROM tasks WHERE owner = ?1 ORDER BY created_at DESC, id LIMIT ?2")?
+            c.prepare("SELECT id, owner, name, created_at, image_ids FROM tasks WHERE owner = ?1 ORDER BY created_at DESC, id LIMIT ?2")?
                 .query_map(params![owner, limit], task_row)?
                 .collect()
         })
         .await
+    }
+
+    async fn tasks_for_image(
+        &self,
+        owner: &str,
+        image_id: &str,
+    ) -> Result<Vec<String>, StoreError> {
+        let (owner, image_id) = (owner.to_owned(), image_id.to_owned());
+        self.run(move |c| {
+            c.prepare(
+                "SELECT id FROM tasks WHERE owner = ?1
+                 AND EXISTS (SELECT 1 FROM json_each(tasks.image_ids) WHERE value = ?2)",
+            )?
+            .query_map(params![owner, image_id], |r| r.get(0))?
+            .collect()
+        })
+        .await
+    }
+
+    async fn delete_visualization(
+        &self,
+        owner: &str,
+        id: &str,
+    ) -> Result<Option<String>, StoreError> {
+        self.delete_owned("visualizations", owner, id).await
+    }
+
+    async fn delete_export(&self, owner: &str, id: &str) -> Result<Option<String>, StoreError> {
+        self.delete_owned("exports", owner, id).await
     }
 
     async fn get_idempotent(

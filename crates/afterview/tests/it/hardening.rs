@@ -421,3 +421,109 @@ async fn internal_errors_reach_clients_as_codes_not_paths() {
     // The details are in the server's log instead.
     assert!(s.proc.log_text().contains("storage unavailable"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_photo_mid_task_leaves_nothing_of_it() {
+    let s = Server::with_users(&[]);
+    let image = s.upload_portrait(ALICE, "grace_hopper.jpg").await;
+    let r = s
+        .post(
+            ALICE,
+            "/api/visualizations/compare?async_processing=true",
+            json!({"image_id": image, "procedure_ids": ["rhinoplasty", "facelift", "brow-lift", "skin-resurfacing"]}),
+        )
+        .await;
+    assert_eq!(r.status(), 202);
+    let task = r.json::<Value>().await.unwrap()["task_id"].as_str().unwrap().to_owned();
+    // Delete as soon as the task has started.
+    let t0 = std::time::Instant::now();
+    loop {
+        let (_, st) = crate::api::body(s.get(ALICE, &format!("/api/tasks/{task}/status")).await).await;
+        if st["state"] != "PENDING" || t0.elapsed() > Duration::from_secs(10) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(s.get(ALICE, &format!("/api/images/{image}")).await.status(), 200);
+    let del = crate::api::http()
+        .delete(s.url(&format!("/api/images/{image}")))
+        .bearer_auth(ALICE)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(del.status(), 204);
+    // The task ends (revoked, or failed on the missing photo) and nothing of the photo stays.
+    let end = loop {
+        let (_, st) = crate::api::body(s.get(ALICE, &format!("/api/tasks/{task}/status")).await).await;
+        if ["SUCCESS", "FAILURE", "REVOKED"].contains(&st["state"].as_str().unwrap_or("")) {
+            break st;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(60), "{st}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_ne!(end["state"], "SUCCESS", "{end}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (_, list) = crate::api::body(s.get(ALICE, "/api/visualizations").await).await;
+    assert_eq!(list["items"], json!([]), "{list}");
+    let viz_dir = s.env.data().join("blobs/visualizations");
+    let left: Vec<_> = std::fs::read_dir(&viz_dir)
+        .map(|d| d.filter_map(Result::ok).map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "preview files left: {left:?}");
+    let img_dir = s.env.data().join("blobs/images");
+    let left: Vec<_> = std::fs::read_dir(&img_dir)
+        .map(|d| d.filter_map(Result::ok).map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "photo files left: {left:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn visualizations_and_exports_have_their_own_delete() {
+    let s = Server::with_users(&[]);
+    let image = s.upload_portrait(ALICE, "astronaut.png").await;
+    let (st, v) = crate::api::body(
+        s.post(
+            ALICE,
+            "/api/visualizations",
+            json!({"image_id": image, "procedure_id": "rhinoplasty"}),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(st, 200, "{v}");
+    let vid = v["id"].as_str().unwrap().to_owned();
+    let (st, e) = crate::api::body(
+        s.post(ALICE, "/api/exports", json!({"visualization_ids": [vid], "format": "pdf"})).await,
+    )
+    .await;
+    assert_eq!(st, 200, "{e}");
+    let eid = e["id"].as_str().unwrap().to_owned();
+    let delete = |token: &'static str, path: String| {
+        let s = &s;
+        async move {
+            crate::api::http()
+                .delete(s.url(&path))
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    const BOB: &str = "bob-token-0123456789abcdefgh";
+    assert_eq!(delete(BOB, format!("/api/exports/{eid}")).await, 404, "not Bob's");
+    assert_eq!(delete(BOB, format!("/api/visualizations/{vid}")).await, 404);
+    assert_eq!(delete(ALICE, format!("/api/exports/{eid}")).await, 204);
+    assert_eq!(delete(ALICE, format!("/api/exports/{eid}")).await, 404);
+    assert_eq!(delete(ALICE, format!("/api/visualizations/{vid}")).await, 204);
+    assert_eq!(s.get(ALICE, &format!("/api/visualizations/{vid}")).await.status(), 404);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for dir in ["blobs/visualizations", "blobs/exports"] {
+        let left: Vec<_> = std::fs::read_dir(s.env.data().join(dir))
+            .map(|d| d.filter_map(Result::ok).map(|e| e.path()).collect())
+            .unwrap_or_default();
+        assert!(left.is_empty(), "{dir}: {left:?}");
+    }
+    assert_eq!(s.get(ALICE, &format!("/api/images/{image}")).await.status(), 200, "the photo stays");
+}

@@ -122,6 +122,22 @@ pub struct ServeArgs {
     /// Largest accepted photo in pixels [default: 40000000].
     #[arg(long, env = "AFTERVIEW_MAX_PIXELS", value_name = "PIXELS")]
     pub max_pixels: Option<u64>,
+    /// Tasks one user may have waiting or running [default: 10].
+    #[arg(long, env = "AFTERVIEW_MAX_ACTIVE_TASKS_PER_USER", value_name = "N")]
+    pub max_active_tasks_per_user: Option<usize>,
+    /// Synchronous requests one user may have open [default: 2].
+    #[arg(long, env = "AFTERVIEW_MAX_SYNC_REQUESTS_PER_USER", value_name = "N")]
+    pub max_sync_requests_per_user: Option<usize>,
+    /// Photos one user may store [default: 1000].
+    #[arg(long, env = "AFTERVIEW_MAX_PHOTOS_PER_USER", value_name = "N")]
+    pub max_photos_per_user: Option<usize>,
+    /// Bytes of photos one user may store [default: 2000000000].
+    #[arg(
+        long,
+        env = "AFTERVIEW_MAX_STORAGE_BYTES_PER_USER",
+        value_name = "BYTES"
+    )]
+    pub max_storage_bytes_per_user: Option<u64>,
     /// Allow the dev token (no authentication configured) on an address other than loopback.
     /// Without it, `serve` refuses to start there: anyone on the network could read every photo.
     #[arg(long, env = "AFTERVIEW_ALLOW_DEV_TOKEN_ON_NETWORK")]
@@ -183,6 +199,10 @@ pub struct ProductArgs {
     /// Preview engine when a request names none: local (offline, deterministic) or gemini.
     #[arg(long, env = "AFTERVIEW_PREVIEW_ENGINE", value_name = "ENGINE")]
     pub preview_engine: Option<String>,
+    /// Engines a request may choose with `options.engine`, comma-separated [default: only the
+    /// preview engine].
+    #[arg(long, env = "AFTERVIEW_ALLOWED_ENGINES", value_name = "ENGINES")]
+    pub allowed_engines: Option<String>,
     /// Corner label on previews [default: SIMULATION]; empty for none.
     #[arg(long, env = "AFTERVIEW_PREVIEW_LABEL", value_name = "TEXT")]
     pub preview_label: Option<String>,

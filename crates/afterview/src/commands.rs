@@ -168,7 +168,7 @@ pub async fn serve(s: Settings, a: ServeArgs) -> anyhow::Result<ExitCode> {
     };
     let metrics = std::sync::Arc::new(afterview_api::metrics::Metrics::default());
     afterview_api::spawn_task_metrics(&client, metrics.clone());
-    let state = std::sync::Arc::new(afterview_api::Inner::new(
+    let mut inner = afterview_api::Inner::new(
         client,
         product.meta.clone(),
         product.blobs.clone(),
@@ -176,7 +176,18 @@ pub async fn serve(s: Settings, a: ServeArgs) -> anyhow::Result<ExitCode> {
         auth,
         limits,
         metrics,
-    ));
+    );
+    let d = afterview_api::UserLimits::default();
+    inner.user_limits = afterview_api::UserLimits {
+        active_tasks: a.max_active_tasks_per_user.unwrap_or(d.active_tasks).max(1),
+        sync_requests: a
+            .max_sync_requests_per_user
+            .unwrap_or(d.sync_requests)
+            .max(1),
+        photos: a.max_photos_per_user.unwrap_or(d.photos).max(1),
+        storage_bytes: a.max_storage_bytes_per_user.unwrap_or(d.storage_bytes),
+    };
+    let state = std::sync::Arc::new(inner);
     let app = afterview_api::router(state);
     let stop = shutdown.graceful.clone();
     let http = afterview_api::serve(listener, app, async move { stop.cancelled().await });

@@ -97,10 +97,31 @@ fn preview_settings(a: &ProductArgs) -> anyhow::Result<PreviewSettings> {
         Some("") => None,
         Some(l) => Some(l.to_owned()),
     };
+    let mut allowed_engines = vec![engine];
+    for name in a
+        .allowed_engines
+        .iter()
+        .flat_map(|l| l.split(','))
+        .map(str::trim)
+    {
+        let e = match name {
+            "" => continue,
+            "local" => EngineKind::Local,
+            "gemini" if gemini.is_some() => EngineKind::Gemini,
+            "gemini" => {
+                bail!("AFTERVIEW_ALLOWED_ENGINES names gemini but no Gemini API key is configured")
+            }
+            other => bail!("AFTERVIEW_ALLOWED_ENGINES: unknown engine {other:?} (local, gemini)"),
+        };
+        if !allowed_engines.contains(&e) {
+            allowed_engines.push(e);
+        }
+    }
     Ok(PreviewSettings {
         default_engine: engine,
         label,
         gemini,
+        allowed_engines,
         ..PreviewSettings::default()
     })
 }

@@ -40,6 +40,18 @@ pub const API_CODES: &[(&str, &str)] = &[
         "The broker or a store is unreachable; retry after `Retry-After` seconds.",
     ),
     (
+        "too_many_tasks",
+        "The user has the most tasks waiting or running (10 by default); retry after `Retry-After` seconds.",
+    ),
+    (
+        "too_many_requests",
+        "The user has the most synchronous requests open (2 by default); use `?async_processing=true`.",
+    ),
+    (
+        "storage_quota_exceeded",
+        "The user's stored photos reached the quota (count or bytes); delete some first.",
+    ),
+    (
         "too_many_sockets",
         "The user has too many WebSockets open (16).",
     ),
@@ -146,7 +158,9 @@ impl IntoResponse for ApiError {
             Json(json!({"error": {"code": self.code, "message": self.message}})),
         )
             .into_response();
-        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+        if self.status == StatusCode::SERVICE_UNAVAILABLE
+            || self.status == StatusCode::TOO_MANY_REQUESTS
+        {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
         }
@@ -169,11 +183,19 @@ impl From<StoreError> for ApiError {
             }
             StoreError::Conflict(m) => {
                 tracing::info!(error = %m, "storage conflict");
-                Self::new(StatusCode::CONFLICT, "conflict", "the resource already exists")
+                Self::new(
+                    StatusCode::CONFLICT,
+                    "conflict",
+                    "the resource already exists",
+                )
             }
             StoreError::Corrupt(m) => {
                 tracing::error!(error = %m, "storage returned corrupt data");
-                Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", "an unexpected error")
+                Self::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal_error",
+                    "an unexpected error",
+                )
             }
         }
     }
@@ -188,7 +210,11 @@ impl From<BackendError> for ApiError {
             BackendError::Invalid(m) => Self::bad_request(m),
             BackendError::Corrupt(m) => {
                 tracing::error!(error = %m, "broker returned corrupt data");
-                Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", "an unexpected error")
+                Self::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal_error",
+                    "an unexpected error",
+                )
             }
         }
     }

@@ -158,6 +158,22 @@ pub(crate) async fn upload_image(
         &body,
         || async move {
             let limits = st.limits;
+            let stored = st
+                .meta
+                .list_images(&user.0, (st.user_limits.photos + 1) as u32)
+                .await?;
+            let bytes: u64 = stored.iter().map(|r| r.bytes).sum();
+            if stored.len() >= st.user_limits.photos || bytes >= st.user_limits.storage_bytes {
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "storage_quota_exceeded",
+                    format!(
+                        "the photo quota is full ({} photos, {} MB); delete some first",
+                        st.user_limits.photos,
+                        st.user_limits.storage_bytes / 1_000_000
+                    ),
+                ));
+            }
             // Bounded work: at most `decode_slots()` photos decode at once; the others wait,
             // then get 503 with Retry-After rather than exhaust memory.
             let _slot = tokio::time::timeout(crate::DECODE_WAIT, st.decodes.acquire())
@@ -293,13 +309,17 @@ pub(crate) async fn delete_visualization(
     user: User,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let key = st.meta.delete_visualization(&user.0, &id).await?.ok_or_else(|| {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            ErrorCode::VisualizationNotFound.as_str(),
-            format!("visualization {id} not found"),
-        )
-    })?;
+    let key = st
+        .meta
+        .delete_visualization(&user.0, &id)
+        .await?
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                ErrorCode::VisualizationNotFound.as_str(),
+                format!("visualization {id} not found"),
+            )
+        })?;
     delete_blobs(&st, vec![key]);
     Ok(StatusCode::NO_CONTENT.into_response())
 }
@@ -381,6 +401,73 @@ pub(crate) async fn get_procedure(
 
 // ---------------------------------------------------------------------------- sending tasks
 
+/// 429 when the user already has `active_tasks` tasks waiting or running (their most recent
+/// tasks, read back from the result store).
+async fn check_active_tasks(st: &AppState, user: &User) -> Result<(), ApiError> {
+    let cap = st.user_limits.active_tasks;
+    let recent = st.meta.list_tasks(&user.0, (cap * 2 + 10) as u32).await?;
+    let mut active = 0;
+    for t in &recent {
+        let done = match st.client.result(&t.id).await {
+            Ok(m) => m.status.is_terminal(),
+            Err(_) => false,
+        };
+        if !done {
+            active += 1;
+            if active >= cap {
+                return Err(ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too_many_tasks",
+                    format!(
+                        "at most {cap} tasks may be waiting or running per user; retry when one finishes"
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A user's synchronous request in flight; the count drops with the guard.
+struct SyncSlot {
+    st: AppState,
+    user: String,
+}
+
+impl SyncSlot {
+    fn take(st: &AppState, user: &User) -> Result<SyncSlot, ApiError> {
+        let mut m = st.sync_requests.lock().expect("sync lock");
+        let n = m.entry(user.0.clone()).or_insert(0);
+        if *n >= st.user_limits.sync_requests {
+            return Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_requests",
+                format!(
+                    "at most {} synchronous requests per user at once; use ?async_processing=true",
+                    st.user_limits.sync_requests
+                ),
+            ));
+        }
+        *n += 1;
+        Ok(SyncSlot {
+            st: st.clone(),
+            user: user.0.clone(),
+        })
+    }
+}
+
+impl Drop for SyncSlot {
+    fn drop(&mut self) {
+        let mut m = self.st.sync_requests.lock().expect("sync lock");
+        if let Some(n) = m.get_mut(&self.user) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.user);
+            }
+        }
+    }
+}
+
 /// Records the owner, sends the task, and answers 202 or waits for the result.
 pub(crate) async fn submit(
     st: &AppState,
@@ -391,6 +478,12 @@ pub(crate) async fn submit(
 ) -> Result<(StatusCode, Value), ApiError> {
     let Value::Object(kwargs) = kwargs else {
         unreachable!("task arguments are objects")
+    };
+    check_active_tasks(st, user).await?;
+    let _sync = if wait {
+        Some(SyncSlot::take(st, user)?)
+    } else {
+        None
     };
     // The photos the task works on: deleting one of them revokes the task.
     let mut image_ids: Vec<String> = kwargs

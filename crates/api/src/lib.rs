@@ -71,9 +71,39 @@ pub struct Inner {
     idem_locks: Mutex<HashMap<(String, String), KeyLock>>,
     /// Open WebSockets per user.
     pub sockets: Mutex<HashMap<String, usize>>,
+    /// Synchronous requests in flight per user.
+    pub sync_requests: Mutex<HashMap<String, usize>>,
+    /// Per-user limits.
+    pub user_limits: UserLimits,
     /// Photo decodes allowed at once: each holds up to ~3 bytes per pixel (120 MB at the 40 MP
     /// limit), so uploads beyond this wait (then 503 + Retry-After) instead of adding up.
     pub decodes: tokio::sync::Semaphore,
+}
+
+/// What one user may hold at once. Defaults are generous for a clinic and small for an abuser;
+/// every value has a `serve` flag and an `AFTERVIEW_*` variable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UserLimits {
+    /// Tasks waiting or running (beyond: 429 `too_many_tasks`). This also keeps the shared
+    /// queue fair: one user can put at most this many tasks ahead of anyone else's.
+    pub active_tasks: usize,
+    /// Synchronous requests (waiting for their task) at once (beyond: 429 `too_many_requests`).
+    pub sync_requests: usize,
+    /// Photos stored (beyond: 403 `storage_quota_exceeded`).
+    pub photos: usize,
+    /// Bytes of stored photos (beyond: 403 `storage_quota_exceeded`).
+    pub storage_bytes: u64,
+}
+
+impl Default for UserLimits {
+    fn default() -> Self {
+        Self {
+            active_tasks: 10,
+            sync_requests: 2,
+            photos: 1000,
+            storage_bytes: 2_000_000_000,
+        }
+    }
 }
 
 /// Photo decodes at once (the machine's cores, at least 1, at most 4).
@@ -107,6 +137,8 @@ impl Inner {
             idem_locks: Mutex::default(),
             decodes: tokio::sync::Semaphore::new(decode_slots()),
             sockets: Mutex::default(),
+            sync_requests: Mutex::default(),
+            user_limits: UserLimits::default(),
         }
     }
 }

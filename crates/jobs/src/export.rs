@@ -201,13 +201,23 @@ async fn save_export(
     // visualize.rs): checked before and after the record is written.
     let photos_gone = || async {
         for id in &rec.image_ids {
-            if d.meta.get_image(owner, id).await.map_err(storage)?.is_none() {
+            if d.meta
+                .get_image(owner, id)
+                .await
+                .map_err(storage)?
+                .is_none()
+            {
                 return Ok::<_, TaskError>(true);
             }
         }
         Ok(false)
     };
-    let gone = || fail(ErrorCode::ImageNotFound, "a photo of the report was deleted while it was made");
+    let gone = || {
+        fail(
+            ErrorCode::ImageNotFound,
+            "a photo of the report was deleted while it was made",
+        )
+    };
     if photos_gone().await? {
         let _ = d.blobs.delete(&rec.blob_key).await;
         return Err(gone());

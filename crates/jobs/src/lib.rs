@@ -35,6 +35,9 @@ pub struct PreviewSettings {
     pub gemini: Option<GeminiClient>,
     /// Limits for decoding generated pictures.
     pub limits: Limits,
+    /// Engines a request may name in `options.engine` (the operator's choice: a request
+    /// cannot spend a Gemini quota on a server set up for the local engine).
+    pub allowed_engines: Vec<EngineKind>,
 }
 
 impl Default for PreviewSettings {
@@ -44,6 +47,24 @@ impl Default for PreviewSettings {
             label: Some(afterview_imaging::DEFAULT_LABEL.into()),
             gemini: None,
             limits: Limits::default(),
+            allowed_engines: vec![EngineKind::Local],
+        }
+    }
+}
+
+impl PreviewSettings {
+    /// The engine for a request: the one it names (if the operator allows it) or the default.
+    pub fn engine_for(&self, requested: Option<EngineKind>) -> Result<EngineKind, TaskError> {
+        match requested {
+            None => Ok(self.default_engine),
+            Some(e) if e == self.default_engine || self.allowed_engines.contains(&e) => Ok(e),
+            Some(e) => Err(fail(
+                ErrorCode::InvalidOptions,
+                format!(
+                    "the {} engine is not enabled on this server (AFTERVIEW_ALLOWED_ENGINES)",
+                    e.as_str()
+                ),
+            )),
         }
     }
 }

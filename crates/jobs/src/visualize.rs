@@ -327,7 +327,7 @@ impl Task for GenerateVisualizationTask {
                 )
             })?
             .clone();
-        let engine = a.options.engine.unwrap_or(d.preview.default_engine);
+        let engine = d.preview.engine_for(a.options.engine)?;
         let photo = load_photo(d, &ctx, &a.user_id, &a.image_id).await?;
         ctx.progress(20, status_text(engine)).await;
         let lm = landmarks(&ctx, photo.clone(), &a.options).await?;
@@ -404,7 +404,7 @@ impl Task for GenerateComparisonTask {
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let engine = a.options.engine.unwrap_or(d.preview.default_engine);
+        let engine = d.preview.engine_for(a.options.engine)?;
         let photo = load_photo(d, &ctx, &a.user_id, &a.image_id).await?;
         ctx.progress(20, status_text(engine)).await;
         let lm = landmarks(&ctx, photo.clone(), &a.options).await?;

@@ -236,8 +236,9 @@ async fn failures_have_their_codes() {
             "no_face_detected",
         ),
         (
+            // The operator did not allow Gemini: a request cannot choose it.
             json!({"image_id": image_id, "procedure_id": "rhinoplasty", "user_id": "alice", "options": {"engine": "gemini"}}),
-            "gemini_not_configured",
+            "invalid_options",
         ),
         (
             json!({"image_id": image_id, "procedure_id": "rhinoplasty", "user_id": "alice", "options": {"intensity": "max"}}),

@@ -175,8 +175,11 @@ pub trait MetadataStore: Send + Sync + 'static {
         limit: u32,
     ) -> Result<Vec<VisualizationRecord>, StoreError>;
     /// Deletes the owner's visualization; returns its blob key.
-    async fn delete_visualization(&self, owner: &str, id: &str)
-    -> Result<Option<String>, StoreError>;
+    async fn delete_visualization(
+        &self,
+        owner: &str,
+        id: &str,
+    ) -> Result<Option<String>, StoreError>;
 
     /// Stores a new export.
     async fn insert_export(&self, r: &ExportRecord) -> Result<(), StoreError>;

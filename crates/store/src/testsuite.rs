@@ -205,11 +205,17 @@ pub async fn tasks_record_ownership(s: Arc<dyn MetadataStore>) {
     };
     s.insert_task(&t).await.unwrap();
     let got = s.get_task("alice", "t1").await.unwrap().unwrap();
-    assert_eq!((got.name.as_str(), got.image_ids), ("afterview.noop", t.image_ids.clone()));
+    assert_eq!(
+        (got.name.as_str(), got.image_ids),
+        ("afterview.noop", t.image_ids.clone())
+    );
     assert!(s.get_task("bob", "t1").await.unwrap().is_none());
     assert_eq!(s.list_tasks("alice", 10).await.unwrap().len(), 1);
     // The tasks working on a photo, for its owner only.
-    assert_eq!(s.tasks_for_image("alice", "i2").await.unwrap(), vec!["t1".to_owned()]);
+    assert_eq!(
+        s.tasks_for_image("alice", "i2").await.unwrap(),
+        vec!["t1".to_owned()]
+    );
     assert!(s.tasks_for_image("alice", "i3").await.unwrap().is_empty());
     assert!(s.tasks_for_image("bob", "i1").await.unwrap().is_empty());
 }
@@ -217,18 +223,34 @@ pub async fn tasks_record_ownership(s: Arc<dyn MetadataStore>) {
 /// Visualizations and exports are deleted one by one, by their owner only.
 pub async fn single_deletes_are_owner_scoped(s: Arc<dyn MetadataStore>) {
     s.insert_image(&image("alice", "i1", 0)).await.unwrap();
-    s.insert_visualization(&viz("alice", "v1", "i1")).await.unwrap();
-    s.insert_export(&export("alice", "e1", &["i1"])).await.unwrap();
+    s.insert_visualization(&viz("alice", "v1", "i1"))
+        .await
+        .unwrap();
+    s.insert_export(&export("alice", "e1", &["i1"]))
+        .await
+        .unwrap();
     assert!(s.delete_visualization("bob", "v1").await.unwrap().is_none());
     assert!(s.delete_export("bob", "e1").await.unwrap().is_none());
-    let key = s.delete_visualization("alice", "v1").await.unwrap().unwrap();
+    let key = s
+        .delete_visualization("alice", "v1")
+        .await
+        .unwrap()
+        .unwrap();
     assert!(key.starts_with("visualizations/"), "{key}");
     assert!(s.get_visualization("alice", "v1").await.unwrap().is_none());
-    assert!(s.delete_visualization("alice", "v1").await.unwrap().is_none());
+    assert!(
+        s.delete_visualization("alice", "v1")
+            .await
+            .unwrap()
+            .is_none()
+    );
     let key = s.delete_export("alice", "e1").await.unwrap().unwrap();
     assert!(key.starts_with("exports/"), "{key}");
     assert!(s.get_export("alice", "e1").await.unwrap().is_none());
-    assert!(s.get_image("alice", "i1").await.unwrap().is_some(), "the photo stays");
+    assert!(
+        s.get_image("alice", "i1").await.unwrap().is_some(),
+        "the photo stays"
+    );
 }
 
 /// The first answer for a key wins; keys are per owner.

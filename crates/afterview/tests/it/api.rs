@@ -868,6 +868,7 @@ async fn cancelling_a_running_task_ends_the_websocket_with_revoked() {
     let s = Server::with_users(&[
         ("AFTERVIEW_GEMINI_API_KEY", "mock-key"),
         ("AFTERVIEW_GEMINI_BASE_URL", &mock.base_url),
+        ("AFTERVIEW_ALLOWED_ENGINES", "local,gemini"),
         ("AFTERVIEW_REVOKE_GRACE", "0.5"),
     ]);
     let image_id = s.upload_portrait(ALICE, "astronaut.png").await;

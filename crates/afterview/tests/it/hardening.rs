@@ -434,17 +434,24 @@ async fn deleting_a_photo_mid_task_leaves_nothing_of_it() {
         )
         .await;
     assert_eq!(r.status(), 202);
-    let task = r.json::<Value>().await.unwrap()["task_id"].as_str().unwrap().to_owned();
+    let task = r.json::<Value>().await.unwrap()["task_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     // Delete as soon as the task has started.
     let t0 = std::time::Instant::now();
     loop {
-        let (_, st) = crate::api::body(s.get(ALICE, &format!("/api/tasks/{task}/status")).await).await;
+        let (_, st) =
+            crate::api::body(s.get(ALICE, &format!("/api/tasks/{task}/status")).await).await;
         if st["state"] != "PENDING" || t0.elapsed() > Duration::from_secs(10) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(s.get(ALICE, &format!("/api/images/{image}")).await.status(), 200);
+    assert_eq!(
+        s.get(ALICE, &format!("/api/images/{image}")).await.status(),
+        200
+    );
     let del = crate::api::http()
         .delete(s.url(&format!("/api/images/{image}")))
         .bearer_auth(ALICE)
@@ -454,7 +461,8 @@ async fn deleting_a_photo_mid_task_leaves_nothing_of_it() {
     assert_eq!(del.status(), 204);
     // The task ends (revoked, or failed on the missing photo) and nothing of the photo stays.
     let end = loop {
-        let (_, st) = crate::api::body(s.get(ALICE, &format!("/api/tasks/{task}/status")).await).await;
+        let (_, st) =
+            crate::api::body(s.get(ALICE, &format!("/api/tasks/{task}/status")).await).await;
         if ["SUCCESS", "FAILURE", "REVOKED"].contains(&st["state"].as_str().unwrap_or("")) {
             break st;
         }
@@ -493,7 +501,12 @@ async fn visualizations_and_exports_have_their_own_delete() {
     assert_eq!(st, 200, "{v}");
     let vid = v["id"].as_str().unwrap().to_owned();
     let (st, e) = crate::api::body(
-        s.post(ALICE, "/api/exports", json!({"visualization_ids": [vid], "format": "pdf"})).await,
+        s.post(
+            ALICE,
+            "/api/exports",
+            json!({"visualization_ids": [vid], "format": "pdf"}),
+        )
+        .await,
     )
     .await;
     assert_eq!(st, 200, "{e}");
@@ -512,12 +525,24 @@ async fn visualizations_and_exports_have_their_own_delete() {
         }
     };
     const BOB: &str = "bob-token-0123456789abcdefgh";
-    assert_eq!(delete(BOB, format!("/api/exports/{eid}")).await, 404, "not Bob's");
+    assert_eq!(
+        delete(BOB, format!("/api/exports/{eid}")).await,
+        404,
+        "not Bob's"
+    );
     assert_eq!(delete(BOB, format!("/api/visualizations/{vid}")).await, 404);
     assert_eq!(delete(ALICE, format!("/api/exports/{eid}")).await, 204);
     assert_eq!(delete(ALICE, format!("/api/exports/{eid}")).await, 404);
-    assert_eq!(delete(ALICE, format!("/api/visualizations/{vid}")).await, 204);
-    assert_eq!(s.get(ALICE, &format!("/api/visualizations/{vid}")).await.status(), 404);
+    assert_eq!(
+        delete(ALICE, format!("/api/visualizations/{vid}")).await,
+        204
+    );
+    assert_eq!(
+        s.get(ALICE, &format!("/api/visualizations/{vid}"))
+            .await
+            .status(),
+        404
+    );
     tokio::time::sleep(Duration::from_millis(300)).await;
     for dir in ["blobs/visualizations", "blobs/exports"] {
         let left: Vec<_> = std::fs::read_dir(s.env.data().join(dir))
@@ -525,5 +550,94 @@ async fn visualizations_and_exports_have_their_own_delete() {
             .unwrap_or_default();
         assert!(left.is_empty(), "{dir}: {left:?}");
     }
-    assert_eq!(s.get(ALICE, &format!("/api/images/{image}")).await.status(), 200, "the photo stays");
+    assert_eq!(
+        s.get(ALICE, &format!("/api/images/{image}")).await.status(),
+        200,
+        "the photo stays"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_user_cannot_flood_the_queue_the_disk_or_the_engine_choice() {
+    // No worker: every task stays waiting. Small limits to keep the test short.
+    let s = Server::with_users_args(&[
+        "--no-worker",
+        "--max-active-tasks-per-user",
+        "3",
+        "--max-photos-per-user",
+        "2",
+    ]);
+    const BOB: &str = "bob-token-0123456789abcdefgh";
+    let image = s.upload_portrait(ALICE, "astronaut.png").await;
+    let send = |token: &'static str, image: String| {
+        let s = &s;
+        async move {
+            let r = s
+                .post(
+                    token,
+                    "/api/visualizations?async_processing=true",
+                    json!({"image_id": image, "procedure_id": "rhinoplasty"}),
+                )
+                .await;
+            let retry = r.headers().get("retry-after").is_some();
+            let (st, b) = crate::api::body(r).await;
+            (st, b, retry)
+        }
+    };
+    for _ in 0..3 {
+        assert_eq!(send(ALICE, image.clone()).await.0, 202);
+    }
+    let (st, b, retry) = send(ALICE, image.clone()).await;
+    assert_eq!(
+        (st, b["error"]["code"].as_str()),
+        (429, Some("too_many_tasks")),
+        "{b}"
+    );
+    assert!(retry, "429 carries Retry-After");
+    // Another user is not held back by Alice's flood.
+    let bobs = s.upload_portrait(BOB, "astronaut.png").await;
+    assert_eq!(send(BOB, bobs).await.0, 202);
+    // Cancelling one of Alice's tasks frees a slot.
+    let (_, list) = crate::api::body(s.get(ALICE, "/api/tasks").await).await;
+    let first = list["items"][0]["task_id"].as_str().unwrap().to_owned();
+    let r = s
+        .post(ALICE, &format!("/api/tasks/{first}/cancel"), json!({}))
+        .await;
+    assert!(r.status().is_success());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(send(ALICE, image.clone()).await.0, 202);
+
+    // Two photos at most: the third upload is refused with its own code.
+    let _second = s.upload_portrait(ALICE, "grace_hopper.jpg").await;
+    let bytes = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../testdata/portraits/astronaut.png"
+    ))
+    .unwrap();
+    let (st, b) = crate::api::body(s.upload(ALICE, bytes, "third.png").await).await;
+    assert_eq!(
+        (st, b["error"]["code"].as_str()),
+        (403, Some("storage_quota_exceeded")),
+        "{b}"
+    );
+}
+
+#[test]
+fn a_request_cannot_choose_an_engine_the_operator_did_not_allow() {
+    let env = Env::new();
+    // The worker runs the local engine only; the message asks for Gemini.
+    let _w = env.worker("w@test", &[]);
+    let id = env.call(
+        "app.tasks.visualization_tasks.generate_visualization",
+        r#"{"image_id": "00000000-0000-4000-8000-000000000001", "procedure_id": "rhinoplasty", "user_id": "alice", "options": {"engine": "gemini"}}"#,
+        &[],
+    );
+    let m = env.wait_status(&id, &["FAILURE", "SUCCESS"], Duration::from_secs(30));
+    assert_eq!(m["result"]["code"], "invalid_options", "{m}");
+    assert!(
+        m["result"]["exc_message"]
+            .to_string()
+            .contains("not enabled"),
+        "{m}"
+    );
 }

@@ -305,6 +305,7 @@ pub(crate) async fn run(rate: usize, secs: usize) {
             id: id.clone(),
             owner: "bench".into(),
             name: "afterview.sleep".into(),
+            image_ids: vec![],
             created_at: chrono::Utc::now(),
         })
         .await

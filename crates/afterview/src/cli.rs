@@ -122,10 +122,10 @@ pub struct ServeArgs {
     /// Largest accepted photo in pixels [default: 40000000].
     #[arg(long, env = "AFTERVIEW_MAX_PIXELS", value_name = "PIXELS")]
     pub max_pixels: Option<u64>,
-    /// Tasks one user may have waiting or running [default: 10].
+    /// Tasks one user may have waiting or running; 0 for no limit [default: 10].
     #[arg(long, env = "AFTERVIEW_MAX_ACTIVE_TASKS_PER_USER", value_name = "N")]
     pub max_active_tasks_per_user: Option<usize>,
-    /// Synchronous requests one user may have open [default: 2].
+    /// Synchronous requests one user may have open; 0 for no limit [default: 2].
     #[arg(long, env = "AFTERVIEW_MAX_SYNC_REQUESTS_PER_USER", value_name = "N")]
     pub max_sync_requests_per_user: Option<usize>,
     /// Photos one user may store [default: 1000].

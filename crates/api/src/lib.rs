@@ -84,10 +84,11 @@ pub struct Inner {
 /// every value has a `serve` flag and an `AFTERVIEW_*` variable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct UserLimits {
-    /// Tasks waiting or running (beyond: 429 `too_many_tasks`). This also keeps the shared
-    /// queue fair: one user can put at most this many tasks ahead of anyone else's.
+    /// Tasks waiting or running (beyond: 429 `too_many_tasks`; 0: unlimited). This also keeps
+    /// the shared queue fair: one user can put at most this many tasks ahead of anyone else's.
     pub active_tasks: usize,
-    /// Synchronous requests (waiting for their task) at once (beyond: 429 `too_many_requests`).
+    /// Synchronous requests (waiting for their task) at once (beyond: 429 `too_many_requests`;
+    /// 0: unlimited).
     pub sync_requests: usize,
     /// Photos stored (beyond: 403 `storage_quota_exceeded`).
     pub photos: usize,

@@ -172,10 +172,6 @@ async fn save_export(
     let id = derived_id(ctx.id(), 0);
     let key = export_key(&id, format);
     let size = bytes.len() as u64;
-    d.blobs
-        .put(&key, Bytes::from(bytes))
-        .await
-        .map_err(storage)?;
     let result = ExportResult {
         id: id.clone(),
         kind: kind.into(),
@@ -197,48 +193,46 @@ async fn save_export(
         task_id: Some(ctx.id().to_owned()),
         created_at: Utc::now(),
     };
-    // The photos may have been deleted while the report was made (see `keep_record` in
-    // visualize.rs): checked before and after the record is written.
+    // As `save_owned` in visualize.rs: the record claims the id first (another user's id is
+    // refused before the file is touched), the photos are checked before and after, the file
+    // is written last.
     let photos_gone = || async {
         for id in &rec.image_ids {
-            if d.meta
-                .get_image(owner, id)
-                .await
-                .map_err(storage)?
-                .is_none()
-            {
+            if d.meta.get_image(owner, id).await.map_err(storage)?.is_none() {
                 return Ok::<_, TaskError>(true);
             }
         }
         Ok(false)
     };
-    let gone = || {
-        fail(
-            ErrorCode::ImageNotFound,
-            "a photo of the report was deleted while it was made",
-        )
-    };
+    let gone = || fail(ErrorCode::ImageNotFound, "a photo of the report was deleted while it was made");
     if photos_gone().await? {
-        let _ = d.blobs.delete(&rec.blob_key).await;
         return Err(gone());
     }
-    let inserted = d.meta.insert_export(&rec).await;
-    if inserted.is_ok() && photos_gone().await? {
+    let (inserted, stored) = match d.meta.insert_export(&rec).await {
+        Ok(()) => (true, None),
+        Err(StoreError::Conflict(_)) => match d.meta.get_export(owner, &id).await.map_err(storage)? {
+            Some(existing) => (false, Some(existing.result)),
+            None => {
+                tracing::warn!(task_id = %ctx.id(), owner = %owner, "A task names another user's export; refused (a forged broker message?).");
+                return Err(TaskError::invalid_arguments(format!(
+                    "export {id} belongs to another user; refused"
+                )));
+            }
+        },
+        Err(e) => return Err(storage(e)),
+    };
+    if photos_gone().await? {
         let _ = d.meta.delete_export(owner, &id).await;
         let _ = d.blobs.delete(&rec.blob_key).await;
         return Err(gone());
     }
-    match inserted {
-        Ok(()) => Ok(value),
-        Err(StoreError::Conflict(_)) => Ok(d
-            .meta
-            .get_export(owner, &id)
-            .await
-            .map_err(storage)?
-            .map(|r| r.result)
-            .unwrap_or(value)),
-        Err(e) => Err(storage(e)),
+    if let Err(e) = d.blobs.put(&rec.blob_key, Bytes::from(bytes)).await {
+        if inserted {
+            let _ = d.meta.delete_export(owner, &id).await;
+        }
+        return Err(storage(e));
     }
+    Ok(stored.unwrap_or(value))
 }
 
 impl Task for GenerateExportTask {

@@ -201,14 +201,23 @@ async fn save_png(
     d.blobs.put(&key, Bytes::from(png)).await.map_err(storage)
 }
 
-/// Stores a record; if a previous run of the same task stored it already, returns that one.
-async fn keep_record(
+/// Saves a preview's record and picture, in the order that keeps both safe, and returns the
+/// stored result when a previous run of the same task saved it already.
+///
+/// - The record is written first: it claims the id for its owner. An id that is someone else's
+///   (a message forged on the broker with another user's task id) is refused before any file
+///   is touched, so nobody can overwrite another user's picture.
+/// - The photo may have been deleted while the preview was made: then nothing derived from it
+///   may stay. It is checked before the record is written and again after (a delete in between
+///   would miss the new record), undoing the write when the photo is gone.
+/// - The picture is written last; if that fails, a record written by this run is removed and
+///   the task is retried.
+async fn save_owned(
     d: &Deps,
+    ctx: &TaskContext,
     rec: &VisualizationRecord,
+    img: RgbImage,
 ) -> Result<Option<serde_json::Value>, TaskError> {
-    // The photo may have been deleted while the preview was made: then nothing derived from it
-    // may stay. Checked before the record is written and again after (a delete in between
-    // would miss the new record), undoing the write when the photo is gone.
     let photo_gone = || async {
         d.meta
             .get_image(&rec.owner, &rec.image_id)
@@ -223,27 +232,39 @@ async fn keep_record(
         )
     };
     if photo_gone().await? {
-        let _ = d.blobs.delete(&rec.blob_key).await;
         return Err(gone());
     }
-    let inserted = d.meta.insert_visualization(rec).await;
-    if inserted.is_ok() && photo_gone().await? {
+    let (inserted, stored) = match d.meta.insert_visualization(rec).await {
+        Ok(()) => (true, None),
+        Err(StoreError::Conflict(_)) => match d
+            .meta
+            .get_visualization(&rec.owner, &rec.id)
+            .await
+            .map_err(storage)?
+        {
+            Some(existing) => (false, Some(existing.result)),
+            None => {
+                tracing::warn!(task_id = %ctx.id(), owner = %rec.owner, "A task names another user's visualization; refused (a forged broker message?).");
+                return Err(TaskError::invalid_arguments(format!(
+                    "visualization {} belongs to another user; refused",
+                    rec.id
+                )));
+            }
+        },
+        Err(e) => return Err(storage(e)),
+    };
+    if photo_gone().await? {
         let _ = d.meta.delete_visualization(&rec.owner, &rec.id).await;
         let _ = d.blobs.delete(&rec.blob_key).await;
         return Err(gone());
     }
-    match inserted {
-        Ok(()) => Ok(None),
-        Err(StoreError::Conflict(_)) => {
-            let existing = d
-                .meta
-                .get_visualization(&rec.owner, &rec.id)
-                .await
-                .map_err(storage)?;
-            Ok(existing.map(|r| r.result))
+    if let Err(e) = save_png(d, ctx, rec.blob_key.clone(), img).await {
+        if inserted {
+            let _ = d.meta.delete_visualization(&rec.owner, &rec.id).await;
         }
-        Err(e) => Err(storage(e)),
+        return Err(e);
     }
+    Ok(stored)
 }
 
 /// One preview to save.
@@ -266,7 +287,6 @@ async fn save_single(
 ) -> Result<(VisualizationResult, serde_json::Value), TaskError> {
     let id = derived_id(ctx.id(), s.index);
     let key = visualization_key(&id);
-    save_png(d, ctx, key.clone(), img).await?;
     let result = VisualizationResult {
         id: id.clone(),
         image_id: s.image_id.to_owned(),
@@ -290,7 +310,7 @@ async fn save_single(
         task_id: Some(ctx.id().to_owned()),
         created_at: Utc::now(),
     };
-    let stored = keep_record(d, &rec).await?;
+    let stored = save_owned(d, ctx, &rec, img).await?;
     Ok((result, stored.unwrap_or(value)))
 }
 
@@ -472,7 +492,6 @@ impl Task for GenerateComparisonTask {
             .await?
         };
         let key = visualization_key(&comparison_id);
-        save_png(d, &ctx, key.clone(), composite).await?;
         let result = ComparisonResult {
             id: comparison_id.clone(),
             image_id: a.image_id.clone(),
@@ -497,7 +516,7 @@ impl Task for GenerateComparisonTask {
             task_id: Some(ctx.id().to_owned()),
             created_at: Utc::now(),
         };
-        let stored = keep_record(d, &rec).await?;
+        let stored = save_owned(d, &ctx, &rec, composite).await?;
         ctx.progress(100, "Comparison complete").await;
         Ok(stored.unwrap_or(value))
     }

@@ -641,3 +641,54 @@ fn a_request_cannot_choose_an_engine_the_operator_did_not_allow() {
         "{m}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_task_cannot_overwrite_another_users_picture() {
+    let r = RedisServer::start(4, false);
+    let (b, rb) = (r.url(0), r.url(1));
+    let s = Server::with_users_args(&["--broker", &b, "--result-backend", &rb]);
+    const BOB: &str = "bob-token-0123456789abcdefgh";
+    let alices = s.upload_portrait(ALICE, "grace_hopper.jpg").await;
+    let (st, v) = crate::api::body(
+        s.post(ALICE, "/api/visualizations", json!({"image_id": alices, "procedure_id": "rhinoplasty"}))
+            .await,
+    )
+    .await;
+    assert_eq!(st, 200, "{v}");
+    let vid = v["id"].as_str().unwrap().to_owned();
+    let picture = |token: &'static str| {
+        let s = &s;
+        let vid = vid.clone();
+        async move {
+            s.get(token, &format!("/api/visualizations/{vid}/image"))
+                .await
+                .bytes()
+                .await
+                .unwrap()
+        }
+    };
+    let before = picture(ALICE).await;
+    // Bob, who can write to the broker, sends a task whose id is Alice's visualization id.
+    let bobs = s.upload_portrait(BOB, "astronaut.png").await;
+    let forged = task_envelope(
+        &vid,
+        "app.tasks.visualization_tasks.generate_visualization",
+        json!({"image_id": bobs, "procedure_id": "lip-augmentation", "user_id": "bob"}),
+        json!([null, null]),
+    )
+    .replace("\"routing_key\":\"celery\"", "\"routing_key\":\"visualizations\"");
+    let client = redis::Client::open(b.as_str()).unwrap();
+    let mut c = client.get_connection().unwrap();
+    let _: i64 = redis::cmd("LPUSH").arg("visualizations").arg(forged).query(&mut c).unwrap();
+    let t0 = std::time::Instant::now();
+    while !s.proc.log_text().contains("names another user's visualization; refused") {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "the forged task was not refused: {}",
+            s.proc.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(picture(ALICE).await, before, "Alice's picture is untouched");
+    assert_eq!(s.get(BOB, &format!("/api/visualizations/{vid}")).await.status(), 404);
+}

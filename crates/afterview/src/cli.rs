@@ -122,6 +122,9 @@ pub struct ServeArgs {
     /// Largest accepted photo in pixels [default: 40000000].
     #[arg(long, env = "AFTERVIEW_MAX_PIXELS", value_name = "PIXELS")]
     pub max_pixels: Option<u64>,
+    /// A token `/metrics` requires (`Authorization: Bearer …`); without it `/metrics` is open.
+    #[arg(long, env = "AFTERVIEW_METRICS_TOKEN", value_name = "TOKEN", hide_env_values = true)]
+    pub metrics_token: Option<String>,
     /// Tasks one user may have waiting or running; 0 for no limit [default: 10].
     #[arg(long, env = "AFTERVIEW_MAX_ACTIVE_TASKS_PER_USER", value_name = "N")]
     pub max_active_tasks_per_user: Option<usize>,

@@ -187,6 +187,7 @@ pub async fn serve(s: Settings, a: ServeArgs) -> anyhow::Result<ExitCode> {
         photos: a.max_photos_per_user.unwrap_or(d.photos).max(1),
         storage_bytes: a.max_storage_bytes_per_user.unwrap_or(d.storage_bytes),
     };
+    inner.metrics_token = a.metrics_token.clone().filter(|t| !t.is_empty());
     let state = std::sync::Arc::new(inner);
     let app = afterview_api::router(state);
     let stop = shutdown.graceful.clone();

@@ -75,6 +75,8 @@ pub struct Inner {
     pub sync_requests: Mutex<HashMap<String, usize>>,
     /// Per-user limits.
     pub user_limits: UserLimits,
+    /// When set, `/metrics` requires it as a bearer token.
+    pub metrics_token: Option<String>,
     /// Photo decodes allowed at once: each holds up to ~3 bytes per pixel (120 MB at the 40 MP
     /// limit), so uploads beyond this wait (then 503 + Retry-After) instead of adding up.
     pub decodes: tokio::sync::Semaphore,
@@ -140,6 +142,7 @@ impl Inner {
             sockets: Mutex::default(),
             sync_requests: Mutex::default(),
             user_limits: UserLimits::default(),
+            metrics_token: None,
         }
     }
 }
@@ -405,12 +408,33 @@ async fn readyz(State(st): State<AppState>) -> Response {
     };
     match tokio::time::timeout(Duration::from_secs(3), check).await {
         Ok(Ok(())) => Json(json!({"status": "ready"})).into_response(),
-        Ok(Err(e)) => ApiError::unavailable(e).into_response(),
+        Ok(Err(e)) => {
+            // Which dependency is down is for the log; the probe only says "not ready".
+            tracing::warn!(error = %e, "not ready");
+            ApiError::unavailable(e.split(':').next().unwrap_or("a dependency").to_owned() + " unavailable")
+                .into_response()
+        }
         Err(_) => ApiError::unavailable("a dependency did not answer within 3 s").into_response(),
     }
 }
 
-async fn metrics_text(State(st): State<AppState>) -> Response {
+/// `/metrics`: open by default (it shows request counts and latencies by route, task counts
+/// by task name and queue depths: no user, photo or token); with `metrics_token` set, only
+/// `Authorization: Bearer <that token>`.
+async fn metrics_text(State(st): State<AppState>, headers: axum::http::HeaderMap) -> Response {
+    if let Some(want) = &st.metrics_token {
+        let got = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        let same = got.len() == want.len()
+            && got.bytes().zip(want.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
+        if !same {
+            return ApiError::unauthorized("unauthorized", "/metrics needs the metrics token")
+                .into_response();
+        }
+    }
     let mut queues = st
         .client
         .queue_stats(Some(&st.client.known_queues()))

@@ -692,3 +692,38 @@ async fn a_forged_task_cannot_overwrite_another_users_picture() {
     assert_eq!(picture(ALICE).await, before, "Alice's picture is untouched");
     assert_eq!(s.get(BOB, &format!("/api/visualizations/{vid}")).await.status(), 404);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invented_methods_add_no_metric_series_and_metrics_can_require_a_token() {
+    let s = Server::start(
+        &[
+            ("AFTERVIEW_AUTH_TOKENS", &format!("{ALICE}=alice")),
+            ("AFTERVIEW_METRICS_TOKEN", "metrics-secret-0123456789"),
+        ],
+        &["--no-worker"],
+    );
+    let http = crate::api::http();
+    let metrics = |token: Option<&'static str>| {
+        let (http, url) = (http.clone(), s.url("/metrics"));
+        async move {
+            let mut r = http.get(url);
+            if let Some(t) = token {
+                r = r.bearer_auth(t);
+            }
+            let r = r.send().await.unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    assert_eq!(metrics(None).await.0, 401);
+    assert_eq!(metrics(Some(ALICE)).await.0, 401, "a user token is not the metrics token");
+    let (st, before) = metrics(Some("metrics-secret-0123456789")).await;
+    assert_eq!(st, 200);
+    for i in 0..150 {
+        let m = reqwest::Method::from_bytes(format!("INVENTED{i}").as_bytes()).unwrap();
+        let _ = http.request(m, s.url("/api/images")).send().await.unwrap();
+    }
+    let (_, after) = metrics(Some("metrics-secret-0123456789")).await;
+    let grew = after.lines().count() as i64 - before.lines().count() as i64;
+    assert!(grew < 40, "150 invented methods added {grew} lines");
+    assert!(!after.contains("INVENTED"), "raw methods never become labels");
+}

@@ -727,3 +727,27 @@ async fn invented_methods_add_no_metric_series_and_metrics_can_require_a_token()
     assert!(grew < 40, "150 invented methods added {grew} lines");
     assert!(!after.contains("INVENTED"), "raw methods never become labels");
 }
+
+/// Schemathesis (pinned in `scripts/python-env.sh`) against `/api/openapi.json` with a bounded
+/// number of examples per operation: no 5xx, and every response matches the document.
+#[test]
+fn schemathesis_finds_no_server_error_and_no_schema_violation() {
+    let venv = crate::redis_interop::venv();
+    let s = Server::with_users(&[]);
+    let out = std::process::Command::new(venv.join("bin/schemathesis"))
+        .args(["run", &s.url("/api/openapi.json")])
+        .args(["-H", &format!("Authorization: Bearer {ALICE}")])
+        .args(["--max-examples", "8", "--seed", "20261130"])
+        .args(["--checks", "not_a_server_error,response_schema_conformance"])
+        .args(["--request-timeout", "120", "--no-color"])
+        .env("SCHEMATHESIS_HOOKS", "")
+        .output()
+        .expect("schemathesis runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "schemathesis failed:\n{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("passed"), "{text}");
+}

@@ -16,7 +16,7 @@ use crate::api::{ALICE, Server, body};
 const REPO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
 
 /// The pinned Celery/Flower venv (created on first use; reused afterwards).
-fn venv() -> &'static Path {
+pub(crate) fn venv() -> &'static Path {
     static V: OnceLock<PathBuf> = OnceLock::new();
     V.get_or_init(|| {
         let out = Command::new("bash")

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on a fresh Debian machine: installs what the tests need, then
-# `cargo test` over the workspace. Tests start their own private services (redis-server on a
+# `cargo test` over the workspace, then each fuzz target for a few seconds. Tests start their own private services (redis-server on a
 # free port, ...) and stop them; nothing shared is touched.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,3 +26,7 @@ export AFTERVIEW_PYENV
 . ./.envrc.sh
 echo "== cargo test (target dir: $CARGO_TARGET_DIR)"
 cargo test --workspace --locked "$@"
+
+# Every fuzz target for a few seconds (scripts/fuzz.sh N runs them longer by hand).
+echo "== fuzz"
+./scripts/fuzz.sh "${AFTERVIEW_FUZZ_SECONDS:-5}"

@@ -123,7 +123,12 @@ pub struct ServeArgs {
     #[arg(long, env = "AFTERVIEW_MAX_PIXELS", value_name = "PIXELS")]
     pub max_pixels: Option<u64>,
     /// A token `/metrics` requires (`Authorization: Bearer …`); without it `/metrics` is open.
-    #[arg(long, env = "AFTERVIEW_METRICS_TOKEN", value_name = "TOKEN", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "AFTERVIEW_METRICS_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
     pub metrics_token: Option<String>,
     /// Tasks one user may have waiting or running; 0 for no limit [default: 10].
     #[arg(long, env = "AFTERVIEW_MAX_ACTIVE_TASKS_PER_USER", value_name = "N")]

@@ -408,7 +408,10 @@ async fn check_active_tasks(st: &AppState, user: &User) -> Result<(), ApiError> 
     if cap == 0 {
         return Ok(()); // unlimited
     }
-    let recent = st.meta.list_tasks(&user.0, (cap * 2 + 10).min(1000) as u32).await?;
+    let recent = st
+        .meta
+        .list_tasks(&user.0, (cap * 2 + 10).min(1000) as u32)
+        .await?;
     let mut active = 0;
     for t in &recent {
         let done = match st.client.result(&t.id).await {

@@ -411,8 +411,10 @@ async fn readyz(State(st): State<AppState>) -> Response {
         Ok(Err(e)) => {
             // Which dependency is down is for the log; the probe only says "not ready".
             tracing::warn!(error = %e, "not ready");
-            ApiError::unavailable(e.split(':').next().unwrap_or("a dependency").to_owned() + " unavailable")
-                .into_response()
+            ApiError::unavailable(
+                e.split(':').next().unwrap_or("a dependency").to_owned() + " unavailable",
+            )
+            .into_response()
         }
         Err(_) => ApiError::unavailable("a dependency did not answer within 3 s").into_response(),
     }
@@ -429,7 +431,11 @@ async fn metrics_text(State(st): State<AppState>, headers: axum::http::HeaderMap
             .and_then(|v| v.strip_prefix("Bearer "))
             .unwrap_or("");
         let same = got.len() == want.len()
-            && got.bytes().zip(want.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
+            && got
+                .bytes()
+                .zip(want.bytes())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0;
         if !same {
             return ApiError::unauthorized("unauthorized", "/metrics needs the metrics token")
                 .into_response();

@@ -130,6 +130,68 @@ fn rusage() -> Value {
     })
 }
 
+/// A pidbox command, decoded: what a control message asks, of whom.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ControlRequest {
+    /// The command (`ping`, `revoke`, ...).
+    pub method: String,
+    /// Its arguments (an object).
+    pub arguments: Value,
+    /// Explicit node names, when given.
+    pub destination: Option<Vec<String>>,
+    /// A glob over node names, when given.
+    pub pattern: Option<String>,
+    /// The sender's logical clock.
+    pub clock: Option<u64>,
+    /// The whole body (ticket, reply_to).
+    pub body: Value,
+}
+
+impl ControlRequest {
+    /// Decodes a kombu pidbox envelope; `None` when unreadable, without a method, or expired
+    /// at `now` (seconds since the epoch). Never panics, whatever the bytes.
+    pub fn decode(raw: &[u8], now: f64) -> Option<ControlRequest> {
+        let (headers, body) = celery::open(raw)?;
+        if let Some(exp) = headers.get("expires").and_then(Value::as_f64)
+            && exp > 0.0
+            && exp < now
+        {
+            return None;
+        }
+        let method = body.get("method")?.as_str()?.to_owned();
+        let arguments = match body.get("arguments") {
+            Some(v @ Value::Object(_)) => v.clone(),
+            _ => json!({}),
+        };
+        let destination = body.get("destination").and_then(Value::as_array).map(|a| {
+            a.iter()
+                .take(1024)
+                .filter_map(|d| d.as_str().map(str::to_owned))
+                .collect()
+        });
+        let pattern = body
+            .get("pattern")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        Some(ControlRequest {
+            method,
+            arguments,
+            destination,
+            pattern,
+            clock: headers.get("clock").and_then(Value::as_u64),
+            body,
+        })
+    }
+
+    /// Whether the command is for `node`.
+    pub fn addresses(&self, node: &str) -> bool {
+        self.destination
+            .as_ref()
+            .is_none_or(|d| d.iter().any(|x| x == node))
+            && self.pattern.as_deref().is_none_or(|p| glob(p, node))
+    }
+}
+
 /// Longest `pattern` a control message may carry (node names are far shorter).
 const MAX_PATTERN: usize = 256;
 /// Most task ids one `revoke` control message may name; the rest are ignored (logged).
@@ -516,29 +578,14 @@ impl Inner {
 
     /// Handles one pidbox message (a control command) for the nodes of this process.
     pub(crate) async fn handle_pidbox(&self, raw: &[u8]) {
-        let Some((headers, body)) = celery::open(raw) else {
-            debug!("Ignoring an unreadable control message.");
+        let Some(c) = ControlRequest::decode(raw, epoch_secs(Utc::now())) else {
+            debug!("Ignoring an unreadable or expired control message.");
             return;
         };
-        if let Some(c) = headers.get("clock").and_then(Value::as_u64) {
-            self.control.adjust(c);
+        if let Some(clock) = c.clock {
+            self.control.adjust(clock);
         }
-        if let Some(exp) = headers.get("expires").and_then(Value::as_f64)
-            && exp > 0.0
-            && exp < epoch_secs(Utc::now())
-        {
-            return;
-        }
-        let Some(method) = body.get("method").and_then(Value::as_str) else {
-            return;
-        };
-        let args = body.get("arguments").cloned().unwrap_or_else(|| json!({}));
-        let destination = body.get("destination").and_then(Value::as_array).map(|a| {
-            a.iter()
-                .filter_map(|d| d.as_str().map(str::to_owned))
-                .collect::<Vec<_>>()
-        });
-        let pattern = body.get("pattern").and_then(Value::as_str);
+        let (method, args, body) = (c.method.as_str(), c.arguments.clone(), &c.body);
         let nodes: Vec<WorkerReport> = self
             .control
             .nodes
@@ -546,8 +593,7 @@ impl Inner {
             .expect("nodes lock")
             .values()
             .map(|n| n.report.clone())
-            .filter(|r| destination.as_ref().is_none_or(|d| d.contains(&r.node)))
-            .filter(|r| pattern.is_none_or(|p| glob(p, &r.node)))
+            .filter(|r| c.addresses(&r.node))
             .collect();
         let ticket = body.get("ticket").and_then(Value::as_str);
         let reply_rk = body

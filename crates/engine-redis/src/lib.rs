@@ -26,6 +26,7 @@
 
 mod celery;
 mod control;
+pub use control::ControlRequest;
 mod pubsub;
 mod scripts;
 #[cfg(feature = "testing")]

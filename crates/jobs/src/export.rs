@@ -198,27 +198,39 @@ async fn save_export(
     // is written last.
     let photos_gone = || async {
         for id in &rec.image_ids {
-            if d.meta.get_image(owner, id).await.map_err(storage)?.is_none() {
+            if d.meta
+                .get_image(owner, id)
+                .await
+                .map_err(storage)?
+                .is_none()
+            {
                 return Ok::<_, TaskError>(true);
             }
         }
         Ok(false)
     };
-    let gone = || fail(ErrorCode::ImageNotFound, "a photo of the report was deleted while it was made");
+    let gone = || {
+        fail(
+            ErrorCode::ImageNotFound,
+            "a photo of the report was deleted while it was made",
+        )
+    };
     if photos_gone().await? {
         return Err(gone());
     }
     let (inserted, stored) = match d.meta.insert_export(&rec).await {
         Ok(()) => (true, None),
-        Err(StoreError::Conflict(_)) => match d.meta.get_export(owner, &id).await.map_err(storage)? {
-            Some(existing) => (false, Some(existing.result)),
-            None => {
-                tracing::warn!(task_id = %ctx.id(), owner = %owner, "A task names another user's export; refused (a forged broker message?).");
-                return Err(TaskError::invalid_arguments(format!(
-                    "export {id} belongs to another user; refused"
-                )));
+        Err(StoreError::Conflict(_)) => {
+            match d.meta.get_export(owner, &id).await.map_err(storage)? {
+                Some(existing) => (false, Some(existing.result)),
+                None => {
+                    tracing::warn!(task_id = %ctx.id(), owner = %owner, "A task names another user's export; refused (a forged broker message?).");
+                    return Err(TaskError::invalid_arguments(format!(
+                        "export {id} belongs to another user; refused"
+                    )));
+                }
             }
-        },
+        }
         Err(e) => return Err(storage(e)),
     };
     if photos_gone().await? {

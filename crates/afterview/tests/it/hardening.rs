@@ -650,8 +650,12 @@ async fn a_forged_task_cannot_overwrite_another_users_picture() {
     const BOB: &str = "bob-token-0123456789abcdefgh";
     let alices = s.upload_portrait(ALICE, "grace_hopper.jpg").await;
     let (st, v) = crate::api::body(
-        s.post(ALICE, "/api/visualizations", json!({"image_id": alices, "procedure_id": "rhinoplasty"}))
-            .await,
+        s.post(
+            ALICE,
+            "/api/visualizations",
+            json!({"image_id": alices, "procedure_id": "rhinoplasty"}),
+        )
+        .await,
     )
     .await;
     assert_eq!(st, 200, "{v}");
@@ -676,12 +680,23 @@ async fn a_forged_task_cannot_overwrite_another_users_picture() {
         json!({"image_id": bobs, "procedure_id": "lip-augmentation", "user_id": "bob"}),
         json!([null, null]),
     )
-    .replace("\"routing_key\":\"celery\"", "\"routing_key\":\"visualizations\"");
+    .replace(
+        "\"routing_key\":\"celery\"",
+        "\"routing_key\":\"visualizations\"",
+    );
     let client = redis::Client::open(b.as_str()).unwrap();
     let mut c = client.get_connection().unwrap();
-    let _: i64 = redis::cmd("LPUSH").arg("visualizations").arg(forged).query(&mut c).unwrap();
+    let _: i64 = redis::cmd("LPUSH")
+        .arg("visualizations")
+        .arg(forged)
+        .query(&mut c)
+        .unwrap();
     let t0 = std::time::Instant::now();
-    while !s.proc.log_text().contains("names another user's visualization; refused") {
+    while !s
+        .proc
+        .log_text()
+        .contains("names another user's visualization; refused")
+    {
         assert!(
             t0.elapsed() < Duration::from_secs(30),
             "the forged task was not refused: {}",
@@ -690,7 +705,12 @@ async fn a_forged_task_cannot_overwrite_another_users_picture() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(picture(ALICE).await, before, "Alice's picture is untouched");
-    assert_eq!(s.get(BOB, &format!("/api/visualizations/{vid}")).await.status(), 404);
+    assert_eq!(
+        s.get(BOB, &format!("/api/visualizations/{vid}"))
+            .await
+            .status(),
+        404
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -715,7 +735,11 @@ async fn invented_methods_add_no_metric_series_and_metrics_can_require_a_token()
         }
     };
     assert_eq!(metrics(None).await.0, 401);
-    assert_eq!(metrics(Some(ALICE)).await.0, 401, "a user token is not the metrics token");
+    assert_eq!(
+        metrics(Some(ALICE)).await.0,
+        401,
+        "a user token is not the metrics token"
+    );
     let (st, before) = metrics(Some("metrics-secret-0123456789")).await;
     assert_eq!(st, 200);
     for i in 0..150 {
@@ -725,7 +749,10 @@ async fn invented_methods_add_no_metric_series_and_metrics_can_require_a_token()
     let (_, after) = metrics(Some("metrics-secret-0123456789")).await;
     let grew = after.lines().count() as i64 - before.lines().count() as i64;
     assert!(grew < 40, "150 invented methods added {grew} lines");
-    assert!(!after.contains("INVENTED"), "raw methods never become labels");
+    assert!(
+        !after.contains("INVENTED"),
+        "raw methods never become labels"
+    );
 }
 
 /// Schemathesis (pinned in `scripts/python-env.sh`) against `/api/openapi.json` with a bounded

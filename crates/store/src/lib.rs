@@ -3,14 +3,17 @@
 //! - [`MetadataStore`]: who owns which image, visualization, export and task; idempotency
 //!   records. Every read takes the owner: asking for someone else's id answers `None`, exactly
 //!   like an id that does not exist, so the API can answer 404 without a second check.
-//!   Implementations: embedded SQLite ([`sqlite::SqliteMetadata`]); PostgreSQL will join.
+//!   Implementations: embedded SQLite ([`sqlite::SqliteMetadata`]) and PostgreSQL
+//!   ([`postgres::PostgresMetadata`]) for many hosts.
 //! - [`BlobStore`]: the bytes (photos, previews, reports), over the `object_store` crate
-//!   ([`blob::ObjectBlobStore`]: a local directory by default, in memory for tests; S3 later).
+//!   ([`blob::ObjectBlobStore`]: a local directory by default, S3-compatible storage for many
+//!   hosts, in memory for tests).
 //!
 //! Both traits have a conformance suite (feature `testsuite`) that every implementation passes.
 //! Blob keys never contain user ids (they are derived from resource ids only).
 
 pub mod blob;
+pub mod postgres;
 pub mod sqlite;
 #[cfg(feature = "testsuite")]
 pub mod testsuite;

@@ -21,13 +21,41 @@ pub trait BlobStore: Send + Sync + 'static {
     async fn delete(&self, key: &str) -> Result<(), StoreError>;
     /// Cheap reachability check.
     async fn ping(&self) -> Result<(), StoreError>;
+    /// A short-lived URL a client may download `key` from directly, when the store can sign
+    /// one (S3); `None` otherwise (the API streams the bytes).
+    async fn signed_url(
+        &self,
+        _key: &str,
+        _ttl: std::time::Duration,
+    ) -> Result<Option<String>, StoreError> {
+        Ok(None)
+    }
 }
 
 /// A [`BlobStore`] over any `object_store` backend.
 #[derive(Debug, Clone)]
 pub struct ObjectBlobStore {
     store: Arc<dyn ObjectStore>,
+    signer: Option<Arc<dyn object_store::signer::Signer>>,
     description: String,
+}
+
+/// How long an S3 request (with its retries) may take before the store counts as unavailable.
+pub const S3_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// S3 settings that override the standard `AWS_*` variables (tests, config files).
+#[derive(Debug, Clone, Default)]
+pub struct S3Options {
+    /// Endpoint, e.g. `http://127.0.0.1:9000` for MinIO or a local test server.
+    pub endpoint: Option<String>,
+    /// Region [default: `AWS_REGION`, else us-east-1].
+    pub region: Option<String>,
+    /// Access key id.
+    pub access_key_id: Option<String>,
+    /// Secret access key.
+    pub secret_access_key: Option<String>,
+    /// Allow a plain-HTTP endpoint.
+    pub allow_http: bool,
 }
 
 fn unavailable(e: object_store::Error) -> StoreError {
@@ -51,14 +79,100 @@ impl ObjectBlobStore {
         let fs = object_store::local::LocalFileSystem::new_with_prefix(dir).map_err(unavailable)?;
         Ok(Self {
             store: Arc::new(fs),
+            signer: None,
             description: format!("local {}", dir.display()),
         })
+    }
+
+    /// An S3-compatible bucket, `s3://bucket[/prefix]`. Credentials, region and endpoint come
+    /// from the standard variables (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`,
+    /// `AWS_ENDPOINT_URL`, `AWS_ALLOW_HTTP=true` for a local endpoint), as AWS tools read them;
+    /// `options` override them. Requests give up after [`S3_TIMEOUT`] (the API answers 503 and
+    /// the task is retried) instead of hanging while the store is down.
+    pub fn s3(url: &str, options: &S3Options) -> Result<Self, StoreError> {
+        let rest = url.strip_prefix("s3://").ok_or_else(|| {
+            StoreError::Unavailable(format!("{url:?} is not s3://bucket[/prefix]"))
+        })?;
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        let prefix = prefix.trim_matches('/');
+        if bucket.is_empty() {
+            return Err(StoreError::Unavailable(format!("{url:?} names no bucket")));
+        }
+        use object_store::aws::AmazonS3Builder;
+        let mut b = AmazonS3Builder::from_env().with_bucket_name(bucket);
+        if std::env::var_os("AWS_REGION").is_none()
+            && std::env::var_os("AWS_DEFAULT_REGION").is_none()
+        {
+            b = b.with_region("us-east-1");
+        }
+        if let Some(e) = &options.endpoint {
+            b = b.with_endpoint(e);
+        }
+        if let Some(r) = &options.region {
+            b = b.with_region(r);
+        }
+        if let Some(k) = &options.access_key_id {
+            b = b.with_access_key_id(k);
+        }
+        if let Some(k) = &options.secret_access_key {
+            b = b.with_secret_access_key(k);
+        }
+        if options.allow_http {
+            b = b.with_allow_http(true);
+        }
+        // Per key, so what the environment set (AWS_ALLOW_HTTP, ...) is kept.
+        use object_store::ClientConfigKey;
+        use object_store::aws::AmazonS3ConfigKey;
+        let b = b
+            .with_retry(object_store::RetryConfig {
+                backoff: object_store::BackoffConfig::default(),
+                max_retries: 2,
+                retry_timeout: S3_TIMEOUT,
+            })
+            .with_config(
+                AmazonS3ConfigKey::Client(ClientConfigKey::ConnectTimeout),
+                "3s",
+            )
+            .with_config(
+                AmazonS3ConfigKey::Client(ClientConfigKey::Timeout),
+                format!("{}s", S3_TIMEOUT.as_secs()),
+            );
+        let s3 = b.build().map_err(unavailable)?;
+        let (store, signer): (Arc<dyn ObjectStore>, Arc<dyn object_store::signer::Signer>) =
+            if prefix.is_empty() {
+                let s3 = Arc::new(s3);
+                (s3.clone(), s3)
+            } else {
+                let p = Arc::new(object_store::prefix::PrefixStore::new(s3, prefix));
+                (p.clone(), p)
+            };
+        Ok(Self {
+            store,
+            signer: Some(signer),
+            description: format!("s3://{bucket}/{prefix}"),
+        })
+    }
+
+    /// From a storage URL: `file://path`, a plain path, or `s3://bucket[/prefix]` (with the
+    /// standard `AWS_*` variables).
+    pub fn from_url(url: &str) -> Result<Self, StoreError> {
+        if url.starts_with("s3://") {
+            return Self::s3(url, &S3Options::default());
+        }
+        if url.contains("://") && !url.starts_with("file://") {
+            return Err(StoreError::Unavailable(format!(
+                "unknown storage URL {url:?}: use file://path or s3://bucket[/prefix]"
+            )));
+        }
+        let path = url.strip_prefix("file://").unwrap_or(url);
+        Self::local(Path::new(path))
     }
 
     /// In memory (tests).
     pub fn memory() -> Self {
         Self {
             store: Arc::new(object_store::memory::InMemory::new()),
+            signer: None,
             description: "memory".into(),
         }
     }
@@ -67,6 +181,7 @@ impl ObjectBlobStore {
     pub fn new(store: Arc<dyn ObjectStore>, description: impl Into<String>) -> Self {
         Self {
             store,
+            signer: None,
             description: description.into(),
         }
     }
@@ -103,9 +218,27 @@ impl BlobStore for ObjectBlobStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        match self.store.head(&ObjectPath::from("afterview-ping")).await {
-            Ok(_) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-            Err(e) => Err(unavailable(e)),
-        }
+        // Listing the top level fails when the bucket is missing or the credentials are wrong,
+        // where a HEAD of a missing key would pass.
+        self.store
+            .list_with_delimiter(None)
+            .await
+            .map(|_| ())
+            .map_err(unavailable)
+    }
+
+    async fn signed_url(
+        &self,
+        key: &str,
+        ttl: std::time::Duration,
+    ) -> Result<Option<String>, StoreError> {
+        let Some(signer) = &self.signer else {
+            return Ok(None);
+        };
+        let url = signer
+            .signed_url(object_store::signer::Method::GET, &path(key)?, ttl)
+            .await
+            .map_err(unavailable)?;
+        Ok(Some(url.to_string()))
     }
 }

@@ -16,6 +16,8 @@ pub mod blob;
 pub mod postgres;
 pub mod sqlite;
 #[cfg(feature = "testsuite")]
+pub mod testing;
+#[cfg(feature = "testsuite")]
 pub mod testsuite;
 
 use async_trait::async_trait;
@@ -23,7 +25,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-pub use blob::{BlobStore, ObjectBlobStore};
+pub use blob::{BlobStore, ObjectBlobStore, S3Options};
 
 /// A storage failure.
 #[derive(Debug, thiserror::Error)]
@@ -140,6 +142,21 @@ pub struct IdempotentResponse {
     pub created_at: DateTime<Utc>,
 }
 
+/// What claiming an `Idempotency-Key` found.
+#[derive(Debug, Clone, PartialEq)]
+pub enum IdempotencyClaim {
+    /// The key is now this request's: answer, then [`MetadataStore::put_idempotent`] (or
+    /// [`MetadataStore::release_idempotent`] when the answer is not to be kept).
+    Claimed,
+    /// Another request holds the key and has not answered yet (perhaps on another host).
+    InProgress {
+        /// That request's fingerprint.
+        fingerprint: String,
+    },
+    /// Answered before.
+    Answered(IdempotentResponse),
+}
+
 /// What deleting an image removed (the caller deletes these blobs).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Deleted {
@@ -203,19 +220,48 @@ pub trait MetadataStore: Send + Sync + 'static {
     async fn tasks_for_image(&self, owner: &str, image_id: &str)
     -> Result<Vec<String>, StoreError>;
 
-    /// The stored answer for `(owner, key)`, if any.
+    /// The stored answer for `(owner, key)`, if any (a claim not yet answered is not one).
     async fn get_idempotent(
         &self,
         owner: &str,
         key: &str,
     ) -> Result<Option<IdempotentResponse>, StoreError>;
-    /// Stores an answer for `(owner, key)`; `false` when one exists already (the first wins).
+    /// Stores an answer for `(owner, key)`, replacing a claim; `false` when an answer exists
+    /// already (the first wins).
     async fn put_idempotent(
         &self,
         owner: &str,
         key: &str,
         r: &IdempotentResponse,
     ) -> Result<bool, StoreError>;
+    /// Claims `(owner, key)` for a request with `fingerprint`, atomically across every process
+    /// sharing the store: exactly one of concurrent claimers gets [`IdempotencyClaim::Claimed`].
+    /// A claim made before `stale_before` and never answered (its host died) is taken over.
+    async fn claim_idempotent(
+        &self,
+        owner: &str,
+        key: &str,
+        fingerprint: &str,
+        stale_before: DateTime<Utc>,
+    ) -> Result<IdempotencyClaim, StoreError>;
+    /// Drops an unanswered claim of `(owner, key)` (the request failed; a retry may run).
+    async fn release_idempotent(&self, owner: &str, key: &str) -> Result<(), StoreError>;
+
+    /// Takes one of `cap` slots of `kind` for `owner`, held until released or until `expires`
+    /// (so a crashed holder's slot frees itself); `None` when all are taken. Atomic across
+    /// every process sharing the store, so per-user limits hold across API hosts.
+    async fn take_slot(
+        &self,
+        owner: &str,
+        kind: &str,
+        cap: u32,
+        expires: DateTime<Utc>,
+    ) -> Result<Option<String>, StoreError>;
+    /// Gives a slot back.
+    async fn release_slot(&self, id: &str) -> Result<(), StoreError>;
+
+    /// The schema version the store is at (migrations run when it opens).
+    async fn schema_version(&self) -> Result<usize, StoreError>;
 
     /// Removes idempotency records and task records older than `before`.
     async fn cleanup(&self, before: DateTime<Utc>) -> Result<u64, StoreError>;

@@ -18,8 +18,8 @@ use serde_json::{Value, json};
 use tokio_postgres::{NoTls, Row};
 
 use crate::{
-    Deleted, ExportRecord, IdempotentResponse, ImageRecord, MetadataStore, StoreError, TaskRecord,
-    VisualizationRecord,
+    Deleted, ExportRecord, IdempotencyClaim, IdempotentResponse, ImageRecord, MetadataStore,
+    StoreError, TaskRecord, VisualizationRecord,
 };
 
 /// Schema versions, applied in order; `afterview_schema` remembers the last one.
@@ -57,6 +57,14 @@ const MIGRATIONS: &[&str] = &[
         body JSONB NOT NULL, created_at TIMESTAMPTZ NOT NULL, PRIMARY KEY (owner, key)
     );
     CREATE INDEX idempotency_age ON idempotency (created_at);
+    ",
+    // 2: per-user slots (synchronous requests in flight) shared by every API host.
+    "
+    CREATE TABLE slots (
+        id TEXT PRIMARY KEY, owner TEXT NOT NULL, kind TEXT NOT NULL,
+        expires_at TIMESTAMPTZ NOT NULL
+    );
+    CREATE INDEX slots_owner ON slots (owner, kind);
     ",
 ];
 
@@ -365,7 +373,8 @@ impl MetadataStore for PostgresMetadata {
             .await
             .map_err(db)?;
         d.visualizations = viz.len() as u64;
-        d.blob_keys.extend(viz.iter().map(|r| r.get::<_, String>(0)));
+        d.blob_keys
+            .extend(viz.iter().map(|r| r.get::<_, String>(0)));
         let exports = tx
             .query(
                 "DELETE FROM exports WHERE owner = $2 AND image_ids @> $1 RETURNING blob_key",
@@ -374,7 +383,8 @@ impl MetadataStore for PostgresMetadata {
             .await
             .map_err(db)?;
         d.exports = exports.len() as u64;
-        d.blob_keys.extend(exports.iter().map(|r| r.get::<_, String>(0)));
+        d.blob_keys
+            .extend(exports.iter().map(|r| r.get::<_, String>(0)));
         tx.commit().await.map_err(db)?;
         Ok(Some(d))
     }
@@ -539,7 +549,8 @@ impl MetadataStore for PostgresMetadata {
     ) -> Result<Option<IdempotentResponse>, StoreError> {
         let rows = self
             .query(
-                "SELECT fingerprint, status, body, created_at FROM idempotency WHERE owner = $1 AND key = $2",
+                "SELECT fingerprint, status, body, created_at FROM idempotency
+                 WHERE owner = $1 AND key = $2 AND status <> 0",
                 &[&owner, &key],
             )
             .await?;
@@ -560,7 +571,10 @@ impl MetadataStore for PostgresMetadata {
         let n = self
             .execute(
                 "INSERT INTO idempotency (owner, key, fingerprint, status, body, created_at)
-                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (owner, key) DO NOTHING",
+                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (owner, key) DO UPDATE SET
+                   fingerprint = excluded.fingerprint, status = excluded.status,
+                   body = excluded.body, created_at = excluded.created_at
+                 WHERE idempotency.status = 0",
                 &[
                     &owner,
                     &key,
@@ -574,6 +588,132 @@ impl MetadataStore for PostgresMetadata {
         Ok(n == 1)
     }
 
+    async fn claim_idempotent(
+        &self,
+        owner: &str,
+        key: &str,
+        fingerprint: &str,
+        stale_before: DateTime<Utc>,
+    ) -> Result<IdempotencyClaim, StoreError> {
+        // The upsert is atomic: of concurrent claimers exactly one inserts (or takes over a
+        // stale claim); the others see the row and read it. A row released between the two
+        // statements is claimed again.
+        for _ in 0..3 {
+            let n = self
+                .execute(
+                    "INSERT INTO idempotency (owner, key, fingerprint, status, body, created_at)
+                     VALUES ($1, $2, $3, 0, 'null'::jsonb, now()) ON CONFLICT (owner, key)
+                     DO UPDATE SET fingerprint = excluded.fingerprint, created_at = now()
+                     WHERE idempotency.status = 0 AND idempotency.created_at < $4",
+                    &[&owner, &key, &fingerprint, &stale_before],
+                )
+                .await?;
+            if n == 1 {
+                return Ok(IdempotencyClaim::Claimed);
+            }
+            let rows = self
+                .query(
+                    "SELECT fingerprint, status, body, created_at FROM idempotency
+                     WHERE owner = $1 AND key = $2",
+                    &[&owner, &key],
+                )
+                .await?;
+            if let Some(r) = rows.first() {
+                let status = u16::try_from(r.get::<_, i32>(1)).unwrap_or(500);
+                return Ok(if status == 0 {
+                    IdempotencyClaim::InProgress {
+                        fingerprint: r.get(0),
+                    }
+                } else {
+                    IdempotencyClaim::Answered(IdempotentResponse {
+                        fingerprint: r.get(0),
+                        status,
+                        body: r.get(2),
+                        created_at: r.get(3),
+                    })
+                });
+            }
+        }
+        Err(StoreError::Unavailable(
+            "an idempotency key kept changing hands".into(),
+        ))
+    }
+
+    async fn release_idempotent(&self, owner: &str, key: &str) -> Result<(), StoreError> {
+        self.execute(
+            "DELETE FROM idempotency WHERE owner = $1 AND key = $2 AND status = 0",
+            &[&owner, &key],
+        )
+        .await
+        .map(|_| ())
+    }
+
+    async fn take_slot(
+        &self,
+        owner: &str,
+        kind: &str,
+        cap: u32,
+        expires: DateTime<Utc>,
+    ) -> Result<Option<String>, StoreError> {
+        let mut c = self.client().await?;
+        let work = async {
+            let tx = c.transaction().await.map_err(db)?;
+            // One taker per (owner, kind) at a time, on every host: count and insert agree.
+            tx.execute(
+                "SELECT pg_advisory_xact_lock(hashtextextended($1 || '/' || $2, 0))",
+                &[&owner, &kind],
+            )
+            .await
+            .map_err(db)?;
+            tx.execute(
+                "DELETE FROM slots WHERE owner = $1 AND kind = $2 AND expires_at < now()",
+                &[&owner, &kind],
+            )
+            .await
+            .map_err(db)?;
+            let held: i64 = tx
+                .query_one(
+                    "SELECT COUNT(*) FROM slots WHERE owner = $1 AND kind = $2",
+                    &[&owner, &kind],
+                )
+                .await
+                .map_err(db)?
+                .get(0);
+            let out = if held < i64::from(cap) {
+                let id = uuid::Uuid::new_v4().to_string();
+                tx.execute(
+                    "INSERT INTO slots (id, owner, kind, expires_at) VALUES ($1, $2, $3, $4)",
+                    &[&id, &owner, &kind, &expires],
+                )
+                .await
+                .map_err(db)?;
+                Some(id)
+            } else {
+                None
+            };
+            tx.commit().await.map_err(db)?;
+            Ok(out)
+        };
+        tokio::time::timeout(TIMEOUT, work)
+            .await
+            .map_err(|_| StoreError::Unavailable("PostgreSQL did not answer in 5 s".into()))?
+    }
+
+    async fn release_slot(&self, id: &str) -> Result<(), StoreError> {
+        self.execute("DELETE FROM slots WHERE id = $1", &[&id])
+            .await
+            .map(|_| ())
+    }
+
+    async fn schema_version(&self) -> Result<usize, StoreError> {
+        let rows = self
+            .query("SELECT version FROM afterview_schema", &[])
+            .await?;
+        Ok(rows
+            .first()
+            .map_or(0, |r| usize::try_from(r.get::<_, i32>(0)).unwrap_or(0)))
+    }
+
     async fn cleanup(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
         let a = self
             .execute("DELETE FROM idempotency WHERE created_at < $1", &[&before])
@@ -581,7 +721,10 @@ impl MetadataStore for PostgresMetadata {
         let b = self
             .execute("DELETE FROM tasks WHERE created_at < $1", &[&before])
             .await?;
-        Ok(a + b)
+        let d = self
+            .execute("DELETE FROM slots WHERE expires_at < now()", &[])
+            .await?;
+        Ok(a + b + d)
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

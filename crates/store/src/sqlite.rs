@@ -10,8 +10,8 @@ use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::Value;
 
 use crate::{
-    Deleted, ExportRecord, IdempotentResponse, ImageRecord, MetadataStore, StoreError, TaskRecord,
-    VisualizationRecord,
+    Deleted, ExportRecord, IdempotencyClaim, IdempotentResponse, ImageRecord, MetadataStore,
+    StoreError, TaskRecord, VisualizationRecord,
 };
 
 const MIGRATIONS: &[&str] = &[
@@ -47,6 +47,11 @@ const MIGRATIONS: &[&str] = &[
     ",
     // 2: the photos a task works on (deleting a photo revokes its running tasks).
     "ALTER TABLE tasks ADD COLUMN image_ids TEXT NOT NULL DEFAULT '[]';",
+    // 3: per-user slots (synchronous requests in flight) shared by every API process.
+    "CREATE TABLE slots (
+        id TEXT PRIMARY KEY, owner TEXT NOT NULL, kind TEXT NOT NULL, expires_at TEXT NOT NULL
+    );
+    CREATE INDEX slots_owner ON slots (owner, kind);",
 ];
 
 /// The SQLite metadata store.
@@ -524,7 +529,8 @@ impl MetadataStore for SqliteMetadata {
         let (owner, key) = (owner.to_owned(), key.to_owned());
         self.run(move |c| {
             c.query_row(
-                "SELECT fingerprint, status, body, created_at FROM idempotency WHERE owner = ?1 AND key = ?2",
+                "SELECT fingerprint, status, body, created_at FROM idempotency
+                 WHERE owner = ?1 AND key = ?2 AND status <> 0",
                 params![owner, key],
                 |r| {
                     Ok(IdempotentResponse {
@@ -550,7 +556,10 @@ impl MetadataStore for SqliteMetadata {
         self.run(move |c| {
             let n = c.execute(
                 "INSERT INTO idempotency (owner, key, fingerprint, status, body, created_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (owner, key) DO NOTHING",
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (owner, key) DO UPDATE SET
+                   fingerprint = excluded.fingerprint, status = excluded.status,
+                   body = excluded.body, created_at = excluded.created_at
+                 WHERE idempotency.status = 0",
                 params![
                     owner,
                     key,
@@ -565,12 +574,129 @@ impl MetadataStore for SqliteMetadata {
         .await
     }
 
+    async fn claim_idempotent(
+        &self,
+        owner: &str,
+        key: &str,
+        fingerprint: &str,
+        stale_before: DateTime<Utc>,
+    ) -> Result<IdempotencyClaim, StoreError> {
+        let (owner, key, fp) = (owner.to_owned(), key.to_owned(), fingerprint.to_owned());
+        let (now, stale) = (ts(&Utc::now()), ts(&stale_before));
+        self.run(move |c| {
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let n = tx.execute(
+                "INSERT INTO idempotency (owner, key, fingerprint, status, body, created_at)
+                 VALUES (?1, ?2, ?3, 0, 'null', ?4) ON CONFLICT (owner, key) DO UPDATE SET
+                   fingerprint = excluded.fingerprint, created_at = excluded.created_at
+                 WHERE idempotency.status = 0 AND idempotency.created_at < ?5",
+                params![owner, key, fp, now, stale],
+            )?;
+            let out = if n == 1 {
+                IdempotencyClaim::Claimed
+            } else {
+                let (fingerprint, status, body, created_at) = tx.query_row(
+                    "SELECT fingerprint, status, body, created_at FROM idempotency
+                     WHERE owner = ?1 AND key = ?2",
+                    params![owner, key],
+                    |r| {
+                        Ok((
+                            r.get::<_, String>(0)?,
+                            r.get::<_, u16>(1)?,
+                            r.get::<_, String>(2)?,
+                            r.get::<_, String>(3)?,
+                        ))
+                    },
+                )?;
+                if status == 0 {
+                    IdempotencyClaim::InProgress { fingerprint }
+                } else {
+                    IdempotencyClaim::Answered(IdempotentResponse {
+                        fingerprint,
+                        status,
+                        body: json_col(&body)?,
+                        created_at: parse_ts(&created_at)?,
+                    })
+                }
+            };
+            tx.commit()?;
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn release_idempotent(&self, owner: &str, key: &str) -> Result<(), StoreError> {
+        let (owner, key) = (owner.to_owned(), key.to_owned());
+        self.run(move |c| {
+            c.execute(
+                "DELETE FROM idempotency WHERE owner = ?1 AND key = ?2 AND status = 0",
+                params![owner, key],
+            )
+            .map(|_| ())
+        })
+        .await
+    }
+
+    async fn take_slot(
+        &self,
+        owner: &str,
+        kind: &str,
+        cap: u32,
+        expires: DateTime<Utc>,
+    ) -> Result<Option<String>, StoreError> {
+        let (owner, kind) = (owner.to_owned(), kind.to_owned());
+        let (now, expires) = (ts(&Utc::now()), ts(&expires));
+        self.run(move |c| {
+            // IMMEDIATE: the count and the insert are one writer's, whichever process asks.
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            tx.execute(
+                "DELETE FROM slots WHERE owner = ?1 AND kind = ?2 AND expires_at < ?3",
+                params![owner, kind, now],
+            )?;
+            let held: u32 = tx.query_row(
+                "SELECT COUNT(*) FROM slots WHERE owner = ?1 AND kind = ?2",
+                params![owner, kind],
+                |r| r.get(0),
+            )?;
+            let out = if held < cap {
+                let id = uuid::Uuid::new_v4().to_string();
+                tx.execute(
+                    "INSERT INTO slots (id, owner, kind, expires_at) VALUES (?1, ?2, ?3, ?4)",
+                    params![id, owner, kind, expires],
+                )?;
+                Some(id)
+            } else {
+                None
+            };
+            tx.commit()?;
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn release_slot(&self, id: &str) -> Result<(), StoreError> {
+        let id = id.to_owned();
+        self.run(move |c| {
+            c.execute("DELETE FROM slots WHERE id = ?1", [id])
+                .map(|_| ())
+        })
+        .await
+    }
+
+    async fn schema_version(&self) -> Result<usize, StoreError> {
+        self.run(|c| c.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0)))
+            .await
+            .map(|v| usize::try_from(v).unwrap_or(0))
+    }
+
     async fn cleanup(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
         let cutoff = ts(&before);
         self.run(move |c| {
             let a = c.execute("DELETE FROM idempotency WHERE created_at < ?1", [&cutoff])?;
             let b = c.execute("DELETE FROM tasks WHERE created_at < ?1", [&cutoff])?;
-            Ok((a + b) as u64)
+            let now = ts(&Utc::now());
+            let d = c.execute("DELETE FROM slots WHERE expires_at < ?1", [&now])?;
+            Ok((a + b + d) as u64)
         })
         .await
     }

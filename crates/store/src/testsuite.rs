@@ -9,8 +9,8 @@ use chrono::{Duration, Utc};
 use serde_json::json;
 
 use crate::{
-    BlobStore, ExportRecord, IdempotentResponse, ImageRecord, MetadataStore, StoreError,
-    TaskRecord, VisualizationRecord, image_key, visualization_key,
+    BlobStore, ExportRecord, IdempotencyClaim, IdempotentResponse, ImageRecord, MetadataStore,
+    StoreError, TaskRecord, VisualizationRecord, image_key, visualization_key,
 };
 
 /// Instantiates the metadata suite.
@@ -25,6 +25,8 @@ macro_rules! metadata_conformance {
             tasks_record_ownership,
             single_deletes_are_owner_scoped,
             idempotency_keeps_the_first_answer,
+            idempotency_claims_are_exclusive,
+            slots_cap_holders_everywhere,
             duplicate_ids_conflict,
             cleanup_expires_old_records,
         );
@@ -274,6 +276,162 @@ pub async fn idempotency_keeps_the_first_answer(s: Arc<dyn MetadataStore>) {
     assert!(s.get_idempotent("bob", "k").await.unwrap().is_none());
 }
 
+/// Of concurrent claimers of a key exactly one wins; the others see it in progress, then
+/// its answer; a released claim can be taken again, a stale one is taken over.
+pub async fn idempotency_claims_are_exclusive(s: Arc<dyn MetadataStore>) {
+    let far_past = Utc::now() - Duration::hours(1);
+    let claims = futures_join(
+        (0..8)
+            .map(|_| {
+                let s = s.clone();
+                async move {
+                    s.claim_idempotent("alice", "k", "f1", far_past)
+                        .await
+                        .unwrap()
+                }
+            })
+            .collect(),
+    )
+    .await;
+    let won = claims
+        .iter()
+        .filter(|c| **c == IdempotencyClaim::Claimed)
+        .count();
+    assert_eq!(won, 1, "{claims:?}");
+    assert!(claims.iter().all(|c| *c == IdempotencyClaim::Claimed
+        || *c
+            == IdempotencyClaim::InProgress {
+                fingerprint: "f1".into()
+            }));
+    // Claims are not answers, and are per owner.
+    assert!(s.get_idempotent("alice", "k").await.unwrap().is_none());
+    assert_eq!(
+        s.claim_idempotent("bob", "k", "f9", far_past)
+            .await
+            .unwrap(),
+        IdempotencyClaim::Claimed
+    );
+    // The answer replaces the claim; later claimers get it.
+    let answer = IdempotentResponse {
+        fingerprint: "f1".into(),
+        status: 202,
+        body: json!({"task_id": "t"}),
+        created_at: Utc::now(),
+    };
+    assert!(s.put_idempotent("alice", "k", &answer).await.unwrap());
+    match s
+        .claim_idempotent("alice", "k", "f1", Utc::now())
+        .await
+        .unwrap()
+    {
+        IdempotencyClaim::Answered(a) => assert_eq!(a.body, answer.body),
+        other => panic!("{other:?}"),
+    }
+    // Releasing an answer does nothing; releasing a claim frees the key.
+    s.release_idempotent("alice", "k").await.unwrap();
+    assert!(s.get_idempotent("alice", "k").await.unwrap().is_some());
+    s.release_idempotent("bob", "k").await.unwrap();
+    assert_eq!(
+        s.claim_idempotent("bob", "k", "f2", far_past)
+            .await
+            .unwrap(),
+        IdempotencyClaim::Claimed
+    );
+    // A claim older than `stale_before` is taken over; a fresh one is not.
+    assert_eq!(
+        s.claim_idempotent("bob", "k", "f3", far_past)
+            .await
+            .unwrap(),
+        IdempotencyClaim::InProgress {
+            fingerprint: "f2".into()
+        }
+    );
+    assert_eq!(
+        s.claim_idempotent("bob", "k", "f3", Utc::now() + Duration::seconds(5))
+            .await
+            .unwrap(),
+        IdempotencyClaim::Claimed
+    );
+}
+
+/// At most `cap` slots per owner and kind, even when many ask at once; released and expired
+/// slots are free again.
+pub async fn slots_cap_holders_everywhere(s: Arc<dyn MetadataStore>) {
+    let later = Utc::now() + Duration::minutes(5);
+    let taken = futures_join(
+        (0..10)
+            .map(|_| {
+                let s = s.clone();
+                async move { s.take_slot("alice", "sync", 3, later).await.unwrap() }
+            })
+            .collect(),
+    )
+    .await;
+    let held: Vec<String> = taken.into_iter().flatten().collect();
+    assert_eq!(held.len(), 3);
+    assert!(
+        s.take_slot("alice", "sync", 3, later)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    // Per owner and per kind.
+    assert!(
+        s.take_slot("bob", "sync", 3, later)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert!(
+        s.take_slot("alice", "other", 1, later)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    s.release_slot(&held[0]).await.unwrap();
+    let again = s.take_slot("alice", "sync", 3, later).await.unwrap();
+    assert!(again.is_some());
+    assert!(
+        s.take_slot("alice", "sync", 3, later)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    // A crashed holder's slot expires.
+    let soon = Utc::now() + Duration::milliseconds(300);
+    assert!(
+        s.take_slot("carol", "sync", 1, soon)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert!(
+        s.take_slot("carol", "sync", 1, later)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    assert!(
+        s.take_slot("carol", "sync", 1, later)
+            .await
+            .unwrap()
+            .is_some()
+    );
+}
+
+/// Runs the futures concurrently, each on its own task.
+async fn futures_join<T: Send + 'static>(
+    fs: Vec<impl std::future::Future<Output = T> + Send + 'static>,
+) -> Vec<T> {
+    let handles: Vec<_> = fs.into_iter().map(tokio::spawn).collect();
+    let mut out = Vec::new();
+    for h in handles {
+        out.push(h.await.expect("task"));
+    }
+    out
+}
+
 /// Ids are unique.
 pub async fn duplicate_ids_conflict(s: Arc<dyn MetadataStore>) {
     s.insert_image(&image("alice", "i1", 0)).await.unwrap();
@@ -317,6 +475,7 @@ pub async fn cleanup_expires_old_records(s: Arc<dyn MetadataStore>) {
     assert!(s.get_idempotent("alice", "old").await.unwrap().is_none());
     assert!(s.get_idempotent("alice", "new").await.unwrap().is_some());
     s.ping().await.unwrap();
+    assert!(s.schema_version().await.unwrap() >= 1);
 }
 
 /// Put, get, replace, delete.

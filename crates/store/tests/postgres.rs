@@ -3,52 +3,17 @@
 //! case, created here and dropped when the case's store is dropped.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use afterview_store::MetadataStore;
 use afterview_store::postgres::PostgresMetadata;
-
-fn server() -> String {
-    std::env::var("AFTERVIEW_TEST_POSTGRES")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
-}
-
-/// Runs one SQL statement on the maintenance database, on its own thread and runtime (so it
-/// can run from a `Drop`).
-fn admin(sql: String) {
-    let statements: Vec<String> = sql.split("; ").map(str::to_owned).collect();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            let (c, conn) = tokio_postgres::connect(&format!("{}/postgres", server()), tokio_postgres::NoTls)
-                .await
-                .expect("PostgreSQL on 127.0.0.1:5432 (trust auth) is needed for this test");
-            tokio::spawn(conn);
-            for st in &statements {
-                // Each alone: CREATE/DROP DATABASE cannot run in a transaction block.
-                c.batch_execute(st).await.unwrap();
-            }
-        });
-    })
-    .join()
-    .unwrap();
-}
+use afterview_store::testing::PostgresDb;
 
 async fn postgres() -> Arc<dyn MetadataStore> {
-    static N: AtomicUsize = AtomicUsize::new(0);
-    let name = format!(
-        "afterview_test_{}_{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::SeqCst)
-    );
-    admin(format!("DROP DATABASE IF EXISTS {name}; CREATE DATABASE {name}"));
-    let store = PostgresMetadata::connect(&format!("{}/{name}", server()))
+    let db = PostgresDb::fresh();
+    let store = PostgresMetadata::connect(&db.url())
         .await
         .unwrap()
-        .on_drop(move || admin(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")));
+        .on_drop(move || drop(db));
     Arc::new(store)
 }
 
@@ -56,13 +21,47 @@ afterview_store::metadata_conformance!(postgres);
 
 #[tokio::test]
 async fn migrations_run_once_and_are_idempotent() {
-    let name = format!("afterview_test_{}_migrate", std::process::id());
-    admin(format!("DROP DATABASE IF EXISTS {name}; CREATE DATABASE {name}"));
-    let url = format!("{}/{name}", server());
+    let db = PostgresDb::fresh();
     // Two hosts starting together.
-    let (a, b) = tokio::join!(PostgresMetadata::connect(&url), PostgresMetadata::connect(&url));
+    let url = db.url();
+    let (a, b) = tokio::join!(
+        PostgresMetadata::connect(&url),
+        PostgresMetadata::connect(&url)
+    );
     let (a, b) = (a.unwrap(), b.unwrap());
-    assert_eq!(a.migrate().await.unwrap(), b.migrate().await.unwrap());
+    let v = a.migrate().await.unwrap();
+    assert_eq!(v, b.migrate().await.unwrap());
+    assert_eq!(a.schema_version().await.unwrap(), v);
     drop((a, b));
-    admin(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
+}
+
+/// Two stores on one database are two hosts: a claim or a slot taken through one is seen by
+/// the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claims_and_slots_hold_across_hosts() {
+    use afterview_store::IdempotencyClaim;
+    let db = PostgresDb::fresh();
+    let a = PostgresMetadata::connect(&db.url()).await.unwrap();
+    let b = PostgresMetadata::connect(&db.url()).await.unwrap();
+    let past = chrono::Utc::now() - chrono::Duration::hours(1);
+    let later = chrono::Utc::now() + chrono::Duration::minutes(5);
+    assert_eq!(
+        a.claim_idempotent("u", "k", "f", past).await.unwrap(),
+        IdempotencyClaim::Claimed
+    );
+    assert_eq!(
+        b.claim_idempotent("u", "k", "f", past).await.unwrap(),
+        IdempotencyClaim::InProgress {
+            fingerprint: "f".into()
+        }
+    );
+    let (x, y) = tokio::join!(
+        a.take_slot("u", "sync", 1, later),
+        b.take_slot("u", "sync", 1, later)
+    );
+    assert_eq!(
+        usize::from(x.unwrap().is_some()) + usize::from(y.unwrap().is_some()),
+        1
+    );
+    drop((a, b));
 }

@@ -55,6 +55,25 @@ struct GlobalArgs {
         value_name = "URL"
     )]
     result_backend: Option<String>,
+    /// Metadata database: sqlite://[path] (default: <data-dir>/metadata.db) or
+    /// postgres://user[:password]@host[:port]/db (shared by many hosts).
+    #[arg(
+        long = "database",
+        global = true,
+        env = "AFTERVIEW_DATABASE_URL",
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    database_url: Option<String>,
+    /// Where photos, previews and reports are stored: file://path (default: <data-dir>/blobs)
+    /// or s3://bucket[/prefix] (credentials and endpoint from the standard AWS_* variables).
+    #[arg(
+        long = "storage",
+        global = true,
+        env = "AFTERVIEW_STORAGE_URL",
+        value_name = "URL"
+    )]
+    storage_url: Option<String>,
     /// Seconds results are kept [default: 86400].
     #[arg(
         long,
@@ -87,6 +106,8 @@ enum Command {
     Purge(PurgeArgs),
     /// Ask the live workers.
     Inspect(InspectArgs),
+    /// Create or upgrade the metadata schema (also done at every start) and check the storage.
+    Migrate,
 }
 
 /// `serve`.
@@ -146,6 +167,10 @@ pub struct ServeArgs {
         value_name = "BYTES"
     )]
     pub max_storage_bytes_per_user: Option<u64>,
+    /// Downloads answer 307 to a presigned URL of the object store valid this many seconds
+    /// (S3 storage only), so the bytes skip the API host; 0 streams them [default: 0].
+    #[arg(long, env = "AFTERVIEW_PRESIGN_DOWNLOADS", value_name = "SECS")]
+    pub presign_downloads: Option<u64>,
     /// Allow the dev token (no authentication configured) on an address other than loopback.
     /// Without it, `serve` refuses to start there: anyone on the network could read every photo.
     #[arg(long, env = "AFTERVIEW_ALLOW_DEV_TOKEN_ON_NETWORK")]
@@ -335,6 +360,8 @@ pub fn main() -> ExitCode {
         config: g.config,
         broker_url: g.broker_url,
         result_backend: g.result_backend,
+        database_url: g.database_url,
+        storage_url: g.storage_url,
         result_expires: g.result_expires,
         log: g.log,
         sqlite_synchronous_full: g.sqlite_synchronous_full,
@@ -373,6 +400,7 @@ pub fn main() -> ExitCode {
             Command::Revoke(a) => commands::revoke(settings, a).await,
             Command::Purge(a) => commands::purge(settings, a).await,
             Command::Inspect(a) => commands::inspect(settings, a).await,
+            Command::Migrate => commands::migrate(settings).await,
         }
     });
     // Blocking threads (the SQLite writer, abandoned CPU-bound runs) must not hold the exit.

@@ -123,7 +123,7 @@ fn watch_signals(shutdown: Shutdown) {
 pub async fn serve(s: Settings, a: ServeArgs) -> anyhow::Result<ExitCode> {
     let wcfg = worker_config(&s, &a.worker)?;
     let b = backends::open_with(&s, a.worker.events).await?;
-    let product = Product::open(&s, &a.worker.product)?;
+    let product = Product::open(&s, &a.worker.product).await?;
     let registry = product.registry(&a.worker.product)?;
     let client = client(&b);
     let bind = a
@@ -137,7 +137,8 @@ pub async fn serve(s: Settings, a: ServeArgs) -> anyhow::Result<ExitCode> {
     let addr = listener.local_addr()?;
     let shutdown = Shutdown::new();
     watch_signals(shutdown.clone());
-    info!(store = %b.description, "Storage opened.");
+    info!(broker = %b.description, stores = %product.description, "Storage opened.");
+    spawn_metadata_cleanup(&product, s.result_expires, shutdown.clone());
 
     let worker = (!a.no_worker).then(|| {
         let w = Worker::new(wcfg, b.broker.clone(), b.results.clone(), registry.clone());
@@ -179,15 +180,28 @@ pub async fn serve(s: Settings, a: ServeArgs) -> anyhow::Result<ExitCode> {
     );
     let d = afterview_api::UserLimits::default();
     inner.user_limits = afterview_api::UserLimits {
-        active_tasks: a.max_active_tasks_per_user.unwrap_or(d.active_tasks).max(1),
-        sync_requests: a
-            .max_sync_requests_per_user
-            .unwrap_or(d.sync_requests)
-            .max(1),
+        active_tasks: a.max_active_tasks_per_user.unwrap_or(d.active_tasks),
+        sync_requests: a.max_sync_requests_per_user.unwrap_or(d.sync_requests),
         photos: a.max_photos_per_user.unwrap_or(d.photos).max(1),
         storage_bytes: a.max_storage_bytes_per_user.unwrap_or(d.storage_bytes),
     };
     inner.metrics_token = a.metrics_token.clone().filter(|t| !t.is_empty());
+    inner.presign = a
+        .presign_downloads
+        .or(s.serve_presign_downloads)
+        .filter(|&secs| secs > 0)
+        .map(Duration::from_secs);
+    if let Some(ttl) = inner.presign {
+        if ttl > Duration::from_secs(7 * 86_400) {
+            bail!("presigned downloads may live at most 604800 seconds (7 days, S3's limit)");
+        }
+        if s.storage_url
+            .as_deref()
+            .is_none_or(|u| !u.starts_with("s3://"))
+        {
+            warn!("Presigned downloads need S3 storage; downloads are streamed.");
+        }
+    }
     let state = std::sync::Arc::new(inner);
     let app = afterview_api::router(state);
     let stop = shutdown.graceful.clone();
@@ -196,6 +210,44 @@ pub async fn serve(s: Settings, a: ServeArgs) -> anyhow::Result<ExitCode> {
     if let Some(w) = worker {
         w.await.context("the worker panicked")??;
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Every API host removes expired idempotency, task and slot records every ten minutes
+/// (concurrent runs on several hosts are harmless). Records are kept as long as results, and at
+/// least a day (an `Idempotency-Key` retried the next morning still replays).
+fn spawn_metadata_cleanup(product: &Product, result_expires: Duration, shutdown: Shutdown) {
+    let meta = product.meta.clone();
+    let keep = result_expires.max(Duration::from_secs(86_400));
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(600));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                () = shutdown.graceful.cancelled() => return,
+            }
+            let before = chrono::Utc::now()
+                - chrono::Duration::from_std(keep).unwrap_or(chrono::Duration::days(1));
+            match meta.cleanup(before).await {
+                Ok(0) => {}
+                Ok(n) => info!(removed = n, "Expired metadata records removed."),
+                Err(e) => warn!(error = %e, "Metadata cleanup failed; retrying in ten minutes."),
+            }
+        }
+    });
+}
+
+/// `afterview migrate`: opens (and so migrates) the metadata store, checks the blob store.
+pub async fn migrate(s: Settings) -> anyhow::Result<ExitCode> {
+    let (meta, md) = crate::product::open_metadata(&s).await?;
+    let version = meta.schema_version().await?;
+    println!("metadata {md}: schema version {version}");
+    let (blobs, bd) = crate::product::open_blobs(&s)?;
+    blobs
+        .ping()
+        .await
+        .with_context(|| format!("the blob store {bd} is not reachable"))?;
+    println!("blobs {bd}: reachable");
     Ok(ExitCode::SUCCESS)
 }
 
@@ -295,8 +347,9 @@ fn write_private(path: &std::path::Path, content: &str) -> std::io::Result<()> {
 pub async fn worker(s: Settings, a: WorkerArgs) -> anyhow::Result<ExitCode> {
     let cfg = worker_config(&s, &a)?;
     let b = backends::open_with(&s, a.events).await?;
-    let registry = Product::open(&s, &a.product)?.registry(&a.product)?;
-    info!(store = %b.description, "Storage opened.");
+    let product = Product::open(&s, &a.product).await?;
+    let registry = product.registry(&a.product)?;
+    info!(broker = %b.description, stores = %product.description, "Storage opened.");
     let shutdown = Shutdown::new();
     watch_signals(shutdown.clone());
     if let Some(f) = &a.ready_file {

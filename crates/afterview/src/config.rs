@@ -27,6 +27,10 @@ pub struct FileConfig {
     pub broker_url: Option<String>,
     /// Result backend URL.
     pub result_backend: Option<String>,
+    /// Metadata database URL.
+    pub database_url: Option<String>,
+    /// Blob storage URL.
+    pub storage_url: Option<String>,
     /// Seconds results are kept.
     pub result_expires: Option<u64>,
     /// Log filter.
@@ -47,6 +51,8 @@ pub struct FileConfig {
 pub struct ServeFile {
     /// Listen address.
     pub bind: Option<String>,
+    /// Seconds presigned download URLs live (0 or absent: stream through the API).
+    pub presign_downloads: Option<u64>,
 }
 
 /// `[worker]` in the config file.
@@ -87,6 +93,10 @@ pub struct Settings {
     pub broker_url: Option<String>,
     /// Result backend URL as given (None = same as the broker).
     pub result_backend: Option<String>,
+    /// Metadata database URL (None = SQLite `<data-dir>/metadata.db`).
+    pub database_url: Option<String>,
+    /// Blob storage URL (None = `<data-dir>/blobs`).
+    pub storage_url: Option<String>,
     /// How long results are kept.
     pub result_expires: Duration,
     /// Log filter.
@@ -97,6 +107,8 @@ pub struct Settings {
     pub worker_file: WorkerFile,
     /// `[serve] bind`.
     pub serve_bind: Option<String>,
+    /// `[serve] presign_downloads`.
+    pub serve_presign_downloads: Option<u64>,
 }
 
 /// The global flags as clap parsed them (flag or env).
@@ -110,6 +122,10 @@ pub struct GlobalLayer {
     pub broker_url: Option<String>,
     /// `--result-backend`.
     pub result_backend: Option<String>,
+    /// `--database`.
+    pub database_url: Option<String>,
+    /// `--storage`.
+    pub storage_url: Option<String>,
     /// `--result-expires`.
     pub result_expires: Option<u64>,
     /// `--log`.
@@ -151,6 +167,8 @@ impl Settings {
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
             broker_url: g.broker_url.or(file.broker_url),
             result_backend: g.result_backend.or(file.result_backend),
+            database_url: g.database_url.or(file.database_url),
+            storage_url: g.storage_url.or(file.storage_url),
             result_expires,
             log: g.log.or(file.log),
             sqlite_synchronous_full: g
@@ -159,6 +177,7 @@ impl Settings {
                 .unwrap_or(false),
             worker_file: file.worker,
             serve_bind: file.serve.bind,
+            serve_presign_downloads: file.serve.presign_downloads,
         })
     }
 }

@@ -1,6 +1,6 @@
 //! The product's tasks and their dependencies, built from the settings: the metadata store
-//! (`<data-dir>/metadata.db`), the blob store (`<data-dir>/blobs`), the catalog, and the
-//! preview engines.
+//! (SQLite `<data-dir>/metadata.db` by default, or PostgreSQL), the blob store
+//! (`<data-dir>/blobs` by default, or an S3 bucket), the catalog, and the preview engines.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -10,6 +10,7 @@ use afterview_core::tasks::EngineKind;
 use afterview_engine::Registry;
 use afterview_gemini::{GeminiClient, GeminiConfig};
 use afterview_jobs::{Deps, PreviewSettings};
+use afterview_store::postgres::PostgresMetadata;
 use afterview_store::sqlite::SqliteMetadata;
 use afterview_store::{BlobStore, MetadataStore, ObjectBlobStore};
 use anyhow::{Context, bail};
@@ -26,15 +27,66 @@ pub struct Product {
     pub blobs: Arc<dyn BlobStore>,
     /// The procedure catalog.
     pub catalog: Arc<Catalog>,
+    /// What the stores are, for logs (no passwords).
+    pub description: String,
+}
+
+/// Opens the metadata store the settings name (migrating its schema).
+pub async fn open_metadata(s: &Settings) -> anyhow::Result<(Arc<dyn MetadataStore>, String)> {
+    let url = s.database_url.as_deref().unwrap_or("sqlite://");
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        let shown = redact(url);
+        let m = PostgresMetadata::connect(url)
+            .await
+            .with_context(|| format!("cannot open the metadata database {shown}"))?;
+        return Ok((Arc::new(m), shown));
+    }
+    let Some(rest) = url.strip_prefix("sqlite://") else {
+        bail!(
+            "unknown database URL {}: use sqlite://[path] or postgres://user[:password]@host[:port]/db",
+            redact(url)
+        );
+    };
+    let path = if rest.is_empty() {
+        s.data_dir.join("metadata.db")
+    } else {
+        PathBuf::from(rest)
+    };
+    let m = SqliteMetadata::open(&path)
+        .with_context(|| format!("cannot open the metadata store {}", path.display()))?;
+    Ok((Arc::new(m), format!("sqlite {}", path.display())))
+}
+
+/// Opens the blob store the settings name.
+pub fn open_blobs(s: &Settings) -> anyhow::Result<(Arc<dyn BlobStore>, String)> {
+    let b = match s.storage_url.as_deref() {
+        None => ObjectBlobStore::local(&s.data_dir.join("blobs")),
+        Some(url) => ObjectBlobStore::from_url(url),
+    }
+    .context("cannot open the blob store")?;
+    let d = b.description().to_owned();
+    Ok((Arc::new(b), d))
+}
+
+/// `scheme://user:secret@host` → `scheme://user:***@host`.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
 }
 
 impl Product {
-    /// Opens the stores in the data dir and loads the catalog.
-    pub fn open(s: &Settings, a: &ProductArgs) -> anyhow::Result<Self> {
-        let meta = SqliteMetadata::open(&s.data_dir.join("metadata.db"))
-            .context("cannot open the metadata store")?;
-        let blobs = ObjectBlobStore::local(&s.data_dir.join("blobs"))
-            .context("cannot open the blob store")?;
+    /// Opens the stores and loads the catalog.
+    pub async fn open(s: &Settings, a: &ProductArgs) -> anyhow::Result<Self> {
+        let (meta, md) = open_metadata(s).await?;
+        let (blobs, bd) = open_blobs(s)?;
         let catalog = match &a.catalog {
             Some(p) => {
                 let text = std::fs::read_to_string(p)
@@ -44,9 +96,10 @@ impl Product {
             None => Catalog::builtin(),
         };
         Ok(Self {
-            meta: Arc::new(meta),
-            blobs: Arc::new(blobs),
+            meta,
+            blobs,
             catalog: Arc::new(catalog),
+            description: format!("metadata {md}, blobs {bd}"),
         })
     }
 
@@ -146,4 +199,20 @@ fn gemini_key(file: Option<&PathBuf>) -> anyhow::Result<Option<String>> {
         .ok()
         .map(|k| k.trim().to_owned())
         .filter(|k| !k.is_empty()))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            super::redact("postgres://app:s3cret@db:5432/afterview"),
+            "postgres://app:***@db:5432/afterview"
+        );
+        assert_eq!(
+            super::redact("postgres://app@db/afterview"),
+            "postgres://app@db/afterview"
+        );
+        assert_eq!(super::redact("sqlite://"), "sqlite://");
+    }
 }

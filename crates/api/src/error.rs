@@ -30,6 +30,10 @@ pub const API_CODES: &[(&str, &str)] = &[
         "The Idempotency-Key was used before with a different request.",
     ),
     (
+        "idempotency_key_in_progress",
+        "A request with this Idempotency-Key is still running (on another API host); retry after `Retry-After` seconds.",
+    ),
+    (
         "task_failed",
         "The task failed; `error.code` is the task's own code when known.",
     ),
@@ -160,6 +164,7 @@ impl IntoResponse for ApiError {
             .into_response();
         if self.status == StatusCode::SERVICE_UNAVAILABLE
             || self.status == StatusCode::TOO_MANY_REQUESTS
+            || self.code == "idempotency_key_in_progress"
         {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));

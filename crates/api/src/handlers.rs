@@ -116,6 +116,32 @@ fn png_response(bytes: Bytes) -> Response {
         .into_response()
 }
 
+/// With presigned downloads on and a store that signs (S3): `307` to a short-lived URL, so
+/// the bytes do not pass through the API host. `None`: stream them.
+async fn presigned(st: &AppState, key: &str) -> Result<Option<Response>, ApiError> {
+    let Some(ttl) = st.presign else {
+        return Ok(None);
+    };
+    let Some(url) = st.blobs.signed_url(key, ttl).await? else {
+        return Ok(None);
+    };
+    let location = HeaderValue::from_str(&url)
+        .map_err(|_| ApiError::unavailable("the blob store signed an unusable URL"))?;
+    Ok(Some(
+        (
+            StatusCode::TEMPORARY_REDIRECT,
+            [
+                (header::LOCATION, location),
+                (
+                    header::CACHE_CONTROL,
+                    HeaderValue::from_static("private, no-store"),
+                ),
+            ],
+        )
+            .into_response(),
+    ))
+}
+
 // ------------------------------------------------------------------------------------ images
 
 /// `POST /api/images` (multipart field `file`).
@@ -271,6 +297,9 @@ pub(crate) async fn image_content(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let rec = owned_image(&st, &user, &id).await?;
+    if let Some(r) = presigned(&st, &rec.blob_key).await? {
+        return Ok(r);
+    }
     let bytes = st
         .blobs
         .get(&rec.blob_key)
@@ -434,42 +463,51 @@ async fn check_active_tasks(st: &AppState, user: &User) -> Result<(), ApiError> 
     Ok(())
 }
 
-/// A user's synchronous request in flight; the count drops with the guard.
+/// A user's synchronous request in flight: a slot in the metadata store, so the limit holds
+/// across every API host. Given back when the guard drops; a crashed host's slot expires.
 struct SyncSlot {
     st: AppState,
-    user: String,
+    id: Option<String>,
 }
 
 impl SyncSlot {
-    fn take(st: &AppState, user: &User) -> Result<SyncSlot, ApiError> {
-        let mut m = st.sync_requests.lock().expect("sync lock");
-        let n = m.entry(user.0.clone()).or_insert(0);
-        if st.user_limits.sync_requests > 0 && *n >= st.user_limits.sync_requests {
-            return Err(ApiError::new(
+    async fn take(st: &AppState, user: &User) -> Result<SyncSlot, ApiError> {
+        let cap = st.user_limits.sync_requests;
+        if cap == 0 {
+            return Ok(SyncSlot {
+                st: st.clone(),
+                id: None,
+            });
+        }
+        let expires = chrono::Utc::now()
+            + chrono::Duration::from_std(st.sync_timeout + std::time::Duration::from_secs(60))
+                .unwrap_or(chrono::Duration::minutes(10));
+        let cap32 = u32::try_from(cap).unwrap_or(u32::MAX);
+        match st.meta.take_slot(&user.0, "sync", cap32, expires).await? {
+            Some(id) => Ok(SyncSlot {
+                st: st.clone(),
+                id: Some(id),
+            }),
+            None => Err(ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 "too_many_requests",
                 format!(
-                    "at most {} synchronous requests per user at once; use ?async_processing=true",
-                    st.user_limits.sync_requests
+                    "at most {cap} synchronous requests per user at once; use ?async_processing=true"
                 ),
-            ));
+            )),
         }
-        *n += 1;
-        Ok(SyncSlot {
-            st: st.clone(),
-            user: user.0.clone(),
-        })
     }
 }
 
 impl Drop for SyncSlot {
     fn drop(&mut self) {
-        let mut m = self.st.sync_requests.lock().expect("sync lock");
-        if let Some(n) = m.get_mut(&self.user) {
-            *n -= 1;
-            if *n == 0 {
-                m.remove(&self.user);
-            }
+        if let Some(id) = self.id.take() {
+            let meta = self.st.meta.clone();
+            tokio::spawn(async move {
+                if let Err(e) = meta.release_slot(&id).await {
+                    tracing::warn!(error = %e, "Could not give a request slot back; it expires by itself.");
+                }
+            });
         }
     }
 }
@@ -487,7 +525,7 @@ pub(crate) async fn submit(
     };
     check_active_tasks(st, user).await?;
     let _sync = if wait {
-        Some(SyncSlot::take(st, user)?)
+        Some(SyncSlot::take(st, user).await?)
     } else {
         None
     };
@@ -734,6 +772,9 @@ pub(crate) async fn visualization_image(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let rec = owned_viz(&st, &user, &id).await?;
+    if let Some(r) = presigned(&st, &rec.blob_key).await? {
+        return Ok(r);
+    }
     let bytes = st
         .blobs
         .get(&rec.blob_key)
@@ -909,6 +950,9 @@ pub(crate) async fn download_export(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let rec = owned_export(&st, &user, &id).await?;
+    if let Some(r) = presigned(&st, &rec.blob_key).await? {
+        return Ok(r);
+    }
     let bytes = st
         .blobs
         .get(&rec.blob_key)

@@ -1,13 +1,16 @@
 //! `Idempotency-Key` on POSTs: a retried request gets the first answer instead of paying twice.
 //!
 //! Keys are per user. The first successful answer is stored with a fingerprint of the request
-//! (method, path, body); the same key with another request is refused (422). Requests sharing
-//! a key are serialized, so two concurrent retries cannot both run. Failed answers are not
-//! stored: a retry may succeed.
+//! (method, path, body); the same key with another request is refused (422). A request first
+//! claims its key in the metadata store, atomically for every API host: a retry arriving on
+//! another host while the first is still running gets `409 idempotency_key_in_progress` (as the
+//! IETF Idempotency-Key draft says); on the same host it waits for the first and replays it.
+//! Failed answers are not stored and their claim is dropped: a retry may succeed. A claim whose
+//! host died is taken over once it is older than a synchronous request can run.
 
 use std::sync::Arc;
 
-use afterview_store::IdempotentResponse;
+use afterview_store::{IdempotencyClaim, IdempotentResponse};
 use axum::Json;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -65,22 +68,38 @@ where
     };
     let out = {
         let _guard = lock.lock().await;
-        match st.meta.get_idempotent(user, &key).await {
+        let stale_before = chrono::Utc::now()
+            - chrono::Duration::from_std(st.sync_timeout + std::time::Duration::from_secs(60))
+                .unwrap_or(chrono::Duration::minutes(10));
+        match st
+            .meta
+            .claim_idempotent(user, &key, &fingerprint, stale_before)
+            .await
+        {
             Err(e) => ApiError::from(e).into_response(),
-            Ok(Some(prev)) if prev.fingerprint != fingerprint => ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "idempotency_key_reused",
-                "this Idempotency-Key was used with a different request",
-            )
-            .into_response(),
-            Ok(Some(prev)) => answer(
+            Ok(IdempotencyClaim::Answered(prev)) if prev.fingerprint != fingerprint => reused(),
+            Ok(IdempotencyClaim::InProgress { fingerprint: f }) if f != fingerprint => reused(),
+            Ok(IdempotencyClaim::Answered(prev)) => answer(
                 Ok((
                     StatusCode::from_u16(prev.status).unwrap_or(StatusCode::OK),
                     prev.body,
                 )),
                 true,
             ),
-            Ok(None) => {
+            Ok(IdempotencyClaim::InProgress { .. }) => ApiError::new(
+                StatusCode::CONFLICT,
+                "idempotency_key_in_progress",
+                "a request with this Idempotency-Key is still running; retry shortly",
+            )
+            .into_response(),
+            Ok(IdempotencyClaim::Claimed) => {
+                // Dropped unanswered (the client went away mid-request): give the key back.
+                let mut claim = Claim {
+                    st: st.clone(),
+                    user: user.to_owned(),
+                    key: key.clone(),
+                    open: true,
+                };
                 let out = f().await;
                 if let Ok((status, body)) = &out
                     && status.is_success()
@@ -94,7 +113,10 @@ where
                     if let Err(e) = st.meta.put_idempotent(user, &key, &rec).await {
                         tracing::warn!(error = %e, "Could not store an idempotent answer.");
                     }
+                } else if let Err(e) = st.meta.release_idempotent(user, &key).await {
+                    tracing::warn!(error = %e, "Could not release an idempotency claim; it goes stale by itself.");
                 }
+                claim.open = false;
                 answer(out, false)
             }
         }
@@ -104,6 +126,40 @@ where
         locks.remove(&(user.to_owned(), key));
     }
     out
+}
+
+fn reused() -> Response {
+    ApiError::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "idempotency_key_reused",
+        "this Idempotency-Key was used with a different request",
+    )
+    .into_response()
+}
+
+/// A claimed key not (yet) answered; released when dropped open.
+struct Claim {
+    st: AppState,
+    user: String,
+    key: String,
+    open: bool,
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        if self.open {
+            let (meta, user, key) = (
+                self.st.meta.clone(),
+                std::mem::take(&mut self.user),
+                std::mem::take(&mut self.key),
+            );
+            tokio::spawn(async move {
+                if let Err(e) = meta.release_idempotent(&user, &key).await {
+                    tracing::warn!(error = %e, "Could not release an idempotency claim; it goes stale by itself.");
+                }
+            });
+        }
+    }
 }
 
 fn answer(r: Result<(StatusCode, Value), ApiError>, replayed: bool) -> Response {

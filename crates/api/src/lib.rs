@@ -71,8 +71,9 @@ pub struct Inner {
     idem_locks: Mutex<HashMap<(String, String), KeyLock>>,
     /// Open WebSockets per user.
     pub sockets: Mutex<HashMap<String, usize>>,
-    /// Synchronous requests in flight per user.
-    pub sync_requests: Mutex<HashMap<String, usize>>,
+    /// When set, downloads answer `307` to a presigned URL of the blob store valid this long
+    /// (when the store can sign; S3), instead of streaming the bytes through the API.
+    pub presign: Option<Duration>,
     /// Per-user limits.
     pub user_limits: UserLimits,
     /// When set, `/metrics` requires it as a bearer token.
@@ -140,7 +141,7 @@ impl Inner {
             idem_locks: Mutex::default(),
             decodes: tokio::sync::Semaphore::new(decode_slots()),
             sockets: Mutex::default(),
-            sync_requests: Mutex::default(),
+            presign: None,
             user_limits: UserLimits::default(),
             metrics_token: None,
         }

@@ -324,6 +324,9 @@ pub fn document() -> Value {
             }
         };
         o["responses"][code] = ok;
+        if schema == "png" || schema == "file" {
+            o["responses"]["307"] = json!({"description": "with presigned downloads on (`--presign-downloads`): a short-lived URL of the object store holding the bytes", "headers": {"Location": {"schema": {"type": "string"}}}});
+        }
         if !op.query.is_empty() && op.query[0].0 == "async_processing" {
             o["responses"]["202"] = json!({"description": "accepted (async_processing=true)", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Accepted"}}}});
         }

@@ -37,6 +37,9 @@ pub trait BlobStore: Send + Sync + 'static {
 pub struct ObjectBlobStore {
     store: Arc<dyn ObjectStore>,
     signer: Option<Arc<dyn object_store::signer::Signer>>,
+    /// Store Content-Type (and, for exports, Content-Disposition) with each object, so a
+    /// presigned download answers like the API would. Only S3 keeps attributes.
+    attributes: bool,
     description: String,
 }
 
@@ -62,6 +65,17 @@ fn unavailable(e: object_store::Error) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
 
+/// The media type of a blob, from its key's extension.
+pub fn content_type(key: &str) -> &'static str {
+    match key.rsplit_once('.').map(|(_, e)| e) {
+        Some("pdf") => "application/pdf",
+        Some("svg") => "image/svg+xml",
+        Some("png") => "image/png",
+        Some("jpg" | "jpeg") => "image/jpeg",
+        _ => "application/octet-stream",
+    }
+}
+
 fn path(key: &str) -> Result<ObjectPath, StoreError> {
     if key.is_empty() || key.contains("..") || key.starts_with('/') {
         return Err(StoreError::Corrupt(format!("invalid blob key {key:?}")));
@@ -80,6 +94,7 @@ impl ObjectBlobStore {
         Ok(Self {
             store: Arc::new(fs),
             signer: None,
+            attributes: false,
             description: format!("local {}", dir.display()),
         })
     }
@@ -149,6 +164,7 @@ impl ObjectBlobStore {
         Ok(Self {
             store,
             signer: Some(signer),
+            attributes: true,
             description: format!("s3://{bucket}/{prefix}"),
         })
     }
@@ -173,6 +189,7 @@ impl ObjectBlobStore {
         Self {
             store: Arc::new(object_store::memory::InMemory::new()),
             signer: None,
+            attributes: false,
             description: "memory".into(),
         }
     }
@@ -182,6 +199,7 @@ impl ObjectBlobStore {
         Self {
             store,
             signer: None,
+            attributes: false,
             description: description.into(),
         }
     }
@@ -195,8 +213,19 @@ impl ObjectBlobStore {
 #[async_trait]
 impl BlobStore for ObjectBlobStore {
     async fn put(&self, key: &str, bytes: Bytes) -> Result<(), StoreError> {
+        let path = path(key)?;
+        let mut opts = object_store::PutOptions::default();
+        if self.attributes {
+            use object_store::Attribute;
+            let a = &mut opts.attributes;
+            a.insert(Attribute::ContentType, content_type(key).into());
+            a.insert(Attribute::CacheControl, "private, no-store".into());
+            if key.starts_with("exports/") {
+                a.insert(Attribute::ContentDisposition, "attachment".into());
+            }
+        }
         self.store
-            .put(&path(key)?, bytes.into())
+            .put_opts(&path, bytes.into(), opts)
             .await
             .map_err(unavailable)?;
         Ok(())

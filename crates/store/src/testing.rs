@@ -220,11 +220,29 @@ impl S3Server {
         self.exchange(method, path).map(|(s, _)| s)
     }
 
+    /// `GET path`: the status and the response head (status line and headers).
+    pub fn get_with_headers(&self, path: &str) -> Option<(u16, String)> {
+        self.exchange_raw("GET", path).map(|(s, t)| {
+            let head = t.split_once("\r\n\r\n").map_or(t.as_str(), |(h, _)| h);
+            (s, head.to_owned())
+        })
+    }
+
     fn request_body(&self, method: &str, path: &str) -> Option<String> {
         self.exchange(method, path).map(|(_, b)| b)
     }
 
     fn exchange(&self, method: &str, path: &str) -> Option<(u16, String)> {
+        self.exchange_raw(method, path).map(|(status, text)| {
+            let body = text
+                .split_once("\r\n\r\n")
+                .map(|(_, b)| b.to_owned())
+                .unwrap_or_default();
+            (status, body)
+        })
+    }
+
+    fn exchange_raw(&self, method: &str, path: &str) -> Option<(u16, String)> {
         let mut c = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
         c.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
         write!(
@@ -237,11 +255,7 @@ impl S3Server {
         c.read_to_end(&mut out).ok()?;
         let text = String::from_utf8_lossy(&out).into_owned();
         let status = text.split(' ').nth(1)?.parse().ok()?;
-        let body = text
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_owned())
-            .unwrap_or_default();
-        Some((status, body))
+        Some((status, text))
     }
 }
 

@@ -65,7 +65,11 @@ async fn presigned_urls_download_without_credentials() {
         .expect("S3 signs URLs");
     assert!(url.contains("X-Amz-Signature="), "{url}");
     let path = url.strip_prefix(&s.endpoint()).expect("on the server");
-    assert_eq!(s.request("GET", path), Some(200), "{url}");
+    let (status, head) = s.get_with_headers(path).expect("moto answers");
+    assert_eq!(status, 200, "{url}");
+    let head = head.to_ascii_lowercase();
+    assert!(head.contains("content-type: application/pdf"), "{head}");
+    assert!(head.contains("content-disposition: attachment"), "{head}");
     // The local store has no such thing: the API streams instead.
     let local = ObjectBlobStore::memory();
     assert!(

@@ -14,7 +14,7 @@ use tokio_tungstenite::tungstenite::Message;
 use crate::{Env, Proc};
 
 pub(crate) const ALICE: &str = "alice-token-0123456789abcdef";
-const BOB: &str = "bob-token-0123456789abcdefgh";
+pub(crate) const BOB: &str = "bob-token-0123456789abcdefgh";
 const PROJECT: &str = "afterview-test";
 const PORTRAITS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../testdata/portraits");
 const JWT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../testdata/jwt");

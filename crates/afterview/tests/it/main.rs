@@ -4,6 +4,7 @@
 mod api;
 mod cli;
 mod crash;
+mod deploy;
 mod hardening;
 mod redis_interop;
 mod serve;
@@ -93,11 +94,17 @@ impl Env {
 
     /// Starts a worker process.
     pub(crate) fn worker(&self, name: &str, extra: &[&str]) -> Proc {
+        self.worker_env(name, extra, &[])
+    }
+
+    /// Starts a worker process with extra environment variables.
+    pub(crate) fn worker_env(&self, name: &str, extra: &[&str], vars: &[(&str, &str)]) -> Proc {
         let log = self.dir.path().join(format!("{name}.log"));
         let mut args = vec!["worker", "-n", name, "-c", "2"];
         args.extend_from_slice(extra);
         let child = self
             .cmd(&args)
+            .envs(vars.iter().copied())
             .env("AFTERVIEW_LOG", "info")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())

@@ -22,11 +22,11 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
-const TOKEN: &str = "bench-token-0123456789abcdef";
+pub(crate) const TOKEN: &str = "bench-token-0123456789abcdef";
 
-struct Serve {
-    child: Child,
-    addr: String,
+pub(crate) struct Serve {
+    pub(crate) child: Child,
+    pub(crate) addr: String,
 }
 
 impl Drop for Serve {
@@ -36,7 +36,7 @@ impl Drop for Serve {
     }
 }
 
-fn bin() -> PathBuf {
+pub(crate) fn bin() -> PathBuf {
     std::env::var_os("AFTERVIEW_BIN")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
@@ -46,16 +46,27 @@ fn bin() -> PathBuf {
 }
 
 fn serve(data: &std::path::Path, extra: &[&str]) -> Serve {
+    serve_env(data, extra, &[])
+}
+
+/// `serve` with extra flags and environment variables.
+pub(crate) fn serve_env(data: &std::path::Path, extra: &[&str], vars: &[(&str, String)]) -> Serve {
     let mut child = Command::new(bin())
         .args(["--data-dir"])
         .arg(data)
-        .args(["serve", "--bind", "127.0.0.1:0", "-c", "8"])
+        .args(["serve", "--bind", "127.0.0.1:0"])
+        .args(if extra.contains(&"-c") {
+            &[][..]
+        } else {
+            &["-c", "8"][..]
+        })
         .args(extra)
         .env("AFTERVIEW_AUTH_TOKENS", format!("{TOKEN}=bench"))
         // One user makes all the load: the per-user limits (which would answer 429) are lifted.
         .env("AFTERVIEW_MAX_ACTIVE_TASKS_PER_USER", "0")
         .env("AFTERVIEW_MAX_SYNC_REQUESTS_PER_USER", "0")
         .env("AFTERVIEW_LOG", "warn")
+        .envs(vars.iter().map(|(k, v)| (*k, v.as_str())))
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -80,13 +91,13 @@ fn serve(data: &std::path::Path, extra: &[&str]) -> Serve {
 }
 
 /// A minimal keep-alive HTTP/1.1 connection.
-struct Conn {
+pub(crate) struct Conn {
     r: BufReader<tokio::net::tcp::OwnedReadHalf>,
     w: tokio::net::tcp::OwnedWriteHalf,
 }
 
 impl Conn {
-    async fn open(addr: &str) -> Self {
+    pub(crate) async fn open(addr: &str) -> Self {
         let s = TcpStream::connect(addr).await.unwrap();
         s.set_nodelay(true).unwrap();
         let (r, w) = s.into_split();
@@ -96,7 +107,7 @@ impl Conn {
         }
     }
 
-    async fn send(&mut self, method: &str, path: &str, body: &str) -> (u16, Vec<u8>) {
+    pub(crate) async fn send(&mut self, method: &str, path: &str, body: &str) -> (u16, Vec<u8>) {
         let req = format!(
             "{method} {path} HTTP/1.1\r\nHost: bench\r\nAuthorization: Bearer {TOKEN}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
             body.len()
@@ -124,6 +135,39 @@ impl Conn {
         self.r.read_exact(&mut buf).await.unwrap();
         (status, buf)
     }
+}
+
+/// `POST /api/images` of a PNG; the new image's id.
+pub(crate) async fn upload(c: &mut Conn, png: &[u8]) -> String {
+    let boundary = "benchboundary";
+    let mut body = format!("--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.png\"\r\nContent-Type: image/png\r\n\r\n").into_bytes();
+    body.extend_from_slice(png);
+    body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    let up = format!(
+        "POST /api/images HTTP/1.1\r\nHost: bench\r\nAuthorization: Bearer {TOKEN}\r\nContent-Type: multipart/form-data; boundary={boundary}\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    c.w.write_all(up.as_bytes()).await.unwrap();
+    c.w.write_all(&body).await.unwrap();
+    let mut line = String::new();
+    c.r.read_line(&mut line).await.unwrap();
+    let mut len = 0;
+    loop {
+        line.clear();
+        c.r.read_line(&mut line).await.unwrap();
+        if line == "\r\n" {
+            break;
+        }
+        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+            len = v.trim().parse().unwrap();
+        }
+    }
+    let mut buf = vec![0; len];
+    c.r.read_exact(&mut buf).await.unwrap();
+    serde_json::from_slice::<Value>(&buf).unwrap()["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("upload failed: {}", String::from_utf8_lossy(&buf)))
+        .to_owned()
 }
 
 fn pct(sorted: &[f64], p: f64) -> f64 {
@@ -205,35 +249,7 @@ pub(crate) async fn run(rate: usize, secs: usize) {
         "/../testdata/portraits/astronaut.png"
     ))
     .unwrap();
-    let boundary = "benchboundary";
-    let mut body = format!("--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.png\"\r\nContent-Type: image/png\r\n\r\n").into_bytes();
-    body.extend_from_slice(&png);
-    body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
-    let up = format!(
-        "POST /api/images HTTP/1.1\r\nHost: bench\r\nAuthorization: Bearer {TOKEN}\r\nContent-Type: multipart/form-data; boundary={boundary}\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    );
-    c.w.write_all(up.as_bytes()).await.unwrap();
-    c.w.write_all(&body).await.unwrap();
-    let mut line = String::new();
-    c.r.read_line(&mut line).await.unwrap();
-    let mut len = 0;
-    loop {
-        line.clear();
-        c.r.read_line(&mut line).await.unwrap();
-        if line == "\r\n" {
-            break;
-        }
-        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-            len = v.trim().parse().unwrap();
-        }
-    }
-    let mut buf = vec![0; len];
-    c.r.read_exact(&mut buf).await.unwrap();
-    let image_id = serde_json::from_slice::<Value>(&buf).unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let image_id = upload(&mut c, &png).await;
     let post_body = json!({"image_id": image_id, "procedure_id": "rhinoplasty"}).to_string();
     let (_, first) = c
         .send(

@@ -1,5 +1,5 @@
 //! Benchmarks, run by hand: `cargo run --release -p afterview-bench -- engine [--n 20000]`,
-//! `... -- preview`.
+//! `... -- preview`, `... -- deploy` (the embedded default against Redis + PostgreSQL + S3).
 //!
 //! `engine`: enqueue and drain of `afterview.noop` with results stored, and enqueue-to-result
 //! latency, on the embedded SQLite backend; the in-memory backend is measured in the same run
@@ -7,6 +7,7 @@
 
 mod api;
 mod celery_producer;
+mod deploy;
 mod preview;
 mod reports;
 
@@ -47,13 +48,14 @@ async fn main() {
         "preview" => return preview::run(arg("--iterations", 15)),
         "reports" => return reports::run(arg("--iterations", 15)),
         "api" => return api::run(arg("--rate", 2000), arg("--seconds", 10)).await,
+        "deploy" => return deploy::run(arg("--n", 40)).await,
         "celery-producer" => {
             let rest: Vec<String> = std::env::args().skip(2).collect();
             return celery_producer::run(&rest).await;
         }
         _ => {
             eprintln!(
-                "usage: afterview-bench engine [--n N] [--latency-n N] [--concurrency C] | preview [--iterations N] | reports [--iterations N] | api [--rate R] [--seconds S] | celery-producer enqueue|latency|batch [--n N] [--task T]"
+                "usage: afterview-bench engine [--n N] [--latency-n N] [--concurrency C] | preview [--iterations N] | reports [--iterations N] | api [--rate R] [--seconds S] | deploy [--n N] | celery-producer enqueue|latency|batch [--n N] [--task T]"
             );
             std::process::exit(2);
         }

@@ -199,7 +199,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(
             dir.path().join("afterview.toml"),
-            "result_expires = 60\nbroker_url = \"memory://\"\n[worker]\nconcurrency = 3\n",
+            "result_expires = 60\nbroker_url = \"memory://\"\ndatabase_url = \"postgres://db/a\"\n\
+             storage_url = \"s3://b/p\"\n[serve]\npresign_downloads = 300\n[worker]\nconcurrency = 3\n",
         )
         .unwrap();
         let s = Settings::resolve(GlobalLayer {
@@ -210,6 +211,9 @@ mod tests {
         assert_eq!(s.result_expires, Duration::from_secs(60));
         assert_eq!(s.broker_url.as_deref(), Some("memory://"));
         assert_eq!(s.worker_file.concurrency, Some(3));
+        assert_eq!(s.database_url.as_deref(), Some("postgres://db/a"));
+        assert_eq!(s.storage_url.as_deref(), Some("s3://b/p"));
+        assert_eq!(s.serve_presign_downloads, Some(300));
         let s = Settings::resolve(GlobalLayer {
             data_dir: Some(dir.path().into()),
             result_expires: Some(5),

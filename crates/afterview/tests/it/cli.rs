@@ -189,3 +189,42 @@ fn revoke_from_another_process_stops_queued_delayed_and_running_tasks() {
     }
     assert!(w.log_text().contains("Cancelling revoked task"));
 }
+
+/// `afterview migrate` creates the metadata schema on SQLite and on a fresh PostgreSQL database
+/// (twice: the second run finds nothing to do) and checks the blob store; unknown or
+/// unreachable stores are named, with passwords masked.
+#[test]
+fn migrate_reports_the_schema_and_names_bad_store_urls() {
+    let env = Env::new();
+    let out = env.ok(&["migrate"]);
+    assert!(
+        out.contains("metadata sqlite") && out.contains("schema version 3"),
+        "{out}"
+    );
+    assert!(out.contains("reachable"), "{out}");
+    let db = afterview_store::testing::PostgresDb::fresh();
+    for _ in 0..2 {
+        let out = env.ok(&["--database", &db.url(), "migrate"]);
+        assert!(out.contains("schema version 2"), "{out}");
+    }
+    for (args, needle) in [
+        (
+            vec!["--database", "mysql://db/afterview", "migrate"],
+            "unknown database URL",
+        ),
+        (
+            vec!["--storage", "gs://bucket", "migrate"],
+            "unknown storage URL",
+        ),
+        (
+            vec!["--database", "postgres://app:s3cret@127.0.0.1:1/x", "migrate"],
+            "cannot open the metadata database postgres://app:***@127.0.0.1:1/x",
+        ),
+    ] {
+        let out = env.run(&args);
+        assert!(!out.status.success(), "{args:?} should fail");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(needle), "{args:?}: {err}");
+        assert!(!err.contains("s3cret"), "password shown: {err}");
+    }
+}

@@ -37,7 +37,13 @@ fn worker(data: &std::path::Path, args: &[String], vars: &[(&str, String)]) -> W
         .arg(data)
         .arg("worker")
         .args(args)
-        .args(["-Q", "visualizations,exports,celery", "-c", "1", "--ready-file"])
+        .args([
+            "-Q",
+            "visualizations,exports,celery",
+            "-c",
+            "1",
+            "--ready-file",
+        ])
         .arg(&ready)
         .envs(vars.iter().map(|(k, v)| (*k, v.as_str())))
         .env("AFTERVIEW_LOG", "warn")
@@ -145,9 +151,7 @@ pub(crate) async fn run(n: usize) {
             .collect();
         let r = throughput(&api.addr, n).await;
         rows.push((
-            format!(
-                "Redis + PostgreSQL + S3, `serve --no-worker` + {workers} × `worker -c 1`"
-            ),
+            format!("Redis + PostgreSQL + S3, `serve --no-worker` + {workers} × `worker -c 1`"),
             r,
         ));
         drop(ws);

@@ -65,6 +65,15 @@ struct GlobalArgs {
         hide_env_values = true
     )]
     database_url: Option<String>,
+    /// With `sslmode=require` in the database URL: trust only the CA certificates (PEM) in
+    /// this file [default: the system trust store].
+    #[arg(
+        long,
+        global = true,
+        env = "AFTERVIEW_DATABASE_CA_FILE",
+        value_name = "FILE"
+    )]
+    database_ca_file: Option<PathBuf>,
     /// Where photos, previews and reports are stored: file://path (default: <data-dir>/blobs)
     /// or s3://bucket[/prefix] (credentials and endpoint from the standard AWS_* variables).
     #[arg(
@@ -361,6 +370,7 @@ pub fn main() -> ExitCode {
         broker_url: g.broker_url,
         result_backend: g.result_backend,
         database_url: g.database_url,
+        database_ca_file: g.database_ca_file,
         storage_url: g.storage_url,
         result_expires: g.result_expires,
         log: g.log,

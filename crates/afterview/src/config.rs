@@ -29,6 +29,8 @@ pub struct FileConfig {
     pub result_backend: Option<String>,
     /// Metadata database URL.
     pub database_url: Option<String>,
+    /// CA certificates (PEM) the database's TLS certificate must chain to.
+    pub database_ca_file: Option<PathBuf>,
     /// Blob storage URL.
     pub storage_url: Option<String>,
     /// Seconds results are kept.
@@ -95,6 +97,8 @@ pub struct Settings {
     pub result_backend: Option<String>,
     /// Metadata database URL (None = SQLite `<data-dir>/metadata.db`).
     pub database_url: Option<String>,
+    /// CA file for the database's TLS (None = the system trust store).
+    pub database_ca_file: Option<PathBuf>,
     /// Blob storage URL (None = `<data-dir>/blobs`).
     pub storage_url: Option<String>,
     /// How long results are kept.
@@ -124,6 +128,8 @@ pub struct GlobalLayer {
     pub result_backend: Option<String>,
     /// `--database`.
     pub database_url: Option<String>,
+    /// `--database-ca-file`.
+    pub database_ca_file: Option<PathBuf>,
     /// `--storage`.
     pub storage_url: Option<String>,
     /// `--result-expires`.
@@ -168,6 +174,7 @@ impl Settings {
             broker_url: g.broker_url.or(file.broker_url),
             result_backend: g.result_backend.or(file.result_backend),
             database_url: g.database_url.or(file.database_url),
+            database_ca_file: g.database_ca_file.or(file.database_ca_file),
             storage_url: g.storage_url.or(file.storage_url),
             result_expires,
             log: g.log.or(file.log),

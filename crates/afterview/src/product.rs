@@ -36,7 +36,7 @@ pub async fn open_metadata(s: &Settings) -> anyhow::Result<(Arc<dyn MetadataStor
     let url = s.database_url.as_deref().unwrap_or("sqlite://");
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         let shown = redact(url);
-        let m = PostgresMetadata::connect(url)
+        let m = PostgresMetadata::connect_with_ca(url, s.database_ca_file.as_deref())
             .await
             .with_context(|| format!("cannot open the metadata database {shown}"))?;
         return Ok((Arc::new(m), shown));

@@ -13,6 +13,7 @@
 //! Blob keys never contain user ids (they are derived from resource ids only).
 
 pub mod blob;
+mod pgtls;
 pub mod postgres;
 pub mod sqlite;
 #[cfg(feature = "testsuite")]

@@ -98,8 +98,20 @@ impl std::fmt::Debug for PostgresMetadata {
     }
 }
 
-fn unavailable(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Unavailable(e.to_string())
+/// The error and its causes ("creating a connection: TLS handshake: invalid certificate"),
+/// for the log: the cause is what an operator needs.
+fn unavailable(e: impl std::error::Error) -> StoreError {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let next = s.to_string();
+        if !text.contains(&next) {
+            text.push_str(": ");
+            text.push_str(&next);
+        }
+        source = s.source();
+    }
+    StoreError::Unavailable(text)
 }
 
 fn db(e: tokio_postgres::Error) -> StoreError {
@@ -182,18 +194,34 @@ const TASK_COLS: &str = "id, owner, name, image_ids, created_at";
 impl PostgresMetadata {
     /// Connects to `url` (`postgres://user[:password]@host[:port]/db`) and migrates the schema.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        Self::connect_with_ca(url, None).await
+    }
+
+    /// As [`connect`](Self::connect). With `sslmode=require` in the URL the connection is TLS,
+    /// the server verified against the system trust store or, given `ca_file`, only against
+    /// the certificates in it. Otherwise it is plain TCP (`sslmode=prefer`, the default, is
+    /// taken as "no TLS": a silent downgrade would only hide a misconfiguration).
+    pub async fn connect_with_ca(
+        url: &str,
+        ca_file: Option<&std::path::Path>,
+    ) -> Result<Self, StoreError> {
         let mut cfg: tokio_postgres::Config = url
             .parse()
             .map_err(|e| StoreError::Unavailable(format!("bad PostgreSQL URL: {e}")))?;
         cfg.connect_timeout(TIMEOUT);
         cfg.application_name("afterview");
-        let mgr = Manager::from_config(
-            cfg,
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
+        let mc = || ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        };
+        let mgr = match cfg.get_ssl_mode() {
+            tokio_postgres::config::SslMode::Require => {
+                Manager::from_config(cfg, crate::pgtls::RustlsConnect::new(ca_file)?, mc())
+            }
+            _ => {
+                cfg.ssl_mode(tokio_postgres::config::SslMode::Disable);
+                Manager::from_config(cfg, NoTls, mc())
+            }
+        };
         let pool = Pool::builder(mgr)
             .max_size(POOL_SIZE)
             .wait_timeout(Some(TIMEOUT))

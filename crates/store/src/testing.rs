@@ -46,6 +46,33 @@ pub fn postgres_admin(sql: &str) {
     .expect("admin thread");
 }
 
+/// The first column of the first row of `sql` on the maintenance database, as text.
+pub fn postgres_admin_value(sql: &str) -> Option<String> {
+    let sql = sql.to_owned();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let (c, conn) = tokio_postgres::connect(
+                &format!("{}/postgres", postgres_server()),
+                tokio_postgres::NoTls,
+            )
+            .await
+            .expect("PostgreSQL on 127.0.0.1:5432 (trust auth) is needed for this test");
+            tokio::spawn(conn);
+            let rows = c.simple_query(&sql).await.expect("admin SQL");
+            rows.into_iter().find_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+                _ => None,
+            })
+        })
+    })
+    .join()
+    .expect("admin thread")
+}
+
 /// A database created for one test and dropped (with its connections) when this is dropped.
 #[derive(Debug)]
 pub struct PostgresDb {

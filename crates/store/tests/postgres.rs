@@ -65,3 +65,40 @@ async fn claims_and_slots_hold_across_hosts() {
     );
     drop((a, b));
 }
+
+/// `sslmode=require` speaks TLS and verifies the server: accepted with the server's own
+/// certificate as the CA file (and the session is encrypted), refused when only the public CAs
+/// are trusted. A server without TLS refuses `sslmode=require` outright.
+#[tokio::test]
+async fn sslmode_require_is_tls_and_verifies_the_server() {
+    use afterview_store::testing::postgres_admin_value;
+    let db = PostgresDb::fresh();
+    let url = format!(
+        "{}?sslmode=require",
+        db.url().replace("@127.0.0.1:", "@localhost:")
+    );
+    if postgres_admin_value("SHOW ssl").as_deref() != Some("on") {
+        assert!(PostgresMetadata::connect(&url).await.is_err());
+        return;
+    }
+    let cert = postgres_admin_value("SHOW ssl_cert_file").unwrap();
+    let store = PostgresMetadata::connect_with_ca(&url, Some(std::path::Path::new(&cert)))
+        .await
+        .expect("TLS with the server's certificate trusted");
+    store.ping().await.unwrap();
+    let encrypted = postgres_admin_value(&format!(
+        "SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+         WHERE a.datname = '{}' AND a.application_name = 'afterview' AND s.ssl",
+        db.name
+    ))
+    .unwrap();
+    assert_ne!(encrypted, "0", "the store's sessions use TLS");
+    drop(store);
+    // Trusting only the public CAs, the machine's self-signed certificate is refused.
+    let public = std::path::Path::new("/etc/ssl/certs/ca-certificates.crt");
+    let err = match PostgresMetadata::connect_with_ca(&url, Some(public)).await {
+        Err(e) => e.to_string(),
+        Ok(_) => panic!("an untrusted server certificate was accepted"),
+    };
+    assert!(err.to_lowercase().contains("certificate"), "{err}");
+}

@@ -217,7 +217,11 @@ fn migrate_reports_the_schema_and_names_bad_store_urls() {
             "unknown storage URL",
         ),
         (
-            vec!["--database", "postgres://app:s3cret@127.0.0.1:1/x", "migrate"],
+            vec![
+                "--database",
+                "postgres://app:s3cret@127.0.0.1:1/x",
+                "migrate",
+            ],
             "cannot open the metadata database postgres://app:***@127.0.0.1:1/x",
         ),
     ] {
@@ -227,4 +231,36 @@ fn migrate_reports_the_schema_and_names_bad_store_urls() {
         assert!(err.contains(needle), "{args:?}: {err}");
         assert!(!err.contains("s3cret"), "password shown: {err}");
     }
+}
+
+/// docs/deploy.md's reference names every flag and variable each command's `--help` shows, so
+/// it cannot fall behind the code.
+#[test]
+fn the_deploy_reference_names_every_flag_and_variable() {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/deploy.md"))
+        .unwrap();
+    let env = Env::new();
+    let mut missing = vec![];
+    for cmd in [
+        "serve", "worker", "call", "result", "revoke", "purge", "inspect", "migrate",
+    ] {
+        let help = env.ok(&[cmd, "--help"]);
+        for word in
+            help.split(|c: char| c.is_whitespace() || matches!(c, ',' | '[' | '=' | '(' | ')'))
+        {
+            let word = word.trim_end_matches(']');
+            let is_flag = word.starts_with("--") && word.len() > 2;
+            let is_var = word.starts_with("AFTERVIEW_");
+            if (is_flag || is_var)
+                && !["--help", "--version"].contains(&word)
+                && !doc.contains(&format!("`{word}"))
+                && !doc.contains(&format!("{word} "))
+                && !doc.contains(&format!("{word}`"))
+            {
+                missing.push(format!("{cmd}: {word}"));
+            }
+        }
+    }
+    missing.dedup();
+    assert!(missing.is_empty(), "not in docs/deploy.md: {missing:?}");
 }

@@ -2,7 +2,8 @@
 # Prepares (idempotently) a Python virtualenv holding the pinned Python tools the tests use:
 # Celery + kombu (the reference client/worker), the redis client, Flower (the monitoring
 # UI/API), Schemathesis (property-based checks of the API against its OpenAPI document) and
-# moto's server (a real S3 wire-protocol endpoint for the S3 blob-store and deployment tests).
+# moto's server (a real S3 wire-protocol endpoint for the S3 blob-store and deployment tests) and
+# Playwright (drives Debian's chromium through the web app; its own browsers are not downloaded).
 #
 #   VENV=$(scripts/python-env.sh)          # prints the venv's absolute path as the LAST stdout line
 #   "$VENV/bin/celery" --version
@@ -15,7 +16,7 @@
 #
 # Pins (all exact versions were checked to exist on PyPI with `pip index versions`):
 #   celery[redis]==5.7.0  kombu==5.7.0  redis==8.1.0  flower==2.2.0  schemathesis==4.32.5
-#   moto[server]==5.1.17
+#   moto[server]==5.1.17  playwright==1.65.2
 set -euo pipefail
 
 exec 3>&1 1>&2   # keep stdout clean: everything goes to stderr, the path goes to fd 3 at the end
@@ -26,6 +27,7 @@ REDIS_PY_VERSION=8.1.0
 FLOWER_VERSION=2.2.0
 SCHEMATHESIS_VERSION=4.32.5
 MOTO_VERSION=5.1.17
+PLAYWRIGHT_VERSION=1.65.2
 
 VENV="${AFTERVIEW_PYENV:-/var/tmp/afterview-pyenv}"
 PYTHON="${AFTERVIEW_PYTHON:-python3}"
@@ -39,11 +41,11 @@ VENV="$(cd "$(dirname "$VENV")" && pwd -P)/$(basename "$VENV")"   # absolute
 venv_ok() {
   [ -x "$VENV/bin/python" ] || return 1
   "$VENV/bin/python" - "$CELERY_VERSION" "$KOMBU_VERSION" "$REDIS_PY_VERSION" "$FLOWER_VERSION" \
-    "$SCHEMATHESIS_VERSION" "$MOTO_VERSION" >/dev/null 2>&1 <<'PY'
+    "$SCHEMATHESIS_VERSION" "$MOTO_VERSION" "$PLAYWRIGHT_VERSION" >/dev/null 2>&1 <<'PY'
 import sys
-import celery, flower, kombu, redis, schemathesis, moto.server  # noqa: F401  (import check)
+import celery, flower, kombu, redis, schemathesis, moto.server, playwright.sync_api  # noqa: F401
 from importlib.metadata import version
-want = dict(zip(("celery", "kombu", "redis", "flower", "schemathesis", "moto"), sys.argv[1:]))
+want = dict(zip(("celery", "kombu", "redis", "flower", "schemathesis", "moto", "playwright"), sys.argv[1:]))
 bad = {k: version(k) for k, v in want.items() if version(k) != v}
 sys.exit(1 if bad else 0)
 PY
@@ -78,20 +80,21 @@ fi
 
 echo "python-env: installing celery[redis]==$CELERY_VERSION kombu==$KOMBU_VERSION" \
      "redis==$REDIS_PY_VERSION flower==$FLOWER_VERSION schemathesis==$SCHEMATHESIS_VERSION" \
-     "moto[server]==$MOTO_VERSION" >&2
+     "moto[server]==$MOTO_VERSION playwright==$PLAYWRIGHT_VERSION" >&2
 if ! "$VENV/bin/python" -m pip install --disable-pip-version-check -q \
       "celery[redis]==$CELERY_VERSION" \
       "kombu==$KOMBU_VERSION" \
       "redis==$REDIS_PY_VERSION" \
       "flower==$FLOWER_VERSION" \
       "schemathesis==$SCHEMATHESIS_VERSION" \
-      "moto[server]==$MOTO_VERSION"; then
+      "moto[server]==$MOTO_VERSION" \
+      "playwright==$PLAYWRIGHT_VERSION"; then
   die "pip install into $VENV failed (network/PyPI unreachable or conflicting pins?); see pip output above"
 fi
 
 if ! venv_ok; then
   "$VENV/bin/python" -m pip list --disable-pip-version-check 2>/dev/null \
-    | grep -Ei '^(celery|kombu|redis|flower|schemathesis|moto) ' >&2 || true
+    | grep -Ei '^(celery|kombu|redis|flower|schemathesis|moto|playwright) ' >&2 || true
   die "venv $VENV still lacks the pinned versions after install"
 fi
 

@@ -14,6 +14,7 @@ command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server) # private se
 command -v curl >/dev/null 2>&1 || need_apt+=(curl)                 # talking to Flower
 command -v docker-compose >/dev/null 2>&1 || need_apt+=(docker-compose) # validating docker-compose.yml
 command -v pg_isready >/dev/null 2>&1 || need_apt+=(postgresql)     # the PostgreSQL store's tests
+command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)         # the web app's browser tests
 if [ ${#need_apt[@]} -gt 0 ] && command -v apt-get >/dev/null 2>&1; then
   echo "== installing: ${need_apt[*]}"
   (apt-get install -y --no-install-recommends "${need_apt[@]}" >/dev/null 2>&1 \

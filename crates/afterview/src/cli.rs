@@ -131,6 +131,14 @@ pub struct ServeArgs {
     /// Firebase project whose ID tokens are accepted.
     #[arg(long, env = "AFTERVIEW_FIREBASE_PROJECT_ID", value_name = "PROJECT")]
     pub firebase_project_id: Option<String>,
+    /// The Firebase project's web API key (public, from the Firebase console): with
+    /// --firebase-project-id, the web app offers "Sign in with Google".
+    #[arg(long, env = "AFTERVIEW_FIREBASE_WEB_API_KEY", value_name = "KEY")]
+    pub firebase_web_api_key: Option<String>,
+    /// User ids that may open the monitor (`/monitor`, `/api/monitor`), comma-separated; for
+    /// everyone else it does not exist (404).
+    #[arg(long, env = "AFTERVIEW_OPERATORS", value_name = "USERS")]
+    pub operators: Option<String>,
     /// Where Firebase's signing keys are fetched [default: Google's securetoken JWKS].
     #[arg(long, env = "AFTERVIEW_FIREBASE_JWKS_URL", value_name = "URL")]
     pub firebase_jwks_url: Option<String>,

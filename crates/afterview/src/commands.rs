@@ -152,14 +152,20 @@ pub async fn serve(s: Settings, a: ServeArgs) -> anyhow::Result<ExitCode> {
              --allow-dev-token-on-network"
         );
     }
-    // Printed on stdout so scripts (and tests) can find the port when binding to :0.
-    println!("afterview serving on http://{addr}");
+    // Printed on stdout so scripts (and tests) can find the port when binding to :0. Written
+    // in one go, and a reader that went away (a closed pipe) must not stop the server.
+    let mut banner = format!("afterview serving on http://{addr}\n");
     if let Some(t) = dev_token {
-        println!(
-            "dev token (no authentication configured; kept in {}): {t}",
+        banner.push_str(&format!(
+            "dev token (no authentication configured; kept in {}): {t}\n\
+             open http://{addr}/#token={t} in a browser, or: curl -H 'Authorization: Bearer {t}' http://{addr}/api/procedures\n",
             s.data_dir.join("dev-token").display()
-        );
-        println!("try: curl -H 'Authorization: Bearer {t}' http://{addr}/api/procedures");
+        ));
+    }
+    {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        let _ = out.write_all(banner.as_bytes()).and_then(|()| out.flush());
     }
     let limits = afterview_intake::Limits {
         max_bytes: a
@@ -202,8 +208,28 @@ pub async fn serve(s: Settings, a: ServeArgs) -> anyhow::Result<ExitCode> {
             warn!("Presigned downloads need S3 storage; downloads are streamed.");
         }
     }
+    inner.operators = a
+        .operators
+        .iter()
+        .flat_map(|l| l.split(','))
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(str::to_owned)
+        .collect();
+    let firebase_web = match (&a.firebase_project_id, &a.firebase_web_api_key) {
+        (Some(project), Some(key)) => Some(serde_json::json!({
+            "apiKey": key,
+            "authDomain": format!("{project}.firebaseapp.com"),
+            "projectId": project,
+        })),
+        _ => None,
+    };
+    let web = afterview_web::WebConfig {
+        firebase: firebase_web.is_some(),
+    };
+    inner.client_config = serde_json::json!({ "firebase": firebase_web });
     let state = std::sync::Arc::new(inner);
-    let app = afterview_api::router(state);
+    let app = afterview_api::router(state).merge(afterview_web::router(&web));
     let stop = shutdown.graceful.clone();
     let http = afterview_api::serve(listener, app, async move { stop.cancelled().await });
     http.await.context("the HTTP server failed")?;

@@ -23,6 +23,7 @@ pub fn routes() -> Vec<(&'static str, &'static str)> {
     r.extend([
         (tasks::GENERATE_VISUALIZATION, tasks::QUEUE_VISUALIZATIONS),
         (tasks::GENERATE_COMPARISON, tasks::QUEUE_VISUALIZATIONS),
+        (tasks::DETECT_FACE, tasks::QUEUE_VISUALIZATIONS),
         (tasks::GENERATE_EXPORT, tasks::QUEUE_EXPORTS),
         (tasks::GENERATE_COST_INFOGRAPHIC, tasks::QUEUE_EXPORTS),
     ]);

@@ -48,9 +48,50 @@ impl AsyncQuery {
 pub(crate) struct ListQuery {
     #[serde(default)]
     limit: Option<u32>,
+    #[serde(default)]
+    offset: Option<u32>,
 }
 
+/// The deepest page a list reaches (`offset` beyond it is refused).
+pub(crate) const MAX_OFFSET: u32 = 10_000;
+
 impl ListQuery {
+    /// `(offset, limit)`, checked.
+    pub(crate) fn window(&self) -> Result<(u32, u32), ApiError> {
+        let offset = self.offset.unwrap_or(0);
+        if offset > MAX_OFFSET {
+            return Err(ApiError::bad_request(format!(
+                "offset must be 0-{MAX_OFFSET}, got {offset}"
+            )));
+        }
+        Ok((offset, self.limit()?))
+    }
+
+    /// One page of a newest-first list: fetches `offset + limit + 1` rows with `fetch` and
+    /// answers `{"items": [...], "next_offset": n | null}`.
+    pub(crate) async fn page<T, F, Fut>(
+        &self,
+        fetch: F,
+        view: impl Fn(T) -> Value,
+    ) -> Result<Json<Value>, ApiError>
+    where
+        F: FnOnce(u32) -> Fut,
+        Fut: Future<Output = Result<Vec<T>, ApiError>>,
+    {
+        let (offset, limit) = self.window()?;
+        let rows = fetch(offset + limit + 1).await?;
+        let more = rows.len() > (offset + limit) as usize;
+        let items: Vec<Value> = rows
+            .into_iter()
+            .skip(offset as usize)
+            .take(limit as usize)
+            .map(view)
+            .collect();
+        Ok(Json(
+            json!({"items": items, "next_offset": more.then_some(offset + limit)}),
+        ))
+    }
+
     pub(crate) fn limit(&self) -> Result<u32, ApiError> {
         match self.limit {
             None => Ok(50),
@@ -261,14 +302,11 @@ pub(crate) async fn list_images(
     user: User,
     Query(q): Query<ListQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    let items: Vec<Value> = st
-        .meta
-        .list_images(&user.0, q.limit()?)
-        .await?
-        .iter()
-        .map(image_view)
-        .collect();
-    Ok(Json(json!({"items": items})))
+    q.page(
+        |n| async move { Ok(st.meta.list_images(&user.0, n).await?) },
+        |r| image_view(&r),
+    )
+    .await
 }
 
 async fn owned_image(st: &AppState, user: &User, id: &str) -> Result<ImageRecord, ApiError> {
@@ -306,6 +344,23 @@ pub(crate) async fn image_content(
         .await?
         .ok_or_else(|| ApiError::not_found("image content"))?;
     Ok(png_response(bytes))
+}
+
+/// `GET /api/images/{id}/face`: where the previews will work (box, key points, outline), found
+/// by the `afterview.detect_face` task; `422 no_face_detected` when there is no face.
+pub(crate) async fn image_face(
+    State(st): State<AppState>,
+    user: User,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    owned_image(&st, &user, &id).await?;
+    let args = afterview_core::tasks::DetectFace {
+        image_id: id,
+        user_id: user.0.clone(),
+    };
+    let kwargs = serde_json::to_value(args).expect("arguments serialize");
+    let (status, body) = submit(&st, &user, tasks::DETECT_FACE, kwargs, true).await?;
+    Ok((status, Json(body)).into_response())
 }
 
 /// `DELETE /api/images/{id}`: the image and everything made from it. Tasks still working on
@@ -729,14 +784,11 @@ pub(crate) async fn list_visualizations(
     user: User,
     Query(q): Query<ListQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    let items: Vec<Value> = st
-        .meta
-        .list_visualizations(&user.0, q.limit()?)
-        .await?
-        .iter()
-        .map(viz_view)
-        .collect();
-    Ok(Json(json!({"items": items})))
+    q.page(
+        |n| async move { Ok(st.meta.list_visualizations(&user.0, n).await?) },
+        |r| viz_view(&r),
+    )
+    .await
 }
 
 async fn owned_viz(
@@ -924,14 +976,11 @@ pub(crate) async fn list_exports(
     user: User,
     Query(q): Query<ListQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    let items: Vec<Value> = st
-        .meta
-        .list_exports(&user.0, q.limit()?)
-        .await?
-        .into_iter()
-        .map(|r| r.result)
-        .collect();
-    Ok(Json(json!({"items": items})))
+    q.page(
+        |n| async move { Ok(st.meta.list_exports(&user.0, n).await?) },
+        |r| r.result,
+    )
+    .await
 }
 
 /// `GET /api/exports/{id}`.

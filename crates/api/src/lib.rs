@@ -16,6 +16,7 @@ pub mod error;
 mod handlers;
 mod idempotency;
 pub mod metrics;
+mod monitor;
 pub mod openapi;
 mod tasks;
 
@@ -71,6 +72,10 @@ pub struct Inner {
     idem_locks: Mutex<HashMap<(String, String), KeyLock>>,
     /// Open WebSockets per user.
     pub sockets: Mutex<HashMap<String, usize>>,
+    /// User ids allowed to see `/api/monitor` (everyone else gets 404).
+    pub operators: std::collections::HashSet<String>,
+    /// What `/api/config` answers (no secrets: how clients sign in).
+    pub client_config: serde_json::Value,
     /// When set, downloads answer `307` to a presigned URL of the blob store valid this long
     /// (when the store can sign; S3), instead of streaming the bytes through the API.
     pub presign: Option<Duration>,
@@ -142,6 +147,8 @@ impl Inner {
             decodes: tokio::sync::Semaphore::new(decode_slots()),
             sockets: Mutex::default(),
             presign: None,
+            operators: std::collections::HashSet::new(),
+            client_config: json!({"firebase": null}),
             user_limits: UserLimits::default(),
             metrics_token: None,
         }
@@ -249,6 +256,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/images/{id}"),
     ("DELETE", "/api/images/{id}"),
     ("GET", "/api/images/{id}/content"),
+    ("GET", "/api/images/{id}/face"),
     ("GET", "/api/procedures"),
     ("GET", "/api/procedures/{id}"),
     ("POST", "/api/visualizations"),
@@ -268,6 +276,10 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/api/tasks/{id}/cancel"),
     ("GET", "/api/tasks/{id}/result"),
     ("GET", "/api/ws/tasks/{id}"),
+    ("GET", "/api/me"),
+    ("GET", "/api/config"),
+    ("GET", "/api/monitor"),
+    ("POST", "/api/monitor/tasks/{id}/revoke"),
     ("GET", "/healthz"),
     ("GET", "/readyz"),
     ("GET", "/metrics"),
@@ -289,6 +301,7 @@ pub fn router(state: AppState) -> Router {
             get(handlers::get_image).delete(handlers::delete_image),
         )
         .route("/api/images/{id}/content", get(handlers::image_content))
+        .route("/api/images/{id}/face", get(handlers::image_face))
         .route("/api/procedures", get(handlers::list_procedures))
         .route("/api/procedures/{id}", get(handlers::get_procedure))
         .route(
@@ -325,6 +338,10 @@ pub fn router(state: AppState) -> Router {
         .route("/api/tasks/{id}/cancel", post(tasks::cancel_task))
         .route("/api/tasks/{id}/result", get(tasks::task_result))
         .route("/api/ws/tasks/{id}", get(tasks::task_ws))
+        .route("/api/me", get(monitor::me))
+        .route("/api/config", get(monitor::config))
+        .route("/api/monitor", get(monitor::monitor))
+        .route("/api/monitor/tasks/{id}/revoke", post(monitor::revoke))
         .layer(DefaultBodyLimit::max(MAX_JSON_BODY));
     let ops = Router::new()
         .route("/healthz", get(healthz))

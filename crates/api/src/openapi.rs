@@ -20,7 +20,13 @@ const ASYNC: &[(&str, &str)] = &[(
     "async_processing",
     "true: answer 202 at once with the task's URLs; false (default): wait for the result",
 )];
-const LIST: &[(&str, &str)] = &[("limit", "1-200, default 50")];
+const LIST: &[(&str, &str)] = &[
+    ("limit", "1-200, default 50"),
+    (
+        "offset",
+        "0-10000, default 0: items to skip (the answer's `next_offset` is the next page's, null on the last)",
+    ),
+];
 
 const OPS: &[Op] = &[
     Op {
@@ -217,6 +223,46 @@ const OPS: &[Op] = &[
     },
     Op {
         method: "GET",
+        path: "/api/images/{id}/face",
+        summary: "Where previews will work on this photo: the face's box, five key points (eyes, nose tip, mouth, chin) and outline, in the photo's pixels. Runs `afterview.detect_face`; 422 `no_face_detected` without a face.",
+        body: None,
+        ok: ("200", "Face"),
+        query: &[],
+    },
+    Op {
+        method: "GET",
+        path: "/api/me",
+        summary: "The caller: user id and whether they are an operator (may open the monitor).",
+        body: None,
+        ok: ("200", "Me"),
+        query: &[],
+    },
+    Op {
+        method: "GET",
+        path: "/api/config",
+        summary: "How clients sign in (no authentication): the Firebase web configuration when Firebase sign-in is on, else null.",
+        body: None,
+        ok: ("200", "ClientConfig"),
+        query: &[],
+    },
+    Op {
+        method: "GET",
+        path: "/api/monitor",
+        summary: "Operators only (`AFTERVIEW_OPERATORS`; 404 for everyone else): queues and their depth, live workers (Afterview's and Celery's) with running tasks, everyone's 50 most recent tasks with state, progress, time and retries.",
+        body: None,
+        ok: ("200", "Monitor"),
+        query: &[],
+    },
+    Op {
+        method: "POST",
+        path: "/api/monitor/tasks/{id}/revoke",
+        summary: "Operators only: revoke any task (a running one is terminated).",
+        body: None,
+        ok: ("200", "Cancel"),
+        query: &[],
+    },
+    Op {
+        method: "GET",
         path: "/healthz",
         summary: "Liveness.",
         body: None,
@@ -264,8 +310,8 @@ fn schemas() -> Value {
         "Accepted": obj(json!({"task_id": {"type": "string"}, "status": {"const": "processing"}, "status_url": {"type": "string"}, "websocket_url": {"type": "string"}}), &["task_id", "status", "status_url", "websocket_url"]),
         "Upload": obj(json!({"file": {"type": "string", "format": "binary"}}), &["file"]),
         "Image": obj(json!({"id": {"type": "string"}, "url": {"type": "string"}, "width": {"type": "integer"}, "height": {"type": "integer"}, "size_bytes": {"type": "integer"}, "source_format": {"type": "string"}, "created_at": {"type": "string", "format": "date-time"}}), &["id", "url", "width", "height", "created_at"]),
-        "ImageList": obj(json!({"items": {"type": "array", "items": {"$ref": "#/components/schemas/Image"}}}), &["items"]),
-        "List": obj(json!({"items": {"type": "array", "items": {"type": "object"}}}), &["items"]),
+        "ImageList": obj(json!({"items": {"type": "array", "items": {"$ref": "#/components/schemas/Image"}}, "next_offset": {"type": ["integer", "null"]}}), &["items"]),
+        "List": obj(json!({"items": {"type": "array", "items": {"type": "object"}}, "next_offset": {"type": ["integer", "null"]}}), &["items"]),
         "Procedure": obj(json!({"id": {"type": "string"}, "name": {"type": "string"}, "category": {"type": "string"}, "description": {"type": "string"}, "recovery": {"type": "object"}, "risks": {"type": "array", "items": {"type": "string"}}, "costs": {"type": "object", "description": "surgeon, anesthesia, facility, other, total: {low, high}; currency"}, "cost_source": {"type": "string"}}), &["id", "name", "costs"]),
         "ProcedureList": obj(json!({"items": {"type": "array", "items": {"$ref": "#/components/schemas/Procedure"}}, "currency": {"type": "string"}, "disclaimer": {"type": "string"}}), &["items"]),
         "PreviewOptions": obj(json!({"intensity": {"enum": ["subtle", "moderate", "pronounced"]}, "engine": {"enum": ["local", "gemini"]}, "control_points": {"type": "object", "description": "right_eye, left_eye, nose_tip, mouth_right, mouth_left, chin?: [x, y] in pixels (the subject's left/right)"}}), &[]),
@@ -278,6 +324,10 @@ fn schemas() -> Value {
         "Export": obj(json!({"id": {"type": "string"}, "format": {"type": "string"}, "download_url": {"type": "string"}, "created_at": {"type": "string"}}), &["id", "format", "download_url", "created_at"]),
         "TaskStatus": obj(json!({"task_id": {"type": "string"}, "state": {"enum": ["PENDING", "RECEIVED", "STARTED", "PROCESSING", "SUCCESS", "FAILURE", "RETRY", "REVOKED"]}, "progress": {"type": "integer", "minimum": 0, "maximum": 100}, "status": {"type": "string"}, "result": {}, "error": {"type": "object"}}), &["task_id", "state", "progress", "status"]),
         "TaskResult": obj(json!({"task_id": {"type": "string"}, "result": {}}), &["task_id", "result"]),
+        "Face": obj(json!({"image_id": {"type": "string"}, "width": {"type": "integer"}, "height": {"type": "integer"}, "face": obj(json!({"x": {"type": "number"}, "y": {"type": "number"}, "width": {"type": "number"}, "height": {"type": "number"}}), &["x", "y", "width", "height"]), "landmarks": {"type": "object", "description": "right_eye, left_eye, nose_tip, mouth, chin: [x, y]"}, "outline": {"type": "array", "items": {"type": "array", "items": {"type": "number"}}}}), &["image_id", "face", "landmarks", "outline"]),
+        "Me": obj(json!({"user_id": {"type": "string"}, "operator": {"type": "boolean"}}), &["user_id", "operator"]),
+        "ClientConfig": obj(json!({"firebase": {"type": ["object", "null"], "description": "apiKey, authDomain, projectId"}}), &["firebase"]),
+        "Monitor": obj(json!({"queues": {"type": "array", "items": {"type": "object"}}, "workers": {"type": "array", "items": {"type": "object"}}, "tasks": {"type": "array", "items": {"type": "object"}}}), &["queues", "workers", "tasks"]),
         "Cancel": obj(json!({"task_id": {"type": "string"}, "status": {"enum": ["cancelled", "cancelling", "already_finished"]}, "state": {"type": "string"}}), &["task_id", "status"]),
     })
 }
@@ -288,7 +338,7 @@ pub fn document() -> Value {
     for op in OPS {
         let mut o = json!({
             "summary": op.summary,
-            "security": if op.path.starts_with("/api/") && !op.path.ends_with("openapi.json") && op.path != "/api/docs" { json!([{"bearer": []}]) } else { json!([]) },
+            "security": if op.path.starts_with("/api/") && !op.path.ends_with("openapi.json") && op.path != "/api/docs" && op.path != "/api/config" { json!([{"bearer": []}]) } else { json!([]) },
             "responses": {},
         });
         let mut params: Vec<Value> = vec![];

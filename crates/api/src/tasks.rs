@@ -124,9 +124,11 @@ pub(crate) async fn list_tasks(
     user: User,
     Query(q): Query<ListQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    let limit = q.limit()?;
+    let (offset, limit) = q.window()?;
+    let rows = st.meta.list_tasks(&user.0, offset + limit + 1).await?;
+    let more = rows.len() > (offset + limit) as usize;
     let mut items = vec![];
-    for t in st.meta.list_tasks(&user.0, limit).await? {
+    for t in rows.into_iter().skip(offset as usize).take(limit as usize) {
         let m = st.client.result(&t.id).await?;
         let mut v = status_view(&m);
         v["name"] = json!(t.name);
@@ -139,7 +141,9 @@ pub(crate) async fn list_tasks(
         }
         items.push(v);
     }
-    Ok(Json(json!({"items": items})))
+    Ok(Json(
+        json!({"items": items, "next_offset": more.then_some(offset + limit)}),
+    ))
 }
 
 /// Most WebSockets one user may hold open.

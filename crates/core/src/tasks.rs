@@ -11,6 +11,9 @@ pub const GENERATE_COMPARISON: &str = "app.tasks.visualization_tasks.generate_co
 pub const GENERATE_EXPORT: &str = "app.tasks.export_tasks.generate_export";
 /// `generate_cost_infographic_task` of the seed.
 pub const GENERATE_COST_INFOGRAPHIC: &str = "app.tasks.export_tasks.generate_cost_infographic";
+/// Finds the face in an uploaded photo (box, key points, outline), for clients to show what
+/// the previews will work on. Not in the seed; on the visualizations queue.
+pub const DETECT_FACE: &str = "afterview.detect_face";
 
 /// Queue of the visualization tasks.
 pub const QUEUE_VISUALIZATIONS: &str = "visualizations";
@@ -116,6 +119,16 @@ pub struct GenerateVisualization {
     #[serde(default)]
     pub options: PreviewOptions,
     /// The owner (ownership is checked against it).
+    pub user_id: String,
+}
+
+/// Arguments of [`DETECT_FACE`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DetectFace {
+    /// The uploaded photo.
+    pub image_id: String,
+    /// The owner.
     pub user_id: String,
 }
 

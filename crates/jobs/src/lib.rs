@@ -22,7 +22,7 @@ use afterview_imaging::Limits;
 use afterview_store::{BlobStore, MetadataStore, StoreError};
 
 pub use export::{GenerateCostInfographicTask, GenerateExportTask};
-pub use visualize::{GenerateComparisonTask, GenerateVisualizationTask};
+pub use visualize::{DetectFaceTask, GenerateComparisonTask, GenerateVisualizationTask};
 
 /// How previews are made.
 #[derive(Debug, Clone)]
@@ -94,6 +94,7 @@ pub fn register(registry: &mut Registry, deps: Arc<Deps>) {
     registry
         .register(GenerateVisualizationTask(deps.clone()))
         .register(GenerateComparisonTask(deps.clone()))
+        .register(DetectFaceTask(deps.clone()))
         .register(GenerateExportTask(deps.clone()))
         .register(GenerateCostInfographicTask(deps));
 }

@@ -521,3 +521,54 @@ impl Task for GenerateComparisonTask {
         Ok(stored.unwrap_or(value))
     }
 }
+
+/// `afterview.detect_face`: where the previews will work — the face's box, five key points
+/// and its outline, in the photo's pixels. Fails `no_face_detected` when there is none.
+#[derive(Debug, Clone)]
+pub struct DetectFaceTask(pub Arc<Deps>);
+
+impl Task for DetectFaceTask {
+    const NAME: &'static str = afterview_core::tasks::DETECT_FACE;
+    type Args = afterview_core::tasks::DetectFace;
+    type Output = serde_json::Value;
+
+    fn options(&self) -> TaskOptions {
+        options()
+    }
+
+    async fn run(
+        &self,
+        ctx: TaskContext,
+        a: afterview_core::tasks::DetectFace,
+    ) -> Result<serde_json::Value, TaskError> {
+        check_user(&a.user_id)?;
+        let photo = load_photo(&self.0, &ctx, &a.user_id, &a.image_id).await?;
+        let (w, h) = photo.dimensions();
+        let lm = landmarks(&ctx, photo, &PreviewOptions::default()).await?;
+        let pt = |p: face::Pt| serde_json::json!([p.x.round(), p.y.round()]);
+        let outline = lm.group(&afterview_imaging::face::regions::FACE_OVAL);
+        let (x0, y0, x1, y1) = outline.iter().fold(
+            (f32::MAX, f32::MAX, f32::MIN, f32::MIN),
+            |(a, b, c, d), p| (a.min(p.x), b.min(p.y), c.max(p.x), d.max(p.y)),
+        );
+        let (x0, y0) = (x0.max(0.0), y0.max(0.0));
+        let (x1, y1) = (x1.min(w as f32), y1.min(h as f32));
+        Ok(serde_json::json!({
+            "image_id": a.image_id,
+            "width": w,
+            "height": h,
+            "face": {
+                "x": x0.round(), "y": y0.round(),
+                "width": (x1 - x0).round(), "height": (y1 - y0).round(),
+            },
+            "landmarks": {
+                "right_eye": pt(lm.right_eye()),
+                "left_eye": pt(lm.left_eye()),
+                "nose_tip": pt(lm.nose_tip()),
+                "mouth": pt(lm.mouth()),
+                "chin": pt(lm.chin()),
+            },
+            "outline": outline.into_iter().map(pt).collect::<Vec<_>>(),
+        }))
+    }
+}

@@ -217,6 +217,8 @@ pub trait MetadataStore: Send + Sync + 'static {
     async fn get_task(&self, owner: &str, id: &str) -> Result<Option<TaskRecord>, StoreError>;
     /// The owner's tasks, newest first.
     async fn list_tasks(&self, owner: &str, limit: u32) -> Result<Vec<TaskRecord>, StoreError>;
+    /// Everyone's most recent tasks, newest first (the operators' monitor).
+    async fn recent_tasks(&self, limit: u32) -> Result<Vec<TaskRecord>, StoreError>;
     /// The ids of the owner's tasks that work on `image_id`.
     async fn tasks_for_image(&self, owner: &str, image_id: &str)
     -> Result<Vec<String>, StoreError>;

@@ -66,6 +66,8 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX slots_owner ON slots (owner, kind);
     ",
+    // 3: everyone's recent tasks (the operators' monitor).
+    "CREATE INDEX tasks_age ON tasks (created_at DESC);",
 ];
 
 /// Pool size.
@@ -551,6 +553,16 @@ impl MetadataStore for PostgresMetadata {
                     "SELECT {TASK_COLS} FROM tasks WHERE owner = $1 ORDER BY created_at DESC, id LIMIT $2"
                 ),
                 &[&owner, &limit(n)],
+            )
+            .await?;
+        Ok(rows.iter().map(task_row).collect())
+    }
+
+    async fn recent_tasks(&self, n: u32) -> Result<Vec<TaskRecord>, StoreError> {
+        let rows = self
+            .query(
+                &format!("SELECT {TASK_COLS} FROM tasks ORDER BY created_at DESC, id LIMIT $1"),
+                &[&limit(n)],
             )
             .await?;
         Ok(rows.iter().map(task_row).collect())

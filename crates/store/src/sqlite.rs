@@ -52,6 +52,8 @@ const MIGRATIONS: &[&str] = &[
         id TEXT PRIMARY KEY, owner TEXT NOT NULL, kind TEXT NOT NULL, expires_at TEXT NOT NULL
     );
     CREATE INDEX slots_owner ON slots (owner, kind);",
+    // 4: everyone's recent tasks (the operators' monitor).
+    "CREATE INDEX tasks_age ON tasks (created_at);",
 ];
 
 /// The SQLite metadata store.
@@ -487,6 +489,15 @@ impl MetadataStore for SqliteMetadata {
         self.run(move |c| {
             c.prepare("SELECT id, owner, name, created_at, image_ids FROM tasks WHERE owner = ?1 ORDER BY created_at DESC, id LIMIT ?2")?
                 .query_map(params![owner, limit], task_row)?
+                .collect()
+        })
+        .await
+    }
+
+    async fn recent_tasks(&self, limit: u32) -> Result<Vec<TaskRecord>, StoreError> {
+        self.run(move |c| {
+            c.prepare("SELECT id, owner, name, created_at, image_ids FROM tasks ORDER BY created_at DESC, id LIMIT ?1")?
+                .query_map(params![limit], task_row)?
                 .collect()
         })
         .await

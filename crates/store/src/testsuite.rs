@@ -220,6 +220,24 @@ pub async fn tasks_record_ownership(s: Arc<dyn MetadataStore>) {
     );
     assert!(s.tasks_for_image("alice", "i3").await.unwrap().is_empty());
     assert!(s.tasks_for_image("bob", "i1").await.unwrap().is_empty());
+    // Everyone's, newest first, for the operators' monitor.
+    s.insert_task(&TaskRecord {
+        id: "t2".into(),
+        owner: "bob".into(),
+        created_at: Utc::now() + Duration::seconds(1),
+        ..t.clone()
+    })
+    .await
+    .unwrap();
+    let recent: Vec<String> = s
+        .recent_tasks(10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| t.id)
+        .collect();
+    assert_eq!(recent, ["t2", "t1"]);
+    assert_eq!(s.recent_tasks(1).await.unwrap().len(), 1);
 }
 
 /// Visualizations and exports are deleted one by one, by their owner only.

@@ -8,6 +8,7 @@ mod deploy;
 mod hardening;
 mod redis_interop;
 mod serve;
+mod web;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

@@ -1,0 +1,264 @@
+"""The web app in headless Chromium (Playwright driving Debian's chromium), at desktop and phone
+sizes: sign-in (a wrong token, then the right one), upload with face detection (and a photo
+without a face), a preview with the before/after slider by pointer and keyboard, a comparison
+grid, the cost infographic, a patient report downloaded as a PDF, history with pagination and
+reopening a preview, cancelling a task that waits, photo deletion, and the operators' monitor
+(live queues, workers and tasks, revoke; 404 for a non-operator).
+
+Run by crates/afterview/tests/it/web.rs with:
+  BASE        a `serve` with a worker        BASE_IDLE  a `serve --no-worker` (same stores)
+  ALICE       an operator's token            BOB        another user's token
+  PORTRAITS   testdata/portraits             SHOTS      where screenshots go
+  CHROMIUM    the browser binary
+Exits non-zero with a message on the first failure.
+"""
+
+import os
+import re
+import sys
+
+from playwright.sync_api import expect, sync_playwright
+
+BASE = os.environ["BASE"]
+BASE_IDLE = os.environ["BASE_IDLE"]
+ALICE = os.environ["ALICE"]
+BOB = os.environ["BOB"]
+PORTRAITS = os.environ["PORTRAITS"]
+SHOTS = os.environ["SHOTS"]
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+TIMEOUT = 60_000
+
+os.makedirs(SHOTS, exist_ok=True)
+expect.set_options(timeout=TIMEOUT)
+
+SIZES = {
+    "desktop": dict(viewport={"width": 1280, "height": 900}),
+    "phone": dict(viewport={"width": 390, "height": 844}, device_scale_factor=2, is_mobile=True, has_touch=True),
+}
+
+
+def shot(page, name, size, full=False):
+    """A JPEG screenshot (small enough to keep in docs/)."""
+    page.screenshot(path=f"{SHOTS}/{name}-{size}.jpg", type="jpeg", quality=80, full_page=full)
+
+
+def watch(page, errors):
+    """Collects the page's script errors and console errors. A fetch answered 4xx/5xx is
+    logged by Chromium itself as 'Failed to load resource'; the flows below provoke some on
+    purpose (a wrong token, a photo without a face), so those lines are not the app's errors."""
+    page.on("pageerror", lambda e: errors.append(f"pageerror: {e}"))
+    page.on(
+        "console",
+        lambda m: m.type == "error"
+        and not m.text.startswith("Failed to load resource")
+        and errors.append(f"console: {m.text}"),
+    )
+    page.on("dialog", lambda d: d.accept())
+
+
+def sign_in(page, token, base=BASE):
+    page.goto(base + "/")
+    signed_in = page.get_by_role("heading", name="Consultation")
+    expect(page.get_by_role("heading", name="Sign in").or_(signed_in)).to_be_visible()
+    if signed_in.is_visible():
+        page.get_by_role("button", name="Sign out").click()
+    expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
+    page.get_by_label("Access token").fill(token)
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.get_by_role("heading", name="Consultation")).to_be_visible()
+
+
+def upload(page, path):
+    page.get_by_label("Photo").set_input_files(path)
+    expect(page.locator("#photo-img")).to_be_visible()
+
+
+def consultation(page, size):
+    # A wrong token is refused with the API's message, and nothing else happens.
+    page.goto(BASE + "/")
+    page.get_by_label("Access token").fill("not-a-real-token-0123456789")
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.get_by_role("alert")).to_contain_text(re.compile("token|credentials", re.I))
+    shot(page, "signin", size)
+    page.get_by_label("Access token").fill(ALICE)
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.get_by_role("heading", name="Consultation")).to_be_visible()
+
+    # A photo without a face says so.
+    upload(page, f"{PORTRAITS}/no_face_coffee.png")
+    expect(page.locator("#face-caption")).to_contain_text("No face was found")
+
+    # A portrait: the face is found and marked.
+    upload(page, f"{PORTRAITS}/grace_hopper.jpg")
+    expect(page.locator("#face-caption")).to_contain_text("Face found")
+    expect(page.locator("#face-box")).to_be_visible()
+
+    # One procedure: a preview with live progress, then the before/after slider.
+    page.get_by_role("checkbox", name=re.compile("^Rhinoplasty")).check()
+    page.get_by_label("Intensity").select_option("pronounced")
+    page.get_by_role("button", name="Generate preview").click()
+    slider = page.get_by_role("slider", name="Before/after")
+    expect(slider).to_be_visible()
+    expect(page.locator("#after-img")).to_have_attribute("src", re.compile("^blob:"))
+    expect(slider).to_have_attribute("aria-valuenow", "50")
+    slider.focus()
+    page.keyboard.press("ArrowLeft")
+    page.keyboard.press("ArrowLeft")
+    expect(slider).to_have_attribute("aria-valuenow", "46")
+    page.keyboard.press("End")
+    expect(slider).to_have_attribute("aria-valuenow", "100")
+    box = page.locator("#compare").bounding_box()
+    page.mouse.click(box["x"] + box["width"] * 0.25, box["y"] + box["height"] / 2)
+    now = int(slider.get_attribute("aria-valuenow"))
+    assert 20 <= now <= 30, f"a click at a quarter puts the handle there, got {now}"
+    shot(page, "preview", size, full=True)
+
+    # Costs and the patient report.
+    page.get_by_role("button", name="Show cost breakdown").click()
+    expect(page.get_by_role("img", name="Cost breakdown of the chosen procedures")).to_be_visible()
+    page.get_by_label("Patient name").fill("Jane Example")
+    page.get_by_label("Clinic").fill("Example Clinic")
+    page.get_by_label("Goals and notes").fill("A straighter nasal bridge.")
+    page.get_by_role("button", name="Create report").click()
+    link = page.get_by_role("link", name="Download report")
+    expect(link).to_be_visible()
+    with page.expect_download() as dl:
+        link.click()
+    d = dl.value
+    assert d.suggested_filename.endswith(".pdf"), d.suggested_filename
+    with open(d.path(), "rb") as f:
+        assert f.read(5) == b"%PDF-", "the report is a PDF"
+
+    # 2-4 procedures: a comparison grid (a fifth cannot be picked).
+    for name in ["Facelift", "Brow lift", "Lip augmentation"]:
+        page.get_by_role("checkbox", name=re.compile("^" + name)).check()
+    expect(page.get_by_role("checkbox", name=re.compile("^Otoplasty"))).to_be_disabled()
+    page.get_by_role("button", name="Generate comparison").click()
+    expect(page.locator("#comparison-grid figure")).to_have_count(5)
+    expect(page.get_by_role("img", name="Brow lift (simulation)")).to_be_visible()
+    shot(page, "comparison", size, full=True)
+
+
+def history(page, size):
+    # Eleven photos more than a page holds: "More photos" fetches the next page.
+    png = open(f"{PORTRAITS}/astronaut.png", "rb").read()
+    for i in range(11):
+        r = page.request.post(
+            BASE + "/api/images",
+            headers={"Authorization": f"Bearer {ALICE}"},
+            multipart={"file": {"name": f"p{i}.png", "mimeType": "image/png", "buffer": png}},
+        )
+        assert r.status == 201, r.text()
+    page.get_by_role("link", name="History").click()
+    expect(page.get_by_role("heading", name="History")).to_be_visible()
+    photos = page.locator("#h-images li")
+    expect(photos).to_have_count(10)
+    page.get_by_role("button", name="More photos").click()
+    expect(photos).to_have_count(13)
+    expect(page.get_by_role("button", name="More photos")).to_be_hidden()
+    expect(page.locator("#h-tasks li").first).to_contain_text("SUCCESS")
+    expect(page.locator("#h-exports li").first).to_contain_text(re.compile("report|infographic", re.I))
+    shot(page, "history", size, full=True)
+    # Reopen a single preview.
+    page.locator("#h-visualizations li", has_text=re.compile("^Rhinoplasty")).first.get_by_role("button", name="Open").click()
+    expect(page.get_by_role("slider", name="Before/after")).to_be_visible()
+
+
+def delete_photo(page):
+    page.get_by_role("button", name=re.compile("^Delete photo")).click()
+    expect(page.get_by_role("alert")).to_contain_text("deleted")
+    expect(page.locator("#photo-view")).to_be_hidden()
+
+
+def cancel_waiting(page):
+    """On an API host without workers the task waits; Cancel revokes it."""
+    sign_in(page, ALICE, BASE_IDLE)
+    upload(page, f"{PORTRAITS}/grace_hopper.jpg")
+    page.get_by_role("checkbox", name=re.compile("^Facelift")).check()
+    page.get_by_role("button", name="Generate preview").click()
+    expect(page.get_by_role("progressbar")).to_be_visible()
+    expect(page.locator("#progress-label")).to_contain_text(re.compile("waiting", re.I))
+    page.get_by_role("button", name="Cancel").click()
+    expect(page.get_by_role("alert")).to_contain_text("cancelled")
+    expect(page.get_by_role("progressbar")).to_be_hidden()
+
+
+def monitor(page, size):
+    sign_in(page, ALICE)
+    page.get_by_role("link", name="Monitor").click()
+    expect(page.get_by_role("heading", name="Monitor")).to_be_visible()
+    expect(page.locator("#m-queues tbody tr", has_text="visualizations")).to_have_count(1)
+    expect(page.locator("#m-workers li").first).to_contain_text("@")
+    expect(page.locator("#m-tasks tbody tr").first).to_be_visible()
+    expect(page.locator("#m-tasks tbody")).to_contain_text("alice")
+    shot(page, "monitor", size, full=True)
+
+    # Revoke a waiting task (on the host without workers, where tasks wait).
+    r = page.request.post(
+        BASE_IDLE + "/api/visualizations/compare?async_processing=true",
+        headers={"Authorization": f"Bearer {BOB}"},
+        data={"image_id": "00000000-0000-4000-8000-000000000000", "procedure_ids": ["facelift", "rhinoplasty"]},
+    )
+    assert r.status == 404, "an unknown photo is refused before any task"
+    up = page.request.post(
+        BASE_IDLE + "/api/images",
+        headers={"Authorization": f"Bearer {BOB}"},
+        multipart={"file": {"name": "b.jpg", "mimeType": "image/jpeg", "buffer": open(f"{PORTRAITS}/grace_hopper.jpg", "rb").read()}},
+    )
+    image = up.json()["id"]
+    r = page.request.post(
+        BASE_IDLE + "/api/visualizations?async_processing=true",
+        headers={"Authorization": f"Bearer {BOB}"},
+        data={"image_id": image, "procedure_id": "facelift"},
+    )
+    task = r.json()["task_id"]
+    sign_in(page, ALICE, BASE_IDLE)
+    page.goto(BASE_IDLE + "/monitor")
+    row = page.locator("#m-tasks tbody tr", has_text=task[:8])
+    expect(row).to_contain_text("PENDING")
+    row.get_by_role("button", name=re.compile("^Revoke")).click()
+    expect(page.get_by_role("alert")).to_contain_text("revoked")
+    expect(row).to_contain_text("REVOKED")
+
+    # Bob is no operator: the monitor does not exist for him.
+    sign_in(page, BOB)
+    expect(page.get_by_role("link", name="Monitor")).to_be_hidden()
+    page.goto(BASE + "/monitor")
+    expect(page.get_by_role("alert")).to_contain_text("operators only")
+    r = page.request.get(BASE + "/api/monitor", headers={"Authorization": f"Bearer {BOB}"})
+    assert r.status == 404, r.status
+
+
+def main():
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        for size, opts in SIZES.items():
+            errors = []
+            ctx = browser.new_context(accept_downloads=True, **opts)
+            page = ctx.new_page()
+            page.set_default_timeout(TIMEOUT)
+            watch(page, errors)
+            consultation(page, size)
+            if size == "desktop":
+                history(page, size)
+                delete_photo(page)
+                cancel_waiting(page)
+                monitor(page, size)
+            else:
+                page.get_by_role("link", name="History").click()
+                expect(page.get_by_role("heading", name="History")).to_be_visible()
+                shot(page, "history", size, full=True)
+                monitor_page = page
+                monitor_page.get_by_role("link", name="Monitor").click()
+                expect(page.locator("#m-tasks tbody tr").first).to_be_visible()
+                shot(page, "monitor", size, full=True)
+            ctx.close()
+            if errors:
+                print(f"{size}: errors in the page:\n" + "\n".join(errors), file=sys.stderr)
+                sys.exit(1)
+            print(f"{size}: ok")
+        browser.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,746 @@
+// Afterview's web app: sign-in, the consultation flow, history and the operators' monitor.
+// It uses only the public API (/api/...), with the user's bearer token; no framework, no build.
+
+const $ = (id) => document.getElementById(id);
+const TOKEN_KEY = "afterview.token";
+const state = {
+  token: sessionStorage.getItem(TOKEN_KEY),
+  me: null,
+  config: { firebase: null },
+  procedures: [],
+  image: null, // {id, width, height}
+  objectUrls: [],
+  task: null, // {id, socket}
+  result: null, // the visualization or comparison shown
+  pages: {},
+  monitorTimer: null,
+};
+
+// ------------------------------------------------------------------------------ API calls
+
+class ApiError extends Error {
+  constructor(status, code, message) {
+    super(message);
+    this.status = status;
+    this.code = code;
+  }
+}
+
+async function api(method, path, body) {
+  const headers = {};
+  if (state.token) headers.Authorization = `Bearer ${state.token}`;
+  let payload;
+  if (body instanceof FormData) payload = body;
+  else if (body !== undefined) {
+    headers["Content-Type"] = "application/json";
+    payload = JSON.stringify(body);
+  }
+  let r;
+  try {
+    r = await fetch(path, { method, headers, body: payload });
+  } catch (e) {
+    throw new ApiError(0, "network", "Afterview cannot be reached. Check the connection and try again.");
+  }
+  if (r.status === 204) return null;
+  const text = await r.text();
+  let data = null;
+  try {
+    data = text ? JSON.parse(text) : null;
+  } catch (e) {
+    data = null;
+  }
+  if (!r.ok) {
+    const err = data && data.error ? data.error : {};
+    const retry = r.headers.get("Retry-After");
+    let msg = err.message || `The server answered ${r.status}.`;
+    if (retry) msg += ` Try again in ${retry} s.`;
+    throw new ApiError(r.status, err.code || `http_${r.status}`, msg);
+  }
+  return data;
+}
+
+/// Fetches a picture or file with the token; an object URL for it (revoked on the next photo).
+async function fileUrl(path) {
+  const r = await fetch(path, { headers: { Authorization: `Bearer ${state.token}` } });
+  if (!r.ok) {
+    let msg = `The file could not be loaded (${r.status}).`;
+    try {
+      const d = await r.json();
+      if (d.error) msg = d.error.message;
+    } catch (e) { /* not JSON */ }
+    throw new ApiError(r.status, "file", msg);
+  }
+  const url = URL.createObjectURL(await r.blob());
+  state.objectUrls.push(url);
+  return url;
+}
+
+function forgetFiles() {
+  for (const u of state.objectUrls) URL.revokeObjectURL(u);
+  state.objectUrls = [];
+}
+
+// ------------------------------------------------------------------------------- messages
+
+let toastTimer = null;
+function show(message, kind = "error") {
+  const t = $("toast");
+  t.textContent = message;
+  t.className = kind === "error" ? "" : "info";
+  t.hidden = false;
+  clearTimeout(toastTimer);
+  if (kind !== "error") toastTimer = setTimeout(() => { t.hidden = true; }, 4000);
+}
+
+function clearToast() {
+  $("toast").hidden = true;
+}
+
+/// Runs an action; an API error becomes a readable message (and a lost session, sign-in).
+async function guard(fn) {
+  try {
+    clearToast();
+    return await fn();
+  } catch (e) {
+    if (e instanceof ApiError && e.status === 401) {
+      signOut("Your session has ended. Please sign in again.");
+      return undefined;
+    }
+    show(e instanceof ApiError ? e.message : `Something went wrong: ${e.message}`);
+    return undefined;
+  }
+}
+
+// --------------------------------------------------------------------------------- views
+
+const VIEWS = ["signin", "consult", "history", "monitor"];
+
+function viewFromPath() {
+  if (location.pathname === "/monitor") return "monitor";
+  if (location.pathname === "/history") return "history";
+  return "consult";
+}
+
+function setView(name) {
+  for (const v of VIEWS) $(`view-${v}`).hidden = v !== name;
+  $("nav").hidden = name === "signin";
+  for (const a of document.querySelectorAll("nav a")) {
+    if (a.dataset.view === name) a.setAttribute("aria-current", "page");
+    else a.removeAttribute("aria-current");
+  }
+  clearInterval(state.monitorTimer);
+  state.monitorTimer = null;
+  if (name === "history") loadHistory();
+  if (name === "monitor") startMonitor();
+  document.title = name === "signin" ? "Sign in · Afterview" : `${name[0].toUpperCase()}${name.slice(1)} · Afterview`;
+}
+
+function navigate(path) {
+  history.pushState({}, "", path);
+  setView(viewFromPath());
+  $("main").focus();
+}
+
+// ------------------------------------------------------------------------------- sign-in
+
+async function signIn(token) {
+  state.token = token;
+  const me = await api("GET", "/api/me").catch((e) => {
+    state.token = null;
+    throw e;
+  });
+  state.me = me;
+  sessionStorage.setItem(TOKEN_KEY, token);
+  $("nav-monitor").hidden = !me.operator;
+  if (state.procedures.length === 0) await loadProcedures();
+  setView(viewFromPath());
+}
+
+function signOut(message) {
+  sessionStorage.removeItem(TOKEN_KEY);
+  state.token = null;
+  state.me = null;
+  if (state.task && state.task.socket) state.task.socket.close();
+  resetPhoto();
+  setView("signin");
+  if (message) show(message, "info");
+  $("token").focus();
+}
+
+async function firebaseSignIn() {
+  const cfg = state.config.firebase;
+  const load = (src) => new Promise((ok, fail) => {
+    const s = document.createElement("script");
+    s.src = src;
+    s.onload = ok;
+    s.onerror = () => fail(new Error("Google sign-in could not be loaded."));
+    document.head.append(s);
+  });
+  const v = "10.14.1";
+  await load(`https://www.gstatic.com/firebasejs/${v}/firebase-app-compat.js`);
+  await load(`https://www.gstatic.com/firebasejs/${v}/firebase-auth-compat.js`);
+  const fb = window.firebase;
+  if (!fb.apps.length) fb.initializeApp(cfg);
+  const cred = await fb.auth().signInWithPopup(new fb.auth.GoogleAuthProvider());
+  await signIn(await cred.user.getIdToken());
+  // ID tokens live an hour: keep the session's token fresh.
+  fb.auth().onIdTokenChanged(async (u) => {
+    if (u && state.token) {
+      state.token = await u.getIdToken();
+      sessionStorage.setItem(TOKEN_KEY, state.token);
+    }
+  });
+}
+
+// ----------------------------------------------------------------------------- procedures
+
+function money(v, currency) {
+  try {
+    return new Intl.NumberFormat(undefined, { style: "currency", currency, maximumFractionDigits: 0 }).format(v);
+  } catch (e) {
+    return `${v} ${currency}`;
+  }
+}
+
+async function loadProcedures() {
+  const list = await api("GET", "/api/procedures");
+  state.procedures = list.items;
+  const box = $("procedures");
+  box.replaceChildren();
+  for (const p of list.items) {
+    const label = document.createElement("label");
+    const input = document.createElement("input");
+    input.type = "checkbox";
+    input.value = p.id;
+    input.name = "procedure";
+    input.addEventListener("change", updateGenerate);
+    const text = document.createElement("span");
+    text.textContent = p.name;
+    const small = document.createElement("small");
+    const t = p.costs && p.costs.total;
+    const cur = (p.costs && p.costs.currency) || list.currency || "USD";
+    small.textContent = t ? `${p.category} · ${money(t.low, cur)}–${money(t.high, cur)}` : p.category;
+    text.append(small);
+    label.append(input, text);
+    box.append(label);
+  }
+}
+
+function chosen() {
+  return [...document.querySelectorAll('#procedures input:checked')].map((i) => i.value);
+}
+
+function updateGenerate() {
+  const n = chosen().length;
+  const busy = Boolean(state.task);
+  for (const i of document.querySelectorAll("#procedures input")) i.disabled = busy || (!i.checked && n >= 4);
+  let hint = "";
+  if (!state.image) hint = "Upload a photo first.";
+  else if (n === 0) hint = "Pick a procedure (or 2–4 to compare).";
+  else if (n === 1) hint = "One procedure: a before/after preview.";
+  else hint = `${n} procedures: a side-by-side comparison (at most 4).`;
+  $("generate-hint").textContent = hint;
+  $("generate").disabled = busy || !state.image || n === 0;
+  $("generate").textContent = n > 1 ? "Generate comparison" : "Generate preview";
+}
+
+// ---------------------------------------------------------------------------------- photo
+
+function resetPhoto() {
+  forgetFiles();
+  state.image = null;
+  state.result = null;
+  $("photo-view").hidden = true;
+  $("photo-actions").hidden = true;
+  $("face-box").hidden = true;
+  $("result").hidden = true;
+  $("after-result").hidden = true;
+  $("report-link").hidden = true;
+  $("infographic").hidden = true;
+  $("report-status").textContent = "";
+  $("photo").value = "";
+  updateGenerate();
+}
+
+async function upload(file) {
+  if (!file) return;
+  if (!/^image\/(jpeg|png|webp)$/.test(file.type)) {
+    show("Please choose a JPEG, PNG or WebP photo.");
+    return;
+  }
+  await guard(async () => {
+    resetPhoto();
+    $("face-caption").textContent = "Uploading…";
+    const form = new FormData();
+    form.append("file", file, file.name || "photo");
+    const img = await api("POST", "/api/images", form);
+    await openPhoto(img);
+  });
+}
+
+async function openPhoto(img) {
+  state.image = img;
+  $("photo-img").src = await fileUrl(img.url);
+  $("photo-view").hidden = false;
+  $("photo-actions").hidden = false;
+  updateGenerate();
+  $("face-caption").textContent = "Finding the face…";
+  try {
+    const face = await api("GET", `/api/images/${img.id}/face`);
+    placeFace(face);
+    $("face-caption").textContent = "Face found: previews change only the marked area.";
+  } catch (e) {
+    $("face-box").hidden = true;
+    $("face-caption").textContent = e.code === "no_face_detected"
+      ? "No face was found. Use a clear, front-facing photo."
+      : e.message;
+  }
+}
+
+function placeFace(face) {
+  const box = $("face-box");
+  const img = $("photo-img");
+  const place = () => {
+    const k = img.clientWidth / face.width;
+    box.style.left = `${face.face.x * k}px`;
+    box.style.top = `${face.face.y * k}px`;
+    box.style.width = `${face.face.width * k}px`;
+    box.style.height = `${face.face.height * k}px`;
+  };
+  box.hidden = false;
+  if (img.complete) place();
+  img.onload = place;
+  window.addEventListener("resize", place);
+}
+
+async function deletePhoto() {
+  if (!state.image) return;
+  if (!confirm("Delete this photo, its previews and its reports?")) return;
+  await guard(async () => {
+    await api("DELETE", `/api/images/${state.image.id}`);
+    resetPhoto();
+    show("The photo and everything made from it were deleted.", "info");
+  });
+}
+
+// ---------------------------------------------------------------------------- generating
+
+async function generate() {
+  const ids = chosen();
+  if (!state.image || ids.length === 0) return;
+  const options = { intensity: $("intensity").value };
+  await guard(async () => {
+    const single = ids.length === 1;
+    const accepted = single
+      ? await api("POST", "/api/visualizations?async_processing=true", { image_id: state.image.id, procedure_id: ids[0], options })
+      : await api("POST", "/api/visualizations/compare?async_processing=true", { image_id: state.image.id, procedure_ids: ids, options });
+    follow(accepted.task_id, single);
+  });
+}
+
+function follow(taskId, single) {
+  const proto = location.protocol === "https:" ? "wss:" : "ws:";
+  const socket = new WebSocket(`${proto}//${location.host}/api/ws/tasks/${taskId}?token=${encodeURIComponent(state.token)}`);
+  state.task = { id: taskId, socket };
+  updateGenerate();
+  $("progress-box").hidden = false;
+  $("progress").value = 0;
+  $("progress-label").textContent = "Waiting for a worker…";
+  $("cancel").disabled = false;
+  let done = false;
+  const finish = () => {
+    done = true;
+    state.task = null;
+    $("progress-box").hidden = true;
+    updateGenerate();
+  };
+  socket.onmessage = async (ev) => {
+    const msg = JSON.parse(ev.data);
+    const d = msg.data || {};
+    if (msg.type === "progress") {
+      $("progress").value = d.progress || 0;
+      $("progress-label").textContent = `${d.status || d.state} (${d.progress || 0}%)`;
+    } else if (msg.type === "complete") {
+      finish();
+      await guard(() => showResult(d.result, single));
+    } else if (msg.type === "error") {
+      finish();
+      const e = d.error || {};
+      show(d.state === "REVOKED" ? "The preview was cancelled." : (e.message || "The preview failed."), d.state === "REVOKED" ? "info" : "error");
+    }
+  };
+  socket.onclose = () => {
+    if (!done) {
+      // Lost the live feed: read the state once instead.
+      guard(async () => {
+        const st = await api("GET", `/api/tasks/${taskId}/status`);
+        finish();
+        if (st.state === "SUCCESS") await showResult(st.result, single);
+        else if (st.error) show(st.error.message || "The preview failed.");
+      });
+    }
+  };
+}
+
+async function cancelTask() {
+  if (!state.task) return;
+  $("cancel").disabled = true;
+  await guard(() => api("POST", `/api/tasks/${state.task.id}/cancel`));
+}
+
+async function showResult(result, single) {
+  state.result = result;
+  $("result").hidden = false;
+  $("after-result").hidden = false;
+  $("report-link").hidden = true;
+  $("infographic").hidden = true;
+  $("report-status").textContent = "";
+  if (single) {
+    $("comparison").hidden = true;
+    $("single").hidden = false;
+    const name = procName(result.procedure_id);
+    $("result-title").textContent = `Preview: ${name}`;
+    $("before-img").src = await fileUrl(result.before_image_url);
+    $("after-img").src = await fileUrl(result.after_image_url);
+    $("after-img").alt = `After ${name} (simulation)`;
+    setSlider(50);
+  } else {
+    $("single").hidden = true;
+    $("comparison").hidden = false;
+    $("result-title").textContent = "Comparison";
+    const grid = $("comparison-grid");
+    grid.replaceChildren();
+    const tiles = [{ url: result.before_image_url, label: "Before" }]
+      .concat(result.items.map((it) => ({ url: it.after_image_url, label: `${procName(it.procedure_id)} (simulation)` })));
+    for (const t of tiles) {
+      const fig = document.createElement("figure");
+      const img = document.createElement("img");
+      img.alt = t.label;
+      img.src = await fileUrl(t.url);
+      const cap = document.createElement("figcaption");
+      cap.textContent = t.label;
+      fig.append(img, cap);
+      grid.append(fig);
+    }
+  }
+  $("result").scrollIntoView({ behavior: "smooth", block: "start" });
+}
+
+function procName(id) {
+  const p = state.procedures.find((x) => x.id === id);
+  return p ? p.name : id;
+}
+
+// -------------------------------------------------------------------- before/after slider
+
+function setSlider(v) {
+  const value = Math.max(0, Math.min(100, Math.round(v)));
+  const h = $("handle");
+  h.style.left = `${value}%`;
+  h.setAttribute("aria-valuenow", String(value));
+  h.setAttribute("aria-valuetext", `${100 - value}% after`);
+  $("after-clip").style.clipPath = `inset(0 0 0 ${value}%)`;
+}
+
+function sliderEvents() {
+  const h = $("handle");
+  const box = $("compare");
+  const at = (x) => {
+    const r = box.getBoundingClientRect();
+    setSlider(((x - r.left) / r.width) * 100);
+  };
+  let dragging = false;
+  box.addEventListener("pointerdown", (e) => {
+    dragging = true;
+    box.setPointerCapture(e.pointerId);
+    at(e.clientX);
+  });
+  box.addEventListener("pointermove", (e) => { if (dragging) at(e.clientX); });
+  box.addEventListener("pointerup", () => { dragging = false; });
+  h.addEventListener("keydown", (e) => {
+    const now = Number(h.getAttribute("aria-valuenow"));
+    const step = e.shiftKey ? 10 : 2;
+    const next = { ArrowLeft: now - step, ArrowDown: now - step, ArrowRight: now + step, ArrowUp: now + step, Home: 0, End: 100, PageDown: now - 10, PageUp: now + 10 }[e.key];
+    if (next !== undefined) {
+      e.preventDefault();
+      setSlider(next);
+    }
+  });
+}
+
+// ------------------------------------------------------------------------ costs and report
+
+async function showCosts() {
+  const ids = state.result && (state.result.procedure_ids || [state.result.procedure_id]);
+  if (!ids) return;
+  await guard(async () => {
+    $("costs").disabled = true;
+    try {
+      const ex = await api("POST", "/api/exports/cost-infographic", { procedure_ids: ids, format: "png" });
+      $("infographic").src = await fileUrl(ex.download_url);
+      $("infographic").hidden = false;
+    } finally {
+      $("costs").disabled = false;
+    }
+  });
+}
+
+async function createReport(ev) {
+  ev.preventDefault();
+  if (!state.result) return;
+  const f = new FormData($("report-form"));
+  const patient = {};
+  for (const k of ["name", "date_of_birth", "clinic", "surgeon", "notes"]) {
+    const v = String(f.get(k) || "").trim();
+    if (v) patient[k] = v;
+  }
+  await guard(async () => {
+    $("report-status").textContent = "Creating the report…";
+    $("report-link").hidden = true;
+    const ex = await api("POST", "/api/exports", {
+      visualization_ids: [state.result.id], format: "pdf", paper: f.get("paper"), patient,
+    });
+    const link = $("report-link");
+    link.href = await fileUrl(ex.download_url);
+    link.download = `afterview-report-${ex.id.slice(0, 8)}.pdf`;
+    link.hidden = false;
+    $("report-status").textContent = "The report is ready.";
+    link.focus();
+  }).finally(() => {
+    if ($("report-link").hidden) $("report-status").textContent = "";
+  });
+}
+
+// -------------------------------------------------------------------------------- history
+
+const LISTS = {
+  images: { path: "/api/images", render: renderImage },
+  visualizations: { path: "/api/visualizations", render: renderViz },
+  exports: { path: "/api/exports", render: renderExport },
+  tasks: { path: "/api/tasks", render: renderTask },
+};
+
+function when(iso) {
+  if (!iso) return "";
+  const d = new Date(iso);
+  return Number.isNaN(d.getTime()) ? iso : d.toLocaleString();
+}
+
+function item(text, sub, action, label) {
+  const li = document.createElement("li");
+  const span = document.createElement("span");
+  span.textContent = text;
+  if (sub) {
+    const small = document.createElement("small");
+    small.className = "hint";
+    small.textContent = ` ${sub}`;
+    span.append(small);
+  }
+  li.append(span);
+  if (action) {
+    const b = document.createElement("button");
+    b.type = "button";
+    b.textContent = label;
+    b.addEventListener("click", () => guard(action));
+    li.append(b);
+  }
+  return li;
+}
+
+function renderImage(img) {
+  return item(`Photo ${img.width}×${img.height}`, when(img.created_at), async () => {
+    navigate("/");
+    resetPhoto();
+    await openPhoto(img);
+  }, "Open");
+}
+
+function renderViz(v) {
+  const comparison = Boolean(v.items);
+  const what = comparison
+    ? `Comparison: ${v.items.map((i) => procName(i.procedure_id)).join(", ")}`
+    : procName(v.procedure_id);
+  return item(what, when(v.generated_at), async () => {
+    navigate("/");
+    resetPhoto();
+    const img = await api("GET", `/api/images/${v.image_id}`).catch(() => null);
+    if (img) {
+      state.image = img;
+      $("photo-img").src = await fileUrl(img.url);
+      $("photo-view").hidden = false;
+      $("photo-actions").hidden = false;
+      updateGenerate();
+    }
+    await showResult(v, !comparison);
+  }, "Open");
+}
+
+function renderExport(e) {
+  const what = e.kind === "infographic" ? "Cost infographic" : "Patient report";
+  return item(`${what} (${(e.format || "").toUpperCase()})`, when(e.created_at), async () => {
+    const a = document.createElement("a");
+    a.href = await fileUrl(e.download_url);
+    a.download = `afterview-${e.kind}-${e.id.slice(0, 8)}.${e.format}`;
+    document.body.append(a);
+    a.click();
+    a.remove();
+  }, "Download");
+}
+
+function renderTask(t) {
+  const li = item(`${t.name.split(".").pop().replace(/_/g, " ")}`, `${when(t.created_at)} · ${t.progress}%`);
+  const s = document.createElement("span");
+  s.className = `state ${t.state}`;
+  s.textContent = t.state;
+  li.append(s);
+  return li;
+}
+
+async function loadHistory() {
+  await guard(async () => {
+    for (const name of Object.keys(LISTS)) {
+      state.pages[name] = 0;
+      $(`h-${name}`).replaceChildren();
+      await loadPage(name);
+    }
+  });
+}
+
+async function loadPage(name) {
+  const list = LISTS[name];
+  const offset = state.pages[name] || 0;
+  const page = await api("GET", `${list.path}?limit=10&offset=${offset}`);
+  const ul = $(`h-${name}`);
+  for (const it of page.items) ul.append(list.render(it));
+  if (offset === 0 && page.items.length === 0) ul.append(item("Nothing yet."));
+  state.pages[name] = page.next_offset ?? null;
+  document.querySelector(`.more[data-list="${name}"]`).hidden = page.next_offset == null;
+}
+
+// -------------------------------------------------------------------------------- monitor
+
+function startMonitor() {
+  refreshMonitor();
+  state.monitorTimer = setInterval(refreshMonitor, 2000);
+}
+
+function cell(text) {
+  const td = document.createElement("td");
+  td.textContent = text;
+  return td;
+}
+
+async function refreshMonitor() {
+  let m;
+  try {
+    m = await api("GET", "/api/monitor");
+  } catch (e) {
+    clearInterval(state.monitorTimer);
+    state.monitorTimer = null;
+    show(e.status === 404 ? "The monitor is for operators only." : e.message);
+    return;
+  }
+  const qb = document.querySelector("#m-queues tbody");
+  qb.replaceChildren(...m.queues.map((q) => {
+    const tr = document.createElement("tr");
+    tr.append(cell(q.queue), cell(q.ready), cell(q.scheduled), cell(q.running));
+    return tr;
+  }));
+  const wl = $("m-workers");
+  wl.replaceChildren(...(m.workers.length ? m.workers.map((w) => {
+    const running = w.active.map((a) => `${a.name.split(".").pop()} ${a.running_seconds.toFixed(1)} s`).join(", ");
+    return item(`${w.node}`, `${w.software} · ${w.queues.join(", ")} · ${w.active.length}/${w.concurrency} busy${running ? ": " + running : ""} · ${w.processed} done`);
+  }) : [item("No worker answered.")]));
+  const tb = document.querySelector("#m-tasks tbody");
+  tb.replaceChildren(...m.tasks.map((t) => {
+    const tr = document.createElement("tr");
+    const st = cell(t.state);
+    st.className = `state ${t.state}`;
+    tr.append(cell(`${t.name.split(".").pop()} ${t.task_id.slice(0, 8)}`), cell(t.owner), st, cell(`${t.progress}%`),
+      cell(`${t.seconds.toFixed(1)} s`), cell(t.retries), cell(t.worker || ""));
+    const td = document.createElement("td");
+    if (!["SUCCESS", "FAILURE", "REVOKED"].includes(t.state)) {
+      const b = document.createElement("button");
+      b.type = "button";
+      b.textContent = "Revoke";
+      b.setAttribute("aria-label", `Revoke task ${t.task_id.slice(0, 8)}`);
+      b.addEventListener("click", () => guard(async () => {
+        await api("POST", `/api/monitor/tasks/${t.task_id}/revoke`);
+        show(`Task ${t.task_id.slice(0, 8)} revoked.`, "info");
+        refreshMonitor();
+      }));
+      td.append(b);
+    }
+    tr.append(td);
+    return tr;
+  }));
+  $("monitor-updated").textContent = `Updated ${new Date().toLocaleTimeString()}`;
+}
+
+// ---------------------------------------------------------------------------------- start
+
+function wire() {
+  $("signin-form").addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    const t = $("token").value.trim();
+    if (!t) return;
+    clearToast();
+    signIn(t).then(
+      () => { $("token").value = ""; },
+      (e) => show(e.status === 401
+        ? `That access token was not accepted (${e.message}).`
+        : e.message || String(e)),
+    );
+  });
+  $("firebase-button").addEventListener("click", () => guard(firebaseSignIn));
+  $("signout").addEventListener("click", () => signOut("Signed out."));
+  for (const a of document.querySelectorAll("nav a")) {
+    a.addEventListener("click", (ev) => {
+      ev.preventDefault();
+      navigate(a.getAttribute("href"));
+    });
+  }
+  window.addEventListener("popstate", () => { if (state.me) setView(viewFromPath()); });
+  $("photo").addEventListener("change", () => upload($("photo").files[0]));
+  const drop = $("drop");
+  drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
+  drop.addEventListener("dragleave", () => drop.classList.remove("over"));
+  drop.addEventListener("drop", (e) => {
+    e.preventDefault();
+    drop.classList.remove("over");
+    upload(e.dataTransfer.files[0]);
+  });
+  $("photo-delete").addEventListener("click", deletePhoto);
+  $("generate").addEventListener("click", generate);
+  $("cancel").addEventListener("click", cancelTask);
+  $("costs").addEventListener("click", showCosts);
+  $("report-form").addEventListener("submit", createReport);
+  for (const b of document.querySelectorAll(".more")) {
+    b.addEventListener("click", () => guard(() => loadPage(b.dataset.list)));
+  }
+  sliderEvents();
+}
+
+async function start() {
+  wire();
+  try {
+    state.config = await api("GET", "/api/config");
+  } catch (e) {
+    state.config = { firebase: null };
+  }
+  $("firebase-signin").hidden = !state.config.firebase;
+  // `afterview serve` prints a link with the dev token in the fragment (never sent to the
+  // server, dropped from the address bar at once).
+  const m = location.hash.match(/^#token=([^&]+)/);
+  if (m) {
+    history.replaceState({}, "", location.pathname);
+    state.token = decodeURIComponent(m[1]);
+  }
+  if (state.token) {
+    const ok = await guard(async () => { await signIn(state.token); return true; });
+    if (ok) return;
+  }
+  setView("signin");
+}
+
+start();

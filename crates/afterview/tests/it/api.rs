@@ -461,7 +461,23 @@ async fn authentication_accepts_good_tokens_and_names_what_is_wrong_with_bad_one
         ("AFTERVIEW_OIDC_ISSUER", "https://id.example.test"),
         ("AFTERVIEW_OIDC_AUDIENCE", "afterview-api"),
         ("AFTERVIEW_OIDC_JWKS_URL", &oidc_jwks),
+        ("AFTERVIEW_FIREBASE_WEB_API_KEY", "web-key-123"),
     ]);
+    // The web app learns how to offer Google sign-in, and its policy admits Google's SDK.
+    let (st, cfg) = body(http().get(s.url("/api/config")).send().await.unwrap()).await;
+    assert_eq!(st, 200);
+    assert_eq!(
+        cfg["firebase"],
+        json!({"apiKey": "web-key-123", "authDomain": format!("{PROJECT}.firebaseapp.com"), "projectId": PROJECT})
+    );
+    let page = http().get(s.url("/")).send().await.unwrap();
+    let csp = page.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(csp.contains("https://www.gstatic.com"), "{csp}");
+    let (_, me) = body(s.get(ALICE, "/api/me").await).await;
+    assert_eq!(me, json!({"user_id": "alice", "operator": false}));
     let now = chrono::Utc::now().timestamp();
     let iss = format!("https://securetoken.google.com/{PROJECT}");
     let good = json!({"iss": iss, "aud": PROJECT, "sub": "firebase-uid-1", "iat": now - 10, "exp": now + 3600, "auth_time": now - 20});

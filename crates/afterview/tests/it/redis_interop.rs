@@ -425,6 +425,48 @@ fn our_producer_feeds_python_workers_and_flower_sees_ours() {
     assert_eq!(stats[&py_node]["total"]["pytasks.add"], 1, "{stats}");
     assert_eq!(stats[&rs_node]["queues"], json!(["celery"]));
 
+    // The operators' monitor (an API host on the same Redis) lists both workers, Celery's too.
+    let tokens = format!("{}=alice", crate::api::ALICE);
+    let mut sargs = vec!["--no-worker"];
+    sargs.extend(strs(&ra));
+    let api = crate::api::Server::start(
+        &[
+            ("AFTERVIEW_AUTH_TOKENS", tokens.as_str()),
+            ("AFTERVIEW_OPERATORS", "alice"),
+        ],
+        &sargs,
+    );
+    let monitor = eventually(
+        "the monitor to list both workers",
+        Duration::from_secs(20),
+        || {
+            let out = Command::new("curl")
+                .args(["-sf", "--max-time", "10", "-H"])
+                .arg(format!("Authorization: Bearer {}", crate::api::ALICE))
+                .arg(api.url("/api/monitor"))
+                .output()
+                .ok()?;
+            let m: Value = serde_json::from_slice(&out.stdout).ok()?;
+            let nodes: Vec<String> = m["workers"]
+                .as_array()?
+                .iter()
+                .filter_map(|w| w["node"].as_str().map(str::to_owned))
+                .collect();
+            (nodes.contains(&py_node) && nodes.contains(&rs_node)).then_some(m)
+        },
+    );
+    let py = monitor["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["node"] == py_node.as_str())
+        .unwrap();
+    assert!(
+        py["queues"].as_array().unwrap().contains(&json!("pyq")),
+        "{py}"
+    );
+    drop(api);
+
     // Flower, pointed at the same Redis, lists our worker and follows our tasks by events.
     let port = free_port();
     let flower = PyProc::spawn(

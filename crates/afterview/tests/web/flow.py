@@ -13,6 +13,7 @@ Run by crates/afterview/tests/it/web.rs with:
 Exits non-zero with a message on the first failure.
 """
 
+import base64
 import os
 import re
 import sys
@@ -68,6 +69,25 @@ def sign_in(page, token, base=BASE):
     expect(page.get_by_role("heading", name="Consultation")).to_be_visible()
 
 
+def drop_file(page, path, mime):
+    """Drops a file on the drop zone, as a person dragging it from their desktop would."""
+    data = base64.b64encode(open(path, "rb").read()).decode()
+    dt = page.evaluate_handle(
+        """([b64, name, type]) => {
+            const bin = atob(b64);
+            const bytes = new Uint8Array(bin.length);
+            for (let i = 0; i < bin.length; i++) bytes[i] = bin.charCodeAt(i);
+            const dt = new DataTransfer();
+            dt.items.add(new File([bytes], name, { type }));
+            return dt;
+        }""",
+        [data, os.path.basename(path), mime],
+    )
+    page.dispatch_event("#drop", "dragover", {"dataTransfer": dt})
+    page.dispatch_event("#drop", "drop", {"dataTransfer": dt})
+    expect(page.locator("#photo-img")).to_be_visible()
+
+
 def upload(page, path):
     page.get_by_label("Photo").set_input_files(path)
     expect(page.locator("#photo-img")).to_be_visible()
@@ -84,8 +104,8 @@ def consultation(page, size):
     page.get_by_role("button", name="Sign in").click()
     expect(page.get_by_role("heading", name="Consultation")).to_be_visible()
 
-    # A photo without a face says so.
-    upload(page, f"{PORTRAITS}/no_face_coffee.png")
+    # A photo without a face, dropped on the page, says so.
+    drop_file(page, f"{PORTRAITS}/no_face_coffee.png", "image/png")
     expect(page.locator("#face-caption")).to_contain_text("No face was found")
 
     # A portrait: the face is found and marked.

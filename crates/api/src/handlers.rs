@@ -14,7 +14,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
 use crate::error::ApiError;
 use crate::{AppState, User, idempotency};
@@ -845,8 +845,9 @@ struct CreateExport {
     format: String,
     #[serde(default = "yes")]
     include_costs: bool,
+    /// The task's own type: an unknown field is refused here (400), not by the task later.
     #[serde(default)]
-    patient: Option<Map<String, Value>>,
+    patient: Option<afterview_core::tasks::PatientFields>,
     #[serde(default)]
     paper: Option<String>,
 }
@@ -887,6 +888,14 @@ pub(crate) async fn create_export(
             return Err(ApiError::domain(
                 ErrorCode::UnsupportedExportFormat,
                 format!("reports are PDF; format {:?} is not supported", req.format),
+            ));
+        }
+        if let Some(p) = &req.paper
+            && afterview_core::tasks::PaperSize::parse(p).is_none()
+        {
+            return Err(ApiError::domain(
+                ErrorCode::InvalidOptions,
+                format!("paper must be letter or a4, got {p:?}"),
             ));
         }
         if req.visualization_ids.is_empty() || req.visualization_ids.len() > 8 {

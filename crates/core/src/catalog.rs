@@ -116,6 +116,20 @@ pub struct Catalog {
     pub procedures: Vec<Procedure>,
 }
 
+/// Every procedure Afterview can preview: the one list the catalog, the local engine's recipes
+/// (`afterview_imaging::procedures`), the Gemini prompts and the tests are checked against. A
+/// catalog (the built-in one or `AFTERVIEW_CATALOG`) naming anything else is refused at start.
+pub const RENDERABLE: &[&str] = &[
+    "rhinoplasty",
+    "blepharoplasty",
+    "facelift",
+    "lip-augmentation",
+    "chin-augmentation",
+    "brow-lift",
+    "otoplasty",
+    "skin-resurfacing",
+];
+
 impl Catalog {
     /// The built-in catalog.
     pub fn builtin() -> Self {
@@ -156,6 +170,13 @@ impl Catalog {
             if !seen.insert(p.id.as_str()) {
                 return Err(format!("procedure id {:?} appears twice", p.id));
             }
+            if !RENDERABLE.contains(&p.id.as_str()) {
+                return Err(format!(
+                    "procedure {:?} has no preview recipe; Afterview previews {}",
+                    p.id,
+                    RENDERABLE.join(", ")
+                ));
+            }
             for (label, r) in p.costs.components() {
                 if r.low > r.high {
                     return Err(format!(
@@ -181,16 +202,8 @@ mod tests {
     #[test]
     fn builtin_has_the_required_procedures_with_costs() {
         let c = Catalog::builtin();
-        for id in [
-            "rhinoplasty",
-            "blepharoplasty",
-            "facelift",
-            "lip-augmentation",
-            "chin-augmentation",
-            "brow-lift",
-            "otoplasty",
-            "skin-resurfacing",
-        ] {
+        assert_eq!(c.procedures.len(), RENDERABLE.len());
+        for id in RENDERABLE {
             let p = c.get(id).unwrap_or_else(|| panic!("{id} missing"));
             assert!(p.costs.total().low > 0 && p.costs.total().high >= p.costs.total().low);
             assert!(
@@ -217,5 +230,17 @@ mod tests {
                 .contains("low")
         );
         assert!(Catalog::from_json("{}").is_err());
+    }
+
+    #[test]
+    fn a_catalog_procedure_without_a_recipe_is_refused_by_name() {
+        let mut v: serde_json::Value = serde_json::from_str(BUILTIN).unwrap();
+        v["procedures"][0]["id"] = "liposuction".into();
+        let err = Catalog::from_json(&v.to_string()).unwrap_err();
+        assert!(
+            err.contains("\"liposuction\" has no preview recipe"),
+            "{err}"
+        );
+        assert!(err.contains("rhinoplasty"), "names what is possible: {err}");
     }
 }

@@ -222,6 +222,27 @@ mod tests {
     }
 }
 
+/// A report's paper size. On the wire a string (`letter`, `a4`), as the seed's tasks take it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PaperSize {
+    /// US Letter (the default).
+    #[default]
+    Letter,
+    /// ISO A4.
+    A4,
+}
+
+impl PaperSize {
+    /// From the wire name (any case); `None` for anything else.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "letter" => Some(Self::Letter),
+            "a4" => Some(Self::A4),
+            _ => None,
+        }
+    }
+}
+
 /// Patient and clinic fields of a report (all optional).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -496,16 +496,7 @@ mod tests {
 
     #[test]
     fn prompts_exist_for_every_procedure() {
-        for p in [
-            "rhinoplasty",
-            "blepharoplasty",
-            "facelift",
-            "lip-augmentation",
-            "chin-augmentation",
-            "brow-lift",
-            "otoplasty",
-            "skin-resurfacing",
-        ] {
+        for p in afterview_core::catalog::RENDERABLE {
             assert!(prompt_for(p, "moderate").unwrap().contains("Do not change"));
         }
         assert!(prompt_for("liposuction", "moderate").is_none());

@@ -56,17 +56,9 @@ pub struct Smoothing {
     pub amount: f32,
 }
 
-/// The procedures the local engine knows, in catalog order.
-pub const PROCEDURES: &[&str] = &[
-    "rhinoplasty",
-    "blepharoplasty",
-    "facelift",
-    "lip-augmentation",
-    "chin-augmentation",
-    "brow-lift",
-    "otoplasty",
-    "skin-resurfacing",
-];
+/// The procedures the local engine knows: every one Afterview previews (`plan` has a recipe
+/// for each; the imaging tests measure each).
+pub const PROCEDURES: &[&str] = afterview_core::catalog::RENDERABLE;
 
 /// How much of each recipe an intensity applies.
 pub fn factor(i: Intensity) -> f32 {

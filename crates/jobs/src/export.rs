@@ -7,7 +7,8 @@ use std::sync::Arc;
 use afterview_core::ErrorCode;
 use afterview_core::catalog::Procedure;
 use afterview_core::tasks::{
-    ExportResult, GenerateCostInfographic, GenerateExport, QUEUE_EXPORTS, export_download_url,
+    ExportResult, GenerateCostInfographic, GenerateExport, PaperSize, QUEUE_EXPORTS,
+    export_download_url,
 };
 use afterview_engine::time::format_iso;
 use afterview_engine::{Task, TaskContext, TaskError, TaskOptions};
@@ -266,14 +267,15 @@ impl Task for GenerateExportTask {
                 format!("reports are PDF; format {:?} is not supported", a.format),
             ));
         }
-        let paper = match a.paper.as_deref() {
-            None => Paper::Letter,
-            Some(p) => Paper::parse(p).ok_or_else(|| {
-                fail(
+        let paper = match a.paper.as_deref().map(PaperSize::parse) {
+            None | Some(Some(PaperSize::Letter)) => Paper::Letter,
+            Some(Some(PaperSize::A4)) => Paper::A4,
+            Some(None) => {
+                return Err(fail(
                     ErrorCode::InvalidOptions,
-                    format!("paper must be letter or a4, got {p:?}"),
-                )
-            })?,
+                    format!("paper must be letter or a4, got {:?}", a.paper),
+                ));
+            }
         };
         if a.visualization_ids.is_empty() {
             return Err(fail(

@@ -21,15 +21,6 @@ pub enum Paper {
 }
 
 impl Paper {
-    /// Parses `letter` / `a4`.
-    pub fn parse(s: &str) -> Option<Self> {
-        match s.to_ascii_lowercase().as_str() {
-            "letter" => Some(Self::Letter),
-            "a4" => Some(Self::A4),
-            _ => None,
-        }
-    }
-
     fn points(self) -> (f32, f32) {
         match self {
             Self::Letter => (612.0, 792.0),

@@ -1057,6 +1057,35 @@ async fn reports_and_infographics_through_the_api() {
         .await,
     )
     .await;
+    // A patient field the report does not know, or an unknown paper, is refused at the POST
+    // (before any task runs), not by a task failing later.
+    let (_, before) = body(s.get(ALICE, "/api/tasks").await).await;
+    for (extra, code) in [
+        (
+            json!({"patient": {"name": "Ada", "ssn": "123"}}),
+            "invalid_request",
+        ),
+        (json!({"paper": "tabloid"}), "invalid_options"),
+    ] {
+        let mut req = json!({"visualization_ids": [v1["id"]], "format": "pdf"});
+        for (k, v) in extra.as_object().unwrap() {
+            req[k] = v.clone();
+        }
+        for q in ["", "?async_processing=true"] {
+            let (st, e) = body(
+                s.post(ALICE, &format!("/api/exports{q}"), req.clone())
+                    .await,
+            )
+            .await;
+            assert_eq!(
+                (st, e["error"]["code"].as_str()),
+                (400, Some(code)),
+                "{req} {e}"
+            );
+        }
+    }
+    let (_, after) = body(s.get(ALICE, "/api/tasks").await).await;
+    assert_eq!(before["items"], after["items"], "no task was sent");
     let (st, exp) = body(
         s.post(
             ALICE,

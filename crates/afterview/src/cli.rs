@@ -34,8 +34,10 @@ struct GlobalArgs {
     /// Data directory (embedded database, stored files).
     #[arg(long, global = true, env = "AFTERVIEW_DATA_DIR", value_name = "DIR")]
     data_dir: Option<PathBuf>,
-    /// TOML config file (default: <data-dir>/afterview.toml when it exists).
+    /// TOML config file (default: <data-dir>/afterview.toml when it exists); read before
+    /// parsing, its keys are the variables' names without AFTERVIEW_, lowercased.
     #[arg(long, global = true, env = "AFTERVIEW_CONFIG", value_name = "FILE")]
+    #[allow(dead_code)]
     config: Option<PathBuf>,
     /// Broker: sqlite://[path] (default, embedded), redis://[:password@]host[:port][/db] (shared
     /// with Celery), memory://.
@@ -367,14 +369,66 @@ pub enum InspectWhat {
     Ping,
 }
 
+/// Every `AFTERVIEW_*` variable an argument of `cmd` (or of its subcommands) reads.
+fn variables(cmd: &clap::Command) -> std::collections::BTreeSet<String> {
+    let mut out: std::collections::BTreeSet<String> = cmd
+        .get_arguments()
+        .filter_map(|a| a.get_env()?.to_str().map(str::to_owned))
+        .collect();
+    for sc in cmd.get_subcommands() {
+        out.extend(variables(sc));
+    }
+    out
+}
+
+/// The config file's values become the arguments' defaults: below variables and flags.
+fn with_file_defaults(
+    cmd: clap::Command,
+    file: &std::collections::BTreeMap<String, Vec<String>>,
+) -> clap::Command {
+    let set = |a: clap::Arg| -> clap::Arg {
+        let values = a
+            .get_env()
+            .and_then(|e| e.to_str())
+            .and_then(|e| file.get(e));
+        match values {
+            // Parsed once per process; clap keeps `&'static str` defaults.
+            Some(v) => a.default_values(v.iter().map(|s| &*Box::leak(s.clone().into_boxed_str()))),
+            None => a,
+        }
+    };
+    let cmd = cmd.mut_args(set);
+    let names: Vec<String> = cmd
+        .get_subcommands()
+        .map(|s| s.get_name().to_owned())
+        .collect();
+    names
+        .iter()
+        .fold(cmd, |c, n| c.mut_subcommand(n, |sc| sc.mut_args(set)))
+}
+
 /// Parses the command line and runs the command.
 pub fn main() -> ExitCode {
     private_files();
-    let cli = Cli::parse();
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let mut cmd = <Cli as clap::CommandFactory>::command();
+    if let Some(path) = crate::config::file_for(&argv) {
+        match crate::config::load_file(&path, &variables(&cmd)) {
+            Ok(file) => cmd = with_file_defaults(cmd, &file),
+            Err(e) => {
+                eprintln!("afterview: {e:#}");
+                return ExitCode::from(EXIT_USAGE);
+            }
+        }
+    }
+    let matches = cmd.get_matches_from(&argv);
+    let cli = match <Cli as clap::FromArgMatches>::from_arg_matches(&matches) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
     let g = cli.global;
     let layer = GlobalLayer {
         data_dir: g.data_dir,
-        config: g.config,
         broker_url: g.broker_url,
         result_backend: g.result_backend,
         database_url: g.database_url,

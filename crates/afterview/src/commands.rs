@@ -24,15 +24,10 @@ fn client(b: &Backends) -> Client {
     crate::with_routes(Client::new(b.broker.clone(), b.results.clone()))
 }
 
-/// Resolves worker settings: flags/env, then the `[worker]` file section, then defaults.
-fn worker_config(s: &Settings, a: &WorkerArgs) -> anyhow::Result<WorkerConfig> {
-    let f = &s.worker_file;
+/// Resolves worker settings (flags, variables and the file arrive through clap) over defaults.
+fn worker_config(a: &WorkerArgs) -> anyhow::Result<WorkerConfig> {
     let d = WorkerConfig::default();
-    let queues = a
-        .queues
-        .clone()
-        .or(f.queues.clone())
-        .unwrap_or_else(crate::all_queues);
+    let queues = a.queues.clone().unwrap_or_else(crate::all_queues);
     let queues: Vec<String> = queues
         .into_iter()
         .map(|q| q.trim().to_owned())
@@ -44,11 +39,11 @@ fn worker_config(s: &Settings, a: &WorkerArgs) -> anyhow::Result<WorkerConfig> {
     for q in &queues {
         validate_queue(q)?;
     }
-    let concurrency = a.concurrency.or(f.concurrency).unwrap_or(d.concurrency);
+    let concurrency = a.concurrency.unwrap_or(d.concurrency);
     if concurrency == 0 || concurrency > 10_000 {
         bail!("concurrency must be 1-10000, got {concurrency}");
     }
-    let lease = match a.lease.or(f.lease) {
+    let lease = match a.lease {
         Some(v) => secs("lease", v)?,
         None => d.lease,
     };
@@ -56,25 +51,16 @@ fn worker_config(s: &Settings, a: &WorkerArgs) -> anyhow::Result<WorkerConfig> {
         bail!("lease must be at least 0.3 seconds");
     }
     Ok(WorkerConfig {
-        node: a
-            .node
-            .clone()
-            .or(f.node.clone())
-            .map(|n| expand_node_name(&n))
-            .unwrap_or(d.node),
+        node: a.node.as_deref().map(expand_node_name).unwrap_or(d.node),
         queues,
         concurrency,
-        prefetch_multiplier: a
-            .prefetch_multiplier
-            .or(f.prefetch_multiplier)
-            .unwrap_or(1)
-            .max(1),
+        prefetch_multiplier: a.prefetch_multiplier.unwrap_or(1).max(1),
         lease,
-        shutdown_grace: match a.shutdown_grace.or(f.shutdown_grace) {
+        shutdown_grace: match a.shutdown_grace {
             Some(v) => secs("shutdown grace", v)?,
             None => d.shutdown_grace,
         },
-        revoke_grace: match a.revoke_grace.or(f.revoke_grace) {
+        revoke_grace: match a.revoke_grace {
             Some(v) => secs("revoke grace", v)?,
             None => d.revoke_grace,
         },
@@ -121,16 +107,12 @@ fn watch_signals(shutdown: Shutdown) {
 
 /// `afterview serve`.
 pub async fn serve(s: Settings, a: ServeArgs) -> anyhow::Result<ExitCode> {
-    let wcfg = worker_config(&s, &a.worker)?;
+    let wcfg = worker_config(&a.worker)?;
     let b = backends::open_with(&s, a.worker.events).await?;
     let product = Product::open(&s, &a.worker.product).await?;
     let registry = product.registry(&a.worker.product)?;
     let client = client(&b);
-    let bind = a
-        .bind
-        .clone()
-        .or(s.serve_bind.clone())
-        .unwrap_or_else(|| DEFAULT_BIND.into());
+    let bind = a.bind.clone().unwrap_or_else(|| DEFAULT_BIND.into());
     let listener = tokio::net::TcpListener::bind(&bind)
         .await
         .with_context(|| format!("cannot listen on {bind}"))?;
@@ -194,7 +176,6 @@ pub async fn serve(s: Settings, a: ServeArgs) -> anyhow::Result<ExitCode> {
     inner.metrics_token = a.metrics_token.clone().filter(|t| !t.is_empty());
     inner.presign = a
         .presign_downloads
-        .or(s.serve_presign_downloads)
         .filter(|&secs| secs > 0)
         .map(Duration::from_secs);
     if let Some(ttl) = inner.presign {
@@ -371,7 +352,7 @@ fn write_private(path: &std::path::Path, content: &str) -> std::io::Result<()> {
 
 /// `afterview worker`.
 pub async fn worker(s: Settings, a: WorkerArgs) -> anyhow::Result<ExitCode> {
-    let cfg = worker_config(&s, &a)?;
+    let cfg = worker_config(&a)?;
     let b = backends::open_with(&s, a.events).await?;
     let product = Product::open(&s, &a.product).await?;
     let registry = product.registry(&a.product)?;

@@ -2,9 +2,7 @@
 
 use afterview_core::ErrorCode;
 use afterview_core::ids::new_id;
-use afterview_core::tasks::{
-    self, GenerateComparison, GenerateVisualization, MAX_COMPARISON, MIN_COMPARISON, PreviewOptions,
-};
+use afterview_core::tasks::{self, GenerateComparison, GenerateVisualization, PreviewOptions};
 use afterview_engine::{SendOptions, TaskState};
 use afterview_store::{ImageRecord, TaskRecord, image_key};
 use axum::Json;
@@ -737,15 +735,8 @@ pub(crate) async fn create_comparison(
         let wait = !q.is_async()?;
         let req: CreateComparison = parse_body(&headers, &body)?;
         owned_image(&st, &user, &req.image_id).await?;
-        let distinct: std::collections::HashSet<&String> = req.procedure_ids.iter().collect();
-        if !(MIN_COMPARISON..=MAX_COMPARISON).contains(&req.procedure_ids.len())
-            || distinct.len() != req.procedure_ids.len()
-        {
-            return Err(ApiError::domain(
-                ErrorCode::InvalidProcedureCount,
-                format!("a comparison needs {MIN_COMPARISON}-{MAX_COMPARISON} distinct procedures"),
-            ));
-        }
+        tasks::check_comparison(&req.procedure_ids)
+            .map_err(|m| ApiError::domain(ErrorCode::InvalidProcedureCount, m))?;
         for p in &req.procedure_ids {
             known_procedure(&st, p)?;
         }
@@ -755,7 +746,7 @@ pub(crate) async fn create_comparison(
             options: req.options,
             user_id: user.0.clone(),
         };
-        Ok((
+        Ok::<_, ApiError>((
             wait,
             serde_json::to_value(args).expect("arguments serialize"),
         ))

@@ -132,6 +132,21 @@ pub struct DetectFace {
     pub user_id: String,
 }
 
+/// Checks a comparison's procedure list: 2-4 distinct ids (the API answers 400 with this
+/// message before sending the task; the task checks the same for Celery producers).
+pub fn check_comparison(procedure_ids: &[String]) -> Result<(), String> {
+    let distinct: std::collections::HashSet<&String> = procedure_ids.iter().collect();
+    if (MIN_COMPARISON..=MAX_COMPARISON).contains(&procedure_ids.len())
+        && distinct.len() == procedure_ids.len()
+    {
+        Ok(())
+    } else {
+        Err(format!(
+            "a comparison needs {MIN_COMPARISON}-{MAX_COMPARISON} distinct procedures, got {procedure_ids:?}"
+        ))
+    }
+}
+
 /// Arguments of [`GENERATE_COMPARISON`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

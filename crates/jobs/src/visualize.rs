@@ -1,13 +1,11 @@
 //! `generate_visualization` and `generate_comparison`: progress 0 → 20 → 80 → 100 as the seed.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 
 use afterview_core::ErrorCode;
 use afterview_core::tasks::{
     ComparisonResult, EngineKind, GenerateComparison, GenerateVisualization, Intensity,
-    MAX_COMPARISON, MIN_COMPARISON, PreviewOptions, QUEUE_VISUALIZATIONS, VisualizationResult,
-    image_url, visualization_image_url,
+    PreviewOptions, QUEUE_VISUALIZATIONS, VisualizationResult, image_url, visualization_image_url,
 };
 use afterview_engine::time::format_iso;
 use afterview_engine::{Task, TaskContext, TaskError, TaskOptions};
@@ -400,18 +398,8 @@ impl Task for GenerateComparisonTask {
         let d = &self.0;
         check_user(&a.user_id)?;
         ctx.progress(0, "Starting comparison generation").await;
-        let distinct: HashSet<&String> = a.procedure_ids.iter().collect();
-        if !(MIN_COMPARISON..=MAX_COMPARISON).contains(&a.procedure_ids.len())
-            || distinct.len() != a.procedure_ids.len()
-        {
-            return Err(fail(
-                ErrorCode::InvalidProcedureCount,
-                format!(
-                    "a comparison needs {MIN_COMPARISON}-{MAX_COMPARISON} distinct procedures, got {:?}",
-                    a.procedure_ids
-                ),
-            ));
-        }
+        afterview_core::tasks::check_comparison(&a.procedure_ids)
+            .map_err(|m| fail(ErrorCode::InvalidProcedureCount, m))?;
         let procedures = a
             .procedure_ids
             .iter()

@@ -264,3 +264,45 @@ fn the_deploy_reference_names_every_flag_and_variable() {
     missing.dedup();
     assert!(missing.is_empty(), "not in docs/deploy.md: {missing:?}");
 }
+
+/// Every setting has its `afterview.toml` key, and the layers hold: defaults < file <
+/// variables < flags. The file's values are parsed exactly like flags; unknown keys are named.
+#[test]
+fn the_config_file_sits_below_variables_and_flags_for_every_setting() {
+    let env = Env::new();
+    std::fs::create_dir_all(env.data()).unwrap();
+    let file = env.data().join("afterview.toml");
+    std::fs::write(&file, "result_expires = 0\n").unwrap();
+    let err = |out: std::process::Output| String::from_utf8_lossy(&out.stderr).into_owned();
+    let out = env.run(&["migrate"]);
+    assert!(!out.status.success());
+    assert!(err(out).contains("result expiry must be at least one second"));
+    // A variable beats the file; a flag beats the variable.
+    let out = env
+        .cmd(&["migrate"])
+        .env("AFTERVIEW_RESULT_EXPIRES", "10")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", err(out));
+    let out = env
+        .cmd(&["--result-expires", "10", "migrate"])
+        .env("AFTERVIEW_RESULT_EXPIRES", "0")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", err(out));
+    // Serve-only and worker-only settings have keys too, checked like their flags.
+    std::fs::write(&file, "[limits]\nmax_pixels = \"lots\"\n").unwrap();
+    let out = env.run(&["serve", "--bind", "127.0.0.1:0"]);
+    assert!(!out.status.success());
+    assert!(
+        err(out).contains("--max-pixels"),
+        "the file's value is checked like the flag"
+    );
+    std::fs::write(&file, "[worker]\nconcurrency = 0\n").unwrap();
+    let out = env.run(&["worker"]);
+    assert!(err(out).contains("concurrency must be 1-10000"));
+    std::fs::write(&file, "[serve]\nmax_upload_byte = 5\n").unwrap();
+    let out = env.run(&["migrate"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(err(out).contains("unknown key `max_upload_byte` in [serve]"));
+}

@@ -7,6 +7,7 @@ pub mod backends;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod entry;
 pub mod product;
 
 use afterview_core::tasks;

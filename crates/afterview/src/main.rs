@@ -1,5 +1,5 @@
 //! `afterview`: a thin entry point over the library.
 
 fn main() -> std::process::ExitCode {
-    afterview::cli::main()
+    afterview::entry::main()
 }

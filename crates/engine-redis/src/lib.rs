@@ -43,8 +43,10 @@ use afterview_engine::backend::{
     Revocation, RevokeOutcome, StoreOutcome, WorkerReport,
 };
 use afterview_engine::events::EventHub;
-use afterview_engine::message::{EnvelopeInfo, TaskMessage, validate_queue};
+use afterview_engine::message::{EnvelopeInfo, TaskMessage};
+use afterview_engine::policy;
 use afterview_engine::result::ResultMeta;
+use afterview_engine::time::now_ms;
 use async_trait::async_trait;
 use chrono::{TimeZone, Utc};
 use redis::AsyncCommands;
@@ -82,7 +84,7 @@ impl Default for RedisOptions {
             visibility_timeout: Duration::from_secs(3_600),
             task_events: false,
             keyspace_events: true,
-            dead_letters_max: 10_000,
+            dead_letters_max: policy::DEAD_LETTER_CAP,
         }
     }
 }
@@ -188,10 +190,6 @@ fn unavailable(e: redis::RedisError) -> BackendError {
     } else {
         BackendError::Unavailable(e.to_string())
     }
-}
-
-fn now_ms() -> i64 {
-    Utc::now().timestamp_millis()
 }
 
 /// `redis://host:port/db` with any password replaced, for logs and `inspect`.
@@ -380,7 +378,7 @@ impl Inner {
         if self.declared.lock().expect("declared lock").contains(queue) {
             return Ok(());
         }
-        validate_queue(queue).map_err(|e| BackendError::Invalid(e.to_string()))?;
+        policy::check_queue(queue)?;
         let member = format!("{queue}{sep}{sep}{queue}", sep = celery::SEP);
         let mut c = self.conn();
         redis::pipe()

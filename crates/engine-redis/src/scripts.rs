@@ -399,3 +399,19 @@ return n
 pub(crate) fn with_helpers(body: &str) -> redis::Script {
     redis::Script::new(&format!("{HELPERS}\n{body}"))
 }
+
+#[cfg(test)]
+mod tests {
+    use afterview_engine::policy::TERMINAL_STATES;
+
+    #[test]
+    fn the_store_script_keeps_exactly_the_terminal_states() {
+        let listed: Vec<&str> = super::STORE
+            .split("m.status == '")
+            .skip(1)
+            .map(|s| &s[..s.find('\'').expect("quoted state")])
+            .collect();
+        let terminal: Vec<&str> = TERMINAL_STATES.iter().map(|s| s.as_str()).collect();
+        assert_eq!(listed, terminal);
+    }
+}

@@ -37,7 +37,8 @@ use afterview_engine::backend::{
     ResultBackend, Revocation, RevokeOutcome, StoreOutcome, WorkerReport,
 };
 use afterview_engine::events::EventHub;
-use afterview_engine::message::{EnvelopeInfo, TaskMessage, new_id, validate_queue};
+use afterview_engine::message::{EnvelopeInfo, TaskMessage, new_id};
+use afterview_engine::policy;
 use afterview_engine::result::ResultMeta;
 use afterview_engine::time::{from_ms, now_ms};
 use async_trait::async_trait;
@@ -49,9 +50,10 @@ use crate::writer::{AfterCommit, Writer};
 
 const READY: i64 = 0;
 const SCHEDULED: i64 = 1;
-const DEAD_LETTER_CAP: i64 = 10_000;
-const DEAD_LETTER_DAYS: i64 = 7;
-const STALE_WORKER_MS: i64 = 60_000;
+
+/// Whether a task has an unexpired final state (`policy::TERMINAL_STATES`, a test checks).
+const HAS_TERMINAL_RESULT: &str = "SELECT EXISTS(SELECT 1 FROM results WHERE task_id = ?1
+    AND expires_at > ?2 AND status IN ('SUCCESS', 'FAILURE', 'REVOKED'))";
 
 /// How the file is opened.
 #[derive(Debug, Clone)]
@@ -292,7 +294,7 @@ struct NewMessage {
 
 impl NewMessage {
     fn from_message(m: &TaskMessage) -> Result<Self, BackendError> {
-        validate_queue(&m.queue).map_err(|e| BackendError::Invalid(e.to_string()))?;
+        policy::check_queue(&m.queue)?;
         Ok(Self {
             tag: m.delivery_tag.clone(),
             task_id: m.id.clone(),
@@ -355,6 +357,14 @@ fn keep_seq_high_water(c: &Connection) -> rusqlite::Result<()> {
     Ok(())
 }
 
+/// Deletes the message `l` holds, if it still holds it (the fenced ack); whether it did.
+fn delete_held(c: &Connection, l: &LeaseRef) -> rusqlite::Result<bool> {
+    let n = c
+        .prepare_cached("DELETE FROM messages WHERE tag = ?1 AND epoch = ?2 AND state = 2")?
+        .execute(params![l.delivery_tag, l.epoch as i64])?;
+    Ok(n == 1)
+}
+
 fn holds(c: &Connection, l: &LeaseRef) -> rusqlite::Result<bool> {
     c.prepare_cached(
         "SELECT EXISTS(SELECT 1 FROM messages WHERE tag = ?1 AND epoch = ?2 AND state = 2)",
@@ -404,7 +414,7 @@ impl Broker for SqliteBackend {
     }
 
     async fn publish_raw(&self, queue: &str, raw: &[u8]) -> Result<(), BackendError> {
-        validate_queue(queue).map_err(|e| BackendError::Invalid(e.to_string()))?;
+        policy::check_queue(queue)?;
         let info = EnvelopeInfo::peek(raw);
         let now = now_ms();
         let row = NewMessage {
@@ -542,13 +552,7 @@ impl Broker for SqliteBackend {
 
     async fn ack(&self, lease: &LeaseRef) -> Result<bool, BackendError> {
         let l = lease.clone();
-        self.write(move |c| {
-            let n = c
-                .prepare_cached("DELETE FROM messages WHERE tag = ?1 AND epoch = ?2 AND state = 2")?
-                .execute(params![l.delivery_tag, l.epoch as i64])?;
-            Ok((n == 1, None))
-        })
-        .await
+        self.write(move |c| Ok((delete_held(c, &l)?, None))).await
     }
 
     async fn release(&self, lease: &LeaseRef) -> Result<bool, BackendError> {
@@ -571,10 +575,7 @@ impl Broker for SqliteBackend {
         let row = NewMessage::from_message(next)?;
         let wake = self.after_wake();
         self.write(move |c| {
-            let n = c
-                .prepare_cached("DELETE FROM messages WHERE tag = ?1 AND epoch = ?2 AND state = 2")?
-                .execute(params![l.delivery_tag, l.epoch as i64])?;
-            if n == 0 {
+            if !delete_held(c, &l)? {
                 return Ok((false, None));
             }
             row.insert(c, now_ms())?;
@@ -600,8 +601,7 @@ impl Broker for SqliteBackend {
         );
         self.write(move |c| {
             if let Some(l) = l {
-                c.prepare_cached("DELETE FROM messages WHERE tag = ?1 AND epoch = ?2 AND state = 2")?
-                    .execute(params![l.delivery_tag, l.epoch as i64])?;
+                delete_held(c, &l)?;
             }
             c.prepare_cached("INSERT INTO dead_letters (queue, task_id, reason, payload, at) VALUES (?1, ?2, ?3, ?4, ?5)")?
                 .execute(params![queue, task_id, reason, raw, now_ms()])?;
@@ -769,11 +769,11 @@ impl Broker for SqliteBackend {
                 .query_map([], |r| r.get(0))?
                 .collect()
         })?;
-        let now = chrono::Utc::now();
+        let now = afterview_engine::time::now();
         Ok(rows
             .iter()
             .filter_map(|r| serde_json::from_str::<WorkerReport>(r).ok())
-            .filter(|w| afterview_engine::memory::alive(w, now))
+            .filter(|w| policy::worker_alive(w, now))
             .collect())
     }
 
@@ -783,13 +783,13 @@ impl Broker for SqliteBackend {
             let revocations = c.execute("DELETE FROM revocations WHERE expires_at <= ?1", [now])? as u64;
             let mut dead_letters = c.execute(
                 "DELETE FROM dead_letters WHERE at < ?1",
-                [now - DEAD_LETTER_DAYS * 86_400_000],
+                [now - policy::DEAD_LETTER_KEEP.as_millis() as i64],
             )? as u64;
             dead_letters += c.execute(
                 "DELETE FROM dead_letters WHERE seq <= (SELECT seq FROM dead_letters ORDER BY seq DESC LIMIT 1 OFFSET ?1)",
-                [DEAD_LETTER_CAP],
+                [policy::DEAD_LETTER_CAP as i64],
             )? as u64;
-            let workers = c.execute("DELETE FROM workers WHERE heartbeat_at < ?1", [now - STALE_WORKER_MS])? as u64;
+            let workers = c.execute("DELETE FROM workers WHERE heartbeat_at < ?1", [now - policy::STALE_WORKER.as_millis() as i64])? as u64;
             Ok((CleanupStats { results: 0, revocations, dead_letters, workers }, None))
         })
         .await
@@ -822,17 +822,21 @@ impl ResultBackend for SqliteBackend {
                 Some(_) => {}
                 None => {
                     let terminal: bool = c
-                        .prepare_cached(
-                            "SELECT EXISTS(SELECT 1 FROM results WHERE task_id = ?1 AND expires_at > ?2
-                                           AND status IN ('SUCCESS', 'FAILURE', 'REVOKED'))",
-                        )?
+                        .prepare_cached(HAS_TERMINAL_RESULT)?
                         .query_row(params![id, now], |r| r.get(0))?;
                     if terminal {
                         return Ok((StoreOutcome::KeptTerminal, None));
                     }
                 }
             }
-            upsert_result(c, &id, &status, &json, &origin, now + expires.as_millis() as i64)?;
+            upsert_result(
+                c,
+                &id,
+                &status,
+                &json,
+                &origin,
+                now + expires.as_millis() as i64,
+            )?;
             let after: AfterCommit = Box::new(move || inner.hub.publish(published));
             Ok((StoreOutcome::Stored, Some(after)))
         })
@@ -854,10 +858,7 @@ impl ResultBackend for SqliteBackend {
         let published = meta.clone();
         self.write(move |c| {
             let now = now_ms();
-            let acked = c
-                .prepare_cached("DELETE FROM messages WHERE tag = ?1 AND epoch = ?2 AND state = 2")?
-                .execute(params![l.delivery_tag, l.epoch as i64])?;
-            if acked == 0 {
+            if !delete_held(c, &l)? {
                 return Ok((StoreOutcome::Fenced, None));
             }
             upsert_result(
@@ -917,5 +918,22 @@ impl ResultBackend for SqliteBackend {
 
     async fn ping(&self) -> Result<(), BackendError> {
         Broker::ping(self).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use afterview_engine::policy::TERMINAL_STATES;
+
+    #[test]
+    fn the_terminal_query_lists_exactly_the_terminal_states() {
+        let list = super::HAS_TERMINAL_RESULT
+            .split("IN (")
+            .nth(1)
+            .and_then(|s| s.split(')').next())
+            .expect("an IN list");
+        let listed: Vec<&str> = list.split(", ").map(|s| s.trim_matches('\'')).collect();
+        let terminal: Vec<&str> = TERMINAL_STATES.iter().map(|s| s.as_str()).collect();
+        assert_eq!(listed, terminal);
     }
 }

@@ -1,7 +1,7 @@
 //! Built-in tasks for operators and benchmarks: `afterview.noop`, `afterview.sleep`,
 //! `afterview.fail`.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
@@ -71,7 +71,7 @@ impl Task for Sleep {
             let ignore = a.ignore_cancel;
             return ctx
                 .blocking(move |flag| {
-                    let start = Instant::now();
+                    let start = std::time::Instant::now();
                     let mut spins = 0u64;
                     while start.elapsed() < total {
                         if !ignore && flag.is_cancelled() {
@@ -101,7 +101,7 @@ impl Task for Sleep {
             }
             return Ok(json!({"slept": a.seconds}));
         }
-        let start = Instant::now();
+        let start = tokio::time::Instant::now();
         let tick = (total / 10).clamp(Duration::from_millis(10), Duration::from_secs(1));
         ctx.progress(0, "Sleeping").await;
         while start.elapsed() < total {
@@ -186,5 +186,14 @@ impl Task for Fail {
             };
         }
         Err(err)
+    }
+}
+
+impl Registry {
+    /// A registry with the built-in `afterview.*` tasks.
+    pub fn with_builtins() -> Self {
+        let mut r = Self::new();
+        register(&mut r);
+        r
     }
 }

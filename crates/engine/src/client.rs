@@ -10,13 +10,13 @@ use serde_json::{Map, Value};
 use crate::backend::{
     BackendError, Broker, QueueStats, ResultBackend, RevokeOutcome, StoreOutcome, WorkerReport,
 };
-use crate::events::{TaskWatch, wait_ready};
 use crate::message::{DEFAULT_QUEUE, MessageError, SendOptions, TaskMessage, validate_task_id};
 use crate::result::{ResultMeta, TaskError, TaskState};
 use crate::task::{Registry, Task};
+use crate::watch::{TaskWatch, wait_ready, wait_watch};
 
-/// Default time revocations are kept (they protect against late copies of a message).
-pub const DEFAULT_REVOKE_KEEP: Duration = Duration::from_secs(7 * 24 * 3600);
+/// How long a revocation is kept by default.
+pub const DEFAULT_REVOKE_KEEP: Duration = crate::policy::REVOKE_KEEP;
 
 /// What can go wrong when using the client.
 #[derive(Debug, thiserror::Error)]
@@ -186,7 +186,7 @@ impl Client {
     ) -> Result<ResultMeta, ClientError> {
         let watch = TaskWatch::new(self.backend.clone(), &msg.id);
         self.broker.publish(msg).await?;
-        Ok(crate::events::wait_watch(watch, timeout).await?)
+        Ok(wait_watch(watch, timeout).await?)
     }
 
     /// Revokes a task: queued or delayed copies never run, a running one is cancelled, and the

@@ -23,11 +23,13 @@ pub mod client;
 pub mod events;
 pub mod memory;
 pub mod message;
+pub mod policy;
 pub mod result;
 pub mod task;
 #[cfg(feature = "testsuite")]
 pub mod testsuite;
 pub mod time;
+pub mod watch;
 pub mod worker;
 
 pub use backend::{BackendError, Broker, ResultBackend};

@@ -7,7 +7,6 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chrono::Utc;
 use tokio::sync::Notify;
 
 use crate::backend::{
@@ -15,11 +14,10 @@ use crate::backend::{
     ResultBackend, Revocation, RevokeOutcome, StoreOutcome, WorkerReport,
 };
 use crate::events::EventHub;
-use crate::message::{EnvelopeInfo, TaskMessage, new_id, validate_queue};
+use crate::message::{EnvelopeInfo, TaskMessage, new_id};
+use crate::policy;
 use crate::result::ResultMeta;
 use crate::time::now_ms;
-
-const DEAD_LETTER_CAP: usize = 10_000;
 
 struct Msg {
     seq: u64,
@@ -169,7 +167,7 @@ impl Broker for MemoryBackend {
     }
 
     async fn publish(&self, msg: &TaskMessage) -> Result<(), BackendError> {
-        validate_queue(&msg.queue).map_err(|e| BackendError::Invalid(e.to_string()))?;
+        policy::check_queue(&msg.queue)?;
         let raw = msg.to_envelope().into_bytes();
         self.lock().insert(
             msg.delivery_tag.clone(),
@@ -184,7 +182,7 @@ impl Broker for MemoryBackend {
     }
 
     async fn publish_raw(&self, queue: &str, raw: &[u8]) -> Result<(), BackendError> {
-        validate_queue(queue).map_err(|e| BackendError::Invalid(e.to_string()))?;
+        policy::check_queue(queue)?;
         let info = EnvelopeInfo::peek(raw);
         let tag = info.delivery_tag.unwrap_or_else(new_id);
         self.lock().insert(
@@ -353,9 +351,9 @@ impl Broker for MemoryBackend {
             task_id: task_id.map(str::to_owned),
             reason: reason.to_owned(),
             payload: String::from_utf8_lossy(raw).into_owned(),
-            at: Utc::now(),
+            at: crate::time::now(),
         });
-        st.dead.truncate(DEAD_LETTER_CAP);
+        st.dead.truncate(policy::DEAD_LETTER_CAP);
         Ok(())
     }
 
@@ -401,7 +399,7 @@ impl Broker for MemoryBackend {
             let rev = Revocation {
                 task_id: task_id.to_owned(),
                 terminate,
-                at: Utc::now(),
+                at: crate::time::now(),
                 seq: st.rev_seq,
             };
             st.revocations.insert(
@@ -494,12 +492,12 @@ impl Broker for MemoryBackend {
     }
 
     async fn workers(&self, _timeout: Duration) -> Result<Vec<WorkerReport>, BackendError> {
-        let now = Utc::now();
+        let now = crate::time::now();
         let mut v: Vec<WorkerReport> = self
             .lock()
             .workers
             .values()
-            .filter(|w| alive(w, now))
+            .filter(|w| policy::worker_alive(w, now))
             .cloned()
             .collect();
         v.sort_by(|a, b| a.node.cmp(&b.node));
@@ -513,13 +511,14 @@ impl Broker for MemoryBackend {
         let before = st.revocations.len();
         st.revocations.retain(|_, (_, exp)| *exp > now);
         stats.revocations = (before - st.revocations.len()) as u64;
-        let cutoff = Utc::now() - chrono::Duration::days(7);
+        let cutoff = crate::time::now()
+            - chrono::Duration::from_std(policy::DEAD_LETTER_KEEP).unwrap_or_default();
         let before = st.dead.len();
         st.dead.retain(|d| d.at > cutoff);
         stats.dead_letters = (before - st.dead.len()) as u64;
         let before = st.workers.len();
-        let t = Utc::now();
-        st.workers.retain(|_, w| alive(w, t));
+        let t = crate::time::now();
+        st.workers.retain(|_, w| policy::worker_alive(w, t));
         stats.workers = (before - st.workers.len()) as u64;
         Ok(stats)
     }
@@ -527,12 +526,6 @@ impl Broker for MemoryBackend {
     async fn ping(&self) -> Result<(), BackendError> {
         Ok(())
     }
-}
-
-/// A worker is alive while its last heartbeat is younger than three periods (min. 5 s).
-pub fn alive(w: &WorkerReport, now: chrono::DateTime<Utc>) -> bool {
-    let window = (w.freq * 3.0).max(5.0);
-    (now - w.heartbeat_at).num_milliseconds() as f64 <= window * 1000.0
 }
 
 #[async_trait]

@@ -118,7 +118,7 @@ impl TaskMessage {
                         "countdown must be a non-negative number of seconds, got {secs}"
                     )));
                 }
-                Some(Utc::now() + chrono::Duration::milliseconds((secs * 1000.0) as i64))
+                Some(crate::time::now() + chrono::Duration::milliseconds((secs * 1000.0) as i64))
             }
             (None, None) => None,
         };
@@ -177,7 +177,7 @@ impl TaskMessage {
     pub fn run_at_ms(&self) -> i64 {
         self.eta
             .map(|t| t.timestamp_millis())
-            .unwrap_or_else(|| Utc::now().timestamp_millis())
+            .unwrap_or_else(|| crate::time::now().timestamp_millis())
     }
 
     /// Encodes the kombu/Celery envelope (JSON), exactly the shape Python writes.
@@ -224,7 +224,7 @@ impl TaskMessage {
             "delivery_tag": self.delivery_tag,
         });
         if let Some(expires) = self.expires {
-            let ms = (expires - Utc::now()).num_milliseconds().max(0);
+            let ms = (expires - crate::time::now()).num_milliseconds().max(0);
             properties["expiration"] = Value::String(ms.to_string());
         }
         let env = json!({

@@ -396,13 +396,6 @@ impl Registry {
         Self::default()
     }
 
-    /// A registry with the built-in `afterview.*` tasks.
-    pub fn with_builtins() -> Self {
-        let mut r = Self::new();
-        crate::builtin::register(&mut r);
-        r
-    }
-
     /// Adds a task; a later registration under the same name replaces the earlier one.
     pub fn register<T: Task>(&mut self, task: T) -> &mut Self {
         self.tasks.insert(T::NAME, Arc::new(Typed(task)));

@@ -3,7 +3,11 @@
 //! A backend crate instantiates it with [`broker_conformance!`](crate::broker_conformance)
 //! and a factory `async fn(Duration) -> Fixture` (the argument is the result expiry). Each case
 //! is its own `#[tokio::test]`. Durable backends also instantiate the `durable` cases, whose
-//! fixture can reopen the same storage.
+//! fixture can reopen the same storage. A backend that keeps no time of its own (nothing
+//! outside the process expires keys or measures leases) runs the suite with
+//! `broker_conformance!(paused factory)`: on one thread with tokio's clock paused and the
+//! engine's clock ([`crate::time::now`]) following it, so waits cost no wall time and
+//! nothing depends on the machine's speed.
 //!
 //! The cases cover the broker contract (ordering, ETA, leases, fencing, retries, revocations,
 //! purge, dead letters, presence), the result contract (store, terminal guard, expiry, watch)
@@ -44,10 +48,13 @@ pub struct Fixture {
 #[macro_export]
 macro_rules! broker_conformance {
     (durable $factory:path) => {
-        $crate::broker_conformance!(@cases $factory; survives_reopen);
+        $crate::broker_conformance!(@cases [wall] $factory; survives_reopen);
     };
-    ($factory:path) => {
-        $crate::broker_conformance!(@cases $factory;
+    (paused $factory:path) => {
+        $crate::broker_conformance!(@all [paused] $factory);
+    };
+    (@all [$clock:ident] $factory:path) => {
+        $crate::broker_conformance!(@cases [$clock] $factory;
             claim_orders_by_priority_then_fifo,
             claim_respects_max_and_queues,
             eta_is_not_claimed_early,
@@ -79,13 +86,25 @@ macro_rules! broker_conformance {
             worker_writes_started_only_for_longer_runs,
         );
     };
-    (@cases $factory:path; $($name:ident),* $(,)?) => {
+    (@cases [wall] $factory:path; $($name:ident),* $(,)?) => {
         $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $name() {
                 $crate::testsuite::$name(&$factory).await;
             }
         )*
+    };
+    (@cases [paused] $factory:path; $($name:ident),* $(,)?) => {
+        $(
+            #[tokio::test(start_paused = true)]
+            async fn $name() {
+                $crate::time::follow_tokio_clock();
+                $crate::testsuite::$name(&$factory).await;
+            }
+        )*
+    };
+    ($factory:path) => {
+        $crate::broker_conformance!(@all [wall] $factory);
     };
 }
 
@@ -197,7 +216,7 @@ pub async fn eta_is_not_claimed_early(f: &impl Factory) {
     );
     let stats = fx.broker.queue_stats(Some(&["q".into()])).await.unwrap();
     assert_eq!((stats[0].ready, stats[0].scheduled), (0, 1));
-    let t0 = std::time::Instant::now();
+    let t0 = tokio::time::Instant::now();
     let mut got = vec![];
     while got.is_empty() && t0.elapsed() < Duration::from_secs(5) {
         fx.broker
@@ -540,7 +559,7 @@ pub async fn results_expire(f: &impl Factory) {
 /// A watch yields the current state first, then each change, and ends at a terminal state.
 pub async fn watch_yields_current_then_changes(f: &impl Factory) {
     let fx = f(DAY).await;
-    let mut fresh = crate::events::TaskWatch::new(fx.backend.clone(), "w0");
+    let mut fresh = crate::watch::TaskWatch::new(fx.backend.clone(), "w0");
     assert_eq!(
         fresh.next().await.unwrap().unwrap().status,
         TaskState::Pending
@@ -549,7 +568,7 @@ pub async fn watch_yields_current_then_changes(f: &impl Factory) {
         .store(&ResultMeta::new("w", TaskState::Started, Value::Null), None)
         .await
         .unwrap();
-    let mut watch = crate::events::TaskWatch::new(fx.backend.clone(), "w");
+    let mut watch = crate::watch::TaskWatch::new(fx.backend.clone(), "w");
     assert_eq!(
         watch.next().await.unwrap().unwrap().status,
         TaskState::Started
@@ -585,7 +604,7 @@ pub async fn watch_yields_current_then_changes(f: &impl Factory) {
         .unwrap();
     assert_eq!((last.status, last.result), (TaskState::Success, json!(7)));
     assert!(watch.next().await.unwrap().is_none());
-    let mut late = crate::events::TaskWatch::new(fx.backend.clone(), "w");
+    let mut late = crate::watch::TaskWatch::new(fx.backend.clone(), "w");
     assert_eq!(
         late.next().await.unwrap().unwrap().status,
         TaskState::Success,
@@ -1076,7 +1095,7 @@ pub async fn worker_retries_with_backoff(f: &impl Factory) {
     }
     assert_eq!(retries_seen, vec![1, 2]);
 
-    let t0 = std::time::Instant::now();
+    let t0 = tokio::time::Instant::now();
     let id = call(
         &w.client,
         "afterview.fail",
@@ -1109,7 +1128,7 @@ pub async fn worker_enforces_soft_and_hard_limits(f: &impl Factory) {
         },
         ..Default::default()
     };
-    let t0 = std::time::Instant::now();
+    let t0 = tokio::time::Instant::now();
     let id = call(&w.client, "afterview.sleep", json!({"seconds": 30}), soft).await;
     let r = wait(&w.client, &id).await;
     assert_eq!(
@@ -1123,7 +1142,14 @@ pub async fn worker_enforces_soft_and_hard_limits(f: &impl Factory) {
         t0.elapsed()
     );
 
-    for cpu in [false, true] {
+    // A CPU-bound run spins on the machine's clock in a blocking thread, which paused time
+    // cannot move: that variant runs in the suites on wall time (SQLite, Redis).
+    let variants: &[bool] = if crate::time::follows_tokio_clock() {
+        &[false]
+    } else {
+        &[false, true]
+    };
+    for &cpu in variants {
         let hard = SendOptions {
             timelimit: TimeLimits {
                 soft: Some(0.2),
@@ -1131,7 +1157,7 @@ pub async fn worker_enforces_soft_and_hard_limits(f: &impl Factory) {
             },
             ..Default::default()
         };
-        let t0 = std::time::Instant::now();
+        let t0 = tokio::time::Instant::now();
         let id = call(
             &w.client,
             "afterview.sleep",
@@ -1209,7 +1235,7 @@ pub async fn worker_revokes_queued_delayed_and_running(f: &impl Factory) {
             break;
         }
     }
-    let t0 = std::time::Instant::now();
+    let t0 = tokio::time::Instant::now();
     let out = w.client.revoke(&running, false).await.unwrap();
     assert!(out.running);
     let r = wait(&w.client, &running).await;

@@ -15,4 +15,4 @@ async fn memory(result_expires: Duration) -> Fixture {
     }
 }
 
-afterview_engine::broker_conformance!(memory);
+afterview_engine::broker_conformance!(paused memory);

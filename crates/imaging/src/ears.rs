@@ -4,8 +4,8 @@
 
 use image::RgbImage;
 
+use crate::face::skin::SkinModel;
 use crate::face::{Frame, Landmarks, Pt, regions as r};
-use crate::skin::SkinModel;
 
 /// A found ear: per row (face-frame `v`, mm), where it starts at the face outline and where
 /// its rim is (`u`, mm).

@@ -17,10 +17,10 @@
 
 mod ears;
 pub mod face;
+mod geom;
 pub mod measure;
 pub mod procedures;
 pub mod render;
-mod skin;
 pub mod warp;
 
 use afterview_core::ErrorCode;
@@ -29,8 +29,8 @@ use image::RgbImage;
 
 pub use afterview_intake as intake;
 pub use afterview_intake::{IntakeError, Limits};
+pub use face::skin::SkinModel;
 pub use face::{FaceError, Landmarks};
-pub use skin::SkinModel;
 pub use warp::Rect;
 
 use face::{Frame, Pt, regions};
@@ -115,7 +115,7 @@ fn protect_mask(photo: &RgbImage, lm: &Landmarks, f: &Frame, rect: Rect, only_da
             ((skin.distance(p) - 5.0) / 2.0).clamp(0.0, 1.0)
         }
     });
-    let grow = |idx: &[usize], mm: f32| procedures::grow(&lm.group(idx), f, mm);
+    let grow = |idx: &[usize], mm: f32| face::grow(&lm.group(idx), f, mm);
     if !only_dark {
         // The face's own dark features are not overlays: eyes and lips never, brows unless a
         // pixel is near-black (a frame crossing the brow; brow hair is rarely that dark). With
@@ -132,7 +132,7 @@ fn protect_mask(photo: &RgbImage, lm: &Landmarks, f: &Frame, rect: Rect, only_da
         for side in 0..2 {
             let mut brow = lm.group(&regions::BROW_UPPER[side]);
             brow.extend(lm.group(&regions::BROW_LOWER[side]).into_iter().rev());
-            let grown = procedures::grow(&brow, f, 2.0);
+            let grown = face::grow(&brow, f, 2.0);
             let mut inside = Mask::new(rect);
             inside.fill_polygon(&grown, 1.0);
             m.map(|x, y, v| {

@@ -6,8 +6,8 @@
 
 use image::RgbImage;
 
+use crate::face::skin::SkinModel;
 use crate::face::{Frame, Landmarks, Pt, regions as r};
-use crate::skin::SkinModel;
 
 /// One measured quantity before and after.
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -12,8 +12,8 @@ use afterview_core::tasks::Intensity;
 use image::RgbImage;
 
 use crate::ImagingError;
-use crate::face::{Frame, Landmarks, MESH_POINTS, Pt, regions as r};
-use crate::skin::{SkinModel, oval};
+use crate::face::skin::{SkinModel, oval};
+use crate::face::{Frame, Landmarks, MESH_POINTS, Pt, grow, regions as r};
 use crate::warp::Handle;
 
 /// What a procedure does to a photo.
@@ -591,21 +591,6 @@ fn inside_polygon(poly: &[Pt], p: Pt) -> bool {
         }
     }
     inside
-}
-
-/// `poly` grown outwards from its centroid by `mm` (inwards when negative).
-pub(crate) fn grow(poly: &[Pt], f: &Frame, mm: f32) -> Vec<Pt> {
-    let c = poly
-        .iter()
-        .fold(Pt::default(), |a, p| a.plus(*p))
-        .times(1.0 / poly.len().max(1) as f32);
-    poly.iter()
-        .map(|p| {
-            let d = p.minus(c);
-            let l = d.len().max(1e-3);
-            p.plus(d.times(f.px(mm) / l))
-        })
-        .collect()
 }
 
 /// A band of half-width `mm` around a polyline.

@@ -16,7 +16,7 @@
 
 use image::{Rgb, RgbImage};
 
-use crate::face::Pt;
+use crate::geom::Pt;
 
 /// An axis-aligned pixel rectangle, `[x0, x1) × [y0, y1)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

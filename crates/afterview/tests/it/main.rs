@@ -6,6 +6,7 @@ mod cli;
 mod crash;
 mod deploy;
 mod hardening;
+mod layout;
 mod redis_interop;
 mod serve;
 mod web;

@@ -20,6 +20,7 @@ mod detect;
 mod mesh;
 mod refine;
 pub mod regions;
+pub(crate) mod skin;
 mod template;
 
 use std::sync::OnceLock;
@@ -28,6 +29,7 @@ use afterview_core::tasks::ControlPoints;
 use afterview_nn::Model;
 use image::RgbImage;
 
+pub use crate::geom::Pt;
 pub use detect::detect_faces;
 use mesh::Roi;
 
@@ -38,44 +40,19 @@ pub const IPD_MM: f32 = 63.0;
 /// Number of Face Mesh points.
 pub const MESH_POINTS: usize = 468;
 
-/// A 2-D point or vector in image pixels.
-#[derive(Debug, Clone, Copy, PartialEq, Default)]
-pub struct Pt {
-    /// x, to the right.
-    pub x: f32,
-    /// y, downwards.
-    pub y: f32,
-}
-
-impl Pt {
-    /// A point.
-    pub const fn new(x: f32, y: f32) -> Self {
-        Self { x, y }
-    }
-    /// Sum.
-    pub fn plus(self, o: Pt) -> Pt {
-        Pt::new(self.x + o.x, self.y + o.y)
-    }
-    /// Difference.
-    pub fn minus(self, o: Pt) -> Pt {
-        Pt::new(self.x - o.x, self.y - o.y)
-    }
-    /// Scaled.
-    pub fn times(self, k: f32) -> Pt {
-        Pt::new(self.x * k, self.y * k)
-    }
-    /// Length.
-    pub fn len(self) -> f32 {
-        (self.x * self.x + self.y * self.y).sqrt()
-    }
-    /// Midpoint.
-    pub fn mid(self, o: Pt) -> Pt {
-        Pt::new((self.x + o.x) / 2.0, (self.y + o.y) / 2.0)
-    }
-    /// Dot product.
-    pub fn dot(self, o: Pt) -> f32 {
-        self.x * o.x + self.y * o.y
-    }
+/// `poly` grown outwards from its centroid by `mm` of the face's frame (inwards when negative).
+pub(crate) fn grow(poly: &[Pt], f: &Frame, mm: f32) -> Vec<Pt> {
+    let c = poly
+        .iter()
+        .fold(Pt::default(), |a, p| a.plus(*p))
+        .times(1.0 / poly.len().max(1) as f32);
+    poly.iter()
+        .map(|p| {
+            let d = p.minus(c);
+            let l = d.len().max(1e-3);
+            p.plus(d.times(f.px(mm) / l))
+        })
+        .collect()
 }
 
 /// A detected face box with BlazeFace's six keypoints, in image pixels.

@@ -8,7 +8,7 @@
 use image::RgbImage;
 
 use super::{Frame, Landmarks, regions as r};
-use crate::skin::{SkinModel, ycbcr};
+use crate::face::skin::{SkinModel, ycbcr};
 
 /// Sampling step along a column, mm.
 const STEP: f32 = 0.25;

@@ -122,5 +122,5 @@ impl SkinModel {
 
 /// The mesh's face outline pushed outwards by `mm` along the rays from its centre.
 pub(crate) fn oval(lm: &Landmarks, f: &Frame, mm: f32) -> Vec<Pt> {
-    crate::procedures::grow(&lm.group(&regions::FACE_OVAL), f, mm)
+    crate::face::grow(&lm.group(&regions::FACE_OVAL), f, mm)
 }

@@ -1,0 +1,364 @@
+//! The worker's loops: fetch (claims and spawns one supervisor per delivery) and the
+//! background loops (lease renewal, revocations, heartbeat, maintenance).
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::run::{Run, RunControl};
+use super::{Shared, Shutdown, process};
+use crate::backend::{ClaimRequest, LeaseRef, WorkerReport};
+use crate::task::CancelReason;
+
+/// How often a worker polls a broker that pushes wake-ups (a safety net only).
+const PUSHED_POLL: Duration = Duration::from_secs(5);
+
+fn idle_wait(s: &Shared) -> Duration {
+    if s.broker.pushes_wakeups() {
+        s.cfg.idle_wait.max(PUSHED_POLL)
+    } else {
+        s.cfg.idle_wait
+    }
+}
+
+/// The rhythm of a background loop: the first [`Period::next`] answers at once, each later one
+/// after `every`; `false` once `stop` fires.
+struct Period {
+    every: Duration,
+    stop: CancellationToken,
+    first: bool,
+}
+
+impl Period {
+    fn new(every: Duration, stop: CancellationToken) -> Self {
+        Self {
+            every,
+            stop,
+            first: true,
+        }
+    }
+
+    async fn next(&mut self) -> bool {
+        if std::mem::take(&mut self.first) {
+            return !self.stop.is_cancelled();
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(self.every) => true,
+            _ = self.stop.cancelled() => false,
+        }
+    }
+}
+
+/// Claims while fewer than `concurrency × prefetch` messages are held, until a graceful
+/// shutdown; one spawned supervisor per delivery.
+pub(super) async fn fetch_loop(s: &Arc<Shared>, shutdown: &Shutdown, runs: &mut JoinSet<()>) {
+    let capacity = s.cfg.concurrency * s.cfg.prefetch_multiplier.max(1);
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        while runs.try_join_next().is_some() {}
+        if shutdown.graceful.is_cancelled() {
+            return;
+        }
+        let held = s.held.load(Ordering::SeqCst);
+        if held >= capacity {
+            let freed = s.freed.notified();
+            tokio::select! {
+                _ = freed => {}
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                _ = shutdown.graceful.cancelled() => return,
+            }
+            continue;
+        }
+        let req = ClaimRequest {
+            queues: s.cfg.queues.clone(),
+            max: capacity - held,
+            worker: s.cfg.node.clone(),
+            lease: s.cfg.lease,
+        };
+        match s.broker.claim(&req).await {
+            Ok(batch) if batch.is_empty() => {
+                backoff = Duration::from_millis(100);
+                tokio::select! {
+                    _ = s.broker.wait_for_work(&s.cfg.queues, idle_wait(s)) => {}
+                    _ = shutdown.graceful.cancelled() => return,
+                }
+            }
+            Ok(batch) => {
+                backoff = Duration::from_millis(100);
+                let claimed_at = Instant::now();
+                for d in batch {
+                    spawn_run(s, runs, d, claimed_at);
+                }
+            }
+            Err(e) => {
+                warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "Claim failed.");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = shutdown.graceful.cancelled() => return,
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// Holds a delivery and spawns its supervisor, which releases the hold when it ends.
+fn spawn_run(
+    s: &Arc<Shared>,
+    runs: &mut JoinSet<()>,
+    d: crate::backend::Delivery,
+    claimed_at: Instant,
+) {
+    let ctrl = Arc::new(RunControl::default());
+    s.held.fetch_add(1, Ordering::SeqCst);
+    s.runs.lock().expect("runs lock").insert(
+        d.lease.delivery_tag.clone(),
+        Run {
+            lease: d.lease.clone(),
+            ctrl: ctrl.clone(),
+        },
+    );
+    let s = s.clone();
+    runs.spawn(async move {
+        let tag = d.lease.delivery_tag.clone();
+        process(&s, d, &ctrl, claimed_at).await;
+        s.runs.lock().expect("runs lock").remove(&tag);
+        s.held.fetch_sub(1, Ordering::SeqCst);
+        s.freed.notify_waiters();
+        s.freed.notify_one();
+    });
+}
+
+/// Extends held leases every third of a lease; a lost lease kills its run, and when renewal
+/// has failed for a whole lease every run is killed (other workers may own them now).
+pub(super) async fn renew_loop(s: Arc<Shared>, stop: CancellationToken) {
+    let period = (s.cfg.lease / 3).max(Duration::from_millis(50));
+    let mut last_ok = Instant::now();
+    let mut period = Period::new(period, stop);
+    while period.next().await {
+        let leases: Vec<LeaseRef> = s
+            .runs
+            .lock()
+            .expect("runs lock")
+            .values()
+            .map(|r| r.lease.clone())
+            .collect();
+        if leases.is_empty() {
+            last_ok = Instant::now();
+            continue;
+        }
+        match s.broker.renew(&leases, s.cfg.lease).await {
+            Ok(lost) => {
+                last_ok = Instant::now();
+                let runs = s.runs.lock().expect("runs lock");
+                for l in lost {
+                    if let Some(r) = runs.get(&l.delivery_tag) {
+                        warn!(task_id = %l.task_id, "Lease lost; stopping the run.");
+                        r.ctrl.kill(CancelReason::LeaseLost);
+                    }
+                }
+            }
+            Err(e) => {
+                warn!(error = %e, "Lease renewal failed.");
+                if last_ok.elapsed() >= s.cfg.lease {
+                    for r in s.runs.lock().expect("runs lock").values() {
+                        r.ctrl.kill(CancelReason::LeaseLost);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Follows the broker's revocation log and cancels matching runs: at once with `terminate`,
+/// else cooperatively and hard after `revoke_grace`.
+pub(super) async fn control_loop(s: Arc<Shared>, stop: CancellationToken) {
+    let mut cursor = loop {
+        match s.broker.revocations_since(u64::MAX).await {
+            Ok((_, c)) => break c,
+            Err(e) => {
+                warn!(error = %e, "Cannot read the revocation log yet.");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = stop.cancelled() => return,
+                }
+            }
+        }
+    };
+    // Revocations are pushed by some brokers; the poll is then only a safety net.
+    let poll = if s.broker.pushes_wakeups() {
+        Duration::from_secs(2)
+    } else {
+        Duration::from_millis(250)
+    };
+    loop {
+        tokio::select! {
+            _ = s.broker.wait_for_work(&[], poll) => {}
+            _ = stop.cancelled() => return,
+        }
+        let (revs, next) = match s.broker.revocations_since(cursor).await {
+            Ok(r) => r,
+            Err(e) => {
+                warn!(error = %e, "Reading revocations failed.");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+        };
+        cursor = next;
+        for rev in revs {
+            for ctrl in s.controls_of(&rev.task_id) {
+                info!(task_id = %rev.task_id, terminate = rev.terminate, "Cancelling revoked task.");
+                if rev.terminate {
+                    ctrl.kill(CancelReason::Revoked);
+                } else {
+                    ctrl.cancel(CancelReason::Revoked);
+                    let grace = s.cfg.revoke_grace;
+                    tokio::spawn(async move {
+                        tokio::time::sleep(grace).await;
+                        ctrl.kill(CancelReason::Revoked);
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// The worker's current self-description.
+pub(super) fn report(s: &Shared) -> WorkerReport {
+    let active = s
+        .runs
+        .lock()
+        .expect("runs lock")
+        .iter()
+        .filter_map(|(tag, r)| {
+            let a = r.ctrl.active.lock().expect("active lock");
+            a.as_ref().map(|a| a.render(tag))
+        })
+        .collect();
+    WorkerReport {
+        node: s.cfg.node.clone(),
+        hostname: crate::hostname(),
+        pid: std::process::id(),
+        queues: s.cfg.queues.clone(),
+        concurrency: s.cfg.concurrency,
+        prefetch_count: s.cfg.concurrency * s.cfg.prefetch_multiplier.max(1),
+        registered: s.registry.names(),
+        active,
+        total: s.totals.lock().expect("totals lock").clone(),
+        started_at: s.started_at,
+        heartbeat_at: crate::time::now(),
+        sw_ident: "afterview".into(),
+        sw_ver: env!("CARGO_PKG_VERSION").into(),
+        freq: s.cfg.heartbeat.as_secs_f64(),
+    }
+}
+
+/// A full heartbeat every period; sooner (at most every 250 ms) when the set of running tasks
+/// or the finished count changed, so `inspect` is fresh without a write per task at high rates.
+pub(super) async fn heartbeat_loop(s: Arc<Shared>, stop: CancellationToken) {
+    let mut last = Instant::now() - s.cfg.heartbeat;
+    let mut last_active: Vec<String> = vec![];
+    let mut last_done = 0u64;
+    let period = Duration::from_millis(250).min(s.cfg.heartbeat);
+    let mut period = Period::new(period, stop);
+    while period.next().await {
+        let mut active: Vec<String> = s
+            .runs
+            .lock()
+            .expect("runs lock")
+            .iter()
+            .filter(|(_, r)| r.ctrl.active.lock().expect("active lock").is_some())
+            .map(|(tag, _)| tag.clone())
+            .collect();
+        active.sort();
+        let done: u64 = s.totals.lock().expect("totals lock").values().sum();
+        if last.elapsed() >= s.cfg.heartbeat || active != last_active || done != last_done {
+            last_done = done;
+            last = Instant::now();
+            last_active = active;
+            if let Err(e) = s.broker.heartbeat(&report(&s)).await {
+                warn!(error = %e, "Heartbeat failed.");
+            }
+        }
+    }
+}
+
+/// How often expired leases are swept back to their queues: a fifth of the lease, so a dead
+/// worker's task is back within 1.2 leases, between 100 ms and 2 s.
+pub(super) fn requeue_interval(lease: Duration) -> Duration {
+    (lease / 5).clamp(Duration::from_millis(100), Duration::from_secs(2))
+}
+
+/// Returns expired leases to their queues; removes expired results, revocations and dead
+/// letters every `cleanup_interval`.
+pub(super) async fn maintenance_loop(s: Arc<Shared>, stop: CancellationToken) {
+    let mut last_cleanup = Instant::now() - s.cfg.cleanup_interval;
+    let mut period = Period::new(requeue_interval(s.cfg.lease), stop);
+    while period.next().await {
+        match s.broker.requeue_expired().await {
+            Ok(0) => {}
+            Ok(n) => info!(
+                count = n,
+                "Messages with expired leases returned to their queues."
+            ),
+            Err(e) => warn!(error = %e, "Requeueing expired leases failed."),
+        }
+        if last_cleanup.elapsed() < s.cfg.cleanup_interval {
+            continue;
+        }
+        last_cleanup = Instant::now();
+        match s.backend.cleanup().await {
+            Ok(n) if n > 0 => debug!(count = n, "Expired results removed."),
+            Ok(_) => {}
+            Err(e) => warn!(error = %e, "Result cleanup failed."),
+        }
+        if let Err(e) = s.broker.cleanup().await {
+            warn!(error = %e, "Broker cleanup failed.");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expired_leases_are_swept_every_fifth_of_a_lease_within_bounds() {
+        assert_eq!(
+            requeue_interval(Duration::from_secs(10)),
+            Duration::from_secs(2)
+        );
+        assert_eq!(
+            requeue_interval(Duration::from_secs(1)),
+            Duration::from_millis(200)
+        );
+        assert_eq!(
+            requeue_interval(Duration::from_millis(100)),
+            Duration::from_millis(100)
+        );
+        assert_eq!(
+            requeue_interval(Duration::from_secs(600)),
+            Duration::from_secs(2)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_period_answers_at_once_then_every_period_until_stopped() {
+        let stop = CancellationToken::new();
+        let t0 = Instant::now();
+        let mut ticks = vec![];
+        let mut period = Period::new(Duration::from_secs(1), stop.clone());
+        while period.next().await {
+            ticks.push(t0.elapsed().as_secs());
+            if ticks.len() == 3 {
+                stop.cancel();
+            }
+        }
+        assert_eq!(ticks, [0, 1, 2]);
+    }
+}

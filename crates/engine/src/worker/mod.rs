@@ -1,0 +1,340 @@
+//! The worker runtime: claims messages, runs their handlers under leases and time limits,
+//! stores every state change, retries, honours revocations, and shuts down without losing work.
+//!
+//! One [`Worker`] runs these loops until its [`Shutdown`] fires:
+//! - **fetch**: claims due messages while fewer than `concurrency × prefetch_multiplier` are
+//!   held, and spawns one supervisor per delivery;
+//! - **renew**: extends the leases of held messages every `lease / 3`; a lease that cannot be
+//!   renewed cancels its run (another worker owns the task now, and fencing drops its writes);
+//! - **control**: follows the broker's revocation log and cancels matching runs (cooperatively,
+//!   then hard after `revoke_grace`, or at once with `terminate`);
+//! - **heartbeat**: publishes a [`WorkerReport`] every `heartbeat` (what `inspect` shows);
+//! - **maintenance**: returns expired leases to their queues (every fifth of a lease, 0.1-2 s)
+//!   and removes expired results, revocations and dead letters (every `cleanup_interval`).
+//!
+//! A supervisor enforces the limits: at the soft limit the task's cancellation fires and it may
+//! clean up (if it then fails, the result is `SoftTimeLimitExceeded`); at the hard limit the run
+//! is abandoned, the slot is freed and the result is `TimeLimitExceeded`, whether or not the
+//! task's code cooperates.
+
+//!
+//! Where each step lives: [`admission`] (decode and refuse), [`supervise`] (slot, STARTED,
+//! limits), [`settle`] (every ending as a fenced state), [`loops`] (fetch and background
+//! loops), [`run`] (a held message's shared state).
+
+mod admission;
+mod loops;
+mod run;
+mod settle;
+mod supervise;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::Utc;
+use tokio::sync::{Notify, Semaphore};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::backend::{BackendError, Broker, Delivery, ResultBackend};
+use crate::result::TaskError;
+use crate::task::{CancelReason, Registry};
+use run::{Run, RunControl};
+use settle::{MetaBase, settle_killed, settle_run, store};
+use supervise::Limits;
+
+/// How a worker runs.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// Node name, `name@host`.
+    pub node: String,
+    /// Queues to consume.
+    pub queues: Vec<String>,
+    /// Tasks run at once.
+    pub concurrency: usize,
+    /// Messages held per slot (1 = claim only for free slots: no hidden backlog).
+    pub prefetch_multiplier: usize,
+    /// Lease length; renewed every third of it while the run lives.
+    pub lease: Duration,
+    /// Longest wait between claims when idle (backends wake the worker sooner on new work).
+    pub idle_wait: Duration,
+    /// How long a revoked running task may clean up before it is abandoned.
+    pub revoke_grace: Duration,
+    /// How long running tasks may finish at shutdown before they are given back.
+    pub shutdown_grace: Duration,
+    /// Heartbeat period.
+    pub heartbeat: Duration,
+    /// Period of the expired-results/revocations/dead-letters cleanup.
+    pub cleanup_interval: Duration,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        Self {
+            node: default_node_name(),
+            queues: vec![crate::message::DEFAULT_QUEUE.to_owned()],
+            concurrency: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2),
+            prefetch_multiplier: 1,
+            lease: Duration::from_secs(10),
+            idle_wait: Duration::from_secs(1),
+            revoke_grace: Duration::from_secs(5),
+            shutdown_grace: Duration::from_secs(30),
+            heartbeat: Duration::from_secs(2),
+            cleanup_interval: Duration::from_secs(60),
+        }
+    }
+}
+
+/// `afterview-<pid>@<host>`.
+pub fn default_node_name() -> String {
+    format!("afterview-{}@{}", std::process::id(), crate::hostname())
+}
+
+/// Expands Celery's `%h` (host), `%n` (host without domain) and `%p` (pid) in a node name.
+pub fn expand_node_name(name: &str) -> String {
+    let host = crate::hostname();
+    let short = host.split('.').next().unwrap_or(&host).to_owned();
+    name.replace("%h", &host)
+        .replace("%n", &short)
+        .replace("%p", &std::process::id().to_string())
+}
+
+/// Two-stage shutdown: the first trigger stops fetching and starts the grace period; the
+/// second cuts it short.
+#[derive(Debug, Clone, Default)]
+pub struct Shutdown {
+    /// Stop fetching; let running tasks finish within the grace period.
+    pub graceful: CancellationToken,
+    /// Give the remaining tasks back now.
+    pub immediate: CancellationToken,
+}
+
+impl Shutdown {
+    /// A shutdown that has not fired.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Fires the next stage.
+    pub fn trigger(&self) {
+        if self.graceful.is_cancelled() {
+            self.immediate.cancel();
+        } else {
+            self.graceful.cancel();
+        }
+    }
+}
+
+struct Shared {
+    cfg: WorkerConfig,
+    broker: Arc<dyn Broker>,
+    backend: Arc<dyn ResultBackend>,
+    registry: Registry,
+    runs: Mutex<HashMap<String, Run>>,
+    totals: Mutex<BTreeMap<String, u64>>,
+    slots: Arc<Semaphore>,
+    held: AtomicUsize,
+    freed: Notify,
+    started_at: chrono::DateTime<Utc>,
+}
+
+/// A worker bound to a broker, a result backend and a registry.
+pub struct Worker {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker")
+            .field("node", &self.shared.cfg.node)
+            .finish()
+    }
+}
+
+impl Worker {
+    /// A worker with `cfg`.
+    pub fn new(
+        cfg: WorkerConfig,
+        broker: Arc<dyn Broker>,
+        backend: Arc<dyn ResultBackend>,
+        registry: Registry,
+    ) -> Self {
+        let concurrency = cfg.concurrency.max(1);
+        Self {
+            shared: Arc::new(Shared {
+                slots: Arc::new(Semaphore::new(concurrency)),
+                cfg: WorkerConfig { concurrency, ..cfg },
+                broker,
+                backend,
+                registry,
+                runs: Mutex::default(),
+                totals: Mutex::default(),
+                held: AtomicUsize::new(0),
+                freed: Notify::new(),
+                started_at: crate::time::now(),
+            }),
+        }
+    }
+
+    /// The node name.
+    pub fn node(&self) -> &str {
+        &self.shared.cfg.node
+    }
+
+    /// Runs until `shutdown` fires and every held message is finished or given back.
+    pub async fn run(self, shutdown: Shutdown) -> Result<(), BackendError> {
+        let s = self.shared;
+        info!(
+            node = %s.cfg.node,
+            queues = %s.cfg.queues.join(","),
+            concurrency = s.cfg.concurrency,
+            broker = s.broker.kind(),
+            "Worker started."
+        );
+        let bg = CancellationToken::new();
+        let mut loops = JoinSet::new();
+        loops.spawn(loops::renew_loop(s.clone(), bg.clone()));
+        loops.spawn(loops::control_loop(s.clone(), bg.clone()));
+        loops.spawn(loops::heartbeat_loop(s.clone(), bg.clone()));
+        loops.spawn(loops::maintenance_loop(s.clone(), bg.clone()));
+
+        let mut runs = JoinSet::new();
+        loops::fetch_loop(&s, &shutdown, &mut runs).await;
+        drain(&s, &shutdown, &mut runs).await;
+        bg.cancel();
+        while loops.join_next().await.is_some() {}
+        if let Err(e) = s.broker.worker_gone(&s.cfg.node).await {
+            warn!(error = %e, "Could not remove the worker record.");
+        }
+        info!(node = %s.cfg.node, "Worker stopped.");
+        Ok(())
+    }
+}
+
+/// Lets running tasks finish within the grace period, then gives the rest back.
+async fn drain(s: &Arc<Shared>, shutdown: &Shutdown, runs: &mut JoinSet<()>) {
+    let deadline = Instant::now() + s.cfg.shutdown_grace;
+    while s.held.load(Ordering::SeqCst) > 0 {
+        let freed = s.freed.notified();
+        tokio::select! {
+            _ = freed => {}
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            _ = tokio::time::sleep_until(deadline) => break,
+            _ = shutdown.immediate.cancelled() => break,
+        }
+        while runs.try_join_next().is_some() {}
+    }
+    let remaining: Vec<Arc<RunControl>> = s
+        .runs
+        .lock()
+        .expect("runs lock")
+        .values()
+        .map(|r| r.ctrl.clone())
+        .collect();
+    if !remaining.is_empty() {
+        info!(
+            count = remaining.len(),
+            "Giving unfinished tasks back to the queue."
+        );
+    }
+    for ctrl in remaining {
+        ctrl.kill(CancelReason::Shutdown);
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(10), async {
+        while runs.join_next().await.is_some() {}
+    })
+    .await;
+}
+
+impl Shared {
+    /// Counts a finished run of `name` (what `inspect stats` shows).
+    fn count(&self, name: &str) {
+        *self
+            .totals
+            .lock()
+            .expect("totals lock")
+            .entry(name.to_owned())
+            .or_default() += 1;
+    }
+
+    /// The controls of the held runs of `task_id`.
+    fn controls_of(&self, task_id: &str) -> Vec<Arc<RunControl>> {
+        self.runs
+            .lock()
+            .expect("runs lock")
+            .values()
+            .filter(|r| r.lease.task_id == task_id)
+            .map(|r| r.ctrl.clone())
+            .collect()
+    }
+}
+
+/// One delivery from claim to settlement: admission, a slot, the run under supervision, and
+/// its end stored fenced by the lease.
+async fn process(s: &Arc<Shared>, d: Delivery, ctrl: &Arc<RunControl>, claimed_at: Instant) {
+    let Some(admission::Admitted { msg, handler, base }) = admission::admit(s, &d, ctrl).await
+    else {
+        return;
+    };
+    let lease = &d.lease;
+    let opts = handler.options();
+    let permit = match supervise::acquire_slot(s, &base, lease, ctrl).await {
+        Ok(p) => p,
+        Err(reason) => return settle_killed(s, &base, lease, reason).await,
+    };
+    let limits = Limits::of(&msg, &opts);
+    let (args, kwargs) = (msg.args.clone(), msg.kwargs.clone());
+    let Some(begun) =
+        supervise::begin(s, msg, &base, lease, ctrl, (claimed_at, d.redelivered)).await
+    else {
+        return;
+    };
+    if let Some(reason) = ctrl.reason() {
+        // Revoked or shut down between claim and start.
+        return settle_killed(s, &base, lease, reason).await;
+    }
+    let fut = match handler.call(begun.ctx.clone(), args, kwargs) {
+        Ok(f) => f,
+        Err(err) => return invalid_arguments(s, &d, &base, err).await,
+    };
+    let end = supervise::supervise(s, fut, ctrl, lease, &begun, limits).await;
+    drop(permit);
+    ctrl.supersede_start().await;
+    let reason = begun.ctx.cancel_reason();
+    settle_run(
+        s,
+        &base,
+        &begun.msg,
+        lease,
+        &opts.retry,
+        limits,
+        (end, reason),
+    )
+    .await;
+}
+
+/// Arguments the handler refuses: FAILURE, and the message set aside as a dead letter.
+async fn invalid_arguments(s: &Arc<Shared>, d: &Delivery, base: &MetaBase, err: TaskError) {
+    warn!(task_id = %d.lease.task_id, error = %err.message, "Invalid task arguments.");
+    let meta = base.error(crate::result::TaskState::Failure, &err);
+    if store(s, &meta, &d.lease).await == Some(crate::backend::StoreOutcome::Stored)
+        && let Err(e) = s
+            .broker
+            .dead_letter(
+                Some(&d.lease),
+                &d.queue,
+                &d.raw,
+                &err.message,
+                Some(&d.lease.task_id),
+            )
+            .await
+    {
+        warn!(error = %e, "Could not dead-letter a message with invalid arguments.");
+    }
+}

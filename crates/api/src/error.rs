@@ -113,7 +113,9 @@ impl ApiError {
 
     /// A catalogued domain error with its natural status.
     pub fn domain(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self::new(status_of(code.as_str()), code.as_str(), message)
+        let status =
+            StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        Self::new(status, code.as_str(), message)
     }
 
     /// A task's failure, as the answer to a synchronous request or `/result`.
@@ -129,27 +131,15 @@ impl ApiError {
     }
 }
 
-/// The HTTP status for a task or domain error code.
+/// The HTTP status for a task's error code: a catalogued [`ErrorCode`]'s own, or the engine's
+/// codes' (time limits, unknown tasks, bad arguments); anything else is a 500.
 pub fn status_of(code: &str) -> StatusCode {
+    if let Some(c) = ErrorCode::parse(code) {
+        return StatusCode::from_u16(c.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    }
     match code {
-        "image_not_found" | "visualization_not_found" => StatusCode::NOT_FOUND,
-        "empty_file"
-        | "invalid_options"
-        | "invalid_arguments"
-        | "invalid_control_points"
-        | "invalid_procedure_count" => StatusCode::BAD_REQUEST,
-        "file_too_large" | "image_too_large" => StatusCode::PAYLOAD_TOO_LARGE,
-        "unsupported_format" => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-        "corrupt_image"
-        | "no_face_detected"
-        | "feature_not_visible"
-        | "unknown_procedure"
-        | "unsupported_export_format"
-        | "gemini_blocked" => StatusCode::UNPROCESSABLE_ENTITY,
-        "gemini_not_configured" | "not_registered" => StatusCode::NOT_IMPLEMENTED,
-        "gemini_quota_exhausted" => StatusCode::TOO_MANY_REQUESTS,
-        "gemini_auth" | "gemini_no_image" | "gemini_bad_response" => StatusCode::BAD_GATEWAY,
-        "gemini_unavailable" | "storage_unavailable" => StatusCode::SERVICE_UNAVAILABLE,
+        "invalid_arguments" => StatusCode::BAD_REQUEST,
+        "not_registered" => StatusCode::NOT_IMPLEMENTED,
         "time_limit_exceeded" | "soft_time_limit_exceeded" => StatusCode::GATEWAY_TIMEOUT,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     }
@@ -179,6 +169,12 @@ impl IntoResponse for ApiError {
 
 /// Internal details (database messages, file paths, broker addresses) are logged, never
 /// answered: the client gets the code and a generic message.
+impl From<afterview_core::tasks::Invalid> for ApiError {
+    fn from(e: afterview_core::tasks::Invalid) -> Self {
+        Self::domain(e.code, e.message)
+    }
+}
+
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {

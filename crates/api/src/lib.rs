@@ -13,12 +13,11 @@
 
 pub mod auth;
 pub mod error;
-mod handlers;
 mod idempotency;
 pub mod metrics;
-mod monitor;
 pub mod openapi;
-mod tasks;
+mod routes;
+mod submit;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -29,13 +28,12 @@ use afterview_core::catalog::Catalog;
 use afterview_engine::Client;
 use afterview_intake::Limits;
 use afterview_store::{BlobStore, MetadataStore};
-use axum::extract::{DefaultBodyLimit, FromRequestParts, MatchedPath, Request, State};
+use axum::Router;
+use axum::extract::{FromRequestParts, MatchedPath, Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, Method, header};
 use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::response::Response;
 use serde_json::json;
 
 use crate::auth::{Auth, AuthError};
@@ -287,77 +285,9 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/docs"),
 ];
 
-/// The router.
+/// The router: every resource's routes, the 404 fallback, and request tracking.
 pub fn router(state: AppState) -> Router {
-    let uploads = Router::new()
-        .route(
-            "/api/images",
-            post(handlers::upload_image).get(handlers::list_images),
-        )
-        .layer(DefaultBodyLimit::max(MAX_UPLOAD_BODY));
-    let api = Router::new()
-        .route(
-            "/api/images/{id}",
-            get(handlers::get_image).delete(handlers::delete_image),
-        )
-        .route("/api/images/{id}/content", get(handlers::image_content))
-        .route("/api/images/{id}/face", get(handlers::image_face))
-        .route("/api/procedures", get(handlers::list_procedures))
-        .route("/api/procedures/{id}", get(handlers::get_procedure))
-        .route(
-            "/api/visualizations",
-            post(handlers::create_visualization).get(handlers::list_visualizations),
-        )
-        .route(
-            "/api/visualizations/compare",
-            post(handlers::create_comparison),
-        )
-        .route(
-            "/api/visualizations/{id}",
-            get(handlers::get_visualization).delete(handlers::delete_visualization),
-        )
-        .route(
-            "/api/visualizations/{id}/image",
-            get(handlers::visualization_image),
-        )
-        .route(
-            "/api/exports",
-            post(handlers::create_export).get(handlers::list_exports),
-        )
-        .route(
-            "/api/exports/cost-infographic",
-            post(handlers::create_infographic),
-        )
-        .route(
-            "/api/exports/{id}",
-            get(handlers::get_export).delete(handlers::delete_export),
-        )
-        .route("/api/exports/{id}/download", get(handlers::download_export))
-        .route("/api/tasks", get(tasks::list_tasks))
-        .route("/api/tasks/{id}/status", get(tasks::task_status))
-        .route("/api/tasks/{id}/cancel", post(tasks::cancel_task))
-        .route("/api/tasks/{id}/result", get(tasks::task_result))
-        .route("/api/ws/tasks/{id}", get(tasks::task_ws))
-        .route("/api/me", get(monitor::me))
-        .route("/api/config", get(monitor::config))
-        .route("/api/monitor", get(monitor::monitor))
-        .route("/api/monitor/tasks/{id}/revoke", post(monitor::revoke))
-        .layer(DefaultBodyLimit::max(MAX_JSON_BODY));
-    let ops = Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics_text))
-        .route(
-            "/api/openapi.json",
-            get(|| async { Json(openapi::document()) }),
-        )
-        .route(
-            "/api/docs",
-            get(|| async { axum::response::Html(openapi::docs_page()) }),
-        );
-    uploads
-        .merge(api)
-        .merge(ops)
+    routes::all()
         .fallback(|| async { ApiError::not_found("route") })
         .layer(axum::middleware::from_fn_with_state(state.clone(), track))
         .with_state(state)
@@ -397,80 +327,6 @@ async fn track(State(st): State<AppState>, req: Request, next: Next) -> Response
             .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     }
     resp
-}
-
-async fn healthz() -> Json<serde_json::Value> {
-    Json(json!({"status": "ok"}))
-}
-
-async fn readyz(State(st): State<AppState>) -> Response {
-    let check = async {
-        st.client
-            .broker()
-            .ping()
-            .await
-            .map_err(|e| format!("broker: {e}"))?;
-        st.client
-            .backend()
-            .ping()
-            .await
-            .map_err(|e| format!("result backend: {e}"))?;
-        st.meta
-            .ping()
-            .await
-            .map_err(|e| format!("metadata store: {e}"))?;
-        st.blobs
-            .ping()
-            .await
-            .map_err(|e| format!("blob store: {e}"))
-    };
-    match tokio::time::timeout(Duration::from_secs(3), check).await {
-        Ok(Ok(())) => Json(json!({"status": "ready"})).into_response(),
-        Ok(Err(e)) => {
-            // Which dependency is down is for the log; the probe only says "not ready".
-            tracing::warn!(error = %e, "not ready");
-            ApiError::unavailable(
-                e.split(':').next().unwrap_or("a dependency").to_owned() + " unavailable",
-            )
-            .into_response()
-        }
-        Err(_) => ApiError::unavailable("a dependency did not answer within 3 s").into_response(),
-    }
-}
-
-/// `/metrics`: open by default (it shows request counts and latencies by route, task counts
-/// by task name and queue depths: no user, photo or token); with `metrics_token` set, only
-/// `Authorization: Bearer <that token>`.
-async fn metrics_text(State(st): State<AppState>, headers: axum::http::HeaderMap) -> Response {
-    if let Some(want) = &st.metrics_token {
-        let got = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or("");
-        let same = got.len() == want.len()
-            && got
-                .bytes()
-                .zip(want.bytes())
-                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                == 0;
-        if !same {
-            return ApiError::unauthorized("unauthorized", "/metrics needs the metrics token")
-                .into_response();
-        }
-    }
-    let mut queues = st
-        .client
-        .queue_stats(Some(&st.client.known_queues()))
-        .await
-        .unwrap_or_default();
-    for q in st.client.queue_stats(None).await.unwrap_or_default() {
-        if !queues.iter().any(|k| k.queue == q.queue) {
-            queues.push(q);
-        }
-    }
-    let body = st.metrics.render(&queues);
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }
 
 /// Feeds task metrics from the engine's event stream until the stream closes.

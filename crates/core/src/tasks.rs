@@ -3,6 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::ErrorCode;
+
 /// `generate_visualization_task` of the seed.
 pub const GENERATE_VISUALIZATION: &str = "app.tasks.visualization_tasks.generate_visualization";
 /// `generate_comparison_task` of the seed.
@@ -219,6 +221,52 @@ mod tests {
     use super::*;
 
     #[test]
+    fn export_arguments_are_checked_in_one_place() {
+        let mut e = GenerateExport {
+            visualization_ids: vec!["v".into()],
+            format: "pdf".into(),
+            include_costs: true,
+            patient: None,
+            paper: Some("A4".into()),
+            user_id: "u".into(),
+        };
+        assert_eq!(e.check(), Ok(PaperSize::A4));
+        e.paper = Some("legal".into());
+        assert_eq!(e.check().unwrap_err().code, ErrorCode::InvalidOptions);
+        e.paper = None;
+        e.format = "docx".into();
+        assert_eq!(
+            e.check().unwrap_err().code,
+            ErrorCode::UnsupportedExportFormat
+        );
+        e.format = "pdf".into();
+        e.visualization_ids = vec![];
+        assert_eq!(e.check().unwrap_err().code, ErrorCode::InvalidOptions);
+        let wire = serde_json::to_value(GenerateExport {
+            visualization_ids: vec!["v".into()],
+            ..e
+        })
+        .unwrap();
+        assert!(wire.get("paper").is_none(), "paper only when given: {wire}");
+
+        let mut i = GenerateCostInfographic {
+            procedure_ids: vec!["rhinoplasty".into()],
+            format: "svg".into(),
+            colors: Some(vec!["#000000".into(); 4]),
+            user_id: "u".into(),
+        };
+        assert_eq!(i.check(), Ok(()));
+        i.colors = Some(vec!["red".into(); 4]);
+        assert_eq!(i.check().unwrap_err().code, ErrorCode::InvalidOptions);
+        i.colors = None;
+        i.format = "gif".into();
+        assert_eq!(
+            i.check().unwrap_err().code,
+            ErrorCode::UnsupportedExportFormat
+        );
+    }
+
+    #[test]
     fn arguments_read_as_the_seed_sends_them() {
         let a: GenerateVisualization = serde_json::from_str(
             r#"{"image_id": "i", "procedure_id": "rhinoplasty", "user_id": "u"}"#,
@@ -306,8 +354,9 @@ pub struct GenerateExport {
     /// Patient and clinic fields.
     #[serde(default)]
     pub patient: Option<PatientFields>,
-    /// `letter` (default) or `a4`.
-    #[serde(default)]
+    /// `letter` (default) or `a4`. Absent from the message when not given (the seed's task
+    /// does not know it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub paper: Option<String>,
     /// The owner.
     pub user_id: String,
@@ -323,10 +372,91 @@ pub struct GenerateCostInfographic {
     #[serde(default = "png")]
     pub format: String,
     /// Four `#rrggbb` colours (surgeon, anesthesia, facility, other).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub colors: Option<Vec<String>>,
     /// The owner.
     pub user_id: String,
+}
+
+/// Arguments that cannot run: the code clients see, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invalid {
+    /// The stable code.
+    pub code: ErrorCode,
+    /// For the caller.
+    pub message: String,
+}
+
+impl Invalid {
+    fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// Most items an export shows.
+pub const MAX_EXPORT_ITEMS: usize = 8;
+
+impl GenerateExport {
+    /// What the API checks before sending and the task before running: PDF only, a known
+    /// paper size, 1-8 visualizations. The paper size on success.
+    pub fn check(&self) -> Result<PaperSize, Invalid> {
+        if self.format != "pdf" {
+            return Err(Invalid::new(
+                ErrorCode::UnsupportedExportFormat,
+                format!("reports are PDF; format {:?} is not supported", self.format),
+            ));
+        }
+        let paper = match &self.paper {
+            None => PaperSize::default(),
+            Some(p) => PaperSize::parse(p).ok_or_else(|| {
+                Invalid::new(
+                    ErrorCode::InvalidOptions,
+                    format!("paper must be letter or a4, got {p:?}"),
+                )
+            })?,
+        };
+        if self.visualization_ids.is_empty() || self.visualization_ids.len() > MAX_EXPORT_ITEMS {
+            return Err(Invalid::new(
+                ErrorCode::InvalidOptions,
+                format!("a report shows 1-{MAX_EXPORT_ITEMS} visualizations"),
+            ));
+        }
+        Ok(paper)
+    }
+}
+
+impl GenerateCostInfographic {
+    /// What the API checks before sending and the task before running: PNG or SVG, 1-8
+    /// procedures, and when colours are given, four `#rrggbb` ones.
+    pub fn check(&self) -> Result<(), Invalid> {
+        if !["png", "svg"].contains(&self.format.as_str()) {
+            return Err(Invalid::new(
+                ErrorCode::UnsupportedExportFormat,
+                format!("format must be png or svg, got {:?}", self.format),
+            ));
+        }
+        if self.procedure_ids.is_empty() || self.procedure_ids.len() > MAX_EXPORT_ITEMS {
+            return Err(Invalid::new(
+                ErrorCode::InvalidOptions,
+                format!("an infographic shows 1-{MAX_EXPORT_ITEMS} procedures"),
+            ));
+        }
+        let hex = |c: &String| {
+            c.len() == 7 && c.starts_with('#') && c[1..].bytes().all(|b| b.is_ascii_hexdigit())
+        };
+        if let Some(c) = &self.colors
+            && (c.len() != 4 || !c.iter().all(hex))
+        {
+            return Err(Invalid::new(
+                ErrorCode::InvalidOptions,
+                "colors must list exactly four #rrggbb colors",
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// Result of the export tasks.

@@ -248,6 +248,11 @@ async fn save_export(
     Ok(stored.unwrap_or(value))
 }
 
+/// Arguments the shared checks refuse.
+fn invalid(e: afterview_core::tasks::Invalid) -> TaskError {
+    fail(e.code, e.message)
+}
+
 impl Task for GenerateExportTask {
     const NAME: &'static str = afterview_core::tasks::GENERATE_EXPORT;
     type Args = GenerateExport;
@@ -261,28 +266,10 @@ impl Task for GenerateExportTask {
         let d = &self.0;
         check_user(&a.user_id)?;
         ctx.progress(10, "Loading visualizations").await;
-        if a.format != "pdf" {
-            return Err(fail(
-                ErrorCode::UnsupportedExportFormat,
-                format!("reports are PDF; format {:?} is not supported", a.format),
-            ));
-        }
-        let paper = match a.paper.as_deref().map(PaperSize::parse) {
-            None | Some(Some(PaperSize::Letter)) => Paper::Letter,
-            Some(Some(PaperSize::A4)) => Paper::A4,
-            Some(None) => {
-                return Err(fail(
-                    ErrorCode::InvalidOptions,
-                    format!("paper must be letter or a4, got {:?}", a.paper),
-                ));
-            }
+        let paper = match a.check().map_err(invalid)? {
+            PaperSize::Letter => Paper::Letter,
+            PaperSize::A4 => Paper::A4,
         };
-        if a.visualization_ids.is_empty() {
-            return Err(fail(
-                ErrorCode::InvalidOptions,
-                "a report needs at least one visualization",
-            ));
-        }
         let patient = patient(a.patient)?;
         let vizs = singles(d, &a.user_id, &a.visualization_ids).await?;
         let mut items = vec![];
@@ -347,18 +334,7 @@ impl Task for GenerateCostInfographicTask {
         let d = &self.0;
         check_user(&a.user_id)?;
         ctx.progress(10, "Loading procedures").await;
-        if !["png", "svg"].contains(&a.format.as_str()) {
-            return Err(fail(
-                ErrorCode::UnsupportedExportFormat,
-                format!("format must be png or svg, got {:?}", a.format),
-            ));
-        }
-        if a.procedure_ids.is_empty() || a.procedure_ids.len() > 8 {
-            return Err(fail(
-                ErrorCode::InvalidOptions,
-                "an infographic shows 1-8 procedures",
-            ));
-        }
+        a.check().map_err(invalid)?;
         let procedures = a
             .procedure_ids
             .iter()
@@ -366,12 +342,9 @@ impl Task for GenerateCostInfographicTask {
             .collect::<Result<Vec<_>, _>>()?;
         let colors: [String; 4] = match a.colors {
             None => DEFAULT_COLORS.map(String::from),
-            Some(c) => c.try_into().map_err(|_| {
-                fail(
-                    ErrorCode::InvalidOptions,
-                    "colors must list exactly four #rrggbb colors",
-                )
-            })?,
+            Some(c) => c
+                .try_into()
+                .map_err(|_| fail(ErrorCode::InvalidOptions, "colors must list four colors"))?,
         };
         let input = InfographicInput {
             procedures,

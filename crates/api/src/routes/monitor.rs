@@ -12,9 +12,20 @@ use axum::Json;
 use axum::extract::{Path, State};
 use serde_json::{Value, json};
 
+use super::tasks::status_view;
 use crate::error::ApiError;
-use crate::tasks::status_view;
 use crate::{AppState, User};
+
+use axum::Router;
+use axum::routing::{get, post};
+
+pub(super) fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/api/me", get(me))
+        .route("/api/config", get(config))
+        .route("/api/monitor", get(monitor))
+        .route("/api/monitor/tasks/{id}/revoke", post(revoke))
+}
 
 /// How long the monitor waits for workers to answer.
 const WORKERS_WAIT: Duration = Duration::from_millis(500);

@@ -9,9 +9,21 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
+use super::ListQuery;
 use crate::error::ApiError;
-use crate::handlers::ListQuery;
 use crate::{AppState, Session, User};
+
+use axum::Router;
+use axum::routing::{get, post};
+
+pub(super) fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/api/tasks", get(list_tasks))
+        .route("/api/tasks/{id}/status", get(task_status))
+        .route("/api/tasks/{id}/cancel", post(cancel_task))
+        .route("/api/tasks/{id}/result", get(task_result))
+        .route("/api/ws/tasks/{id}", get(task_ws))
+}
 
 /// Checks the id and that the caller sent the task.
 async fn owned_task(

@@ -1,0 +1,167 @@
+//! `/api/exports`: the patient report and the cost infographic (sent as tasks), list,
+//! metadata, download, delete.
+
+use afterview_core::tasks;
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::Value;
+
+use crate::error::ApiError;
+use crate::{AppState, User};
+
+use afterview_core::tasks::{GenerateCostInfographic, GenerateExport};
+
+use super::visualizations::{known_procedure, owned_viz};
+use super::{AsyncQuery, ListQuery, Post, delete_blobs, kwargs, post_task, presigned, task_args};
+
+use axum::Router;
+use axum::routing::{get, post};
+
+pub(super) fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/api/exports", post(create_export).get(list_exports))
+        .route("/api/exports/cost-infographic", post(create_infographic))
+        .route("/api/exports/{id}", get(get_export).delete(delete_export))
+        .route("/api/exports/{id}/download", get(download_export))
+}
+
+/// `POST /api/exports`: the patient report.
+pub(crate) async fn create_export(
+    State(st): State<AppState>,
+    user: User,
+    Query(q): Query<AsyncQuery>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let prepare = async {
+        let args: GenerateExport = task_args(&headers, &body, &user)?;
+        args.check()?;
+        for id in &args.visualization_ids {
+            owned_viz(&st, &user, id).await?;
+        }
+        Ok(kwargs(&args))
+    };
+    let post = Post {
+        route: "POST /api/exports",
+        task: tasks::GENERATE_EXPORT,
+    };
+    post_task(&st, &user, &q, (&headers, &body), post, prepare).await
+}
+
+/// `POST /api/exports/cost-infographic`.
+pub(crate) async fn create_infographic(
+    State(st): State<AppState>,
+    user: User,
+    Query(q): Query<AsyncQuery>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let prepare = async {
+        let args: GenerateCostInfographic = task_args(&headers, &body, &user)?;
+        args.check()?;
+        for p in &args.procedure_ids {
+            known_procedure(&st, p)?;
+        }
+        Ok(kwargs(&args))
+    };
+    let post = Post {
+        route: "POST /api/exports/cost-infographic",
+        task: tasks::GENERATE_COST_INFOGRAPHIC,
+    };
+    post_task(&st, &user, &q, (&headers, &body), post, prepare).await
+}
+
+async fn owned_export(
+    st: &AppState,
+    user: &User,
+    id: &str,
+) -> Result<afterview_store::ExportRecord, ApiError> {
+    st.meta
+        .get_export(&user.0, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(&format!("export {id}")))
+}
+
+/// `GET /api/exports`.
+pub(crate) async fn list_exports(
+    State(st): State<AppState>,
+    user: User,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<Value>, ApiError> {
+    q.page(
+        |n| async move { Ok(st.meta.list_exports(&user.0, n).await?) },
+        |r| r.result,
+    )
+    .await
+}
+
+/// `GET /api/exports/{id}`.
+pub(crate) async fn get_export(
+    State(st): State<AppState>,
+    user: User,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(owned_export(&st, &user, &id).await?.result))
+}
+
+/// `GET /api/exports/{id}/download`.
+pub(crate) async fn download_export(
+    State(st): State<AppState>,
+    user: User,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let rec = owned_export(&st, &user, &id).await?;
+    if let Some(r) = presigned(&st, &rec.blob_key).await? {
+        return Ok(r);
+    }
+    let bytes = st
+        .blobs
+        .get(&rec.blob_key)
+        .await?
+        .ok_or_else(|| ApiError::not_found("export content"))?;
+    let ct = match rec.format.as_str() {
+        "pdf" => "application/pdf",
+        "svg" => "image/svg+xml",
+        _ => "image/png",
+    };
+    let name = format!(
+        "afterview-{}-{}.{}",
+        rec.kind,
+        &rec.id[..8.min(rec.id.len())],
+        rec.format
+    );
+    Ok((
+        [
+            (header::CONTENT_TYPE, HeaderValue::from_static(ct)),
+            (
+                header::CONTENT_DISPOSITION,
+                HeaderValue::from_str(&format!("attachment; filename=\"{name}\""))
+                    .expect("ascii name"),
+            ),
+            (
+                header::CACHE_CONTROL,
+                HeaderValue::from_static("private, no-store"),
+            ),
+        ],
+        bytes,
+    )
+        .into_response())
+}
+
+/// `DELETE /api/exports/{id}`: the report or infographic and its file.
+pub(crate) async fn delete_export(
+    State(st): State<AppState>,
+    user: User,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let key = st
+        .meta
+        .delete_export(&user.0, &id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("export"))?;
+    delete_blobs(&st, vec![key]);
+    Ok(StatusCode::NO_CONTENT.into_response())
+}

@@ -1,0 +1,256 @@
+//! `/api/images`: upload (checked, EXIF applied and stripped), list, metadata, content, face
+//! detection, delete (revoking the tasks that work on the photo).
+
+use afterview_core::ErrorCode;
+use afterview_core::tasks;
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use crate::error::ApiError;
+use crate::{AppState, User};
+use afterview_core::ids::new_id;
+use afterview_store::{ImageRecord, image_key};
+use axum::extract::Multipart;
+
+use super::{ListQuery, delete_blobs, png_response, presigned};
+use crate::idempotency;
+use crate::submit::submit;
+
+use axum::Router;
+use axum::routing::get;
+
+pub(super) fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/api/images/{id}", get(get_image).delete(delete_image))
+        .route("/api/images/{id}/content", get(image_content))
+        .route("/api/images/{id}/face", get(image_face))
+}
+
+fn image_view(r: &ImageRecord) -> Value {
+    json!({
+        "id": r.id,
+        "url": tasks::image_url(&r.id),
+        "width": r.width,
+        "height": r.height,
+        "size_bytes": r.bytes,
+        "source_format": r.source_format,
+        "created_at": r.created_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+    })
+}
+
+/// `POST /api/images` (multipart field `file`).
+pub(crate) async fn upload_image(
+    State(st): State<AppState>,
+    user: User,
+    headers: HeaderMap,
+    mp: Multipart,
+) -> Response {
+    let file = match file_field(mp).await {
+        Ok(f) => f,
+        Err(e) => return e.into_response(),
+    };
+    let body = file.clone();
+    let uid = user.0.clone();
+    idempotency::once(
+        &st.clone(),
+        &uid,
+        &headers,
+        "POST /api/images",
+        &body,
+        || async move { store_photo(&st, &user, file).await },
+    )
+    .await
+}
+
+/// The multipart body's `file` field.
+async fn file_field(mut mp: Multipart) -> Result<Bytes, ApiError> {
+    let mut file: Option<Bytes> = None;
+    while let Some(field) = mp.next_field().await.map_err(|e| upload_error(&e))? {
+        if field.name() == Some("file") {
+            file = Some(field.bytes().await.map_err(|e| upload_error(&e))?);
+        }
+    }
+    file.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "missing_file",
+            "the upload has no `file` field",
+        )
+    })
+}
+
+/// 403 when the user's photo count or bytes are at the quota.
+async fn check_quota(st: &AppState, user: &User) -> Result<(), ApiError> {
+    let lim = &st.user_limits;
+    let stored = st
+        .meta
+        .list_images(&user.0, (lim.photos + 1) as u32)
+        .await?;
+    let bytes: u64 = stored.iter().map(|r| r.bytes).sum();
+    if stored.len() >= lim.photos || bytes >= lim.storage_bytes {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "storage_quota_exceeded",
+            format!(
+                "the photo quota is full ({} photos, {} MB); delete some first",
+                lim.photos,
+                lim.storage_bytes / 1_000_000
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks, decodes (EXIF applied and stripped, re-encoded as PNG) and stores a photo.
+async fn store_photo(
+    st: &AppState,
+    user: &User,
+    file: Bytes,
+) -> Result<(StatusCode, Value), ApiError> {
+    check_quota(st, user).await?;
+    // Bounded work: at most `decode_slots()` photos decode at once; the others wait, then get
+    // 503 with Retry-After rather than exhaust memory.
+    let busy = |m: &str| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "busy", m);
+    let _slot = tokio::time::timeout(crate::DECODE_WAIT, st.decodes.acquire())
+        .await
+        .map_err(|_| busy("too many photos are being processed; retry shortly"))?
+        .map_err(|_| busy("shutting down"))?;
+    let limits = st.limits;
+    let n = tokio::task::spawn_blocking(move || afterview_intake::intake(&file, &limits))
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal_error",
+                e.to_string(),
+            )
+        })?
+        .map_err(|e| ApiError::domain(e.code(), e.to_string()))?;
+    let id = new_id();
+    let rec = ImageRecord {
+        id: id.clone(),
+        owner: user.0.clone(),
+        blob_key: image_key(&id),
+        width: n.width,
+        height: n.height,
+        bytes: n.png.len() as u64,
+        source_format: n.source_format.as_str().into(),
+        created_at: chrono::Utc::now(),
+    };
+    st.blobs.put(&rec.blob_key, Bytes::from(n.png)).await?;
+    st.meta.insert_image(&rec).await?;
+    Ok((StatusCode::CREATED, image_view(&rec)))
+}
+
+/// A multipart body that could not be read: 413 when it passed the size limit (axum says so
+/// by the error's status), else 400.
+fn upload_error(e: &axum::extract::multipart::MultipartError) -> ApiError {
+    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            "the upload is larger than the limit (20 MB)",
+        )
+    } else {
+        ApiError::bad_request(format!("malformed multipart body: {}", e.body_text()))
+    }
+}
+
+/// `GET /api/images`.
+pub(crate) async fn list_images(
+    State(st): State<AppState>,
+    user: User,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<Value>, ApiError> {
+    q.page(
+        |n| async move { Ok(st.meta.list_images(&user.0, n).await?) },
+        |r| image_view(&r),
+    )
+    .await
+}
+
+pub(super) async fn owned_image(
+    st: &AppState,
+    user: &User,
+    id: &str,
+) -> Result<ImageRecord, ApiError> {
+    st.meta.get_image(&user.0, id).await?.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            ErrorCode::ImageNotFound.as_str(),
+            format!("image {id} not found"),
+        )
+    })
+}
+
+/// `GET /api/images/{id}`.
+pub(crate) async fn get_image(
+    State(st): State<AppState>,
+    user: User,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(image_view(&owned_image(&st, &user, &id).await?)))
+}
+
+/// `GET /api/images/{id}/content`.
+pub(crate) async fn image_content(
+    State(st): State<AppState>,
+    user: User,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let rec = owned_image(&st, &user, &id).await?;
+    if let Some(r) = presigned(&st, &rec.blob_key).await? {
+        return Ok(r);
+    }
+    let bytes = st
+        .blobs
+        .get(&rec.blob_key)
+        .await?
+        .ok_or_else(|| ApiError::not_found("image content"))?;
+    Ok(png_response(bytes))
+}
+
+/// `GET /api/images/{id}/face`: where the previews will work (box, key points, outline), found
+/// by the `afterview.detect_face` task; `422 no_face_detected` when there is no face.
+pub(crate) async fn image_face(
+    State(st): State<AppState>,
+    user: User,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    owned_image(&st, &user, &id).await?;
+    let args = afterview_core::tasks::DetectFace {
+        image_id: id,
+        user_id: user.0.clone(),
+    };
+    let kwargs = serde_json::to_value(args).expect("arguments serialize");
+    let (status, body) = submit(&st, &user, tasks::DETECT_FACE, kwargs, true).await?;
+    Ok((status, Json(body)).into_response())
+}
+
+/// `DELETE /api/images/{id}`: the image and everything made from it. Tasks still working on
+/// it are revoked first (a running one is terminated), so no preview of it is saved afterwards.
+pub(crate) async fn delete_image(
+    State(st): State<AppState>,
+    user: User,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    owned_image(&st, &user, &id).await?;
+    for task in st.meta.tasks_for_image(&user.0, &id).await? {
+        if let Err(e) = st.client.revoke(&task, true).await {
+            tracing::warn!(task_id = %task, error = %e, "Could not revoke a task of a deleted photo.");
+        }
+    }
+    let d = st.meta.delete_image(&user.0, &id).await?.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            ErrorCode::ImageNotFound.as_str(),
+            format!("image {id} not found"),
+        )
+    })?;
+    delete_blobs(&st, d.blob_keys);
+    Ok(StatusCode::NO_CONTENT.into_response())
+}

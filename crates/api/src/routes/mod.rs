@@ -1,0 +1,282 @@
+//! The HTTP routes, one module per resource, each with its router fragment; what they share
+//! (query parameters, JSON bodies, picture answers, background blob deletion) is here.
+
+mod exports;
+mod images;
+pub(crate) mod monitor;
+mod ops;
+mod procedures;
+pub(crate) mod tasks;
+mod visualizations;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::post;
+
+use crate::submit::submit;
+use crate::{MAX_JSON_BODY, MAX_UPLOAD_BODY, idempotency};
+
+/// Every route (listed in [`crate::ROUTES`]; a test checks the two agree).
+pub(crate) fn all() -> Router<AppState> {
+    let uploads = Router::new()
+        .route(
+            "/api/images",
+            post(images::upload_image).get(images::list_images),
+        )
+        .layer(DefaultBodyLimit::max(MAX_UPLOAD_BODY));
+    let api = images::routes()
+        .merge(procedures::routes())
+        .merge(visualizations::routes())
+        .merge(exports::routes())
+        .merge(tasks::routes())
+        .merge(monitor::routes())
+        .layer(DefaultBodyLimit::max(MAX_JSON_BODY));
+    uploads.merge(api).merge(ops::routes())
+}
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+
+use crate::error::ApiError;
+use crate::{AppState, User};
+
+/// `?async_processing=true|false` (default false, as the seed).
+#[derive(Debug, Deserialize)]
+pub(crate) struct AsyncQuery {
+    #[serde(default)]
+    async_processing: Option<String>,
+}
+
+impl AsyncQuery {
+    pub(crate) fn is_async(&self) -> Result<bool, ApiError> {
+        match self
+            .async_processing
+            .as_deref()
+            .map(str::to_ascii_lowercase)
+            .as_deref()
+        {
+            None | Some("false") | Some("0") => Ok(false),
+            Some("true") | Some("1") => Ok(true),
+            Some(other) => Err(ApiError::bad_request(format!(
+                "async_processing must be true or false, got {other:?}"
+            ))),
+        }
+    }
+}
+
+/// `?limit=` for lists (1-200, default 50).
+#[derive(Debug, Deserialize)]
+pub(crate) struct ListQuery {
+    #[serde(default)]
+    limit: Option<u32>,
+    #[serde(default)]
+    offset: Option<u32>,
+}
+
+/// The deepest page a list reaches (`offset` beyond it is refused).
+pub(crate) const MAX_OFFSET: u32 = 10_000;
+
+impl ListQuery {
+    /// `(offset, limit)`, checked.
+    pub(crate) fn window(&self) -> Result<(u32, u32), ApiError> {
+        let offset = self.offset.unwrap_or(0);
+        if offset > MAX_OFFSET {
+            return Err(ApiError::bad_request(format!(
+                "offset must be 0-{MAX_OFFSET}, got {offset}"
+            )));
+        }
+        Ok((offset, self.limit()?))
+    }
+
+    /// One page of a newest-first list: fetches `offset + limit + 1` rows with `fetch` and
+    /// answers `{"items": [...], "next_offset": n | null}`.
+    pub(crate) async fn page<T, F, Fut>(
+        &self,
+        fetch: F,
+        view: impl Fn(T) -> Value,
+    ) -> Result<Json<Value>, ApiError>
+    where
+        F: FnOnce(u32) -> Fut,
+        Fut: Future<Output = Result<Vec<T>, ApiError>>,
+    {
+        let (offset, limit) = self.window()?;
+        let rows = fetch(offset + limit + 1).await?;
+        let more = rows.len() > (offset + limit) as usize;
+        let items: Vec<Value> = rows
+            .into_iter()
+            .skip(offset as usize)
+            .take(limit as usize)
+            .map(view)
+            .collect();
+        Ok(Json(
+            json!({"items": items, "next_offset": more.then_some(offset + limit)}),
+        ))
+    }
+
+    pub(crate) fn limit(&self) -> Result<u32, ApiError> {
+        match self.limit {
+            None => Ok(50),
+            Some(n) if (1..=200).contains(&n) => Ok(n),
+            Some(n) => Err(ApiError::bad_request(format!(
+                "limit must be 1-200, got {n}"
+            ))),
+        }
+    }
+}
+
+/// What a task-sending POST is: its route (for the idempotency fingerprint) and its task.
+pub(crate) struct Post {
+    pub(crate) route: &'static str,
+    pub(crate) task: &'static str,
+}
+
+/// The sequence every task-sending POST follows: read `?async_processing`, prepare the
+/// arguments (parse and check; a refusal answers at once and costs nothing), then, once per
+/// `Idempotency-Key`, [`submit`].
+pub(crate) async fn post_task(
+    st: &AppState,
+    user: &User,
+    q: &AsyncQuery,
+    (headers, body): (&HeaderMap, &Bytes),
+    post: Post,
+    prepare: impl Future<Output = Result<Value, ApiError>>,
+) -> Response {
+    let wait = match q.is_async() {
+        Ok(a) => !a,
+        Err(e) => return e.into_response(),
+    };
+    let kwargs = match prepare.await {
+        Ok(k) => k,
+        Err(e) => return e.into_response(),
+    };
+    let path = format!("{}?async={}", post.route, !wait);
+    let (st2, user2) = (st.clone(), user.clone());
+    idempotency::once(st, &user.0, headers, &path, body, || async move {
+        submit(&st2, &user2, post.task, kwargs, wait).await
+    })
+    .await
+}
+
+/// A task's arguments from a request body: the body's fields and the caller as `user_id`,
+/// decoded into the task's own type, so what the task would refuse (an unknown field, a
+/// wrong type) is refused here with a 400. A body naming its own `user_id` is refused.
+pub(crate) fn task_args<T: DeserializeOwned>(
+    headers: &HeaderMap,
+    body: &[u8],
+    user: &User,
+) -> Result<T, ApiError> {
+    let mut v: Value = parse_body(headers, body)?;
+    let Some(fields) = v.as_object_mut() else {
+        return Err(ApiError::bad_request("the body must be a JSON object"));
+    };
+    if fields.contains_key("user_id") {
+        return Err(ApiError::bad_request(
+            "invalid request: unknown field `user_id`",
+        ));
+    }
+    fields.insert("user_id".into(), json!(user.0));
+    afterview_engine::task::decode_json(v)
+        .map_err(|e| ApiError::bad_request(format!("invalid request: {e}")))
+}
+
+/// A task's arguments as the message's kwargs.
+pub(crate) fn kwargs<T: serde::Serialize>(args: &T) -> Value {
+    serde_json::to_value(args).expect("task arguments serialize")
+}
+
+/// Parses a JSON body into `T`, with errors in the API's shape.
+pub(crate) fn parse_body<T: DeserializeOwned>(
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<T, ApiError> {
+    if let Some(ct) = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        && !ct.starts_with("application/json")
+        && !ct.starts_with("text/plain")
+    {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "invalid_request",
+            format!("expected application/json, got {ct}"),
+        ));
+    }
+    if body.is_empty() {
+        return Err(ApiError::bad_request(
+            "the request body is empty; send a JSON object",
+        ));
+    }
+    let v: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("malformed JSON: {e}")))?;
+    afterview_engine::task::decode_json(v)
+        .map_err(|e| ApiError::bad_request(format!("invalid request: {e}")))
+}
+
+fn png_response(bytes: Bytes) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, HeaderValue::from_static("image/png")),
+            (
+                header::CACHE_CONTROL,
+                HeaderValue::from_static("private, no-store"),
+            ),
+        ],
+        bytes,
+    )
+        .into_response()
+}
+
+/// With presigned downloads on and a store that signs (S3): `307` to a short-lived URL, so
+/// the bytes do not pass through the API host. `None`: stream them.
+async fn presigned(st: &AppState, key: &str) -> Result<Option<Response>, ApiError> {
+    let Some(ttl) = st.presign else {
+        return Ok(None);
+    };
+    let Some(url) = st.blobs.signed_url(key, ttl).await? else {
+        return Ok(None);
+    };
+    let location = HeaderValue::from_str(&url)
+        .map_err(|_| ApiError::unavailable("the blob store signed an unusable URL"))?;
+    Ok(Some(
+        (
+            StatusCode::TEMPORARY_REDIRECT,
+            [
+                (header::LOCATION, location),
+                (
+                    header::CACHE_CONTROL,
+                    HeaderValue::from_static("private, no-store"),
+                ),
+            ],
+        )
+            .into_response(),
+    ))
+}
+
+/// Deletes blobs in the background, retrying failures (5 attempts over about a minute): the
+/// records are gone already, so the files are unreachable, but face data must not linger.
+fn delete_blobs(st: &AppState, keys: Vec<String>) {
+    let blobs = st.blobs.clone();
+    tokio::spawn(async move {
+        for key in keys {
+            let mut wait = std::time::Duration::from_secs(2);
+            for attempt in 1..=5 {
+                match blobs.delete(&key).await {
+                    Ok(()) => break,
+                    Err(e) if attempt == 5 => {
+                        tracing::error!(key = %key, error = %e, "A deleted photo's file could not be removed after 5 attempts.");
+                    }
+                    Err(e) => {
+                        tracing::warn!(key = %key, error = %e, attempt, "Deleting a file failed; retrying.");
+                        tokio::time::sleep(wait).await;
+                        wait *= 2;
+                    }
+                }
+            }
+        }
+    });
+}

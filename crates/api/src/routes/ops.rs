@@ -1,0 +1,104 @@
+//! Operations: `/healthz` (the process answers), `/readyz` (every dependency answers, within
+//! 3 s), `/metrics` (Prometheus text, optionally behind a token), the OpenAPI document and the
+//! docs page.
+
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::json;
+
+use crate::error::ApiError;
+use crate::{AppState, openapi};
+
+pub(super) fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
+        .route(
+            "/api/openapi.json",
+            get(|| async { Json(openapi::document()) }),
+        )
+        .route(
+            "/api/docs",
+            get(|| async { axum::response::Html(openapi::docs_page()) }),
+        )
+}
+
+async fn healthz() -> Json<serde_json::Value> {
+    Json(json!({"status": "ok"}))
+}
+
+async fn readyz(State(st): State<AppState>) -> Response {
+    let check = async {
+        st.client
+            .broker()
+            .ping()
+            .await
+            .map_err(|e| format!("broker: {e}"))?;
+        st.client
+            .backend()
+            .ping()
+            .await
+            .map_err(|e| format!("result backend: {e}"))?;
+        st.meta
+            .ping()
+            .await
+            .map_err(|e| format!("metadata store: {e}"))?;
+        st.blobs
+            .ping()
+            .await
+            .map_err(|e| format!("blob store: {e}"))
+    };
+    match tokio::time::timeout(Duration::from_secs(3), check).await {
+        Ok(Ok(())) => Json(json!({"status": "ready"})).into_response(),
+        Ok(Err(e)) => {
+            // Which dependency is down is for the log; the probe only says "not ready".
+            tracing::warn!(error = %e, "not ready");
+            ApiError::unavailable(
+                e.split(':').next().unwrap_or("a dependency").to_owned() + " unavailable",
+            )
+            .into_response()
+        }
+        Err(_) => ApiError::unavailable("a dependency did not answer within 3 s").into_response(),
+    }
+}
+
+/// `/metrics`: open by default (it shows request counts and latencies by route, task counts
+/// by task name and queue depths: no user, photo or token); with `metrics_token` set, only
+/// `Authorization: Bearer <that token>`.
+async fn metrics_text(State(st): State<AppState>, headers: axum::http::HeaderMap) -> Response {
+    if let Some(want) = &st.metrics_token {
+        let got = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        let same = got.len() == want.len()
+            && got
+                .bytes()
+                .zip(want.bytes())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0;
+        if !same {
+            return ApiError::unauthorized("unauthorized", "/metrics needs the metrics token")
+                .into_response();
+        }
+    }
+    let mut queues = st
+        .client
+        .queue_stats(Some(&st.client.known_queues()))
+        .await
+        .unwrap_or_default();
+    for q in st.client.queue_stats(None).await.unwrap_or_default() {
+        if !queues.iter().any(|k| k.queue == q.queue) {
+            queues.push(q);
+        }
+    }
+    let body = st.metrics.render(&queues);
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
+}

@@ -1,0 +1,178 @@
+//! `/api/visualizations`: previews and comparisons (sent as tasks), list, metadata, picture,
+//! delete.
+
+use afterview_core::ErrorCode;
+use afterview_core::tasks;
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use crate::error::ApiError;
+use crate::{AppState, User};
+use afterview_core::tasks::{GenerateComparison, GenerateVisualization};
+
+use super::images::owned_image;
+use super::{
+    AsyncQuery, ListQuery, Post, delete_blobs, kwargs, png_response, post_task, presigned,
+    task_args,
+};
+
+use axum::Router;
+use axum::routing::{get, post};
+
+pub(super) fn routes() -> Router<AppState> {
+    Router::new()
+        .route(
+            "/api/visualizations",
+            post(create_visualization).get(list_visualizations),
+        )
+        .route("/api/visualizations/compare", post(create_comparison))
+        .route(
+            "/api/visualizations/{id}",
+            get(get_visualization).delete(delete_visualization),
+        )
+        .route("/api/visualizations/{id}/image", get(visualization_image))
+}
+
+pub(super) fn known_procedure(st: &AppState, id: &str) -> Result<(), ApiError> {
+    if st.catalog.get(id).is_none() {
+        return Err(ApiError::domain(
+            ErrorCode::UnknownProcedure,
+            format!("unknown procedure {id:?}; see GET /api/procedures"),
+        ));
+    }
+    Ok(())
+}
+
+/// `POST /api/visualizations`.
+pub(crate) async fn create_visualization(
+    State(st): State<AppState>,
+    user: User,
+    Query(q): Query<AsyncQuery>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let prepare = async {
+        let args: GenerateVisualization = task_args(&headers, &body, &user)?;
+        owned_image(&st, &user, &args.image_id).await?;
+        known_procedure(&st, &args.procedure_id)?;
+        Ok(kwargs(&args))
+    };
+    let post = Post {
+        route: "POST /api/visualizations",
+        task: tasks::GENERATE_VISUALIZATION,
+    };
+    post_task(&st, &user, &q, (&headers, &body), post, prepare).await
+}
+
+/// `POST /api/visualizations/compare`.
+pub(crate) async fn create_comparison(
+    State(st): State<AppState>,
+    user: User,
+    Query(q): Query<AsyncQuery>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let prepare = async {
+        let args: GenerateComparison = task_args(&headers, &body, &user)?;
+        owned_image(&st, &user, &args.image_id).await?;
+        tasks::check_comparison(&args.procedure_ids)
+            .map_err(|m| ApiError::domain(ErrorCode::InvalidProcedureCount, m))?;
+        for p in &args.procedure_ids {
+            known_procedure(&st, p)?;
+        }
+        Ok(kwargs(&args))
+    };
+    let post = Post {
+        route: "POST /api/visualizations/compare",
+        task: tasks::GENERATE_COMPARISON,
+    };
+    post_task(&st, &user, &q, (&headers, &body), post, prepare).await
+}
+
+fn viz_view(r: &afterview_store::VisualizationRecord) -> Value {
+    let mut v = r.result.clone();
+    v["kind"] = json!(r.kind);
+    v
+}
+
+/// `GET /api/visualizations`.
+pub(crate) async fn list_visualizations(
+    State(st): State<AppState>,
+    user: User,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<Value>, ApiError> {
+    q.page(
+        |n| async move { Ok(st.meta.list_visualizations(&user.0, n).await?) },
+        |r| viz_view(&r),
+    )
+    .await
+}
+
+pub(super) async fn owned_viz(
+    st: &AppState,
+    user: &User,
+    id: &str,
+) -> Result<afterview_store::VisualizationRecord, ApiError> {
+    st.meta
+        .get_visualization(&user.0, id)
+        .await?
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                ErrorCode::VisualizationNotFound.as_str(),
+                format!("visualization {id} not found"),
+            )
+        })
+}
+
+/// `GET /api/visualizations/{id}`.
+pub(crate) async fn get_visualization(
+    State(st): State<AppState>,
+    user: User,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(viz_view(&owned_viz(&st, &user, &id).await?)))
+}
+
+/// `GET /api/visualizations/{id}/image`: the after picture, or a comparison's composite.
+pub(crate) async fn visualization_image(
+    State(st): State<AppState>,
+    user: User,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let rec = owned_viz(&st, &user, &id).await?;
+    if let Some(r) = presigned(&st, &rec.blob_key).await? {
+        return Ok(r);
+    }
+    let bytes = st
+        .blobs
+        .get(&rec.blob_key)
+        .await?
+        .ok_or_else(|| ApiError::not_found("visualization picture"))?;
+    Ok(png_response(bytes))
+}
+
+/// `DELETE /api/visualizations/{id}`: the preview (or comparison) and its picture.
+pub(crate) async fn delete_visualization(
+    State(st): State<AppState>,
+    user: User,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let key = st
+        .meta
+        .delete_visualization(&user.0, &id)
+        .await?
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                ErrorCode::VisualizationNotFound.as_str(),
+                format!("visualization {id} not found"),
+            )
+        })?;
+    delete_blobs(&st, vec![key]);
+    Ok(StatusCode::NO_CONTENT.into_response())
+}

@@ -208,7 +208,7 @@ impl From<BackendError> for ApiError {
                 tracing::warn!(error = %m, "broker unavailable");
                 Self::unavailable("the task broker is unavailable; retry shortly")
             }
-            BackendError::Invalid(m) => Self::bad_request(m),
+            BackendError::Invalid(m) => Self::bad_request(m.to_string()),
             BackendError::Corrupt(m) => {
                 tracing::error!(error = %m, "broker returned corrupt data");
                 Self::new(

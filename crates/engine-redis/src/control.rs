@@ -20,8 +20,9 @@ use serde_json::{Value, json};
 use tokio::sync::oneshot;
 use tracing::{debug, info, warn};
 
+use crate::calls::unavailable;
 use crate::celery::{self, SEP};
-use crate::{Inner, pubsub, unavailable};
+use crate::{Inner, pubsub};
 
 /// How long revocations received over the pidbox are kept (Celery keeps them 3 h in memory).
 const PIDBOX_REVOKE_KEEP: Duration = Duration::from_secs(86_400);
@@ -398,11 +399,11 @@ impl Inner {
                 let (tx, rx) = oneshot::channel();
                 self.subs
                     .send(pubsub::Cmd::Pidbox(tx))
-                    .map_err(|_| BackendError::Unavailable("pub/sub task stopped".into()))?;
+                    .map_err(|_| BackendError::unavailable("pub/sub task stopped"))?;
                 match tokio::time::timeout(Duration::from_secs(5), rx).await {
                     Ok(Ok(())) => Ok(()),
-                    _ => Err(BackendError::Unavailable(
-                        "could not subscribe to the control channel".into(),
+                    _ => Err(BackendError::unavailable(
+                        "could not subscribe to the control channel",
                     )),
                 }
             })

@@ -126,7 +126,10 @@ impl std::fmt::Debug for SqliteBackend {
 }
 
 fn unavailable(e: rusqlite::Error) -> BackendError {
-    BackendError::Unavailable(e.to_string())
+    BackendError::Unavailable(afterview_engine::backend::Cause::with_source(
+        e.to_string(),
+        e,
+    ))
 }
 
 fn open_conn(path: &Path, opts: &SqliteOptions, read_only: bool) -> rusqlite::Result<Connection> {
@@ -165,14 +168,14 @@ impl SqliteBackend {
             && !dir.as_os_str().is_empty()
         {
             std::fs::create_dir_all(dir).map_err(|e| {
-                BackendError::Unavailable(format!("cannot create {}: {e}", dir.display()))
+                BackendError::unavailable(format!("cannot create {}: {e}", dir.display()))
             })?;
         }
         let conn = open_conn(&path, &opts, false).map_err(|e| {
-            BackendError::Unavailable(format!("cannot open {}: {e}", path.display()))
+            BackendError::unavailable(format!("cannot open {}: {e}", path.display()))
         })?;
         schema::migrate(&conn)
-            .map_err(|e| BackendError::Corrupt(format!("schema migration failed: {e}")))?;
+            .map_err(|e| BackendError::corrupt(format!("schema migration failed: {e}")))?;
         let writer = Writer::start(conn, "av-sqlite-write".into());
         let inner = Arc::new(Inner {
             path: path.clone(),
@@ -188,7 +191,7 @@ impl SqliteBackend {
         std::thread::Builder::new()
             .name("av-sqlite-watch".into())
             .spawn(move || watch(weak, watch_conn))
-            .map_err(|e| BackendError::Unavailable(format!("cannot start the watcher: {e}")))?;
+            .map_err(|e| BackendError::unavailable(format!("cannot start the watcher: {e}")))?;
         Ok(Self { inner })
     }
 
@@ -741,7 +744,7 @@ impl Broker for SqliteBackend {
 
     async fn heartbeat(&self, report: &WorkerReport) -> Result<(), BackendError> {
         let json =
-            serde_json::to_string(report).map_err(|e| BackendError::Invalid(e.to_string()))?;
+            serde_json::to_string(report).map_err(|e| BackendError::invalid(e.to_string()))?;
         let node = report.node.clone();
         self.write(move |c| {
             c.prepare_cached(
@@ -883,7 +886,7 @@ impl ResultBackend for SqliteBackend {
         })?;
         raw.map(|s| {
             ResultMeta::from_json(&s)
-                .map_err(|e| BackendError::Corrupt(format!("result of {task_id}: {e}")))
+                .map_err(|e| BackendError::corrupt(format!("result of {task_id}: {e}")))
         })
         .transpose()
     }

@@ -51,8 +51,8 @@ where
 
     fn finish(mut self: Box<Self>, commit_error: Option<String>) {
         let out = match (commit_error, self.out.take()) {
-            (Some(e), _) => Err(BackendError::Unavailable(e)),
-            (None, None) => Err(BackendError::Unavailable("the write was not run".into())),
+            (Some(e), _) => Err(BackendError::unavailable(e)),
+            (None, None) => Err(BackendError::unavailable("the write was not run")),
             (None, Some(Err(e))) => Err(e),
             (None, Some(Ok((v, after)))) => {
                 if let Some(after) = after {
@@ -103,20 +103,15 @@ impl Writer {
                 let tx = self.tx.clone();
                 tokio::task::spawn_blocking(move || tx.send(job))
                     .await
-                    .map_err(|e| BackendError::Unavailable(e.to_string()))?
-                    .map_err(|_| {
-                        BackendError::Unavailable("the SQLite writer has stopped".into())
-                    })?;
+                    .map_err(|e| BackendError::unavailable(e.to_string()))?
+                    .map_err(|_| BackendError::unavailable("the SQLite writer has stopped"))?;
             }
             Err(mpsc::TrySendError::Disconnected(_)) => {
-                return Err(BackendError::Unavailable(
-                    "the SQLite writer has stopped".into(),
-                ));
+                return Err(BackendError::unavailable("the SQLite writer has stopped"));
             }
         }
-        rx.await.map_err(|_| {
-            BackendError::Unavailable("the SQLite writer dropped the request".into())
-        })?
+        rx.await
+            .map_err(|_| BackendError::unavailable("the SQLite writer dropped the request"))?
     }
 }
 

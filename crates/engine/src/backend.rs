@@ -24,17 +24,90 @@ use crate::message::TaskMessage;
 use crate::result::ResultMeta;
 
 /// A failure of the storage behind a broker or result backend.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug)]
 pub enum BackendError {
     /// The store cannot be reached or is busy; retrying later may succeed.
-    #[error("backend unavailable: {0}")]
-    Unavailable(String),
+    Unavailable(Cause),
     /// The request itself is invalid (bad queue name, malformed id, ...).
-    #[error("invalid request: {0}")]
-    Invalid(String),
+    Invalid(Cause),
     /// Stored data could not be read back.
-    #[error("corrupt data: {0}")]
-    Corrupt(String),
+    Corrupt(Cause),
+}
+
+impl BackendError {
+    /// [`BackendError::Unavailable`].
+    pub fn unavailable(cause: impl Into<Cause>) -> Self {
+        Self::Unavailable(cause.into())
+    }
+    /// [`BackendError::Invalid`].
+    pub fn invalid(cause: impl Into<Cause>) -> Self {
+        Self::Invalid(cause.into())
+    }
+    /// [`BackendError::Corrupt`].
+    pub fn corrupt(cause: impl Into<Cause>) -> Self {
+        Self::Corrupt(cause.into())
+    }
+}
+
+impl std::fmt::Display for BackendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Unavailable(c) => write!(f, "backend unavailable: {c}"),
+            Self::Invalid(c) => write!(f, "invalid request: {c}"),
+            Self::Corrupt(c) => write!(f, "corrupt data: {c}"),
+        }
+    }
+}
+
+impl std::error::Error for BackendError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        let (Self::Unavailable(c) | Self::Invalid(c) | Self::Corrupt(c)) = self;
+        c.source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
+
+/// Why a backend call failed: a message for logs and operators, and the error it came from
+/// (Redis, SQLite, ...) when there is one, kept as the [`BackendError`]'s source.
+#[derive(Debug)]
+pub struct Cause {
+    message: String,
+    source: Option<Box<dyn std::error::Error + Send + Sync>>,
+}
+
+impl Cause {
+    /// `message`, caused by `source`.
+    pub fn with_source(
+        message: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Self {
+            message: message.into(),
+            source: Some(Box::new(source)),
+        }
+    }
+}
+
+impl std::fmt::Display for Cause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl From<String> for Cause {
+    fn from(message: String) -> Self {
+        Self {
+            message,
+            source: None,
+        }
+    }
+}
+
+impl From<&str> for Cause {
+    fn from(message: &str) -> Self {
+        message.to_owned().into()
+    }
 }
 
 /// Identifies one delivery of one message: the token a worker must present to ack or store.
@@ -354,4 +427,22 @@ pub trait ResultBackend: Send + Sync + 'static {
 
     /// Cheap reachability check.
     async fn ping(&self) -> Result<(), BackendError>;
+}
+
+#[cfg(test)]
+mod cause_tests {
+    use super::*;
+
+    #[test]
+    fn a_backend_error_keeps_the_error_it_came_from() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        let e = BackendError::Unavailable(Cause::with_source("cannot reach the store", io));
+        assert_eq!(e.to_string(), "backend unavailable: cannot reach the store");
+        let src = std::error::Error::source(&e).expect("a source");
+        assert_eq!(
+            src.downcast_ref::<std::io::Error>().unwrap().kind(),
+            std::io::ErrorKind::ConnectionRefused
+        );
+        assert!(std::error::Error::source(&BackendError::invalid("bad queue")).is_none());
+    }
 }

@@ -34,7 +34,7 @@ pub fn worker_alive(w: &WorkerReport, now: DateTime<Utc>) -> bool {
 
 /// A queue name a backend accepts (see [`crate::message::validate_queue`]).
 pub fn check_queue(queue: &str) -> Result<(), BackendError> {
-    crate::message::validate_queue(queue).map_err(|e| BackendError::Invalid(e.to_string()))
+    crate::message::validate_queue(queue).map_err(|e| BackendError::invalid(e.to_string()))
 }
 
 #[cfg(test)]

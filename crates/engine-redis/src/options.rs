@@ -1,0 +1,56 @@
+//! How the backend is tuned and connects: [`RedisOptions`], connection-manager bounds, URL
+//! redaction.
+
+use std::time::Duration;
+
+use afterview_engine::policy;
+use redis::aio::ConnectionManagerConfig;
+
+/// Tunables; the defaults are Celery's where Celery has one.
+#[derive(Debug, Clone)]
+pub struct RedisOptions {
+    /// How long results live (Celery's `result_expires`, default 1 day).
+    pub result_expires: Duration,
+    /// Messages of foreign consumers (Python workers) unacked for longer than this go back to
+    /// their queue (kombu's `visibility_timeout`, default 1 h). Ours are governed by leases.
+    pub visibility_timeout: Duration,
+    /// Send task events (`task-received`, `task-started`, ...), as `celery worker -E`. Flower's
+    /// `enable_events` also turns them on.
+    pub task_events: bool,
+    /// Ask Redis for keyspace notifications on list pushes, so workers wake at once for tasks that
+    /// Python producers LPUSH (they publish no wake-up). Without them workers poll every 100 ms.
+    pub keyspace_events: bool,
+    /// Dead letters kept.
+    pub dead_letters_max: usize,
+}
+
+impl Default for RedisOptions {
+    fn default() -> Self {
+        Self {
+            result_expires: Duration::from_secs(86_400),
+            visibility_timeout: Duration::from_secs(3_600),
+            task_events: false,
+            keyspace_events: true,
+            dead_letters_max: policy::DEAD_LETTER_CAP,
+        }
+    }
+}
+
+/// `redis://host:port/db` with any password replaced, for logs and `inspect`.
+pub fn redact(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => match rest.rsplit_once('@') {
+            Some((_, host)) => format!("{scheme}://***@{host}"),
+            None => url.to_owned(),
+        },
+        None => url.to_owned(),
+    }
+}
+
+pub(crate) fn manager_config() -> ConnectionManagerConfig {
+    ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(3)))
+        .set_response_timeout(Some(Duration::from_secs(10)))
+        .set_number_of_retries(2)
+        .set_max_delay(Duration::from_secs(2))
+}

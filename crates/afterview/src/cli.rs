@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::config::GlobalLayer;
+use crate::config::{GlobalLayer, ProductLayer};
 
 /// Exit code for an error in the arguments or the configuration.
 pub const EXIT_USAGE: u8 = 2;
@@ -289,6 +289,21 @@ pub struct ProductArgs {
     /// Gemini endpoint (tests and proxies) [default: https://generativelanguage.googleapis.com].
     #[arg(long, env = "AFTERVIEW_GEMINI_BASE_URL", value_name = "URL")]
     pub gemini_base_url: Option<String>,
+}
+
+impl ProductArgs {
+    /// The product flags as a configuration layer.
+    pub(crate) fn layer(&self) -> ProductLayer {
+        ProductLayer {
+            preview_engine: self.preview_engine.clone(),
+            allowed_engines: self.allowed_engines.clone(),
+            preview_label: self.preview_label.clone(),
+            catalog: self.catalog.clone(),
+            gemini_api_key_file: self.gemini_api_key_file.clone(),
+            gemini_model: self.gemini_model.clone(),
+            gemini_base_url: self.gemini_base_url.clone(),
+        }
+    }
 }
 
 /// `call`.

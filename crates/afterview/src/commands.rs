@@ -17,7 +17,7 @@ use crate::cli::{
     CallArgs, EXIT_FAILURE, EXIT_NO_WORKERS, EXIT_REVOKED, EXIT_TIMEOUT, EXIT_USAGE, InspectArgs,
     InspectWhat, PurgeArgs, ResultArgs, RevokeArgs, ServeArgs, WorkerArgs,
 };
-use crate::config::{DEFAULT_BIND, Settings, secs};
+use crate::config::{DEFAULT_BIND, ProductSettings, Settings, secs};
 use crate::product::Product;
 
 fn client(b: &Backends) -> Client {
@@ -109,8 +109,9 @@ fn watch_signals(shutdown: Shutdown) {
 pub async fn serve(s: Settings, a: ServeArgs) -> anyhow::Result<ExitCode> {
     let wcfg = worker_config(&a.worker)?;
     let b = backends::open_with(&s, a.worker.events).await?;
-    let product = Product::open(&s, &a.worker.product).await?;
-    let registry = product.registry(&a.worker.product)?;
+    let ps = ProductSettings::resolve(a.worker.product.layer())?;
+    let product = Product::open(&s, &ps).await?;
+    let registry = product.registry(&ps)?;
     let client = client(&b);
     let bind = a.bind.clone().unwrap_or_else(|| DEFAULT_BIND.into());
     let listener = tokio::net::TcpListener::bind(&bind)
@@ -354,8 +355,9 @@ fn write_private(path: &std::path::Path, content: &str) -> std::io::Result<()> {
 pub async fn worker(s: Settings, a: WorkerArgs) -> anyhow::Result<ExitCode> {
     let cfg = worker_config(&a)?;
     let b = backends::open_with(&s, a.events).await?;
-    let product = Product::open(&s, &a.product).await?;
-    let registry = product.registry(&a.product)?;
+    let ps = ProductSettings::resolve(a.product.layer())?;
+    let product = Product::open(&s, &ps).await?;
+    let registry = product.registry(&ps)?;
     info!(broker = %b.description, stores = %product.description, "Storage opened.");
     let shutdown = Shutdown::new();
     watch_signals(shutdown.clone());

@@ -15,6 +15,7 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use afterview_core::tasks::EngineKind;
 use anyhow::{Context, bail};
 
 /// The default data directory.
@@ -213,9 +214,169 @@ pub fn secs(what: &str, v: f64) -> anyhow::Result<Duration> {
     Ok(Duration::from_secs_f64(v))
 }
 
+/// The product's settings as given (flag, variable or file), before checking.
+#[derive(Debug, Clone, Default)]
+pub struct ProductLayer {
+    /// `--preview-engine`.
+    pub preview_engine: Option<String>,
+    /// `--allowed-engines`.
+    pub allowed_engines: Option<String>,
+    /// `--preview-label`.
+    pub preview_label: Option<String>,
+    /// `--catalog`.
+    pub catalog: Option<PathBuf>,
+    /// `--gemini-api-key-file`.
+    pub gemini_api_key_file: Option<PathBuf>,
+    /// `--gemini-model`.
+    pub gemini_model: Option<String>,
+    /// `--gemini-base-url`.
+    pub gemini_base_url: Option<String>,
+}
+
+/// What the product's tasks run with: preview engines, catalog, label, Gemini. Resolved and
+/// checked once, before anything starts.
+#[derive(Debug, Clone)]
+pub struct ProductSettings {
+    /// The engine of a request that names none.
+    pub default_engine: EngineKind,
+    /// Engines a request may choose (the default first).
+    pub allowed_engines: Vec<EngineKind>,
+    /// Corner label: `None` = the built-in one, `Some("")` = none.
+    pub preview_label: Option<String>,
+    /// A catalog file replacing the built-in catalog.
+    pub catalog: Option<PathBuf>,
+    /// Gemini, when a key is configured.
+    pub gemini: Option<GeminiSettings>,
+}
+
+/// How to reach Gemini. The key comes from a file or `AFTERVIEW_GEMINI_API_KEY`, never a flag,
+/// and is never printed (`Debug` shows `***`).
+#[derive(Clone)]
+pub struct GeminiSettings {
+    /// The API key.
+    pub key: String,
+    /// Model override.
+    pub model: Option<String>,
+    /// Endpoint override.
+    pub base_url: Option<String>,
+}
+
+impl std::fmt::Debug for GeminiSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GeminiSettings")
+            .field("key", &"***")
+            .field("model", &self.model)
+            .field("base_url", &self.base_url)
+            .finish()
+    }
+}
+
+fn engine_named(name: &str) -> Option<EngineKind> {
+    match name {
+        "local" => Some(EngineKind::Local),
+        "gemini" => Some(EngineKind::Gemini),
+        _ => None,
+    }
+}
+
+impl ProductSettings {
+    /// Checks `l`: known engines, Gemini configured when named, a readable key file.
+    pub fn resolve(l: ProductLayer) -> anyhow::Result<Self> {
+        let name = l.preview_engine.as_deref().unwrap_or("local");
+        let Some(default_engine) = engine_named(name) else {
+            bail!("unknown preview engine {name:?}: use local or gemini");
+        };
+        let gemini = gemini_key(l.gemini_api_key_file.as_ref())?.map(|key| GeminiSettings {
+            key,
+            model: l.gemini_model.clone(),
+            base_url: l.gemini_base_url.clone(),
+        });
+        if gemini.is_none() && default_engine == EngineKind::Gemini {
+            bail!(
+                "AFTERVIEW_PREVIEW_ENGINE=gemini needs AFTERVIEW_GEMINI_API_KEY (or --gemini-api-key-file)"
+            );
+        }
+        let mut allowed_engines = vec![default_engine];
+        for name in l
+            .allowed_engines
+            .iter()
+            .flat_map(|l| l.split(','))
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+        {
+            let Some(e) = engine_named(name) else {
+                bail!("AFTERVIEW_ALLOWED_ENGINES: unknown engine {name:?} (local, gemini)");
+            };
+            if e == EngineKind::Gemini && gemini.is_none() {
+                bail!("AFTERVIEW_ALLOWED_ENGINES names gemini but no Gemini API key is configured");
+            }
+            if !allowed_engines.contains(&e) {
+                allowed_engines.push(e);
+            }
+        }
+        Ok(Self {
+            default_engine,
+            allowed_engines,
+            preview_label: l.preview_label,
+            catalog: l.catalog,
+            gemini,
+        })
+    }
+}
+
+/// The Gemini key: from a file when given, else from `AFTERVIEW_GEMINI_API_KEY`. Never a flag,
+/// so it never shows in `ps`.
+fn gemini_key(file: Option<&PathBuf>) -> anyhow::Result<Option<String>> {
+    if let Some(p) = file {
+        let k = std::fs::read_to_string(p)
+            .with_context(|| format!("cannot read the Gemini key file {}", p.display()))?;
+        let k = k.trim().to_owned();
+        if k.is_empty() {
+            bail!("the Gemini key file {} is empty", p.display());
+        }
+        return Ok(Some(k));
+    }
+    Ok(std::env::var("AFTERVIEW_GEMINI_API_KEY")
+        .ok()
+        .map(|k| k.trim().to_owned())
+        .filter(|k| !k.is_empty()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn product_settings_are_checked_before_anything_starts() {
+        let bad = ProductSettings::resolve(ProductLayer {
+            preview_engine: Some("dall-e".into()),
+            ..ProductLayer::default()
+        });
+        assert!(bad.unwrap_err().to_string().contains("dall-e"));
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("key");
+        std::fs::write(&key, "  k-123 \n").unwrap();
+        let ok = ProductSettings::resolve(ProductLayer {
+            allowed_engines: Some("gemini, local,gemini".into()),
+            gemini_api_key_file: Some(key.clone()),
+            ..ProductLayer::default()
+        })
+        .unwrap();
+        assert_eq!(ok.default_engine, EngineKind::Local);
+        assert_eq!(ok.allowed_engines, [EngineKind::Local, EngineKind::Gemini]);
+        let g = ok.gemini.unwrap();
+        assert_eq!(g.key, "k-123");
+        assert!(
+            !format!("{g:?}").contains("k-123"),
+            "the key is never printed"
+        );
+        std::fs::write(&key, " ").unwrap();
+        let empty = ProductSettings::resolve(ProductLayer {
+            gemini_api_key_file: Some(key),
+            ..ProductLayer::default()
+        });
+        assert!(empty.unwrap_err().to_string().contains("empty"));
+    }
 
     fn known() -> std::collections::BTreeSet<String> {
         [

@@ -6,7 +6,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use afterview_core::catalog::Catalog;
-use afterview_core::tasks::EngineKind;
 use afterview_engine::Registry;
 use afterview_gemini::{GeminiClient, GeminiConfig};
 use afterview_jobs::{Deps, PreviewSettings};
@@ -15,8 +14,7 @@ use afterview_store::sqlite::SqliteMetadata;
 use afterview_store::{BlobStore, MetadataStore, ObjectBlobStore};
 use anyhow::{Context, bail};
 
-use crate::cli::ProductArgs;
-use crate::config::Settings;
+use crate::config::{ProductSettings, Settings};
 
 /// The stores and catalog every process of the product shares.
 #[derive(Clone)]
@@ -84,10 +82,10 @@ pub fn redact(url: &str) -> String {
 
 impl Product {
     /// Opens the stores and loads the catalog.
-    pub async fn open(s: &Settings, a: &ProductArgs) -> anyhow::Result<Self> {
+    pub async fn open(s: &Settings, p: &ProductSettings) -> anyhow::Result<Self> {
         let (meta, md) = open_metadata(s).await?;
         let (blobs, bd) = open_blobs(s)?;
-        let catalog = match &a.catalog {
+        let catalog = match &p.catalog {
             Some(p) => {
                 let text = std::fs::read_to_string(p)
                     .with_context(|| format!("cannot read the catalog {}", p.display()))?;
@@ -104,8 +102,8 @@ impl Product {
     }
 
     /// A registry with the built-ins and the product's tasks.
-    pub fn registry(&self, a: &ProductArgs) -> anyhow::Result<Registry> {
-        let preview = preview_settings(a)?;
+    pub fn registry(&self, p: &ProductSettings) -> anyhow::Result<Registry> {
+        let preview = preview_settings(p)?;
         let mut r = Registry::with_builtins();
         afterview_jobs::register(
             &mut r,
@@ -120,85 +118,33 @@ impl Product {
     }
 }
 
-fn preview_settings(a: &ProductArgs) -> anyhow::Result<PreviewSettings> {
-    let engine = match a.preview_engine.as_deref().unwrap_or("local") {
-        "local" => EngineKind::Local,
-        "gemini" => EngineKind::Gemini,
-        other => bail!("unknown preview engine {other:?}: use local or gemini"),
-    };
-    let key = gemini_key(a.gemini_api_key_file.as_ref())?;
-    let gemini = match key {
-        Some(key) => {
-            let mut cfg = GeminiConfig::new(key);
-            if let Some(m) = &a.gemini_model {
+fn preview_settings(p: &ProductSettings) -> anyhow::Result<PreviewSettings> {
+    let gemini = match &p.gemini {
+        Some(g) => {
+            let mut cfg = GeminiConfig::new(g.key.clone());
+            if let Some(m) = &g.model {
                 cfg.model = m.clone();
             }
-            if let Some(u) = &a.gemini_base_url {
+            if let Some(u) = &g.base_url {
                 cfg.base_url = u.clone();
             }
             Some(GeminiClient::new(cfg).map_err(|e| anyhow::anyhow!("{e}"))?)
         }
-        None if engine == EngineKind::Gemini => {
-            bail!(
-                "AFTERVIEW_PREVIEW_ENGINE=gemini needs AFTERVIEW_GEMINI_API_KEY (or --gemini-api-key-file)"
-            )
-        }
         None => None,
     };
-    let label = match a.preview_label.as_deref() {
-        None => Some(afterview_imaging_label()),
+    let defaults = PreviewSettings::default();
+    let label = match p.preview_label.as_deref() {
+        None => defaults.label.clone(),
         Some("") => None,
         Some(l) => Some(l.to_owned()),
     };
-    let mut allowed_engines = vec![engine];
-    for name in a
-        .allowed_engines
-        .iter()
-        .flat_map(|l| l.split(','))
-        .map(str::trim)
-    {
-        let e = match name {
-            "" => continue,
-            "local" => EngineKind::Local,
-            "gemini" if gemini.is_some() => EngineKind::Gemini,
-            "gemini" => {
-                bail!("AFTERVIEW_ALLOWED_ENGINES names gemini but no Gemini API key is configured")
-            }
-            other => bail!("AFTERVIEW_ALLOWED_ENGINES: unknown engine {other:?} (local, gemini)"),
-        };
-        if !allowed_engines.contains(&e) {
-            allowed_engines.push(e);
-        }
-    }
     Ok(PreviewSettings {
-        default_engine: engine,
+        default_engine: p.default_engine,
         label,
         gemini,
-        allowed_engines,
-        ..PreviewSettings::default()
+        allowed_engines: p.allowed_engines.clone(),
+        ..defaults
     })
-}
-
-fn afterview_imaging_label() -> String {
-    PreviewSettings::default().label.unwrap_or_default()
-}
-
-/// The Gemini key: from a file when given, else from `AFTERVIEW_GEMINI_API_KEY`. Never a flag,
-/// so it never shows in `ps`.
-fn gemini_key(file: Option<&PathBuf>) -> anyhow::Result<Option<String>> {
-    if let Some(p) = file {
-        let k = std::fs::read_to_string(p)
-            .with_context(|| format!("cannot read the Gemini key file {}", p.display()))?;
-        let k = k.trim().to_owned();
-        if k.is_empty() {
-            bail!("the Gemini key file {} is empty", p.display());
-        }
-        return Ok(Some(k));
-    }
-    Ok(std::env::var("AFTERVIEW_GEMINI_API_KEY")
-        .ok()
-        .map(|k| k.trim().to_owned())
-        .filter(|k| !k.is_empty()))
 }
 
 #[cfg(test)]

@@ -18,10 +18,31 @@ pub fn is_resource_id(s: &str) -> bool {
     s.len() == 36 && uuid::Uuid::parse_str(s).is_ok()
 }
 
-/// Who owns something.
+/// Who owns something. Deserialized through [`UserId::parse`], so a task's arguments cannot
+/// carry an empty, oversized or whitespace-laden owner.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
-#[serde(transparent)]
+#[serde(try_from = "String", into = "String")]
 pub struct UserId(String);
+
+impl TryFrom<String> for UserId {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        Self::parse(&s)
+    }
+}
+
+impl From<UserId> for String {
+    fn from(u: UserId) -> String {
+        u.0
+    }
+}
+
+impl std::ops::Deref for UserId {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
 
 impl UserId {
     /// Checks and wraps a user id: 1-128 printable characters.
@@ -59,5 +80,8 @@ mod tests {
         assert!(UserId::parse("").is_err());
         assert!(UserId::parse("a b").is_err());
         assert!(UserId::parse(&"x".repeat(129)).is_err());
+        let u: UserId = serde_json::from_str("\"firebase:abc\"").unwrap();
+        assert_eq!(serde_json::to_string(&u).unwrap(), "\"firebase:abc\"");
+        assert!(serde_json::from_str::<UserId>("\"a b\"").is_err());
     }
 }

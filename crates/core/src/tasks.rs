@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::ErrorCode;
+use crate::ids::UserId;
 
 /// `generate_visualization_task` of the seed.
 pub const GENERATE_VISUALIZATION: &str = "app.tasks.visualization_tasks.generate_visualization";
@@ -121,7 +122,7 @@ pub struct GenerateVisualization {
     #[serde(default)]
     pub options: PreviewOptions,
     /// The owner (ownership is checked against it).
-    pub user_id: String,
+    pub user_id: UserId,
 }
 
 /// Arguments of [`DETECT_FACE`].
@@ -131,7 +132,7 @@ pub struct DetectFace {
     /// The uploaded photo.
     pub image_id: String,
     /// The owner.
-    pub user_id: String,
+    pub user_id: UserId,
 }
 
 /// Checks a comparison's procedure list: 2-4 distinct ids (the API answers 400 with this
@@ -161,7 +162,7 @@ pub struct GenerateComparison {
     #[serde(default)]
     pub options: PreviewOptions,
     /// The owner.
-    pub user_id: String,
+    pub user_id: UserId,
 }
 
 /// Result of [`GENERATE_VISUALIZATION`] (and each item of a comparison).
@@ -228,7 +229,7 @@ mod tests {
             include_costs: true,
             patient: None,
             paper: Some("A4".into()),
-            user_id: "u".into(),
+            user_id: UserId::parse("u").unwrap(),
         };
         assert_eq!(e.check(), Ok(PaperSize::A4));
         e.paper = Some("legal".into());
@@ -253,7 +254,7 @@ mod tests {
             procedure_ids: vec!["rhinoplasty".into()],
             format: "svg".into(),
             colors: Some(vec!["#000000".into(); 4]),
-            user_id: "u".into(),
+            user_id: UserId::parse("u").unwrap(),
         };
         assert_eq!(i.check(), Ok(()));
         i.colors = Some(vec!["red".into(); 4]);
@@ -359,7 +360,7 @@ pub struct GenerateExport {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub paper: Option<String>,
     /// The owner.
-    pub user_id: String,
+    pub user_id: UserId,
 }
 
 /// Arguments of [`GENERATE_COST_INFOGRAPHIC`].
@@ -375,7 +376,7 @@ pub struct GenerateCostInfographic {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub colors: Option<Vec<String>>,
     /// The owner.
-    pub user_id: String,
+    pub user_id: UserId,
 }
 
 /// Arguments that cannot run: the code clients see, and why.

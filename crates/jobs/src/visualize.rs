@@ -312,12 +312,6 @@ async fn save_single(
     Ok((result, stored.unwrap_or(value)))
 }
 
-pub(crate) fn check_user(user_id: &str) -> Result<(), TaskError> {
-    afterview_core::ids::UserId::parse(user_id)
-        .map(|_| ())
-        .map_err(|e| TaskError::invalid_arguments(format!("user_id: {e}")))
-}
-
 impl Task for GenerateVisualizationTask {
     const NAME: &'static str = afterview_core::tasks::GENERATE_VISUALIZATION;
     type Args = GenerateVisualization;
@@ -333,7 +327,6 @@ impl Task for GenerateVisualizationTask {
         a: GenerateVisualization,
     ) -> Result<serde_json::Value, TaskError> {
         let d = &self.0;
-        check_user(&a.user_id)?;
         ctx.progress(0, "Starting visualization generation").await;
         let procedure = d
             .catalog
@@ -396,7 +389,6 @@ impl Task for GenerateComparisonTask {
         a: GenerateComparison,
     ) -> Result<serde_json::Value, TaskError> {
         let d = &self.0;
-        check_user(&a.user_id)?;
         ctx.progress(0, "Starting comparison generation").await;
         afterview_core::tasks::check_comparison(&a.procedure_ids)
             .map_err(|m| fail(ErrorCode::InvalidProcedureCount, m))?;
@@ -494,7 +486,7 @@ impl Task for GenerateComparisonTask {
         value["items"] = serde_json::Value::Array(item_values);
         let rec = VisualizationRecord {
             id: comparison_id,
-            owner: a.user_id.clone(),
+            owner: a.user_id.to_string(),
             image_id: a.image_id,
             kind: "comparison".into(),
             procedure_ids: a.procedure_ids,
@@ -529,7 +521,6 @@ impl Task for DetectFaceTask {
         ctx: TaskContext,
         a: afterview_core::tasks::DetectFace,
     ) -> Result<serde_json::Value, TaskError> {
-        check_user(&a.user_id)?;
         let photo = load_photo(&self.0, &ctx, &a.user_id, &a.image_id).await?;
         let (w, h) = photo.dimensions();
         let lm = landmarks(&ctx, photo, &PreviewOptions::default()).await?;

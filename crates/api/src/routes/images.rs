@@ -224,7 +224,7 @@ pub(crate) async fn image_face(
     owned_image(&st, &user, &id).await?;
     let args = afterview_core::tasks::DetectFace {
         image_id: id,
-        user_id: user.0.clone(),
+        user_id: afterview_core::ids::UserId::parse(&user.0).map_err(ApiError::bad_request)?,
     };
     let kwargs = serde_json::to_value(args).expect("arguments serialize");
     let (status, body) = submit(&st, &user, tasks::DETECT_FACE, kwargs, true).await?;

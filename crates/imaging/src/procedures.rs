@@ -176,335 +176,425 @@ pub fn plan(
     lm: &Landmarks,
     intensity: Intensity,
 ) -> Result<Plan, ImagingError> {
-    let k = factor(intensity);
-    let mut m = Moves::new(lm);
-    let f = m.f;
-    let mut allow = face_outline(lm);
-    let mut protect = Protect::Nothing;
-    let mut smoothing = None;
-    let radius_mm;
+    let sc = Scene {
+        photo,
+        lm,
+        k: factor(intensity),
+    };
+    let mut d = Draft {
+        m: Moves::new(lm),
+        allow: face_outline(lm),
+        protect: Protect::Nothing,
+        smoothing: None,
+        radius_mm: 0.0,
+    };
     match procedure {
-        "rhinoplasty" => {
-            // Narrow the lower nose about its own midline: every point of the alae and the
-            // nostril sill moves medially in proportion to its distance from the midline, so the
-            // tip (on the midline) stays and the alar base narrows by the target fraction.
-            let u0 = m.uv(r::NOSE_TIP).0;
-            let s = amounts::ALAR_NARROWING * k;
-            for &i in LOWER_NOSE.iter() {
-                let (u, _) = m.uv(i);
-                m.set(i, -s * (u - u0), 0.0);
-            }
-            m.pin_outside(&[6.0, 14.0]);
-            // The glasses' bridge sits well above the alae: no overlay to protect.
-            radius_mm = 9.0;
-        }
-        "lip-augmentation" => {
-            // Each column of the lips stretches away from its inner line (where the lips meet,
-            // or the edge of the open mouth): the vermilion gains height wherever its border
-            // lies inside the mesh's outline, the inner lines (so the mouth's opening) and the
-            // corners stay.
-            let bands = lip_bands(lm);
-            let mut ends = vec![];
-            for band in &bands {
-                let (u, v_in) = f.local(band.inner);
-                let g = band.gain * k;
-                ends.push(f.at(u, v_in + band.dir * band.height));
-                // An even stretch along the column: the vermilion grows by the gain wherever
-                // its border is.
-                for t in [0.25f32, 0.5, 0.75, 1.0] {
-                    m.extra.push(Handle {
-                        at: f.at(u, v_in + band.dir * band.height * t),
-                        shift: f.vec(0.0, band.dir * band.height * t * g),
-                    });
-                }
-            }
-            // Every mesh point inside the lips (the bands' ends joined round the corners) is
-            // interpolated, except the inner lines and the corners, which stay.
-            let half = ends.len() / 2;
-            let mut outline = vec![lm.points[r::MOUTH_CORNERS[0]]];
-            outline.extend(&ends[..half]);
-            outline.push(lm.points[r::MOUTH_CORNERS[1]]);
-            outline.extend(ends[half..].iter().rev());
-            let keep: Vec<usize> = r::UPPER_LIP_INNER
-                .iter()
-                .chain(&r::LOWER_LIP_INNER)
-                .chain(&r::MOUTH_CORNERS)
-                .copied()
-                .collect();
-            // So is the skin within 5 mm beyond the bands' ends: the lip pushes it instead of
-            // folding against a pinned point next to the border (the nose stays pinned).
-            let grown = grow(&outline, &f, 5.0);
-            for i in 0..MESH_POINTS {
-                if keep.contains(&i) || LOWER_NOSE.contains(&i) {
-                    continue;
-                }
-                if inside_polygon(&grown, lm.points[i]) {
-                    m.free[i] = true;
-                }
-            }
-            for band in &bands {
-                m.free[band.outer_index] = true;
-            }
-            m.pin_outside(&[6.0, 14.0]);
-            radius_mm = 8.0;
-        }
-        "chin-augmentation" => {
-            // The chin pad comes down: full at the menton, fading towards the lower lip and
-            // along the jaw.
-            let (_, v_lip) = m.uv(r::LOWER_LIP_MID.1);
-            let (u_c, v_c) = m.uv(r::MENTON);
-            let drop = amounts::CHIN_DROP_MM * k;
-            for i in 0..MESH_POINTS {
-                let (u, v) = m.uv(i);
-                if v <= v_lip + 2.0 {
-                    continue;
-                }
-                let down = ((v - v_lip - 2.0) / (v_c - v_lip - 2.0).max(1.0)).clamp(0.0, 1.0);
-                let side = (-((u - u_c) / 16.0).powi(2)).exp();
-                let w = down * side;
-                if w > 0.02 {
-                    m.set(i, 0.0, drop * w);
-                }
-            }
-            // Below the chin: the neck stays beyond 12 mm.
-            m.pin_outside(&[12.0, 22.0]);
-            allow = vec![lm.group(&r::FACE_OVAL), below_jaw(lm, &f, 14.0)];
-            radius_mm = 14.0;
-        }
-        "brow-lift" => {
-            // A lateral lift: the brow's tail rises most, its head least; the forehead above
-            // follows and fades; the upper lid skin takes part of it; the lid margin, the eye
-            // and everything below stay.
-            for side in 0..2 {
-                let upper = &r::BROW_UPPER[side];
-                let us: Vec<f32> = upper.iter().map(|&i| m.uv(i).0).collect();
-                // Order the table by u (tail is lateral: negative u on the subject's right).
-                let (xs, lift): (Vec<f32>, Vec<f32>) = {
-                    let tail = amounts::BROW_TAIL_MM * k;
-                    let mut t: Vec<(f32, f32)> = us
-                        .iter()
-                        .enumerate()
-                        .map(|(j, &u)| (u, tail * (1.0 - 0.75 * j as f32 / 4.0)))
-                        .collect();
-                    t.sort_by(|a, b| a.0.total_cmp(&b.0));
-                    t.into_iter().unzip()
-                };
-                let lift_at = |u: f32| lerp_table(&xs, &lift, u);
-                let table = |idx: &[usize]| -> (Vec<f32>, Vec<f32>) {
-                    let mut t: Vec<(f32, f32)> = idx.iter().map(|&i| m.uv(i)).collect();
-                    t.sort_by(|a, b| a.0.total_cmp(&b.0));
-                    t.into_iter().unzip()
-                };
-                let (brow_u, brow_vs) = table(upper);
-                let (lid_u, lid_vs) = table(&r::UPPER_LID[side]);
-                let brow_v = |u: f32| lerp_table(&brow_u, &brow_vs, u);
-                let lid_v = |u: f32| lerp_table(&lid_u, &lid_vs, u);
-                let (u_lo, u_hi) = (
-                    xs[0] - if side == 0 { 8.0 } else { 3.0 },
-                    xs[xs.len() - 1] + if side == 0 { 3.0 } else { 8.0 },
-                );
-                let eye: Vec<usize> = r::RIGHT_EYE_RING
-                    .iter()
-                    .chain(&r::LEFT_EYE_RING)
-                    .copied()
-                    .collect();
-                for i in 0..MESH_POINTS {
-                    if eye.contains(&i) || m.shift[i].is_some() {
-                        continue;
-                    }
-                    let (u, v) = m.uv(i);
-                    if u < u_lo || u > u_hi {
-                        continue;
-                    }
-                    let (bv, lv) = (brow_v(u), lid_v(u));
-                    if v > lv - 0.5 {
-                        continue;
-                    }
-                    // 0 at the lid margin, 1 from the brow's lower edge up, fading 25 mm above.
-                    let w = if v >= bv + 3.0 {
-                        ((lv - v) / (lv - bv - 3.0).max(1.0))
-                            .clamp(0.0, 1.0)
-                            .powf(1.5)
-                    } else {
-                        (1.0 - (bv - v) / 25.0).clamp(0.0, 1.0)
-                    };
-                    // Beyond the brow's ends the lift fades over 8 mm.
-                    let edge = ((u - xs[0] + 8.0) / 8.0).min((xs[xs.len() - 1] + 8.0 - u) / 8.0);
-                    let w = w * edge.clamp(0.0, 1.0);
-                    if w > 0.01 {
-                        m.set(i, 0.0, -lift_at(u) * w);
-                    }
-                }
-            }
-            m.pin_outside(&[6.0, 14.0]);
-            radius_mm = 12.0;
-            protect = Protect::Overlays;
-        }
-        "blepharoplasty" => {
-            // Less hooding: the upper-lid fold and the hooding skin above it rise towards the
-            // brow, so more lid platform shows; the lid margin and the eye stay.
-            for side in 0..2 {
-                for (ring, amount) in [
-                    (&r::LID_FOLD[side], amounts::LID_FOLD_MM),
-                    (&r::LID_HOOD[side], amounts::LID_HOOD_MM),
-                ] {
-                    let n = ring.len() - 1;
-                    for (j, &i) in ring.iter().enumerate() {
-                        // Less at the corners.
-                        let t = j as f32 / n as f32;
-                        let w = 0.45 + 0.55 * (std::f32::consts::PI * t).sin();
-                        m.set(i, 0.0, -amount * k * w);
-                    }
-                }
-            }
-            m.pin_outside(&[6.0, 14.0]);
-            radius_mm = 7.0;
-            protect = Protect::Dark;
-        }
-        "facelift" => {
-            // The lower face lifts along its own vertical: most at the jowls, nothing at the
-            // chin's centre, a third at the jaw's angle; fading over 25 mm above the jawline.
-            // One smooth function for every point (outline included), so the outline stays
-            // smooth; purely vertical, so the face is not widened. Below the jaw, only skin
-            // moves: a collar or the background is kept rigid (`protect`).
-            let lift = amounts::JOWL_LIFT_MM * k;
-            let jaw: Vec<(f32, f32)> = {
-                let mut t: Vec<(f32, f32)> = r::JAWLINE.iter().map(|&i| m.uv(i)).collect();
-                t.sort_by(|a, b| a.0.total_cmp(&b.0));
-                t
-            };
-            let (ju, jv): (Vec<f32>, Vec<f32>) = jaw.iter().copied().unzip();
-            let half = (ju[ju.len() - 1] - ju[0]) / 2.0;
-            let mid = (ju[ju.len() - 1] + ju[0]) / 2.0;
-            let profile = |u: f32| {
-                // 0 at the chin's centre, 1 at 55 % of the half width, a third at the angle.
-                let t = ((u - mid).abs() / half.max(1.0)).min(1.0);
-                if t < 0.55 {
-                    let x = t / 0.55;
-                    x * x * (3.0 - 2.0 * x)
-                } else {
-                    1.0 - (t - 0.55) / 0.45 * 0.67
-                }
-            };
-            let (_, v_nose) = f.local(lm.points[r::SUBNASALE]);
-            for i in 0..MESH_POINTS {
-                let (u, v) = m.uv(i);
-                if v < v_nose {
-                    continue;
-                }
-                let above = lerp_table(&ju, &jv, u) - v;
-                let fade = (1.0 - above / 25.0).clamp(0.0, 1.0);
-                let w = profile(u) * fade * fade;
-                if w > 0.01 {
-                    m.set(i, 0.0, -lift * w);
-                }
-            }
-            // Soften the folds: move them a little up and out.
-            for side in 0..2 {
-                let s = if side == 0 { -1.0 } else { 1.0 };
-                for &i in &r::NASOLABIAL[side][1..] {
-                    let (_, dv) = m.shift[i].unwrap_or((0.0, 0.0));
-                    m.set(i, s * 0.6 * k, dv - 0.6 * k);
-                }
-            }
-            // The neck below follows with the same profile, fading over 20 mm.
-            for (u, v) in jaw.iter().copied() {
-                for d in [6.0f32, 12.0] {
-                    let w = profile(u) * (1.0 - d / 20.0);
-                    m.extra.push(Handle {
-                        at: f.at(u, v + d),
-                        shift: f.vec(0.0, -lift * w),
-                    });
-                }
-                m.extra.push(Handle {
-                    at: f.at(u, v + 22.0),
-                    shift: Pt::default(),
-                });
-            }
-            m.pin_outside(&[10.0, 20.0]);
-            allow = vec![lm.group(&r::FACE_OVAL), below_jaw(lm, &f, 22.0)];
-            radius_mm = 14.0;
-            protect = Protect::Overlays;
-            smoothing = Some(Smoothing {
-                include: (0..2)
-                    .map(|s| band(lm, &f, &r::NASOLABIAL[s], 5.0))
-                    .collect(),
-                exclude: vec![lm.group(&LIPS_OUTLINE)],
-                radius_mm: 1.6,
-                amount: (0.45 * k).min(0.8),
-            });
-        }
-        "otoplasty" => {
-            let skin = SkinModel::learn(photo, lm);
-            let mut any = false;
-            allow = vec![];
-            for side in 0..2 {
-                let Some(ear) = crate::ears::find(photo, lm, &f, &skin, side) else {
-                    continue;
-                };
-                any = true;
-                let s = if side == 0 { -1.0 } else { 1.0 };
-                for &(v, u_root, u_rim) in &ear.rows {
-                    // The ear folds back towards the head: its rim moves in, its root stays, and
-                    // what lies between follows evenly.
-                    let width = (u_rim - u_root).abs();
-                    let setback = (amounts::EAR_SETBACK_MM * k).min(width / 3.0);
-                    for t in [1.0f32 / 3.0, 2.0 / 3.0, 1.0] {
-                        m.extra.push(Handle {
-                            at: f.at(u_root + s * width * t, v),
-                            shift: f.vec(-s * setback * t, 0.0),
-                        });
-                    }
-                    m.extra.push(Handle {
-                        at: f.at(u_rim + s * 12.0, v),
-                        shift: Pt::default(),
-                    });
-                }
-                allow.push(ear.region(&f, 16.0));
-            }
-            if !any {
-                return Err(ImagingError::FeatureNotVisible(
-                    "the ears are not visible in the photo (hidden by hair or turned away); \
-                     otoplasty needs at least one ear in view"
-                        .into(),
-                ));
-            }
-            radius_mm = 12.0;
-        }
-        "skin-resurfacing" => {
-            allow = vec![];
-            let mut exclude: Vec<Vec<Pt>> = vec![
-                grow(&lm.group(&r::RIGHT_EYE_RING), &f, 2.5),
-                grow(&lm.group(&r::LEFT_EYE_RING), &f, 2.5),
-                grow(&lm.group(&LIPS_OUTLINE), &f, 1.5),
-                grow(&lm.group(&NOSTRIL_OUTLINE), &f, 1.0),
-            ];
-            for side in 0..2 {
-                let mut brow = lm.group(&r::BROW_UPPER[side]);
-                brow.extend(lm.group(&r::BROW_LOWER[side]).into_iter().rev());
-                exclude.push(grow(&brow, &f, 2.5));
-            }
-            smoothing = Some(Smoothing {
-                include: vec![oval(lm, &f, -2.0)],
-                exclude,
-                radius_mm: 1.4,
-                amount: (amounts::TEXTURE_REMOVED * k).min(0.9),
-            });
-            radius_mm = 1.0;
-        }
+        "rhinoplasty" => rhinoplasty(&mut d, &sc)?,
+        "lip-augmentation" => lip_augmentation(&mut d, &sc)?,
+        "chin-augmentation" => chin_augmentation(&mut d, &sc)?,
+        "brow-lift" => brow_lift(&mut d, &sc)?,
+        "blepharoplasty" => blepharoplasty(&mut d, &sc)?,
+        "facelift" => facelift(&mut d, &sc)?,
+        "otoplasty" => otoplasty(&mut d, &sc)?,
+        "skin-resurfacing" => skin_resurfacing(&mut d, &sc)?,
         _ => return Err(ImagingError::UnknownProcedure(procedure.to_owned())),
     }
     Ok(Plan {
-        handles: if smoothing.is_some() && procedure == "skin-resurfacing" {
+        handles: if d.smoothing.is_some() && procedure == "skin-resurfacing" {
             vec![]
         } else {
-            m.handles()
+            d.m.handles()
         },
-        radius_mm,
-        allow,
-        protect,
-        smoothing,
+        radius_mm: d.radius_mm,
+        allow: d.allow,
+        protect: d.protect,
+        smoothing: d.smoothing,
     })
+}
+
+/// What a recipe reads: the photo, its landmarks, the intensity's factor.
+#[derive(Clone, Copy)]
+struct Scene<'a> {
+    photo: &'a RgbImage,
+    lm: &'a Landmarks,
+    k: f32,
+}
+
+/// What a recipe writes: moved and pinned points, where the warp may act, what it must leave
+/// untouched, texture smoothing, and the field's reach.
+struct Draft<'a> {
+    m: Moves<'a>,
+    allow: Vec<Vec<Pt>>,
+    protect: Protect,
+    smoothing: Option<Smoothing>,
+    radius_mm: f32,
+}
+
+/// The rhinoplasty recipe.
+fn rhinoplasty(d: &mut Draft<'_>, sc: &Scene<'_>) -> Result<(), ImagingError> {
+    let k = sc.k;
+    let m = &mut d.m;
+    // Narrow the lower nose about its own midline: every point of the alae and the
+    // nostril sill moves medially in proportion to its distance from the midline, so the
+    // tip (on the midline) stays and the alar base narrows by the target fraction.
+    let u0 = m.uv(r::NOSE_TIP).0;
+    let s = amounts::ALAR_NARROWING * k;
+    for &i in LOWER_NOSE.iter() {
+        let (u, _) = m.uv(i);
+        m.set(i, -s * (u - u0), 0.0);
+    }
+    m.pin_outside(&[6.0, 14.0]);
+    // The glasses' bridge sits well above the alae: no overlay to protect.
+    d.radius_mm = 9.0;
+
+    Ok(())
+}
+
+/// The lip-augmentation recipe.
+fn lip_augmentation(d: &mut Draft<'_>, sc: &Scene<'_>) -> Result<(), ImagingError> {
+    let lm = sc.lm;
+    let k = sc.k;
+    let m = &mut d.m;
+    let f = m.f;
+    // Each column of the lips stretches away from its inner line (where the lips meet,
+    // or the edge of the open mouth): the vermilion gains height wherever its border
+    // lies inside the mesh's outline, the inner lines (so the mouth's opening) and the
+    // corners stay.
+    let bands = lip_bands(lm);
+    let mut ends = vec![];
+    for band in &bands {
+        let (u, v_in) = f.local(band.inner);
+        let g = band.gain * k;
+        ends.push(f.at(u, v_in + band.dir * band.height));
+        // An even stretch along the column: the vermilion grows by the gain wherever
+        // its border is.
+        for t in [0.25f32, 0.5, 0.75, 1.0] {
+            m.extra.push(Handle {
+                at: f.at(u, v_in + band.dir * band.height * t),
+                shift: f.vec(0.0, band.dir * band.height * t * g),
+            });
+        }
+    }
+    // Every mesh point inside the lips (the bands' ends joined round the corners) is
+    // interpolated, except the inner lines and the corners, which stay.
+    let half = ends.len() / 2;
+    let mut outline = vec![lm.points[r::MOUTH_CORNERS[0]]];
+    outline.extend(&ends[..half]);
+    outline.push(lm.points[r::MOUTH_CORNERS[1]]);
+    outline.extend(ends[half..].iter().rev());
+    let keep: Vec<usize> = r::UPPER_LIP_INNER
+        .iter()
+        .chain(&r::LOWER_LIP_INNER)
+        .chain(&r::MOUTH_CORNERS)
+        .copied()
+        .collect();
+    // So is the skin within 5 mm beyond the bands' ends: the lip pushes it instead of
+    // folding against a pinned point next to the border (the nose stays pinned).
+    let grown = grow(&outline, &f, 5.0);
+    for i in 0..MESH_POINTS {
+        if keep.contains(&i) || LOWER_NOSE.contains(&i) {
+            continue;
+        }
+        if inside_polygon(&grown, lm.points[i]) {
+            m.free[i] = true;
+        }
+    }
+    for band in &bands {
+        m.free[band.outer_index] = true;
+    }
+    m.pin_outside(&[6.0, 14.0]);
+    d.radius_mm = 8.0;
+
+    Ok(())
+}
+
+/// The chin-augmentation recipe.
+fn chin_augmentation(d: &mut Draft<'_>, sc: &Scene<'_>) -> Result<(), ImagingError> {
+    let lm = sc.lm;
+    let k = sc.k;
+    let m = &mut d.m;
+    let f = m.f;
+    // The chin pad comes down: full at the menton, fading towards the lower lip and
+    // along the jaw.
+    let (_, v_lip) = m.uv(r::LOWER_LIP_MID.1);
+    let (u_c, v_c) = m.uv(r::MENTON);
+    let drop = amounts::CHIN_DROP_MM * k;
+    for i in 0..MESH_POINTS {
+        let (u, v) = m.uv(i);
+        if v <= v_lip + 2.0 {
+            continue;
+        }
+        let down = ((v - v_lip - 2.0) / (v_c - v_lip - 2.0).max(1.0)).clamp(0.0, 1.0);
+        let side = (-((u - u_c) / 16.0).powi(2)).exp();
+        let w = down * side;
+        if w > 0.02 {
+            m.set(i, 0.0, drop * w);
+        }
+    }
+    // Below the chin: the neck stays beyond 12 mm.
+    m.pin_outside(&[12.0, 22.0]);
+    d.allow = vec![lm.group(&r::FACE_OVAL), below_jaw(lm, &f, 14.0)];
+    d.radius_mm = 14.0;
+
+    Ok(())
+}
+
+/// The brow-lift recipe.
+fn brow_lift(d: &mut Draft<'_>, sc: &Scene<'_>) -> Result<(), ImagingError> {
+    let k = sc.k;
+    let m = &mut d.m;
+    // A lateral lift: the brow's tail rises most, its head least; the forehead above
+    // follows and fades; the upper lid skin takes part of it; the lid margin, the eye
+    // and everything below stay.
+    for side in 0..2 {
+        let upper = &r::BROW_UPPER[side];
+        let us: Vec<f32> = upper.iter().map(|&i| m.uv(i).0).collect();
+        // Order the table by u (tail is lateral: negative u on the subject's right).
+        let (xs, lift): (Vec<f32>, Vec<f32>) = {
+            let tail = amounts::BROW_TAIL_MM * k;
+            let mut t: Vec<(f32, f32)> = us
+                .iter()
+                .enumerate()
+                .map(|(j, &u)| (u, tail * (1.0 - 0.75 * j as f32 / 4.0)))
+                .collect();
+            t.sort_by(|a, b| a.0.total_cmp(&b.0));
+            t.into_iter().unzip()
+        };
+        let lift_at = |u: f32| lerp_table(&xs, &lift, u);
+        let table = |idx: &[usize]| -> (Vec<f32>, Vec<f32>) {
+            let mut t: Vec<(f32, f32)> = idx.iter().map(|&i| m.uv(i)).collect();
+            t.sort_by(|a, b| a.0.total_cmp(&b.0));
+            t.into_iter().unzip()
+        };
+        let (brow_u, brow_vs) = table(upper);
+        let (lid_u, lid_vs) = table(&r::UPPER_LID[side]);
+        let brow_v = |u: f32| lerp_table(&brow_u, &brow_vs, u);
+        let lid_v = |u: f32| lerp_table(&lid_u, &lid_vs, u);
+        let (u_lo, u_hi) = (
+            xs[0] - if side == 0 { 8.0 } else { 3.0 },
+            xs[xs.len() - 1] + if side == 0 { 3.0 } else { 8.0 },
+        );
+        let eye: Vec<usize> = r::RIGHT_EYE_RING
+            .iter()
+            .chain(&r::LEFT_EYE_RING)
+            .copied()
+            .collect();
+        for i in 0..MESH_POINTS {
+            if eye.contains(&i) || m.shift[i].is_some() {
+                continue;
+            }
+            let (u, v) = m.uv(i);
+            if u < u_lo || u > u_hi {
+                continue;
+            }
+            let (bv, lv) = (brow_v(u), lid_v(u));
+            if v > lv - 0.5 {
+                continue;
+            }
+            // 0 at the lid margin, 1 from the brow's lower edge up, fading 25 mm above.
+            let w = if v >= bv + 3.0 {
+                ((lv - v) / (lv - bv - 3.0).max(1.0))
+                    .clamp(0.0, 1.0)
+                    .powf(1.5)
+            } else {
+                (1.0 - (bv - v) / 25.0).clamp(0.0, 1.0)
+            };
+            // Beyond the brow's ends the lift fades over 8 mm.
+            let edge = ((u - xs[0] + 8.0) / 8.0).min((xs[xs.len() - 1] + 8.0 - u) / 8.0);
+            let w = w * edge.clamp(0.0, 1.0);
+            if w > 0.01 {
+                m.set(i, 0.0, -lift_at(u) * w);
+            }
+        }
+    }
+    m.pin_outside(&[6.0, 14.0]);
+    d.radius_mm = 12.0;
+    d.protect = Protect::Overlays;
+
+    Ok(())
+}
+
+/// The blepharoplasty recipe.
+fn blepharoplasty(d: &mut Draft<'_>, sc: &Scene<'_>) -> Result<(), ImagingError> {
+    let k = sc.k;
+    let m = &mut d.m;
+    // Less hooding: the upper-lid fold and the hooding skin above it rise towards the
+    // brow, so more lid platform shows; the lid margin and the eye stay.
+    for side in 0..2 {
+        for (ring, amount) in [
+            (&r::LID_FOLD[side], amounts::LID_FOLD_MM),
+            (&r::LID_HOOD[side], amounts::LID_HOOD_MM),
+        ] {
+            let n = ring.len() - 1;
+            for (j, &i) in ring.iter().enumerate() {
+                // Less at the corners.
+                let t = j as f32 / n as f32;
+                let w = 0.45 + 0.55 * (std::f32::consts::PI * t).sin();
+                m.set(i, 0.0, -amount * k * w);
+            }
+        }
+    }
+    m.pin_outside(&[6.0, 14.0]);
+    d.radius_mm = 7.0;
+    d.protect = Protect::Dark;
+
+    Ok(())
+}
+
+/// The facelift recipe.
+fn facelift(d: &mut Draft<'_>, sc: &Scene<'_>) -> Result<(), ImagingError> {
+    let lm = sc.lm;
+    let k = sc.k;
+    let m = &mut d.m;
+    let f = m.f;
+    // The lower face lifts along its own vertical: most at the jowls, nothing at the
+    // chin's centre, a third at the jaw's angle; fading over 25 mm above the jawline.
+    // One smooth function for every point (outline included), so the outline stays
+    // smooth; purely vertical, so the face is not widened. Below the jaw, only skin
+    // moves: a collar or the background is kept rigid (`protect`).
+    let lift = amounts::JOWL_LIFT_MM * k;
+    let jaw: Vec<(f32, f32)> = {
+        let mut t: Vec<(f32, f32)> = r::JAWLINE.iter().map(|&i| m.uv(i)).collect();
+        t.sort_by(|a, b| a.0.total_cmp(&b.0));
+        t
+    };
+    let (ju, jv): (Vec<f32>, Vec<f32>) = jaw.iter().copied().unzip();
+    let half = (ju[ju.len() - 1] - ju[0]) / 2.0;
+    let mid = (ju[ju.len() - 1] + ju[0]) / 2.0;
+    let profile = |u: f32| {
+        // 0 at the chin's centre, 1 at 55 % of the half width, a third at the angle.
+        let t = ((u - mid).abs() / half.max(1.0)).min(1.0);
+        if t < 0.55 {
+            let x = t / 0.55;
+            x * x * (3.0 - 2.0 * x)
+        } else {
+            1.0 - (t - 0.55) / 0.45 * 0.67
+        }
+    };
+    let (_, v_nose) = f.local(lm.points[r::SUBNASALE]);
+    for i in 0..MESH_POINTS {
+        let (u, v) = m.uv(i);
+        if v < v_nose {
+            continue;
+        }
+        let above = lerp_table(&ju, &jv, u) - v;
+        let fade = (1.0 - above / 25.0).clamp(0.0, 1.0);
+        let w = profile(u) * fade * fade;
+        if w > 0.01 {
+            m.set(i, 0.0, -lift * w);
+        }
+    }
+    // Soften the folds: move them a little up and out.
+    for side in 0..2 {
+        let s = if side == 0 { -1.0 } else { 1.0 };
+        for &i in &r::NASOLABIAL[side][1..] {
+            let (_, dv) = m.shift[i].unwrap_or((0.0, 0.0));
+            m.set(i, s * 0.6 * k, dv - 0.6 * k);
+        }
+    }
+    // The neck below follows with the same profile, fading over 20 mm.
+    for (u, v) in jaw.iter().copied() {
+        for d in [6.0f32, 12.0] {
+            let w = profile(u) * (1.0 - d / 20.0);
+            m.extra.push(Handle {
+                at: f.at(u, v + d),
+                shift: f.vec(0.0, -lift * w),
+            });
+        }
+        m.extra.push(Handle {
+            at: f.at(u, v + 22.0),
+            shift: Pt::default(),
+        });
+    }
+    m.pin_outside(&[10.0, 20.0]);
+    d.allow = vec![lm.group(&r::FACE_OVAL), below_jaw(lm, &f, 22.0)];
+    d.radius_mm = 14.0;
+    d.protect = Protect::Overlays;
+    d.smoothing = Some(Smoothing {
+        include: (0..2)
+            .map(|s| band(lm, &f, &r::NASOLABIAL[s], 5.0))
+            .collect(),
+        exclude: vec![lm.group(&LIPS_OUTLINE)],
+        radius_mm: 1.6,
+        amount: (0.45 * k).min(0.8),
+    });
+
+    Ok(())
+}
+
+/// The otoplasty recipe.
+fn otoplasty(d: &mut Draft<'_>, sc: &Scene<'_>) -> Result<(), ImagingError> {
+    let photo = sc.photo;
+    let lm = sc.lm;
+    let k = sc.k;
+    let m = &mut d.m;
+    let f = m.f;
+    let skin = SkinModel::learn(photo, lm);
+    let mut any = false;
+    d.allow = vec![];
+    for side in 0..2 {
+        let Some(ear) = crate::ears::find(photo, lm, &f, &skin, side) else {
+            continue;
+        };
+        any = true;
+        let s = if side == 0 { -1.0 } else { 1.0 };
+        for &(v, u_root, u_rim) in &ear.rows {
+            // The ear folds back towards the head: its rim moves in, its root stays, and
+            // what lies between follows evenly.
+            let width = (u_rim - u_root).abs();
+            let setback = (amounts::EAR_SETBACK_MM * k).min(width / 3.0);
+            for t in [1.0f32 / 3.0, 2.0 / 3.0, 1.0] {
+                m.extra.push(Handle {
+                    at: f.at(u_root + s * width * t, v),
+                    shift: f.vec(-s * setback * t, 0.0),
+                });
+            }
+            m.extra.push(Handle {
+                at: f.at(u_rim + s * 12.0, v),
+                shift: Pt::default(),
+            });
+        }
+        d.allow.push(ear.region(&f, 16.0));
+    }
+    if !any {
+        return Err(ImagingError::FeatureNotVisible(
+            "the ears are not visible in the photo (hidden by hair or turned away); \
+                 otoplasty needs at least one ear in view"
+                .into(),
+        ));
+    }
+    d.radius_mm = 12.0;
+
+    Ok(())
+}
+
+/// The skin-resurfacing recipe.
+fn skin_resurfacing(d: &mut Draft<'_>, sc: &Scene<'_>) -> Result<(), ImagingError> {
+    let lm = sc.lm;
+    let k = sc.k;
+    let m = &mut d.m;
+    let f = m.f;
+    d.allow = vec![];
+    let mut exclude: Vec<Vec<Pt>> = vec![
+        grow(&lm.group(&r::RIGHT_EYE_RING), &f, 2.5),
+        grow(&lm.group(&r::LEFT_EYE_RING), &f, 2.5),
+        grow(&lm.group(&LIPS_OUTLINE), &f, 1.5),
+        grow(&lm.group(&NOSTRIL_OUTLINE), &f, 1.0),
+    ];
+    for side in 0..2 {
+        let mut brow = lm.group(&r::BROW_UPPER[side]);
+        brow.extend(lm.group(&r::BROW_LOWER[side]).into_iter().rev());
+        exclude.push(grow(&brow, &f, 2.5));
+    }
+    d.smoothing = Some(Smoothing {
+        include: vec![oval(lm, &f, -2.0)],
+        exclude,
+        radius_mm: 1.4,
+        amount: (amounts::TEXTURE_REMOVED * k).min(0.9),
+    });
+    d.radius_mm = 1.0;
+
+    Ok(())
 }
 
 /// One column of a lip, from its inner line outwards.

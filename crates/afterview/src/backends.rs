@@ -13,7 +13,6 @@ use crate::config::Settings;
 /// The opened backends.
 #[derive(Clone)]
 pub struct Backends {
-    /// The broker.
     pub broker: Arc<dyn Broker>,
     /// The result backend.
     pub results: Arc<dyn ResultBackend>,

@@ -62,7 +62,6 @@ pub struct Inner {
     pub auth: Auth,
     /// Upload limits.
     pub limits: Limits,
-    /// Metrics.
     pub metrics: Arc<Metrics>,
     /// Longest a synchronous request waits for its task (the hard limit plus slack).
     pub sync_timeout: Duration,
@@ -228,7 +227,6 @@ impl FromRequestParts<AppState> for User {
 /// The caller and when their token expires (for connections that outlive a request).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Session {
-    /// The user.
     pub user: User,
     /// Seconds since the epoch; `None` for static tokens.
     pub expires_at: Option<i64>,

@@ -411,7 +411,6 @@ fn html_escape(s: &str) -> String {
         .replace('>', "&gt;")
 }
 
-/// The docs page.
 pub fn docs_page() -> String {
     let mut rows = String::new();
     for op in OPS {

@@ -33,7 +33,6 @@ impl CostRange {
 pub struct CostBreakdown {
     /// Surgeon's (or injector's) fee.
     pub surgeon: CostRange,
-    /// Anesthesia.
     pub anesthesia: CostRange,
     /// Facility / operating room.
     pub facility: CostRange,
@@ -91,7 +90,6 @@ pub struct Procedure {
     pub anesthesia_type: String,
     /// Typical setting.
     pub setting: String,
-    /// Recovery.
     pub recovery: Recovery,
     /// Main risks.
     pub risks: Vec<String>,

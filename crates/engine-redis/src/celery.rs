@@ -1,5 +1,6 @@
 //! kombu envelopes for the control plane: pidbox commands and replies, and monitoring events
-//! (`../shared/docs/celery-protocol.md` §4, §5).
+//! in the shapes Celery 5.x and kombu 5.x write them (`redis_interop.rs` in the binary's tests
+//! checks them against the real `celery` CLI and Flower).
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;

@@ -1,5 +1,5 @@
 //! Redis broker and result backend for Afterview's task engine, wire-compatible with Celery 5
-//! on kombu's Redis transport (`../shared/docs/celery-protocol.md`).
+//! on kombu's Redis transport (Celery's message protocol v2).
 //!
 //! What travels on the wire is what Python writes and reads: task lists and priority buckets
 //! (`<q>`, `<q>\x06\x16{3,6,9}`), the `unacked`/`unacked_index` bookkeeping, result keys

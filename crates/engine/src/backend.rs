@@ -113,7 +113,6 @@ impl From<&str> for Cause {
 /// Identifies one delivery of one message: the token a worker must present to ack or store.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct LeaseRef {
-    /// Task id.
     pub task_id: String,
     /// The message copy (unique per publish).
     pub delivery_tag: String,
@@ -212,13 +211,11 @@ pub struct ActiveTask {
     pub args: String,
     /// Python-style repr of the keyword arguments.
     pub kwargs: String,
-    /// Queue.
     pub queue: String,
     /// When the run started.
     pub time_start: DateTime<Utc>,
     /// Retries so far.
     pub retries: u32,
-    /// Delivery tag.
     pub delivery_tag: String,
     /// Whether this is a redelivery.
     pub redelivered: bool,
@@ -229,7 +226,6 @@ pub struct ActiveTask {
 pub struct WorkerReport {
     /// Node name (`name@host`).
     pub node: String,
-    /// Host name.
     pub hostname: String,
     /// Process id.
     pub pid: u32,

@@ -80,7 +80,6 @@ impl Client {
         self
     }
 
-    /// The broker.
     pub fn broker(&self) -> &Arc<dyn Broker> {
         &self.broker
     }

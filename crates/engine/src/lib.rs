@@ -3,12 +3,13 @@
 //! The job of this crate: run Celery-model tasks reliably. It owns the data model (Celery
 //! protocol v2 messages in [`message`], result metas and states in [`result`]), the typed task
 //! API ([`task`]), the worker runtime ([`worker`]), the producer API ([`client`]), the event
-//! stream ([`events`]), the storage traits every backend implements ([`backend`]) with an
-//! in-memory implementation ([`memory`]), and the built-in `afterview.*` tasks ([`builtin`]).
+//! stream ([`events`], followed through [`watch`]), the storage traits every backend implements
+//! ([`backend`]) and the rules they share ([`policy`]), an in-memory implementation
+//! ([`memory`]), the clock ([`time`]) and the built-in `afterview.*` tasks ([`builtin`]).
 //!
 //! It knows nothing of previews, HTTP or SQL: backends live in their own crates
-//! (`afterview-engine-sqlite`, later Redis) and pass the conformance suite in [`testsuite`]
-//! (feature `testsuite`).
+//! (`afterview-engine-sqlite`, `afterview-engine-redis`) and pass the conformance suite in
+//! [`testsuite`] (feature `testsuite`).
 //!
 //! Invariants:
 //! - A message is never lost: it leaves the broker only when acked by the holder of its current

@@ -215,7 +215,6 @@ pub struct ContextParts {
     pub name: String,
     /// Retries so far.
     pub retries: u32,
-    /// Queue.
     pub queue: String,
     /// Worker node name.
     pub worker: String,
@@ -343,7 +342,6 @@ type BoxFut<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 pub trait ErasedTask: Send + Sync {
     /// The task name.
     fn name(&self) -> &'static str;
-    /// Its options.
     fn options(&self) -> TaskOptions;
     /// Decodes the arguments and runs it; the output is JSON.
     fn call(

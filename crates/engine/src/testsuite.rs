@@ -35,7 +35,6 @@ pub type Reopen = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Fixture> + Send>> 
 /// What a backend under test provides.
 #[derive(Clone)]
 pub struct Fixture {
-    /// The broker.
     pub broker: Arc<dyn Broker>,
     /// The result backend (usually the same object).
     pub backend: Arc<dyn ResultBackend>,

@@ -1,7 +1,7 @@
 //! The Gemini provider: one image edit per call through the REST `generateContent` endpoint.
 //!
 //! Job: send a photo and a procedure prompt, get a picture back, and classify every other
-//! outcome the way `../shared/docs/domain.md` §1 describes: safety blocks and text-only answers
+//! outcome as the Gemini API documents it: safety blocks and text-only answers
 //! arrive as HTTP 200 and are *not* successes; 408/429/5xx and transport errors are retried with
 //! exponential backoff and jitter, honouring `RetryInfo.retryDelay`; a per-day quota is not
 //! retried. The API key travels in the `x-goog-api-key` header and never appears in logs or

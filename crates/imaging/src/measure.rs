@@ -16,7 +16,6 @@ pub struct Change {
     pub name: &'static str,
     /// Before (mm, or a unitless energy).
     pub before: f32,
-    /// After.
     pub after: f32,
 }
 

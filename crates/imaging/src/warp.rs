@@ -69,12 +69,10 @@ impl Rect {
         self.x1 <= self.x0 || self.y1 <= self.y0
     }
 
-    /// Width.
     pub fn width(&self) -> u32 {
         self.x1.saturating_sub(self.x0)
     }
 
-    /// Height.
     pub fn height(&self) -> u32 {
         self.y1.saturating_sub(self.y0)
     }

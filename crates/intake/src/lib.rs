@@ -79,7 +79,6 @@ pub enum IntakeError {
     TooLarge {
         /// File size.
         size: usize,
-        /// The limit.
         limit: usize,
     },
     /// Not JPEG, PNG or WebP.
@@ -95,7 +94,6 @@ pub enum IntakeError {
         width: u32,
         /// Declared height.
         height: u32,
-        /// The limit.
         limit: u64,
     },
     /// Truncated or damaged.

@@ -105,7 +105,6 @@ pub(crate) fn wrap(text: &str, size: f32, bold: bool, max: f32) -> Vec<String> {
     lines
 }
 
-/// The flow.
 pub(crate) struct Flow {
     pub(crate) w: f32,
     pub(crate) h: f32,

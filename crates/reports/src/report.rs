@@ -32,13 +32,10 @@ impl Paper {
 /// Patient and clinic fields; only those given are printed.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Patient {
-    /// Name.
     pub name: Option<String>,
     /// Date of birth.
     pub date_of_birth: Option<String>,
-    /// Clinic.
     pub clinic: Option<String>,
-    /// Surgeon.
     pub surgeon: Option<String>,
     /// Notes (the patient's goals, in their words).
     pub notes: Option<String>,
@@ -47,7 +44,6 @@ pub struct Patient {
 /// One simulated procedure.
 #[derive(Debug, Clone)]
 pub struct ReportItem {
-    /// The procedure.
     pub procedure: Procedure,
     /// `subtle`, `moderate`, `pronounced`.
     pub intensity: String,
@@ -57,7 +53,6 @@ pub struct ReportItem {
     pub before: Arc<RgbImage>,
     /// The simulation.
     pub after: Arc<RgbImage>,
-    /// Visualization id.
     pub visualization_id: String,
 }
 
@@ -68,7 +63,6 @@ pub struct ReportInput {
     pub reference: String,
     /// Date printed on every page.
     pub date: String,
-    /// Paper.
     pub paper: Paper,
     /// Patient fields.
     pub patient: Patient,

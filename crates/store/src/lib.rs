@@ -47,7 +47,6 @@ pub enum StoreError {
 pub struct ImageRecord {
     /// Image id.
     pub id: String,
-    /// Owner.
     pub owner: String,
     /// Blob key of the normalized PNG.
     pub blob_key: String,
@@ -68,7 +67,6 @@ pub struct ImageRecord {
 pub struct VisualizationRecord {
     /// Visualization id.
     pub id: String,
-    /// Owner.
     pub owner: String,
     /// The source photo.
     pub image_id: String,
@@ -93,13 +91,11 @@ pub struct VisualizationRecord {
 pub struct ExportRecord {
     /// Export id.
     pub id: String,
-    /// Owner.
     pub owner: String,
     /// `report` or `infographic`.
     pub kind: String,
     /// `pdf`, `png`, `svg`.
     pub format: String,
-    /// Blob key.
     pub blob_key: String,
     /// Size in bytes.
     pub size: u64,
@@ -118,7 +114,6 @@ pub struct ExportRecord {
 pub struct TaskRecord {
     /// Task id.
     pub id: String,
-    /// Owner.
     pub owner: String,
     /// Task name.
     pub name: String,

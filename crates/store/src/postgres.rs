@@ -70,7 +70,6 @@ const MIGRATIONS: &[&str] = &[
     "CREATE INDEX tasks_age ON tasks (created_at DESC);",
 ];
 
-/// Pool size.
 const POOL_SIZE: usize = 16;
 /// Longest wait for a connection or a statement before the store counts as unavailable.
 const TIMEOUT: Duration = Duration::from_secs(5);

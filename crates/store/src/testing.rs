@@ -76,7 +76,6 @@ pub fn postgres_admin_value(sql: &str) -> Option<String> {
 /// A database created for one test and dropped (with its connections) when this is dropped.
 #[derive(Debug)]
 pub struct PostgresDb {
-    /// Its name.
     pub name: String,
 }
 
@@ -138,7 +137,6 @@ fn free_port() -> u16 {
 /// by a watchdog once the test process is gone.
 #[derive(Debug)]
 pub struct S3Server {
-    /// Its port.
     pub port: u16,
     child: Child,
 }

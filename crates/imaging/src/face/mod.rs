@@ -390,7 +390,6 @@ impl Landmarks {
     pub fn left_eye(&self) -> Pt {
         self.irises[1].center
     }
-    /// Nose tip.
     pub fn nose_tip(&self) -> Pt {
         self.points[regions::NOSE_TIP]
     }

@@ -378,32 +378,43 @@ fn classify_success(text: &str) -> Attempt {
         .and_then(Value::as_array)
         .cloned()
         .unwrap_or_default();
-    for p in &parts {
-        let inline = p.get("inlineData").or_else(|| p.get("inline_data"));
-        let Some(inline) = inline else { continue };
-        let mime = inline
-            .get("mimeType")
-            .or_else(|| inline.get("mime_type"))
-            .and_then(Value::as_str)
-            .unwrap_or("");
-        if !mime.starts_with("image/") {
-            continue;
-        }
-        let Some(data) = inline.get("data").and_then(Value::as_str) else {
-            return Attempt::Fail(GeminiError::BadResponse("image part without data".into()));
-        };
-        return match B64.decode(data) {
-            Ok(bytes) if !bytes.is_empty() => Attempt::Done(GeneratedImage {
-                bytes,
-                mime: mime.to_owned(),
-                attempts: 1,
-            }),
-            Ok(_) => Attempt::Fail(GeminiError::BadResponse("empty image data".into())),
-            Err(e) => Attempt::Fail(GeminiError::BadResponse(format!(
-                "image data is not base64: {e}"
-            ))),
-        };
+    if let Some(image) = parts.iter().find_map(image_part) {
+        return image;
     }
+    no_image(finish, &parts)
+}
+
+/// The outcome an image part gives, if `p` is one (`inlineData` with an `image/*` type).
+fn image_part(p: &Value) -> Option<Attempt> {
+    let inline = p.get("inlineData").or_else(|| p.get("inline_data"))?;
+    let mime = inline
+        .get("mimeType")
+        .or_else(|| inline.get("mime_type"))
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    if !mime.starts_with("image/") {
+        return None;
+    }
+    let Some(data) = inline.get("data").and_then(Value::as_str) else {
+        return Some(Attempt::Fail(GeminiError::BadResponse(
+            "image part without data".into(),
+        )));
+    };
+    Some(match B64.decode(data) {
+        Ok(bytes) if !bytes.is_empty() => Attempt::Done(GeneratedImage {
+            bytes,
+            mime: mime.to_owned(),
+            attempts: 1,
+        }),
+        Ok(_) => Attempt::Fail(GeminiError::BadResponse("empty image data".into())),
+        Err(e) => Attempt::Fail(GeminiError::BadResponse(format!(
+            "image data is not base64: {e}"
+        ))),
+    })
+}
+
+/// A candidate without an image: blocked output (final), else retried with what it said.
+fn no_image(finish: String, parts: &[Value]) -> Attempt {
     const BLOCKS: &[&str] = &[
         "SAFETY",
         "IMAGE_SAFETY",

@@ -161,21 +161,45 @@ async fn generate(
     headers: HeaderMap,
     body: String,
 ) -> Response {
-    let Some((model, method)) = rest.rsplit_once(':') else {
-        return google_error(
+    let checked = check_call(&app, &rest, &q, &headers).and_then(|c| Ok((c, read_request(&body)?)));
+    let ((model, key_header), (prompt, image)) = match checked {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let scenario = {
+        let mut st = app.state.lock().expect("mock lock");
+        st.requests.push(Recorded {
+            model: model.clone(),
+            key_header,
+            prompt,
+            image_bytes: image.len(),
+        });
+        st.queue.pop_front().unwrap_or(Scenario::Ok)
+    };
+    answer(scenario, &model, &image).await
+}
+
+/// The method, the API key (header or `?key=`) and the model, checked as Google does: the
+/// model's name and whether the key came in the header.
+fn check_call(
+    app: &App,
+    rest: &str,
+    q: &std::collections::HashMap<String, String>,
+    headers: &HeaderMap,
+) -> Result<(String, bool), Response> {
+    let not_found = || {
+        google_error(
             StatusCode::NOT_FOUND,
             "NOT_FOUND",
             "Method not found.",
             json!([]),
-        );
+        )
+    };
+    let Some((model, method)) = rest.rsplit_once(':') else {
+        return Err(not_found());
     };
     if method != "generateContent" {
-        return google_error(
-            StatusCode::NOT_FOUND,
-            "NOT_FOUND",
-            "Method not found.",
-            json!([]),
-        );
+        return Err(not_found());
     }
     let header_key = headers
         .get("x-goog-api-key")
@@ -183,43 +207,40 @@ async fn generate(
         .map(str::to_owned);
     let key = header_key.clone().or_else(|| q.get("key").cloned());
     let Some(key) = key else {
-        return google_error(
+        return Err(google_error(
             StatusCode::FORBIDDEN,
             "PERMISSION_DENIED",
             "Method doesn't allow unregistered callers (callers without established identity). Please use API Key or other form of API consumer identity to call this API.",
             json!([]),
-        );
+        ));
     };
     if key != app.key {
-        return google_error(
+        return Err(google_error(
             StatusCode::BAD_REQUEST,
             "INVALID_ARGUMENT",
             "API key not valid. Please pass a valid API key.",
             json!([{"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": "API_KEY_INVALID", "domain": "googleapis.com",
                     "metadata": {"service": "generativelanguage.googleapis.com"}}]),
-        );
+        ));
     }
     if !MODELS.contains(&model) {
-        return google_error(
+        return Err(google_error(
             StatusCode::NOT_FOUND,
             "NOT_FOUND",
             &format!(
                 "models/{model} is not found for API version v1beta, or is not supported for generateContent."
             ),
             json!([]),
-        );
+        ));
     }
-    let req: Value = match serde_json::from_str(&body) {
-        Ok(v) => v,
-        Err(e) => {
-            return google_error(
-                StatusCode::BAD_REQUEST,
-                "INVALID_ARGUMENT",
-                &format!("Invalid JSON payload received. {e}"),
-                json!([]),
-            );
-        }
-    };
+    Ok((model.to_owned(), header_key.is_some()))
+}
+
+/// The prompt and the one input image of a request body; Google's 400s for what it refuses.
+fn read_request(body: &str) -> Result<(String, Vec<u8>), Response> {
+    let bad = |msg: &str| google_error(StatusCode::BAD_REQUEST, "INVALID_ARGUMENT", msg, json!([]));
+    let req: Value = serde_json::from_str(body)
+        .map_err(|e| bad(&format!("Invalid JSON payload received. {e}")))?;
     let parts = req
         .pointer("/contents/0/parts")
         .and_then(Value::as_array)
@@ -232,37 +253,7 @@ async fn generate(
             prompt.push_str(t);
         }
         if let Some(inline) = get(p, "inlineData", "inline_data") {
-            let mime = get(inline, "mimeType", "mime_type")
-                .and_then(Value::as_str)
-                .unwrap_or("");
-            if ![
-                "image/png",
-                "image/jpeg",
-                "image/webp",
-                "image/heic",
-                "image/heif",
-            ]
-            .contains(&mime)
-            {
-                return google_error(
-                    StatusCode::BAD_REQUEST,
-                    "INVALID_ARGUMENT",
-                    &format!("Unsupported MIME type: {mime}"),
-                    json!([]),
-                );
-            }
-            let data = inline.get("data").and_then(Value::as_str).unwrap_or("");
-            match B64.decode(data) {
-                Ok(b) if image::load_from_memory(&b).is_ok() => image = Some(b),
-                _ => {
-                    return google_error(
-                        StatusCode::BAD_REQUEST,
-                        "INVALID_ARGUMENT",
-                        "Provided image is not valid.",
-                        json!([]),
-                    );
-                }
-            }
+            image = Some(inline_image(inline)?);
         }
     }
     let modalities = req
@@ -278,32 +269,36 @@ async fn generate(
     ]
     .contains(&modalities)
     {
-        return google_error(
-            StatusCode::BAD_REQUEST,
-            "INVALID_ARGUMENT",
+        return Err(bad(
             "The requested combination of response modalities is not supported by the model.",
-            json!([]),
-        );
+        ));
     }
-    let Some(image) = image else {
-        return google_error(
-            StatusCode::BAD_REQUEST,
-            "INVALID_ARGUMENT",
-            "An input image is required.",
-            json!([]),
-        );
-    };
-    let scenario = {
-        let mut st = app.state.lock().expect("mock lock");
-        st.requests.push(Recorded {
-            model: model.to_owned(),
-            key_header: header_key.is_some(),
-            prompt,
-            image_bytes: image.len(),
-        });
-        st.queue.pop_front().unwrap_or(Scenario::Ok)
-    };
-    answer(scenario, model, &image).await
+    let image = image.ok_or_else(|| bad("An input image is required."))?;
+    Ok((prompt, image))
+}
+
+/// An `inlineData` part's image bytes: a supported MIME type and a decodable picture.
+fn inline_image(inline: &Value) -> Result<Vec<u8>, Response> {
+    let bad = |msg: &str| google_error(StatusCode::BAD_REQUEST, "INVALID_ARGUMENT", msg, json!([]));
+    let mime = get(inline, "mimeType", "mime_type")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    if ![
+        "image/png",
+        "image/jpeg",
+        "image/webp",
+        "image/heic",
+        "image/heif",
+    ]
+    .contains(&mime)
+    {
+        return Err(bad(&format!("Unsupported MIME type: {mime}")));
+    }
+    let data = inline.get("data").and_then(Value::as_str).unwrap_or("");
+    match B64.decode(data) {
+        Ok(b) if image::load_from_memory(&b).is_ok() => Ok(b),
+        _ => Err(bad("Provided image is not valid.")),
+    }
 }
 
 fn edited(image: &[u8], jpeg: bool) -> (Vec<u8>, &'static str) {
@@ -342,6 +337,26 @@ fn ok_body(model: &str, parts: Vec<Value>, finish: &str) -> Response {
 
 async fn answer(s: Scenario, model: &str, image: &[u8]) -> Response {
     match s {
+        Scenario::Slow(ms, inner) => {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            Box::pin(answer(*inner, model, image)).await
+        }
+        Scenario::Ok
+        | Scenario::OkJpeg
+        | Scenario::OkTextThenImage
+        | Scenario::TextOnly
+        | Scenario::NoImage
+        | Scenario::BadBase64 => success(s, model, image),
+        Scenario::PromptBlocked(_) | Scenario::OutputBlocked(_) | Scenario::MalformedJson => {
+            refusal(s, model)
+        }
+        Scenario::RateLimited(_) | Scenario::QuotaPerDay | Scenario::Status(_) => failure(s),
+    }
+}
+
+/// HTTP 200 with candidates (an image, text, or neither).
+fn success(s: Scenario, model: &str, image: &[u8]) -> Response {
+    match s {
         Scenario::Ok | Scenario::OkJpeg => {
             let (bytes, mime) = edited(image, s == Scenario::OkJpeg);
             ok_body(
@@ -372,6 +387,13 @@ async fn answer(s: Scenario, model: &str, image: &[u8]) -> Response {
             vec![json!({"inlineData": {"mimeType": "image/png", "data": "%%%not-base64%%%"}})],
             "STOP",
         ),
+        _ => unreachable!("not a success scenario"),
+    }
+}
+
+/// HTTP 200 that is not a success: blocked prompts and outputs, a cut-off body.
+fn refusal(s: Scenario, model: &str) -> Response {
+    match s {
         Scenario::PromptBlocked(reason) => {
             let body = json!({"promptFeedback": {"blockReason": reason, "safetyRatings": [{"category": "HARM_CATEGORY_SEXUALLY_EXPLICIT", "probability": "NEGLIGIBLE"}]},
                               "usageMetadata": {"promptTokenCount": 1301, "totalTokenCount": 1301}, "modelVersion": model});
@@ -393,6 +415,19 @@ async fn answer(s: Scenario, model: &str, image: &[u8]) -> Response {
             )
                 .into_response()
         }
+        Scenario::MalformedJson => (
+            StatusCode::OK,
+            [("content-type", "application/json")],
+            "{\"candidates\": [{\"content\": ".to_owned(),
+        )
+            .into_response(),
+        _ => unreachable!("not a refusal scenario"),
+    }
+}
+
+/// Google's error answers: quota (per minute with RetryInfo, per day) and server statuses.
+fn failure(s: Scenario) -> Response {
+    match s {
         Scenario::RateLimited(delay) => google_error(
             StatusCode::TOO_MANY_REQUESTS,
             "RESOURCE_EXHAUSTED",
@@ -422,15 +457,6 @@ async fn answer(s: Scenario, model: &str, image: &[u8]) -> Response {
             };
             google_error(status, grpc, msg, json!([]))
         }
-        Scenario::MalformedJson => (
-            StatusCode::OK,
-            [("content-type", "application/json")],
-            "{\"candidates\": [{\"content\": ".to_owned(),
-        )
-            .into_response(),
-        Scenario::Slow(ms, inner) => {
-            tokio::time::sleep(Duration::from_millis(ms)).await;
-            Box::pin(answer(*inner, model, image)).await
-        }
+        _ => unreachable!("not a failure scenario"),
     }
 }

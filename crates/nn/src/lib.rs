@@ -144,6 +144,183 @@ fn usizes(v: &[i64], n: &NodeProto, what: &str) -> Result<Vec<usize>, NnError> {
         .collect()
 }
 
+/// Frees each slot after its last reader, unless it is an output.
+fn free_after_last_use(steps: &mut [Step], outputs: &[(String, usize)]) {
+    let mut last_use: HashMap<usize, usize> = HashMap::new();
+    for (i, s) in steps.iter().enumerate() {
+        for &slot in &s.inputs {
+            last_use.insert(slot, i);
+        }
+    }
+    for (slot, i) in last_use {
+        if !outputs.iter().any(|(_, s)| *s == slot) {
+            steps[i].frees.push(slot);
+        }
+    }
+}
+
+/// A graph node with the graph's constants, while it is turned into a [`Step`].
+struct Node<'a> {
+    n: &'a NodeProto,
+    consts: &'a HashMap<&'a str, &'a proto::TensorProto>,
+}
+
+impl Node<'_> {
+    fn constant(&self, i: usize) -> Result<&proto::TensorProto, NnError> {
+        self.n
+            .inputs
+            .get(i)
+            .and_then(|name| self.consts.get(name.as_str()).copied())
+            .ok_or_else(|| unsupported(self.n, &format!("input {i} must be a constant")))
+    }
+
+    fn floats(&self, i: usize) -> Result<(&[i64], &[f32]), NnError> {
+        let t = self.constant(i)?;
+        match &t.data {
+            TensorData::Float(v) => Ok((&t.dims, v)),
+            TensorData::Int64(_) => Err(unsupported(self.n, "float constant expected")),
+        }
+    }
+
+    fn int_values(&self, i: usize) -> Result<Vec<i64>, NnError> {
+        match &self.constant(i)?.data {
+            TensorData::Int64(v) => Ok(v.clone()),
+            TensorData::Float(_) => Err(unsupported(self.n, "int64 constant expected")),
+        }
+    }
+
+    /// The step computing this node: its operator, its runtime inputs' slots, a new slot for
+    /// its output (recorded in `slot_of`).
+    fn step(&self, slot_of: &mut HashMap<String, usize>) -> Result<Step, NnError> {
+        let n = self.n;
+        let op = self.op()?;
+        let runtime: Vec<&String> = n
+            .inputs
+            .iter()
+            .filter(|i| !i.is_empty() && !self.consts.contains_key(i.as_str()))
+            .collect();
+        let wanted = match op {
+            Op::Add | Op::Concat(_) => None,
+            _ => Some(1),
+        };
+        if wanted.is_some_and(|w| runtime.len() != w) || runtime.is_empty() {
+            return Err(unsupported(n, "unexpected number of inputs"));
+        }
+        let inputs = runtime
+            .iter()
+            .map(|name| {
+                slot_of
+                    .get(name.as_str())
+                    .copied()
+                    .ok_or_else(|| NnError::Format(format!("{name} is used before it is computed")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let [out] = n.outputs.as_slice() else {
+            return Err(unsupported(n, "one output expected"));
+        };
+        let output = slot_of.len();
+        slot_of.insert(out.clone(), output);
+        Ok(Step {
+            op,
+            inputs,
+            output,
+            frees: vec![],
+        })
+    }
+
+    fn op(&self) -> Result<Op, NnError> {
+        let n = self.n;
+        Ok(match n.op_type.as_str() {
+            "Conv" => self.conv()?,
+            "PRelu" => Op::PRelu(self.floats(1)?.1.to_vec()),
+            "Relu" => Op::Relu,
+            "Add" => Op::Add,
+            "MaxPool" => self.max_pool()?,
+            "Pad" => self.pad()?,
+            "Transpose" => Op::Transpose(usizes(
+                &ints(n, "perm").ok_or_else(|| unsupported(n, "no perm"))?,
+                n,
+                "axis",
+            )?),
+            "Reshape" => Op::Reshape(self.int_values(1)?),
+            "Concat" => match attr(n, "axis") {
+                Some(Attr::Int(a)) => Op::Concat(*a),
+                _ => return Err(unsupported(n, "no axis")),
+            },
+            other => return Err(NnError::Unsupported(format!("operator {other}"))),
+        })
+    }
+
+    fn conv(&self) -> Result<Op, NnError> {
+        let n = self.n;
+        let (wdims, w) = self.floats(1)?;
+        let bias = if n.inputs.len() > 2 {
+            Some(self.floats(2)?.1)
+        } else {
+            None
+        };
+        let group = match attr(n, "group") {
+            Some(Attr::Int(g)) => *g,
+            None => 1,
+            _ => return Err(unsupported(n, "bad group")),
+        };
+        if ints(n, "dilations").is_some_and(|d| d.iter().any(|&x| x != 1)) {
+            return Err(unsupported(n, "dilation"));
+        }
+        if matches!(attr(n, "auto_pad"), Some(Attr::Str(s)) if s != "NOTSET") {
+            return Err(unsupported(n, "auto_pad"));
+        }
+        let strides = usizes(&ints(n, "strides").unwrap_or(vec![1, 1]), n, "stride")?;
+        let pads = usizes(&ints(n, "pads").unwrap_or(vec![0; 4]), n, "pad")?;
+        let wdims = usizes(wdims, n, "dim")?;
+        Ok(Op::Conv(
+            ops::Conv::new(&wdims, w, bias, group, &strides, &pads)
+                .map_err(|e| unsupported(n, &e))?,
+        ))
+    }
+
+    fn max_pool(&self) -> Result<Op, NnError> {
+        let n = self.n;
+        let k = usizes(&ints(n, "kernel_shape").unwrap_or_default(), n, "kernel")?;
+        let s = usizes(&ints(n, "strides").unwrap_or(vec![1, 1]), n, "stride")?;
+        let same_upper = match attr(n, "auto_pad") {
+            Some(Attr::Str(s)) if s == "SAME_UPPER" => true,
+            Some(Attr::Str(s)) if s == "VALID" => false,
+            None if ints(n, "pads").is_none_or(|p| p.iter().all(|&x| x == 0)) => false,
+            _ => return Err(unsupported(n, "padding mode")),
+        };
+        let (&[kh, kw], &[sh, sw]) = (k.as_slice(), s.as_slice()) else {
+            return Err(unsupported(n, "2-D pooling expected"));
+        };
+        Ok(Op::MaxPool(ops::Pool {
+            kernel: (kh, kw),
+            stride: (sh, sw),
+            same_upper,
+        }))
+    }
+
+    fn pad(&self) -> Result<Op, NnError> {
+        let n = self.n;
+        if matches!(attr(n, "mode"), Some(Attr::Str(m)) if m != "constant") {
+            return Err(unsupported(n, "only constant padding"));
+        }
+        if n.inputs.len() > 2 && !n.inputs[2].is_empty() {
+            let (_, v) = self.floats(2)?;
+            if v.iter().any(|&x| x != 0.0) {
+                return Err(unsupported(n, "non-zero pad value"));
+            }
+        }
+        let p = usizes(&self.int_values(1)?, n, "pad")?;
+        let &[b0, b1, b2, b3, e0, e1, e2, e3] = p.as_slice() else {
+            return Err(unsupported(n, "4-D padding expected"));
+        };
+        Ok(Op::Pad {
+            begin: [b0, b1, b2, b3],
+            end: [e0, e1, e2, e3],
+        })
+    }
+}
+
 impl Model {
     /// Loads a serialized ONNX model with one 4-D float input.
     pub fn from_onnx(bytes: &[u8]) -> Result<Model, NnError> {
@@ -169,135 +346,8 @@ impl Model {
         slot_of.insert(input.name.clone(), 0);
         let mut steps = vec![];
         for n in &g.nodes {
-            let runtime: Vec<&String> = n
-                .inputs
-                .iter()
-                .filter(|i| !i.is_empty() && !consts.contains_key(i.as_str()))
-                .collect();
-            let constant = |i: usize| -> Result<&proto::TensorProto, NnError> {
-                n.inputs
-                    .get(i)
-                    .and_then(|name| consts.get(name.as_str()).copied())
-                    .ok_or_else(|| unsupported(n, &format!("input {i} must be a constant")))
-            };
-            let floats = |i: usize| -> Result<(&[i64], &[f32]), NnError> {
-                let t = constant(i)?;
-                match &t.data {
-                    TensorData::Float(v) => Ok((&t.dims, v)),
-                    TensorData::Int64(_) => Err(unsupported(n, "float constant expected")),
-                }
-            };
-            let int_values = |i: usize| -> Result<Vec<i64>, NnError> {
-                match &constant(i)?.data {
-                    TensorData::Int64(v) => Ok(v.clone()),
-                    TensorData::Float(_) => Err(unsupported(n, "int64 constant expected")),
-                }
-            };
-            let op = match n.op_type.as_str() {
-                "Conv" => {
-                    let (wdims, w) = floats(1)?;
-                    let bias = if n.inputs.len() > 2 {
-                        Some(floats(2)?.1)
-                    } else {
-                        None
-                    };
-                    let group = match attr(n, "group") {
-                        Some(Attr::Int(g)) => *g,
-                        None => 1,
-                        _ => return Err(unsupported(n, "bad group")),
-                    };
-                    if ints(n, "dilations").is_some_and(|d| d.iter().any(|&x| x != 1)) {
-                        return Err(unsupported(n, "dilation"));
-                    }
-                    if matches!(attr(n, "auto_pad"), Some(Attr::Str(s)) if s != "NOTSET") {
-                        return Err(unsupported(n, "auto_pad"));
-                    }
-                    let strides = usizes(&ints(n, "strides").unwrap_or(vec![1, 1]), n, "stride")?;
-                    let pads = usizes(&ints(n, "pads").unwrap_or(vec![0; 4]), n, "pad")?;
-                    let wdims = usizes(wdims, n, "dim")?;
-                    Op::Conv(
-                        ops::Conv::new(&wdims, w, bias, group, &strides, &pads)
-                            .map_err(|e| unsupported(n, &e))?,
-                    )
-                }
-                "PRelu" => Op::PRelu(floats(1)?.1.to_vec()),
-                "Relu" => Op::Relu,
-                "Add" => Op::Add,
-                "MaxPool" => {
-                    let k = usizes(&ints(n, "kernel_shape").unwrap_or_default(), n, "kernel")?;
-                    let s = usizes(&ints(n, "strides").unwrap_or(vec![1, 1]), n, "stride")?;
-                    let same_upper = match attr(n, "auto_pad") {
-                        Some(Attr::Str(s)) if s == "SAME_UPPER" => true,
-                        Some(Attr::Str(s)) if s == "VALID" => false,
-                        None if ints(n, "pads").is_none_or(|p| p.iter().all(|&x| x == 0)) => false,
-                        _ => return Err(unsupported(n, "padding mode")),
-                    };
-                    let (&[kh, kw], &[sh, sw]) = (k.as_slice(), s.as_slice()) else {
-                        return Err(unsupported(n, "2-D pooling expected"));
-                    };
-                    Op::MaxPool(ops::Pool {
-                        kernel: (kh, kw),
-                        stride: (sh, sw),
-                        same_upper,
-                    })
-                }
-                "Pad" => {
-                    if matches!(attr(n, "mode"), Some(Attr::Str(m)) if m != "constant") {
-                        return Err(unsupported(n, "only constant padding"));
-                    }
-                    if n.inputs.len() > 2 && !n.inputs[2].is_empty() {
-                        let (_, v) = floats(2)?;
-                        if v.iter().any(|&x| x != 0.0) {
-                            return Err(unsupported(n, "non-zero pad value"));
-                        }
-                    }
-                    let p = usizes(&int_values(1)?, n, "pad")?;
-                    let &[b0, b1, b2, b3, e0, e1, e2, e3] = p.as_slice() else {
-                        return Err(unsupported(n, "4-D padding expected"));
-                    };
-                    Op::Pad {
-                        begin: [b0, b1, b2, b3],
-                        end: [e0, e1, e2, e3],
-                    }
-                }
-                "Transpose" => Op::Transpose(usizes(
-                    &ints(n, "perm").ok_or_else(|| unsupported(n, "no perm"))?,
-                    n,
-                    "axis",
-                )?),
-                "Reshape" => Op::Reshape(int_values(1)?),
-                "Concat" => match attr(n, "axis") {
-                    Some(Attr::Int(a)) => Op::Concat(*a),
-                    _ => return Err(unsupported(n, "no axis")),
-                },
-                other => return Err(NnError::Unsupported(format!("operator {other}"))),
-            };
-            let wanted = match op {
-                Op::Add | Op::Concat(_) => None,
-                _ => Some(1),
-            };
-            if wanted.is_some_and(|w| runtime.len() != w) || runtime.is_empty() {
-                return Err(unsupported(n, "unexpected number of inputs"));
-            }
-            let inputs = runtime
-                .iter()
-                .map(|name| {
-                    slot_of.get(name.as_str()).copied().ok_or_else(|| {
-                        NnError::Format(format!("{name} is used before it is computed"))
-                    })
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            let [out] = n.outputs.as_slice() else {
-                return Err(unsupported(n, "one output expected"));
-            };
-            let output = slot_of.len();
-            slot_of.insert(out.clone(), output);
-            steps.push(Step {
-                op,
-                inputs,
-                output,
-                frees: vec![],
-            });
+            let node = Node { n, consts: &consts };
+            steps.push(node.step(&mut slot_of)?);
         }
         let outputs = g
             .outputs
@@ -309,18 +359,7 @@ impl Model {
                     .ok_or_else(|| NnError::Format(format!("output {} is never computed", o.name)))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        // Free each slot after its last reader, unless it is an output.
-        let mut last_use: HashMap<usize, usize> = HashMap::new();
-        for (i, s) in steps.iter().enumerate() {
-            for &slot in &s.inputs {
-                last_use.insert(slot, i);
-            }
-        }
-        for (slot, i) in last_use {
-            if !outputs.iter().any(|(_, s)| *s == slot) {
-                steps[i].frees.push(slot);
-            }
-        }
+        free_after_last_use(&mut steps, &outputs);
         Ok(Model {
             steps,
             slots: slot_of.len(),

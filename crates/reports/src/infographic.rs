@@ -82,8 +82,58 @@ const MUTED: (u8, u8, u8) = (100, 106, 115);
 const BG: (u8, u8, u8) = (255, 255, 255);
 
 fn scene(input: &InfographicInput, colors: [(u8, u8, u8); 4]) -> (Vec<Shape>, f32) {
-    let mut s = vec![];
-    let text = |x: f32, y: f32, size: f32, bold: bool, fill, anchor, t: &str| Shape::Text {
+    let mut s = vec![
+        text(
+            (40.0, 58.0),
+            30.0,
+            true,
+            INK,
+            Anchor::Start,
+            "Estimated cost breakdown",
+        ),
+        text(
+            (40.0, 88.0),
+            16.0,
+            false,
+            MUTED,
+            Anchor::Start,
+            &format!(
+                "{}, national averages; bars show mid-range values, labels the full range",
+                input.currency
+            ),
+        ),
+    ];
+    legend(&mut s, colors);
+    let max_total = input
+        .procedures
+        .iter()
+        .map(|p| p.costs.total().high)
+        .max()
+        .unwrap_or(1)
+        .max(1) as f32;
+    let mut y = 170.0;
+    for p in &input.procedures {
+        procedure_bar(&mut s, (p, &input.currency), colors, y, max_total);
+        y += 110.0;
+    }
+    // Disclaimer, wrapped.
+    y += 10.0;
+    for line in crate::layout::wrap(DISCLAIMER, 12.0, false, W - 80.0) {
+        s.push(text((40.0, y), 12.0, false, MUTED, Anchor::Start, &line));
+        y += 17.0;
+    }
+    (s, y + 20.0)
+}
+
+fn text(
+    (x, y): (f32, f32),
+    size: f32,
+    bold: bool,
+    fill: (u8, u8, u8),
+    anchor: Anchor,
+    t: &str,
+) -> Shape {
+    Shape::Text {
         x,
         y,
         size,
@@ -91,29 +141,11 @@ fn scene(input: &InfographicInput, colors: [(u8, u8, u8); 4]) -> (Vec<Shape>, f3
         fill,
         anchor,
         text: t.to_owned(),
-    };
-    s.push(text(
-        40.0,
-        58.0,
-        30.0,
-        true,
-        INK,
-        Anchor::Start,
-        "Estimated cost breakdown",
-    ));
-    s.push(text(
-        40.0,
-        88.0,
-        16.0,
-        false,
-        MUTED,
-        Anchor::Start,
-        &format!(
-            "{}, national averages; bars show mid-range values, labels the full range",
-            input.currency
-        ),
-    ));
-    // Legend.
+    }
+}
+
+/// The colour key of the four cost components.
+fn legend(s: &mut Vec<Shape>, colors: [(u8, u8, u8); 4]) {
     let labels = ["Surgeon", "Anesthesia", "Facility", "Other"];
     let mut lx = 40.0;
     for (i, l) in labels.iter().enumerate() {
@@ -124,91 +156,79 @@ fn scene(input: &InfographicInput, colors: [(u8, u8, u8); 4]) -> (Vec<Shape>, f3
             h: 18.0,
             fill: colors[i],
         });
-        s.push(text(lx + 26.0, 127.0, 15.0, false, INK, Anchor::Start, l));
+        s.push(text((lx + 26.0, 127.0), 15.0, false, INK, Anchor::Start, l));
         lx += 40.0 + crate::layout::width(l, 15.0, false) + 20.0;
     }
-    let max_total = input
-        .procedures
-        .iter()
-        .map(|p| p.costs.total().high)
-        .max()
-        .unwrap_or(1)
-        .max(1) as f32;
+}
+
+/// One procedure's stacked bar (mid-range components), its total and downtime, and the ranges.
+fn procedure_bar(
+    s: &mut Vec<Shape>,
+    (p, currency): (&Procedure, &str),
+    colors: [(u8, u8, u8); 4],
+    y: f32,
+    max_total: f32,
+) {
     let bar_x = 40.0;
     let bar_w_max = W - 40.0 - 300.0;
-    let mut y = 170.0;
-    for p in &input.procedures {
-        s.push(text(bar_x, y, 18.0, true, INK, Anchor::Start, &p.name));
-        let total = p.costs.total();
-        let mut x = bar_x;
-        let bar_y = y + 10.0;
-        for (i, (_, r)) in p.costs.components().iter().enumerate() {
-            let mid = (r.low + r.high) as f32 / 2.0;
-            let w = mid / max_total * bar_w_max;
-            if w > 0.0 {
-                s.push(Shape::Rect {
-                    x,
-                    y: bar_y,
-                    w,
-                    h: 34.0,
-                    fill: colors[i],
-                });
-                if w > 70.0 {
-                    s.push(text(
-                        x + w / 2.0,
-                        bar_y + 23.0,
-                        13.0,
-                        true,
-                        (255, 255, 255),
-                        Anchor::Middle,
-                        &money(mid.round() as u32, &input.currency),
-                    ));
-                }
+    s.push(text((bar_x, y), 18.0, true, INK, Anchor::Start, &p.name));
+    let total = p.costs.total();
+    let mut x = bar_x;
+    let bar_y = y + 10.0;
+    for (i, (_, r)) in p.costs.components().iter().enumerate() {
+        let mid = (r.low + r.high) as f32 / 2.0;
+        let w = mid / max_total * bar_w_max;
+        if w > 0.0 {
+            s.push(Shape::Rect {
+                x,
+                y: bar_y,
+                w,
+                h: 34.0,
+                fill: colors[i],
+            });
+            if w > 70.0 {
+                s.push(text(
+                    (x + w / 2.0, bar_y + 23.0),
+                    13.0,
+                    true,
+                    (255, 255, 255),
+                    Anchor::Middle,
+                    &money(mid.round() as u32, currency),
+                ));
             }
-            x += w;
         }
-        s.push(text(
-            x + 12.0,
-            bar_y + 16.0,
-            15.0,
-            true,
-            INK,
-            Anchor::Start,
-            &format!("Total {}", range(total, &input.currency)),
-        ));
-        s.push(text(
-            x + 12.0,
-            bar_y + 34.0,
-            12.0,
-            false,
-            MUTED,
-            Anchor::Start,
-            &format!("{} recovery", p.recovery.downtime),
-        ));
-        let parts: Vec<String> = p
-            .costs
-            .components()
-            .iter()
-            .map(|(l, r)| format!("{l} {}", range(*r, &input.currency)))
-            .collect();
-        s.push(text(
-            bar_x,
-            bar_y + 56.0,
-            12.0,
-            false,
-            MUTED,
-            Anchor::Start,
-            &parts.join(" · "),
-        ));
-        y += 110.0;
+        x += w;
     }
-    // Disclaimer, wrapped.
-    y += 10.0;
-    for line in crate::layout::wrap(DISCLAIMER, 12.0, false, W - 80.0) {
-        s.push(text(40.0, y, 12.0, false, MUTED, Anchor::Start, &line));
-        y += 17.0;
-    }
-    (s, y + 20.0)
+    s.push(text(
+        (x + 12.0, bar_y + 16.0),
+        15.0,
+        true,
+        INK,
+        Anchor::Start,
+        &format!("Total {}", range(total, currency)),
+    ));
+    s.push(text(
+        (x + 12.0, bar_y + 34.0),
+        12.0,
+        false,
+        MUTED,
+        Anchor::Start,
+        &format!("{} recovery", p.recovery.downtime),
+    ));
+    let parts: Vec<String> = p
+        .costs
+        .components()
+        .iter()
+        .map(|(l, r)| format!("{l} {}", range(*r, currency)))
+        .collect();
+    s.push(text(
+        (bar_x, bar_y + 56.0),
+        12.0,
+        false,
+        MUTED,
+        Anchor::Start,
+        &parts.join(" · "),
+    ));
 }
 
 fn esc(s: &str) -> String {

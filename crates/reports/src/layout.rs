@@ -367,54 +367,62 @@ impl Flow {
                 text: footer(i + 1, n),
             });
             for op in &all {
-                match op {
-                    Op::Text {
-                        x,
-                        y,
-                        size,
-                        bold: b,
-                        color,
-                        text,
-                    } => {
-                        set_fill(&mut s, *color);
-                        let font = if *b { bold.clone() } else { regular.clone() };
-                        s.draw_text(
-                            Point::from_xy(*x, *y),
-                            font,
-                            *size,
-                            text,
-                            false,
-                            TextDirection::Auto,
-                        );
-                    }
-                    Op::Rect { x, y, w, h, color } => {
-                        set_fill(&mut s, *color);
-                        if let Some(r) = Rect::from_xywh(*x, *y, *w, *h) {
-                            let mut pb = PathBuilder::new();
-                            pb.push_rect(r);
-                            if let Some(p) = pb.finish() {
-                                s.draw_path(&p);
-                            }
-                        }
-                    }
-                    Op::Image { x, y, w, h, jpeg } => {
-                        let img = Image::from_jpeg(jpeg.to_vec().into(), true)
-                            .map_err(ReportError::Picture)?;
-                        s.push_transform(&Transform::from_translate(*x, *y));
-                        s.draw_image(
-                            img,
-                            Size::from_wh(*w, *h)
-                                .ok_or_else(|| ReportError::Pdf("image size".into()))?,
-                        );
-                        s.pop();
-                    }
-                }
+                draw(&mut s, op, (&regular, &bold))?;
             }
             s.finish();
             page.finish();
         }
         doc.finish().map_err(|e| ReportError::Pdf(format!("{e:?}")))
     }
+}
+
+/// Draws one operation on a page.
+fn draw(
+    s: &mut krilla::surface::Surface<'_>,
+    op: &Op,
+    (regular, bold): (&Font, &Font),
+) -> Result<(), ReportError> {
+    match op {
+        Op::Text {
+            x,
+            y,
+            size,
+            bold: b,
+            color,
+            text,
+        } => {
+            set_fill(s, *color);
+            let font = if *b { bold.clone() } else { regular.clone() };
+            s.draw_text(
+                Point::from_xy(*x, *y),
+                font,
+                *size,
+                text,
+                false,
+                TextDirection::Auto,
+            );
+        }
+        Op::Rect { x, y, w, h, color } => {
+            set_fill(s, *color);
+            if let Some(r) = Rect::from_xywh(*x, *y, *w, *h) {
+                let mut pb = PathBuilder::new();
+                pb.push_rect(r);
+                if let Some(p) = pb.finish() {
+                    s.draw_path(&p);
+                }
+            }
+        }
+        Op::Image { x, y, w, h, jpeg } => {
+            let img = Image::from_jpeg(jpeg.to_vec().into(), true).map_err(ReportError::Picture)?;
+            s.push_transform(&Transform::from_translate(*x, *y));
+            s.draw_image(
+                img,
+                Size::from_wh(*w, *h).ok_or_else(|| ReportError::Pdf("image size".into()))?,
+            );
+            s.pop();
+        }
+    }
+    Ok(())
 }
 
 fn set_fill(s: &mut krilla::surface::Surface<'_>, c: Rgb) {

@@ -165,8 +165,24 @@ pub fn render_report(input: &ReportInput) -> Result<Vec<u8>, ReportError> {
     }
     let (w, h) = input.paper.points();
     let mut f = Flow::new(w, h);
+    summary_page(&mut f, input, w);
+    for item in &input.items {
+        procedure_section(&mut f, input, item);
+    }
+    if input.items.len() > 1 {
+        comparison_page(&mut f, input);
+    }
+    closing(&mut f, input);
+    let reference = input.reference.clone();
+    let date = input.date.clone();
+    let footer = move |i: usize, n: usize| {
+        format!("Afterview consultation summary · ref {reference} · {date} · page {i} of {n}")
+    };
+    f.finish(&footer, "Consultation summary")
+}
 
-    // Header.
+/// The first page: title, procedures, patient and clinic fields, notes, the simulation notice.
+fn summary_page(f: &mut Flow, input: &ReportInput, w: f32) {
     f.push(Op::Rect {
         x: 0.0,
         y: 0.0,
@@ -217,112 +233,114 @@ pub fn render_report(input: &ReportInput) -> Result<Vec<u8>, ReportError> {
         false,
         MUTED,
     );
+}
 
-    // One section per procedure.
-    for item in &input.items {
-        f.new_page();
-        let pr = &item.procedure;
-        f.heading(&pr.name, 17.0);
-        let engine = if item.engine == "gemini" {
-            "AI image editing (Gemini), blended into the treated region"
-        } else {
-            "local deformation of the photo"
-        };
-        f.paragraph(
-            &format!("Simulation: {} intensity, {engine}.", item.intensity),
-            9.0,
-            false,
-            MUTED,
+/// One procedure: before/after, what it is, recovery and risks, costs.
+fn procedure_section(f: &mut Flow, input: &ReportInput, item: &ReportItem) {
+    f.new_page();
+    let pr = &item.procedure;
+    f.heading(&pr.name, 17.0);
+    let engine = if item.engine == "gemini" {
+        "AI image editing (Gemini), blended into the treated region"
+    } else {
+        "local deformation of the photo"
+    };
+    f.paragraph(
+        &format!("Simulation: {} intensity, {engine}.", item.intensity),
+        9.0,
+        false,
+        MUTED,
+    );
+    f.space(6.0);
+    pictures(
+        f,
+        &[
+            ("Before", &*item.before),
+            ("SIMULATION — not a guarantee", &*item.after),
+        ],
+        220.0,
+    );
+    f.paragraph(&pr.description, 10.0, false, INK);
+    f.space(4.0);
+    f.paragraph(
+        &format!(
+            "Typical operating time {}; {} anesthesia; {}.",
+            pr.duration, pr.anesthesia_type, pr.setting
+        ),
+        9.5,
+        false,
+        MUTED,
+    );
+    f.space(4.0);
+    let mut recovery = vec![format!(
+        "Downtime {}; final result after {}.",
+        pr.recovery.downtime, pr.recovery.final_result
+    )];
+    recovery.extend(pr.recovery.timeline.iter().cloned());
+    f.two_lists(("Recovery", &recovery), ("Main risks", &pr.risks), 9.0);
+    if input.include_costs {
+        f.heading(&format!("Estimated costs ({})", input.currency), 12.0);
+        f.table(
+            &["Component", "Range"],
+            &cost_rows(pr, &input.currency),
+            &[0.55, 0.45],
+            &[false, true],
+            true,
         );
-        f.space(6.0);
-        pictures(
-            &mut f,
-            &[
-                ("Before", &*item.before),
-                ("SIMULATION — not a guarantee", &*item.after),
-            ],
-            220.0,
-        );
-        f.paragraph(&pr.description, 10.0, false, INK);
-        f.space(4.0);
-        f.paragraph(
-            &format!(
-                "Typical operating time {}; {} anesthesia; {}.",
-                pr.duration, pr.anesthesia_type, pr.setting
-            ),
-            9.5,
-            false,
-            MUTED,
-        );
-        f.space(4.0);
-        let mut recovery = vec![format!(
-            "Downtime {}; final result after {}.",
-            pr.recovery.downtime, pr.recovery.final_result
-        )];
-        recovery.extend(pr.recovery.timeline.iter().cloned());
-        f.two_lists(("Recovery", &recovery), ("Main risks", &pr.risks), 9.0);
-        if input.include_costs {
-            f.heading(&format!("Estimated costs ({})", input.currency), 12.0);
-            f.table(
-                &["Component", "Range"],
-                &cost_rows(pr, &input.currency),
-                &[0.55, 0.45],
-                &[false, true],
-                true,
-            );
-            f.paragraph(&format!("Sources: {}", pr.cost_source), 7.5, false, MUTED);
-        }
+        f.paragraph(&format!("Sources: {}", pr.cost_source), 7.5, false, MUTED);
     }
+}
 
-    // Comparison.
-    if input.items.len() > 1 {
-        f.new_page();
-        f.heading("Comparison", 17.0);
-        let first = &input.items[0];
-        let mut pics: Vec<(&str, &RgbImage)> = vec![("Before", &*first.before)];
-        pics.extend(
-            input
-                .items
-                .iter()
-                .map(|i| (i.procedure.name.as_str(), &*i.after)),
-        );
-        pictures(&mut f, &pics, 220.0);
-        let rows: Vec<Vec<String>> = input
+/// Every procedure side by side, with downtime and (when asked) the cost estimate.
+fn comparison_page(f: &mut Flow, input: &ReportInput) {
+    f.new_page();
+    f.heading("Comparison", 17.0);
+    let first = &input.items[0];
+    let mut pics: Vec<(&str, &RgbImage)> = vec![("Before", &*first.before)];
+    pics.extend(
+        input
             .items
             .iter()
-            .map(|i| {
-                vec![
-                    i.procedure.name.clone(),
-                    i.procedure.recovery.downtime.clone(),
-                    range(i.procedure.costs.total(), &input.currency),
-                ]
+            .map(|i| (i.procedure.name.as_str(), &*i.after)),
+    );
+    pictures(f, &pics, 220.0);
+    let rows: Vec<Vec<String>> = input
+        .items
+        .iter()
+        .map(|i| {
+            vec![
+                i.procedure.name.clone(),
+                i.procedure.recovery.downtime.clone(),
+                range(i.procedure.costs.total(), &input.currency),
+            ]
+        })
+        .collect();
+    let header = if input.include_costs {
+        ["Procedure", "Downtime", "Total estimate"]
+    } else {
+        ["Procedure", "Downtime", ""]
+    };
+    let rows = if input.include_costs {
+        rows
+    } else {
+        rows.into_iter()
+            .map(|mut r| {
+                r[2].clear();
+                r
             })
-            .collect();
-        let header = if input.include_costs {
-            ["Procedure", "Downtime", "Total estimate"]
-        } else {
-            ["Procedure", "Downtime", ""]
-        };
-        let rows = if input.include_costs {
-            rows
-        } else {
-            rows.into_iter()
-                .map(|mut r| {
-                    r[2].clear();
-                    r
-                })
-                .collect()
-        };
-        f.table(
-            &header,
-            &rows,
-            &[0.4, 0.25, 0.35],
-            &[false, false, true],
-            false,
-        );
-    }
+            .collect()
+    };
+    f.table(
+        &header,
+        &rows,
+        &[0.4, 0.25, 0.35],
+        &[false, false, true],
+        false,
+    );
+}
 
-    // Disclaimer.
+/// The disclaimers and the confidentiality line.
+fn closing(f: &mut Flow, input: &ReportInput) {
     f.heading("Important information", 13.0);
     f.paragraph(DISCLAIMER, 9.0, false, INK);
     if input.include_costs {
@@ -336,11 +354,4 @@ pub fn render_report(input: &ReportInput) -> Result<Vec<u8>, ReportError> {
         true,
         MUTED,
     );
-
-    let reference = input.reference.clone();
-    let date = input.date.clone();
-    let footer = move |i: usize, n: usize| {
-        format!("Afterview consultation summary · ref {reference} · {date} · page {i} of {n}")
-    };
-    f.finish(&footer, "Consultation summary")
 }

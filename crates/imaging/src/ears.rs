@@ -77,7 +77,37 @@ pub(crate) fn find(
     side: usize,
 ) -> Option<Ear> {
     let s = if side == 0 { -1.0 } else { 1.0 };
-    // The outline on this side as u(v).
+    let outline = outline_side(lm, f, s)?;
+    let v_top = f.local(lm.points[r::BROW_TAIL[side]]).1 - 3.0;
+    let v_bottom = f.local(lm.points[r::SUBNASALE]).1 + 8.0;
+    let mut rows = vec![];
+    let mut total = 0;
+    let mut v = v_top;
+    while v <= v_bottom {
+        total += 1;
+        let root = root_at(&outline, v);
+        if let Some(w) = rim_width(img, f, skin, (root, s), v) {
+            rows.push((v, root, root + s * w));
+        }
+        v += 1.0;
+    }
+    // An ear spans most of the rows between brow and nose and is at least 6 mm wide.
+    if rows.len() * 10 < total * 4 || rows.len() < 12 {
+        return None;
+    }
+    smooth_rim(&mut rows, s);
+    let widest = rows
+        .iter()
+        .map(|&(_, a, b): &(f32, f32, f32)| (b - a).abs())
+        .fold(0.0, f32::max);
+    if widest < 6.0 {
+        return None;
+    }
+    Some(Ear { rows })
+}
+
+/// The face outline on the side `s` (-1 image left, 1 right) as `(v, u)` sorted by `v`.
+fn outline_side(lm: &Landmarks, f: &Frame, s: f32) -> Option<Vec<(f32, f32)>> {
     let mut outline: Vec<(f32, f32)> = r::FACE_OVAL
         .iter()
         .map(|&i| f.local(lm.points[i]))
@@ -85,59 +115,55 @@ pub(crate) fn find(
         .map(|(u, v)| (v, u))
         .collect();
     outline.sort_by(|a, b| a.0.total_cmp(&b.0));
-    if outline.len() < 2 {
-        return None;
-    }
-    let root_at = |v: f32| {
-        let i = outline
-            .partition_point(|p| p.0 < v)
-            .clamp(1, outline.len() - 1);
-        let (a, b) = (outline[i - 1], outline[i]);
-        let t = ((v - a.0) / (b.0 - a.0).max(1e-3)).clamp(0.0, 1.0);
-        a.1 + t * (b.1 - a.1)
-    };
-    let v_top = f.local(lm.points[r::BROW_TAIL[side]]).1 - 3.0;
-    let v_bottom = f.local(lm.points[r::SUBNASALE]).1 + 8.0;
+    (outline.len() >= 2).then_some(outline)
+}
+
+/// The outline's `u` at height `v`, interpolated.
+fn root_at(outline: &[(f32, f32)], v: f32) -> f32 {
+    let i = outline
+        .partition_point(|p| p.0 < v)
+        .clamp(1, outline.len() - 1);
+    let (a, b) = (outline[i - 1], outline[i]);
+    let t = ((v - a.0) / (b.0 - a.0).max(1e-3)).clamp(0.0, 1.0);
+    a.1 + t * (b.1 - a.1)
+}
+
+/// How far (mm) the skin run touching the outline reaches outwards at height `v`: walking out
+/// from 1 mm inside, allowed 4 mm gaps (the concha's and the helix's shadows). `None` unless
+/// the run ends within 40 mm and is 3-35 mm wide.
+fn rim_width(
+    img: &RgbImage,
+    f: &Frame,
+    skin: &SkinModel,
+    (root, s): (f32, f32),
+    v: f32,
+) -> Option<f32> {
     let step = 0.5;
-    let mut rows = vec![];
-    let mut total = 0;
-    let mut v = v_top;
-    while v <= v_bottom {
-        total += 1;
-        let root = root_at(v);
-        // Walk outwards from 1 mm inside the outline; the ear is the skin run touching the
-        // outline, allowed 4 mm gaps (the concha's and the helix's shadows).
-        let mut rim = None;
-        let mut gap = 0.0;
-        let mut d = -1.0;
-        let mut ended = false;
-        while d <= 40.0 {
-            match skin_at(img, f, skin, root + s * d, v) {
-                None => break,
-                Some(l) if l >= 0.5 => {
-                    rim = Some(d);
-                    gap = 0.0;
-                }
-                Some(_) => {
-                    gap += step;
-                    if gap > 4.0 {
-                        ended = true;
-                        break;
-                    }
+    let mut rim = None;
+    let mut gap = 0.0;
+    let mut d = -1.0;
+    while d <= 40.0 {
+        match skin_at(img, f, skin, root + s * d, v)? {
+            l if l >= 0.5 => {
+                rim = Some(d);
+                gap = 0.0;
+            }
+            _ => {
+                gap += step;
+                if gap > 4.0 {
+                    return rim.filter(|w| (3.0..=35.0).contains(w));
                 }
             }
-            d += step;
         }
-        if let (Some(w), true) = (rim, ended)
-            && (3.0..=35.0).contains(&w)
-        {
-            rows.push((v, root, root + s * w));
-        }
-        v += 1.0;
+        d += step;
     }
-    // One smooth rim, not a jagged one (the rim's own edge is often lost in the shadows of
-    // the helix): the ear's typical width (the 75th percentile of its rows), tapered to half
-    // at its top and bottom.
+    None
+}
+
+/// One smooth rim, not a jagged one (the rim's own edge is often lost in the shadows of the
+/// helix): the ear's typical width (the 75th percentile of its rows), tapered to half at its
+/// top and bottom.
+fn smooth_rim(rows: &mut [(f32, f32, f32)], s: f32) {
     let mut widths: Vec<f32> = rows.iter().map(|&(_, a, b)| (b - a).abs()).collect();
     widths.sort_by(f32::total_cmp);
     let typical = widths[widths.len() * 3 / 4];
@@ -147,13 +173,4 @@ pub(crate) fn find(
         let w = typical * (0.5 + 0.5 * (std::f32::consts::PI * t).sin());
         row.2 = row.1 + s * w;
     }
-    let widest = rows
-        .iter()
-        .map(|&(_, a, b): &(f32, f32, f32)| (b - a).abs())
-        .fold(0.0, f32::max);
-    // An ear spans most of the rows between brow and nose and is at least 6 mm wide.
-    if rows.len() * 10 < total * 4 || rows.len() < 12 || widest < 6.0 {
-        return None;
-    }
-    Some(Ear { rows })
 }

@@ -160,128 +160,199 @@ pub fn changes(
     after: &RgbImage,
     lm: &Landmarks,
 ) -> Vec<Change> {
-    let f = lm.frame();
-    let c = |name, a: f32, b: f32| Change {
-        name,
-        before: a,
-        after: b,
+    let p = Probe {
+        before,
+        after,
+        lm,
+        f: lm.frame(),
     };
-    let go = |i: usize| moved(before, after, lm, &f, i);
-    let at = |i: usize| lm.points[i];
-    let d = |a: Pt, b: Pt| a.minus(b).len() / f.px_per_mm;
-    let v = |p: Pt| f.local(p).1;
-    let u = |p: Pt| f.local(p).0;
     match procedure {
-        "rhinoplasty" => vec![
-            c(
-                "alar width (129-358)",
-                d(at(129), at(358)),
-                d(go(129), go(358)),
-            ),
-            c("alar base (64-294)", d(at(64), at(294)), d(go(64), go(294))),
-            c("tip u", u(at(r::NOSE_TIP)), u(go(r::NOSE_TIP))),
-        ],
-        "lip-augmentation" => {
-            // The stretch of each lip's middle three columns, read between the inner line and
-            // a point 60 % of the way to the band's end (inside the vermilion, where the strain
-            // is even), as the lip's height before and after.
-            let bands = crate::procedures::lip_bands(lm);
-            let height = |dir: f32| {
-                let cols: Vec<_> = bands.iter().filter(|b| b.dir == dir).collect();
-                let mid = cols.len() / 2;
-                let (mut h0, mut h1) = (0.0, 0.0);
-                for b in &cols[mid - 1..=mid + 1] {
-                    let (ui, vi) = f.local(b.inner);
-                    let probe = f.at(ui, vi + b.dir * b.height * 0.6);
-                    let stretch = f.local_vec(flow(before, after, probe, &f)).1
-                        - f.local_vec(flow(before, after, b.inner, &f)).1;
-                    h0 += b.height;
-                    h1 += b.height * (1.0 + stretch * b.dir / (0.6 * b.height));
-                }
-                (h0 / 3.0, h1 / 3.0)
-            };
-            let (ub, ua) = height(-1.0);
-            let (lb, la) = height(1.0);
-            vec![
-                c("upper lip height", ub, ua),
-                c("lower lip height", lb, la),
-                c("mouth width", d(at(61), at(291)), d(go(61), go(291))),
-                c("lip gap", d(at(13), at(14)), d(go(13), go(14))),
-            ]
-        }
-        "chin-augmentation" => vec![
-            c("menton v", v(at(r::MENTON)), v(go(r::MENTON))),
-            c("menton u", u(at(r::MENTON)), u(go(r::MENTON))),
-        ],
-        "brow-lift" => vec![
-            c("right brow tail v", v(at(70)), v(go(70))),
-            c("left brow tail v", v(at(300)), v(go(300))),
-            c("right brow middle v", v(at(105)), v(go(105))),
-            c("left brow middle v", v(at(334)), v(go(334))),
-            c("right lid margin v", v(at(159)), v(go(159))),
-            c("left lid margin v", v(at(386)), v(go(386))),
-        ],
-        "blepharoplasty" => {
-            // Lid platform: the fold ring's mean height above the lid margin's mean.
-            let mean_v = |idx: &[usize], moved: bool| {
-                idx.iter()
-                    .map(|&i| v(if moved { go(i) } else { at(i) }))
-                    .sum::<f32>()
-                    / idx.len() as f32
-            };
-            let platform = |side: usize, moved: bool| {
-                mean_v(&r::UPPER_LID[side][2..7], moved) - mean_v(&r::LID_FOLD[side][1..6], moved)
-            };
-            let margin = |side: usize, moved: bool| mean_v(&r::UPPER_LID[side][2..7], moved);
-            vec![
-                c("right lid platform", platform(0, false), platform(0, true)),
-                c("left lid platform", platform(1, false), platform(1, true)),
-                c("right lid margin v", margin(0, false), margin(0, true)),
-                c("left lid margin v", margin(1, false), margin(1, true)),
-            ]
-        }
-        "facelift" => {
-            // Jowls: 3 mm inside the outline (the outline's own pixels may meet a collar that
-            // stays).
-            let inside = |i: usize| at(i).minus(f.vec(0.0, 3.0));
-            let lifted = |i: usize| {
-                let p = inside(i);
-                v(p.plus(flow(before, after, p, &f)))
-            };
-            // The median of four points along each jowl, robust to a patch without texture.
-            let jowl = |idx: [usize; 4], moved: bool| {
-                let mut vs: Vec<f32> = idx
-                    .iter()
-                    .map(|&i| if moved { lifted(i) } else { v(inside(i)) })
-                    .collect();
-                vs.sort_by(f32::total_cmp);
-                (vs[1] + vs[2]) / 2.0
-            };
-            vec![
-                c(
-                    "right jowl v",
-                    jowl(r::JOWLS[0], false),
-                    jowl(r::JOWLS[0], true),
-                ),
-                c(
-                    "left jowl v",
-                    jowl(r::JOWLS[1], false),
-                    jowl(r::JOWLS[1], true),
-                ),
-                c(
-                    "jaw width (172-397)",
-                    d(at(172), at(397)),
-                    d(go(172), go(397)),
-                ),
-                c(
-                    "cheek width (234-454)",
-                    d(at(234), at(454)),
-                    d(go(234), go(454)),
-                ),
-            ]
-        }
+        "rhinoplasty" => rhinoplasty(&p),
+        "lip-augmentation" => lip_augmentation(&p),
+        "chin-augmentation" => chin_augmentation(&p),
+        "brow-lift" => brow_lift(&p),
+        "blepharoplasty" => blepharoplasty(&p),
+        "facelift" => facelift(&p),
         _ => vec![],
     }
+}
+
+/// A before/after pair with the landmarks of the before, read in the face's frame.
+#[derive(Clone, Copy)]
+struct Probe<'a> {
+    before: &'a RgbImage,
+    after: &'a RgbImage,
+    lm: &'a Landmarks,
+    f: Frame,
+}
+
+impl Probe<'_> {
+    /// Where mesh point `i` went.
+    fn go(&self, i: usize) -> Pt {
+        moved(self.before, self.after, self.lm, &self.f, i)
+    }
+    /// Where mesh point `i` was.
+    fn at(&self, i: usize) -> Pt {
+        self.lm.points[i]
+    }
+    /// Distance in millimetres.
+    fn d(&self, a: Pt, b: Pt) -> f32 {
+        a.minus(b).len() / self.f.px_per_mm
+    }
+    /// Height in the face's frame (towards the chin), mm.
+    fn v(&self, p: Pt) -> f32 {
+        self.f.local(p).1
+    }
+    /// Width in the face's frame, mm.
+    fn u(&self, p: Pt) -> f32 {
+        self.f.local(p).0
+    }
+}
+
+fn c(name: &'static str, before: f32, after: f32) -> Change {
+    Change {
+        name,
+        before,
+        after,
+    }
+}
+
+fn rhinoplasty(p: &Probe<'_>) -> Vec<Change> {
+    vec![
+        c(
+            "alar width (129-358)",
+            p.d(p.at(129), p.at(358)),
+            p.d(p.go(129), p.go(358)),
+        ),
+        c(
+            "alar base (64-294)",
+            p.d(p.at(64), p.at(294)),
+            p.d(p.go(64), p.go(294)),
+        ),
+        c("tip u", p.u(p.at(r::NOSE_TIP)), p.u(p.go(r::NOSE_TIP))),
+    ]
+}
+
+fn lip_augmentation(p: &Probe<'_>) -> Vec<Change> {
+    let Probe {
+        before,
+        after,
+        lm,
+        f,
+        ..
+    } = *p;
+    // The stretch of each lip's middle three columns, read between the inner line and
+    // a point 60 % of the way to the band's end (inside the vermilion, where the strain
+    // is even), as the lip's height before and after.
+    let bands = crate::procedures::lip_bands(lm);
+    let height = |dir: f32| {
+        let cols: Vec<_> = bands.iter().filter(|b| b.dir == dir).collect();
+        let mid = cols.len() / 2;
+        let (mut h0, mut h1) = (0.0, 0.0);
+        for b in &cols[mid - 1..=mid + 1] {
+            let (ui, vi) = f.local(b.inner);
+            let probe = f.at(ui, vi + b.dir * b.height * 0.6);
+            let stretch = f.local_vec(flow(before, after, probe, &f)).1
+                - f.local_vec(flow(before, after, b.inner, &f)).1;
+            h0 += b.height;
+            h1 += b.height * (1.0 + stretch * b.dir / (0.6 * b.height));
+        }
+        (h0 / 3.0, h1 / 3.0)
+    };
+    let (ub, ua) = height(-1.0);
+    let (lb, la) = height(1.0);
+    vec![
+        c("upper lip height", ub, ua),
+        c("lower lip height", lb, la),
+        c(
+            "mouth width",
+            p.d(p.at(61), p.at(291)),
+            p.d(p.go(61), p.go(291)),
+        ),
+        c("lip gap", p.d(p.at(13), p.at(14)), p.d(p.go(13), p.go(14))),
+    ]
+}
+
+fn chin_augmentation(p: &Probe<'_>) -> Vec<Change> {
+    vec![
+        c("menton v", p.v(p.at(r::MENTON)), p.v(p.go(r::MENTON))),
+        c("menton u", p.u(p.at(r::MENTON)), p.u(p.go(r::MENTON))),
+    ]
+}
+
+fn brow_lift(p: &Probe<'_>) -> Vec<Change> {
+    vec![
+        c("right brow tail v", p.v(p.at(70)), p.v(p.go(70))),
+        c("left brow tail v", p.v(p.at(300)), p.v(p.go(300))),
+        c("right brow middle v", p.v(p.at(105)), p.v(p.go(105))),
+        c("left brow middle v", p.v(p.at(334)), p.v(p.go(334))),
+        c("right lid margin v", p.v(p.at(159)), p.v(p.go(159))),
+        c("left lid margin v", p.v(p.at(386)), p.v(p.go(386))),
+    ]
+}
+
+fn blepharoplasty(p: &Probe<'_>) -> Vec<Change> {
+    // Lid platform: the fold ring's mean height above the lid margin's mean.
+    let mean_v = |idx: &[usize], moved: bool| {
+        idx.iter()
+            .map(|&i| p.v(if moved { p.go(i) } else { p.at(i) }))
+            .sum::<f32>()
+            / idx.len() as f32
+    };
+    let platform = |side: usize, moved: bool| {
+        mean_v(&r::UPPER_LID[side][2..7], moved) - mean_v(&r::LID_FOLD[side][1..6], moved)
+    };
+    let margin = |side: usize, moved: bool| mean_v(&r::UPPER_LID[side][2..7], moved);
+    vec![
+        c("right lid platform", platform(0, false), platform(0, true)),
+        c("left lid platform", platform(1, false), platform(1, true)),
+        c("right lid margin v", margin(0, false), margin(0, true)),
+        c("left lid margin v", margin(1, false), margin(1, true)),
+    ]
+}
+
+fn facelift(p: &Probe<'_>) -> Vec<Change> {
+    let Probe {
+        before, after, f, ..
+    } = *p;
+    // Jowls: 3 mm inside the outline (the outline's own pixels may meet a collar that
+    // stays).
+    let inside = |i: usize| p.at(i).minus(f.vec(0.0, 3.0));
+    let lifted = |i: usize| {
+        let q = inside(i);
+        p.v(q.plus(flow(before, after, q, &f)))
+    };
+    // The median of four points along each jowl, robust to a patch without texture.
+    let jowl = |idx: [usize; 4], moved: bool| {
+        let mut vs: Vec<f32> = idx
+            .iter()
+            .map(|&i| if moved { lifted(i) } else { p.v(inside(i)) })
+            .collect();
+        vs.sort_by(f32::total_cmp);
+        (vs[1] + vs[2]) / 2.0
+    };
+    vec![
+        c(
+            "right jowl v",
+            jowl(r::JOWLS[0], false),
+            jowl(r::JOWLS[0], true),
+        ),
+        c(
+            "left jowl v",
+            jowl(r::JOWLS[1], false),
+            jowl(r::JOWLS[1], true),
+        ),
+        c(
+            "jaw width (172-397)",
+            p.d(p.at(172), p.at(397)),
+            p.d(p.go(172), p.go(397)),
+        ),
+        c(
+            "cheek width (234-454)",
+            p.d(p.at(234), p.at(454)),
+            p.d(p.go(234), p.go(454)),
+        ),
+    ]
 }
 
 /// The mesh points a procedure is allowed to move (beyond them, the face should stay within

@@ -197,19 +197,7 @@ async fn save_export(
     // As `save_owned` in visualize.rs: the record claims the id first (another user's id is
     // refused before the file is touched), the photos are checked before and after, the file
     // is written last.
-    let photos_gone = || async {
-        for id in &rec.image_ids {
-            if d.meta
-                .get_image(owner, id)
-                .await
-                .map_err(storage)?
-                .is_none()
-            {
-                return Ok::<_, TaskError>(true);
-            }
-        }
-        Ok(false)
-    };
+    let photos_gone = || any_photo_gone(d, owner, &rec.image_ids);
     let gone = || {
         fail(
             ErrorCode::ImageNotFound,
@@ -219,21 +207,7 @@ async fn save_export(
     if photos_gone().await? {
         return Err(gone());
     }
-    let (inserted, stored) = match d.meta.insert_export(&rec).await {
-        Ok(()) => (true, None),
-        Err(StoreError::Conflict(_)) => {
-            match d.meta.get_export(owner, &id).await.map_err(storage)? {
-                Some(existing) => (false, Some(existing.result)),
-                None => {
-                    tracing::warn!(task_id = %ctx.id(), owner = %owner, "A task names another user's export; refused (a forged broker message?).");
-                    return Err(TaskError::invalid_arguments(format!(
-                        "export {id} belongs to another user; refused"
-                    )));
-                }
-            }
-        }
-        Err(e) => return Err(storage(e)),
-    };
+    let (inserted, stored) = claim_export(d, ctx, &rec).await?;
     if photos_gone().await? {
         let _ = d.meta.delete_export(owner, &id).await;
         let _ = d.blobs.delete(&rec.blob_key).await;
@@ -246,6 +220,50 @@ async fn save_export(
         return Err(storage(e));
     }
     Ok(stored.unwrap_or(value))
+}
+
+/// Whether any of `ids` is no longer the owner's photo.
+async fn any_photo_gone(d: &Deps, owner: &str, ids: &[String]) -> Result<bool, TaskError> {
+    for id in ids {
+        if d.meta
+            .get_image(owner, id)
+            .await
+            .map_err(storage)?
+            .is_none()
+        {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// Inserts the export's record, claiming its id: `(true, None)` when new; `(false, Some(the
+/// earlier result))` when a previous run of this task made it; refused when the id is another
+/// user's.
+async fn claim_export(
+    d: &Deps,
+    ctx: &TaskContext,
+    rec: &ExportRecord,
+) -> Result<(bool, Option<Value>), TaskError> {
+    match d.meta.insert_export(rec).await {
+        Ok(()) => Ok((true, None)),
+        Err(StoreError::Conflict(_)) => match d
+            .meta
+            .get_export(&rec.owner, &rec.id)
+            .await
+            .map_err(storage)?
+        {
+            Some(existing) => Ok((false, Some(existing.result))),
+            None => {
+                tracing::warn!(task_id = %ctx.id(), owner = %rec.owner, "A task names another user's export; refused (a forged broker message?).");
+                Err(TaskError::invalid_arguments(format!(
+                    "export {} belongs to another user; refused",
+                    rec.id
+                )))
+            }
+        },
+        Err(e) => Err(storage(e)),
+    }
 }
 
 /// Arguments the shared checks refuse.

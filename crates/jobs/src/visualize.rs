@@ -106,72 +106,82 @@ async fn render_preview(
             })
             .await?
         }
-        EngineKind::Gemini => {
-            let client = d.preview.gemini.clone().ok_or_else(|| {
+        EngineKind::Gemini => gemini_preview(d, ctx, (photo, lm), procedure, intensity).await,
+    }
+}
+
+/// A Gemini edit of the photo, blended in where the same recipe's field moves the face (so
+/// nothing outside the treated region changes), labelled.
+async fn gemini_preview(
+    d: &Deps,
+    ctx: &TaskContext,
+    (photo, lm): (Arc<RgbImage>, Arc<Landmarks>),
+    procedure: &str,
+    intensity: Intensity,
+) -> Result<RgbImage, TaskError> {
+    let label = d.preview.label.clone();
+    let client = d.preview.gemini.clone().ok_or_else(|| {
+        fail(
+            ErrorCode::GeminiNotConfigured,
+            "the Gemini engine is not configured (set AFTERVIEW_GEMINI_API_KEY)",
+        )
+    })?;
+    let prompt = afterview_gemini::prompt_for(procedure, intensity.as_str()).ok_or_else(|| {
+        fail(
+            ErrorCode::UnknownProcedure,
+            format!("no Gemini prompt for {procedure}"),
+        )
+    })?;
+    let p2 = photo.clone();
+    let jpeg = ctx
+        .blocking(move |_| {
+            let mut out = std::io::Cursor::new(vec![]);
+            image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 92)
+                .encode_image(&*p2)
+                .map(|_| out.into_inner())
+        })
+        .await?
+        .map_err(|e| fail(ErrorCode::CorruptImage, e.to_string()))?;
+    let generated = client
+        .edit_image(&jpeg, "image/jpeg", &prompt)
+        .await
+        .map_err(|e| {
+            let retry = matches!(e.code(), ErrorCode::GeminiUnavailable);
+            // Gemini's own text (quota details, project ids) goes to the log; the
+            // result carries our code and its description.
+            tracing::warn!(task_id = %ctx.id(), error = %e, "Gemini failed");
+            let err = fail(e.code(), e.code().description());
+            if retry {
+                err.with_retry(afterview_engine::RetryHint::Policy)
+            } else {
+                err
+            }
+        })?;
+    let limits = d.preview.limits;
+    let procedure = procedure.to_owned();
+    ctx.blocking(move |_| {
+        let gen_img =
+            afterview_imaging::intake::decode_any(&generated.bytes, &limits).map_err(|e| {
                 fail(
-                    ErrorCode::GeminiNotConfigured,
-                    "the Gemini engine is not configured (set AFTERVIEW_GEMINI_API_KEY)",
+                    ErrorCode::GeminiBadResponse,
+                    format!("the generated picture is unreadable: {e}"),
                 )
             })?;
-            let prompt =
-                afterview_gemini::prompt_for(procedure, intensity.as_str()).ok_or_else(|| {
-                    fail(
-                        ErrorCode::UnknownProcedure,
-                        format!("no Gemini prompt for {procedure}"),
-                    )
-                })?;
-            let p2 = photo.clone();
-            let jpeg = ctx
-                .blocking(move |_| {
-                    let mut out = std::io::Cursor::new(vec![]);
-                    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 92)
-                        .encode_image(&*p2)
-                        .map(|_| out.into_inner())
-                })
-                .await?
-                .map_err(|e| fail(ErrorCode::CorruptImage, e.to_string()))?;
-            let generated = client
-                .edit_image(&jpeg, "image/jpeg", &prompt)
-                .await
-                .map_err(|e| {
-                    let retry = matches!(e.code(), ErrorCode::GeminiUnavailable);
-                    // Gemini's own text (quota details, project ids) goes to the log; the
-                    // result carries our code and its description.
-                    tracing::warn!(task_id = %ctx.id(), error = %e, "Gemini failed");
-                    let err = fail(e.code(), e.code().description());
-                    if retry {
-                        err.with_retry(afterview_engine::RetryHint::Policy)
-                    } else {
-                        err
-                    }
-                })?;
-            let limits = d.preview.limits;
-            let procedure = procedure.to_owned();
-            ctx.blocking(move |_| {
-                let gen_img = afterview_imaging::intake::decode_any(&generated.bytes, &limits)
-                    .map_err(|e| {
-                        fail(
-                            ErrorCode::GeminiBadResponse,
-                            format!("the generated picture is unreadable: {e}"),
-                        )
-                    })?;
-                let (w, h) = photo.dimensions();
-                let gen_img = if gen_img.dimensions() == (w, h) {
-                    gen_img
-                } else {
-                    image::imageops::resize(&gen_img, w, h, image::imageops::FilterType::CatmullRom)
-                };
-                let mask = afterview_imaging::treatment_mask(&photo, &procedure, intensity, &lm)
-                    .map_err(imaging)?;
-                let mut img = afterview_imaging::blend(&photo, &gen_img, &mask);
-                if let Some(l) = &label {
-                    render::label(&mut img, l);
-                }
-                Ok::<_, TaskError>(img)
-            })
-            .await?
+        let (w, h) = photo.dimensions();
+        let gen_img = if gen_img.dimensions() == (w, h) {
+            gen_img
+        } else {
+            image::imageops::resize(&gen_img, w, h, image::imageops::FilterType::CatmullRom)
+        };
+        let mask = afterview_imaging::treatment_mask(&photo, &procedure, intensity, &lm)
+            .map_err(imaging)?;
+        let mut img = afterview_imaging::blend(&photo, &gen_img, &mask);
+        if let Some(l) = &label {
+            render::label(&mut img, l);
         }
-    }
+        Ok::<_, TaskError>(img)
+    })
+    .await?
 }
 
 /// Finds the face once per photo.
@@ -408,70 +418,30 @@ impl Task for GenerateComparisonTask {
         let photo = load_photo(d, &ctx, &a.user_id, &a.image_id).await?;
         ctx.progress(20, status_text(engine)).await;
         let lm = landmarks(&ctx, photo.clone(), &a.options).await?;
-        let n = procedures.len();
-        let mut afters = Vec::with_capacity(n);
-        for (i, p) in procedures.iter().enumerate() {
-            ctx.check_cancelled()?;
-            let img = render_preview(
-                d,
-                &ctx,
-                photo.clone(),
-                lm.clone(),
-                &p.id,
-                a.options.intensity,
-                engine,
-            )
-            .await?;
-            afters.push(img);
-            let pct = 20 + (60 * (i + 1) / n) as u8;
-            if pct < 80 {
-                ctx.progress(pct, format!("Generated {} of {n} previews", i + 1))
-                    .await;
-            }
-        }
+        let scene = (photo, lm);
+        let afters =
+            render_each(d, &ctx, &scene, &procedures, (a.options.intensity, engine)).await?;
         ctx.progress(80, "Saving comparison").await;
         let now = format_iso(Utc::now());
-        let comparison_id = derived_id(ctx.id(), 0);
-        let mut items = Vec::with_capacity(n);
-        let mut item_values = Vec::with_capacity(n);
+        let mut items = Vec::with_capacity(afters.len());
+        let mut item_values = Vec::with_capacity(afters.len());
         for (i, (p, img)) in procedures.iter().zip(&afters).enumerate() {
-            let (r, value) = save_single(
-                d,
-                &ctx,
-                Single {
-                    index: (i + 1) as u8,
-                    owner: &a.user_id,
-                    image_id: &a.image_id,
-                    procedure_id: &p.id,
-                    engine,
-                    intensity: a.options.intensity,
-                    generated_at: now.clone(),
-                },
-                img.clone(),
-            )
-            .await?;
+            let single = Single {
+                index: (i + 1) as u8,
+                owner: &a.user_id,
+                image_id: &a.image_id,
+                procedure_id: &p.id,
+                engine,
+                intensity: a.options.intensity,
+                generated_at: now.clone(),
+            };
+            let (r, value) = save_single(d, &ctx, single, img.clone()).await?;
             item_values.push(value);
             items.push(r);
         }
-        let composite = {
-            let photo = photo.clone();
-            let names: Vec<String> = procedures.iter().map(|p| p.name.clone()).collect();
-            ctx.blocking(move |_| {
-                // Each panel is the face (cheek to cheek ≥ 40 % of its width), not the photo.
-                let r =
-                    afterview_imaging::face_window(&lm, photo.width(), photo.height(), 0.62, 0.8);
-                let crop = |img: &RgbImage| {
-                    image::imageops::crop_imm(img, r.x0, r.y0, r.width(), r.height()).to_image()
-                };
-                let before = crop(&photo);
-                let crops: Vec<RgbImage> = afters.iter().map(crop).collect();
-                let mut panels: Vec<(&str, &RgbImage)> = vec![("Original", &before)];
-                panels.extend(names.iter().map(String::as_str).zip(crops.iter()));
-                render::compose(&panels, r.height().clamp(256, 720))
-            })
-            .await?
-        };
-        let key = visualization_key(&comparison_id);
+        let names: Vec<String> = procedures.iter().map(|p| p.name.clone()).collect();
+        let composite = composite(&ctx, scene, names, afters).await?;
+        let comparison_id = derived_id(ctx.id(), 0);
         let result = ComparisonResult {
             id: comparison_id.clone(),
             image_id: a.image_id.clone(),
@@ -485,13 +455,13 @@ impl Task for GenerateComparisonTask {
         let mut value = serde_json::to_value(&result).expect("results serialize");
         value["items"] = serde_json::Value::Array(item_values);
         let rec = VisualizationRecord {
-            id: comparison_id,
+            id: comparison_id.clone(),
             owner: a.user_id.to_string(),
             image_id: a.image_id,
             kind: "comparison".into(),
             procedure_ids: a.procedure_ids,
             engine: engine.as_str().into(),
-            blob_key: key,
+            blob_key: visualization_key(&comparison_id),
             result: value.clone(),
             task_id: Some(ctx.id().to_owned()),
             created_at: Utc::now(),
@@ -500,6 +470,52 @@ impl Task for GenerateComparisonTask {
         ctx.progress(100, "Comparison complete").await;
         Ok(stored.unwrap_or(value))
     }
+}
+
+/// Every procedure's preview of one photo, reporting progress from 20 to 80 %.
+async fn render_each(
+    d: &Deps,
+    ctx: &TaskContext,
+    (photo, lm): &(Arc<RgbImage>, Arc<Landmarks>),
+    procedures: &[afterview_core::catalog::Procedure],
+    (intensity, engine): (Intensity, EngineKind),
+) -> Result<Vec<RgbImage>, TaskError> {
+    let n = procedures.len();
+    let mut afters = Vec::with_capacity(n);
+    for (i, p) in procedures.iter().enumerate() {
+        ctx.check_cancelled()?;
+        let img =
+            render_preview(d, ctx, photo.clone(), lm.clone(), &p.id, intensity, engine).await?;
+        afters.push(img);
+        let pct = 20 + (60 * (i + 1) / n) as u8;
+        if pct < 80 {
+            ctx.progress(pct, format!("Generated {} of {n} previews", i + 1))
+                .await;
+        }
+    }
+    Ok(afters)
+}
+
+/// The before and every after side by side, each panel the face (cheek to cheek ≥ 40 % of its
+/// width), not the photo.
+async fn composite(
+    ctx: &TaskContext,
+    (photo, lm): (Arc<RgbImage>, Arc<Landmarks>),
+    names: Vec<String>,
+    afters: Vec<RgbImage>,
+) -> Result<RgbImage, TaskError> {
+    ctx.blocking(move |_| {
+        let r = afterview_imaging::face_window(&lm, photo.width(), photo.height(), 0.62, 0.8);
+        let crop = |img: &RgbImage| {
+            image::imageops::crop_imm(img, r.x0, r.y0, r.width(), r.height()).to_image()
+        };
+        let before = crop(&photo);
+        let crops: Vec<RgbImage> = afters.iter().map(crop).collect();
+        let mut panels: Vec<(&str, &RgbImage)> = vec![("Original", &before)];
+        panels.extend(names.iter().map(String::as_str).zip(crops.iter()));
+        render::compose(&panels, r.height().clamp(256, 720))
+    })
+    .await
 }
 
 /// `afterview.detect_face`: where the previews will work — the face's box, five key points

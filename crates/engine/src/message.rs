@@ -242,17 +242,16 @@ impl TaskMessage {
     pub fn from_envelope(raw: &[u8], queue: &str) -> Result<Self, DecodeError> {
         let env: Value = serde_json::from_slice(raw)
             .map_err(|e| DecodeError::anonymous(format!("envelope is not valid JSON: {e}")))?;
-        let env = env
-            .as_object()
-            .ok_or_else(|| DecodeError::anonymous("envelope is not a JSON object"))?;
-        let empty = Map::new();
-        let headers = match env.get("headers") {
-            None | Some(Value::Null) => &empty,
+        let Value::Object(mut env) = env else {
+            return Err(DecodeError::anonymous("envelope is not a JSON object"));
+        };
+        let headers = match env.remove("headers") {
+            None | Some(Value::Null) => Map::new(),
             Some(Value::Object(h)) => h,
             Some(_) => return Err(DecodeError::anonymous("envelope headers are not an object")),
         };
-        let properties = match env.get("properties") {
-            None | Some(Value::Null) => &empty,
+        let properties = match env.remove("properties") {
+            None | Some(Value::Null) => Map::new(),
             Some(Value::Object(p)) => p,
             Some(_) => {
                 return Err(DecodeError::anonymous(
@@ -262,191 +261,229 @@ impl TaskMessage {
         };
         // Identify the task as early as possible, so a later failure can still be reported
         // against its id.
-        let header_id = headers.get("id").and_then(Value::as_str).map(str::to_owned);
-        let header_task = headers
-            .get("task")
-            .and_then(Value::as_str)
-            .map(str::to_owned);
-        let fail = |reason: String| DecodeError {
-            task_id: header_id.clone(),
-            task_name: header_task.clone(),
-            reason,
+        let who = Who {
+            id: headers.get("id").and_then(Value::as_str).map(str::to_owned),
+            task: headers
+                .get("task")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
         };
-
-        let content_type = env
-            .get("content-type")
-            .and_then(Value::as_str)
-            .unwrap_or("application/json");
-        if content_type != "application/json" {
-            return Err(fail(format!(
-                "content type {content_type:?} is not accepted (only application/json)"
-            )));
-        }
-        if headers.get("compression").is_some_and(|v| !v.is_null()) {
-            return Err(fail("compressed bodies are not accepted".into()));
-        }
-        let body_str = env
-            .get("body")
-            .and_then(Value::as_str)
-            .ok_or_else(|| fail("envelope has no string body".into()))?;
-        let encoding = properties
-            .get("body_encoding")
-            .and_then(Value::as_str)
-            .unwrap_or("utf-8");
-        let body_bytes = match encoding {
-            "base64" => B64
-                .decode(body_str.trim())
-                .map_err(|e| fail(format!("body is not valid base64: {e}")))?,
-            "utf-8" | "utf8" => body_str.as_bytes().to_vec(),
-            other => return Err(fail(format!("unsupported body encoding {other:?}"))),
-        };
-        let body: Value = serde_json::from_slice(&body_bytes)
-            .map_err(|e| fail(format!("body is not valid JSON: {e}")))?;
-
-        let delivery_info = properties.get("delivery_info").and_then(Value::as_object);
-        let queue = delivery_info
-            .and_then(|d| d.get("routing_key"))
-            .and_then(Value::as_str)
-            .filter(|q| !q.is_empty())
-            .unwrap_or(queue)
-            .to_owned();
-        let redelivered = headers
-            .get("redelivered")
-            .and_then(Value::as_bool)
-            .unwrap_or(false)
-            || delivery_info
-                .and_then(|d| d.get("redelivered"))
-                .and_then(Value::as_bool)
-                .unwrap_or(false);
-        let priority = properties
-            .get("priority")
-            .and_then(Value::as_u64)
-            .map(|p| p.min(u64::from(MAX_PRIORITY)) as u8)
-            .unwrap_or(0);
-        let delivery_tag = match properties.get("delivery_tag") {
-            Some(Value::String(s)) if !s.is_empty() => s.clone(),
-            Some(Value::Number(n)) => n.to_string(),
-            _ => return Err(fail("properties.delivery_tag is missing".into())),
-        };
-
-        if header_task.is_some() {
-            // Protocol v2.
-            let id = header_id
-                .clone()
-                .ok_or_else(|| fail("headers.id is missing".into()))?;
-            let task = header_task.clone().unwrap_or_default();
-            let (args, kwargs) = match &body {
-                Value::Array(parts) if parts.len() >= 2 => {
-                    let args = parts[0]
-                        .as_array()
-                        .cloned()
-                        .ok_or_else(|| fail("body args are not a list".into()))?;
-                    let kwargs = parts[1]
-                        .as_object()
-                        .cloned()
-                        .ok_or_else(|| fail("body kwargs are not an object".into()))?;
-                    (args, kwargs)
-                }
-                _ => return Err(fail("body is not [args, kwargs, embed]".into())),
-            };
-            let timelimit = time_limits(headers.get("timelimit")).map_err(fail)?;
-            let retries = match headers.get("retries") {
-                None | Some(Value::Null) => 0,
-                Some(v) => v
-                    .as_u64()
-                    .and_then(|r| u32::try_from(r).ok())
-                    .filter(|&r| r <= MAX_RETRIES_HEADER)
-                    .ok_or_else(|| {
-                        fail(format!(
-                            "retries {v} is not a count up to {MAX_RETRIES_HEADER}"
-                        ))
-                    })?,
-            };
-            let msg = Self {
-                root_id: headers
-                    .get("root_id")
-                    .and_then(Value::as_str)
-                    .map(str::to_owned)
-                    .unwrap_or_else(|| id.clone()),
-                eta: opt_time(headers.get("eta")).map_err(|e| fail(format!("eta: {e}")))?,
-                expires: opt_time(headers.get("expires"))
-                    .map_err(|e| fail(format!("expires: {e}")))?,
-                retries,
-                parent_id: headers
-                    .get("parent_id")
-                    .and_then(Value::as_str)
-                    .map(str::to_owned),
-                group: headers
-                    .get("group")
-                    .and_then(Value::as_str)
-                    .map(str::to_owned),
-                origin: headers
-                    .get("origin")
-                    .and_then(Value::as_str)
-                    .map(str::to_owned),
-                ignore_result: headers.get("ignore_result").and_then(Value::as_bool),
-                id,
-                task,
-                args,
-                kwargs,
-                timelimit,
-                priority,
-                queue,
-                delivery_tag,
-                redelivered,
-            };
-            validate_task_id(&msg.id).map_err(|e| fail(e.to_string()))?;
-            Ok(msg)
+        let body = envelope_body(&env, &headers, &properties, &who)?;
+        let facts = DeliveryFacts::read(&headers, &properties, queue, &who)?;
+        if who.task.is_some() {
+            Self::from_v2(&headers, body, facts, who)
         } else {
-            // Protocol v1: everything is in the body.
-            let b = body.as_object().ok_or_else(|| {
-                DecodeError::anonymous("no headers.task and the body is not a v1 object")
-            })?;
-            let id = b.get("id").and_then(Value::as_str).map(str::to_owned);
-            let task = b.get("task").and_then(Value::as_str).map(str::to_owned);
-            let fail = |reason: String| DecodeError {
-                task_id: id.clone(),
-                task_name: task.clone(),
-                reason,
-            };
-            let (Some(idv), Some(taskv)) = (id.clone(), task.clone()) else {
-                return Err(fail("v1 body lacks id or task".into()));
-            };
-            let args = match b.get("args") {
-                None | Some(Value::Null) => vec![],
-                Some(Value::Array(a)) => a.clone(),
-                Some(_) => return Err(fail("v1 args are not a list".into())),
-            };
-            let kwargs = match b.get("kwargs") {
-                None | Some(Value::Null) => Map::new(),
-                Some(Value::Object(k)) => k.clone(),
-                Some(_) => return Err(fail("v1 kwargs are not an object".into())),
-            };
-            validate_task_id(&idv).map_err(|e| fail(e.to_string()))?;
-            Ok(Self {
-                root_id: idv.clone(),
-                eta: opt_time(b.get("eta")).map_err(|e| fail(format!("eta: {e}")))?,
-                expires: opt_time(b.get("expires")).map_err(|e| fail(format!("expires: {e}")))?,
-                retries: b
-                    .get("retries")
-                    .and_then(Value::as_u64)
-                    .unwrap_or(0)
-                    .min(u64::from(MAX_RETRIES_HEADER)) as u32,
-                id: idv,
-                task: taskv,
-                args,
-                kwargs,
-                timelimit: TimeLimits::default(),
-                parent_id: None,
-                group: None,
-                priority,
-                queue,
-                delivery_tag,
-                origin: None,
-                redelivered,
-                ignore_result: None,
-            })
+            Self::from_v1(body, facts)
         }
+    }
+
+    /// Protocol v2: identity and options in the headers, `[args, kwargs, embed]` in the body.
+    fn from_v2(
+        headers: &Map<String, Value>,
+        body: Value,
+        facts: DeliveryFacts,
+        who: Who,
+    ) -> Result<Self, DecodeError> {
+        let fail = |reason: String| who.fail(reason);
+        let id = who
+            .id
+            .clone()
+            .ok_or_else(|| fail("headers.id is missing".into()))?;
+        let task = who.task.clone().unwrap_or_default();
+        let Value::Array(mut parts) = body else {
+            return Err(fail("body is not [args, kwargs, embed]".into()));
+        };
+        if parts.len() < 2 {
+            return Err(fail("body is not [args, kwargs, embed]".into()));
+        }
+        let Value::Array(args) = parts[0].take() else {
+            return Err(fail("body args are not a list".into()));
+        };
+        let Value::Object(kwargs) = parts[1].take() else {
+            return Err(fail("body kwargs are not an object".into()));
+        };
+        let timelimit = time_limits(headers.get("timelimit")).map_err(fail)?;
+        let retries = match headers.get("retries") {
+            None | Some(Value::Null) => 0,
+            Some(v) => v
+                .as_u64()
+                .and_then(|r| u32::try_from(r).ok())
+                .filter(|&r| r <= MAX_RETRIES_HEADER)
+                .ok_or_else(|| {
+                    fail(format!(
+                        "retries {v} is not a count up to {MAX_RETRIES_HEADER}"
+                    ))
+                })?,
+        };
+        let text = |k: &str| headers.get(k).and_then(Value::as_str).map(str::to_owned);
+        let msg = Self {
+            root_id: text("root_id").unwrap_or_else(|| id.clone()),
+            eta: opt_time(headers.get("eta")).map_err(|e| fail(format!("eta: {e}")))?,
+            expires: opt_time(headers.get("expires")).map_err(|e| fail(format!("expires: {e}")))?,
+            retries,
+            parent_id: text("parent_id"),
+            group: text("group"),
+            origin: text("origin"),
+            ignore_result: headers.get("ignore_result").and_then(Value::as_bool),
+            id,
+            task,
+            args,
+            kwargs,
+            timelimit,
+            priority: facts.priority,
+            queue: facts.queue,
+            delivery_tag: facts.delivery_tag,
+            redelivered: facts.redelivered,
+        };
+        validate_task_id(&msg.id).map_err(|e| fail(e.to_string()))?;
+        Ok(msg)
+    }
+
+    /// Protocol v1: everything is in the body.
+    fn from_v1(body: Value, facts: DeliveryFacts) -> Result<Self, DecodeError> {
+        let b = body.as_object().ok_or_else(|| {
+            DecodeError::anonymous("no headers.task and the body is not a v1 object")
+        })?;
+        let who = Who {
+            id: b.get("id").and_then(Value::as_str).map(str::to_owned),
+            task: b.get("task").and_then(Value::as_str).map(str::to_owned),
+        };
+        let fail = |reason: String| who.fail(reason);
+        let (Some(idv), Some(taskv)) = (who.id.clone(), who.task.clone()) else {
+            return Err(fail("v1 body lacks id or task".into()));
+        };
+        let args = match b.get("args") {
+            None | Some(Value::Null) => vec![],
+            Some(Value::Array(a)) => a.clone(),
+            Some(_) => return Err(fail("v1 args are not a list".into())),
+        };
+        let kwargs = match b.get("kwargs") {
+            None | Some(Value::Null) => Map::new(),
+            Some(Value::Object(k)) => k.clone(),
+            Some(_) => return Err(fail("v1 kwargs are not an object".into())),
+        };
+        validate_task_id(&idv).map_err(|e| fail(e.to_string()))?;
+        Ok(Self {
+            root_id: idv.clone(),
+            eta: opt_time(b.get("eta")).map_err(|e| fail(format!("eta: {e}")))?,
+            expires: opt_time(b.get("expires")).map_err(|e| fail(format!("expires: {e}")))?,
+            retries: b
+                .get("retries")
+                .and_then(Value::as_u64)
+                .unwrap_or(0)
+                .min(u64::from(MAX_RETRIES_HEADER)) as u32,
+            id: idv,
+            task: taskv,
+            args,
+            kwargs,
+            timelimit: TimeLimits::default(),
+            parent_id: None,
+            group: None,
+            priority: facts.priority,
+            queue: facts.queue,
+            delivery_tag: facts.delivery_tag,
+            origin: None,
+            redelivered: facts.redelivered,
+            ignore_result: None,
+        })
+    }
+}
+
+/// The task an envelope names (as far as it could be read), for errors reported against it.
+struct Who {
+    id: Option<String>,
+    task: Option<String>,
+}
+
+impl Who {
+    fn fail(&self, reason: String) -> DecodeError {
+        DecodeError {
+            task_id: self.id.clone(),
+            task_name: self.task.clone(),
+            reason,
+        }
+    }
+}
+
+/// The envelope's body as JSON: only `application/json`, uncompressed, in UTF-8 or base64.
+fn envelope_body(
+    env: &Map<String, Value>,
+    headers: &Map<String, Value>,
+    properties: &Map<String, Value>,
+    who: &Who,
+) -> Result<Value, DecodeError> {
+    let fail = |reason: String| who.fail(reason);
+    let content_type = env
+        .get("content-type")
+        .and_then(Value::as_str)
+        .unwrap_or("application/json");
+    if content_type != "application/json" {
+        return Err(fail(format!(
+            "content type {content_type:?} is not accepted (only application/json)"
+        )));
+    }
+    if headers.get("compression").is_some_and(|v| !v.is_null()) {
+        return Err(fail("compressed bodies are not accepted".into()));
+    }
+    let body_str = env
+        .get("body")
+        .and_then(Value::as_str)
+        .ok_or_else(|| fail("envelope has no string body".into()))?;
+    let encoding = properties
+        .get("body_encoding")
+        .and_then(Value::as_str)
+        .unwrap_or("utf-8");
+    let decoded;
+    let body_bytes = match encoding {
+        "base64" => {
+            decoded = B64
+                .decode(body_str.trim())
+                .map_err(|e| fail(format!("body is not valid base64: {e}")))?;
+            decoded.as_slice()
+        }
+        "utf-8" | "utf8" => body_str.as_bytes(),
+        other => return Err(fail(format!("unsupported body encoding {other:?}"))),
+    };
+    serde_json::from_slice(body_bytes).map_err(|e| fail(format!("body is not valid JSON: {e}")))
+}
+
+/// Where and how a message was delivered, from its headers and properties.
+struct DeliveryFacts {
+    queue: String,
+    redelivered: bool,
+    priority: u8,
+    delivery_tag: String,
+}
+
+impl DeliveryFacts {
+    fn read(
+        headers: &Map<String, Value>,
+        properties: &Map<String, Value>,
+        queue: &str,
+        who: &Who,
+    ) -> Result<Self, DecodeError> {
+        let delivery_info = properties.get("delivery_info").and_then(Value::as_object);
+        let flag = |v: Option<&Value>| v.and_then(Value::as_bool).unwrap_or(false);
+        Ok(Self {
+            queue: delivery_info
+                .and_then(|d| d.get("routing_key"))
+                .and_then(Value::as_str)
+                .filter(|q| !q.is_empty())
+                .unwrap_or(queue)
+                .to_owned(),
+            redelivered: flag(headers.get("redelivered"))
+                || flag(delivery_info.and_then(|d| d.get("redelivered"))),
+            priority: properties
+                .get("priority")
+                .and_then(Value::as_u64)
+                .map(|p| p.min(u64::from(MAX_PRIORITY)) as u8)
+                .unwrap_or(0),
+            delivery_tag: match properties.get("delivery_tag") {
+                Some(Value::String(s)) if !s.is_empty() => s.clone(),
+                Some(Value::Number(n)) => n.to_string(),
+                _ => return Err(who.fail("properties.delivery_tag is missing".into())),
+            },
+        })
     }
 }
 

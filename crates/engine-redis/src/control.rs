@@ -272,6 +272,33 @@ fn ids_of(v: Option<&Value>) -> Vec<String> {
     }
 }
 
+/// One running task as a Celery worker's `inspect active` reports it.
+fn foreign_active(t: &Value) -> ActiveTask {
+    let text = |k: &str| match t.get(k) {
+        Some(Value::String(s)) => s.clone(),
+        Some(v) => py_repr(v),
+        None => String::new(),
+    };
+    ActiveTask {
+        id: text("id"),
+        name: text("name"),
+        args: text("args"),
+        kwargs: text("kwargs"),
+        queue: t
+            .pointer("/delivery_info/routing_key")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned(),
+        time_start: from_epoch_secs(t.get("time_start").unwrap_or(&Value::Null)),
+        retries: 0,
+        delivery_tag: String::new(),
+        redelivered: t
+            .pointer("/delivery_info/redelivered")
+            .and_then(Value::as_bool)
+            .unwrap_or(false),
+    }
+}
+
 /// Rebuilds a worker report from a Python (or any Celery) worker's inspect replies.
 fn foreign_report(
     node: &str,
@@ -284,35 +311,7 @@ fn foreign_report(
     let uptime = stats.get("uptime").and_then(Value::as_i64).unwrap_or(0);
     let active = active
         .and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .map(|t| {
-                    let text = |k: &str| match t.get(k) {
-                        Some(Value::String(s)) => s.clone(),
-                        Some(v) => py_repr(v),
-                        None => String::new(),
-                    };
-                    ActiveTask {
-                        id: text("id"),
-                        name: text("name"),
-                        args: text("args"),
-                        kwargs: text("kwargs"),
-                        queue: t
-                            .pointer("/delivery_info/routing_key")
-                            .and_then(Value::as_str)
-                            .unwrap_or_default()
-                            .to_owned(),
-                        time_start: from_epoch_secs(t.get("time_start").unwrap_or(&Value::Null)),
-                        retries: 0,
-                        delivery_tag: String::new(),
-                        redelivered: t
-                            .pointer("/delivery_info/redelivered")
-                            .and_then(Value::as_bool)
-                            .unwrap_or(false),
-                    }
-                })
-                .collect()
-        })
+        .map(|a| a.iter().map(foreign_active).collect())
         .unwrap_or_default();
     let total: BTreeMap<String, u64> = stats
         .get("total")
@@ -694,16 +693,7 @@ impl Inner {
                     .map(|q| queue_info(q))
                     .collect::<Vec<_>>()
             ),
-            "conf" => json!({
-                "broker_url": self.broker_url,
-                "worker_concurrency": node.concurrency,
-                "worker_prefetch_multiplier": node.prefetch_count.checked_div(node.concurrency).unwrap_or(1),
-                "task_acks_late": true,
-                "task_default_queue": "celery",
-                "result_expires": self.opts.result_expires.as_secs(),
-                "worker_send_task_events": self.control.events_on(),
-                "broker_transport_options": {"visibility_timeout": self.opts.visibility_timeout.as_secs()},
-            }),
+            "conf" => self.conf(node),
             "report" => json!({"ok": format!(
                 "software -> afterview:{} ({})\nbroker -> {}\nqueues -> {}\nconcurrency -> {}",
                 node.sw_ver, std::env::consts::OS, self.description, node.queues.join(", "), node.concurrency
@@ -740,43 +730,7 @@ impl Inner {
                 self.control.task_events.store(false, Ordering::SeqCst);
                 json!({"ok": "task events disabled"})
             }
-            "revoke" => {
-                let mut ids = ids_of(args.get("task_id"));
-                if ids.len() > MAX_REVOKE_IDS {
-                    warn!(
-                        count = ids.len(),
-                        kept = MAX_REVOKE_IDS,
-                        "A revoke named too many tasks; the rest are ignored."
-                    );
-                    ids.truncate(MAX_REVOKE_IDS);
-                }
-                let terminate = args
-                    .get("terminate")
-                    .and_then(Value::as_bool)
-                    .unwrap_or(false);
-                let mut running = vec![];
-                for id in &ids {
-                    match self.revoke(id, terminate, PIDBOX_REVOKE_KEEP).await {
-                        Ok((_, r, _)) => {
-                            if node.active.iter().any(|a| &a.id == id) || r {
-                                running.push(id.clone());
-                            }
-                        }
-                        Err(e) => {
-                            warn!(error = %e, task_id = %id, "Could not record a revocation.")
-                        }
-                    }
-                }
-                if terminate {
-                    if running.is_empty() {
-                        json!({"ok": "terminate: tasks unknown"})
-                    } else {
-                        json!({"ok": format!("terminate: {}", running.join(", "))})
-                    }
-                } else {
-                    json!({"ok": format!("tasks {} flagged as revoked", ids.join(", "))})
-                }
-            }
+            "revoke" => self.revoke_command(node, args).await,
             "shutdown" => {
                 warn!(
                     "A control command asked for shutdown; stop Afterview workers with SIGTERM instead."
@@ -785,6 +739,58 @@ impl Inner {
             }
             other => json!({"error": format!("KeyError('{other}')")}),
         })
+    }
+
+    /// `conf`: the settings Celery's `inspect conf` shows, as ours stand.
+    fn conf(&self, node: &WorkerReport) -> Value {
+        json!({
+            "broker_url": self.broker_url,
+            "worker_concurrency": node.concurrency,
+            "worker_prefetch_multiplier": node.prefetch_count.checked_div(node.concurrency).unwrap_or(1),
+            "task_acks_late": true,
+            "task_default_queue": "celery",
+            "result_expires": self.opts.result_expires.as_secs(),
+            "worker_send_task_events": self.control.events_on(),
+            "broker_transport_options": {"visibility_timeout": self.opts.visibility_timeout.as_secs()},
+        })
+    }
+
+    /// `revoke` from the pidbox (Python's `AsyncResult.revoke`, `celery control revoke`): each
+    /// id becomes a durable tombstone (at most [`MAX_REVOKE_IDS`] per command).
+    async fn revoke_command(&self, node: &WorkerReport, args: &Value) -> Value {
+        let mut ids = ids_of(args.get("task_id"));
+        if ids.len() > MAX_REVOKE_IDS {
+            warn!(
+                count = ids.len(),
+                kept = MAX_REVOKE_IDS,
+                "A revoke named too many tasks; the rest are ignored."
+            );
+            ids.truncate(MAX_REVOKE_IDS);
+        }
+        let terminate = args
+            .get("terminate")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+        let mut running = vec![];
+        for id in &ids {
+            match self.revoke(id, terminate, PIDBOX_REVOKE_KEEP).await {
+                Ok((_, r, _)) => {
+                    if node.active.iter().any(|a| &a.id == id) || r {
+                        running.push(id.clone());
+                    }
+                }
+                Err(e) => {
+                    warn!(error = %e, task_id = %id, "Could not record a revocation.")
+                }
+            }
+        }
+        if !terminate {
+            json!({"ok": format!("tasks {} flagged as revoked", ids.join(", "))})
+        } else if running.is_empty() {
+            json!({"ok": "terminate: tasks unknown"})
+        } else {
+            json!({"ok": format!("terminate: {}", running.join(", "))})
+        }
     }
 
     /// Sends a command to all workers and collects `(node, reply)` for `timeout`.

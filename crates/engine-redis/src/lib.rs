@@ -93,6 +93,35 @@ impl std::fmt::Debug for RedisBackend {
     }
 }
 
+/// The broker's and the result backend's clients: valid URLs on one server (results are fenced
+/// by leases in one atomic script, so they cannot live elsewhere).
+fn clients(
+    broker_url: &str,
+    result_url: Option<&str>,
+) -> Result<(redis::Client, redis::Client), BackendError> {
+    let open = |u: &str| {
+        redis::Client::open(u)
+            .map_err(|e| BackendError::invalid(format!("bad Redis URL {}: {e}", redact(u))))
+    };
+    let client = open(broker_url)?;
+    let result_client = match result_url {
+        Some(u) => open(u)?,
+        None => client.clone(),
+    };
+    let (a, b) = (
+        client.get_connection_info(),
+        result_client.get_connection_info(),
+    );
+    if format!("{:?}", a.addr()) != format!("{:?}", b.addr()) {
+        return Err(BackendError::invalid(format!(
+            "the result backend {} must be on the broker's Redis server {} (results are fenced by leases in one atomic script)",
+            redact(result_url.unwrap_or_default()),
+            redact(broker_url)
+        )));
+    }
+    Ok((client, result_client))
+}
+
 impl RedisBackend {
     /// Connects to the broker at `broker_url` (`redis://[:password@]host[:port][/db]`) and the
     /// result backend at `result_url` (same server, any database; default: the broker's).
@@ -101,25 +130,11 @@ impl RedisBackend {
         result_url: Option<&str>,
         opts: RedisOptions,
     ) -> Result<Self, BackendError> {
-        let client = redis::Client::open(broker_url).map_err(|e| {
-            BackendError::invalid(format!("bad Redis URL {}: {e}", redact(broker_url)))
-        })?;
-        let result_client = match result_url {
-            Some(u) => redis::Client::open(u)
-                .map_err(|e| BackendError::invalid(format!("bad Redis URL {}: {e}", redact(u))))?,
-            None => client.clone(),
-        };
+        let (client, result_client) = clients(broker_url, result_url)?;
         let (a, b) = (
             client.get_connection_info(),
             result_client.get_connection_info(),
         );
-        if format!("{:?}", a.addr()) != format!("{:?}", b.addr()) {
-            return Err(BackendError::invalid(format!(
-                "the result backend {} must be on the broker's Redis server {} (results are fenced by leases in one atomic script)",
-                redact(result_url.unwrap_or_default()),
-                redact(broker_url)
-            )));
-        }
         let broker_db = a.redis_settings().db();
         let backend_db = b.redis_settings().db();
         let conn = ConnectionManager::new_with_config(client.clone(), manager_config())

@@ -68,16 +68,8 @@ pub(crate) async fn run(
             Ok(p) => p,
             Err(e) => {
                 warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "Redis pub/sub connection failed.");
-                let sleep = tokio::time::sleep(backoff);
-                tokio::pin!(sleep);
-                loop {
-                    tokio::select! {
-                        _ = &mut sleep => break,
-                        cmd = rx.recv() => match cmd {
-                            None => return,
-                            Some(c) => offline(&mut st, c),
-                        },
-                    }
+                if !wait_offline(&mut st, &mut rx, backoff).await {
+                    return;
                 }
                 backoff = (backoff * 2).min(Duration::from_secs(2));
                 reconnect = true;
@@ -85,33 +77,7 @@ pub(crate) async fn run(
             }
         };
         let (mut sink, mut stream) = ps.split();
-        let setup = async {
-            let mut fixed: Vec<String> = vec![WAKE.into(), REVOKE.into()];
-            fixed.extend(keyevents.iter().cloned());
-            if st.pidbox {
-                fixed.push(pidbox_channel.clone());
-            }
-            sink.subscribe(&fixed).await?;
-            if st.all {
-                sink.psubscribe(ALL_RESULTS).await?;
-            }
-            let individual: Vec<String> = st
-                .watched
-                .iter_mut()
-                .map(|(id, (_, sub))| {
-                    *sub = !st.all;
-                    id.clone()
-                })
-                .collect();
-            if !st.all {
-                for chunk in individual.chunks(500) {
-                    let chans: Vec<String> = chunk.iter().map(|id| channel(id)).collect();
-                    sink.subscribe(&chans).await?;
-                }
-            }
-            Ok::<_, redis::RedisError>(())
-        };
-        if let Err(e) = setup.await {
+        if let Err(e) = subscribe(&mut st, &mut sink, &pidbox_channel, &keyevents).await {
             warn!(error = %e, "Redis pub/sub subscription failed; reconnecting.");
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_secs(2));
@@ -119,22 +85,8 @@ pub(crate) async fn run(
             continue;
         }
         backoff = Duration::from_millis(100);
-        for (tx, _) in st.watched.values() {
-            let _ = tx.send(true);
-        }
-        for w in st.pidbox_waiters.drain(..) {
-            let _ = w.send(());
-        }
         let Some(i) = inner.upgrade() else { return };
-        if reconnect {
-            info!("Redis pub/sub reconnected.");
-            i.enable_keyevents().await;
-            // Lists may have been filled and results written while we were away.
-            i.wake.wake();
-            i.revoke_wake.notify_waiters();
-            let ids: Vec<String> = st.watched.keys().cloned().collect();
-            refetch(&i, &ids).await;
-        }
+        connected(&i, &mut st, reconnect).await;
         drop(i);
         loop {
             tokio::select! {
@@ -158,6 +110,78 @@ pub(crate) async fn run(
         for (tx, _) in st.watched.values() {
             let _ = tx.send(false);
         }
+    }
+}
+
+/// Waits `backoff` while recording requests; `false` when the backend is gone.
+async fn wait_offline(
+    st: &mut State,
+    rx: &mut mpsc::UnboundedReceiver<Cmd>,
+    backoff: Duration,
+) -> bool {
+    let sleep = tokio::time::sleep(backoff);
+    tokio::pin!(sleep);
+    loop {
+        tokio::select! {
+            _ = &mut sleep => return true,
+            cmd = rx.recv() => match cmd {
+                None => return false,
+                Some(c) => offline(st, c),
+            },
+        }
+    }
+}
+
+/// Subscribes a fresh connection to everything followed: wake-ups, revocations, list pushes,
+/// the pidbox when a node listens, and every followed result (or all of them).
+async fn subscribe(
+    st: &mut State,
+    sink: &mut redis::aio::PubSubSink,
+    pidbox_channel: &str,
+    keyevents: &[String; 2],
+) -> redis::RedisResult<()> {
+    let mut fixed: Vec<String> = vec![WAKE.into(), REVOKE.into()];
+    fixed.extend(keyevents.iter().cloned());
+    if st.pidbox {
+        fixed.push(pidbox_channel.to_owned());
+    }
+    sink.subscribe(&fixed).await?;
+    if st.all {
+        sink.psubscribe(ALL_RESULTS).await?;
+    }
+    let individual: Vec<String> = st
+        .watched
+        .iter_mut()
+        .map(|(id, (_, sub))| {
+            *sub = !st.all;
+            id.clone()
+        })
+        .collect();
+    if !st.all {
+        for chunk in individual.chunks(500) {
+            let chans: Vec<String> = chunk.iter().map(|id| channel(id)).collect();
+            sink.subscribe(&chans).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Tells followers their subscriptions are live; after a reconnect, catches up with what
+/// happened while away (pushed lists, written results).
+async fn connected(i: &Arc<Inner>, st: &mut State, reconnect: bool) {
+    for (tx, _) in st.watched.values() {
+        let _ = tx.send(true);
+    }
+    for w in st.pidbox_waiters.drain(..) {
+        let _ = w.send(());
+    }
+    if reconnect {
+        info!("Redis pub/sub reconnected.");
+        i.enable_keyevents().await;
+        i.wake.wake();
+        i.revoke_wake.notify_waiters();
+        let ids: Vec<String> = st.watched.keys().cloned().collect();
+        refetch(i, &ids).await;
     }
 }
 

@@ -135,8 +135,21 @@ pub async fn serve(s: Settings, a: ServeArgs) -> anyhow::Result<ExitCode> {
              --allow-dev-token-on-network"
         );
     }
-    // Printed on stdout so scripts (and tests) can find the port when binding to :0. Written
-    // in one go, and a reader that went away (a closed pipe) must not stop the server.
+    print_banner(&s, addr, dev_token.as_deref());
+    let (inner, web) = api_state(&s, &a, client, &product, auth)?;
+    let app = afterview_api::router(std::sync::Arc::new(inner)).merge(afterview_web::router(&web));
+    let stop = shutdown.graceful.clone();
+    let http = afterview_api::serve(listener, app, async move { stop.cancelled().await });
+    http.await.context("the HTTP server failed")?;
+    if let Some(w) = worker {
+        w.await.context("the worker panicked")??;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Printed on stdout so scripts (and tests) can find the port when binding to :0. Written in
+/// one go, and a reader that went away (a closed pipe) must not stop the server.
+fn print_banner(s: &Settings, addr: std::net::SocketAddr, dev_token: Option<&str>) {
     let mut banner = format!("afterview serving on http://{addr}\n");
     if let Some(t) = dev_token {
         banner.push_str(&format!(
@@ -145,11 +158,20 @@ pub async fn serve(s: Settings, a: ServeArgs) -> anyhow::Result<ExitCode> {
             s.data_dir.join("dev-token").display()
         ));
     }
-    {
-        use std::io::Write;
-        let mut out = std::io::stdout().lock();
-        let _ = out.write_all(banner.as_bytes()).and_then(|()| out.flush());
-    }
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(banner.as_bytes()).and_then(|()| out.flush());
+}
+
+/// The API's state from the serve flags: upload and per-user limits, metrics, presigned
+/// downloads, operators, and what the web app needs to sign in.
+fn api_state(
+    s: &Settings,
+    a: &ServeArgs,
+    client: Client,
+    product: &Product,
+    auth: afterview_api::auth::Auth,
+) -> anyhow::Result<(afterview_api::Inner, afterview_web::WebConfig)> {
     let limits = afterview_intake::Limits {
         max_bytes: a
             .max_upload_bytes
@@ -175,21 +197,7 @@ pub async fn serve(s: Settings, a: ServeArgs) -> anyhow::Result<ExitCode> {
         storage_bytes: a.max_storage_bytes_per_user.unwrap_or(d.storage_bytes),
     };
     inner.metrics_token = a.metrics_token.clone().filter(|t| !t.is_empty());
-    inner.presign = a
-        .presign_downloads
-        .filter(|&secs| secs > 0)
-        .map(Duration::from_secs);
-    if let Some(ttl) = inner.presign {
-        if ttl > Duration::from_secs(7 * 86_400) {
-            bail!("presigned downloads may live at most 604800 seconds (7 days, S3's limit)");
-        }
-        if s.storage_url
-            .as_deref()
-            .is_none_or(|u| !u.starts_with("s3://"))
-        {
-            warn!("Presigned downloads need S3 storage; downloads are streamed.");
-        }
-    }
+    inner.presign = presign(s, a.presign_downloads)?;
     inner.operators = a
         .operators
         .iter()
@@ -210,15 +218,24 @@ pub async fn serve(s: Settings, a: ServeArgs) -> anyhow::Result<ExitCode> {
         firebase: firebase_web.is_some(),
     };
     inner.client_config = serde_json::json!({ "firebase": firebase_web });
-    let state = std::sync::Arc::new(inner);
-    let app = afterview_api::router(state).merge(afterview_web::router(&web));
-    let stop = shutdown.graceful.clone();
-    let http = afterview_api::serve(listener, app, async move { stop.cancelled().await });
-    http.await.context("the HTTP server failed")?;
-    if let Some(w) = worker {
-        w.await.context("the worker panicked")??;
+    Ok((inner, web))
+}
+
+/// `--presign-downloads`: a lifetime up to S3's 7 days; only S3 storage can sign.
+fn presign(s: &Settings, secs: Option<u64>) -> anyhow::Result<Option<Duration>> {
+    let Some(ttl) = secs.filter(|&secs| secs > 0).map(Duration::from_secs) else {
+        return Ok(None);
+    };
+    if ttl > Duration::from_secs(7 * 86_400) {
+        bail!("presigned downloads may live at most 604800 seconds (7 days, S3's limit)");
     }
-    Ok(ExitCode::SUCCESS)
+    if s.storage_url
+        .as_deref()
+        .is_none_or(|u| !u.starts_with("s3://"))
+    {
+        warn!("Presigned downloads need S3 storage; downloads are streamed.");
+    }
+    Ok(Some(ttl))
 }
 
 /// Every API host removes expired idempotency, task and slot records every ten minutes

@@ -92,33 +92,7 @@ where
                 "a request with this Idempotency-Key is still running; retry shortly",
             )
             .into_response(),
-            Ok(IdempotencyClaim::Claimed) => {
-                // Dropped unanswered (the client went away mid-request): give the key back.
-                let mut claim = Claim {
-                    st: st.clone(),
-                    user: user.to_owned(),
-                    key: key.clone(),
-                    open: true,
-                };
-                let out = f().await;
-                if let Ok((status, body)) = &out
-                    && status.is_success()
-                {
-                    let rec = IdempotentResponse {
-                        fingerprint,
-                        status: status.as_u16(),
-                        body: body.clone(),
-                        created_at: chrono::Utc::now(),
-                    };
-                    if let Err(e) = st.meta.put_idempotent(user, &key, &rec).await {
-                        tracing::warn!(error = %e, "Could not store an idempotent answer.");
-                    }
-                } else if let Err(e) = st.meta.release_idempotent(user, &key).await {
-                    tracing::warn!(error = %e, "Could not release an idempotency claim; it goes stale by itself.");
-                }
-                claim.open = false;
-                answer(out, false)
-            }
+            Ok(IdempotencyClaim::Claimed) => run_claimed(st, (user, &key), fingerprint, f).await,
         }
     };
     let mut locks = st.idem_locks.lock().expect("idempotency lock map");
@@ -126,6 +100,45 @@ where
         locks.remove(&(user.to_owned(), key));
     }
     out
+}
+
+/// Runs `f` under a claim this request won: a success is stored for replays; a failure (or a
+/// client that went away) gives the key back.
+async fn run_claimed<F, Fut>(
+    st: &AppState,
+    (user, key): (&str, &str),
+    fingerprint: String,
+    f: F,
+) -> Response
+where
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = Result<(StatusCode, Value), ApiError>>,
+{
+    // Dropped unanswered (the client went away mid-request): give the key back.
+    let mut claim = Claim {
+        st: st.clone(),
+        user: user.to_owned(),
+        key: key.to_owned(),
+        open: true,
+    };
+    let out = f().await;
+    if let Ok((status, body)) = &out
+        && status.is_success()
+    {
+        let rec = IdempotentResponse {
+            fingerprint,
+            status: status.as_u16(),
+            body: body.clone(),
+            created_at: chrono::Utc::now(),
+        };
+        if let Err(e) = st.meta.put_idempotent(user, key, &rec).await {
+            tracing::warn!(error = %e, "Could not store an idempotent answer.");
+        }
+    } else if let Err(e) = st.meta.release_idempotent(user, key).await {
+        tracing::warn!(error = %e, "Could not release an idempotency claim; it goes stale by itself.");
+    }
+    claim.open = false;
+    answer(out, false)
 }
 
 fn reused() -> Response {

@@ -164,7 +164,7 @@ async fn generate(
     let checked = check_call(&app, &rest, &q, &headers).and_then(|c| Ok((c, read_request(&body)?)));
     let ((model, key_header), (prompt, image)) = match checked {
         Ok(x) => x,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let scenario = {
         let mut st = app.state.lock().expect("mock lock");
@@ -179,6 +179,13 @@ async fn generate(
     answer(scenario, &model, &image).await
 }
 
+/// A request the mock refuses, with Google's answer (boxed: a response is large).
+type Refused = Box<Response>;
+
+fn refused(status: StatusCode, grpc: &str, message: &str, details: Value) -> Refused {
+    Box::new(google_error(status, grpc, message, details))
+}
+
 /// The method, the API key (header or `?key=`) and the model, checked as Google does: the
 /// model's name and whether the key came in the header.
 fn check_call(
@@ -186,9 +193,9 @@ fn check_call(
     rest: &str,
     q: &std::collections::HashMap<String, String>,
     headers: &HeaderMap,
-) -> Result<(String, bool), Response> {
+) -> Result<(String, bool), Refused> {
     let not_found = || {
-        google_error(
+        refused(
             StatusCode::NOT_FOUND,
             "NOT_FOUND",
             "Method not found.",
@@ -207,7 +214,7 @@ fn check_call(
         .map(str::to_owned);
     let key = header_key.clone().or_else(|| q.get("key").cloned());
     let Some(key) = key else {
-        return Err(google_error(
+        return Err(refused(
             StatusCode::FORBIDDEN,
             "PERMISSION_DENIED",
             "Method doesn't allow unregistered callers (callers without established identity). Please use API Key or other form of API consumer identity to call this API.",
@@ -215,7 +222,7 @@ fn check_call(
         ));
     };
     if key != app.key {
-        return Err(google_error(
+        return Err(refused(
             StatusCode::BAD_REQUEST,
             "INVALID_ARGUMENT",
             "API key not valid. Please pass a valid API key.",
@@ -224,7 +231,7 @@ fn check_call(
         ));
     }
     if !MODELS.contains(&model) {
-        return Err(google_error(
+        return Err(refused(
             StatusCode::NOT_FOUND,
             "NOT_FOUND",
             &format!(
@@ -237,8 +244,8 @@ fn check_call(
 }
 
 /// The prompt and the one input image of a request body; Google's 400s for what it refuses.
-fn read_request(body: &str) -> Result<(String, Vec<u8>), Response> {
-    let bad = |msg: &str| google_error(StatusCode::BAD_REQUEST, "INVALID_ARGUMENT", msg, json!([]));
+fn read_request(body: &str) -> Result<(String, Vec<u8>), Refused> {
+    let bad = |msg: &str| refused(StatusCode::BAD_REQUEST, "INVALID_ARGUMENT", msg, json!([]));
     let req: Value = serde_json::from_str(body)
         .map_err(|e| bad(&format!("Invalid JSON payload received. {e}")))?;
     let parts = req
@@ -278,8 +285,8 @@ fn read_request(body: &str) -> Result<(String, Vec<u8>), Response> {
 }
 
 /// An `inlineData` part's image bytes: a supported MIME type and a decodable picture.
-fn inline_image(inline: &Value) -> Result<Vec<u8>, Response> {
-    let bad = |msg: &str| google_error(StatusCode::BAD_REQUEST, "INVALID_ARGUMENT", msg, json!([]));
+fn inline_image(inline: &Value) -> Result<Vec<u8>, Refused> {
+    let bad = |msg: &str| refused(StatusCode::BAD_REQUEST, "INVALID_ARGUMENT", msg, json!([]));
     let mime = get(inline, "mimeType", "mime_type")
         .and_then(Value::as_str)
         .unwrap_or("");

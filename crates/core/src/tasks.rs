@@ -222,6 +222,20 @@ mod tests {
     use super::*;
 
     #[test]
+    fn wire_enums_round_trip() {
+        for k in ExportFormat::ALL {
+            assert_eq!(ExportFormat::parse(k.as_str()), Some(*k));
+            assert_eq!(serde_json::to_value(k).unwrap(), k.as_str());
+        }
+        assert_eq!(
+            VisualizationKind::parse("single"),
+            Some(VisualizationKind::Single)
+        );
+        assert_eq!(ExportKind::parse("memo"), None);
+        assert_eq!(ExportFormat::Svg.content_type(), "image/svg+xml");
+    }
+
+    #[test]
     fn export_arguments_are_checked_in_one_place() {
         let mut e = GenerateExport {
             visualization_ids: vec!["v".into()],
@@ -256,7 +270,7 @@ mod tests {
             colors: Some(vec!["#000000".into(); 4]),
             user_id: UserId::parse("u").unwrap(),
         };
-        assert_eq!(i.check(), Ok(()));
+        assert_eq!(i.check(), Ok(ExportFormat::Svg));
         i.colors = Some(vec!["red".into(); 4]);
         assert_eq!(i.check().unwrap_err().code, ErrorCode::InvalidOptions);
         i.colors = None;
@@ -379,6 +393,81 @@ pub struct GenerateCostInfographic {
     pub user_id: UserId,
 }
 
+/// Declares a string-valued enum: serde in its wire form, `as_str`, `parse`.
+macro_rules! wire_enum {
+    ($(#[$doc:meta])* $name:ident { $($(#[$vdoc:meta])* $variant:ident => $wire:literal,)* }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        pub enum $name {
+            $($(#[$vdoc])* #[serde(rename = $wire)] $variant,)*
+        }
+
+        impl $name {
+            /// Every value.
+            pub const ALL: &'static [$name] = &[$($name::$variant,)*];
+
+            /// The wire form.
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $wire,)* }
+            }
+
+            /// From the wire form; `None` for anything else.
+            pub fn parse(s: &str) -> Option<Self> {
+                match s { $($wire => Some($name::$variant),)* _ => None }
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+wire_enum! {
+    /// What a visualization record holds.
+    VisualizationKind {
+        /// One procedure's preview.
+        Single => "single",
+        /// Several procedures side by side.
+        Comparison => "comparison",
+    }
+}
+
+wire_enum! {
+    /// What an export record holds.
+    ExportKind {
+        /// The patient report.
+        Report => "report",
+        /// The cost infographic.
+        Infographic => "infographic",
+    }
+}
+
+wire_enum! {
+    /// An export's file format.
+    ExportFormat {
+        /// A PDF document (reports).
+        Pdf => "pdf",
+        /// A PNG picture (infographics).
+        Png => "png",
+        /// An SVG drawing (infographics).
+        Svg => "svg",
+    }
+}
+
+impl ExportFormat {
+    /// The file's media type.
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Self::Pdf => "application/pdf",
+            Self::Png => "image/png",
+            Self::Svg => "image/svg+xml",
+        }
+    }
+}
+
 /// Arguments that cannot run: the code clients see, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Invalid {
@@ -431,14 +520,17 @@ impl GenerateExport {
 
 impl GenerateCostInfographic {
     /// What the API checks before sending and the task before running: PNG or SVG, 1-8
-    /// procedures, and when colours are given, four `#rrggbb` ones.
-    pub fn check(&self) -> Result<(), Invalid> {
-        if !["png", "svg"].contains(&self.format.as_str()) {
-            return Err(Invalid::new(
-                ErrorCode::UnsupportedExportFormat,
-                format!("format must be png or svg, got {:?}", self.format),
-            ));
-        }
+    /// procedures, and when colours are given, four `#rrggbb` ones. The format on success.
+    pub fn check(&self) -> Result<ExportFormat, Invalid> {
+        let format = match ExportFormat::parse(&self.format) {
+            Some(f @ (ExportFormat::Png | ExportFormat::Svg)) => f,
+            _ => {
+                return Err(Invalid::new(
+                    ErrorCode::UnsupportedExportFormat,
+                    format!("format must be png or svg, got {:?}", self.format),
+                ));
+            }
+        };
         if self.procedure_ids.is_empty() || self.procedure_ids.len() > MAX_EXPORT_ITEMS {
             return Err(Invalid::new(
                 ErrorCode::InvalidOptions,
@@ -456,7 +548,7 @@ impl GenerateCostInfographic {
                 "colors must list exactly four #rrggbb colors",
             ));
         }
-        Ok(())
+        Ok(format)
     }
 }
 

@@ -16,7 +16,10 @@ use afterview_imaging::intake::decode_png;
 use afterview_imaging::{face, face_window};
 use afterview_reports::infographic::DEFAULT_COLORS;
 use afterview_reports::{InfographicInput, Paper, Patient, ReportInput, ReportItem};
-use afterview_store::{ExportRecord, StoreError, VisualizationRecord, export_key};
+use afterview_store::{
+    ExportFormat, ExportKind, ExportRecord, StoreError, VisualizationKind, VisualizationRecord,
+    export_key,
+};
 use bytes::Bytes;
 use chrono::Utc;
 use image::RgbImage;
@@ -77,7 +80,7 @@ async fn singles(
     let mut seen = HashSet::new();
     for id in ids {
         let rec = owned_viz(d, owner, id).await?;
-        let members: Vec<VisualizationRecord> = if rec.kind == "comparison" {
+        let members: Vec<VisualizationRecord> = if rec.kind == VisualizationKind::Comparison {
             let item_ids: Vec<String> = rec.result["items"]
                 .as_array()
                 .map(|a| {
@@ -165,18 +168,17 @@ async fn save_export(
     d: &Deps,
     ctx: &TaskContext,
     owner: &str,
-    kind: &str,
-    format: &str,
+    (kind, format): (ExportKind, ExportFormat),
     bytes: Vec<u8>,
     image_ids: Vec<String>,
 ) -> Result<Value, TaskError> {
     let id = derived_id(ctx.id(), 0);
-    let key = export_key(&id, format);
+    let key = export_key(&id, format.as_str());
     let size = bytes.len() as u64;
     let result = ExportResult {
         id: id.clone(),
-        kind: kind.into(),
-        format: format.into(),
+        kind: kind.as_str().into(),
+        format: format.as_str().into(),
         download_url: export_download_url(&id),
         size_bytes: size,
         created_at: format_iso(Utc::now()),
@@ -185,8 +187,8 @@ async fn save_export(
     let rec = ExportRecord {
         id: id.clone(),
         owner: owner.into(),
-        kind: kind.into(),
-        format: format.into(),
+        kind,
+        format,
         blob_key: key,
         size,
         image_ids,
@@ -306,7 +308,7 @@ impl Task for GenerateExportTask {
                     .as_str()
                     .unwrap_or("moderate")
                     .to_owned(),
-                engine: v.engine.clone(),
+                engine: v.engine.as_str().into(),
                 before: Arc::new(before),
                 after: Arc::new(after),
                 visualization_id: v.id.clone(),
@@ -332,7 +334,15 @@ impl Task for GenerateExportTask {
             .await?
             .map_err(|e| fail(ErrorCode::InvalidOptions, e.to_string()))?;
         ctx.progress(90, "Saving report").await;
-        let result = save_export(d, &ctx, &a.user_id, "report", "pdf", pdf, image_ids).await?;
+        let result = save_export(
+            d,
+            &ctx,
+            &a.user_id,
+            (ExportKind::Report, ExportFormat::Pdf),
+            pdf,
+            image_ids,
+        )
+        .await?;
         ctx.progress(100, "Report complete").await;
         Ok(result)
     }
@@ -350,7 +360,7 @@ impl Task for GenerateCostInfographicTask {
     async fn run(&self, ctx: TaskContext, a: GenerateCostInfographic) -> Result<Value, TaskError> {
         let d = &self.0;
         ctx.progress(10, "Loading procedures").await;
-        a.check().map_err(invalid)?;
+        let format = a.check().map_err(invalid)?;
         let procedures = a
             .procedure_ids
             .iter()
@@ -371,10 +381,9 @@ impl Task for GenerateCostInfographicTask {
             .validate()
             .map_err(|e| fail(ErrorCode::InvalidOptions, e.to_string()))?;
         ctx.progress(30, "Drawing infographic").await;
-        let format = a.format.clone();
         let bytes = ctx
             .blocking(move |_| {
-                if format == "svg" {
+                if format == ExportFormat::Svg {
                     afterview_reports::infographic_svg(&input).map(String::into_bytes)
                 } else {
                     afterview_reports::infographic_png(&input)
@@ -383,8 +392,15 @@ impl Task for GenerateCostInfographicTask {
             .await?
             .map_err(|e| fail(ErrorCode::InvalidOptions, e.to_string()))?;
         ctx.progress(90, "Saving infographic").await;
-        let result =
-            save_export(d, &ctx, &a.user_id, "infographic", &a.format, bytes, vec![]).await?;
+        let result = save_export(
+            d,
+            &ctx,
+            &a.user_id,
+            (ExportKind::Infographic, format),
+            bytes,
+            vec![],
+        )
+        .await?;
         ctx.progress(100, "Infographic complete").await;
         Ok(result)
     }

@@ -12,7 +12,7 @@ use afterview_engine::{Task, TaskContext, TaskError, TaskOptions};
 use afterview_imaging::face::{self, Landmarks};
 use afterview_imaging::intake::{decode_png, encode_png};
 use afterview_imaging::{ImagingError, render};
-use afterview_store::{StoreError, VisualizationRecord, visualization_key};
+use afterview_store::{StoreError, VisualizationKind, VisualizationRecord, visualization_key};
 use bytes::Bytes;
 use chrono::Utc;
 use image::RgbImage;
@@ -310,9 +310,9 @@ async fn save_single(
         id,
         owner: s.owner.to_owned(),
         image_id: s.image_id.to_owned(),
-        kind: "single".into(),
+        kind: VisualizationKind::Single,
         procedure_ids: vec![s.procedure_id.to_owned()],
-        engine: s.engine.as_str().into(),
+        engine: s.engine,
         blob_key: key,
         result: value.clone(),
         task_id: Some(ctx.id().to_owned()),
@@ -458,9 +458,9 @@ impl Task for GenerateComparisonTask {
             id: comparison_id.clone(),
             owner: a.user_id.to_string(),
             image_id: a.image_id,
-            kind: "comparison".into(),
+            kind: VisualizationKind::Comparison,
             procedure_ids: a.procedure_ids,
-            engine: engine.as_str().into(),
+            engine,
             blob_key: visualization_key(&comparison_id),
             result: value.clone(),
             task_id: Some(ctx.id().to_owned()),

@@ -21,6 +21,7 @@ pub mod testing;
 #[cfg(feature = "testsuite")]
 pub mod testsuite;
 
+pub use afterview_core::tasks::{EngineKind, ExportFormat, ExportKind, VisualizationKind};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -70,12 +71,12 @@ pub struct VisualizationRecord {
     pub owner: String,
     /// The source photo.
     pub image_id: String,
-    /// `single` or `comparison`.
-    pub kind: String,
+    /// One preview or a comparison.
+    pub kind: VisualizationKind,
     /// Procedures, in order.
     pub procedure_ids: Vec<String>,
-    /// `local` or `gemini`.
-    pub engine: String,
+    /// The engine that made it.
+    pub engine: EngineKind,
     /// Blob key of the after picture (or the comparison composite).
     pub blob_key: String,
     /// The task result as returned to clients.
@@ -92,10 +93,10 @@ pub struct ExportRecord {
     /// Export id.
     pub id: String,
     pub owner: String,
-    /// `report` or `infographic`.
-    pub kind: String,
-    /// `pdf`, `png`, `svg`.
-    pub format: String,
+    /// Report or infographic.
+    pub kind: ExportKind,
+    /// The file's format.
+    pub format: ExportFormat,
     pub blob_key: String,
     /// Size in bytes.
     pub size: u64,

@@ -145,34 +145,40 @@ fn image_row(r: &Row) -> ImageRecord {
     }
 }
 
-fn viz_row(r: &Row) -> VisualizationRecord {
-    VisualizationRecord {
+/// A string-valued enum column; an unknown value is corrupt data.
+fn enum_col<T: serde::de::DeserializeOwned>(s: String) -> Result<T, StoreError> {
+    serde_json::from_value(Value::String(s.clone()))
+        .map_err(|_| StoreError::Corrupt(format!("unknown value {s:?}")))
+}
+
+fn viz_row(r: &Row) -> Result<VisualizationRecord, StoreError> {
+    Ok(VisualizationRecord {
         id: r.get(0),
         owner: r.get(1),
         image_id: r.get(2),
-        kind: r.get(3),
+        kind: enum_col(r.get(3))?,
         procedure_ids: strings(r.get(4)),
-        engine: r.get(5),
+        engine: enum_col(r.get(5))?,
         blob_key: r.get(6),
         result: r.get(7),
         task_id: r.get(8),
         created_at: r.get(9),
-    }
+    })
 }
 
-fn export_row(r: &Row) -> ExportRecord {
-    ExportRecord {
+fn export_row(r: &Row) -> Result<ExportRecord, StoreError> {
+    Ok(ExportRecord {
         id: r.get(0),
         owner: r.get(1),
-        kind: r.get(2),
-        format: r.get(3),
+        kind: enum_col(r.get(2))?,
+        format: enum_col(r.get(3))?,
         blob_key: r.get(4),
         size: u64_of(r.get(5)),
         image_ids: strings(r.get(6)),
         result: r.get(7),
         task_id: r.get(8),
         created_at: r.get(9),
-    }
+    })
 }
 
 fn task_row(r: &Row) -> TaskRecord {
@@ -427,9 +433,9 @@ impl MetadataStore for PostgresMetadata {
                 &r.id,
                 &r.owner,
                 &r.image_id,
-                &r.kind,
+                &r.kind.as_str(),
                 &json!(r.procedure_ids),
-                &r.engine,
+                &r.engine.as_str(),
                 &r.blob_key,
                 &r.result,
                 &r.task_id,
@@ -451,7 +457,7 @@ impl MetadataStore for PostgresMetadata {
                 &[&id, &owner],
             )
             .await?;
-        Ok(rows.first().map(viz_row))
+        rows.first().map(viz_row).transpose()
     }
 
     async fn list_visualizations(
@@ -467,7 +473,7 @@ impl MetadataStore for PostgresMetadata {
                 &[&owner, &limit(n)],
             )
             .await?;
-        Ok(rows.iter().map(viz_row).collect())
+        rows.iter().map(viz_row).collect()
     }
 
     async fn delete_visualization(
@@ -486,8 +492,8 @@ impl MetadataStore for PostgresMetadata {
             &[
                 &r.id,
                 &r.owner,
-                &r.kind,
-                &r.format,
+                &r.kind.as_str(),
+                &r.format.as_str(),
                 &r.blob_key,
                 &(r.size as i64),
                 &json!(r.image_ids),
@@ -507,7 +513,7 @@ impl MetadataStore for PostgresMetadata {
                 &[&id, &owner],
             )
             .await?;
-        Ok(rows.first().map(export_row))
+        rows.first().map(export_row).transpose()
     }
 
     async fn list_exports(&self, owner: &str, n: u32) -> Result<Vec<ExportRecord>, StoreError> {
@@ -519,7 +525,7 @@ impl MetadataStore for PostgresMetadata {
                 &[&owner, &limit(n)],
             )
             .await?;
-        Ok(rows.iter().map(export_row).collect())
+        rows.iter().map(export_row).collect()
     }
 
     async fn delete_export(&self, owner: &str, id: &str) -> Result<Option<String>, StoreError> {

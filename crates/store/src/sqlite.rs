@@ -97,6 +97,14 @@ fn json_col(s: &str) -> rusqlite::Result<Value> {
     })
 }
 
+/// A string-valued enum column (`VisualizationKind`, `ExportKind`, `ExportFormat`); an unknown
+/// value is corrupt data.
+fn enum_col<T: serde::de::DeserializeOwned>(s: String) -> rusqlite::Result<T> {
+    serde_json::from_value(Value::String(s)).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
+    })
+}
+
 fn strings_col(s: &str) -> rusqlite::Result<Vec<String>> {
     serde_json::from_str(s).map_err(|e| {
         rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
@@ -121,9 +129,9 @@ fn viz_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<VisualizationRecord> {
         id: r.get(0)?,
         owner: r.get(1)?,
         image_id: r.get(2)?,
-        kind: r.get(3)?,
+        kind: enum_col(r.get(3)?)?,
         procedure_ids: strings_col(&r.get::<_, String>(4)?)?,
-        engine: r.get(5)?,
+        engine: enum_col(r.get(5)?)?,
         blob_key: r.get(6)?,
         result: json_col(&r.get::<_, String>(7)?)?,
         task_id: r.get(8)?,
@@ -135,8 +143,8 @@ fn export_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ExportRecord> {
     Ok(ExportRecord {
         id: r.get(0)?,
         owner: r.get(1)?,
-        kind: r.get(2)?,
-        format: r.get(3)?,
+        kind: enum_col(r.get(2)?)?,
+        format: enum_col(r.get(3)?)?,
         blob_key: r.get(4)?,
         size: r.get::<_, i64>(5)? as u64,
         image_ids: strings_col(&r.get::<_, String>(6)?)?,
@@ -362,9 +370,9 @@ impl MetadataStore for SqliteMetadata {
                     r.id,
                     r.owner,
                     r.image_id,
-                    r.kind,
+                    r.kind.as_str(),
                     to_json(&r.procedure_ids),
-                    r.engine,
+                    r.engine.as_str(),
                     r.blob_key,
                     to_json(&r.result),
                     r.task_id,
@@ -415,8 +423,8 @@ impl MetadataStore for SqliteMetadata {
                 params![
                     r.id,
                     r.owner,
-                    r.kind,
-                    r.format,
+                    r.kind.as_str(),
+                    r.format.as_str(),
                     r.blob_key,
                     r.size as i64,
                     to_json(&r.image_ids),

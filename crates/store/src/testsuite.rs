@@ -9,8 +9,9 @@ use chrono::{Duration, Utc};
 use serde_json::json;
 
 use crate::{
-    BlobStore, ExportRecord, IdempotencyClaim, IdempotentResponse, ImageRecord, MetadataStore,
-    StoreError, TaskRecord, VisualizationRecord, image_key, visualization_key,
+    BlobStore, EngineKind, ExportFormat, ExportKind, ExportRecord, IdempotencyClaim,
+    IdempotentResponse, ImageRecord, MetadataStore, StoreError, TaskRecord, VisualizationKind,
+    VisualizationRecord, image_key, visualization_key,
 };
 
 /// Instantiates the metadata suite.
@@ -75,9 +76,9 @@ fn viz(owner: &str, id: &str, image_id: &str) -> VisualizationRecord {
         id: id.into(),
         owner: owner.into(),
         image_id: image_id.into(),
-        kind: "single".into(),
+        kind: VisualizationKind::Single,
         procedure_ids: vec!["rhinoplasty".into()],
-        engine: "local".into(),
+        engine: EngineKind::Local,
         blob_key: visualization_key(id),
         result: json!({"id": id, "after_image_url": "/x"}),
         task_id: Some(format!("task-{id}")),
@@ -89,8 +90,8 @@ fn export(owner: &str, id: &str, image_ids: &[&str]) -> ExportRecord {
     ExportRecord {
         id: id.into(),
         owner: owner.into(),
-        kind: "report".into(),
-        format: "pdf".into(),
+        kind: ExportKind::Report,
+        format: ExportFormat::Pdf,
         blob_key: format!("exports/{id}.pdf"),
         size: 99,
         image_ids: image_ids.iter().map(|s| (*s).to_owned()).collect(),
@@ -190,7 +191,7 @@ pub async fn visualizations_and_exports_round_trip(s: Arc<dyn MetadataStore>) {
     let got = s.get_export("alice", "e1").await.unwrap().unwrap();
     assert_eq!(
         (got.image_ids, got.size, got.format),
-        (e.image_ids, 99, "pdf".into())
+        (e.image_ids, 99, ExportFormat::Pdf)
     );
     assert!(s.get_export("bob", "e1").await.unwrap().is_none());
     assert_eq!(s.list_exports("alice", 5).await.unwrap().len(), 1);

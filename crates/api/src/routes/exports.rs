@@ -122,11 +122,7 @@ pub(crate) async fn download_export(
         .get(&rec.blob_key)
         .await?
         .ok_or_else(|| ApiError::not_found("export content"))?;
-    let ct = match rec.format.as_str() {
-        "pdf" => "application/pdf",
-        "svg" => "image/svg+xml",
-        _ => "image/png",
-    };
+    let ct = rec.format.content_type();
     let name = format!(
         "afterview-{}-{}.{}",
         rec.kind,

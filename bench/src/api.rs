@@ -170,7 +170,7 @@ pub(crate) async fn upload(c: &mut Conn, png: &[u8]) -> String {
         .to_owned()
 }
 
-fn pct(sorted: &[f64], p: f64) -> f64 {
+pub(crate) fn pct(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)]
 }
 

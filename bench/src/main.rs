@@ -8,6 +8,7 @@
 mod api;
 mod celery_producer;
 mod deploy;
+mod fanout;
 mod preview;
 mod reports;
 
@@ -49,13 +50,21 @@ async fn main() {
         "reports" => return reports::run(arg("--iterations", 15)),
         "api" => return api::run(arg("--rate", 2000), arg("--seconds", 10)).await,
         "deploy" => return deploy::run(arg("--n", 40)).await,
+        "ws-fanout" => {
+            return fanout::run(
+                arg("--clients", 10_000),
+                arg("--every-ms", 500) as u64,
+                arg("--seconds", 10),
+            )
+            .await;
+        }
         "celery-producer" => {
             let rest: Vec<String> = std::env::args().skip(2).collect();
             return celery_producer::run(&rest).await;
         }
         _ => {
             eprintln!(
-                "usage: afterview-bench engine [--n N] [--latency-n N] [--concurrency C] | preview [--iterations N] | reports [--iterations N] | api [--rate R] [--seconds S] | deploy [--n N] | celery-producer enqueue|latency|batch [--n N] [--task T]"
+                "usage: afterview-bench engine [--n N] [--latency-n N] [--concurrency C] | preview [--iterations N] | reports [--iterations N] | api [--rate R] [--seconds S] | deploy [--n N] | ws-fanout [--clients N] [--every-ms MS] [--seconds S] | celery-producer enqueue|latency|batch [--n N] [--task T]"
             );
             std::process::exit(2);
         }

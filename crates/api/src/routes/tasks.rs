@@ -160,6 +160,11 @@ pub(crate) async fn list_tasks(
 
 /// Most WebSockets one user may hold open.
 pub(crate) const MAX_SOCKETS_PER_USER: usize = 16;
+
+/// A follower socket's read buffer.
+const WS_READ_BUFFER: usize = 4096;
+/// The most a follower socket buffers for a slow reader before it is closed.
+const WS_MAX_BACKLOG: usize = 256 * 1024;
 /// Longest a WebSocket stays open (clients reconnect and get the current state first).
 pub(crate) const MAX_SOCKET_LIFETIME: std::time::Duration = std::time::Duration::from_secs(3600);
 /// Largest message a client may send (it has nothing to say but pings and a close).
@@ -217,9 +222,16 @@ pub(crate) async fn task_ws(
         )
     })?;
     let until = session.expires_at;
+    // Small buffers: a follower sends almost nothing and receives small frames, and thousands
+    // of sockets stay open at once (tungstenite's defaults are 128 KiB each way per socket).
+    // Frames are written at once (no write batching: progress is latency-bound), and a reader
+    // too slow for 256 KiB of backlog is dropped rather than buffered without bound.
     Ok(ws
         .max_message_size(MAX_CLIENT_MESSAGE)
         .max_frame_size(MAX_CLIENT_MESSAGE)
+        .read_buffer_size(WS_READ_BUFFER)
+        .write_buffer_size(0)
+        .max_write_buffer_size(WS_MAX_BACKLOG)
         .on_upgrade(move |socket| async move {
             follow(st, id, socket, until).await;
             drop(slot);

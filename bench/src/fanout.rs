@@ -1,0 +1,207 @@
+//! `ws-fanout`: many WebSocket followers on one API process. `--clients` sockets (16 per user,
+//! the per-user cap) each follow their user's running `afterview.sleep` task, which reports
+//! progress every `--every-ms`. Measured: the server's resident memory per open socket (RSS
+//! with every socket open and idle, minus RSS before, over the count) and the delay from each
+//! progress update (`updated_at_ms`, the server's clock) to its arrival at each follower.
+//! Baseline in the same run: the same measure with 16 followers (one user, one task). The
+//! many-follower round runs twice: task starts spread over one progress period (steady load)
+//! and all at once (every update of every task in the same millisecond: the worst burst).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use afterview_engine::{Client, SendOptions};
+use afterview_engine_sqlite::{SqliteBackend, SqliteOptions};
+use afterview_store::MetadataStore;
+use futures_util::StreamExt;
+use serde_json::json;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::api::{Serve, pct, serve_env};
+
+/// Sockets per user (the API's cap).
+const PER_USER: usize = 16;
+
+fn token(u: usize) -> String {
+    format!("fanout-user-{u:06}-token-0123456789")
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// The `updated_at_ms` field of a frame, found without parsing the rest.
+fn updated_at_ms(frame: &str) -> Option<i64> {
+    let rest = &frame[frame.find("\"updated_at_ms\":")? + 16..];
+    let end = rest
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(rest.len());
+    rest[..end].parse().ok()
+}
+
+struct Outcome {
+    sockets: usize,
+    refused: usize,
+    rss_per_socket_kib: f64,
+    delays: Vec<f64>,
+    wall: Duration,
+}
+
+async fn round(clients: usize, every_ms: u64, seconds: f64, stagger: bool) -> Outcome {
+    let users = clients.div_ceil(PER_USER);
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_path_buf();
+    let tokens: Vec<String> = (0..users)
+        .map(|u| format!("{}=user{u}", token(u)))
+        .collect();
+    let s: Serve = serve_env(
+        &data,
+        &["-c", &users.to_string()],
+        &[("AFTERVIEW_AUTH_TOKENS", tokens.join(","))],
+    );
+    let pid = s.child.id();
+    let backend =
+        Arc::new(SqliteBackend::open(data.join("afterview.db"), SqliteOptions::default()).unwrap());
+    let meta = afterview_store::sqlite::SqliteMetadata::open(&data.join("metadata.db")).unwrap();
+    let client = Client::new(backend.clone(), backend);
+    let mut ids = vec![];
+    for u in 0..users {
+        let id = afterview_core::ids::new_id();
+        meta.insert_task(&afterview_store::TaskRecord {
+            id: id.clone(),
+            owner: format!("user{u}"),
+            name: "afterview.sleep".into(),
+            image_ids: vec![],
+            created_at: chrono::Utc::now(),
+        })
+        .await
+        .unwrap();
+        ids.push(id);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = rss_kib(pid);
+    // Connect every follower (bounded concurrency), each reading until its task ends.
+    let sem = Arc::new(tokio::sync::Semaphore::new(256));
+    let mut hs = vec![];
+    let refused = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let connected = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    for c in 0..clients {
+        let u = c / PER_USER;
+        let url = format!("ws://{}/api/ws/tasks/{}?token={}", s.addr, ids[u], token(u));
+        let (sem, refused, connected) = (sem.clone(), refused.clone(), connected.clone());
+        hs.push(tokio::spawn(async move {
+            let permit = sem.acquire_owned().await.unwrap();
+            let ws = tokio_tungstenite::connect_async(url).await;
+            drop(permit);
+            let Ok((mut ws, _)) = ws else {
+                refused.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                return vec![];
+            };
+            connected.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let mut d = vec![];
+            while let Some(Ok(m)) = ws.next().await {
+                if let Message::Text(t) = m {
+                    // Read only what is measured (the bench shares the machine's two cores
+                    // with the server: a full JSON parse per frame would be the bench's cost).
+                    let now = chrono::Utc::now().timestamp_micros() as f64 / 1000.0;
+                    if !t.ends_with("\"type\":\"progress\"}") {
+                        break;
+                    }
+                    if let Some(at) = updated_at_ms(&t) {
+                        d.push(now - at as f64);
+                    }
+                }
+            }
+            d
+        }));
+    }
+    let t0 = Instant::now();
+    while connected.load(std::sync::atomic::Ordering::SeqCst)
+        + refused.load(std::sync::atomic::Ordering::SeqCst)
+        < clients
+        && t0.elapsed() < Duration::from_secs(120)
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let sockets = connected.load(std::sync::atomic::Ordering::SeqCst);
+    let after = rss_kib(pid);
+    let steps = ((seconds * 1000.0) / every_ms as f64).round().max(1.0) as u64;
+    let start = Instant::now();
+    let gap = Duration::from_micros(every_ms * 1000 / users as u64);
+    for id in &ids {
+        if stagger {
+            // Starts spread over one period, so updates arrive steadily (as from tasks
+            // started by different people), not all in the same millisecond.
+            tokio::time::sleep(gap).await;
+        }
+        let kw = json!({"seconds": seconds, "progress_steps": steps})
+            .as_object()
+            .unwrap()
+            .clone();
+        client
+            .send_task(
+                "afterview.sleep",
+                vec![],
+                kw,
+                SendOptions {
+                    task_id: Some(id.clone()),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+    }
+    let mut delays = vec![];
+    for h in hs {
+        delays.extend(h.await.unwrap());
+    }
+    delays.sort_by(f64::total_cmp);
+    drop(s);
+    Outcome {
+        sockets,
+        refused: refused.load(std::sync::atomic::Ordering::SeqCst),
+        rss_per_socket_kib: (after.saturating_sub(before)) as f64 / sockets.max(1) as f64,
+        delays,
+        wall: start.elapsed(),
+    }
+}
+
+pub(crate) async fn run(clients: usize, every_ms: u64, seconds: usize) {
+    println!(
+        "# afterview-bench ws-fanout: {clients} followers, 16 per user, progress every {every_ms} ms for {seconds} s\n"
+    );
+    println!(
+        "| followers | tasks | starts | sockets open | refused | server RSS per socket (KiB) | updates received | p50 (ms) | p99 (ms) | max (ms) | wall (s) |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    let mut base_p99 = None;
+    for (n, stagger) in [(PER_USER, false), (clients, true), (clients, false)] {
+        let o = round(n, every_ms, seconds as f64, stagger).await;
+        let (p50, p99) = (pct(&o.delays, 0.5), pct(&o.delays, 0.99));
+        let ratio = base_p99.map_or(String::new(), |b: f64| format!(" ({:.1}x)", p99 / b));
+        base_p99.get_or_insert(p99);
+        println!(
+            "| {n} | {} | {} | {} | {} | {:.1} | {} | {p50:.2} | {p99:.2}{ratio} | {:.2} | {:.1} |",
+            n.div_ceil(PER_USER),
+            if stagger {
+                "spread over a period"
+            } else {
+                "all at once"
+            },
+            o.sockets,
+            o.refused,
+            o.rss_per_socket_kib,
+            o.delays.len(),
+            o.delays.last().copied().unwrap_or(0.0),
+            o.wall.as_secs_f64()
+        );
+    }
+}

@@ -5,6 +5,7 @@ mod api;
 mod cli;
 mod crash;
 mod deploy;
+mod faults;
 mod hardening;
 mod layout;
 mod redis_interop;

@@ -31,7 +31,7 @@ pub(crate) fn venv() -> &'static Path {
 }
 
 /// Runs a Python script in the venv; returns its stdout (it must succeed).
-fn python(script: &str, env: &[(&str, &str)]) -> String {
+pub(crate) fn python(script: &str, env: &[(&str, &str)]) -> String {
     let mut c = Command::new(venv().join("bin/python"));
     c.arg("-c").arg(script);
     for (k, v) in env {
@@ -84,7 +84,7 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn eventually<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+pub(crate) fn eventually<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
     let t0 = Instant::now();
     loop {
         if let Some(v) = f() {
@@ -96,7 +96,7 @@ fn eventually<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>
 }
 
 /// Broker and backend flags for our processes.
-fn redis_args(r: &RedisServer) -> [String; 4] {
+pub(crate) fn redis_args(r: &RedisServer) -> [String; 4] {
     [
         "--broker".into(),
         r.url(0),
@@ -105,7 +105,7 @@ fn redis_args(r: &RedisServer) -> [String; 4] {
     ]
 }
 
-fn strs(v: &[String]) -> Vec<&str> {
+pub(crate) fn strs(v: &[String]) -> Vec<&str> {
     v.iter().map(String::as_str).collect()
 }
 

@@ -67,6 +67,8 @@ pub struct Inner {
     pub sync_timeout: Duration,
     /// Serializes requests sharing an Idempotency-Key.
     idem_locks: Mutex<HashMap<(String, String), KeyLock>>,
+    /// The last WebSocket frame made per followed task, shared by its followers.
+    pub(crate) frames: routes::tasks::FrameMemo,
     /// Open WebSockets per user.
     pub sockets: Mutex<HashMap<String, usize>>,
     /// User ids allowed to see `/api/monitor` (everyone else gets 404).
@@ -141,6 +143,7 @@ impl Inner {
             metrics,
             sync_timeout: afterview_engine::task::DEFAULT_TIME_LIMIT + Duration::from_secs(15),
             idem_locks: Mutex::default(),
+            frames: routes::tasks::FrameMemo::default(),
             decodes: tokio::sync::Semaphore::new(decode_slots()),
             sockets: Mutex::default(),
             presign: None,

@@ -1,9 +1,11 @@
 //! Task status, result, cancel, list, and the WebSocket that pushes every change.
 
+use std::collections::HashMap;
+
 use afterview_engine::message::validate_task_id;
 use afterview_engine::{ResultMeta, TaskState};
 use axum::Json;
-use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -238,6 +240,31 @@ pub(crate) async fn task_ws(
         }))
 }
 
+/// The last frame made for each followed task: its followers (up to 16 per user, any number of
+/// users for an operator's task) receive the same state, so it is serialized once per change,
+/// not once per socket. Bounded: cleared when it holds 10,000 tasks.
+#[derive(Default)]
+pub(crate) struct FrameMemo(std::sync::Mutex<HashMap<String, (ResultMeta, Utf8Bytes)>>);
+
+const FRAME_MEMO_MAX: usize = 10_000;
+
+impl FrameMemo {
+    fn frame(&self, m: &ResultMeta) -> Utf8Bytes {
+        let mut map = self.0.lock().expect("frame memo lock");
+        if let Some((seen, text)) = map.get(&m.task_id)
+            && seen == m
+        {
+            return text.clone();
+        }
+        let text: Utf8Bytes = frame(m).into();
+        if map.len() >= FRAME_MEMO_MAX {
+            map.clear();
+        }
+        map.insert(m.task_id.clone(), (m.clone(), text.clone()));
+        text
+    }
+}
+
 fn frame(m: &ResultMeta) -> String {
     let kind = match m.status {
         TaskState::Success => "complete",
@@ -269,7 +296,7 @@ async fn follow(st: AppState, id: String, mut socket: WebSocket, expires_at: Opt
             }
             next = watch.next() => match next {
                 Ok(Some(m)) => {
-                    if socket.send(Message::Text(frame(&m).into())).await.is_err() {
+                    if socket.send(Message::Text(st.frames.frame(&m))).await.is_err() {
                         return;
                     }
                     if m.status.is_terminal() {
@@ -290,5 +317,38 @@ async fn follow(st: AppState, id: String, mut socket: WebSocket, expires_at: Opt
                 _ => {}
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_state_is_serialized_once_for_all_its_followers() {
+        let memo = FrameMemo::default();
+        let mut m = ResultMeta::new(
+            "t1",
+            TaskState::Processing,
+            json!({"progress": 40, "status": "Warping", "at": 1}),
+        );
+        let a = memo.frame(&m);
+        let b = memo.frame(&m);
+        assert_eq!(a.as_str().as_ptr(), b.as_str().as_ptr(), "the same bytes");
+        assert!(a.as_str().contains("\"progress\":40"));
+        m.result = json!({"progress": 60, "status": "Warping", "at": 2});
+        let c = memo.frame(&m);
+        assert!(
+            c.as_str().contains("\"progress\":60"),
+            "a change is framed anew"
+        );
+        for i in 0..FRAME_MEMO_MAX + 5 {
+            memo.frame(&ResultMeta::new(
+                format!("t{i}"),
+                TaskState::Pending,
+                Value::Null,
+            ));
+        }
+        assert!(memo.0.lock().unwrap().len() <= FRAME_MEMO_MAX, "bounded");
     }
 }

@@ -10,6 +10,7 @@ mod celery_producer;
 mod deploy;
 mod fanout;
 mod preview;
+mod redis_cost;
 mod reports;
 
 use std::sync::Arc;
@@ -50,6 +51,7 @@ async fn main() {
         "reports" => return reports::run(arg("--iterations", 15)),
         "api" => return api::run(arg("--rate", 2000), arg("--seconds", 10)).await,
         "deploy" => return deploy::run(arg("--n", 40)).await,
+        "redis-cost" => return redis_cost::run(arg("--n", 20_000), arg("--concurrency", 32)).await,
         "ws-fanout" => {
             return fanout::run(
                 arg("--clients", 10_000),
@@ -64,7 +66,7 @@ async fn main() {
         }
         _ => {
             eprintln!(
-                "usage: afterview-bench engine [--n N] [--latency-n N] [--concurrency C] | preview [--iterations N] | reports [--iterations N] | api [--rate R] [--seconds S] | deploy [--n N] | ws-fanout [--clients N] [--every-ms MS] [--seconds S] | celery-producer enqueue|latency|batch [--n N] [--task T]"
+                "usage: afterview-bench engine [--n N] [--latency-n N] [--concurrency C] | preview [--iterations N] | reports [--iterations N] | api [--rate R] [--seconds S] | deploy [--n N] | redis-cost [--n N] [--concurrency C] | ws-fanout [--clients N] [--every-ms MS] [--seconds S] | celery-producer enqueue|latency|batch [--n N] [--task T]"
             );
             std::process::exit(2);
         }

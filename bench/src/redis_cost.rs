@@ -1,0 +1,130 @@
+//! `redis-cost`: what one task costs Redis on the worker side. `--n` `afterview.noop` tasks are
+//! enqueued in batches (not measured), then one worker (`--concurrency`, prefetch 4) drains
+//! them with results stored; Redis's own counters (`INFO commandstats`, `INFO cpu`) are read
+//! before and after the drain. Reported per task: the script calls (each one round trip; the
+//! worker sends nothing else while draining), the commands Redis executed for them, and Redis's
+//! CPU time.
+//! Issue 15's goals: ≤ 6 commands and ≤ 15 µs of Redis CPU per task.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use afterview_engine::{
+    Broker, Client, Registry, ResultBackend, SendOptions, Shutdown, Worker, WorkerConfig,
+};
+use afterview_engine_redis::testing::{RedisServer, redis};
+use afterview_engine_redis::{RedisBackend, RedisOptions};
+use serde_json::Map;
+
+/// `(calls per command, CPU seconds)` from the server's counters.
+fn counters(url: &str) -> (BTreeMap<String, u64>, f64) {
+    let c = redis::Client::open(url).unwrap();
+    let mut conn = c.get_connection().unwrap();
+    let stats: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query(&mut conn)
+        .unwrap();
+    let calls = stats
+        .lines()
+        .filter_map(|l| {
+            let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(':')?;
+            let n = rest
+                .strip_prefix("calls=")?
+                .split(',')
+                .next()?
+                .parse()
+                .ok()?;
+            Some((name.to_owned(), n))
+        })
+        .collect();
+    let cpu: String = redis::cmd("INFO").arg("cpu").query(&mut conn).unwrap();
+    let secs = cpu
+        .lines()
+        .filter_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            matches!(k, "used_cpu_sys_main_thread" | "used_cpu_user_main_thread")
+                .then(|| v.trim().parse::<f64>().ok())?
+        })
+        .sum();
+    (calls, secs)
+}
+
+pub(crate) async fn run(n: usize, concurrency: usize) {
+    let server = RedisServer::start(2, false);
+    let url = server.url(0);
+    let backend = Arc::new(
+        RedisBackend::open(&url, Some(&server.url(1)), RedisOptions::default())
+            .await
+            .unwrap(),
+    );
+    let client = Client::new(backend.clone(), backend.clone());
+    let msgs: Vec<_> = (0..n)
+        .map(|_| {
+            client
+                .message("afterview.noop", vec![], Map::new(), SendOptions::default())
+                .unwrap()
+        })
+        .collect();
+    for chunk in msgs.chunks(500) {
+        backend.publish_batch(chunk).await.unwrap();
+    }
+    let last = msgs.last().unwrap().id.clone();
+    let (calls0, cpu0) = counters(&url);
+    let t0 = Instant::now();
+    let shutdown = Shutdown::new();
+    let worker = Worker::new(
+        WorkerConfig {
+            concurrency,
+            prefetch_multiplier: 4,
+            ..WorkerConfig::default()
+        },
+        backend.clone() as Arc<dyn Broker>,
+        backend.clone() as Arc<dyn ResultBackend>,
+        Registry::with_builtins(),
+    );
+    let handle = tokio::spawn(worker.run(shutdown.clone()));
+    loop {
+        let stats = backend
+            .queue_stats(Some(&["celery".to_owned()]))
+            .await
+            .unwrap();
+        let left: u64 = stats.iter().map(|q| q.ready + q.scheduled + q.leased).sum();
+        if left == 0 && client.result(&last).await.unwrap().status.is_terminal() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let wall = t0.elapsed();
+    let (calls1, cpu1) = counters(&url);
+    shutdown.trigger();
+    shutdown.trigger();
+    let _ = handle.await;
+    let per = |k: &str| {
+        (calls1.get(k).copied().unwrap_or(0) - calls0.get(k).copied().unwrap_or(0)) as f64
+            / n as f64
+    };
+    println!(
+        "# afterview-bench redis-cost: {n} afterview.noop tasks, one worker -c {concurrency} (prefetch 4), results stored\n"
+    );
+    println!(
+        "drain {:.0} tasks/s; Redis CPU {:.1} µs per task\n",
+        n as f64 / wall.as_secs_f64(),
+        (cpu1 - cpu0) * 1e6 / n as f64
+    );
+    println!("| command (executed by Redis, inside scripts or not) | per task |\n|---|---|");
+    let mut executed = 0.0;
+    for k in calls1.keys() {
+        let v = per(k);
+        if v < 0.005 || k == "info" || k == "evalsha" || k == "eval" {
+            continue;
+        }
+        executed += v;
+        println!("| {k} | {v:.2} |");
+    }
+    let scripts = per("evalsha") + per("eval");
+    println!(
+        "\nper task: {scripts:.3} script calls (round trips: claims and result writes go in batches), {executed:.1} commands executed inside Redis"
+    );
+    drop(server);
+}

@@ -2,13 +2,13 @@
 //! record (owner and photos, before the message exists anywhere), and the answer: `202` with the
 //! task's URLs, or the result when the caller waits.
 
+use afterview_engine::{SendOptions, TaskState};
+use afterview_store::TaskRecord;
 use axum::http::StatusCode;
 use serde_json::{Value, json};
 
 use crate::error::ApiError;
 use crate::{AppState, User};
-use afterview_engine::{SendOptions, TaskState};
-use afterview_store::TaskRecord;
 
 /// 429 when the user already has `active_tasks` tasks waiting or running (their most recent
 /// tasks, read back from the result store).

@@ -2,23 +2,20 @@
 //! metadata, download, delete.
 
 use afterview_core::tasks;
+use afterview_core::tasks::{GenerateCostInfographic, GenerateExport};
 use axum::Json;
+use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
 use serde_json::Value;
-
-use crate::error::ApiError;
-use crate::{AppState, User};
-
-use afterview_core::tasks::{GenerateCostInfographic, GenerateExport};
 
 use super::visualizations::{known_procedure, owned_viz};
 use super::{AsyncQuery, ListQuery, Post, delete_blobs, kwargs, post_task, presigned, task_args};
-
-use axum::Router;
-use axum::routing::{get, post};
+use crate::error::ApiError;
+use crate::{AppState, User};
 
 pub(super) fn routes() -> Router<AppState> {
     Router::new()

@@ -2,26 +2,24 @@
 //! detection, delete (revoking the tasks that work on the photo).
 
 use afterview_core::ErrorCode;
+use afterview_core::ids::new_id;
 use afterview_core::tasks;
+use afterview_store::{ImageRecord, image_key};
 use axum::Json;
+use axum::Router;
 use axum::body::Bytes;
+use axum::extract::Multipart;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::routing::get;
 use serde_json::{Value, json};
 
-use crate::error::ApiError;
-use crate::{AppState, User};
-use afterview_core::ids::new_id;
-use afterview_store::{ImageRecord, image_key};
-use axum::extract::Multipart;
-
 use super::{ListQuery, delete_blobs, png_response, presigned};
+use crate::error::ApiError;
 use crate::idempotency;
 use crate::submit::submit;
-
-use axum::Router;
-use axum::routing::get;
+use crate::{AppState, User};
 
 pub(super) fn routes() -> Router<AppState> {
     Router::new()

@@ -9,11 +9,20 @@ mod procedures;
 pub(crate) mod tasks;
 mod visualizations;
 
+use axum::Json;
 use axum::Router;
+use axum::body::Bytes;
 use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use axum::routing::post;
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
 
+use crate::error::ApiError;
 use crate::submit::submit;
+use crate::{AppState, User};
 use crate::{MAX_JSON_BODY, MAX_UPLOAD_BODY, idempotency};
 
 /// Every route (listed in [`crate::ROUTES`]; a test checks the two agree).
@@ -33,17 +42,6 @@ pub(crate) fn all() -> Router<AppState> {
         .layer(DefaultBodyLimit::max(MAX_JSON_BODY));
     uploads.merge(api).merge(ops::routes())
 }
-
-use axum::Json;
-use axum::body::Bytes;
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
-use serde::de::DeserializeOwned;
-use serde_json::{Value, json};
-
-use crate::error::ApiError;
-use crate::{AppState, User};
 
 /// `?async_processing=true|false` (default false, as the seed).
 #[derive(Debug, Deserialize)]

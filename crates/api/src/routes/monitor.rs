@@ -9,15 +9,14 @@
 use std::time::Duration;
 
 use axum::Json;
+use axum::Router;
 use axum::extract::{Path, State};
+use axum::routing::{get, post};
 use serde_json::{Value, json};
 
 use super::tasks::status_view;
 use crate::error::ApiError;
 use crate::{AppState, User};
-
-use axum::Router;
-use axum::routing::{get, post};
 
 pub(super) fn routes() -> Router<AppState> {
     Router::new()

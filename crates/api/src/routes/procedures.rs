@@ -1,14 +1,13 @@
 //! `/api/procedures`: the catalog with cost totals.
 
 use axum::Json;
+use axum::Router;
 use axum::extract::{Path, State};
+use axum::routing::get;
 use serde_json::{Value, json};
 
 use crate::error::ApiError;
 use crate::{AppState, User};
-
-use axum::Router;
-use axum::routing::get;
 
 pub(super) fn routes() -> Router<AppState> {
     Router::new()

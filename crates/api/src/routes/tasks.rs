@@ -5,18 +5,17 @@ use std::collections::HashMap;
 use afterview_engine::message::validate_task_id;
 use afterview_engine::{ResultMeta, TaskState};
 use axum::Json;
+use axum::Router;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
 use serde_json::{Value, json};
 
 use super::ListQuery;
 use crate::error::ApiError;
 use crate::{AppState, Session, User};
-
-use axum::Router;
-use axum::routing::{get, post};
 
 pub(super) fn routes() -> Router<AppState> {
     Router::new()

@@ -3,25 +3,23 @@
 
 use afterview_core::ErrorCode;
 use afterview_core::tasks;
+use afterview_core::tasks::{GenerateComparison, GenerateVisualization};
 use axum::Json;
+use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
 use serde_json::{Value, json};
-
-use crate::error::ApiError;
-use crate::{AppState, User};
-use afterview_core::tasks::{GenerateComparison, GenerateVisualization};
 
 use super::images::owned_image;
 use super::{
     AsyncQuery, ListQuery, Post, delete_blobs, kwargs, png_response, post_task, presigned,
     task_args,
 };
-
-use axum::Router;
-use axum::routing::{get, post};
+use crate::error::ApiError;
+use crate::{AppState, User};
 
 pub(super) fn routes() -> Router<AppState> {
     Router::new()

@@ -7,10 +7,6 @@ use std::path::{Path, PathBuf};
 
 const MAX_FN_LINES: usize = 80;
 
-/// Functions allowed over the limit: (file, function, lines). Empty: every function outside
-/// tests is at most [`MAX_FN_LINES`] long. An entry needs a reason written next to it.
-const LONG_FUNCTIONS: &[(&str, &str, usize)] = &[];
-
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
@@ -237,12 +233,10 @@ fn functions_stay_short() {
                 continue;
             }
             for (name, n) in functions(&code(&f)) {
-                let allowed = LONG_FUNCTIONS
-                    .iter()
-                    .find(|(p, fname, _)| *p == rel && *fname == name)
-                    .map_or(MAX_FN_LINES, |(_, _, n)| *n);
-                if n > allowed {
-                    over.push(format!("{rel}: fn {name} has {n} lines (limit {allowed})"));
+                if n > MAX_FN_LINES {
+                    over.push(format!(
+                        "{rel}: fn {name} has {n} lines (limit {MAX_FN_LINES})"
+                    ));
                 }
             }
         }
@@ -252,21 +246,6 @@ fn functions_stay_short() {
         "split these functions:\n{}",
         over.join("\n")
     );
-}
-
-#[test]
-fn the_long_function_list_names_only_long_functions() {
-    for (path, name, _) in LONG_FUNCTIONS {
-        let n = functions(&code(&root().join(path)))
-            .into_iter()
-            .filter(|(f, _)| f == name)
-            .map(|(_, n)| n)
-            .max();
-        assert!(
-            n.is_some_and(|n| n > MAX_FN_LINES),
-            "{path}: fn {name} is gone or short now ({n:?} lines): take it off LONG_FUNCTIONS"
-        );
-    }
 }
 
 #[test]

@@ -13,7 +13,7 @@ use axum::routing::{get, post};
 use serde_json::Value;
 
 use super::visualizations::{known_procedure, owned_viz};
-use super::{AsyncQuery, ListQuery, Post, delete_blobs, kwargs, post_task, presigned, task_args};
+use super::{AsyncQuery, ListQuery, Post, delete_blobs, kwargs, post_task, stored_file, task_args};
 use crate::error::ApiError;
 use crate::{AppState, User};
 
@@ -111,14 +111,6 @@ pub(crate) async fn download_export(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let rec = owned_export(&st, &user, &id).await?;
-    if let Some(r) = presigned(&st, &rec.blob_key).await? {
-        return Ok(r);
-    }
-    let bytes = st
-        .blobs
-        .get(&rec.blob_key)
-        .await?
-        .ok_or_else(|| ApiError::not_found("export content"))?;
     let ct = rec.format.content_type();
     let name = format!(
         "afterview-{}-{}.{}",
@@ -126,22 +118,25 @@ pub(crate) async fn download_export(
         &rec.id[..8.min(rec.id.len())],
         rec.format
     );
-    Ok((
-        [
-            (header::CONTENT_TYPE, HeaderValue::from_static(ct)),
-            (
-                header::CONTENT_DISPOSITION,
-                HeaderValue::from_str(&format!("attachment; filename=\"{name}\""))
-                    .expect("ascii name"),
-            ),
-            (
-                header::CACHE_CONTROL,
-                HeaderValue::from_static("private, no-store"),
-            ),
-        ],
-        bytes,
-    )
-        .into_response())
+    stored_file(&st, &rec.blob_key, "export content", |bytes| {
+        (
+            [
+                (header::CONTENT_TYPE, HeaderValue::from_static(ct)),
+                (
+                    header::CONTENT_DISPOSITION,
+                    HeaderValue::from_str(&format!("attachment; filename=\"{name}\""))
+                        .expect("ascii name"),
+                ),
+                (
+                    header::CACHE_CONTROL,
+                    HeaderValue::from_static("private, no-store"),
+                ),
+            ],
+            bytes,
+        )
+            .into_response()
+    })
+    .await
 }
 
 /// `DELETE /api/exports/{id}`: the report or infographic and its file.

@@ -15,7 +15,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::{Value, json};
 
-use super::{ListQuery, delete_blobs, png_response, presigned};
+use super::{ListQuery, delete_blobs, png_response, stored_file};
 use crate::error::ApiError;
 use crate::idempotency;
 use crate::submit::submit;
@@ -201,15 +201,7 @@ pub(crate) async fn image_content(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let rec = owned_image(&st, &user, &id).await?;
-    if let Some(r) = presigned(&st, &rec.blob_key).await? {
-        return Ok(r);
-    }
-    let bytes = st
-        .blobs
-        .get(&rec.blob_key)
-        .await?
-        .ok_or_else(|| ApiError::not_found("image content"))?;
-    Ok(png_response(bytes))
+    stored_file(&st, &rec.blob_key, "image content", png_response).await
 }
 
 /// `GET /api/images/{id}/face`: where the previews will work (box, key points, outline), found

@@ -168,7 +168,7 @@ pub(crate) fn task_args<T: DeserializeOwned>(
     body: &[u8],
     user: &User,
 ) -> Result<T, ApiError> {
-    let mut v: Value = parse_body(headers, body)?;
+    let mut v = json_body(headers, body)?;
     let Some(fields) = v.as_object_mut() else {
         return Err(ApiError::bad_request("the body must be a JSON object"));
     };
@@ -188,10 +188,7 @@ pub(crate) fn kwargs<T: serde::Serialize>(args: &T) -> Value {
 }
 
 /// Parses a JSON body into `T`, with errors in the API's shape.
-pub(crate) fn parse_body<T: DeserializeOwned>(
-    headers: &HeaderMap,
-    body: &[u8],
-) -> Result<T, ApiError> {
+fn json_body(headers: &HeaderMap, body: &[u8]) -> Result<Value, ApiError> {
     if let Some(ct) = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -209,10 +206,7 @@ pub(crate) fn parse_body<T: DeserializeOwned>(
             "the request body is empty; send a JSON object",
         ));
     }
-    let v: Value = serde_json::from_slice(body)
-        .map_err(|e| ApiError::bad_request(format!("malformed JSON: {e}")))?;
-    afterview_engine::task::decode_json(v)
-        .map_err(|e| ApiError::bad_request(format!("invalid request: {e}")))
+    serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("malformed JSON: {e}")))
 }
 
 fn png_response(bytes: Bytes) -> Response {
@@ -229,19 +223,21 @@ fn png_response(bytes: Bytes) -> Response {
         .into_response()
 }
 
-/// With presigned downloads on and a store that signs (S3): `307` to a short-lived URL, so
-/// the bytes do not pass through the API host. `None`: stream them.
-async fn presigned(st: &AppState, key: &str) -> Result<Option<Response>, ApiError> {
-    let Some(ttl) = st.presign else {
-        return Ok(None);
-    };
-    let Some(url) = st.blobs.signed_url(key, ttl).await? else {
-        return Ok(None);
-    };
-    let location = HeaderValue::from_str(&url)
-        .map_err(|_| ApiError::unavailable("the blob store signed an unusable URL"))?;
-    Ok(Some(
-        (
+/// A stored file's answer: with presigned downloads on and a store that signs (S3), `307` to a
+/// short-lived URL, so the bytes do not pass through the API host; otherwise `respond` with
+/// the bytes (404 naming `what` when the file is gone).
+async fn stored_file(
+    st: &AppState,
+    key: &str,
+    what: &str,
+    respond: impl FnOnce(Bytes) -> Response,
+) -> Result<Response, ApiError> {
+    if let Some(ttl) = st.presign
+        && let Some(url) = st.blobs.signed_url(key, ttl).await?
+    {
+        let location = HeaderValue::from_str(&url)
+            .map_err(|_| ApiError::unavailable("the blob store signed an unusable URL"))?;
+        return Ok((
             StatusCode::TEMPORARY_REDIRECT,
             [
                 (header::LOCATION, location),
@@ -251,8 +247,14 @@ async fn presigned(st: &AppState, key: &str) -> Result<Option<Response>, ApiErro
                 ),
             ],
         )
-            .into_response(),
-    ))
+            .into_response());
+    }
+    let bytes = st
+        .blobs
+        .get(key)
+        .await?
+        .ok_or_else(|| ApiError::not_found(what))?;
+    Ok(respond(bytes))
 }
 
 /// Deletes blobs in the background, retrying failures (5 attempts over about a minute): the

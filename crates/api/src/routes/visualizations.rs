@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 
 use super::images::owned_image;
 use super::{
-    AsyncQuery, ListQuery, Post, delete_blobs, kwargs, png_response, post_task, presigned,
+    AsyncQuery, ListQuery, Post, delete_blobs, kwargs, png_response, post_task, stored_file,
     task_args,
 };
 use crate::error::ApiError;
@@ -143,15 +143,7 @@ pub(crate) async fn visualization_image(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let rec = owned_viz(&st, &user, &id).await?;
-    if let Some(r) = presigned(&st, &rec.blob_key).await? {
-        return Ok(r);
-    }
-    let bytes = st
-        .blobs
-        .get(&rec.blob_key)
-        .await?
-        .ok_or_else(|| ApiError::not_found("visualization picture"))?;
-    Ok(png_response(bytes))
+    stored_file(&st, &rec.blob_key, "visualization picture", png_response).await
 }
 
 /// `DELETE /api/visualizations/{id}`: the preview (or comparison) and its picture.

@@ -17,8 +17,8 @@ use afterview_engine_redis::testing::{RedisServer, redis};
 use afterview_engine_redis::{RedisBackend, RedisOptions};
 use serde_json::Map;
 
-/// `(calls per command, CPU seconds)` from the server's counters.
-fn counters(url: &str) -> (BTreeMap<String, u64>, f64) {
+/// `(calls and µs per command, CPU seconds)` from the server's counters.
+fn counters(url: &str) -> (BTreeMap<String, (u64, u64)>, f64) {
     let c = redis::Client::open(url).unwrap();
     let mut conn = c.get_connection().unwrap();
     let stats: String = redis::cmd("INFO")
@@ -29,13 +29,13 @@ fn counters(url: &str) -> (BTreeMap<String, u64>, f64) {
         .lines()
         .filter_map(|l| {
             let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(':')?;
-            let n = rest
-                .strip_prefix("calls=")?
-                .split(',')
-                .next()?
-                .parse()
-                .ok()?;
-            Some((name.to_owned(), n))
+            let field = |key: &str| -> Option<u64> {
+                rest.split(',')
+                    .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))?
+                    .parse()
+                    .ok()
+            };
+            Some((name.to_owned(), (field("calls")?, field("usec")?)))
         })
         .collect();
     let cpu: String = redis::cmd("INFO").arg("cpu").query(&mut conn).unwrap();
@@ -100,10 +100,12 @@ pub(crate) async fn run(n: usize, concurrency: usize) {
     shutdown.trigger();
     shutdown.trigger();
     let _ = handle.await;
-    let per = |k: &str| {
-        (calls1.get(k).copied().unwrap_or(0) - calls0.get(k).copied().unwrap_or(0)) as f64
-            / n as f64
+    let delta = |k: &str| {
+        let (c1, u1) = calls1.get(k).copied().unwrap_or_default();
+        let (c0, u0) = calls0.get(k).copied().unwrap_or_default();
+        ((c1 - c0) as f64 / n as f64, (u1 - u0) as f64 / n as f64)
     };
+    let per = |k: &str| delta(k).0;
     println!(
         "# afterview-bench redis-cost: {n} afterview.noop tasks, one worker -c {concurrency} (prefetch 4), results stored\n"
     );
@@ -112,7 +114,9 @@ pub(crate) async fn run(n: usize, concurrency: usize) {
         n as f64 / wall.as_secs_f64(),
         (cpu1 - cpu0) * 1e6 / n as f64
     );
-    println!("| command (executed by Redis, inside scripts or not) | per task |\n|---|---|");
+    println!(
+        "| command (executed by Redis, inside scripts or not) | per task | µs per task |\n|---|---|---|"
+    );
     let mut executed = 0.0;
     for k in calls1.keys() {
         let v = per(k);
@@ -120,11 +124,12 @@ pub(crate) async fn run(n: usize, concurrency: usize) {
             continue;
         }
         executed += v;
-        println!("| {k} | {v:.2} |");
+        println!("| {k} | {v:.2} | {:.2} |", delta(k).1);
     }
     let scripts = per("evalsha") + per("eval");
+    let script_us = delta("evalsha").1 + delta("eval").1;
     println!(
-        "\nper task: {scripts:.3} script calls (round trips: claims and result writes go in batches), {executed:.1} commands executed inside Redis"
+        "\nper task: {scripts:.3} script calls (round trips: claims and result writes go in batches), {executed:.1} commands executed inside Redis; the scripts' own time {script_us:.1} µs (the commands inside included)"
     );
     drop(server);
 }

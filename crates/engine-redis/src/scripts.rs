@@ -3,8 +3,10 @@
 //!
 //! Celery-compatible keys: queue lists `<q>` and `<q>\x06\x16{3,6,9}`, `unacked` (hash tag →
 //! `[envelope, exchange, routing_key]`), `unacked_index` (zset tag → fetch time in seconds).
-//! Ours (prefix `afterview:`): `lease:<tag>` (hash: epoch, held, owner, queue, task),
-//! `leases` (zset tag → lease deadline ms), `task-lease:<task_id>` → tag, `scheduled` (zset of
+//! Ours (prefix `afterview:`): `lease` (one hash for every lease: tag → `"<epoch> <held> <task_id>"`,
+//! held 1 or 0), `leases` (zset tag → lease deadline ms while held; after a release, the time the
+//! entry is forgotten, a day later, so a redelivery still gets the next epoch), `running` (hash
+//! task_id → tag of its held lease, for revocations), `scheduled` (zset of
 //! `{"q","p","m"}` → run-at ms), `held` (hash tag → `{"q","m"}` for malformed messages, kept out
 //! of `unacked` so Python workers never choke on them), `revoked:<task_id>`, the `revocations`
 //! stream, `dead` (list).
@@ -17,20 +19,34 @@ local function bucket(q, p)
   if p >= 9 then return q .. SEP .. '9' elseif p >= 6 then return q .. SEP .. '6' elseif p >= 3 then return q .. SEP .. '3' end
   return q
 end
+local LEASE, LEASES, RUNNING = 'afterview:lease', 'afterview:leases', 'afterview:running'
+-- How long a released lease's epoch is remembered (a redelivery within it gets the next epoch).
+local FORGET_MS = 86400000
+-- `epoch, held, task` of the lease of `tag` (nil when there is none).
+local function lease_of(tag)
+  local v = redis.call('HGET', LEASE, tag)
+  if not v then return nil end
+  local e, h, t = string.match(v, '^(%d+) (%d) (.*)$')
+  return tonumber(e), h == '1', t
+end
 -- The task id ('' when unknown) if the lease of `tag` is held at `epoch`, else nil.
 local function holder(tag, epoch)
-  local v = redis.call('HMGET', 'afterview:lease:' .. tag, 'epoch', 'held', 'task')
-  if v[1] and tonumber(v[1]) == tonumber(epoch) and v[2] == '1' then return v[3] or '' end
+  local e, h, t = lease_of(tag)
+  if e and h and e == tonumber(epoch) then return t end
   return nil
 end
 local function held(tag, epoch)
   return holder(tag, epoch) ~= nil
 end
--- `task`: the lease's task id when the caller already read it (nil: read it here).
+-- Removes the message's bookkeeping (not the lease's epoch). `task`: the lease's task id when
+-- the caller already read it (nil: read it here).
 local function drop_bookkeeping(tag, task)
-  if task == nil then task = redis.call('HGET', 'afterview:lease:' .. tag, 'task') end
-  if task and task ~= '' and redis.call('GET', 'afterview:task-lease:' .. task) == tag then
-    redis.call('DEL', 'afterview:task-lease:' .. task)
+  if task == nil then
+    local _, _, t = lease_of(tag)
+    task = t
+  end
+  if task and task ~= '' and redis.call('HGET', RUNNING, task) == tag then
+    redis.call('HDEL', RUNNING, task)
   end
   if string.sub(tag, 1, 20) == 'afterview-malformed-' then
     redis.call('HDEL', 'afterview:held', tag)
@@ -38,7 +54,53 @@ local function drop_bookkeeping(tag, task)
     redis.call('ZREM', 'unacked_index', tag)
     redis.call('HDEL', 'unacked', tag)
   end
-  redis.call('ZREM', 'afterview:leases', tag)
+  redis.call('ZREM', LEASES, tag)
+end
+-- Ends the lease of a finished message (acked, retried, dead).
+local function finish(tag, task)
+  drop_bookkeeping(tag, task)
+  redis.call('HDEL', LEASE, tag)
+end
+-- The clock of Redis in ms (for bookkeeping deadlines that no caller observes).
+local function server_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+-- The string value after the first `"<key>":` (kombu's `": "` or a compact `":"`) in `raw`;
+-- nil when the key is absent, false when its value is not a plain string (escapes, a number:
+-- the caller decodes instead).
+local function json_str(raw, needle)
+  local _, e = string.find(raw, needle, 1, true)
+  if not e then return nil end
+  local s = e + 1
+  if string.byte(raw, s) == 32 then s = s + 1 end
+  if string.byte(raw, s) ~= 34 then return false end
+  local q = string.find(raw, '"', s + 1, true)
+  if not q then return false end
+  local v = string.sub(raw, s + 1, q - 1)
+  if string.find(v, '\\', 1, true) then return false end
+  return v
+end
+-- `delivery_tag, task_id` of a task envelope (task_id '' when it has none), or nil when `raw`
+-- is not one. The fast path reads the two fields as text: in a Celery envelope the first
+-- `"id":` key is the header's (the body is base64, header strings escape their quotes) and
+-- `delivery_tag` is a property; anything it cannot read plainly is decoded as JSON.
+local function envelope_ids(raw)
+  if string.byte(raw, 1) == 123 and string.find(raw, '"delivery_info":', 1, true) then
+    local tag = json_str(raw, '"delivery_tag":')
+    if tag then
+      local id = json_str(raw, '"id":')
+      if id ~= false then return tag, id or '' end
+    end
+  end
+  local ok, env = pcall(cjson.decode, raw)
+  if ok and type(env) == 'table' and type(env.properties) == 'table'
+     and env.properties.delivery_tag ~= nil and type(env.properties.delivery_info) == 'table' then
+    local tid = ''
+    if type(env.headers) == 'table' and env.headers.id ~= nil then tid = tostring(env.headers.id) end
+    return tostring(env.properties.delivery_tag), tid
+  end
+  return nil
 end
 -- Puts a held or unacked message back at the consuming end of its queue (as kombu's restore).
 local function restore(tag)
@@ -62,12 +124,17 @@ local function restore(tag)
       redis.call('RPUSH', m.q, m.m)
     end
   end
+  local epoch = lease_of(tag)
   drop_bookkeeping(tag)
-  redis.call('HSET', 'afterview:lease:' .. tag, 'held', 0)
+  if epoch then
+    redis.call('HSET', LEASE, tag, epoch .. ' 0 ')
+    redis.call('ZADD', LEASES, server_ms() + FORGET_MS, tag)
+  end
 end
 "#;
 
-/// KEYS: none. ARGV: now_ms, lease_ms, max, worker, then the queues.
+/// KEYS: none. ARGV: now_ms, lease_ms, max, worker (unused by the script: the lease belongs to
+/// the claim's [`LeaseRef`](afterview_engine::backend::LeaseRef)), then the queues.
 /// Promotes due scheduled messages, then pops up to `max` messages, highest priority first
 /// (buckets 0, 3, 6, 9, each across the queues in order), recording each atomically.
 /// Returns `{messages, next_due_ms}` with `[tag, task_id, queue, raw, epoch, revoked]` per message
@@ -76,7 +143,6 @@ pub(crate) const CLAIM: &str = r#"
 local now = tonumber(ARGV[1])
 local lease = tonumber(ARGV[2])
 local max = tonumber(ARGV[3])
-local worker = ARGV[4]
 local queues = {}
 for i = 5, #ARGV do queues[#queues + 1] = ARGV[i] end
 local due = redis.call('ZRANGEBYSCORE', 'afterview:scheduled', '-inf', now, 'LIMIT', 0, 1000)
@@ -88,29 +154,25 @@ end
 local out = {}
 for _, suffix in ipairs({'', SEP .. '3', SEP .. '6', SEP .. '9'}) do
   for _, q in ipairs(queues) do
+    local qjson = cjson.encode(q)
     while #out < max do
       local raw = redis.call('RPOP', q .. suffix)
       if not raw then break end
-      local ok, env = pcall(cjson.decode, raw)
-      local tag, tid = nil, ''
-      if ok and type(env) == 'table' and type(env.properties) == 'table'
-         and env.properties.delivery_tag ~= nil and type(env.properties.delivery_info) == 'table' then
-        tag = tostring(env.properties.delivery_tag)
-        if type(env.headers) == 'table' and env.headers.id ~= nil then tid = tostring(env.headers.id) end
-        redis.call('HSET', 'unacked', tag, '[' .. raw .. ', "", ' .. cjson.encode(q) .. ']')
+      local tag, tid = envelope_ids(raw)
+      tid = tid or ''
+      if tag then
+        redis.call('HSET', 'unacked', tag, '[' .. raw .. ', "", ' .. qjson .. ']')
         redis.call('ZADD', 'unacked_index', now / 1000, tag)
       else
         tag = 'afterview-malformed-' .. redis.call('INCR', 'afterview:malformed-seq')
         redis.call('HSET', 'afterview:held', tag, cjson.encode({q = q .. suffix, m = raw}))
       end
-      local lk = 'afterview:lease:' .. tag
-      local epoch = redis.call('HINCRBY', lk, 'epoch', 1)
-      redis.call('HSET', lk, 'held', 1, 'owner', worker, 'queue', q, 'task', tid)
-      redis.call('PEXPIRE', lk, lease + 86400000)
-      redis.call('ZADD', 'afterview:leases', now + lease, tag)
+      local epoch = (lease_of(tag) or 0) + 1
+      redis.call('HSET', LEASE, tag, epoch .. ' 1 ' .. tid)
+      redis.call('ZADD', LEASES, now + lease, tag)
       local rev = false
       if tid ~= '' then
-        redis.call('SET', 'afterview:task-lease:' .. tid, tag, 'PX', lease + 86400000)
+        redis.call('HSET', RUNNING, tid, tag)
         rev = redis.call('GET', 'afterview:revoked:' .. tid)
       end
       out[#out + 1] = {tag, tid, q, raw, epoch, rev or ''}
@@ -127,8 +189,7 @@ return {out, next_due}
 pub(crate) const ACK: &str = r#"
 local task = holder(ARGV[1], ARGV[2])
 if task == nil then return 0 end
-drop_bookkeeping(ARGV[1], task)
-redis.call('DEL', 'afterview:lease:' .. ARGV[1])
+finish(ARGV[1], task)
 return 1
 "#;
 
@@ -147,8 +208,7 @@ local lost = {}
 for i = 3, #ARGV, 2 do
   local tag, epoch = ARGV[i], ARGV[i + 1]
   if held(tag, epoch) then
-    redis.call('ZADD', 'afterview:leases', now + lease, tag)
-    redis.call('PEXPIRE', 'afterview:lease:' .. tag, lease + 86400000)
+    redis.call('ZADD', LEASES, now + lease, tag)
     if redis.call('HEXISTS', 'unacked', tag) == 1 then
       -- Keep Python workers' visibility-timeout sweep away from a task that is still running.
       redis.call('ZADD', 'unacked_index', now / 1000, tag)
@@ -167,15 +227,22 @@ pub(crate) const REQUEUE_EXPIRED: &str = r#"
 local now = tonumber(ARGV[1])
 local vis = tonumber(ARGV[2])
 local n = 0
-local expired = redis.call('ZRANGEBYSCORE', 'afterview:leases', '-inf', now, 'LIMIT', 0, 1000)
+local expired = redis.call('ZRANGEBYSCORE', LEASES, '-inf', now, 'LIMIT', 0, 1000)
 for _, tag in ipairs(expired) do
-  restore(tag)
-  n = n + 1
+  local epoch, is_held = lease_of(tag)
+  if is_held then
+    restore(tag)
+    n = n + 1
+  else
+    -- A released lease a day old: its epoch is forgotten.
+    redis.call('ZREM', LEASES, tag)
+    redis.call('HDEL', LEASE, tag)
+  end
 end
 local stale = redis.call('ZRANGEBYSCORE', 'unacked_index', '-inf', now / 1000 - vis, 'LIMIT', 0, 1000)
 for _, tag in ipairs(stale) do
-  local v = redis.call('HMGET', 'afterview:lease:' .. tag, 'held')
-  if v[1] ~= '1' then
+  local _, is_held = lease_of(tag)
+  if not is_held then
     restore(tag)
     n = n + 1
   end
@@ -187,8 +254,7 @@ return n
 pub(crate) const RETRY: &str = r#"
 local task = holder(ARGV[1], ARGV[2])
 if task == nil then return 0 end
-drop_bookkeeping(ARGV[1], task)
-redis.call('DEL', 'afterview:lease:' .. ARGV[1])
+finish(ARGV[1], task)
 if tonumber(ARGV[5]) > tonumber(ARGV[6]) then
   redis.call('ZADD', 'afterview:scheduled', ARGV[5], cjson.encode({q = ARGV[3], p = tonumber(ARGV[4]), m = ARGV[7]}))
 else
@@ -208,8 +274,7 @@ local env = arr[1]
 local prio = 0
 if type(env.properties) == 'table' then prio = env.properties.priority or 0 end
 redis.call('ZADD', 'afterview:scheduled', ARGV[3], cjson.encode({q = arr[3], p = prio, m = cjson.encode(env)}))
-drop_bookkeeping(ARGV[1])
-redis.call('DEL', 'afterview:lease:' .. ARGV[1])
+finish(ARGV[1])
 return 1
 "#;
 
@@ -248,10 +313,10 @@ else
   new = 1
 end
 local running = 0
-local tag = redis.call('GET', 'afterview:task-lease:' .. id)
+local tag = redis.call('HGET', 'afterview:running', id)
 if tag then
-  local v = redis.call('HGET', 'afterview:lease:' .. tag, 'held')
-  if v == '1' then running = 1 end
+  local v = redis.call('HGET', 'afterview:lease', tag)
+  if v and string.match(v, '^%d+ 1 ') then running = 1 end
 end
 return {seq, running, new}
 "#;
@@ -279,8 +344,7 @@ return out
 /// bounded) and acks the message if the lease is still held.
 pub(crate) const DEAD: &str = r#"
 if ARGV[1] ~= '' and held(ARGV[1], ARGV[2]) then
-  drop_bookkeeping(ARGV[1])
-  redis.call('DEL', 'afterview:lease:' .. ARGV[1])
+  finish(ARGV[1])
 end
 redis.call('LPUSH', 'afterview:dead', ARGV[3])
 redis.call('LTRIM', 'afterview:dead', 0, tonumber(ARGV[4]) - 1)
@@ -323,8 +387,7 @@ for i = 4, #ARGV, 5 do
     if task == nil then
       verdict = 'fenced'
     elseif ack == '1' then
-      drop_bookkeeping(tag, task)
-      redis.call('DEL', 'afterview:lease:' .. tag)
+      finish(tag, task)
     end
   end
   out[#out + 1] = verdict

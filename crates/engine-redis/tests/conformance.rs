@@ -62,3 +62,65 @@ async fn keyspace_notifications_make_wakeups_pushed() {
     .expect("open redis backend");
     assert!(!polled.pushes_wakeups());
 }
+
+/// The claim script reads a message's delivery tag and task id as text when it can, and
+/// decodes the JSON when it cannot: both ways give what a JSON parser reads.
+#[tokio::test]
+async fn claims_read_tag_and_id_as_a_json_parser_does() {
+    use afterview_engine::Broker;
+    use afterview_engine::backend::ClaimRequest;
+    let f = fixture(Duration::from_secs(60)).await;
+    let envelopes = [
+        // kombu's spacing; a header string before `id` that quotes `"id": "x"` (escaped).
+        (
+            r#"{"body": "W10=", "headers": {"argsrepr": "{\"id\": \"evil\"}", "id": "t-kombu"}, "properties": {"delivery_info": {"exchange": "", "routing_key": "q"}, "delivery_tag": "d-kombu"}}"#,
+            "d-kombu",
+            "t-kombu",
+        ),
+        // serde_json's compact form.
+        (
+            r#"{"body":"W10=","headers":{"id":"t-compact"},"properties":{"delivery_info":{"exchange":"","routing_key":"q"},"delivery_tag":"d-compact"}}"#,
+            "d-compact",
+            "t-compact",
+        ),
+        // An escaped quote in the id: decoded, not read as text.
+        (
+            r#"{"body": "W10=", "headers": {"id": "t-\"q\""}, "properties": {"delivery_info": {"exchange": "", "routing_key": "q"}, "delivery_tag": "d-escaped"}}"#,
+            "d-escaped",
+            "t-\"q\"",
+        ),
+        // No header id.
+        (
+            r#"{"body": "W10=", "headers": {}, "properties": {"delivery_info": {"exchange": "", "routing_key": "q"}, "delivery_tag": "d-noid"}}"#,
+            "d-noid",
+            "",
+        ),
+    ];
+    for (raw, _, _) in &envelopes {
+        f.broker.publish_raw("q", raw.as_bytes()).await.unwrap();
+    }
+    let got = f
+        .broker
+        .claim(&ClaimRequest {
+            queues: vec!["q".into()],
+            max: 10,
+            lease: Duration::from_secs(10),
+            worker: "w".into(),
+        })
+        .await
+        .unwrap();
+    let mut read: Vec<(String, String)> = got
+        .iter()
+        .map(|d| (d.lease.delivery_tag.clone(), d.lease.task_id.clone()))
+        .collect();
+    read.sort();
+    let mut want: Vec<(String, String)> = envelopes
+        .iter()
+        .map(|(_, tag, id)| (tag.to_string(), id.to_string()))
+        .collect();
+    want.sort();
+    assert_eq!(read, want);
+    for d in &got {
+        assert!(f.broker.ack(&d.lease).await.unwrap(), "each lease is held");
+    }
+}

@@ -67,7 +67,6 @@ async fn keyspace_notifications_make_wakeups_pushed() {
 /// decodes the JSON when it cannot: both ways give what a JSON parser reads.
 #[tokio::test]
 async fn claims_read_tag_and_id_as_a_json_parser_does() {
-    use afterview_engine::Broker;
     use afterview_engine::backend::ClaimRequest;
     let f = fixture(Duration::from_secs(60)).await;
     let envelopes = [

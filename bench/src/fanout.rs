@@ -188,6 +188,19 @@ pub(crate) async fn run(clients: usize, every_ms: u64, seconds: usize) {
         let (p50, p99) = (pct(&o.delays, 0.5), pct(&o.delays, 0.99));
         let ratio = base_p99.map_or(String::new(), |b: f64| format!(" ({:.1}x)", p99 / b));
         base_p99.get_or_insert(p99);
+        crate::emit(
+            "ws-fanout",
+            json!({
+                "followers": n,
+                "starts": if stagger { "spread" } else { "at once" },
+                "sockets": o.sockets,
+                "refused": o.refused,
+                "rss_per_socket_kib": o.rss_per_socket_kib,
+                "updates": o.delays.len(),
+                "p50_ms": p50,
+                "p99_ms": p99,
+            }),
+        );
         println!(
             "| {n} | {} | {} | {} | {} | {:.1} | {} | {p50:.2} | {p99:.2}{ratio} | {:.2} | {:.1} |",
             n.div_ceil(PER_USER),

@@ -42,6 +42,27 @@ fn arg(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
+/// Appends `{"bench": bench, ..fields}` as one JSON line to the file `$BENCH_JSON` names, when
+/// it is set: `bench/figures.sh` collects every benchmark's figures this way for its report.
+pub(crate) fn emit(bench: &str, fields: serde_json::Value) {
+    let Ok(path) = std::env::var("BENCH_JSON") else {
+        return;
+    };
+    let mut line = json!({ "bench": bench });
+    if let (Some(o), serde_json::Value::Object(f)) = (line.as_object_mut(), fields) {
+        o.extend(f);
+    }
+    use std::io::Write;
+    let written = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .and_then(|mut f| writeln!(f, "{line}"));
+    if let Err(e) = written {
+        eprintln!("afterview-bench: cannot append to BENCH_JSON={path}: {e}");
+    }
+}
+
 #[tokio::main]
 async fn main() {
     let what = std::env::args().nth(1).unwrap_or_else(|| "engine".into());
@@ -102,6 +123,10 @@ async fn main() {
         };
         let (broker, backend) = make();
         let f = run(broker, backend, n, lat_n, conc).await;
+        emit(
+            "engine",
+            json!({"backend": name, "drain_per_s": f.drain, "enqueue_batch_per_s": f.enqueue_batch, "p99_ms": f.p99, "concurrency": conc, "n": n}),
+        );
         rows.push((name, f));
     }
     let base = &rows[0].1;

@@ -128,6 +128,17 @@ pub(crate) async fn run(n: usize, concurrency: usize) {
     }
     let scripts = per("evalsha") + per("eval");
     let script_us = delta("evalsha").1 + delta("eval").1;
+    crate::emit(
+        "redis-cost",
+        serde_json::json!({
+            "n": n,
+            "concurrency": concurrency,
+            "drain_per_s": n as f64 / wall.as_secs_f64(),
+            "redis_cpu_us_per_task": (cpu1 - cpu0) * 1e6 / n as f64,
+            "script_calls_per_task": scripts,
+            "commands_per_task": executed,
+        }),
+    );
     println!(
         "\nper task: {scripts:.3} script calls (round trips: claims and result writes go in batches), {executed:.1} commands executed inside Redis; the scripts' own time {script_us:.1} µs (the commands inside included)"
     );

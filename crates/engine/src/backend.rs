@@ -304,7 +304,10 @@ pub trait Broker: Send + Sync + 'static {
     async fn wait_for_work(&self, queues: &[String], max_wait: Duration);
 
     /// Whether `wait_for_work` is woken by pushes (new work, revocations) rather than found by
-    /// polling; workers then poll rarely, as a safety net only.
+    /// polling; workers then poll rarely, as a safety net only. A backend that says so also
+    /// promises that a claim answering fewer than `max` messages took everything due at that
+    /// moment, and that `wait_for_work` returns at once if work came after that claim: a worker
+    /// then waits instead of claiming again.
     fn pushes_wakeups(&self) -> bool {
         false
     }

@@ -189,6 +189,26 @@ with app.producer_or_acquire() as p:
         recovery.as_millis(),
         t.succeeded.len()
     );
+    // The fault run is also a benchmark: `bench/figures.sh` collects this line.
+    if let Ok(path) = std::env::var("BENCH_JSON") {
+        use std::io::Write;
+        let line = serde_json::json!({
+            "bench": "faults",
+            "tasks": n,
+            "wall_s": wall.as_secs_f64(),
+            "lost": n - done,
+            "completed_twice": twice.len(),
+            "redeliveries": redelivered,
+            "redis_down_ms": outage.as_millis() as u64,
+            "recovery_ms": recovery.as_millis() as u64,
+        });
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .and_then(|mut f| writeln!(f, "{line}"))
+            .expect("append to BENCH_JSON");
+    }
     assert_eq!(done, n, "lost tasks");
     assert!(twice.is_empty(), "tasks completed twice: {twice:?}");
     // What the faults explain: each SIGKILL re-delivers at most the messages its worker held

@@ -90,9 +90,19 @@ pub(super) async fn fetch_loop(s: &Arc<Shared>, shutdown: &Shutdown, runs: &mut 
             }
             Ok(batch) => {
                 backoff = Duration::from_millis(100);
+                let drained = batch.len() < req.max && s.broker.pushes_wakeups();
                 let claimed_at = Instant::now();
                 for d in batch {
                     spawn_run(s, runs, d, claimed_at);
+                }
+                // A short batch took everything due: with pushed wake-ups, claiming again
+                // before one arrives would only come back empty (one wasted round trip per
+                // task when tasks arrive one by one).
+                if drained {
+                    tokio::select! {
+                        _ = s.broker.wait_for_work(&s.cfg.queues, idle_wait(s)) => {}
+                        _ = shutdown.graceful.cancelled() => return,
+                    }
                 }
             }
             Err(e) => {

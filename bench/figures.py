@@ -1,0 +1,168 @@
+#!/usr/bin/env python3
+"""Issue 15's figures from one `bench/figures.sh` run: a table against the goals and a PNG chart,
+written into BENCHMARKS.md between `<!-- figures:begin -->` and `<!-- figures:end -->`.
+
+usage: figures.py --harness OUT_DIR --json FIGURES.jsonl --benchmarks BENCHMARKS.md --png CHART.png
+
+OUT_DIR holds the Celery harness's results (`celery/`, `afterview/`, `afterview+rs-producer/`,
+each with results.json, from bench/celery-side-by-side.sh); FIGURES.jsonl the lines the other
+benchmarks appended (afterview-bench engine, redis-cost, ws-fanout; bench/latency_trace.py;
+the fault test). Every ratio compares figures measured in this one run.
+"""
+import argparse
+import datetime
+import json
+import os
+import statistics
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from celery_compare import load  # noqa: E402
+
+
+def best(runs, kind, metric, lowest=False):
+    """(value, config) of the best configuration, each configuration's median over repetitions."""
+    groups = {}
+    for r in runs:
+        if r.get("kind") == kind and r.get(metric) is not None:
+            groups.setdefault(f"{r.get('pool')} c{r.get('conc')}", []).append(r[metric])
+    if not groups:
+        return None, None
+    meds = {g: statistics.median(v) for g, v in groups.items()}
+    g = (min if lowest else max)(meds, key=meds.get)
+    return meds[g], g
+
+
+def lines(path):
+    out = []
+    for line in open(path):
+        line = line.strip()
+        if line:
+            out.append(json.loads(line))
+    return out
+
+
+def row(rows, name, value, goal, higher, fmt, note=""):
+    """One goal: `value` against `goal`; score >= 1 means met."""
+    if value is None:
+        rows.append((name, "not measured", fmt(goal), None, note))
+        return
+    score = (value / goal) if higher else (goal / value if value else float("inf"))
+    rows.append((name, fmt(value), fmt(goal), score, note))
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--harness", required=True)
+    ap.add_argument("--json", required=True)
+    ap.add_argument("--benchmarks", required=True)
+    ap.add_argument("--png", required=True)
+    a = ap.parse_args()
+    runs = {}
+    for label in ("celery", "afterview", "afterview+rs-producer"):
+        p = os.path.join(a.harness, label, "results.json")
+        if os.path.exists(p):
+            runs[label] = load(p)[1]
+    figs = lines(a.json)
+
+    def pick(bench, **match):
+        return [f for f in figs if f.get("bench") == bench and all(f.get(k) == v for k, v in match.items())]
+
+    rows = []
+    x = lambda v: f"{v:.2f}x"
+    cel_drain, cel_cfg = best(runs.get("celery", []), "drain", "rate_steady")
+    for label, name in (("afterview", "Python producer"), ("afterview+rs-producer", "Rust producer")):
+        ours, cfg = best(runs.get(label, []), "drain", "rate_steady")
+        ratio = ours / cel_drain if ours and cel_drain else None
+        row(rows, f"drain, no-op with results ({name} pre-filling): ours / Celery's best pool", ratio, 30, True, x,
+            f"{ours:,.0f} tasks/s ({cfg}) vs {cel_drain:,.0f} ({cel_cfg})" if ratio else "")
+    cel_p99, cel_lcfg = best(runs.get("celery", []), "latency", "p99_ms", lowest=True)
+    for label, name, goal in (("afterview", "Python producer", 0.5), ("afterview+rs-producer", "our Rust client", 0.1)):
+        ours, cfg = best(runs.get(label, []), "latency", "p99_ms", lowest=True)
+        ratio = ours / cel_p99 if ours and cel_p99 else None
+        row(rows, f"enqueue -> result p99, {name}: ours / Celery's", ratio, goal, False, x,
+            f"{ours:.2f} ms ({cfg}) vs {cel_p99:.2f} ms ({cel_lcfg})" if ratio else "")
+    tr = {f["worker"]: f for f in pick("latency-trace")}
+    if "celery" in tr and "afterview" in tr:
+        c, o = tr["celery"], tr["afterview"]
+        rows.append(("  traced (Python producer): the worker's share, LPUSH -> result PUBLISH p99, ours / Celery's",
+                     x(o["inside_p99_ms"] / c["inside_p99_ms"]), "-", None,
+                     f"{o['inside_p99_ms']:.2f} vs {c['inside_p99_ms']:.2f} ms; the client's share (PUBLISH -> get() returns) "
+                     f"p99 {o['back_p99_ms']:.2f} vs {c['back_p99_ms']:.2f} ms; Python producer CPU "
+                     f"{o['cpu_ms_per_task']['python producer']:.2f} ms per task"))
+    rc = pick("redis-cost")
+    if rc:
+        r = rc[-1]
+        row(rows, "Redis round trips per task (worker side: script calls)", r["script_calls_per_task"], 6, False,
+            lambda v: f"{v:.3f}", f"{r['commands_per_task']:.1f} commands executed inside them")
+        row(rows, "Redis CPU per task (µs)", r["redis_cpu_us_per_task"], 15, False, lambda v: f"{v:.1f}",
+            f"drain {r['drain_per_s']:,.0f} tasks/s at -c {r['concurrency']}")
+    eng = {f["backend"]: f for f in pick("engine")}
+    for backend, goal, name in (("sqlite", 15000, "NORMAL"), ("sqlite-full", 8000, "FULL")):
+        f = eng.get(backend)
+        note = ""
+        if f and "memory" in eng:
+            note = f"{f['drain_per_s'] / eng['memory']['drain_per_s']:.2f}x the in-memory backend's {eng['memory']['drain_per_s']:,.0f} (same run)"
+        row(rows, f"embedded drain, SQLite synchronous={name} (tasks/s)", f and f["drain_per_s"], goal, True,
+            lambda v: f"{v:,.0f}", note)
+    ws = pick("ws-fanout")
+    base = next((f for f in ws if f["followers"] < 100), None)
+    for starts in ("spread", "at once"):
+        f = next((f for f in ws if f["followers"] >= 10000 and f["starts"] == starts), None)
+        note = f and f"{f['sockets']:,} sockets, {f['refused']} refused, {f['updates']:,} updates" + (
+            f"; 16 followers: p99 {base['p99_ms']:.2f} ms" if base else "")
+        row(rows, f"WebSocket: 10,000 followers, progress p99 (ms), starts {starts}", f and f["p99_ms"], 50, False,
+            lambda v: f"{v:.1f}", note or "")
+    f = next((f for f in ws if f["followers"] >= 10000), None)
+    row(rows, "WebSocket: server memory per connection (KiB)", f and f["rss_per_socket_kib"], 32, False,
+        lambda v: f"{v:.1f}")
+    fl = pick("faults")
+    if fl:
+        f = fl[-1]
+        rows.append((f"faults: {f['tasks']:,} tasks, 2 SIGKILLs, Redis AOF restart, rolling SIGTERM: lost",
+                     str(f["lost"]), "0", 1.0 if f["lost"] == 0 else 0.0,
+                     f"completed twice {f['completed_twice']}, re-deliveries {f['redeliveries']}, Redis down "
+                     f"{f['redis_down_ms']} ms, first result {f['recovery_ms']} ms after it was back, wall {f['wall_s']:.1f} s"))
+
+    md = [f"Run of {datetime.date.today().isoformat()} (`bench/figures.sh`; one sitting, every ratio within it).", "",
+          "| goal | measured | goal | met | notes |", "|---|---|---|---|---|"]
+    for name, val, goal, score, note in rows:
+        met = "-" if score is None else ("yes" if score >= 1 else "**no**")
+        md.append(f"| {name} | {val} | {goal} | {met} | {note} |")
+    md += ["", f"![measured against the goals]({os.path.relpath(a.png, os.path.dirname(os.path.abspath(a.benchmarks)))})", ""]
+    chart(rows, a.png)
+    text = open(a.benchmarks).read()
+    begin, end = "<!-- figures:begin -->", "<!-- figures:end -->"
+    block = begin + "\n" + "\n".join(md) + "\n" + end
+    if begin in text and end in text:
+        text = text[:text.index(begin)] + block + text[text.index(end) + len(end):]
+    else:
+        text += "\n## Issue 15: every figure in one run\n\n" + block + "\n"
+    open(a.benchmarks, "w").write(text)
+    print("\n".join(md))
+
+
+def chart(rows, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    scored = [(n, s) for n, _, _, s, _ in rows if s is not None]
+    fig, ax = plt.subplots(figsize=(10, 0.45 * len(scored) + 1.4))
+    names = [n if len(n) < 70 else n[:67] + "..." for n, _ in scored]
+    vals = [max(min(s, 100), 0.01) for _, s in scored]
+    colors = ["#2e7d32" if s >= 1 else "#ef6c00" for _, s in scored]
+    ax.barh(range(len(vals)), vals, color=colors)
+    ax.set_yticks(range(len(vals)), names, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xscale("log")
+    ax.axvline(1, color="black", linewidth=1)
+    ax.set_xlabel("measured relative to the goal (1 = goal; right of the line: met)")
+    for i, v in enumerate(vals):
+        ax.text(v, i, f" {v:.2f}", va="center", fontsize=7)
+    ax.set_title("Issue 15: one run on this 2-core machine", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+if __name__ == "__main__":
+    main()

@@ -42,13 +42,13 @@ def lines(path):
     return out
 
 
-def row(rows, name, value, goal, higher, fmt, note=""):
-    """One goal: `value` against `goal`; score >= 1 means met."""
+def row(rows, name, value, goal, higher, fmt, note="", short=None):
+    """One goal: `value` against `goal`; score >= 1 means met. `short`: the chart's label."""
     if value is None:
-        rows.append((name, "not measured", fmt(goal), None, note))
+        rows.append((name, "not measured", fmt(goal), None, note, short))
         return
     score = (value / goal) if higher else (goal / value if value else float("inf"))
-    rows.append((name, fmt(value), fmt(goal), score, note))
+    rows.append((name, fmt(value), fmt(goal), score, note, short))
 
 
 def main():
@@ -75,28 +75,31 @@ def main():
         ours, cfg = best(runs.get(label, []), "drain", "rate_steady")
         ratio = ours / cel_drain if ours and cel_drain else None
         row(rows, f"drain, no-op with results ({name} pre-filling): ours / Celery's best pool", ratio, 30, True, x,
-            f"{ours:,.0f} tasks/s ({cfg}) vs {cel_drain:,.0f} ({cel_cfg})" if ratio else "")
+            f"{ours:,.0f} tasks/s ({cfg}) vs {cel_drain:,.0f} ({cel_cfg})" if ratio else "",
+            f"drain vs Celery, {name} (goal 30x)")
     cel_p99, cel_lcfg = best(runs.get("celery", []), "latency", "p99_ms", lowest=True)
     for label, name, goal in (("afterview", "Python producer", 0.5), ("afterview+rs-producer", "our Rust client", 0.1)):
         ours, cfg = best(runs.get(label, []), "latency", "p99_ms", lowest=True)
         ratio = ours / cel_p99 if ours and cel_p99 else None
         row(rows, f"enqueue -> result p99, {name}: ours / Celery's", ratio, goal, False, x,
-            f"{ours:.2f} ms ({cfg}) vs {cel_p99:.2f} ms ({cel_lcfg})" if ratio else "")
+            f"{ours:.2f} ms ({cfg}) vs {cel_p99:.2f} ms ({cel_lcfg})" if ratio else "",
+            f"latency p99 vs Celery, {name} (goal {goal}x)")
     tr = {f["worker"]: f for f in pick("latency-trace")}
     if "celery" in tr and "afterview" in tr:
         c, o = tr["celery"], tr["afterview"]
-        rows.append(("  traced (Python producer): the worker's share, LPUSH -> result PUBLISH p99, ours / Celery's",
+        rows.append(("traced (Python producer): the worker's share, LPUSH -> result PUBLISH p99, ours / Celery's",
                      x(o["inside_p99_ms"] / c["inside_p99_ms"]), "-", None,
                      f"{o['inside_p99_ms']:.2f} vs {c['inside_p99_ms']:.2f} ms; the client's share (PUBLISH -> get() returns) "
                      f"p99 {o['back_p99_ms']:.2f} vs {c['back_p99_ms']:.2f} ms; Python producer CPU "
-                     f"{o['cpu_ms_per_task']['python producer']:.2f} ms per task"))
+                     f"{o['cpu_ms_per_task']['python producer']:.2f} ms per task", None))
     rc = pick("redis-cost")
     if rc:
         r = rc[-1]
         row(rows, "Redis round trips per task (worker side: script calls)", r["script_calls_per_task"], 6, False,
-            lambda v: f"{v:.3f}", f"{r['commands_per_task']:.1f} commands executed inside them")
+            lambda v: f"{v:.3f}", f"{r['commands_per_task']:.1f} commands executed inside them",
+            "Redis round trips per task (goal 6)")
         row(rows, "Redis CPU per task (µs)", r["redis_cpu_us_per_task"], 15, False, lambda v: f"{v:.1f}",
-            f"drain {r['drain_per_s']:,.0f} tasks/s at -c {r['concurrency']}")
+            f"drain {r['drain_per_s']:,.0f} tasks/s at -c {r['concurrency']}", "Redis CPU per task (goal 15 µs)")
     eng = {f["backend"]: f for f in pick("engine")}
     for backend, goal, name in (("sqlite", 15000, "NORMAL"), ("sqlite-full", 8000, "FULL")):
         f = eng.get(backend)
@@ -104,7 +107,7 @@ def main():
         if f and "memory" in eng:
             note = f"{f['drain_per_s'] / eng['memory']['drain_per_s']:.2f}x the in-memory backend's {eng['memory']['drain_per_s']:,.0f} (same run)"
         row(rows, f"embedded drain, SQLite synchronous={name} (tasks/s)", f and f["drain_per_s"], goal, True,
-            lambda v: f"{v:,.0f}", note)
+            lambda v: f"{v:,.0f}", note, f"embedded drain, {name} (goal {goal:,}/s)")
     ws = pick("ws-fanout")
     base = next((f for f in ws if f["followers"] < 100), None)
     for starts in ("spread", "at once"):
@@ -112,21 +115,22 @@ def main():
         note = f and f"{f['sockets']:,} sockets, {f['refused']} refused, {f['updates']:,} updates" + (
             f"; 16 followers: p99 {base['p99_ms']:.2f} ms" if base else "")
         row(rows, f"WebSocket: 10,000 followers, progress p99 (ms), starts {starts}", f and f["p99_ms"], 50, False,
-            lambda v: f"{v:.1f}", note or "")
+            lambda v: f"{v:.1f}", note or "", f"WebSocket p99, starts {starts} (goal 50 ms)")
     f = next((f for f in ws if f["followers"] >= 10000), None)
     row(rows, "WebSocket: server memory per connection (KiB)", f and f["rss_per_socket_kib"], 32, False,
-        lambda v: f"{v:.1f}")
+        lambda v: f"{v:.1f}", "", "WebSocket memory per socket (goal 32 KiB)")
     fl = pick("faults")
     if fl:
         f = fl[-1]
         rows.append((f"faults: {f['tasks']:,} tasks, 2 SIGKILLs, Redis AOF restart, rolling SIGTERM: lost",
                      str(f["lost"]), "0", 1.0 if f["lost"] == 0 else 0.0,
                      f"completed twice {f['completed_twice']}, re-deliveries {f['redeliveries']}, Redis down "
-                     f"{f['redis_down_ms']} ms, first result {f['recovery_ms']} ms after it was back, wall {f['wall_s']:.1f} s"))
+                     f"{f['redis_down_ms']} ms, first result {f['recovery_ms']} ms after it was back, wall {f['wall_s']:.1f} s",
+                     "faults: tasks lost (goal 0)"))
 
     md = [f"Run of {datetime.date.today().isoformat()} (`bench/figures.sh`; one sitting, every ratio within it).", "",
           "| goal | measured | goal | met | notes |", "|---|---|---|---|---|"]
-    for name, val, goal, score, note in rows:
+    for name, val, goal, score, note, _ in rows:
         met = "-" if score is None else ("yes" if score >= 1 else "**no**")
         md.append(f"| {name} | {val} | {goal} | {met} | {note} |")
     md += ["", f"![measured against the goals]({os.path.relpath(a.png, os.path.dirname(os.path.abspath(a.benchmarks)))})", ""]
@@ -146,10 +150,10 @@ def chart(rows, path):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    scored = [(n, s) for n, _, _, s, _ in rows if s is not None]
+    scored = [(short or n, s) for n, _, _, s, _, short in rows if s is not None]
     fig, ax = plt.subplots(figsize=(10, 0.45 * len(scored) + 1.4))
-    names = [n if len(n) < 70 else n[:67] + "..." for n, _ in scored]
-    vals = [max(min(s, 100), 0.01) for _, s in scored]
+    names = [n for n, _ in scored]
+    vals = [max(min(s, 1000), 0.01) for _, s in scored]
     colors = ["#2e7d32" if s >= 1 else "#ef6c00" for _, s in scored]
     ax.barh(range(len(vals)), vals, color=colors)
     ax.set_yticks(range(len(vals)), names, fontsize=8)

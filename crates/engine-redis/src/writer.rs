@@ -10,7 +10,6 @@ use tokio::sync::{mpsc, oneshot};
 use crate::calls::unavailable;
 use crate::{Inner, RESULT_PREFIX, scripts};
 
-/// One result write waiting for the writer.
 /// The store script's verdict for one write; anything else is corrupt.
 fn verdict(v: &str) -> Result<StoreOutcome, BackendError> {
     match v {
@@ -23,6 +22,7 @@ fn verdict(v: &str) -> Result<StoreOutcome, BackendError> {
     }
 }
 
+/// One result write waiting for the writer.
 pub(crate) struct StoreReq {
     key: String,
     meta: String,

@@ -123,3 +123,65 @@ async fn claims_read_tag_and_id_as_a_json_parser_does() {
         assert!(f.broker.ack(&d.lease).await.unwrap(), "each lease is held");
     }
 }
+
+/// Claims keep both lease indexes (kombu's `unacked_index` and our deadlines) in Redis's
+/// skiplist encoding, where an insert costs O(log n) instead of a scan of the whole list, and
+/// the anchor that does it is invisible: not leased, not due, not restored.
+#[tokio::test]
+async fn lease_indexes_stay_skiplists_and_their_anchor_is_invisible() {
+    use afterview_engine::backend::ClaimRequest;
+    use afterview_engine_redis::testing::redis;
+    let server = shared();
+    let db = server.fresh_db();
+    let f = open(server.url(db), Duration::from_secs(60)).await;
+    for i in 0..3 {
+        let raw = format!(
+            r#"{{"body": "W10=", "headers": {{"id": "t{i}"}}, "properties": {{"delivery_info": {{"exchange": "", "routing_key": "q"}}, "delivery_tag": "d{i}"}}}}"#
+        );
+        f.broker.publish_raw("q", raw.as_bytes()).await.unwrap();
+    }
+    let got = f
+        .broker
+        .claim(&ClaimRequest {
+            queues: vec!["q".into()],
+            max: 10,
+            lease: Duration::from_millis(200),
+            worker: "w".into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 3);
+    let mut c = redis::Client::open(server.url(db))
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    for key in ["unacked_index", "afterview:leases"] {
+        let enc: String = redis::cmd("OBJECT")
+            .arg("ENCODING")
+            .arg(key)
+            .query(&mut c)
+            .unwrap();
+        assert_eq!(enc, "skiplist", "{key}");
+    }
+    let stats = f.broker.queue_stats(Some(&["q".to_owned()])).await.unwrap();
+    assert_eq!((stats[0].ready, stats[0].leased), (0, 3));
+    // The leases run out: the three messages come back, and only they.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    f.broker.requeue_expired().await.unwrap();
+    let again = f
+        .broker
+        .claim(&ClaimRequest {
+            queues: vec!["q".into()],
+            max: 10,
+            lease: Duration::from_secs(10),
+            worker: "w".into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(again.len(), 3);
+    for d in &again {
+        assert!(f.broker.ack(&d.lease).await.unwrap());
+    }
+    let stats = f.broker.queue_stats(Some(&["q".to_owned()])).await.unwrap();
+    assert_eq!((stats[0].ready, stats[0].leased), (0, 0));
+}

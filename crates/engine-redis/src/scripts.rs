@@ -10,6 +10,12 @@
 //! `{"q","p","m"}` → run-at ms), `held` (hash tag → `{"q","m"}` for malformed messages, kept out
 //! of `unacked` so Python workers never choke on them), `revoked:<task_id>`, the `revocations`
 //! stream, `dead` (list).
+//!
+//! Cost: a claim and a batch of results touch each key once for the whole batch (`many`, one
+//! variadic call per key; only the pop and the result's SET + PUBLISH are per message). Both
+//! zsets carry `ANCHOR`, a member longer than `zset-max-listpack-value` scored `+inf`: it keeps
+//! them in Redis's skiplist encoding (at about a prefetch window of members a listpack insert
+//! scans the whole list) and is never in the range anything reads.
 
 /// Shared Lua helpers, prepended to every script that needs them.
 const HELPERS: &str = r#"

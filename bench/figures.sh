@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every figure of issue 15 in one sitting, written into BENCHMARKS.md as a table against the
-# goals and a PNG chart (bench/results/issue15.png). About 25 minutes on 2 cores.
+# goals and a PNG chart (bench/results/issue15.png). About 15 minutes on 2 cores.
 #
 #   bench/figures.sh                        # one repetition of the Celery side by side
 #   REPS=2 FAULT_TASKS=2000 bench/figures.sh

@@ -346,19 +346,7 @@ pub(crate) async fn run(rate: usize, secs: usize) {
             }
             d
         }));
-        let kw = json!({"seconds": 2.0}).as_object().unwrap().clone();
-        client
-            .send_task(
-                "afterview.sleep",
-                vec![],
-                kw,
-                SendOptions {
-                    task_id: Some(id),
-                    ..Default::default()
-                },
-            )
-            .await
-            .unwrap();
+        send_sleep(&client, id, json!({"seconds": 2.0})).await;
     }
     let mut delays = vec![];
     for h in hs {
@@ -372,4 +360,22 @@ pub(crate) async fn run(rate: usize, secs: usize) {
         pct(&delays, 0.99),
         delays.last().copied().unwrap_or(0.0)
     );
+}
+
+/// Sends an `afterview.sleep` task with these keyword arguments under a chosen task id (which
+/// the bench's followers already watch).
+pub(crate) async fn send_sleep(client: &Client, id: String, kwargs: Value) {
+    let kw = kwargs.as_object().cloned().unwrap_or_default();
+    client
+        .send_task(
+            "afterview.sleep",
+            vec![],
+            kw,
+            SendOptions {
+                task_id: Some(id),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
 }

@@ -10,14 +10,14 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use afterview_engine::{Client, SendOptions};
+use afterview_engine::Client;
 use afterview_engine_sqlite::{SqliteBackend, SqliteOptions};
 use afterview_store::MetadataStore;
 use futures_util::StreamExt;
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::api::{Serve, pct, serve_env};
+use crate::api::{Serve, pct, send_sleep, serve_env};
 
 /// Sockets per user (the API's cap).
 const PER_USER: usize = 16;
@@ -142,22 +142,12 @@ async fn round(clients: usize, every_ms: u64, seconds: f64, stagger: bool) -> Ou
             // started by different people), not all in the same millisecond.
             tokio::time::sleep(gap).await;
         }
-        let kw = json!({"seconds": seconds, "progress_steps": steps})
-            .as_object()
-            .unwrap()
-            .clone();
-        client
-            .send_task(
-                "afterview.sleep",
-                vec![],
-                kw,
-                SendOptions {
-                    task_id: Some(id.clone()),
-                    ..Default::default()
-                },
-            )
-            .await
-            .unwrap();
+        send_sleep(
+            &client,
+            id.clone(),
+            json!({"seconds": seconds, "progress_steps": steps}),
+        )
+        .await;
     }
     let mut delays = vec![];
     for h in hs {

@@ -13,31 +13,16 @@ use std::time::{Duration, Instant};
 use afterview_engine::{
     Broker, Client, Registry, ResultBackend, SendOptions, Shutdown, Worker, WorkerConfig,
 };
-use afterview_engine_redis::testing::{RedisServer, redis};
+use afterview_engine_redis::testing::{RedisServer, command_stats, redis};
 use afterview_engine_redis::{RedisBackend, RedisOptions};
 use serde_json::Map;
 
 /// `(calls and µs per command, CPU seconds)` from the server's counters.
 fn counters(url: &str) -> (BTreeMap<String, (u64, u64)>, f64) {
-    let c = redis::Client::open(url).unwrap();
-    let mut conn = c.get_connection().unwrap();
-    let stats: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query(&mut conn)
+    let calls = command_stats(url);
+    let mut conn = redis::Client::open(url)
+        .and_then(|c| c.get_connection())
         .unwrap();
-    let calls = stats
-        .lines()
-        .filter_map(|l| {
-            let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(':')?;
-            let field = |key: &str| -> Option<u64> {
-                rest.split(',')
-                    .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))?
-                    .parse()
-                    .ok()
-            };
-            Some((name.to_owned(), (field("calls")?, field("usec")?)))
-        })
-        .collect();
     let cpu: String = redis::cmd("INFO").arg("cpu").query(&mut conn).unwrap();
     let secs = cpu
         .lines()

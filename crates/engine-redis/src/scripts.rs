@@ -29,44 +29,26 @@ local LEASE, LEASES, RUNNING = 'afterview:lease', 'afterview:leases', 'afterview
 local ANCHOR = 'afterview:anchor:keeps-this-sorted-set-a-skiplist:longer-than-zset-max-listpack-value'
 -- How long a released lease's epoch is remembered (a redelivery within it gets the next epoch).
 local FORGET_MS = 86400000
--- `epoch, held, task` of the lease of `tag` (nil when there is none).
-local function lease_of(tag)
-  local v = redis.call('HGET', LEASE, tag)
+-- `epoch, held, task` of a stored lease value (nil when there is none).
+local function parse_lease(v)
   if not v then return nil end
   local e, h, t = string.match(v, '^(%d+) (%d) (.*)$')
   return tonumber(e), h == '1', t
 end
--- The task id ('' when unknown) if the lease of `tag` is held at `epoch`, else nil.
-local function holder(tag, epoch)
-  local e, h, t = lease_of(tag)
+local function lease_of(tag)
+  return parse_lease(redis.call('HGET', LEASE, tag))
+end
+-- The task id ('' when unknown) if the lease value `v` is held at `epoch`, else nil.
+local function holds(v, epoch)
+  local e, h, t = parse_lease(v)
   if e and h and e == tonumber(epoch) then return t end
   return nil
 end
+local function holder(tag, epoch)
+  return holds(redis.call('HGET', LEASE, tag), epoch)
+end
 local function held(tag, epoch)
   return holder(tag, epoch) ~= nil
-end
--- Removes the message's bookkeeping (not the lease's epoch). `task`: the lease's task id when
--- the caller already read it (nil: read it here).
-local function drop_bookkeeping(tag, task)
-  if task == nil then
-    local _, _, t = lease_of(tag)
-    task = t
-  end
-  if task and task ~= '' and redis.call('HGET', RUNNING, task) == tag then
-    redis.call('HDEL', RUNNING, task)
-  end
-  if string.sub(tag, 1, 20) == 'afterview-malformed-' then
-    redis.call('HDEL', 'afterview:held', tag)
-  else
-    redis.call('ZREM', 'unacked_index', tag)
-    redis.call('HDEL', 'unacked', tag)
-  end
-  redis.call('ZREM', LEASES, tag)
-end
--- Ends the lease of a finished message (acked, retried, dead).
-local function finish(tag, task)
-  drop_bookkeeping(tag, task)
-  redis.call('HDEL', LEASE, tag)
 end
 -- Runs a variadic command over `list` in chunks (Lua's unpack has a limit), `key` first when
 -- given; returns the replies' elements in order. One call per chunk instead of one per element.
@@ -84,8 +66,10 @@ local function many(cmd, key, list)
   end
   return out
 end
--- Ends the leases `tags` (held, with task ids `tasks`) of finished messages, batched.
-local function finish_many(tags, tasks)
+-- Removes the bookkeeping of the messages `tags` (their leases' epochs stay): the task → lease
+-- links still pointing at them (`tasks`: their task ids, '' when unknown), the kombu pair (or
+-- the held entry of a malformed message) and the deadlines. One call per key for them all.
+local function drop_many(tags, tasks)
   if #tags == 0 then return end
   local ids, want = {}, {}
   for i, t in ipairs(tasks) do
@@ -110,7 +94,23 @@ local function finish_many(tags, tasks)
   many('ZREM', 'unacked_index', kombu)
   many('HDEL', 'unacked', kombu)
   many('ZREM', LEASES, tags)
+end
+-- Ends the leases of finished messages (acked, retried, dead).
+local function finish_many(tags, tasks)
+  drop_many(tags, tasks)
   many('HDEL', LEASE, tags)
+end
+-- One message: `task` is the lease's task id when the caller already read it (nil: read here).
+local function drop_bookkeeping(tag, task)
+  if task == nil then
+    local _, _, t = lease_of(tag)
+    task = t or ''
+  end
+  drop_many({tag}, {task})
+end
+local function finish(tag, task)
+  drop_bookkeeping(tag, task)
+  redis.call('HDEL', LEASE, tag)
 end
 -- The clock of Redis in ms (for bookkeeping deadlines that no caller observes).
 local function server_ms()
@@ -246,10 +246,7 @@ if #got > 0 then
   local leases, deadlines, running, revoked = {}, {}, {}, {}
   for i, tag in ipairs(tags) do
     local e = last[tag]
-    if e == nil then
-      e = 0
-      if cur[i] then e = tonumber(string.match(cur[i], '^(%d+) ')) or 0 end
-    end
+    if e == nil then e = parse_lease(cur[i]) or 0 end
     e = e + 1
     last[tag], epochs[i] = e, e
     leases[#leases + 1] = tag
@@ -414,10 +411,10 @@ else
   new = 1
 end
 local running = 0
-local tag = redis.call('HGET', 'afterview:running', id)
+local tag = redis.call('HGET', RUNNING, id)
 if tag then
-  local v = redis.call('HGET', 'afterview:lease', tag)
-  if v and string.match(v, '^%d+ 1 ') then running = 1 end
+  local _, is_held = lease_of(tag)
+  if is_held then running = 1 end
 end
 return {seq, running, new}
 "#;
@@ -496,11 +493,7 @@ for i = 4, #ARGV, 5 do
   local verdict = 'stored'
   if tag ~= '' then
     local task = nil
-    local v = cur[seen[tag]]
-    if v and not acked[tag] then
-      local e, h, t = string.match(v, '^(%d+) (%d) (.*)$')
-      if e and h == '1' and tonumber(e) == tonumber(epoch) then task = t end
-    end
+    if not acked[tag] then task = holds(cur[seen[tag]], epoch) end
     if task == nil then
       verdict = 'fenced'
     elseif ack == '1' then

@@ -5,6 +5,7 @@
 /// The Redis client crate, for tests that read keys directly.
 pub use redis;
 
+use std::collections::BTreeMap;
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -180,4 +181,29 @@ impl Drop for RedisServer {
 pub fn shared() -> &'static RedisServer {
     static S: OnceLock<RedisServer> = OnceLock::new();
     S.get_or_init(|| RedisServer::start(1024, false))
+}
+
+/// The server's per-command counters (`INFO commandstats`): command name → `(calls, µs)`, the
+/// commands run inside scripts included.
+pub fn command_stats(url: &str) -> BTreeMap<String, (u64, u64)> {
+    let mut conn = redis::Client::open(url)
+        .and_then(|c| c.get_connection())
+        .expect("connect");
+    let stats: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query(&mut conn)
+        .expect("INFO commandstats");
+    stats
+        .lines()
+        .filter_map(|l| {
+            let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(':')?;
+            let field = |key: &str| -> Option<u64> {
+                rest.split(',')
+                    .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))?
+                    .parse()
+                    .ok()
+            };
+            Some((name.to_owned(), (field("calls")?, field("usec")?)))
+        })
+        .collect()
 }

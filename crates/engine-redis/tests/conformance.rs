@@ -63,11 +63,23 @@ async fn keyspace_notifications_make_wakeups_pushed() {
     assert!(!polled.pushes_wakeups());
 }
 
+/// Up to 10 messages of queue `q`, leased for `lease`.
+async fn claim_q(f: &Fixture, lease: Duration) -> Vec<afterview_engine::backend::Delivery> {
+    f.broker
+        .claim(&afterview_engine::backend::ClaimRequest {
+            queues: vec!["q".into()],
+            max: 10,
+            lease,
+            worker: "w".into(),
+        })
+        .await
+        .unwrap()
+}
+
 /// The claim script reads a message's delivery tag and task id as text when it can, and
 /// decodes the JSON when it cannot: both ways give what a JSON parser reads.
 #[tokio::test]
 async fn claims_read_tag_and_id_as_a_json_parser_does() {
-    use afterview_engine::backend::ClaimRequest;
     let f = fixture(Duration::from_secs(60)).await;
     let envelopes = [
         // kombu's spacing; a header string before `id` that quotes `"id": "x"` (escaped).
@@ -98,16 +110,7 @@ async fn claims_read_tag_and_id_as_a_json_parser_does() {
     for (raw, _, _) in &envelopes {
         f.broker.publish_raw("q", raw.as_bytes()).await.unwrap();
     }
-    let got = f
-        .broker
-        .claim(&ClaimRequest {
-            queues: vec!["q".into()],
-            max: 10,
-            lease: Duration::from_secs(10),
-            worker: "w".into(),
-        })
-        .await
-        .unwrap();
+    let got = claim_q(&f, Duration::from_secs(10)).await;
     let mut read: Vec<(String, String)> = got
         .iter()
         .map(|d| (d.lease.delivery_tag.clone(), d.lease.task_id.clone()))
@@ -129,7 +132,6 @@ async fn claims_read_tag_and_id_as_a_json_parser_does() {
 /// the anchor that does it is invisible: not leased, not due, not restored.
 #[tokio::test]
 async fn lease_indexes_stay_skiplists_and_their_anchor_is_invisible() {
-    use afterview_engine::backend::ClaimRequest;
     use afterview_engine_redis::testing::redis;
     let server = shared();
     let db = server.fresh_db();
@@ -140,16 +142,7 @@ async fn lease_indexes_stay_skiplists_and_their_anchor_is_invisible() {
         );
         f.broker.publish_raw("q", raw.as_bytes()).await.unwrap();
     }
-    let got = f
-        .broker
-        .claim(&ClaimRequest {
-            queues: vec!["q".into()],
-            max: 10,
-            lease: Duration::from_millis(200),
-            worker: "w".into(),
-        })
-        .await
-        .unwrap();
+    let got = claim_q(&f, Duration::from_millis(200)).await;
     assert_eq!(got.len(), 3);
     let mut c = redis::Client::open(server.url(db))
         .unwrap()
@@ -168,16 +161,7 @@ async fn lease_indexes_stay_skiplists_and_their_anchor_is_invisible() {
     // The leases run out: the three messages come back, and only they.
     tokio::time::sleep(Duration::from_millis(300)).await;
     f.broker.requeue_expired().await.unwrap();
-    let again = f
-        .broker
-        .claim(&ClaimRequest {
-            queues: vec!["q".into()],
-            max: 10,
-            lease: Duration::from_secs(10),
-            worker: "w".into(),
-        })
-        .await
-        .unwrap();
+    let again = claim_q(&f, Duration::from_secs(10)).await;
     assert_eq!(again.len(), 3);
     for d in &again {
         assert!(f.broker.ack(&d.lease).await.unwrap());

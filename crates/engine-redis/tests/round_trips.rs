@@ -8,28 +8,17 @@ use std::time::Duration;
 use afterview_engine::{
     Broker, Client, Registry, ResultBackend, SendOptions, Shutdown, TaskState, Worker, WorkerConfig,
 };
-use afterview_engine_redis::testing::{RedisServer, redis};
+use afterview_engine_redis::testing::{RedisServer, command_stats};
 use afterview_engine_redis::{RedisBackend, RedisOptions};
 use serde_json::Map;
 
 /// Script calls the server has executed so far.
 fn script_calls(url: &str) -> u64 {
-    let mut c = redis::Client::open(url).unwrap().get_connection().unwrap();
-    let stats: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query(&mut c)
-        .unwrap();
-    stats
-        .lines()
-        .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
-        .filter_map(|l| {
-            l.split("calls=")
-                .nth(1)?
-                .split(',')
-                .next()?
-                .parse::<u64>()
-                .ok()
-        })
+    let stats = command_stats(url);
+    ["evalsha", "eval"]
+        .iter()
+        .filter_map(|k| stats.get(*k))
+        .map(|(calls, _)| calls)
         .sum()
 }
 

@@ -16,7 +16,7 @@ use base64::Engine as _;
 use serde_json::Value;
 
 use crate::Env;
-use crate::redis_interop::{eventually, python, redis_args, strs};
+use crate::redis_interop::{celery_send_sleeps, eventually, redis_args, strs};
 
 /// Deliveries and completions per task id, from the task events.
 #[derive(Default)]
@@ -114,21 +114,7 @@ fn kills_a_redis_restart_and_a_rolling_restart_lose_nothing() {
         .collect();
     let mut spawned = 3;
     let t0 = Instant::now();
-    python(
-        r#"
-import os
-from celery import Celery
-app = Celery('p', broker=os.environ['B'], backend=os.environ['R'])
-with app.producer_or_acquire() as p:
-    for i in range(int(os.environ['N'])):
-        app.send_task('afterview.sleep', kwargs={'seconds': 0.01}, task_id=f'fault-{i}', producer=p)
-"#,
-        &[
-            ("B", &redis.url(0)),
-            ("R", &redis.url(1)),
-            ("N", &n.to_string()),
-        ],
-    );
+    celery_send_sleeps(&redis, n, 0.01, "fault");
     let at = |share: f64, r: &RedisServer| {
         eventually("the run to progress", Duration::from_secs(240), || {
             successes(r, n).filter(|&d| d as f64 >= share * n as f64)

@@ -47,6 +47,29 @@ pub(crate) fn python(script: &str, env: &[(&str, &str)]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// Sends `n` `afterview.sleep` tasks of `seconds` from Python Celery through one producer
+/// connection, with task ids `<prefix>-<i>` (broker on db 0, results on db 1 of `redis`).
+pub(crate) fn celery_send_sleeps(redis: &RedisServer, n: usize, seconds: f64, prefix: &str) {
+    python(
+        r#"
+import os
+from celery import Celery
+app = Celery('p', broker=os.environ['B'], backend=os.environ['R'])
+with app.producer_or_acquire() as p:
+    for i in range(int(os.environ['N'])):
+        app.send_task('afterview.sleep', kwargs={'seconds': float(os.environ['S'])},
+                      task_id=os.environ['P'] + f'-{i}', producer=p)
+"#,
+        &[
+            ("B", &redis.url(0)),
+            ("R", &redis.url(1)),
+            ("N", &n.to_string()),
+            ("S", &seconds.to_string()),
+            ("P", prefix),
+        ],
+    );
+}
+
 /// A Python process we started (Celery worker, Flower), killed with its group on drop.
 struct PyProc {
     child: Child,
@@ -626,21 +649,7 @@ fn a_redis_restart_mid_run_loses_no_task() {
     let mut w1 = env.worker("r1@test", &wargs);
     let mut w2 = env.worker("r2@test", &wargs);
     let n = 1000;
-    python(
-        r#"
-import os
-from celery import Celery
-app = Celery('p', broker=os.environ['B'], backend=os.environ['R'])
-with app.producer_or_acquire() as p:
-    for i in range(int(os.environ['N'])):
-        app.send_task('afterview.sleep', kwargs={'seconds': 0.02}, task_id=f'aof-{i}', producer=p)
-"#,
-        &[
-            ("B", &redis.url(0)),
-            ("R", &redis.url(1)),
-            ("N", &n.to_string()),
-        ],
-    );
+    celery_send_sleeps(&redis, n, 0.02, "aof");
     let results = |r: &RedisServer| -> Option<Vec<Option<String>>> {
         let c = redis::Client::open(r.url(1)).ok()?;
         let mut conn = c.get_connection().ok()?;

@@ -81,24 +81,17 @@ pub(super) async fn fetch_loop(s: &Arc<Shared>, shutdown: &Shutdown, runs: &mut 
             lease: s.cfg.lease,
         };
         match s.broker.claim(&req).await {
-            Ok(batch) if batch.is_empty() => {
-                backoff = Duration::from_millis(100);
-                tokio::select! {
-                    _ = s.broker.wait_for_work(&s.cfg.queues, idle_wait(s)) => {}
-                    _ = shutdown.graceful.cancelled() => return,
-                }
-            }
             Ok(batch) => {
                 backoff = Duration::from_millis(100);
-                let drained = batch.len() < req.max && s.broker.pushes_wakeups();
+                // Nothing due, or (with pushed wake-ups) a short batch that took everything due:
+                // claiming again before a wake-up would only come back empty (one wasted round
+                // trip per task when tasks arrive one by one).
+                let wait = batch.is_empty() || (batch.len() < req.max && s.broker.pushes_wakeups());
                 let claimed_at = Instant::now();
                 for d in batch {
                     spawn_run(s, runs, d, claimed_at);
                 }
-                // A short batch took everything due: with pushed wake-ups, claiming again
-                // before one arrives would only come back empty (one wasted round trip per
-                // task when tasks arrive one by one).
-                if drained {
+                if wait {
                     tokio::select! {
                         _ = s.broker.wait_for_work(&s.cfg.queues, idle_wait(s)) => {}
                         _ = shutdown.graceful.cancelled() => return,

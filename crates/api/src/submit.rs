@@ -79,6 +79,19 @@ impl SyncSlot {
     }
 }
 
+impl SyncSlot {
+    /// Gives the slot back before the answer leaves, so a client's next synchronous request
+    /// (sent the moment this one is answered) finds it free on every host. A request dropped
+    /// midway (the client went away) gives it back from `Drop` instead.
+    async fn release(mut self) {
+        if let Some(id) = self.id.take()
+            && let Err(e) = self.st.meta.release_slot(&id).await
+        {
+            tracing::warn!(error = %e, "Could not give a request slot back; it expires by itself.");
+        }
+    }
+}
+
 impl Drop for SyncSlot {
     fn drop(&mut self) {
         if let Some(id) = self.id.take() {
@@ -104,7 +117,7 @@ pub(crate) async fn submit(
         unreachable!("task arguments are objects")
     };
     check_active_tasks(st, user).await?;
-    let _sync = if wait {
+    let sync = if wait {
         Some(SyncSlot::take(st, user).await?)
     } else {
         None
@@ -134,8 +147,11 @@ pub(crate) async fn submit(
             }),
         ));
     }
-    let meta = st.client.publish_and_wait(&msg, st.sync_timeout).await?;
-    waited(st, &msg.id, meta)
+    let meta = st.client.publish_and_wait(&msg, st.sync_timeout).await;
+    if let Some(slot) = sync {
+        slot.release().await;
+    }
+    waited(st, &msg.id, meta?)
 }
 
 /// The photos a task works on (deleting one of them revokes the task): its `image_id`, and

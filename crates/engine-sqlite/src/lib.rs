@@ -187,10 +187,14 @@ impl SqliteBackend {
             opts: opts.clone(),
         });
         let watch_conn = open_conn(&path, &opts, true).map_err(unavailable)?;
+        // Read here, not in the thread: a result written after `open` returns must be above
+        // it. Read in the thread, a late-scheduled watcher (a loaded machine) could start above
+        // a result that a caller's first read missed, and that caller would never hear of it.
+        let last_seq = max_result_seq(&watch_conn).map_err(unavailable)?;
         let weak = Arc::downgrade(&inner);
         std::thread::Builder::new()
             .name("av-sqlite-watch".into())
-            .spawn(move || watch(weak, watch_conn))
+            .spawn(move || watch(weak, watch_conn, last_seq))
             .map_err(|e| BackendError::unavailable(format!("cannot start the watcher: {e}")))?;
         Ok(Self { inner })
     }
@@ -217,14 +221,16 @@ impl SqliteBackend {
     }
 }
 
-/// Follows other processes' commits: wakes waiters and re-publishes their result changes.
-fn watch(inner: Weak<Inner>, conn: Connection) {
+fn max_result_seq(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.query_row("SELECT COALESCE(MAX(seq), 0) FROM results", [], |r| {
+        r.get(0)
+    })
+}
+
+/// Follows other processes' commits after result `last_seq`: wakes waiters and re-publishes
+/// their result changes.
+fn watch(inner: Weak<Inner>, conn: Connection, mut last_seq: i64) {
     let mut last_version: i64 = -1;
-    let mut last_seq: i64 = conn
-        .query_row("SELECT COALESCE(MAX(seq), 0) FROM results", [], |r| {
-            r.get(0)
-        })
-        .unwrap_or(0);
     let mut idle = Duration::ZERO;
     loop {
         let Some(inner) = inner.upgrade() else { return };

@@ -63,6 +63,10 @@ pub(crate) fn emit(bench: &str, fields: serde_json::Value) {
     }
 }
 
+/// The same allocator as the `afterview` binary, so in-process figures match it.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() {
     let what = std::env::args().nth(1).unwrap_or_else(|| "engine".into());

@@ -72,3 +72,84 @@ async fn one_task_at_a_time_costs_three_script_calls() {
     shutdown.trigger();
     let _ = handle.await;
 }
+
+/// The `max` argument of every claim script call in `redis-cli monitor` output
+/// (`"evalsha" <sha> "0" <now> <lease> <max> <worker> <queue>`).
+fn claim_sizes(monitor: &str, worker: &str) -> Vec<u64> {
+    monitor
+        .lines()
+        .filter(|l| !l.contains(" lua]"))
+        .filter_map(|l| {
+            let args: Vec<&str> = l.split('"').skip(1).step_by(2).collect();
+            (args.len() == 8 && args[0].eq_ignore_ascii_case("evalsha") && args[6] == worker)
+                .then(|| args[5].parse().ok())?
+        })
+        .collect()
+}
+
+/// A drain of a full queue claims half the window at a time (the next claim overlaps the run
+/// and store of the previous half) and never one message per finished run: at `-c 8`,
+/// prefetch 4 (a window of 32), every claim asks for between a quarter and a half of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_claims_between_a_quarter_and_half_the_window() {
+    let server = RedisServer::start(2, false);
+    let url = server.url(0);
+    let backend = Arc::new(
+        RedisBackend::open(&url, Some(&server.url(1)), RedisOptions::default())
+            .await
+            .unwrap(),
+    );
+    let client = Client::new(backend.clone(), backend.clone());
+    let n = 3_200;
+    let msgs: Vec<_> = (0..n)
+        .map(|_| {
+            client
+                .message("afterview.noop", vec![], Map::new(), SendOptions::default())
+                .unwrap()
+        })
+        .collect();
+    for chunk in msgs.chunks(500) {
+        backend.publish_batch(chunk).await.unwrap();
+    }
+    let log = server.dir.join("monitor.log");
+    let mut monitor = std::process::Command::new("redis-cli")
+        .args(["-p", &server.port.to_string(), "monitor"])
+        .stdout(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("redis-cli");
+    while !std::fs::read_to_string(&log).unwrap().starts_with("OK") {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let node = "drain@test";
+    let shutdown = Shutdown::new();
+    let worker = Worker::new(
+        WorkerConfig {
+            concurrency: 8,
+            prefetch_multiplier: 4,
+            node: node.into(),
+            ..WorkerConfig::default()
+        },
+        backend.clone() as Arc<dyn Broker>,
+        backend.clone() as Arc<dyn ResultBackend>,
+        Registry::with_builtins(),
+    );
+    let handle = tokio::spawn(worker.run(shutdown.clone()));
+    let last = &msgs.last().unwrap().id;
+    let r = client.wait(last, Duration::from_secs(60)).await.unwrap();
+    assert_eq!(r.status, TaskState::Success);
+    shutdown.trigger();
+    shutdown.trigger();
+    let _ = handle.await;
+    let _ = monitor.kill();
+    let _ = monitor.wait();
+    let sizes = claim_sizes(&std::fs::read_to_string(&log).unwrap(), node);
+    assert!(
+        sizes.len() >= n / 16,
+        "{} claims seen for {n} messages",
+        sizes.len()
+    );
+    assert!(
+        sizes.iter().all(|m| (8..=16).contains(m)),
+        "claims asked for {sizes:?} with a window of 32"
+    );
+}

@@ -65,6 +65,9 @@ pub struct SqliteOptions {
     pub synchronous_full: bool,
     /// How long a write waits for another process's lock.
     pub busy_timeout: Duration,
+    /// Tests: how long the watcher thread sleeps before it starts (a late-scheduled thread).
+    #[cfg(test)]
+    watch_delay: Duration,
 }
 
 impl Default for SqliteOptions {
@@ -73,6 +76,8 @@ impl Default for SqliteOptions {
             result_expires: Duration::from_secs(24 * 3600),
             synchronous_full: false,
             busy_timeout: Duration::from_secs(5),
+            #[cfg(test)]
+            watch_delay: Duration::ZERO,
         }
     }
 }
@@ -192,9 +197,15 @@ impl SqliteBackend {
         // a result that a caller's first read missed, and that caller would never hear of it.
         let last_seq = max_result_seq(&watch_conn).map_err(unavailable)?;
         let weak = Arc::downgrade(&inner);
+        #[cfg(test)]
+        let delay = opts.watch_delay;
         std::thread::Builder::new()
             .name("av-sqlite-watch".into())
-            .spawn(move || watch(weak, watch_conn, last_seq))
+            .spawn(move || {
+                #[cfg(test)]
+                std::thread::sleep(delay);
+                watch(weak, watch_conn, last_seq)
+            })
             .map_err(|e| BackendError::unavailable(format!("cannot start the watcher: {e}")))?;
         Ok(Self { inner })
     }
@@ -932,7 +943,38 @@ impl ResultBackend for SqliteBackend {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
     use afterview_engine::policy::TERMINAL_STATES;
+    use afterview_engine::result::{ResultMeta, TaskState};
+    use afterview_engine::{Client, ResultBackend};
+
+    use super::{SqliteBackend, SqliteOptions};
+
+    /// Another process's result written after `open` returned reaches this process's waiters
+    /// even when the watcher thread starts late (it once read its starting point itself, after
+    /// the result, and the waiter timed out PENDING).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_late_watcher_still_delivers_results_written_after_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("shared.db");
+        let other = SqliteBackend::open(&path, SqliteOptions::default()).unwrap();
+        let late = SqliteOptions {
+            watch_delay: Duration::from_millis(500),
+            ..SqliteOptions::default()
+        };
+        let here = Arc::new(SqliteBackend::open(&path, late).unwrap());
+        let client = Client::new(here.clone(), here);
+        let waiting =
+            tokio::spawn(async move { client.wait("late-watcher", Duration::from_secs(5)).await });
+        // Let the waiter read PENDING first, then write from the "other process".
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let meta = ResultMeta::new("late-watcher", TaskState::Success, serde_json::json!(1));
+        other.store(&meta, None).await.unwrap();
+        let got = waiting.await.unwrap().unwrap();
+        assert_eq!(got.status, TaskState::Success);
+    }
 
     #[test]
     fn the_terminal_query_lists_exactly_the_terminal_states() {

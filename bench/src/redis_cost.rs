@@ -10,12 +10,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use afterview_engine::{
-    Broker, Client, Registry, ResultBackend, SendOptions, Shutdown, Worker, WorkerConfig,
-};
-use afterview_engine_redis::testing::{RedisServer, command_stats, redis};
+use afterview_engine::{Broker, Client, Registry, ResultBackend, Shutdown, Worker, WorkerConfig};
+use afterview_engine_redis::testing::{RedisServer, command_stats, publish_noops, redis};
 use afterview_engine_redis::{RedisBackend, RedisOptions};
-use serde_json::Map;
 
 /// `(calls and µs per command, CPU seconds)` from the server's counters.
 fn counters(url: &str) -> (BTreeMap<String, (u64, u64)>, f64) {
@@ -44,16 +41,7 @@ pub(crate) async fn run(n: usize, concurrency: usize) {
             .unwrap(),
     );
     let client = Client::new(backend.clone(), backend.clone());
-    let msgs: Vec<_> = (0..n)
-        .map(|_| {
-            client
-                .message("afterview.noop", vec![], Map::new(), SendOptions::default())
-                .unwrap()
-        })
-        .collect();
-    for chunk in msgs.chunks(500) {
-        backend.publish_batch(chunk).await.unwrap();
-    }
+    let msgs = publish_noops(&client, n).await;
     let last = msgs.last().unwrap().id.clone();
     let (calls0, cpu0) = counters(&url);
     let t0 = Instant::now();

@@ -207,3 +207,29 @@ pub fn command_stats(url: &str) -> BTreeMap<String, (u64, u64)> {
         })
         .collect()
 }
+
+/// Publishes a backlog of `n` `afterview.noop` messages in batches of 500 (what drain tests
+/// and benches start from); returns them in publish order.
+pub async fn publish_noops(
+    client: &afterview_engine::Client,
+    n: usize,
+) -> Vec<afterview_engine::TaskMessage> {
+    let msgs: Vec<_> = (0..n)
+        .map(|_| {
+            client
+                .message(
+                    "afterview.noop",
+                    vec![],
+                    serde_json::Map::new(),
+                    afterview_engine::SendOptions::default(),
+                )
+                .expect("a noop message")
+        })
+        .collect();
+    for chunk in msgs.chunks(500) {
+        afterview_engine::Broker::publish_batch(client.broker().as_ref(), chunk)
+            .await
+            .expect("publish");
+    }
+    msgs
+}

@@ -5,12 +5,53 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use afterview_engine::BackendError;
 use afterview_engine::{
     Broker, Client, Registry, ResultBackend, SendOptions, Shutdown, TaskState, Worker, WorkerConfig,
 };
-use afterview_engine_redis::testing::{RedisServer, command_stats};
+use afterview_engine_redis::testing::{RedisServer, command_stats, publish_noops};
 use afterview_engine_redis::{RedisBackend, RedisOptions};
 use serde_json::Map;
+use tokio::task::JoinHandle;
+
+async fn open(server: &RedisServer) -> Arc<RedisBackend> {
+    Arc::new(
+        RedisBackend::open(
+            &server.url(0),
+            Some(&server.url(1)),
+            RedisOptions::default(),
+        )
+        .await
+        .unwrap(),
+    )
+}
+
+/// A worker at `-c 8`, prefetch 4 (a window of 32) named `node`, running until [`stop`].
+fn start_worker(
+    backend: &Arc<RedisBackend>,
+    node: &str,
+) -> (Shutdown, JoinHandle<Result<(), BackendError>>) {
+    let shutdown = Shutdown::new();
+    let worker = Worker::new(
+        WorkerConfig {
+            concurrency: 8,
+            prefetch_multiplier: 4,
+            node: node.into(),
+            ..WorkerConfig::default()
+        },
+        backend.clone() as Arc<dyn Broker>,
+        backend.clone() as Arc<dyn ResultBackend>,
+        Registry::with_builtins(),
+    );
+    let handle = tokio::spawn(worker.run(shutdown.clone()));
+    (shutdown, handle)
+}
+
+async fn stop((shutdown, handle): (Shutdown, JoinHandle<Result<(), BackendError>>)) {
+    shutdown.trigger();
+    shutdown.trigger();
+    let _ = handle.await;
+}
 
 /// Script calls the server has executed so far.
 fn script_calls(url: &str) -> u64 {
@@ -26,25 +67,10 @@ fn script_calls(url: &str) -> u64 {
 async fn one_task_at_a_time_costs_three_script_calls() {
     let server = RedisServer::start(2, false);
     let url = server.url(0);
-    let backend = Arc::new(
-        RedisBackend::open(&url, Some(&server.url(1)), RedisOptions::default())
-            .await
-            .unwrap(),
-    );
+    let backend = open(&server).await;
     assert!(backend.pushes_wakeups());
     let client = Client::new(backend.clone(), backend.clone());
-    let shutdown = Shutdown::new();
-    let worker = Worker::new(
-        WorkerConfig {
-            concurrency: 8,
-            prefetch_multiplier: 4,
-            ..WorkerConfig::default()
-        },
-        backend.clone() as Arc<dyn Broker>,
-        backend.clone() as Arc<dyn ResultBackend>,
-        Registry::with_builtins(),
-    );
-    let handle = tokio::spawn(worker.run(shutdown.clone()));
+    let worker = start_worker(&backend, "one-at-a-time@test");
     let one = || async {
         let id = client
             .send_task("afterview.noop", vec![], Map::new(), SendOptions::default())
@@ -68,9 +94,7 @@ async fn one_task_at_a_time_costs_three_script_calls() {
         per_task < 3.5,
         "{per_task:.2} script calls per task one at a time (3 expected)"
     );
-    shutdown.trigger();
-    shutdown.trigger();
-    let _ = handle.await;
+    stop(worker).await;
 }
 
 /// The `max` argument of every claim script call in `redis-cli monitor` output
@@ -93,24 +117,10 @@ fn claim_sizes(monitor: &str, worker: &str) -> Vec<u64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drain_claims_between_a_quarter_and_half_the_window() {
     let server = RedisServer::start(2, false);
-    let url = server.url(0);
-    let backend = Arc::new(
-        RedisBackend::open(&url, Some(&server.url(1)), RedisOptions::default())
-            .await
-            .unwrap(),
-    );
+    let backend = open(&server).await;
     let client = Client::new(backend.clone(), backend.clone());
     let n = 3_200;
-    let msgs: Vec<_> = (0..n)
-        .map(|_| {
-            client
-                .message("afterview.noop", vec![], Map::new(), SendOptions::default())
-                .unwrap()
-        })
-        .collect();
-    for chunk in msgs.chunks(500) {
-        backend.publish_batch(chunk).await.unwrap();
-    }
+    let msgs = publish_noops(&client, n).await;
     let log = server.dir.join("monitor.log");
     let mut monitor = std::process::Command::new("redis-cli")
         .args(["-p", &server.port.to_string(), "monitor"])
@@ -121,25 +131,11 @@ async fn a_drain_claims_between_a_quarter_and_half_the_window() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let node = "drain@test";
-    let shutdown = Shutdown::new();
-    let worker = Worker::new(
-        WorkerConfig {
-            concurrency: 8,
-            prefetch_multiplier: 4,
-            node: node.into(),
-            ..WorkerConfig::default()
-        },
-        backend.clone() as Arc<dyn Broker>,
-        backend.clone() as Arc<dyn ResultBackend>,
-        Registry::with_builtins(),
-    );
-    let handle = tokio::spawn(worker.run(shutdown.clone()));
+    let worker = start_worker(&backend, node);
     let last = &msgs.last().unwrap().id;
     let r = client.wait(last, Duration::from_secs(60)).await.unwrap();
     assert_eq!(r.status, TaskState::Success);
-    shutdown.trigger();
-    shutdown.trigger();
-    let _ = handle.await;
+    stop(worker).await;
     let _ = monitor.kill();
     let _ = monitor.wait();
     let sizes = claim_sizes(&std::fs::read_to_string(&log).unwrap(), node);

@@ -12,7 +12,11 @@
 //! stream, `dead` (list).
 //!
 //! Cost: a claim and a batch of results touch each key once for the whole batch (`many`, one
-//! variadic call per key; only the pop and the result's SET + PUBLISH are per message). Both
+//! variadic call per key; a claim pops each list with one `RPOP key count`, Redis 6.2 or newer;
+//! only the result's SET + PUBLISH are per message). Every string that enters Lua (a popped
+//! envelope, a built `unacked` value, an argument) is hashed byte by byte when Redis interns it
+//! (about 3 ns per byte here), so the scripts read envelopes with plain `string.find` and build
+//! one string per message, never more. Both
 //! zsets carry `ANCHOR`, a member longer than `zset-max-listpack-value` scored `+inf`: it keeps
 //! them in Redis's skiplist encoding (at about a prefetch window of members a listpack insert
 //! scans the whole list) and is never in the range anything reads.
@@ -120,8 +124,8 @@ end
 -- The string value after the first `"<key>":` (kombu's `": "` or a compact `":"`) in `raw`;
 -- nil when the key is absent, false when its value is not a plain string (escapes, a number:
 -- the caller decodes instead).
-local function json_str(raw, needle)
-  local _, e = string.find(raw, needle, 1, true)
+local function json_str(raw, needle, from)
+  local _, e = string.find(raw, needle, from or 1, true)
   if not e then return nil end
   local s = e + 1
   if string.byte(raw, s) == 32 then s = s + 1 end
@@ -137,8 +141,11 @@ end
 -- `"id":` key is the header's (the body is base64, header strings escape their quotes) and
 -- `delivery_tag` is a property; anything it cannot read plainly is decoded as JSON.
 local function envelope_ids(raw)
-  if string.byte(raw, 1) == 123 and string.find(raw, '"delivery_info":', 1, true) then
-    local tag = json_str(raw, '"delivery_tag":')
+  local info = string.byte(raw, 1) == 123 and string.find(raw, '"delivery_info":', 1, true)
+  if info then
+    -- A property: after `delivery_info` in kombu's order and in sorted keys; else anywhere.
+    local tag = json_str(raw, '"delivery_tag":', info)
+    if tag == nil then tag = json_str(raw, '"delivery_tag":', 1) end
     if tag then
       local id = json_str(raw, '"id":')
       if id ~= false then return tag, id or '' end
@@ -203,13 +210,14 @@ for _, m in ipairs(due) do
   redis.call('ZREM', 'afterview:scheduled', m)
 end
 -- Pop first, then record every popped message with one call per key, not per message.
+-- One RPOP with a count per list (Redis >= 6.2), in the order single pops would take them.
 local got = {}
 for _, suffix in ipairs({'', SEP .. '3', SEP .. '6', SEP .. '9'}) do
   for _, q in ipairs(queues) do
-    while #got < max do
-      local raw = redis.call('RPOP', q .. suffix)
-      if not raw then break end
-      got[#got + 1] = {raw, q, suffix}
+    if #got >= max then break end
+    local raws = redis.call('RPOP', q .. suffix, max - #got)
+    if raws then
+      for _, raw in ipairs(raws) do got[#got + 1] = {raw, q, suffix} end
     end
   end
 end
@@ -243,6 +251,7 @@ if #got > 0 then
   -- Each claim takes the next epoch of its tag (twice in one batch: the later one wins).
   local cur = many('HMGET', LEASE, tags)
   local epochs, last = {}, {}
+  local deadline = string.format('%d', now + lease)
   local leases, deadlines, running, revoked = {}, {}, {}, {}
   for i, tag in ipairs(tags) do
     local e = last[tag]
@@ -251,7 +260,7 @@ if #got > 0 then
     last[tag], epochs[i] = e, e
     leases[#leases + 1] = tag
     leases[#leases + 1] = e .. ' 1 ' .. tids[i]
-    deadlines[#deadlines + 1] = now + lease
+    deadlines[#deadlines + 1] = deadline
     deadlines[#deadlines + 1] = tag
     if tids[i] ~= '' then
       running[#running + 1] = tids[i]

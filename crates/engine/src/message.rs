@@ -11,6 +11,7 @@ use std::fmt;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use chrono::{DateTime, Utc};
+use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use crate::time::{format_iso, parse_iso};
@@ -239,36 +240,29 @@ impl TaskMessage {
 
     /// Decodes an envelope. `queue` is the queue it was read from, used when the envelope's
     /// `delivery_info` does not name one.
+    ///
+    /// The fields read are deserialized straight into [`Fields`] (every other key is skipped,
+    /// no map is built). An envelope that shape does not fit (not an object, a duplicated key,
+    /// a container where a scalar goes, invalid JSON) is decoded again as a JSON tree, which
+    /// gives the same message or the exact error; both paths share every rule below.
     pub fn from_envelope(raw: &[u8], queue: &str) -> Result<Self, DecodeError> {
-        let env: Value = serde_json::from_slice(raw)
-            .map_err(|e| DecodeError::anonymous(format!("envelope is not valid JSON: {e}")))?;
-        let Value::Object(mut env) = env else {
-            return Err(DecodeError::anonymous("envelope is not a JSON object"));
+        let fields = match serde_json::from_slice::<Obj<Fields>>(raw) {
+            Ok(Obj(f)) => f,
+            Err(_) => Fields::from_tree(raw)?,
         };
-        let headers = match env.remove("headers") {
-            None | Some(Value::Null) => Map::new(),
-            Some(Value::Object(h)) => h,
-            Some(_) => return Err(DecodeError::anonymous("envelope headers are not an object")),
-        };
-        let properties = match env.remove("properties") {
-            None | Some(Value::Null) => Map::new(),
-            Some(Value::Object(p)) => p,
-            Some(_) => {
-                return Err(DecodeError::anonymous(
-                    "envelope properties are not an object",
-                ));
-            }
-        };
+        Self::from_fields(fields, queue)
+    }
+
+    fn from_fields(f: Fields, queue: &str) -> Result<Self, DecodeError> {
+        let headers = f.headers.map(|o| o.0).unwrap_or_default();
+        let properties = f.properties.map(|o| o.0).unwrap_or_default();
         // Identify the task as early as possible, so a later failure can still be reported
         // against its id.
         let who = Who {
-            id: headers.get("id").and_then(Value::as_str).map(str::to_owned),
-            task: headers
-                .get("task")
-                .and_then(Value::as_str)
-                .map(str::to_owned),
+            id: text(&headers.id),
+            task: text(&headers.task),
         };
-        let body = envelope_body(&env, &headers, &properties, &who)?;
+        let body = envelope_body(&f.body, &f.content_type, &headers, &properties, &who)?;
         let facts = DeliveryFacts::read(&headers, &properties, queue, &who)?;
         if who.task.is_some() {
             Self::from_v2(&headers, body, facts, who)
@@ -279,7 +273,7 @@ impl TaskMessage {
 
     /// Protocol v2: identity and options in the headers, `[args, kwargs, embed]` in the body.
     fn from_v2(
-        headers: &Map<String, Value>,
+        headers: &Headers,
         body: Value,
         facts: DeliveryFacts,
         who: Who,
@@ -302,8 +296,8 @@ impl TaskMessage {
         let Value::Object(kwargs) = parts[1].take() else {
             return Err(fail("body kwargs are not an object".into()));
         };
-        let timelimit = time_limits(headers.get("timelimit")).map_err(fail)?;
-        let retries = match headers.get("retries") {
+        let timelimit = time_limits(headers.timelimit.as_ref()).map_err(fail)?;
+        let retries = match &headers.retries {
             None | Some(Value::Null) => 0,
             Some(v) => v
                 .as_u64()
@@ -315,16 +309,16 @@ impl TaskMessage {
                     ))
                 })?,
         };
-        let text = |k: &str| headers.get(k).and_then(Value::as_str).map(str::to_owned);
         let msg = Self {
-            root_id: text("root_id").unwrap_or_else(|| id.clone()),
-            eta: opt_time(headers.get("eta")).map_err(|e| fail(format!("eta: {e}")))?,
-            expires: opt_time(headers.get("expires")).map_err(|e| fail(format!("expires: {e}")))?,
+            root_id: text(&headers.root_id).unwrap_or_else(|| id.clone()),
+            eta: opt_time(headers.eta.as_ref()).map_err(|e| fail(format!("eta: {e}")))?,
+            expires: opt_time(headers.expires.as_ref())
+                .map_err(|e| fail(format!("expires: {e}")))?,
             retries,
-            parent_id: text("parent_id"),
-            group: text("group"),
-            origin: text("origin"),
-            ignore_result: headers.get("ignore_result").and_then(Value::as_bool),
+            parent_id: text(&headers.parent_id),
+            group: text(&headers.group),
+            origin: text(&headers.origin),
+            ignore_result: headers.ignore_result.as_ref().and_then(Value::as_bool),
             id,
             task,
             args,
@@ -405,16 +399,135 @@ impl Who {
     }
 }
 
+/// The envelope's fields that decoding reads; all others are skipped. A `null` field reads as
+/// absent, as it does in the JSON tree.
+#[derive(Default, Deserialize)]
+#[serde(default)]
+struct Fields {
+    body: Option<Value>,
+    #[serde(rename = "content-type")]
+    content_type: Option<Value>,
+    headers: Option<Obj<Headers>>,
+    properties: Option<Obj<Properties>>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(default)]
+struct Headers {
+    id: Option<Value>,
+    task: Option<Value>,
+    timelimit: Option<Value>,
+    retries: Option<Value>,
+    root_id: Option<Value>,
+    parent_id: Option<Value>,
+    group: Option<Value>,
+    origin: Option<Value>,
+    eta: Option<Value>,
+    expires: Option<Value>,
+    ignore_result: Option<Value>,
+    redelivered: Option<Value>,
+    compression: Option<Value>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(default)]
+struct Properties {
+    delivery_info: Option<Value>,
+    priority: Option<Value>,
+    delivery_tag: Option<Value>,
+    body_encoding: Option<Value>,
+}
+
+/// A JSON object read as `T` (a derived struct alone would also accept an array).
+struct Obj<T>(T);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Obj<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Object<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for Object<T> {
+            type Value = Obj<T>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Obj<T>, A::Error> {
+                T::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(Obj)
+            }
+        }
+        d.deserialize_map(Object(std::marker::PhantomData))
+    }
+}
+
+impl Fields {
+    /// The slow path: the envelope as a JSON tree, with its errors (a later key wins over an
+    /// earlier duplicate, as in any JSON object read into a map).
+    fn from_tree(raw: &[u8]) -> Result<Self, DecodeError> {
+        let env: Value = serde_json::from_slice(raw)
+            .map_err(|e| DecodeError::anonymous(format!("envelope is not valid JSON: {e}")))?;
+        let Value::Object(mut env) = env else {
+            return Err(DecodeError::anonymous("envelope is not a JSON object"));
+        };
+        let mut headers = match env.remove("headers") {
+            None | Some(Value::Null) => Map::new(),
+            Some(Value::Object(h)) => h,
+            Some(_) => return Err(DecodeError::anonymous("envelope headers are not an object")),
+        };
+        let mut properties = match env.remove("properties") {
+            None | Some(Value::Null) => Map::new(),
+            Some(Value::Object(p)) => p,
+            Some(_) => {
+                return Err(DecodeError::anonymous(
+                    "envelope properties are not an object",
+                ));
+            }
+        };
+        let mut h = |k: &str| headers.remove(k);
+        let headers = Headers {
+            id: h("id"),
+            task: h("task"),
+            timelimit: h("timelimit"),
+            retries: h("retries"),
+            root_id: h("root_id"),
+            parent_id: h("parent_id"),
+            group: h("group"),
+            origin: h("origin"),
+            eta: h("eta"),
+            expires: h("expires"),
+            ignore_result: h("ignore_result"),
+            redelivered: h("redelivered"),
+            compression: h("compression"),
+        };
+        let mut p = |k: &str| properties.remove(k);
+        let properties = Properties {
+            delivery_info: p("delivery_info"),
+            priority: p("priority"),
+            delivery_tag: p("delivery_tag"),
+            body_encoding: p("body_encoding"),
+        };
+        Ok(Self {
+            body: env.remove("body"),
+            content_type: env.remove("content-type"),
+            headers: Some(Obj(headers)),
+            properties: Some(Obj(properties)),
+        })
+    }
+}
+
+/// A string field's value (absent when missing, null or not a string).
+fn text(v: &Option<Value>) -> Option<String> {
+    v.as_ref().and_then(Value::as_str).map(str::to_owned)
+}
+
 /// The envelope's body as JSON: only `application/json`, uncompressed, in UTF-8 or base64.
 fn envelope_body(
-    env: &Map<String, Value>,
-    headers: &Map<String, Value>,
-    properties: &Map<String, Value>,
+    body: &Option<Value>,
+    content_type: &Option<Value>,
+    headers: &Headers,
+    properties: &Properties,
     who: &Who,
 ) -> Result<Value, DecodeError> {
     let fail = |reason: String| who.fail(reason);
-    let content_type = env
-        .get("content-type")
+    let content_type = content_type
+        .as_ref()
         .and_then(Value::as_str)
         .unwrap_or("application/json");
     if content_type != "application/json" {
@@ -422,15 +535,16 @@ fn envelope_body(
             "content type {content_type:?} is not accepted (only application/json)"
         )));
     }
-    if headers.get("compression").is_some_and(|v| !v.is_null()) {
+    if headers.compression.as_ref().is_some_and(|v| !v.is_null()) {
         return Err(fail("compressed bodies are not accepted".into()));
     }
-    let body_str = env
-        .get("body")
+    let body_str = body
+        .as_ref()
         .and_then(Value::as_str)
         .ok_or_else(|| fail("envelope has no string body".into()))?;
     let encoding = properties
-        .get("body_encoding")
+        .body_encoding
+        .as_ref()
         .and_then(Value::as_str)
         .unwrap_or("utf-8");
     let decoded;
@@ -457,12 +571,12 @@ struct DeliveryFacts {
 
 impl DeliveryFacts {
     fn read(
-        headers: &Map<String, Value>,
-        properties: &Map<String, Value>,
+        headers: &Headers,
+        properties: &Properties,
         queue: &str,
         who: &Who,
     ) -> Result<Self, DecodeError> {
-        let delivery_info = properties.get("delivery_info").and_then(Value::as_object);
+        let delivery_info = properties.delivery_info.as_ref().and_then(Value::as_object);
         let flag = |v: Option<&Value>| v.and_then(Value::as_bool).unwrap_or(false);
         Ok(Self {
             queue: delivery_info
@@ -471,14 +585,15 @@ impl DeliveryFacts {
                 .filter(|q| !q.is_empty())
                 .unwrap_or(queue)
                 .to_owned(),
-            redelivered: flag(headers.get("redelivered"))
+            redelivered: flag(headers.redelivered.as_ref())
                 || flag(delivery_info.and_then(|d| d.get("redelivered"))),
             priority: properties
-                .get("priority")
+                .priority
+                .as_ref()
                 .and_then(Value::as_u64)
                 .map(|p| p.min(u64::from(MAX_PRIORITY)) as u8)
                 .unwrap_or(0),
-            delivery_tag: match properties.get("delivery_tag") {
+            delivery_tag: match &properties.delivery_tag {
                 Some(Value::String(s)) if !s.is_empty() => s.clone(),
                 Some(Value::Number(n)) => n.to_string(),
                 _ => return Err(who.fail("properties.delivery_tag is missing".into())),
@@ -799,6 +914,70 @@ mod tests {
         assert!(m.kwargs.is_empty());
         assert_eq!(m.timelimit, TimeLimits::default());
         assert_eq!(m.delivery_tag, "b2f69138-37d4-40fd-afab-f38d818d4a63");
+    }
+
+    /// The typed read and the JSON-tree read give the same message or the same error, and the
+    /// typed read is the one that runs for every well-formed envelope.
+    #[test]
+    fn the_typed_read_and_the_tree_read_agree() {
+        let slow = |raw: &str| {
+            Fields::from_tree(raw.as_bytes()).and_then(|f| TaskMessage::from_fields(f, "q"))
+        };
+        let ours = msg().to_envelope();
+        let mut redelivered = msg();
+        redelivered.redelivered = true;
+        let python = r#"{"body": "W1syLCAzXSwge30sIHsiY2FsbGJhY2tzIjogbnVsbCwgImVycmJhY2tzIjogbnVsbCwgImNoYWluIjogbnVsbCwgImNob3JkIjogbnVsbH1d", "content-encoding": "utf-8", "content-type": "application/json", "headers": {"lang": "py", "task": "tasks.add", "id": "p1", "shadow": null, "eta": null, "expires": null, "group": "g", "retries": 3, "timelimit": [10, 5.5], "root_id": "r", "parent_id": "pa", "argsrepr": "(2, 3)", "origin": "gen@vm", "ignore_result": true, "stamps": {"x": [1, {"y": null}]}}, "properties": {"correlation_id": "p1", "reply_to": "f6", "delivery_mode": 2, "delivery_info": {"exchange": "", "routing_key": "videos", "redelivered": true}, "priority": 12, "body_encoding": "base64", "delivery_tag": 42}}"#;
+        let typed = [
+            ours.clone(),
+            redelivered.to_envelope(),
+            python.to_owned(),
+            format!(" \n\t{ours}"),
+            r#"{"body": "[[], {}, {}]", "headers": null, "properties": null}"#.to_owned(),
+            r#"{"body": "[[], {}, {}]", "headers": {"task": "t", "id": "i", "eta": null, "timelimit": null, "retries": null}, "properties": {"delivery_tag": "x", "delivery_info": "not an object", "priority": "high"}}"#.to_owned(),
+            r#"{"body": "{\"task\": \"t.v1\", \"id\": \"v1\", \"args\": [1]}", "properties": {"delivery_tag": "d"}}"#.to_owned(),
+            r#"{"body": 5, "headers": {"task": "t", "id": "i"}, "properties": {"delivery_tag": "x"}}"#.to_owned(),
+            r#"{"body": "[[], {}, {}]", "headers": {"task": "t", "id": "i", "compression": "zlib"}, "properties": {"delivery_tag": "x"}}"#.to_owned(),
+            r#"{"body": "[[], {}, {}]", "headers": {"task": "t", "id": "i", "timelimit": [-1, null]}, "properties": {"delivery_tag": "x"}}"#.to_owned(),
+            r#"{"body": "[[], {}, {}]", "headers": {"task": "t", "id": "i", "retries": -2}, "properties": {"delivery_tag": ""}}"#.to_owned(),
+        ];
+        for raw in &typed {
+            assert!(
+                serde_json::from_slice::<Obj<Fields>>(raw.as_bytes()).is_ok(),
+                "typed read refused {raw}"
+            );
+            assert_eq!(
+                TaskMessage::from_envelope(raw.as_bytes(), "q"),
+                slow(raw),
+                "{raw}"
+            );
+        }
+        let tree_only = [
+            "not json",
+            "[1, 2]",
+            "[\"body\", null, null, null]",
+            "{\"headers\": [\"t\", \"i\"]}",
+            "{\"headers\": {}, \"properties\": 7}",
+            r#"{"body": "[[], {}, {}]", "headers": {"task": "t", "id": "first", "id": "last"}, "properties": {"delivery_tag": "x"}}"#,
+            r#"{"body": "[[], {}, {}]", "headers": {"task": "t", "id": "i"}, "properties": {"delivery_tag": "x"}} trailing"#,
+        ];
+        for raw in tree_only {
+            assert!(
+                serde_json::from_slice::<Obj<Fields>>(raw.as_bytes()).is_err(),
+                "{raw}"
+            );
+            assert_eq!(
+                TaskMessage::from_envelope(raw.as_bytes(), "q"),
+                slow(raw),
+                "{raw}"
+            );
+        }
+        // A duplicated key: the later one wins, as before.
+        let m = TaskMessage::from_envelope(tree_only[5].as_bytes(), "q").unwrap();
+        assert_eq!(m.id, "last");
+        let e = TaskMessage::from_envelope(tree_only[3].as_bytes(), "q").unwrap_err();
+        assert_eq!(e.reason, "envelope headers are not an object");
+        let e = TaskMessage::from_envelope(tree_only[2].as_bytes(), "q").unwrap_err();
+        assert_eq!(e.reason, "envelope is not a JSON object");
     }
 
     #[test]

@@ -169,3 +169,48 @@ async fn lease_indexes_stay_skiplists_and_their_anchor_is_invisible() {
     let stats = f.broker.queue_stats(Some(&["q".to_owned()])).await.unwrap();
     assert_eq!((stats[0].ready, stats[0].leased), (0, 0));
 }
+
+/// Leased counts read kombu's `unacked` entries (ours and a Python worker's) by their routing
+/// key: as text when it is plain, decoded when it is not (an escaped quote, a long name), and
+/// not at all when the entry names no queue. Every entry is read once, for all queues asked.
+#[tokio::test]
+async fn leased_counts_read_the_routing_key_of_every_unacked_shape() {
+    use afterview_engine_redis::testing::redis;
+    let server = shared();
+    let db = server.fresh_db();
+    let f = open(server.url(db), Duration::from_secs(60)).await;
+    let long = "l".repeat(100);
+    let env = r#"{"body": "W10=", "headers": {"id": "x"}, "properties": {"delivery_tag": "t"}}"#;
+    let entries = [
+        format!(r#"[{env}, "", "plain"]"#),
+        format!(r#"[{env}, "celery", "plain"]"#),
+        format!(r#"[{env},"","plain"]"#),
+        // `q"x`: the text after the escaped quote is `x`, which must not be counted.
+        format!(r#"[{env}, "", "q\"x"]"#),
+        format!(r#"[{env}, "", "{long}"]"#),
+        format!(r#"[{env}, "", null]"#),
+        // Not kombu's three elements: decoded, the third counts.
+        format!(r#"[{env}, "", "third", 5]"#),
+        "not json".to_owned(),
+    ];
+    let mut c = redis::Client::open(server.url(db))
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    for (i, e) in entries.iter().enumerate() {
+        let _: () = redis::cmd("HSET")
+            .arg("unacked")
+            .arg(format!("tag-{i}"))
+            .arg(e)
+            .query(&mut c)
+            .unwrap();
+    }
+    let asked: Vec<String> = ["plain", "q\"x", "x", long.as_str(), "third", "none"]
+        .iter()
+        .map(|q| q.to_string())
+        .collect();
+    let stats = f.broker.queue_stats(Some(&asked)).await.unwrap();
+    let leased: Vec<(String, u64)> = stats.into_iter().map(|s| (s.queue, s.leased)).collect();
+    let want: Vec<(String, u64)> = asked.iter().cloned().zip([3, 1, 0, 1, 1, 0]).collect();
+    assert_eq!(leased, want);
+}

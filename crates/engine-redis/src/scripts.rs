@@ -15,8 +15,8 @@
 //! variadic call per key; a claim pops each list with one `RPOP key count`, Redis 6.2 or newer;
 //! only the result's SET + PUBLISH are per message). Every string that enters Lua (a popped
 //! envelope, a built `unacked` value, an argument) is hashed byte by byte when Redis interns it
-//! (about 3 ns per byte here), so the scripts read envelopes with plain `string.find` and build
-//! one string per message, never more. Both
+//! (2-3 ns per byte here), so the scripts read envelopes with plain `string.find` and copy an
+//! envelope into a new string only once, for kombu's `unacked` value. Both
 //! zsets carry `ANCHOR`, a member longer than `zset-max-listpack-value` scored `+inf`: it keeps
 //! them in Redis's skiplist encoding (at about a prefetch window of members a listpack insert
 //! scans the whole list) and is never in the range anything reads.

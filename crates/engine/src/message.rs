@@ -463,52 +463,21 @@ impl Fields {
     fn from_tree(raw: &[u8]) -> Result<Self, DecodeError> {
         let env: Value = serde_json::from_slice(raw)
             .map_err(|e| DecodeError::anonymous(format!("envelope is not valid JSON: {e}")))?;
-        let Value::Object(mut env) = env else {
+        let Value::Object(env) = env else {
             return Err(DecodeError::anonymous("envelope is not a JSON object"));
         };
-        let mut headers = match env.remove("headers") {
-            None | Some(Value::Null) => Map::new(),
-            Some(Value::Object(h)) => h,
-            Some(_) => return Err(DecodeError::anonymous("envelope headers are not an object")),
-        };
-        let mut properties = match env.remove("properties") {
-            None | Some(Value::Null) => Map::new(),
-            Some(Value::Object(p)) => p,
-            Some(_) => {
-                return Err(DecodeError::anonymous(
-                    "envelope properties are not an object",
-                ));
+        for (key, what) in [
+            ("headers", "envelope headers are not an object"),
+            ("properties", "envelope properties are not an object"),
+        ] {
+            if !matches!(env.get(key), None | Some(Value::Null | Value::Object(_))) {
+                return Err(DecodeError::anonymous(what));
             }
-        };
-        let mut h = |k: &str| headers.remove(k);
-        let headers = Headers {
-            id: h("id"),
-            task: h("task"),
-            timelimit: h("timelimit"),
-            retries: h("retries"),
-            root_id: h("root_id"),
-            parent_id: h("parent_id"),
-            group: h("group"),
-            origin: h("origin"),
-            eta: h("eta"),
-            expires: h("expires"),
-            ignore_result: h("ignore_result"),
-            redelivered: h("redelivered"),
-            compression: h("compression"),
-        };
-        let mut p = |k: &str| properties.remove(k);
-        let properties = Properties {
-            delivery_info: p("delivery_info"),
-            priority: p("priority"),
-            delivery_tag: p("delivery_tag"),
-            body_encoding: p("body_encoding"),
-        };
-        Ok(Self {
-            body: env.remove("body"),
-            content_type: env.remove("content-type"),
-            headers: Some(Obj(headers)),
-            properties: Some(Obj(properties)),
-        })
+        }
+        // Now the shape fits `Fields` (a map has no duplicate keys; every field takes any
+        // value), so the same derived read picks the fields: the two reads cannot drift apart.
+        serde_json::from_value(Value::Object(env))
+            .map_err(|e| DecodeError::anonymous(format!("envelope fields: {e}")))
     }
 }
 

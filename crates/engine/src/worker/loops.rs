@@ -63,21 +63,46 @@ fn claim_sizes(capacity: usize) -> (usize, usize) {
     (capacity.div_ceil(2), (capacity / 4).max(1))
 }
 
-/// Claims while fewer than `concurrency × prefetch` messages are held, until a graceful
-/// shutdown; one spawned supervisor per delivery.
+/// How many messages the fetch loop may claim now, or `None` to wait for a run to end.
+///
+/// `held` counts messages waiting for a slot or running: the window (`capacity`) bounds it.
+/// With more held than run slots, a run that ends starts a prefetched one, so the loop waits
+/// until `low_water` of the window is free rather than claim one message per finished run.
+/// `settling` counts ended runs whose state is being stored: a whole window of them (a slow
+/// result backend) stops the claims too.
+fn claim_room(
+    capacity: usize,
+    concurrency: usize,
+    (per_claim, low_water): (usize, usize),
+    held: usize,
+    settling: usize,
+) -> Option<usize> {
+    let free = capacity.saturating_sub(held);
+    if free == 0 || settling >= capacity || (free < low_water && held > concurrency) {
+        return None;
+    }
+    Some(free.min(per_claim))
+}
+
+/// Claims while the window has room, until a graceful shutdown; one spawned supervisor per
+/// delivery.
 pub(super) async fn fetch_loop(s: &Arc<Shared>, shutdown: &Shutdown, runs: &mut JoinSet<()>) {
     let capacity = s.cfg.concurrency * s.cfg.prefetch_multiplier.max(1);
     let mut backoff = Duration::from_millis(100);
-    let (per_claim, low_water) = claim_sizes(capacity);
+    let sizes = claim_sizes(capacity);
     loop {
         while runs.try_join_next().is_some() {}
         if shutdown.graceful.is_cancelled() {
             return;
         }
-        let held = s.held.load(Ordering::SeqCst);
-        // With more held than run slots, a run that ends starts a prefetched one: wait until
-        // a quarter of the window is free rather than claim one message per finished run.
-        if held >= capacity || (capacity - held < low_water && held > s.cfg.concurrency) {
+        let room = claim_room(
+            capacity,
+            s.cfg.concurrency,
+            sizes,
+            s.held.load(Ordering::SeqCst),
+            s.settling.load(Ordering::SeqCst),
+        );
+        let Some(max) = room else {
             let freed = s.freed.notified();
             tokio::select! {
                 _ = freed => {}
@@ -85,10 +110,10 @@ pub(super) async fn fetch_loop(s: &Arc<Shared>, shutdown: &Shutdown, runs: &mut 
                 _ = shutdown.graceful.cancelled() => return,
             }
             continue;
-        }
+        };
         let req = ClaimRequest {
             queues: s.cfg.queues.clone(),
-            max: (capacity - held).min(per_claim),
+            max,
             worker: s.cfg.node.clone(),
             lease: s.cfg.lease,
         };
@@ -143,9 +168,7 @@ fn spawn_run(
         let tag = d.lease.delivery_tag.clone();
         process(&s, d, &ctrl, claimed_at).await;
         s.runs.lock().expect("runs lock").remove(&tag);
-        s.held.fetch_sub(1, Ordering::SeqCst);
-        s.freed.notify_waiters();
-        s.freed.notify_one();
+        s.release(&ctrl);
     });
 }
 
@@ -360,6 +383,25 @@ mod tests {
             requeue_interval(Duration::from_secs(600)),
             Duration::from_secs(2)
         );
+    }
+
+    #[test]
+    fn the_window_counts_waiting_and_running_messages_not_settling_ones() {
+        // -c 8, prefetch 4: a window of 32, claims of at most 16, refills of at least 8.
+        let room = |held, settling| claim_room(32, 8, claim_sizes(32), held, settling);
+        assert_eq!(room(0, 0), Some(16));
+        assert_eq!(room(20, 0), Some(12));
+        // A full window waits; so does a nearly full one while prefetched messages wait.
+        assert_eq!(room(32, 0), None);
+        assert_eq!(room(27, 0), None);
+        // With no more held than run slots, any room is claimed (slots would idle).
+        assert_eq!(claim_room(4, 4, claim_sizes(4), 4, 0), None);
+        assert_eq!(claim_room(4, 4, claim_sizes(4), 3, 0), Some(1));
+        // Settling messages leave the window: 16 results being stored do not stop a claim...
+        assert_eq!(room(8, 16), Some(16));
+        // ...but a whole window of them does (the result backend is not keeping up).
+        assert_eq!(room(0, 31), Some(16));
+        assert_eq!(room(0, 32), None);
     }
 
     #[tokio::test(start_paused = true)]

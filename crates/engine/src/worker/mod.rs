@@ -139,7 +139,14 @@ struct Shared {
     runs: Mutex<HashMap<String, Run>>,
     totals: Mutex<BTreeMap<String, u64>>,
     slots: Arc<Semaphore>,
+    /// Messages claimed and not yet settling: waiting for a slot or running. The prefetch
+    /// window (`concurrency × prefetch_multiplier`) bounds this count.
     held: AtomicUsize,
+    /// Messages whose run has ended and whose final state is being stored (and acked). They
+    /// hold no slot and are no longer prefetched, so they do not count against the window
+    /// (Celery acks before the run and counts only unacked messages); at most a window of
+    /// them at once, so a slow backend stops the fetching instead of piling results up.
+    settling: AtomicUsize,
     freed: Notify,
     started_at: chrono::DateTime<Utc>,
 }
@@ -176,6 +183,7 @@ impl Worker {
                 runs: Mutex::default(),
                 totals: Mutex::default(),
                 held: AtomicUsize::new(0),
+                settling: AtomicUsize::new(0),
                 freed: Notify::new(),
                 started_at: crate::time::now(),
             }),
@@ -220,7 +228,7 @@ impl Worker {
 /// Lets running tasks finish within the grace period, then gives the rest back.
 async fn drain(s: &Arc<Shared>, shutdown: &Shutdown, runs: &mut JoinSet<()>) {
     let deadline = Instant::now() + s.cfg.shutdown_grace;
-    while s.held.load(Ordering::SeqCst) > 0 {
+    while s.in_hand() > 0 {
         let freed = s.freed.notified();
         tokio::select! {
             _ = freed => {}
@@ -253,6 +261,34 @@ async fn drain(s: &Arc<Shared>, shutdown: &Shutdown, runs: &mut JoinSet<()>) {
 }
 
 impl Shared {
+    /// Every message the worker holds: prefetched, running or settling.
+    fn in_hand(&self) -> usize {
+        // `settling` is raised before `held` is lowered, so a message moving between the two
+        // is never missed.
+        self.held.load(Ordering::SeqCst) + self.settling.load(Ordering::SeqCst)
+    }
+
+    /// A run ended: its message moves from the window to the settling count, and the fetch
+    /// loop may claim in its place while its state is stored.
+    fn begin_settling(&self, ctrl: &RunControl) {
+        if !ctrl.settling.swap(true, Ordering::SeqCst) {
+            self.settling.fetch_add(1, Ordering::SeqCst);
+            self.held.fetch_sub(1, Ordering::SeqCst);
+            self.freed.notify_one();
+        }
+    }
+
+    /// The delivery of `ctrl` is done with: its count drops, wherever it was.
+    fn release(&self, ctrl: &RunControl) {
+        if ctrl.settling.load(Ordering::SeqCst) {
+            self.settling.fetch_sub(1, Ordering::SeqCst);
+        } else {
+            self.held.fetch_sub(1, Ordering::SeqCst);
+        }
+        self.freed.notify_waiters();
+        self.freed.notify_one();
+    }
+
     /// Counts a finished run of `name` (what `inspect stats` shows).
     fn count(&self, name: &str) {
         *self
@@ -305,6 +341,7 @@ async fn process(s: &Arc<Shared>, d: Delivery, ctrl: &Arc<RunControl>, claimed_a
     };
     let end = supervise::supervise(s, fut, ctrl, lease, &begun, limits).await;
     drop(permit);
+    s.begin_settling(ctrl);
     ctrl.supersede_start().await;
     let reason = begun.ctx.cancel_reason();
     settle_run(

@@ -23,6 +23,8 @@ pub(super) struct RunControl {
     /// Whether STARTED was written; held while it is being written, so no later state of the
     /// run can be stored before it.
     pub(super) start: tokio::sync::Mutex<StartMark>,
+    /// The run has ended and its final state is being stored ([`super::Shared::begin_settling`]).
+    pub(super) settling: std::sync::atomic::AtomicBool,
 }
 
 /// The STARTED write of a run (see [`super::supervise::STARTED_AFTER`]).

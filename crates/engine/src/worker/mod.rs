@@ -196,7 +196,20 @@ impl Worker {
     }
 
     /// Runs until `shutdown` fires and every held message is finished or given back.
+    ///
+    /// The worker's loops run as a task of the current runtime, not on the thread that awaits
+    /// this: awaited from `block_on` (as `afterview worker` does), the fetch loop would sit on
+    /// the main thread and every claim and finished run would cross threads (a context switch
+    /// each; 8 % of the worker's CPU in a drain profile).
     pub async fn run(self, shutdown: Shutdown) -> Result<(), BackendError> {
+        match tokio::spawn(self.run_loops(shutdown)).await {
+            Ok(r) => r,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(e) => Err(BackendError::unavailable(format!("the worker was stopped: {e}"))),
+        }
+    }
+
+    async fn run_loops(self, shutdown: Shutdown) -> Result<(), BackendError> {
         let s = self.shared;
         info!(
             node = %s.cfg.node,

@@ -205,7 +205,9 @@ impl Worker {
         match tokio::spawn(self.run_loops(shutdown)).await {
             Ok(r) => r,
             Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-            Err(e) => Err(BackendError::unavailable(format!("the worker was stopped: {e}"))),
+            Err(e) => Err(BackendError::unavailable(format!(
+                "the worker was stopped: {e}"
+            ))),
         }
     }
 

@@ -7,7 +7,8 @@
 #
 # 1. bench/celery-side-by-side.sh, drain and latency: Celery 5.7 (the baseline), our worker with
 #    the same Python producer, our worker with our Rust producer; each on a fresh private Redis.
-# 2. bench/latency_trace.py: where a Python `send_task().get()` spends its time, for both workers.
+# 2. bench/latency_trace.py: where a Python `send_task().get()` spends its time, for both workers,
+#    with the stock Celery client and with one that reads its pub/sub backlog (--client-drains).
 # 3. afterview-bench redis-cost (Redis round trips and CPU per task), engine (the embedded SQLite
 #    drain, NORMAL and FULL, against the in-memory backend), ws-fanout (10,000 followers).
 # 4. The fault test with FAULT_TASKS tasks (SIGKILLs, a Redis AOF restart, a rolling SIGTERM).
@@ -38,6 +39,8 @@ BIN="$CARGO_TARGET_DIR/release"
 echo "== 2/5 latency trace" >&2
 "$PYENV/bin/python" bench/latency_trace.py celery --port 6394
 "$PYENV/bin/python" bench/latency_trace.py afterview --port 6395 --bin "$BIN/afterview"
+"$PYENV/bin/python" bench/latency_trace.py celery --port 6394 --client-drains
+"$PYENV/bin/python" bench/latency_trace.py afterview --port 6395 --bin "$BIN/afterview" --client-drains
 
 echo "== 3/5 redis-cost, embedded engine, WebSocket fan-out" >&2
 "$BIN/afterview-bench" redis-cost --n 20000 --concurrency 32

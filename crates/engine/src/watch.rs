@@ -17,7 +17,7 @@ pub struct TaskWatch {
     task_id: String,
     rx: Option<broadcast::Receiver<Arc<ResultMeta>>>,
     ready: tokio::sync::watch::Receiver<bool>,
-    last: Option<ResultMeta>,
+    last: Option<Arc<ResultMeta>>,
     started: bool,
     done: bool,
 }
@@ -50,6 +50,13 @@ impl TaskWatch {
     /// The next state: the current one on the first call, then each change. `None` after a
     /// terminal state has been yielded.
     pub async fn next(&mut self) -> Result<Option<ResultMeta>, BackendError> {
+        Ok(self.next_shared().await?.map(Arc::unwrap_or_clone))
+    }
+
+    /// As [`TaskWatch::next`], without a copy: a change arrives as the one `Arc` the backend
+    /// published, shared by every follower of the task (10,000 WebSocket followers of 625
+    /// tasks receive 625 states, not 10,000 copies).
+    pub async fn next_shared(&mut self) -> Result<Option<Arc<ResultMeta>>, BackendError> {
         if self.done {
             return Ok(None);
         }
@@ -63,7 +70,7 @@ impl TaskWatch {
                 .get(&self.task_id)
                 .await?
                 .unwrap_or_else(|| ResultMeta::pending(&self.task_id));
-            return Ok(Some(self.emit(current)));
+            return Ok(Some(self.emit(Arc::new(current))));
         }
         loop {
             let rx = self.rx.as_mut().expect("receiver present until done");
@@ -71,21 +78,19 @@ impl TaskWatch {
                 Ok(meta) => {
                     // Skip repeats, and changes older than what was already yielded (the first
                     // state read from the backend may be newer than events still queued).
-                    if self
-                        .last
-                        .as_ref()
-                        .is_some_and(|l| *l == *meta || order(&meta) < order(l))
-                    {
+                    if self.last.as_ref().is_some_and(|l| {
+                        Arc::ptr_eq(l, &meta) || **l == *meta || order(&meta) < order(l)
+                    }) {
                         continue;
                     }
-                    return Ok(Some(self.emit((*meta).clone())));
+                    return Ok(Some(self.emit(meta)));
                 }
                 Err(broadcast::error::RecvError::Lagged(_)) => {
                     // We missed some changes; the latest state is what matters.
                     if let Some(current) = self.backend.get(&self.task_id).await?
-                        && self.last.as_ref() != Some(&current)
+                        && self.last.as_deref() != Some(&current)
                     {
-                        return Ok(Some(self.emit(current)));
+                        return Ok(Some(self.emit(Arc::new(current))));
                     }
                 }
                 Err(broadcast::error::RecvError::Closed) => {
@@ -97,16 +102,16 @@ impl TaskWatch {
                         tokio::time::timeout(Duration::from_secs(5), self.ready.wait_for(|r| *r))
                             .await;
                     if let Some(current) = self.backend.get(&self.task_id).await?
-                        && self.last.as_ref() != Some(&current)
+                        && self.last.as_deref() != Some(&current)
                     {
-                        return Ok(Some(self.emit(current)));
+                        return Ok(Some(self.emit(Arc::new(current))));
                     }
                 }
             }
         }
     }
 
-    fn emit(&mut self, meta: ResultMeta) -> ResultMeta {
+    fn emit(&mut self, meta: Arc<ResultMeta>) -> Arc<ResultMeta> {
         if meta.status.is_terminal() {
             self.done = true;
         }
@@ -116,7 +121,7 @@ impl TaskWatch {
 
     /// The last state yielded.
     pub fn last(&self) -> Option<&ResultMeta> {
-        self.last.as_ref()
+        self.last.as_deref()
     }
 }
 
@@ -165,8 +170,10 @@ pub async fn wait_watch(
     let task_id = task_id.as_str();
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
-        match tokio::time::timeout_at(deadline, watch.next()).await {
-            Ok(Ok(Some(meta))) if meta.status.is_terminal() => return Ok(meta),
+        match tokio::time::timeout_at(deadline, watch.next_shared()).await {
+            Ok(Ok(Some(meta))) if meta.status.is_terminal() => {
+                return Ok(Arc::unwrap_or_clone(meta));
+            }
             Ok(Ok(Some(_))) => {}
             Ok(Ok(None)) => unreachable!("a watch ends only after a terminal state"),
             Ok(Err(e)) => return Err(e),

@@ -1,6 +1,7 @@
 //! Task status, result, cancel, list, and the WebSocket that pushes every change.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use afterview_engine::message::validate_task_id;
 use afterview_engine::{ResultMeta, TaskState};
@@ -241,17 +242,19 @@ pub(crate) async fn task_ws(
 
 /// The last frame made for each followed task: its followers (up to 16 per user, any number of
 /// users for an operator's task) receive the same state, so it is serialized once per change,
-/// not once per socket. Bounded: cleared when it holds 10,000 tasks.
+/// not once per socket. Followers share the state the backend published (one `Arc`), so the
+/// memo recognizes it by pointer; a state read anew (a follower's first) is compared by value.
+/// Bounded: cleared when it holds 10,000 tasks.
 #[derive(Default)]
-pub(crate) struct FrameMemo(std::sync::Mutex<HashMap<String, (ResultMeta, Utf8Bytes)>>);
+pub(crate) struct FrameMemo(std::sync::Mutex<HashMap<String, (Arc<ResultMeta>, Utf8Bytes)>>);
 
 const FRAME_MEMO_MAX: usize = 10_000;
 
 impl FrameMemo {
-    fn frame(&self, m: &ResultMeta) -> Utf8Bytes {
+    fn frame(&self, m: &Arc<ResultMeta>) -> Utf8Bytes {
         let mut map = self.0.lock().expect("frame memo lock");
         if let Some((seen, text)) = map.get(&m.task_id)
-            && seen == m
+            && (Arc::ptr_eq(seen, m) || **seen == **m)
         {
             return text.clone();
         }
@@ -293,7 +296,7 @@ async fn follow(st: AppState, id: String, mut socket: WebSocket, expires_at: Opt
                 let _ = socket.send(Message::Close(Some(CloseFrame { code, reason: reason.into() }))).await;
                 return;
             }
-            next = watch.next() => match next {
+            next = watch.next_shared() => match next {
                 Ok(Some(m)) => {
                     if socket.send(Message::Text(st.frames.frame(&m))).await.is_err() {
                         return;
@@ -331,22 +334,29 @@ mod tests {
             TaskState::Processing,
             json!({"progress": 40, "status": "Warping", "at": 1}),
         );
-        let a = memo.frame(&m);
-        let b = memo.frame(&m);
+        let shared = Arc::new(m.clone());
+        let a = memo.frame(&shared);
+        let b = memo.frame(&shared.clone());
         assert_eq!(a.as_str().as_ptr(), b.as_str().as_ptr(), "the same bytes");
+        let copy = memo.frame(&Arc::new(m.clone()));
+        assert_eq!(
+            a.as_str().as_ptr(),
+            copy.as_str().as_ptr(),
+            "an equal state read anew reuses the frame"
+        );
         assert!(a.as_str().contains("\"progress\":40"));
         m.result = json!({"progress": 60, "status": "Warping", "at": 2});
-        let c = memo.frame(&m);
+        let c = memo.frame(&Arc::new(m));
         assert!(
             c.as_str().contains("\"progress\":60"),
             "a change is framed anew"
         );
         for i in 0..FRAME_MEMO_MAX + 5 {
-            memo.frame(&ResultMeta::new(
+            memo.frame(&Arc::new(ResultMeta::new(
                 format!("t{i}"),
                 TaskState::Pending,
                 Value::Null,
-            ));
+            )));
         }
         assert!(memo.0.lock().unwrap().len() <= FRAME_MEMO_MAX, "bounded");
     }

@@ -72,6 +72,20 @@ fn record(m: &redis::Msg, tally: &Mutex<Tally>) {
     *map.entry(uuid.to_owned()).or_default() += 1;
 }
 
+/// The last lines of each worker's log, for a failure message.
+fn logs_of(workers: &[crate::Proc]) -> String {
+    workers
+        .iter()
+        .map(|w| {
+            let text = std::fs::read_to_string(&w.log).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = lines[lines.len().saturating_sub(30)..].join("\n");
+            format!("--- {}\n{tail}", w.log.display())
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 fn successes(r: &RedisServer, n: usize) -> Option<usize> {
     let c = redis::Client::open(r.url(1)).ok()?;
     let mut conn = c.get_connection().ok()?;
@@ -109,12 +123,15 @@ fn kills_a_redis_restart_and_a_rolling_restart_lose_nothing() {
         let (url, stop, tally) = (redis.url(0), stop.clone(), tally.clone());
         std::thread::spawn(move || follow_events(url, stop, tally))
     };
+    // Every task is queued before the workers start: when the workers consumed while the
+    // producer was still sending (slowly, on a loaded machine), the whole run could end before
+    // the Redis restart, and no recovery could be seen.
+    celery_send_sleeps(&redis, n, 0.01, "fault");
+    let t0 = Instant::now();
     let mut workers: Vec<crate::Proc> = (0..3)
         .map(|i| env.worker(&format!("w{i}@faults"), &wargs))
         .collect();
     let mut spawned = 3;
-    let t0 = Instant::now();
-    celery_send_sleeps(&redis, n, 0.01, "fault");
     let at = |share: f64, r: &RedisServer| {
         eventually("the run to progress", Duration::from_secs(240), || {
             successes(r, n).filter(|&d| d as f64 >= share * n as f64)
@@ -123,7 +140,9 @@ fn kills_a_redis_restart_and_a_rolling_restart_lose_nothing() {
     let kill = |workers: &mut Vec<crate::Proc>, spawned: &mut usize| {
         let victim = workers.remove(0);
         victim.signal(libc::SIGKILL);
-        workers.push(env.worker(&format!("w{spawned}@faults"), &wargs));
+        // The replacement starts while the run goes on (waiting for it here would let the
+        // remaining work drain before the next fault).
+        workers.push(env.worker_unwaited(&format!("w{spawned}@faults"), &wargs, &[]));
         *spawned += 1;
     };
     // 1. A SIGKILL at 10 %.
@@ -137,11 +156,18 @@ fn kills_a_redis_restart_and_a_rolling_restart_lose_nothing() {
     // What survived the crash (AOF), then how long until the workers add to it.
     let before = successes(&redis, n).unwrap();
     let restarted = Instant::now();
-    let recovery = eventually("work to resume", Duration::from_secs(60), || {
-        successes(&redis, n)
-            .filter(|&d| d > before)
-            .map(|_| restarted.elapsed())
-    });
+    let recovery = loop {
+        if successes(&redis, n).is_some_and(|d| d > before) {
+            break restarted.elapsed();
+        }
+        assert!(
+            restarted.elapsed() < Duration::from_secs(60),
+            "no new result within 60 s of the Redis restart ({before} before it, {:?} now); the workers' logs:\n{}",
+            successes(&redis, n),
+            logs_of(&workers)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
     // 3. Another SIGKILL at 50 %.
     at(0.5, &redis);
     kill(&mut workers, &mut spawned);
@@ -150,6 +176,7 @@ fn kills_a_redis_restart_and_a_rolling_restart_lose_nothing() {
     at(0.6, &redis);
     for _ in 0..workers.len() {
         let mut w = workers.remove(0);
+        w.wait_log("Worker started", Duration::from_secs(20));
         w.signal(libc::SIGTERM);
         eventually("a graceful exit", Duration::from_secs(40), || {
             w.child.try_wait().unwrap().map(|_| ())

@@ -102,6 +102,18 @@ impl Env {
 
     /// Starts a worker process with extra environment variables.
     pub(crate) fn worker_env(&self, name: &str, extra: &[&str], vars: &[(&str, &str)]) -> Proc {
+        let p = self.worker_unwaited(name, extra, vars);
+        p.wait_log("Worker started", Duration::from_secs(20));
+        p
+    }
+
+    /// Starts a worker process and returns at once, before it is up.
+    pub(crate) fn worker_unwaited(
+        &self,
+        name: &str,
+        extra: &[&str],
+        vars: &[(&str, &str)],
+    ) -> Proc {
         let log = self.dir.path().join(format!("{name}.log"));
         let mut args = vec!["worker", "-n", name, "-c", "2"];
         args.extend_from_slice(extra);
@@ -113,9 +125,7 @@ impl Env {
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
-        let p = Proc { child, log };
-        p.wait_log("Worker started", Duration::from_secs(20));
-        p
+        Proc { child, log }
     }
 }
 

@@ -77,7 +77,7 @@ fn logs_of(workers: &[crate::Proc]) -> String {
     workers
         .iter()
         .map(|w| {
-            let text = std::fs::read_to_string(&w.log).unwrap_or_default();
+            let text = w.log_text();
             let lines: Vec<&str> = text.lines().collect();
             let tail = lines[lines.len().saturating_sub(30)..].join("\n");
             format!("--- {}\n{tail}", w.log.display())

@@ -40,6 +40,7 @@ pub async fn open_with(s: &Settings, task_events: bool) -> anyhow::Result<Backen
         let opts = RedisOptions {
             result_expires: s.result_expires,
             task_events,
+            push_to_idle: s.redis_push_to_idle,
             ..RedisOptions::default()
         };
         let b = Arc::new(

@@ -43,6 +43,7 @@ impl Cli {
             result_expires: g.result_expires,
             log: g.log.clone(),
             sqlite_synchronous_full: g.sqlite_synchronous_full,
+            redis_push_to_idle: g.redis_push_to_idle,
         }
     }
 }
@@ -117,6 +118,9 @@ struct GlobalArgs {
     /// Sync every SQLite commit to disk (survives power loss, slower).
     #[arg(long, global = true, env = "AFTERVIEW_SQLITE_SYNCHRONOUS_FULL")]
     sqlite_synchronous_full: Option<bool>,
+    /// Redis: hand a message straight to an idle worker of its queue (one round trip less).
+    #[arg(long, global = true, env = "AFTERVIEW_REDIS_PUSH_TO_IDLE")]
+    redis_push_to_idle: Option<bool>,
 }
 
 /// The verbs.

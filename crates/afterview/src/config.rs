@@ -156,6 +156,8 @@ pub struct Settings {
     pub log: Option<String>,
     /// Sync every SQLite commit.
     pub sqlite_synchronous_full: bool,
+    /// Redis workers take messages pushed by the publisher while idle.
+    pub redis_push_to_idle: bool,
 }
 
 /// The global arguments as clap resolved them (flag, variable, file or nothing).
@@ -179,6 +181,8 @@ pub struct GlobalLayer {
     pub log: Option<String>,
     /// `--sqlite-synchronous-full`.
     pub sqlite_synchronous_full: Option<bool>,
+    /// `--redis-push-to-idle`.
+    pub redis_push_to_idle: Option<bool>,
 }
 
 impl Settings {
@@ -202,6 +206,7 @@ impl Settings {
             result_expires,
             log: g.log,
             sqlite_synchronous_full: g.sqlite_synchronous_full.unwrap_or(false),
+            redis_push_to_idle: g.redis_push_to_idle.unwrap_or(true),
         })
     }
 }

@@ -16,7 +16,9 @@ use chrono::{TimeZone, Utc};
 use redis::AsyncCommands;
 
 use crate::RedisBackend;
-use crate::calls::{ClaimRow, fenced_call, parse_revocation, unavailable};
+use crate::calls::{ClaimRow, delivery, fenced_call, parse_revocation, unavailable};
+use crate::pubsub;
+use crate::push::{Idle, waiters_key};
 
 #[async_trait]
 impl Broker for RedisBackend {
@@ -84,13 +86,40 @@ impl Broker for RedisBackend {
         if req.max == 0 || req.queues.is_empty() {
             return Ok(vec![]);
         }
+        // Pushed to this worker since its last claim: taken without a round trip, and without
+        // recording a claim (the next wait returns at once, so the worker claims again and
+        // registers as idle again when the queues are still empty).
+        let pushed = self.inner.pushes.take(&req.worker, req.max);
+        if !pushed.is_empty() {
+            for d in &pushed {
+                self.inner.received(&req.worker, &d.raw).await;
+            }
+            return Ok(pushed);
+        }
+        let lease_ms = req.lease.as_millis() as u64;
+        let idle = if self.inner.opts.push_to_idle {
+            self.inner.pushes.idle(&req.worker, lease_ms, &req.queues)
+        } else {
+            Idle::No
+        };
+        let register = match idle {
+            Idle::Register => true,
+            Idle::Subscribe(ready) => {
+                let _ = self
+                    .inner
+                    .subs
+                    .send(pubsub::Cmd::Push(req.worker.clone(), ready));
+                false
+            }
+            Idle::No => false,
+        };
         let generation = self.inner.wake.generation.load(Ordering::SeqCst);
         let mut c = self.inner.conn();
         let mut inv = self.inner.scripts.claim.prepare_invoke();
         inv.arg(now_ms())
-            .arg(req.lease.as_millis() as u64)
+            .arg(lease_ms)
             .arg(req.max)
-            .arg(&req.worker);
+            .arg(if register { req.worker.as_str() } else { "" });
         for q in &req.queues {
             inv.arg(q);
         }
@@ -102,25 +131,9 @@ impl Broker for RedisBackend {
             .expect("claim lock")
             .insert(req.queues.clone(), (generation, next_due));
         let mut out = Vec::with_capacity(rows.len());
-        for (tag, task_id, queue, raw, epoch, rev) in rows {
-            let revoked = if rev.is_empty() {
-                None
-            } else {
-                parse_revocation(&task_id, &rev)
-            };
-            self.inner.received(&req.worker, &raw).await;
-            out.push(Delivery {
-                lease: LeaseRef {
-                    task_id,
-                    delivery_tag: tag,
-                    epoch,
-                },
-                queue,
-                raw,
-                deliveries: epoch.min(u64::from(u32::MAX)) as u32,
-                redelivered: epoch > 1,
-                revoked,
-            });
+        for row in rows {
+            self.inner.received(&req.worker, &row.3).await;
+            out.push(delivery(row));
         }
         Ok(out)
     }
@@ -396,6 +409,19 @@ impl Broker for RedisBackend {
     }
 
     async fn worker_gone(&self, node: &str) -> Result<(), BackendError> {
+        // No more pushes: leave the idle lists, give back what was pushed and never taken.
+        let (registered, left) = self.inner.pushes.close(node);
+        if let Some((entry, queues)) = registered {
+            let mut pipe = redis::pipe();
+            for q in &queues {
+                pipe.lrem(waiters_key(q), 0, &entry).ignore();
+            }
+            let mut c = self.inner.conn();
+            pipe.query_async::<()>(&mut c).await.map_err(unavailable)?;
+        }
+        for d in left {
+            self.release(&d.lease).await?;
+        }
         self.inner.worker_gone(node).await
     }
 

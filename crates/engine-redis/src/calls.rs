@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use afterview_engine::BackendError;
-use afterview_engine::backend::{Cause, LeaseRef, Revocation};
+use afterview_engine::backend::{Cause, Delivery, LeaseRef, Revocation};
 use afterview_engine::policy;
 use afterview_engine::time::now_ms;
 use chrono::{TimeZone, Utc};
@@ -73,6 +73,27 @@ pub(crate) fn unavailable(e: redis::RedisError) -> BackendError {
 
 /// A claim's row as the claim script returns it.
 pub(crate) type ClaimRow = (String, String, String, Vec<u8>, u64, String);
+
+/// The delivery of a claimed (or pushed) row.
+pub(crate) fn delivery((tag, task_id, queue, raw, epoch, rev): ClaimRow) -> Delivery {
+    let revoked = if rev.is_empty() {
+        None
+    } else {
+        parse_revocation(&task_id, &rev)
+    };
+    Delivery {
+        lease: LeaseRef {
+            task_id,
+            delivery_tag: tag,
+            epoch,
+        },
+        queue,
+        raw,
+        deliveries: epoch.min(u64::from(u32::MAX)) as u32,
+        redelivered: epoch > 1,
+        revoked,
+    }
+}
 
 /// A revocation tombstone (`terminate|at_ms|seq`).
 pub(crate) fn parse_revocation(task_id: &str, v: &str) -> Option<Revocation> {

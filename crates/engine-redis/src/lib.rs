@@ -32,6 +32,7 @@ pub use control::ControlRequest;
 mod options;
 pub use options::{RedisOptions, redact};
 mod pubsub;
+mod push;
 mod results;
 mod scripts;
 #[cfg(feature = "testing")]
@@ -70,6 +71,7 @@ pub(crate) struct Inner {
     wake: Wake,
     revoke_wake: Notify,
     claim_seen: Mutex<HashMap<Vec<String>, (u64, i64)>>,
+    pushes: push::Pushes,
     subs: mpsc::UnboundedSender<pubsub::Cmd>,
     stores: mpsc::UnboundedSender<StoreReq>,
     control: Control,
@@ -178,6 +180,7 @@ impl RedisBackend {
             wake: Wake::default(),
             revoke_wake: Notify::new(),
             claim_seen: Mutex::default(),
+            pushes: push::Pushes::default(),
             subs: tx.clone(),
             stores,
             declared: Mutex::default(),

@@ -20,6 +20,11 @@ pub struct RedisOptions {
     /// Ask Redis for keyspace notifications on list pushes, so workers wake at once for tasks that
     /// Python producers LPUSH (they publish no wake-up). Without them workers poll every 100 ms.
     pub keyspace_events: bool,
+    /// Hand a message published by an Afterview client straight to an idle worker of its queue
+    /// (claimed for it in the publish script and sent on its channel) instead of queueing it
+    /// and waking the workers, who then claim it: one round trip less between a publish and
+    /// the start of the task. Messages LPUSHed by Python producers are unaffected.
+    pub push_to_idle: bool,
     /// Dead letters kept.
     pub dead_letters_max: usize,
 }
@@ -31,6 +36,7 @@ impl Default for RedisOptions {
             visibility_timeout: Duration::from_secs(3_600),
             task_events: false,
             keyspace_events: true,
+            push_to_idle: true,
             dead_letters_max: policy::DEAD_LETTER_CAP,
         }
     }

@@ -8,6 +8,7 @@
 //! same with MGET).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -18,6 +19,7 @@ use redis::AsyncCommands;
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
 
+use crate::push::PUSH_PREFIX;
 use crate::{Inner, RESULT_PREFIX};
 
 /// Requests to the pub/sub task.
@@ -26,6 +28,8 @@ pub(crate) enum Cmd {
     Interest(Interest),
     /// Subscribe to this process's pidbox channel; answer once subscribed.
     Pidbox(oneshot::Sender<()>),
+    /// Subscribe to the push channel of a worker node; the flag is true while subscribed.
+    Push(String, Arc<AtomicBool>),
 }
 
 #[derive(Default)]
@@ -35,6 +39,8 @@ struct State {
     all: bool,
     pidbox: bool,
     pidbox_waiters: Vec<oneshot::Sender<()>>,
+    /// Worker nodes taking pushes, with their "subscribed" flags.
+    push: Vec<(String, Arc<AtomicBool>)>,
 }
 
 const WAKE: &str = "afterview:wake";
@@ -110,6 +116,9 @@ pub(crate) async fn run(
         for (tx, _) in st.watched.values() {
             let _ = tx.send(false);
         }
+        for (_, ready) in &st.push {
+            ready.store(false, Ordering::SeqCst);
+        }
     }
 }
 
@@ -145,6 +154,11 @@ async fn subscribe(
     if st.pidbox {
         fixed.push(pidbox_channel.to_owned());
     }
+    fixed.extend(
+        st.push
+            .iter()
+            .map(|(node, _)| format!("{PUSH_PREFIX}{node}")),
+    );
     sink.subscribe(&fixed).await?;
     if st.all {
         sink.psubscribe(ALL_RESULTS).await?;
@@ -175,6 +189,9 @@ async fn connected(i: &Arc<Inner>, st: &mut State, reconnect: bool) {
     for w in st.pidbox_waiters.drain(..) {
         let _ = w.send(());
     }
+    for (_, ready) in &st.push {
+        ready.store(true, Ordering::SeqCst);
+    }
     if reconnect {
         info!("Redis pub/sub reconnected.");
         i.enable_keyevents().await;
@@ -199,6 +216,7 @@ fn offline(st: &mut State, cmd: Cmd) {
             st.pidbox = true;
             st.pidbox_waiters.push(w);
         }
+        Cmd::Push(node, ready) => st.push.push((node, ready)),
     }
 }
 
@@ -235,6 +253,11 @@ async fn apply(
             }
             let _ = w.send(());
         }
+        Cmd::Push(node, ready) => {
+            sink.subscribe(format!("{PUSH_PREFIX}{node}")).await?;
+            ready.store(true, Ordering::SeqCst);
+            st.push.push((node, ready));
+        }
     }
     Ok(())
 }
@@ -248,6 +271,25 @@ fn dispatch(i: &Arc<Inner>, msg: &redis::Msg, pidbox_channel: &str, keyevents: &
         {
             Some(meta) if meta.task_id == id => i.hub.publish(meta),
             _ => debug!(task_id = id, "Ignoring an unreadable result notification."),
+        }
+    } else if let Some(node) = ch.strip_prefix(PUSH_PREFIX) {
+        match crate::push::parse(msg.get_payload_bytes()) {
+            Some(d) => match i.pushes.add(node, d) {
+                None => i.wake.wake(),
+                Some(d) => {
+                    // Its worker stopped: give it back to its queue now, not after the lease.
+                    let b = crate::RedisBackend { inner: i.clone() };
+                    tokio::spawn(async move {
+                        if let Err(e) = afterview_engine::Broker::release(&b, &d.lease).await {
+                            warn!(error = %e, "Could not give back a message pushed to a stopped worker.");
+                        }
+                    });
+                }
+            },
+            None => warn!(
+                node,
+                "Ignoring an unreadable pushed message (its lease will run out)."
+            ),
         }
     } else if ch == WAKE {
         i.wake.wake();

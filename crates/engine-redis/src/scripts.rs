@@ -189,40 +189,11 @@ local function restore(tag)
     redis.call('ZADD', LEASES, server_ms() + FORGET_MS, tag)
   end
 end
-"#;
-
-/// KEYS: none. ARGV: now_ms, lease_ms, max, worker (unused by the script: the lease belongs to
-/// the claim's [`LeaseRef`](afterview_engine::backend::LeaseRef)), then the queues.
-/// Promotes due scheduled messages, then pops up to `max` messages, highest priority first
-/// (buckets 0, 3, 6, 9, each across the queues in order), recording each atomically.
-/// Returns `{messages, next_due_ms}` with `[tag, task_id, queue, raw, epoch, revoked]` per message
-/// and the run-at time of the earliest scheduled message (-1 when none).
-pub(crate) const CLAIM: &str = r#"
-local now = tonumber(ARGV[1])
-local lease = tonumber(ARGV[2])
-local max = tonumber(ARGV[3])
-local queues = {}
-for i = 5, #ARGV do queues[#queues + 1] = ARGV[i] end
-local due = redis.call('ZRANGEBYSCORE', 'afterview:scheduled', '-inf', now, 'LIMIT', 0, 1000)
-for _, m in ipairs(due) do
-  local ok, d = pcall(cjson.decode, m)
-  if ok and type(d) == 'table' then redis.call('RPUSH', bucket(d.q, d.p), d.m) end
-  redis.call('ZREM', 'afterview:scheduled', m)
-end
--- Pop first, then record every popped message with one call per key, not per message.
--- One RPOP with a count per list (Redis >= 6.2), in the order single pops would take them.
-local got = {}
-for _, suffix in ipairs({'', SEP .. '3', SEP .. '6', SEP .. '9'}) do
-  for _, q in ipairs(queues) do
-    if #got >= max then break end
-    local raws = redis.call('RPOP', q .. suffix, max - #got)
-    if raws then
-      for _, raw in ipairs(raws) do got[#got + 1] = {raw, q, suffix} end
-    end
-  end
-end
-local out = {}
-if #got > 0 then
+-- Records popped messages `got` (`{raw, queue, bucket suffix}` each) as claimed at `now` with
+-- leases of `lease` ms, one call per key for them all. Returns `[tag, task_id, queue, raw,
+-- epoch, revoked]` per message.
+local function record(got, now, lease)
+  local out = {}
   local qjson, tags, tids = {}, {}, {}
   local unacked, index = {}, {}
   local score = tostring(now / 1000)
@@ -285,6 +256,55 @@ if #got > 0 then
     end
     out[#out + 1] = {tags[i], tids[i], g[2], g[1], epochs[i], rev}
   end
+  return out
+end
+-- The idle workers of queue `q`: entries `"<lease_ms> <node>"`, oldest first. A worker whose
+-- claim came back short registers here (CLAIM); a publish of one due message pops an entry and,
+-- when that node's push channel has a subscriber, claims the message for it and PUBLISHes it
+-- there (PUBLISH), saving the worker's wake-then-claim round trip.
+local function waiters(q) return 'afterview:waiters:' .. q end
+local PUSH = 'afterview:push:'
+"#;
+
+/// KEYS: none. ARGV: now_ms, lease_ms, max, worker (`''` for a worker that takes no pushes),
+/// then the queues. Promotes due scheduled messages, then pops up to `max` messages, highest
+/// priority first (buckets 0, 3, 6, 9, each across the queues in order), recording each
+/// atomically. A worker that takes pushes leaves the idle lists of its queues, and joins them
+/// again at the end when the claim came back short (it is about to wait for work).
+/// Returns `{messages, next_due_ms}` with `[tag, task_id, queue, raw, epoch, revoked]` per message
+/// and the run-at time of the earliest scheduled message (-1 when none).
+pub(crate) const CLAIM: &str = r#"
+local now = tonumber(ARGV[1])
+local lease = tonumber(ARGV[2])
+local max = tonumber(ARGV[3])
+local queues = {}
+for i = 5, #ARGV do queues[#queues + 1] = ARGV[i] end
+local idle = ARGV[4] ~= '' and (ARGV[2] .. ' ' .. ARGV[4])
+if idle then
+  for _, q in ipairs(queues) do redis.call('LREM', waiters(q), 0, idle) end
+end
+local due = redis.call('ZRANGEBYSCORE', 'afterview:scheduled', '-inf', now, 'LIMIT', 0, 1000)
+for _, m in ipairs(due) do
+  local ok, d = pcall(cjson.decode, m)
+  if ok and type(d) == 'table' then redis.call('RPUSH', bucket(d.q, d.p), d.m) end
+  redis.call('ZREM', 'afterview:scheduled', m)
+end
+-- Pop first, then record every popped message with one call per key, not per message.
+-- One RPOP with a count per list (Redis >= 6.2), in the order single pops would take them.
+local got = {}
+for _, suffix in ipairs({'', SEP .. '3', SEP .. '6', SEP .. '9'}) do
+  for _, q in ipairs(queues) do
+    if #got >= max then break end
+    local raws = redis.call('RPOP', q .. suffix, max - #got)
+    if raws then
+      for _, raw in ipairs(raws) do got[#got + 1] = {raw, q, suffix} end
+    end
+  end
+end
+local out = {}
+if #got > 0 then out = record(got, now, lease) end
+if idle and #got < max then
+  for _, q in ipairs(queues) do redis.call('RPUSH', waiters(q), idle) end
 end
 local first = redis.call('ZRANGE', 'afterview:scheduled', 0, 0, 'WITHSCORES')
 local next_due = -1
@@ -385,10 +405,28 @@ finish(ARGV[1])
 return 1
 "#;
 
-/// ARGV: queue, priority, run_at_ms, now_ms, then raw envelopes. LPUSH (as Celery) or schedule.
+/// ARGV: queue, priority, run_at_ms, now_ms, then raw envelopes. LPUSH (as Celery) or schedule,
+/// and wake the idle workers; or, for one due message while a worker of the queue is idle,
+/// claim it for that worker and PUBLISH it on the worker's push channel as
+/// `[tag, task_id, queue, epoch, revoked]` JSON, a newline, then the envelope. Returns 2 when
+/// pushed, else 1.
 pub(crate) const PUBLISH: &str = r#"
 local q, p = ARGV[1], ARGV[2]
 local run_at, now = tonumber(ARGV[3]), tonumber(ARGV[4])
+if run_at <= now and #ARGV == 5 then
+  -- One due message and an idle worker: claim it for that worker and push it there.
+  local w = redis.call('LPOP', waiters(q))
+  while w do
+    local lease, node = string.match(w, '^(%d+) (.+)$')
+    if node and redis.call('PUBSUB', 'NUMSUB', PUSH .. node)[2] > 0 then
+      local r = record({{ARGV[5], q, ''}}, now, tonumber(lease))[1]
+      redis.call('PUBLISH', PUSH .. node, cjson.encode({r[1], r[2], r[3], r[5], r[6]}) .. '\n' .. r[4])
+      return 2
+    end
+    -- A worker that is gone (nobody listens on its channel): forget it, try the next.
+    w = redis.call('LPOP', waiters(q))
+  end
+end
 for i = 5, #ARGV do
   if run_at > now then
     redis.call('ZADD', 'afterview:scheduled', run_at, cjson.encode({q = q, p = tonumber(p), m = ARGV[i]}))

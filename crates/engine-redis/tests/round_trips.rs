@@ -1,6 +1,7 @@
 //! What one task costs in round trips when tasks come one at a time (the latency path): the
-//! producer's publish, one claim, one fenced store with the ack. A worker that took everything
-//! due waits for the pushed wake-up instead of claiming again at once.
+//! producer's publish (which claims the message for the idle worker and pushes it there), one
+//! claim that registers the worker as idle again, one fenced store with the ack. A worker that
+//! took everything due waits for a push or a wake-up instead of claiming again at once.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -84,10 +85,19 @@ async fn one_task_at_a_time_costs_three_script_calls() {
     }
     let n = 40;
     let before = script_calls(&url);
+    let numsub = |url: &str| command_stats(url).get("pubsub|numsub").map_or(0, |s| s.0);
+    let pushes_before = numsub(&url);
     for _ in 0..n {
         one().await;
     }
     let per_task = (script_calls(&url) - before) as f64 / n as f64;
+    // The idle worker took (nearly) every task from the publish itself, not wake-then-claim:
+    // the claim that follows a push only registers the worker again, off the task's path.
+    let pushed = numsub(&url) - pushes_before;
+    assert!(
+        pushed >= n as u64 * 3 / 4,
+        "{pushed} of {n} tasks were pushed to the idle worker"
+    );
     // publish + claim + store = 3; the worker's background loops (lease sweep, revocation log,
     // heartbeat) add a few calls over the whole run. A claim right after each claim made it 4+.
     assert!(

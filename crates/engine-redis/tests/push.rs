@@ -1,0 +1,220 @@
+//! Pushes to idle workers: a publish of one due message while a worker of its queue waits
+//! claims the message for that worker and sends it on the worker's channel. Checked against a
+//! private `redis-server`: the message never sits in the queue, it is leased exactly as a claim
+//! leases it, a gone worker's registration falls back to the queue, and a worker that stops
+//! gives back what was pushed to it.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use afterview_engine::backend::{ClaimRequest, Delivery};
+use afterview_engine::{Broker, Client, SendOptions};
+use afterview_engine_redis::testing::{RedisServer, redis};
+use afterview_engine_redis::{RedisBackend, RedisOptions};
+use serde_json::Map;
+
+const QUEUE: &str = "pushq";
+const WAITERS: &str = "afterview:waiters:pushq";
+
+async fn open(server: &RedisServer, db: u32) -> Arc<RedisBackend> {
+    Arc::new(
+        RedisBackend::open(
+            &server.url(db),
+            Some(&server.url(db + 1)),
+            RedisOptions::default(),
+        )
+        .await
+        .expect("open redis backend"),
+    )
+}
+
+fn raw(server: &RedisServer, db: u32) -> redis::Connection {
+    redis::Client::open(server.url(db))
+        .unwrap()
+        .get_connection()
+        .unwrap()
+}
+
+fn request(worker: &str) -> ClaimRequest {
+    ClaimRequest {
+        queues: vec![QUEUE.into()],
+        max: 4,
+        lease: Duration::from_secs(30),
+        worker: worker.into(),
+    }
+}
+
+/// Claims (empty) until the worker is registered as idle in the queue's list.
+async fn wait_idle(b: &RedisBackend, c: &mut redis::Connection, worker: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        assert!(b.claim(&request(worker)).await.unwrap().is_empty());
+        let entries: Vec<String> = redis::cmd("LRANGE")
+            .arg(WAITERS)
+            .arg(0)
+            .arg(-1)
+            .query(c)
+            .unwrap();
+        if entries.iter().any(|e| e.ends_with(worker)) {
+            assert_eq!(entries.len(), 1, "one entry per idle worker: {entries:?}");
+            return;
+        }
+        assert!(Instant::now() < deadline, "the worker never registered");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn publish(client: &Client) -> String {
+    client
+        .send_task(
+            "afterview.noop",
+            vec![],
+            Map::new(),
+            SendOptions {
+                queue: Some(QUEUE.into()),
+                ..SendOptions::default()
+            },
+        )
+        .await
+        .unwrap()
+}
+
+/// Claims until something arrives (a push lands asynchronously).
+async fn claim_some(b: &RedisBackend, worker: &str) -> Vec<Delivery> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        b.wait_for_work(&[QUEUE.into()], Duration::from_millis(50))
+            .await;
+        let got = b.claim(&request(worker)).await.unwrap();
+        if !got.is_empty() || Instant::now() > deadline {
+            return got;
+        }
+    }
+}
+
+fn llen(c: &mut redis::Connection, key: &str) -> i64 {
+    redis::cmd("LLEN").arg(key).query(c).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_worker_takes_the_message_from_the_publish_itself() {
+    let server = RedisServer::start(2, false);
+    let worker = open(&server, 0).await;
+    let producer = open(&server, 0).await;
+    let client = Client::new(producer.clone(), producer.clone());
+    let mut c = raw(&server, 0);
+    wait_idle(&worker, &mut c, "idle@test").await;
+
+    let id = publish(&client).await;
+    // Claimed for the worker inside the publish: never in the queue, already leased.
+    assert_eq!(llen(&mut c, QUEUE), 0);
+    assert_eq!(llen(&mut c, WAITERS), 0, "the push used the registration");
+    let running: Option<String> = redis::cmd("HGET")
+        .arg("afterview:running")
+        .arg(&id)
+        .query(&mut c)
+        .unwrap();
+    let tag = running.expect("the pushed message is leased as a claim leases it");
+    let unacked: bool = redis::cmd("HEXISTS")
+        .arg("unacked")
+        .arg(&tag)
+        .query(&mut c)
+        .unwrap();
+    assert!(unacked, "kombu's bookkeeping holds the pushed message");
+
+    let got = claim_some(&worker, "idle@test").await;
+    assert_eq!(got.len(), 1);
+    let d = &got[0];
+    assert_eq!(d.lease.task_id, id);
+    assert_eq!(d.lease.delivery_tag, tag);
+    assert_eq!((d.lease.epoch, d.redelivered), (1, false));
+    assert_eq!(d.queue, QUEUE);
+    assert!(
+        worker.ack(&d.lease).await.unwrap(),
+        "the push's lease is current"
+    );
+    let left: i64 = redis::cmd("HLEN").arg("unacked").query(&mut c).unwrap();
+    assert_eq!(left, 0);
+
+    // A worker that is busy (not registered) gets the next message the usual way.
+    let id2 = publish(&client).await;
+    assert_eq!(llen(&mut c, QUEUE), 1);
+    let got = worker.claim(&request("idle@test")).await.unwrap();
+    assert_eq!(got[0].lease.task_id, id2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gone_workers_registration_falls_back_to_the_queue() {
+    let server = RedisServer::start(2, false);
+    let producer = open(&server, 0).await;
+    let client = Client::new(producer.clone(), producer.clone());
+    let mut c = raw(&server, 0);
+    {
+        let worker = open(&server, 0).await;
+        wait_idle(&worker, &mut c, "gone@test").await;
+    }
+    // The backend is dropped: its pub/sub connection closes, nobody listens on its channel.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let subs: (String, i64) = redis::cmd("PUBSUB")
+            .arg("NUMSUB")
+            .arg("afterview:push:gone@test")
+            .query(&mut c)
+            .unwrap();
+        if subs.1 == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the dropped backend still listens"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    publish(&client).await;
+    assert_eq!(llen(&mut c, QUEUE), 1, "queued, as without pushes");
+    assert_eq!(llen(&mut c, WAITERS), 0, "the stale registration is gone");
+    let leases: i64 = redis::cmd("HLEN")
+        .arg("afterview:lease")
+        .query(&mut c)
+        .unwrap();
+    assert_eq!(leases, 0, "nothing was leased for the gone worker");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_worker_gives_back_what_was_pushed_to_it() {
+    let server = RedisServer::start(2, false);
+    let worker = open(&server, 0).await;
+    let producer = open(&server, 0).await;
+    let client = Client::new(producer.clone(), producer.clone());
+    let mut c = raw(&server, 0);
+    wait_idle(&worker, &mut c, "stopping@test").await;
+    let id = publish(&client).await;
+    assert_eq!(llen(&mut c, QUEUE), 0, "pushed");
+    // Let the push arrive, but stop before any claim takes it.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    worker.worker_gone("stopping@test").await.unwrap();
+    assert_eq!(llen(&mut c, QUEUE), 1, "given back to its queue at once");
+    assert_eq!(llen(&mut c, WAITERS), 0);
+    // Anyone can claim it now; the earlier lease's epoch makes it a redelivery.
+    let got = worker.claim(&request("other@test")).await.unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].lease.task_id, id);
+    assert!(got[0].redelivered);
+
+    // With pushes off, a worker never registers.
+    let off = RedisBackend::open(
+        &server.url(0),
+        Some(&server.url(1)),
+        RedisOptions {
+            push_to_idle: false,
+            ..RedisOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    for _ in 0..5 {
+        assert!(off.claim(&request("off@test")).await.unwrap().is_empty());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(llen(&mut c, WAITERS), 0);
+}

@@ -88,7 +88,7 @@ async fn main() {
         "celery-producer" => {
             let rest: Vec<String> = std::env::args().skip(2).collect();
             // One thread, as Celery's Python producer: a result wakes the waiting request on the
-            // thread that read it, not through another thread (measured: p99 -20 % one at a time).
+            // thread that read it, not through another thread (BENCHMARKS.md, sitting 9).
             let one_thread = std::thread::spawn(move || {
                 tokio::runtime::Builder::new_current_thread()
                     .enable_all()

@@ -16,6 +16,9 @@
 //!   visibility-timeout sweep never touches a leased message (its `unacked_index` score is kept
 //!   fresh), and our sweep returns Python workers' messages after the same visibility timeout.
 //! - Results are fenced by the lease and written in the same script as the ack.
+//! - A message an Afterview client publishes while a worker of its queue is idle is claimed for
+//!   that worker in the publish script and pushed on the worker's channel (`src/push.rs`): recorded
+//!   exactly as a claim records it, so a push lost in transit comes back with its lease.
 //! - Revocations are tombstones in Redis with a TTL and a bounded log, checked at claim, so they
 //!   survive restarts of workers and of Redis (with AOF); they are also broadcast on the pidbox
 //!   so Python workers honour them.

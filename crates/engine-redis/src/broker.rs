@@ -86,6 +86,7 @@ impl Broker for RedisBackend {
         if req.max == 0 || req.queues.is_empty() {
             return Ok(vec![]);
         }
+        self.inner.worker_channels().await;
         // Pushed to this worker since its last claim: taken without a round trip, and without
         // recording a claim (the next wait returns at once, so the worker claims again and
         // registers as idle again when the queues are still empty).
@@ -145,6 +146,7 @@ impl Broker for RedisBackend {
     }
 
     async fn wait_for_work(&self, queues: &[String], max_wait: Duration) {
+        self.inner.worker_channels().await;
         if queues.is_empty() {
             let _ = tokio::time::timeout(max_wait, self.inner.revoke_wake.notified()).await;
             return;
@@ -414,7 +416,7 @@ impl Broker for RedisBackend {
         if let Some((entry, queues)) = registered {
             let mut pipe = redis::pipe();
             for q in &queues {
-                pipe.lrem(waiters_key(q), 0, &entry).ignore();
+                pipe.zrem(waiters_key(q), &entry).ignore();
             }
             let mut c = self.inner.conn();
             pipe.query_async::<()>(&mut c).await.map_err(unavailable)?;

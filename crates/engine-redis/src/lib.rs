@@ -80,6 +80,8 @@ pub(crate) struct Inner {
     control: Control,
     declared: Mutex<HashSet<String>>,
     keyevents: AtomicBool,
+    /// Subscribed (or asked to be) to the channels workers wait on.
+    worker_channels: AtomicBool,
     description: String,
     broker_url: String,
 }
@@ -188,6 +190,7 @@ impl RedisBackend {
             stores,
             declared: Mutex::default(),
             keyevents: AtomicBool::new(false),
+            worker_channels: AtomicBool::new(false),
             description,
             broker_url: redact(broker_url),
         });
@@ -238,6 +241,22 @@ impl RedisBackend {
 impl Inner {
     fn conn(&self) -> ConnectionManager {
         self.conn.clone()
+    }
+
+    /// Subscribes this process to the channels workers wait on (wake-ups, revocations, list
+    /// pushes) before its first claim or wait, so that no wake-up after that claim is missed;
+    /// later calls return at once. A process that never claims is never woken by other
+    /// processes' tasks.
+    pub(crate) async fn worker_channels(&self) {
+        if self.worker_channels.load(Ordering::SeqCst) {
+            return;
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if self.subs.send(pubsub::Cmd::Worker(tx)).is_ok() {
+            // Redis down: the subscription is made when the connection comes back.
+            let _ = tokio::time::timeout(Duration::from_secs(5), rx).await;
+        }
+        self.worker_channels.store(true, Ordering::SeqCst);
     }
 
     /// Turns on keyevent notifications for list pushes if the server allows CONFIG.

@@ -30,6 +30,9 @@ pub(crate) enum Cmd {
     Pidbox(oneshot::Sender<()>),
     /// Subscribe to the push channel of a worker node; the flag is true while subscribed.
     Push(String, Arc<AtomicBool>),
+    /// Subscribe to what workers wait on (wake-ups, revocations, list pushes); answer once
+    /// subscribed. A process that only publishes and follows results never does.
+    Worker(oneshot::Sender<()>),
 }
 
 #[derive(Default)]
@@ -41,6 +44,9 @@ struct State {
     pidbox_waiters: Vec<oneshot::Sender<()>>,
     /// Worker nodes taking pushes, with their "subscribed" flags.
     push: Vec<(String, Arc<AtomicBool>)>,
+    /// Workers run here: subscribed to wake-ups, revocations and list pushes.
+    worker: bool,
+    worker_waiters: Vec<oneshot::Sender<()>>,
 }
 
 const WAKE: &str = "afterview:wake";
@@ -103,7 +109,7 @@ pub(crate) async fn run(
                 }
                 cmd = rx.recv() => {
                     let Some(cmd) = cmd else { return };
-                    if let Err(e) = apply(&mut st, &mut sink, cmd, &pidbox_channel).await {
+                    if let Err(e) = apply(&mut st, &mut sink, cmd, &pidbox_channel, &keyevents).await {
                         warn!(error = %e, "Redis pub/sub command failed; reconnecting.");
                         break;
                     }
@@ -141,16 +147,26 @@ async fn wait_offline(
     }
 }
 
-/// Subscribes a fresh connection to everything followed: wake-ups, revocations, list pushes,
-/// the pidbox when a node listens, and every followed result (or all of them).
+/// The channels workers wait on.
+fn worker_channels(keyevents: &[String; 2]) -> Vec<String> {
+    let mut v: Vec<String> = vec![WAKE.into(), REVOKE.into()];
+    v.extend(keyevents.iter().cloned());
+    v
+}
+
+/// Subscribes a fresh connection to everything followed: wake-ups, revocations and list pushes
+/// when workers run here, the pidbox when a node listens, push channels, and every followed
+/// result (or all of them).
 async fn subscribe(
     st: &mut State,
     sink: &mut redis::aio::PubSubSink,
     pidbox_channel: &str,
     keyevents: &[String; 2],
 ) -> redis::RedisResult<()> {
-    let mut fixed: Vec<String> = vec![WAKE.into(), REVOKE.into()];
-    fixed.extend(keyevents.iter().cloned());
+    let mut fixed: Vec<String> = Vec::new();
+    if st.worker {
+        fixed = worker_channels(keyevents);
+    }
     if st.pidbox {
         fixed.push(pidbox_channel.to_owned());
     }
@@ -159,7 +175,9 @@ async fn subscribe(
             .iter()
             .map(|(node, _)| format!("{PUSH_PREFIX}{node}")),
     );
-    sink.subscribe(&fixed).await?;
+    if !fixed.is_empty() {
+        sink.subscribe(&fixed).await?;
+    }
     if st.all {
         sink.psubscribe(ALL_RESULTS).await?;
     }
@@ -187,6 +205,9 @@ async fn connected(i: &Arc<Inner>, st: &mut State, reconnect: bool) {
         let _ = tx.send(true);
     }
     for w in st.pidbox_waiters.drain(..) {
+        let _ = w.send(());
+    }
+    for w in st.worker_waiters.drain(..) {
         let _ = w.send(());
     }
     for (_, ready) in &st.push {
@@ -217,6 +238,10 @@ fn offline(st: &mut State, cmd: Cmd) {
             st.pidbox_waiters.push(w);
         }
         Cmd::Push(node, ready) => st.push.push((node, ready)),
+        Cmd::Worker(w) => {
+            st.worker = true;
+            st.worker_waiters.push(w);
+        }
     }
 }
 
@@ -225,6 +250,7 @@ async fn apply(
     sink: &mut redis::aio::PubSubSink,
     cmd: Cmd,
     pidbox_channel: &str,
+    keyevents: &[String; 2],
 ) -> redis::RedisResult<()> {
     match cmd {
         Cmd::Interest(Interest::Watch(id, tx)) => {
@@ -257,6 +283,13 @@ async fn apply(
             sink.subscribe(format!("{PUSH_PREFIX}{node}")).await?;
             ready.store(true, Ordering::SeqCst);
             st.push.push((node, ready));
+        }
+        Cmd::Worker(w) => {
+            if !st.worker {
+                sink.subscribe(worker_channels(keyevents)).await?;
+                st.worker = true;
+            }
+            let _ = w.send(());
         }
     }
     Ok(())

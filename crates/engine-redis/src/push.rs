@@ -28,9 +28,9 @@ pub(crate) fn idle_entry(lease_ms: u64, node: &str) -> String {
     format!("{lease_ms} {node}")
 }
 
-/// The idle list of queue `q`.
+/// The idle workers of queue `q` (a zset by registration time).
 pub(crate) fn waiters_key(q: &str) -> String {
-    format!("afterview:waiters:{q}")
+    format!("afterview:idle:{q}")
 }
 
 #[derive(Default)]

@@ -258,11 +258,12 @@ local function record(got, now, lease)
   end
   return out
 end
--- The idle workers of queue `q`: entries `"<lease_ms> <node>"`, oldest first. A worker whose
--- claim came back short registers here (CLAIM); a publish of one due message pops an entry and,
--- when that node's push channel has a subscriber, claims the message for it and PUBLISHes it
--- there (PUBLISH), saving the worker's wake-then-claim round trip.
-local function waiters(q) return 'afterview:waiters:' .. q end
+-- The idle workers of queue `q`: a zset of `"<lease_ms> <node>"` scored by when they registered
+-- (a zset, not a list: list pushes wake every process through keyspace notifications). A worker
+-- whose claim came back short registers here (CLAIM); a publish of one due message pops the
+-- oldest and, when that node's push channel has a subscriber, claims the message for it and
+-- PUBLISHes it there (PUBLISH), saving the worker's wake-then-claim round trip.
+local function waiters(q) return 'afterview:idle:' .. q end
 local PUSH = 'afterview:push:'
 "#;
 
@@ -281,7 +282,7 @@ local queues = {}
 for i = 5, #ARGV do queues[#queues + 1] = ARGV[i] end
 local idle = ARGV[4] ~= '' and (ARGV[2] .. ' ' .. ARGV[4])
 if idle then
-  for _, q in ipairs(queues) do redis.call('LREM', waiters(q), 0, idle) end
+  for _, q in ipairs(queues) do redis.call('ZREM', waiters(q), idle) end
 end
 local due = redis.call('ZRANGEBYSCORE', 'afterview:scheduled', '-inf', now, 'LIMIT', 0, 1000)
 for _, m in ipairs(due) do
@@ -304,7 +305,7 @@ end
 local out = {}
 if #got > 0 then out = record(got, now, lease) end
 if idle and #got < max then
-  for _, q in ipairs(queues) do redis.call('RPUSH', waiters(q), idle) end
+  for _, q in ipairs(queues) do redis.call('ZADD', waiters(q), now, idle) end
 end
 local first = redis.call('ZRANGE', 'afterview:scheduled', 0, 0, 'WITHSCORES')
 local next_due = -1
@@ -415,7 +416,7 @@ local q, p = ARGV[1], ARGV[2]
 local run_at, now = tonumber(ARGV[3]), tonumber(ARGV[4])
 if run_at <= now and #ARGV == 5 then
   -- One due message and an idle worker: claim it for that worker and push it there.
-  local w = redis.call('LPOP', waiters(q))
+  local w = redis.call('ZPOPMIN', waiters(q))[1]
   while w do
     local lease, node = string.match(w, '^(%d+) (.+)$')
     if node and redis.call('PUBSUB', 'NUMSUB', PUSH .. node)[2] > 0 then
@@ -424,7 +425,7 @@ if run_at <= now and #ARGV == 5 then
       return 2
     end
     -- A worker that is gone (nobody listens on its channel): forget it, try the next.
-    w = redis.call('LPOP', waiters(q))
+    w = redis.call('ZPOPMIN', waiters(q))[1]
   end
 end
 for i = 5, #ARGV do

@@ -14,7 +14,7 @@ use afterview_engine_redis::{RedisBackend, RedisOptions};
 use serde_json::Map;
 
 const QUEUE: &str = "pushq";
-const WAITERS: &str = "afterview:waiters:pushq";
+const WAITERS: &str = "afterview:idle:pushq";
 
 async fn open(server: &RedisServer, db: u32) -> Arc<RedisBackend> {
     Arc::new(
@@ -49,7 +49,7 @@ async fn wait_idle(b: &RedisBackend, c: &mut redis::Connection, worker: &str) {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         assert!(b.claim(&request(worker)).await.unwrap().is_empty());
-        let entries: Vec<String> = redis::cmd("LRANGE")
+        let entries: Vec<String> = redis::cmd("ZRANGE")
             .arg(WAITERS)
             .arg(0)
             .arg(-1)
@@ -96,6 +96,10 @@ fn llen(c: &mut redis::Connection, key: &str) -> i64 {
     redis::cmd("LLEN").arg(key).query(c).unwrap()
 }
 
+fn idle_workers(c: &mut redis::Connection) -> i64 {
+    redis::cmd("ZCARD").arg(WAITERS).query(c).unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_worker_takes_the_message_from_the_publish_itself() {
     let server = RedisServer::start(2, false);
@@ -108,7 +112,7 @@ async fn an_idle_worker_takes_the_message_from_the_publish_itself() {
     let id = publish(&client).await;
     // Claimed for the worker inside the publish: never in the queue, already leased.
     assert_eq!(llen(&mut c, QUEUE), 0);
-    assert_eq!(llen(&mut c, WAITERS), 0, "the push used the registration");
+    assert_eq!(idle_workers(&mut c), 0, "the push used the registration");
     let running: Option<String> = redis::cmd("HGET")
         .arg("afterview:running")
         .arg(&id)
@@ -172,7 +176,7 @@ async fn a_gone_workers_registration_falls_back_to_the_queue() {
     }
     publish(&client).await;
     assert_eq!(llen(&mut c, QUEUE), 1, "queued, as without pushes");
-    assert_eq!(llen(&mut c, WAITERS), 0, "the stale registration is gone");
+    assert_eq!(idle_workers(&mut c), 0, "the stale registration is gone");
     let leases: i64 = redis::cmd("HLEN")
         .arg("afterview:lease")
         .query(&mut c)
@@ -194,7 +198,7 @@ async fn a_stopping_worker_gives_back_what_was_pushed_to_it() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     worker.worker_gone("stopping@test").await.unwrap();
     assert_eq!(llen(&mut c, QUEUE), 1, "given back to its queue at once");
-    assert_eq!(llen(&mut c, WAITERS), 0);
+    assert_eq!(idle_workers(&mut c), 0);
     // Anyone can claim it now; the earlier lease's epoch makes it a redelivery.
     let got = worker.claim(&request("other@test")).await.unwrap();
     assert_eq!(got.len(), 1);
@@ -216,5 +220,32 @@ async fn a_stopping_worker_gives_back_what_was_pushed_to_it() {
         assert!(off.claim(&request("off@test")).await.unwrap().is_empty());
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(llen(&mut c, WAITERS), 0);
+    assert_eq!(idle_workers(&mut c), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_that_only_publishes_is_not_woken_by_tasks() {
+    let server = RedisServer::start(2, false);
+    let producer = open(&server, 0).await;
+    let client = Client::new(producer.clone(), producer.clone());
+    let mut c = raw(&server, 0);
+    let listeners = |c: &mut redis::Connection, ch: &str| -> i64 {
+        let (_, n): (String, i64) = redis::cmd("PUBSUB")
+            .arg("NUMSUB")
+            .arg(ch)
+            .query(c)
+            .unwrap();
+        n
+    };
+    let id = publish(&client).await;
+    let r = client.wait(&id, Duration::from_millis(300)).await.unwrap();
+    assert_eq!(r.status, afterview_engine::TaskState::Pending);
+    // Publishing and following results subscribes to neither wake-ups nor list pushes, so
+    // every task of every queue does not wake every API process.
+    assert_eq!(listeners(&mut c, "afterview:wake"), 0);
+    assert_eq!(listeners(&mut c, "__keyevent@0__:lpush"), 0);
+    // A claim subscribes first, so no wake-up after it is missed.
+    assert_eq!(producer.claim(&request("w@test")).await.unwrap().len(), 1);
+    assert_eq!(listeners(&mut c, "afterview:wake"), 1);
+    assert_eq!(listeners(&mut c, "__keyevent@0__:lpush"), 1);
 }

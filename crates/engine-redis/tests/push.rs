@@ -230,11 +230,7 @@ async fn a_process_that_only_publishes_is_not_woken_by_tasks() {
     let client = Client::new(producer.clone(), producer.clone());
     let mut c = raw(&server, 0);
     let listeners = |c: &mut redis::Connection, ch: &str| -> i64 {
-        let (_, n): (String, i64) = redis::cmd("PUBSUB")
-            .arg("NUMSUB")
-            .arg(ch)
-            .query(c)
-            .unwrap();
+        let (_, n): (String, i64) = redis::cmd("PUBSUB").arg("NUMSUB").arg(ch).query(c).unwrap();
         n
     };
     let id = publish(&client).await;

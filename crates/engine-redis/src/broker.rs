@@ -411,7 +411,7 @@ impl Broker for RedisBackend {
     }
 
     async fn worker_gone(&self, node: &str) -> Result<(), BackendError> {
-        // No more pushes: leave the idle lists, give back what was pushed and never taken.
+        // No more pushes: leave the idle sets, give back what was pushed and never taken.
         let (registered, left) = self.inner.pushes.close(node);
         if let Some((entry, queues)) = registered {
             let mut pipe = redis::pipe();

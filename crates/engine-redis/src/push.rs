@@ -23,7 +23,7 @@ use crate::calls::{ClaimRow, delivery};
 /// Prefix of the workers' push channels.
 pub(crate) const PUSH_PREFIX: &str = "afterview:push:";
 
-/// The idle entry of a worker in its queues' lists: `"<lease_ms> <node>"`.
+/// The idle entry of a worker in its queues' idle sets: `"<lease_ms> <node>"`.
 pub(crate) fn idle_entry(lease_ms: u64, node: &str) -> String {
     format!("{lease_ms} {node}")
 }

@@ -270,7 +270,7 @@ local PUSH = 'afterview:push:'
 /// KEYS: none. ARGV: now_ms, lease_ms, max, worker (`''` for a worker that takes no pushes),
 /// then the queues. Promotes due scheduled messages, then pops up to `max` messages, highest
 /// priority first (buckets 0, 3, 6, 9, each across the queues in order), recording each
-/// atomically. A worker that takes pushes leaves the idle lists of its queues, and joins them
+/// atomically. A worker that takes pushes leaves the idle sets of its queues, and joins them
 /// again at the end when the claim came back short (it is about to wait for work).
 /// Returns `{messages, next_due_ms}` with `[tag, task_id, queue, raw, epoch, revoked]` per message
 /// and the run-at time of the earliest scheduled message (-1 when none).

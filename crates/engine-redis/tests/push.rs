@@ -100,14 +100,27 @@ fn idle_workers(c: &mut redis::Connection) -> i64 {
     redis::cmd("ZCARD").arg(WAITERS).query(c).unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_idle_worker_takes_the_message_from_the_publish_itself() {
+/// Subscribers of channel `ch`.
+fn listeners(c: &mut redis::Connection, ch: &str) -> i64 {
+    let (_, n): (String, i64) = redis::cmd("PUBSUB").arg("NUMSUB").arg(ch).query(c).unwrap();
+    n
+}
+
+/// A private server, a worker backend registered as idle as `node`, a producer, and a plain
+/// connection for reading keys.
+async fn idle_worker(node: &str) -> (RedisServer, Arc<RedisBackend>, Client, redis::Connection) {
     let server = RedisServer::start(2, false);
     let worker = open(&server, 0).await;
     let producer = open(&server, 0).await;
-    let client = Client::new(producer.clone(), producer.clone());
+    let client = Client::new(producer.clone(), producer);
     let mut c = raw(&server, 0);
-    wait_idle(&worker, &mut c, "idle@test").await;
+    wait_idle(&worker, &mut c, node).await;
+    (server, worker, client, c)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_worker_takes_the_message_from_the_publish_itself() {
+    let (_server, worker, client, mut c) = idle_worker("idle@test").await;
 
     let id = publish(&client).await;
     // Claimed for the worker inside the publish: never in the queue, already leased.
@@ -160,12 +173,7 @@ async fn a_gone_workers_registration_falls_back_to_the_queue() {
     // The backend is dropped: its pub/sub connection closes, nobody listens on its channel.
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let subs: (String, i64) = redis::cmd("PUBSUB")
-            .arg("NUMSUB")
-            .arg("afterview:push:gone@test")
-            .query(&mut c)
-            .unwrap();
-        if subs.1 == 0 {
+        if listeners(&mut c, "afterview:push:gone@test") == 0 {
             break;
         }
         assert!(
@@ -186,12 +194,7 @@ async fn a_gone_workers_registration_falls_back_to_the_queue() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopping_worker_gives_back_what_was_pushed_to_it() {
-    let server = RedisServer::start(2, false);
-    let worker = open(&server, 0).await;
-    let producer = open(&server, 0).await;
-    let client = Client::new(producer.clone(), producer.clone());
-    let mut c = raw(&server, 0);
-    wait_idle(&worker, &mut c, "stopping@test").await;
+    let (server, worker, client, mut c) = idle_worker("stopping@test").await;
     let id = publish(&client).await;
     assert_eq!(llen(&mut c, QUEUE), 0, "pushed");
     // Let the push arrive, but stop before any claim takes it.
@@ -229,10 +232,6 @@ async fn a_process_that_only_publishes_is_not_woken_by_tasks() {
     let producer = open(&server, 0).await;
     let client = Client::new(producer.clone(), producer.clone());
     let mut c = raw(&server, 0);
-    let listeners = |c: &mut redis::Connection, ch: &str| -> i64 {
-        let (_, n): (String, i64) = redis::cmd("PUBSUB").arg("NUMSUB").arg(ch).query(c).unwrap();
-        n
-    };
     let id = publish(&client).await;
     let r = client.wait(&id, Duration::from_millis(300)).await.unwrap();
     assert_eq!(r.status, afterview_engine::TaskState::Pending);

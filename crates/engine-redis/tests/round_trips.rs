@@ -146,6 +146,19 @@ async fn a_drain_claims_between_a_quarter_and_half_the_window() {
     let r = client.wait(last, Duration::from_secs(60)).await.unwrap();
     assert_eq!(r.status, TaskState::Success);
     stop(worker).await;
+    // MONITOR streams asynchronously: the last claims may not be in the log yet. A marker
+    // command sent after the worker stopped appears after every command the worker sent.
+    let marker = "afterview-monitor-end";
+    let echo = std::process::Command::new("redis-cli")
+        .args(["-p", &server.port.to_string(), "ECHO", marker])
+        .output()
+        .expect("redis-cli");
+    assert!(echo.status.success());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_to_string(&log).unwrap().contains(marker) {
+        assert!(std::time::Instant::now() < deadline, "monitor never logged the marker");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let _ = monitor.kill();
     let _ = monitor.wait();
     let sizes = claim_sizes(&std::fs::read_to_string(&log).unwrap(), node);

@@ -156,7 +156,10 @@ async fn a_drain_claims_between_a_quarter_and_half_the_window() {
     assert!(echo.status.success());
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while !std::fs::read_to_string(&log).unwrap().contains(marker) {
-        assert!(std::time::Instant::now() < deadline, "monitor never logged the marker");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "monitor never logged the marker"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let _ = monitor.kill();

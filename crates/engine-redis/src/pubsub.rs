@@ -8,8 +8,11 @@
 //! same with MGET).
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
+use std::task::Poll;
 use std::time::Duration;
 
 use afterview_engine::events::Interest;
@@ -256,14 +259,34 @@ async fn apply(
         Cmd::Interest(Interest::Watch(id, tx)) => {
             let sub = !st.all;
             if sub {
-                sink.subscribe(channel(&id)).await?;
+                // Queued now, confirmed later: the loop goes on with the next request (often
+                // the previous task's UNSUBSCRIBE and this SUBSCRIBE leave in one write).
+                let mut s = sink.clone();
+                let ch = channel(&id);
+                let confirmed = enqueue(async move { s.subscribe(ch).await });
+                let ready = tx.clone();
+                tokio::spawn(async move {
+                    match confirmed.await {
+                        Ok(()) => {
+                            let _ = ready.send(true);
+                        }
+                        // The connection is going: the reconnect subscribes again and then
+                        // sets the flag.
+                        Err(e) => debug!(error = %e, "A result subscription was not confirmed."),
+                    }
+                });
+            } else {
+                let _ = tx.send(true);
             }
-            let _ = tx.send(true);
             st.watched.insert(id, (tx, sub));
         }
         Cmd::Interest(Interest::Unwatch(id)) => {
             if let Some((_, true)) = st.watched.remove(&id) {
-                sink.unsubscribe(channel(&id)).await?;
+                // Nobody waits for this confirmation: messages still on the way are dropped by
+                // the hub, which no longer has the task.
+                let mut s = sink.clone();
+                let ch = channel(&id);
+                drop(enqueue(async move { s.unsubscribe(ch).await }));
             }
         }
         Cmd::Interest(Interest::All) => {
@@ -293,6 +316,22 @@ async fn apply(
         }
     }
     Ok(())
+}
+
+/// Polls a sink request once, which queues its command on the connection in call order, and
+/// returns the rest of it: awaiting it waits for the confirmation; dropping it does not
+/// withdraw the command.
+fn enqueue<F>(request: F) -> Pin<Box<dyn Future<Output = redis::RedisResult<()>> + Send>>
+where
+    F: Future<Output = redis::RedisResult<()>> + Send + 'static,
+{
+    let mut request = Box::pin(request);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match request.as_mut().poll(&mut cx) {
+        // The connection's writer is gone.
+        Poll::Ready(r) => Box::pin(std::future::ready(r)),
+        Poll::Pending => request,
+    }
 }
 
 fn dispatch(i: &Arc<Inner>, msg: &redis::Msg, pidbox_channel: &str, keyevents: &[String; 2]) {

@@ -6,6 +6,12 @@
 //! After a reconnect it subscribes to everything again and re-reads the followed results, so a
 //! change published while it was disconnected is not lost (Celery's result consumer does the
 //! same with MGET).
+//!
+//! Result subscriptions come and go with every followed task (a client's `publish_and_wait`
+//! makes one per task), so they are queued on the connection without waiting for each
+//! confirmation: the previous task's UNSUBSCRIBE and the next task's SUBSCRIBE leave together,
+//! in request order (which keeps a task followed again right after it was let go subscribed),
+//! and a follower is told its subscription is live when its own confirmation arrives.
 
 use std::collections::HashMap;
 use std::future::Future;

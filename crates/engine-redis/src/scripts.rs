@@ -58,13 +58,22 @@ end
 -- given; returns the replies' elements in order. One call per chunk instead of one per element.
 local CHUNK = 1000
 local function many(cmd, key, list)
-  local out, i = {}, 1
-  while i <= #list do
-    local j = math.min(i + CHUNK - 1, #list)
+  local n = #list
+  if n == 0 then return {} end
+  if n <= CHUNK then
+    local r
+    if key then r = redis.call(cmd, key, unpack(list, 1, n)) else r = redis.call(cmd, unpack(list, 1, n)) end
+    if type(r) == 'table' then return r end
+    return {}
+  end
+  local out, m, i = {}, 0, 1
+  while i <= n do
+    local j = math.min(i + CHUNK - 1, n)
     local r
     if key then r = redis.call(cmd, key, unpack(list, i, j)) else r = redis.call(cmd, unpack(list, i, j)) end
     if type(r) == 'table' then
-      for k = 1, #r do out[#out + 1] = r[k] end
+      for k = 1, #r do out[m + k] = r[k] end
+      m = m + #r
     end
     i = j + 1
   end
@@ -74,25 +83,38 @@ end
 -- links still pointing at them (`tasks`: their task ids, '' when unknown), the kombu pair (or
 -- the held entry of a malformed message) and the deadlines. One call per key for them all.
 local function drop_many(tags, tasks)
-  if #tags == 0 then return end
-  local ids, want = {}, {}
-  for i, t in ipairs(tasks) do
+  local nt = #tags
+  if nt == 0 then return end
+  local ids, want, ni = {}, {}, 0
+  for i = 1, nt do
+    local t = tasks[i]
     if t ~= '' then
-      ids[#ids + 1] = t
-      want[#ids] = tags[i]
+      ni = ni + 1
+      ids[ni] = t
+      want[ni] = tags[i]
     end
   end
-  if #ids > 0 then
+  if ni > 0 then
     local cur = many('HMGET', RUNNING, ids)
-    local drop = {}
-    for i, id in ipairs(ids) do
-      if cur[i] == want[i] then drop[#drop + 1] = id end
+    local drop, nd = {}, 0
+    for i = 1, ni do
+      if cur[i] == want[i] then
+        nd = nd + 1
+        drop[nd] = ids[i]
+      end
     end
     many('HDEL', RUNNING, drop)
   end
-  local kombu, ours = {}, {}
-  for _, tag in ipairs(tags) do
-    if string.sub(tag, 1, 20) == 'afterview-malformed-' then ours[#ours + 1] = tag else kombu[#kombu + 1] = tag end
+  local kombu, ours, nk, no = {}, {}, 0, 0
+  for i = 1, nt do
+    local tag = tags[i]
+    if string.find(tag, 'afterview-malformed-', 1, true) == 1 then
+      no = no + 1
+      ours[no] = tag
+    else
+      nk = nk + 1
+      kombu[nk] = tag
+    end
   end
   many('HDEL', 'afterview:held', ours)
   many('ZREM', 'unacked_index', kombu)
@@ -195,25 +217,28 @@ end
 local function record(got, now, lease)
   local out = {}
   local qjson, tags, tids = {}, {}, {}
-  local unacked, index = {}, {}
+  local unacked, index, nu = {}, {}, 0
   local score = tostring(now / 1000)
-  for i, g in ipairs(got) do
-    local raw, q, suffix = g[1], g[2], g[3]
+  for i = 1, #got do
+    local g = got[i]
+    local raw, q = g[1], g[2]
     local tag, tid = envelope_ids(raw)
     if tag then
-      if not qjson[q] then qjson[q] = cjson.encode(q) end
-      unacked[#unacked + 1] = tag
-      unacked[#unacked + 1] = '[' .. raw .. ', "", ' .. qjson[q] .. ']'
-      index[#index + 1] = score
-      index[#index + 1] = tag
+      local qj = qjson[q]
+      if not qj then qj = cjson.encode(q); qjson[q] = qj end
+      unacked[nu + 1] = tag
+      unacked[nu + 2] = '[' .. raw .. ', "", ' .. qj .. ']'
+      index[nu + 1] = score
+      index[nu + 2] = tag
+      nu = nu + 2
     else
       tag = 'afterview-malformed-' .. redis.call('INCR', 'afterview:malformed-seq')
-      redis.call('HSET', 'afterview:held', tag, cjson.encode({q = q .. suffix, m = raw}))
+      redis.call('HSET', 'afterview:held', tag, cjson.encode({q = q .. g[3], m = raw}))
     end
     tags[i], tids[i] = tag, tid or ''
   end
   many('HSET', 'unacked', unacked)
-  if #index > 0 then
+  if nu > 0 then
     -- The same anchor in kombu's index (its score is never in the range kombu's
     -- `restore_visible` or our sweep reads).
     redis.call('ZADD', 'unacked_index', 'NX', '+inf', ANCHOR)
@@ -224,19 +249,23 @@ local function record(got, now, lease)
   local epochs, last = {}, {}
   local deadline = string.format('%d', now + lease)
   local leases, deadlines, running, revoked = {}, {}, {}, {}
-  for i, tag in ipairs(tags) do
+  local nr, nv = 0, 0
+  for i = 1, #tags do
+    local tag, tid = tags[i], tids[i]
     local e = last[tag]
     if e == nil then e = parse_lease(cur[i]) or 0 end
     e = e + 1
     last[tag], epochs[i] = e, e
-    leases[#leases + 1] = tag
-    leases[#leases + 1] = e .. ' 1 ' .. tids[i]
-    deadlines[#deadlines + 1] = deadline
-    deadlines[#deadlines + 1] = tag
-    if tids[i] ~= '' then
-      running[#running + 1] = tids[i]
-      running[#running + 1] = tag
-      revoked[#revoked + 1] = 'afterview:revoked:' .. tids[i]
+    leases[2 * i - 1] = tag
+    leases[2 * i] = e .. ' 1 ' .. tid
+    deadlines[2 * i - 1] = deadline
+    deadlines[2 * i] = tag
+    if tid ~= '' then
+      running[nr + 1] = tid
+      running[nr + 2] = tag
+      nr = nr + 2
+      nv = nv + 1
+      revoked[nv] = 'afterview:revoked:' .. tid
     end
   end
   many('HSET', LEASE, leases)
@@ -248,13 +277,13 @@ local function record(got, now, lease)
   many('HSET', RUNNING, running)
   local revs = many('MGET', nil, revoked)
   local r = 0
-  for i, g in ipairs(got) do
+  for i = 1, #got do
     local rev = ''
     if tids[i] ~= '' then
       r = r + 1
       rev = revs[r] or ''
     end
-    out[#out + 1] = {tags[i], tids[i], g[2], g[1], epochs[i], rev}
+    out[i] = {tags[i], tids[i], got[i][2], got[i][1], epochs[i], rev}
   end
   return out
 end
@@ -526,16 +555,18 @@ local backend_db, broker_db, ttl = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumbe
 local out = {}
 -- Fences and acks first, in the broker's database (the script starts there), reading every
 -- lease in one call; a lease acked earlier in this batch no longer fences a later write.
-local tags, seen = {}, {}
+local tags, seen, nt = {}, {}, 0
 for i = 4, #ARGV, 5 do
   local tag = ARGV[i + 2]
   if tag ~= '' and not seen[tag] then
-    tags[#tags + 1] = tag
-    seen[tag] = #tags
+    nt = nt + 1
+    tags[nt] = tag
+    seen[tag] = nt
   end
 end
 local cur = many('HMGET', LEASE, tags)
-local acked, done_tags, done_tasks = {}, {}, {}
+local acked, done_tags, done_tasks, nd = {}, {}, {}, 0
+local n = 0
 for i = 4, #ARGV, 5 do
   local tag, epoch, ack = ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
   local verdict = 'stored'
@@ -546,11 +577,13 @@ for i = 4, #ARGV, 5 do
       verdict = 'fenced'
     elseif ack == '1' then
       acked[tag] = true
-      done_tags[#done_tags + 1] = tag
-      done_tasks[#done_tasks + 1] = task
+      nd = nd + 1
+      done_tags[nd] = tag
+      done_tasks[nd] = task
     end
   end
-  out[#out + 1] = verdict
+  n = n + 1
+  out[n] = verdict
 end
 finish_many(done_tags, done_tasks)
 -- ...then the results, in the backend's.

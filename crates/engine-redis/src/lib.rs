@@ -197,7 +197,7 @@ impl RedisBackend {
         inner.hub.set_listener(move |interest| {
             let _ = tx.send(pubsub::Cmd::Interest(interest));
         });
-        inner.enable_keyevents().await;
+        let _ = inner.enable_keyevents().await;
         tokio::spawn(pubsub::run(Arc::downgrade(&inner), client, rx));
         Ok(Self { inner })
     }
@@ -260,9 +260,11 @@ impl Inner {
     }
 
     /// Turns on keyevent notifications for list pushes if the server allows CONFIG.
-    pub(crate) async fn enable_keyevents(&self) {
+    /// `false` when Redis could not be reached (the caller may try again); a refusal (CONFIG
+    /// disabled) settles it: workers poll.
+    pub(crate) async fn enable_keyevents(&self) -> bool {
         if !self.opts.keyspace_events {
-            return;
+            return true;
         }
         let mut c = self.conn();
         let cur: Result<Vec<String>, _> = redis::cmd("CONFIG")
@@ -272,9 +274,11 @@ impl Inner {
             .await;
         let flags = match cur {
             Ok(v) => v.get(1).cloned().unwrap_or_default(),
+            Err(e) if transient(&e) => return false,
             Err(e) => {
                 debug!(error = %e, "CONFIG GET refused; workers will poll for Python-produced tasks.");
-                return;
+                self.keyevents.store(false, Ordering::SeqCst);
+                return true;
             }
         };
         let has_list = flags.contains('l') || flags.contains('A');
@@ -296,6 +300,7 @@ impl Inner {
                 .await;
             match r {
                 Ok(()) => true,
+                Err(e) if transient(&e) => return false,
                 Err(e) => {
                     debug!(error = %e, "CONFIG SET refused; workers will poll for Python-produced tasks.");
                     false
@@ -303,5 +308,11 @@ impl Inner {
             }
         };
         self.keyevents.store(ok, Ordering::SeqCst);
+        true
     }
+}
+
+/// An error of the connection, not of the command: trying again after a reconnect may work.
+pub(crate) fn transient(e: &redis::RedisError) -> bool {
+    e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() || e.is_timeout()
 }

@@ -224,11 +224,29 @@ async fn connected(i: &Arc<Inner>, st: &mut State, reconnect: bool) {
     }
     if reconnect {
         info!("Redis pub/sub reconnected.");
-        i.enable_keyevents().await;
+        // After a Redis restart the command connections learn of it only when a command fails
+        // (then they reconnect behind it): the catch-up tries again for a few seconds. A
+        // result stored while this connection was away is read here or never heard.
         i.wake.wake();
         i.revoke_wake.notify_waiters();
         let ids: Vec<String> = st.watched.keys().cloned().collect();
-        refetch(i, &ids).await;
+        let (mut keyevents, mut results) = (false, false);
+        for pause_ms in [0, 50, 100, 200, 400, 800, 1600, 3200] {
+            tokio::time::sleep(Duration::from_millis(pause_ms)).await;
+            keyevents = keyevents || i.enable_keyevents().await;
+            results = results || refetch(i, &ids).await;
+            if keyevents && results {
+                break;
+            }
+        }
+        if !results {
+            warn!(
+                followed = ids.len(),
+                "Could not re-read followed results after reconnecting; their followers hear the next change."
+            );
+        }
+        i.wake.wake();
+        i.revoke_wake.notify_waiters();
     }
 }
 
@@ -385,21 +403,26 @@ fn dispatch(i: &Arc<Inner>, msg: &redis::Msg, pidbox_channel: &str, keyevents: &
     }
 }
 
-/// Re-reads followed results after a reconnect and publishes what changed meanwhile.
-async fn refetch(i: &Inner, ids: &[String]) {
+/// Re-reads followed results after a reconnect and publishes what changed meanwhile; `false`
+/// when Redis could not be read (nothing is published then: followers skip repeats anyway).
+async fn refetch(i: &Inner, ids: &[String]) -> bool {
+    let mut found = Vec::new();
     for chunk in ids.chunks(500) {
         let keys: Vec<String> = chunk.iter().map(|id| channel(id)).collect();
         let mut c = i.results.clone();
         let vals: Result<Vec<Option<String>>, _> = c.mget(&keys).await;
         match vals {
-            Ok(vals) => {
-                for v in vals.into_iter().flatten() {
-                    if let Ok(meta) = ResultMeta::from_json(&v) {
-                        i.hub.publish(meta);
-                    }
-                }
+            Ok(vals) => found.extend(vals.into_iter().flatten()),
+            Err(e) => {
+                debug!(error = %e, "Could not re-read followed results.");
+                return false;
             }
-            Err(e) => debug!(error = %e, "Could not re-read followed results."),
         }
     }
+    for v in found {
+        if let Ok(meta) = ResultMeta::from_json(&v) {
+            i.hub.publish(meta);
+        }
+    }
+    true
 }

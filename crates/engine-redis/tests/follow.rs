@@ -1,8 +1,11 @@
 //! Following results over Redis pub/sub: the process's one subscriber connection queues
 //! SUBSCRIBE and UNSUBSCRIBE without waiting for each confirmation (a task's UNSUBSCRIBE and
 //! the next task's SUBSCRIBE leave together), so their order on the connection is what keeps a
-//! follower subscribed. Checked against a private `redis-server`, with results written by a
-//! second process's connection so that they can only arrive through pub/sub.
+//! follower subscribed. After a reconnect (a Redis restart) the process catches up: it
+//! re-reads followed results and turns keyspace notifications back on, trying again while its
+//! command connections find their way back. Checked against a private `redis-server`, with
+//! results written by a second process's connection so that they can only arrive through
+//! pub/sub.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -98,4 +101,68 @@ async fn followers_of_tasks_one_after_another_each_hear_their_own_result() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_hears_a_result_stored_after_redis_restarted() {
+    let mut server = RedisServer::start(2, false);
+    let follower = open(&server).await;
+    let client = afterview_engine::Client::new(follower.clone(), follower.clone());
+    let mut watch = client.watch("after-restart");
+    let first = watch.next().await.unwrap().expect("a first state");
+    assert_eq!(first.status, TaskState::Pending);
+    server.restart();
+    // The follower's connection is gone with the old server; the result is written by a new
+    // process's connection, whenever that comes relative to the follower's reconnect (then it
+    // subscribes again and re-reads what it follows).
+    let writer = open(&server).await;
+    writer
+        .store(
+            &ResultMeta::new("after-restart", TaskState::Success, json!(1)),
+            None,
+        )
+        .await
+        .unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(15), watch.next())
+        .await
+        .expect("the follower never heard the result stored after the restart")
+        .unwrap()
+        .expect("a change");
+    assert_eq!(got.status, TaskState::Success);
+}
+
+/// A restarted Redis forgets `CONFIG SET`: the reconnect turns keyspace notifications for list
+/// pushes back on, or workers would hear of Python producers' tasks only at their safety poll.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconnect_after_a_restart_turns_list_push_notifications_back_on() {
+    let mut server = RedisServer::start(2, false);
+    let backend = open(&server).await;
+    let flags = |server: &RedisServer| -> String {
+        let mut c = afterview_engine_redis::testing::redis::Client::open(server.url(0))
+            .unwrap()
+            .get_connection()
+            .unwrap();
+        let v: Vec<String> = afterview_engine_redis::testing::redis::cmd("CONFIG")
+            .arg("GET")
+            .arg("notify-keyspace-events")
+            .query(&mut c)
+            .unwrap();
+        v.get(1).cloned().unwrap_or_default()
+    };
+    assert!(flags(&server).contains('l'), "{}", flags(&server));
+    server.restart();
+    assert!(
+        !flags(&server).contains('l'),
+        "a fresh server starts without them"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while !flags(&server).contains('l') {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "notifications still off after the reconnect: {:?}",
+            flags(&server)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(afterview_engine::Broker::pushes_wakeups(&*backend));
 }

@@ -30,6 +30,7 @@
 mod broker;
 mod calls;
 mod celery;
+mod conn;
 mod control;
 pub use control::ControlRequest;
 mod options;
@@ -55,6 +56,7 @@ use tokio::sync::{Notify, mpsc};
 use tracing::debug;
 
 use crate::calls::{Scripts, unavailable};
+use crate::conn::Conn;
 use crate::control::Control;
 use crate::options::manager_config;
 use crate::wake::Wake;
@@ -65,8 +67,8 @@ pub const RESULT_PREFIX: &str = "celery-task-meta-";
 
 pub(crate) struct Inner {
     client: redis::Client,
-    conn: ConnectionManager,
-    results: ConnectionManager,
+    conn: Conn,
+    results: Conn,
     broker_db: i64,
     opts: RedisOptions,
     scripts: Scripts,
@@ -146,6 +148,7 @@ impl RedisBackend {
         let backend_db = b.redis_settings().db();
         let conn = ConnectionManager::new_with_config(client.clone(), manager_config())
             .await
+            .map(Conn::new)
             .map_err(|e| {
                 BackendError::unavailable(format!(
                     "cannot reach Redis at {}: {e}",
@@ -157,6 +160,7 @@ impl RedisBackend {
         } else {
             ConnectionManager::new_with_config(result_client.clone(), manager_config())
                 .await
+                .map(Conn::new)
                 .map_err(unavailable)?
         };
         let (tx, rx) = mpsc::unbounded_channel();
@@ -239,7 +243,7 @@ impl RedisBackend {
 }
 
 impl Inner {
-    fn conn(&self) -> ConnectionManager {
+    fn conn(&self) -> Conn {
         self.conn.clone()
     }
 

@@ -4,10 +4,10 @@
 use afterview_engine::BackendError;
 use afterview_engine::backend::{LeaseRef, StoreOutcome};
 use afterview_engine::result::ResultMeta;
-use redis::aio::ConnectionManager;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::calls::unavailable;
+use crate::conn::Conn;
 use crate::{Inner, RESULT_PREFIX, scripts};
 
 /// The store script's verdict for one write; anything else is corrupt.
@@ -35,7 +35,7 @@ pub(crate) struct StoreReq {
 /// Writes results in batches: concurrent writes (many tasks finishing at once) go to Redis in
 /// one script call while the previous call is in flight, like a group commit.
 pub(crate) async fn store_writer(
-    mut conn: ConnectionManager,
+    mut conn: Conn,
     mut rx: mpsc::UnboundedReceiver<StoreReq>,
     dbs: (i64, i64),
     ttl_ms: u64,

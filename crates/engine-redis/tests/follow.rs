@@ -166,3 +166,37 @@ async fn a_reconnect_after_a_restart_turns_list_push_notifications_back_on() {
     }
     assert!(afterview_engine::Broker::pushes_wakeups(&*backend));
 }
+
+/// The first command on a connection after Redis restarted fails (the connection learns of the
+/// restart from it and reconnects): a publish or a read right after a restart tries again
+/// instead of answering "unavailable", as kombu's publish retry does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_publish_and_read_after_a_restart_succeed() {
+    let mut server = RedisServer::start(2, false);
+    let backend = open(&server).await;
+    let client = afterview_engine::Client::new(backend.clone(), backend.clone());
+    let opts = || afterview_engine::SendOptions {
+        queue: Some("after-restart".into()),
+        ..Default::default()
+    };
+    client
+        .send_task("afterview.noop", vec![], serde_json::Map::new(), opts())
+        .await
+        .unwrap();
+    server.restart();
+    let id = client
+        .send_task("afterview.noop", vec![], serde_json::Map::new(), opts())
+        .await
+        .expect("a publish right after the restart");
+    let state = client
+        .result(&id)
+        .await
+        .expect("a read right after the restart");
+    assert_eq!(state.status, TaskState::Pending);
+    server.restart();
+    let state = client
+        .result(&id)
+        .await
+        .expect("a read right after the restart");
+    assert_eq!(state.status, TaskState::Pending);
+}

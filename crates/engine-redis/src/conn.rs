@@ -3,9 +3,15 @@
 //! such a command is sent again on the new connection instead of failing the caller (a publish
 //! from the API, a result read, a worker's claim).
 //!
-//! Invariant: only a command that never reached Redis is repeated — its write found the
-//! connection broken, refused or not connected. A command whose reply was lost (reset, EOF) may
-//! have run and is not repeated: the caller sees the error, as before.
+//! What is repeated: a command that failed because writing to the connection failed (broken
+//! pipe) or there was none (refused, not connected). That is the first command after Redis
+//! restarted while the connection was idle, which never reached it. redis-rs reports a failed
+//! write to the oldest request in flight, so under load the repeated command can, rarely, be
+//! one written just before Redis died; if Redis ran it and died before replying, it runs twice,
+//! as after kombu's publish retry. That is safe here: a second publish is a duplicate delivery
+//! (at least once, as always), a second claim claims other messages (the first ones' leases run
+//! out and they are redelivered), a second store or ack is fenced. A command whose reply was
+//! lost (reset, EOF) is not repeated: the caller sees the error, as before.
 
 use std::time::Duration;
 
@@ -19,7 +25,7 @@ const PAUSES: [Duration; 3] = [
     Duration::from_millis(250),
 ];
 
-/// A command connection that repeats commands which never reached Redis.
+/// A command connection that repeats commands whose write failed.
 #[derive(Clone)]
 pub(crate) struct Conn(ConnectionManager);
 
@@ -29,8 +35,8 @@ impl Conn {
     }
 }
 
-/// True when the command could not have been sent: the connection was already broken when it
-/// was written, or there was none.
+/// True when writing to the connection failed or there was no connection (see the module
+/// documentation for what that says about the command).
 pub(crate) fn unsent(e: &RedisError) -> bool {
     let Some(source) = std::error::Error::source(e) else {
         return false;
@@ -91,7 +97,7 @@ mod tests {
     use std::io::{Error, ErrorKind};
 
     #[test]
-    fn only_commands_that_never_left_are_repeated() {
+    fn only_failed_writes_and_missing_connections_are_repeated() {
         for kind in [
             ErrorKind::BrokenPipe,
             ErrorKind::ConnectionRefused,

@@ -1,22 +1,20 @@
 //! The command connection: redis-rs's `ConnectionManager`, which learns that Redis restarted
 //! (or failed over) from the first command that fails and reconnects behind it, wrapped so that
-//! such a command is sent again on the new connection instead of failing the caller (a publish
-//! from the API, a result read, a worker's claim).
+//! such a command is sent again on the new connection when that cannot do harm.
 //!
-//! What is repeated: a command that failed because writing to the connection failed (broken
-//! pipe) or there was none (refused, not connected). That is the first command after Redis
-//! restarted while the connection was idle, which never reached it. redis-rs reports a failed
-//! write to the oldest request in flight, so under load the repeated command can, rarely, be
-//! one written just before Redis died; if Redis ran it and died before replying, it runs twice,
-//! as after kombu's publish retry. That is safe here: a second publish is a duplicate delivery
-//! (at least once, as always), a second claim claims other messages (the first ones' leases run
-//! out and they are redelivered), a second store or ack is fenced. A command whose reply was
-//! lost (reset, EOF) is not repeated: the caller sees the error, as before.
+//! What is repeated, up to three times: any command that failed because no connection could be
+//! made (refused, not connected: it never reached Redis), and a read-only command (GET, MGET,
+//! CONFIG GET, ...) that failed with a broken pipe. Nothing else: redis-rs reports a broken pipe
+//! for every request in flight when a connection closes, including ones Redis may have run
+//! before it went away (a graceful shutdown runs what it read, then exits without replying), so
+//! a publish, claim or result write that fails that way is not sent again — its caller sees
+//! `unavailable` as before (the worker retries its result writes, which are fenced; an API
+//! publish answers 503 and the client may send again). A read right after a restart succeeds.
 
 use std::time::Duration;
 
 use redis::aio::{ConnectionLike, ConnectionManager};
-use redis::{Cmd, Pipeline, RedisError, RedisFuture, Value};
+use redis::{Arg, Cmd, Pipeline, RedisError, RedisFuture, Value};
 
 /// Pauses before the repeats; the reconnect itself waits up to the manager's connection timeout.
 const PAUSES: [Duration; 3] = [
@@ -25,7 +23,7 @@ const PAUSES: [Duration; 3] = [
     Duration::from_millis(250),
 ];
 
-/// A command connection that repeats commands whose write failed.
+/// A command connection that sends a command again when that cannot do harm.
 #[derive(Clone)]
 pub(crate) struct Conn(ConnectionManager);
 
@@ -35,33 +33,72 @@ impl Conn {
     }
 }
 
-/// True when writing to the connection failed or there was no connection (see the module
-/// documentation for what that says about the command).
-pub(crate) fn unsent(e: &RedisError) -> bool {
-    let Some(source) = std::error::Error::source(e) else {
-        return false;
-    };
-    let io = source.downcast_ref::<std::io::Error>().or_else(|| {
-        source
-            .downcast_ref::<std::sync::Arc<dyn std::error::Error + Send + Sync>>()
-            .and_then(|inner| inner.downcast_ref::<std::io::Error>())
-    });
-    io.is_some_and(|io| {
-        matches!(
-            io.kind(),
-            std::io::ErrorKind::BrokenPipe
-                | std::io::ErrorKind::ConnectionRefused
-                | std::io::ErrorKind::NotConnected
-        )
-    })
+/// The io error kind inside a redis-rs error, if any.
+fn io_kind(e: &RedisError) -> Option<std::io::ErrorKind> {
+    let source = std::error::Error::source(e)?;
+    source
+        .downcast_ref::<std::io::Error>()
+        .or_else(|| {
+            source
+                .downcast_ref::<std::sync::Arc<dyn std::error::Error + Send + Sync>>()
+                .and_then(|inner| inner.downcast_ref::<std::io::Error>())
+        })
+        .map(std::io::Error::kind)
+}
+
+/// Commands that only read (or, like `CONFIG SET` of the same value, change nothing when run
+/// twice): sent again after a broken pipe.
+const REPEATABLE: &[&[u8]] = &[
+    b"GET",
+    b"MGET",
+    b"EXISTS",
+    b"HGET",
+    b"HMGET",
+    b"HGETALL",
+    b"HLEN",
+    b"LLEN",
+    b"LRANGE",
+    b"ZCARD",
+    b"ZRANGE",
+    b"ZRANGEBYSCORE",
+    b"SMEMBERS",
+    b"SCARD",
+    b"XRANGE",
+    b"XLEN",
+    b"TYPE",
+    b"TTL",
+    b"PTTL",
+    b"PING",
+    b"INFO",
+    b"CONFIG",
+    b"PUBSUB",
+    b"SCAN",
+    b"TIME",
+];
+
+fn repeatable(cmd: &Cmd) -> bool {
+    match cmd.args_iter().next() {
+        Some(Arg::Simple(name)) => REPEATABLE.iter().any(|r| r.eq_ignore_ascii_case(name)),
+        _ => false,
+    }
+}
+
+/// Whether a command that failed with `e` is sent again (see the module documentation).
+pub(crate) fn send_again(e: &RedisError, read_only: bool) -> bool {
+    match io_kind(e) {
+        Some(std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::NotConnected) => true,
+        Some(std::io::ErrorKind::BrokenPipe) => read_only,
+        _ => false,
+    }
 }
 
 impl ConnectionLike for Conn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         Box::pin(async move {
+            let read_only = repeatable(cmd);
             for pause in PAUSES {
                 match self.0.req_packed_command(cmd).await {
-                    Err(e) if unsent(&e) => tokio::time::sleep(pause).await,
+                    Err(e) if send_again(&e, read_only) => tokio::time::sleep(pause).await,
                     other => return other,
                 }
             }
@@ -76,9 +113,10 @@ impl ConnectionLike for Conn {
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
         Box::pin(async move {
+            let read_only = pipeline.cmd_iter().all(repeatable);
             for pause in PAUSES {
                 match self.0.req_packed_commands(pipeline, offset, count).await {
-                    Err(e) if unsent(&e) => tokio::time::sleep(pause).await,
+                    Err(e) if send_again(&e, read_only) => tokio::time::sleep(pause).await,
                     other => return other,
                 }
             }
@@ -97,23 +135,34 @@ mod tests {
     use std::io::{Error, ErrorKind};
 
     #[test]
-    fn only_failed_writes_and_missing_connections_are_repeated() {
-        for kind in [
-            ErrorKind::BrokenPipe,
-            ErrorKind::ConnectionRefused,
-            ErrorKind::NotConnected,
-        ] {
-            assert!(unsent(&RedisError::from(Error::from(kind))), "{kind:?}");
+    fn writes_are_sent_again_only_when_they_never_reached_redis() {
+        let io = |kind| RedisError::from(Error::from(kind));
+        for kind in [ErrorKind::ConnectionRefused, ErrorKind::NotConnected] {
+            assert!(send_again(&io(kind), false), "{kind:?}");
+            assert!(send_again(&io(kind), true), "{kind:?}");
         }
+        // redis-rs reports a closed connection as a broken pipe to every request in flight.
+        assert!(!send_again(&io(ErrorKind::BrokenPipe), false));
+        assert!(send_again(&io(ErrorKind::BrokenPipe), true));
         for kind in [
             ErrorKind::ConnectionReset,
             ErrorKind::UnexpectedEof,
             ErrorKind::TimedOut,
             ErrorKind::Other,
         ] {
-            assert!(!unsent(&RedisError::from(Error::from(kind))), "{kind:?}");
+            assert!(!send_again(&io(kind), true), "{kind:?}");
         }
         let server: RedisError = (redis::ErrorKind::Client, "refused").into();
-        assert!(!unsent(&server));
+        assert!(!send_again(&server, true));
+    }
+
+    #[test]
+    fn reads_are_repeatable_and_scripts_and_writes_are_not() {
+        assert!(repeatable(&redis::cmd("GET")));
+        assert!(repeatable(&redis::cmd("mget")));
+        assert!(repeatable(&redis::cmd("CONFIG")));
+        for w in ["EVALSHA", "EVAL", "LPUSH", "SET", "DEL", "PUBLISH", "ZADD"] {
+            assert!(!repeatable(&redis::cmd(w)), "{w}");
+        }
     }
 }

@@ -224,29 +224,37 @@ async fn connected(i: &Arc<Inner>, st: &mut State, reconnect: bool) {
     }
     if reconnect {
         info!("Redis pub/sub reconnected.");
-        // After a Redis restart the command connections learn of it only when a command fails
-        // (then they reconnect behind it): the catch-up tries again for a few seconds. A
-        // result stored while this connection was away is read here or never heard.
         i.wake.wake();
         i.revoke_wake.notify_waiters();
         let ids: Vec<String> = st.watched.keys().cloned().collect();
-        let (mut keyevents, mut results) = (false, false);
-        for pause_ms in [0, 50, 100, 200, 400, 800, 1600, 3200] {
-            tokio::time::sleep(Duration::from_millis(pause_ms)).await;
-            keyevents = keyevents || i.enable_keyevents().await;
-            results = results || refetch(i, &ids).await;
-            if keyevents && results {
-                break;
+        // Off this task: requests and messages keep flowing while it tries.
+        tokio::spawn(catch_up(Arc::downgrade(i), ids));
+    }
+}
+
+/// After a reconnect: re-reads the followed results `ids` (a result stored while this
+/// connection was away is read here or never heard) and turns keyspace notifications back on
+/// (a restarted Redis forgot them). Redis may still be coming back (a restart, loading its
+/// data): it tries again for a few seconds.
+async fn catch_up(inner: Weak<Inner>, ids: Vec<String>) {
+    let (mut keyevents, mut results) = (false, false);
+    for pause_ms in [0, 50, 100, 200, 400, 800, 1600, 3200] {
+        tokio::time::sleep(Duration::from_millis(pause_ms)).await;
+        let Some(i) = inner.upgrade() else { return };
+        keyevents = keyevents || i.enable_keyevents().await;
+        results = results || refetch(&i, &ids).await;
+        if keyevents && results {
+            if !ids.is_empty() {
+                i.wake.wake();
             }
+            return;
         }
-        if !results {
-            warn!(
-                followed = ids.len(),
-                "Could not re-read followed results after reconnecting; their followers hear the next change."
-            );
-        }
-        i.wake.wake();
-        i.revoke_wake.notify_waiters();
+    }
+    if !results {
+        warn!(
+            followed = ids.len(),
+            "Could not re-read followed results after reconnecting; their followers hear the next change."
+        );
     }
 }
 
@@ -294,8 +302,10 @@ async fn apply(
                         Ok(()) => {
                             let _ = ready.send(true);
                         }
-                        // The connection is going: the reconnect subscribes again and then
-                        // sets the flag.
+                        // The connection is going: the reconnect subscribes again, sets the
+                        // flag and re-reads what is followed. (A confirmation that arrived just
+                        // before the connection went may set the flag after the reconnect
+                        // cleared it; that re-read covers the gap.)
                         Err(e) => debug!(error = %e, "A result subscription was not confirmed."),
                     }
                 });

@@ -168,35 +168,38 @@ async fn a_reconnect_after_a_restart_turns_list_push_notifications_back_on() {
 }
 
 /// The first command on a connection after Redis restarted fails (the connection learns of the
-/// restart from it and reconnects): a publish or a read right after a restart tries again
-/// instead of answering "unavailable", as kombu's publish retry does.
+/// restart from it and reconnects): a read is sent again and succeeds; a publish, which Redis
+/// may already have run when it fails that way under load, is not repeated and fails visibly,
+/// once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_first_publish_and_read_after_a_restart_succeed() {
+async fn after_a_restart_reads_succeed_and_a_publish_fails_at_most_once_visibly() {
     let mut server = RedisServer::start(2, false);
     let backend = open(&server).await;
     let client = afterview_engine::Client::new(backend.clone(), backend.clone());
-    let opts = || afterview_engine::SendOptions {
-        queue: Some("after-restart".into()),
-        ..Default::default()
+    let send = || {
+        client.send_task(
+            "afterview.noop",
+            vec![],
+            serde_json::Map::new(),
+            afterview_engine::SendOptions {
+                queue: Some("after-restart".into()),
+                ..Default::default()
+            },
+        )
     };
-    client
-        .send_task("afterview.noop", vec![], serde_json::Map::new(), opts())
-        .await
-        .unwrap();
+    send().await.unwrap();
     server.restart();
-    let id = client
-        .send_task("afterview.noop", vec![], serde_json::Map::new(), opts())
-        .await
-        .expect("a publish right after the restart");
-    let state = client
-        .result(&id)
-        .await
-        .expect("a read right after the restart");
-    assert_eq!(state.status, TaskState::Pending);
+    let id = match send().await {
+        Ok(id) => id,
+        Err(e) => {
+            assert!(e.to_string().contains("broken pipe"), "{e}");
+            send().await.expect("the publish after the failed one")
+        }
+    };
     server.restart();
     let state = client
         .result(&id)
         .await
-        .expect("a read right after the restart");
+        .expect("the first read after the restart");
     assert_eq!(state.status, TaskState::Pending);
 }

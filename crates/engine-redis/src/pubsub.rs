@@ -134,6 +134,11 @@ pub(crate) async fn run(
         for (_, ready) in &st.push {
             ready.store(false, Ordering::SeqCst);
         }
+        // No wake-up can arrive until the catch-up after the reconnect turns keyspace
+        // notifications back on (a restarted Redis forgot them): workers poll meanwhile.
+        if let Some(i) = inner.upgrade() {
+            i.keyevents.store(false, Ordering::SeqCst);
+        }
     }
 }
 
@@ -306,7 +311,12 @@ async fn apply(
                         // flag and re-reads what is followed. (A confirmation that arrived just
                         // before the connection went may set the flag after the reconnect
                         // cleared it; that re-read covers the gap.)
-                        Err(e) => debug!(error = %e, "A result subscription was not confirmed."),
+                        Err(e) if crate::transient(&e) => {
+                            debug!(error = %e, "A result subscription was not confirmed.");
+                        }
+                        // Refused (an ACL without this channel): the follower reads the state
+                        // after its wait for the subscription times out, and hears no change.
+                        Err(e) => warn!(error = %e, "Redis refused a result subscription."),
                     }
                 });
             } else {

@@ -33,6 +33,11 @@ impl Conn {
     }
 }
 
+/// An error of the connection, not of the command: trying again after a reconnect may work.
+pub(crate) fn transient(e: &RedisError) -> bool {
+    e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() || e.is_timeout()
+}
+
 /// The io error kind inside a redis-rs error, if any.
 fn io_kind(e: &RedisError) -> Option<std::io::ErrorKind> {
     let source = std::error::Error::source(e)?;

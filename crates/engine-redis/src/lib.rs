@@ -56,7 +56,7 @@ use tokio::sync::{Notify, mpsc};
 use tracing::debug;
 
 use crate::calls::{Scripts, unavailable};
-use crate::conn::Conn;
+use crate::conn::{Conn, transient};
 use crate::control::Control;
 use crate::options::manager_config;
 use crate::wake::Wake;
@@ -314,9 +314,4 @@ impl Inner {
         self.keyevents.store(ok, Ordering::SeqCst);
         true
     }
-}
-
-/// An error of the connection, not of the command: trying again after a reconnect may work.
-pub(crate) fn transient(e: &redis::RedisError) -> bool {
-    e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() || e.is_timeout()
 }

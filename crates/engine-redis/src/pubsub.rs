@@ -249,9 +249,9 @@ async fn catch_up(inner: Weak<Inner>, ids: Vec<String>) {
         keyevents = keyevents || i.enable_keyevents().await;
         results = results || refetch(&i, &ids).await;
         if keyevents && results {
-            if !ids.is_empty() {
-                i.wake.wake();
-            }
+            // Notifications are on again: a claim now catches what was pushed while they
+            // were off.
+            i.wake.wake();
             return;
         }
     }
@@ -311,7 +311,7 @@ async fn apply(
                         // flag and re-reads what is followed. (A confirmation that arrived just
                         // before the connection went may set the flag after the reconnect
                         // cleared it; that re-read covers the gap.)
-                        Err(e) if crate::transient(&e) => {
+                        Err(e) if crate::conn::transient(&e) => {
                             debug!(error = %e, "A result subscription was not confirmed.");
                         }
                         // Refused (an ACL without this channel): the follower reads the state

@@ -134,6 +134,26 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}/{db}", self.port)
     }
 
+    /// A backend with its broker in database `db` and its results in `db + 1`, default options.
+    pub async fn backend(&self, db: u32) -> std::sync::Arc<crate::RedisBackend> {
+        std::sync::Arc::new(
+            crate::RedisBackend::open(
+                &self.url(db),
+                Some(&self.url(db + 1)),
+                crate::RedisOptions::default(),
+            )
+            .await
+            .expect("open redis backend"),
+        )
+    }
+
+    /// A plain blocking connection to database `db`, for reading keys and server state.
+    pub fn connection(&self, db: u32) -> redis::Connection {
+        redis::Client::open(self.url(db))
+            .and_then(|c| c.get_connection())
+            .expect("connect")
+    }
+
     /// A database no other caller of this server received, emptied.
     pub fn fresh_db(&self) -> u32 {
         let db = self.next_db.fetch_add(1, Ordering::SeqCst);

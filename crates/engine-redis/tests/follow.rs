@@ -11,21 +11,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use afterview_engine::{ResultBackend, ResultMeta, TaskState};
+use afterview_engine_redis::RedisBackend;
 use afterview_engine_redis::testing::RedisServer;
-use afterview_engine_redis::{RedisBackend, RedisOptions};
 use serde_json::json;
-
-async fn open(server: &RedisServer) -> Arc<RedisBackend> {
-    Arc::new(
-        RedisBackend::open(
-            &server.url(0),
-            Some(&server.url(1)),
-            RedisOptions::default(),
-        )
-        .await
-        .expect("open redis backend"),
-    )
-}
 
 /// Follows `id` until its first state (read once the subscription is confirmed), waits
 /// `settle` (so that a stray UNSUBSCRIBE would have gone out), has `writer` store SUCCESS, and
@@ -55,8 +43,8 @@ async fn follow_then_store(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_task_followed_again_right_after_it_was_let_go_is_still_heard() {
     let server = RedisServer::start(2, false);
-    let follower = open(&server).await;
-    let writer = open(&server).await;
+    let follower = server.backend(0).await;
+    let writer = server.backend(0).await;
     for round in 0..20 {
         let id = format!("refollow-{round}");
         // Follow and let go at once: UNSUBSCRIBE is queued behind SUBSCRIBE, and the next
@@ -72,8 +60,8 @@ async fn a_task_followed_again_right_after_it_was_let_go_is_still_heard() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn followers_of_tasks_one_after_another_each_hear_their_own_result() {
     let server = RedisServer::start(2, false);
-    let follower = open(&server).await;
-    let writer = open(&server).await;
+    let follower = server.backend(0).await;
+    let writer = server.backend(0).await;
     for i in 0..200 {
         let id = format!("in-turn-{i}");
         let got = follow_then_store(&follower, &writer, &id, Duration::ZERO).await;
@@ -81,10 +69,7 @@ async fn followers_of_tasks_one_after_another_each_hear_their_own_result() {
         assert_eq!(got.status, TaskState::Success);
     }
     // Every subscription was let go again (the UNSUBSCRIBEs nobody waited for went out).
-    let mut c = afterview_engine_redis::testing::redis::Client::open(server.url(0))
-        .unwrap()
-        .get_connection()
-        .unwrap();
+    let mut c = server.connection(0);
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     loop {
         let channels: Vec<String> = afterview_engine_redis::testing::redis::cmd("PUBSUB")
@@ -106,7 +91,7 @@ async fn followers_of_tasks_one_after_another_each_hear_their_own_result() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_follower_hears_a_result_stored_after_redis_restarted() {
     let mut server = RedisServer::start(2, false);
-    let follower = open(&server).await;
+    let follower = server.backend(0).await;
     let client = afterview_engine::Client::new(follower.clone(), follower.clone());
     let mut watch = client.watch("after-restart");
     let first = watch.next().await.unwrap().expect("a first state");
@@ -115,7 +100,7 @@ async fn a_follower_hears_a_result_stored_after_redis_restarted() {
     // The follower's connection is gone with the old server; the result is written by a new
     // process's connection, whenever that comes relative to the follower's reconnect (then it
     // subscribes again and re-reads what it follows).
-    let writer = open(&server).await;
+    let writer = server.backend(0).await;
     writer
         .store(
             &ResultMeta::new("after-restart", TaskState::Success, json!(1)),
@@ -136,12 +121,9 @@ async fn a_follower_hears_a_result_stored_after_redis_restarted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reconnect_after_a_restart_turns_list_push_notifications_back_on() {
     let mut server = RedisServer::start(2, false);
-    let backend = open(&server).await;
+    let backend = server.backend(0).await;
     let flags = |server: &RedisServer| -> String {
-        let mut c = afterview_engine_redis::testing::redis::Client::open(server.url(0))
-            .unwrap()
-            .get_connection()
-            .unwrap();
+        let mut c = server.connection(0);
         let v: Vec<String> = afterview_engine_redis::testing::redis::cmd("CONFIG")
             .arg("GET")
             .arg("notify-keyspace-events")
@@ -173,7 +155,7 @@ async fn a_reconnect_after_a_restart_turns_list_push_notifications_back_on() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_restart_reads_succeed_and_a_publish_fails_at_most_once_visibly() {
     let mut server = RedisServer::start(2, false);
-    let backend = open(&server).await;
+    let backend = server.backend(0).await;
     let client = afterview_engine::Client::new(backend.clone(), backend.clone());
     let send = || {
         client.send_task(

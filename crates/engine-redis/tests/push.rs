@@ -16,25 +16,6 @@ use serde_json::Map;
 const QUEUE: &str = "pushq";
 const WAITERS: &str = "afterview:idle:pushq";
 
-async fn open(server: &RedisServer, db: u32) -> Arc<RedisBackend> {
-    Arc::new(
-        RedisBackend::open(
-            &server.url(db),
-            Some(&server.url(db + 1)),
-            RedisOptions::default(),
-        )
-        .await
-        .expect("open redis backend"),
-    )
-}
-
-fn raw(server: &RedisServer, db: u32) -> redis::Connection {
-    redis::Client::open(server.url(db))
-        .unwrap()
-        .get_connection()
-        .unwrap()
-}
-
 fn request(worker: &str) -> ClaimRequest {
     ClaimRequest {
         queues: vec![QUEUE.into()],
@@ -110,10 +91,10 @@ fn listeners(c: &mut redis::Connection, ch: &str) -> i64 {
 /// connection for reading keys.
 async fn idle_worker(node: &str) -> (RedisServer, Arc<RedisBackend>, Client, redis::Connection) {
     let server = RedisServer::start(2, false);
-    let worker = open(&server, 0).await;
-    let producer = open(&server, 0).await;
+    let worker = server.backend(0).await;
+    let producer = server.backend(0).await;
     let client = Client::new(producer.clone(), producer);
-    let mut c = raw(&server, 0);
+    let mut c = server.connection(0);
     wait_idle(&worker, &mut c, node).await;
     (server, worker, client, c)
 }
@@ -163,11 +144,11 @@ async fn an_idle_worker_takes_the_message_from_the_publish_itself() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gone_workers_registration_falls_back_to_the_queue() {
     let server = RedisServer::start(2, false);
-    let producer = open(&server, 0).await;
+    let producer = server.backend(0).await;
     let client = Client::new(producer.clone(), producer.clone());
-    let mut c = raw(&server, 0);
+    let mut c = server.connection(0);
     {
-        let worker = open(&server, 0).await;
+        let worker = server.backend(0).await;
         wait_idle(&worker, &mut c, "gone@test").await;
     }
     // The backend is dropped: its pub/sub connection closes, nobody listens on its channel.
@@ -229,9 +210,9 @@ async fn a_stopping_worker_gives_back_what_was_pushed_to_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_process_that_only_publishes_is_not_woken_by_tasks() {
     let server = RedisServer::start(2, false);
-    let producer = open(&server, 0).await;
+    let producer = server.backend(0).await;
     let client = Client::new(producer.clone(), producer.clone());
-    let mut c = raw(&server, 0);
+    let mut c = server.connection(0);
     let id = publish(&client).await;
     let r = client.wait(&id, Duration::from_millis(300)).await.unwrap();
     assert_eq!(r.status, afterview_engine::TaskState::Pending);

@@ -10,22 +10,10 @@ use afterview_engine::BackendError;
 use afterview_engine::{
     Broker, Client, Registry, ResultBackend, SendOptions, Shutdown, TaskState, Worker, WorkerConfig,
 };
+use afterview_engine_redis::RedisBackend;
 use afterview_engine_redis::testing::{RedisServer, command_stats, publish_noops};
-use afterview_engine_redis::{RedisBackend, RedisOptions};
 use serde_json::Map;
 use tokio::task::JoinHandle;
-
-async fn open(server: &RedisServer) -> Arc<RedisBackend> {
-    Arc::new(
-        RedisBackend::open(
-            &server.url(0),
-            Some(&server.url(1)),
-            RedisOptions::default(),
-        )
-        .await
-        .unwrap(),
-    )
-}
 
 /// A worker at `-c 8`, prefetch 4 (a window of 32) named `node`, running until [`stop`].
 fn start_worker(
@@ -68,7 +56,7 @@ fn script_calls(url: &str) -> u64 {
 async fn one_task_at_a_time_costs_three_script_calls() {
     let server = RedisServer::start(2, false);
     let url = server.url(0);
-    let backend = open(&server).await;
+    let backend = server.backend(0).await;
     assert!(backend.pushes_wakeups());
     let client = Client::new(backend.clone(), backend.clone());
     let worker = start_worker(&backend, "one-at-a-time@test");
@@ -127,7 +115,7 @@ fn claim_sizes(monitor: &str, worker: &str) -> Vec<u64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drain_claims_between_a_quarter_and_half_the_window() {
     let server = RedisServer::start(2, false);
-    let backend = open(&server).await;
+    let backend = server.backend(0).await;
     let client = Client::new(backend.clone(), backend.clone());
     let n = 3_200;
     let msgs = publish_noops(&client, n).await;

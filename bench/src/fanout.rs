@@ -6,6 +6,10 @@
 //! Baseline in the same run: the same measure with 16 followers (one user, one task). The
 //! many-follower round runs twice: task starts spread over one progress period (steady load)
 //! and all at once (every update of every task in the same millisecond: the worst burst).
+//! Delays are also reported per update round (updates grouped by their `updated_at_ms`, one
+//! period each): the first, the last (which meets the tasks' results and 10,000 closes) and the
+//! worst p99 of the rounds between. `FANOUT_DUMP=<prefix>` writes every `updated_at_ms delay`
+//! pair to `<prefix>-<followers>-<spread>`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -52,7 +56,33 @@ struct Outcome {
     refused: usize,
     rss_per_socket_kib: f64,
     delays: Vec<f64>,
+    /// Per update round (one period of `updated_at_ms` each), the sorted delays.
+    rounds: Vec<Vec<f64>>,
     wall: Duration,
+}
+
+/// The `p` quantile of sorted `v` (0 when empty).
+fn pq(v: &[f64], p: f64) -> f64 {
+    if v.is_empty() { 0.0 } else { pct(v, p) }
+}
+
+/// Groups `(updated_at_ms, delay)` pairs by period from the first update; each group sorted.
+fn by_round(pairs: &[(f64, f64)], every_ms: u64) -> Vec<Vec<f64>> {
+    let Some(t0) = pairs.iter().map(|p| p.0).reduce(f64::min) else {
+        return vec![];
+    };
+    let mut rounds: Vec<Vec<f64>> = vec![];
+    for &(at, d) in pairs {
+        let i = ((at - t0) / every_ms as f64) as usize;
+        if rounds.len() <= i {
+            rounds.resize(i + 1, vec![]);
+        }
+        rounds[i].push(d);
+    }
+    for r in &mut rounds {
+        r.sort_by(f64::total_cmp);
+    }
+    rounds
 }
 
 async fn round(clients: usize, every_ms: u64, seconds: f64, stagger: bool) -> Outcome {
@@ -121,7 +151,7 @@ async fn round(clients: usize, every_ms: u64, seconds: f64, stagger: bool) -> Ou
                         break;
                     }
                     if let Some(at) = updated_at_ms(&t) {
-                        d.push(now - at as f64);
+                        d.push((at as f64, now - at as f64));
                     }
                 }
             }
@@ -155,17 +185,24 @@ async fn round(clients: usize, every_ms: u64, seconds: f64, stagger: bool) -> Ou
         )
         .await;
     }
-    let mut delays = vec![];
+    let mut pairs = vec![];
     for h in hs {
-        delays.extend(h.await.unwrap());
+        pairs.extend(h.await.unwrap());
     }
+    if let Ok(p) = std::env::var("FANOUT_DUMP") {
+        let txt: String = pairs.iter().map(|(a, d)| format!("{a} {d:.3}\n")).collect();
+        std::fs::write(format!("{p}-{clients}-{stagger}"), txt).unwrap();
+    }
+    let mut delays: Vec<f64> = pairs.iter().map(|p| p.1).collect();
     delays.sort_by(f64::total_cmp);
+    let rounds = by_round(&pairs, every_ms);
     drop(s);
     Outcome {
         sockets,
         refused: refused.load(std::sync::atomic::Ordering::SeqCst),
         rss_per_socket_kib: (after.saturating_sub(before)) as f64 / sockets.max(1) as f64,
         delays,
+        rounds,
         wall: start.elapsed(),
     }
 }
@@ -179,9 +216,19 @@ pub(crate) async fn run(clients: usize, every_ms: u64, seconds: usize) {
     );
     println!("|---|---|---|---|---|---|---|---|---|---|---|");
     let mut base_p99 = None;
+    let mut per_round = vec![];
     for (n, stagger) in [(PER_USER, false), (clients, true), (clients, false)] {
         let o = round(n, every_ms, seconds as f64, stagger).await;
         let (p50, p99) = (pct(&o.delays, 0.5), pct(&o.delays, 0.99));
+        let empty = vec![];
+        let first = o.rounds.first().unwrap_or(&empty);
+        let last = o.rounds.last().unwrap_or(&empty);
+        let middle = if o.rounds.len() > 2 {
+            &o.rounds[1..o.rounds.len() - 1]
+        } else {
+            &[][..]
+        };
+        let worst_middle = middle.iter().map(|r| pq(r, 0.99)).fold(0.0, f64::max);
         let ratio = base_p99.map_or(String::new(), |b: f64| format!(" ({:.1}x)", p99 / b));
         base_p99.get_or_insert(p99);
         crate::emit(
@@ -195,8 +242,21 @@ pub(crate) async fn run(clients: usize, every_ms: u64, seconds: usize) {
                 "updates": o.delays.len(),
                 "p50_ms": p50,
                 "p99_ms": p99,
+                "first_update_p50_ms": pq(first, 0.5),
+                "first_update_p99_ms": pq(first, 0.99),
+                "last_update_p50_ms": pq(last, 0.5),
+                "last_update_p99_ms": pq(last, 0.99),
+                "middle_updates_worst_p99_ms": worst_middle,
             }),
         );
+        per_round.push(format!(
+            "| {n} | {} | {:.2} / {:.2} | {worst_middle:.2} | {:.2} / {:.2} |",
+            if stagger { "spread" } else { "all at once" },
+            pq(first, 0.5),
+            pq(first, 0.99),
+            pq(last, 0.5),
+            pq(last, 0.99),
+        ));
         println!(
             "| {n} | {} | {} | {} | {} | {:.1} | {} | {p50:.2} | {p99:.2}{ratio} | {:.2} | {:.1} |",
             n.div_ceil(PER_USER),
@@ -212,5 +272,11 @@ pub(crate) async fn run(clients: usize, every_ms: u64, seconds: usize) {
             o.delays.last().copied().unwrap_or(0.0),
             o.wall.as_secs_f64()
         );
+    }
+    println!(
+        "\nPer update round (updates grouped by `updated_at_ms`, one period each; ms):\n\n| followers | starts | first update p50 / p99 | worst p99 of the rounds between | last update (with the results and closes) p50 / p99 |\n|---|---|---|---|---|"
+    );
+    for line in per_round {
+        println!("{line}");
     }
 }

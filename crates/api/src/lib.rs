@@ -368,6 +368,10 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
+        // No Nagle delay: a WebSocket frame written while the previous one is unacknowledged
+        // (the final state right after the last progress, STARTED then a first progress) would
+        // otherwise wait for the client's delayed ACK, up to 40 ms on Linux.
+        let _ = stream.set_nodelay(true);
         let svc = TowerToHyperService::new(app.clone());
         let mut close = close_rx.clone();
         conns.spawn(async move {

@@ -12,6 +12,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use futures_util::SinkExt;
 use serde_json::{Value, json};
 
 use super::ListQuery;
@@ -165,6 +166,9 @@ pub(crate) const MAX_SOCKETS_PER_USER: usize = 16;
 
 /// A follower socket's read buffer.
 const WS_READ_BUFFER: usize = 4096;
+/// Frames fed without a flush are written together up to this size (`send` flushes: only the
+/// final state is fed, to go out with the close).
+const WS_WRITE_COALESCE: usize = 4096;
 /// The most a follower socket buffers for a slow reader before it is closed.
 const WS_MAX_BACKLOG: usize = 256 * 1024;
 /// Longest a WebSocket stays open (clients reconnect and get the current state first).
@@ -226,13 +230,14 @@ pub(crate) async fn task_ws(
     let until = session.expires_at;
     // Small buffers: a follower sends almost nothing and receives small frames, and thousands
     // of sockets stay open at once (tungstenite's defaults are 128 KiB each way per socket).
-    // Frames are written at once (no write batching: progress is latency-bound), and a reader
-    // too slow for 256 KiB of backlog is dropped rather than buffered without bound.
+    // Frames are written at once (each `send` flushes: progress is latency-bound); the final
+    // state is fed and goes out with the close, in one write. A reader too slow for 256 KiB of
+    // backlog is dropped rather than buffered without bound.
     Ok(ws
         .max_message_size(MAX_CLIENT_MESSAGE)
         .max_frame_size(MAX_CLIENT_MESSAGE)
         .read_buffer_size(WS_READ_BUFFER)
-        .write_buffer_size(0)
+        .write_buffer_size(WS_WRITE_COALESCE)
         .max_write_buffer_size(WS_MAX_BACKLOG)
         .on_upgrade(move |socket| async move {
             follow(st, id, socket, until).await;
@@ -298,11 +303,15 @@ async fn follow(st: AppState, id: String, mut socket: WebSocket, expires_at: Opt
             }
             next = watch.next_shared() => match next {
                 Ok(Some(m)) => {
-                    if socket.send(Message::Text(st.frames.frame(&m))).await.is_err() {
+                    let text = Message::Text(st.frames.frame(&m));
+                    if m.status.is_terminal() {
+                        // The final state and the close in one write.
+                        if socket.feed(text).await.is_ok() {
+                            let _ = socket.send(Message::Close(Some(CloseFrame { code: 1000, reason: "task finished".into() }))).await;
+                        }
                         return;
                     }
-                    if m.status.is_terminal() {
-                        let _ = socket.send(Message::Close(Some(CloseFrame { code: 1000, reason: "task finished".into() }))).await;
+                    if socket.send(text).await.is_err() {
                         return;
                     }
                 }

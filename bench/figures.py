@@ -121,7 +121,10 @@ def main():
     for starts in ("spread", "at once"):
         f = next((f for f in ws if f["followers"] >= 10000 and f["starts"] == starts), None)
         note = f and f"{f['sockets']:,} sockets, {f['refused']} refused, {f['updates']:,} updates" + (
-            f"; 16 followers: p99 {base['p99_ms']:.2f} ms" if base else "")
+            f"; 16 followers: p99 {base['p99_ms']:.2f} ms" if base else "") + (
+            f"; per update round: first p50/p99 {f['first_update_p50_ms']:.1f}/{f['first_update_p99_ms']:.1f}, "
+            f"the worst between p99 {f['middle_updates_worst_p99_ms']:.1f}, last (with the results and closes) "
+            f"{f['last_update_p50_ms']:.1f}/{f['last_update_p99_ms']:.1f}" if "first_update_p50_ms" in f else "")
         row(rows, f"WebSocket: 10,000 followers, progress p99 (ms), starts {starts}", f and f["p99_ms"], 50, False,
             lambda v: f"{v:.1f}", note or "", f"WebSocket p99, starts {starts} (goal 50 ms)")
     f = next((f for f in ws if f["followers"] >= 10000), None)

@@ -8,8 +8,9 @@
 //! and all at once (every update of every task in the same millisecond: the worst burst).
 //! Delays are also reported per update round (updates grouped by their `updated_at_ms`, one
 //! period each): the first, the last (which meets the tasks' results and 10,000 closes) and the
-//! worst p99 of the rounds between. `FANOUT_DUMP=<prefix>` writes every `updated_at_ms delay`
-//! pair to `<prefix>-<followers>-<spread>`.
+//! worst p99 of the rounds between; and how long after its last progress each follower received
+//! the result (stored right after it: a Nagle delay shows here). `FANOUT_DUMP=<prefix>` writes
+//! every `updated_at_ms delay` pair to `<prefix>-<followers>-<spread>`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -58,6 +59,8 @@ struct Outcome {
     delays: Vec<f64>,
     /// Per update round (one period of `updated_at_ms` each), the sorted delays.
     rounds: Vec<Vec<f64>>,
+    /// Per follower, how long after its last progress frame the result frame arrived; sorted.
+    result_gaps: Vec<f64>,
     wall: Duration,
 }
 
@@ -138,24 +141,29 @@ async fn round(clients: usize, every_ms: u64, seconds: f64, stagger: bool) -> Ou
             drop(permit);
             let Ok((mut ws, _)) = ws else {
                 refused.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                return vec![];
+                return (vec![], None);
             };
             connected.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             let mut d = vec![];
+            let (mut last_progress, mut result_gap) = (None, None);
             while let Some(Ok(m)) = ws.next().await {
                 if let Message::Text(t) = m {
                     // Read only what is measured (the bench shares the machine's two cores
                     // with the server: a full JSON parse per frame would be the bench's cost).
                     let now = chrono::Utc::now().timestamp_micros() as f64 / 1000.0;
                     if !t.ends_with("\"type\":\"progress\"}") {
+                        // The result: how long after the last progress it arrived (the server
+                        // stores it right after that progress).
+                        result_gap = last_progress.map(|l| now - l);
                         break;
                     }
                     if let Some(at) = updated_at_ms(&t) {
                         d.push((at as f64, now - at as f64));
+                        last_progress = Some(now);
                     }
                 }
             }
-            d
+            (d, result_gap)
         }));
     }
     let t0 = Instant::now();
@@ -186,9 +194,13 @@ async fn round(clients: usize, every_ms: u64, seconds: f64, stagger: bool) -> Ou
         .await;
     }
     let mut pairs = vec![];
+    let mut result_gaps = vec![];
     for h in hs {
-        pairs.extend(h.await.unwrap());
+        let (d, gap) = h.await.unwrap();
+        pairs.extend(d);
+        result_gaps.extend(gap);
     }
+    result_gaps.sort_by(f64::total_cmp);
     if let Ok(p) = std::env::var("FANOUT_DUMP") {
         let txt: String = pairs.iter().map(|(a, d)| format!("{a} {d:.3}\n")).collect();
         std::fs::write(format!("{p}-{clients}-{stagger}"), txt).unwrap();
@@ -203,6 +215,7 @@ async fn round(clients: usize, every_ms: u64, seconds: f64, stagger: bool) -> Ou
         rss_per_socket_kib: (after.saturating_sub(before)) as f64 / sockets.max(1) as f64,
         delays,
         rounds,
+        result_gaps,
         wall: start.elapsed(),
     }
 }
@@ -247,15 +260,19 @@ pub(crate) async fn run(clients: usize, every_ms: u64, seconds: usize) {
                 "last_update_p50_ms": pq(last, 0.5),
                 "last_update_p99_ms": pq(last, 0.99),
                 "middle_updates_worst_p99_ms": worst_middle,
+                "result_after_last_progress_p50_ms": pq(&o.result_gaps, 0.5),
+                "result_after_last_progress_max_ms": o.result_gaps.last().copied().unwrap_or(0.0),
             }),
         );
         per_round.push(format!(
-            "| {n} | {} | {:.2} / {:.2} | {worst_middle:.2} | {:.2} / {:.2} |",
+            "| {n} | {} | {:.2} / {:.2} | {worst_middle:.2} | {:.2} / {:.2} | {:.2} / {:.2} |",
             if stagger { "spread" } else { "all at once" },
             pq(first, 0.5),
             pq(first, 0.99),
             pq(last, 0.5),
             pq(last, 0.99),
+            pq(&o.result_gaps, 0.5),
+            o.result_gaps.last().copied().unwrap_or(0.0),
         ));
         println!(
             "| {n} | {} | {} | {} | {} | {:.1} | {} | {p50:.2} | {p99:.2}{ratio} | {:.2} | {:.1} |",
@@ -274,7 +291,7 @@ pub(crate) async fn run(clients: usize, every_ms: u64, seconds: usize) {
         );
     }
     println!(
-        "\nPer update round (updates grouped by `updated_at_ms`, one period each; ms):\n\n| followers | starts | first update p50 / p99 | worst p99 of the rounds between | last update (with the results and closes) p50 / p99 |\n|---|---|---|---|---|"
+        "\nPer update round (updates grouped by `updated_at_ms`, one period each; ms):\n\n| followers | starts | first update p50 / p99 | worst p99 of the rounds between | last update (with the results and closes) p50 / p99 | the result after the last progress, p50 / max |\n|---|---|---|---|---|---|"
     );
     for line in per_round {
         println!("{line}");

@@ -383,6 +383,33 @@ async fn transport_limits_half_sent_requests_url_tokens_and_sockets() {
         }
         other => panic!("the 17th socket: {:?}", other.map(|_| ())),
     }
+    // A client message of up to 4 KiB is read (in steps: the server's read buffer is 512 bytes)
+    // and ignored; the socket stays and answers a ping.
+    let mut small = open.pop().unwrap();
+    small
+        .send(Message::Text("y".repeat(4000).into()))
+        .await
+        .unwrap();
+    small
+        .send(Message::Ping(b"still there?".to_vec().into()))
+        .await
+        .unwrap();
+    loop {
+        let m = tokio::time::timeout(Duration::from_secs(5), small.next())
+            .await
+            .expect("the socket answers")
+            .expect("the socket stays open")
+            .unwrap();
+        match m {
+            Message::Pong(p) => {
+                assert_eq!(&p[..], b"still there?");
+                break;
+            }
+            Message::Text(_) => {}
+            other => panic!("the socket ended after a 4,000-byte message: {other:?}"),
+        }
+    }
+    open.push(small);
     // A client message over 4 KiB ends that socket; the others stay.
     let mut big = open.pop().unwrap();
     big.send(Message::Text("x".repeat(100_000).into()))

@@ -167,7 +167,7 @@ pub(crate) const MAX_SOCKETS_PER_USER: usize = 16;
 /// A follower socket's read buffer: a follower sends pings and a close (a longer message, up to
 /// [`MAX_CLIENT_MESSAGE`], is read in several steps). Small because tungstenite allocates it per
 /// socket and zero-fills its free space each time it polls for a message, which the follow
-/// loop does after every frame it sends (4 KiB: 1.5 % of the server's CPU in a burst, `perf`).
+/// loop does after every frame it sends (4 KiB: 1.5 % of the machine in a burst, `perf`).
 const WS_READ_BUFFER: usize = 512;
 /// Frames fed without a flush are written together up to this size (`send` flushes: only the
 /// final state is fed, to go out with the close).

@@ -70,22 +70,19 @@ async fn followers_of_tasks_one_after_another_each_hear_their_own_result() {
     }
     // Every subscription was let go again (the UNSUBSCRIBEs nobody waited for went out).
     let mut c = server.connection(0);
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    loop {
+    eventually(Duration::from_secs(5), || {
         let channels: Vec<String> = afterview_engine_redis::testing::redis::cmd("PUBSUB")
             .arg("CHANNELS")
             .arg("celery-task-meta-*")
             .query(&mut c)
             .unwrap();
         if channels.is_empty() {
-            break;
+            Ok(())
+        } else {
+            Err(format!("still subscribed to {channels:?}"))
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "still subscribed to {channels:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -137,15 +134,17 @@ async fn a_reconnect_after_a_restart_turns_list_push_notifications_back_on() {
         !flags(&server).contains('l'),
         "a fresh server starts without them"
     );
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    while !(flags(&server).contains('l') && afterview_engine::Broker::pushes_wakeups(&*backend)) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "notifications still off after the reconnect: {:?}",
-            flags(&server)
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(Duration::from_secs(15), || {
+        let f = flags(&server);
+        if f.contains('l') && afterview_engine::Broker::pushes_wakeups(&*backend) {
+            Ok(())
+        } else {
+            Err(format!(
+                "notifications still off after the reconnect: {f:?}"
+            ))
+        }
+    })
+    .await;
 }
 
 /// The first command on a connection after Redis restarted fails (the connection learns of the
@@ -183,4 +182,13 @@ async fn after_a_restart_reads_succeed_and_a_publish_fails_at_most_once_visibly(
         .await
         .expect("the first read after the restart");
     assert_eq!(state.status, TaskState::Pending);
+}
+
+/// Polls `check` every 20 ms until it passes; fails with its last complaint after `limit`.
+async fn eventually(limit: Duration, mut check: impl FnMut() -> Result<(), String>) {
+    let deadline = std::time::Instant::now() + limit;
+    while let Err(why) = check() {
+        assert!(std::time::Instant::now() < deadline, "{why}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

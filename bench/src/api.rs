@@ -170,7 +170,11 @@ pub(crate) async fn upload(c: &mut Conn, png: &[u8]) -> String {
         .to_owned()
 }
 
+/// The `p` quantile of `sorted` (0 when it is empty).
 pub(crate) fn pct(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
     sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)]
 }
 

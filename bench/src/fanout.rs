@@ -64,11 +64,6 @@ struct Outcome {
     wall: Duration,
 }
 
-/// The `p` quantile of sorted `v` (0 when empty).
-fn pq(v: &[f64], p: f64) -> f64 {
-    if v.is_empty() { 0.0 } else { pct(v, p) }
-}
-
 /// Groups `(updated_at_ms, delay)` pairs by period from the first update; each group sorted.
 fn by_round(pairs: &[(f64, f64)], every_ms: u64) -> Vec<Vec<f64>> {
     let Some(t0) = pairs.iter().map(|p| p.0).reduce(f64::min) else {
@@ -233,15 +228,11 @@ pub(crate) async fn run(clients: usize, every_ms: u64, seconds: usize) {
     for (n, stagger) in [(PER_USER, false), (clients, true), (clients, false)] {
         let o = round(n, every_ms, seconds as f64, stagger).await;
         let (p50, p99) = (pct(&o.delays, 0.5), pct(&o.delays, 0.99));
-        let empty = vec![];
-        let first = o.rounds.first().unwrap_or(&empty);
-        let last = o.rounds.last().unwrap_or(&empty);
-        let middle = if o.rounds.len() > 2 {
-            &o.rounds[1..o.rounds.len() - 1]
-        } else {
-            &[][..]
-        };
-        let worst_middle = middle.iter().map(|r| pq(r, 0.99)).fold(0.0, f64::max);
+        let rounds = o.rounds.as_slice();
+        let first = rounds.first().map_or(&[][..], Vec::as_slice);
+        let last = rounds.last().map_or(&[][..], Vec::as_slice);
+        let middle = rounds.get(1..rounds.len().saturating_sub(1)).unwrap_or(&[]);
+        let worst_middle = middle.iter().map(|r| pct(r, 0.99)).fold(0.0, f64::max);
         let ratio = base_p99.map_or(String::new(), |b: f64| format!(" ({:.1}x)", p99 / b));
         base_p99.get_or_insert(p99);
         crate::emit(
@@ -255,23 +246,23 @@ pub(crate) async fn run(clients: usize, every_ms: u64, seconds: usize) {
                 "updates": o.delays.len(),
                 "p50_ms": p50,
                 "p99_ms": p99,
-                "first_update_p50_ms": pq(first, 0.5),
-                "first_update_p99_ms": pq(first, 0.99),
-                "last_update_p50_ms": pq(last, 0.5),
-                "last_update_p99_ms": pq(last, 0.99),
+                "first_update_p50_ms": pct(first, 0.5),
+                "first_update_p99_ms": pct(first, 0.99),
+                "last_update_p50_ms": pct(last, 0.5),
+                "last_update_p99_ms": pct(last, 0.99),
                 "middle_updates_worst_p99_ms": worst_middle,
-                "result_after_last_progress_p50_ms": pq(&o.result_gaps, 0.5),
+                "result_after_last_progress_p50_ms": pct(&o.result_gaps, 0.5),
                 "result_after_last_progress_max_ms": o.result_gaps.last().copied().unwrap_or(0.0),
             }),
         );
         per_round.push(format!(
             "| {n} | {} | {:.2} / {:.2} | {worst_middle:.2} | {:.2} / {:.2} | {:.2} / {:.2} |",
             if stagger { "spread" } else { "all at once" },
-            pq(first, 0.5),
-            pq(first, 0.99),
-            pq(last, 0.5),
-            pq(last, 0.99),
-            pq(&o.result_gaps, 0.5),
+            pct(first, 0.5),
+            pct(first, 0.99),
+            pct(last, 0.5),
+            pct(last, 0.99),
+            pct(&o.result_gaps, 0.5),
             o.result_gaps.last().copied().unwrap_or(0.0),
         ));
         println!(

@@ -124,7 +124,10 @@ def main():
             f"; 16 followers: p99 {base['p99_ms']:.2f} ms" if base else "") + (
             f"; per update round: first p50/p99 {f['first_update_p50_ms']:.1f}/{f['first_update_p99_ms']:.1f}, "
             f"the worst between p99 {f['middle_updates_worst_p99_ms']:.1f}, last (with the results and closes) "
-            f"{f['last_update_p50_ms']:.1f}/{f['last_update_p99_ms']:.1f}" if "first_update_p50_ms" in f else "")
+            f"{f['last_update_p50_ms']:.1f}/{f['last_update_p99_ms']:.1f}" if "first_update_p50_ms" in f else "") + (
+            f"; CPU server/bench, a round between {f['middle_round_server_cpu_ms']:.0f}/{f['middle_round_bench_cpu_ms']:.0f} ms, "
+            f"the last {f['last_round_server_cpu_ms']:.0f}/{f['last_round_bench_cpu_ms']:.0f} ms"
+            if "last_round_server_cpu_ms" in f else "")
         row(rows, f"WebSocket: 10,000 followers, progress p99 (ms), starts {starts}", f and f["p99_ms"], 50, False,
             lambda v: f"{v:.1f}", note or "", f"WebSocket p99, starts {starts} (goal 50 ms)")
     f = next((f for f in ws if f["followers"] >= 10000), None)

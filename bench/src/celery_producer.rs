@@ -24,16 +24,6 @@ fn flag(args: &[String], name: &str) -> Option<String> {
         .cloned()
 }
 
-fn cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let f: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, r)| r.split_whitespace().collect())
-        .unwrap_or_default();
-    let t = |i: usize| f.get(i).and_then(|x| x.parse::<f64>().ok()).unwrap_or(0.0);
-    (t(11) + t(12)) / 100.0
-}
-
 /// `(task name, args, kwargs)` of scenario `key` for item `i`.
 fn resolve(key: &str, i: usize) -> (String, Vec<Value>, Map<String, Value>) {
     let celery = std::env::var("TASKSET").as_deref() == Ok("celery");
@@ -108,7 +98,7 @@ pub(crate) async fn run(args: &[String]) {
             .unwrap_or(60.0),
     );
     let c = client().await;
-    let cpu0 = cpu_seconds();
+    let cpu0 = crate::cpu_seconds("self");
     let out = match cmd {
         "enqueue" => {
             let t0 = Instant::now();
@@ -119,7 +109,7 @@ pub(crate) async fn run(args: &[String]) {
             json!({"cmd": "enqueue", "mode": flag(args, "--mode").unwrap_or_else(|| "apply_async".into()),
                    "no_backend": args.iter().any(|a| a == "--no-backend"),
                    "task": resolve(&task, 0).0, "n": n, "secs": secs, "rate": n as f64 / secs,
-                   "producer_cpu_s": cpu_seconds() - cpu0})
+                   "producer_cpu_s": crate::cpu_seconds("self") - cpu0})
         }
         "latency" => {
             let warmup: usize = flag(args, "--warmup")
@@ -144,7 +134,7 @@ pub(crate) async fn run(args: &[String]) {
                    "p50_ms": pct(&lat, 0.50), "p95_ms": pct(&lat, 0.95), "p99_ms": pct(&lat, 0.99),
                    "min_ms": lat[0], "max_ms": lat[lat.len() - 1],
                    "mean_ms": lat.iter().sum::<f64>() / lat.len() as f64,
-                   "total_secs": t_all.elapsed().as_secs_f64(), "producer_cpu_s": cpu_seconds() - cpu0})
+                   "total_secs": t_all.elapsed().as_secs_f64(), "producer_cpu_s": crate::cpu_seconds("self") - cpu0})
         }
         "batch" => {
             let t0 = Instant::now();
@@ -163,7 +153,7 @@ pub(crate) async fn run(args: &[String]) {
             let secs = t0.elapsed().as_secs_f64();
             json!({"cmd": "batch", "task": resolve(&task, 0).0, "n": n, "secs": secs,
                    "rate": n as f64 / secs, "enqueue_secs": sent, "bad": bad,
-                   "producer_cpu_s": cpu_seconds() - cpu0})
+                   "producer_cpu_s": crate::cpu_seconds("self") - cpu0})
         }
         _ => unreachable!("checked above"),
     };

@@ -9,8 +9,11 @@
 //! Delays are also reported per update round (updates grouped by their `updated_at_ms`, one
 //! period each): the first, the last (which meets the tasks' results and 10,000 closes) and the
 //! worst p99 of the rounds between; and how long after its last progress each follower received
-//! the result (stored right after it: a Nagle delay shows here). `FANOUT_DUMP=<prefix>` writes
-//! every `updated_at_ms delay` pair to `<prefix>-<followers>-<spread>`.
+//! the result (stored right after it: a Nagle delay shows here); and the CPU the server and the
+//! bench used in the last round against a round between (`/proc/<pid>/stat` every 20 ms): the
+//! last round's extra CPU is what the results and the closes cost, a steadier figure than the
+//! delays. `FANOUT_DUMP=<prefix>` writes every `updated_at_ms delay` pair to
+//! `<prefix>-<followers>-<spread>`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -61,7 +64,36 @@ struct Outcome {
     rounds: Vec<Vec<f64>>,
     /// Per follower, how long after its last progress frame the result frame arrived; sorted.
     result_gaps: Vec<f64>,
+    /// CPU (ms) of the server and of this process per update round, sampled every 20 ms.
+    round_cpu: Vec<(f64, f64)>,
     wall: Duration,
+}
+
+/// `(epoch ms, server CPU s, bench CPU s)` every 20 ms until `stop` is set.
+async fn sample_cpu(pid: u32, stop: Arc<std::sync::atomic::AtomicBool>) -> Vec<(f64, f64, f64)> {
+    let pid = pid.to_string();
+    let mut out = vec![];
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+        tick.tick().await;
+        let at = chrono::Utc::now().timestamp_micros() as f64 / 1000.0;
+        out.push((at, crate::cpu_seconds(&pid), crate::cpu_seconds("self")));
+    }
+    out
+}
+
+/// The CPU (ms; server, bench) between the samples at or before `from` and `to` (epoch ms).
+fn cpu_between(samples: &[(f64, f64, f64)], from: f64, to: f64) -> (f64, f64) {
+    let at = |t: f64| {
+        samples
+            .iter()
+            .rev()
+            .find(|s| s.0 <= t)
+            .or(samples.first())
+            .map_or((0.0, 0.0), |s| (s.1, s.2))
+    };
+    let (a, b) = (at(from), at(to));
+    ((b.0 - a.0) * 1000.0, (b.1 - a.1) * 1000.0)
 }
 
 /// Groups `(updated_at_ms, delay)` pairs by period from the first update; each group sorted.
@@ -174,6 +206,8 @@ async fn round(clients: usize, every_ms: u64, seconds: f64, stagger: bool) -> Ou
     let after = rss_kib(pid);
     let steps = ((seconds * 1000.0) / every_ms as f64).round().max(1.0) as u64;
     let start = Instant::now();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = tokio::spawn(sample_cpu(pid, stop.clone()));
     let gap = Duration::from_micros(every_ms * 1000 / users as u64);
     for id in &ids {
         if stagger {
@@ -196,6 +230,9 @@ async fn round(clients: usize, every_ms: u64, seconds: f64, stagger: bool) -> Ou
         result_gaps.extend(gap);
     }
     result_gaps.sort_by(f64::total_cmp);
+    tokio::time::sleep(Duration::from_millis(40)).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let samples = sampler.await.unwrap();
     if let Ok(p) = std::env::var("FANOUT_DUMP") {
         let txt: String = pairs.iter().map(|(a, d)| format!("{a} {d:.3}\n")).collect();
         std::fs::write(format!("{p}-{clients}-{stagger}"), txt).unwrap();
@@ -203,6 +240,20 @@ async fn round(clients: usize, every_ms: u64, seconds: f64, stagger: bool) -> Ou
     let mut delays: Vec<f64> = pairs.iter().map(|p| p.1).collect();
     delays.sort_by(f64::total_cmp);
     let rounds = by_round(&pairs, every_ms);
+    // Each round's CPU: from its first update to the next round's (the last: to the end).
+    let t0 = pairs.iter().map(|p| p.0).reduce(f64::min).unwrap_or(0.0);
+    let end = samples.last().map_or(t0, |s| s.0);
+    let round_cpu = (0..rounds.len())
+        .map(|i| {
+            let from = t0 + (i as u64 * every_ms) as f64;
+            let to = if i + 1 == rounds.len() {
+                end
+            } else {
+                from + every_ms as f64
+            };
+            cpu_between(&samples, from, to)
+        })
+        .collect();
     drop(s);
     Outcome {
         sockets,
@@ -211,6 +262,7 @@ async fn round(clients: usize, every_ms: u64, seconds: f64, stagger: bool) -> Ou
         delays,
         rounds,
         result_gaps,
+        round_cpu,
         wall: start.elapsed(),
     }
 }
@@ -233,6 +285,20 @@ pub(crate) async fn run(clients: usize, every_ms: u64, seconds: usize) {
         let last = rounds.last().map_or(&[][..], Vec::as_slice);
         let middle = rounds.get(1..rounds.len().saturating_sub(1)).unwrap_or(&[]);
         let worst_middle = middle.iter().map(|r| pct(r, 0.99)).fold(0.0, f64::max);
+        // CPU per round: the last one's against the median of the rounds between.
+        let cpu = o.round_cpu.as_slice();
+        let mid_cpu = |f: fn(&(f64, f64)) -> f64| {
+            let mut v: Vec<f64> = cpu
+                .get(1..cpu.len().saturating_sub(1))
+                .unwrap_or(&[])
+                .iter()
+                .map(f)
+                .collect();
+            v.sort_by(f64::total_cmp);
+            pct(&v, 0.5)
+        };
+        let (mid_server, mid_bench) = (mid_cpu(|c| c.0), mid_cpu(|c| c.1));
+        let (last_server, last_bench) = cpu.last().copied().unwrap_or((0.0, 0.0));
         let ratio = base_p99.map_or(String::new(), |b: f64| format!(" ({:.1}x)", p99 / b));
         base_p99.get_or_insert(p99);
         crate::emit(
@@ -253,10 +319,14 @@ pub(crate) async fn run(clients: usize, every_ms: u64, seconds: usize) {
                 "middle_updates_worst_p99_ms": worst_middle,
                 "result_after_last_progress_p50_ms": pct(&o.result_gaps, 0.5),
                 "result_after_last_progress_max_ms": o.result_gaps.last().copied().unwrap_or(0.0),
+                "middle_round_server_cpu_ms": mid_server,
+                "middle_round_bench_cpu_ms": mid_bench,
+                "last_round_server_cpu_ms": last_server,
+                "last_round_bench_cpu_ms": last_bench,
             }),
         );
         per_round.push(format!(
-            "| {n} | {} | {:.2} / {:.2} | {worst_middle:.2} | {:.2} / {:.2} | {:.2} / {:.2} |",
+            "| {n} | {} | {:.2} / {:.2} | {worst_middle:.2} | {:.2} / {:.2} | {:.2} / {:.2} | {mid_server:.0} / {mid_bench:.0} | {last_server:.0} / {last_bench:.0} |",
             if stagger { "spread" } else { "all at once" },
             pct(first, 0.5),
             pct(first, 0.99),
@@ -282,7 +352,7 @@ pub(crate) async fn run(clients: usize, every_ms: u64, seconds: usize) {
         );
     }
     println!(
-        "\nPer update round (updates grouped by `updated_at_ms`, one period each; ms):\n\n| followers | starts | first update p50 / p99 | worst p99 of the rounds between | last update (with the results and closes) p50 / p99 | the result after the last progress, p50 / max |\n|---|---|---|---|---|---|"
+        "\nPer update round (updates grouped by `updated_at_ms`, one period each; ms):\n\n| followers | starts | first update p50 / p99 | worst p99 of the rounds between | last update (with the results and closes) p50 / p99 | the result after the last progress, p50 / max | CPU of a round between, server / bench (ms, median) | CPU of the last round, server / bench (ms) |\n|---|---|---|---|---|---|---|---|"
     );
     for line in per_round {
         println!("{line}");

@@ -44,6 +44,17 @@ fn arg(name: &str, default: usize) -> usize {
 
 /// Appends `{"bench": bench, ..fields}` as one JSON line to the file `$BENCH_JSON` names, when
 /// it is set: `bench/figures.sh` collects every benchmark's figures this way for its report.
+/// CPU seconds (user + system) a process has used: `pid` a number or `"self"`.
+pub(crate) fn cpu_seconds(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let f: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r.split_whitespace().collect())
+        .unwrap_or_default();
+    let t = |i: usize| f.get(i).and_then(|x| x.parse::<f64>().ok()).unwrap_or(0.0);
+    (t(11) + t(12)) / 100.0
+}
+
 pub(crate) fn emit(bench: &str, fields: serde_json::Value) {
     let Ok(path) = std::env::var("BENCH_JSON") else {
         return;

@@ -162,7 +162,9 @@ impl Frame {
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum FaceError {
     /// The detector found nothing.
-    #[error("no face was detected in the photo; use a frontal photo or pass control points")]
+    #[error(
+        "no face was detected in the photo; use a frontal photo in which the face spans at least a tenth of its width, or pass control points"
+    )]
     NoFace,
     /// The given control points cannot be a face in this image.
     #[error("invalid control points: {0}")]

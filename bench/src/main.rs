@@ -42,9 +42,8 @@ fn arg(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-/// Appends `{"bench": bench, ..fields}` as one JSON line to the file `$BENCH_JSON` names, when
-/// it is set: `bench/figures.sh` collects every benchmark's figures this way for its report.
-/// CPU seconds (user + system) a process has used: `pid` a number or `"self"`.
+/// CPU seconds (user + system) a process has used: `pid` a number or `"self"` (`/proc/<pid>/stat`
+/// counts clock ticks of 1/100 s, Linux's `USER_HZ`).
 pub(crate) fn cpu_seconds(pid: &str) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let f: Vec<&str> = stat
@@ -55,6 +54,8 @@ pub(crate) fn cpu_seconds(pid: &str) -> f64 {
     (t(11) + t(12)) / 100.0
 }
 
+/// Appends `{"bench": bench, ..fields}` as one JSON line to the file `$BENCH_JSON` names, when
+/// it is set: `bench/figures.sh` collects every benchmark's figures this way for its report.
 pub(crate) fn emit(bench: &str, fields: serde_json::Value) {
     let Ok(path) = std::env::var("BENCH_JSON") else {
         return;

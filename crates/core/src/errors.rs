@@ -45,7 +45,7 @@ codes! {
     UnsupportedFormat => "unsupported_format", 415: "The file is not a JPEG, PNG or WebP image (judged by content, not name).",
     ImageTooLarge => "image_too_large", 413: "The image has more pixels than the limit (40 megapixels by default); checked before decoding.",
     CorruptImage => "corrupt_image", 422: "The image could not be decoded (truncated or damaged).",
-    NoFaceDetected => "no_face_detected", 422: "No face was found in the photo; use a frontal photo in which the face spans at least a tenth of its width, or pass control points.",
+    NoFaceDetected => "no_face_detected", 422: "No face was found in the photo; use a frontal photo in which the face spans at least a tenth of the photo's width, or pass control points.",
     InvalidControlPoints => "invalid_control_points", 400: "The control points are outside the image or do not describe a face.",
     FeatureNotVisible => "feature_not_visible", 422: "The photo does not show what the procedure changes (e.g. the ears are hidden by hair for otoplasty).",
     InvalidOptions => "invalid_options", 400: "The preview options are invalid.",

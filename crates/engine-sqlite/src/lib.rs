@@ -20,8 +20,8 @@
 //!   messages are promoted when due, inside the claim transaction.
 //! - Each result write gets a new, never reused `results.seq` (one above the highest ever given,
 //!   kept in `counters` when rows are deleted), which is what the watcher follows.
-//! - The WAL is copied back into the database beside the writer ([`checkpoint`], every 100 ms
-//!   while it grows), and the writer still checkpoints it itself (SQLite's auto-checkpoint):
+//! - The WAL is copied back into the database beside the writer ([`checkpoint`], once 1,000
+//!   frames wait; looked at every 100 ms), and the writer still checkpoints it itself (SQLite's auto-checkpoint):
 //!   only a checkpoint between two of the writer's commits lets the WAL restart from its start
 //!   (a checkpoint beside a busy writer never catches up; alone, the WAL grew without bound:
 //!   1.3 GB in 12 s), and the background one leaves it almost nothing to copy or sync.

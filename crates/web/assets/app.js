@@ -292,7 +292,7 @@ async function openPhoto(img) {
   } catch (e) {
     $("face-box").hidden = true;
     $("face-caption").textContent = e.code === "no_face_detected"
-      ? "No face was found. Use a clear, front-facing photo in which the face fills at least a tenth of its width."
+      ? "No face was found. Use a clear, front-facing photo where the face fills at least a tenth of the width."
       : e.message;
   }
 }

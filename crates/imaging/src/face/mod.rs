@@ -163,7 +163,7 @@ impl Frame {
 pub enum FaceError {
     /// The detector found nothing.
     #[error(
-        "no face was detected in the photo; use a frontal photo in which the face spans at least a tenth of its width, or pass control points"
+        "no face was detected in the photo; use a frontal photo in which the face spans at least a tenth of the photo's width, or pass control points"
     )]
     NoFace,
     /// The given control points cannot be a face in this image.

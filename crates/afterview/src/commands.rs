@@ -196,6 +196,7 @@ fn api_state(
         photos: a.max_photos_per_user.unwrap_or(d.photos).max(1),
         storage_bytes: a.max_storage_bytes_per_user.unwrap_or(d.storage_bytes),
     };
+    inner.result_expires = s.result_expires;
     inner.metrics_token = a.metrics_token.clone().filter(|t| !t.is_empty());
     inner.presign = presign(s, a.presign_downloads)?;
     inner.operators = a

@@ -64,6 +64,40 @@ pub const API_CODES: &[(&str, &str)] = &[
         "Too many photos are being decoded at once; retry after `Retry-After` seconds.",
     ),
     ("internal_error", "An unexpected error."),
+    (
+        "method_not_allowed",
+        "The route exists but not with this HTTP method (`Allow` lists the methods it takes).",
+    ),
+    (
+        "unsupported_media_type",
+        "The request body's `Content-Type` is not the one the route takes.",
+    ),
+];
+
+/// Codes the task engine gives a task's failure (in `error.code` of a task's status, and as the
+/// answer to a synchronous request), besides the catalogued [`ErrorCode`]s.
+pub const ENGINE_CODES: &[(&str, &str)] = &[
+    (
+        "invalid_arguments",
+        "The task's arguments do not fit it (sent by another producer, e.g. a Python Celery client).",
+    ),
+    ("not_registered", "No worker knows the task's name."),
+    (
+        "malformed_message",
+        "The broker message could not be decoded.",
+    ),
+    (
+        "time_limit_exceeded",
+        "The task ran past its hard time limit (300 s by default).",
+    ),
+    (
+        "soft_time_limit_exceeded",
+        "The task ran past its soft time limit (240 s by default) and stopped.",
+    ),
+    ("revoked", "The task was cancelled before it ran."),
+    ("terminated", "The task was cancelled while it ran."),
+    ("expired", "The task was not started before its expiry."),
+    ("cancelled", "The task saw its cancellation and stopped."),
 ];
 
 /// An error answer.
@@ -143,6 +177,54 @@ pub fn status_of(code: &str) -> StatusCode {
         "time_limit_exceeded" | "soft_time_limit_exceeded" => StatusCode::GATEWAY_TIMEOUT,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     }
+}
+
+/// The code of an error answer that no handler made (axum's own rejections of a malformed
+/// query, path, body or multipart, a body over the limit, a wrong method), by its status.
+fn code_for_status(status: StatusCode) -> &'static str {
+    match status {
+        StatusCode::NOT_FOUND => "not_found",
+        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+        StatusCode::UNAUTHORIZED => "unauthorized",
+        StatusCode::SERVICE_UNAVAILABLE => "unavailable",
+        s if s.is_server_error() => "internal_error",
+        _ => "invalid_request",
+    }
+}
+
+/// Gives an error answer of an `/api/` route that is not `{"error": {"code", "message"}}`
+/// already (a rejection made by axum's extractors or router, in plain text or empty) that shape,
+/// keeping its status and headers (`Allow` on a 405): every API error has a stable code.
+pub(crate) async fn json_error_body(resp: Response) -> Response {
+    let status = resp.status();
+    let is_json = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return resp;
+    }
+    let (mut parts, body) = resp.into_parts();
+    // axum's rejection texts are short; anything longer is cut (and never echoed whole).
+    let text = axum::body::to_bytes(body, 4096).await.unwrap_or_default();
+    let mut message = String::from_utf8_lossy(&text).trim().to_owned();
+    if message.is_empty() {
+        message = match status {
+            StatusCode::METHOD_NOT_ALLOWED => "this route does not take that method".to_owned(),
+            s => s.canonical_reason().unwrap_or("error").to_lowercase(),
+        };
+    }
+    let code = code_for_status(status);
+    let json = json!({"error": {"code": code, "message": message}}).to_string();
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Response::from_parts(parts, axum::body::Body::from(json))
 }
 
 impl IntoResponse for ApiError {

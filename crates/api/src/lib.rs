@@ -65,6 +65,8 @@ pub struct Inner {
     pub metrics: Arc<Metrics>,
     /// Longest a synchronous request waits for its task (the hard limit plus slack).
     pub sync_timeout: Duration,
+    /// How long task results are kept (a task's result missing past this is an expired one).
+    pub result_expires: Duration,
     /// Serializes requests sharing an Idempotency-Key.
     idem_locks: Mutex<HashMap<(String, String), KeyLock>>,
     /// The last WebSocket frame made per followed task, shared by its followers.
@@ -142,6 +144,7 @@ impl Inner {
             limits,
             metrics,
             sync_timeout: afterview_engine::task::DEFAULT_TIME_LIMIT + Duration::from_secs(15),
+            result_expires: Duration::from_secs(86_400),
             idem_locks: Mutex::default(),
             frames: routes::tasks::FrameMemo::default(),
             decodes: tokio::sync::Semaphore::new(decode_slots()),
@@ -295,7 +298,7 @@ pub fn router(state: AppState) -> Router {
 }
 
 /// Records latency per matched route; adds `Cache-Control: no-store` to API answers (they carry
-/// medical data).
+/// medical data); gives the API's error answers that no handler made the JSON error shape.
 async fn track(State(st): State<AppState>, req: Request, next: Next) -> Response {
     let t0 = Instant::now();
     // Labels come from fixed sets, never from the request: an invented method or path must
@@ -316,7 +319,11 @@ async fn track(State(st): State<AppState>, req: Request, next: Next) -> Response
         .get::<MatchedPath>()
         .map(|m| m.as_str().to_owned())
         .unwrap_or_else(|| "unmatched".into());
+    let api = req.uri().path().starts_with("/api/");
     let mut resp = next.run(req).await;
+    if api {
+        resp = crate::error::json_error_body(resp).await;
+    }
     st.metrics.observe_request(
         &method,
         &route,

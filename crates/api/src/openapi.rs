@@ -5,7 +5,7 @@ use afterview_core::ErrorCode;
 use serde_json::{Map, Value, json};
 
 use crate::ROUTES;
-use crate::error::API_CODES;
+use crate::error::{API_CODES, ENGINE_CODES};
 
 struct Op {
     method: &'static str,
@@ -396,7 +396,7 @@ pub fn document() -> Value {
 
 fn error_codes() -> Value {
     let mut m = Map::new();
-    for (c, d) in API_CODES {
+    for (c, d) in API_CODES.iter().chain(ENGINE_CODES) {
         m.insert((*c).to_owned(), json!(d));
     }
     for c in ErrorCode::ALL {

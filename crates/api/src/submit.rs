@@ -11,7 +11,10 @@ use crate::error::ApiError;
 use crate::{AppState, User};
 
 /// 429 when the user already has `active_tasks` tasks waiting or running (their most recent
-/// tasks, read back from the result store).
+/// tasks, read back from the result store). A result the backend no longer has reads as
+/// PENDING: past the results' lifetime that is an expired result (the task finished long ago),
+/// not a task still waiting, and it does not count — else a user whose finished tasks' results
+/// expired could never send another. Call it holding the user's [`submit_lock`].
 async fn check_active_tasks(st: &AppState, user: &User) -> Result<(), ApiError> {
     let cap = st.user_limits.active_tasks;
     if cap == 0 {
@@ -21,13 +24,16 @@ async fn check_active_tasks(st: &AppState, user: &User) -> Result<(), ApiError> 
         .meta
         .list_tasks(&user.0, (cap * 2 + 10).min(1000) as u32)
         .await?;
+    let horizon = chrono::Utc::now()
+        - chrono::Duration::from_std(st.result_expires).unwrap_or(chrono::Duration::days(1));
     let mut active = 0;
     for t in &recent {
-        let done = match st.client.result(&t.id).await {
-            Ok(m) => m.status.is_terminal(),
-            Err(_) => false,
+        let m = st.client.result(&t.id).await?;
+        let counts = match m.status {
+            TaskState::Pending => t.created_at > horizon,
+            ref s => !s.is_terminal(),
         };
-        if !done {
+        if counts {
             active += 1;
             if active >= cap {
                 return Err(ApiError::new(
@@ -43,43 +49,88 @@ async fn check_active_tasks(st: &AppState, user: &User) -> Result<(), ApiError> 
     Ok(())
 }
 
-/// A user's synchronous request in flight: a slot in the metadata store, so the limit holds
-/// across every API host. Given back when the guard drops; a crashed host's slot expires.
-struct SyncSlot {
+/// How long a submission waits for the user's other submissions (each holds the lock for a few
+/// store round trips) before it is answered 503.
+const SUBMIT_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+/// When a lock of a host that died is given up.
+const SUBMIT_LOCK_TTL: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// One user's submissions, one at a time on every API host (a slot of capacity 1 in the
+/// metadata store): counting the active tasks and recording the new one are then one step, so
+/// parallel requests cannot all see room for one more. `None` when no task limit is set.
+async fn submit_lock(st: &AppState, user: &User) -> Result<Option<Slot>, ApiError> {
+    if st.user_limits.active_tasks == 0 {
+        return Ok(None);
+    }
+    let deadline = tokio::time::Instant::now() + SUBMIT_LOCK_WAIT;
+    let mut pause = std::time::Duration::from_millis(2);
+    loop {
+        if let Some(slot) = Slot::take(st, user, "submit", 1, SUBMIT_LOCK_TTL).await? {
+            return Ok(Some(slot));
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(ApiError::unavailable(
+                "this user's other requests are still being sent; retry shortly",
+            ));
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(std::time::Duration::from_millis(50));
+    }
+}
+
+/// A slot of a user's in the metadata store (a synchronous request in flight, or the submit
+/// lock), so a limit holds across every API host. Given back when the guard drops; a crashed
+/// host's slot expires.
+struct Slot {
     st: AppState,
     id: Option<String>,
 }
 
-impl SyncSlot {
-    async fn take(st: &AppState, user: &User) -> Result<SyncSlot, ApiError> {
+impl Slot {
+    /// One of `cap` slots of `kind`, held at most `ttl`; `None` when all are taken.
+    async fn take(
+        st: &AppState,
+        user: &User,
+        kind: &str,
+        cap: usize,
+        ttl: std::time::Duration,
+    ) -> Result<Option<Slot>, ApiError> {
+        let expires = chrono::Utc::now()
+            + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::minutes(10));
+        let cap32 = u32::try_from(cap).unwrap_or(u32::MAX);
+        Ok(st
+            .meta
+            .take_slot(&user.0, kind, cap32, expires)
+            .await?
+            .map(|id| Slot {
+                st: st.clone(),
+                id: Some(id),
+            }))
+    }
+
+    /// A synchronous request's slot: 429 when the user has `sync_requests` open.
+    async fn sync(st: &AppState, user: &User) -> Result<Slot, ApiError> {
         let cap = st.user_limits.sync_requests;
         if cap == 0 {
-            return Ok(SyncSlot {
+            return Ok(Slot {
                 st: st.clone(),
                 id: None,
             });
         }
-        let expires = chrono::Utc::now()
-            + chrono::Duration::from_std(st.sync_timeout + std::time::Duration::from_secs(60))
-                .unwrap_or(chrono::Duration::minutes(10));
-        let cap32 = u32::try_from(cap).unwrap_or(u32::MAX);
-        match st.meta.take_slot(&user.0, "sync", cap32, expires).await? {
-            Some(id) => Ok(SyncSlot {
-                st: st.clone(),
-                id: Some(id),
-            }),
-            None => Err(ApiError::new(
+        let ttl = st.sync_timeout + std::time::Duration::from_secs(60);
+        Slot::take(st, user, "sync", cap, ttl).await?.ok_or_else(|| {
+            ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 "too_many_requests",
                 format!(
                     "at most {cap} synchronous requests per user at once; use ?async_processing=true"
                 ),
-            )),
-        }
+            )
+        })
     }
 }
 
-impl SyncSlot {
+impl Slot {
     /// Gives the slot back before the answer leaves, so a client's next synchronous request
     /// (sent the moment this one is answered) finds it free on every host. A request dropped
     /// midway (the client went away) gives it back from `Drop` instead.
@@ -92,7 +143,7 @@ impl SyncSlot {
     }
 }
 
-impl Drop for SyncSlot {
+impl Drop for Slot {
     fn drop(&mut self) {
         if let Some(id) = self.id.take() {
             let meta = self.st.meta.clone();
@@ -116,9 +167,10 @@ pub(crate) async fn submit(
     let Value::Object(kwargs) = kwargs else {
         unreachable!("task arguments are objects")
     };
+    let lock = submit_lock(st, user).await?;
     check_active_tasks(st, user).await?;
     let sync = if wait {
-        Some(SyncSlot::take(st, user).await?)
+        Some(Slot::sync(st, user).await?)
     } else {
         None
     };
@@ -135,6 +187,10 @@ pub(crate) async fn submit(
             created_at: chrono::Utc::now(),
         })
         .await?;
+    // Recorded: the next submission counts this task.
+    if let Some(lock) = lock {
+        lock.release().await;
+    }
     if !wait {
         st.client.broker().publish(&msg).await?;
         return Ok((

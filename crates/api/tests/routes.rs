@@ -25,6 +25,11 @@ struct App {
 }
 
 fn app() -> App {
+    app_with(|_| {})
+}
+
+/// The app with `adjust` applied to its state first (limits, lifetimes).
+fn app_with(adjust: impl FnOnce(&mut Inner)) -> App {
     let dir = tempfile::tempdir().unwrap();
     let backend = Arc::new(MemoryBackend::new(Duration::from_secs(60)));
     let auth = Auth {
@@ -34,7 +39,7 @@ fn app() -> App {
         .unwrap(),
         ..Auth::default()
     };
-    let inner = Inner::new(
+    let mut inner = Inner::new(
         Client::new(backend.clone(), backend.clone()),
         Arc::new(SqliteMetadata::open(&dir.path().join("m.db")).unwrap()),
         Arc::new(ObjectBlobStore::memory()),
@@ -43,6 +48,7 @@ fn app() -> App {
         afterview_intake::Limits::default(),
         Arc::new(Metrics::default()),
     );
+    adjust(&mut inner);
     App {
         router: router(Arc::new(inner)),
         backend,
@@ -182,6 +188,33 @@ async fn task_posts_are_checked_with_the_tasks_own_types_before_anything_is_sent
             StatusCode::NOT_FOUND,
             "image_not_found",
         ),
+        (
+            "/api/exports",
+            json!({"visualization_ids": ["v"], "patient": {"name": "W".repeat(201)}}),
+            StatusCode::BAD_REQUEST,
+            "field_too_long",
+        ),
+        (
+            "/api/exports",
+            json!({"visualization_ids": ["v"], "patient": {"notes": "n".repeat(2001)}}),
+            StatusCode::BAD_REQUEST,
+            "field_too_long",
+        ),
+        (
+            "/api/exports/cost-infographic",
+            json!({"procedure_ids": ["rhinoplasty", "facelift", "rhinoplasty"]}),
+            StatusCode::BAD_REQUEST,
+            "invalid_options",
+        ),
+        (
+            // 1e39 is past f32's range: it would read as infinity, which no message can carry.
+            "/api/visualizations",
+            json!({"image_id": "0b0e5b0c-6f2c-4a4e-9d8e-2f7d1c3b4a59", "procedure_id": "rhinoplasty",
+                   "options": {"control_points": {"right_eye": [1e39, 250.0], "left_eye": [300.0, 250.0],
+                   "nose_tip": [250.0, 320.0], "mouth_right": [220.0, 380.0], "mouth_left": [280.0, 380.0]}}}),
+            StatusCode::BAD_REQUEST,
+            "invalid_control_points",
+        ),
     ];
     for (path, body, status, code) in cases {
         let (got, answer) = call(&app, "POST", path, "alice-token-0123456789", body.clone()).await;
@@ -247,4 +280,155 @@ async fn a_good_infographic_request_is_sent_with_the_callers_id_and_seed_shaped_
         Value::Object(msg.kwargs),
         json!({"procedure_ids": ["rhinoplasty", "blepharoplasty"], "format": "png", "user_id": "alice"})
     );
+}
+
+/// Sends `n` asynchronous infographic requests at once as alice; their statuses.
+async fn burst(app: &App, n: usize) -> Vec<StatusCode> {
+    let calls = (0..n).map(|_| {
+        call(
+            app,
+            "POST",
+            "/api/exports/cost-infographic?async_processing=true",
+            "alice-token-0123456789",
+            json!({"procedure_ids": ["rhinoplasty"]}),
+        )
+    });
+    futures_util::future::join_all(calls)
+        .await
+        .into_iter()
+        .map(|(s, _)| s)
+        .collect()
+}
+
+#[tokio::test]
+async fn the_active_task_limit_holds_for_requests_sent_at_once() {
+    let app = app_with(|i| i.user_limits.active_tasks = 3);
+    let statuses = burst(&app, 20).await;
+    let accepted = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::ACCEPTED)
+        .count();
+    let refused = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::TOO_MANY_REQUESTS)
+        .count();
+    assert_eq!((accepted, refused), (3, 17), "{statuses:?}");
+    assert_eq!(queued(&app).await, 3);
+}
+
+#[tokio::test]
+async fn tasks_whose_results_are_gone_past_their_lifetime_do_not_count_as_active() {
+    // Nothing runs the tasks here: their results stay missing (PENDING), as a finished task's
+    // does once its result expired.
+    let app = app_with(|i| {
+        i.user_limits.active_tasks = 2;
+        i.result_expires = Duration::from_millis(600);
+    });
+    assert_eq!(burst(&app, 2).await, [StatusCode::ACCEPTED; 2]);
+    assert_eq!(burst(&app, 1).await, [StatusCode::TOO_MANY_REQUESTS]);
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(
+        burst(&app, 1).await,
+        [StatusCode::ACCEPTED],
+        "a user whose old tasks' results expired can send again"
+    );
+}
+
+/// `(status, headers, JSON body)` of a raw request as alice.
+async fn raw(
+    app: &App,
+    req: axum::http::request::Builder,
+    body: Body,
+) -> (StatusCode, axum::http::HeaderMap, Value) {
+    let req = req
+        .header("authorization", "Bearer alice-token-0123456789")
+        .body(body)
+        .unwrap();
+    let r = app.router.clone().oneshot(req).await.unwrap();
+    let (status, headers) = (r.status(), r.headers().clone());
+    let bytes = axum::body::to_bytes(r.into_body(), 1 << 20).await.unwrap();
+    let json = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|_| panic!("not JSON: {}", String::from_utf8_lossy(&bytes)));
+    (status, headers, json)
+}
+
+#[tokio::test]
+async fn requests_the_framework_refuses_still_answer_the_json_error_shape() {
+    let app = app();
+    let get = |uri: &str| Request::get(uri.to_owned());
+    let multipart = |boundary: &str| {
+        Request::post("/api/images")
+            .header("content-type", format!("multipart/form-data{boundary}"))
+    };
+    let two_files = "--XX\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.png\"\r\n\r\nA\r\n\
+                     --XX\r\nContent-Disposition: form-data; name=\"file\"; filename=\"b.png\"\r\n\r\nB\r\n--XX--\r\n";
+    let cases: Vec<(axum::http::request::Builder, Body, StatusCode, &str)> = vec![
+        (
+            get("/api/images?limit=abc"),
+            Body::empty(),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            get("/api/tasks?offset=-1"),
+            Body::empty(),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            get("/api/images/%FF%FE"),
+            Body::empty(),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            get("/api/tasks/0b0e5b0c-6f2c-4a4e-9d8e-2f7d1c3b4a59/cancel"),
+            Body::empty(),
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+        ),
+        (
+            Request::post("/api/exports").header("content-type", "application/json"),
+            Body::from(format!(
+                "{{\"visualization_ids\": [\"{}\"]}}",
+                "v".repeat(300_000)
+            )),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+        ),
+        (
+            multipart(""),
+            Body::from("x"),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            multipart("; boundary=XX"),
+            Body::from(two_files),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+    ];
+    for (req, body, status, code) in cases {
+        let what = format!("{:?} {:?}", req.method_ref(), req.uri_ref());
+        let (got, headers, answer) = raw(&app, req, body).await;
+        assert_eq!(
+            (got, answer["error"]["code"].as_str()),
+            (status, Some(code)),
+            "{what}: {answer}"
+        );
+        assert!(
+            answer["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
+            "{what}: {answer}"
+        );
+        if got == StatusCode::METHOD_NOT_ALLOWED {
+            assert!(
+                headers.contains_key("allow"),
+                "{what}: a 405 still lists the methods"
+            );
+        }
+    }
+    assert_eq!(queued(&app).await, 0);
 }

@@ -54,6 +54,7 @@ codes! {
     ImageNotFound => "image_not_found", 404: "The image does not exist or belongs to someone else.",
     VisualizationNotFound => "visualization_not_found", 404: "The visualization does not exist or belongs to someone else.",
     UnsupportedExportFormat => "unsupported_export_format", 422: "The export format is not supported.",
+    FieldTooLong => "field_too_long", 400: "A text field of the report (patient, clinic, surgeon: 200 characters; notes: 2000) is over its limit.",
     GeminiNotConfigured => "gemini_not_configured", 501: "The Gemini engine was chosen but no API key is configured.",
     GeminiAuth => "gemini_auth", 502: "Gemini rejected the API key or the request's permissions.",
     GeminiBlocked => "gemini_blocked", 422: "Gemini refused to generate this preview (safety filters).",

@@ -75,6 +75,43 @@ pub struct ControlPoints {
     pub chin: Option<Point>,
 }
 
+impl ControlPoints {
+    /// Every coordinate is a finite number (a JSON number past `f32`'s range reads as
+    /// infinity, which the task's message could not carry). Whether the points fit the image
+    /// and describe a face is checked where the image is known, by the task.
+    pub fn check(&self) -> Result<(), Invalid> {
+        let named = [
+            ("right_eye", Some(self.right_eye)),
+            ("left_eye", Some(self.left_eye)),
+            ("nose_tip", Some(self.nose_tip)),
+            ("mouth_right", Some(self.mouth_right)),
+            ("mouth_left", Some(self.mouth_left)),
+            ("chin", self.chin),
+        ];
+        for (name, p) in named {
+            if let Some([x, y]) = p
+                && !(x.is_finite() && y.is_finite())
+            {
+                return Err(Invalid::new(
+                    ErrorCode::InvalidControlPoints,
+                    format!("control_points.{name} must be two finite pixel coordinates"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl PreviewOptions {
+    /// What the API checks before sending: the control points' numbers (see
+    /// [`ControlPoints::check`]).
+    pub fn check(&self) -> Result<(), Invalid> {
+        self.control_points
+            .as_ref()
+            .map_or(Ok(()), ControlPoints::check)
+    }
+}
+
 /// Which engine makes the preview.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -321,6 +358,11 @@ impl PaperSize {
     }
 }
 
+/// Longest patient, clinic and surgeon field of a report, in characters.
+pub const MAX_PATIENT_FIELD: usize = 200;
+/// Longest notes of a report, in characters.
+pub const MAX_NOTES: usize = 2000;
+
 /// Patient and clinic fields of a report (all optional).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -340,6 +382,28 @@ pub struct PatientFields {
     /// Goals and notes.
     #[serde(default)]
     pub notes: Option<String>,
+}
+
+impl PatientFields {
+    /// Each field within its limit ([`MAX_PATIENT_FIELD`], the notes [`MAX_NOTES`]): a report
+    /// prints them whole, wrapped, so a limit keeps a page a page.
+    pub fn check(&self) -> Result<(), Invalid> {
+        for (name, v, max) in [
+            ("name", &self.name, MAX_PATIENT_FIELD),
+            ("date_of_birth", &self.date_of_birth, MAX_PATIENT_FIELD),
+            ("clinic", &self.clinic, MAX_PATIENT_FIELD),
+            ("surgeon", &self.surgeon, MAX_PATIENT_FIELD),
+            ("notes", &self.notes, MAX_NOTES),
+        ] {
+            if v.as_ref().is_some_and(|s| s.chars().count() > max) {
+                return Err(Invalid::new(
+                    ErrorCode::FieldTooLong,
+                    format!("patient.{name} is longer than {max} characters"),
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 fn yes() -> bool {
@@ -514,6 +578,9 @@ impl GenerateExport {
                 format!("a report shows 1-{MAX_EXPORT_ITEMS} visualizations"),
             ));
         }
+        if let Some(p) = &self.patient {
+            p.check()?;
+        }
         Ok(paper)
     }
 }
@@ -535,6 +602,17 @@ impl GenerateCostInfographic {
             return Err(Invalid::new(
                 ErrorCode::InvalidOptions,
                 format!("an infographic shows 1-{MAX_EXPORT_ITEMS} procedures"),
+            ));
+        }
+        if let Some(dup) = self
+            .procedure_ids
+            .iter()
+            .enumerate()
+            .find_map(|(i, p)| self.procedure_ids[..i].contains(p).then_some(p))
+        {
+            return Err(Invalid::new(
+                ErrorCode::InvalidOptions,
+                format!("procedure {dup:?} is listed twice; an infographic shows each once"),
             ));
         }
         let hex = |c: &String| {

@@ -189,9 +189,7 @@ pub fn decode_upright(
             "the JPEG is truncated (no end-of-image marker)".into(),
         ));
     }
-    let (width, height) = ImageReader::with_format(Cursor::new(bytes), format.image_format())
-        .into_dimensions()
-        .map_err(|e| IntakeError::Corrupt(e.to_string()))?;
+    let (width, height) = dimensions(bytes, format)?;
     if width == 0 || height == 0 {
         return Err(IntakeError::Corrupt("the image has no pixels".into()));
     }
@@ -225,16 +223,41 @@ pub fn decode_upright(
     Ok((flatten(img), format))
 }
 
+/// The declared size, read from the headers only. A PNG's are read by a decoder that skips
+/// text and colour-profile chunks and may allocate 16 MB: a tiny file whose compressed
+/// `iCCP` or `zTXt` chunk inflates to gigabytes is never inflated (`image`'s reader would,
+/// within its 512 MB default, before any limit of ours applies).
+fn dimensions(bytes: &[u8], format: SourceFormat) -> Result<(u32, u32), IntakeError> {
+    if format == SourceFormat::Png {
+        let mut decoder = png_decoder(bytes, 16 << 20);
+        let info = decoder
+            .read_header_info()
+            .map_err(|e| IntakeError::Corrupt(e.to_string()))?;
+        return Ok((info.width, info.height));
+    }
+    ImageReader::with_format(Cursor::new(bytes), format.image_format())
+        .into_dimensions()
+        .map_err(|e| IntakeError::Corrupt(e.to_string()))
+}
+
+/// A PNG decoder that allocates at most `limit` bytes for chunks and skips the metadata chunks
+/// the stored photo drops anyway (text, colour profile).
+fn png_decoder(bytes: &[u8], limit: usize) -> png::Decoder<Cursor<&[u8]>> {
+    let mut decoder =
+        png::Decoder::new_with_limits(Cursor::new(bytes), png::Limits { bytes: limit });
+    decoder.set_ignore_text_chunk(true);
+    decoder.set_ignore_iccp_chunk(true);
+    decoder
+}
+
 /// Decodes a PNG straight to 8-bit RGB, row by row: 16-bit samples are stripped as they are
 /// read (no 16-bit image in memory: a 300 KB 16-bit 6300×6300 PNG used to cost ~440 MB), palettes
 /// and grey expanded, alpha composed over white. Interlaced files need one 8-bit frame first.
 /// EXIF orientation (`eXIf`) is applied.
 fn decode_png_8bit(bytes: &[u8]) -> Result<RgbImage, IntakeError> {
     let corrupt = |e: png::DecodingError| IntakeError::Corrupt(e.to_string());
-    let mut decoder =
-        png::Decoder::new_with_limits(Cursor::new(bytes), png::Limits { bytes: 64 << 20 });
+    let mut decoder = png_decoder(bytes, 64 << 20);
     decoder.set_transformations(png::Transformations::normalize_to_color8());
-    decoder.set_ignore_text_chunk(true);
     let mut reader = decoder.read_info().map_err(corrupt)?;
     let (width, height) = (reader.info().width, reader.info().height);
     let orientation = reader

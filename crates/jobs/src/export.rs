@@ -30,8 +30,6 @@ use crate::{Deps, derived_id, fail, storage};
 
 /// Most visualizations in one report.
 const MAX_REPORT_ITEMS: usize = 8;
-/// Longest accepted patient field.
-const MAX_FIELD: usize = 2000;
 
 fn options() -> TaskOptions {
     TaskOptions {
@@ -139,28 +137,16 @@ fn face_crop(before: &RgbImage, after: &RgbImage) -> (RgbImage, RgbImage) {
     (crop(before), crop(after))
 }
 
-fn patient(p: Option<afterview_core::tasks::PatientFields>) -> Result<Patient, TaskError> {
+/// The report's patient fields (their lengths were checked with the arguments).
+fn patient(p: Option<afterview_core::tasks::PatientFields>) -> Patient {
     let p = p.unwrap_or_default();
-    for (name, v) in [
-        ("name", &p.name),
-        ("date_of_birth", &p.date_of_birth),
-        ("clinic", &p.clinic),
-        ("surgeon", &p.surgeon),
-        ("notes", &p.notes),
-    ] {
-        if v.as_ref().is_some_and(|s| s.chars().count() > MAX_FIELD) {
-            return Err(TaskError::invalid_arguments(format!(
-                "patient.{name} is longer than {MAX_FIELD} characters"
-            )));
-        }
-    }
-    Ok(Patient {
+    Patient {
         name: p.name,
         date_of_birth: p.date_of_birth,
         clinic: p.clinic,
         surgeon: p.surgeon,
         notes: p.notes,
-    })
+    }
 }
 
 /// Saves the file and its record; a re-run of the same task returns the stored result.
@@ -289,7 +275,7 @@ impl Task for GenerateExportTask {
             PaperSize::Letter => Paper::Letter,
             PaperSize::A4 => Paper::A4,
         };
-        let patient = patient(a.patient)?;
+        let patient = patient(a.patient);
         let vizs = singles(d, &a.user_id, &a.visualization_ids).await?;
         let mut items = vec![];
         let mut image_ids = vec![];

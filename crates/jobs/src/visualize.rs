@@ -440,7 +440,7 @@ impl Task for GenerateComparisonTask {
             items.push(r);
         }
         let names: Vec<String> = procedures.iter().map(|p| p.name.clone()).collect();
-        let composite = composite(&ctx, scene, names, afters).await?;
+        let composite = composite(&ctx, scene, names, afters, d.preview.label.clone()).await?;
         let comparison_id = derived_id(ctx.id(), 0);
         let result = ComparisonResult {
             id: comparison_id.clone(),
@@ -497,12 +497,14 @@ async fn render_each(
 }
 
 /// The before and every after side by side, each panel the face (cheek to cheek ≥ 40 % of its
-/// width), not the photo.
+/// width), not the photo. Each after panel carries the preview label (the crop leaves out the
+/// photo's corner where the single preview has it, unless the face fills the photo).
 async fn composite(
     ctx: &TaskContext,
     (photo, lm): (Arc<RgbImage>, Arc<Landmarks>),
     names: Vec<String>,
     afters: Vec<RgbImage>,
+    label: Option<String>,
 ) -> Result<RgbImage, TaskError> {
     ctx.blocking(move |_| {
         let r = afterview_imaging::face_window(&lm, photo.width(), photo.height(), 0.62, 0.8);
@@ -510,7 +512,17 @@ async fn composite(
             image::imageops::crop_imm(img, r.x0, r.y0, r.width(), r.height()).to_image()
         };
         let before = crop(&photo);
-        let crops: Vec<RgbImage> = afters.iter().map(crop).collect();
+        let corner_kept = r.x1 >= photo.width() && r.y1 >= photo.height();
+        let crops: Vec<RgbImage> = afters
+            .iter()
+            .map(|a| {
+                let mut c = crop(a);
+                if let Some(l) = label.as_deref().filter(|_| !corner_kept) {
+                    render::label(&mut c, l);
+                }
+                c
+            })
+            .collect();
         let mut panels: Vec<(&str, &RgbImage)> = vec![("Original", &before)];
         panels.extend(names.iter().map(String::as_str).zip(crops.iter()));
         render::compose(&panels, r.height().clamp(256, 720))

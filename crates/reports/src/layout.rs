@@ -82,14 +82,53 @@ pub(crate) fn width(text: &str, size: f32, bold: bool) -> f32 {
     w
 }
 
-/// Splits `text` into lines no wider than `max`.
+/// The text as the report prints it: control characters (NUL, escapes, tabs) and the
+/// bidirectional marks, embeddings, overrides and isolates are dropped, so a field can neither
+/// hide nor reorder what the page shows. Line breaks stay (paragraphs split on them).
+pub(crate) fn printable(text: &str) -> String {
+    text.chars()
+        .filter(|&c| {
+            c == '\n'
+                || !(c.is_control()
+                    || matches!(c, '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}'))
+        })
+        .collect()
+}
+
+/// `word` cut into pieces no wider than `max` (a word wider than a line, such as a long
+/// address or a name typed without spaces, would otherwise run off the page).
+fn pieces(word: &str, size: f32, bold: bool, max: f32) -> Vec<String> {
+    if width(word, size, bold) <= max {
+        return vec![word.to_owned()];
+    }
+    let (mut out, mut cur, mut w) = (vec![], String::new(), 0.0);
+    let mut buf = [0u8; 4];
+    for c in word.chars() {
+        let cw = width(c.encode_utf8(&mut buf), size, bold);
+        if w + cw > max && !cur.is_empty() {
+            out.push(std::mem::take(&mut cur));
+            w = 0.0;
+        }
+        cur.push(c);
+        w += cw;
+    }
+    if !cur.is_empty() {
+        out.push(cur);
+    }
+    out
+}
+
+/// Splits `text` ([`printable`] of it) into lines no wider than `max`.
 pub(crate) fn wrap(text: &str, size: f32, bold: bool, max: f32) -> Vec<String> {
     let mut lines = vec![];
-    for para in text.split('\n') {
+    for para in printable(text).split('\n') {
         let mut line = String::new();
-        for word in para.split_whitespace() {
+        for word in para
+            .split_whitespace()
+            .flat_map(|w| pieces(w, size, bold, max))
+        {
             let candidate = if line.is_empty() {
-                word.to_owned()
+                word.clone()
             } else {
                 format!("{line} {word}")
             };
@@ -97,7 +136,7 @@ pub(crate) fn wrap(text: &str, size: f32, bold: bool, max: f32) -> Vec<String> {
                 line = candidate;
             } else {
                 lines.push(std::mem::take(&mut line));
-                line = word.to_owned();
+                line = word;
             }
         }
         lines.push(line);
@@ -267,40 +306,59 @@ impl Flow {
         bold_last: bool,
     ) {
         let size = 9.5;
-        let row_h = 17.0;
-        self.need(row_h * (rows.len() as f32 + 1.0) + 6.0);
+        let (row_h, line_h) = (17.0, 12.0);
         let cw = self.content_w();
         let x0 = self.margin;
-        let draw_row = |flow: &mut Flow, cells: &[String], bold: bool, shade: bool| {
+        // Each cell wrapped to its column; a row is as tall as its longest cell.
+        let lay = |cells: &[String], bold: bool| -> Vec<Vec<String>> {
+            cells
+                .iter()
+                .enumerate()
+                .map(|(i, c)| wrap(c, size, bold, widths[i] * cw - 12.0))
+                .collect()
+        };
+        let height = |lines: &[Vec<String>]| {
+            row_h + line_h * (lines.iter().map(Vec::len).max().unwrap_or(1).max(1) - 1) as f32
+        };
+        let laid: Vec<Vec<Vec<String>>> = rows
+            .iter()
+            .enumerate()
+            .map(|(i, r)| lay(r, bold_last && i + 1 == rows.len()))
+            .collect();
+        self.need(row_h + laid.iter().map(|l| height(l)).sum::<f32>() + 6.0);
+        let draw_row = |flow: &mut Flow, cells: &[Vec<String>], bold: bool, shade: bool| {
             let y = flow.y;
+            let h = height(cells);
             if shade {
                 flow.push(Op::Rect {
                     x: x0,
                     y,
                     w: cw,
-                    h: row_h,
+                    h,
                     color: SHADE,
                 });
             }
             let mut x = x0;
-            for (i, cell) in cells.iter().enumerate() {
+            for (i, lines) in cells.iter().enumerate() {
                 let w = widths[i] * cw;
-                let tx = if right[i] {
-                    x + w - 6.0 - width(cell, size, bold)
-                } else {
-                    x + 6.0
-                };
-                flow.push(Op::Text {
-                    x: tx,
-                    y: y + row_h - 5.0,
-                    size,
-                    bold,
-                    color: INK,
-                    text: cell.clone(),
-                });
+                for (k, line) in lines.iter().enumerate() {
+                    let tx = if right[i] {
+                        x + w - 6.0 - width(line, size, bold)
+                    } else {
+                        x + 6.0
+                    };
+                    flow.push(Op::Text {
+                        x: tx,
+                        y: y + row_h - 5.0 + line_h * k as f32,
+                        size,
+                        bold,
+                        color: INK,
+                        text: line.clone(),
+                    });
+                }
                 x += w;
             }
-            flow.y += row_h;
+            flow.y += h;
             flow.push(Op::Rect {
                 x: x0,
                 y: flow.y - 0.5,
@@ -311,7 +369,7 @@ impl Flow {
         };
         if header.iter().any(|h| !h.is_empty()) {
             let head: Vec<String> = header.iter().map(|s| (*s).to_owned()).collect();
-            draw_row(self, &head, true, true);
+            draw_row(self, &lay(&head, true), true, true);
         } else {
             let (y, w) = (self.y, cw);
             self.push(Op::Rect {
@@ -322,7 +380,7 @@ impl Flow {
                 color: RULE,
             });
         }
-        for (i, r) in rows.iter().enumerate() {
+        for (i, r) in laid.iter().enumerate() {
             draw_row(self, r, bold_last && i + 1 == rows.len(), false);
         }
         self.space(6.0);

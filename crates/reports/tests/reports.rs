@@ -220,3 +220,36 @@ fn the_infographic_labels_components_totals_and_currency() {
     custom.colors[1] = "blue".into();
     assert!(infographic_svg(&custom).is_err());
 }
+
+#[test]
+fn long_patient_fields_wrap_inside_the_page_and_control_characters_are_dropped() {
+    let mut r = input(&["otoplasty"], Paper::Letter, false);
+    let name = "W".repeat(150);
+    let clinic: String = (0..30).map(|i| format!("Clinic{i:02} ")).collect();
+    r.patient.name = Some(name);
+    r.patient.clinic = Some(clinic);
+    r.patient.notes = None;
+    r.patient.surgeon = Some("Dr.\u{0}\u{0} Null\u{202E}Reversed\u{1b}[31m".into());
+    let pdf = render_report(&r).unwrap();
+    // Only what lies on the first page's paper (612 x 792 pt) is read back.
+    let text = poppler(
+        "pdftotext",
+        &pdf,
+        &[
+            "-f", "1", "-l", "1", "-x", "0", "-y", "0", "-W", "612", "-H", "792",
+        ],
+    );
+    assert_eq!(
+        text.chars().filter(|&c| c == 'W').count(),
+        150,
+        "the whole name is on the page: {text}"
+    );
+    for i in 0..30 {
+        assert!(
+            text.contains(&format!("Clinic{i:02}")),
+            "Clinic{i:02} on the page: {text}"
+        );
+    }
+    assert!(text.contains("Dr. NullReversed[31m"), "{text}");
+    assert!(!text.contains('\u{0}') && !text.contains('\u{202E}') && !text.contains('\u{1b}'));
+}

@@ -69,6 +69,13 @@ async fn file_field(mut mp: Multipart) -> Result<Bytes, ApiError> {
     let mut file: Option<Bytes> = None;
     while let Some(field) = mp.next_field().await.map_err(|e| upload_error(&e))? {
         if field.name() == Some("file") {
+            if file.is_some() {
+                // One photo per upload: silently keeping one of several would store a photo
+                // the user did not mean.
+                return Err(ApiError::bad_request(
+                    "the upload has more than one `file` field; send one photo per request",
+                ));
+            }
             file = Some(field.bytes().await.map_err(|e| upload_error(&e))?);
         }
     }

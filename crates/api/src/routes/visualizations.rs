@@ -55,6 +55,7 @@ pub(crate) async fn create_visualization(
 ) -> Response {
     let prepare = async {
         let args: GenerateVisualization = task_args(&headers, &body, &user)?;
+        args.options.check()?;
         owned_image(&st, &user, &args.image_id).await?;
         known_procedure(&st, &args.procedure_id)?;
         Ok(kwargs(&args))
@@ -76,6 +77,7 @@ pub(crate) async fn create_comparison(
 ) -> Response {
     let prepare = async {
         let args: GenerateComparison = task_args(&headers, &body, &user)?;
+        args.options.check()?;
         owned_image(&st, &user, &args.image_id).await?;
         tasks::check_comparison(&args.procedure_ids)
             .map_err(|m| ApiError::domain(ErrorCode::InvalidProcedureCount, m))?;

@@ -235,13 +235,12 @@ impl Broker for RedisBackend {
         reason: &str,
         task_id: Option<&str>,
     ) -> Result<(), BackendError> {
-        let entry = DeadLetter {
-            queue: queue.to_owned(),
-            task_id: task_id.map(str::to_owned),
-            reason: reason.to_owned(),
-            payload: String::from_utf8_lossy(raw).into_owned(),
-            at: Utc::now(),
-        };
+        let entry = DeadLetter::new(queue, task_id, reason, raw);
+        let cutoff = (entry.at
+            - chrono::Duration::from_std(afterview_engine::policy::DEAD_LETTER_KEEP)
+                .unwrap_or_default())
+        .format("%Y-%m-%dT%H:%M:%S")
+        .to_string();
         let entry =
             serde_json::to_string(&entry).map_err(|e| BackendError::invalid(e.to_string()))?;
         let (tag, epoch) = lease.map_or((String::new(), 0), |l| (l.delivery_tag.clone(), l.epoch));
@@ -253,6 +252,7 @@ impl Broker for RedisBackend {
             .arg(epoch)
             .arg(entry)
             .arg(self.inner.opts.dead_letters_max.max(1))
+            .arg(cutoff)
             .invoke_async::<i64>(&mut c)
             .await
             .map_err(unavailable)?;
@@ -432,8 +432,9 @@ impl Broker for RedisBackend {
     }
 
     async fn cleanup(&self) -> Result<CleanupStats, BackendError> {
-        // Results, tombstones, leases and reply lists carry TTLs; the revocation log and dead
-        // letters are capped at write time: nothing is left to sweep.
+        // Results, tombstones, leases and reply lists carry TTLs; the revocation log is capped
+        // and dead letters are capped and aged out at write time (the list itself expires a
+        // week after its newest entry): nothing is left to sweep.
         Ok(CleanupStats::default())
     }
 

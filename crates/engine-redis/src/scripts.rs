@@ -182,20 +182,79 @@ local function envelope_ids(raw)
   end
   return nil
 end
+-- An `unacked` value `[envelope, exchange, routing_key]`: `env, queue` decoded, or `nil, queue,
+-- raw` when cjson cannot decode it (it refuses what the worker's reader takes, nesting deeper
+-- than 1000 levels say): the envelope's text as stored, so the message is never dropped for it.
+local function unacked_entry(u)
+  local ok, arr = pcall(cjson.decode, u)
+  if ok and type(arr) == 'table' and type(arr[1]) == 'table' then
+    local q = arr[3]
+    if type(q) ~= 'string' then q = 'celery' end
+    return arr[1], q
+  end
+  local raw, q = string.match(u, '^%[(.*), "[^"]*", "([^"]*)"%]$')
+  if raw then return nil, q, raw end
+  return nil, nil, nil
+end
+-- Redis's clock as RFC 3339 UTC to the second (the dead letters' `at`; Lua here has no `os.date`).
+local function iso_now()
+  local secs = tonumber(redis.call('TIME')[1])
+  local days = math.floor(secs / 86400)
+  local rem = secs - days * 86400
+  -- Days since 1970-01-01 to a civil date (proleptic Gregorian).
+  local z = days + 719468
+  local era = math.floor(z / 146097)
+  local doe = z - era * 146097
+  local yoe = math.floor((doe - math.floor(doe / 1460) + math.floor(doe / 36524) - math.floor(doe / 146096)) / 365)
+  local doy = doe - (365 * yoe + math.floor(yoe / 4) - math.floor(yoe / 100))
+  local mp = math.floor((5 * doy + 2) / 153)
+  local d = doy - math.floor((153 * mp + 2) / 5) + 1
+  local m = mp < 10 and mp + 3 or mp - 9
+  local y = yoe + era * 400
+  if m <= 2 then y = y + 1 end
+  return string.format('%04d-%02d-%02dT%02d:%02d:%02dZ', y, m, d,
+    math.floor(rem / 3600), math.floor(rem % 3600 / 60), rem % 60)
+end
+-- How long dead letters are kept (the list expires this long after its newest entry; older
+-- entries are dropped from its tail as new ones arrive), and the most kept.
+local DEAD_KEEP_MS, DEAD_MAX_DEFAULT = 7 * 86400000, 10000
+-- Pushes a dead-letter entry (JSON with an RFC 3339 `at`), newest first: at most `max`, none
+-- older than `cutoff` (the same format, compared to the second), the list expiring with them.
+local function push_dead(entry, max, cutoff)
+  redis.call('LPUSH', 'afterview:dead', entry)
+  redis.call('LTRIM', 'afterview:dead', 0, max - 1)
+  for _ = 1, 100 do
+    local tail = redis.call('LINDEX', 'afterview:dead', -1)
+    local at = tail and string.match(tail, '"at":%s*"([^"]+)"')
+    if not (at and string.sub(at, 1, 19) < cutoff) then break end
+    redis.call('RPOP', 'afterview:dead')
+  end
+  redis.call('PEXPIRE', 'afterview:dead', DEAD_KEEP_MS)
+end
+-- Sets a message aside that could be neither run nor put back.
+local function bury(u, reason)
+  local entry = cjson.encode({queue = '', task_id = cjson.null, reason = reason,
+    payload = string.sub(u, 1, 65536), at = iso_now()})
+  push_dead(entry, DEAD_MAX_DEFAULT, '')
+end
 -- Puts a held or unacked message back at the consuming end of its queue (as kombu's restore).
 local function restore(tag)
   local u = redis.call('HGET', 'unacked', tag)
   if u then
-    local ok, arr = pcall(cjson.decode, u)
-    if ok and type(arr) == 'table' and type(arr[1]) == 'table' then
-      local env = arr[1]
+    local env, q, raw = unacked_entry(u)
+    if env then
       if type(env.headers) == 'table' then env.headers.redelivered = true end
       local prio = 0
       if type(env.properties) == 'table' then
         prio = env.properties.priority or 0
         if type(env.properties.delivery_info) == 'table' then env.properties.delivery_info.redelivered = true end
       end
-      redis.call('RPUSH', bucket(arr[3] or 'celery', prio), cjson.encode(env))
+      redis.call('RPUSH', bucket(q, prio), cjson.encode(env))
+    elseif raw then
+      -- Back as it came (without the redelivered flag, which would need a decode).
+      redis.call('RPUSH', q, raw)
+    else
+      bury(u, 'the unacked entry could not be read to give it back')
     end
   else
     local h = redis.call('HGET', 'afterview:held', tag)
@@ -426,12 +485,19 @@ return 1
 pub(crate) const DEFER: &str = r#"
 if not held(ARGV[1], ARGV[2]) then return 0 end
 local u = redis.call('HGET', 'unacked', ARGV[1])
-local arr = cjson.decode(u)
-local env = arr[1]
+if not u then return 0 end
+local env, q, raw = unacked_entry(u)
 local prio = 0
-if type(env.properties) == 'table' then prio = env.properties.priority or 0 end
-redis.call('ZADD', 'afterview:scheduled', ARGV[3], cjson.encode({q = arr[3], p = prio, m = cjson.encode(env)}))
+if env then
+  if type(env.properties) == 'table' then prio = tonumber(env.properties.priority) or 0 end
+  raw = cjson.encode(env)
+end
+if not raw then return 0 end
+redis.call('ZADD', 'afterview:scheduled', ARGV[3], cjson.encode({q = q, p = prio, m = raw}))
 finish(ARGV[1])
+-- Idle workers sleep until the schedule's earliest entry as their last claim saw it: wake
+-- them to see this one.
+redis.call('PUBLISH', 'afterview:wake', q)
 return 1
 "#;
 
@@ -515,14 +581,14 @@ end
 return out
 "#;
 
-/// ARGV: tag ('' = none), epoch, entry JSON, max entries. Records a dead letter (newest first,
-/// bounded) and acks the message if the lease is still held.
+/// ARGV: tag ('' = none), epoch, entry JSON, max entries, cutoff (`YYYY-MM-DDTHH:MM:SS`, UTC).
+/// Records a dead letter (newest first; at most `max`, none older than `cutoff`, the list
+/// expiring a week after its newest) and acks the message if the lease is still held.
 pub(crate) const DEAD: &str = r#"
 if ARGV[1] ~= '' and held(ARGV[1], ARGV[2]) then
   finish(ARGV[1])
 end
-redis.call('LPUSH', 'afterview:dead', ARGV[3])
-redis.call('LTRIM', 'afterview:dead', 0, tonumber(ARGV[4]) - 1)
+push_dead(ARGV[3], tonumber(ARGV[4]), ARGV[5])
 return 1
 "#;
 

@@ -214,3 +214,88 @@ async fn leased_counts_read_the_routing_key_of_every_unacked_shape() {
     let want: Vec<(String, u64)> = asked.iter().cloned().zip([3, 1, 0, 1, 1, 0]).collect();
     assert_eq!(leased, want);
 }
+
+/// A Celery envelope (tag `tag`, id `id`) with an extra header nested `depth` levels deep:
+/// valid JSON that the worker's reader takes, past cjson's nesting limit (1000).
+fn deep_envelope(tag: &str, id: &str, depth: usize) -> String {
+    format!(
+        r#"{{"body": "W10=", "content-type": "application/json", "content-encoding": "utf-8", "headers": {{"id": "{id}", "task": "afterview.noop", "deep": {open}1{close}}}, "properties": {{"body_encoding": "base64", "delivery_info": {{"exchange": "", "routing_key": "q"}}, "delivery_tag": "{tag}"}}}}"#,
+        open = "[".repeat(depth),
+        close = "]".repeat(depth),
+    )
+}
+
+/// A message whose `unacked` copy cjson cannot decode is still given back when its lease runs
+/// out, byte for byte, and moved to the schedule when it is early: never dropped.
+#[tokio::test]
+async fn a_message_cjson_cannot_decode_is_given_back_and_deferred_not_dropped() {
+    use afterview_engine::Broker;
+    let server = shared();
+    let db = server.fresh_db();
+    let b = server.backend(db).await;
+    let mut c = server.connection(db);
+    let raw = deep_envelope("d-deep", "t-deep", 1100);
+    b.publish_raw("q", raw.as_bytes()).await.unwrap();
+    let claim = |lease_ms| afterview_engine::backend::ClaimRequest {
+        queues: vec!["q".into()],
+        max: 10,
+        lease: Duration::from_millis(lease_ms),
+        worker: "w".into(),
+    };
+    let got = b.claim(&claim(100)).await.unwrap();
+    assert_eq!(got.len(), 1);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(b.requeue_expired().await.unwrap(), 1, "restored");
+    let again = b.claim(&claim(10_000)).await.unwrap();
+    assert_eq!(again.len(), 1, "the message is back in its queue");
+    assert_eq!(again[0].raw, raw.as_bytes(), "as it came");
+    // Early: moved to the schedule, whole.
+    let later = afterview_engine::time::now().timestamp_millis() + 60_000;
+    assert!(b.defer(&again[0].lease, later).await.unwrap());
+    let scheduled: Vec<String> = redis::cmd("ZRANGE")
+        .arg("afterview:scheduled")
+        .arg(0)
+        .arg(-1)
+        .query(&mut c)
+        .unwrap();
+    assert_eq!(scheduled.len(), 1);
+    let entry: serde_json::Value = serde_json::from_str(&scheduled[0]).unwrap();
+    assert_eq!(entry["m"].as_str(), Some(raw.as_str()));
+    assert_eq!(entry["q"].as_str(), Some("q"));
+    assert!(b.dead_letters(10).await.unwrap().is_empty());
+}
+
+/// Dead letters expire: the list lives a week after its newest entry, and entries older than
+/// a week leave from its tail.
+#[tokio::test]
+async fn dead_letters_expire_a_week_after_the_newest() {
+    use afterview_engine::Broker;
+    let server = shared();
+    let db = server.fresh_db();
+    let b = server.backend(db).await;
+    let mut c = server.connection(db);
+    let old = serde_json::json!({"queue": "q", "task_id": null, "reason": "old",
+        "payload": "x", "at": "2020-01-01T00:00:00Z"});
+    let _: i64 = redis::cmd("RPUSH")
+        .arg("afterview:dead")
+        .arg(old.to_string())
+        .query(&mut c)
+        .unwrap();
+    b.dead_letter(None, "q", b"{broken", "not JSON", None)
+        .await
+        .unwrap();
+    let ttl_ms: i64 = redis::cmd("PTTL")
+        .arg("afterview:dead")
+        .query(&mut c)
+        .unwrap();
+    assert!(
+        ttl_ms > 0 && ttl_ms <= 7 * 86_400_000,
+        "the list expires: {ttl_ms} ms"
+    );
+    let left = b.dead_letters(10).await.unwrap();
+    assert_eq!(
+        left.iter().map(|d| d.reason.as_str()).collect::<Vec<_>>(),
+        ["not JSON"],
+        "the 2020 entry is gone"
+    );
+}

@@ -1,7 +1,9 @@
 //! What one task costs in round trips when tasks come one at a time (the latency path): the
 //! producer's publish (which claims the message for the idle worker and pushes it there), one
 //! claim that registers the worker as idle again, one fenced store with the ack. A worker that
-//! took everything due waits for a push or a wake-up instead of claiming again at once.
+//! took everything due waits for a push or a wake-up instead of claiming again at once. And
+//! what an idle worker does with messages another producer LPUSHes (as Celery's Python client
+//! does): an ETA is kept on time, a protocol 1 message's revocation is honoured.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -162,4 +164,83 @@ async fn a_drain_claims_between_a_quarter_and_half_the_window() {
         sizes.iter().all(|m| (8..=16).contains(m)),
         "claims asked for {sizes:?} with a window of 32"
     );
+}
+
+/// LPUSHes `raw` onto `queue` as a Python producer does (no script, no wake-up of ours).
+fn lpush(server: &RedisServer, queue: &str, raw: &str) {
+    let mut c = server.connection(0);
+    let _: i64 = afterview_engine_redis::testing::redis::cmd("LPUSH")
+        .arg(queue)
+        .arg(raw)
+        .query(&mut c)
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_lpushed_with_an_eta_runs_at_its_eta_not_at_the_next_poll() {
+    let server = RedisServer::start(2, false);
+    let backend = server.backend(0).await;
+    let client = Client::new(backend.clone(), backend.clone());
+    let worker = start_worker(&backend, "eta@test");
+    // Let the worker go idle (it then sleeps until a wake-up, or 5 s).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let t0 = std::time::Instant::now();
+    let eta = afterview_engine::time::now() + chrono::Duration::milliseconds(1000);
+    let msg = client
+        .message(
+            "afterview.noop",
+            vec![],
+            Map::new(),
+            SendOptions {
+                eta: Some(eta),
+                ..SendOptions::default()
+            },
+        )
+        .unwrap();
+    lpush(&server, &msg.queue, &msg.to_envelope());
+    let r = client.wait(&msg.id, Duration::from_secs(20)).await.unwrap();
+    let took = t0.elapsed();
+    assert_eq!(r.status, TaskState::Success);
+    assert!(
+        took >= Duration::from_millis(950) && took < Duration::from_millis(3000),
+        "an ETA 1 s away ran after {took:?}"
+    );
+    stop(worker).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_protocol_1_message_of_a_revoked_task_does_not_run() {
+    use base64::Engine as _;
+    let server = RedisServer::start(2, false);
+    let backend = server.backend(0).await;
+    let client = Client::new(backend.clone(), backend.clone());
+    let worker = start_worker(&backend, "v1@test");
+    let id = "0b0e5b0c-6f2c-4a4e-9d8e-2f7d1c3b4a5a";
+    client.revoke(id, false).await.unwrap();
+    // Protocol 1: no header id, the task and its id are in the body.
+    let body = serde_json::json!({"task": "afterview.noop", "id": id, "args": [], "kwargs": {}});
+    let body = base64::engine::general_purpose::STANDARD.encode(body.to_string());
+    let raw = serde_json::json!({
+        "body": body, "content-type": "application/json", "content-encoding": "utf-8",
+        "headers": {},
+        "properties": {"body_encoding": "base64", "delivery_tag": "v1-tag",
+                       "delivery_info": {"exchange": "", "routing_key": "celery"}},
+    });
+    lpush(&server, "celery", &raw.to_string());
+    // A noop runs in milliseconds: after a second, what ran has stored its SUCCESS.
+    let mut c = server.connection(0);
+    for _ in 0..100 {
+        let waiting: i64 = afterview_engine_redis::testing::redis::cmd("LLEN")
+            .arg("celery")
+            .query(&mut c)
+            .unwrap();
+        if waiting == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let r = client.result(id).await.unwrap();
+    assert_eq!(r.status, TaskState::Revoked, "{r:?}");
+    stop(worker).await;
 }

@@ -634,12 +634,14 @@ impl Broker for SqliteBackend {
         task_id: Option<&str>,
     ) -> Result<(), BackendError> {
         let l = lease.cloned();
-        let (queue, raw, reason, task_id) = (
-            queue.to_owned(),
-            raw.to_vec(),
-            reason.to_owned(),
-            task_id.map(str::to_owned),
-        );
+        let DeadLetter {
+            queue,
+            task_id,
+            reason,
+            payload,
+            ..
+        } = DeadLetter::new(queue, task_id, reason, raw);
+        let raw = payload.into_bytes();
         self.write(move |c| {
             if let Some(l) = l {
                 delete_held(c, &l)?;

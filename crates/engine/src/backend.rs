@@ -200,6 +200,31 @@ pub struct DeadLetter {
     pub at: DateTime<Utc>,
 }
 
+/// Most of a dead letter's message kept (a 10 MB garbage message must not cost 10 MB for a
+/// week): the start, which names what it was, and the size of the rest.
+pub const DEAD_LETTER_PAYLOAD_MAX: usize = 64 * 1024;
+
+impl DeadLetter {
+    /// A dead letter made now, its payload cut at [`DEAD_LETTER_PAYLOAD_MAX`] bytes.
+    pub fn new(queue: &str, task_id: Option<&str>, reason: &str, raw: &[u8]) -> Self {
+        let mut payload =
+            String::from_utf8_lossy(&raw[..raw.len().min(DEAD_LETTER_PAYLOAD_MAX)]).into_owned();
+        if raw.len() > DEAD_LETTER_PAYLOAD_MAX {
+            payload.push_str(&format!(
+                "… ({} more bytes not kept)",
+                raw.len() - DEAD_LETTER_PAYLOAD_MAX
+            ));
+        }
+        Self {
+            queue: queue.to_owned(),
+            task_id: task_id.map(str::to_owned),
+            reason: reason.to_owned(),
+            payload,
+            at: crate::time::now(),
+        }
+    }
+}
+
 /// A task a worker is running, as `inspect active` shows it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ActiveTask {

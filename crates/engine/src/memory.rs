@@ -346,13 +346,8 @@ impl Broker for MemoryBackend {
         {
             st.remove(&l.delivery_tag);
         }
-        st.dead.push_front(DeadLetter {
-            queue: queue.to_owned(),
-            task_id: task_id.map(str::to_owned),
-            reason: reason.to_owned(),
-            payload: String::from_utf8_lossy(raw).into_owned(),
-            at: crate::time::now(),
-        });
+        st.dead
+            .push_front(DeadLetter::new(queue, task_id, reason, raw));
         st.dead.truncate(policy::DEAD_LETTER_CAP);
         Ok(())
     }

@@ -690,6 +690,24 @@ pub async fn dead_letters_are_kept(f: &impl Factory) {
         ),
         ("q", "not JSON", "{broken")
     );
+    // A huge message keeps its start and its size, not all of it.
+    let huge = vec![b'x'; 3 * crate::backend::DEAD_LETTER_PAYLOAD_MAX];
+    fx.broker
+        .dead_letter(None, "q", &huge, "too big to read", Some("t-huge"))
+        .await
+        .unwrap();
+    let dl = fx.broker.dead_letters(1).await.unwrap();
+    assert_eq!(dl[0].task_id.as_deref(), Some("t-huge"));
+    assert!(dl[0].payload.starts_with("xxxx"));
+    assert!(
+        dl[0].payload.len() < crate::backend::DEAD_LETTER_PAYLOAD_MAX + 100
+            && dl[0].payload.ends_with(&format!(
+                "({} more bytes not kept)",
+                2 * crate::backend::DEAD_LETTER_PAYLOAD_MAX
+            )),
+        "{} bytes kept",
+        dl[0].payload.len()
+    );
 }
 
 /// Raw envelopes are stored and delivered byte for byte.

@@ -74,6 +74,10 @@ pub(super) async fn admit(s: &Arc<Shared>, d: &Delivery, ctrl: &RunControl) -> O
         Admission::Early(msg, eta) => wait_for_eta(s, d, ctrl, msg, eta).await?,
         Admission::Due(msg) => msg,
     };
+    if d.lease.task_id != msg.id && revoked_by_own_id(s, d, &msg).await {
+        revoke(s, &MetaBase::new(&s.cfg.node, &msg), &d.lease, "revoked").await;
+        return None;
+    }
     if (d.redelivered || msg.redelivered) && already_finished(s, &msg).await {
         info!(task_id = %msg.id, "Redelivered task already finished; acking.");
         ack(s, &d.lease).await;
@@ -86,6 +90,28 @@ pub(super) async fn admit(s: &Arc<Shared>, d: &Delivery, ctrl: &RunControl) -> O
         return None;
     };
     Some(Admitted { msg, handler, base })
+}
+
+/// The broker read another task id than the message's own (a protocol 1 message keeps its id
+/// in the body; a header may nest another `"id"` before the task's): its claim-time revocation
+/// check and the run's entry followed by revocations used that one. Points the entry at the
+/// message's id (so a later `terminate` finds the run), then asks for that id's revocation.
+async fn revoked_by_own_id(s: &Arc<Shared>, d: &Delivery, msg: &TaskMessage) -> bool {
+    if let Some(r) = s
+        .runs
+        .lock()
+        .expect("runs lock")
+        .get_mut(&d.lease.delivery_tag)
+    {
+        r.lease.task_id = msg.id.clone();
+    }
+    match s.broker.revocation(&msg.id).await {
+        Ok(r) => r.is_some(),
+        Err(e) => {
+            warn!(task_id = %msg.id, error = %e, "Could not read the task's revocation; running it.");
+            false
+        }
+    }
 }
 
 /// Records a malformed message's failure (when it names a task id) and dead-letters it.

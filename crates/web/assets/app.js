@@ -9,6 +9,7 @@ const state = {
   config: { firebase: null },
   procedures: [],
   image: null, // {id, width, height}
+  noFace: false, // the photo shown has no face the previews could work on
   objectUrls: [],
   task: null, // {id, socket}
   result: null, // the visualization or comparison shown
@@ -236,20 +237,34 @@ function updateGenerate() {
   for (const i of document.querySelectorAll("#procedures input")) i.disabled = busy || (!i.checked && n >= 4);
   let hint = "";
   if (!state.image) hint = "Upload a photo first.";
+  else if (state.noFace) hint = "No face was found in this photo: choose another photo.";
   else if (n === 0) hint = "Pick a procedure (or 2–4 to compare).";
   else if (n === 1) hint = "One procedure: a before/after preview.";
   else hint = `${n} procedures: a side-by-side comparison (at most 4).`;
   $("generate-hint").textContent = hint;
-  $("generate").disabled = busy || !state.image || n === 0;
+  $("generate").disabled = busy || !state.image || state.noFace || n === 0;
   $("generate").textContent = n > 1 ? "Generate comparison" : "Generate preview";
 }
 
 // ---------------------------------------------------------------------------------- photo
 
+/// Stops following the running task (its socket closes; late messages are ignored).
+function dropTask() {
+  const t = state.task;
+  state.task = null;
+  if (t && t.socket) t.socket.close();
+  $("progress-box").hidden = true;
+}
+
+/// Clears everything shown for the current photo, the patient's details in the report form
+/// included (the next photo may be another patient's), and lets go of a running task.
 function resetPhoto() {
+  dropTask();
   forgetFiles();
   state.image = null;
+  state.noFace = false;
   state.result = null;
+  $("report-form").reset();
   $("photo-view").hidden = true;
   $("photo-actions").hidden = true;
   $("face-box").hidden = true;
@@ -268,15 +283,37 @@ async function upload(file) {
     show("Please choose a JPEG, PNG or WebP photo.");
     return;
   }
-  await guard(async () => {
-    resetPhoto();
-    $("face-caption").textContent = "Uploading…";
-    const form = new FormData();
-    form.append("file", file, file.name || "photo");
-    const img = await api("POST", "/api/images", form);
-    await openPhoto(img);
-  });
+  const status = $("upload-status");
+  $("photo").disabled = true;
+  status.textContent = "Uploading the photo…";
+  try {
+    await guard(async () => {
+      const form = new FormData();
+      form.append("file", file, file.name || "photo");
+      let img;
+      try {
+        img = await api("POST", "/api/images", form);
+      } catch (e) {
+        throw PHOTO_ERRORS[e.code] ? new ApiError(e.status, e.code, PHOTO_ERRORS[e.code]) : e;
+      }
+      // Only now is the shown photo (and what was made from it) replaced.
+      resetPhoto();
+      await openPhoto(img);
+    });
+  } finally {
+    status.textContent = "";
+    $("photo").disabled = false;
+  }
 }
+
+/// What a person can do about a photo the server refused.
+const PHOTO_ERRORS = {
+  corrupt_image: "This photo could not be read (the file is damaged or incomplete). Please choose another photo.",
+  unsupported_format: "This file is not a JPEG, PNG or WebP photo. Please choose another photo.",
+  empty_file: "This file is empty. Please choose another photo.",
+  file_too_large: "This photo is too large (over 20 MB). Please choose a smaller photo.",
+  image_too_large: "This photo has too many pixels (over 40 megapixels). Please choose a smaller photo.",
+};
 
 async function openPhoto(img) {
   state.image = img;
@@ -291,8 +328,12 @@ async function openPhoto(img) {
     $("face-caption").textContent = "Face found: previews change only the marked area.";
   } catch (e) {
     $("face-box").hidden = true;
+    if (e.code === "no_face_detected") {
+      state.noFace = true;
+      updateGenerate();
+    }
     $("face-caption").textContent = e.code === "no_face_detected"
-      ? "No face was found. Use a clear, front-facing photo where the face fills at least a tenth of the width."
+      ? "No face was found. Choose a clear, front-facing photo where the face fills at least a tenth of the width."
       : e.message;
   }
 }
@@ -338,15 +379,23 @@ async function generate() {
   });
 }
 
-function follow(taskId, single) {
+const TERMINAL = ["SUCCESS", "FAILURE", "REVOKED"];
+
+/// Follows a task over its WebSocket; when the connection drops before the end, reads the
+/// task's state and follows again, retrying with backoff while Afterview cannot be reached.
+function follow(taskId, single, reconnect = false) {
   const proto = location.protocol === "https:" ? "wss:" : "ws:";
   const socket = new WebSocket(`${proto}//${location.host}/api/ws/tasks/${taskId}?token=${encodeURIComponent(state.token)}`);
   state.task = { id: taskId, socket };
+  const current = () => state.task && state.task.socket === socket;
   updateGenerate();
   $("progress-box").hidden = false;
-  $("progress").value = 0;
-  $("progress-label").textContent = "Waiting for a worker…";
-  $("cancel").disabled = false;
+  if (!reconnect) {
+    $("progress").value = 0;
+    $("progress-label").textContent = "Waiting for a worker…";
+    $("cancel").disabled = false;
+    $("progress-box").scrollIntoView({ behavior: "smooth", block: "nearest" });
+  }
   let done = false;
   const finish = () => {
     done = true;
@@ -354,38 +403,59 @@ function follow(taskId, single) {
     $("progress-box").hidden = true;
     updateGenerate();
   };
+  const ended = async (d) => {
+    finish();
+    if (d.state === "SUCCESS") {
+      await guard(() => showResult(d.result, single));
+    } else {
+      const e = d.error || {};
+      show(d.state === "REVOKED" ? "The preview was cancelled." : (e.message || "The preview failed."), d.state === "REVOKED" ? "info" : "error");
+    }
+  };
   socket.onmessage = async (ev) => {
+    if (!current()) return;
     const msg = JSON.parse(ev.data);
     const d = msg.data || {};
     if (msg.type === "progress") {
       $("progress").value = d.progress || 0;
       $("progress-label").textContent = `${d.status || d.state} (${d.progress || 0}%)`;
-    } else if (msg.type === "complete") {
-      finish();
-      await guard(() => showResult(d.result, single));
-    } else if (msg.type === "error") {
-      finish();
-      const e = d.error || {};
-      show(d.state === "REVOKED" ? "The preview was cancelled." : (e.message || "The preview failed."), d.state === "REVOKED" ? "info" : "error");
+    } else if (msg.type === "complete" || msg.type === "error") {
+      await ended(d);
+    }
+  };
+  const recover = async (attempt) => {
+    if (!current()) return;
+    try {
+      const st = await api("GET", `/api/tasks/${taskId}/status`);
+      if (!current()) return;
+      if (TERMINAL.includes(st.state)) await ended(st);
+      else follow(taskId, single, true);
+    } catch (e) {
+      if (!current()) return;
+      if (e instanceof ApiError && e.status === 401) {
+        finish();
+        signOut("Your session has ended. Please sign in again.");
+      } else if (attempt >= 8) {
+        finish();
+        show("Afterview cannot be reached. The preview may still finish: see History once the connection is back.");
+      } else {
+        $("progress-label").textContent = "Connection lost. Reconnecting…";
+        setTimeout(() => recover(attempt + 1), Math.min(1000 * 2 ** attempt, 15000));
+      }
     }
   };
   socket.onclose = () => {
-    if (!done) {
-      // Lost the live feed: read the state once instead.
-      guard(async () => {
-        const st = await api("GET", `/api/tasks/${taskId}/status`);
-        finish();
-        if (st.state === "SUCCESS") await showResult(st.result, single);
-        else if (st.error) show(st.error.message || "The preview failed.");
-      });
-    }
+    if (!done && current()) recover(0);
   };
 }
 
 async function cancelTask() {
   if (!state.task) return;
   $("cancel").disabled = true;
-  await guard(() => api("POST", `/api/tasks/${state.task.id}/cancel`));
+  const id = state.task.id;
+  const sent = await guard(async () => { await api("POST", `/api/tasks/${id}/cancel`); return true; });
+  // Not sent (the connection, say): the person can try again.
+  if (!sent && state.task && state.task.id === id) $("cancel").disabled = false;
 }
 
 async function showResult(result, single) {
@@ -450,13 +520,18 @@ function sliderEvents() {
     setSlider(((x - r.left) / r.width) * 100);
   };
   let dragging = false;
+  // Dragging a picture would start the browser's own drag of the image and cancel ours.
+  box.addEventListener("dragstart", (e) => e.preventDefault());
+  for (const img of box.querySelectorAll("img")) img.draggable = false;
+  for (const end of ["pointerup", "pointercancel", "lostpointercapture"]) {
+    box.addEventListener(end, () => { dragging = false; });
+  }
   box.addEventListener("pointerdown", (e) => {
     dragging = true;
     box.setPointerCapture(e.pointerId);
     at(e.clientX);
   });
   box.addEventListener("pointermove", (e) => { if (dragging) at(e.clientX); });
-  box.addEventListener("pointerup", () => { dragging = false; });
   h.addEventListener("keydown", (e) => {
     const now = Number(h.getAttribute("aria-valuenow"));
     const step = e.shiftKey ? 10 : 2;
@@ -735,6 +810,20 @@ async function start() {
   if (m) {
     history.replaceState({}, "", location.pathname);
     state.token = decodeURIComponent(m[1]);
+  }
+  if (m) {
+    try {
+      await signIn(state.token);
+      return;
+    } catch (e) {
+      sessionStorage.removeItem(TOKEN_KEY);
+      state.token = null;
+      setView("signin");
+      show(e instanceof ApiError && e.status === 401
+        ? "This sign-in link is invalid or has expired. Ask for a new link, or sign in with an access token below."
+        : e.message || String(e));
+      return;
+    }
   }
   if (state.token) {
     const ok = await guard(async () => { await signIn(state.token); return true; });

@@ -104,9 +104,13 @@ def consultation(page, size):
     page.get_by_role("button", name="Sign in").click()
     expect(page.get_by_role("heading", name="Consultation")).to_be_visible()
 
-    # A photo without a face, dropped on the page, says so.
+    # A photo without a face, dropped on the page, says so, and nothing can be generated from it.
     drop_file(page, f"{PORTRAITS}/no_face_coffee.png", "image/png")
     expect(page.locator("#face-caption")).to_contain_text("No face was found")
+    page.get_by_role("checkbox", name=re.compile("^Rhinoplasty")).check()
+    expect(page.locator("#generate-hint")).to_contain_text("choose another photo")
+    expect(page.get_by_role("button", name="Generate preview")).to_be_disabled()
+    page.get_by_role("checkbox", name=re.compile("^Rhinoplasty")).uncheck()
 
     # A portrait: the face is found and marked.
     upload(page, f"{PORTRAITS}/grace_hopper.jpg")
@@ -131,6 +135,18 @@ def consultation(page, size):
     page.mouse.click(box["x"] + box["width"] * 0.25, box["y"] + box["height"] / 2)
     now = int(slider.get_attribute("aria-valuenow"))
     assert 20 <= now <= 30, f"a click at a quarter puts the handle there, got {now}"
+    if size == "desktop":
+        # Dragging the handle itself with a mouse follows the pointer to where it is let go,
+        # and the slider stops following once the button is up.
+        hb = page.locator("#handle").bounding_box()
+        page.mouse.move(hb["x"] + hb["width"] / 2, hb["y"] + hb["height"] / 2)
+        page.mouse.down()
+        page.mouse.move(box["x"] + box["width"] * 0.8, box["y"] + box["height"] / 2, steps=12)
+        page.mouse.up()
+        now = int(slider.get_attribute("aria-valuenow"))
+        assert 75 <= now <= 85, f"a drag to 80 % leaves the handle there, got {now}"
+        page.mouse.move(box["x"] + box["width"] * 0.4, box["y"] + box["height"] / 2, steps=4)
+        assert int(slider.get_attribute("aria-valuenow")) == now, "no drag after the button is up"
     shot(page, "preview", size, full=True)
 
     # Costs and the patient report.
@@ -158,6 +174,19 @@ def consultation(page, size):
     expect(page.get_by_role("img", name="Brow lift (simulation)")).to_be_visible()
     shot(page, "comparison", size, full=True)
 
+    # The next photo may be another patient's: the report form and the results are cleared.
+    page.get_by_label("Patient name").fill("Jane Example")
+    upload(page, f"{PORTRAITS}/astronaut.png")
+    expect(page.get_by_label("Patient name")).to_have_value("")
+    expect(page.locator("#result")).to_be_hidden()
+
+    # A photo the server cannot read leaves the current one in place and says what to do.
+    page.get_by_label("Photo").set_input_files(
+        files=[{"name": "broken.jpg", "mimeType": "image/jpeg", "buffer": b"\xff\xd8\xff\xe0broken"}]
+    )
+    expect(page.get_by_role("alert")).to_contain_text("choose another photo")
+    expect(page.locator("#photo-img")).to_be_visible()
+
 
 def history(page, size):
     # Eleven photos more than a page holds: "More photos" fetches the next page.
@@ -174,7 +203,7 @@ def history(page, size):
     photos = page.locator("#h-images li")
     expect(photos).to_have_count(10)
     page.get_by_role("button", name="More photos").click()
-    expect(photos).to_have_count(13)
+    expect(photos).to_have_count(14)
     expect(page.get_by_role("button", name="More photos")).to_be_hidden()
     expect(page.locator("#h-tasks li").first).to_contain_text("SUCCESS")
     expect(page.locator("#h-exports li").first).to_contain_text(re.compile("report|infographic", re.I))
@@ -191,13 +220,28 @@ def delete_photo(page):
 
 
 def cancel_waiting(page):
-    """On an API host without workers the task waits; Cancel revokes it."""
+    """On an API host without workers the task waits; a lost connection is retried until
+    Afterview answers again, then the task is followed as before; Cancel revokes it."""
     sign_in(page, ALICE, BASE_IDLE)
+    # The task's WebSockets pass through the test, which can cut them as a network would.
+    sockets = []
+
+    def route(ws):
+        ws.connect_to_server()
+        sockets.append(ws)
+
+    page.route_web_socket(re.compile(r"/api/ws/tasks/"), route)
     upload(page, f"{PORTRAITS}/grace_hopper.jpg")
     page.get_by_role("checkbox", name=re.compile("^Facelift")).check()
     page.get_by_role("button", name="Generate preview").click()
     expect(page.get_by_role("progressbar")).to_be_visible()
     expect(page.locator("#progress-label")).to_contain_text(re.compile("waiting", re.I))
+    page.context.set_offline(True)
+    sockets[-1].close()
+    expect(page.locator("#progress-label")).to_contain_text("Reconnecting")
+    page.context.set_offline(False)
+    expect(page.locator("#progress-label")).not_to_contain_text("Reconnecting", timeout=15_000)
+    expect(page.get_by_role("button", name="Cancel")).to_be_enabled()
     page.get_by_role("button", name="Cancel").click()
     expect(page.get_by_role("alert")).to_contain_text("cancelled")
     expect(page.get_by_role("progressbar")).to_be_hidden()
@@ -239,6 +283,13 @@ def monitor(page, size):
     row.get_by_role("button", name=re.compile("^Revoke")).click()
     expect(page.get_by_role("alert")).to_contain_text("revoked")
     expect(row).to_contain_text("REVOKED")
+
+    # A sign-in link with a token that is not (or no longer) valid says so.
+    page.get_by_role("button", name="Sign out").click()
+    page.goto("about:blank")
+    page.goto(BASE + "/#token=not-a-valid-token-0123456789")
+    expect(page.get_by_role("alert")).to_contain_text("invalid or has expired")
+    expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
 
     # Bob is no operator: the monitor does not exist for him.
     sign_in(page, BOB)

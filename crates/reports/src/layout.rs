@@ -144,6 +144,35 @@ pub(crate) fn wrap(text: &str, size: f32, bold: bool, max: f32) -> Vec<String> {
     lines
 }
 
+/// Tables: text size, a one-line row's height, each further line's.
+const TABLE_SIZE: f32 = 9.5;
+const ROW_H: f32 = 17.0;
+const LINE_H: f32 = 12.0;
+
+/// A table's columns: left edge, content width, each column's share and alignment.
+struct Columns<'a> {
+    x0: f32,
+    cw: f32,
+    widths: &'a [f32],
+    right: &'a [bool],
+}
+
+impl Columns<'_> {
+    /// Each cell wrapped to its column.
+    fn lay(&self, cells: &[String], bold: bool) -> Vec<Vec<String>> {
+        cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| wrap(c, TABLE_SIZE, bold, self.widths[i] * self.cw - 12.0))
+            .collect()
+    }
+}
+
+/// A row as tall as its longest cell.
+fn row_height(cells: &[Vec<String>]) -> f32 {
+    ROW_H + LINE_H * (cells.iter().map(Vec::len).max().unwrap_or(1).max(1) - 1) as f32
+}
+
 pub(crate) struct Flow {
     pub(crate) w: f32,
     pub(crate) h: f32,
@@ -305,75 +334,25 @@ impl Flow {
         right: &[bool],
         bold_last: bool,
     ) {
-        let size = 9.5;
-        let (row_h, line_h) = (17.0, 12.0);
-        let cw = self.content_w();
-        let x0 = self.margin;
-        // Each cell wrapped to its column; a row is as tall as its longest cell.
-        let lay = |cells: &[String], bold: bool| -> Vec<Vec<String>> {
-            cells
-                .iter()
-                .enumerate()
-                .map(|(i, c)| wrap(c, size, bold, widths[i] * cw - 12.0))
-                .collect()
-        };
-        let height = |lines: &[Vec<String>]| {
-            row_h + line_h * (lines.iter().map(Vec::len).max().unwrap_or(1).max(1) - 1) as f32
+        let cols = Columns {
+            x0: self.margin,
+            cw: self.content_w(),
+            widths,
+            right,
         };
         let laid: Vec<Vec<Vec<String>>> = rows
             .iter()
             .enumerate()
-            .map(|(i, r)| lay(r, bold_last && i + 1 == rows.len()))
+            .map(|(i, r)| cols.lay(r, bold_last && i + 1 == rows.len()))
             .collect();
-        self.need(row_h + laid.iter().map(|l| height(l)).sum::<f32>() + 6.0);
-        let draw_row = |flow: &mut Flow, cells: &[Vec<String>], bold: bool, shade: bool| {
-            let y = flow.y;
-            let h = height(cells);
-            if shade {
-                flow.push(Op::Rect {
-                    x: x0,
-                    y,
-                    w: cw,
-                    h,
-                    color: SHADE,
-                });
-            }
-            let mut x = x0;
-            for (i, lines) in cells.iter().enumerate() {
-                let w = widths[i] * cw;
-                for (k, line) in lines.iter().enumerate() {
-                    let tx = if right[i] {
-                        x + w - 6.0 - width(line, size, bold)
-                    } else {
-                        x + 6.0
-                    };
-                    flow.push(Op::Text {
-                        x: tx,
-                        y: y + row_h - 5.0 + line_h * k as f32,
-                        size,
-                        bold,
-                        color: INK,
-                        text: line.clone(),
-                    });
-                }
-                x += w;
-            }
-            flow.y += h;
-            flow.push(Op::Rect {
-                x: x0,
-                y: flow.y - 0.5,
-                w: cw,
-                h: 0.5,
-                color: RULE,
-            });
-        };
+        self.need(ROW_H + laid.iter().map(|l| row_height(l)).sum::<f32>() + 6.0);
         if header.iter().any(|h| !h.is_empty()) {
             let head: Vec<String> = header.iter().map(|s| (*s).to_owned()).collect();
-            draw_row(self, &lay(&head, true), true, true);
+            self.table_row(&cols, &cols.lay(&head, true), true, true);
         } else {
-            let (y, w) = (self.y, cw);
+            let (y, w) = (self.y, cols.cw);
             self.push(Op::Rect {
-                x: x0,
+                x: cols.x0,
                 y,
                 w,
                 h: 0.8,
@@ -381,9 +360,51 @@ impl Flow {
             });
         }
         for (i, r) in laid.iter().enumerate() {
-            draw_row(self, r, bold_last && i + 1 == rows.len(), false);
+            self.table_row(&cols, r, bold_last && i + 1 == rows.len(), false);
         }
         self.space(6.0);
+    }
+
+    /// One row of a table: each cell's lines, the row as tall as its longest cell.
+    fn table_row(&mut self, cols: &Columns<'_>, cells: &[Vec<String>], bold: bool, shade: bool) {
+        let (y, h) = (self.y, row_height(cells));
+        if shade {
+            self.push(Op::Rect {
+                x: cols.x0,
+                y,
+                w: cols.cw,
+                h,
+                color: SHADE,
+            });
+        }
+        let mut x = cols.x0;
+        for (i, lines) in cells.iter().enumerate() {
+            let w = cols.widths[i] * cols.cw;
+            for (k, line) in lines.iter().enumerate() {
+                let tx = if cols.right[i] {
+                    x + w - 6.0 - width(line, TABLE_SIZE, bold)
+                } else {
+                    x + 6.0
+                };
+                self.push(Op::Text {
+                    x: tx,
+                    y: y + ROW_H - 5.0 + LINE_H * k as f32,
+                    size: TABLE_SIZE,
+                    bold,
+                    color: INK,
+                    text: line.clone(),
+                });
+            }
+            x += w;
+        }
+        self.y += h;
+        self.push(Op::Rect {
+            x: cols.x0,
+            y: self.y - 0.5,
+            w: cols.cw,
+            h: 0.5,
+            color: RULE,
+        });
     }
 
     /// Draws all pages, with a footer on each, into a PDF.

@@ -731,6 +731,15 @@ impl Inner {
                 json!({"ok": "task events disabled"})
             }
             "revoke" => self.revoke_command(node, args).await,
+            "terminate" => {
+                // `celery control terminate SIGNAL ID...`: Celery's worker treats it as a
+                // revoke with terminate (the signal is ours to choose: cancel, then the kill).
+                let mut args = args.clone();
+                if let Value::Object(m) = &mut args {
+                    m.insert("terminate".into(), Value::Bool(true));
+                }
+                self.revoke_command(node, &args).await
+            }
             "shutdown" => {
                 warn!(
                     "A control command asked for shutdown; stop Afterview workers with SIGTERM instead."

@@ -278,10 +278,43 @@ local function record(got, now, lease)
   local qjson, tags, tids = {}, {}, {}
   local unacked, index, nu = {}, {}, 0
   local score = tostring(now / 1000)
+  -- Every message's tag and id, then the leases of those tags in one call.
+  local read, probe, np = {}, {}, 0
+  for i = 1, #got do
+    local tag, tid = envelope_ids(got[i][1])
+    read[i] = {tag, tid or ''}
+    if tag then
+      np = np + 1
+      probe[np] = tag
+    end
+  end
+  local leased = many('HMGET', LEASE, probe)
+  -- A tag's holder: the task id of the message in flight under it (from its held lease, or
+  -- from a message earlier in this batch). A message of another task carrying the same tag
+  -- (a producer that reuses tags) must not take that lease and `unacked` entry over, which
+  -- would orphan the first: it is kept under a tag of its own, as a held message.
+  local holder_of, cur, p = {}, {}, 0
+  for i = 1, #got do
+    local tag, tid = read[i][1], read[i][2]
+    if tag then
+      p = p + 1
+      if holder_of[tag] == nil then
+        local _, h, t = parse_lease(leased[p])
+        holder_of[tag] = (h and t ~= '' and t) or false
+      end
+      local other = holder_of[tag]
+      if other and tid ~= '' and other ~= tid then
+        read[i][1] = nil
+      else
+        cur[i] = leased[p]
+        if tid ~= '' then holder_of[tag] = tid end
+      end
+    end
+  end
   for i = 1, #got do
     local g = got[i]
     local raw, q = g[1], g[2]
-    local tag, tid = envelope_ids(raw)
+    local tag, tid = read[i][1], read[i][2]
     if tag then
       local qj = qjson[q]
       if not qj then qj = cjson.encode(q); qjson[q] = qj end
@@ -294,7 +327,7 @@ local function record(got, now, lease)
       tag = 'afterview-malformed-' .. redis.call('INCR', 'afterview:malformed-seq')
       redis.call('HSET', 'afterview:held', tag, cjson.encode({q = q .. g[3], m = raw}))
     end
-    tags[i], tids[i] = tag, tid or ''
+    tags[i], tids[i] = tag, tid
   end
   many('HSET', 'unacked', unacked)
   if nu > 0 then
@@ -303,8 +336,8 @@ local function record(got, now, lease)
     redis.call('ZADD', 'unacked_index', 'NX', '+inf', ANCHOR)
   end
   many('ZADD', 'unacked_index', index)
-  -- Each claim takes the next epoch of its tag (twice in one batch: the later one wins).
-  local cur = many('HMGET', LEASE, tags)
+  -- Each claim takes the next epoch of its tag (twice in one batch: the later one wins; `cur`
+  -- holds the leases read above, none for a tag made here).
   local epochs, last = {}, {}
   local deadline = string.format('%d', now + lease)
   local leases, deadlines, running, revoked = {}, {}, {}, {}

@@ -299,3 +299,58 @@ async fn dead_letters_expire_a_week_after_the_newest() {
         "the 2020 entry is gone"
     );
 }
+
+/// A producer that reuses a delivery tag: the second message, of another task, gets a tag of
+/// its own while the first holds its lease; both are leased, both can be acked, nothing is
+/// orphaned in `unacked` or the task index.
+#[tokio::test]
+async fn a_reused_delivery_tag_does_not_take_over_the_first_messages_lease() {
+    use afterview_engine::Broker;
+    let server = shared();
+    let db = server.fresh_db();
+    let b = server.backend(db).await;
+    let mut c = server.connection(db);
+    let claim = || afterview_engine::backend::ClaimRequest {
+        queues: vec!["q".into()],
+        max: 10,
+        lease: Duration::from_secs(30),
+        worker: "w".into(),
+    };
+    let env = |id: &str| {
+        format!(
+            r#"{{"body": "W10=", "headers": {{"id": "{id}", "task": "afterview.noop"}}, "properties": {{"delivery_info": {{"exchange": "", "routing_key": "q"}}, "delivery_tag": "same-tag"}}}}"#
+        )
+    };
+    b.publish_raw("q", env("t-first").as_bytes()).await.unwrap();
+    let first = b.claim(&claim()).await.unwrap();
+    assert_eq!(first[0].lease.delivery_tag, "same-tag");
+    // Later, and twice in one batch.
+    b.publish_raw("q", env("t-second").as_bytes())
+        .await
+        .unwrap();
+    b.publish_raw("q", env("t-third").as_bytes()).await.unwrap();
+    let later = b.claim(&claim()).await.unwrap();
+    assert_eq!(later.len(), 2);
+    for d in &later {
+        assert_ne!(d.lease.delivery_tag, "same-tag", "{:?}", d.lease);
+        assert_ne!(later[0].lease.delivery_tag, later[1].lease.delivery_tag);
+    }
+    let unacked: String = redis::cmd("HGET")
+        .arg("unacked")
+        .arg("same-tag")
+        .query(&mut c)
+        .unwrap();
+    assert!(unacked.contains("t-first"), "the first keeps its entry");
+    assert!(
+        b.ack(&first[0].lease).await.unwrap(),
+        "the first still holds its lease"
+    );
+    for d in &later {
+        assert!(b.ack(&d.lease).await.unwrap(), "{:?}", d.lease);
+    }
+    let running: i64 = redis::cmd("HLEN")
+        .arg("afterview:running")
+        .query(&mut c)
+        .unwrap();
+    assert_eq!(running, 0, "no task left marked running");
+}

@@ -199,6 +199,19 @@ try:
     out['revoke'] = 'no exception'
 except TaskRevokedError as e:
     out['revoke'] = {'text': str(e), 'state': r.state, 'seconds': time.time() - t1}
+
+# `celery control terminate SIGTERM <id>` sends the `terminate` command (not `revoke`).
+r = app.send_task('afterview.sleep', kwargs={'seconds': 60})
+t0 = time.time()
+while r.state != 'PROCESSING' and time.time() - t0 < 20:
+    time.sleep(0.05)
+t1 = time.time()
+replies = app.control.broadcast('terminate', arguments={'signal': 'SIGTERM', 'task_id': r.id}, reply=True, timeout=1)
+try:
+    r.get(timeout=30)
+    out['terminate'] = 'no exception'
+except TaskRevokedError as e:
+    out['terminate'] = {'replies': replies, 'state': r.state, 'seconds': time.time() - t1}
 out['ping'] = app.control.inspect(timeout=1).ping()
 print(json.dumps(out))
 "#;
@@ -349,6 +362,13 @@ async fn python_clients_drive_our_worker_and_the_websocket_follows_through_redis
         out["revoke"]["seconds"].as_f64().unwrap() < 5.0,
         "terminated promptly"
     );
+    assert_eq!(out["terminate"]["state"], "REVOKED", "{}", out["terminate"]);
+    assert!(
+        !out["terminate"]["replies"].to_string().contains("KeyError"),
+        "{}",
+        out["terminate"]
+    );
+    assert!(out["terminate"]["seconds"].as_f64().unwrap() < 5.0);
     assert_eq!(out["ping"][&node], json!({"ok": "pong"}));
     drop(worker);
 }

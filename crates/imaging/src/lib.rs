@@ -195,7 +195,7 @@ fn render_plan(photo: &RgbImage, lm: &Landmarks, plan: &Plan) -> Simulated {
         let skin = SkinModel::learn(photo, lm);
         mask.map(|x, y, v| v * (1.0 - cut.at(x, y)) * skin.likelihood(photo.get_pixel(x, y).0));
         let radius = f.px(s.radius_mm).round().max(1.0) as u32;
-        let (out, r) = warp::smooth_detail(&image, &mask, radius, 220.0, s.amount);
+        let (out, r) = warp::smooth_detail(&image, &mask, radius, s.eps, s.amount);
         image = out;
         region = region.union(r);
     }

@@ -95,11 +95,44 @@ fn moved(before: &RgbImage, after: &RgbImage, lm: &Landmarks, f: &Frame, i: usiz
 /// Mean fine-texture energy (squared difference from a 1 mm box blur) over disks of radius
 /// 5 mm at the cheeks and the lower forehead.
 pub fn texture_energy(img: &RgbImage, lm: &Landmarks) -> f32 {
+    band_energy(img, lm, 5.0, None, 1.0)
+}
+
+/// The energy of fine lines on the same skin, 8 mm disks: the 1 mm box blur against the 3 mm
+/// one, so the finest texture (which `texture_energy` measures) is left out and what remains is
+/// the 1-3 mm detail a patient sees as fine wrinkles.
+pub fn wrinkle_energy(img: &RgbImage, lm: &Landmarks) -> f32 {
+    band_energy(img, lm, 8.0, Some(1.0), 3.0)
+}
+
+/// Mean squared difference of luminance averaged over ±`inner_mm` (the pixel itself when
+/// `None`) from luminance averaged over ±`outer_mm`, over disks of `disc_mm` on both cheeks
+/// and the forehead.
+fn band_energy(
+    img: &RgbImage,
+    lm: &Landmarks,
+    disc_mm: f32,
+    inner_mm: Option<f32>,
+    outer_mm: f32,
+) -> f32 {
     let f = lm.frame();
-    let r = f.px(5.0);
-    let b = f.px(1.0).round().max(1.0) as i64;
-    let mut acc = 0f64;
-    let mut n = 0u64;
+    let r = f.px(disc_mm);
+    let b = f.px(outer_mm).round().max(1.0) as i64;
+    let bi = inner_mm.map_or(0, |m| f.px(m).round().max(1.0) as i64);
+    let lum = |xx: i64, yy: i64| {
+        let p = img.get_pixel(xx as u32, yy as u32).0;
+        0.299 * p[0] as f64 + 0.587 * p[1] as f64 + 0.114 * p[2] as f64
+    };
+    let mean = |x: i64, y: i64, h: i64| {
+        let mut s = 0.0;
+        for dy in -h..=h {
+            for dx in -h..=h {
+                s += lum(x + dx, y + dy);
+            }
+        }
+        s / ((2 * h + 1) * (2 * h + 1)) as f64
+    };
+    let (mut acc, mut n) = (0f64, 0u64);
     for c in [
         lm.points[r::CHEEKS[0]],
         lm.points[r::CHEEKS[1]],
@@ -117,18 +150,7 @@ pub fn texture_energy(img: &RgbImage, lm: &Landmarks) -> f32 {
                 {
                     continue;
                 }
-                let lum = |xx: i64, yy: i64| {
-                    let p = img.get_pixel(xx as u32, yy as u32).0;
-                    0.299 * p[0] as f64 + 0.587 * p[1] as f64 + 0.114 * p[2] as f64
-                };
-                let mut s = 0.0;
-                for dy in -b..=b {
-                    for dx in -b..=b {
-                        s += lum(x + dx, y + dy);
-                    }
-                }
-                let mean = s / ((2 * b + 1) * (2 * b + 1)) as f64;
-                acc += (lum(x, y) - mean).powi(2);
+                acc += (mean(x, y, bi) - mean(x, y, b)).powi(2);
                 n += 1;
             }
         }

@@ -50,8 +50,11 @@ pub struct Smoothing {
     pub include: Vec<Vec<Pt>>,
     /// ...except here (eyes, brows, lips, nostrils).
     pub exclude: Vec<Vec<Pt>>,
-    /// Filter radius, millimetres.
+    /// Filter radius, millimetres: detail finer than about this is smoothed.
     pub radius_mm: f32,
+    /// The guided filter's regularization (8-bit intensity units squared): local contrast
+    /// whose variance is well under it counts as texture, well over it as an edge that stays.
+    pub eps: f32,
     /// Share of the fine detail removed, 0-1.
     pub amount: f32,
 }
@@ -91,6 +94,11 @@ pub mod amounts {
     pub const EAR_SETBACK_MM: f32 = 4.0;
     /// Share of fine skin texture removed.
     pub const TEXTURE_REMOVED: f32 = 0.42;
+    /// Skin resurfacing's filter radius, mm: fine lines (up to ~2 mm wide) are detail to it.
+    pub const RESURFACING_RADIUS_MM: f32 = 3.0;
+    /// Skin resurfacing's edge threshold: a fine line's contrast (variance of a few hundred)
+    /// is texture; the face's own edges (nose, jaw) stay.
+    pub const RESURFACING_EPS: f32 = 900.0;
 }
 
 /// Shifts of the mesh points (millimetres in the face frame); `None` = pinned.
@@ -516,6 +524,7 @@ fn facelift(d: &mut Draft<'_>, sc: &Scene<'_>) -> Result<(), ImagingError> {
             .collect(),
         exclude: vec![lm.group(&LIPS_OUTLINE)],
         radius_mm: 1.6,
+        eps: 220.0,
         amount: (0.45 * k).min(0.8),
     });
 
@@ -589,7 +598,8 @@ fn skin_resurfacing(d: &mut Draft<'_>, sc: &Scene<'_>) -> Result<(), ImagingErro
     d.smoothing = Some(Smoothing {
         include: vec![oval(lm, &f, -2.0)],
         exclude,
-        radius_mm: 1.4,
+        radius_mm: amounts::RESURFACING_RADIUS_MM,
+        eps: amounts::RESURFACING_EPS,
         amount: (amounts::TEXTURE_REMOVED * k).min(0.9),
     });
     d.radius_mm = 1.0;

@@ -464,6 +464,17 @@ fn each_procedure_hits_its_target_on_every_variant() {
                         &mut failures,
                         tag(&format!("fine texture {:.0} % less", cut * 100.0)),
                     );
+                    // Fine lines, 1-3 mm wide: 30-50 % fewer after laser resurfacing.
+                    let (b, a) = (
+                        measure::wrinkle_energy(&img, &lm),
+                        measure::wrinkle_energy(&out, &lm),
+                    );
+                    let lines = 1.0 - a / b;
+                    check(
+                        (0.28..=0.6).contains(&lines),
+                        &mut failures,
+                        tag(&format!("fine lines {:.0} % less", lines * 100.0)),
+                    );
                 }
                 other => panic!("no target for {other}"),
             }

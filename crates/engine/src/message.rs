@@ -267,7 +267,7 @@ impl TaskMessage {
         if who.task.is_some() {
             Self::from_v2(&headers, body, facts, who)
         } else {
-            Self::from_v1(body, facts)
+            Self::from_v1(body, facts, &who)
         }
     }
 
@@ -334,12 +334,18 @@ impl TaskMessage {
     }
 
     /// Protocol v1: everything is in the body.
-    fn from_v1(body: Value, facts: DeliveryFacts) -> Result<Self, DecodeError> {
+    /// `header`: what the headers named (an id without a task name is still reported against
+    /// that id, so its caller's `get()` ends with the failure instead of waiting).
+    fn from_v1(body: Value, facts: DeliveryFacts, header: &Who) -> Result<Self, DecodeError> {
         let b = body.as_object().ok_or_else(|| {
-            DecodeError::anonymous("no headers.task and the body is not a v1 object")
+            header.fail("no headers.task (a task name) and the body is not a v1 object".into())
         })?;
         let who = Who {
-            id: b.get("id").and_then(Value::as_str).map(str::to_owned),
+            id: b
+                .get("id")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+                .or_else(|| header.id.clone()),
             task: b.get("task").and_then(Value::as_str).map(str::to_owned),
         };
         let fail = |reason: String| who.fail(reason);

@@ -1075,6 +1075,52 @@ pub async fn worker_sets_malformed_messages_aside(f: &impl Factory) {
         0,
         "nothing stuck in the queue"
     );
+    // An id without a task name is still failed against that id (its caller's get() ends).
+    let no_task = r#"{"body": "W10=", "headers": {"id": "no-task"}, "properties": {"body_encoding": "base64", "delivery_tag": "t2", "delivery_info": {"exchange": "", "routing_key": "celery"}}}"#;
+    fx.broker
+        .publish_raw("celery", no_task.as_bytes())
+        .await
+        .unwrap();
+    let r = wait(&w.client, "no-task").await;
+    assert_eq!(r.error_info().unwrap().code, "malformed_message", "{r:?}");
+    // A malformed or unknown-task message reusing a finished task's id leaves its result.
+    let reused = bad_b64.replace("bad-b64", &id).replace("\"t1\"", "\"t3\"");
+    fx.broker
+        .publish_raw("celery", reused.as_bytes())
+        .await
+        .unwrap();
+    let unknown = crate::message::TaskMessage::new(
+        "no.such.task",
+        vec![],
+        serde_json::Map::new(),
+        "celery",
+        SendOptions {
+            task_id: Some(id.clone()),
+            ..SendOptions::default()
+        },
+    )
+    .unwrap();
+    fx.broker
+        .publish_raw("celery", unknown.to_envelope().as_bytes())
+        .await
+        .unwrap();
+    for _ in 0..100 {
+        let q = fx
+            .broker
+            .queue_stats(Some(&["celery".into()]))
+            .await
+            .unwrap();
+        if q[0].ready + q[0].leased == 0 {
+            break;
+        }
+        sleep_ms(50).await;
+    }
+    sleep_ms(300).await;
+    assert_eq!(
+        w.client.result(&id).await.unwrap().status,
+        TaskState::Success,
+        "the finished task's result stays"
+    );
     w.stop().await;
 }
 

@@ -86,7 +86,12 @@ pub(super) async fn admit(s: &Arc<Shared>, d: &Delivery, ctrl: &RunControl) -> O
     let base = MetaBase::new(&s.cfg.node, &msg);
     let Some(handler) = s.registry.get(&msg.task) else {
         warn!(task_id = %msg.id, task = %msg.task, "Unknown task.");
-        fail(s, &base, &d.lease, &TaskError::not_registered(&msg.task)).await;
+        if finished(s, &msg.id).await {
+            // Another message reusing a finished task's id: its result stays.
+            ack(s, &d.lease).await;
+        } else {
+            fail(s, &base, &d.lease, &TaskError::not_registered(&msg.task)).await;
+        }
         return None;
     };
     Some(Admitted { msg, handler, base })
@@ -117,7 +122,10 @@ async fn revoked_by_own_id(s: &Arc<Shared>, d: &Delivery, msg: &TaskMessage) -> 
 /// Records a malformed message's failure (when it names a task id) and dead-letters it.
 async fn set_aside(s: &Arc<Shared>, d: &Delivery, e: DecodeError) {
     warn!(queue = %d.queue, task_id = ?e.task_id, reason = %e.reason, "Malformed message set aside.");
-    if let Some(id) = &e.task_id {
+    // A finished task's result is not replaced by a malformed message reusing its id.
+    if let Some(id) = e.task_id.as_ref()
+        && !finished(s, id).await
+    {
         let mut meta = ResultMeta::error(
             id,
             TaskState::Failure,
@@ -176,6 +184,11 @@ async fn wait_for_eta(
 }
 
 /// Whether an earlier run of this delivery stored its final state and died before acking.
+/// Whether `task_id` has a terminal result stored.
+async fn finished(s: &Arc<Shared>, task_id: &str) -> bool {
+    matches!(s.backend.get(task_id).await, Ok(Some(prev)) if prev.status.is_terminal())
+}
+
 async fn already_finished(s: &Arc<Shared>, msg: &TaskMessage) -> bool {
     matches!(
         s.backend.get(&msg.id).await,

@@ -279,10 +279,10 @@ local function record(got, now, lease)
   local unacked, index, nu = {}, {}, 0
   local score = tostring(now / 1000)
   -- Every message's tag and id, then the leases of those tags in one call.
-  local read, probe, np = {}, {}, 0
+  local rtag, rtid, probe, np = {}, {}, {}, 0
   for i = 1, #got do
     local tag, tid = envelope_ids(got[i][1])
-    read[i] = {tag, tid or ''}
+    rtag[i], rtid[i] = tag or false, tid or ''
     if tag then
       np = np + 1
       probe[np] = tag
@@ -295,7 +295,7 @@ local function record(got, now, lease)
   -- would orphan the first: it is kept under a tag of its own, as a held message.
   local holder_of, cur, p = {}, {}, 0
   for i = 1, #got do
-    local tag, tid = read[i][1], read[i][2]
+    local tag, tid = rtag[i], rtid[i]
     if tag then
       p = p + 1
       if holder_of[tag] == nil then
@@ -304,7 +304,7 @@ local function record(got, now, lease)
       end
       local other = holder_of[tag]
       if other and tid ~= '' and other ~= tid then
-        read[i][1] = nil
+        rtag[i] = false
       else
         cur[i] = leased[p]
         if tid ~= '' then holder_of[tag] = tid end
@@ -314,7 +314,7 @@ local function record(got, now, lease)
   for i = 1, #got do
     local g = got[i]
     local raw, q = g[1], g[2]
-    local tag, tid = read[i][1], read[i][2]
+    local tag, tid = rtag[i], rtid[i]
     if tag then
       local qj = qjson[q]
       if not qj then qj = cjson.encode(q); qjson[q] = qj end

@@ -272,6 +272,7 @@ function resetPhoto() {
   $("after-result").hidden = true;
   $("report-link").hidden = true;
   $("infographic").hidden = true;
+  $("infographic-full").hidden = true;
   $("report-status").textContent = "";
   $("photo").value = "";
   updateGenerate();
@@ -464,6 +465,7 @@ async function showResult(result, single) {
   $("after-result").hidden = false;
   $("report-link").hidden = true;
   $("infographic").hidden = true;
+  $("infographic-full").hidden = true;
   $("report-status").textContent = "";
   if (single) {
     $("comparison").hidden = true;
@@ -487,9 +489,16 @@ async function showResult(result, single) {
       const img = document.createElement("img");
       img.alt = t.label;
       img.src = await fileUrl(t.url);
+      // A tile opens the picture full size (a phone's screen leaves each tile small).
+      const link = document.createElement("a");
+      link.href = img.src;
+      link.target = "_blank";
+      link.rel = "noopener";
+      link.title = `${t.label}: open full size`;
+      link.append(img);
       const cap = document.createElement("figcaption");
       cap.textContent = t.label;
-      fig.append(img, cap);
+      fig.append(link, cap);
       grid.append(fig);
     }
   }
@@ -554,6 +563,8 @@ async function showCosts() {
       const ex = await api("POST", "/api/exports/cost-infographic", { procedure_ids: ids, format: "png" });
       $("infographic").src = await fileUrl(ex.download_url);
       $("infographic").hidden = false;
+      $("infographic-full").href = $("infographic").src;
+      $("infographic-full").hidden = false;
     } finally {
       $("costs").disabled = false;
     }

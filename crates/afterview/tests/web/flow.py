@@ -152,6 +152,7 @@ def consultation(page, size):
     # Costs and the patient report.
     page.get_by_role("button", name="Show cost breakdown").click()
     expect(page.get_by_role("img", name="Cost breakdown of the chosen procedures")).to_be_visible()
+    expect(page.get_by_role("link", name="Open the cost breakdown full size")).to_have_attribute("href", re.compile("^blob:"))
     page.get_by_label("Patient name").fill("Jane Example")
     page.get_by_label("Clinic").fill("Example Clinic")
     page.get_by_label("Goals and notes").fill("A straighter nasal bridge.")
@@ -171,6 +172,7 @@ def consultation(page, size):
     expect(page.get_by_role("checkbox", name=re.compile("^Otoplasty"))).to_be_disabled()
     page.get_by_role("button", name="Generate comparison").click()
     expect(page.locator("#comparison-grid figure")).to_have_count(5)
+    expect(page.locator("#comparison-grid figure a[target=_blank]")).to_have_count(5)
     expect(page.get_by_role("img", name="Brow lift (simulation)")).to_be_visible()
     shot(page, "comparison", size, full=True)
 

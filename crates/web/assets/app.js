@@ -10,6 +10,7 @@ const state = {
   procedures: [],
   image: null, // {id, width, height}
   noFace: false, // the photo shown has no face the previews could work on
+  face: null, // where the face is in it: {imageId, width, height, face: {x, y, width, height}}
   objectUrls: [],
   task: null, // {id, socket}
   result: null, // the visualization or comparison shown
@@ -263,6 +264,7 @@ function resetPhoto() {
   forgetFiles();
   state.image = null;
   state.noFace = false;
+  state.face = null;
   state.result = null;
   $("report-form").reset();
   $("photo-view").hidden = true;
@@ -325,6 +327,7 @@ async function openPhoto(img) {
   $("face-caption").textContent = "Finding the face…";
   try {
     const face = await api("GET", `/api/images/${img.id}/face`);
+    state.face = { imageId: img.id, ...face };
     placeFace(face);
     $("face-caption").textContent = "Face found: previews change only the marked area.";
   } catch (e) {
@@ -459,8 +462,37 @@ async function cancelTask() {
   if (!sent && state.task && state.task.id === id) $("cancel").disabled = false;
 }
 
+/// The part of a picture the previews are about: the face box grown to take in hair, ears and
+/// chin, within the photo; `null` (the whole photo) when the face is unknown or fills it.
+function faceWindow(imageId) {
+  const f = state.face;
+  if (!f || f.imageId !== imageId) return null;
+  const b = f.face;
+  const w = Math.min(f.width, b.width * 2.2);
+  const h = Math.min(f.height, b.height * 2.0);
+  if (w >= f.width * 0.85 && h >= f.height * 0.85) return null;
+  const x = Math.max(0, Math.min(f.width - w, b.x + b.width / 2 - w / 2));
+  const y = Math.max(0, Math.min(f.height - h, b.y + b.height / 2 - h / 2));
+  return { x, y, w, h, W: f.width };
+}
+
+/// Shows `win` of each of `imgs` (same-sized pictures) in `box`, which takes the window's
+/// shape; the whole pictures when `win` is null.
+function crop(box, imgs, win) {
+  box.classList.toggle("cropped", Boolean(win));
+  box.style.aspectRatio = win ? `${win.w} / ${win.h}` : "";
+  for (const img of imgs) {
+    img.style.width = win ? `${(win.W / win.w) * 100}%` : "";
+    img.style.left = win ? `${(-win.x / win.w) * 100}%` : "";
+    img.style.top = win ? `${(-win.y / win.h) * 100}%` : "";
+  }
+}
+
 async function showResult(result, single) {
   state.result = result;
+  // Zoomed to the face (a small face in a large photo would be a few pixels on a phone);
+  // each picture opens whole.
+  const win = faceWindow(result.image_id);
   $("result").hidden = false;
   $("after-result").hidden = false;
   $("report-link").hidden = true;
@@ -475,6 +507,7 @@ async function showResult(result, single) {
     $("before-img").src = await fileUrl(result.before_image_url);
     $("after-img").src = await fileUrl(result.after_image_url);
     $("after-img").alt = `After ${name} (simulation)`;
+    crop($("compare"), [$("before-img"), $("after-img")], win);
     setSlider(50);
   } else {
     $("single").hidden = true;
@@ -496,6 +529,7 @@ async function showResult(result, single) {
       link.rel = "noopener";
       link.title = `${t.label}: open full size`;
       link.append(img);
+      crop(link, [img], win);
       const cap = document.createElement("figcaption");
       cap.textContent = t.label;
       fig.append(link, cap);

@@ -125,6 +125,10 @@ def consultation(page, size):
     expect(slider).to_be_visible()
     expect(page.locator("#after-img")).to_have_attribute("src", re.compile("^blob:"))
     expect(slider).to_have_attribute("aria-valuenow", "50")
+    # Zoomed to the face: the pictures are larger than the frame that shows them.
+    expect(page.locator("#compare")).to_have_class(re.compile("cropped"))
+    frame_w = page.locator("#compare").bounding_box()["width"]
+    assert page.locator("#after-img").bounding_box()["width"] > frame_w * 1.05, "zoomed in"
     slider.focus()
     page.keyboard.press("ArrowLeft")
     page.keyboard.press("ArrowLeft")

@@ -46,7 +46,7 @@ pub const MAX_UPLOAD_BODY: usize = 21 * 1024 * 1024;
 pub const MAX_JSON_BODY: usize = 256 * 1024;
 
 /// Serializes the requests of one `(user, Idempotency-Key)`.
-type KeyLock = Arc<tokio::sync::Mutex<()>>;
+pub(crate) type KeyLock = Arc<tokio::sync::Mutex<()>>;
 
 /// Everything handlers use.
 pub struct Inner {
@@ -69,6 +69,9 @@ pub struct Inner {
     pub result_expires: Duration,
     /// Serializes requests sharing an Idempotency-Key.
     idem_locks: Mutex<HashMap<(String, String), KeyLock>>,
+    /// Serializes one user's task submissions on this host (the metadata store's slot then
+    /// orders hosts), so waiting requests queue here instead of polling the store.
+    pub(crate) submit_locks: Mutex<HashMap<String, KeyLock>>,
     /// The last WebSocket frame made per followed task, shared by its followers.
     pub(crate) frames: routes::tasks::FrameMemo,
     /// Open WebSockets per user.
@@ -146,6 +149,7 @@ impl Inner {
             sync_timeout: afterview_engine::task::DEFAULT_TIME_LIMIT + Duration::from_secs(15),
             result_expires: Duration::from_secs(86_400),
             idem_locks: Mutex::default(),
+            submit_locks: Mutex::default(),
             frames: routes::tasks::FrameMemo::default(),
             decodes: tokio::sync::Semaphore::new(decode_slots()),
             sockets: Mutex::default(),

@@ -55,6 +55,45 @@ const SUBMIT_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10)
 /// When a lock of a host that died is given up.
 const SUBMIT_LOCK_TTL: std::time::Duration = std::time::Duration::from_secs(30);
 
+/// One user's turn to submit on this host: held from before the store's lock is asked for
+/// until the task is recorded, so a burst from one user waits here, not in a polling loop.
+struct LocalTurn {
+    st: AppState,
+    user: String,
+    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl LocalTurn {
+    async fn take(st: &AppState, user: &User) -> LocalTurn {
+        let lock = st
+            .submit_locks
+            .lock()
+            .expect("submit lock map")
+            .entry(user.0.clone())
+            .or_insert_with(|| std::sync::Arc::new(tokio::sync::Mutex::new(())))
+            .clone();
+        LocalTurn {
+            st: st.clone(),
+            user: user.0.clone(),
+            guard: Some(lock.lock_owned().await),
+        }
+    }
+}
+
+impl Drop for LocalTurn {
+    fn drop(&mut self) {
+        let mut locks = self.st.submit_locks.lock().expect("submit lock map");
+        drop(self.guard.take());
+        // Nobody else holds or waits for it: forget the user's lock.
+        if locks
+            .get(&self.user)
+            .is_some_and(|l| std::sync::Arc::strong_count(l) == 1)
+        {
+            locks.remove(&self.user);
+        }
+    }
+}
+
 /// One user's submissions, one at a time on every API host (a slot of capacity 1 in the
 /// metadata store): counting the active tasks and recording the new one are then one step, so
 /// parallel requests cannot all see room for one more. `None` when no task limit is set.
@@ -167,6 +206,11 @@ pub(crate) async fn submit(
     let Value::Object(kwargs) = kwargs else {
         unreachable!("task arguments are objects")
     };
+    let turn = if st.user_limits.active_tasks == 0 {
+        None
+    } else {
+        Some(LocalTurn::take(st, user).await)
+    };
     let lock = submit_lock(st, user).await?;
     check_active_tasks(st, user).await?;
     let sync = if wait {
@@ -191,6 +235,7 @@ pub(crate) async fn submit(
     if let Some(lock) = lock {
         lock.release().await;
     }
+    drop(turn);
     if !wait {
         st.client.broker().publish(&msg).await?;
         return Ok((

@@ -27,6 +27,7 @@ pub fn routes() -> Vec<(&'static str, &'static str)> {
         (tasks::DETECT_FACE, tasks::QUEUE_VISUALIZATIONS),
         (tasks::GENERATE_EXPORT, tasks::QUEUE_EXPORTS),
         (tasks::GENERATE_COST_INFOGRAPHIC, tasks::QUEUE_EXPORTS),
+        (tasks::DELETE_FILES, tasks::QUEUE_EXPORTS),
     ]);
     r
 }

@@ -21,7 +21,36 @@ use tower::ServiceExt;
 struct App {
     router: axum::Router,
     backend: Arc<MemoryBackend>,
+    meta: Arc<SqliteMetadata>,
+    blobs: Arc<FlakyBlobs>,
     _dir: tempfile::TempDir,
+}
+
+/// Memory blobs whose deletes fail while `down` is set (an S3 outage).
+struct FlakyBlobs {
+    inner: ObjectBlobStore,
+    down: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl afterview_store::BlobStore for FlakyBlobs {
+    async fn put(&self, key: &str, bytes: bytes::Bytes) -> Result<(), afterview_store::StoreError> {
+        self.inner.put(key, bytes).await
+    }
+    async fn get(&self, key: &str) -> Result<Option<bytes::Bytes>, afterview_store::StoreError> {
+        self.inner.get(key).await
+    }
+    async fn delete(&self, key: &str) -> Result<(), afterview_store::StoreError> {
+        if self.down.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(afterview_store::StoreError::Unavailable(
+                "the bucket is down".into(),
+            ));
+        }
+        self.inner.delete(key).await
+    }
+    async fn ping(&self) -> Result<(), afterview_store::StoreError> {
+        self.inner.ping().await
+    }
 }
 
 fn app() -> App {
@@ -39,10 +68,15 @@ fn app_with(adjust: impl FnOnce(&mut Inner)) -> App {
         .unwrap(),
         ..Auth::default()
     };
+    let meta = Arc::new(SqliteMetadata::open(&dir.path().join("m.db")).unwrap());
+    let blobs = Arc::new(FlakyBlobs {
+        inner: ObjectBlobStore::memory(),
+        down: Default::default(),
+    });
     let mut inner = Inner::new(
         Client::new(backend.clone(), backend.clone()),
-        Arc::new(SqliteMetadata::open(&dir.path().join("m.db")).unwrap()),
-        Arc::new(ObjectBlobStore::memory()),
+        meta.clone(),
+        blobs.clone(),
         Arc::new(Catalog::builtin()),
         auth,
         afterview_intake::Limits::default(),
@@ -52,6 +86,8 @@ fn app_with(adjust: impl FnOnce(&mut Inner)) -> App {
     App {
         router: router(Arc::new(inner)),
         backend,
+        meta,
+        blobs,
         _dir: dir,
     }
 }
@@ -76,6 +112,23 @@ async fn call(app: &App, method: &str, uri: &str, token: &str, body: Value) -> (
         status,
         serde_json::from_slice(&bytes).unwrap_or(Value::Null),
     )
+}
+
+/// The next message waiting in the default queue, claimed and decoded.
+async fn claim_one(app: &App) -> afterview_engine::message::TaskMessage {
+    use afterview_engine::backend::{Broker, ClaimRequest};
+    let claimed = app
+        .backend
+        .claim(&ClaimRequest {
+            queues: vec!["celery".into()],
+            max: 1,
+            worker: "t@h".into(),
+            lease: Duration::from_secs(5),
+        })
+        .await
+        .unwrap();
+    afterview_engine::message::TaskMessage::from_envelope(&claimed[0].raw, &claimed[0].queue)
+        .unwrap()
 }
 
 /// Messages waiting in the engine's queues (none may be sent for a refused request).
@@ -261,21 +314,8 @@ async fn a_good_infographic_request_is_sent_with_the_callers_id_and_seed_shaped_
     .await;
     assert_eq!(alice, StatusCode::OK, "{st}");
     // The message holds exactly the seed's keyword arguments plus the owner.
-    use afterview_engine::backend::{Broker, ClaimRequest};
-    let claimed = app
-        .backend
-        .claim(&ClaimRequest {
-            // This client has no task routes (the binary adds them), so the default queue.
-            queues: vec!["exports".into(), "celery".into()],
-            max: 1,
-            worker: "t@h".into(),
-            lease: Duration::from_secs(5),
-        })
-        .await
-        .unwrap();
-    let msg =
-        afterview_engine::message::TaskMessage::from_envelope(&claimed[0].raw, &claimed[0].queue)
-            .unwrap();
+    // This client has no task routes (the binary adds them), so the default queue.
+    let msg = claim_one(&app).await;
     assert_eq!(
         Value::Object(msg.kwargs),
         json!({"procedure_ids": ["rhinoplasty", "blepharoplasty"], "format": "png", "user_id": "alice"})
@@ -431,4 +471,64 @@ async fn requests_the_framework_refuses_still_answer_the_json_error_shape() {
         }
     }
     assert_eq!(queued(&app).await, 0);
+}
+
+/// An export of alice's, stored (record and file); its id and file key.
+async fn stored_export(app: &App) -> (String, String) {
+    use afterview_store::{BlobStore, MetadataStore};
+    let id = afterview_core::ids::new_id();
+    let key = afterview_store::export_key(&id, "svg");
+    app.blobs
+        .put(&key, b"<svg/>".to_vec().into())
+        .await
+        .unwrap();
+    app.meta
+        .insert_export(&afterview_store::ExportRecord {
+            id: id.clone(),
+            owner: "alice".into(),
+            kind: afterview_store::ExportKind::Infographic,
+            format: afterview_core::tasks::ExportFormat::Svg,
+            blob_key: key.clone(),
+            size: 6,
+            image_ids: vec![],
+            result: json!({}),
+            task_id: None,
+            created_at: chrono::Utc::now(),
+        })
+        .await
+        .unwrap();
+    (id, key)
+}
+
+async fn delete_export(app: &App, id: &str) -> StatusCode {
+    let uri = format!("/api/exports/{id}");
+    call(app, "DELETE", &uri, "alice-token-0123456789", Value::Null)
+        .await
+        .0
+}
+
+#[tokio::test]
+async fn files_the_store_cannot_delete_now_are_handed_to_a_task_not_forgotten() {
+    use afterview_store::BlobStore;
+    let app = app();
+    // The store answers: the file goes at once, no task.
+    let (id, key) = stored_export(&app).await;
+    let status = delete_export(&app, &id).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert!(app.blobs.get(&key).await.unwrap().is_none());
+    assert_eq!(queued(&app).await, 0);
+    // The store is down: the record goes, and a task that removes the file is queued.
+    let (id, key) = stored_export(&app).await;
+    app.blobs
+        .down
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let status = delete_export(&app, &id).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert_eq!(queued(&app).await, 1);
+    let msg = claim_one(&app).await;
+    assert_eq!(msg.task, afterview_core::tasks::DELETE_FILES);
+    assert_eq!(
+        Value::Object(msg.kwargs),
+        json!({"keys": [key], "user_id": "alice"})
+    );
 }

@@ -18,6 +18,11 @@ pub const GENERATE_COST_INFOGRAPHIC: &str = "app.tasks.export_tasks.generate_cos
 /// the previews will work on. Not in the seed; on the visualizations queue.
 pub const DETECT_FACE: &str = "afterview.detect_face";
 
+/// Removes stored files whose records were deleted (a photo, a preview, a report) when the
+/// blob store could not remove them at once: the broker keeps the request, a worker retries it
+/// for about a day. Not in the seed; on the exports queue.
+pub const DELETE_FILES: &str = "afterview.delete_files";
+
 /// Queue of the visualization tasks.
 pub const QUEUE_VISUALIZATIONS: &str = "visualizations";
 /// Queue of the export tasks.
@@ -171,6 +176,19 @@ pub struct DetectFace {
     /// The owner.
     pub user_id: UserId,
 }
+
+/// Arguments of [`DELETE_FILES`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeleteFiles {
+    /// Blob keys (under `images/`, `visualizations/` or `exports/`).
+    pub keys: Vec<String>,
+    /// Whose they were (for the log).
+    pub user_id: UserId,
+}
+
+/// Key prefixes of the files a [`DELETE_FILES`] task may remove.
+pub const FILE_PREFIXES: &[&str] = &["images/", "visualizations/", "exports/"];
 
 /// Checks a comparison's procedure list: 2-4 distinct ids (the API answers 400 with this
 /// message before sending the task; the task checks the same for Celery producers).

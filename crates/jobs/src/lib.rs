@@ -16,7 +16,7 @@ use std::sync::Arc;
 use afterview_core::ErrorCode;
 use afterview_core::catalog::Catalog;
 use afterview_core::tasks::EngineKind;
-use afterview_engine::{Registry, TaskError};
+use afterview_engine::{Registry, RetryPolicy, Task, TaskContext, TaskError, TaskOptions};
 use afterview_gemini::GeminiClient;
 use afterview_imaging::Limits;
 use afterview_store::{BlobStore, MetadataStore, StoreError};
@@ -96,7 +96,54 @@ pub fn register(registry: &mut Registry, deps: Arc<Deps>) {
         .register(GenerateComparisonTask(deps.clone()))
         .register(DetectFaceTask(deps.clone()))
         .register(GenerateExportTask(deps.clone()))
-        .register(GenerateCostInfographicTask(deps));
+        .register(GenerateCostInfographicTask(deps.clone()))
+        .register(DeleteFilesTask(deps));
+}
+
+/// `afterview.delete_files`: removes files whose records are gone, retried (with backoff, for
+/// about a day) while the blob store is unavailable. Only keys under the product's prefixes.
+#[derive(Debug, Clone)]
+pub struct DeleteFilesTask(pub Arc<Deps>);
+
+impl Task for DeleteFilesTask {
+    const NAME: &'static str = afterview_core::tasks::DELETE_FILES;
+    type Args = afterview_core::tasks::DeleteFiles;
+    type Output = serde_json::Value;
+
+    fn options(&self) -> TaskOptions {
+        TaskOptions {
+            queue: afterview_core::tasks::QUEUE_EXPORTS.into(),
+            retry: RetryPolicy {
+                max_retries: 40,
+                base: std::time::Duration::from_secs(5),
+                max_delay: std::time::Duration::from_secs(3600),
+                jitter: true,
+            },
+            ..TaskOptions::default()
+        }
+    }
+
+    async fn run(
+        &self,
+        _ctx: TaskContext,
+        a: afterview_core::tasks::DeleteFiles,
+    ) -> Result<serde_json::Value, TaskError> {
+        if let Some(k) = a.keys.iter().find(|k| {
+            !afterview_core::tasks::FILE_PREFIXES
+                .iter()
+                .any(|p| k.starts_with(p))
+                || k.contains("..")
+        }) {
+            return Err(TaskError::invalid_arguments(format!(
+                "{k:?} is not a file this task removes"
+            )));
+        }
+        for k in &a.keys {
+            self.0.blobs.delete(k).await.map_err(storage)?;
+        }
+        tracing::info!(owner = %a.user_id, files = a.keys.len(), "Deleted files removed from storage.");
+        Ok(serde_json::json!({"deleted": a.keys.len()}))
+    }
 }
 
 /// A task error with a catalogued code.

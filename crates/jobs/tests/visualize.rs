@@ -554,3 +554,43 @@ async fn export_failures_have_codes_and_leave_nothing_behind() {
     );
     assert!(h.meta.list_exports("bob", 10).await.unwrap().is_empty());
 }
+
+/// `afterview.delete_files` (what the API hands over when the blob store could not remove a
+/// deleted record's files at once) removes them, and refuses keys outside the product's files.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_delete_files_task_removes_files_and_nothing_else() {
+    let h = Harness::start(PreviewSettings::default()).await;
+    for k in ["images/a.png", "exports/b.pdf", "settings/keep.json"] {
+        h.blobs.put(k, vec![1u8, 2, 3].into()).await.unwrap();
+    }
+    let send = |keys: Value| {
+        let client = h.client.clone();
+        async move {
+            let kwargs = json!({"keys": keys, "user_id": "alice"});
+            let id = client
+                .send_task(
+                    afterview_core::tasks::DELETE_FILES,
+                    vec![],
+                    kwargs.as_object().unwrap().clone(),
+                    SendOptions::default(),
+                )
+                .await
+                .unwrap();
+            client.wait(&id, Duration::from_secs(20)).await.unwrap()
+        }
+    };
+    let done = send(json!(["images/a.png", "exports/b.pdf"])).await;
+    assert_eq!(done.status, TaskState::Success, "{done:?}");
+    assert!(h.blobs.get("images/a.png").await.unwrap().is_none());
+    assert!(h.blobs.get("exports/b.pdf").await.unwrap().is_none());
+    for bad in [
+        json!(["settings/keep.json"]),
+        json!(["images/../settings/keep.json"]),
+    ] {
+        let r = send(bad.clone()).await;
+        assert_eq!(r.status, TaskState::Failure, "{bad}");
+        assert_eq!(r.error_info().unwrap().code, "invalid_arguments");
+    }
+    assert!(h.blobs.get("settings/keep.json").await.unwrap().is_some());
+    h.shutdown.trigger();
+}

@@ -164,6 +164,9 @@ function signOut(message) {
   state.me = null;
   if (state.task && state.task.socket) state.task.socket.close();
   resetPhoto();
+  for (const i of document.querySelectorAll("#procedures input")) i.checked = false;
+  $("intensity").selectedIndex = 0;
+  updateGenerate();
   setView("signin");
   if (message) show(message, "info");
   $("token").focus();
@@ -254,6 +257,9 @@ function dropTask() {
   const t = state.task;
   state.task = null;
   if (t && t.socket) t.socket.close();
+  // Abandoned for another photo: cancel it too, so it does not hold a worker (not on
+  // sign-out, where the token is already gone).
+  if (t && state.token) api("POST", `/api/tasks/${t.id}/cancel`).catch(() => {});
   $("progress-box").hidden = true;
 }
 
@@ -267,6 +273,7 @@ function resetPhoto() {
   state.face = null;
   state.result = null;
   $("report-form").reset();
+  $("face-caption").textContent = "";
   $("photo-view").hidden = true;
   $("photo-actions").hidden = true;
   $("face-box").hidden = true;
@@ -325,6 +332,8 @@ async function openPhoto(img) {
   $("photo-actions").hidden = false;
   updateGenerate();
   $("face-caption").textContent = "Finding the face…";
+  // Generate stays available meanwhile (detection waits for a worker, as the preview would);
+  // a preview of a photo without a face then fails with the same advice.
   try {
     const face = await api("GET", `/api/images/${img.id}/face`);
     state.face = { imageId: img.id, ...face };
@@ -337,10 +346,12 @@ async function openPhoto(img) {
       updateGenerate();
     }
     $("face-caption").textContent = e.code === "no_face_detected"
-      ? "No face was found. Choose a clear, front-facing photo where the face fills at least a tenth of the width."
+      ? NO_FACE
       : e.message;
   }
 }
+
+const NO_FACE = "No face was found. Choose a clear, front-facing photo where the face fills at least a tenth of the width.";
 
 function placeFace(face) {
   const box = $("face-box");
@@ -413,7 +424,8 @@ function follow(taskId, single, reconnect = false) {
       await guard(() => showResult(d.result, single));
     } else {
       const e = d.error || {};
-      show(d.state === "REVOKED" ? "The preview was cancelled." : (e.message || "The preview failed."), d.state === "REVOKED" ? "info" : "error");
+      const text = e.code === "no_face_detected" ? NO_FACE : (e.message || "The preview failed.");
+      show(d.state === "REVOKED" ? "The preview was cancelled." : text, d.state === "REVOKED" ? "info" : "error");
     }
   };
   socket.onmessage = async (ev) => {
@@ -432,6 +444,7 @@ function follow(taskId, single, reconnect = false) {
     try {
       const st = await api("GET", `/api/tasks/${taskId}/status`);
       if (!current()) return;
+      clearToast(); // Afterview answers again: an error shown while it did not is stale.
       if (TERMINAL.includes(st.state)) await ended(st);
       else follow(taskId, single, true);
     } catch (e) {
@@ -516,7 +529,7 @@ async function showResult(result, single) {
     const grid = $("comparison-grid");
     grid.replaceChildren();
     const tiles = [{ url: result.before_image_url, label: "Before" }]
-      .concat(result.items.map((it) => ({ url: it.after_image_url, label: `${procName(it.procedure_id)} (simulation)` })));
+      .concat(result.items.map((it) => ({ url: it.after_image_url, label: `${procName(it.procedure_id)} (simulation)`, after: true })));
     for (const t of tiles) {
       const fig = document.createElement("figure");
       const img = document.createElement("img");
@@ -530,6 +543,13 @@ async function showResult(result, single) {
       link.title = `${t.label}: open full size`;
       link.append(img);
       crop(link, [img], win);
+      if (win && t.after) {
+        // The zoom leaves out the corner where the picture carries its SIMULATION mark.
+        const badge = document.createElement("span");
+        badge.className = "badge";
+        badge.textContent = "SIMULATION";
+        link.append(badge);
+      }
       const cap = document.createElement("figcaption");
       cap.textContent = t.label;
       fig.append(link, cap);
@@ -553,6 +573,9 @@ function setSlider(v) {
   h.setAttribute("aria-valuenow", String(value));
   h.setAttribute("aria-valuetext", `${100 - value}% after`);
   $("after-clip").style.clipPath = `inset(0 0 0 ${value}%)`;
+  // A tag names the picture under it: hidden when the other picture covers its corner.
+  document.querySelector(".compare .tag.left").hidden = value < 15;
+  document.querySelector(".compare .tag.right").hidden = value > 85;
 }
 
 function sliderEvents() {
@@ -569,12 +592,35 @@ function sliderEvents() {
   for (const end of ["pointerup", "pointercancel", "lostpointercapture"]) {
     box.addEventListener(end, () => { dragging = false; });
   }
+  // A finger moves the slider only once it goes sideways (a vertical swipe scrolls the page).
+  let touch = null;
   box.addEventListener("pointerdown", (e) => {
+    if (e.pointerType === "touch") {
+      touch = { x: e.clientX, y: e.clientY, id: e.pointerId };
+      return;
+    }
     dragging = true;
     box.setPointerCapture(e.pointerId);
     at(e.clientX);
   });
-  box.addEventListener("pointermove", (e) => { if (dragging) at(e.clientX); });
+  box.addEventListener("pointermove", (e) => {
+    if (touch && e.pointerId === touch.id && !dragging) {
+      const dx = Math.abs(e.clientX - touch.x);
+      const dy = Math.abs(e.clientY - touch.y);
+      if (dx > 8 && dx > dy) {
+        dragging = true;
+        box.setPointerCapture(e.pointerId);
+      } else if (dy > 8) {
+        touch = null;
+      }
+    }
+    if (dragging) at(e.clientX);
+  });
+  box.addEventListener("pointerup", (e) => {
+    // A tap (no move) puts the handle where the finger was.
+    if (touch && e.pointerId === touch.id && !dragging) at(e.clientX);
+    touch = null;
+  });
   h.addEventListener("keydown", (e) => {
     const now = Number(h.getAttribute("aria-valuenow"));
     const step = e.shiftKey ? 10 : 2;
@@ -690,6 +736,9 @@ function renderViz(v) {
       $("photo-view").hidden = false;
       $("photo-actions").hidden = false;
       updateGenerate();
+      // Where the face is, for the zoom (without it the whole photo is shown).
+      const face = await api("GET", `/api/images/${img.id}/face`).catch(() => null);
+      if (face) state.face = { imageId: img.id, ...face };
     }
     await showResult(v, !comparison);
   }, "Open");
@@ -829,6 +878,12 @@ function wire() {
     e.preventDefault();
     drop.classList.remove("over");
     upload(e.dataTransfer.files[0]);
+  });
+  // A photo dropped beside the drop zone must not make the browser leave the app to show it.
+  for (const ev of ["dragover", "drop"]) window.addEventListener(ev, (e) => e.preventDefault());
+  // A sign-in link opened in a tab already showing the app changes only the fragment.
+  window.addEventListener("hashchange", () => {
+    if (/^#token=/.test(location.hash)) location.reload();
   });
   $("photo-delete").addEventListener("click", deletePhoto);
   $("generate").addEventListener("click", generate);

@@ -135,6 +135,9 @@ def consultation(page, size):
     expect(slider).to_have_attribute("aria-valuenow", "46")
     page.keyboard.press("End")
     expect(slider).to_have_attribute("aria-valuenow", "100")
+    # Only the photo shows now: the "After" tag is not over it.
+    expect(page.locator(".compare .tag.right")).to_be_hidden()
+    expect(page.locator(".compare .tag.left")).to_be_visible()
     box = page.locator("#compare").bounding_box()
     page.mouse.click(box["x"] + box["width"] * 0.25, box["y"] + box["height"] / 2)
     now = int(slider.get_attribute("aria-valuenow"))
@@ -177,6 +180,8 @@ def consultation(page, size):
     page.get_by_role("button", name="Generate comparison").click()
     expect(page.locator("#comparison-grid figure")).to_have_count(5)
     expect(page.locator("#comparison-grid figure a[target=_blank]")).to_have_count(5)
+    # Zoomed tiles leave out the pictures' own SIMULATION corner: each after tile has a badge.
+    expect(page.locator("#comparison-grid .badge")).to_have_count(4)
     expect(page.get_by_role("img", name="Brow lift (simulation)")).to_be_visible()
     shot(page, "comparison", size, full=True)
 

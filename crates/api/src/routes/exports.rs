@@ -150,6 +150,6 @@ pub(crate) async fn delete_export(
         .delete_export(&user.0, &id)
         .await?
         .ok_or_else(|| ApiError::not_found("export"))?;
-    delete_blobs(&st, vec![key]);
+    delete_blobs(&st, &user, vec![key]).await;
     Ok(StatusCode::NO_CONTENT.into_response())
 }

@@ -248,6 +248,6 @@ pub(crate) async fn delete_image(
             format!("image {id} not found"),
         )
     })?;
-    delete_blobs(&st, d.blob_keys);
+    delete_blobs(&st, &user, d.blob_keys).await;
     Ok(StatusCode::NO_CONTENT.into_response())
 }

@@ -257,9 +257,50 @@ async fn stored_file(
     Ok(respond(bytes))
 }
 
-/// Deletes blobs in the background, retrying failures (5 attempts over about a minute): the
-/// records are gone already, so the files are unreachable, but face data must not linger.
-fn delete_blobs(st: &AppState, keys: Vec<String>) {
+/// How long a delete waits for the blob store to remove the files before handing the rest to
+/// a task.
+const DELETE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Removes the files of deleted records. Tried at once; what the blob store does not confirm
+/// within [`DELETE_WAIT`] (S3 down, say) goes to an `afterview.delete_files` task, which the
+/// broker keeps and a worker retries for about a day: face photos must not linger in the
+/// bucket, whatever happens to this process. Only when the task cannot be sent either is the
+/// deletion retried here, in memory.
+pub(super) async fn delete_blobs(st: &AppState, user: &User, keys: Vec<String>) {
+    let attempt = async {
+        let mut left = vec![];
+        for key in &keys {
+            if let Err(e) = st.blobs.delete(key).await {
+                tracing::warn!(key = %key, error = %e, "Deleting a file failed; a task will retry it.");
+                left.push(key.clone());
+            }
+        }
+        left
+    };
+    let left = tokio::time::timeout(DELETE_WAIT, attempt)
+        .await
+        .unwrap_or_else(|_| keys.clone());
+    if left.is_empty() {
+        return;
+    }
+    let kwargs = json!({"keys": left, "user_id": user.0});
+    let sent = st
+        .client
+        .send_task(
+            afterview_core::tasks::DELETE_FILES,
+            vec![],
+            kwargs.as_object().cloned().unwrap_or_default(),
+            afterview_engine::SendOptions::default(),
+        )
+        .await;
+    if let Err(e) = sent {
+        tracing::error!(error = %e, files = left.len(), "Could not queue the removal of deleted files; retrying in memory.");
+        retry_in_memory(st, left);
+    }
+}
+
+/// The last resort of [`delete_blobs`]: 5 attempts over about a minute, in this process.
+fn retry_in_memory(st: &AppState, keys: Vec<String>) {
     let blobs = st.blobs.clone();
     tokio::spawn(async move {
         for key in keys {

@@ -165,6 +165,6 @@ pub(crate) async fn delete_visualization(
                 format!("visualization {id} not found"),
             )
         })?;
-    delete_blobs(&st, vec![key]);
+    delete_blobs(&st, &user, vec![key]).await;
     Ok(StatusCode::NO_CONTENT.into_response())
 }

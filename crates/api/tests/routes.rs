@@ -475,8 +475,12 @@ async fn requests_the_framework_refuses_still_answer_the_json_error_shape() {
 
 /// An export of alice's, stored (record and file); its id and file key.
 async fn stored_export(app: &App) -> (String, String) {
+    stored_export_as(app, afterview_core::ids::new_id()).await
+}
+
+/// As [`stored_export`], under the given id (a task's output is stored under its task's id).
+async fn stored_export_as(app: &App, id: String) -> (String, String) {
     use afterview_store::{BlobStore, MetadataStore};
-    let id = afterview_core::ids::new_id();
     let key = afterview_store::export_key(&id, "svg");
     app.blobs
         .put(&key, b"<svg/>".to_vec().into())
@@ -491,8 +495,8 @@ async fn stored_export(app: &App) -> (String, String) {
             blob_key: key.clone(),
             size: 6,
             image_ids: vec![],
-            result: json!({}),
-            task_id: None,
+            result: json!({"id": id, "format": "svg"}),
+            task_id: Some(id.clone()),
             created_at: chrono::Utc::now(),
         })
         .await
@@ -531,4 +535,38 @@ async fn files_the_store_cannot_delete_now_are_handed_to_a_task_not_forgotten() 
         Value::Object(msg.kwargs),
         json!({"keys": [key], "user_id": "alice"})
     );
+}
+
+#[tokio::test]
+async fn a_task_whose_result_is_gone_but_whose_output_is_stored_reads_as_finished() {
+    // The result backend lost the task's result (a Redis without AOF restarted): its output,
+    // stored under its id, still says it finished, for the status and for the task limit.
+    let app = app_with(|i| i.user_limits.active_tasks = 1);
+    let (status, sent) = call(
+        &app,
+        "POST",
+        "/api/exports/cost-infographic?async_processing=true",
+        "alice-token-0123456789",
+        json!({"procedure_ids": ["rhinoplasty"]}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let id = sent["task_id"].as_str().unwrap().to_owned();
+    assert_eq!(burst(&app, 1).await, [StatusCode::TOO_MANY_REQUESTS]);
+    stored_export_as(&app, id.clone()).await;
+    let (status, st) = call(
+        &app,
+        "GET",
+        &format!("/api/tasks/{id}/status"),
+        "alice-token-0123456789",
+        Value::Null,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        (st["state"].as_str(), st["result"]["format"].as_str()),
+        (Some("SUCCESS"), Some("svg")),
+        "{st}"
+    );
+    assert_eq!(burst(&app, 1).await, [StatusCode::ACCEPTED]);
 }

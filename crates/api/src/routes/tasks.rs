@@ -76,6 +76,29 @@ pub(crate) fn status_view(m: &ResultMeta) -> Value {
     v
 }
 
+/// A task's state as the result backend has it; when it has none (PENDING) but the task's
+/// output is recorded in the metadata store (a preview, comparison or report is stored under
+/// its task's id), SUCCESS with that record's result. Results live in the result backend and
+/// expire; a backend that lost its data (a Redis without AOF restarted) must not turn finished
+/// work back into waiting work, for the page, the lists or the per-user task limit.
+pub(crate) async fn task_meta(
+    st: &AppState,
+    owner: &str,
+    id: &str,
+) -> Result<ResultMeta, ApiError> {
+    let m = st.client.result(id).await?;
+    if m.status != TaskState::Pending {
+        return Ok(m);
+    }
+    if let Some(v) = st.meta.get_visualization(owner, id).await? {
+        return Ok(ResultMeta::new(id, TaskState::Success, v.result));
+    }
+    if let Some(e) = st.meta.get_export(owner, id).await? {
+        return Ok(ResultMeta::new(id, TaskState::Success, e.result));
+    }
+    Ok(m)
+}
+
 /// `GET /api/tasks/{id}/status`.
 pub(crate) async fn task_status(
     State(st): State<AppState>,
@@ -83,7 +106,7 @@ pub(crate) async fn task_status(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     owned_task(&st, &user, &id).await?;
-    Ok(Json(status_view(&st.client.result(&id).await?)))
+    Ok(Json(status_view(&task_meta(&st, &user.0, &id).await?)))
 }
 
 /// `GET /api/tasks/{id}/result`: 200 on SUCCESS, 202 while not finished, the error otherwise.
@@ -93,7 +116,7 @@ pub(crate) async fn task_result(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     owned_task(&st, &user, &id).await?;
-    let m = st.client.result(&id).await?;
+    let m = task_meta(&st, &user.0, &id).await?;
     match m.status {
         TaskState::Success => Ok(Json(json!({"task_id": id, "result": m.result})).into_response()),
         TaskState::Failure | TaskState::Revoked => {
@@ -116,7 +139,7 @@ pub(crate) async fn cancel_task(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     owned_task(&st, &user, &id).await?;
-    let before = st.client.result(&id).await?;
+    let before = task_meta(&st, &user.0, &id).await?;
     if before.status.is_terminal() {
         return Ok(Json(
             json!({"task_id": id, "status": "already_finished", "state": before.status.as_str()}),
@@ -144,7 +167,7 @@ pub(crate) async fn list_tasks(
     let more = rows.len() > (offset + limit) as usize;
     let mut items = vec![];
     for t in rows.into_iter().skip(offset as usize).take(limit as usize) {
-        let m = st.client.result(&t.id).await?;
+        let m = task_meta(&st, &user.0, &t.id).await?;
         let mut v = status_view(&m);
         v["name"] = json!(t.name);
         v["created_at"] = json!(

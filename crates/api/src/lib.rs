@@ -16,6 +16,7 @@ pub mod error;
 mod idempotency;
 pub mod metrics;
 pub mod openapi;
+mod outcome;
 mod routes;
 mod submit;
 

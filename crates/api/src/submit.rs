@@ -28,7 +28,7 @@ async fn check_active_tasks(st: &AppState, user: &User) -> Result<(), ApiError> 
         - chrono::Duration::from_std(st.result_expires).unwrap_or(chrono::Duration::days(1));
     let mut active = 0;
     for t in &recent {
-        let m = crate::routes::tasks::task_meta(st, &user.0, &t.id).await?;
+        let m = crate::outcome::task_meta(st, &user.0, &t.id).await?;
         let counts = match m.status {
             TaskState::Pending => t.created_at > horizon,
             ref s => !s.is_terminal(),

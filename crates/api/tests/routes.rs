@@ -304,14 +304,7 @@ async fn a_good_infographic_request_is_sent_with_the_callers_id_and_seed_shaped_
     )
     .await;
     assert_eq!(bob, StatusCode::NOT_FOUND);
-    let (alice, st) = call(
-        &app,
-        "GET",
-        &format!("/api/tasks/{id}/status"),
-        "alice-token-0123456789",
-        Value::Null,
-    )
-    .await;
+    let (alice, st) = alice_status(&app, &id).await;
     assert_eq!(alice, StatusCode::OK, "{st}");
     // The message holds exactly the seed's keyword arguments plus the owner.
     // This client has no task routes (the binary adds them), so the default queue.
@@ -320,6 +313,12 @@ async fn a_good_infographic_request_is_sent_with_the_callers_id_and_seed_shaped_
         Value::Object(msg.kwargs),
         json!({"procedure_ids": ["rhinoplasty", "blepharoplasty"], "format": "png", "user_id": "alice"})
     );
+}
+
+/// `GET /api/tasks/{id}/status` as alice.
+async fn alice_status(app: &App, id: &str) -> (StatusCode, Value) {
+    let uri = format!("/api/tasks/{id}/status");
+    call(app, "GET", &uri, "alice-token-0123456789", Value::Null).await
 }
 
 /// Sends `n` asynchronous infographic requests at once as alice; their statuses.
@@ -554,14 +553,7 @@ async fn a_task_whose_result_is_gone_but_whose_output_is_stored_reads_as_finishe
     let id = sent["task_id"].as_str().unwrap().to_owned();
     assert_eq!(burst(&app, 1).await, [StatusCode::TOO_MANY_REQUESTS]);
     stored_export_as(&app, id.clone()).await;
-    let (status, st) = call(
-        &app,
-        "GET",
-        &format!("/api/tasks/{id}/status"),
-        "alice-token-0123456789",
-        Value::Null,
-    )
-    .await;
+    let (status, st) = alice_status(&app, &id).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(
         (st["state"].as_str(), st["result"]["format"].as_str()),

@@ -17,6 +17,7 @@ use serde_json::{Value, json};
 
 use super::ListQuery;
 use crate::error::ApiError;
+use crate::outcome::task_meta;
 use crate::{AppState, Session, User};
 
 pub(super) fn routes() -> Router<AppState> {
@@ -74,29 +75,6 @@ pub(crate) fn status_view(m: &ResultMeta) -> Value {
         v["updated_at_ms"] = json!(at);
     }
     v
-}
-
-/// A task's state as the result backend has it; when it has none (PENDING) but the task's
-/// output is recorded in the metadata store (a preview, comparison or report is stored under
-/// its task's id), SUCCESS with that record's result. Results live in the result backend and
-/// expire; a backend that lost its data (a Redis without AOF restarted) must not turn finished
-/// work back into waiting work, for the page, the lists or the per-user task limit.
-pub(crate) async fn task_meta(
-    st: &AppState,
-    owner: &str,
-    id: &str,
-) -> Result<ResultMeta, ApiError> {
-    let m = st.client.result(id).await?;
-    if m.status != TaskState::Pending {
-        return Ok(m);
-    }
-    if let Some(v) = st.meta.get_visualization(owner, id).await? {
-        return Ok(ResultMeta::new(id, TaskState::Success, v.result));
-    }
-    if let Some(e) = st.meta.get_export(owner, id).await? {
-        return Ok(ResultMeta::new(id, TaskState::Success, e.result));
-    }
-    Ok(m)
 }
 
 /// `GET /api/tasks/{id}/status`.

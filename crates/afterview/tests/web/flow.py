@@ -213,6 +213,9 @@ def history(page, size):
     expect(page.get_by_role("heading", name="History")).to_be_visible()
     photos = page.locator("#h-images li")
     expect(photos).to_have_count(10)
+    # Each photo and preview shows a small picture of itself.
+    expect(photos.first.locator("img.thumb")).to_have_attribute("src", re.compile("^blob:"))
+    expect(page.locator("#h-visualizations li img.thumb").first).to_have_attribute("src", re.compile("^blob:"))
     page.get_by_role("button", name="More photos").click()
     expect(photos).to_have_count(14)
     expect(page.get_by_role("button", name="More photos")).to_be_hidden()

@@ -46,6 +46,7 @@ use afterview_engine::policy;
 use afterview_engine::result::ResultMeta;
 use afterview_engine::time::{from_ms, now_ms};
 use async_trait::async_trait;
+use rusqlite::config::DbConfig;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use tokio::sync::Notify;
 use tracing::{debug, warn};
@@ -58,6 +59,10 @@ const SCHEDULED: i64 = 1;
 /// Whether a task has an unexpired final state (`policy::TERMINAL_STATES`, a test checks).
 const HAS_TERMINAL_RESULT: &str = "SELECT EXISTS(SELECT 1 FROM results WHERE task_id = ?1
     AND expires_at > ?2 AND status IN ('SUCCESS', 'FAILURE', 'REVOKED'))";
+
+/// The ready messages of one queue a claim may take, in delivery order.
+const CLAIM_CANDIDATES: &str = "SELECT priority, seq FROM messages WHERE state = 0 AND queue = ?1
+     ORDER BY priority, seq LIMIT ?2";
 
 /// How the file is opened.
 #[derive(Debug, Clone)]
@@ -161,6 +166,11 @@ fn open_conn(path: &Path, opts: &SqliteOptions, read_only: bool) -> rusqlite::Re
         },
     )?;
     conn.pragma_update(None, "temp_store", "MEMORY")?;
+    // Plans that never depend on bound values. Without it, SQLite (3.46 and later) reads a
+    // bound `LIMIT ?` while planning and marks the statement to be compiled again whenever
+    // that parameter is bound: the claim's candidate query was parsed and planned anew on
+    // every claim, 7 % of the writer thread's time in a drain (`perf`, BENCHMARKS.md).
+    conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)?;
     // SQLite's default 2 MiB page cache, not more: a B-tree split that reorders its new pages
     // parks one under the locking page's number (page 262,145 at 4 KiB), and the next commit
     // then walks the cache's whole hash table to drop pages beyond the end of the file. With a
@@ -485,10 +495,7 @@ impl Broker for SqliteBackend {
                 .execute([now])?;
             let mut candidates: Vec<(i64, i64)> = Vec::new();
             {
-                let mut st = c.prepare_cached(
-                    "SELECT priority, seq FROM messages WHERE state = 0 AND queue = ?1
-                     ORDER BY priority, seq LIMIT ?2",
-                )?;
+                let mut st = c.prepare_cached(CLAIM_CANDIDATES)?;
                 for q in &req.queues {
                     let rows =
                         st.query_map(params![q, req.max as i64], |r| Ok((r.get(0)?, r.get(1)?)))?;
@@ -1039,6 +1046,31 @@ mod tests {
                 in_file()
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// A cached statement runs as compiled: binding another `LIMIT` does not make SQLite parse
+    /// and plan the claim's query again (it did on every claim before the planner was told to
+    /// ignore bound values).
+    #[test]
+    fn a_claim_query_is_compiled_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn =
+            super::open_conn(&dir.path().join("q.db"), &SqliteOptions::default(), false).unwrap();
+        crate::schema::migrate(&conn).unwrap();
+        for limit in [1i64, 8, 128, 3] {
+            let mut st = conn.prepare_cached(super::CLAIM_CANDIDATES).unwrap();
+            let rows: Vec<i64> = st
+                .query_map(rusqlite::params!["celery", limit], |r| r.get(1))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+            assert!(rows.is_empty());
+            assert_eq!(
+                st.get_status(rusqlite::StatementStatus::RePrepare),
+                0,
+                "the claim query was compiled again after binding LIMIT {limit}"
+            );
         }
     }
 

@@ -246,10 +246,11 @@ impl SqliteBackend {
         &self.inner.path
     }
 
-    async fn write<T, F>(&self, f: F) -> Result<T, BackendError>
+    /// Runs `f` in the writer's next batch (it may run twice: see `writer`).
+    async fn write<T, F>(&self, mut f: F) -> Result<T, BackendError>
     where
         T: Send + 'static,
-        F: FnOnce(&Connection) -> rusqlite::Result<(T, Option<AfterCommit>)> + Send + 'static,
+        F: FnMut(&Connection) -> rusqlite::Result<(T, Option<AfterCommit>)> + Send + 'static,
     {
         self.inner
             .writer
@@ -257,8 +258,18 @@ impl SqliteBackend {
             .await
     }
 
-    fn after_wake(&self) -> Option<AfterCommit> {
-        let inner = self.inner.clone();
+    /// What wakes this process's waiting workers after a commit; `.wake()` inside a job.
+    fn after_wake(&self) -> Waker {
+        Waker(self.inner.clone())
+    }
+}
+
+/// Builds a fresh after-commit wake-up each time a job runs (a job may run twice).
+struct Waker(Arc<Inner>);
+
+impl Waker {
+    fn wake(&self) -> Option<AfterCommit> {
+        let inner = self.0.clone();
         Some(Box::new(move || inner.wake()))
     }
 }
@@ -459,7 +470,7 @@ impl Broker for SqliteBackend {
             for row in &rows {
                 row.insert(c, now)?;
             }
-            Ok(((), wake))
+            Ok(((), wake.wake()))
         })
         .await
     }
@@ -479,7 +490,7 @@ impl Broker for SqliteBackend {
         let wake = self.after_wake();
         self.write(move |c| {
             row.insert(c, now)?;
-            Ok(((), wake))
+            Ok(((), wake.wake()))
         })
         .await
     }
@@ -588,9 +599,9 @@ impl Broker for SqliteBackend {
                 "UPDATE messages SET lease_until = ?1 WHERE tag = ?2 AND epoch = ?3 AND state = 2",
             )?;
             let mut lost = vec![];
-            for l in leases {
+            for l in &leases {
                 if st.execute(params![until, l.delivery_tag, l.epoch as i64])? == 0 {
-                    lost.push(l);
+                    lost.push(l.clone());
                 }
             }
             Ok((lost, None))
@@ -613,7 +624,7 @@ impl Broker for SqliteBackend {
                      WHERE tag = ?1 AND epoch = ?2 AND state = 2",
                 )?
                 .execute(params![l.delivery_tag, l.epoch as i64])?;
-            Ok((n == 1, wake))
+            Ok((n == 1, wake.wake()))
         })
         .await
     }
@@ -627,7 +638,7 @@ impl Broker for SqliteBackend {
                 return Ok((false, None));
             }
             row.insert(c, now_ms())?;
-            Ok((true, wake))
+            Ok((true, wake.wake()))
         })
         .await
     }
@@ -650,8 +661,8 @@ impl Broker for SqliteBackend {
         } = DeadLetter::new(queue, task_id, reason, raw);
         let raw = payload.into_bytes();
         self.write(move |c| {
-            if let Some(l) = l {
-                delete_held(c, &l)?;
+            if let Some(l) = &l {
+                delete_held(c, l)?;
             }
             c.prepare_cached("INSERT INTO dead_letters (queue, task_id, reason, payload, at) VALUES (?1, ?2, ?3, ?4, ?5)")?
                 .execute(params![queue, task_id, reason, raw, now_ms()])?;
@@ -687,7 +698,7 @@ impl Broker for SqliteBackend {
                      WHERE state = 2 AND lease_until < ?1",
                 )?
                 .execute([now])?;
-            Ok((n as u64, if n > 0 { wake } else { None }))
+            Ok((n as u64, if n > 0 { wake.wake() } else { None }))
         })
         .await
     }
@@ -712,7 +723,7 @@ impl Broker for SqliteBackend {
             let running: bool = c
                 .prepare_cached("SELECT EXISTS(SELECT 1 FROM messages WHERE state = 2 AND task_id = ?1)")?
                 .query_row([&id], |r| r.get(0))?;
-            Ok((RevokeOutcome { removed, running }, wake))
+            Ok((RevokeOutcome { removed, running }, wake.wake()))
         })
         .await
     }
@@ -807,7 +818,7 @@ impl Broker for SqliteBackend {
         let node = node.to_owned();
         self.write(move |c| {
             c.prepare_cached("DELETE FROM workers WHERE node = ?1")?
-                .execute([node])?;
+                .execute([&node])?;
             Ok(((), None))
         })
         .await
@@ -887,6 +898,7 @@ impl ResultBackend for SqliteBackend {
                 &origin,
                 now + expires.as_millis() as i64,
             )?;
+            let (inner, published) = (inner.clone(), published.clone());
             let after: AfterCommit = Box::new(move || inner.hub.publish(published));
             Ok((StoreOutcome::Stored, Some(after)))
         })
@@ -919,6 +931,7 @@ impl ResultBackend for SqliteBackend {
                 &origin,
                 now + expires.as_millis() as i64,
             )?;
+            let (inner, published) = (inner.clone(), published.clone());
             let after: AfterCommit = Box::new(move || inner.hub.publish(published));
             Ok((StoreOutcome::Stored, Some(after)))
         })
@@ -942,7 +955,7 @@ impl ResultBackend for SqliteBackend {
         let id = task_id.to_owned();
         self.write(move |c| {
             c.prepare_cached("DELETE FROM results WHERE task_id = ?1")?
-                .execute([id])?;
+                .execute([&id])?;
             Ok(((), None))
         })
         .await

@@ -258,17 +258,17 @@ impl SqliteBackend {
             .await
     }
 
-    /// What wakes this process's waiting workers after a commit; `.wake()` inside a job.
-    fn after_wake(&self) -> Waker {
-        Waker(self.inner.clone())
+    /// What wakes this process's waiting workers after a commit; `.effect()` inside a job.
+    fn after_wake(&self) -> WakeOnCommit {
+        WakeOnCommit(self.inner.clone())
     }
 }
 
 /// Builds a fresh after-commit wake-up each time a job runs (a job may run twice).
-struct Waker(Arc<Inner>);
+struct WakeOnCommit(Arc<Inner>);
 
-impl Waker {
-    fn wake(&self) -> Option<AfterCommit> {
+impl WakeOnCommit {
+    fn effect(&self) -> Option<AfterCommit> {
         let inner = self.0.clone();
         Some(Box::new(move || inner.wake()))
     }
@@ -470,7 +470,7 @@ impl Broker for SqliteBackend {
             for row in &rows {
                 row.insert(c, now)?;
             }
-            Ok(((), wake.wake()))
+            Ok(((), wake.effect()))
         })
         .await
     }
@@ -490,7 +490,7 @@ impl Broker for SqliteBackend {
         let wake = self.after_wake();
         self.write(move |c| {
             row.insert(c, now)?;
-            Ok(((), wake.wake()))
+            Ok(((), wake.effect()))
         })
         .await
     }
@@ -624,7 +624,7 @@ impl Broker for SqliteBackend {
                      WHERE tag = ?1 AND epoch = ?2 AND state = 2",
                 )?
                 .execute(params![l.delivery_tag, l.epoch as i64])?;
-            Ok((n == 1, wake.wake()))
+            Ok((n == 1, wake.effect()))
         })
         .await
     }
@@ -638,7 +638,7 @@ impl Broker for SqliteBackend {
                 return Ok((false, None));
             }
             row.insert(c, now_ms())?;
-            Ok((true, wake.wake()))
+            Ok((true, wake.effect()))
         })
         .await
     }
@@ -698,7 +698,7 @@ impl Broker for SqliteBackend {
                      WHERE state = 2 AND lease_until < ?1",
                 )?
                 .execute([now])?;
-            Ok((n as u64, if n > 0 { wake.wake() } else { None }))
+            Ok((n as u64, if n > 0 { wake.effect() } else { None }))
         })
         .await
     }
@@ -723,7 +723,7 @@ impl Broker for SqliteBackend {
             let running: bool = c
                 .prepare_cached("SELECT EXISTS(SELECT 1 FROM messages WHERE state = 2 AND task_id = ?1)")?
                 .query_row([&id], |r| r.get(0))?;
-            Ok((RevokeOutcome { removed, running }, wake.wake()))
+            Ok((RevokeOutcome { removed, running }, wake.effect()))
         })
         .await
     }

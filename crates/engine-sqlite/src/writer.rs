@@ -137,17 +137,13 @@ fn run(conn: Connection, rx: mpsc::Receiver<Box<dyn Job>>) {
         }
         last_batch = batch.len();
         let mut outcome = attempt(&conn, &mut batch, false);
-        if matches!(outcome, Attempt::JobFailed) {
-            outcome = if batch.len() == 1 {
-                // Rolled back already; its failure is its answer.
-                Attempt::Committed
-            } else {
-                attempt(&conn, &mut batch, true)
-            };
+        // A lone failed job was rolled back already: its own error is its answer.
+        if matches!(outcome, Attempt::JobFailed) && batch.len() > 1 {
+            outcome = attempt(&conn, &mut batch, true);
         }
         let error = match outcome {
-            Attempt::Committed | Attempt::JobFailed => None,
             Attempt::Failed(e) => Some(e),
+            Attempt::Committed | Attempt::JobFailed => None,
         };
         for j in batch {
             j.finish(error.clone());

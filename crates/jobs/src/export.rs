@@ -254,6 +254,12 @@ async fn claim_export(
     }
 }
 
+/// The report's reference code: the last 8 characters of its id, upper-cased. Ids are
+/// time-ordered (UUID v7), so their first characters are shared by every report of the same minute.
+fn short_reference(id: &str) -> String {
+    id[id.len().saturating_sub(8)..].to_uppercase()
+}
+
 /// Arguments the shared checks refuse.
 fn invalid(e: afterview_core::tasks::Invalid) -> TaskError {
     fail(e.code, e.message)
@@ -302,11 +308,7 @@ impl Task for GenerateExportTask {
         }
         ctx.progress(30, "Generating report").await;
         let input = ReportInput {
-            reference: derived_id(ctx.id(), 0)
-                .chars()
-                .take(8)
-                .collect::<String>()
-                .to_uppercase(),
+            reference: short_reference(&derived_id(ctx.id(), 0)),
             date: Utc::now().format("%Y-%m-%d").to_string(),
             paper,
             patient,
@@ -389,5 +391,19 @@ impl Task for GenerateCostInfographicTask {
         .await?;
         ctx.progress(100, "Infographic complete").await;
         Ok(result)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reports_made_in_the_same_minute_get_different_references() {
+        let a = short_reference(&derived_id(&afterview_engine::message::new_id(), 0));
+        let b = short_reference(&derived_id(&afterview_engine::message::new_id(), 0));
+        assert_eq!(a.len(), 8);
+        assert_ne!(a, b);
+        assert_eq!(a, a.to_uppercase());
     }
 }

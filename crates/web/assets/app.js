@@ -668,7 +668,7 @@ async function createReport(ev) {
     });
     const link = $("report-link");
     link.href = await fileUrl(ex.download_url);
-    link.download = `afterview-report-${ex.id.slice(0, 8)}.pdf`;
+    link.download = `afterview-report-${shortId(ex.id)}.pdf`;
     link.hidden = false;
     $("report-status").textContent = "The report is ready.";
     link.focus();
@@ -685,6 +685,12 @@ const LISTS = {
   exports: { path: "/api/exports", render: renderExport },
   tasks: { path: "/api/tasks", render: renderTask },
 };
+
+/** The short form of an id shown to people: its last 8 characters. Task ids are time-ordered
+ * (UUID v7), so their first characters are the same for everything made within a minute. */
+function shortId(id) {
+  return id.slice(-8);
+}
 
 function when(iso) {
   if (!iso) return "";
@@ -770,7 +776,7 @@ function renderExport(e) {
   return item(`${what} (${(e.format || "").toUpperCase()})`, when(e.created_at), async () => {
     const a = document.createElement("a");
     a.href = await fileUrl(e.download_url);
-    a.download = `afterview-${e.kind}-${e.id.slice(0, 8)}.${e.format}`;
+    a.download = `afterview-${e.kind}-${shortId(e.id)}.${e.format}`;
     document.body.append(a);
     a.click();
     a.remove();
@@ -846,17 +852,17 @@ async function refreshMonitor() {
     const tr = document.createElement("tr");
     const st = cell(t.state);
     st.className = `state ${t.state}`;
-    tr.append(cell(`${t.name.split(".").pop()} ${t.task_id.slice(0, 8)}`), cell(t.owner), st, cell(`${t.progress}%`),
+    tr.append(cell(`${t.name.split(".").pop()} ${shortId(t.task_id)}`), cell(t.owner), st, cell(`${t.progress}%`),
       cell(`${t.seconds.toFixed(1)} s`), cell(t.retries), cell(t.worker || ""));
     const td = document.createElement("td");
     if (!["SUCCESS", "FAILURE", "REVOKED"].includes(t.state)) {
       const b = document.createElement("button");
       b.type = "button";
       b.textContent = "Revoke";
-      b.setAttribute("aria-label", `Revoke task ${t.task_id.slice(0, 8)}`);
+      b.setAttribute("aria-label", `Revoke task ${shortId(t.task_id)}`);
       b.addEventListener("click", () => guard(async () => {
         await api("POST", `/api/monitor/tasks/${t.task_id}/revoke`);
-        show(`Task ${t.task_id.slice(0, 8)} revoked.`, "info");
+        show(`Task ${shortId(t.task_id)} revoked.`, "info");
         refreshMonitor();
       }));
       td.append(b);

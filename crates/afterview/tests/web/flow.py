@@ -292,7 +292,7 @@ def monitor(page, size):
     task = r.json()["task_id"]
     sign_in(page, ALICE, BASE_IDLE)
     page.goto(BASE_IDLE + "/monitor")
-    row = page.locator("#m-tasks tbody tr", has_text=task[:8])
+    row = page.locator("#m-tasks tbody tr", has_text=task[-8:])
     expect(row).to_contain_text("PENDING")
     row.get_by_role("button", name=re.compile("^Revoke")).click()
     expect(page.get_by_role("alert")).to_contain_text("revoked")

@@ -3,7 +3,7 @@
 use rusqlite::Connection;
 
 /// Each entry upgrades the schema from version `index` to `index + 1`.
-const MIGRATIONS: &[&str] = &[
+pub(crate) const MIGRATIONS: &[&str] = &[
     // 1: messages, results, revocations, dead letters, workers.
     "
     CREATE TABLE messages (
@@ -65,6 +65,13 @@ const MIGRATIONS: &[&str] = &[
         report       TEXT    NOT NULL,
         heartbeat_at INTEGER NOT NULL
     );
+    ",
+    // 2: messages by task id. A revoke deletes a task's waiting messages and asks whether it is
+    // running; without this index both scanned the whole table, holding the writer (and every
+    // write of the process) ~50 ms per revoke at 100,000 waiting messages. Task ids are
+    // time-ordered, so the index grows at one end.
+    "
+    CREATE INDEX messages_task ON messages (task_id);
     ",
 ];
 

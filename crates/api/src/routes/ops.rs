@@ -89,16 +89,17 @@ async fn metrics_text(State(st): State<AppState>, headers: axum::http::HeaderMap
                 .into_response();
         }
     }
-    let mut queues = st
-        .client
-        .queue_stats(Some(&st.client.known_queues()))
-        .await
-        .unwrap_or_default();
-    for q in st.client.queue_stats(None).await.unwrap_or_default() {
-        if !queues.iter().any(|k| k.queue == q.queue) {
-            queues.push(q);
+    // One count of every queue (it reads every message), then the known queues that are empty.
+    let mut queues = st.client.queue_stats(None).await.unwrap_or_default();
+    for q in st.client.known_queues() {
+        if !queues.iter().any(|k| k.queue == q) {
+            queues.push(afterview_engine::backend::QueueStats {
+                queue: q,
+                ..Default::default()
+            });
         }
     }
+    queues.sort_by(|a, b| a.queue.cmp(&b.queue));
     let body = st.metrics.render(&queues);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }

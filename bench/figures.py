@@ -100,6 +100,13 @@ def main():
                      x(o["total_p99_ms"] / c["total_p99_ms"]), "-", None,
                      f"{o['total_p99_ms']:.2f} vs {c['total_p99_ms']:.2f} ms (under MONITOR); the client's share p99 "
                      f"{o['back_p99_ms']:.2f} vs {c['back_p99_ms']:.2f} ms", None))
+    mach = pick("machine")
+    if mach:
+        rows.append(("the machine (redis-benchmark on a private Redis, bench/machine.py; each of its runs in the sitting): PING round "
+                     "trip of one client, p50 (ms); Redis CPU per request of that client / per pipelined PING (µs)",
+                     " -> ".join(f"{m['ping_round_trip_p50_ms']:.3f}" for m in mach), "-", None,
+                     "; ".join(f"{m['redis_cpu_us_per_ping_one_client']:.1f} / {m['redis_cpu_us_per_ping']:.2f} µs"
+                               for m in mach), None))
     rc = pick("redis-cost")
     if rc:
         r = rc[-1]
@@ -107,7 +114,16 @@ def main():
             lambda v: f"{v:.3f}", f"{r['commands_per_task']:.1f} commands executed inside them",
             "Redis round trips per task (goal 6)")
         row(rows, "Redis CPU per task (µs)", r["redis_cpu_us_per_task"], 15, False, lambda v: f"{v:.1f}",
-            f"drain {r['drain_per_s']:,.0f} tasks/s at -c {r['concurrency']}", "Redis CPU per task (goal 15 µs)")
+            f"drain {r['drain_per_s']:,.0f} tasks/s at -c {r['concurrency']}" + (
+                f"; the CPU of {r['redis_cpu_us_per_task'] / mach[0]['redis_cpu_us_per_ping']:.0f} pipelined PINGs on "
+                "this machine" if mach else ""), "Redis CPU per task (goal 15 µs)")
+    lc = pick("lua-cost")
+    if lc:
+        f = lc[-1]
+        rows.append(("Redis instructions per task inside the worker's scripts (bench/lua_cost.py, callgrind: the same on "
+                     "every machine)", f"{f['instructions_per_task']:,.0f}", "-", None,
+                     f"{f['commands_instructions_per_task']:,.0f} of them in the commands the scripts call; "
+                     f"{f['tasks']} Celery envelopes, claims of {f['batch']}", None))
     eng = {f["backend"]: f for f in pick("engine")}
     for backend, goal, name in (("sqlite", 15000, "NORMAL"), ("sqlite-full", 8000, "FULL")):
         f = eng.get(backend)

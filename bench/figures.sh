@@ -5,11 +5,14 @@
 #   bench/figures.sh                        # one repetition of the Celery side by side
 #   REPS=2 FAULT_TASKS=2000 bench/figures.sh
 #
+# 0. bench/machine.py: the machine's Redis round trip and CPU per request (again after step 4,
+#    to see whether the machine drifted during the sitting).
 # 1. bench/celery-side-by-side.sh, drain and latency: Celery 5.7 (the baseline), our worker with
 #    the same Python producer, our worker with our Rust producer; each on a fresh private Redis.
 # 2. bench/latency_trace.py: where a Python `send_task().get()` spends its time, for both workers,
 #    with the stock Celery client and with one that reads its pub/sub backlog (--client-drains).
-# 3. afterview-bench redis-cost (Redis round trips and CPU per task), engine (the embedded SQLite
+# 3. afterview-bench redis-cost (Redis round trips and CPU per task), bench/lua_cost.py (the
+#    instructions Redis executes in the worker's scripts per task, under callgrind), engine (the embedded SQLite
 #    drain, NORMAL and FULL, against the in-memory backend), ws-fanout (10,000 followers).
 # 4. The fault test with FAULT_TASKS tasks (SIGKILLs, a Redis AOF restart, a rolling SIGTERM).
 # 5. bench/figures.py: the table and the chart.
@@ -32,6 +35,9 @@ if [ ! -x "$FIGENV/bin/python" ] || ! "$FIGENV/bin/python" -c 'import matplotlib
   "$FIGENV/bin/pip" install -q matplotlib==3.10.8
 fi
 
+echo "== 0/5 the machine (redis-benchmark on a private Redis)" >&2
+python3 bench/machine.py
+
 echo "== 1/5 Celery side by side (drain, latency; reps $REPS)" >&2
 OUT="$OUT/harness" BENCH_ARGS="--reps $REPS --only drain,latency" bench/celery-side-by-side.sh
 
@@ -44,11 +50,14 @@ echo "== 2/5 latency trace" >&2
 
 echo "== 3/5 redis-cost, embedded engine, WebSocket fan-out" >&2
 "$BIN/afterview-bench" redis-cost --n 20000 --concurrency 32
+"$PYENV/bin/python" bench/lua_cost.py
 "$BIN/afterview-bench" engine --n 20000 --concurrency 32
 "$BIN/afterview-bench" ws-fanout --clients 10000 --every-ms 500 --seconds 10
 
 echo "== 4/5 faults under load ($FAULT_TASKS tasks)" >&2
 AFTERVIEW_FAULT_TASKS="$FAULT_TASKS" cargo test --locked -p afterview --test it faults -- --nocapture
+
+python3 bench/machine.py
 
 echo "== 5/5 table and chart" >&2
 "$FIGENV/bin/python" bench/figures.py --harness "$OUT/harness" --json "$BENCH_JSON" \

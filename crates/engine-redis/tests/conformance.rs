@@ -106,6 +106,13 @@ async fn claims_read_tag_and_id_as_a_json_parser_does() {
             "d-noid",
             "",
         ),
+        // A header key that ends in `delivery_info` (the script finds the key by that tail),
+        // holding a `delivery_tag` of its own.
+        (
+            r#"{"body": "W10=", "headers": {"id": "t-tail", "x_delivery_info": {"delivery_tag": "d-wrong"}}, "properties": {"delivery_info": {"exchange": "", "routing_key": "q"}, "delivery_tag": "d-tail"}}"#,
+            "d-tail",
+            "t-tail",
+        ),
     ];
     for (raw, _, _) in &envelopes {
         f.broker.publish_raw("q", raw.as_bytes()).await.unwrap();

@@ -117,11 +117,9 @@ def main():
             f"drain {r['drain_per_s']:,.0f} tasks/s at -c {r['concurrency']}" + (
                 f"; the CPU of {r['redis_cpu_us_per_task'] / mach[0]['redis_cpu_us_per_ping']:.0f} pipelined PINGs on "
                 "this machine" if mach else ""), "Redis CPU per task (goal 15 µs)")
-    lc = pick("lua-cost")
-    if lc:
-        f = lc[-1]
-        rows.append(("Redis instructions per task inside the worker's scripts (bench/lua_cost.py, callgrind: the same on "
-                     "every machine)", f"{f['instructions_per_task']:,.0f}", "-", None,
+    for f in pick("lua-cost"):
+        rows.append((f"Redis instructions per task inside the worker's scripts, {f['batch']} in flight (bench/lua_cost.py, "
+                     "callgrind: the same on every machine)", f"{f['instructions_per_task']:,.0f}", "-", None,
                      f"{f['commands_instructions_per_task']:,.0f} of them in the commands the scripts call; "
                      f"{f['tasks']} Celery envelopes, claims of {f['batch']}", None))
     eng = {f["backend"]: f for f in pick("engine")}

@@ -12,7 +12,8 @@
 # 2. bench/latency_trace.py: where a Python `send_task().get()` spends its time, for both workers,
 #    with the stock Celery client and with one that reads its pub/sub backlog (--client-drains).
 # 3. afterview-bench redis-cost (Redis round trips and CPU per task), bench/lua_cost.py (the
-#    instructions Redis executes in the worker's scripts per task, under callgrind), engine (the embedded SQLite
+#    instructions Redis executes in the worker's scripts per task, under callgrind, with 16 and with
+#    128 messages in flight), engine (the embedded SQLite
 #    drain, NORMAL and FULL, against the in-memory backend), ws-fanout (10,000 followers).
 # 4. The fault test with FAULT_TASKS tasks (SIGKILLs, a Redis AOF restart, a rolling SIGTERM).
 # 5. bench/figures.py: the table and the chart.
@@ -51,6 +52,7 @@ echo "== 2/5 latency trace" >&2
 echo "== 3/5 redis-cost, embedded engine, WebSocket fan-out" >&2
 "$BIN/afterview-bench" redis-cost --n 20000 --concurrency 32
 "$PYENV/bin/python" bench/lua_cost.py
+"$PYENV/bin/python" bench/lua_cost.py --batch 128 --n 1280
 "$BIN/afterview-bench" engine --n 20000 --concurrency 32
 "$BIN/afterview-bench" ws-fanout --clients 10000 --every-ms 500 --seconds 10
 

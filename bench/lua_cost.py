@@ -12,8 +12,11 @@ instructions only inside `EVALSHA` (`--toggle-collect=evalShaCommand`: the scrip
 they call, the conversions between Lua and Redis; not the network or the event loop). `--n` real
 Celery envelopes (published with Celery's own `send_task`, as the Python producer of the side by
 side does) are claimed `--batch` at a time with the CLAIM script and their results stored and
-acked with the STORE script, as the worker does at `-c 8` (claims of up to 16); both scripts are
-read from the source file given, so two versions of it compare in one sitting. The count per
+acked with the STORE script, as the worker does at `-c 8` (claims of up to 16); `--batch` is also
+how many messages are in flight, so `--batch 128` is the shape of `-c 32` with prefetch 4 (the
+lease keys then hold ~128 entries) and `--batch 1` that of tasks arriving one at a time (each
+call's fixed cost on one task). Both scripts are read from the source file given, with the
+helpers each names (as the worker assembles them), so two versions of it compare in one sitting. The count per
 task repeats within ±0.3 % (Redis's hash seeds differ between runs); read differences above 1 %.
 Printed: instructions per task, and the part executed inside the commands the scripts call.
 """
@@ -40,6 +43,34 @@ def script(src, name):
     if not m:
         sys.exit(f"lua_cost.py: no const {name} in the scripts file")
     return m.group(1)
+
+
+def assemble(helpers, body):
+    """`body` after the helpers it names, directly or through others, in their order: what
+    `scripts::assemble` in crates/engine-redis/src/scripts.rs sends Redis (the same cut, at the
+    helpers' top-level `local` definitions with the comment lines above them)."""
+    items, comments = [], ""
+    for line in helpers.split("\n"):
+        if line.startswith("--"):
+            comments += line + "\n"
+        elif line.startswith("local "):
+            decl = line[len("local "):]
+            if decl.startswith("function "):
+                names = [decl[len("function "):].split("(")[0].strip()]
+            else:
+                names = [n.strip() for n in decl.split("=")[0].split(",")]
+            items.append([comments + line + "\n", names])
+            comments = ""
+        elif items:
+            items[-1][0] += comments + line + "\n"
+            comments = ""
+    words = lambda text: set(w for w in re.split(r"[^A-Za-z0-9_]+", text) if w)
+    wanted, take = words(body), []
+    for text, names in reversed(items):
+        if any(n in wanted for n in names):
+            take.append(text)
+            wanted |= words(text)
+    return "".join(reversed(take)) + body
 
 
 def publish(port, n):
@@ -71,7 +102,7 @@ def main():
     need("lua_cost.py", ("valgrind", "callgrind_annotate", "redis-server"), "Debian: apt-get install valgrind redis-server")
     src = open(a.scripts).read()
     helpers = script(src, "HELPERS")
-    claim, store = helpers + "\n" + script(src, "CLAIM"), helpers + "\n" + script(src, "STORE")
+    claim, store = assemble(helpers, script(src, "CLAIM")), assemble(helpers, script(src, "STORE"))
 
     port = free_port()
     tmp = tempfile.mkdtemp(prefix="lua-cost-")

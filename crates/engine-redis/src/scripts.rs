@@ -19,7 +19,11 @@
 //! envelope into a new string only once, for kombu's `unacked` value. Both
 //! zsets carry `ANCHOR`, a member longer than `zset-max-listpack-value` scored `+inf`: it keeps
 //! them in Redis's skiplist encoding (at about a prefetch window of members a listpack insert
-//! scans the whole list) and is never in the range anything reads.
+//! scans the whole list) and is never in the range anything reads. The `lease` and `running`
+//! hashes carry it as a field with an empty value (no lease, no tag), for the same reason
+//! (hashtable, not listpack); a message whose tag is spelled as it gets a tag of its own.
+//! A script carries only the helpers it names ([`assemble`]): Redis runs a script's whole text,
+//! helpers included, on every call.
 //!
 //! To see what a change to these scripts costs, count instead of timing: `bench/lua_cost.py
 //! --scripts <file>` runs the claim and store of real Celery envelopes on a `redis-server` under
@@ -296,6 +300,8 @@ local function record(got, now, lease)
   local rtag, rtid, probe, np = {}, {}, {}, 0
   for i = 1, #got do
     local tag, tid = envelope_ids(got[i][1])
+    -- A tag spelled as the anchor would share its entries: kept under a tag of its own.
+    if tag == ANCHOR then tag = nil end
     rtag[i], rtid[i] = tag or false, tid or ''
     if tag then
       np = np + 1
@@ -345,9 +351,10 @@ local function record(got, now, lease)
   end
   many('HSET', 'unacked', unacked)
   if nu > 0 then
-    -- The same anchor in kombu's index (its score is never in the range kombu's
-    -- `restore_visible` or our sweep reads).
-    redis.call('ZADD', 'unacked_index', 'NX', '+inf', ANCHOR)
+    -- The same anchor in kombu's index, in the same call (its score is never in the range
+    -- kombu's `restore_visible` or our sweep reads).
+    index[nu + 1] = '+inf'
+    index[nu + 2] = ANCHOR
   end
   many('ZADD', 'unacked_index', index)
   -- Each claim takes the next epoch of its tag (twice in one batch: the later one wins; `cur`
@@ -375,12 +382,25 @@ local function record(got, now, lease)
       revoked[nv] = 'afterview:revoked:' .. tid
     end
   end
+  -- The anchor again, as a field longer than hash-max-listpack-value: it keeps the lease and
+  -- running hashes in Redis's hashtable encoding. At a prefetch window of entries a listpack
+  -- hash sits at its 128-entry limit, and every HMGET, HSET and HDEL scans it: 181,071 against
+  -- 149,521 instructions per task with 128 in flight, 159,158 against 146,105 with 64
+  -- (`bench/lua_cost.py --batch`). Its value is empty, which is no lease.
+  leases[2 * #tags + 1] = ANCHOR
+  leases[2 * #tags + 2] = ''
   many('HSET', LEASE, leases)
   -- The anchor (a member longer than zset-max-listpack-value, never due) keeps the deadlines in
   -- a skiplist: with about a prefetch window of members the zset would sit at the listpack
   -- limit, where every insert and removal scans the whole list (2.4 µs against 0.7 per member).
-  redis.call('ZADD', LEASES, 'NX', '+inf', ANCHOR)
+  -- It goes last in the same call (a listpack converts when the long member arrives).
+  deadlines[2 * #tags + 1] = '+inf'
+  deadlines[2 * #tags + 2] = ANCHOR
   many('ZADD', LEASES, deadlines)
+  if nr > 0 then
+    running[nr + 1] = ANCHOR
+    running[nr + 2] = ''
+  end
   many('HSET', RUNNING, running)
   local revs = many('MGET', nil, revoked)
   local r = 0
@@ -420,11 +440,18 @@ local idle = ARGV[4] ~= '' and (ARGV[2] .. ' ' .. ARGV[4])
 if idle then
   for _, q in ipairs(queues) do redis.call('ZREM', waiters(q), idle) end
 end
-local due = redis.call('ZRANGEBYSCORE', 'afterview:scheduled', '-inf', now, 'LIMIT', 0, 1000)
-for _, m in ipairs(due) do
-  local ok, d = pcall(cjson.decode, m)
-  if ok and type(d) == 'table' then redis.call('RPUSH', bucket(d.q, d.p), d.m) end
-  redis.call('ZREM', 'afterview:scheduled', m)
+-- The earliest scheduled message first: most claims find none due (or none at all) and make
+-- this their only call about the schedule. (Numbers go to `redis.call` as their argument text or
+-- as literal strings: Redis formats a Lua number with snprintf per argument.)
+local first = redis.call('ZRANGE', 'afterview:scheduled', '0', '0', 'WITHSCORES')
+if first[2] and tonumber(first[2]) <= now then
+  local due = redis.call('ZRANGEBYSCORE', 'afterview:scheduled', '-inf', ARGV[1], 'LIMIT', '0', '1000')
+  for _, m in ipairs(due) do
+    local ok, d = pcall(cjson.decode, m)
+    if ok and type(d) == 'table' then redis.call('RPUSH', bucket(d.q, d.p), d.m) end
+    redis.call('ZREM', 'afterview:scheduled', m)
+  end
+  first = redis.call('ZRANGE', 'afterview:scheduled', '0', '0', 'WITHSCORES')
 end
 -- Pop first, then record every popped message with one call per key, not per message.
 -- One RPOP with a count per list (Redis >= 6.2), in the order single pops would take them.
@@ -432,7 +459,7 @@ local got = {}
 for _, suffix in ipairs({'', SEP .. '3', SEP .. '6', SEP .. '9'}) do
   for _, q in ipairs(queues) do
     if #got >= max then break end
-    local raws = redis.call('RPOP', q .. suffix, max - #got)
+    local raws = redis.call('RPOP', q .. suffix, #got == 0 and ARGV[3] or max - #got)
     if raws then
       for _, raw in ipairs(raws) do got[#got + 1] = {raw, q, suffix} end
     end
@@ -441,9 +468,8 @@ end
 local out = {}
 if #got > 0 then out = record(got, now, lease) end
 if idle and #got < max then
-  for _, q in ipairs(queues) do redis.call('ZADD', waiters(q), now, idle) end
+  for _, q in ipairs(queues) do redis.call('ZADD', waiters(q), ARGV[1], idle) end
 end
-local first = redis.call('ZRANGE', 'afterview:scheduled', 0, 0, 'WITHSCORES')
 local next_due = -1
 if first[2] then next_due = tonumber(first[2]) end
 return {out, next_due}
@@ -701,7 +727,7 @@ for i = 4, #ARGV, 5 do
 end
 finish_many(done_tags, done_tasks)
 -- ...then the results, in the backend's.
-if backend_db ~= broker_db then redis.call('SELECT', backend_db) end
+if backend_db ~= broker_db then redis.call('SELECT', ARGV[1]) end
 for i = 4, #ARGV, 5 do
   local n = (i - 4) / 5 + 1
   local key, meta, tag = ARGV[i], ARGV[i + 1], ARGV[i + 2]
@@ -777,14 +803,191 @@ end
 return n
 "#;
 
-/// A script with the helpers in front.
+/// A script with the helpers it uses in front.
 pub(crate) fn with_helpers(body: &str) -> redis::Script {
-    redis::Script::new(&format!("{HELPERS}\n{body}"))
+    redis::Script::new(&assemble(body))
+}
+
+/// One top-level definition of [`HELPERS`]: its text (with the comment lines above it) and the
+/// names it defines.
+struct Helper<'a> {
+    text: String,
+    names: Vec<&'a str>,
+}
+
+/// [`HELPERS`] cut at its top-level `local` definitions (every column-0 line of it is a comment,
+/// a `local`, or the `end` of a function).
+fn helpers() -> Vec<Helper<'static>> {
+    let mut items: Vec<Helper<'static>> = Vec::new();
+    let mut comments = String::new();
+    for line in HELPERS.lines() {
+        if line.starts_with("--") {
+            comments.push_str(line);
+            comments.push('\n');
+        } else if let Some(decl) = line.strip_prefix("local ") {
+            let names = match decl.strip_prefix("function ") {
+                Some(f) => vec![f.split('(').next().unwrap_or(f).trim()],
+                None => decl
+                    .split('=')
+                    .next()
+                    .unwrap_or(decl)
+                    .split(',')
+                    .map(str::trim)
+                    .collect(),
+            };
+            let text = std::mem::take(&mut comments) + line + "\n";
+            items.push(Helper { text, names });
+        } else if let Some(last) = items.last_mut() {
+            last.text.push_str(&comments);
+            comments.clear();
+            last.text.push_str(line);
+            last.text.push('\n');
+        }
+    }
+    items
+}
+
+/// The words of Lua text that could be names (identifiers, and keywords and words inside
+/// strings and comments, which only ever make a helper come along that is not needed).
+fn words(text: &str) -> impl Iterator<Item = &str> {
+    text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| !w.is_empty())
+}
+
+/// `body` after the helpers it names, directly or through other helpers, in [`HELPERS`]'s
+/// order. Redis runs a script's whole text on every call, so each helper it carries is a
+/// closure built per call: all of them cost ~23,000 instructions per call (`bench/lua_cost.py`
+/// counts), paid once per claim and once per batch of results whatever its size. A helper
+/// uses only those defined before it (a later one would be a global to Lua), so one pass from
+/// the last to the first finds them all.
+pub(crate) fn assemble(body: &str) -> String {
+    let items = helpers();
+    let mut wanted: std::collections::HashSet<&str> = words(body).collect();
+    let mut take = vec![false; items.len()];
+    for (i, item) in items.iter().enumerate().rev() {
+        if item.names.iter().any(|n| wanted.contains(n)) {
+            take[i] = true;
+            wanted.extend(words(&item.text));
+        }
+    }
+    let mut out: String = items
+        .iter()
+        .zip(take)
+        .filter(|(_, t)| *t)
+        .map(|(item, _)| item.text.as_str())
+        .collect();
+    out.push_str(body);
+    out
 }
 
 #[cfg(test)]
 mod tests {
     use afterview_engine::policy::TERMINAL_STATES;
+
+    use super::*;
+
+    const ALL: [&str; 15] = [
+        CLAIM,
+        ACK,
+        RELEASE,
+        RENEW,
+        REQUEUE_EXPIRED,
+        RETRY,
+        DEFER,
+        PUBLISH,
+        REVOKE,
+        REVOCATIONS_SINCE,
+        DEAD,
+        REPLY,
+        STORE,
+        QUEUE_STATS,
+        PURGE,
+    ];
+
+    #[test]
+    fn the_helpers_are_cut_at_their_top_level_definitions_and_nothing_is_lost() {
+        for line in HELPERS.lines() {
+            let top = line.starts_with(|c: char| !c.is_whitespace());
+            assert!(
+                !top || line.starts_with("--") || line.starts_with("local ") || line == "end",
+                "a top-level line the cut does not know: {line:?}"
+            );
+        }
+        let items = helpers();
+        let whole: String = items.iter().map(|h| h.text.as_str()).collect();
+        assert_eq!(whole.trim(), HELPERS.trim());
+        let names: Vec<&str> = items.iter().flat_map(|h| h.names.clone()).collect();
+        for n in [
+            "SEP", "LEASE", "LEASES", "RUNNING", "record", "many", "PUSH", "waiters",
+        ] {
+            assert!(names.contains(&n), "{n} in {names:?}");
+        }
+        // A body naming every helper gets all of them, in their order.
+        assert_eq!(
+            assemble(&names.join(" ")).trim(),
+            format!("{}\n{}", HELPERS.trim(), names.join(" "))
+        );
+    }
+
+    #[test]
+    fn a_script_carries_the_helpers_it_uses_and_no_others() {
+        let ack = assemble(ACK);
+        for used in [
+            "local function holder(",
+            "local function finish(",
+            "local function drop_many(",
+            "local function many(",
+        ] {
+            assert!(ack.contains(used), "ACK needs {used}");
+        }
+        for unused in [
+            "local function record(",
+            "local function iso_now(",
+            "local function restore(",
+        ] {
+            assert!(!ack.contains(unused), "ACK carries {unused}");
+        }
+        let claim = assemble(CLAIM);
+        for used in [
+            "local function record(",
+            "local function envelope_ids(",
+            "local function json_str(",
+            "local function bucket(",
+            "local function waiters(",
+        ] {
+            assert!(claim.contains(used), "CLAIM needs {used}");
+        }
+        assert!(!claim.contains("local function iso_now("));
+        assert!(assemble("return 1") == "return 1");
+    }
+
+    /// What Lua can see: the script's body names any helper, a helper those defined before it.
+    #[test]
+    fn every_helper_a_script_or_its_helpers_name_is_defined_in_it() {
+        let items = helpers();
+        for body in ALL {
+            let text = assemble(body);
+            let carried: Vec<bool> = items.iter().map(|h| text.contains(&h.text)).collect();
+            let mut users: Vec<(&str, usize)> = vec![(body, items.len())];
+            for (i, item) in items.iter().enumerate() {
+                if carried[i] {
+                    users.push((&item.text, i));
+                }
+            }
+            for (user, before) in users {
+                let named: std::collections::HashSet<&str> = words(user).collect();
+                for (j, item) in items[..before].iter().enumerate() {
+                    if item.names.iter().any(|n| named.contains(n)) {
+                        assert!(
+                            carried[j],
+                            "{:?} missing from a script naming it",
+                            item.names
+                        );
+                    }
+                }
+            }
+        }
+    }
 
     #[test]
     fn the_store_script_keeps_exactly_the_terminal_states() {

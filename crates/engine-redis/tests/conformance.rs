@@ -134,11 +134,18 @@ async fn claims_read_tag_and_id_as_a_json_parser_does() {
     }
 }
 
+/// The anchor the scripts keep in every lease key (a member or field longer than Redis's
+/// listpack limits).
+const ANCHOR: &str =
+    "afterview:anchor:keeps-this-sorted-set-a-skiplist:longer-than-zset-max-listpack-value";
+
 /// Claims keep both lease indexes (kombu's `unacked_index` and our deadlines) in Redis's
-/// skiplist encoding, where an insert costs O(log n) instead of a scan of the whole list, and
-/// the anchor that does it is invisible: not leased, not due, not restored.
+/// skiplist encoding and the lease and running hashes in its hashtable encoding, where an
+/// insert or lookup costs O(log n) or O(1) instead of a scan of the whole list, and the anchor
+/// that does it is invisible: not leased, not due, not restored. A message whose tag is spelled
+/// as the anchor is leased under a tag of its own and leaves the anchor as it was.
 #[tokio::test]
-async fn lease_indexes_stay_skiplists_and_their_anchor_is_invisible() {
+async fn lease_keys_keep_their_fast_encodings_and_their_anchor_is_invisible() {
     use afterview_engine_redis::testing::redis;
     let server = shared();
     let db = server.fresh_db();
@@ -149,20 +156,40 @@ async fn lease_indexes_stay_skiplists_and_their_anchor_is_invisible() {
         );
         f.broker.publish_raw("q", raw.as_bytes()).await.unwrap();
     }
+    let crafted = format!(
+        r#"{{"body": "W10=", "headers": {{"id": "t-anchor"}}, "properties": {{"delivery_info": {{"exchange": "", "routing_key": "q"}}, "delivery_tag": "{ANCHOR}"}}}}"#
+    );
+    f.broker.publish_raw("q", crafted.as_bytes()).await.unwrap();
     let got = claim_q(&f, Duration::from_millis(200)).await;
-    assert_eq!(got.len(), 3);
+    assert_eq!(got.len(), 4);
+    let odd = got.iter().find(|d| d.lease.task_id == "t-anchor").unwrap();
+    assert_ne!(odd.lease.delivery_tag, ANCHOR);
     let mut c = redis::Client::open(server.url(db))
         .unwrap()
         .get_connection()
         .unwrap();
-    for key in ["unacked_index", "afterview:leases"] {
+    for (key, want) in [
+        ("unacked_index", "skiplist"),
+        ("afterview:leases", "skiplist"),
+        ("afterview:lease", "hashtable"),
+        ("afterview:running", "hashtable"),
+    ] {
         let enc: String = redis::cmd("OBJECT")
             .arg("ENCODING")
             .arg(key)
             .query(&mut c)
             .unwrap();
-        assert_eq!(enc, "skiplist", "{key}");
+        assert_eq!(enc, want, "{key}");
     }
+    for key in ["afterview:lease", "afterview:running"] {
+        let anchor: String = redis::cmd("HGET")
+            .arg(key)
+            .arg(ANCHOR)
+            .query(&mut c)
+            .unwrap();
+        assert_eq!(anchor, "", "{key}");
+    }
+    assert!(f.broker.ack(&odd.lease).await.unwrap());
     let stats = f.broker.queue_stats(Some(&["q".to_owned()])).await.unwrap();
     assert_eq!((stats[0].ready, stats[0].leased), (0, 3));
     // The leases run out: the three messages come back, and only they.
@@ -355,9 +382,12 @@ async fn a_reused_delivery_tag_does_not_take_over_the_first_messages_lease() {
     for d in &later {
         assert!(b.ack(&d.lease).await.unwrap(), "{:?}", d.lease);
     }
-    let running: i64 = redis::cmd("HLEN")
+    let running: Vec<String> = redis::cmd("HKEYS")
         .arg("afterview:running")
         .query(&mut c)
         .unwrap();
-    assert_eq!(running, 0, "no task left marked running");
+    assert!(
+        running.iter().all(|k| k == ANCHOR),
+        "no task left marked running: {running:?}"
+    );
 }

@@ -118,7 +118,8 @@ def main():
                 f"; the CPU of {r['redis_cpu_us_per_task'] / mach[0]['redis_cpu_us_per_ping']:.0f} pipelined PINGs on "
                 "this machine" if mach else ""), "Redis CPU per task (goal 15 µs)")
     for f in pick("lua-cost"):
-        rows.append((f"Redis instructions per task inside the worker's scripts, {f['batch']} in flight (bench/lua_cost.py, "
+        shape = "tasks arriving one at a time" if f.get("one_by_one") else f"{f['batch']} in flight"
+        rows.append((f"Redis instructions per task inside the worker's scripts, {shape} (bench/lua_cost.py, "
                      "callgrind: the same on every machine)", f"{f['instructions_per_task']:,.0f}", "-", None,
                      f"{f['commands_instructions_per_task']:,.0f} of them in the commands the scripts call; "
                      f"{f['tasks']} Celery envelopes, claims of {f['batch']}", None))

@@ -13,7 +13,7 @@
 #    with the stock Celery client and with one that reads its pub/sub backlog (--client-drains).
 # 3. afterview-bench redis-cost (Redis round trips and CPU per task), bench/lua_cost.py (the
 #    instructions Redis executes in the worker's scripts per task, under callgrind, with 16 and with
-#    128 messages in flight), engine (the embedded SQLite
+#    128 messages in flight, and one at a time), engine (the embedded SQLite
 #    drain, NORMAL and FULL, against the in-memory backend), ws-fanout (10,000 followers).
 # 4. The fault test with FAULT_TASKS tasks (SIGKILLs, a Redis AOF restart, a rolling SIGTERM).
 # 5. bench/figures.py: the table and the chart.
@@ -53,6 +53,7 @@ echo "== 3/5 redis-cost, embedded engine, WebSocket fan-out" >&2
 "$BIN/afterview-bench" redis-cost --n 20000 --concurrency 32
 "$PYENV/bin/python" bench/lua_cost.py
 "$PYENV/bin/python" bench/lua_cost.py --batch 128 --n 1280
+"$PYENV/bin/python" bench/lua_cost.py --one-by-one
 "$BIN/afterview-bench" engine --n 20000 --concurrency 32
 "$BIN/afterview-bench" ws-fanout --clients 10000 --every-ms 500 --seconds 10
 

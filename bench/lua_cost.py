@@ -14,8 +14,9 @@ Celery envelopes (published with Celery's own `send_task`, as the Python produce
 side does) are claimed `--batch` at a time with the CLAIM script and their results stored and
 acked with the STORE script, as the worker does at `-c 8` (claims of up to 16); `--batch` is also
 how many messages are in flight, so `--batch 128` is the shape of `-c 32` with prefetch 4 (the
-lease keys then hold ~128 entries) and `--batch 1` that of tasks arriving one at a time (each
-call's fixed cost on one task). Both scripts are read from the source file given, with the
+lease keys then hold ~128 entries). `--one-by-one` is the shape of tasks arriving one at a time:
+each is published, then claimed by a worker that takes pushes (asking for `--batch`, finding one,
+registering as idle), then stored, so every call's fixed cost falls on one task. Both scripts are read from the source file given, with the
 helpers each names (as the worker assembles them), so two versions of it compare in one sitting. The count per
 task repeats within ±0.3 % (Redis's hash seeds differ between runs); read differences above 1 %.
 Printed: instructions per task, and the part executed inside the commands the scripts call.
@@ -73,14 +74,20 @@ def assemble(helpers, body):
     return "".join(reversed(take)) + body
 
 
-def publish(port, n):
-    """`n` no-op tasks as Celery's client publishes them (kombu's envelope, queue `celery`)."""
+def publisher(port):
+    """A function publishing `n` no-op tasks as Celery's client does (kombu's envelope, queue
+    `celery`)."""
     from celery import Celery
 
     app = Celery(broker=f"redis://127.0.0.1:{port}/0")
-    with app.producer_or_acquire() as producer:
-        for i in range(n):
-            app.send_task("afterview.noop", args=[i], producer=producer)
+    producer = app.producer_pool.acquire(block=True)
+    count = iter(range(1 << 62))
+
+    def publish(n):
+        for _ in range(n):
+            app.send_task("afterview.noop", args=[next(count)], producer=producer)
+
+    return publish
 
 
 def inclusive(out, function):
@@ -97,6 +104,9 @@ def main():
     ap.add_argument("--scripts", default=os.path.join(HERE, "..", "crates", "engine-redis", "src", "scripts.rs"))
     ap.add_argument("--n", type=int, default=640)
     ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--one-by-one", action="store_true",
+                    help="tasks arrive one at a time: each is published, then claimed by a worker that takes "
+                         "pushes (asking for --batch, finding one, registering as idle), then stored")
     ap.add_argument("--json", default=os.environ.get("BENCH_JSON"))
     a = ap.parse_args()
     need("lua_cost.py", ("valgrind", "callgrind_annotate", "redis-server"), "Debian: apt-get install valgrind redis-server")
@@ -121,11 +131,16 @@ def main():
                 time.sleep(0.05)
         else:
             sys.exit("lua_cost.py: redis-server under valgrind did not answer within 30 s")
-        publish(port, a.n)
+        publish = publisher(port)
+        if not a.one_by_one:
+            publish(a.n)
+        worker = "1800000 bench@localhost" if a.one_by_one else ""
         claim_sha, store_sha = r.script_load(claim), r.script_load(store)
         now, done, calls = 1_765_000_000_000, 0, 0
         while done < a.n:
-            msgs, _ = r.evalsha(claim_sha, 0, now, 1_800_000, a.batch, "", "celery")
+            if a.one_by_one:
+                publish(1)
+            msgs, _ = r.evalsha(claim_sha, 0, now, 1_800_000, a.batch, worker, "celery")
             if not msgs:
                 sys.exit(f"lua_cost.py: the claim came back empty after {done} of {a.n} tasks")
             args = [1, 0, 86_400_000]
@@ -154,11 +169,13 @@ def main():
     commands = inclusive(out, "scriptCall")
     shutil.rmtree(tmp, ignore_errors=True)
     line = {"bench": "lua-cost", "scripts": os.path.relpath(a.scripts), "tasks": a.n, "batch": a.batch,
+            "one_by_one": a.one_by_one,
             "script_calls": calls, "instructions_per_task": total / a.n,
             "commands_instructions_per_task": commands / a.n}
     print(f"{line['instructions_per_task']:,.0f} instructions per task inside EVALSHA "
           f"({line['commands_instructions_per_task']:,.0f} of them in the commands the scripts call; "
-          f"{a.n} tasks, claims of {a.batch})")
+          f"{a.n} tasks, " + (f"one at a time, each claim asking for {a.batch})" if a.one_by_one
+                              else f"claims of {a.batch})"))
     emit(line, a.json)
 
 

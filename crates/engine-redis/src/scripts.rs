@@ -378,9 +378,13 @@ local function record(got, now, lease)
     deadlines[2 * i - 1] = deadline
     deadlines[2 * i] = tag
     if tid ~= '' then
-      running[nr + 1] = tid
-      running[nr + 2] = tag
-      nr = nr + 2
+      -- (A task id spelled as the anchor gets no entry, the anchor's pair being last: a revoke
+      -- of it answers "not running"; its tombstone is still read below.)
+      if tid ~= ANCHOR then
+        running[nr + 1] = tid
+        running[nr + 2] = tag
+        nr = nr + 2
+      end
       nv = nv + 1
       revoked[nv] = 'afterview:revoked:' .. tid
     end

@@ -142,8 +142,8 @@ const ANCHOR: &str =
 /// Claims keep both lease indexes (kombu's `unacked_index` and our deadlines) in Redis's
 /// skiplist encoding and the lease and running hashes in its hashtable encoding, where an
 /// insert or lookup costs O(log n) or O(1) instead of a scan of the whole list, and the anchor
-/// that does it is invisible: not leased, not due, not restored. A message whose tag is spelled
-/// as the anchor is leased under a tag of its own and leaves the anchor as it was.
+/// that does it is invisible: not leased, not due, not restored. A message whose tag or task id
+/// is spelled as the anchor is leased (under a tag of its own) and leaves the anchor as it was.
 #[tokio::test]
 async fn lease_keys_keep_their_fast_encodings_and_their_anchor_is_invisible() {
     use afterview_engine_redis::testing::redis;
@@ -160,8 +160,16 @@ async fn lease_keys_keep_their_fast_encodings_and_their_anchor_is_invisible() {
         r#"{{"body": "W10=", "headers": {{"id": "t-anchor"}}, "properties": {{"delivery_info": {{"exchange": "", "routing_key": "q"}}, "delivery_tag": "{ANCHOR}"}}}}"#
     );
     f.broker.publish_raw("q", crafted.as_bytes()).await.unwrap();
+    // And a task id spelled as the anchor.
+    let crafted_id = format!(
+        r#"{{"body": "W10=", "headers": {{"id": "{ANCHOR}"}}, "properties": {{"delivery_info": {{"exchange": "", "routing_key": "q"}}, "delivery_tag": "d-anchor-id"}}}}"#
+    );
+    f.broker
+        .publish_raw("q", crafted_id.as_bytes())
+        .await
+        .unwrap();
     let got = claim_q(&f, Duration::from_millis(200)).await;
-    assert_eq!(got.len(), 4);
+    assert_eq!(got.len(), 5);
     let odd = got.iter().find(|d| d.lease.task_id == "t-anchor").unwrap();
     assert_ne!(odd.lease.delivery_tag, ANCHOR);
     let mut c = redis::Client::open(server.url(db))
@@ -181,15 +189,20 @@ async fn lease_keys_keep_their_fast_encodings_and_their_anchor_is_invisible() {
             .unwrap();
         assert_eq!(enc, want, "{key}");
     }
-    for key in ["afterview:lease", "afterview:running"] {
-        let anchor: String = redis::cmd("HGET")
-            .arg(key)
-            .arg(ANCHOR)
-            .query(&mut c)
-            .unwrap();
-        assert_eq!(anchor, "", "{key}");
-    }
+    // The anchor's value in both hashes: present and empty (no lease, no tag).
+    let anchors = |c: &mut redis::Connection| -> Vec<Option<String>> {
+        ["afterview:lease", "afterview:running"]
+            .iter()
+            .map(|key| redis::cmd("HGET").arg(*key).arg(ANCHOR).query(c).unwrap())
+            .collect()
+    };
+    let empty = vec![Some(String::new()); 2];
+    assert_eq!(anchors(&mut c), empty);
     assert!(f.broker.ack(&odd.lease).await.unwrap());
+    let odd_id = got.iter().find(|d| d.lease.task_id == ANCHOR).unwrap();
+    assert_eq!(odd_id.lease.delivery_tag, "d-anchor-id");
+    assert!(f.broker.ack(&odd_id.lease).await.unwrap());
+    assert_eq!(anchors(&mut c), empty, "after the acks");
     let stats = f.broker.queue_stats(Some(&["q".to_owned()])).await.unwrap();
     assert_eq!((stats[0].ready, stats[0].leased), (0, 3));
     // The leases run out: the three messages come back, and only they.

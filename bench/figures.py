@@ -122,7 +122,8 @@ def main():
         rows.append((f"Redis instructions per task inside the worker's scripts, {shape} (bench/lua_cost.py, "
                      "callgrind: the same on every machine)", f"{f['instructions_per_task']:,.0f}", "-", None,
                      f"{f['commands_instructions_per_task']:,.0f} of them in the commands the scripts call; "
-                     f"{f['tasks']} Celery envelopes, claims of {f['batch']}", None))
+                     f"{f['tasks']} Celery envelopes, " + (f"each claim asking for {f['batch']}" if f.get("one_by_one")
+                                                             else f"claims of {f['batch']}"), None))
     eng = {f["backend"]: f for f in pick("engine")}
     for backend, goal, name in (("sqlite", 15000, "NORMAL"), ("sqlite-full", 8000, "FULL")):
         f = eng.get(backend)

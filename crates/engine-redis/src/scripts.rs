@@ -817,15 +817,15 @@ pub(crate) fn with_helpers(body: &str) -> redis::Script {
 
 /// One top-level definition of [`HELPERS`]: its text (with the comment lines above it) and the
 /// names it defines.
-struct Helper<'a> {
+struct Helper {
     text: String,
-    names: Vec<&'a str>,
+    names: Vec<&'static str>,
 }
 
 /// [`HELPERS`] cut at its top-level `local` definitions (every column-0 line of it is a comment,
 /// a `local`, or the `end` of a function).
-fn helpers() -> Vec<Helper<'static>> {
-    let mut items: Vec<Helper<'static>> = Vec::new();
+fn helpers() -> Vec<Helper> {
+    let mut items: Vec<Helper> = Vec::new();
     let mut comments = String::new();
     for line in HELPERS.lines() {
         if line.starts_with("--") {

@@ -29,6 +29,8 @@ use crate::result::{ResultMeta, TaskState};
 use crate::task::Registry;
 use crate::worker::{Shutdown, Worker, WorkerConfig};
 
+mod gated;
+
 /// Reopens the same storage (durable backends only).
 pub type Reopen = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Fixture> + Send>> + Send + Sync>;
 
@@ -79,6 +81,7 @@ macro_rules! broker_conformance {
             worker_retries_with_backoff,
             worker_enforces_soft_and_hard_limits,
             worker_revokes_queued_delayed_and_running,
+            worker_follows_revocations_from_before_its_first_log_read,
             worker_shutdown_gives_unfinished_tasks_back,
             worker_expires_tasks,
             worker_marks_waiting_tasks_received,
@@ -1258,6 +1261,56 @@ pub async fn worker_enforces_soft_and_hard_limits(f: &impl Factory) {
             "slot freed after the hard limit (cpu={cpu})"
         );
     }
+    w.stop().await;
+}
+
+/// A starting worker whose first read of the revocation log comes late (a slow or briefly
+/// unreachable broker) still cancels a running task revoked before that read: it claims
+/// nothing before it knows where the log stands.
+pub async fn worker_follows_revocations_from_before_its_first_log_read(f: &impl Factory) {
+    let fx = f(DAY).await;
+    let gated = Arc::new(gated::GatedLog::new(fx.broker.clone()));
+    let gfx = Fixture {
+        broker: gated.clone(),
+        ..fx.clone()
+    };
+    let w = start(&gfx, worker_cfg(&["celery"], 2));
+    let id = call(
+        &w.client,
+        "afterview.sleep",
+        json!({"seconds": 30}),
+        SendOptions::default(),
+    )
+    .await;
+    sleep_ms(500).await;
+    let claimed_before_the_read = w.client.result(&id).await.unwrap().status != TaskState::Pending;
+    if claimed_before_the_read {
+        // The run started before the log was read: revoked now, the read then starts after it.
+        let out = w.client.revoke(&id, false).await.unwrap();
+        assert!(out.running);
+        gated.open();
+    } else {
+        gated.open();
+        let mut watch = w.client.watch(&id);
+        loop {
+            let m = tokio::time::timeout(Duration::from_secs(10), watch.next())
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
+            if m.status == TaskState::Processing {
+                break;
+            }
+        }
+        let out = w.client.revoke(&id, false).await.unwrap();
+        assert!(out.running);
+    }
+    let r = wait(&w.client, &id).await;
+    assert_eq!(
+        r.status,
+        TaskState::Revoked,
+        "claimed before the log was read: {claimed_before_the_read}"
+    );
     w.stop().await;
 }
 

@@ -10,7 +10,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::run::{Run, RunControl};
+use super::run::RunControl;
 use super::{Shared, Shutdown, process};
 use crate::backend::{ClaimRequest, LeaseRef, WorkerReport};
 use crate::task::CancelReason;
@@ -151,18 +151,12 @@ pub(super) async fn fetch_loop(s: &Arc<Shared>, shutdown: &Shutdown, runs: &mut 
 fn spawn_run(
     s: &Arc<Shared>,
     runs: &mut JoinSet<()>,
-    d: crate::backend::Delivery,
+    mut d: crate::backend::Delivery,
     claimed_at: Instant,
 ) {
     let ctrl = Arc::new(RunControl::default());
     s.held.fetch_add(1, Ordering::SeqCst);
-    s.runs.lock().expect("runs lock").insert(
-        d.lease.delivery_tag.clone(),
-        Run {
-            lease: d.lease.clone(),
-            ctrl: ctrl.clone(),
-        },
-    );
+    s.register(&mut d, &ctrl);
     let s = s.clone();
     runs.spawn(async move {
         let tag = d.lease.delivery_tag.clone();
@@ -213,21 +207,25 @@ pub(super) async fn renew_loop(s: Arc<Shared>, stop: CancellationToken) {
     }
 }
 
-/// Follows the broker's revocation log and cancels matching runs: at once with `terminate`,
-/// else cooperatively and hard after `revoke_grace`.
-pub(super) async fn control_loop(s: Arc<Shared>, stop: CancellationToken) {
-    let mut cursor = loop {
+/// The revocation log's current end, read until the broker answers (or `stop` fires).
+pub(super) async fn revocation_cursor(s: &Shared, stop: &CancellationToken) -> Option<u64> {
+    loop {
         match s.broker.revocations_since(u64::MAX).await {
-            Ok((_, c)) => break c,
+            Ok((_, c)) => return Some(c),
             Err(e) => {
                 warn!(error = %e, "Cannot read the revocation log yet.");
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    _ = stop.cancelled() => return,
+                    _ = stop.cancelled() => return None,
                 }
             }
         }
-    };
+    }
+}
+
+/// Follows the broker's revocation log from `cursor` and cancels matching runs: at once with
+/// `terminate`, else cooperatively and hard after `revoke_grace`.
+pub(super) async fn control_loop(s: Arc<Shared>, mut cursor: u64, stop: CancellationToken) {
     // Revocations are pushed by some brokers; the poll is then only a safety net.
     let poll = if s.broker.pushes_wakeups() {
         Duration::from_secs(2)
@@ -249,7 +247,7 @@ pub(super) async fn control_loop(s: Arc<Shared>, stop: CancellationToken) {
         };
         cursor = next;
         for rev in revs {
-            for ctrl in s.controls_of(&rev.task_id) {
+            for ctrl in s.controls_of(&rev) {
                 info!(task_id = %rev.task_id, terminate = rev.terminate, "Cancelling revoked task.");
                 if rev.terminate {
                     ctrl.kill(CancelReason::Revoked);

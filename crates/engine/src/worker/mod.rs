@@ -28,7 +28,7 @@ mod run;
 mod settle;
 mod supervise;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -40,7 +40,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::backend::{BackendError, Broker, Delivery, ResultBackend};
+use crate::backend::{BackendError, Broker, Delivery, ResultBackend, Revocation};
 use crate::result::TaskError;
 use crate::task::{CancelReason, Registry};
 use run::{Run, RunControl};
@@ -137,6 +137,10 @@ struct Shared {
     backend: Arc<dyn ResultBackend>,
     registry: Registry,
     runs: Mutex<HashMap<String, Run>>,
+    /// Revocations that matched no run when the control loop read them, kept for
+    /// [`UNMATCHED_KEEP`]: a claim that the broker answered just before the revocation (so its
+    /// copy is not flagged) may not have reached `runs` yet. Locked only while `runs` is held.
+    unmatched: Mutex<Unmatched>,
     totals: Mutex<BTreeMap<String, u64>>,
     slots: Arc<Semaphore>,
     /// Messages claimed and not yet settling: waiting for a slot or running. The prefetch
@@ -181,6 +185,7 @@ impl Worker {
                 backend,
                 registry,
                 runs: Mutex::default(),
+                unmatched: Mutex::default(),
                 totals: Mutex::default(),
                 held: AtomicUsize::new(0),
                 settling: AtomicUsize::new(0),
@@ -220,10 +225,18 @@ impl Worker {
             broker = s.broker.kind(),
             "Worker started."
         );
+        // The revocation log's position is read before the first claim: a revocation recorded
+        // after it reaches the control loop, one recorded before it is flagged at claim. Read
+        // later (a slow or failed first read), a task revoked while running in between would
+        // be missed.
+        let Some(cursor) = loops::revocation_cursor(&s, &shutdown.graceful).await else {
+            info!(node = %s.cfg.node, "Worker stopped before its first claim.");
+            return Ok(());
+        };
         let bg = CancellationToken::new();
         let mut loops = JoinSet::new();
         loops.spawn(loops::renew_loop(s.clone(), bg.clone()));
-        loops.spawn(loops::control_loop(s.clone(), bg.clone()));
+        loops.spawn(loops::control_loop(s.clone(), cursor, bg.clone()));
         loops.spawn(loops::heartbeat_loop(s.clone(), bg.clone()));
         loops.spawn(loops::maintenance_loop(s.clone(), bg.clone()));
 
@@ -315,14 +328,91 @@ impl Shared {
     }
 
     /// The controls of the held runs of `task_id`.
-    fn controls_of(&self, task_id: &str) -> Vec<Arc<RunControl>> {
-        self.runs
-            .lock()
-            .expect("runs lock")
+    /// The runs a revocation read from the log applies to. When there are none, the
+    /// revocation is remembered (under the same lock that registers runs), so that a delivery
+    /// registered afterwards is refused by [`Shared::register`].
+    fn controls_of(&self, rev: &Revocation) -> Vec<Arc<RunControl>> {
+        let runs = self.runs.lock().expect("runs lock");
+        let ctrls: Vec<_> = runs
             .values()
-            .filter(|r| r.lease.task_id == task_id)
+            .filter(|r| r.lease.task_id == rev.task_id)
             .map(|r| r.ctrl.clone())
-            .collect()
+            .collect();
+        if ctrls.is_empty() {
+            self.unmatched
+                .lock()
+                .expect("unmatched lock")
+                .remember(rev, Instant::now());
+        }
+        ctrls
+    }
+
+    /// Registers a claimed delivery as held; a delivery of a task whose revocation the control
+    /// loop already read (and found no run for) is flagged as revoked, as a later claim is.
+    fn register(&self, d: &mut Delivery, ctrl: &Arc<RunControl>) {
+        let mut runs = self.runs.lock().expect("runs lock");
+        if d.revoked.is_none() {
+            d.revoked = self
+                .unmatched
+                .lock()
+                .expect("unmatched lock")
+                .get(&d.lease.task_id, Instant::now());
+        }
+        runs.insert(
+            d.lease.delivery_tag.clone(),
+            Run {
+                lease: d.lease.clone(),
+                ctrl: ctrl.clone(),
+            },
+        );
+    }
+}
+
+/// How long a revocation that matched no run is remembered: far longer than a claim's reply
+/// takes to reach the fetch loop.
+const UNMATCHED_KEEP: Duration = Duration::from_secs(30);
+/// At most this many are remembered (a mass revocation of queued tasks matches no run).
+const UNMATCHED_MAX: usize = 100_000;
+
+/// Recent revocations that matched no run, oldest first.
+#[derive(Default)]
+struct Unmatched {
+    by_id: HashMap<String, Revocation>,
+    order: VecDeque<(Instant, String)>,
+}
+
+impl Unmatched {
+    fn remember(&mut self, rev: &Revocation, now: Instant) {
+        self.expire(now);
+        if self.order.len() >= UNMATCHED_MAX
+            && let Some((_, id)) = self.order.pop_front()
+        {
+            self.by_id.remove(&id);
+        }
+        if self
+            .by_id
+            .insert(rev.task_id.clone(), rev.clone())
+            .is_none()
+        {
+            self.order.push_back((now, rev.task_id.clone()));
+        }
+    }
+
+    fn get(&mut self, task_id: &str, now: Instant) -> Option<Revocation> {
+        if self.order.is_empty() {
+            return None;
+        }
+        self.expire(now);
+        self.by_id.get(task_id).cloned()
+    }
+
+    fn expire(&mut self, now: Instant) {
+        while let Some((at, _)) = self.order.front()
+            && now.duration_since(*at) >= UNMATCHED_KEEP
+        {
+            let (_, id) = self.order.pop_front().expect("a front entry");
+            self.by_id.remove(&id);
+        }
     }
 }
 
@@ -388,5 +478,65 @@ async fn invalid_arguments(s: &Arc<Shared>, d: &Delivery, base: &MetaBase, err: 
             .await
     {
         warn!(error = %e, "Could not dead-letter a message with invalid arguments.");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(r: Option<Revocation>) -> Option<String> {
+        r.map(|r| r.task_id)
+    }
+
+    fn rev(id: &str) -> Revocation {
+        Revocation {
+            task_id: id.into(),
+            terminate: false,
+            at: crate::time::now(),
+            seq: 1,
+        }
+    }
+
+    #[test]
+    fn unmatched_revocations_are_kept_for_a_while_then_dropped() {
+        let t0 = Instant::now();
+        let mut u = Unmatched::default();
+        assert_eq!(id(u.get("a", t0)), None);
+        u.remember(&rev("a"), t0);
+        u.remember(&rev("a"), t0 + Duration::from_secs(1));
+        assert_eq!(u.order.len(), 1, "one entry per task id");
+        u.remember(&rev("b"), t0 + Duration::from_secs(10));
+        assert_eq!(
+            id(u.get("a", t0 + Duration::from_secs(29))),
+            Some("a".into())
+        );
+        assert_eq!(id(u.get("c", t0 + Duration::from_secs(29))), None);
+        assert_eq!(
+            id(u.get("a", t0 + UNMATCHED_KEEP)),
+            None,
+            "kept for a while"
+        );
+        assert_eq!(
+            id(u.get("b", t0 + UNMATCHED_KEEP)),
+            Some("b".into()),
+            "only the old ones go"
+        );
+        assert_eq!(u.by_id.len(), 1);
+        assert_eq!(id(u.get("b", t0 + UNMATCHED_KEEP * 2)), None);
+        assert!(u.by_id.is_empty() && u.order.is_empty());
+    }
+
+    #[test]
+    fn unmatched_revocations_are_bounded() {
+        let t0 = Instant::now();
+        let mut u = Unmatched::default();
+        for i in 0..UNMATCHED_MAX + 5 {
+            u.remember(&rev(&i.to_string()), t0);
+        }
+        assert_eq!(u.order.len(), UNMATCHED_MAX);
+        assert_eq!(u.by_id.len(), UNMATCHED_MAX);
+        assert_eq!(id(u.get("0", t0)), None, "the oldest went first");
+        assert!(u.get(&(UNMATCHED_MAX + 4).to_string(), t0).is_some());
     }
 }

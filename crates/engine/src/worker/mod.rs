@@ -327,10 +327,9 @@ impl Shared {
             .or_default() += 1;
     }
 
-    /// The controls of the held runs of `task_id`.
-    /// The runs a revocation read from the log applies to. When there are none, the
-    /// revocation is remembered (under the same lock that registers runs), so that a delivery
-    /// registered afterwards is refused by [`Shared::register`].
+    /// The controls of the held runs a revocation read from the log applies to. When there are
+    /// none, the revocation is remembered (under the same lock that registers runs), so that a
+    /// delivery registered afterwards is refused by [`Shared::register`].
     fn controls_of(&self, rev: &Revocation) -> Vec<Arc<RunControl>> {
         let runs = self.runs.lock().expect("runs lock");
         let ctrls: Vec<_> = runs
@@ -525,6 +524,53 @@ mod tests {
         assert_eq!(u.by_id.len(), 1);
         assert_eq!(id(u.get("b", t0 + UNMATCHED_KEEP * 2)), None);
         assert!(u.by_id.is_empty() && u.order.is_empty());
+    }
+
+    fn delivery(task_id: &str, tag: &str) -> Delivery {
+        Delivery {
+            lease: crate::backend::LeaseRef {
+                task_id: task_id.into(),
+                delivery_tag: tag.into(),
+                epoch: 1,
+            },
+            queue: "celery".into(),
+            raw: vec![],
+            deliveries: 1,
+            redelivered: false,
+            revoked: None,
+        }
+    }
+
+    /// A claim the broker answered just before a revocation (its copy not flagged) that
+    /// reaches `runs` after the control loop read that revocation is refused; a run already
+    /// held is cancelled instead, and other tasks' deliveries are untouched.
+    #[tokio::test]
+    async fn a_claim_that_crossed_a_revocation_is_refused_when_registered() {
+        let mem = Arc::new(crate::memory::MemoryBackend::new(Duration::from_secs(60)));
+        let w = Worker::new(
+            WorkerConfig::default(),
+            mem.clone(),
+            mem,
+            Registry::with_builtins(),
+        );
+        let s = &w.shared;
+        let ctrl = Arc::new(RunControl::default());
+        let mut held = delivery("held", "tag-1");
+        s.register(&mut held, &ctrl);
+        assert_eq!(s.controls_of(&rev("held")).len(), 1, "a held run is found");
+        assert!(s.controls_of(&rev("crossing")).is_empty());
+        let mut late = delivery("crossing", "tag-2");
+        s.register(&mut late, &ctrl);
+        assert_eq!(late.revoked.map(|r| r.task_id), Some("crossing".into()));
+        let mut other = delivery("other", "tag-3");
+        s.register(&mut other, &ctrl);
+        assert!(other.revoked.is_none());
+        let mut again = delivery("held", "tag-4");
+        s.register(&mut again, &ctrl);
+        assert!(
+            again.revoked.is_none(),
+            "a matched revocation is not remembered"
+        );
     }
 
     #[test]

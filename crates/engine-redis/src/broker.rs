@@ -305,16 +305,21 @@ impl Broker for RedisBackend {
 
     async fn revocations_since(&self, cursor: u64) -> Result<(Vec<Revocation>, u64), BackendError> {
         let mut c = self.inner.conn();
-        let since = if cursor == u64::MAX {
-            u64::MAX >> 1
-        } else {
-            cursor
-        };
+        if cursor == u64::MAX {
+            // Only the end: the sequence number, without the script (which would read from 0
+            // when asked for a position past the end).
+            let seq: Option<u64> = redis::cmd("GET")
+                .arg("afterview:revocation-seq")
+                .query_async(&mut c)
+                .await
+                .map_err(unavailable)?;
+            return Ok((vec![], seq.unwrap_or(0)));
+        }
         let v: Vec<redis::Value> = self
             .inner
             .scripts
             .revocations_since
-            .arg(since)
+            .arg(cursor)
             .invoke_async(&mut c)
             .await
             .map_err(unavailable)?;
@@ -325,9 +330,6 @@ impl Broker for RedisBackend {
             .transpose()
             .map_err(|e| BackendError::corrupt(e.to_string()))?
             .unwrap_or(0);
-        if cursor == u64::MAX {
-            return Ok((vec![], seq));
-        }
         let mut out = vec![];
         let mut next = if seq < cursor { 0 } else { cursor };
         for row in it {

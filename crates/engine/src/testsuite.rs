@@ -1311,6 +1311,10 @@ pub async fn worker_follows_revocations_from_before_its_first_log_read(f: &impl 
         TaskState::Revoked,
         "claimed before the log was read: {claimed_before_the_read}"
     );
+    assert!(
+        !claimed_before_the_read,
+        "the worker claimed before it read where the revocation log stands"
+    );
     w.stop().await;
 }
 

@@ -102,13 +102,15 @@ pub(super) async fn admit(s: &Arc<Shared>, d: &Delivery, ctrl: &RunControl) -> O
 /// check and the run's entry followed by revocations used that one. Points the entry at the
 /// message's id (so a later `terminate` finds the run), then asks for that id's revocation.
 async fn revoked_by_own_id(s: &Arc<Shared>, d: &Delivery, msg: &TaskMessage) -> bool {
-    if let Some(r) = s
-        .runs
-        .lock()
-        .expect("runs lock")
-        .get_mut(&d.lease.delivery_tag)
     {
-        r.lease.task_id = msg.id.clone();
+        let mut runs = s.runs.lock().expect("runs lock");
+        if let Some(r) = runs.get_mut(&d.lease.delivery_tag) {
+            r.lease.task_id = msg.id.clone();
+        }
+        // Read by the control loop while the entry still had the other id.
+        if s.recently_revoked(&msg.id).is_some() {
+            return true;
+        }
     }
     match s.broker.revocation(&msg.id).await {
         Ok(r) => r.is_some(),

@@ -207,13 +207,22 @@ pub(super) async fn renew_loop(s: Arc<Shared>, stop: CancellationToken) {
     }
 }
 
-/// The revocation log's current end, read until the broker answers (or `stop` fires).
+/// The revocation log's current end, read until the broker answers; `None` when `stop` fires
+/// first. No task is claimed before it is known.
 pub(super) async fn revocation_cursor(s: &Shared, stop: &CancellationToken) -> Option<u64> {
+    let mut failures = 0u32;
     loop {
-        match s.broker.revocations_since(u64::MAX).await {
+        let read = tokio::select! {
+            r = s.broker.revocations_since(u64::MAX) => r,
+            _ = stop.cancelled() => return None,
+        };
+        match read {
             Ok((_, c)) => return Some(c),
             Err(e) => {
-                warn!(error = %e, "Cannot read the revocation log yet.");
+                failures += 1;
+                if failures % 30 == 1 {
+                    warn!(error = %e, failures, "Cannot read the revocation log; no task is claimed until it can be read.");
+                }
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                     _ = stop.cancelled() => return None,
@@ -224,7 +233,9 @@ pub(super) async fn revocation_cursor(s: &Shared, stop: &CancellationToken) -> O
 }
 
 /// Follows the broker's revocation log from `cursor` and cancels matching runs: at once with
-/// `terminate`, else cooperatively and hard after `revoke_grace`.
+/// `terminate`, else cooperatively and hard after `revoke_grace`. A read that returned
+/// revocations is followed by another at once (a backlog is read in the broker's pages without
+/// waiting for a wake-up between them).
 pub(super) async fn control_loop(s: Arc<Shared>, mut cursor: u64, stop: CancellationToken) {
     // Revocations are pushed by some brokers; the poll is then only a safety net.
     let poll = if s.broker.pushes_wakeups() {
@@ -232,19 +243,26 @@ pub(super) async fn control_loop(s: Arc<Shared>, mut cursor: u64, stop: Cancella
     } else {
         Duration::from_millis(250)
     };
+    let mut more = false;
     loop {
-        tokio::select! {
-            _ = s.broker.wait_for_work(&[], poll) => {}
-            _ = stop.cancelled() => return,
+        if !more {
+            tokio::select! {
+                _ = s.broker.wait_for_work(&[], poll) => {}
+                _ = stop.cancelled() => return,
+            }
+        } else if stop.is_cancelled() {
+            return;
         }
         let (revs, next) = match s.broker.revocations_since(cursor).await {
             Ok(r) => r,
             Err(e) => {
                 warn!(error = %e, "Reading revocations failed.");
+                more = false;
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 continue;
             }
         };
+        more = !revs.is_empty();
         cursor = next;
         for rev in revs {
             for ctrl in s.controls_of(&rev) {

@@ -137,10 +137,11 @@ struct Shared {
     backend: Arc<dyn ResultBackend>,
     registry: Registry,
     runs: Mutex<HashMap<String, Run>>,
-    /// Revocations that matched no run when the control loop read them, kept for
-    /// [`UNMATCHED_KEEP`]: a claim that the broker answered just before the revocation (so its
-    /// copy is not flagged) may not have reached `runs` yet. Locked only while `runs` is held.
-    unmatched: Mutex<Unmatched>,
+    /// Revocations the control loop read, kept for [`RECENT_KEEP`]: a claim that the broker
+    /// answered just before a revocation (so its copy is not flagged) may reach `runs` after
+    /// the loop read it, and a second copy of a task (a retry, a reused id) may be claimed
+    /// while the first still runs. Locked only while `runs` is held.
+    recent_revocations: Mutex<RecentRevocations>,
     totals: Mutex<BTreeMap<String, u64>>,
     slots: Arc<Semaphore>,
     /// Messages claimed and not yet settling: waiting for a slot or running. The prefetch
@@ -185,7 +186,7 @@ impl Worker {
                 backend,
                 registry,
                 runs: Mutex::default(),
-                unmatched: Mutex::default(),
+                recent_revocations: Mutex::default(),
                 totals: Mutex::default(),
                 held: AtomicUsize::new(0),
                 settling: AtomicUsize::new(0),
@@ -226,9 +227,10 @@ impl Worker {
             "Worker started."
         );
         // The revocation log's position is read before the first claim: a revocation recorded
-        // after it reaches the control loop, one recorded before it is flagged at claim. Read
-        // later (a slow or failed first read), a task revoked while running in between would
-        // be missed.
+        // after it reaches the control loop, one recorded before it is flagged at claim (while
+        // its tombstone is kept; a message whose id the broker could not read is checked by
+        // its own id at admission). Read later (a slow or failed first read), a task revoked
+        // while running in between would be missed.
         let Some(cursor) = loops::revocation_cursor(&s, &shutdown.graceful).await else {
             info!(node = %s.cfg.node, "Worker stopped before its first claim.");
             return Ok(());
@@ -327,35 +329,27 @@ impl Shared {
             .or_default() += 1;
     }
 
-    /// The controls of the held runs a revocation read from the log applies to. When there are
-    /// none, the revocation is remembered (under the same lock that registers runs), so that a
-    /// delivery registered afterwards is refused by [`Shared::register`].
+    /// The controls of the held runs a revocation read from the log applies to. The revocation
+    /// is also remembered (under the same lock that registers runs), so that a delivery of the
+    /// task registered afterwards is refused by [`Shared::register`].
     fn controls_of(&self, rev: &Revocation) -> Vec<Arc<RunControl>> {
         let runs = self.runs.lock().expect("runs lock");
-        let ctrls: Vec<_> = runs
-            .values()
+        self.recent_revocations
+            .lock()
+            .expect("recent revocations lock")
+            .remember(rev, Instant::now());
+        runs.values()
             .filter(|r| r.lease.task_id == rev.task_id)
             .map(|r| r.ctrl.clone())
-            .collect();
-        if ctrls.is_empty() {
-            self.unmatched
-                .lock()
-                .expect("unmatched lock")
-                .remember(rev, Instant::now());
-        }
-        ctrls
+            .collect()
     }
 
     /// Registers a claimed delivery as held; a delivery of a task whose revocation the control
-    /// loop already read (and found no run for) is flagged as revoked, as a later claim is.
+    /// loop already read is flagged as revoked, as a later claim is.
     fn register(&self, d: &mut Delivery, ctrl: &Arc<RunControl>) {
         let mut runs = self.runs.lock().expect("runs lock");
         if d.revoked.is_none() {
-            d.revoked = self
-                .unmatched
-                .lock()
-                .expect("unmatched lock")
-                .get(&d.lease.task_id, Instant::now());
+            d.revoked = self.recently_revoked(&d.lease.task_id);
         }
         runs.insert(
             d.lease.delivery_tag.clone(),
@@ -365,25 +359,34 @@ impl Shared {
             },
         );
     }
+
+    /// The revocation of `task_id` the control loop read lately, if any. Called with `runs`
+    /// held.
+    fn recently_revoked(&self, task_id: &str) -> Option<Revocation> {
+        self.recent_revocations
+            .lock()
+            .expect("recent revocations lock")
+            .get(task_id, Instant::now())
+    }
 }
 
-/// How long a revocation that matched no run is remembered: far longer than a claim's reply
-/// takes to reach the fetch loop.
-const UNMATCHED_KEEP: Duration = Duration::from_secs(30);
-/// At most this many are remembered (a mass revocation of queued tasks matches no run).
-const UNMATCHED_MAX: usize = 100_000;
+/// How long a revocation read from the log is remembered: far longer than a claim's reply takes
+/// to reach the fetch loop.
+const RECENT_KEEP: Duration = Duration::from_secs(30);
+/// At most this many are remembered (a mass revocation of queued tasks).
+const RECENT_MAX: usize = 100_000;
 
-/// Recent revocations that matched no run, oldest first.
+/// Revocations read lately, oldest first.
 #[derive(Default)]
-struct Unmatched {
+struct RecentRevocations {
     by_id: HashMap<String, Revocation>,
     order: VecDeque<(Instant, String)>,
 }
 
-impl Unmatched {
+impl RecentRevocations {
     fn remember(&mut self, rev: &Revocation, now: Instant) {
         self.expire(now);
-        if self.order.len() >= UNMATCHED_MAX
+        if self.order.len() >= RECENT_MAX
             && let Some((_, id)) = self.order.pop_front()
         {
             self.by_id.remove(&id);
@@ -407,10 +410,15 @@ impl Unmatched {
 
     fn expire(&mut self, now: Instant) {
         while let Some((at, _)) = self.order.front()
-            && now.duration_since(*at) >= UNMATCHED_KEEP
+            && now.duration_since(*at) >= RECENT_KEEP
         {
             let (_, id) = self.order.pop_front().expect("a front entry");
             self.by_id.remove(&id);
+        }
+        if self.order.is_empty() && self.order.capacity() > 1024 {
+            // After a mass revocation: the memory goes back.
+            self.order = VecDeque::new();
+            self.by_id = HashMap::new();
         }
     }
 }
@@ -498,9 +506,9 @@ mod tests {
     }
 
     #[test]
-    fn unmatched_revocations_are_kept_for_a_while_then_dropped() {
+    fn recent_revocations_are_kept_for_a_while_then_dropped() {
         let t0 = Instant::now();
-        let mut u = Unmatched::default();
+        let mut u = RecentRevocations::default();
         assert_eq!(id(u.get("a", t0)), None);
         u.remember(&rev("a"), t0);
         u.remember(&rev("a"), t0 + Duration::from_secs(1));
@@ -511,18 +519,14 @@ mod tests {
             Some("a".into())
         );
         assert_eq!(id(u.get("c", t0 + Duration::from_secs(29))), None);
+        assert_eq!(id(u.get("a", t0 + RECENT_KEEP)), None, "kept for a while");
         assert_eq!(
-            id(u.get("a", t0 + UNMATCHED_KEEP)),
-            None,
-            "kept for a while"
-        );
-        assert_eq!(
-            id(u.get("b", t0 + UNMATCHED_KEEP)),
+            id(u.get("b", t0 + RECENT_KEEP)),
             Some("b".into()),
             "only the old ones go"
         );
         assert_eq!(u.by_id.len(), 1);
-        assert_eq!(id(u.get("b", t0 + UNMATCHED_KEEP * 2)), None);
+        assert_eq!(id(u.get("b", t0 + RECENT_KEEP * 2)), None);
         assert!(u.by_id.is_empty() && u.order.is_empty());
     }
 
@@ -542,8 +546,8 @@ mod tests {
     }
 
     /// A claim the broker answered just before a revocation (its copy not flagged) that
-    /// reaches `runs` after the control loop read that revocation is refused; a run already
-    /// held is cancelled instead, and other tasks' deliveries are untouched.
+    /// reaches `runs` after the control loop read that revocation is refused, as is a second
+    /// copy of a task whose held run it cancels; other tasks' deliveries are untouched.
     #[tokio::test]
     async fn a_claim_that_crossed_a_revocation_is_refused_when_registered() {
         let mem = Arc::new(crate::memory::MemoryBackend::new(Duration::from_secs(60)));
@@ -567,22 +571,23 @@ mod tests {
         assert!(other.revoked.is_none());
         let mut again = delivery("held", "tag-4");
         s.register(&mut again, &ctrl);
-        assert!(
-            again.revoked.is_none(),
-            "a matched revocation is not remembered"
+        assert_eq!(
+            again.revoked.map(|r| r.task_id),
+            Some("held".into()),
+            "a second copy of a task whose run was cancelled (a retry, a reused id)"
         );
     }
 
     #[test]
-    fn unmatched_revocations_are_bounded() {
+    fn recent_revocations_are_bounded() {
         let t0 = Instant::now();
-        let mut u = Unmatched::default();
-        for i in 0..UNMATCHED_MAX + 5 {
+        let mut u = RecentRevocations::default();
+        for i in 0..RECENT_MAX + 5 {
             u.remember(&rev(&i.to_string()), t0);
         }
-        assert_eq!(u.order.len(), UNMATCHED_MAX);
-        assert_eq!(u.by_id.len(), UNMATCHED_MAX);
+        assert_eq!(u.order.len(), RECENT_MAX);
+        assert_eq!(u.by_id.len(), RECENT_MAX);
         assert_eq!(id(u.get("0", t0)), None, "the oldest went first");
-        assert!(u.get(&(UNMATCHED_MAX + 4).to_string(), t0).is_some());
+        assert!(u.get(&(RECENT_MAX + 4).to_string(), t0).is_some());
     }
 }

@@ -845,6 +845,21 @@ async fn wait(c: &Client, id: &str) -> ResultMeta {
     c.wait(id, Duration::from_secs(20)).await.unwrap()
 }
 
+/// Follows `id` until its run reports progress (PROCESSING), at most 10 s.
+async fn until_processing(c: &Client, id: &str) {
+    let mut watch = c.watch(id);
+    loop {
+        let m = tokio::time::timeout(Duration::from_secs(10), watch.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        if m.status == TaskState::Processing {
+            return;
+        }
+    }
+}
+
 /// Success, positional and keyword arguments, progress events in order.
 pub async fn worker_runs_tasks_and_reports_progress(f: &impl Factory) {
     let fx = f(DAY).await;
@@ -1291,17 +1306,7 @@ pub async fn worker_follows_revocations_from_before_its_first_log_read(f: &impl 
         gated.open();
     } else {
         gated.open();
-        let mut watch = w.client.watch(&id);
-        loop {
-            let m = tokio::time::timeout(Duration::from_secs(10), watch.next())
-                .await
-                .unwrap()
-                .unwrap()
-                .unwrap();
-            if m.status == TaskState::Processing {
-                break;
-            }
-        }
+        until_processing(&w.client, &id).await;
         let out = w.client.revoke(&id, false).await.unwrap();
         assert!(out.running);
     }
@@ -1344,17 +1349,7 @@ pub async fn worker_revokes_queued_delayed_and_running(f: &impl Factory) {
         SendOptions::default(),
     )
     .await;
-    let mut watch = w.client.watch(&running);
-    loop {
-        let m = tokio::time::timeout(Duration::from_secs(10), watch.next())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
-        if m.status == TaskState::Processing {
-            break;
-        }
-    }
+    until_processing(&w.client, &running).await;
     let t0 = tokio::time::Instant::now();
     let out = w.client.revoke(&running, false).await.unwrap();
     assert!(out.running);
@@ -1408,8 +1403,7 @@ pub async fn worker_shutdown_gives_unfinished_tasks_back(f: &impl Factory) {
         SendOptions::default(),
     )
     .await;
-    let mut watch = w.client.watch(&slow);
-    while watch.next().await.unwrap().unwrap().status != TaskState::Processing {}
+    until_processing(&w.client, &slow).await;
     let client = w.client.clone();
     w.stop().await;
     assert_eq!(

@@ -18,6 +18,7 @@ use std::collections::HashSet;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use serde_json::{Map, Value, json};
@@ -25,8 +26,9 @@ use serde_json::{Map, Value, json};
 use crate::backend::{Broker, ClaimRequest, Delivery, ResultBackend, StoreOutcome, WorkerReport};
 use crate::client::Client;
 use crate::message::{SendOptions, TaskMessage, TimeLimits};
+use crate::result::TaskError;
 use crate::result::{ResultMeta, TaskState};
-use crate::task::Registry;
+use crate::task::{Registry, Task, TaskContext};
 use crate::worker::{Shutdown, Worker, WorkerConfig};
 
 mod gated;
@@ -83,6 +85,9 @@ macro_rules! broker_conformance {
             worker_revokes_queued_delayed_and_running,
             worker_follows_revocations_from_before_its_first_log_read,
             worker_shutdown_gives_unfinished_tasks_back,
+            worker_shutdown_gives_back_messages_not_started,
+            worker_keeps_the_newer_run_of_a_message_it_got_back,
+            worker_fails_a_task_whose_arguments_panic_in_decoding,
             worker_expires_tasks,
             worker_marks_waiting_tasks_received,
             worker_writes_started_only_for_longer_runs,
@@ -824,7 +829,10 @@ impl Running {
 }
 
 fn start(fx: &Fixture, cfg: WorkerConfig) -> Running {
-    let registry = Registry::with_builtins();
+    start_with(fx, cfg, Registry::with_builtins())
+}
+
+fn start_with(fx: &Fixture, cfg: WorkerConfig, registry: Registry) -> Running {
     let client = Client::new(fx.broker.clone(), fx.backend.clone()).with_routes_from(&registry);
     let shutdown = Shutdown::new();
     let w = Worker::new(cfg, fx.broker.clone(), fx.backend.clone(), registry);
@@ -1284,7 +1292,10 @@ pub async fn worker_enforces_soft_and_hard_limits(f: &impl Factory) {
 /// nothing before it knows where the log stands.
 pub async fn worker_follows_revocations_from_before_its_first_log_read(f: &impl Factory) {
     let fx = f(DAY).await;
-    let gated = Arc::new(gated::GatedLog::new(fx.broker.clone()));
+    let gated = Arc::new(gated::Gated::new(
+        fx.broker.clone(),
+        gated::Hold::FirstLogRead,
+    ));
     let gfx = Fixture {
         broker: gated.clone(),
         ..fx.clone()
@@ -1415,6 +1426,67 @@ pub async fn worker_shutdown_gives_unfinished_tasks_back(f: &impl Factory) {
         client.result(&slow).await.unwrap().status,
         TaskState::Success
     );
+    back_in_the_queue_then_run(&fx, &slow, "the slow task").await;
+}
+
+/// At a graceful shutdown, a message claimed but not started (prefetched, waiting for a slot)
+/// goes back to the queue at once, as a Celery worker's warm shutdown restores its reserved
+/// messages: it does not start in the slot a finished run frees during the grace period.
+pub async fn worker_shutdown_gives_back_messages_not_started(f: &impl Factory) {
+    let fx = f(DAY).await;
+    let cfg = WorkerConfig {
+        prefetch_multiplier: 2,
+        ..worker_cfg(&["celery"], 1)
+    };
+    let w = start(&fx, cfg);
+    let running = call(
+        &w.client,
+        "afterview.sleep",
+        json!({"seconds": 1.0}),
+        SendOptions::default(),
+    )
+    .await;
+    until_processing(&w.client, &running).await;
+    let waiting = call(
+        &w.client,
+        "afterview.noop",
+        json!({}),
+        SendOptions::default(),
+    )
+    .await;
+    let t0 = tokio::time::Instant::now();
+    loop {
+        let stats = fx
+            .broker
+            .queue_stats(Some(&["celery".into()]))
+            .await
+            .unwrap();
+        if stats[0].leased == 2 {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "the second message is claimed while the first runs: {stats:?}"
+        );
+        sleep_ms(20).await;
+    }
+    let client = w.client.clone();
+    w.stop().await;
+    assert_eq!(
+        client.result(&running).await.unwrap().status,
+        TaskState::Success,
+        "the running task finished within the grace"
+    );
+    assert_ne!(
+        client.result(&waiting).await.unwrap().status,
+        TaskState::Success,
+        "the message that had not started was not run during the shutdown"
+    );
+    back_in_the_queue_then_run(&fx, &waiting, "the message not started").await;
+}
+
+/// `id` is the one message in the queue, none leased, and the next worker runs it.
+async fn back_in_the_queue_then_run(fx: &Fixture, id: &str, what: &str) {
     let stats = fx
         .broker
         .queue_stats(Some(&["celery".into()]))
@@ -1423,12 +1495,136 @@ pub async fn worker_shutdown_gives_unfinished_tasks_back(f: &impl Factory) {
     assert_eq!(
         (stats[0].ready, stats[0].leased),
         (1, 0),
-        "the slow task is back in the queue"
+        "{what} is back in the queue"
     );
-    let w2 = start(&fx, worker_cfg(&["celery"], 2));
-    let r = wait(&w2.client, &slow).await;
-    assert_eq!(r.status, TaskState::Success);
-    w2.stop().await;
+    let w = start(fx, worker_cfg(&["celery"], 2));
+    assert_eq!(wait(&w.client, id).await.status, TaskState::Success);
+    w.stop().await;
+}
+
+/// Sleeps `seconds` (dropped when its run is stopped), counting its runs.
+struct CountedSleep {
+    started: Arc<AtomicUsize>,
+}
+
+#[derive(serde::Deserialize)]
+struct CountedSleepArgs {
+    seconds: f64,
+}
+
+impl Task for CountedSleep {
+    const NAME: &'static str = "suite.counted_sleep";
+    type Args = CountedSleepArgs;
+    type Output = Value;
+
+    async fn run(&self, _ctx: TaskContext, a: CountedSleepArgs) -> Result<Value, TaskError> {
+        self.started.fetch_add(1, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_secs_f64(a.seconds)).await;
+        Ok(json!({"slept": a.seconds}))
+    }
+}
+
+/// A worker stalled for longer than a lease (its renewals held: a paused VM, a starved
+/// process) gets the message back under the same delivery tag at the next epoch. The earlier
+/// run is the one stopped, and the later one runs to the end under its renewed lease; keyed by
+/// the tag alone, the late answer "epoch 1 lost" stopped the new run instead, while the old one
+/// ran on unseen by renewals and revocations, and the task was handed out again and again.
+pub async fn worker_keeps_the_newer_run_of_a_message_it_got_back(f: &impl Factory) {
+    let fx = f(DAY).await;
+    let gated = Arc::new(gated::Gated::new(fx.broker.clone(), gated::Hold::Renewals));
+    let gfx = Fixture {
+        broker: gated.clone(),
+        ..fx.clone()
+    };
+    let started = Arc::new(AtomicUsize::new(0));
+    let mut registry = Registry::with_builtins();
+    registry.register(CountedSleep {
+        started: started.clone(),
+    });
+    let cfg = WorkerConfig {
+        lease: Duration::from_millis(1500),
+        ..worker_cfg(&["celery"], 2)
+    };
+    let w = start_with(&gfx, cfg, registry);
+    let id = call(
+        &w.client,
+        CountedSleep::NAME,
+        json!({"seconds": 3.0}),
+        SendOptions::default(),
+    )
+    .await;
+    // The lease runs out while its renewals wait; the worker's own sweep gives the message
+    // back and its free slot claims it again.
+    let t0 = tokio::time::Instant::now();
+    while started.load(Ordering::SeqCst) < 2 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(15),
+            "the message came back and was claimed again ({} runs)",
+            started.load(Ordering::SeqCst)
+        );
+        sleep_ms(20).await;
+    }
+    gated.open();
+    let r = wait(&w.client, &id).await;
+    assert_eq!(r.status, TaskState::Success, "{r:?}");
+    assert_eq!(
+        started.load(Ordering::SeqCst),
+        2,
+        "the run of the newer lease was not stopped in place of the older"
+    );
+    w.stop().await;
+}
+
+/// Arguments whose decoding panics (a hand-written `Deserialize`).
+struct Explosive;
+
+impl<'de> serde::Deserialize<'de> for Explosive {
+    fn deserialize<D: serde::Deserializer<'de>>(_: D) -> Result<Self, D::Error> {
+        panic!("this Deserialize panics")
+    }
+}
+
+struct PanicsInDecoding;
+
+impl Task for PanicsInDecoding {
+    const NAME: &'static str = "suite.panics_in_decoding";
+    type Args = Explosive;
+    type Output = Value;
+
+    async fn run(&self, _ctx: TaskContext, _a: Explosive) -> Result<Value, TaskError> {
+        Ok(Value::Null)
+    }
+}
+
+/// A panic in the task's code before its run (decoding its arguments) fails the task as a
+/// panic in the run does, and the worker goes on: its message no longer holds the window (with
+/// one slot the worker claimed nothing more) or has its lease renewed for ever.
+pub async fn worker_fails_a_task_whose_arguments_panic_in_decoding(f: &impl Factory) {
+    let fx = f(DAY).await;
+    let mut registry = Registry::with_builtins();
+    registry.register(PanicsInDecoding);
+    let w = start_with(&fx, worker_cfg(&["celery"], 1), registry);
+    let id = call(
+        &w.client,
+        PanicsInDecoding::NAME,
+        json!({}),
+        SendOptions::default(),
+    )
+    .await;
+    let r = wait(&w.client, &id).await;
+    assert_eq!(r.status, TaskState::Failure, "{r:?}");
+    let e = r.error_info().unwrap();
+    assert_eq!(e.code, "internal_error");
+    assert!(e.message.contains("this Deserialize panics"), "{e:?}");
+    let next = call(
+        &w.client,
+        "afterview.noop",
+        json!({}),
+        SendOptions::default(),
+    )
+    .await;
+    assert_eq!(wait(&w.client, &next).await.status, TaskState::Success);
+    w.stop().await;
 }
 
 /// A task past its `expires` is revoked with reason `expired`, not run.

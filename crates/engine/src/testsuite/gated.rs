@@ -1,5 +1,7 @@
-//! A broker that holds the first read of its revocation log's end until the test opens a gate:
-//! the late first read a slow or briefly unreachable broker gives a starting worker.
+//! A broker that holds one kind of call until the test opens a gate: the first read of its
+//! revocation log's end (the late first read a slow or briefly unreachable broker gives a
+//! starting worker), or every lease renewal (a worker stalled for longer than a lease: a
+//! paused VM, a starved process).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,31 +16,45 @@ use crate::backend::{
 };
 use crate::message::TaskMessage;
 
-/// Delegates everything to `inner`; the first `revocations_since(u64::MAX)` waits for
-/// [`GatedLog::open`].
-pub(super) struct GatedLog {
+/// Which calls wait for the gate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Hold {
+    /// The first `revocations_since(u64::MAX)`.
+    FirstLogRead,
+    /// Every `renew`.
+    Renewals,
+}
+
+/// Delegates everything to `inner`; the calls `hold` names wait for [`Gated::open`].
+pub(super) struct Gated {
     inner: Arc<dyn Broker>,
+    hold: Hold,
     gate: Semaphore,
     passed: AtomicBool,
 }
 
-impl GatedLog {
-    pub(super) fn new(inner: Arc<dyn Broker>) -> Self {
+impl Gated {
+    pub(super) fn new(inner: Arc<dyn Broker>, hold: Hold) -> Self {
         Self {
             inner,
+            hold,
             gate: Semaphore::new(0),
             passed: AtomicBool::new(false),
         }
     }
 
-    /// Lets the held read (and every later one) through.
+    /// Lets the held calls (and every later one) through.
     pub(super) fn open(&self) {
         self.gate.add_permits(Semaphore::MAX_PERMITS / 2);
+    }
+
+    async fn pass(&self) {
+        let _held = self.gate.acquire().await.expect("the gate is never closed");
     }
 }
 
 #[async_trait]
-impl Broker for GatedLog {
+impl Broker for Gated {
     fn kind(&self) -> &'static str {
         self.inner.kind()
     }
@@ -65,6 +81,9 @@ impl Broker for GatedLog {
         leases: &[LeaseRef],
         lease: Duration,
     ) -> Result<Vec<LeaseRef>, BackendError> {
+        if self.hold == Hold::Renewals {
+            self.pass().await;
+        }
         self.inner.renew(leases, lease).await
     }
     async fn ack(&self, lease: &LeaseRef) -> Result<bool, BackendError> {
@@ -106,8 +125,11 @@ impl Broker for GatedLog {
         self.inner.revoke(task_id, terminate, keep).await
     }
     async fn revocations_since(&self, cursor: u64) -> Result<(Vec<Revocation>, u64), BackendError> {
-        if cursor == u64::MAX && !self.passed.swap(true, Ordering::SeqCst) {
-            let _held = self.gate.acquire().await.expect("the gate is never closed");
+        if self.hold == Hold::FirstLogRead
+            && cursor == u64::MAX
+            && !self.passed.swap(true, Ordering::SeqCst)
+        {
+            self.pass().await;
         }
         self.inner.revocations_since(cursor).await
     }

@@ -104,7 +104,7 @@ pub(super) async fn admit(s: &Arc<Shared>, d: &Delivery, ctrl: &RunControl) -> O
 async fn revoked_by_own_id(s: &Arc<Shared>, d: &Delivery, msg: &TaskMessage) -> bool {
     {
         let mut runs = s.runs.lock().expect("runs lock");
-        if let Some(r) = runs.get_mut(&d.lease.delivery_tag) {
+        if let Some(r) = runs.get_mut(&super::run_key(&d.lease)) {
             r.lease.task_id = msg.id.clone();
         }
         // Read by the control loop while the entry still had the other id.
@@ -135,7 +135,12 @@ async fn set_aside(s: &Arc<Shared>, d: &Delivery, e: DecodeError) {
         );
         meta.name = e.task_name.clone();
         meta.worker = Some(s.cfg.node.clone());
-        store(s, &meta, &d.lease).await;
+        if store(s, &meta, &d.lease).await.is_none() {
+            // Not dead-lettered (which acks) without its FAILURE: the task would stay PENDING
+            // for good. Still leased, the message comes back after its lease and is tried again.
+            warn!(task_id = ?e.task_id, "Malformed message kept until its failure can be stored.");
+            return;
+        }
     }
     let dead = s
         .broker
@@ -168,15 +173,13 @@ async fn wait_for_eta(
         }
         Ok(false) => {
             let wait = (eta - crate::time::now()).to_std().unwrap_or_default();
-            tokio::select! {
-                _ = tokio::time::sleep(wait) => Some(msg),
-                _ = ctrl.kill.notified() => {
-                    let base = MetaBase::new(&s.cfg.node, &msg);
-                    let reason = ctrl.killed().unwrap_or(CancelReason::Shutdown);
-                    settle_killed(s, &base, &d.lease, reason).await;
-                    None
-                }
-            }
+            let reason = tokio::select! {
+                _ = tokio::time::sleep(wait) => return Some(msg),
+                _ = ctrl.kill.notified() => ctrl.killed().unwrap_or(CancelReason::Shutdown),
+                () = s.draining.cancelled() => CancelReason::Shutdown,
+            };
+            settle_killed(s, &MetaBase::new(&s.cfg.node, &msg), &d.lease, reason).await;
+            None
         }
         Err(e) => {
             warn!(task_id = %msg.id, error = %e, "Could not defer the task; it will come back after its lease.");

@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::run::RunControl;
-use super::{Shared, Shutdown, process};
+use super::{RunKey, Shared, Shutdown, process, run_key};
 use crate::backend::{ClaimRequest, LeaseRef, WorkerReport};
 use crate::task::CancelReason;
 
@@ -157,13 +157,35 @@ fn spawn_run(
     let ctrl = Arc::new(RunControl::default());
     s.held.fetch_add(1, Ordering::SeqCst);
     s.register(&mut d, &ctrl);
+    let hold = Hold {
+        s: s.clone(),
+        key: run_key(&d.lease),
+        ctrl: ctrl.clone(),
+    };
     let s = s.clone();
     runs.spawn(async move {
-        let tag = d.lease.delivery_tag.clone();
         process(&s, d, &ctrl, claimed_at).await;
-        s.runs.lock().expect("runs lock").remove(&tag);
-        s.release(&ctrl);
+        drop(hold);
     });
+}
+
+/// A delivery's place in the worker: its `runs` entry and its count in the window, given up
+/// when the supervisor ends, or unwinds (a panic outside the handler, in its arguments'
+/// decoding say, would otherwise keep the lease renewed and the slot taken forever; the
+/// message then comes back after its lease).
+struct Hold {
+    s: Arc<Shared>,
+    key: RunKey,
+    ctrl: Arc<RunControl>,
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        if let Ok(mut runs) = self.s.runs.lock() {
+            runs.remove(&self.key);
+        }
+        self.s.release(&self.ctrl);
+    }
 }
 
 /// Extends held leases every third of a lease; a lost lease kills its run, and when renewal
@@ -189,7 +211,8 @@ pub(super) async fn renew_loop(s: Arc<Shared>, stop: CancellationToken) {
                 last_ok = Instant::now();
                 let runs = s.runs.lock().expect("runs lock");
                 for l in lost {
-                    if let Some(r) = runs.get(&l.delivery_tag) {
+                    // The run of that epoch only: the message may be held again at a newer one.
+                    if let Some(r) = runs.get(&run_key(&l)) {
                         warn!(task_id = %l.task_id, "Lease lost; stopping the run.");
                         r.ctrl.kill(CancelReason::LeaseLost);
                     }
@@ -289,7 +312,7 @@ pub(super) fn report(s: &Shared) -> WorkerReport {
         .lock()
         .expect("runs lock")
         .iter()
-        .filter_map(|(tag, r)| {
+        .filter_map(|((tag, _), r)| {
             let a = r.ctrl.active.lock().expect("active lock");
             a.as_ref().map(|a| a.render(tag))
         })
@@ -316,18 +339,18 @@ pub(super) fn report(s: &Shared) -> WorkerReport {
 /// or the finished count changed, so `inspect` is fresh without a write per task at high rates.
 pub(super) async fn heartbeat_loop(s: Arc<Shared>, stop: CancellationToken) {
     let mut last = Instant::now() - s.cfg.heartbeat;
-    let mut last_active: Vec<String> = vec![];
+    let mut last_active: Vec<RunKey> = vec![];
     let mut last_done = 0u64;
     let period = Duration::from_millis(250).min(s.cfg.heartbeat);
     let mut period = Period::new(period, stop);
     while period.next().await {
-        let mut active: Vec<String> = s
+        let mut active: Vec<RunKey> = s
             .runs
             .lock()
             .expect("runs lock")
             .iter()
             .filter(|(_, r)| r.ctrl.active.lock().expect("active lock").is_some())
-            .map(|(tag, _)| tag.clone())
+            .map(|(key, _)| key.clone())
             .collect();
         active.sort();
         let done: u64 = s.totals.lock().expect("totals lock").values().sum();

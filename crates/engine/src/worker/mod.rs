@@ -29,6 +29,7 @@ mod settle;
 mod supervise;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -40,7 +41,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::backend::{BackendError, Broker, Delivery, ResultBackend, Revocation};
+use crate::backend::{BackendError, Broker, Delivery, LeaseRef, ResultBackend, Revocation};
 use crate::result::TaskError;
 use crate::task::{CancelReason, Registry};
 use run::{Run, RunControl};
@@ -136,7 +137,10 @@ struct Shared {
     broker: Arc<dyn Broker>,
     backend: Arc<dyn ResultBackend>,
     registry: Registry,
-    runs: Mutex<HashMap<String, Run>>,
+    /// Held messages by delivery tag and lease epoch: a message whose lease ran out while this
+    /// worker still ran it (a stall longer than a lease) may come back to the same worker under
+    /// the same tag at the next epoch, and each entry must stay its own run's.
+    runs: Mutex<HashMap<RunKey, Run>>,
     /// Revocations the control loop read, kept for [`RECENT_KEEP`]: a claim that the broker
     /// answered just before a revocation (so its copy is not flagged) may reach `runs` after
     /// the loop read it, and a second copy of a task (a retry, a reused id) may be claimed
@@ -153,7 +157,17 @@ struct Shared {
     /// them at once, so a slow backend stops the fetching instead of piling results up.
     settling: AtomicUsize,
     freed: Notify,
+    /// Fired when a graceful shutdown begins: messages claimed but not started are given back
+    /// instead of taking the slots that running tasks free during the grace period.
+    draining: CancellationToken,
     started_at: chrono::DateTime<Utc>,
+}
+
+/// A held message's key: its delivery tag and lease epoch.
+type RunKey = (String, u64);
+
+fn run_key(lease: &LeaseRef) -> RunKey {
+    (lease.delivery_tag.clone(), lease.epoch)
 }
 
 /// A worker bound to a broker, a result backend and a registry.
@@ -191,6 +205,7 @@ impl Worker {
                 held: AtomicUsize::new(0),
                 settling: AtomicUsize::new(0),
                 freed: Notify::new(),
+                draining: CancellationToken::new(),
                 started_at: crate::time::now(),
             }),
         }
@@ -244,6 +259,7 @@ impl Worker {
 
         let mut runs = JoinSet::new();
         loops::fetch_loop(&s, &shutdown, &mut runs).await;
+        s.draining.cancel();
         drain(&s, &shutdown, &mut runs).await;
         bg.cancel();
         while loops.join_next().await.is_some() {}
@@ -255,7 +271,9 @@ impl Worker {
     }
 }
 
-/// Lets running tasks finish within the grace period, then gives the rest back.
+/// Lets running tasks finish within the grace period, then gives the rest back. Messages not
+/// started yet are given back at once (they no longer wait for a slot: `draining`), as a
+/// Celery worker's warm shutdown restores its reserved messages.
 async fn drain(s: &Arc<Shared>, shutdown: &Shutdown, runs: &mut JoinSet<()>) {
     let deadline = Instant::now() + s.cfg.shutdown_grace;
     while s.in_hand() > 0 {
@@ -346,13 +364,22 @@ impl Shared {
 
     /// Registers a claimed delivery as held; a delivery of a task whose revocation the control
     /// loop already read is flagged as revoked, as a later claim is.
+    ///
+    /// A run of the same message at an older epoch has lost its lease (the broker gave the
+    /// message out again, to this worker): it is stopped now rather than at its next renewal.
     fn register(&self, d: &mut Delivery, ctrl: &Arc<RunControl>) {
         let mut runs = self.runs.lock().expect("runs lock");
         if d.revoked.is_none() {
             d.revoked = self.recently_revoked(&d.lease.task_id);
         }
+        for ((tag, epoch), r) in runs.iter() {
+            if *tag == d.lease.delivery_tag && *epoch < d.lease.epoch {
+                warn!(task_id = %r.lease.task_id, "The message came back after its lease ran out; stopping the earlier run.");
+                r.ctrl.kill(CancelReason::LeaseLost);
+            }
+        }
         runs.insert(
-            d.lease.delivery_tag.clone(),
+            run_key(&d.lease),
             Run {
                 lease: d.lease.clone(),
                 ctrl: ctrl.clone(),
@@ -431,7 +458,12 @@ async fn process(s: &Arc<Shared>, d: Delivery, ctrl: &Arc<RunControl>, claimed_a
         return;
     };
     let lease = &d.lease;
-    let opts = handler.options();
+    // The task's own code runs here outside its run (its options, its arguments' decoding):
+    // a panic there fails the task as a panic in the run does.
+    let opts = match catch_unwind(AssertUnwindSafe(|| handler.options())) {
+        Ok(o) => o,
+        Err(p) => return panicked_outside_run(s, &base, lease, "in its options", p).await,
+    };
     let permit = match supervise::acquire_slot(s, &base, lease, ctrl).await {
         Ok(p) => p,
         Err(reason) => return settle_killed(s, &base, lease, reason).await,
@@ -447,9 +479,14 @@ async fn process(s: &Arc<Shared>, d: Delivery, ctrl: &Arc<RunControl>, claimed_a
         // Revoked or shut down between claim and start.
         return settle_killed(s, &base, lease, reason).await;
     }
-    let fut = match handler.call(begun.ctx.clone(), args, kwargs) {
-        Ok(f) => f,
-        Err(err) => return invalid_arguments(s, &d, &base, err).await,
+    let fut = match catch_unwind(AssertUnwindSafe(|| {
+        handler.call(begun.ctx.clone(), args, kwargs)
+    })) {
+        Ok(Ok(f)) => f,
+        Ok(Err(err)) => return invalid_arguments(s, &d, &base, err).await,
+        Err(p) => {
+            return panicked_outside_run(s, &base, lease, "decoding its arguments", p).await;
+        }
     };
     let end = supervise::supervise(s, fut, ctrl, lease, &begun, limits).await;
     drop(permit);
@@ -466,6 +503,20 @@ async fn process(s: &Arc<Shared>, d: Delivery, ctrl: &Arc<RunControl>, claimed_a
         (end, reason),
     )
     .await;
+}
+
+/// The task's code panicked before its run (`during`): FAILURE, as a panic in the run.
+async fn panicked_outside_run(
+    s: &Arc<Shared>,
+    base: &MetaBase,
+    lease: &LeaseRef,
+    during: &str,
+    p: Box<dyn std::any::Any + Send>,
+) {
+    let text = supervise::panic_text(p);
+    warn!(task_id = %lease.task_id, panic = %text, during, "Task panicked outside its run.");
+    let e = TaskError::panicked(format!("task panicked {during}: {text}"));
+    settle::fail(s, base, lease, &e).await;
 }
 
 /// Arguments the handler refuses: FAILURE, and the message set aside as a dead letter.

@@ -69,6 +69,9 @@ pub(super) async fn acquire_slot(
     lease: &LeaseRef,
     ctrl: &RunControl,
 ) -> Result<OwnedSemaphorePermit, CancelReason> {
+    if s.draining.is_cancelled() {
+        return Err(CancelReason::Shutdown);
+    }
     if let Ok(p) = s.slots.clone().try_acquire_owned() {
         return Ok(p);
     }
@@ -78,6 +81,9 @@ pub(super) async fn acquire_slot(
     loop {
         tokio::select! {
             p = &mut acquire => return Ok(p.expect("semaphore never closed")),
+            // Shutting down: a message that has not started goes back now, not into a slot
+            // that a finished run frees during the grace period (and then killed at its end).
+            () = s.draining.cancelled() => return Err(CancelReason::Shutdown),
             _ = tokio::time::sleep(RECEIVED_AFTER), if !announced => {
                 announced = true;
                 store(s, &base.meta(TaskState::Received, Value::Null), lease).await;
@@ -221,7 +227,7 @@ async fn write_deferred_start(
     store(s, started, lease).await != Some(StoreOutcome::Fenced)
 }
 
-fn panic_text(p: Box<dyn std::any::Any + Send>) -> String {
+pub(super) fn panic_text(p: Box<dyn std::any::Any + Send>) -> String {
     p.downcast_ref::<&str>()
         .map(|s| (*s).to_owned())
         .or_else(|| p.downcast_ref::<String>().cloned())

@@ -66,9 +66,10 @@ pub fn open_blobs(s: &Settings) -> anyhow::Result<(Arc<dyn BlobStore>, String)> 
     Ok((Arc::new(b), d))
 }
 
-/// `scheme://user:secret@host` → `scheme://user:***@host`.
+/// `scheme://user:secret@host` → `scheme://user:***@host`; a `password=` parameter (in the
+/// query, `?password=…`, or a `key=value` connection string) keeps its name only.
 pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
+    let url = match (url.find("://"), url.rfind('@')) {
         (Some(s), Some(at)) if at > s => {
             let creds = &url[s + 3..at];
             match creds.split_once(':') {
@@ -77,7 +78,20 @@ pub fn redact(url: &str) -> String {
             }
         }
         _ => url.to_owned(),
+    };
+    let mut out = String::with_capacity(url.len());
+    let mut rest = url.as_str();
+    while let Some(i) = rest.to_ascii_lowercase().find("password=") {
+        let value = i + "password=".len();
+        out.push_str(&rest[..value]);
+        out.push_str("***");
+        let end = rest[value..]
+            .find(|c: char| c == '&' || c.is_whitespace())
+            .map_or(rest.len(), |e| value + e);
+        rest = &rest[end..];
     }
+    out.push_str(rest);
+    out
 }
 
 impl Product {
@@ -160,5 +174,13 @@ mod tests {
             "postgres://app@db/afterview"
         );
         assert_eq!(super::redact("sqlite://"), "sqlite://");
+        assert_eq!(
+            super::redact("postgres://app@db/afterview?sslmode=require&password=s3cret&x=1"),
+            "postgres://app@db/afterview?sslmode=require&password=***&x=1"
+        );
+        assert_eq!(
+            super::redact("host=db user=app PASSWORD=s3cret dbname=afterview"),
+            "host=db user=app PASSWORD=*** dbname=afterview"
+        );
     }
 }

@@ -238,8 +238,13 @@ impl JwtVerifier {
         }
         // Each issuer has its own namespace: `sub: "clinic1"` from Firebase is not the static
         // user `clinic1` (static ids may not contain ':').
+        let user = format!("{}:{}", self.kind, c.sub);
+        // The id every record and task argument carries must be one: a subject with spaces or
+        // control characters would be signed in, then refused by every task it submits.
+        afterview_core::ids::UserId::parse(&user)
+            .map_err(|e| AuthError::Invalid(format!("sub: {e}")))?;
         Ok(Identity {
-            user: format!("{}:{}", self.kind, c.sub),
+            user,
             expires_at: Some(c.exp),
         })
     }

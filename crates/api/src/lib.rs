@@ -90,7 +90,7 @@ pub struct Inner {
     pub metrics_token: Option<String>,
     /// Photo decodes allowed at once: each holds up to ~3 bytes per pixel (120 MB at the 40 MP
     /// limit), so uploads beyond this wait (then 503 + Retry-After) instead of adding up.
-    pub decodes: tokio::sync::Semaphore,
+    pub decodes: Arc<tokio::sync::Semaphore>,
 }
 
 /// What one user may hold at once. Defaults are generous for a clinic and small for an abuser;
@@ -152,7 +152,7 @@ impl Inner {
             idem_locks: Mutex::default(),
             submit_locks: Mutex::default(),
             frames: routes::tasks::FrameMemo::default(),
-            decodes: tokio::sync::Semaphore::new(decode_slots()),
+            decodes: Arc::new(tokio::sync::Semaphore::new(decode_slots())),
             sockets: Mutex::default(),
             presign: None,
             operators: std::collections::HashSet::new(),

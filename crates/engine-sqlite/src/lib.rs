@@ -964,6 +964,9 @@ impl ResultBackend for SqliteBackend {
     async fn forget(&self, task_id: &str) -> Result<(), BackendError> {
         let id = task_id.to_owned();
         self.write(move |c| {
+            // The sequence stays above the deleted row's: reused, it would hide the next
+            // result from other processes' watchers (they read `seq >` what they saw).
+            keep_seq_high_water(c)?;
             c.prepare_cached("DELETE FROM results WHERE task_id = ?1")?
                 .execute([&id])?;
             Ok(((), None))

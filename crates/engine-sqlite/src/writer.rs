@@ -176,16 +176,26 @@ fn attempt(conn: &Connection, batch: &mut [Box<dyn Job>], savepoints: bool) -> A
             continue;
         }
         if let Err(e) = exec(conn, "SAVEPOINT job") {
-            error!(error = %e, "Savepoint failed.");
-            continue;
+            // Not run in this attempt, the job would be answered with its first run's outcome.
+            error!(error = %e, "Savepoint failed; rolling back the batch.");
+            let _ = exec(conn, "ROLLBACK");
+            return Attempt::Failed(format!("savepoint failed: {e}"));
         }
         let end = if j.run(conn) {
             exec(conn, "RELEASE job")
+        } else if conn.is_autocommit() {
+            // SQLite rolled the whole transaction back itself (a full disk, an I/O error, out
+            // of memory): the jobs before this one are undone, and each later savepoint would
+            // open and commit a transaction of its own while the batch is answered as failed.
+            error!("The write transaction was rolled back by SQLite; failing the batch.");
+            return Attempt::Failed("the write transaction was rolled back".into());
         } else {
             exec(conn, "ROLLBACK TO job").and_then(|_| exec(conn, "RELEASE job"))
         };
         if let Err(e) = end {
-            error!(error = %e, "Closing a savepoint failed.");
+            error!(error = %e, "Closing a savepoint failed; rolling back the batch.");
+            let _ = exec(conn, "ROLLBACK");
+            return Attempt::Failed(format!("closing a savepoint failed: {e}"));
         }
     }
     match exec(conn, "COMMIT") {
@@ -293,6 +303,30 @@ mod tests {
         assert!(rc.blocking_recv().unwrap().is_ok());
         // a and b ran in the first attempt, all three in the second.
         assert_eq!(runs.load(Ordering::SeqCst), 5);
+    }
+
+    /// A job during which SQLite rolls the whole transaction back (as on a full disk or an I/O
+    /// error; here the job ends it itself): no job of the batch is answered `Ok`, and nothing
+    /// after it is committed behind the batch's back.
+    #[test]
+    fn a_transaction_rolled_back_under_the_batch_fails_it_whole() {
+        let runs = Arc::new(AtomicUsize::new(0));
+        let (a, ra) = job("a", false, runs.clone());
+        let (reply, rb) = oneshot::channel();
+        let b: Box<dyn Job> = Box::new(FnJob {
+            f: |c: &Connection| -> Result<((), Option<AfterCommit>), BackendError> {
+                c.execute_batch("INSERT INTO t (name) VALUES ('b'); ROLLBACK")
+                    .map_err(|e| BackendError::unavailable(e.to_string()))?;
+                Err(BackendError::unavailable("disk full"))
+            },
+            out: None,
+            reply: Some(reply),
+        });
+        let (c, rc) = job("c", false, runs.clone());
+        let stored = one_batch(vec![a, b, c]);
+        let answers = [ra, rb, rc].map(|r| r.blocking_recv().unwrap().is_ok());
+        assert!(stored.is_empty(), "nothing committed: {stored:?}");
+        assert_eq!(answers, [false, false, false]);
     }
 
     #[test]

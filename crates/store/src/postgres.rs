@@ -327,6 +327,9 @@ impl PostgresMetadata {
         owner: &str,
         id: &str,
     ) -> Result<Option<String>, StoreError> {
+        if no_record_has(id) {
+            return Ok(None);
+        }
         let rows = self
             .query(
                 &format!("DELETE FROM {table} WHERE id = $1 AND owner = $2 RETURNING blob_key"),
@@ -335,6 +338,12 @@ impl PostgresMetadata {
             .await?;
         Ok(rows.first().map(|r| r.get(0)))
     }
+}
+
+/// An id PostgreSQL cannot hold (text refuses NUL, error 22021): no record has it, so it is
+/// not found, as on SQLite, rather than an error that reads as the database being down.
+fn no_record_has(id: &str) -> bool {
+    id.contains('\0')
 }
 
 fn limit(n: u32) -> i64 {
@@ -362,6 +371,9 @@ impl MetadataStore for PostgresMetadata {
     }
 
     async fn get_image(&self, owner: &str, id: &str) -> Result<Option<ImageRecord>, StoreError> {
+        if no_record_has(id) {
+            return Ok(None);
+        }
         let rows = self
             .query(
                 &format!("SELECT {IMAGE_COLS} FROM images WHERE id = $1 AND owner = $2"),
@@ -384,6 +396,9 @@ impl MetadataStore for PostgresMetadata {
     }
 
     async fn delete_image(&self, owner: &str, id: &str) -> Result<Option<Deleted>, StoreError> {
+        if no_record_has(id) {
+            return Ok(None);
+        }
         let mut c = self.client().await?;
         let tx = c.transaction().await.map_err(db)?;
         let Some(row) = tx
@@ -451,6 +466,9 @@ impl MetadataStore for PostgresMetadata {
         owner: &str,
         id: &str,
     ) -> Result<Option<VisualizationRecord>, StoreError> {
+        if no_record_has(id) {
+            return Ok(None);
+        }
         let rows = self
             .query(
                 &format!("SELECT {VIZ_COLS} FROM visualizations WHERE id = $1 AND owner = $2"),
@@ -507,6 +525,9 @@ impl MetadataStore for PostgresMetadata {
     }
 
     async fn get_export(&self, owner: &str, id: &str) -> Result<Option<ExportRecord>, StoreError> {
+        if no_record_has(id) {
+            return Ok(None);
+        }
         let rows = self
             .query(
                 &format!("SELECT {EXPORT_COLS} FROM exports WHERE id = $1 AND owner = $2"),
@@ -542,6 +563,9 @@ impl MetadataStore for PostgresMetadata {
     }
 
     async fn get_task(&self, owner: &str, id: &str) -> Result<Option<TaskRecord>, StoreError> {
+        if no_record_has(id) {
+            return Ok(None);
+        }
         let rows = self
             .query(
                 &format!("SELECT {TASK_COLS} FROM tasks WHERE id = $1 AND owner = $2"),
@@ -578,6 +602,9 @@ impl MetadataStore for PostgresMetadata {
         owner: &str,
         image_id: &str,
     ) -> Result<Vec<String>, StoreError> {
+        if no_record_has(image_id) {
+            return Ok(vec![]);
+        }
         let rows = self
             .query(
                 "SELECT id FROM tasks WHERE owner = $1 AND image_ids @> $2",

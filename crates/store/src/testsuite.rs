@@ -25,6 +25,7 @@ macro_rules! metadata_conformance {
             visualizations_and_exports_round_trip,
             tasks_record_ownership,
             single_deletes_are_owner_scoped,
+            ids_no_record_can_have_are_not_found,
             idempotency_keeps_the_first_answer,
             idempotency_claims_are_exclusive,
             slots_cap_holders_everywhere,
@@ -272,6 +273,23 @@ pub async fn single_deletes_are_owner_scoped(s: Arc<dyn MetadataStore>) {
         s.get_image("alice", "i1").await.unwrap().is_some(),
         "the photo stays"
     );
+}
+
+/// Ids no record can have (a NUL, which a URL's `%00` or a JSON `\u0000` delivers, and which
+/// PostgreSQL's text refuses with an error) are simply not found, on every backend.
+pub async fn ids_no_record_can_have_are_not_found(s: Arc<dyn MetadataStore>) {
+    s.insert_image(&image("alice", "i1", 0)).await.unwrap();
+    for id in ["\0", "i1\0", "a\0b"] {
+        assert!(s.get_image("alice", id).await.unwrap().is_none(), "{id:?}");
+        assert!(s.delete_image("alice", id).await.unwrap().is_none());
+        assert!(s.get_visualization("alice", id).await.unwrap().is_none());
+        assert!(s.delete_visualization("alice", id).await.unwrap().is_none());
+        assert!(s.get_export("alice", id).await.unwrap().is_none());
+        assert!(s.delete_export("alice", id).await.unwrap().is_none());
+        assert!(s.get_task("alice", id).await.unwrap().is_none());
+        assert!(s.tasks_for_image("alice", id).await.unwrap().is_empty());
+    }
+    assert!(s.get_image("alice", "i1").await.unwrap().is_some());
 }
 
 /// The first answer for a key wins; keys are per owner.

@@ -600,6 +600,12 @@ async fn authentication_accepts_good_tokens_and_names_what_is_wrong_with_bad_one
             "unauthorized",
         ),
         (
+            // Signed in, it would be refused by every task it submits (owners carry no spaces).
+            "sub with a space",
+            mint(&with("sub", json!("uid 1")), "trusted.pem", "trusted-kid"),
+            "unauthorized",
+        ),
+        (
             "not yet valid (nbf)",
             mint(
                 &with("nbf", json!(now + 3600)),

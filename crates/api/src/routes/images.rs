@@ -120,21 +120,26 @@ async fn store_photo(
     // Bounded work: at most `decode_slots()` photos decode at once; the others wait, then get
     // 503 with Retry-After rather than exhaust memory.
     let busy = |m: &str| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "busy", m);
-    let _slot = tokio::time::timeout(crate::DECODE_WAIT, st.decodes.acquire())
+    let slot = tokio::time::timeout(crate::DECODE_WAIT, st.decodes.clone().acquire_owned())
         .await
         .map_err(|_| busy("too many photos are being processed; retry shortly"))?
         .map_err(|_| busy("shutting down"))?;
     let limits = st.limits;
-    let n = tokio::task::spawn_blocking(move || afterview_intake::intake(&file, &limits))
-        .await
-        .map_err(|e| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal_error",
-                e.to_string(),
-            )
-        })?
-        .map_err(|e| ApiError::domain(e.code(), e.to_string()))?;
+    // The slot goes with the decode: a client that hangs up drops this handler, not the
+    // blocking decode, which would otherwise run on beside the next request's.
+    let n = tokio::task::spawn_blocking(move || {
+        let _slot = slot;
+        afterview_intake::intake(&file, &limits)
+    })
+    .await
+    .map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal_error",
+            e.to_string(),
+        )
+    })?
+    .map_err(|e| ApiError::domain(e.code(), e.to_string()))?;
     let id = new_id();
     let rec = ImageRecord {
         id: id.clone(),

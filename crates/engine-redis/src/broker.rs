@@ -16,7 +16,7 @@ use chrono::{TimeZone, Utc};
 use redis::AsyncCommands;
 
 use crate::RedisBackend;
-use crate::calls::{ClaimRow, delivery, fenced_call, parse_revocation, unavailable};
+use crate::calls::{ClaimRow, Unreadable, delivery, fenced_call, parse_revocation, unavailable};
 use crate::pubsub;
 use crate::push::{Idle, waiters_key};
 
@@ -134,7 +134,11 @@ impl Broker for RedisBackend {
         let mut out = Vec::with_capacity(rows.len());
         for row in rows {
             self.inner.received(&req.worker, &row.3).await;
-            out.push(delivery(row));
+            match delivery(row) {
+                Ok(d) => out.push(d),
+                // Failing the claim instead would fail its whole batch, after every lease.
+                Err(u) => self.set_aside_unreadable(u).await,
+            }
         }
         Ok(out)
     }
@@ -235,28 +239,9 @@ impl Broker for RedisBackend {
         reason: &str,
         task_id: Option<&str>,
     ) -> Result<(), BackendError> {
-        let entry = DeadLetter::new(queue, task_id, reason, raw);
-        let cutoff = (entry.at
-            - chrono::Duration::from_std(afterview_engine::policy::DEAD_LETTER_KEEP)
-                .unwrap_or_default())
-        .format("%Y-%m-%dT%H:%M:%S")
-        .to_string();
-        let entry =
-            serde_json::to_string(&entry).map_err(|e| BackendError::invalid(e.to_string()))?;
-        let (tag, epoch) = lease.map_or((String::new(), 0), |l| (l.delivery_tag.clone(), l.epoch));
-        let mut c = self.inner.conn();
-        self.inner
-            .scripts
-            .dead
-            .arg(tag)
-            .arg(epoch)
-            .arg(entry)
-            .arg(self.inner.opts.dead_letters_max.max(1))
-            .arg(cutoff)
-            .invoke_async::<i64>(&mut c)
+        let (tag, epoch) = lease.map_or((&b""[..], 0), |l| (l.delivery_tag.as_bytes(), l.epoch));
+        self.dead_by_tag(tag, epoch, queue, raw, reason, task_id)
             .await
-            .map_err(unavailable)?;
-        Ok(())
     }
 
     async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, BackendError> {
@@ -447,5 +432,55 @@ impl Broker for RedisBackend {
             .await
             .map_err(unavailable)?;
         Ok(())
+    }
+}
+
+impl RedisBackend {
+    /// Records a dead letter and, when the lease `tag` (its bytes as stored) is still held at
+    /// `epoch`, acks its message (`tag` empty: no message to ack).
+    async fn dead_by_tag(
+        &self,
+        tag: &[u8],
+        epoch: u64,
+        queue: &str,
+        raw: &[u8],
+        reason: &str,
+        task_id: Option<&str>,
+    ) -> Result<(), BackendError> {
+        let entry = DeadLetter::new(queue, task_id, reason, raw);
+        let cutoff = (entry.at
+            - chrono::Duration::from_std(afterview_engine::policy::DEAD_LETTER_KEEP)
+                .unwrap_or_default())
+        .format("%Y-%m-%dT%H:%M:%S")
+        .to_string();
+        let entry =
+            serde_json::to_string(&entry).map_err(|e| BackendError::invalid(e.to_string()))?;
+        let mut c = self.inner.conn();
+        self.inner
+            .scripts
+            .dead
+            .arg(tag)
+            .arg(epoch)
+            .arg(entry)
+            .arg(self.inner.opts.dead_letters_max.max(1))
+            .arg(cutoff)
+            .invoke_async::<i64>(&mut c)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    /// A claimed message whose tag or task id is not UTF-8: dead-lettered and acked here (the
+    /// worker could neither read nor ack it). Should that fail, its lease runs out and the
+    /// next claim tries again.
+    async fn set_aside_unreadable(&self, u: Unreadable) {
+        tracing::warn!(queue = %u.queue, "A claimed message's delivery tag or task id is not UTF-8; set aside.");
+        let reason = "the message's delivery tag or task id is not UTF-8";
+        if let Err(e) = self
+            .dead_by_tag(&u.tag, u.epoch, &u.queue, &u.raw, reason, None)
+            .await
+        {
+            tracing::warn!(error = %e, "Could not set the message aside; it comes back after its lease.");
+        }
     }
 }

@@ -72,16 +72,41 @@ pub(crate) fn unavailable(e: redis::RedisError) -> BackendError {
 }
 
 /// A claim's row as the claim script returns it.
-pub(crate) type ClaimRow = (String, String, String, Vec<u8>, u64, String);
+/// The tag and task id are bytes as the script read them from the envelope: a producer may
+/// have written any (see [`Unreadable`]).
+pub(crate) type ClaimRow = (Vec<u8>, Vec<u8>, String, Vec<u8>, u64, String);
+
+/// A claimed message whose delivery tag or task id is not UTF-8: it cannot be a [`Delivery`]
+/// (nor be acked through one), so the broker sets it aside itself by its tag's bytes.
+pub(crate) struct Unreadable {
+    pub(crate) tag: Vec<u8>,
+    pub(crate) epoch: u64,
+    pub(crate) queue: String,
+    pub(crate) raw: Vec<u8>,
+}
 
 /// The delivery of a claimed (or pushed) row.
-pub(crate) fn delivery((tag, task_id, queue, raw, epoch, rev): ClaimRow) -> Delivery {
+pub(crate) fn delivery(
+    (tag, task_id, queue, raw, epoch, rev): ClaimRow,
+) -> Result<Delivery, Unreadable> {
+    let (tag, task_id) = match (String::from_utf8(tag), String::from_utf8(task_id)) {
+        (Ok(t), Ok(i)) => (t, i),
+        (t, _) => {
+            let tag = t.map_or_else(|e| e.into_bytes(), String::into_bytes);
+            return Err(Unreadable {
+                tag,
+                epoch,
+                queue,
+                raw,
+            });
+        }
+    };
     let revoked = if rev.is_empty() {
         None
     } else {
         parse_revocation(&task_id, &rev)
     };
-    Delivery {
+    Ok(Delivery {
         lease: LeaseRef {
             task_id,
             delivery_tag: tag,
@@ -92,7 +117,7 @@ pub(crate) fn delivery((tag, task_id, queue, raw, epoch, rev): ClaimRow) -> Deli
         deliveries: epoch.min(u64::from(u32::MAX)) as u32,
         redelivered: epoch > 1,
         revoked,
-    }
+    })
 }
 
 /// A revocation tombstone (`terminate|at_ms|seq`).

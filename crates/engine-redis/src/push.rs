@@ -23,9 +23,17 @@ use crate::calls::{ClaimRow, delivery};
 /// Prefix of the workers' push channels.
 pub(crate) const PUSH_PREFIX: &str = "afterview:push:";
 
-/// The idle entry of a worker in its queues' idle sets: `"<lease_ms> <node>"`.
-pub(crate) fn idle_entry(lease_ms: u64, node: &str) -> String {
-    format!("{lease_ms} {node}")
+/// The idle entry of a worker in its queues' idle sets: `"<lease_ms> <node>"`, then each of
+/// its queues after a newline when it has several (as the `CLAIM` script writes it).
+pub(crate) fn idle_entry(lease_ms: u64, node: &str, queues: &[String]) -> String {
+    let mut e = format!("{lease_ms} {node}");
+    if queues.len() > 1 {
+        for q in queues {
+            e.push('\n');
+            e.push_str(q);
+        }
+    }
+    e
 }
 
 /// The idle workers of queue `q` (a zset by registration time).
@@ -87,7 +95,7 @@ impl Pushes {
             }
             Some(n) if n.closed || !n.ready.load(Ordering::SeqCst) => Idle::No,
             Some(n) => {
-                n.registered = Some((idle_entry(lease_ms, node), queues.to_vec()));
+                n.registered = Some((idle_entry(lease_ms, node, queues), queues.to_vec()));
                 Idle::Register
             }
         }
@@ -125,8 +133,15 @@ pub(crate) fn parse(payload: &[u8]) -> Option<Delivery> {
     let nl = payload.iter().position(|&b| b == b'\n')?;
     let (tag, task_id, queue, epoch, rev): (String, String, String, u64, String) =
         serde_json::from_slice(&payload[..nl]).ok()?;
-    let row: ClaimRow = (tag, task_id, queue, payload[nl + 1..].to_vec(), epoch, rev);
-    Some(delivery(row))
+    let row: ClaimRow = (
+        tag.into_bytes(),
+        task_id.into_bytes(),
+        queue,
+        payload[nl + 1..].to_vec(),
+        epoch,
+        rev,
+    );
+    delivery(row).ok()
 }
 
 #[cfg(test)]

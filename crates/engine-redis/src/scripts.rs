@@ -206,6 +206,10 @@ end
 -- An `unacked` value `[envelope, exchange, routing_key]`: `env, queue` decoded, or `nil, queue,
 -- raw` when cjson cannot decode it (it refuses what the worker's reader takes, nesting deeper
 -- than 1000 levels say): the envelope's text as stored, so the message is never dropped for it.
+-- The envelope's text in an `unacked` value as this file writes it (nil for another shape).
+local function as_it_came(u)
+  return (string.match(u, '^%[(.*), "[^"]*", "[^"]*"%]$'))
+end
 local function unacked_entry(u)
   local ok, arr = pcall(cjson.decode, u)
   if ok and type(arr) == 'table' and type(arr[1]) == 'table' then
@@ -270,7 +274,11 @@ local function restore(tag)
         prio = env.properties.priority or 0
         if type(env.properties.delivery_info) == 'table' then env.properties.delivery_info.redelivered = true end
       end
-      redis.call('RPUSH', bucket(q, prio), cjson.encode(env))
+      -- cjson reads what it cannot write (`1e999`, an infinite number): such a message goes
+      -- back as it came; an error here would stop the sweep at it, every time.
+      local ok, enc = pcall(cjson.encode, env)
+      if not ok then enc = as_it_came(u) end
+      if enc then redis.call('RPUSH', bucket(q, prio), enc) else bury(u, 'the unacked entry could not be written back') end
     elseif raw then
       -- Back as it came (without the redelivered flag, which would need a decode).
       redis.call('RPUSH', q, raw)
@@ -444,6 +452,10 @@ local max = tonumber(ARGV[3])
 local queues = {}
 for i = 5, #ARGV do queues[#queues + 1] = ARGV[i] end
 local idle = ARGV[4] ~= '' and (ARGV[2] .. ' ' .. ARGV[4])
+-- A worker of several queues names them in its entry: a push through one queue's idle set
+-- takes it out of the others' (it may be full now, and a message pushed to it would wait
+-- there unrenewed while other workers idle).
+if idle and #queues > 1 then idle = idle .. '\n' .. table.concat(queues, '\n') end
 if idle then
   for _, q in ipairs(queues) do redis.call('ZREM', waiters(q), idle) end
 end
@@ -571,7 +583,8 @@ local env, q, raw = unacked_entry(u)
 local prio = 0
 if env then
   if type(env.properties) == 'table' then prio = tonumber(env.properties.priority) or 0 end
-  raw = cjson.encode(env)
+  local ok, enc = pcall(cjson.encode, env)
+  raw = ok and enc or as_it_came(u)
 end
 if not raw then return 0 end
 redis.call('ZADD', 'afterview:scheduled', ARGV[3], cjson.encode({q = q, p = prio, m = raw}))
@@ -594,7 +607,13 @@ if run_at <= now and #ARGV == 5 then
   -- One due message and an idle worker: claim it for that worker and push it there.
   local w = redis.call('ZPOPMIN', waiters(q))[1]
   while w do
-    local lease, node = string.match(w, '^(%d+) (.+)$')
+    local lease, node, others = string.match(w, '^(%d+) ([^\n]+)\n?(.*)$')
+    -- Out of its other queues' idle sets too (pushed to now, or gone).
+    if others and others ~= '' then
+      for o in string.gmatch(others, '[^\n]+') do
+        if o ~= q then redis.call('ZREM', waiters(o), w) end
+      end
+    end
     if node and redis.call('PUBSUB', 'NUMSUB', PUSH .. node)[2] > 0 then
       local r = record({{ARGV[5], q, ''}}, now, tonumber(lease))[1]
       redis.call('PUBLISH', PUSH .. node, cjson.encode({r[1], r[2], r[3], r[5], r[6]}) .. '\n' .. r[4])

@@ -225,3 +225,71 @@ async fn a_process_that_only_publishes_is_not_woken_by_tasks() {
     assert_eq!(listeners(&mut c, "afterview:wake"), 1);
     assert_eq!(listeners(&mut c, "__keyevent@0__:lpush"), 1);
 }
+
+/// A worker of two queues registers as idle in both; a push through one takes it out of the
+/// other's idle set, so a message published to the other queue right after waits in its queue
+/// for any worker instead of being pushed to one that may be full (where it sat unrenewed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_through_one_queue_takes_the_worker_out_of_its_other_queues() {
+    let server = RedisServer::start(2, false);
+    let worker = server.backend(0).await;
+    let producer = server.backend(0).await;
+    let client = Client::new(producer.clone(), producer);
+    let mut c = server.connection(0);
+    let queues = ["pusha", "pushb"];
+    let req = ClaimRequest {
+        queues: queues.iter().map(|q| (*q).to_owned()).collect(),
+        max: 1,
+        lease: Duration::from_secs(30),
+        worker: "two@test".into(),
+    };
+    let idle_in = |c: &mut redis::Connection, q: &str| -> i64 {
+        redis::cmd("ZCARD")
+            .arg(format!("afterview:idle:{q}"))
+            .query(c)
+            .unwrap()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while idle_in(&mut c, "pusha") + idle_in(&mut c, "pushb") < 2 {
+        assert!(worker.claim(&req).await.unwrap().is_empty());
+        assert!(Instant::now() < deadline, "the worker never registered");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let send = |q: &'static str| {
+        client.send_task(
+            "afterview.noop",
+            vec![],
+            Map::new(),
+            SendOptions {
+                queue: Some(q.into()),
+                ..SendOptions::default()
+            },
+        )
+    };
+    let first = send("pusha").await.unwrap();
+    assert_eq!(llen(&mut c, "pusha"), 0, "pushed");
+    assert_eq!(
+        (idle_in(&mut c, "pusha"), idle_in(&mut c, "pushb")),
+        (0, 0),
+        "out of both idle sets"
+    );
+    // The push wakes the worker; its claim takes the message without a script (a claim
+    // before the push arrived would register it again). Full now, it claims nothing more.
+    let names: Vec<String> = req.queues.clone();
+    worker.wait_for_work(&names, Duration::from_secs(5)).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let got = worker.claim(&req).await.unwrap();
+    assert_eq!(got.len(), 1, "the pushed message, taken");
+    assert_eq!(got[0].lease.task_id, first);
+    let second = send("pushb").await.unwrap();
+    assert_eq!(
+        llen(&mut c, "pushb"),
+        1,
+        "queued for any worker, not pushed"
+    );
+    let other = ClaimRequest {
+        worker: "other@test".into(),
+        ..req.clone()
+    };
+    assert_eq!(worker.claim(&other).await.unwrap()[0].lease.task_id, second);
+}

@@ -80,6 +80,8 @@ macro_rules! broker_conformance {
             worker_runs_tasks_and_reports_progress,
             worker_fails_unknown_tasks_and_bad_arguments,
             worker_sets_malformed_messages_aside,
+            worker_sets_aside_ids_that_are_not_utf8,
+            expired_leases_come_back_whatever_numbers_they_hold,
             worker_retries_with_backoff,
             worker_enforces_soft_and_hard_limits,
             worker_revokes_queued_delayed_and_running,
@@ -1625,6 +1627,76 @@ pub async fn worker_fails_a_task_whose_arguments_panic_in_decoding(f: &impl Fact
     .await;
     assert_eq!(wait(&w.client, &next).await.status, TaskState::Success);
     w.stop().await;
+}
+
+/// A message whose id is not UTF-8 (a producer writing raw bytes) is set aside as malformed;
+/// claimed in the same batch as good messages, it does not take them down with it (read as one
+/// reply, the batch failed, came back after the lease and failed again, for ever).
+pub async fn worker_sets_aside_ids_that_are_not_utf8(f: &impl Factory) {
+    let fx = f(DAY).await;
+    let registry = Registry::with_builtins();
+    let client = Client::new(fx.broker.clone(), fx.backend.clone()).with_routes_from(&registry);
+    let good = call(&client, "afterview.noop", json!({}), SendOptions::default()).await;
+    let mut bad = br#"{"body": "W10=", "headers": {"task": "afterview.noop", "id": "bad-"#.to_vec();
+    bad.extend_from_slice(b"\xff\xfe");
+    bad.extend_from_slice(br#""}, "properties": {"body_encoding": "base64", "delivery_tag": "utf8-t1", "delivery_info": {"exchange": "", "routing_key": "celery"}}}"#);
+    fx.broker.publish_raw("celery", &bad).await.unwrap();
+    let later = call(&client, "afterview.noop", json!({}), SendOptions::default()).await;
+    // Both good messages and the bad one are due before the worker starts: one claim.
+    let w = start(&fx, worker_cfg(&["celery"], 4));
+    for id in [&good, &later] {
+        assert_eq!(wait(&w.client, id).await.status, TaskState::Success, "{id}");
+    }
+    let mut dl = vec![];
+    for _ in 0..50 {
+        dl = fx.broker.dead_letters(10).await.unwrap();
+        if !dl.is_empty() {
+            break;
+        }
+        sleep_ms(100).await;
+    }
+    assert_eq!(dl.len(), 1, "{dl:?}");
+    let left = fx
+        .broker
+        .queue_stats(Some(&["celery".into()]))
+        .await
+        .unwrap();
+    assert_eq!(left[0].ready + left[0].leased, 0, "nothing stuck");
+    w.stop().await;
+}
+
+/// An envelope holding a number a JSON writer cannot write back (`1e999`, read as infinity)
+/// still goes back to its queue when its lease runs out, and does not keep the other expired
+/// leases from coming back (the sweep stopped at it, every time).
+pub async fn expired_leases_come_back_whatever_numbers_they_hold(f: &impl Factory) {
+    let fx = f(DAY).await;
+    let odd = msg("t", "q", SendOptions::default())
+        .to_envelope()
+        .replacen("\"headers\":", "\"x-huge\": 1e999, \"headers\":", 1);
+    assert!(odd.contains("1e999"), "{odd}");
+    fx.broker.publish_raw("q", odd.as_bytes()).await.unwrap();
+    let plain = msg("t", "q", SendOptions::default());
+    fx.broker.publish(&plain).await.unwrap();
+    let got = fx.broker.claim(&req(&["q"], 10, 100)).await.unwrap();
+    assert_eq!(got.len(), 2);
+    sleep_ms(300).await;
+    let mut back = 0;
+    for _ in 0..20 {
+        back += fx.broker.requeue_expired().await.unwrap();
+        if back >= 2 {
+            break;
+        }
+        sleep_ms(100).await;
+    }
+    assert_eq!(back, 2, "both expired leases came back");
+    let again = fx.broker.claim(&req(&["q"], 10, 60_000)).await.unwrap();
+    assert_eq!(again.len(), 2, "both are in the queue again");
+    assert!(
+        again
+            .iter()
+            .any(|d| String::from_utf8_lossy(&d.raw).contains("1e999")),
+        "the odd one as it came"
+    );
 }
 
 /// A task past its `expires` is revoked with reason `expired`, not run.

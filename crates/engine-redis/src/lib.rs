@@ -102,6 +102,23 @@ impl std::fmt::Debug for RedisBackend {
     }
 }
 
+/// Every connection to Redis: requests go out at once (redis-rs leaves Nagle's algorithm on:
+/// a request sent while an earlier one on the same connection is unanswered waited for that
+/// answer), and a peer that vanished without closing (a host gone in a failover, a dropped
+/// route) is noticed by keepalive probes within about a minute, so the pub/sub connection
+/// reconnects and its followers read again instead of waiting for ever.
+fn tcp_settings() -> redis::io::tcp::TcpSettings {
+    use redis::io::tcp::socket2::TcpKeepalive;
+    let keepalive = TcpKeepalive::new()
+        .with_time(std::time::Duration::from_secs(30))
+        .with_interval(std::time::Duration::from_secs(10))
+        .with_retries(3);
+    redis::io::tcp::TcpSettings::default()
+        .set_nodelay(true)
+        .set_keepalive(keepalive)
+        .set_user_timeout(std::time::Duration::from_secs(60))
+}
+
 /// The broker's and the result backend's clients: valid URLs on one server (results are fenced
 /// by leases in one atomic script, so they cannot live elsewhere).
 fn clients(
@@ -109,8 +126,11 @@ fn clients(
     result_url: Option<&str>,
 ) -> Result<(redis::Client, redis::Client), BackendError> {
     let open = |u: &str| {
-        redis::Client::open(u)
-            .map_err(|e| BackendError::invalid(format!("bad Redis URL {}: {e}", redact(u))))
+        let bad = |e: redis::RedisError| {
+            BackendError::invalid(format!("bad Redis URL {}: {e}", redact(u)))
+        };
+        let info = redis::IntoConnectionInfo::into_connection_info(u).map_err(bad)?;
+        redis::Client::open(info.set_tcp_settings(tcp_settings())).map_err(bad)
     };
     let client = open(broker_url)?;
     let result_client = match result_url {

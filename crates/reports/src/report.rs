@@ -84,10 +84,12 @@ fn jpeg(img: &RgbImage) -> Arc<Vec<u8>> {
     let k = (PICTURE_SIDE as f32 / w.max(h) as f32).min(1.0);
     let scaled;
     let img = if k < 1.0 {
+        // At least a pixel each way: a very thin photo (3000 x 3) would scale to 0 rows,
+        // which the encoder refuses.
         scaled = image::imageops::resize(
             img,
-            (w as f32 * k) as u32,
-            (h as f32 * k) as u32,
+            ((w as f32 * k) as u32).max(1),
+            ((h as f32 * k) as u32).max(1),
             image::imageops::FilterType::Triangle,
         );
         &scaled
@@ -354,4 +356,18 @@ fn closing(f: &mut Flow, input: &ReportInput) {
         true,
         MUTED,
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_very_thin_picture_is_embedded() {
+        for (w, h) in [(3000, 3), (3, 3000), (1, 1)] {
+            let img = RgbImage::from_pixel(w, h, image::Rgb([200, 150, 120]));
+            let back = image::load_from_memory(&jpeg(&img)).unwrap();
+            assert!(back.width() >= 1 && back.height() >= 1, "{w}x{h}");
+        }
+    }
 }

@@ -15,6 +15,7 @@ use afterview_engine::{Task, TaskContext, TaskError, TaskOptions};
 use afterview_imaging::intake::decode_png;
 use afterview_imaging::{face, face_window};
 use afterview_reports::infographic::DEFAULT_COLORS;
+use afterview_reports::report::PICTURE_SIDE;
 use afterview_reports::{InfographicInput, Paper, Patient, ReportInput, ReportItem};
 use afterview_store::{
     ExportFormat, ExportKind, ExportRecord, StoreError, VisualizationKind, VisualizationRecord,
@@ -126,15 +127,31 @@ async fn picture(d: &Deps, ctx: &TaskContext, key: &str) -> Result<Arc<RgbImage>
 
 /// Crops a before/after pair to the face (same window for both, the face cheek to cheek
 /// at least 40 % of its width), when a face is found.
+///
+/// Both come back no larger than the report prints them ([`PICTURE_SIDE`]): a report holds
+/// every item's pair until it renders, and eight procedures on a 40 MP photo kept at full
+/// resolution were about 2 GB at once.
 fn face_crop(before: &RgbImage, after: &RgbImage) -> (RgbImage, RgbImage) {
-    let Some(lm) = face::detect(before) else {
-        return (before.clone(), after.clone());
+    let window =
+        face::detect(before).map(|lm| face_window(&lm, before.width(), before.height(), 0.7, 0.82));
+    let fit = |img: &RgbImage| {
+        let img = match window {
+            Some(r) => image::imageops::crop_imm(img, r.x0, r.y0, r.width(), r.height()).to_image(),
+            None => img.clone(),
+        };
+        let (w, h) = img.dimensions();
+        if w.max(h) <= PICTURE_SIDE {
+            return img;
+        }
+        let k = PICTURE_SIDE as f32 / w.max(h) as f32;
+        image::imageops::resize(
+            &img,
+            ((w as f32 * k) as u32).max(1),
+            ((h as f32 * k) as u32).max(1),
+            image::imageops::FilterType::Triangle,
+        )
     };
-    let r = face_window(&lm, before.width(), before.height(), 0.7, 0.82);
-    let crop = |img: &RgbImage| {
-        image::imageops::crop_imm(img, r.x0, r.y0, r.width(), r.height()).to_image()
-    };
-    (crop(before), crop(after))
+    (fit(before), fit(after))
 }
 
 /// The report's patient fields (their lengths were checked with the arguments).
@@ -397,6 +414,18 @@ impl Task for GenerateCostInfographicTask {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_report_keeps_its_pictures_no_larger_than_it_prints_them() {
+        // No face here: the whole picture, scaled down, its proportions kept.
+        let big = RgbImage::from_pixel(3000, 1800, image::Rgb([180, 140, 120]));
+        let (before, after) = face_crop(&big, &big);
+        for img in [&before, &after] {
+            assert_eq!(img.dimensions(), (PICTURE_SIDE, 540));
+        }
+        let small = RgbImage::from_pixel(400, 300, image::Rgb([180, 140, 120]));
+        assert_eq!(face_crop(&small, &small).0.dimensions(), (400, 300));
+    }
 
     #[test]
     fn reports_made_in_the_same_minute_get_different_references() {

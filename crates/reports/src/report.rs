@@ -76,8 +76,9 @@ pub struct ReportInput {
     pub items: Vec<ReportItem>,
 }
 
-/// Longest side of pictures embedded in the PDF (keeps reports small and fast).
-const PICTURE_SIDE: u32 = 900;
+/// Longest side of pictures embedded in the PDF (keeps reports small and fast): larger
+/// pictures are scaled down to it, so callers need not keep more.
+pub const PICTURE_SIDE: u32 = 900;
 
 fn jpeg(img: &RgbImage) -> Arc<Vec<u8>> {
     let (w, h) = img.dimensions();

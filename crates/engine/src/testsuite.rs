@@ -1444,7 +1444,7 @@ pub async fn worker_shutdown_gives_back_messages_not_started(f: &impl Factory) {
     let running = call(
         &w.client,
         "afterview.sleep",
-        json!({"seconds": 1.0}),
+        json!({"seconds": 2.0}),
         SendOptions::default(),
     )
     .await;

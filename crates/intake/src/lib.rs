@@ -6,8 +6,13 @@
 //! PNG (RGB, 8 bits, no text chunks, no EXIF).
 //!
 //! Order matters for safety: size check, magic-byte sniff, header-only dimension read and pixel
-//! check, then a decode bounded by `image::Limits`. A decompression bomb (a tiny file declaring
-//! a huge image) is refused at the header.
+//! check, then the decode. A decompression bomb (a tiny file declaring a huge image) is refused
+//! at the header; that pixel check is the memory bound that holds. The decoders are told the
+//! declared width and height, but `image`'s `max_alloc` is enforced only by `ImageReader::decode`,
+//! not on the decoder path used here (it reads the EXIF orientation first), so a decode may take
+//! the output buffer (at most 4 bytes per allowed pixel) plus the decoder's own working memory,
+//! also proportional to the pixels (a progressive JPEG's coefficients: about 2 bytes per pixel
+//! and component). The API bounds how many decodes run at once.
 
 use std::io::Cursor;
 
@@ -208,7 +213,7 @@ pub fn decode_upright(
     decode_limits.max_image_width = Some(width);
     decode_limits.max_image_height = Some(height);
     // JPEG and WebP decode to 8 bits per channel: RGBA8 is the widest buffer they need, plus
-    // slack for the decoder's own work.
+    // slack for the decoder's own work (advisory: see the crate's documentation).
     decode_limits.max_alloc = Some(u64::from(width) * u64::from(height) * 4 + (64 << 20));
     reader.limits(decode_limits);
     let mut decoder = reader

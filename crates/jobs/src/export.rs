@@ -15,7 +15,7 @@ use afterview_engine::{Task, TaskContext, TaskError, TaskOptions};
 use afterview_imaging::intake::decode_png;
 use afterview_imaging::{face, face_window};
 use afterview_reports::infographic::DEFAULT_COLORS;
-use afterview_reports::report::PICTURE_SIDE;
+use afterview_reports::report::fit_to_print;
 use afterview_reports::{InfographicInput, Paper, Patient, ReportInput, ReportItem};
 use afterview_store::{
     ExportFormat, ExportKind, ExportRecord, StoreError, VisualizationKind, VisualizationRecord,
@@ -128,7 +128,7 @@ async fn picture(d: &Deps, ctx: &TaskContext, key: &str) -> Result<Arc<RgbImage>
 /// Crops a before/after pair to the face (same window for both, the face cheek to cheek
 /// at least 40 % of its width), when a face is found.
 ///
-/// Both come back no larger than the report prints them ([`PICTURE_SIDE`]): a report holds
+/// Both come back no larger than the report prints them ([`fit_to_print`]): a report holds
 /// every item's pair until it renders, and eight procedures on a 40 MP photo kept at full
 /// resolution were about 2 GB at once.
 fn face_crop(before: &RgbImage, after: &RgbImage) -> (RgbImage, RgbImage) {
@@ -139,17 +139,7 @@ fn face_crop(before: &RgbImage, after: &RgbImage) -> (RgbImage, RgbImage) {
             Some(r) => image::imageops::crop_imm(img, r.x0, r.y0, r.width(), r.height()).to_image(),
             None => img.clone(),
         };
-        let (w, h) = img.dimensions();
-        if w.max(h) <= PICTURE_SIDE {
-            return img;
-        }
-        let k = PICTURE_SIDE as f32 / w.max(h) as f32;
-        image::imageops::resize(
-            &img,
-            ((w as f32 * k) as u32).max(1),
-            ((h as f32 * k) as u32).max(1),
-            image::imageops::FilterType::Triangle,
-        )
+        fit_to_print(&img).unwrap_or(img)
     };
     (fit(before), fit(after))
 }
@@ -414,6 +404,7 @@ impl Task for GenerateCostInfographicTask {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use afterview_reports::report::PICTURE_SIDE;
 
     #[test]
     fn a_report_keeps_its_pictures_no_larger_than_it_prints_them() {

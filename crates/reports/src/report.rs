@@ -77,26 +77,29 @@ pub struct ReportInput {
 }
 
 /// Longest side of pictures embedded in the PDF (keeps reports small and fast): larger
-/// pictures are scaled down to it, so callers need not keep more.
+/// pictures are scaled down to it ([`fit_to_print`]), so callers need not keep more.
 pub const PICTURE_SIDE: u32 = 900;
 
-fn jpeg(img: &RgbImage) -> Arc<Vec<u8>> {
+/// `img` no larger than the report prints it: its longest side at most [`PICTURE_SIDE`], its
+/// proportions kept, at least a pixel each way (a very thin photo, 3000 x 3, would otherwise
+/// scale to 0 rows, which the encoder refuses). `None` when it already fits.
+pub fn fit_to_print(img: &RgbImage) -> Option<RgbImage> {
     let (w, h) = img.dimensions();
-    let k = (PICTURE_SIDE as f32 / w.max(h) as f32).min(1.0);
-    let scaled;
-    let img = if k < 1.0 {
-        // At least a pixel each way: a very thin photo (3000 x 3) would scale to 0 rows,
-        // which the encoder refuses.
-        scaled = image::imageops::resize(
-            img,
-            ((w as f32 * k) as u32).max(1),
-            ((h as f32 * k) as u32).max(1),
-            image::imageops::FilterType::Triangle,
-        );
-        &scaled
-    } else {
-        img
-    };
+    if w.max(h) <= PICTURE_SIDE {
+        return None;
+    }
+    let k = PICTURE_SIDE as f32 / w.max(h) as f32;
+    Some(image::imageops::resize(
+        img,
+        ((w as f32 * k) as u32).max(1),
+        ((h as f32 * k) as u32).max(1),
+        image::imageops::FilterType::Triangle,
+    ))
+}
+
+fn jpeg(img: &RgbImage) -> Arc<Vec<u8>> {
+    let scaled = fit_to_print(img);
+    let img = scaled.as_ref().unwrap_or(img);
     let mut out = vec![];
     image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 85)
         .encode_image(img)

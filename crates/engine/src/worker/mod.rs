@@ -372,9 +372,11 @@ impl Shared {
         if d.revoked.is_none() {
             d.revoked = self.recently_revoked(&d.lease.task_id);
         }
-        // (A first delivery, nearly every one, has no earlier epoch: no scan.)
-        for ((tag, epoch), r) in runs.iter().filter(|_| d.lease.epoch > 1) {
-            if *tag == d.lease.delivery_tag && *epoch < d.lease.epoch {
+        // A first delivery, nearly every one, has no earlier epoch: no scan.
+        if d.lease.epoch > 1 {
+            let older =
+                |(tag, epoch): &RunKey| *tag == d.lease.delivery_tag && *epoch < d.lease.epoch;
+            for r in runs.iter().filter(|(k, _)| older(k)).map(|(_, r)| r) {
                 warn!(task_id = %r.lease.task_id, "The message came back after its lease ran out; stopping the earlier run.");
                 r.ctrl.kill(CancelReason::LeaseLost);
             }

@@ -62,7 +62,10 @@ impl Default for EventHub {
 }
 
 impl EventHub {
-    /// Installs the backend's listener (once): it hears which tasks are followed.
+    /// Installs the backend's listener (once): it hears which tasks are followed. It is called
+    /// with the hub's lock held, so the interests it hears are in the order of the map's
+    /// changes (a follower's `Watch` can never be overtaken by the `Unwatch` of the follower
+    /// before it): it must not block or call back into the hub (a channel send).
     pub fn set_listener(&self, l: impl Fn(Interest) + Send + Sync + 'static) {
         let _ = self.listener.set(Box::new(l));
     }
@@ -70,18 +73,16 @@ impl EventHub {
     /// Publishes a stored change.
     pub fn publish(&self, meta: ResultMeta) {
         let meta = Arc::new(meta);
-        let gone = {
+        {
             let mut map = self.per_task.lock().expect("event hub lock");
-            match map.get(&meta.task_id) {
-                Some(ch) if ch.tx.send(meta.clone()).is_err() => {
-                    map.remove(&meta.task_id);
-                    true
+            if let Some(ch) = map.get(&meta.task_id)
+                && ch.tx.send(meta.clone()).is_err()
+            {
+                map.remove(&meta.task_id);
+                if let Some(l) = self.listener.get() {
+                    l(Interest::Unwatch(meta.task_id.clone()));
                 }
-                _ => false,
             }
-        };
-        if gone && let Some(l) = self.listener.get() {
-            l(Interest::Unwatch(meta.task_id.clone()));
         }
         let _ = self.all.send(meta);
     }
@@ -108,21 +109,19 @@ impl EventHub {
         tokio::sync::watch::Receiver<bool>,
     ) {
         let mut announce = None;
-        let out = {
-            let mut map = self.per_task.lock().expect("event hub lock");
-            let ch = map.entry(task_id.to_owned()).or_insert_with(|| {
-                let ready = self.listener.get().is_none();
-                let (tx, rx) = tokio::sync::watch::channel(ready);
-                if !ready {
-                    announce = Some(tx);
-                }
-                Channel {
-                    tx: broadcast::channel(PER_TASK_CAPACITY).0,
-                    ready: rx,
-                }
-            });
-            (ch.tx.subscribe(), ch.ready.clone())
-        };
+        let mut map = self.per_task.lock().expect("event hub lock");
+        let ch = map.entry(task_id.to_owned()).or_insert_with(|| {
+            let ready = self.listener.get().is_none();
+            let (tx, rx) = tokio::sync::watch::channel(ready);
+            if !ready {
+                announce = Some(tx);
+            }
+            Channel {
+                tx: broadcast::channel(PER_TASK_CAPACITY).0,
+                ready: rx,
+            }
+        });
+        let out = (ch.tx.subscribe(), ch.ready.clone());
         if let (Some(tx), Some(l)) = (announce, self.listener.get()) {
             l(Interest::Watch(task_id.to_owned(), tx));
         }
@@ -131,25 +130,60 @@ impl EventHub {
 
     /// Drops a subscription made by [`EventHub::subscribe`].
     pub(crate) fn release(&self, task_id: &str) {
-        let removed = {
-            let mut map = self.per_task.lock().expect("event hub lock");
-            if map
-                .get(task_id)
-                .is_some_and(|ch| ch.tx.receiver_count() == 0)
-            {
-                map.remove(task_id);
-                true
-            } else {
-                false
+        let mut map = self.per_task.lock().expect("event hub lock");
+        if map
+            .get(task_id)
+            .is_some_and(|ch| ch.tx.receiver_count() == 0)
+        {
+            map.remove(task_id);
+            if let Some(l) = self.listener.get() {
+                l(Interest::Unwatch(task_id.to_owned()));
             }
-        };
-        if removed && let Some(l) = self.listener.get() {
-            l(Interest::Unwatch(task_id.to_owned()));
         }
     }
 
     /// Number of tasks someone is watching (for metrics and tests).
     pub fn watched_tasks(&self) -> usize {
         self.per_task.lock().expect("event hub lock").len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use super::{EventHub, Interest};
+
+    /// A follower that leaves while another arrives: the backend hears the leave before the
+    /// arrival, whatever the threads' timing, so it ends subscribed (a leave heard last would
+    /// unsubscribe upstream under the new follower, who would then hear nothing).
+    #[test]
+    fn interests_are_heard_in_the_order_followers_come_and_go() {
+        let hub = Arc::new(EventHub::default());
+        let heard = Arc::new(Mutex::new(Vec::<&'static str>::new()));
+        let h = heard.clone();
+        hub.set_listener(move |i| {
+            let what = match i {
+                Interest::Watch(..) => "watch",
+                Interest::Unwatch(_) => {
+                    // The leaving thread is slow to tell (pre-empted, say).
+                    std::thread::sleep(Duration::from_millis(100));
+                    "unwatch"
+                }
+                Interest::All => "all",
+            };
+            h.lock().unwrap().push(what);
+        });
+        let (rx, _ready) = hub.subscribe("t");
+        drop(rx);
+        let leaving = {
+            let hub = hub.clone();
+            std::thread::spawn(move || hub.release("t"))
+        };
+        std::thread::sleep(Duration::from_millis(20));
+        let (_rx, _ready) = hub.subscribe("t");
+        leaving.join().unwrap();
+        assert_eq!(*heard.lock().unwrap(), ["watch", "unwatch", "watch"]);
     }
 }

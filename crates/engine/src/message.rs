@@ -119,7 +119,11 @@ impl TaskMessage {
                         "countdown must be a non-negative number of seconds, got {secs}"
                     )));
                 }
-                Some(crate::time::now() + chrono::Duration::milliseconds((secs * 1000.0) as i64))
+                let at = chrono::Duration::try_milliseconds((secs * 1000.0) as i64)
+                    .and_then(|d| crate::time::now().checked_add_signed(d));
+                Some(at.ok_or_else(|| {
+                    MessageError::Invalid(format!("countdown of {secs} seconds is too far away"))
+                })?)
             }
             (None, None) => None,
         };
@@ -296,6 +300,25 @@ impl TaskMessage {
         let Value::Object(kwargs) = parts[1].take() else {
             return Err(fail("body kwargs are not an object".into()));
         };
+        if let Some(Value::Object(embed)) = parts.get(2) {
+            let used: Vec<&str> = ["callbacks", "errbacks", "chain", "chord"]
+                .into_iter()
+                .filter(|k| match embed.get(*k) {
+                    None | Some(Value::Null) => false,
+                    Some(Value::Array(a)) => !a.is_empty(),
+                    Some(_) => true,
+                })
+                .collect();
+            if !used.is_empty() {
+                // Running the task and dropping what was to follow it would leave a chain's or
+                // chord's `.get()` waiting for ever: the message fails, visibly, instead.
+                return Err(fail(format!(
+                    "Celery workflows are not supported: the message carries {} (link, \
+                     link_error, chain or chord); send the tasks one by one",
+                    used.join(", ")
+                )));
+            }
+        }
         let timelimit = time_limits(headers.timelimit.as_ref()).map_err(fail)?;
         let retries = match &headers.retries {
             None | Some(Value::Null) => 0,
@@ -553,8 +576,16 @@ impl DeliveryFacts {
     ) -> Result<Self, DecodeError> {
         let delivery_info = properties.delivery_info.as_ref().and_then(Value::as_object);
         let flag = |v: Option<&Value>| v.and_then(Value::as_bool).unwrap_or(false);
+        // Through the default exchange (`""`), the routing key is the queue's name; through a
+        // named one (`media` routing `video.compress` to the list `videos`), it is not, and the
+        // queue is the one the message was read from (a retry goes back there).
+        let direct = delivery_info
+            .and_then(|d| d.get("exchange"))
+            .and_then(Value::as_str)
+            .is_none_or(str::is_empty);
         Ok(Self {
             queue: delivery_info
+                .filter(|_| direct || queue.is_empty())
                 .and_then(|d| d.get("routing_key"))
                 .and_then(Value::as_str)
                 .filter(|q| !q.is_empty())
@@ -745,6 +776,9 @@ fn time_limits(v: Option<&Value>) -> Result<TimeLimits, String> {
         match x {
             None | Some(Value::Null) => Ok(None),
             Some(v) => match v.as_f64() {
+                // 0 is "no limit of the message's own", as Celery reads it
+                // (`time_limit or task.time_limit`): the task's default applies.
+                Some(0.0) => Ok(None),
                 Some(s) if s.is_finite() && (0.0..=MAX_TIME_LIMIT_SECS).contains(&s) => Ok(Some(s)),
                 _ => Err(format!(
                     "timelimit: the {what} limit {v} is not a number of seconds between 0 and \
@@ -1062,6 +1096,83 @@ mod tests {
             },
             ..Default::default()
         });
+    }
+
+    #[test]
+    fn a_countdown_beyond_the_clock_is_refused_not_a_panic() {
+        for secs in [1e13, 1e20, 1e300] {
+            let e = TaskMessage::new(
+                "t",
+                vec![],
+                Map::new(),
+                "q",
+                SendOptions {
+                    countdown: Some(secs),
+                    ..Default::default()
+                },
+            )
+            .unwrap_err();
+            assert!(e.to_string().contains("too far"), "{secs}: {e}");
+        }
+    }
+
+    /// A time limit of 0 on the wire is Celery's "none of the message's own".
+    #[test]
+    fn a_zero_time_limit_means_the_tasks_default() {
+        let m = msg();
+        let mut env: Value = serde_json::from_str(&m.to_envelope()).unwrap();
+        env["headers"]["timelimit"] = json!([0, 0.0]);
+        let read = TaskMessage::from_envelope(env.to_string().as_bytes(), "celery").unwrap();
+        assert_eq!(read.timelimit, TimeLimits::default());
+    }
+
+    /// Through a named exchange the routing key is not a queue: the message belongs to the
+    /// queue it was read from (where a retry goes back).
+    #[test]
+    fn the_queue_is_the_one_read_from_unless_routed_directly() {
+        let m = msg();
+        let mut env: Value = serde_json::from_str(&m.to_envelope()).unwrap();
+        env["properties"]["delivery_info"] =
+            json!({"exchange": "media", "routing_key": "video.compress"});
+        let read = TaskMessage::from_envelope(env.to_string().as_bytes(), "videos").unwrap();
+        assert_eq!(read.queue, "videos");
+        env["properties"]["delivery_info"] = json!({"exchange": "", "routing_key": "videos"});
+        let read = TaskMessage::from_envelope(env.to_string().as_bytes(), "other").unwrap();
+        assert_eq!(read.queue, "videos");
+    }
+
+    /// Links, error links, chains and chords would be dropped by a worker that only runs the
+    /// task: such a message fails, with a reason, instead of leaving `.get()` waiting.
+    #[test]
+    fn workflow_messages_fail_visibly() {
+        let m = msg();
+        let env: Value = serde_json::from_str(&m.to_envelope()).unwrap();
+        let body = |embed: Value| {
+            let mut e = env.clone();
+            e["body"] = json!(B64.encode(json!([[1], {}, embed]).to_string()));
+            e.to_string()
+        };
+        let sig = json!({"task": "tasks.next", "args": [], "kwargs": {}, "options": {}, "subtask_type": null, "immutable": false});
+        for (key, v) in [
+            ("callbacks", json!([sig])),
+            ("errbacks", json!([sig])),
+            ("chain", json!([sig])),
+            ("chord", sig.clone()),
+        ] {
+            let mut embed =
+                json!({"callbacks": null, "errbacks": null, "chain": null, "chord": null});
+            embed[key] = v;
+            let e = TaskMessage::from_envelope(body(embed).as_bytes(), "celery").unwrap_err();
+            assert_eq!(e.task_id.as_deref(), Some(m.id.as_str()));
+            assert!(
+                e.reason.contains("workflows are not supported"),
+                "{key}: {}",
+                e.reason
+            );
+            assert!(e.reason.contains(key), "{key}: {}", e.reason);
+        }
+        let plain = json!({"callbacks": [], "errbacks": null, "chain": [], "chord": null});
+        assert!(TaskMessage::from_envelope(body(plain).as_bytes(), "celery").is_ok());
     }
 
     #[test]

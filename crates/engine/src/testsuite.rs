@@ -72,6 +72,8 @@ macro_rules! broker_conformance {
             results_keep_terminal_states,
             results_expire,
             watch_yields_current_then_changes,
+            watch_gives_the_current_state_after_a_dropped_first_read,
+            watch_ends_on_a_revocation_between_retries,
             purge_and_queue_stats,
             dead_letters_are_kept,
             raw_messages_are_stored_as_given,
@@ -620,6 +622,48 @@ pub async fn watch_yields_current_then_changes(f: &impl Factory) {
         "late subscribers get the end"
     );
     assert!(late.next().await.unwrap().is_none());
+}
+
+/// A first read dropped midway (a `select!` whose other branch won: a WebSocket client's
+/// ping) leaves the watch owing the current state, which its next call yields.
+pub async fn watch_gives_the_current_state_after_a_dropped_first_read(f: &impl Factory) {
+    let fx = f(DAY).await;
+    fx.backend
+        .store(&ResultMeta::new("wd", TaskState::Success, json!(1)), None)
+        .await
+        .unwrap();
+    let mut watch = crate::watch::TaskWatch::new(fx.backend.clone(), "wd");
+    // Polled once, then dropped, unless it was ready at once.
+    let first = match tokio::time::timeout(Duration::ZERO, watch.next_shared()).await {
+        Ok(first) => first,
+        Err(_) => tokio::time::timeout(Duration::from_secs(5), watch.next_shared())
+            .await
+            .expect("the current state after a dropped first read"),
+    };
+    assert_eq!(first.unwrap().unwrap().status, TaskState::Success);
+}
+
+/// A task revoked while it waits for its second retry is stored REVOKED without a retry count
+/// (the revoke does not know it): its followers still get that end, not a state they skip as
+/// older than the RETRY they saw.
+pub async fn watch_ends_on_a_revocation_between_retries(f: &impl Factory) {
+    let fx = f(DAY).await;
+    let client = Client::new(fx.broker.clone(), fx.backend.clone());
+    let mut retry = ResultMeta::new("wr", TaskState::Retry, json!({"exc_type": "Retry"}));
+    retry.retries = Some(1);
+    fx.backend.store(&retry, None).await.unwrap();
+    let mut watch = crate::watch::TaskWatch::new(fx.backend.clone(), "wr");
+    assert_eq!(
+        watch.next().await.unwrap().unwrap().status,
+        TaskState::Retry
+    );
+    client.revoke("wr", false).await.unwrap();
+    let end = tokio::time::timeout(Duration::from_secs(5), watch.next())
+        .await
+        .expect("the revocation reaches the follower")
+        .unwrap()
+        .unwrap();
+    assert_eq!(end.status, TaskState::Revoked);
 }
 
 /// Purge deletes ready and delayed messages; stats count what is left.

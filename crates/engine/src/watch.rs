@@ -61,7 +61,6 @@ impl TaskWatch {
             return Ok(None);
         }
         if !self.started {
-            self.started = true;
             // Upstream subscriptions (Redis) must be in place before the first read, or a
             // change between the read and the subscription would be lost.
             let _ = tokio::time::timeout(Duration::from_secs(5), self.ready.wait_for(|r| *r)).await;
@@ -70,6 +69,9 @@ impl TaskWatch {
                 .get(&self.task_id)
                 .await?
                 .unwrap_or_else(|| ResultMeta::pending(&self.task_id));
+            // Only once the read is done: a caller that drops this future midway (a `select!`
+            // that a client's ping won) gets the current state on its next call.
+            self.started = true;
             return Ok(Some(self.emit(Arc::new(current))));
         }
         loop {
@@ -77,9 +79,13 @@ impl TaskWatch {
             match rx.recv().await {
                 Ok(meta) => {
                     // Skip repeats, and changes older than what was already yielded (the first
-                    // state read from the backend may be newer than events still queued).
+                    // state read from the backend may be newer than events still queued). A
+                    // terminal state is never older: nothing follows it (a task revoked while
+                    // it waited for its retry is stored REVOKED without the retry's count).
                     if self.last.as_ref().is_some_and(|l| {
-                        Arc::ptr_eq(l, &meta) || **l == *meta || order(&meta) < order(l)
+                        Arc::ptr_eq(l, &meta)
+                            || **l == *meta
+                            || (order(&meta) < order(l) && !meta.status.is_terminal())
                     }) {
                         continue;
                     }

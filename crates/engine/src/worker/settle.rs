@@ -124,12 +124,19 @@ pub(super) async fn settle_killed(
     }
 }
 
+/// The longest delay a retry may ask for: a year. A task asking for more (`countdown=1e13`)
+/// would otherwise overflow the clock's range and panic its supervisor on every delivery.
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(365 * 86_400);
+
 /// The retry delay a failed run asks for, if it is to be retried at all.
 pub(super) fn retry_delay(err: &TaskError, policy: &RetryPolicy, retries: u32) -> Option<Duration> {
     let delay = match err.retry {
         RetryHint::Never => None,
-        RetryHint::Policy => Some(policy.delay(retries)),
-        RetryHint::After(secs) => Some(Duration::from_secs_f64(secs)),
+        RetryHint::Policy => Some(policy.delay(retries).min(MAX_RETRY_DELAY)),
+        RetryHint::After(secs) if secs > 0.0 => Some(
+            Duration::try_from_secs_f64(secs).map_or(MAX_RETRY_DELAY, |d| d.min(MAX_RETRY_DELAY)),
+        ),
+        RetryHint::After(_) => Some(Duration::ZERO),
     };
     delay.filter(|_| retries < policy.max_retries)
 }
@@ -251,6 +258,15 @@ mod tests {
         );
         assert_eq!(retry_delay(&transient, &policy, policy.max_retries), None);
         assert_eq!(retry_delay(&TaskError::new("E", "bad"), &policy, 0), None);
+        // Absurd delays are a year at most, and never panic.
+        for secs in [1e13, 1e20, f64::INFINITY] {
+            let e = TaskError::new("E", "x").with_retry(RetryHint::After(secs));
+            assert_eq!(retry_delay(&e, &policy, 0), Some(MAX_RETRY_DELAY), "{secs}");
+        }
+        for secs in [-1.0, f64::NAN] {
+            let e = TaskError::new("E", "x").with_retry(RetryHint::After(secs));
+            assert_eq!(retry_delay(&e, &policy, 0), Some(Duration::ZERO), "{secs}");
+        }
     }
 
     #[test]

@@ -164,6 +164,8 @@ struct CtxInner {
     sink: Arc<dyn ProgressSink>,
     args: Vec<Value>,
     kwargs: Map<String, Value>,
+    /// When the run's first time limit (soft, else hard) falls; set as the run starts.
+    deadline: std::sync::OnceLock<tokio::time::Instant>,
 }
 
 /// What a running task can see and do: its identity, progress, cancellation.
@@ -241,8 +243,24 @@ impl TaskContext {
                 sink: parts.sink,
                 args: parts.args,
                 kwargs: parts.kwargs,
+                deadline: std::sync::OnceLock::new(),
             }),
         }
+    }
+
+    /// How long until the run's first time limit (its soft limit, else its hard one): work
+    /// that waits on others (a remote API and its retries) should give up before it, with an
+    /// error of its own, rather than be cut off by the limit. `None` outside a worker's run.
+    pub fn time_left(&self) -> Option<Duration> {
+        self.inner
+            .deadline
+            .get()
+            .map(|d| d.saturating_duration_since(tokio::time::Instant::now()))
+    }
+
+    /// Sets when the run's first time limit falls (the worker, as the run starts).
+    pub fn set_deadline(&self, at: tokio::time::Instant) {
+        let _ = self.inner.deadline.set(at);
     }
 
     /// The task id.

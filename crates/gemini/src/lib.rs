@@ -42,6 +42,9 @@ pub struct GeminiConfig {
     pub initial_backoff: Duration,
     /// Longest backoff (Google's SDK: 60 s).
     pub max_backoff: Duration,
+    /// The least time worth starting an attempt with, when a call has a time budget
+    /// ([`GeminiClient::edit_image_within`]; image calls commonly take 5-30 s).
+    pub min_attempt: Duration,
 }
 
 impl std::fmt::Debug for GeminiConfig {
@@ -65,6 +68,7 @@ impl GeminiConfig {
             max_attempts: 5,
             initial_backoff: Duration::from_secs(1),
             max_backoff: Duration::from_secs(60),
+            min_attempt: Duration::from_secs(5),
         }
     }
 }
@@ -163,6 +167,28 @@ impl GeminiClient {
         mime: &str,
         prompt: &str,
     ) -> Result<GeneratedImage, GeminiError> {
+        self.edit_image_within(image, mime, prompt, None).await
+    }
+
+    /// As [`GeminiClient::edit_image`], done or given up within `time` (a task's time left
+    /// before its limit): each request's timeout and each wait are cut to what is left, and no
+    /// attempt starts that could not get [`GeminiConfig::min_attempt`]. Giving up says why (unavailable, or
+    /// the quota), so the task fails with Gemini's code, not a time limit's.
+    pub async fn edit_image_within(
+        &self,
+        image: &[u8],
+        mime: &str,
+        prompt: &str,
+        time: Option<Duration>,
+    ) -> Result<GeneratedImage, GeminiError> {
+        let deadline = time.map(|t| tokio::time::Instant::now() + t);
+        let left = || deadline.map(|d| d.saturating_duration_since(tokio::time::Instant::now()));
+        let min = self.cfg.min_attempt;
+        if left().is_some_and(|l| l < min) {
+            return Err(GeminiError::Unavailable(
+                "no time was left for a call before the task's time limit".into(),
+            ));
+        }
         let body = json!({
             "contents": [{
                 "role": "user",
@@ -182,7 +208,8 @@ impl GeminiClient {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let outcome = self.attempt(&url, &body).await;
+            let timeout = left().map_or(self.cfg.timeout, |l| l.min(self.cfg.timeout));
+            let outcome = self.attempt(&url, &body, timeout).await;
             let (reason, after) = match outcome {
                 Attempt::Done(mut img) => {
                     img.attempts = attempt;
@@ -202,8 +229,11 @@ impl GeminiClient {
                     (reason, after)
                 }
             };
-            if attempt >= self.cfg.max_attempts {
-                warn!(attempts = attempt, error = %reason, "Gemini call gave up.");
+            let backoff = self.backoff(attempt - 1);
+            let delay = after.map_or(backoff, |a| a.max(backoff));
+            let out_of_time = left().is_some_and(|l| l < delay + min);
+            if attempt >= self.cfg.max_attempts || out_of_time {
+                warn!(attempts = attempt, out_of_time, error = %reason, "Gemini call gave up.");
                 return Err(match reason {
                     GeminiError::QuotaExhausted(m) => {
                         GeminiError::QuotaExhausted(format!("{m} (after {attempt} attempts)"))
@@ -217,8 +247,6 @@ impl GeminiClient {
                     }
                 });
             }
-            let backoff = self.backoff(attempt - 1);
-            let delay = after.map_or(backoff, |a| a.max(backoff));
             info!(attempt, delay_ms = delay.as_millis() as u64, error = %reason, "Retrying Gemini call.");
             tokio::time::sleep(delay).await;
         }
@@ -231,10 +259,11 @@ impl GeminiClient {
         Duration::from_secs_f64(exp + fastrand::f64() * base)
     }
 
-    async fn attempt(&self, url: &str, body: &Value) -> Attempt {
+    async fn attempt(&self, url: &str, body: &Value, timeout: Duration) -> Attempt {
         let resp = match self
             .http
             .post(url)
+            .timeout(timeout)
             .header("x-goog-api-key", &self.cfg.api_key)
             .json(body)
             .send()
@@ -267,8 +296,40 @@ impl GeminiClient {
         if status == 200 {
             return classify_success(&text);
         }
-        classify_error(status, &text)
+        classify_error(status, &scrub(&text, &self.cfg.api_key))
     }
+}
+
+/// `text` without API keys: the configured one, any Google API key (`AIza` and 35 more
+/// characters) and what follows `api_key:` (Google names a suspended or blocked key in its
+/// error messages, which become task errors and log lines).
+fn scrub(text: &str, key: &str) -> String {
+    const HIDDEN: &str = "[redacted]";
+    let mut s = if key.is_empty() {
+        text.to_owned()
+    } else {
+        text.replace(key, HIDDEN)
+    };
+    let key_char = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
+    for marker in ["api_key:", "AIza"] {
+        let mut out = String::with_capacity(s.len());
+        let mut rest = s.as_str();
+        while let Some(i) = rest.find(marker) {
+            let after = &rest[i + marker.len()..];
+            let n = after.find(|c: char| !key_char(c)).unwrap_or(after.len());
+            out.push_str(&rest[..i]);
+            if n == 0 || marker == "api_key:" {
+                out.push_str(marker);
+            }
+            if n > 0 {
+                out.push_str(HIDDEN);
+            }
+            rest = &after[n..];
+        }
+        out.push_str(rest);
+        s = out;
+    }
+    s
 }
 
 /// Reads an error envelope `{"error": {code, message, status, details}}`.
@@ -496,6 +557,31 @@ pub fn prompt_for(procedure_id: &str, intensity: &str) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn keys_are_scrubbed_from_googles_messages() {
+        let real = "AIzaSyA1b2C3d4E5f6G7h8I9j0K1l2M3n4O5p6Q";
+        let m = format!("Permission denied: Consumer 'api_key:{real}' has been suspended.");
+        let out = super::scrub(&m, "configured");
+        assert!(!out.contains(real), "{out}");
+        assert_eq!(
+            out,
+            "Permission denied: Consumer 'api_key:[redacted]' has been suspended."
+        );
+        assert_eq!(
+            super::scrub(&format!("key {real}, again {real}."), ""),
+            "key [redacted], again [redacted]."
+        );
+        assert_eq!(
+            super::scrub("my-secret in text", "my-secret"),
+            "[redacted] in text"
+        );
+        assert_eq!(
+            super::scrub("Consumer 'api_key:my-secret'", "my-secret"),
+            "Consumer 'api_key:[redacted]'"
+        );
+        assert_eq!(super::scrub("no keys here", "k3y"), "no keys here");
+    }
     use super::*;
 
     #[test]

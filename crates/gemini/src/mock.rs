@@ -50,6 +50,9 @@ pub enum Scenario {
     BadBase64,
     /// Wait, then answer with the inner scenario.
     Slow(u64, Box<Scenario>),
+    /// 403 `PERMISSION_DENIED`, reason `CONSUMER_SUSPENDED`: Google names the key itself in
+    /// the message (`Consumer 'api_key:AIza…' has been suspended.`).
+    KeySuspended,
 }
 
 /// What a request looked like.
@@ -176,7 +179,7 @@ async fn generate(
         });
         st.queue.pop_front().unwrap_or(Scenario::Ok)
     };
-    answer(scenario, &model, &image).await
+    answer(scenario, &model, &image, &app.key).await
 }
 
 /// A request the mock refuses, with Google's answer (boxed: a response is large).
@@ -342,12 +345,20 @@ fn ok_body(model: &str, parts: Vec<Value>, finish: &str) -> Response {
         .into_response()
 }
 
-async fn answer(s: Scenario, model: &str, image: &[u8]) -> Response {
+async fn answer(s: Scenario, model: &str, image: &[u8], key: &str) -> Response {
     match s {
         Scenario::Slow(ms, inner) => {
             tokio::time::sleep(Duration::from_millis(ms)).await;
-            Box::pin(answer(*inner, model, image)).await
+            Box::pin(answer(*inner, model, image, key)).await
         }
+        Scenario::KeySuspended => google_error(
+            StatusCode::FORBIDDEN,
+            "PERMISSION_DENIED",
+            &format!("Permission denied: Consumer 'api_key:{key}' has been suspended."),
+            json!([{"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": "CONSUMER_SUSPENDED",
+                    "domain": "googleapis.com", "metadata": {"consumer": "projects/123456789012",
+                    "service": "generativelanguage.googleapis.com"}}]),
+        ),
         Scenario::Ok
         | Scenario::OkJpeg
         | Scenario::OkTextThenImage

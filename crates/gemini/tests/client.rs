@@ -198,3 +198,49 @@ async fn bad_credentials_and_models_fail_without_retry() {
     );
     assert!(mock.requests().is_empty(), "rejected before being recorded");
 }
+
+/// Google names a suspended key in its 403 message: the error (a task's message, a log line)
+/// never carries it.
+#[tokio::test]
+async fn a_suspended_key_is_not_repeated_in_the_error() {
+    let mock = MockGemini::start(KEY, vec![Scenario::KeySuspended]).await;
+    let e = client(&mock, KEY)
+        .edit_image(&png(), "image/png", "x")
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), ErrorCode::GeminiAuth);
+    let text = e.to_string();
+    assert!(text.contains("has been suspended"), "{text}");
+    assert!(!text.contains(KEY), "the key is never in errors: {text}");
+    assert_eq!(mock.requests().len(), 1, "not retried");
+}
+
+/// With a time budget (a task's time left before its limit) the call and its retries end
+/// within it, unavailable: five slow answers would take 7.5 s, the budget is 2.5 s.
+#[tokio::test]
+async fn a_call_with_a_time_budget_gives_up_within_it() {
+    let slow = vec![Scenario::Slow(2500, Box::new(Scenario::Ok)); 5];
+    let mock = MockGemini::start(KEY, slow).await;
+    let mut cfg = GeminiConfig::new(KEY);
+    cfg.base_url = mock.base_url.clone();
+    cfg.initial_backoff = Duration::from_millis(20);
+    cfg.timeout = Duration::from_millis(1500);
+    cfg.min_attempt = Duration::from_millis(500);
+    let c = GeminiClient::new(cfg).unwrap();
+    let t0 = Instant::now();
+    let e = c
+        .edit_image_within(&png(), "image/png", "x", Some(Duration::from_millis(2500)))
+        .await
+        .unwrap_err();
+    let took = t0.elapsed();
+    assert_eq!(e.code(), ErrorCode::GeminiUnavailable, "{e}");
+    assert!(took < Duration::from_millis(2900), "{took:?}");
+    assert_eq!(mock.requests().len(), 2, "1.5 s, then the 1 s left");
+    // No time at all: no call.
+    let e = c
+        .edit_image_within(&png(), "image/png", "x", Some(Duration::from_millis(100)))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), ErrorCode::GeminiUnavailable);
+    assert_eq!(mock.requests().len(), 2);
+}

@@ -190,8 +190,8 @@ async fn save_export(
         created_at: Utc::now(),
     };
     // As `save_owned` in visualize.rs: the record claims the id first (another user's id is
-    // refused before the file is touched), the photos are checked before and after, the file
-    // is written last.
+    // refused before the file is touched), the photos are checked before and after the record
+    // and after the file, which is written last.
     let photos_gone = || any_photo_gone(d, owner, &rec.image_ids);
     let gone = || {
         fail(
@@ -213,6 +213,11 @@ async fn save_export(
             let _ = d.meta.delete_export(owner, &id).await;
         }
         return Err(storage(e));
+    }
+    if photos_gone().await? {
+        let _ = d.meta.delete_export(owner, &id).await;
+        let _ = d.blobs.delete(&rec.blob_key).await;
+        return Err(gone());
     }
     Ok(stored.unwrap_or(value))
 }

@@ -163,14 +163,48 @@ pub(crate) fn storage(e: StoreError) -> TaskError {
 
 /// The id of result `index` of task `task_id`: the task id itself for index 0, otherwise a
 /// variation of it (still a UUID), so re-runs of the task produce the same ids.
+///
+/// A Celery producer may name its task anything printable (`apply_async(task_id="export-42")`):
+/// such an id is first mapped to a name-based UUID (version 5), so its results keep stable ids
+/// too (a redelivered run finds its own record instead of saving a second one).
 pub(crate) fn derived_id(task_id: &str, index: u8) -> String {
-    match uuid::Uuid::parse_str(task_id) {
-        Ok(u) if afterview_core::ids::is_resource_id(task_id) => {
-            let mut b = *u.as_bytes();
-            b[15] ^= index;
-            b[14] ^= index.wrapping_mul(31);
-            uuid::Uuid::from_bytes(b).to_string()
+    let base = match uuid::Uuid::parse_str(task_id) {
+        Ok(u) if afterview_core::ids::is_resource_id(task_id) => u,
+        _ => uuid::Uuid::new_v5(&TASK_ID_NAMESPACE, task_id.as_bytes()),
+    };
+    let mut b = *base.as_bytes();
+    b[15] ^= index;
+    b[14] ^= index.wrapping_mul(31);
+    uuid::Uuid::from_bytes(b).to_string()
+}
+
+/// The namespace of [`derived_id`]'s name-based ids (a fixed random UUID of Afterview's).
+const TASK_ID_NAMESPACE: uuid::Uuid =
+    uuid::Uuid::from_u128(0x6f1c_2a57_93d4_4e0b_a8c1_5d27_e94b_0f36);
+
+#[cfg(test)]
+mod tests {
+    use super::derived_id;
+    use afterview_core::ids::is_resource_id;
+
+    #[test]
+    fn results_of_a_uuid_task_derive_from_its_id() {
+        let task = "7d4c8f0e-2b1a-4c3d-9e8f-0a1b2c3d4e5f";
+        assert_eq!(derived_id(task, 0), task);
+        assert_ne!(derived_id(task, 1), task);
+        assert_eq!(derived_id(task, 1), derived_id(task, 1));
+    }
+
+    #[test]
+    fn results_of_a_task_named_by_its_producer_keep_stable_ids() {
+        // A Celery producer's own task id: a redelivered run must find the same ids.
+        for task in ["export-42", "7D4C8F0E-2B1A-4C3D-9E8F-0A1B2C3D4E5F", "x"] {
+            let first = derived_id(task, 0);
+            assert!(is_resource_id(&first), "{first}");
+            assert_eq!(first, derived_id(task, 0), "{task}");
+            assert_ne!(first, derived_id(task, 1), "{task}");
+            assert_eq!(derived_id(task, 2), derived_id(task, 2), "{task}");
         }
-        _ => afterview_core::ids::new_id(),
+        assert_ne!(derived_id("export-42", 0), derived_id("export-43", 0));
     }
 }

@@ -110,6 +110,10 @@ async fn render_preview(
     }
 }
 
+/// What a Gemini preview keeps of its time limit for the work after the call (decode, blend,
+/// label, save).
+const AFTER_GEMINI: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// A Gemini edit of the photo, blended in where the same recipe's field moves the face (so
 /// nothing outside the treated region changes), labelled.
 async fn gemini_preview(
@@ -132,6 +136,13 @@ async fn gemini_preview(
             format!("no Gemini prompt for {procedure}"),
         )
     })?;
+    // Where the result may change the photo, first: a procedure this photo cannot show (ears
+    // under hair) fails before a call is paid for.
+    let (p2, lm2, proc2) = (photo.clone(), lm.clone(), procedure.to_owned());
+    let mask = ctx
+        .blocking(move |_| afterview_imaging::treatment_mask(&p2, &proc2, intensity, &lm2))
+        .await?
+        .map_err(imaging)?;
     let p2 = photo.clone();
     let jpeg = ctx
         .blocking(move |_| {
@@ -142,23 +153,8 @@ async fn gemini_preview(
         })
         .await?
         .map_err(|e| fail(ErrorCode::CorruptImage, e.to_string()))?;
-    let generated = client
-        .edit_image(&jpeg, "image/jpeg", &prompt)
-        .await
-        .map_err(|e| {
-            let retry = matches!(e.code(), ErrorCode::GeminiUnavailable);
-            // Gemini's own text (quota details, project ids) goes to the log; the
-            // result carries our code and its description.
-            tracing::warn!(task_id = %ctx.id(), error = %e, "Gemini failed");
-            let err = fail(e.code(), e.code().description());
-            if retry {
-                err.with_retry(afterview_engine::RetryHint::Policy)
-            } else {
-                err
-            }
-        })?;
+    let generated = call_gemini(ctx, &client, &jpeg, &prompt).await?;
     let limits = d.preview.limits;
-    let procedure = procedure.to_owned();
     ctx.blocking(move |_| {
         let gen_img =
             afterview_imaging::intake::decode_any(&generated.bytes, &limits).map_err(|e| {
@@ -173,8 +169,6 @@ async fn gemini_preview(
         } else {
             image::imageops::resize(&gen_img, w, h, image::imageops::FilterType::CatmullRom)
         };
-        let mask = afterview_imaging::treatment_mask(&photo, &procedure, intensity, &lm)
-            .map_err(imaging)?;
         let mut img = afterview_imaging::blend(&photo, &gen_img, &mask);
         if let Some(l) = &label {
             render::label(&mut img, l);
@@ -182,6 +176,39 @@ async fn gemini_preview(
         Ok::<_, TaskError>(img)
     })
     .await?
+}
+
+/// Asks Gemini for the edit. The call and its retries end before the task's time limit, with
+/// room to blend and save after it: a Gemini that does not answer fails as
+/// `gemini_unavailable` (retried later by the task's policy), not as a time limit (never
+/// retried); a cancelled task stops waiting at once.
+async fn call_gemini(
+    ctx: &TaskContext,
+    client: &afterview_gemini::GeminiClient,
+    jpeg: &[u8],
+    prompt: &str,
+) -> Result<afterview_gemini::GeneratedImage, TaskError> {
+    let budget = ctx.time_left().map(|t| t.saturating_sub(AFTER_GEMINI));
+    let call = client.edit_image_within(jpeg, "image/jpeg", prompt, budget);
+    let answered = tokio::select! {
+        r = call => r,
+        () = ctx.cancelled() => {
+            ctx.check_cancelled()?;
+            return Err(TaskError::new("cancelled", "the task was cancelled"));
+        }
+    };
+    answered.map_err(|e| {
+        let retry = matches!(e.code(), ErrorCode::GeminiUnavailable);
+        // Gemini's own text (quota details, project ids) goes to the log; the
+        // result carries our code and its description.
+        tracing::warn!(task_id = %ctx.id(), error = %e, "Gemini failed");
+        let err = fail(e.code(), e.code().description());
+        if retry {
+            err.with_retry(afterview_engine::RetryHint::Policy)
+        } else {
+            err
+        }
+    })
 }
 
 /// Finds the face once per photo.
@@ -216,8 +243,10 @@ async fn save_png(
 ///   (a message forged on the broker with another user's task id) is refused before any file
 ///   is touched, so nobody can overwrite another user's picture.
 /// - The photo may have been deleted while the preview was made: then nothing derived from it
-///   may stay. It is checked before the record is written and again after (a delete in between
-///   would miss the new record), undoing the write when the photo is gone.
+///   may stay. It is checked before the record is written, again after (a delete in between
+///   would miss the new record), and once more after the picture is written (a delete that
+///   ran while the picture was encoded and stored found the record but no file yet), undoing
+///   both writes when the photo is gone. A delete after the last check finds record and file.
 /// - The picture is written last; if that fails, a record written by this run is removed and
 ///   the task is retried.
 async fn save_owned(
@@ -271,6 +300,11 @@ async fn save_owned(
             let _ = d.meta.delete_visualization(&rec.owner, &rec.id).await;
         }
         return Err(e);
+    }
+    if photo_gone().await? {
+        let _ = d.meta.delete_visualization(&rec.owner, &rec.id).await;
+        let _ = d.blobs.delete(&rec.blob_key).await;
+        return Err(gone());
     }
     Ok(stored)
 }

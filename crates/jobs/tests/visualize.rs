@@ -30,10 +30,18 @@ struct Harness {
 
 impl Harness {
     async fn start(preview: PreviewSettings) -> Self {
+        Self::start_with_blobs(preview, |_| Arc::new(ObjectBlobStore::memory())).await
+    }
+
+    /// A harness whose blob store `blobs` makes (it is given the metadata store).
+    async fn start_with_blobs(
+        preview: PreviewSettings,
+        blobs: impl FnOnce(Arc<dyn MetadataStore>) -> Arc<dyn BlobStore>,
+    ) -> Self {
         let dir = std::env::temp_dir().join(format!("afterview-jobs-{}", uuid_like()));
         let meta: Arc<dyn MetadataStore> =
             Arc::new(SqliteMetadata::open(&dir.join("metadata.db")).unwrap());
-        let blobs: Arc<dyn BlobStore> = Arc::new(ObjectBlobStore::memory());
+        let blobs = blobs(meta.clone());
         let deps = Arc::new(Deps {
             meta: meta.clone(),
             blobs: blobs.clone(),
@@ -65,7 +73,11 @@ impl Harness {
 
     async fn upload(&self, owner: &str, file: &str) -> String {
         let bytes = std::fs::read(format!("{PORTRAITS}/{file}")).unwrap();
-        let n = intake(&bytes, &Limits::default()).unwrap();
+        self.upload_bytes(owner, &bytes).await
+    }
+
+    async fn upload_bytes(&self, owner: &str, bytes: &[u8]) -> String {
+        let n = intake(bytes, &Limits::default()).unwrap();
         let id = afterview_core::ids::new_id();
         self.blobs
             .put(&image_key(&id), n.png.clone().into())
@@ -399,6 +411,74 @@ async fn gemini_failures_have_their_codes() {
     }
 }
 
+/// A procedure the photo cannot show (a facelift of a headshot cropped under the chin: the
+/// neck is not in the photo) fails before Gemini is called: nothing is paid for a preview
+/// that would be thrown away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gemini_is_not_called_for_a_feature_the_photo_does_not_show() {
+    let (h, mock) = gemini_harness(vec![]).await;
+    let bytes = std::fs::read(format!("{PORTRAITS}/grace_hopper.jpg")).unwrap();
+    let photo = decode_png(&intake(&bytes, &Limits::default()).unwrap().png).unwrap();
+    let lm = afterview_imaging::face::detect(&photo).unwrap();
+    let bottom = (lm.chin().y + 2.0 * lm.frame().px_per_mm).round() as u32;
+    let cropped = image::imageops::crop_imm(&photo, 0, 0, photo.width(), bottom).to_image();
+    let image_id = h
+        .upload_bytes("alice", &afterview_imaging::intake::encode_png(&cropped))
+        .await;
+    let (m, _) = h
+        .run(
+            GENERATE_VISUALIZATION,
+            json!({"image_id": image_id, "procedure_id": "facelift", "user_id": "alice"}),
+        )
+        .await;
+    assert_eq!(code(&m), "feature_not_visible");
+    assert!(mock.requests().is_empty(), "no call paid for");
+}
+
+/// A task whose time limit leaves no room for a Gemini call fails (and retries) as
+/// `gemini_unavailable`, not as a time limit, which would never be retried.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gemini_calls_end_before_the_tasks_time_limit() {
+    let (h, mock) = gemini_harness(vec![]).await;
+    let image_id = h.upload("alice", "grace_hopper.jpg").await;
+    let id = afterview_core::ids::new_id();
+    let mut watch = h.client.watch(&id);
+    let opts = SendOptions {
+        task_id: Some(id.clone()),
+        timelimit: afterview_engine::TimeLimits {
+            hard: Some(12.0),
+            soft: Some(8.0),
+        },
+        ..SendOptions::default()
+    };
+    let kwargs = json!({"image_id": image_id, "procedure_id": "rhinoplasty", "user_id": "alice"});
+    h.client
+        .send_task(
+            GENERATE_VISUALIZATION,
+            vec![],
+            kwargs.as_object().unwrap().clone(),
+            opts,
+        )
+        .await
+        .unwrap();
+    let first_end = loop {
+        let m = tokio::time::timeout(Duration::from_secs(30), watch.next())
+            .await
+            .expect("the task moves on")
+            .unwrap()
+            .unwrap();
+        if m.status == TaskState::Retry || m.status.is_terminal() {
+            break m;
+        }
+    };
+    assert_eq!(first_end.status, TaskState::Retry, "{first_end:?}");
+    assert_eq!(code(&first_end), "gemini_unavailable");
+    assert!(
+        mock.requests().is_empty(),
+        "no call started without the time for it"
+    );
+}
+
 // ------------------------------------------------------------------------------ exports
 
 use afterview_core::tasks::{GENERATE_COST_INFOGRAPHIC, GENERATE_EXPORT};
@@ -553,6 +633,111 @@ async fn export_failures_have_codes_and_leave_nothing_behind() {
         "no record of a failed export"
     );
     assert!(h.meta.list_exports("bob", 10).await.unwrap().is_empty());
+}
+
+/// A blob store through which the owner deletes their photo (as `DELETE /api/images/{id}`
+/// does: the records, then the files they named) just before the first file under `prefix` is
+/// written: the moment a task has checked the photo for the last time before saving.
+struct DeleteDuringPut {
+    inner: ObjectBlobStore,
+    meta: Arc<dyn MetadataStore>,
+    prefix: &'static str,
+    photo: std::sync::Mutex<Option<(String, String)>>,
+    /// Every key written under `prefix`.
+    written: std::sync::Mutex<Vec<String>>,
+}
+
+#[async_trait::async_trait]
+impl BlobStore for DeleteDuringPut {
+    async fn put(&self, key: &str, bytes: bytes::Bytes) -> Result<(), afterview_store::StoreError> {
+        let photo = if key.starts_with(self.prefix) {
+            self.written.lock().unwrap().push(key.to_owned());
+            self.photo.lock().unwrap().take()
+        } else {
+            None
+        };
+        if let Some((owner, id)) = photo {
+            let deleted = self
+                .meta
+                .delete_image(&owner, &id)
+                .await?
+                .expect("the photo");
+            for k in deleted.blob_keys {
+                self.inner.delete(&k).await?;
+            }
+        }
+        self.inner.put(key, bytes).await
+    }
+    async fn get(&self, key: &str) -> Result<Option<bytes::Bytes>, afterview_store::StoreError> {
+        self.inner.get(key).await
+    }
+    async fn delete(&self, key: &str) -> Result<(), afterview_store::StoreError> {
+        self.inner.delete(key).await
+    }
+    async fn ping(&self) -> Result<(), afterview_store::StoreError> {
+        self.inner.ping().await
+    }
+}
+
+/// A photo deleted while its preview or report is being written leaves no file behind: the
+/// delete found the record but not yet the file, so the task removes what it wrote.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_photo_deleted_while_its_results_are_written_leaves_no_file() {
+    for prefix in ["visualizations/", "exports/"] {
+        let inner = ObjectBlobStore::memory();
+        let hook = std::sync::Arc::new(std::sync::OnceLock::<Arc<DeleteDuringPut>>::new());
+        let h = {
+            let (inner, hook) = (inner.clone(), hook.clone());
+            Harness::start_with_blobs(PreviewSettings::default(), move |meta| {
+                let b = Arc::new(DeleteDuringPut {
+                    inner,
+                    meta,
+                    prefix,
+                    photo: std::sync::Mutex::new(None),
+                    written: std::sync::Mutex::new(vec![]),
+                });
+                let _ = hook.set(b.clone());
+                b
+            })
+            .await
+        };
+        let image_id = h.upload("alice", "astronaut.png").await;
+        let task = if prefix == "exports/" {
+            let (v, _) = h
+                .run(
+                    GENERATE_VISUALIZATION,
+                    json!({"image_id": image_id, "procedure_id": "rhinoplasty", "user_id": "alice"}),
+                )
+                .await;
+            assert_eq!(v.status, TaskState::Success);
+            (
+                GENERATE_EXPORT,
+                json!({"visualization_ids": [v.result["id"]], "user_id": "alice"}),
+            )
+        } else {
+            (
+                GENERATE_VISUALIZATION,
+                json!({"image_id": image_id, "procedure_id": "rhinoplasty", "user_id": "alice"}),
+            )
+        };
+        *hook.get().unwrap().photo.lock().unwrap() = Some(("alice".into(), image_id.clone()));
+        let (m, _) = h.run(task.0, task.1).await;
+        assert_eq!(
+            (m.status.clone(), code(&m)),
+            (TaskState::Failure, "image_not_found".to_owned()),
+            "{prefix}"
+        );
+        let b = hook.get().unwrap();
+        assert!(b.photo.lock().unwrap().is_none(), "the delete ran");
+        let written = b.written.lock().unwrap().clone();
+        assert!(!written.is_empty(), "{prefix}: the task wrote its file");
+        for key in written {
+            assert!(
+                inner.get(&key).await.unwrap().is_none(),
+                "{prefix}: {key} left after its photo was deleted"
+            );
+        }
+    }
 }
 
 /// `afterview.delete_files` (what the API hands over when the blob store could not remove a

@@ -59,6 +59,13 @@ impl RunControl {
         *self.ctx.lock().expect("run ctx lock") = Some(ctx);
     }
 
+    /// Tells the run's context when its first time limit falls ([`TaskContext::time_left`]).
+    pub(super) fn set_deadline(&self, at: tokio::time::Instant) {
+        if let Some(ctx) = self.ctx.lock().expect("run ctx lock").as_ref() {
+            ctx.set_deadline(at);
+        }
+    }
+
     /// Cancels and makes the supervisor abandon the run; the first reason wins.
     pub(super) fn kill(&self, reason: CancelReason) {
         self.cancel(reason);

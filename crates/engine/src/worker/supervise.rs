@@ -175,6 +175,7 @@ pub(super) async fn supervise(
     let soft_at = t0 + Duration::from_secs_f64(limits.soft);
     let hard_at = t0 + Duration::from_secs_f64(limits.hard);
     let mut soft_due = limits.soft < limits.hard;
+    ctrl.set_deadline(if soft_due { soft_at } else { hard_at });
     let mut start_due = begun.defer_start;
     let end = loop {
         tokio::select! {

@@ -65,7 +65,7 @@ impl ImagingError {
     pub fn code(&self) -> ErrorCode {
         match self {
             Self::Intake(e) => e.code(),
-            Self::Face(FaceError::NoFace) => ErrorCode::NoFaceDetected,
+            Self::Face(FaceError::NoFace | FaceError::TooSmall(_)) => ErrorCode::NoFaceDetected,
             Self::Face(FaceError::BadControlPoints(_)) => ErrorCode::InvalidControlPoints,
             Self::UnknownProcedure(_) => ErrorCode::UnknownProcedure,
             Self::FeatureNotVisible(_) => ErrorCode::FeatureNotVisible,

@@ -207,17 +207,42 @@ pub fn plan(
         "skin-resurfacing" => skin_resurfacing(&mut d, &sc)?,
         _ => return Err(ImagingError::UnknownProcedure(procedure.to_owned())),
     }
+    let handles = if d.smoothing.is_some() && procedure == "skin-resurfacing" {
+        vec![]
+    } else {
+        d.m.handles()
+    };
+    within_frame(procedure, photo, &handles)?;
     Ok(Plan {
-        handles: if d.smoothing.is_some() && procedure == "skin-resurfacing" {
-            vec![]
-        } else {
-            d.m.handles()
-        },
+        handles,
         radius_mm: d.radius_mm,
         allow: d.allow,
         protect: d.protect,
         smoothing: d.smoothing,
     })
+}
+
+/// Every handle that moves, and where it moves to, lies inside the photo by at least its own
+/// move: a face cut by the frame (a headshot cropped at the chin, for a facelift's neck) would
+/// otherwise be warped with pixels the photo does not have (the edge row repeated into
+/// streaks), or a feature it does not show would be edited.
+fn within_frame(procedure: &str, photo: &RgbImage, handles: &[Handle]) -> Result<(), ImagingError> {
+    let (w, h) = (photo.width() as f32, photo.height() as f32);
+    for hd in handles {
+        let m = hd.shift.len();
+        if m < 0.5 {
+            continue;
+        }
+        for p in [hd.at, hd.at.plus(hd.shift)] {
+            if p.x < m || p.y < m || p.x > w - 1.0 - m || p.y > h - 1.0 - m {
+                return Err(ImagingError::FeatureNotVisible(format!(
+                    "{procedure}: the part of the face it changes reaches the edge of the photo; \
+                     use a photo with some space around the whole face"
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// What a recipe reads: the photo, its landmarks, the intensity's factor.

@@ -939,3 +939,42 @@ fn exif_orientation_is_applied_and_all_metadata_dropped() {
         "no metadata chunks"
     );
 }
+
+/// A headshot cropped just under the chin: a facelift, whose neck handles lie below the
+/// frame, is refused (`feature_not_visible`) instead of warped with the edge row repeated;
+/// a procedure inside the photo still works.
+#[test]
+fn a_face_cut_by_the_frame_is_not_warped_with_pixels_the_photo_lacks() {
+    let hopper = portrait("grace_hopper.jpg");
+    let lm = face::detect(&hopper).unwrap();
+    let bottom = (lm.chin().y + 2.0 * lm.frame().px_per_mm).round() as u32;
+    assert!(bottom < hopper.height(), "the portrait shows the neck");
+    let cropped = image::imageops::crop_imm(&hopper, 0, 0, hopper.width(), bottom).to_image();
+    let lm = face::detect(&cropped).expect("the face is still found");
+    let Err(e) = simulate(&cropped, "facelift", Intensity::Moderate, &lm) else {
+        panic!("a facelift of a neck the photo does not show is refused");
+    };
+    assert_eq!(e.code(), ErrorCode::FeatureNotVisible, "{e}");
+    assert!(simulate(&cropped, "rhinoplasty", Intensity::Moderate, &lm).is_ok());
+}
+
+/// A face so small that the procedures' millimetres fall under a pixel gets no preview that
+/// would look like the photo: `no_face_detected`, saying the face is too small.
+#[test]
+fn a_face_too_small_for_a_visible_change_is_refused() {
+    let hopper = portrait("grace_hopper.jpg");
+    let (w, h) = hopper.dimensions();
+    let small =
+        image::imageops::resize(&hopper, w / 3, h / 3, image::imageops::FilterType::Triangle);
+    let mut canvas = RgbImage::from_pixel(w, h, Rgb([118, 128, 136]));
+    image::imageops::replace(&mut canvas, &small, i64::from(w / 3), i64::from(h / 3));
+    let lm = face::detect(&canvas).expect("the detector still finds it");
+    assert!(
+        lm.frame().px_per_mm < face::MIN_PX_PER_MM,
+        "{}",
+        lm.frame().px_per_mm
+    );
+    let e = locate(&canvas, None).unwrap_err();
+    assert!(matches!(e, face::FaceError::TooSmall(_)), "{e}");
+    assert_eq!(ImagingError::Face(e).code(), ErrorCode::NoFaceDetected);
+}

@@ -216,12 +216,17 @@ fn summary_page(f: &mut Flow, input: &ReportInput, w: f32) {
         ("Clinic", &p.clinic),
         ("Surgeon", &p.surgeon),
     ];
+    // One line each (however long it wraps): a name of 150 line breaks would make a row
+    // taller than the page, and a table row never splits across pages.
     let mut rows: Vec<Vec<String>> = fields
         .iter()
         .filter_map(|(k, v)| {
-            v.as_ref()
-                .filter(|s| !s.trim().is_empty())
-                .map(|v| vec![(*k).to_owned(), v.clone()])
+            v.as_ref().filter(|s| !s.trim().is_empty()).map(|v| {
+                vec![
+                    (*k).to_owned(),
+                    v.split_whitespace().collect::<Vec<_>>().join(" "),
+                ]
+            })
         })
         .collect();
     rows.push(vec!["Date".into(), input.date.clone()]);
@@ -301,14 +306,20 @@ fn procedure_section(f: &mut Flow, input: &ReportInput, item: &ReportItem) {
 fn comparison_page(f: &mut Flow, input: &ReportInput) {
     f.new_page();
     f.heading("Comparison", 17.0);
+    // One "Before" when every result is of the same photo; otherwise each result follows the
+    // photo it was made from, so no simulation is shown as another photo's outcome.
+    let same = |a: &Arc<RgbImage>, b: &Arc<RgbImage>| Arc::ptr_eq(a, b) || **a == **b;
     let first = &input.items[0];
-    let mut pics: Vec<(&str, &RgbImage)> = vec![("Before", &*first.before)];
-    pics.extend(
-        input
-            .items
-            .iter()
-            .map(|i| (i.procedure.name.as_str(), &*i.after)),
-    );
+    let one_photo = input.items.iter().all(|i| same(&i.before, &first.before));
+    let mut pics: Vec<(&str, &RgbImage)> = vec![];
+    let mut shown: Option<&Arc<RgbImage>> = None;
+    for i in &input.items {
+        if shown.is_none_or(|b| !one_photo && !same(b, &i.before)) {
+            pics.push(("Before", &*i.before));
+            shown = Some(&i.before);
+        }
+        pics.push((i.procedure.name.as_str(), &*i.after));
+    }
     pictures(f, &pics, 220.0);
     let rows: Vec<Vec<String>> = input
         .items

@@ -73,6 +73,17 @@ fn poppler(tool: &str, pdf: &[u8], extra: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// The text on a Letter report's first page, only what lies on its paper (612 x 792 pt).
+fn letter_first_page(pdf: &[u8]) -> String {
+    poppler(
+        "pdftotext",
+        pdf,
+        &[
+            "-f", "1", "-l", "1", "-x", "0", "-y", "0", "-W", "612", "-H", "792",
+        ],
+    )
+}
+
 fn pages(pdf: &[u8]) -> usize {
     poppler("pdfinfo", pdf, &[])
         .lines()
@@ -231,14 +242,7 @@ fn long_patient_fields_wrap_inside_the_page_and_control_characters_are_dropped()
     r.patient.notes = None;
     r.patient.surgeon = Some("Dr.\u{0}\u{0} Null\u{202E}Reversed\u{1b}[31m".into());
     let pdf = render_report(&r).unwrap();
-    // Only what lies on the first page's paper (612 x 792 pt) is read back.
-    let text = poppler(
-        "pdftotext",
-        &pdf,
-        &[
-            "-f", "1", "-l", "1", "-x", "0", "-y", "0", "-W", "612", "-H", "792",
-        ],
-    );
+    let text = letter_first_page(&pdf);
     assert_eq!(
         text.chars().filter(|&c| c == 'W').count(),
         150,
@@ -252,4 +256,41 @@ fn long_patient_fields_wrap_inside_the_page_and_control_characters_are_dropped()
     }
     assert!(text.contains("Dr. NullReversed[31m"), "{text}");
     assert!(!text.contains('\u{0}') && !text.contains('\u{202E}') && !text.contains('\u{1b}'));
+}
+
+/// Line breaks in a one-line field (a name pasted from a form) do not push the table's last
+/// rows off the paper: the date and the reference are still on the first page.
+#[test]
+fn line_breaks_in_one_line_fields_keep_the_table_on_the_page() {
+    let mut r = input(&["otoplasty"], Paper::Letter, false);
+    r.patient.name = Some(format!("Ann{}Lee", "\n".repeat(150)));
+    r.patient.clinic = Some("North\r\n\tClinic".into());
+    let pdf = render_report(&r).unwrap();
+    let text = letter_first_page(&pdf);
+    assert!(text.contains("Ann Lee"), "{text}");
+    assert!(text.contains("North Clinic"), "{text}");
+    assert!(text.contains("Reference"), "{text}");
+    assert!(text.contains(&r.reference), "{text}");
+}
+
+/// Results of two photos (an export may mix them): the comparison shows each result after the
+/// photo it was made from, never one photo's result as another's outcome.
+#[test]
+fn a_comparison_of_two_photos_shows_each_before() {
+    let strip = |r: &ReportInput| -> usize {
+        let pdf = render_report(r).unwrap();
+        let page = (1..=pages(&pdf))
+            .find(|p| {
+                let p = p.to_string();
+                poppler("pdftotext", &pdf, &["-f", &p, "-l", &p]).contains("Comparison")
+            })
+            .expect("a comparison page");
+        let p = page.to_string();
+        let list = poppler("pdfimages", &pdf, &["-list", "-f", &p, "-l", &p]);
+        list.lines().skip(2).count()
+    };
+    let mut r = input(&["rhinoplasty", "facelift"], Paper::Letter, false);
+    assert_eq!(strip(&r), 3, "one photo: before and two results");
+    r.items[1].before = photo(9);
+    assert_eq!(strip(&r), 4, "two photos: each before and its result");
 }

@@ -166,6 +166,12 @@ pub enum FaceError {
         "no face was detected in the photo; use a frontal photo in which the face spans at least a tenth of the photo's width, or pass control points"
     )]
     NoFace,
+    /// A face so small in the photo that the procedures' millimetres would be under a pixel:
+    /// a preview would look like the photo.
+    #[error(
+        "the face is too small in this photo ({0:.2} pixels per millimetre, at least {MIN_PX_PER_MM} needed); use a photo in which the face spans at least a tenth of the photo's width"
+    )]
+    TooSmall(f32),
     /// The given control points cannot be a face in this image.
     #[error("invalid control points: {0}")]
     BadControlPoints(String),
@@ -412,8 +418,18 @@ impl Landmarks {
 /// The face of a photo: with control points, the face they describe; else the largest face
 /// detected.
 pub fn locate(img: &RgbImage, cp: Option<&ControlPoints>) -> Result<Landmarks, FaceError> {
-    if let Some(cp) = cp {
-        return Landmarks::from_control_points(img, cp);
+    let lm = match cp {
+        Some(cp) => Landmarks::from_control_points(img, cp)?,
+        None => detect(img).ok_or(FaceError::NoFace)?,
+    };
+    let scale = lm.frame().px_per_mm;
+    if scale < MIN_PX_PER_MM {
+        return Err(FaceError::TooSmall(scale));
     }
-    detect(img).ok_or(FaceError::NoFace)
+    Ok(lm)
 }
+
+/// The smallest scale a preview is made at: 0.5 px/mm is a face about 70 pixels wide (the
+/// eyes 30 pixels apart), where a nose narrowed by 2 mm moves each wing by half a pixel.
+/// Below it a preview would look like the photo.
+pub const MIN_PX_PER_MM: f32 = 0.5;

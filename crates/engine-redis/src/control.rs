@@ -22,6 +22,7 @@ use tracing::{debug, info, warn};
 
 use crate::calls::unavailable;
 use crate::celery::{self, SEP};
+use crate::conn::Conn;
 use crate::{Inner, pubsub};
 
 /// How long revocations received over the pidbox are kept (Celery keeps them 3 h in memory).
@@ -308,7 +309,13 @@ fn foreign_report(
     queues: Option<&Value>,
 ) -> WorkerReport {
     let now = Utc::now();
-    let uptime = stats.get("uptime").and_then(Value::as_i64).unwrap_or(0);
+    // A hundred years at most: a broken or hostile reply's `uptime` must not overflow the
+    // clock's range (a panic of `inspect` and of the monitor's request).
+    let uptime = stats
+        .get("uptime")
+        .and_then(Value::as_i64)
+        .unwrap_or(0)
+        .clamp(0, 100 * 365 * 86_400);
     let active = active
         .and_then(Value::as_array)
         .map(|a| a.iter().map(foreign_active).collect())
@@ -821,6 +828,22 @@ impl Inner {
             "method": method, "arguments": arguments, "destination": destination,
             "pattern": null, "matcher": null,
         });
+        let keys: Vec<String> = ["", "3", "6", "9"]
+            .iter()
+            .map(|p| {
+                if p.is_empty() {
+                    reply_q.clone()
+                } else {
+                    format!("{reply_q}{SEP}{p}")
+                }
+            })
+            .collect();
+        // Armed before the binding exists, so a caller that gives up at any point removes it.
+        let binding = ReplyBinding {
+            conn: want_reply.then(|| c.clone()),
+            member: member.clone(),
+            keys: keys.clone(),
+        };
         if want_reply {
             c.sadd::<_, _, i64>("_kombu.binding.reply.celery.pidbox", &member)
                 .await
@@ -842,19 +865,8 @@ impl Inner {
         if !want_reply {
             return Ok(vec![]);
         }
-        let keys: Vec<String> = ["", "3", "6", "9"]
-            .iter()
-            .map(|p| {
-                if p.is_empty() {
-                    reply_q.clone()
-                } else {
-                    format!("{reply_q}{SEP}{p}")
-                }
-            })
-            .collect();
         let collected = self.collect(&keys, &ticket, timeout, limit).await;
-        let _: Result<i64, _> = c.srem("_kombu.binding.reply.celery.pidbox", &member).await;
-        let _: Result<i64, _> = c.del(&keys).await;
+        binding.remove().await;
         collected
     }
 
@@ -940,9 +952,62 @@ impl Inner {
     }
 }
 
+/// A broadcast's reply binding (its member of `_kombu.binding.reply.celery.pidbox`) and reply
+/// lists, removed however the broadcast ends. A caller that gives up mid-wait (a monitor page
+/// closed, `inspect` interrupted) drops the broadcast; left behind, the binding set would grow
+/// with every such call, and every control reply (ours and kombu's) scans it.
+struct ReplyBinding {
+    conn: Option<Conn>,
+    member: String,
+    keys: Vec<String>,
+}
+
+impl ReplyBinding {
+    /// Removes them now (the broadcast ended).
+    async fn remove(mut self) {
+        if let Some(mut c) = self.conn.take() {
+            let _: Result<i64, _> = c
+                .srem("_kombu.binding.reply.celery.pidbox", &self.member)
+                .await;
+            let _: Result<i64, _> = c.del(&self.keys).await;
+        }
+    }
+}
+
+impl Drop for ReplyBinding {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.conn.take()
+            && let Ok(rt) = tokio::runtime::Handle::try_current()
+        {
+            let (member, keys) = (
+                std::mem::take(&mut self.member),
+                std::mem::take(&mut self.keys),
+            );
+            rt.spawn(async move {
+                let _: Result<i64, _> = c.srem("_kombu.binding.reply.celery.pidbox", &member).await;
+                let _: Result<i64, _> = c.del(&keys).await;
+            });
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::glob;
+    use super::{foreign_report, glob};
+
+    #[test]
+    fn an_absurd_uptime_in_a_foreign_reply_does_not_panic() {
+        for uptime in [10_000_000_000_000_i64, i64::MAX, -5] {
+            let r = foreign_report(
+                "x@y",
+                &serde_json::json!({"uptime": uptime}),
+                None,
+                None,
+                None,
+            );
+            assert!(r.started_at <= chrono::Utc::now(), "{uptime}");
+        }
+    }
 
     #[test]
     fn glob_matches_like_fnmatch() {

@@ -285,6 +285,44 @@ fn offline(st: &mut State, cmd: Cmd) {
     }
 }
 
+/// Follows one task's result channel (unless every result is followed already).
+fn watch(
+    st: &mut State,
+    sink: &redis::aio::PubSubSink,
+    id: String,
+    tx: tokio::sync::watch::Sender<bool>,
+) {
+    let sub = !st.all;
+    if sub {
+        // Queued now, confirmed later: the loop goes on with the next request (often the
+        // previous task's UNSUBSCRIBE and this SUBSCRIBE leave in one write).
+        let mut s = sink.clone();
+        let ch = channel(&id);
+        let confirmed = enqueue(async move { s.subscribe(ch).await });
+        let ready = tx.clone();
+        tokio::spawn(async move {
+            match confirmed.await {
+                Ok(()) => {
+                    let _ = ready.send(true);
+                }
+                // The connection is going: the reconnect subscribes again, sets the flag and
+                // re-reads what is followed. (A confirmation that arrived just before the
+                // connection went may set the flag after the reconnect cleared it; that
+                // re-read covers the gap.)
+                Err(e) if crate::conn::transient(&e) => {
+                    debug!(error = %e, "A result subscription was not confirmed.");
+                }
+                // Refused (an ACL without this channel): the follower reads the state after
+                // its wait for the subscription times out, and hears no change.
+                Err(e) => warn!(error = %e, "Redis refused a result subscription."),
+            }
+        });
+    } else {
+        let _ = tx.send(true);
+    }
+    st.watched.insert(id, (tx, sub));
+}
+
 async fn apply(
     st: &mut State,
     sink: &mut redis::aio::PubSubSink,
@@ -293,37 +331,7 @@ async fn apply(
     keyevents: &[String; 2],
 ) -> redis::RedisResult<()> {
     match cmd {
-        Cmd::Interest(Interest::Watch(id, tx)) => {
-            let sub = !st.all;
-            if sub {
-                // Queued now, confirmed later: the loop goes on with the next request (often
-                // the previous task's UNSUBSCRIBE and this SUBSCRIBE leave in one write).
-                let mut s = sink.clone();
-                let ch = channel(&id);
-                let confirmed = enqueue(async move { s.subscribe(ch).await });
-                let ready = tx.clone();
-                tokio::spawn(async move {
-                    match confirmed.await {
-                        Ok(()) => {
-                            let _ = ready.send(true);
-                        }
-                        // The connection is going: the reconnect subscribes again, sets the
-                        // flag and re-reads what is followed. (A confirmation that arrived just
-                        // before the connection went may set the flag after the reconnect
-                        // cleared it; that re-read covers the gap.)
-                        Err(e) if crate::conn::transient(&e) => {
-                            debug!(error = %e, "A result subscription was not confirmed.");
-                        }
-                        // Refused (an ACL without this channel): the follower reads the state
-                        // after its wait for the subscription times out, and hears no change.
-                        Err(e) => warn!(error = %e, "Redis refused a result subscription."),
-                    }
-                });
-            } else {
-                let _ = tx.send(true);
-            }
-            st.watched.insert(id, (tx, sub));
-        }
+        Cmd::Interest(Interest::Watch(id, tx)) => watch(st, sink, id, tx),
         Cmd::Interest(Interest::Unwatch(id)) => {
             if let Some((_, true)) = st.watched.remove(&id) {
                 // Nobody waits for this confirmation: messages still on the way are dropped by
@@ -339,24 +347,33 @@ async fn apply(
                 st.all = true;
             }
         }
+        // Each subscription is recorded (with its waiter) before it is asked for: should the
+        // connection drop meanwhile, the next one makes it and answers the waiter, as for a
+        // request made while disconnected (else the process would go without it for good).
         Cmd::Pidbox(w) => {
+            st.pidbox_waiters.push(w);
             if !st.pidbox {
-                sink.subscribe(pidbox_channel).await?;
                 st.pidbox = true;
+                sink.subscribe(pidbox_channel).await?;
             }
-            let _ = w.send(());
+            for w in st.pidbox_waiters.drain(..) {
+                let _ = w.send(());
+            }
         }
         Cmd::Push(node, ready) => {
+            st.push.push((node.clone(), ready.clone()));
             sink.subscribe(format!("{PUSH_PREFIX}{node}")).await?;
             ready.store(true, Ordering::SeqCst);
-            st.push.push((node, ready));
         }
         Cmd::Worker(w) => {
+            st.worker_waiters.push(w);
             if !st.worker {
-                sink.subscribe(worker_channels(keyevents)).await?;
                 st.worker = true;
+                sink.subscribe(worker_channels(keyevents)).await?;
             }
-            let _ = w.send(());
+            for w in st.worker_waiters.drain(..) {
+                let _ = w.send(());
+            }
         }
     }
     Ok(())

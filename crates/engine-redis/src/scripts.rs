@@ -210,15 +210,35 @@ end
 local function as_it_came(u)
   return (string.match(u, '^%[(.*), "[^"]*", "[^"]*"%]$'))
 end
+-- The queue a message of `exchange` with `rk` goes back to, as kombu's `_lookup` finds it: the
+-- routing key itself through the default exchange (`""`, what Celery and this file use);
+-- through a named one, the first queue bound to it with that routing key (a direct binding)
+-- or a topic pattern matching it (`*` one word, `#` any), from `_kombu.binding.<exchange>`
+-- (members `routing_key SEP pattern SEP queue`); the routing key when no binding matches.
+local function bound_queue(exchange, rk)
+  if type(exchange) ~= 'string' or exchange == '' then return rk end
+  for _, m in ipairs(redis.call('SMEMBERS', '_kombu.binding.' .. exchange)) do
+    local key, queue = string.match(m, '^(.-)\6\22.-\6\22(.*)$')
+    if key and queue ~= '' then
+      if key == rk then return queue end
+      if string.find(key, '[%*#]') then
+        local pat = string.gsub(key, '[%^%$%(%)%%%.%[%]%+%-%?]', '%%%0')
+        pat = string.gsub(string.gsub(pat, '%*', '[^.]*'), '#', '.*')
+        if string.find(rk, '^' .. pat .. '$') then return queue end
+      end
+    end
+  end
+  return rk
+end
 local function unacked_entry(u)
   local ok, arr = pcall(cjson.decode, u)
   if ok and type(arr) == 'table' and type(arr[1]) == 'table' then
     local q = arr[3]
     if type(q) ~= 'string' then q = 'celery' end
-    return arr[1], q
+    return arr[1], bound_queue(arr[2], q)
   end
-  local raw, q = string.match(u, '^%[(.*), "[^"]*", "([^"]*)"%]$')
-  if raw then return nil, q, raw end
+  local raw, exchange, q = string.match(u, '^%[(.*), "([^"]*)", "([^"]*)"%]$')
+  if raw then return nil, bound_queue(exchange, q), raw end
   return nil, nil, nil
 end
 -- Redis's clock as RFC 3339 UTC to the second (the dead letters' `at`; Lua here has no `os.date`).
@@ -634,22 +654,38 @@ redis.call('PUBLISH', 'afterview:wake', q)
 return 1
 "#;
 
-/// ARGV: task_id, terminate (0/1), now_ms, keep_ms. Records the tombstone and the log entry
+/// ARGV: task_id, terminate (0/1), now_ms, keep_ms. Records the tombstone and the log entry,
+/// numbered by a counter that never falls below the clock's milliseconds
 /// (once: a repeated revoke, e.g. the same broadcast seen by several workers, only upgrades
-/// `terminate`), and wakes the workers' control loops. Returns `[seq, running, new]`.
+/// `terminate`), and wakes the workers' control loops. Returns `[seq, running, new]`. A repeat
+/// never shortens the tombstone's life: a client's revoke keeps it a week, and the same revoke
+/// heard again on the pidbox (kept a day) must not cut that to a day.
 pub(crate) const REVOKE: &str = r#"
 local id, terminate = ARGV[1], ARGV[2]
 local key = 'afterview:revoked:' .. id
 local cur = redis.call('GET', key)
+local keep = tonumber(ARGV[4])
+if cur then
+  local left = redis.call('PTTL', key)
+  if left > keep then keep = left end
+end
 local seq
 local new = 0
 if cur and (string.sub(cur, 1, 1) == '1' or terminate == '0') then
   seq = tonumber(string.match(cur, '|(%d+)$'))
-  redis.call('PEXPIRE', key, ARGV[4])
+  redis.call('PEXPIRE', key, keep)
 else
   seq = redis.call('INCR', 'afterview:revocation-seq')
+  -- Never below the clock (ms): a Redis that lost its last writes (AOF everysec, a failover)
+  -- rolls the counter back, and a counter reused would hide the next revocations from
+  -- readers whose cursor is already past it.
+  local floor = tonumber(ARGV[3])
+  if seq < floor then
+    seq = floor
+    redis.call('SET', 'afterview:revocation-seq', floor)
+  end
   redis.call('XADD', 'afterview:revocations', 'MAXLEN', '~', 100000, seq .. '-0', 'id', id, 'terminate', terminate, 'at', ARGV[3])
-  redis.call('SET', key, terminate .. '|' .. ARGV[3] .. '|' .. seq, 'PX', ARGV[4])
+  redis.call('SET', key, terminate .. '|' .. ARGV[3] .. '|' .. seq, 'PX', keep)
   redis.call('PUBLISH', 'afterview:revoke', id)
   new = 1
 end

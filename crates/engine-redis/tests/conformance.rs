@@ -404,3 +404,180 @@ async fn a_reused_delivery_tag_does_not_take_over_the_first_messages_lease() {
         "no task left marked running: {running:?}"
     );
 }
+
+/// A revoke heard again (the pidbox broadcast that follows a client's revoke reaches every
+/// worker, which records it with the pidbox's one-day keep) never shortens the tombstone: a
+/// task revoked for a week stays revoked for a week.
+#[tokio::test]
+async fn a_repeated_revoke_never_shortens_the_tombstone() {
+    use afterview_engine::Broker;
+    const DAY: Duration = Duration::from_secs(86_400);
+    let server = shared();
+    let db = server.fresh_db();
+    let b = server.backend(db).await;
+    let mut c = server.connection(db);
+    let ttl = |c: &mut redis::Connection, id: &str| -> i64 {
+        redis::cmd("PTTL")
+            .arg(format!("afterview:revoked:{id}"))
+            .query(c)
+            .unwrap()
+    };
+    b.revoke("t", false, 7 * DAY).await.unwrap();
+    b.revoke("t", false, DAY).await.unwrap();
+    assert!(ttl(&mut c, "t") > 6 * 86_400_000, "{} ms", ttl(&mut c, "t"));
+    // Upgraded to terminate by a shorter-lived revoke: still a week.
+    b.revoke("t", true, DAY).await.unwrap();
+    assert!(ttl(&mut c, "t") > 6 * 86_400_000, "{} ms", ttl(&mut c, "t"));
+    // A longer keep does lengthen it.
+    b.revoke("u", false, DAY).await.unwrap();
+    b.revoke("u", false, 7 * DAY).await.unwrap();
+    assert!(ttl(&mut c, "u") > 6 * 86_400_000, "{} ms", ttl(&mut c, "u"));
+}
+
+/// A caller that gives up on `workers()` mid-wait (a monitor page closed) leaves no reply
+/// binding behind: the set every control reply scans does not grow.
+#[tokio::test]
+async fn an_abandoned_broadcast_leaves_no_reply_binding() {
+    use afterview_engine::Broker;
+    let server = shared();
+    let db = server.fresh_db();
+    let b = server.backend(db).await;
+    let mut c = server.connection(db);
+    let members = |c: &mut redis::Connection| -> i64 {
+        redis::cmd("SCARD")
+            .arg("_kombu.binding.reply.celery.pidbox")
+            .query(c)
+            .unwrap()
+    };
+    for _ in 0..3 {
+        let gave_up = tokio::time::timeout(
+            Duration::from_millis(150),
+            b.workers(Duration::from_secs(5)),
+        )
+        .await;
+        assert!(gave_up.is_err(), "the wait was cut short");
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while members(&mut c) > 0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(members(&mut c), 0);
+}
+
+/// A Redis that lost its last writes (AOF `everysec` after a crash, a failover) rolls the
+/// revocation counter back; the next revocation still lands after every reader's cursor.
+#[tokio::test]
+async fn revocations_after_a_rolled_back_log_are_still_read() {
+    use afterview_engine::Broker;
+    const DAY: Duration = Duration::from_secs(86_400);
+    let server = shared();
+    let db = server.fresh_db();
+    let b = server.backend(db).await;
+    let mut c = server.connection(db);
+    let (_, start) = b.revocations_since(u64::MAX).await.unwrap();
+    b.revoke("a", false, DAY).await.unwrap();
+    let (_, after_a) = b.revocations_since(start).await.unwrap();
+    b.revoke("b", false, DAY).await.unwrap();
+    let (read, cursor) = b.revocations_since(after_a).await.unwrap();
+    assert_eq!(read.len(), 1);
+    // "b" is lost: the log and the counter are as they were after "a".
+    let _: () = redis::cmd("XDEL")
+        .arg("afterview:revocations")
+        .arg(format!("{cursor}-0"))
+        .query(&mut c)
+        .unwrap();
+    let _: () = redis::cmd("SET")
+        .arg("afterview:revocation-seq")
+        .arg(after_a)
+        .query(&mut c)
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    b.revoke("c", true, DAY).await.unwrap();
+    let (read, _) = b.revocations_since(cursor).await.unwrap();
+    assert_eq!(
+        read.iter().map(|r| r.task_id.as_str()).collect::<Vec<_>>(),
+        ["c"],
+        "the revocation after the loss reaches a reader past the lost one"
+    );
+}
+
+/// A Python worker that died holding messages routed through a named exchange: the sweep
+/// gives each back to the queue its binding names (as kombu's `restore_visible` does through
+/// `_kombu.binding.<exchange>`), not to a list named after the routing key.
+#[tokio::test]
+async fn foreign_unacked_messages_go_back_to_their_bound_queue() {
+    use afterview_engine::Broker;
+    let server = shared();
+    let db = server.fresh_db();
+    let b = server.backend(db).await;
+    let mut c = server.connection(db);
+    let old = (chrono::Utc::now().timestamp() - 7_200) as f64;
+    let env = |id: &str| {
+        afterview_engine::TaskMessage::new(
+            "t",
+            vec![],
+            serde_json::Map::new(),
+            "x",
+            afterview_engine::SendOptions {
+                task_id: Some(id.into()),
+                ..Default::default()
+            },
+        )
+        .unwrap()
+        .to_envelope()
+    };
+    let sep = "\u{6}\u{16}";
+    for (tag, exchange, rk, member) in [
+        (
+            "py-direct",
+            "tasks",
+            "task.default",
+            format!("task.default{sep}{sep}default"),
+        ),
+        (
+            "py-topic",
+            "media",
+            "video.compress.hd",
+            format!("video.#{sep}{sep}videos"),
+        ),
+        (
+            "py-unbound",
+            "other",
+            "plain",
+            format!("nothing{sep}{sep}elsewhere"),
+        ),
+    ] {
+        let _: () = redis::cmd("SADD")
+            .arg(format!("_kombu.binding.{exchange}"))
+            .arg(member)
+            .query(&mut c)
+            .unwrap();
+        let entry = format!("[{}, \"{exchange}\", \"{rk}\"]", env(tag));
+        let _: () = redis::cmd("HSET")
+            .arg("unacked")
+            .arg(tag)
+            .arg(entry)
+            .query(&mut c)
+            .unwrap();
+        let _: () = redis::cmd("ZADD")
+            .arg("unacked_index")
+            .arg(old)
+            .arg(tag)
+            .query(&mut c)
+            .unwrap();
+    }
+    assert_eq!(b.requeue_expired().await.unwrap(), 3);
+    let len =
+        |c: &mut redis::Connection, q: &str| -> i64 { redis::cmd("LLEN").arg(q).query(c).unwrap() };
+    assert_eq!(len(&mut c, "default"), 1, "the direct binding's queue");
+    assert_eq!(len(&mut c, "videos"), 1, "the topic binding's queue");
+    assert_eq!(
+        len(&mut c, "plain"),
+        1,
+        "no binding matches: the routing key"
+    );
+    assert_eq!(
+        len(&mut c, "task.default") + len(&mut c, "video.compress.hd"),
+        0
+    );
+}

@@ -5,8 +5,11 @@
 //! claims its key in the metadata store, atomically for every API host: a retry arriving on
 //! another host while the first is still running gets `409 idempotency_key_in_progress` (as the
 //! IETF Idempotency-Key draft says); on the same host it waits for the first and replays it.
-//! Failed answers are not stored and their claim is dropped: a retry may succeed. A claim whose
-//! host died is taken over once it is older than a synchronous request can run.
+//! Failed answers are not stored and their claim is dropped: a retry may succeed. Except once a
+//! task was sent: from then on the key names that task, whatever the first answer was (a 504
+//! because the synchronous wait ran out, a client that went away, the task's own failure), and
+//! a retry is answered from that task ([`Resume`]) instead of sending a second one. A claim
+//! whose host died is taken over once it is older than a synchronous request can run.
 
 use std::sync::Arc;
 
@@ -33,21 +36,58 @@ fn fnv1a(parts: &[&[u8]]) -> String {
     format!("{h:016x}")
 }
 
-/// Runs `f` at most once per `(user, Idempotency-Key)` and replays its answer.
-pub(crate) async fn once<F, Fut>(
+/// The task a request sent, once it is recorded: set by the request's work (`submit`), read
+/// when its answer is stored, or when the request is dropped before it has one.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Sent(Arc<std::sync::OnceLock<String>>);
+
+impl Sent {
+    /// Marks `task_id` as sent by this request.
+    pub(crate) fn set(&self, task_id: &str) {
+        let _ = self.0.set(task_id.to_owned());
+    }
+
+    fn get(&self) -> Option<&str> {
+        self.0.get().map(String::as_str)
+    }
+}
+
+/// The answer stored for a key whose request sent `task_id` but has no answer of its own to
+/// keep (the 202 an asynchronous request gets).
+pub(crate) fn accepted(task_id: &str) -> Value {
+    serde_json::json!({
+        "task_id": task_id,
+        "status": "processing",
+        "status_url": format!("/api/tasks/{task_id}/status"),
+        "websocket_url": format!("/api/ws/tasks/{task_id}"),
+    })
+}
+
+/// How a retry is answered when the stored answer is the [`accepted`] one of a task (given its
+/// id): an asynchronous request replays it, a synchronous one waits for the task again.
+pub(crate) type Resume<'a> = Box<dyn FnOnce(String) -> Answer<'a> + Send + 'a>;
+
+/// An answer to come.
+pub(crate) type Answer<'a> =
+    std::pin::Pin<Box<dyn Future<Output = Result<(StatusCode, Value), ApiError>> + Send + 'a>>;
+
+/// Runs `f` at most once per `(user, Idempotency-Key)` and replays its answer (through
+/// `resume`, when the answer stored is a sent task's [`accepted`] one; requests that send no
+/// task give `None`).
+pub(crate) async fn once<'a, F, Fut>(
     st: &AppState,
     user: &str,
     headers: &HeaderMap,
-    method_path: &str,
-    body: &[u8],
+    (method_path, body): (&str, &[u8]),
     f: F,
+    resume: Option<Resume<'a>>,
 ) -> Response
 where
-    F: FnOnce() -> Fut,
+    F: FnOnce(Sent) -> Fut,
     Fut: Future<Output = Result<(StatusCode, Value), ApiError>>,
 {
     let Some(key) = headers.get("idempotency-key") else {
-        return answer(f().await, false);
+        return answer(f(Sent::default()).await, false);
     };
     let key = match key.to_str() {
         Ok(k) if !k.is_empty() && k.len() <= 255 && k.bytes().all(|b| b.is_ascii_graphic()) => {
@@ -59,15 +99,9 @@ where
         }
     };
     let fingerprint = fnv1a(&[method_path.as_bytes(), body]);
-    let lock = {
-        let mut locks = st.idem_locks.lock().expect("idempotency lock map");
-        locks
-            .entry((user.to_owned(), key.clone()))
-            .or_insert_with(|| Arc::new(tokio::sync::Mutex::new(())))
-            .clone()
-    };
-    let out = {
-        let _guard = lock.lock().await;
+    let entry = LockEntry::take(st, user, &key);
+    {
+        let _guard = entry.lock.lock().await;
         let stale_before = chrono::Utc::now()
             - chrono::Duration::from_std(st.sync_timeout + std::time::Duration::from_secs(60))
                 .unwrap_or(chrono::Duration::minutes(10));
@@ -79,13 +113,16 @@ where
             Err(e) => ApiError::from(e).into_response(),
             Ok(IdempotencyClaim::Answered(prev)) if prev.fingerprint != fingerprint => reused(),
             Ok(IdempotencyClaim::InProgress { fingerprint: f }) if f != fingerprint => reused(),
-            Ok(IdempotencyClaim::Answered(prev)) => answer(
-                Ok((
-                    StatusCode::from_u16(prev.status).unwrap_or(StatusCode::OK),
-                    prev.body,
-                )),
-                true,
-            ),
+            Ok(IdempotencyClaim::Answered(prev)) => match (sent_task(&prev), resume) {
+                (Some(task_id), Some(resume)) => answer(resume(task_id).await, true),
+                _ => answer(
+                    Ok((
+                        StatusCode::from_u16(prev.status).unwrap_or(StatusCode::OK),
+                        prev.body,
+                    )),
+                    true,
+                ),
+            },
             Ok(IdempotencyClaim::InProgress { .. }) => ApiError::new(
                 StatusCode::CONFLICT,
                 "idempotency_key_in_progress",
@@ -94,16 +131,57 @@ where
             .into_response(),
             Ok(IdempotencyClaim::Claimed) => run_claimed(st, (user, &key), fingerprint, f).await,
         }
-    };
-    let mut locks = st.idem_locks.lock().expect("idempotency lock map");
-    if Arc::strong_count(&lock) <= 2 {
-        locks.remove(&(user.to_owned(), key));
     }
-    out
 }
 
-/// Runs `f` under a claim this request won: a success is stored for replays; a failure (or a
-/// client that went away) gives the key back.
+/// The task a stored answer names, when it is the [`accepted`] answer of a sent task.
+fn sent_task(prev: &IdempotentResponse) -> Option<String> {
+    if prev.status != StatusCode::ACCEPTED.as_u16() {
+        return None;
+    }
+    prev.body.get("task_id")?.as_str().map(str::to_owned)
+}
+
+/// This host's lock of one `(user, key)`: requests with the same key wait for each other here.
+/// The map entry is removed by the last request holding it, however that request ends (a
+/// client that goes away drops its request mid-wait).
+struct LockEntry {
+    st: AppState,
+    id: (String, String),
+    lock: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl LockEntry {
+    fn take(st: &AppState, user: &str, key: &str) -> Self {
+        let id = (user.to_owned(), key.to_owned());
+        let lock = st
+            .idem_locks
+            .lock()
+            .expect("idempotency lock map")
+            .entry(id.clone())
+            .or_insert_with(|| Arc::new(tokio::sync::Mutex::new(())))
+            .clone();
+        LockEntry {
+            st: st.clone(),
+            id,
+            lock,
+        }
+    }
+}
+
+impl Drop for LockEntry {
+    fn drop(&mut self) {
+        let mut locks = self.st.idem_locks.lock().expect("idempotency lock map");
+        // The map's reference and this one: nobody else holds or waits for it.
+        if Arc::strong_count(&self.lock) <= 2 {
+            locks.remove(&self.id);
+        }
+    }
+}
+
+/// Runs `f` under a claim this request won: a success is stored for replays, as is the task
+/// it sent when there is one (see the module's documentation); a failure that sent nothing (or
+/// a client that went away before anything was sent) gives the key back.
 async fn run_claimed<F, Fut>(
     st: &AppState,
     (user, key): (&str, &str),
@@ -111,33 +189,32 @@ async fn run_claimed<F, Fut>(
     f: F,
 ) -> Response
 where
-    F: FnOnce() -> Fut,
+    F: FnOnce(Sent) -> Fut,
     Fut: Future<Output = Result<(StatusCode, Value), ApiError>>,
 {
-    // Dropped unanswered (the client went away mid-request): give the key back.
+    let sent = Sent::default();
+    // Dropped unanswered (the client went away mid-request): see `Claim`'s `Drop`.
     let mut claim = Claim {
         st: st.clone(),
         user: user.to_owned(),
         key: key.to_owned(),
+        fingerprint,
+        sent: sent.clone(),
         open: true,
     };
-    let out = f().await;
-    if let Ok((status, body)) = &out
-        && status.is_success()
-    {
-        let rec = IdempotentResponse {
-            fingerprint,
-            status: status.as_u16(),
-            body: body.clone(),
-            created_at: chrono::Utc::now(),
-        };
-        if let Err(e) = st.meta.put_idempotent(user, key, &rec).await {
-            tracing::warn!(error = %e, "Could not store an idempotent answer.");
-        }
-    } else if let Err(e) = st.meta.release_idempotent(user, key).await {
-        tracing::warn!(error = %e, "Could not release an idempotency claim; it goes stale by itself.");
-    }
+    let out = f(sent).await;
     claim.open = false;
+    let keep = match &out {
+        Ok((status, body)) if status.is_success() => Some((*status, body.clone())),
+        _ => claim
+            .sent
+            .get()
+            .map(|id| (StatusCode::ACCEPTED, accepted(id))),
+    };
+    match keep {
+        Some((status, body)) => claim.keep(status, body).await,
+        None => claim.release().await,
+    }
     answer(out, false)
 }
 
@@ -150,25 +227,60 @@ fn reused() -> Response {
     .into_response()
 }
 
-/// A claimed key not (yet) answered; released when dropped open.
+/// A claimed key not (yet) answered. Dropped open (the client went away), it keeps the task
+/// the request sent, or is given back when nothing was sent.
 struct Claim {
     st: AppState,
     user: String,
     key: String,
+    fingerprint: String,
+    sent: Sent,
     open: bool,
+}
+
+impl Claim {
+    /// Stores `body` as the key's answer.
+    async fn keep(&self, status: StatusCode, body: Value) {
+        let rec = IdempotentResponse {
+            fingerprint: self.fingerprint.clone(),
+            status: status.as_u16(),
+            body,
+            created_at: chrono::Utc::now(),
+        };
+        if let Err(e) = self
+            .st
+            .meta
+            .put_idempotent(&self.user, &self.key, &rec)
+            .await
+        {
+            tracing::warn!(error = %e, "Could not store an idempotent answer.");
+        }
+    }
+
+    /// Gives the key back: a retry runs afresh.
+    async fn release(&self) {
+        if let Err(e) = self.st.meta.release_idempotent(&self.user, &self.key).await {
+            tracing::warn!(error = %e, "Could not release an idempotency claim; it goes stale by itself.");
+        }
+    }
 }
 
 impl Drop for Claim {
     fn drop(&mut self) {
         if self.open {
-            let (meta, user, key) = (
-                self.st.meta.clone(),
-                std::mem::take(&mut self.user),
-                std::mem::take(&mut self.key),
-            );
+            self.open = false;
+            let claim = Claim {
+                st: self.st.clone(),
+                user: std::mem::take(&mut self.user),
+                key: std::mem::take(&mut self.key),
+                fingerprint: std::mem::take(&mut self.fingerprint),
+                sent: self.sent.clone(),
+                open: false,
+            };
             tokio::spawn(async move {
-                if let Err(e) = meta.release_idempotent(&user, &key).await {
-                    tracing::warn!(error = %e, "Could not release an idempotency claim; it goes stale by itself.");
+                match claim.sent.get() {
+                    Some(id) => claim.keep(StatusCode::ACCEPTED, accepted(id)).await,
+                    None => claim.release().await,
                 }
             });
         }

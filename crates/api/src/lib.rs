@@ -176,17 +176,30 @@ pub type AppState = Arc<Inner>;
 #[derive(Debug, Clone, PartialEq)]
 pub struct User(pub String);
 
+/// `?token=` of a request, percent-decoded (a browser's `encodeURIComponent` escapes the `+`,
+/// `/` and `=` of a static token). A `+` stays a `+`: a token is not form text. A value that is
+/// not valid percent-encoded UTF-8 is no token.
 fn query_token(parts: &Parts) -> Option<String> {
     let q = parts.uri.query()?;
-    q.split('&')
-        .find_map(|kv| kv.strip_prefix("token="))
-        .map(|t| {
-            // Tokens are URL-safe (JWTs, static tokens); decode %-escapes minimally.
-            t.replace("%2E", ".")
-                .replace("%2e", ".")
-                .replace("%3D", "=")
-                .replace("%3d", "=")
-        })
+    let raw = q.split('&').find_map(|kv| kv.strip_prefix("token="))?;
+    percent_decode(raw)
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 /// The bearer token of a request: the `Authorization` header, or (on the WebSocket route only,
@@ -419,3 +432,38 @@ pub async fn serve(
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long open requests may take to finish at shutdown.
 const GRACEFUL_CLOSE: Duration = Duration::from_secs(30);
+
+#[cfg(test)]
+mod tests {
+    use super::{percent_decode, query_token};
+
+    fn token_of(uri: &str) -> Option<String> {
+        let (parts, ()) = axum::http::Request::get(uri).body(()).unwrap().into_parts();
+        query_token(&parts)
+    }
+
+    #[test]
+    fn a_query_token_is_percent_decoded_whole() {
+        // `encodeURIComponent` of a static token from `openssl rand -base64`.
+        assert_eq!(
+            token_of("/api/ws/tasks/x?token=abc%2Bdef%2F01%3D%3D").as_deref(),
+            Some("abc+def/01==")
+        );
+        assert_eq!(
+            token_of("/x?a=1&token=eyJ.eyJ%2e").as_deref(),
+            Some("eyJ.eyJ.")
+        );
+        // A `+` is a `+`, not a space.
+        assert_eq!(token_of("/x?token=a+b").as_deref(), Some("a+b"));
+        assert_eq!(token_of("/x?tokens=a"), None);
+        assert_eq!(token_of("/x"), None);
+    }
+
+    #[test]
+    fn broken_escapes_are_no_token() {
+        for s in ["%", "%2", "%zz", "%C3%28", "a%2"] {
+            assert_eq!(percent_decode(s), None, "{s}");
+        }
+        assert_eq!(percent_decode("%C3%A9").as_deref(), Some("é"));
+    }
+}

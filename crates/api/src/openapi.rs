@@ -20,6 +20,10 @@ const ASYNC: &[(&str, &str)] = &[(
     "async_processing",
     "true: answer 202 at once with the task's URLs; false (default): wait for the result",
 )];
+const DOWNLOAD: &[(&str, &str)] = &[(
+    "redirect",
+    "true (default): with presigned downloads on, answer 307 to the object store; false: answer the bytes",
+)];
 const LIST: &[(&str, &str)] = &[
     ("limit", "1-200, default 50"),
     (
@@ -67,7 +71,7 @@ const OPS: &[Op] = &[
         summary: "The normalized photo (PNG).",
         body: None,
         ok: ("200", "png"),
-        query: &[],
+        query: DOWNLOAD,
     },
     Op {
         method: "GET",
@@ -131,7 +135,7 @@ const OPS: &[Op] = &[
         summary: "The after picture (or the comparison composite), PNG.",
         body: None,
         ok: ("200", "png"),
-        query: &[],
+        query: DOWNLOAD,
     },
     Op {
         method: "POST",
@@ -179,7 +183,7 @@ const OPS: &[Op] = &[
         summary: "The exported file (PDF, PNG or SVG).",
         body: None,
         ok: ("200", "file"),
-        query: &[],
+        query: DOWNLOAD,
     },
     Op {
         method: "GET",
@@ -375,7 +379,7 @@ pub fn document() -> Value {
         };
         o["responses"][code] = ok;
         if schema == "png" || schema == "file" {
-            o["responses"]["307"] = json!({"description": "with presigned downloads on (`--presign-downloads`): a short-lived URL of the object store holding the bytes", "headers": {"Location": {"schema": {"type": "string"}}}});
+            o["responses"]["307"] = json!({"description": "with presigned downloads on (`--presign-downloads`) and no `redirect=false`: a short-lived URL of the object store holding the bytes", "headers": {"Location": {"schema": {"type": "string"}}}});
         }
         if !op.query.is_empty() && op.query[0].0 == "async_processing" {
             o["responses"]["202"] = json!({"description": "accepted (async_processing=true)", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Accepted"}}}});

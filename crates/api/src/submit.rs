@@ -5,9 +5,10 @@
 use afterview_engine::{SendOptions, TaskState};
 use afterview_store::TaskRecord;
 use axum::http::StatusCode;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use crate::error::ApiError;
+use crate::idempotency::{Sent, accepted};
 use crate::{AppState, User};
 
 /// 429 when the user already has `active_tasks` tasks waiting or running (their most recent
@@ -195,13 +196,14 @@ impl Drop for Slot {
     }
 }
 
-/// Records the owner, sends the task, and answers 202 or waits for the result.
+/// Records the owner, sends the task, and answers 202 or waits for the result. `sent` learns
+/// the task's id once it is recorded (an `Idempotency-Key` then names that task).
 pub(crate) async fn submit(
     st: &AppState,
     user: &User,
-    task: &str,
-    kwargs: Value,
+    (task, kwargs): (&str, Value),
     wait: bool,
+    sent: &Sent,
 ) -> Result<(StatusCode, Value), ApiError> {
     let Value::Object(kwargs) = kwargs else {
         unreachable!("task arguments are objects")
@@ -231,28 +233,62 @@ pub(crate) async fn submit(
             created_at: chrono::Utc::now(),
         })
         .await?;
+    sent.set(&msg.id);
     // Recorded: the next submission counts this task.
     if let Some(lock) = lock {
         lock.release().await;
     }
     drop(turn);
     if !wait {
-        st.client.broker().publish(&msg).await?;
-        return Ok((
-            StatusCode::ACCEPTED,
-            json!({
-                "task_id": msg.id,
-                "status": "processing",
-                "status_url": format!("/api/tasks/{}/status", msg.id),
-                "websocket_url": format!("/api/ws/tasks/{}", msg.id),
-            }),
-        ));
+        publish_recorded(st, &msg).await?;
+        return Ok((StatusCode::ACCEPTED, accepted(&msg.id)));
     }
-    let meta = st.client.publish_and_wait(&msg, st.sync_timeout).await;
+    // The watch starts before the publish, so its subscription and the publish overlap.
+    let watch = st.client.watch(&msg.id);
+    publish_recorded(st, &msg).await?;
+    let meta = afterview_engine::watch::wait_watch(watch, st.sync_timeout).await;
     if let Some(slot) = sync {
         slot.release().await;
     }
     waited(st, &msg.id, meta?)
+}
+
+/// Waits again for a task an earlier request with the same `Idempotency-Key` sent (that
+/// request's wait ran out, or its client went away): the answer it would have had.
+pub(crate) async fn wait_again(
+    st: &AppState,
+    user: &User,
+    task_id: &str,
+) -> Result<(StatusCode, Value), ApiError> {
+    let sync = Slot::sync(st, user).await?;
+    let meta = st.client.wait(task_id, st.sync_timeout).await;
+    sync.release().await;
+    waited(st, task_id, meta?)
+}
+
+/// Publishes a recorded task's message, to the end even when the client goes away meanwhile
+/// (a recorded task whose message never left would stay PENDING, and count against its
+/// owner's active tasks, for the results' whole lifetime). A publish that fails revokes the
+/// task, best effort: it then reads REVOKED and stops counting, and should the message have
+/// reached the broker after all, it never runs.
+async fn publish_recorded(
+    st: &AppState,
+    msg: &afterview_engine::TaskMessage,
+) -> Result<(), ApiError> {
+    let (st, msg) = (st.clone(), msg.clone());
+    let job = tokio::spawn(async move {
+        let out = st.client.broker().publish(&msg).await;
+        if out.is_err()
+            && let Err(e) = st.client.revoke(&msg.id, false).await
+        {
+            tracing::warn!(error = %e, task_id = %msg.id, "A task whose message could not be sent could not be revoked either; it reads PENDING until its record expires.");
+        }
+        out
+    });
+    match job.await {
+        Ok(out) => Ok(out?),
+        Err(_) => Err(ApiError::unavailable("the task could not be sent; retry")),
+    }
 }
 
 /// The photos a task works on (deleting one of them revokes the task): its `image_id`, and

@@ -94,11 +94,26 @@ fn app_with(adjust: impl FnOnce(&mut Inner)) -> App {
 
 /// `(status, JSON body)` of one request as `token`'s user.
 async fn call(app: &App, method: &str, uri: &str, token: &str, body: Value) -> (StatusCode, Value) {
-    let req = Request::builder()
+    call_with(app, (method, uri), token, body, None).await
+}
+
+/// As [`call`], with an `Idempotency-Key` when given.
+async fn call_with(
+    app: &App,
+    (method, uri): (&str, &str),
+    token: &str,
+    body: Value,
+    key: Option<&str>,
+) -> (StatusCode, Value) {
+    let mut req = Request::builder()
         .method(method)
         .uri(uri)
         .header("authorization", format!("Bearer {token}"))
-        .header("content-type", "application/json")
+        .header("content-type", "application/json");
+    if let Some(k) = key {
+        req = req.header("idempotency-key", k);
+    }
+    let req = req
         .body(if body.is_null() {
             Body::empty()
         } else {
@@ -561,4 +576,272 @@ async fn a_task_whose_result_is_gone_but_whose_output_is_stored_reads_as_finishe
         "{st}"
     );
     assert_eq!(burst(&app, 1).await, [StatusCode::ACCEPTED]);
+}
+
+/// One request as alice with an `Idempotency-Key`.
+async fn call_keyed(app: &App, uri: &str, key: &str, body: Value) -> (StatusCode, Value) {
+    call_with(
+        app,
+        ("POST", uri),
+        "alice-token-0123456789",
+        body,
+        Some(key),
+    )
+    .await
+}
+
+/// A synchronous request whose wait ran out (504) is retried with its `Idempotency-Key`: the
+/// retry waits for the same task instead of sending a second one (which would be paid twice).
+#[tokio::test]
+async fn a_retry_after_a_timeout_waits_for_the_task_it_sent() {
+    let app = app_with(|i| i.sync_timeout = Duration::from_millis(200));
+    let body = json!({"procedure_ids": ["rhinoplasty"], "format": "png"});
+    let uri = "/api/exports/cost-infographic";
+    let (s1, b1) = call_keyed(&app, uri, "retry-me", body.clone()).await;
+    assert_eq!(s1, StatusCode::GATEWAY_TIMEOUT, "{b1}");
+    let (s2, b2) = call_keyed(&app, uri, "retry-me", body.clone()).await;
+    assert_eq!(s2, StatusCode::GATEWAY_TIMEOUT, "{b2}");
+    assert_eq!(queued(&app).await, 1, "one task for one key");
+    assert_eq!(
+        b1["error"]["message"], b2["error"]["message"],
+        "the same task"
+    );
+    // The task ends: the retry answers its result.
+    let msg = claim_one(&app).await;
+    use afterview_engine::ResultBackend;
+    app.backend
+        .store(
+            &afterview_engine::ResultMeta::new(
+                &msg.id,
+                afterview_engine::TaskState::Success,
+                json!({"id": "x", "download_url": "/api/exports/x/download"}),
+            ),
+            None,
+        )
+        .await
+        .unwrap();
+    let (s3, b3) = call_keyed(&app, uri, "retry-me", body).await;
+    assert_eq!(s3, StatusCode::OK, "{b3}");
+    assert_eq!(b3["id"], "x");
+}
+
+/// The memory broker, with faults: `refuse_publish` (an outage between recording a task and
+/// sending it), `ends_before_revoke` (the task stores SUCCESS just before a revoke reaches
+/// the broker).
+struct Faulty {
+    inner: Arc<MemoryBackend>,
+    refuse_publish: bool,
+    ends_before_revoke: bool,
+}
+
+#[async_trait::async_trait]
+impl afterview_engine::Broker for Faulty {
+    fn kind(&self) -> &'static str {
+        "faulty"
+    }
+    async fn publish(
+        &self,
+        m: &afterview_engine::TaskMessage,
+    ) -> Result<(), afterview_engine::BackendError> {
+        if self.refuse_publish {
+            return Err(afterview_engine::BackendError::unavailable(
+                "the broker is down",
+            ));
+        }
+        self.inner.publish(m).await
+    }
+    async fn publish_raw(&self, q: &str, raw: &[u8]) -> Result<(), afterview_engine::BackendError> {
+        self.inner.publish_raw(q, raw).await
+    }
+    async fn claim(
+        &self,
+        r: &afterview_engine::backend::ClaimRequest,
+    ) -> Result<Vec<afterview_engine::backend::Delivery>, afterview_engine::BackendError> {
+        self.inner.claim(r).await
+    }
+    async fn wait_for_work(&self, q: &[String], d: Duration) {
+        self.inner.wait_for_work(q, d).await;
+    }
+    async fn renew(
+        &self,
+        l: &[afterview_engine::backend::LeaseRef],
+        d: Duration,
+    ) -> Result<Vec<afterview_engine::backend::LeaseRef>, afterview_engine::BackendError> {
+        self.inner.renew(l, d).await
+    }
+    async fn ack(
+        &self,
+        l: &afterview_engine::backend::LeaseRef,
+    ) -> Result<bool, afterview_engine::BackendError> {
+        self.inner.ack(l).await
+    }
+    async fn release(
+        &self,
+        l: &afterview_engine::backend::LeaseRef,
+    ) -> Result<bool, afterview_engine::BackendError> {
+        self.inner.release(l).await
+    }
+    async fn retry(
+        &self,
+        l: &afterview_engine::backend::LeaseRef,
+        m: &afterview_engine::TaskMessage,
+    ) -> Result<bool, afterview_engine::BackendError> {
+        self.inner.retry(l, m).await
+    }
+    async fn dead_letter(
+        &self,
+        l: Option<&afterview_engine::backend::LeaseRef>,
+        q: &str,
+        raw: &[u8],
+        reason: &str,
+        id: Option<&str>,
+    ) -> Result<(), afterview_engine::BackendError> {
+        self.inner.dead_letter(l, q, raw, reason, id).await
+    }
+    async fn dead_letters(
+        &self,
+        n: usize,
+    ) -> Result<Vec<afterview_engine::backend::DeadLetter>, afterview_engine::BackendError> {
+        self.inner.dead_letters(n).await
+    }
+    async fn requeue_expired(&self) -> Result<u64, afterview_engine::BackendError> {
+        self.inner.requeue_expired().await
+    }
+    async fn revoke(
+        &self,
+        id: &str,
+        terminate: bool,
+        keep: Duration,
+    ) -> Result<afterview_engine::backend::RevokeOutcome, afterview_engine::BackendError> {
+        if self.ends_before_revoke {
+            use afterview_engine::ResultBackend;
+            let done = afterview_engine::ResultMeta::new(
+                id,
+                afterview_engine::TaskState::Success,
+                json!({"id": "x"}),
+            );
+            self.inner.store(&done, None).await?;
+        }
+        self.inner.revoke(id, terminate, keep).await
+    }
+    async fn revocations_since(
+        &self,
+        c: u64,
+    ) -> Result<(Vec<afterview_engine::backend::Revocation>, u64), afterview_engine::BackendError>
+    {
+        self.inner.revocations_since(c).await
+    }
+    async fn revocation(
+        &self,
+        id: &str,
+    ) -> Result<Option<afterview_engine::backend::Revocation>, afterview_engine::BackendError> {
+        self.inner.revocation(id).await
+    }
+    async fn purge(&self, q: &[String]) -> Result<u64, afterview_engine::BackendError> {
+        self.inner.purge(q).await
+    }
+    async fn queue_stats(
+        &self,
+        q: Option<&[String]>,
+    ) -> Result<Vec<afterview_engine::backend::QueueStats>, afterview_engine::BackendError> {
+        self.inner.queue_stats(q).await
+    }
+    async fn heartbeat(
+        &self,
+        r: &afterview_engine::backend::WorkerReport,
+    ) -> Result<(), afterview_engine::BackendError> {
+        self.inner.heartbeat(r).await
+    }
+    async fn worker_gone(&self, n: &str) -> Result<(), afterview_engine::BackendError> {
+        self.inner.worker_gone(n).await
+    }
+    async fn workers(
+        &self,
+        t: Duration,
+    ) -> Result<Vec<afterview_engine::backend::WorkerReport>, afterview_engine::BackendError> {
+        self.inner.workers(t).await
+    }
+    async fn cleanup(
+        &self,
+    ) -> Result<afterview_engine::backend::CleanupStats, afterview_engine::BackendError> {
+        afterview_engine::Broker::cleanup(&*self.inner).await
+    }
+    async fn ping(&self) -> Result<(), afterview_engine::BackendError> {
+        afterview_engine::Broker::ping(&*self.inner).await
+    }
+}
+
+/// The app over a [`Faulty`] broker.
+fn faulty_app(refuse_publish: bool, ends_before_revoke: bool) -> App {
+    let b = Arc::new(MemoryBackend::new(Duration::from_secs(60)));
+    let mut app = app_with(|i| {
+        let broker = Faulty {
+            inner: b.clone(),
+            refuse_publish,
+            ends_before_revoke,
+        };
+        i.client = Client::new(Arc::new(broker), b.clone());
+        i.user_limits.active_tasks = 2;
+    });
+    app.backend = b;
+    app
+}
+
+/// A task recorded but never sent (the broker refused the message) is revoked, so it does not
+/// stay PENDING and count against its owner's active tasks for a day.
+#[tokio::test]
+async fn a_task_that_could_not_be_sent_does_not_count_as_active() {
+    let app = faulty_app(true, false);
+    let body = json!({"procedure_ids": ["rhinoplasty"], "format": "png"});
+    let uri = "/api/exports/cost-infographic?async_processing=true";
+    for _ in 0..3 {
+        let (s, b) = call(&app, "POST", uri, "alice-token-0123456789", body.clone()).await;
+        assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "not 429: {b}");
+    }
+    let (s, list) = call(
+        &app,
+        "GET",
+        "/api/tasks",
+        "alice-token-0123456789",
+        Value::Null,
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    let items = list["items"].as_array().unwrap();
+    assert_eq!(items.len(), 3);
+    assert!(
+        items.iter().all(|t| t["state"] == "REVOKED"),
+        "ended, not waiting: {list}"
+    );
+}
+
+/// A cancel that meets the task's own end answers what the task became, not "cancelled".
+#[tokio::test]
+async fn a_cancel_that_meets_the_tasks_end_answers_its_end() {
+    let app = faulty_app(false, true);
+    let body = json!({"procedure_ids": ["rhinoplasty"], "format": "png"});
+    let (s, b) = call(
+        &app,
+        "POST",
+        "/api/exports/cost-infographic?async_processing=true",
+        "alice-token-0123456789",
+        body,
+    )
+    .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{b}");
+    let id = b["task_id"].as_str().unwrap().to_owned();
+    let (s, b) = call(
+        &app,
+        "POST",
+        &format!("/api/tasks/{id}/cancel"),
+        "alice-token-0123456789",
+        Value::Null,
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!(
+        (b["status"].as_str(), b["state"].as_str()),
+        (Some("already_finished"), Some("SUCCESS")),
+        "{b}"
+    );
 }

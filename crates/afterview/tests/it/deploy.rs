@@ -194,6 +194,24 @@ async fn two_api_hosts_and_two_workers_share_redis_postgres_and_s3() {
     let streamed = a.get(ALICE, &pic).await;
     assert_eq!(streamed.status(), 200);
     assert_eq!(streamed.bytes().await.unwrap(), direct);
+    // The web app cannot follow a redirect to the bucket from `fetch` (its CSP, the bucket's
+    // CORS): it asks B for the bytes.
+    let asked = no_redirects
+        .get(b.url(&format!("{pic}?redirect=false")))
+        .bearer_auth(ALICE)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(asked.status(), 200);
+    assert_eq!(asked.headers()["content-type"], "image/png");
+    assert_eq!(asked.bytes().await.unwrap(), direct);
+    let odd = no_redirects
+        .get(b.url(&format!("{pic}?redirect=maybe")))
+        .bearer_auth(ALICE)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(odd.status(), 400);
     assert_eq!(
         no_redirects
             .get(b.url(&pic))

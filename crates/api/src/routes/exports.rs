@@ -13,7 +13,10 @@ use axum::routing::{get, post};
 use serde_json::Value;
 
 use super::visualizations::{known_procedure, owned_viz};
-use super::{AsyncQuery, ListQuery, Post, delete_blobs, kwargs, post_task, stored_file, task_args};
+use super::{
+    AsyncQuery, DownloadQuery, ListQuery, Post, delete_blobs, kwargs, post_task, stored_file,
+    task_args,
+};
 use crate::error::ApiError;
 use crate::{AppState, User};
 
@@ -109,6 +112,7 @@ pub(crate) async fn download_export(
     State(st): State<AppState>,
     user: User,
     Path(id): Path<String>,
+    Query(q): Query<DownloadQuery>,
 ) -> Result<Response, ApiError> {
     let rec = owned_export(&st, &user, &id).await?;
     let ct = rec.format.content_type();
@@ -118,7 +122,7 @@ pub(crate) async fn download_export(
         &rec.id[..8.min(rec.id.len())],
         rec.format
     );
-    stored_file(&st, &rec.blob_key, "export content", |bytes| {
+    stored_file(&st, (&rec.blob_key, &q), "export content", |bytes| {
         (
             [
                 (header::CONTENT_TYPE, HeaderValue::from_static(ct)),

@@ -15,7 +15,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::{Value, json};
 
-use super::{ListQuery, delete_blobs, png_response, stored_file};
+use super::{DownloadQuery, ListQuery, delete_blobs, png_response, stored_file};
 use crate::error::ApiError;
 use crate::idempotency;
 use crate::submit::submit;
@@ -57,9 +57,9 @@ pub(crate) async fn upload_image(
         &st.clone(),
         &uid,
         &headers,
-        "POST /api/images",
-        &body,
-        || async move { store_photo(&st, &user, file).await },
+        ("POST /api/images", &body),
+        |_| async move { store_photo(&st, &user, file).await },
+        None,
     )
     .await
 }
@@ -151,9 +151,23 @@ async fn store_photo(
         source_format: n.source_format.as_str().into(),
         created_at: chrono::Utc::now(),
     };
-    st.blobs.put(&rec.blob_key, Bytes::from(n.png)).await?;
-    st.meta.insert_image(&rec).await?;
-    Ok((StatusCode::CREATED, image_view(&rec)))
+    // File, then record, to the end even if the client goes away in between; a record that
+    // cannot be written takes its file back with it: no photo stays stored without a record
+    // naming it (nothing would ever delete it).
+    let (meta, blobs) = (st.meta.clone(), st.blobs.clone());
+    let saved = tokio::spawn(async move {
+        blobs.put(&rec.blob_key, Bytes::from(n.png)).await?;
+        if let Err(e) = meta.insert_image(&rec).await {
+            if let Err(d) = blobs.delete(&rec.blob_key).await {
+                tracing::warn!(error = %d, "An upload's file could not be removed after its record failed.");
+            }
+            return Err(e);
+        }
+        Ok(rec)
+    })
+    .await
+    .map_err(|_| ApiError::unavailable("the photo could not be stored; retry"))??;
+    Ok((StatusCode::CREATED, image_view(&saved)))
 }
 
 /// A multipart body that could not be read: 413 when it passed the size limit (axum says so
@@ -211,9 +225,10 @@ pub(crate) async fn image_content(
     State(st): State<AppState>,
     user: User,
     Path(id): Path<String>,
+    Query(q): Query<DownloadQuery>,
 ) -> Result<Response, ApiError> {
     let rec = owned_image(&st, &user, &id).await?;
-    stored_file(&st, &rec.blob_key, "image content", png_response).await
+    stored_file(&st, (&rec.blob_key, &q), "image content", png_response).await
 }
 
 /// `GET /api/images/{id}/face`: where the previews will work (box, key points, outline), found
@@ -229,7 +244,14 @@ pub(crate) async fn image_face(
         user_id: afterview_core::ids::UserId::parse(&user.0).map_err(ApiError::bad_request)?,
     };
     let kwargs = serde_json::to_value(args).expect("arguments serialize");
-    let (status, body) = submit(&st, &user, tasks::DETECT_FACE, kwargs, true).await?;
+    let (status, body) = submit(
+        &st,
+        &user,
+        (tasks::DETECT_FACE, kwargs),
+        true,
+        &crate::idempotency::Sent::default(),
+    )
+    .await?;
     Ok((status, Json(body)).into_response())
 }
 

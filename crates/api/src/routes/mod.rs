@@ -21,7 +21,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use crate::error::ApiError;
-use crate::submit::submit;
+use crate::submit::{submit, wait_again};
 use crate::{AppState, User};
 use crate::{MAX_JSON_BODY, MAX_UPLOAD_BODY, idempotency};
 
@@ -52,18 +52,36 @@ pub(crate) struct AsyncQuery {
 
 impl AsyncQuery {
     pub(crate) fn is_async(&self) -> Result<bool, ApiError> {
-        match self
-            .async_processing
-            .as_deref()
-            .map(str::to_ascii_lowercase)
-            .as_deref()
-        {
-            None | Some("false") | Some("0") => Ok(false),
-            Some("true") | Some("1") => Ok(true),
-            Some(other) => Err(ApiError::bad_request(format!(
-                "async_processing must be true or false, got {other:?}"
-            ))),
-        }
+        flag("async_processing", self.async_processing.as_deref(), false)
+    }
+}
+
+/// A true/false query parameter (`true`/`false`/`1`/`0`, any case), `default` when absent.
+fn flag(name: &str, v: Option<&str>, default: bool) -> Result<bool, ApiError> {
+    match v.map(str::to_ascii_lowercase).as_deref() {
+        None => Ok(default),
+        Some("true") | Some("1") => Ok(true),
+        Some("false") | Some("0") => Ok(false),
+        Some(other) => Err(ApiError::bad_request(format!(
+            "{name} must be true or false, got {other:?}"
+        ))),
+    }
+}
+
+/// `?redirect=true|false` on file downloads (default true): `false` asks for the bytes even
+/// when presigned downloads are on. A browser page cannot follow the redirect with `fetch`
+/// (its Content-Security-Policy and the bucket's CORS rules stand in the way), so the web app
+/// asks for the bytes.
+#[derive(Debug, Deserialize)]
+pub(crate) struct DownloadQuery {
+    #[serde(default)]
+    redirect: Option<String>,
+}
+
+impl DownloadQuery {
+    /// Whether a presigned redirect may answer.
+    pub(crate) fn redirect(&self) -> Result<bool, ApiError> {
+        flag("redirect", self.redirect.as_deref(), true)
     }
 }
 
@@ -154,9 +172,25 @@ pub(crate) async fn post_task(
     };
     let path = format!("{}?async={}", post.route, !wait);
     let (st2, user2) = (st.clone(), user.clone());
-    idempotency::once(st, &user.0, headers, &path, body, || async move {
-        submit(&st2, &user2, post.task, kwargs, wait).await
-    })
+    let (st3, user3) = (st.clone(), user.clone());
+    idempotency::once(
+        st,
+        &user.0,
+        headers,
+        (&path, body),
+        |sent| async move { submit(&st2, &user2, (post.task, kwargs), wait, &sent).await },
+        Some(Box::new(
+            move |task_id: String| -> idempotency::Answer<'static> {
+                Box::pin(async move {
+                    if wait {
+                        wait_again(&st3, &user3, &task_id).await
+                    } else {
+                        Ok((StatusCode::ACCEPTED, idempotency::accepted(&task_id)))
+                    }
+                })
+            },
+        )),
+    )
     .await
 }
 
@@ -223,16 +257,18 @@ fn png_response(bytes: Bytes) -> Response {
         .into_response()
 }
 
-/// A stored file's answer: with presigned downloads on and a store that signs (S3), `307` to a
-/// short-lived URL, so the bytes do not pass through the API host; otherwise `respond` with
-/// the bytes (404 naming `what` when the file is gone).
+/// A stored file's answer: with presigned downloads on, a store that signs (S3) and a caller
+/// that did not ask for the bytes (`?redirect=false`), `307` to a short-lived URL, so the
+/// bytes do not pass through the API host; otherwise `respond` with the bytes (404 naming
+/// `what` when the file is gone).
 async fn stored_file(
     st: &AppState,
-    key: &str,
+    (key, q): (&str, &DownloadQuery),
     what: &str,
     respond: impl FnOnce(Bytes) -> Response,
 ) -> Result<Response, ApiError> {
-    if let Some(ttl) = st.presign
+    let redirect = q.redirect()?;
+    if let Some(ttl) = st.presign.filter(|_| redirect)
         && let Some(url) = st.blobs.signed_url(key, ttl).await?
     {
         let location = HeaderValue::from_str(&url)

@@ -124,13 +124,21 @@ pub(crate) async fn cancel_task(
         ));
     }
     let out = st.client.revoke(&id, false).await?;
-    let status = if out.running {
-        "cancelling"
-    } else {
-        "cancelled"
-    };
+    if out.running {
+        return Ok(Json(
+            json!({"task_id": id, "status": "cancelling", "state": before.status.as_str()}),
+        ));
+    }
+    // Not running: the revoke stored REVOKED, unless the task ended in between (its own end is
+    // kept, and is what its status and result say).
+    let after = task_meta(&st, &user.0, &id).await?;
+    if after.status.is_terminal() && after.status != TaskState::Revoked {
+        return Ok(Json(
+            json!({"task_id": id, "status": "already_finished", "state": after.status.as_str()}),
+        ));
+    }
     Ok(Json(
-        json!({"task_id": id, "status": status, "state": if out.running { before.status.as_str() } else { "REVOKED" }}),
+        json!({"task_id": id, "status": "cancelled", "state": "REVOKED"}),
     ))
 }
 
@@ -321,7 +329,10 @@ async fn follow(st: AppState, id: String, mut socket: WebSocket, expires_at: Opt
                 }
                 Ok(None) => return,
                 Err(e) => {
-                    let msg = json!({"type": "error", "data": {"task_id": id, "error": {"code": "unavailable", "message": e.to_string()}}});
+                    // The backend's own words (addresses, paths) go to the log, not the client;
+                    // the frame has no `state`: the task goes on, the client reconnects.
+                    tracing::warn!(error = %e, task_id = %id, "A WebSocket follower lost the result store.");
+                    let msg = json!({"type": "error", "data": {"task_id": id, "error": {"code": "unavailable", "message": "the result store is unavailable; reconnect to follow the task"}}});
                     let _ = socket.send(Message::Text(msg.to_string().into())).await;
                     let _ = socket.send(Message::Close(Some(CloseFrame { code: 1011, reason: "backend unavailable".into() }))).await;
                     return;

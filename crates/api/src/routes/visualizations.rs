@@ -15,8 +15,8 @@ use serde_json::{Value, json};
 
 use super::images::owned_image;
 use super::{
-    AsyncQuery, ListQuery, Post, delete_blobs, kwargs, png_response, post_task, stored_file,
-    task_args,
+    AsyncQuery, DownloadQuery, ListQuery, Post, delete_blobs, kwargs, png_response, post_task,
+    stored_file, task_args,
 };
 use crate::error::ApiError;
 use crate::{AppState, User};
@@ -143,9 +143,16 @@ pub(crate) async fn visualization_image(
     State(st): State<AppState>,
     user: User,
     Path(id): Path<String>,
+    Query(q): Query<DownloadQuery>,
 ) -> Result<Response, ApiError> {
     let rec = owned_viz(&st, &user, &id).await?;
-    stored_file(&st, &rec.blob_key, "visualization picture", png_response).await
+    stored_file(
+        &st,
+        (&rec.blob_key, &q),
+        "visualization picture",
+        png_response,
+    )
+    .await
 }
 
 /// `DELETE /api/visualizations/{id}`: the preview (or comparison) and its picture.

@@ -13,6 +13,8 @@ const state = {
   face: null, // where the face is in it: {imageId, width, height, face: {x, y, width, height}}
   objectUrls: [],
   task: null, // {id, socket}
+  photoGen: 0, // bumped each time the shown photo is let go: late answers for an older one are dropped
+  uploading: false,
   result: null, // the visualization or comparison shown
   pages: {},
   monitorTimer: null,
@@ -28,7 +30,25 @@ class ApiError extends Error {
   }
 }
 
+/// The session's token, refreshed first when it came from Google sign-in: Firebase ID tokens
+/// live an hour, and `getIdToken()` answers the cached one or a new one when it is near its end.
+async function freshToken() {
+  const fb = window.firebase;
+  const user = fb && fb.apps && fb.apps.length ? fb.auth().currentUser : null;
+  if (user && state.token) {
+    try {
+      const t = await user.getIdToken();
+      if (t !== state.token) {
+        state.token = t;
+        sessionStorage.setItem(TOKEN_KEY, t);
+      }
+    } catch (e) { /* offline: the request says so */ }
+  }
+  return state.token;
+}
+
 async function api(method, path, body) {
+  await freshToken();
   const headers = {};
   if (state.token) headers.Authorization = `Bearer ${state.token}`;
   let payload;
@@ -62,8 +82,17 @@ async function api(method, path, body) {
 }
 
 /// Fetches a picture or file with the token; an object URL for it (revoked on the next photo).
+/// Asks for the bytes: with presigned downloads on, the API would otherwise redirect to the
+/// object store, which this page's `fetch` may not reach (its CSP, the bucket's CORS).
 async function fileUrl(path) {
-  const r = await fetch(path, { headers: { Authorization: `Bearer ${state.token}` } });
+  await freshToken();
+  const bytes = `${path}${path.includes("?") ? "&" : "?"}redirect=false`;
+  let r;
+  try {
+    r = await fetch(bytes, { headers: { Authorization: `Bearer ${state.token}` } });
+  } catch (e) {
+    throw new ApiError(0, "network", "Afterview cannot be reached. Check the connection and try again.");
+  }
   if (!r.ok) {
     let msg = `The file could not be loaded (${r.status}).`;
     try {
@@ -159,6 +188,9 @@ async function signIn(token) {
 }
 
 function signOut(message) {
+  // Google's session too: else the next request would refresh the token again.
+  const fb = window.firebase;
+  if (fb && fb.apps && fb.apps.length) fb.auth().signOut().catch(() => {});
   sessionStorage.removeItem(TOKEN_KEY);
   state.token = null;
   state.me = null;
@@ -266,6 +298,7 @@ function dropTask() {
 /// Clears everything shown for the current photo, the patient's details in the report form
 /// included (the next photo may be another patient's), and lets go of a running task.
 function resetPhoto() {
+  state.photoGen += 1;
   dropTask();
   forgetFiles();
   state.image = null;
@@ -289,12 +322,18 @@ function resetPhoto() {
 
 async function upload(file) {
   if (!file) return;
+  // One upload at a time: a second photo dropped meanwhile would race the first to the screen.
+  if (state.uploading) {
+    show("One photo at a time: wait until this one is uploaded.", "info");
+    return;
+  }
   if (!/^image\/(jpeg|png|webp)$/.test(file.type)) {
     show("Please choose a JPEG, PNG or WebP photo.");
     return;
   }
   const status = $("upload-status");
   $("photo").disabled = true;
+  state.uploading = true;
   status.textContent = "Uploading the photo…";
   try {
     await guard(async () => {
@@ -311,6 +350,7 @@ async function upload(file) {
       await openPhoto(img);
     });
   } finally {
+    state.uploading = false;
     status.textContent = "";
     $("photo").disabled = false;
   }
@@ -325,21 +365,39 @@ const PHOTO_ERRORS = {
   image_too_large: "This photo has too many pixels (over 40 megapixels). Please choose a smaller photo.",
 };
 
+/// Whether the photo shown is still the one of generation `gen` (an answer for a photo let go
+/// meanwhile must not land on the next one).
+function stillShowing(gen) {
+  return gen === state.photoGen;
+}
+
 async function openPhoto(img) {
+  const gen = state.photoGen;
   state.image = img;
-  $("photo-img").src = await fileUrl(img.url);
+  const src = await fileUrl(img.url);
+  if (!stillShowing(gen)) return;
+  $("photo-img").src = src;
   $("photo-view").hidden = false;
   $("photo-actions").hidden = false;
   updateGenerate();
   $("face-caption").textContent = "Finding the face…";
-  // Generate stays available meanwhile (detection waits for a worker, as the preview would);
-  // a preview of a photo without a face then fails with the same advice.
+  // Not awaited: the upload is done once the photo shows, and another photo may be chosen
+  // while the face is found (its answer is then dropped).
+  findFace(img, gen);
+}
+
+/// Finds the face of the photo shown (generation `gen`). Generate stays available meanwhile
+/// (detection waits for a worker, as the preview would); a preview of a photo without a face
+/// then fails with the same advice.
+async function findFace(img, gen) {
   try {
     const face = await api("GET", `/api/images/${img.id}/face`);
+    if (!stillShowing(gen)) return;
     state.face = { imageId: img.id, ...face };
     placeFace(face);
     $("face-caption").textContent = "Face found: previews change only the marked area.";
   } catch (e) {
+    if (!stillShowing(gen)) return;
     $("face-box").hidden = true;
     if (e.code === "no_face_detected") {
       state.noFace = true;
@@ -398,8 +456,13 @@ const TERMINAL = ["SUCCESS", "FAILURE", "REVOKED"];
 
 /// Follows a task over its WebSocket; when the connection drops before the end, reads the
 /// task's state and follows again, retrying with backoff while Afterview cannot be reached.
-function follow(taskId, single, reconnect = false) {
+/// `silent` counts the sockets in a row that closed before their first message (refused at
+/// the handshake, say): each waits longer before the next, so a socket that can never open
+/// does not become a tight loop of requests.
+async function follow(taskId, single, reconnect = false, silent = 0) {
   const proto = location.protocol === "https:" ? "wss:" : "ws:";
+  await freshToken();
+  if (reconnect && !(state.task && state.task.id === taskId)) return; // let go meanwhile
   const socket = new WebSocket(`${proto}//${location.host}/api/ws/tasks/${taskId}?token=${encodeURIComponent(state.token)}`);
   state.task = { id: taskId, socket };
   const current = () => state.task && state.task.socket === socket;
@@ -428,16 +491,20 @@ function follow(taskId, single, reconnect = false) {
       show(d.state === "REVOKED" ? "The preview was cancelled." : text, d.state === "REVOKED" ? "info" : "error");
     }
   };
+  let heard = false;
   socket.onmessage = async (ev) => {
     if (!current()) return;
+    heard = true;
     const msg = JSON.parse(ev.data);
     const d = msg.data || {};
     if (msg.type === "progress") {
       $("progress").value = d.progress || 0;
       $("progress-label").textContent = `${d.status || d.state} (${d.progress || 0}%)`;
-    } else if (msg.type === "complete" || msg.type === "error") {
+    } else if ((msg.type === "complete" || msg.type === "error") && TERMINAL.includes(d.state)) {
       await ended(d);
     }
+    // An error without a final state is the server losing its result store, not the task
+    // ending: the close that follows reconnects.
   };
   const recover = async (attempt) => {
     if (!current()) return;
@@ -446,7 +513,11 @@ function follow(taskId, single, reconnect = false) {
       if (!current()) return;
       clearToast(); // Afterview answers again: an error shown while it did not is stale.
       if (TERMINAL.includes(st.state)) await ended(st);
-      else follow(taskId, single, true);
+      else if (heard) follow(taskId, single, true);
+      else {
+        const wait = Math.min(250 * 2 ** silent, 15000);
+        setTimeout(() => { if (current()) follow(taskId, single, true, silent + 1); }, wait);
+      }
     } catch (e) {
       if (!current()) return;
       if (e instanceof ApiError && e.status === 401) {
@@ -637,11 +708,14 @@ function sliderEvents() {
 async function showCosts() {
   const ids = state.result && (state.result.procedure_ids || [state.result.procedure_id]);
   if (!ids) return;
+  const gen = state.photoGen;
   await guard(async () => {
     $("costs").disabled = true;
     try {
       const ex = await api("POST", "/api/exports/cost-infographic", { procedure_ids: ids, format: "png" });
-      $("infographic").src = await fileUrl(ex.download_url);
+      const src = await fileUrl(ex.download_url);
+      if (!stillShowing(gen)) return;
+      $("infographic").src = src;
       $("infographic").hidden = false;
       $("infographic-full").href = $("infographic").src;
       $("infographic-full").hidden = false;
@@ -660,14 +734,18 @@ async function createReport(ev) {
     const v = String(f.get(k) || "").trim();
     if (v) patient[k] = v;
   }
+  const gen = state.photoGen;
   await guard(async () => {
     $("report-status").textContent = "Creating the report…";
     $("report-link").hidden = true;
     const ex = await api("POST", "/api/exports", {
       visualization_ids: [state.result.id], format: "pdf", paper: f.get("paper"), patient,
     });
+    const href = await fileUrl(ex.download_url);
+    // Another patient's photo opened meanwhile: this report is not theirs to be offered.
+    if (!stillShowing(gen)) return;
     const link = $("report-link");
-    link.href = await fileUrl(ex.download_url);
+    link.href = href;
     link.download = `afterview-report-${shortId(ex.id)}.pdf`;
     link.hidden = false;
     $("report-status").textContent = "The report is ready.";
@@ -756,15 +834,20 @@ function renderViz(v) {
   return withThumb(item(what, when(v.generated_at), async () => {
     navigate("/");
     resetPhoto();
+    const gen = state.photoGen;
     const img = await api("GET", `/api/images/${v.image_id}`).catch(() => null);
+    if (!stillShowing(gen)) return;
     if (img) {
       state.image = img;
-      $("photo-img").src = await fileUrl(img.url);
+      const src = await fileUrl(img.url);
+      if (!stillShowing(gen)) return;
+      $("photo-img").src = src;
       $("photo-view").hidden = false;
       $("photo-actions").hidden = false;
       updateGenerate();
       // Where the face is, for the zoom (without it the whole photo is shown).
       const face = await api("GET", `/api/images/${img.id}/face`).catch(() => null);
+      if (!stillShowing(gen)) return;
       if (face) state.face = { imageId: img.id, ...face };
     }
     await showResult(v, !comparison);

@@ -2,7 +2,7 @@
 sizes: sign-in (a wrong token, then the right one), upload with face detection (and a photo
 without a face), a preview with the before/after slider by pointer and keyboard, a comparison
 grid, the cost infographic, a patient report downloaded as a PDF, history with pagination and
-reopening a preview, cancelling a task that waits, photo deletion, and the operators' monitor
+reopening a preview, a late answer for a photo let go (dropped), cancelling a task that waits, photo deletion, and the operators' monitor
 (live queues, workers and tasks, revoke; 404 for a non-operator).
 
 Run by crates/afterview/tests/it/web.rs with:
@@ -233,6 +233,42 @@ def delete_photo(page):
     expect(page.locator("#photo-view")).to_be_hidden()
 
 
+def late_answers(page):
+    """An answer for a photo let go meanwhile does not land on the next one: the first photo's
+    face detection is held back until a second photo shows, then answered (no face); the
+    second photo keeps its face, and nothing says it has none."""
+    held = []
+
+    def hold(route):
+        if held:
+            route.continue_()
+        else:
+            held.append(route)
+
+    face = re.compile(r"/api/images/[0-9a-f-]+/face$")
+    page.route(face, hold)
+    with page.expect_response(lambda r: r.url.endswith("/api/images") and r.request.method == "POST") as up:
+        upload(page, f"{PORTRAITS}/no_face_coffee.png")
+    first = up.value.json()["id"]
+    for _ in range(200):
+        if held:
+            break
+        page.wait_for_timeout(50)
+    assert held, "the first photo's face detection was asked for"
+    expect(page.locator("#face-caption")).to_contain_text("Finding the face")
+    # The second photo is uploaded while the first one's face is still being found.
+    page.get_by_label("Photo").set_input_files(f"{PORTRAITS}/grace_hopper.jpg")
+    expect(page.locator("#face-caption")).to_contain_text("Face found")
+    with page.expect_response(lambda r: first in r.url and r.url.endswith("/face")):
+        held[0].continue_()
+    page.wait_for_timeout(500)
+    page.unroute(face)
+    # The first photo's late "no face" does not land on the second.
+    expect(page.locator("#face-caption")).to_contain_text("Face found")
+    expect(page.locator("#face-box")).to_be_visible()
+    expect(page.locator("#generate-hint")).not_to_contain_text("No face")
+
+
 def cancel_waiting(page):
     """On an API host without workers the task waits; a lost connection is retried until
     Afterview answers again, then the task is followed as before; Cancel revokes it."""
@@ -327,6 +363,7 @@ def main():
             if size == "desktop":
                 history(page, size)
                 delete_photo(page)
+                late_answers(page)
                 cancel_waiting(page)
                 monitor(page, size)
             else:

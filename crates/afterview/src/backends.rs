@@ -6,7 +6,7 @@ use afterview_engine::memory::MemoryBackend;
 use afterview_engine::{Broker, ResultBackend};
 use afterview_engine_redis::{RedisBackend, RedisOptions};
 use afterview_engine_sqlite::{SqliteBackend, SqliteOptions};
-use anyhow::{Context, bail};
+use anyhow::Context;
 
 use crate::config::Settings;
 
@@ -29,41 +29,15 @@ pub async fn open(s: &Settings) -> anyhow::Result<Backends> {
 pub async fn open_with(s: &Settings, task_events: bool) -> anyhow::Result<Backends> {
     let broker_url = s.broker_url.clone().unwrap_or_else(|| "sqlite://".into());
     if broker_url.starts_with("redis://") || broker_url.starts_with("rediss://") {
-        let result_url = match &s.result_backend {
-            None => None,
-            Some(r) if r.starts_with("redis://") || r.starts_with("rediss://") => Some(r.as_str()),
-            Some(r) => bail!(
-                "the result backend ({}) must be on the broker's Redis server when the broker is Redis",
-                afterview_engine_redis::redact(r)
-            ),
-        };
-        let opts = RedisOptions {
-            result_expires: s.result_expires,
-            task_events,
-            push_to_idle: s.redis_push_to_idle,
-            ..RedisOptions::default()
-        };
-        let b = Arc::new(
-            RedisBackend::open(&broker_url, result_url, opts)
-                .await
-                .with_context(|| {
-                    format!(
-                        "cannot open the Redis broker {}",
-                        afterview_engine_redis::redact(&broker_url)
-                    )
-                })?,
-        );
-        return Ok(Backends {
-            description: b.description().to_owned(),
-            broker: b.clone(),
-            results: b,
-        });
+        return open_redis(s, &broker_url, task_events).await;
     }
     if let Some(rb) = &s.result_backend
         && rb != &broker_url
     {
-        bail!(
-            "the result backend ({rb}) must be the broker's store ({broker_url}) so that results can be fenced by leases"
+        usage!(
+            "the result backend ({}) must be the broker's store ({}) so that results can be fenced by leases",
+            crate::product::redact(rb),
+            crate::product::redact(&broker_url)
         );
     }
     if broker_url == "memory://" {
@@ -102,7 +76,41 @@ pub async fn open_with(s: &Settings, task_events: bool) -> anyhow::Result<Backen
             description: format!("sqlite {}", path.display()),
         });
     }
-    bail!(
-        "unknown broker URL {broker_url:?}: use sqlite://[path], memory:// or redis://host:port/db"
+    usage!(
+        "unknown broker URL {:?}: use sqlite://[path], memory:// or redis://host:port/db",
+        crate::product::redact(&broker_url)
     )
+}
+
+/// A Redis broker, with its results on the same server (another database, when given).
+async fn open_redis(s: &Settings, broker_url: &str, task_events: bool) -> anyhow::Result<Backends> {
+    let result_url = match &s.result_backend {
+        None => None,
+        Some(r) if r.starts_with("redis://") || r.starts_with("rediss://") => Some(r.as_str()),
+        Some(r) => usage!(
+            "the result backend ({}) must be on the broker's Redis server when the broker is Redis",
+            afterview_engine_redis::redact(r)
+        ),
+    };
+    let opts = RedisOptions {
+        result_expires: s.result_expires,
+        task_events,
+        push_to_idle: s.redis_push_to_idle,
+        ..RedisOptions::default()
+    };
+    let b = Arc::new(
+        RedisBackend::open(broker_url, result_url, opts)
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot open the Redis broker {}",
+                    afterview_engine_redis::redact(broker_url)
+                )
+            })?,
+    );
+    Ok(Backends {
+        description: b.description().to_owned(),
+        broker: b.clone(),
+        results: b,
+    })
 }

@@ -10,6 +10,20 @@ use crate::config::{GlobalLayer, ProductLayer};
 
 /// Exit code for an error in the arguments or the configuration.
 pub const EXIT_USAGE: u8 = 2;
+
+/// A bad argument or configuration value found after parsing (an unknown broker URL, a
+/// concurrency of 0): the process exits with [`EXIT_USAGE`], as for clap's own errors, so a
+/// script or a service manager tells a typo from a task's failure.
+#[derive(Debug)]
+pub struct Usage(pub String);
+
+impl std::fmt::Display for Usage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Usage {}
 /// Exit code when a waited-for task ended in FAILURE.
 pub const EXIT_FAILURE: u8 = 1;
 /// Exit code when a waited-for task was REVOKED.
@@ -64,7 +78,8 @@ struct GlobalArgs {
         long = "broker",
         global = true,
         env = "AFTERVIEW_BROKER_URL",
-        value_name = "URL"
+        value_name = "URL",
+        hide_env_values = true
     )]
     broker_url: Option<String>,
     /// Result backend (default: the broker's store; with Redis, another database of the same
@@ -73,7 +88,8 @@ struct GlobalArgs {
         long,
         global = true,
         env = "AFTERVIEW_RESULT_BACKEND",
-        value_name = "URL"
+        value_name = "URL",
+        hide_env_values = true
     )]
     result_backend: Option<String>,
     /// Metadata database: sqlite://[path] (default: <data-dir>/metadata.db) or

@@ -8,7 +8,7 @@ use afterview_engine::worker::expand_node_name;
 use afterview_engine::{
     Client, SendOptions, Shutdown, TaskState, TimeLimits, Worker, WorkerConfig,
 };
-use anyhow::{Context, bail};
+use anyhow::Context;
 use serde_json::{Map, Value, json};
 use tracing::{info, warn};
 
@@ -34,21 +34,21 @@ fn worker_config(a: &WorkerArgs) -> anyhow::Result<WorkerConfig> {
         .filter(|q| !q.is_empty())
         .collect();
     if queues.is_empty() {
-        bail!("no queues to consume: give -Q with at least one queue");
+        usage!("no queues to consume: give -Q with at least one queue");
     }
     for q in &queues {
         validate_queue(q)?;
     }
     let concurrency = a.concurrency.unwrap_or(d.concurrency);
     if concurrency == 0 || concurrency > 10_000 {
-        bail!("concurrency must be 1-10000, got {concurrency}");
+        usage!("concurrency must be 1-10000, got {concurrency}");
     }
     let lease = match a.lease {
         Some(v) => secs("lease", v)?,
         None => d.lease,
     };
     if lease < Duration::from_millis(300) {
-        bail!("lease must be at least 0.3 seconds");
+        usage!("lease must be at least 0.3 seconds");
     }
     Ok(WorkerConfig {
         node: a.node.as_deref().map(expand_node_name).unwrap_or(d.node),
@@ -123,20 +123,22 @@ pub async fn serve(s: Settings, a: ServeArgs) -> anyhow::Result<ExitCode> {
     info!(broker = %b.description, stores = %product.description, "Storage opened.");
     spawn_metadata_cleanup(&product, s.result_expires, shutdown.clone());
 
-    let worker = (!a.no_worker).then(|| {
-        let w = Worker::new(wcfg, b.broker.clone(), b.results.clone(), registry.clone());
-        tokio::spawn(w.run(shutdown.clone()))
-    });
+    // Every check that can refuse to start comes before the worker: a worker stopped by a
+    // refusal would leave the message it just claimed to wait out its lease.
     let (auth, dev_token) = build_auth(&s, &a)?;
     if dev_token.is_some() && !addr.ip().is_loopback() && !a.allow_dev_token_on_network {
-        anyhow::bail!(
+        usage!(
             "refusing to serve on {addr} without authentication: configure AFTERVIEW_AUTH_TOKENS \
              (or --auth-tokens-file, Firebase, OIDC), bind to 127.0.0.1, or pass \
              --allow-dev-token-on-network"
         );
     }
-    print_banner(&s, addr, dev_token.as_deref());
     let (inner, web) = api_state(&s, &a, client, &product, auth)?;
+    let worker = (!a.no_worker).then(|| {
+        let w = Worker::new(wcfg, b.broker.clone(), b.results.clone(), registry.clone());
+        tokio::spawn(w.run(shutdown.clone()))
+    });
+    print_banner(&s, addr, dev_token.as_deref());
     let app = afterview_api::router(std::sync::Arc::new(inner)).merge(afterview_web::router(&web));
     let stop = shutdown.graceful.clone();
     let http = afterview_api::serve(listener, app, async move { stop.cancelled().await });
@@ -228,7 +230,7 @@ fn presign(s: &Settings, secs: Option<u64>) -> anyhow::Result<Option<Duration>> 
         return Ok(None);
     };
     if ttl > Duration::from_secs(7 * 86_400) {
-        bail!("presigned downloads may live at most 604800 seconds (7 days, S3's limit)");
+        usage!("presigned downloads may live at most 604800 seconds (7 days, S3's limit)");
     }
     if s.storage_url
         .as_deref()
@@ -293,8 +295,9 @@ fn build_auth(
         None => std::env::var("AFTERVIEW_AUTH_TOKENS").unwrap_or_default(),
     };
     let mut auth = Auth {
-        static_tokens: Auth::parse_static(&spec)
-            .map_err(|e| anyhow::anyhow!("AFTERVIEW_AUTH_TOKENS: {e}"))?,
+        static_tokens: Auth::parse_static(&spec).map_err(|e| {
+            anyhow::Error::new(crate::cli::Usage(format!("AFTERVIEW_AUTH_TOKENS: {e}")))
+        })?,
         verifiers: vec![],
     };
     if let Some(p) = &a.firebase_project_id {
@@ -393,12 +396,14 @@ fn parse_json_arg(flag: &str, raw: Option<&str>, want_list: bool) -> anyhow::Res
     let Some(raw) = raw else {
         return Ok(if want_list { json!([]) } else { json!({}) });
     };
-    let v: Value =
-        serde_json::from_str(raw).with_context(|| format!("{flag} is not valid JSON"))?;
+    let v: Value = match serde_json::from_str(raw) {
+        Ok(v) => v,
+        Err(e) => usage!("{flag} is not valid JSON: {e}"),
+    };
     match (&v, want_list) {
         (Value::Array(_), true) | (Value::Object(_), false) => Ok(v),
-        (_, true) => bail!("{flag} must be a JSON list, e.g. '[1, \"a\"]'"),
-        (_, false) => bail!("{flag} must be a JSON object, e.g. '{{\"seconds\": 2}}'"),
+        (_, true) => usage!("{flag} must be a JSON list, e.g. '[1, \"a\"]'"),
+        (_, false) => usage!("{flag} must be a JSON object, e.g. '{{\"seconds\": 2}}'"),
     }
 }
 
@@ -415,7 +420,10 @@ pub async fn call(s: Settings, a: CallArgs) -> anyhow::Result<ExitCode> {
     let eta = a
         .eta
         .as_deref()
-        .map(|e| afterview_engine::time::parse_iso(e).map_err(|m| anyhow::anyhow!("--eta: {m}")))
+        .map(|e| {
+            afterview_engine::time::parse_iso(e)
+                .map_err(|m| anyhow::Error::new(crate::cli::Usage(format!("--eta: {m}"))))
+        })
         .transpose()?;
     let expires = a
         .expires

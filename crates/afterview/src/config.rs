@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use afterview_core::tasks::EngineKind;
-use anyhow::{Context, bail};
+use anyhow::Context;
 
 /// The default data directory.
 pub const DEFAULT_DATA_DIR: &str = "./afterview-data";
@@ -85,7 +85,7 @@ pub fn load_file(
         let var = variable_of(key);
         let place = section.map_or(String::new(), |s| format!(" in [{s}]"));
         if !known.contains(&var) {
-            bail!(
+            usage!(
                 "{}: unknown key `{key}`{place} (keys are the AFTERVIEW_* variables' names, lowercased; see docs/deploy.md)",
                 path.display()
             );
@@ -99,19 +99,19 @@ pub fn load_file(
                 .iter()
                 .map(|v| match v {
                     toml::Value::String(s) => Ok(s.clone()),
-                    other => bail!(
+                    other => usage!(
                         "{}: `{key}`{place} must list strings, got {other:?}",
                         path.display()
                     ),
                 })
                 .collect::<anyhow::Result<_>>()?,
-            other => bail!(
+            other => usage!(
                 "{}: `{key}`{place} has an unsupported value {other:?}",
                 path.display()
             ),
         };
         if out.insert(var, values).is_some() {
-            bail!("{}: `{key}` is set twice", path.display());
+            usage!("{}: `{key}` is set twice", path.display());
         }
         Ok(())
     };
@@ -119,7 +119,7 @@ pub fn load_file(
         match v {
             toml::Value::Table(t) => {
                 if !SECTIONS.contains(&k.as_str()) {
-                    bail!(
+                    usage!(
                         "{}: unknown section [{k}] (sections: {})",
                         path.display(),
                         SECTIONS.join(", ")
@@ -192,7 +192,7 @@ impl Settings {
             .result_expires
             .map_or(DEFAULT_RESULT_EXPIRES, Duration::from_secs);
         if result_expires.is_zero() {
-            bail!("result expiry must be at least one second (results must not be kept forever)");
+            usage!("result expiry must be at least one second (results must not be kept forever)");
         }
         Ok(Self {
             data_dir: g
@@ -214,7 +214,7 @@ impl Settings {
 /// Seconds given on the command line or in the file, checked.
 pub fn secs(what: &str, v: f64) -> anyhow::Result<Duration> {
     if !v.is_finite() || v < 0.0 {
-        bail!("{what} must be a non-negative number of seconds, got {v}");
+        usage!("{what} must be a non-negative number of seconds, got {v}");
     }
     Ok(Duration::from_secs_f64(v))
 }
@@ -289,7 +289,7 @@ impl ProductSettings {
     pub fn resolve(l: ProductLayer) -> anyhow::Result<Self> {
         let name = l.preview_engine.as_deref().unwrap_or("local");
         let Some(default_engine) = engine_named(name) else {
-            bail!("unknown preview engine {name:?}: use local or gemini");
+            usage!("unknown preview engine {name:?}: use local or gemini");
         };
         let gemini = gemini_key(l.gemini_api_key_file.as_ref())?.map(|key| GeminiSettings {
             key,
@@ -297,7 +297,7 @@ impl ProductSettings {
             base_url: l.gemini_base_url.clone(),
         });
         if gemini.is_none() && default_engine == EngineKind::Gemini {
-            bail!(
+            usage!(
                 "AFTERVIEW_PREVIEW_ENGINE=gemini needs AFTERVIEW_GEMINI_API_KEY (or --gemini-api-key-file)"
             );
         }
@@ -310,10 +310,12 @@ impl ProductSettings {
             .filter(|n| !n.is_empty())
         {
             let Some(e) = engine_named(name) else {
-                bail!("AFTERVIEW_ALLOWED_ENGINES: unknown engine {name:?} (local, gemini)");
+                usage!("AFTERVIEW_ALLOWED_ENGINES: unknown engine {name:?} (local, gemini)");
             };
             if e == EngineKind::Gemini && gemini.is_none() {
-                bail!("AFTERVIEW_ALLOWED_ENGINES names gemini but no Gemini API key is configured");
+                usage!(
+                    "AFTERVIEW_ALLOWED_ENGINES names gemini but no Gemini API key is configured"
+                );
             }
             if !allowed_engines.contains(&e) {
                 allowed_engines.push(e);
@@ -337,7 +339,7 @@ fn gemini_key(file: Option<&PathBuf>) -> anyhow::Result<Option<String>> {
             .with_context(|| format!("cannot read the Gemini key file {}", p.display()))?;
         let k = k.trim().to_owned();
         if k.is_empty() {
-            bail!("the Gemini key file {} is empty", p.display());
+            usage!("the Gemini key file {} is empty", p.display());
         }
         return Ok(Some(k));
     }

@@ -19,7 +19,8 @@ fn variables(cmd: &clap::Command) -> std::collections::BTreeSet<String> {
     out
 }
 
-/// The config file's values become the arguments' defaults: below variables and flags.
+/// The config file's values become the arguments' defaults: below variables and flags. They
+/// are not shown by `--help` (a database URL with its password, a metrics token).
 fn with_file_defaults(
     cmd: clap::Command,
     file: &std::collections::BTreeMap<String, Vec<String>>,
@@ -31,7 +32,9 @@ fn with_file_defaults(
             .and_then(|e| file.get(e));
         match values {
             // Parsed once per process; clap keeps `&'static str` defaults.
-            Some(v) => a.default_values(v.iter().map(|s| &*Box::leak(s.clone().into_boxed_str()))),
+            Some(v) => a
+                .default_values(v.iter().map(|s| &*Box::leak(s.clone().into_boxed_str())))
+                .hide_default_value(true),
             None => a,
         }
     };
@@ -108,7 +111,11 @@ pub fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("afterview: {e:#}");
-            ExitCode::FAILURE
+            if e.chain().any(|c| c.is::<crate::cli::Usage>()) {
+                ExitCode::from(EXIT_USAGE)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

@@ -3,6 +3,14 @@
 //!
 //! This is the only crate that chooses backends: everything below receives trait objects.
 
+/// Returns a [`cli::Usage`] error (bad arguments or configuration: exit code 2), formatted as
+/// `bail!` would.
+macro_rules! usage {
+    ($($t:tt)*) => {
+        return Err(anyhow::Error::new($crate::cli::Usage(format!($($t)*))))
+    };
+}
+
 pub mod backends;
 pub mod cli;
 pub mod commands;

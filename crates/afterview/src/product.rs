@@ -12,7 +12,7 @@ use afterview_jobs::{Deps, PreviewSettings};
 use afterview_store::postgres::PostgresMetadata;
 use afterview_store::sqlite::SqliteMetadata;
 use afterview_store::{BlobStore, MetadataStore, ObjectBlobStore};
-use anyhow::{Context, bail};
+use anyhow::Context;
 
 use crate::config::{ProductSettings, Settings};
 
@@ -40,7 +40,7 @@ pub async fn open_metadata(s: &Settings) -> anyhow::Result<(Arc<dyn MetadataStor
         return Ok((Arc::new(m), shown));
     }
     let Some(rest) = url.strip_prefix("sqlite://") else {
-        bail!(
+        usage!(
             "unknown database URL {}: use sqlite://[path] or postgres://user[:password]@host[:port]/db",
             redact(url)
         );

@@ -99,11 +99,25 @@ fn bad_arguments_are_named() {
             vec!["--broker", "amqp://x", "result", "x"],
             "unknown broker URL",
         ),
+        (
+            vec!["--broker", "amqp://app:s3cret@rabbit//", "result", "x"],
+            "unknown broker URL",
+        ),
+        (
+            vec!["--result-backend", "redis://:s3cret@r/1", "result", "x"],
+            "must be the broker's store",
+        ),
+        (
+            vec!["call", "afterview.noop", "--kwargs", "[1]", "--wait"],
+            "--kwargs must be a JSON object",
+        ),
     ] {
         let out = env.run(&args);
-        assert!(!out.status.success(), "{args:?} should fail");
         let err = String::from_utf8_lossy(&out.stderr);
+        // 2, as clap's own errors: a script tells a typo from a task's failure (1).
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
         assert!(err.contains(needle), "{args:?}: {err}");
+        assert!(!err.contains("s3cret"), "no password in messages: {err}");
     }
 }
 
@@ -305,4 +319,30 @@ fn the_config_file_sits_below_variables_and_flags_for_every_setting() {
     let out = env.run(&["migrate"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(err(out).contains("unknown key `max_upload_byte` in [serve]"));
+}
+
+/// `--help` shows no secret: not a database password from the config file, not a Redis
+/// password from the environment.
+#[test]
+fn help_shows_no_secrets_from_the_file_or_the_environment() {
+    let env = Env::new();
+    std::fs::create_dir_all(env.data()).unwrap();
+    std::fs::write(
+        env.data().join("afterview.toml"),
+        "database_url = \"postgres://app:pw-in-file@db/x\"\n",
+    )
+    .unwrap();
+    for cmd in ["serve", "worker", "call"] {
+        let out = env
+            .cmd(&[cmd, "--help"])
+            .env("AFTERVIEW_BROKER_URL", "redis://:pw-in-env@h:6379/0")
+            .env("AFTERVIEW_RESULT_BACKEND", "redis://:pw-in-env@h:6379/1")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{cmd}");
+        let help = String::from_utf8_lossy(&out.stdout);
+        assert!(help.contains("--broker"), "{help}");
+        assert!(!help.contains("pw-in-file"), "{cmd} --help: {help}");
+        assert!(!help.contains("pw-in-env"), "{cmd} --help: {help}");
+    }
 }

@@ -36,19 +36,50 @@ fn fnv1a(parts: &[&[u8]]) -> String {
     format!("{h:016x}")
 }
 
-/// The task a request sent, once it is recorded: set by the request's work (`submit`), read
-/// when its answer is stored, or when the request is dropped before it has one.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct Sent(Arc<std::sync::OnceLock<String>>);
+/// What a request did about its task, told by its work (`submit`) and read when its answer is
+/// stored, or when the request is dropped before it has one (then it waits for the sending to
+/// end: the sending runs to its end on its own, see `submit`).
+#[derive(Debug, Clone)]
+pub(crate) struct Sent(Arc<tokio::sync::watch::Sender<Sending>>);
+
+/// Where a request's task is.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Sending {
+    /// Nothing started: no task exists.
+    Not,
+    /// Being recorded and published.
+    Underway,
+    /// In the broker.
+    Published(String),
+    /// Recording or publishing failed: nothing runs (the record, if any, was revoked).
+    Failed,
+}
+
+impl Default for Sent {
+    fn default() -> Self {
+        Sent(Arc::new(tokio::sync::watch::channel(Sending::Not).0))
+    }
+}
 
 impl Sent {
-    /// Marks `task_id` as sent by this request.
-    pub(crate) fn set(&self, task_id: &str) {
-        let _ = self.0.set(task_id.to_owned());
+    /// Tells where the task is.
+    pub(crate) fn tell(&self, s: Sending) {
+        self.0.send_replace(s);
     }
 
-    fn get(&self) -> Option<&str> {
-        self.0.get().map(String::as_str)
+    /// The published task, once the sending has ended (`None`: nothing was sent).
+    async fn settled(&self) -> Option<String> {
+        let mut rx = self.0.subscribe();
+        loop {
+            match &*rx.borrow_and_update() {
+                Sending::Not | Sending::Failed => return None,
+                Sending::Published(id) => return Some(id.clone()),
+                Sending::Underway => {}
+            }
+            if rx.changed().await.is_err() {
+                return None;
+            }
+        }
     }
 }
 
@@ -208,8 +239,9 @@ where
         Ok((status, body)) if status.is_success() => Some((*status, body.clone())),
         _ => claim
             .sent
-            .get()
-            .map(|id| (StatusCode::ACCEPTED, accepted(id))),
+            .settled()
+            .await
+            .map(|id| (StatusCode::ACCEPTED, accepted(&id))),
     };
     match keep {
         Some((status, body)) => claim.keep(status, body).await,
@@ -228,7 +260,7 @@ fn reused() -> Response {
 }
 
 /// A claimed key not (yet) answered. Dropped open (the client went away), it keeps the task
-/// the request sent, or is given back when nothing was sent.
+/// the request sent once its sending ends, or is given back when nothing was sent.
 struct Claim {
     st: AppState,
     user: String,
@@ -278,8 +310,8 @@ impl Drop for Claim {
                 open: false,
             };
             tokio::spawn(async move {
-                match claim.sent.get() {
-                    Some(id) => claim.keep(StatusCode::ACCEPTED, accepted(id)).await,
+                match claim.sent.settled().await {
+                    Some(id) => claim.keep(StatusCode::ACCEPTED, accepted(&id)).await,
                     None => claim.release().await,
                 }
             });

@@ -8,7 +8,7 @@ use axum::http::StatusCode;
 use serde_json::Value;
 
 use crate::error::ApiError;
-use crate::idempotency::{Sent, accepted};
+use crate::idempotency::{Sending, Sent, accepted};
 use crate::{AppState, User};
 
 /// 429 when the user already has `active_tasks` tasks waiting or running (their most recent
@@ -197,7 +197,7 @@ impl Drop for Slot {
 }
 
 /// Records the owner, sends the task, and answers 202 or waits for the result. `sent` learns
-/// the task's id once it is recorded (an `Idempotency-Key` then names that task).
+/// where the task is (an `Idempotency-Key` then names the task once it is published).
 pub(crate) async fn submit(
     st: &AppState,
     user: &User,
@@ -224,28 +224,24 @@ pub(crate) async fn submit(
     let msg = st
         .client
         .message(task, vec![], kwargs, SendOptions::default())?;
-    st.meta
-        .insert_task(&TaskRecord {
-            id: msg.id.clone(),
-            owner: user.0.clone(),
-            name: task.into(),
-            image_ids,
-            created_at: chrono::Utc::now(),
-        })
-        .await?;
-    sent.set(&msg.id);
-    // Recorded: the next submission counts this task.
+    let rec = TaskRecord {
+        id: msg.id.clone(),
+        owner: user.0.clone(),
+        name: task.into(),
+        image_ids,
+        created_at: chrono::Utc::now(),
+    };
+    // Followed before it is published, so the subscription and the publish overlap.
+    let watch = wait.then(|| st.client.watch(&msg.id));
+    record_and_send(st, rec, &msg, sent).await?;
+    // Recorded (the next submission counts this task) and sent.
     if let Some(lock) = lock {
         lock.release().await;
     }
     drop(turn);
-    if !wait {
-        publish_recorded(st, &msg).await?;
+    let Some(watch) = watch else {
         return Ok((StatusCode::ACCEPTED, accepted(&msg.id)));
-    }
-    // The watch starts before the publish, so its subscription and the publish overlap.
-    let watch = st.client.watch(&msg.id);
-    publish_recorded(st, &msg).await?;
+    };
     let meta = afterview_engine::watch::wait_watch(watch, st.sync_timeout).await;
     if let Some(slot) = sync {
         slot.release().await;
@@ -266,28 +262,46 @@ pub(crate) async fn wait_again(
     waited(st, task_id, meta?)
 }
 
-/// Publishes a recorded task's message, to the end even when the client goes away meanwhile
-/// (a recorded task whose message never left would stay PENDING, and count against its
-/// owner's active tasks, for the results' whole lifetime). A publish that fails revokes the
-/// task, best effort: it then reads REVOKED and stops counting, and should the message have
-/// reached the broker after all, it never runs.
-async fn publish_recorded(
+/// Records the task's owner, then publishes its message: in a task of its own, which runs to
+/// its end even when the client goes away meanwhile (a recorded task whose message never left
+/// would stay PENDING, and count against its owner's active tasks, for the results' whole
+/// lifetime). A publish that fails revokes the task, best effort: it then reads REVOKED and
+/// stops counting, and should the message have reached the broker after all, it never runs.
+/// `sent` learns the outcome (an `Idempotency-Key` then names the task, or is given back).
+async fn record_and_send(
     st: &AppState,
+    rec: TaskRecord,
     msg: &afterview_engine::TaskMessage,
+    sent: &Sent,
 ) -> Result<(), ApiError> {
-    let (st, msg) = (st.clone(), msg.clone());
+    let (st, msg, sent) = (st.clone(), msg.clone(), sent.clone());
+    sent.tell(Sending::Underway);
+    let told = sent.clone();
     let job = tokio::spawn(async move {
-        let out = st.client.broker().publish(&msg).await;
-        if out.is_err()
-            && let Err(e) = st.client.revoke(&msg.id, false).await
-        {
-            tracing::warn!(error = %e, task_id = %msg.id, "A task whose message could not be sent could not be revoked either; it reads PENDING until its record expires.");
+        if let Err(e) = st.meta.insert_task(&rec).await {
+            sent.tell(Sending::Failed);
+            return Err(ApiError::from(e));
         }
-        out
+        match st.client.broker().publish(&msg).await {
+            Ok(()) => {
+                sent.tell(Sending::Published(msg.id.clone()));
+                Ok(())
+            }
+            Err(e) => {
+                if let Err(r) = st.client.revoke(&msg.id, false).await {
+                    tracing::warn!(error = %r, task_id = %msg.id, "A task whose message could not be sent could not be revoked either; it reads PENDING until its record expires.");
+                }
+                sent.tell(Sending::Failed);
+                Err(ApiError::from(e))
+            }
+        }
     });
     match job.await {
-        Ok(out) => Ok(out?),
-        Err(_) => Err(ApiError::unavailable("the task could not be sent; retry")),
+        Ok(out) => out,
+        Err(_) => {
+            told.tell(Sending::Failed);
+            Err(ApiError::unavailable("the task could not be sent; retry"))
+        }
     }
 }
 

@@ -625,12 +625,12 @@ async fn a_retry_after_a_timeout_waits_for_the_task_it_sent() {
     assert_eq!(b3["id"], "x");
 }
 
-/// The memory broker, with faults: `refuse_publish` (an outage between recording a task and
-/// sending it), `ends_before_revoke` (the task stores SUCCESS just before a revoke reaches
-/// the broker).
+/// The memory broker, with faults: `refusals` (the next publishes refused: an outage between
+/// recording a task and sending it), `ends_before_revoke` (the task stores SUCCESS just
+/// before a revoke reaches the broker).
 struct Faulty {
     inner: Arc<MemoryBackend>,
-    refuse_publish: bool,
+    refusals: std::sync::atomic::AtomicUsize,
     ends_before_revoke: bool,
 }
 
@@ -643,7 +643,12 @@ impl afterview_engine::Broker for Faulty {
         &self,
         m: &afterview_engine::TaskMessage,
     ) -> Result<(), afterview_engine::BackendError> {
-        if self.refuse_publish {
+        use std::sync::atomic::Ordering::SeqCst;
+        if self
+            .refusals
+            .fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
             return Err(afterview_engine::BackendError::unavailable(
                 "the broker is down",
             ));
@@ -772,12 +777,12 @@ impl afterview_engine::Broker for Faulty {
 }
 
 /// The app over a [`Faulty`] broker.
-fn faulty_app(refuse_publish: bool, ends_before_revoke: bool) -> App {
+fn faulty_app(refusals: usize, ends_before_revoke: bool) -> App {
     let b = Arc::new(MemoryBackend::new(Duration::from_secs(60)));
     let mut app = app_with(|i| {
         let broker = Faulty {
             inner: b.clone(),
-            refuse_publish,
+            refusals: refusals.into(),
             ends_before_revoke,
         };
         i.client = Client::new(Arc::new(broker), b.clone());
@@ -791,7 +796,7 @@ fn faulty_app(refuse_publish: bool, ends_before_revoke: bool) -> App {
 /// stay PENDING and count against its owner's active tasks for a day.
 #[tokio::test]
 async fn a_task_that_could_not_be_sent_does_not_count_as_active() {
-    let app = faulty_app(true, false);
+    let app = faulty_app(usize::MAX, false);
     let body = json!({"procedure_ids": ["rhinoplasty"], "format": "png"});
     let uri = "/api/exports/cost-infographic?async_processing=true";
     for _ in 0..3 {
@@ -818,7 +823,7 @@ async fn a_task_that_could_not_be_sent_does_not_count_as_active() {
 /// A cancel that meets the task's own end answers what the task became, not "cancelled".
 #[tokio::test]
 async fn a_cancel_that_meets_the_tasks_end_answers_its_end() {
-    let app = faulty_app(false, true);
+    let app = faulty_app(0, true);
     let body = json!({"procedure_ids": ["rhinoplasty"], "format": "png"});
     let (s, b) = call(
         &app,
@@ -844,4 +849,25 @@ async fn a_cancel_that_meets_the_tasks_end_answers_its_end() {
         (Some("already_finished"), Some("SUCCESS")),
         "{b}"
     );
+}
+
+/// A request whose publish failed (503) gives its `Idempotency-Key` back: the retry the 503
+/// asks for sends the task, instead of replaying a task that never left.
+#[tokio::test]
+async fn a_key_whose_publish_failed_is_given_back() {
+    let app = faulty_app(1, false);
+    let body = json!({"procedure_ids": ["rhinoplasty"], "format": "png"});
+    let uri = "/api/exports/cost-infographic?async_processing=true";
+    let (s1, b1) = call_keyed(&app, uri, "after-outage", body.clone()).await;
+    assert_eq!(s1, StatusCode::SERVICE_UNAVAILABLE, "{b1}");
+    let (s2, b2) = call_keyed(&app, uri, "after-outage", body.clone()).await;
+    assert_eq!(s2, StatusCode::ACCEPTED, "{b2}");
+    assert_eq!(queued(&app).await, 1, "the retry's task is in the queue");
+    let (s3, b3) = call_keyed(&app, uri, "after-outage", body).await;
+    assert_eq!(
+        (s3, &b3["task_id"]),
+        (StatusCode::ACCEPTED, &b2["task_id"]),
+        "now replayed"
+    );
+    assert_eq!(queued(&app).await, 1);
 }

@@ -222,24 +222,29 @@ pub fn plan(
     })
 }
 
-/// Every handle that moves, and where it moves to, lies inside the photo by at least its own
-/// move: a face cut by the frame (a headshot cropped at the chin, for a facelift's neck) would
-/// otherwise be warped with pixels the photo does not have (the edge row repeated into
-/// streaks), or a feature it does not show would be edited.
+/// No moving handle brings content into the photo from beyond its edge: a face cut by the
+/// frame (a headshot cropped at the chin, for a facelift's neck moving up) would otherwise be
+/// warped with pixels the photo does not have (the edge row repeated into streaks), or a
+/// feature it does not show would be edited. A handle within its own move of an edge may move
+/// along it or out of the photo (a brow lift on a photo cropped through the forehead: the
+/// pixels left behind are taken from inside).
 fn within_frame(procedure: &str, photo: &RgbImage, handles: &[Handle]) -> Result<(), ImagingError> {
     let (w, h) = (photo.width() as f32, photo.height() as f32);
     for hd in handles {
-        let m = hd.shift.len();
+        let (p, s) = (hd.at, hd.shift);
+        let m = s.len();
         if m < 0.5 {
             continue;
         }
-        for p in [hd.at, hd.at.plus(hd.shift)] {
-            if p.x < m || p.y < m || p.x > w - 1.0 - m || p.y > h - 1.0 - m {
-                return Err(ImagingError::FeatureNotVisible(format!(
-                    "{procedure}: the part of the face it changes reaches the edge of the photo; \
-                     use a photo with some space around the whole face"
-                )));
-            }
+        let inward = (p.y < m && s.y > 0.0)
+            || (p.y > h - 1.0 - m && s.y < 0.0)
+            || (p.x < m && s.x > 0.0)
+            || (p.x > w - 1.0 - m && s.x < 0.0);
+        if inward {
+            return Err(ImagingError::FeatureNotVisible(format!(
+                "{procedure}: the part of the face it changes reaches the edge of the photo; \
+                 use a photo with some space around the whole face"
+            )));
         }
     }
     Ok(())

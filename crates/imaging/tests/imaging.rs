@@ -956,6 +956,15 @@ fn a_face_cut_by_the_frame_is_not_warped_with_pixels_the_photo_lacks() {
     };
     assert_eq!(e.code(), ErrorCode::FeatureNotVisible, "{e}");
     assert!(simulate(&cropped, "rhinoplasty", Intensity::Moderate, &lm).is_ok());
+    // Cropped through the forehead: a brow lift moves the forehead up, out of the frame, but
+    // takes nothing from beyond it.
+    let lm = face::detect(&hopper).unwrap();
+    let top = (lm.left_eye().y - 25.0 * lm.frame().px_per_mm).round() as u32;
+    assert!(top > 0, "the portrait shows the forehead");
+    let cropped = image::imageops::crop_imm(&hopper, 0, top, hopper.width(), hopper.height() - top)
+        .to_image();
+    let lm = face::detect(&cropped).expect("the face is still found");
+    assert!(simulate(&cropped, "brow-lift", Intensity::Moderate, &lm).is_ok());
 }
 
 /// A face so small that the procedures' millimetres fall under a pixel gets no preview that

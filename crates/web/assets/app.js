@@ -443,11 +443,17 @@ async function generate() {
   const ids = chosen();
   if (!state.image || ids.length === 0) return;
   const options = { intensity: $("intensity").value };
+  const gen = state.photoGen;
   await guard(async () => {
     const single = ids.length === 1;
     const accepted = single
       ? await api("POST", "/api/visualizations?async_processing=true", { image_id: state.image.id, procedure_id: ids[0], options })
       : await api("POST", "/api/visualizations/compare?async_processing=true", { image_id: state.image.id, procedure_ids: ids, options });
+    // Another photo was opened while this was sent: its preview is not wanted any more.
+    if (!stillShowing(gen)) {
+      api("POST", `/api/tasks/${accepted.task_id}/cancel`).catch(() => {});
+      return;
+    }
     follow(accepted.task_id, single);
   });
 }
@@ -461,8 +467,10 @@ const TERMINAL = ["SUCCESS", "FAILURE", "REVOKED"];
 /// does not become a tight loop of requests.
 async function follow(taskId, single, reconnect = false, silent = 0) {
   const proto = location.protocol === "https:" ? "wss:" : "ws:";
+  // Held from now on, so a photo let go while the token is refreshed cancels the task.
+  if (!reconnect) state.task = { id: taskId, socket: null };
   await freshToken();
-  if (reconnect && !(state.task && state.task.id === taskId)) return; // let go meanwhile
+  if (!(state.task && state.task.id === taskId)) return; // let go meanwhile
   const socket = new WebSocket(`${proto}//${location.host}/api/ws/tasks/${taskId}?token=${encodeURIComponent(state.token)}`);
   state.task = { id: taskId, socket };
   const current = () => state.task && state.task.socket === socket;

@@ -2,7 +2,7 @@
 sizes: sign-in (a wrong token, then the right one), upload with face detection (and a photo
 without a face), a preview with the before/after slider by pointer and keyboard, a comparison
 grid, the cost infographic, a patient report downloaded as a PDF, history with pagination and
-reopening a preview, a late answer for a photo let go (dropped), cancelling a task that waits, photo deletion, and the operators' monitor
+reopening a preview, a late answer or preview for a photo let go (dropped; the preview cancelled), cancelling a task that waits, photo deletion, and the operators' monitor
 (live queues, workers and tasks, revoke; 404 for a non-operator).
 
 Run by crates/afterview/tests/it/web.rs with:
@@ -269,6 +269,38 @@ def late_answers(page):
     expect(page.locator("#generate-hint")).not_to_contain_text("No face")
 
 
+def late_preview(page):
+    """A preview asked for just before another photo is opened is cancelled when its answer
+    arrives, not shown over the new photo (whose patient it is not)."""
+    held = []
+
+    def hold(route):
+        if route.request.method == "POST" and not held:
+            held.append(route)
+        else:
+            route.continue_()
+
+    upload(page, f"{PORTRAITS}/grace_hopper.jpg")
+    expect(page.locator("#face-caption")).to_contain_text("Face found")
+    page.get_by_role("checkbox", name=re.compile("^Rhinoplasty")).check()
+    viz = re.compile(r"/api/visualizations(/compare)?\?")
+    page.route(viz, hold)
+    page.locator("#generate").click()
+    for _ in range(200):
+        if held:
+            break
+        page.wait_for_timeout(50)
+    assert held, "the preview was asked for"
+    page.get_by_label("Photo").set_input_files(f"{PORTRAITS}/astronaut.png")
+    expect(page.locator("#face-caption")).to_contain_text("Face found")
+    with page.expect_request(lambda r: r.url.endswith("/cancel"), timeout=15_000):
+        held[0].continue_()
+    page.unroute(viz)
+    expect(page.locator("#progress-box")).to_be_hidden()
+    expect(page.locator("#result")).to_be_hidden()
+    page.get_by_role("checkbox", name=re.compile("^Rhinoplasty")).uncheck()
+
+
 def cancel_waiting(page):
     """On an API host without workers the task waits; a lost connection is retried until
     Afterview answers again, then the task is followed as before; Cancel revokes it."""
@@ -364,6 +396,7 @@ def main():
                 history(page, size)
                 delete_photo(page)
                 late_answers(page)
+                late_preview(page)
                 cancel_waiting(page)
                 monitor(page, size)
             else:

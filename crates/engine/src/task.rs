@@ -259,7 +259,7 @@ impl TaskContext {
     }
 
     /// Sets when the run's first time limit falls (the worker, as the run starts).
-    pub fn set_deadline(&self, at: tokio::time::Instant) {
+    pub(crate) fn set_deadline(&self, at: tokio::time::Instant) {
         let _ = self.inner.deadline.set(at);
     }
 

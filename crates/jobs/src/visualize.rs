@@ -192,10 +192,7 @@ async fn call_gemini(
     let call = client.edit_image_within(jpeg, "image/jpeg", prompt, budget);
     let answered = tokio::select! {
         r = call => r,
-        () = ctx.cancelled() => {
-            ctx.check_cancelled()?;
-            return Err(TaskError::new("cancelled", "the task was cancelled"));
-        }
+        () = ctx.cancelled() => return Err(TaskError::cancelled()),
     };
     answered.map_err(|e| {
         let retry = matches!(e.code(), ErrorCode::GeminiUnavailable);

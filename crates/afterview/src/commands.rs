@@ -133,15 +133,22 @@ pub async fn serve(s: Settings, a: ServeArgs) -> anyhow::Result<ExitCode> {
              --allow-dev-token-on-network"
         );
     }
-    let (inner, web) = api_state(&s, &a, client, &product, auth)?;
+    let (mut inner, web) = api_state(&s, &a, client, &product, auth)?;
+    inner.closing = shutdown.graceful.clone();
     let worker = (!a.no_worker).then(|| {
         let w = Worker::new(wcfg, b.broker.clone(), b.results.clone(), registry.clone());
         tokio::spawn(w.run(shutdown.clone()))
     });
     print_banner(&s, addr, dev_token.as_deref());
+    write_ready_file(a.worker.ready_file.as_deref())?;
     let app = afterview_api::router(std::sync::Arc::new(inner)).merge(afterview_web::router(&web));
-    let stop = shutdown.graceful.clone();
-    let http = afterview_api::serve(listener, app, async move { stop.cancelled().await });
+    let (stop, now) = (shutdown.graceful.clone(), shutdown.immediate.clone());
+    let http = afterview_api::serve(
+        listener,
+        app,
+        async move { stop.cancelled().await },
+        async move { now.cancelled().await },
+    );
     http.await.context("the HTTP server failed")?;
     if let Some(w) = worker {
         w.await.context("the worker panicked")??;
@@ -286,6 +293,14 @@ fn build_auth(
     a: &ServeArgs,
 ) -> anyhow::Result<(afterview_api::auth::Auth, Option<String>)> {
     use afterview_api::auth::{Auth, JwtVerifier};
+    let from_env = std::env::var("AFTERVIEW_AUTH_TOKENS").is_ok_and(|v| !v.trim().is_empty());
+    if from_env && a.auth_tokens_file.is_some() {
+        // Neither may silently win: a token rotated through one would stay valid in the other.
+        usage!(
+            "both AFTERVIEW_AUTH_TOKENS and a tokens file (--auth-tokens-file, \
+             AFTERVIEW_AUTH_TOKENS_FILE or auth_tokens_file) are set: keep one"
+        );
+    }
     let spec = match &a.auth_tokens_file {
         Some(p) => std::fs::read_to_string(p)
             .with_context(|| format!("cannot read {}", p.display()))?
@@ -372,6 +387,15 @@ fn write_private(path: &std::path::Path, content: &str) -> std::io::Result<()> {
     o.open(path)?.write_all(content.as_bytes())
 }
 
+/// `--ready-file`: the process id, once the process is about to consume (and serve).
+fn write_ready_file(f: Option<&std::path::Path>) -> anyhow::Result<()> {
+    if let Some(f) = f {
+        std::fs::write(f, std::process::id().to_string())
+            .with_context(|| format!("cannot write the ready file {}", f.display()))?;
+    }
+    Ok(())
+}
+
 /// `afterview worker`.
 pub async fn worker(s: Settings, a: WorkerArgs) -> anyhow::Result<ExitCode> {
     let cfg = worker_config(&a)?;
@@ -382,10 +406,7 @@ pub async fn worker(s: Settings, a: WorkerArgs) -> anyhow::Result<ExitCode> {
     info!(broker = %b.description, stores = %product.description, "Storage opened.");
     let shutdown = Shutdown::new();
     watch_signals(shutdown.clone());
-    if let Some(f) = &a.ready_file {
-        std::fs::write(f, std::process::id().to_string())
-            .with_context(|| format!("cannot write the ready file {}", f.display()))?;
-    }
+    write_ready_file(a.ready_file.as_deref())?;
     Worker::new(cfg, b.broker, b.results, registry)
         .run(shutdown)
         .await?;

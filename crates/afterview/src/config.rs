@@ -334,6 +334,14 @@ impl ProductSettings {
 /// The Gemini key: from a file when given, else from `AFTERVIEW_GEMINI_API_KEY`. Never a flag,
 /// so it never shows in `ps`.
 fn gemini_key(file: Option<&PathBuf>) -> anyhow::Result<Option<String>> {
+    let from_env = std::env::var("AFTERVIEW_GEMINI_API_KEY").is_ok_and(|v| !v.trim().is_empty());
+    if from_env && file.is_some() {
+        // Neither may silently win: a key rotated through one would not be the key used.
+        usage!(
+            "both AFTERVIEW_GEMINI_API_KEY and a key file (--gemini-api-key-file, \
+             AFTERVIEW_GEMINI_API_KEY_FILE or gemini_api_key_file) are set: keep one"
+        );
+    }
     if let Some(p) = file {
         let k = std::fs::read_to_string(p)
             .with_context(|| format!("cannot read the Gemini key file {}", p.display()))?;

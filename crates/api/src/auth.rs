@@ -282,8 +282,9 @@ impl Auth {
     pub fn parse_static(spec: &str) -> Result<HashMap<String, String>, String> {
         let mut m = HashMap::new();
         for pair in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            // The last `=`: a base64 token ends in `=` padding; a user id has none.
             let (t, u) = pair
-                .split_once('=')
+                .rsplit_once('=')
                 .ok_or_else(|| format!("{:?} is not token=user", redact(pair)))?;
             let (t, u) = (t.trim(), u.trim());
             if t.len() < 16 {
@@ -349,4 +350,23 @@ fn unverified_issuer(token: &str) -> Option<String> {
 pub fn redact(s: &str) -> String {
     let head: String = s.chars().take(4).collect();
     format!("{head}…")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Auth;
+
+    /// A base64 token (`openssl rand -base64 32`) ends in `=` padding: it is kept whole, and
+    /// its user is what follows the last `=`.
+    #[test]
+    fn static_tokens_may_end_in_base64_padding() {
+        let token = "q83vEjRWeJq83vEjRWeJq83vEjRWeJq83vEjRWeJq8=";
+        let m = Auth::parse_static(&format!("{token}=alice, plain-token-0123456789=bob")).unwrap();
+        assert_eq!(m.get(token).map(String::as_str), Some("alice"));
+        assert_eq!(
+            m.get("plain-token-0123456789").map(String::as_str),
+            Some("bob")
+        );
+        assert_eq!(m.len(), 2);
+    }
 }

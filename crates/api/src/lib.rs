@@ -77,6 +77,9 @@ pub struct Inner {
     pub(crate) frames: routes::tasks::FrameMemo,
     /// Open WebSockets per user.
     pub sockets: Mutex<HashMap<String, usize>>,
+    /// Cancelled when the server begins to shut down: WebSockets then close with 1001 (going
+    /// away), so their clients reconnect to another instance.
+    pub closing: tokio_util::sync::CancellationToken,
     /// User ids allowed to see `/api/monitor` (everyone else gets 404).
     pub operators: std::collections::HashSet<String>,
     /// What `/api/config` answers (no secrets: how clients sign in).
@@ -154,6 +157,7 @@ impl Inner {
             frames: routes::tasks::FrameMemo::default(),
             decodes: Arc::new(tokio::sync::Semaphore::new(decode_slots())),
             sockets: Mutex::default(),
+            closing: tokio_util::sync::CancellationToken::new(),
             presign: None,
             operators: std::collections::HashSet::new(),
             client_config: json!({"firebase": null}),
@@ -369,11 +373,14 @@ pub fn spawn_task_metrics(client: &Client, metrics: Arc<Metrics>) -> tokio::task
     })
 }
 
-/// Serves `router` on `listener` until `shutdown` completes.
+/// Serves `router` on `listener` until `shutdown` completes; then closes the listener (new
+/// connections are refused at once, not queued unanswered), lets open requests finish for up
+/// to 30 s, and stops waiting for them when `immediate` completes (a second signal).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     app: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
+    immediate: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     use hyper_util::rt::{TokioIo, TokioTimer};
     use hyper_util::service::TowerToHyperService;
@@ -420,11 +427,15 @@ pub async fn serve(
         });
         while conns.try_join_next().is_some() {}
     }
+    drop(listener);
     let _ = close_tx.send(true);
-    let _ = tokio::time::timeout(GRACEFUL_CLOSE, async {
+    let drained = tokio::time::timeout(GRACEFUL_CLOSE, async {
         while conns.join_next().await.is_some() {}
-    })
-    .await;
+    });
+    tokio::select! {
+        _ = drained => {}
+        () = immediate => {}
+    }
     Ok(())
 }
 

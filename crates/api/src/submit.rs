@@ -256,6 +256,11 @@ pub(crate) async fn wait_again(
     user: &User,
     task_id: &str,
 ) -> Result<(StatusCode, Value), ApiError> {
+    // Finished, with its result lost by the backend but its output stored: that answer.
+    let now = crate::outcome::task_meta(st, &user.0, task_id).await?;
+    if now.status.is_terminal() {
+        return waited(st, task_id, now);
+    }
     let sync = Slot::sync(st, user).await?;
     let meta = st.client.wait(task_id, st.sync_timeout).await;
     sync.release().await;

@@ -625,6 +625,23 @@ async fn a_retry_after_a_timeout_waits_for_the_task_it_sent() {
     assert_eq!(b3["id"], "x");
 }
 
+/// A retried request whose task finished, but whose result the backend lost (a Redis without
+/// persistence restarted) while its output is stored, answers that output (it waited for the
+/// result again and answered a second 504).
+#[tokio::test]
+async fn a_retry_answers_the_stored_output_of_a_task_whose_result_was_lost() {
+    let app = app_with(|i| i.sync_timeout = Duration::from_millis(200));
+    let body = json!({"procedure_ids": ["rhinoplasty"], "format": "svg"});
+    let uri = "/api/exports/cost-infographic";
+    let (s1, b1) = call_keyed(&app, uri, "lost-result", body.clone()).await;
+    assert_eq!(s1, StatusCode::GATEWAY_TIMEOUT, "{b1}");
+    let msg = claim_one(&app).await;
+    stored_export_as(&app, msg.id.clone()).await;
+    let (s2, b2) = call_keyed(&app, uri, "lost-result", body).await;
+    assert_eq!(s2, StatusCode::OK, "{b2}");
+    assert_eq!(b2["format"], "svg");
+}
+
 /// The memory broker, with faults: `refusals` (the next publishes refused: an outage between
 /// recording a task and sending it), `ends_before_revoke` (the task stores SUCCESS just
 /// before a revoke reaches the broker).

@@ -398,6 +398,11 @@ impl Broker for RedisBackend {
     }
 
     async fn worker_gone(&self, node: &str) -> Result<(), BackendError> {
+        self.stop_taking(node).await?;
+        self.inner.worker_gone(node).await
+    }
+
+    async fn stop_taking(&self, node: &str) -> Result<(), BackendError> {
         // No more pushes: leave the idle sets, give back what was pushed and never taken.
         let (registered, left) = self.inner.pushes.close(node);
         if let Some((entry, queues)) = registered {
@@ -411,7 +416,7 @@ impl Broker for RedisBackend {
         for d in left {
             self.release(&d.lease).await?;
         }
-        self.inner.worker_gone(node).await
+        Ok(())
     }
 
     async fn workers(&self, timeout: Duration) -> Result<Vec<WorkerReport>, BackendError> {

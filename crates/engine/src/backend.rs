@@ -402,6 +402,15 @@ pub trait Broker: Send + Sync + 'static {
     /// Publishes a worker's report (presence + what `inspect` shows).
     async fn heartbeat(&self, report: &WorkerReport) -> Result<(), BackendError>;
 
+    /// The worker `node` stopped claiming (its shutdown began): nothing more may be handed
+    /// to it. A broker that pushes messages to idle workers takes it off their lists and gives
+    /// back what was pushed and not taken; a message published during the drain then goes to
+    /// a live worker, not to one that waits out its running tasks. `worker_gone` does it too,
+    /// if it was not done. Nothing to do for brokers that only answer claims.
+    async fn stop_taking(&self, _node: &str) -> Result<(), BackendError> {
+        Ok(())
+    }
+
     /// Removes a worker's presence (clean exit).
     async fn worker_gone(&self, node: &str) -> Result<(), BackendError>;
 

@@ -90,6 +90,7 @@ macro_rules! broker_conformance {
             worker_follows_revocations_from_before_its_first_log_read,
             worker_shutdown_gives_unfinished_tasks_back,
             worker_shutdown_gives_back_messages_not_started,
+            worker_takes_nothing_more_once_stopping,
             worker_keeps_the_newer_run_of_a_message_it_got_back,
             worker_fails_a_task_whose_arguments_panic_in_decoding,
             worker_expires_tasks,
@@ -1529,6 +1530,53 @@ pub async fn worker_shutdown_gives_back_messages_not_started(f: &impl Factory) {
         "the message that had not started was not run during the shutdown"
     );
     back_in_the_queue_then_run(&fx, &waiting, "the message not started").await;
+}
+
+/// A worker whose shutdown began takes nothing more: a message published while it waits for
+/// its running task goes to a live worker at once (with pushes to idle workers, a stopping
+/// worker left on the idle list was handed the message, which then waited for its drain).
+pub async fn worker_takes_nothing_more_once_stopping(f: &impl Factory) {
+    let fx = f(DAY).await;
+    let cfg = WorkerConfig {
+        shutdown_grace: Duration::from_secs(20),
+        ..worker_cfg(&["celery"], 2)
+    };
+    let a = start(&fx, cfg);
+    let slow = call(
+        &a.client,
+        "afterview.sleep",
+        json!({"seconds": 6.0}),
+        SendOptions::default(),
+    )
+    .await;
+    until_processing(&a.client, &slow).await;
+    // A second slot free: A claims again, comes back short, and waits for work.
+    sleep_ms(500).await;
+    a.shutdown.trigger();
+    sleep_ms(300).await;
+    let b = start(&fx, worker_cfg(&["celery"], 2));
+    sleep_ms(300).await;
+    let t0 = tokio::time::Instant::now();
+    let quick = call(
+        &b.client,
+        "afterview.noop",
+        json!({}),
+        SendOptions::default(),
+    )
+    .await;
+    let r = wait(&b.client, &quick).await;
+    assert_eq!(r.status, TaskState::Success);
+    assert!(
+        t0.elapsed() < Duration::from_secs(2),
+        "run by the live worker at once, not after the stopping one's drain: {:?}",
+        t0.elapsed()
+    );
+    assert_eq!(wait(&b.client, &slow).await.status, TaskState::Success);
+    tokio::time::timeout(Duration::from_secs(20), a.handle)
+        .await
+        .expect("the stopping worker ends")
+        .unwrap();
+    b.stop().await;
 }
 
 /// `id` is the one message in the queue, none leased, and the next worker runs it.

@@ -28,6 +28,12 @@ pub enum Scenario {
     Ok,
     /// An edited image as JPEG.
     OkJpeg,
+    /// An edited image framed as Gemini 2.5 frames its answers when asked no aspect ratio:
+    /// turned by 2°, cropped to a square about its middle and 1024 × 1024 (PNG).
+    OkReframed,
+    /// A picture that shows no face (a flat grey 1024 × 1024 PNG): the model drew something
+    /// else.
+    OkWithoutFace,
     /// A text part, then the image.
     OkTextThenImage,
     /// `finishReason: STOP` with only text.
@@ -66,6 +72,8 @@ pub struct Recorded {
     pub prompt: String,
     /// Size of the inline image.
     pub image_bytes: usize,
+    /// Width and height of the inline image.
+    pub image_size: (u32, u32),
 }
 
 #[derive(Default)]
@@ -176,6 +184,9 @@ async fn generate(
             key_header,
             prompt,
             image_bytes: image.len(),
+            image_size: image::load_from_memory(&image)
+                .map(|i| (i.width(), i.height()))
+                .unwrap_or_default(),
         });
         st.queue.pop_front().unwrap_or(Scenario::Ok)
     };
@@ -319,6 +330,34 @@ fn edited(image: &[u8], jpeg: bool) -> (Vec<u8>, &'static str) {
         p.0[0] = p.0[0].saturating_add(40);
         p.0[2] = p.0[2].saturating_sub(20);
     }
+    encoded(&img, jpeg)
+}
+
+/// The edit, framed as Gemini frames an answer ([`Scenario::OkReframed`]).
+fn reframed(image: &[u8]) -> (Vec<u8>, &'static str) {
+    let (bytes, _) = edited(image, false);
+    let img = image::load_from_memory(&bytes)
+        .expect("encoded above")
+        .into_rgb8();
+    let (w, h) = img.dimensions();
+    let (cx, cy) = (w as f32 / 2.0, h as f32 / 2.0);
+    let (sin, cos) = 2f32.to_radians().sin_cos();
+    let side = w.min(h) as f32;
+    let k = side / 1024.0;
+    let square = image::RgbImage::from_fn(1024, 1024, |x, y| {
+        // Each answer pixel, in the edit's pixels: about the middle, turned, scaled.
+        let (u, v) = (
+            (x as f32 + 0.5) * k - side / 2.0,
+            (y as f32 + 0.5) * k - side / 2.0,
+        );
+        let sx = (cx + u * cos + v * sin).clamp(0.0, (w - 1) as f32);
+        let sy = (cy - u * sin + v * cos).clamp(0.0, (h - 1) as f32);
+        *img.get_pixel(sx as u32, sy as u32)
+    });
+    encoded(&square, false)
+}
+
+fn encoded(img: &image::RgbImage, jpeg: bool) -> (Vec<u8>, &'static str) {
     let mut out = std::io::Cursor::new(vec![]);
     let (fmt, mime) = if jpeg {
         (image::ImageFormat::Jpeg, "image/jpeg")
@@ -361,6 +400,8 @@ async fn answer(s: Scenario, model: &str, image: &[u8], key: &str) -> Response {
         ),
         Scenario::Ok
         | Scenario::OkJpeg
+        | Scenario::OkReframed
+        | Scenario::OkWithoutFace
         | Scenario::OkTextThenImage
         | Scenario::TextOnly
         | Scenario::NoImage
@@ -375,8 +416,15 @@ async fn answer(s: Scenario, model: &str, image: &[u8], key: &str) -> Response {
 /// HTTP 200 with candidates (an image, text, or neither).
 fn success(s: Scenario, model: &str, image: &[u8]) -> Response {
     match s {
-        Scenario::Ok | Scenario::OkJpeg => {
-            let (bytes, mime) = edited(image, s == Scenario::OkJpeg);
+        Scenario::Ok | Scenario::OkJpeg | Scenario::OkReframed | Scenario::OkWithoutFace => {
+            let (bytes, mime) = match s {
+                Scenario::OkReframed => reframed(image),
+                Scenario::OkWithoutFace => encoded(
+                    &image::RgbImage::from_pixel(1024, 1024, image::Rgb([128; 3])),
+                    false,
+                ),
+                _ => edited(image, s == Scenario::OkJpeg),
+            };
             ok_body(
                 model,
                 vec![json!({"inlineData": {"mimeType": mime, "data": B64.encode(bytes)}})],

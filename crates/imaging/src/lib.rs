@@ -20,6 +20,7 @@ pub mod face;
 mod geom;
 pub mod measure;
 pub mod procedures;
+pub mod register;
 pub mod render;
 pub mod warp;
 

@@ -10,6 +10,7 @@ use afterview_imaging::face::{self, Landmarks, Pt, Source, locate};
 use afterview_imaging::intake::{self, Limits, decode_png, encode_png, intake};
 use afterview_imaging::measure::{self, Change};
 use afterview_imaging::procedures::PROCEDURES;
+use afterview_imaging::register::{self, RegisterError, register};
 use afterview_imaging::{ImagingError, face_window, preview, render, simulate};
 use image::{Rgb, RgbImage};
 
@@ -986,4 +987,219 @@ fn a_face_too_small_for_a_visible_change_is_refused() {
     let e = locate(&canvas, None).unwrap_err();
     assert!(matches!(e, face::FaceError::TooSmall(_)), "{e}");
     assert_eq!(ImagingError::Face(e).code(), ErrorCode::NoFaceDetected);
+}
+
+/// An answer framed as a generative model may frame one: the edited photo turned a little,
+/// placed in the middle of a grey square and scaled to 1024 × 1024.
+fn reframed(img: &RgbImage, degrees: f32) -> RgbImage {
+    let r = rotated(img, degrees);
+    let (w, h) = r.dimensions();
+    let side = w.max(h);
+    let mut square = RgbImage::from_pixel(side, side, Rgb([128, 128, 128]));
+    image::imageops::replace(
+        &mut square,
+        &r,
+        i64::from((side - w) / 2),
+        i64::from((side - h) / 2),
+    );
+    image::imageops::resize(&square, 1024, 1024, image::imageops::FilterType::CatmullRom)
+}
+
+/// The mean difference (0-255, over the three channels) between two pictures where `mask`
+/// lets the blend take the answer.
+fn difference_in(a: &RgbImage, b: &RgbImage, mask: &[f32]) -> f32 {
+    let (mut sum, mut n) = (0u64, 0u64);
+    for (x, y, p) in a.enumerate_pixels() {
+        if mask[(y * a.width() + x) as usize] > 0.5 {
+            let q = b.get_pixel(x, y).0;
+            sum += (0..3)
+                .map(|c| u64::from(p.0[c].abs_diff(q[c])))
+                .sum::<u64>();
+            n += 3;
+        }
+    }
+    assert!(n > 0, "the mask covers something");
+    sum as f32 / n as f32
+}
+
+/// A generated picture at another size and framing is laid over the photo by the faces'
+/// landmarks: inside the treated region the blend takes the edit where the edit is, not a
+/// copy shifted by the reframing (which stretching the answer to the photo's size gave).
+#[test]
+fn generated_answers_are_laid_over_the_photo_by_the_face() {
+    for (name, procedure) in [
+        ("grace_hopper.jpg", "rhinoplasty"),
+        ("grace_hopper.jpg", "facelift"),
+        ("astronaut.png", "lip-augmentation"),
+    ] {
+        let photo = portrait(name);
+        let lm = locate(&photo, None).unwrap();
+        let edited = simulate(&photo, procedure, Intensity::Pronounced, &lm)
+            .unwrap()
+            .image;
+        let answer = reframed(&edited, 3.0);
+        let laid = register(&photo, &lm, &answer).unwrap();
+        assert_eq!(laid.image.dimensions(), photo.dimensions());
+        let mask = afterview_imaging::treatment_mask(&photo, procedure, Intensity::Pronounced, &lm)
+            .unwrap();
+        let (w, h) = photo.dimensions();
+        let stretched =
+            image::imageops::resize(&answer, w, h, image::imageops::FilterType::CatmullRom);
+        let (off_laid, off_stretched) = (
+            difference_in(&laid.image, &edited, &mask),
+            difference_in(&stretched, &edited, &mask),
+        );
+        eprintln!(
+            "{name} {procedure}: misfit {:.4}, laid {off_laid:.2}, stretched {off_stretched:.2}",
+            laid.misfit
+        );
+        assert!(
+            laid.misfit < register::MAX_MISFIT / 2.0,
+            "{name} {procedure}: the same face fits ({})",
+            laid.misfit
+        );
+        assert!(
+            off_laid < 6.0 && off_stretched > 4.0 * off_laid,
+            "{name} {procedure}: laid {off_laid}, stretched {off_stretched}"
+        );
+    }
+}
+
+/// An answer showing another person, or no face, is refused: blended, it would ghost.
+#[test]
+fn answers_with_another_face_or_none_are_refused() {
+    for (photo, other) in [
+        ("grace_hopper.jpg", "astronaut.png"),
+        ("astronaut.png", "grace_hopper.jpg"),
+    ] {
+        let photo = portrait(photo);
+        let lm = locate(&photo, None).unwrap();
+        match register(&photo, &lm, &reframed(&portrait(other), 0.0)) {
+            Err(RegisterError::Mismatch(m)) => {
+                eprintln!("{other} over the photo: misfit {m:.4}");
+                assert!(m > register::MAX_MISFIT);
+            }
+            r => panic!("{other}: {:?}", r.map(|r| r.misfit)),
+        }
+        let none = portrait("no_face_coffee.png");
+        assert_eq!(
+            register(&photo, &lm, &none).unwrap_err(),
+            RegisterError::NoFace
+        );
+    }
+}
+
+/// Phones append a video to a "motion photo" (Google's Motion Photo format, Samsung's,
+/// Xiaomi's `MVIMG`): one whole JPEG, then an MP4. The photo is read. A JPEG cut before its
+/// end is still refused, even when a segment before its scan (a thumbnail: a whole JPEG)
+/// holds an end marker near the cut.
+#[test]
+fn motion_photos_are_read_and_cut_jpegs_refused() {
+    let l = Limits::default();
+    let mut motion = jpeg(64, 48);
+    motion.extend_from_slice(b"\0\0\0\x18ftypmp42\0\0\0\0mp42isom");
+    motion.extend(std::iter::repeat_n(0x11u8, 8192));
+    let n = intake(&motion, &l).unwrap();
+    assert_eq!((n.width, n.height), (64, 48));
+
+    let (thumb, photo) = (jpeg(8, 8), jpeg(64, 48));
+    let mut with_thumb = photo[..2].to_vec();
+    with_thumb.extend_from_slice(&[0xFF, 0xFE]);
+    with_thumb.extend_from_slice(&(thumb.len() as u16 + 2).to_be_bytes());
+    with_thumb.extend_from_slice(&thumb);
+    with_thumb.extend_from_slice(&photo[2..]);
+    assert_eq!(intake(&with_thumb, &l).unwrap().width, 64);
+    let cut = &with_thumb[..with_thumb.len() - 200];
+    assert_eq!(
+        intake(cut, &l).unwrap_err().code(),
+        ErrorCode::CorruptImage,
+        "cut in its scan"
+    );
+    let cut = &with_thumb[..thumb.len() + 10];
+    assert_eq!(
+        intake(cut, &l).unwrap_err().code(),
+        ErrorCode::CorruptImage,
+        "cut after the thumbnail"
+    );
+    // ISO media files: the brand names what they are.
+    for (brand, named) in [(b"mp42", "video"), (b"heic", "heic"), (b"avif", "avif")] {
+        let mut f = b"\0\0\0\x18ftyp".to_vec();
+        f.extend_from_slice(brand);
+        f.extend_from_slice(&[0; 16]);
+        assert_eq!(
+            intake(&f, &l).unwrap_err().to_string(),
+            format!("unsupported image format ({named}): upload a JPEG, PNG or WebP photo")
+        );
+    }
+}
+
+/// sRGB from Display P3, computed here from the two colour spaces' definitions (both D65,
+/// both with sRGB's transfer curve).
+fn p3_to_srgb(p: [u8; 3]) -> [f64; 3] {
+    let lin = |v: f64| {
+        if v <= 0.04045 {
+            v / 12.92
+        } else {
+            ((v + 0.055) / 1.055).powf(2.4)
+        }
+    };
+    let enc = |v: f64| {
+        let v = v.clamp(0.0, 1.0);
+        255.0
+            * if v <= 0.003_130_8 {
+                v * 12.92
+            } else {
+                1.055 * v.powf(1.0 / 2.4) - 0.055
+            }
+    };
+    let [r, g, b] = p.map(|c| lin(f64::from(c) / 255.0));
+    [
+        enc(1.224_940 * r - 0.224_940 * g),
+        enc(-0.042_057 * r + 1.042_057 * g),
+        enc(-0.019_638 * r - 0.078_636 * g + 1.098_274 * b),
+    ]
+}
+
+/// A photo with a Display P3 profile (an iPhone's) is stored in sRGB: its values read as sRGB
+/// looked duller than on the phone. JPEG and PNG alike; a profile with sRGB's primaries leaves
+/// the pixels as they are.
+#[test]
+fn colour_profiles_are_converted_to_srgb() {
+    use image::ImageEncoder;
+    let l = Limits::default();
+    let p3 = moxcms::ColorProfile::new_display_p3().encode().unwrap();
+    let colours = [[200u8, 120, 100], [180, 60, 70], [90, 140, 200]];
+    let img = RgbImage::from_fn(48, 16, |x, _| Rgb(colours[(x / 16) as usize]));
+    let mut as_jpeg = vec![];
+    let mut enc = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut as_jpeg, 100);
+    enc.set_icc_profile(p3.clone()).unwrap();
+    enc.write_image(img.as_raw(), 48, 16, image::ExtendedColorType::Rgb8)
+        .unwrap();
+    let mut as_png = vec![];
+    let mut enc = image::codecs::png::PngEncoder::new(&mut as_png);
+    enc.set_icc_profile(p3).unwrap();
+    enc.write_image(img.as_raw(), 48, 16, image::ExtendedColorType::Rgb8)
+        .unwrap();
+    for (name, file, tolerance) in [("jpeg", as_jpeg, 4.0), ("png", as_png, 1.5)] {
+        let stored = decode_png(&intake(&file, &l).unwrap().png).unwrap();
+        for (i, c) in colours.iter().enumerate() {
+            let got = stored.get_pixel(i as u32 * 16 + 8, 8).0;
+            let want = p3_to_srgb(*c);
+            assert!(
+                (0..3).all(|k| (f64::from(got[k]) - want[k]).abs() <= tolerance),
+                "{name}: P3 {c:?} stored as {got:?}, sRGB is {want:.1?}"
+            );
+        }
+    }
+    let srgb = moxcms::ColorProfile::new_srgb().encode().unwrap();
+    let mut as_png = vec![];
+    let mut enc = image::codecs::png::PngEncoder::new(&mut as_png);
+    enc.set_icc_profile(srgb).unwrap();
+    enc.write_image(img.as_raw(), 48, 16, image::ExtendedColorType::Rgb8)
+        .unwrap();
+    assert_eq!(
+        decode_png(&intake(&as_png, &l).unwrap().png).unwrap(),
+        img,
+        "an sRGB profile changes nothing"
+    );
 }

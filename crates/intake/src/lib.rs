@@ -2,8 +2,9 @@
 //! preview engine.
 //!
 //! Accept JPEG, PNG and WebP by content, enforce the byte and pixel limits before
-//! decoding, apply the EXIF orientation, drop every piece of metadata, and store a normalized
-//! PNG (RGB, 8 bits, no text chunks, no EXIF).
+//! decoding, apply the EXIF orientation, convert to sRGB by the embedded colour profile, drop
+//! every piece of metadata, and store a normalized PNG (sRGB, RGB, 8 bits, no text chunks, no
+//! EXIF, no profile).
 //!
 //! Order matters for safety: size check, magic-byte sniff, header-only dimension read and pixel
 //! check, then the decode. A decompression bomb (a tiny file declaring a huge image) is refused
@@ -150,7 +151,14 @@ pub fn sniff(bytes: &[u8]) -> Result<SourceFormat, IntakeError> {
     } else if bytes.starts_with(b"II*\0") || bytes.starts_with(b"MM\0*") {
         Some("tiff")
     } else if bytes.len() >= 12 && &bytes[4..8] == b"ftyp" {
-        Some("heic/avif")
+        // ISO media files share the box; the brand tells a photo from a video.
+        match &bytes[8..12] {
+            b"heic" | b"heix" | b"heim" | b"heis" | b"hevc" | b"hevx" | b"mif1" | b"msf1" => {
+                Some("heic")
+            }
+            b"avif" | b"avis" => Some("avif"),
+            _ => Some("video"),
+        }
     } else if bytes.starts_with(b"%PDF") {
         Some("pdf")
     } else if bytes.iter().take(512).all(|b| b.is_ascii()) {
@@ -161,7 +169,7 @@ pub fn sniff(bytes: &[u8]) -> Result<SourceFormat, IntakeError> {
     Err(IntakeError::Unsupported { detected })
 }
 
-/// Checks, decodes, orients and normalizes an uploaded photo.
+/// Checks, decodes, orients, converts to sRGB and normalizes an uploaded photo.
 pub fn intake(bytes: &[u8], limits: &Limits) -> Result<Normalized, IntakeError> {
     let (img, source_format) = decode_upright(bytes, limits)?;
     let (width, height) = img.dimensions();
@@ -206,7 +214,9 @@ pub fn decode_upright(
         });
     }
     if format == SourceFormat::Png {
-        return decode_png_8bit(bytes).map(|img| (img, format));
+        let mut img = decode_png_8bit(bytes)?;
+        to_srgb(&mut img, png_profile(bytes).as_deref());
+        return Ok((img, format));
     }
     let mut reader = ImageReader::with_format(Cursor::new(bytes), format.image_format());
     let mut decode_limits = image::Limits::default();
@@ -222,10 +232,64 @@ pub fn decode_upright(
     let orientation = decoder
         .orientation()
         .unwrap_or(image::metadata::Orientation::NoTransforms);
+    let profile = decoder.icc_profile().ok().flatten();
     let mut img =
         DynamicImage::from_decoder(decoder).map_err(|e| IntakeError::Corrupt(e.to_string()))?;
     img.apply_orientation(orientation);
-    Ok((flatten(img), format))
+    let mut img = flatten(img);
+    to_srgb(&mut img, profile.as_deref());
+    Ok((img, format))
+}
+
+/// The largest colour profile read (real ones are a few hundred bytes to a few hundred KB).
+const MAX_PROFILE: usize = 1 << 20;
+
+/// A PNG's colour profile (`iCCP`), read by a decoder that may inflate at most
+/// [`MAX_PROFILE`] bytes: a profile that inflates further is ignored, never inflated whole.
+fn png_profile(bytes: &[u8]) -> Option<Vec<u8>> {
+    let mut decoder =
+        png::Decoder::new_with_limits(Cursor::new(bytes), png::Limits { bytes: MAX_PROFILE });
+    decoder.set_ignore_text_chunk(true);
+    let reader = decoder.read_info().ok()?;
+    reader.info().icc_profile.as_ref().map(|p| p.to_vec())
+}
+
+/// Converts pixels described by an embedded colour profile to sRGB, as which the stored photo
+/// (a PNG without a profile) and everything made from it is read: an iPhone's Display P3 or a
+/// camera's Adobe RGB photo would otherwise look duller than on the patient's phone. Profiles
+/// with sRGB's primaries are left alone (the pixels are already what they mean), and so are
+/// profiles that cannot be read or are not RGB (the pixels are then taken as sRGB, as a
+/// browser without colour management would).
+fn to_srgb(img: &mut RgbImage, profile: Option<&[u8]>) {
+    use moxcms::{ColorProfile, DataColorSpace, Layout, TransformOptions};
+    let Some(src) = profile.and_then(|p| ColorProfile::new_from_slice(p).ok()) else {
+        return;
+    };
+    let srgb = ColorProfile::new_srgb();
+    let close = |a: moxcms::Xyzd, b: moxcms::Xyzd| {
+        (a.x - b.x).abs() < 0.003 && (a.y - b.y).abs() < 0.003 && (a.z - b.z).abs() < 0.003
+    };
+    if src.color_space != DataColorSpace::Rgb
+        || (close(src.red_colorant, srgb.red_colorant)
+            && close(src.green_colorant, srgb.green_colorant)
+            && close(src.blue_colorant, srgb.blue_colorant))
+    {
+        return;
+    }
+    let Ok(t) =
+        src.create_transform_8bit(Layout::Rgb, &srgb, Layout::Rgb, TransformOptions::default())
+    else {
+        return;
+    };
+    // Row by row: no second full-size buffer.
+    let row = img.width() as usize * 3;
+    let mut out = vec![0u8; row];
+    for line in img.chunks_exact_mut(row) {
+        if t.transform(line, &mut out).is_err() {
+            return;
+        }
+        line.copy_from_slice(&out);
+    }
 }
 
 /// The declared size, read from the headers only. A PNG's are read by a decoder that skips
@@ -333,12 +397,64 @@ fn decode_png_8bit(bytes: &[u8]) -> Result<RgbImage, IntakeError> {
     Ok(img.into_rgb8())
 }
 
-/// Whether a JPEG has its end-of-image marker (`FF D9`) near the end. Entropy-coded data
-/// never contains `FF D9` (an `FF` there is always stuffed), so a file without it was cut short;
-/// some writers pad after the marker, hence the window.
+/// Whether a JPEG reaches its end-of-image marker (`FF D9`). The file is walked marker by
+/// marker: segments are skipped by their length (an EXIF thumbnail holds a whole JPEG, end
+/// marker included), and entropy-coded data never holds `FF D9` (an `FF` there is always
+/// followed by `00` or a restart marker). A file without it was cut short. What follows the
+/// marker is not looked at: phones append a video to a "motion photo" (Google's Motion Photo
+/// format, Samsung's, Xiaomi's `MVIMG`), and some writers pad.
 fn has_jpeg_end(bytes: &[u8]) -> bool {
-    let tail = &bytes[bytes.len().saturating_sub(4096)..];
-    tail.windows(2).any(|w| w == [0xFF, 0xD9])
+    let mut i = 2; // after SOI
+    loop {
+        // The next marker: FF (stray bytes before it skipped, as decoders do), any fill FFs,
+        // then its code.
+        let Some(at) = next_ff(bytes, i) else {
+            return false;
+        };
+        i = at;
+        while bytes.get(i + 1) == Some(&0xFF) {
+            i += 1;
+        }
+        let Some(&code) = bytes.get(i + 1) else {
+            return false;
+        };
+        i += 2;
+        match code {
+            0xD9 => return true,
+            0x01 | 0xD0..=0xD7 => continue, // no length
+            _ => {}
+        }
+        let Some(len) = bytes
+            .get(i..i + 2)
+            .map(|b| usize::from(b[0]) << 8 | usize::from(b[1]))
+        else {
+            return false;
+        };
+        if len < 2 {
+            return false;
+        }
+        i += len;
+        if code == 0xDA {
+            // A scan: entropy-coded data up to the next marker that is not a restart.
+            loop {
+                let Some(at) = next_ff(bytes, i) else {
+                    return false;
+                };
+                i = at;
+                match bytes.get(i + 1) {
+                    None => return false,
+                    Some(0x00 | 0xD0..=0xD7) => i += 2,
+                    Some(0xFF) => i += 1,
+                    Some(_) => break,
+                }
+            }
+        }
+    }
+}
+
+/// Where the next `FF` byte at or after `from` is.
+fn next_ff(bytes: &[u8], from: usize) -> Option<usize> {
+    Some(from + bytes.get(from..)?.iter().position(|&b| b == 0xFF)?)
 }
 
 /// RGB 8-bit; transparent pixels are composed over white.

@@ -145,12 +145,7 @@ async fn gemini_preview(
         .map_err(imaging)?;
     let p2 = photo.clone();
     let jpeg = ctx
-        .blocking(move |_| {
-            let mut out = std::io::Cursor::new(vec![]);
-            image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 92)
-                .encode_image(&*p2)
-                .map(|_| out.into_inner())
-        })
+        .blocking(move |_| gemini_input(&p2))
         .await?
         .map_err(|e| fail(ErrorCode::CorruptImage, e.to_string()))?;
     let generated = call_gemini(ctx, &client, &jpeg, &prompt).await?;
@@ -163,19 +158,46 @@ async fn gemini_preview(
                     format!("the generated picture is unreadable: {e}"),
                 )
             })?;
-        let (w, h) = photo.dimensions();
-        let gen_img = if gen_img.dimensions() == (w, h) {
-            gen_img
-        } else {
-            image::imageops::resize(&gen_img, w, h, image::imageops::FilterType::CatmullRom)
-        };
-        let mut img = afterview_imaging::blend(&photo, &gen_img, &mask);
+        // Gemini answers at its own size and framing: its face is laid over the photo's by
+        // their landmarks, or the answer is refused (another pose or face would ghost).
+        let laid = afterview_imaging::register::register(&photo, &lm, &gen_img)
+            .map_err(|e| fail(ErrorCode::GeminiBadResponse, e.to_string()))?;
+        let mut img = afterview_imaging::blend(&photo, &laid.image, &mask);
         if let Some(l) = &label {
             render::label(&mut img, l);
         }
         Ok::<_, TaskError>(img)
     })
     .await?
+}
+
+/// The longest side of the picture Gemini is sent. Gemini answers about 1024 pixels whatever
+/// it gets; a 12-megapixel phone photo would make a request of several megabytes (the API's
+/// inline limit is about 20 MB) for no better answer.
+pub(crate) const GEMINI_INPUT_MAX_SIDE: u32 = 1536;
+
+/// The photo as Gemini gets it: a JPEG at most [`GEMINI_INPUT_MAX_SIDE`] pixels on its longest
+/// side (the answer is laid back over the full-size photo by its landmarks).
+fn gemini_input(photo: &RgbImage) -> image::ImageResult<Vec<u8>> {
+    let (w, h) = photo.dimensions();
+    let long = w.max(h);
+    let small;
+    let sent = if long > GEMINI_INPUT_MAX_SIDE {
+        let k = f64::from(GEMINI_INPUT_MAX_SIDE) / f64::from(long);
+        let size = |v: u32| ((f64::from(v) * k).round() as u32).max(1);
+        small = image::imageops::resize(
+            photo,
+            size(w),
+            size(h),
+            image::imageops::FilterType::Triangle,
+        );
+        &small
+    } else {
+        photo
+    };
+    let mut out = std::io::Cursor::new(vec![]);
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 92).encode_image(sent)?;
+    Ok(out.into_inner())
 }
 
 /// Asks Gemini for the edit. The call and its retries end before the task's time limit, with

@@ -389,6 +389,67 @@ async fn gemini_previews_are_blended_back_only_inside_the_treated_region() {
     );
 }
 
+/// Where the Gemini blend took the answer (its tint raised red by 40), how far the green
+/// channel, which the tint leaves alone, is from the photo's: small when the answer's face lies
+/// where the photo's is.
+fn misplaced(after: &image::RgbImage, original: &image::RgbImage) -> (usize, f64) {
+    let greens: Vec<f64> = after
+        .enumerate_pixels()
+        .filter(|(x, y, p)| p.0[0] >= original.get_pixel(*x, *y).0[0].saturating_add(30))
+        .map(|(x, y, p)| f64::from(p.0[1].abs_diff(original.get_pixel(x, y).0[1])))
+        .collect();
+    let n = greens.len();
+    (n, greens.iter().sum::<f64>() / n.max(1) as f64)
+}
+
+/// Gemini answers at its own size and framing (1024 × 1024 for a 512 × 600 photo, here also
+/// turned by 2°): its face is laid over the photo's by their landmarks, so the edited nose
+/// is blended where the nose is (stretched to the photo's size, it landed beside it and the
+/// preview showed both). An answer showing no face is refused. A large photo is sent at most
+/// 1536 pixels long.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gemini_answers_are_laid_over_the_photo_by_the_face() {
+    let (h, mock) = gemini_harness(vec![
+        Scenario::OkReframed,
+        Scenario::OkWithoutFace,
+        Scenario::Ok,
+    ])
+    .await;
+    let bytes = std::fs::read(format!("{PORTRAITS}/grace_hopper.jpg")).unwrap();
+    let original = decode_png(&intake(&bytes, &Limits::default()).unwrap().png).unwrap();
+    let image_id = h.upload("alice", "grace_hopper.jpg").await;
+    let kwargs = json!({"image_id": image_id, "procedure_id": "rhinoplasty", "user_id": "alice"});
+    let (m, _) = h.run(GENERATE_VISUALIZATION, kwargs.clone()).await;
+    assert_eq!(m.status, TaskState::Success, "{m:?}");
+    let after = h
+        .picture(m.result["after_image_url"].as_str().unwrap())
+        .await;
+    assert_eq!(after.dimensions(), original.dimensions());
+    let (n, off) = misplaced(&after, &original);
+    assert!(n > 500, "the answer shows around the nose ({n} pixels)");
+    assert!(
+        off < 3.0,
+        "the answer's nose lies on the photo's: {off:.2} apart"
+    );
+    assert_eq!(mock.requests()[0].image_size, (512, 600));
+
+    let (m, _) = h.run(GENERATE_VISUALIZATION, kwargs).await;
+    assert_eq!(code(&m), "gemini_bad_response", "{m:?}");
+
+    let big = image::imageops::resize(&original, 2048, 2400, image::imageops::FilterType::Triangle);
+    let mut png = std::io::Cursor::new(vec![]);
+    big.write_to(&mut png, image::ImageFormat::Png).unwrap();
+    let big_id = h.upload_bytes("alice", png.get_ref()).await;
+    let (m, _) = h
+        .run(
+            GENERATE_VISUALIZATION,
+            json!({"image_id": big_id, "procedure_id": "rhinoplasty", "user_id": "alice"}),
+        )
+        .await;
+    assert_eq!(m.status, TaskState::Success, "{m:?}");
+    assert_eq!(mock.requests()[2].image_size, (1311, 1536));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gemini_failures_have_their_codes() {
     for (scenario, want) in [

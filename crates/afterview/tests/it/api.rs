@@ -28,8 +28,15 @@ pub(crate) struct Server {
 
 impl Server {
     pub(crate) fn start(extra_env: &[(&str, &str)], args: &[&str]) -> Self {
-        let env = Env::new();
-        let log = env.dir.path().join("serve.log");
+        Self::start_in(Env::new(), extra_env, args)
+    }
+
+    /// In `env`'s data dir (a server started again on the data another one left).
+    pub(crate) fn start_in(env: Env, extra_env: &[(&str, &str)], args: &[&str]) -> Self {
+        let log = env
+            .dir
+            .path()
+            .join(format!("serve-{}.log", crate::unique()));
         let mut cmd = env.cmd(&["serve", "--bind", "127.0.0.1:0", "-c", "4"]);
         cmd.args(args);
         cmd.env("AFTERVIEW_LOG", "info")
@@ -1280,4 +1287,54 @@ async fn a_failing_key_server_backs_off_and_sockets_close_when_the_token_expires
     .await
     .expect("closed within 10 s");
     assert_eq!(closed, Some(1008));
+}
+
+/// A WebSocket to a finished task whose result the broker no longer has (the memory broker,
+/// restarted) but whose output is stored gets the end at once: `complete` with the stored
+/// result, then a normal close (it said PENDING and waited for an hour). At shutdown every
+/// WebSocket closes with 1001, going away, so its client reconnects elsewhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websockets_end_on_stored_outputs_and_close_going_away_at_shutdown() {
+    let tokens = format!("{ALICE}=alice,{BOB}=bob");
+    let vars = [("AFTERVIEW_AUTH_TOKENS", tokens.as_str())];
+    let mut a = Server::start(&vars, &["--broker", "memory://"]);
+    let uri = "/api/exports/cost-infographic?async_processing=true";
+    let infographic = json!({"procedure_ids": ["rhinoplasty"]});
+    let (status, sent) = body(a.post(ALICE, uri, infographic.clone()).await).await;
+    assert_eq!(status, 202, "{sent}");
+    let task = sent["task_id"].as_str().unwrap().to_owned();
+    let frames = a.ws(ALICE, &task).await;
+    let done = frames.last().unwrap().clone();
+    assert_eq!(done["type"], "complete", "{frames:?}");
+    a.proc.signal(libc::SIGTERM);
+    assert_eq!(a.proc.wait_exit(Duration::from_secs(15)), Some(0));
+
+    let Server { env, .. } = a;
+    let b = Server::start_in(env, &vars, &["--broker", "memory://", "--no-worker"]);
+    let frames = tokio::time::timeout(Duration::from_secs(10), b.ws(ALICE, &task))
+        .await
+        .expect("the end at once");
+    assert_eq!(frames.len(), 1, "{frames:?}");
+    assert_eq!(frames[0]["type"], "complete");
+    assert_eq!(frames[0]["data"]["result"], done["data"]["result"]);
+
+    // No worker: this task waits. Its follower is told the server is going away.
+    let (_, sent) = body(b.post(ALICE, uri, infographic).await).await;
+    let waiting = sent["task_id"].as_str().unwrap().to_owned();
+    let url = b.ws_url(&format!("/api/ws/tasks/{waiting}?token={ALICE}"));
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    let first = ws.next().await.unwrap().unwrap();
+    assert!(first.to_text().unwrap().contains("PENDING"), "{first:?}");
+    b.proc.signal(libc::SIGTERM);
+    let close = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(m) = ws.next().await {
+            if let Ok(Message::Close(c)) = m {
+                return c.map(|c| u16::from(c.code));
+            }
+        }
+        None
+    })
+    .await
+    .expect("closed at the shutdown");
+    assert_eq!(close, Some(1001));
 }

@@ -346,3 +346,46 @@ fn help_shows_no_secrets_from_the_file_or_the_environment() {
         assert!(!help.contains("pw-in-env"), "{cmd} --help: {help}");
     }
 }
+
+/// A secret given both in a variable and as a file is refused, naming both: neither may win
+/// silently (a token rotated through the variable stayed valid in the file, and the new one
+/// was refused). The secrets are never printed.
+#[test]
+fn a_secret_given_both_as_a_variable_and_a_file_is_refused() {
+    let env = Env::new();
+    std::fs::create_dir_all(env.data()).unwrap();
+    let tokens = env.data().join("tokens");
+    std::fs::write(&tokens, "old-token-0123456789=alice\n").unwrap();
+    let key = env.data().join("gemini-key");
+    std::fs::write(&key, "old-gemini-key\n").unwrap();
+    for (flag, file, var, value) in [
+        (
+            "--auth-tokens-file",
+            &tokens,
+            "AFTERVIEW_AUTH_TOKENS",
+            "new-token-0123456789=alice",
+        ),
+        (
+            "--gemini-api-key-file",
+            &key,
+            "AFTERVIEW_GEMINI_API_KEY",
+            "new-gemini-key",
+        ),
+    ] {
+        let out = env
+            .cmd(&[
+                "serve",
+                "--bind",
+                "127.0.0.1:0",
+                flag,
+                file.to_str().unwrap(),
+            ])
+            .env(var, value)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{flag}: {err}");
+        assert!(err.contains(var) && err.contains("keep one"), "{err}");
+        assert!(!err.contains("new-") && !err.contains("old-"), "{err}");
+    }
+}

@@ -198,3 +198,9 @@ pub(crate) fn first_line(child: &mut Child) -> String {
 pub(crate) fn exists(p: &Path) -> bool {
     p.exists()
 }
+
+/// A number no other call in this process returns (for file names).
+pub(crate) fn unique() -> usize {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+}

@@ -35,8 +35,11 @@ fn get(addr: &str, path: &str) -> (u16, String) {
 fn serve_answers_health_runs_tasks_and_stops_on_sigterm() {
     let env = Env::new();
     let log = env.dir.path().join("serve.log");
+    let ready = env.dir.path().join("ready");
     let mut child = env
         .cmd(&["serve", "--bind", "127.0.0.1:0", "-c", "2"])
+        .arg("--ready-file")
+        .arg(&ready)
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
@@ -50,6 +53,11 @@ fn serve_answers_health_runs_tasks_and_stops_on_sigterm() {
     assert_eq!(get(&addr, "/healthz"), (200, "{\"status\":\"ok\"}".into()));
     assert_eq!(get(&addr, "/readyz").0, 200);
     p.wait_log("Worker started", Duration::from_secs(10));
+    assert_eq!(
+        std::fs::read_to_string(&ready).unwrap(),
+        p.pid().to_string(),
+        "--ready-file holds serve's pid"
+    );
     let out = env.ok(&[
         "call",
         "afterview.noop",
@@ -64,6 +72,35 @@ fn serve_answers_health_runs_tasks_and_stops_on_sigterm() {
         crate::exists(&env.data().join("afterview.db")),
         "the embedded store lives in the data dir"
     );
+    // A request still open at the shutdown does not keep the port: new connections are
+    // refused at once, not queued unanswered while the open one finishes.
+    let token = std::fs::read_to_string(env.data().join("dev-token")).unwrap();
+    let mut open = TcpStream::connect(&addr).unwrap();
+    write!(
+        open,
+        "POST /api/images HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: multipart/form-data; boundary=b\r\nContent-Length: 1000000\r\n\r\n\
+         --b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.png\"\r\n\r\npartial",
+        token.trim()
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
     p.signal(libc::SIGTERM);
-    assert_eq!(p.wait_exit(Duration::from_secs(15)), Some(0));
+    let t0 = std::time::Instant::now();
+    loop {
+        match TcpStream::connect(&addr) {
+            Err(_) => break,
+            Ok(_) => {
+                assert!(
+                    t0.elapsed() < Duration::from_secs(3),
+                    "the listener is closed once the shutdown begins"
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+    // A second signal does not wait for the open request.
+    p.signal(libc::SIGTERM);
+    assert_eq!(p.wait_exit(Duration::from_secs(5)), Some(0));
+    drop(open);
 }

@@ -14,7 +14,7 @@ use serde_json::Value;
 
 use super::visualizations::{known_procedure, owned_viz};
 use super::{
-    AsyncQuery, DownloadQuery, ListQuery, Post, delete_blobs, kwargs, post_task, stored_file,
+    AsyncQuery, DownloadQuery, ListQuery, Post, delete_with_files, kwargs, post_task, stored_file,
     task_args,
 };
 use crate::error::ApiError;
@@ -149,11 +149,13 @@ pub(crate) async fn delete_export(
     user: User,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let key = st
-        .meta
-        .delete_export(&user.0, &id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("export"))?;
-    delete_blobs(&st, &user, vec![key]).await;
+    let found = delete_with_files(&st, &user, |st, user| async move {
+        let key = st.meta.delete_export(&user.0, &id).await?;
+        Ok(key.map(|k| vec![k]))
+    })
+    .await?;
+    if !found {
+        return Err(ApiError::not_found("export"));
+    }
     Ok(StatusCode::NO_CONTENT.into_response())
 }

@@ -15,7 +15,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::{Value, json};
 
-use super::{DownloadQuery, ListQuery, delete_blobs, png_response, stored_file};
+use super::{DownloadQuery, ListQuery, delete_with_files, png_response, stored_file};
 use crate::error::ApiError;
 use crate::idempotency;
 use crate::submit::submit;
@@ -268,13 +268,18 @@ pub(crate) async fn delete_image(
             tracing::warn!(task_id = %task, error = %e, "Could not revoke a task of a deleted photo.");
         }
     }
-    let d = st.meta.delete_image(&user.0, &id).await?.ok_or_else(|| {
-        ApiError::new(
+    let target = id.clone();
+    let found = delete_with_files(&st, &user, |st, user| async move {
+        let d = st.meta.delete_image(&user.0, &target).await?;
+        Ok(d.map(|d| d.blob_keys))
+    })
+    .await?;
+    if !found {
+        return Err(ApiError::new(
             StatusCode::NOT_FOUND,
             ErrorCode::ImageNotFound.as_str(),
             format!("image {id} not found"),
-        )
-    })?;
-    delete_blobs(&st, &user, d.blob_keys).await;
+        ));
+    }
     Ok(StatusCode::NO_CONTENT.into_response())
 }

@@ -297,12 +297,38 @@ async fn stored_file(
 /// a task.
 const DELETE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// Deletes records (`delete` answers their files' keys, or `None` when there is no such
+/// record) and then their files, in a job of its own: a client that hangs up once the records
+/// are gone (a closed tab, a proxy's timeout) must not leave their files behind with nothing
+/// left to name them. Whether there was a record.
+pub(super) async fn delete_with_files<F, Fut>(
+    st: &AppState,
+    user: &User,
+    delete: F,
+) -> Result<bool, ApiError>
+where
+    F: FnOnce(AppState, User) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<Option<Vec<String>>, afterview_store::StoreError>>
+        + Send,
+{
+    let (st, user) = (st.clone(), user.clone());
+    let job = tokio::spawn(async move {
+        let Some(keys) = delete(st.clone(), user.clone()).await? else {
+            return Ok(false);
+        };
+        delete_blobs(&st, &user, keys).await;
+        Ok(true)
+    });
+    job.await
+        .map_err(|e| ApiError::unavailable(format!("the delete stopped: {e}")))?
+}
+
 /// Removes the files of deleted records. Tried at once; what the blob store does not confirm
 /// within [`DELETE_WAIT`] (S3 down, say) goes to an `afterview.delete_files` task, which the
 /// broker keeps and a worker retries for about a day: face photos must not linger in the
 /// bucket, whatever happens to this process. Only when the task cannot be sent either is the
 /// deletion retried here, in memory.
-pub(super) async fn delete_blobs(st: &AppState, user: &User, keys: Vec<String>) {
+async fn delete_blobs(st: &AppState, user: &User, keys: Vec<String>) {
     let attempt = async {
         let mut left = vec![];
         for key in &keys {

@@ -223,7 +223,9 @@ impl Drop for SocketSlot {
 
 /// `WS /api/ws/tasks/{id}`: the current state at once, then every change, then a normal close.
 /// At most [`MAX_SOCKETS_PER_USER`] per user (429 `too_many_sockets`); closed (1008) when the
-/// token expires and (1001) after [`MAX_SOCKET_LIFETIME`]; client messages over
+/// token expires and (1001) after [`MAX_SOCKET_LIFETIME`] or when the server begins to shut down; a
+/// finished task whose result the backend lost but whose output is stored gets `complete` at
+/// once; client messages over
 /// [`MAX_CLIENT_MESSAGE`] end the connection.
 pub(crate) async fn task_ws(
     State(st): State<AppState>,
@@ -232,6 +234,10 @@ pub(crate) async fn task_ws(
     ws: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
     owned_task(&st, &session.user, &id).await?;
+    // A task whose result the backend no longer has, but whose output is stored, is finished:
+    // its followers get the end at once, not PENDING until the socket's lifetime runs out.
+    let now = crate::outcome::task_meta(&st, &session.user.0, &id).await?;
+    let finished = now.status.is_terminal().then_some(now);
     let slot = SocketSlot::take(&st, &session.user.0).ok_or_else(|| {
         ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
@@ -252,7 +258,7 @@ pub(crate) async fn task_ws(
         .write_buffer_size(WS_WRITE_COALESCE)
         .max_write_buffer_size(WS_MAX_BACKLOG)
         .on_upgrade(move |socket| async move {
-            follow(st, id, socket, until).await;
+            follow(st, id, socket, until, finished).await;
             drop(slot);
         }))
 }
@@ -293,7 +299,24 @@ fn frame(m: &ResultMeta) -> String {
     json!({"type": kind, "data": status_view(m)}).to_string()
 }
 
-async fn follow(st: AppState, id: String, mut socket: WebSocket, expires_at: Option<i64>) {
+async fn follow(
+    st: AppState,
+    id: String,
+    mut socket: WebSocket,
+    expires_at: Option<i64>,
+    finished: Option<ResultMeta>,
+) {
+    if let Some(m) = finished {
+        if socket.feed(Message::Text(frame(&m).into())).await.is_ok() {
+            let _ = socket
+                .send(Message::Close(Some(CloseFrame {
+                    code: 1000,
+                    reason: "task finished".into(),
+                })))
+                .await;
+        }
+        return;
+    }
     let mut watch = st.client.watch(&id);
     let now = chrono::Utc::now().timestamp();
     let expiry = expires_at.map_or(MAX_SOCKET_LIFETIME, |e| {
@@ -304,6 +327,11 @@ async fn follow(st: AppState, id: String, mut socket: WebSocket, expires_at: Opt
     tokio::pin!(deadline);
     loop {
         tokio::select! {
+            () = st.closing.cancelled() => {
+                let reason = "server shutting down; reconnect";
+                let _ = socket.send(Message::Close(Some(CloseFrame { code: 1001, reason: reason.into() }))).await;
+                return;
+            }
             () = &mut deadline => {
                 let (code, reason) = if token_bound {
                     (1008, "token expired")

@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 
 use super::images::owned_image;
 use super::{
-    AsyncQuery, DownloadQuery, ListQuery, Post, delete_blobs, kwargs, png_response, post_task,
+    AsyncQuery, DownloadQuery, ListQuery, Post, delete_with_files, kwargs, png_response, post_task,
     stored_file, task_args,
 };
 use crate::error::ApiError;
@@ -161,17 +161,18 @@ pub(crate) async fn delete_visualization(
     user: User,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let key = st
-        .meta
-        .delete_visualization(&user.0, &id)
-        .await?
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::NOT_FOUND,
-                ErrorCode::VisualizationNotFound.as_str(),
-                format!("visualization {id} not found"),
-            )
-        })?;
-    delete_blobs(&st, &user, vec![key]).await;
+    let target = id.clone();
+    let found = delete_with_files(&st, &user, |st, user| async move {
+        let key = st.meta.delete_visualization(&user.0, &target).await?;
+        Ok(key.map(|k| vec![k]))
+    })
+    .await?;
+    if !found {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            ErrorCode::VisualizationNotFound.as_str(),
+            format!("visualization {id} not found"),
+        ));
+    }
     Ok(StatusCode::NO_CONTENT.into_response())
 }

@@ -148,6 +148,9 @@ impl Broker for Gated {
     async fn heartbeat(&self, report: &WorkerReport) -> Result<(), BackendError> {
         self.inner.heartbeat(report).await
     }
+    async fn stop_taking(&self, node: &str) -> Result<(), BackendError> {
+        self.inner.stop_taking(node).await
+    }
     async fn worker_gone(&self, node: &str) -> Result<(), BackendError> {
         self.inner.worker_gone(node).await
     }

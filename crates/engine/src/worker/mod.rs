@@ -259,6 +259,13 @@ impl Worker {
 
         let mut runs = JoinSet::new();
         loops::fetch_loop(&s, &shutdown, &mut runs).await;
+        // Off the idle lists first: a message published during the drain goes to a live
+        // worker (bounded: a broker that does not answer leaves it to the lease).
+        match tokio::time::timeout(STOP_TAKING, s.broker.stop_taking(&s.cfg.node)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => warn!(error = %e, "Could not leave the idle workers' lists."),
+            Err(_) => warn!("The broker did not answer when leaving the idle workers' lists."),
+        }
         s.draining.cancel();
         drain(&s, &shutdown, &mut runs).await;
         bg.cancel();
@@ -270,6 +277,9 @@ impl Worker {
         Ok(())
     }
 }
+
+/// How long a stopping worker waits for the broker to take it off the idle lists.
+const STOP_TAKING: Duration = Duration::from_secs(2);
 
 /// Lets running tasks finish within the grace period, then gives the rest back. Messages not
 /// started yet are given back at once (they no longer wait for a slot: `draining`), as a

@@ -184,7 +184,7 @@ pub struct ServeArgs {
     #[arg(long, env = "AFTERVIEW_FIREBASE_JWKS_URL", value_name = "URL")]
     pub firebase_jwks_url: Option<String>,
     /// An OIDC issuer whose tokens are accepted (with --oidc-audience and --oidc-jwks-url).
-    #[arg(long, env = "AFTERVIEW_OIDC_ISSUER", value_name = "URL", requires_all = ["oidc_audience", "oidc_jwks_url"])]
+    #[arg(long, env = "AFTERVIEW_OIDC_ISSUER", value_name = "URL")]
     pub oidc_issuer: Option<String>,
     /// The audience OIDC tokens must carry.
     #[arg(long, env = "AFTERVIEW_OIDC_AUDIENCE", value_name = "AUD")]

@@ -319,9 +319,28 @@ fn build_auth(
         auth.verifiers
             .push(JwtVerifier::firebase(p, a.firebase_jwks_url.as_deref()));
     }
-    if let (Some(iss), Some(aud), Some(jwks)) = (&a.oidc_issuer, &a.oidc_audience, &a.oidc_jwks_url)
-    {
-        auth.verifiers.push(JwtVerifier::oidc(iss, aud, jwks));
+    // All three or none, wherever each comes from (clap's own `requires` does not see values
+    // from the config file, which are its defaults: a partial setting was skipped silently
+    // there, and serve fell back to a dev token).
+    match (&a.oidc_issuer, &a.oidc_audience, &a.oidc_jwks_url) {
+        (Some(iss), Some(aud), Some(jwks)) => {
+            auth.verifiers.push(JwtVerifier::oidc(iss, aud, jwks));
+        }
+        (None, None, None) => {}
+        (iss, aud, jwks) => {
+            let missing: Vec<&str> = [
+                ("--oidc-issuer (AFTERVIEW_OIDC_ISSUER)", iss.is_none()),
+                ("--oidc-audience (AFTERVIEW_OIDC_AUDIENCE)", aud.is_none()),
+                ("--oidc-jwks-url (AFTERVIEW_OIDC_JWKS_URL)", jwks.is_none()),
+            ]
+            .into_iter()
+            .filter_map(|(name, gone)| gone.then_some(name))
+            .collect();
+            usage!(
+                "OIDC needs an issuer, an audience and a JWKS URL: missing {}",
+                missing.join(", ")
+            );
+        }
     }
     if !auth.is_empty() {
         return Ok((auth, None));

@@ -53,6 +53,9 @@ pub(crate) enum Sending {
     Published(String),
     /// Recording or publishing failed: nothing runs (the record, if any, was revoked).
     Failed,
+    /// Work without a task (an upload) finished, detached from its request: its answer, kept
+    /// for a retry even when the request was dropped meanwhile.
+    Done(StatusCode, Value),
 }
 
 impl Default for Sent {
@@ -67,13 +70,15 @@ impl Sent {
         self.0.send_replace(s);
     }
 
-    /// The published task, once the sending has ended (`None`: nothing was sent).
-    async fn settled(&self) -> Option<String> {
+    /// The answer a key keeps once the work has ended: a published task's [`accepted`], or
+    /// the answer of detached work that finished (`None`: nothing was done).
+    async fn settled(&self) -> Option<(StatusCode, Value)> {
         let mut rx = self.0.subscribe();
         loop {
             match &*rx.borrow_and_update() {
                 Sending::Not | Sending::Failed => return None,
-                Sending::Published(id) => return Some(id.clone()),
+                Sending::Published(id) => return Some((StatusCode::ACCEPTED, accepted(id))),
+                Sending::Done(status, body) => return Some((*status, body.clone())),
                 Sending::Underway => {}
             }
             if rx.changed().await.is_err() {
@@ -237,11 +242,7 @@ where
     claim.open = false;
     let keep = match &out {
         Ok((status, body)) if status.is_success() => Some((*status, body.clone())),
-        _ => claim
-            .sent
-            .settled()
-            .await
-            .map(|id| (StatusCode::ACCEPTED, accepted(&id))),
+        _ => claim.sent.settled().await,
     };
     match keep {
         Some((status, body)) => claim.keep(status, body).await,
@@ -311,7 +312,7 @@ impl Drop for Claim {
             };
             tokio::spawn(async move {
                 match claim.sent.settled().await {
-                    Some(id) => claim.keep(StatusCode::ACCEPTED, accepted(&id)).await,
+                    Some((status, body)) => claim.keep(status, body).await,
                     None => claim.release().await,
                 }
             });

@@ -354,7 +354,9 @@ pub fn document() -> Value {
         for (name, desc) in op.query {
             params.push(json!({"name": name, "in": "query", "required": false, "description": desc, "schema": {"type": "string"}}));
         }
-        if op.method == "POST" {
+        // Every POST that makes something; cancel and revoke are idempotent by themselves
+        // (a second one answers what the task became) and take no key.
+        if op.method == "POST" && !op.path.ends_with("/cancel") && !op.path.ends_with("/revoke") {
             params.push(json!({"name": "Idempotency-Key", "in": "header", "required": false, "description": "a retried request with the same key gets the first answer", "schema": {"type": "string"}}));
         }
         o["parameters"] = json!(params);

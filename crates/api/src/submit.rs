@@ -11,30 +11,35 @@ use crate::error::ApiError;
 use crate::idempotency::{Sending, Sent, accepted};
 use crate::{AppState, User};
 
-/// 429 when the user already has `active_tasks` tasks waiting or running (their most recent
-/// tasks, read back from the result store). A result the backend no longer has reads as
-/// PENDING: past the results' lifetime that is an expired result (the task finished long ago),
-/// not a task still waiting, and it does not count — else a user whose finished tasks' results
-/// expired could never send another. Call it holding the user's [`submit_lock`].
+/// 429 when the user already has `active_tasks` tasks waiting or running: their tasks not yet
+/// seen finished (sent within the results' lifetime), read back from the result store. Tasks
+/// found in a final state are marked finished in the metadata store and never read again, so
+/// a burst of cancelled or finished tasks cannot push older waiting ones out of view (sending
+/// and cancelling fillers got around the limit). Tasks older than the results' lifetime do not
+/// count: a result the backend no longer has reads as PENDING, and past that lifetime it is an
+/// expired result, not a task still waiting. Call it holding the user's [`submit_lock`].
 async fn check_active_tasks(st: &AppState, user: &User) -> Result<(), ApiError> {
     let cap = st.user_limits.active_tasks;
     if cap == 0 {
         return Ok(()); // unlimited
     }
-    let recent = st
-        .meta
-        .list_tasks(&user.0, (cap * 2 + 10).min(1000) as u32)
-        .await?;
     let horizon = chrono::Utc::now()
         - chrono::Duration::from_std(st.result_expires).unwrap_or(chrono::Duration::days(1));
-    let mut active = 0;
-    for t in &recent {
-        let m = crate::outcome::task_meta(st, &user.0, &t.id).await?;
-        let counts = match m.status {
-            TaskState::Pending => t.created_at > horizon,
-            ref s => !s.is_terminal(),
-        };
-        if counts {
+    let page = (cap * 2 + 10).min(1000);
+    // A page whose finished tasks were marked may hide open ones behind it: read again (the
+    // marked ones are gone from the list), a few times at most.
+    for _ in 0..8 {
+        let open = st
+            .meta
+            .list_open_tasks(&user.0, horizon, page as u32)
+            .await?;
+        let (mut active, mut finished) = (0, vec![]);
+        for t in &open {
+            let m = crate::outcome::task_meta(st, &user.0, &t.id).await?;
+            if m.status.is_terminal() {
+                finished.push(t.id.clone());
+                continue;
+            }
             active += 1;
             if active >= cap {
                 return Err(ApiError::new(
@@ -45,6 +50,10 @@ async fn check_active_tasks(st: &AppState, user: &User) -> Result<(), ApiError> 
                     ),
                 ));
             }
+        }
+        st.meta.mark_tasks_finished(&user.0, &finished).await?;
+        if open.len() < page || finished.is_empty() {
+            break;
         }
     }
     Ok(())
@@ -58,14 +67,15 @@ const SUBMIT_LOCK_TTL: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// One user's turn to submit on this host: held from before the store's lock is asked for
 /// until the task is recorded, so a burst from one user waits here, not in a polling loop.
-struct LocalTurn {
+/// Uploads take it too, from their quota's check to their record.
+pub(crate) struct LocalTurn {
     st: AppState,
     user: String,
     guard: Option<tokio::sync::OwnedMutexGuard<()>>,
 }
 
 impl LocalTurn {
-    async fn take(st: &AppState, user: &User) -> LocalTurn {
+    pub(crate) async fn take(st: &AppState, user: &User) -> LocalTurn {
         let lock = st
             .submit_locks
             .lock()

@@ -30,17 +30,21 @@ struct App {
 struct FlakyBlobs {
     inner: ObjectBlobStore,
     down: std::sync::atomic::AtomicBool,
+    /// Writes and deletes wait while a test holds this for writing (a slow bucket).
+    gate: tokio::sync::RwLock<()>,
 }
 
 #[async_trait::async_trait]
 impl afterview_store::BlobStore for FlakyBlobs {
     async fn put(&self, key: &str, bytes: bytes::Bytes) -> Result<(), afterview_store::StoreError> {
+        let _open = self.gate.read().await;
         self.inner.put(key, bytes).await
     }
     async fn get(&self, key: &str) -> Result<Option<bytes::Bytes>, afterview_store::StoreError> {
         self.inner.get(key).await
     }
     async fn delete(&self, key: &str) -> Result<(), afterview_store::StoreError> {
+        let _open = self.gate.read().await;
         if self.down.load(std::sync::atomic::Ordering::SeqCst) {
             return Err(afterview_store::StoreError::Unavailable(
                 "the bucket is down".into(),
@@ -72,6 +76,7 @@ fn app_with(adjust: impl FnOnce(&mut Inner)) -> App {
     let blobs = Arc::new(FlakyBlobs {
         inner: ObjectBlobStore::memory(),
         down: Default::default(),
+        gate: Default::default(),
     });
     let mut inner = Inner::new(
         Client::new(backend.clone(), backend.clone()),
@@ -337,16 +342,32 @@ async fn alice_status(app: &App, id: &str) -> (StatusCode, Value) {
 }
 
 /// Sends `n` asynchronous infographic requests at once as alice; their statuses.
+/// One asynchronous infographic as alice: the cheapest task to send.
+async fn send_async(app: &App) -> (StatusCode, Value) {
+    call(
+        app,
+        "POST",
+        "/api/exports/cost-infographic?async_processing=true",
+        "alice-token-0123456789",
+        json!({"procedure_ids": ["rhinoplasty"]}),
+    )
+    .await
+}
+
+/// Alice cancels task `id`.
+async fn cancel(app: &App, id: &str) -> (StatusCode, Value) {
+    call(
+        app,
+        "POST",
+        &format!("/api/tasks/{id}/cancel"),
+        "alice-token-0123456789",
+        Value::Null,
+    )
+    .await
+}
+
 async fn burst(app: &App, n: usize) -> Vec<StatusCode> {
-    let calls = (0..n).map(|_| {
-        call(
-            app,
-            "POST",
-            "/api/exports/cost-infographic?async_processing=true",
-            "alice-token-0123456789",
-            json!({"procedure_ids": ["rhinoplasty"]}),
-        )
-    });
+    let calls = (0..n).map(|_| send_async(app));
     futures_util::future::join_all(calls)
         .await
         .into_iter()
@@ -556,14 +577,7 @@ async fn a_task_whose_result_is_gone_but_whose_output_is_stored_reads_as_finishe
     // The result backend lost the task's result (a Redis without AOF restarted): its output,
     // stored under its id, still says it finished, for the status and for the task limit.
     let app = app_with(|i| i.user_limits.active_tasks = 1);
-    let (status, sent) = call(
-        &app,
-        "POST",
-        "/api/exports/cost-infographic?async_processing=true",
-        "alice-token-0123456789",
-        json!({"procedure_ids": ["rhinoplasty"]}),
-    )
-    .await;
+    let (status, sent) = send_async(&app).await;
     assert_eq!(status, StatusCode::ACCEPTED);
     let id = sent["task_id"].as_str().unwrap().to_owned();
     assert_eq!(burst(&app, 1).await, [StatusCode::TOO_MANY_REQUESTS]);
@@ -852,14 +866,7 @@ async fn a_cancel_that_meets_the_tasks_end_answers_its_end() {
     .await;
     assert_eq!(s, StatusCode::ACCEPTED, "{b}");
     let id = b["task_id"].as_str().unwrap().to_owned();
-    let (s, b) = call(
-        &app,
-        "POST",
-        &format!("/api/tasks/{id}/cancel"),
-        "alice-token-0123456789",
-        Value::Null,
-    )
-    .await;
+    let (s, b) = cancel(&app, &id).await;
     assert_eq!(s, StatusCode::OK, "{b}");
     assert_eq!(
         (b["status"].as_str(), b["state"].as_str()),
@@ -887,4 +894,177 @@ async fn a_key_whose_publish_failed_is_given_back() {
         "now replayed"
     );
     assert_eq!(queued(&app).await, 1);
+}
+
+/// A photo upload as alice, with an optional `Idempotency-Key`.
+fn upload_request(key: Option<&str>) -> Request<Body> {
+    let photo = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../testdata/portraits/grace_hopper.jpg"
+    ))
+    .unwrap();
+    let mut body =
+        b"--XX\r\nContent-Disposition: form-data; name=\"file\"; filename=\"p.jpg\"\r\n\r\n"
+            .to_vec();
+    body.extend_from_slice(&photo);
+    body.extend_from_slice(b"\r\n--XX--\r\n");
+    let mut req = Request::post("/api/images")
+        .header("authorization", "Bearer alice-token-0123456789")
+        .header("content-type", "multipart/form-data; boundary=XX");
+    if let Some(k) = key {
+        req = req.header("idempotency-key", k);
+    }
+    req.body(Body::from(body)).unwrap()
+}
+
+async fn alice_photos(app: &App) -> usize {
+    use afterview_store::MetadataStore;
+    app.meta.list_images("alice", 100).await.unwrap().len()
+}
+
+/// Parallel uploads of a user one photo below the quota: one is stored, the others are
+/// refused (each passed the quota's first check before any was stored).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parallel_uploads_stay_within_the_photo_quota() {
+    let app = app_with(|i| i.user_limits.photos = 1);
+    let mut uploads = tokio::task::JoinSet::new();
+    for _ in 0..4 {
+        uploads.spawn(app.router.clone().oneshot(upload_request(None)));
+    }
+    let mut statuses: Vec<u16> = uploads
+        .join_all()
+        .await
+        .into_iter()
+        .map(|r| r.unwrap().status().as_u16())
+        .collect();
+    statuses.sort_unstable();
+    assert_eq!(statuses, [201, 403, 403, 403]);
+    assert_eq!(alice_photos(&app).await, 1);
+}
+
+/// An upload whose client went away while the photo was being stored (a slow bucket) is
+/// stored all the same; its retry with the same `Idempotency-Key` gets that photo, not a
+/// second copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_retried_after_a_dropped_connection_is_stored_once() {
+    let app = app();
+    let slow = app.blobs.gate.write().await;
+    let first = tokio::time::timeout(
+        Duration::from_millis(500),
+        app.router.clone().oneshot(upload_request(Some("photo-1"))),
+    )
+    .await;
+    assert!(
+        first.is_err(),
+        "the client gave up while the photo was stored"
+    );
+    drop(slow);
+    for _ in 0..100 {
+        if alice_photos(&app).await == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(alice_photos(&app).await, 1, "stored after the client left");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let r = app
+        .router
+        .clone()
+        .oneshot(upload_request(Some("photo-1")))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    assert_eq!(
+        r.headers().get("idempotent-replayed").map(|v| v.as_bytes()),
+        Some(&b"true"[..])
+    );
+    assert_eq!(alice_photos(&app).await, 1, "no second copy");
+}
+
+/// A delete whose client went away once the record was gone (a closed tab, a proxy's
+/// timeout) still removes the file: nothing else would ever name it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delete_dropped_by_its_client_still_removes_the_file() {
+    use afterview_store::BlobStore;
+    let app = app();
+    let (id, key) = stored_export(&app).await;
+    let slow = app.blobs.gate.write().await;
+    let req = Request::delete(format!("/api/exports/{id}"))
+        .header("authorization", "Bearer alice-token-0123456789")
+        .body(Body::empty())
+        .unwrap();
+    let dropped =
+        tokio::time::timeout(Duration::from_millis(300), app.router.clone().oneshot(req)).await;
+    assert!(dropped.is_err(), "the client gave up during the delete");
+    drop(slow);
+    for _ in 0..100 {
+        if app.blobs.get(&key).await.unwrap().is_none() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the file of the deleted export is still stored");
+}
+
+/// Sending and cancelling filler tasks does not get around the active-task limit: finished
+/// tasks leave the limit's view, so an older waiting task is still counted (only the newest
+/// few dozen records were read, and fillers pushed waiting tasks out of them).
+#[tokio::test]
+async fn cancelled_fillers_do_not_hide_waiting_tasks_from_the_limit() {
+    let app = app_with(|i| i.user_limits.active_tasks = 2);
+    assert_eq!(burst(&app, 1).await, [StatusCode::ACCEPTED], "one waits");
+    for _ in 0..14 {
+        let (status, sent) = send_async(&app).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{sent}");
+        let id = sent["task_id"].as_str().unwrap();
+        let (status, answer) = cancel(&app, id).await;
+        assert_eq!(status, StatusCode::OK, "{answer}");
+    }
+    let mut two = vec![];
+    for _ in 0..2 {
+        two.extend(burst(&app, 1).await);
+    }
+    assert_eq!(
+        two,
+        [StatusCode::ACCEPTED, StatusCode::TOO_MANY_REQUESTS],
+        "the first task still counts"
+    );
+}
+
+/// `?async_processing=` takes what the seed's FastAPI took for a `bool` (pydantic: yes/no,
+/// on/off, t/f, y/n, 1/0, true/false, any case); anything else is a 400 naming the parameter.
+#[tokio::test]
+async fn async_processing_takes_every_spelling_the_seed_took() {
+    let app = app_with(|i| {
+        i.sync_timeout = Duration::from_millis(50);
+        i.user_limits.active_tasks = 0;
+    });
+    let send = |v: &'static str| {
+        let app = &app;
+        async move {
+            call(
+                app,
+                "POST",
+                &format!("/api/exports/cost-infographic?async_processing={v}"),
+                "alice-token-0123456789",
+                json!({"procedure_ids": ["rhinoplasty"]}),
+            )
+            .await
+        }
+    };
+    for v in ["true", "TRUE", "1", "yes", "On", "t", "Y"] {
+        assert_eq!(send(v).await.0, StatusCode::ACCEPTED, "{v}");
+    }
+    for v in ["false", "0", "No", "off", "f", "n"] {
+        // Synchronous: no worker here, so the wait runs out.
+        assert_eq!(send(v).await.0, StatusCode::GATEWAY_TIMEOUT, "{v}");
+    }
+    let (status, body) = send("maybe").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("async_processing")
+    );
 }

@@ -154,6 +154,9 @@ fn unavailable(e: rusqlite::Error) -> BackendError {
     ))
 }
 
+/// The size (bytes) a restarted WAL is cut back to: above the auto-checkpoint's ~40 MB.
+const WAL_SIZE_LIMIT: i64 = 64 << 20;
+
 fn open_conn(path: &Path, opts: &SqliteOptions, read_only: bool) -> rusqlite::Result<Connection> {
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
         | OpenFlags::SQLITE_OPEN_CREATE
@@ -187,6 +190,9 @@ fn open_conn(path: &Path, opts: &SqliteOptions, read_only: bool) -> rusqlite::Re
     conn.pragma_update(None, "cache_size", -2_000i64)?;
     // Checkpoint every ~40 MB of WAL rather than 4 MB: hot pages are copied back once.
     conn.pragma_update(None, "wal_autocheckpoint", 10_000i64)?;
+    // A WAL that one large transaction grew (a purge of a big backlog) is cut back to this when
+    // it restarts; without a limit it kept its peak size for as long as the file stayed open.
+    conn.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT)?;
     if read_only {
         conn.pragma_update(None, "query_only", true)?;
     }
@@ -208,8 +214,13 @@ impl SqliteBackend {
         let conn = open_conn(&path, &opts, false).map_err(|e| {
             BackendError::unavailable(format!("cannot open {}: {e}", path.display()))
         })?;
-        schema::migrate(&conn)
-            .map_err(|e| BackendError::corrupt(format!("schema migration failed: {e}")))?;
+        schema::migrate(&conn).map_err(|e| match e.sqlite_error_code() {
+            // Another process holds the write lock: try again, nothing is wrong with the file.
+            Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) => {
+                BackendError::unavailable(format!("cannot migrate {}: {e}", path.display()))
+            }
+            _ => BackendError::corrupt(format!("schema migration failed: {e}")),
+        })?;
         let writer = Writer::start(conn, "av-sqlite-write".into());
         let checkpointer = open_conn(&path, &opts, false)
             .map_err(unavailable)
@@ -510,12 +521,18 @@ impl Broker for SqliteBackend {
             let now = now_ms();
             c.prepare_cached("UPDATE messages SET state = 0 WHERE state = 1 AND run_at <= ?1")?
                 .execute([now])?;
-            let mut candidates: Vec<(i64, i64)> = Vec::new();
+            // (priority, the queue's place in the worker's list, seq): at equal priority the
+            // worker's earlier queues first, as the trait asks and Redis does.
+            let mut candidates: Vec<(i64, usize, i64)> = Vec::new();
             {
                 let mut st = c.prepare_cached(CLAIM_CANDIDATES)?;
-                for q in &req.queues {
-                    let rows =
-                        st.query_map(params![q, req.max as i64], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                for (place, q) in req.queues.iter().enumerate() {
+                    if req.queues[..place].contains(q) {
+                        continue;
+                    }
+                    let rows = st.query_map(params![q, req.max as i64], |r| {
+                        Ok((r.get(0)?, place, r.get(1)?))
+                    })?;
                     for row in rows {
                         candidates.push(row?);
                     }
@@ -531,7 +548,7 @@ impl Broker for SqliteBackend {
                  WHERE seq = ?3 AND state = 0
                  RETURNING tag, task_id, queue, raw, epoch, deliveries, redelivered",
             )?;
-            for (_, seq) in candidates {
+            for (_, _, seq) in candidates {
                 let row = take
                     .query_row(params![req.worker, until, seq], |r| {
                         Ok((
@@ -1009,6 +1026,70 @@ mod tests {
     use rusqlite::Connection;
 
     use super::{SqliteBackend, SqliteOptions};
+
+    /// Opening a database whose schema is current needs no write lock: a process that holds it
+    /// (a long purge) does not stop another from starting. A migration that cannot get the
+    /// lock is "unavailable", never "corrupt data" (which invites deleting the file).
+    #[test]
+    fn opening_waits_for_no_write_lock_and_a_busy_migration_is_not_corruption() {
+        use afterview_engine::BackendError;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("locked.db");
+        drop(SqliteBackend::open(&path, SqliteOptions::default()).unwrap());
+        let holder = Connection::open(&path).unwrap();
+        holder.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let quick = SqliteOptions {
+            busy_timeout: Duration::from_millis(100),
+            ..SqliteOptions::default()
+        };
+        SqliteBackend::open(&path, quick.clone()).expect("opens beside a writer");
+        let fresh = dir.path().join("fresh.db");
+        let other = Connection::open(&fresh).unwrap();
+        other
+            .execute_batch("PRAGMA journal_mode = WAL; CREATE TABLE t (x); BEGIN IMMEDIATE")
+            .unwrap();
+        match SqliteBackend::open(&fresh, quick) {
+            Err(BackendError::Unavailable(_)) => {}
+            Err(e) => panic!("a busy migration is {e}"),
+            Ok(_) => panic!("migrated under another writer's lock"),
+        }
+        holder.execute_batch("COMMIT").unwrap();
+    }
+
+    /// One large transaction grows the WAL; it is cut back once it restarts (it kept its peak
+    /// size while the file stayed open).
+    #[test]
+    fn the_wal_shrinks_after_a_large_transaction() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("big.db");
+        let _backend = SqliteBackend::open(&path, SqliteOptions::default()).unwrap();
+        let c = super::open_conn(&path, &SqliteOptions::default(), false).unwrap();
+        c.execute_batch("CREATE TABLE filler (b BLOB); BEGIN")
+            .unwrap();
+        for _ in 0..100 {
+            c.execute("INSERT INTO filler VALUES (randomblob(1048576))", [])
+                .unwrap();
+        }
+        c.execute_batch("COMMIT").unwrap();
+        let wal = dir.path().join("big.db-wal");
+        let peak = std::fs::metadata(&wal).unwrap().len();
+        c.execute_batch("DELETE FROM filler").unwrap();
+        assert!(peak > 100 << 20, "the transaction grew the WAL: {peak}");
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            // The checkpointer copies the WAL back; the next write restarts it from the start.
+            c.execute("INSERT INTO filler VALUES (1)", []).unwrap();
+            let now = std::fs::metadata(&wal).unwrap().len();
+            if now <= super::WAL_SIZE_LIMIT as u64 {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the WAL stays at {now} bytes"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
 
     /// Another process's result written after `open` returned reaches this process's waiters
     /// even when the watcher thread starts late (it once read its starting point itself, after

@@ -75,8 +75,14 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     ",
 ];
 
-/// Brings the schema to the latest version (safe when several processes open at once).
+/// Brings the schema to the latest version (safe when several processes open at once). An
+/// up-to-date database (every open but the first) is only read: no write lock, so a process
+/// holding it for long (a purge of a large backlog) does not stop another from starting.
 pub(crate) fn migrate(conn: &Connection) -> rusqlite::Result<()> {
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if version == MIGRATIONS.len() as i64 {
+        return Ok(());
+    }
     conn.execute_batch("BEGIN IMMEDIATE")?;
     let result = (|| {
         let version: usize =

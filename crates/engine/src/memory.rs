@@ -200,21 +200,30 @@ impl Broker for MemoryBackend {
     async fn claim(&self, req: &ClaimRequest) -> Result<Vec<Delivery>, BackendError> {
         let now = now_ms();
         let mut st = self.lock();
-        let mut due: Vec<(u8, u64, String)> = vec![];
-        for q in &req.queues {
+        // (priority, the queue's place in the worker's list, seq, tag): at equal priority the
+        // worker's earlier queues first.
+        let mut due: Vec<(u8, usize, u64, String)> = vec![];
+        for (place, q) in req.queues.iter().enumerate() {
+            if req.queues[..place].contains(q) {
+                continue;
+            }
             let Some(set) = st.waiting.get(q) else {
                 continue;
             };
             let ready = set
                 .iter()
                 .filter(|(_, _, t)| st.msgs.get(t).is_some_and(|m| m.run_at <= now));
-            due.extend(ready.take(req.max).cloned());
+            due.extend(
+                ready
+                    .take(req.max)
+                    .map(|(p, seq, t)| (*p, place, *seq, t.clone())),
+            );
         }
         due.sort();
         due.truncate(req.max);
         let until = now + req.lease.as_millis() as i64;
         let mut out = Vec::with_capacity(due.len());
-        for (_, _, tag) in due {
+        for (_, _, _, tag) in due {
             st.unwait(&tag);
             let revoked = {
                 let m = &st.msgs[&tag];

@@ -60,6 +60,7 @@ macro_rules! broker_conformance {
         $crate::broker_conformance!(@cases [$clock] $factory;
             claim_orders_by_priority_then_fifo,
             claim_respects_max_and_queues,
+            claim_prefers_earlier_queues_at_equal_priority,
             eta_is_not_claimed_early,
             expired_lease_is_redelivered_and_fenced,
             renewal_keeps_the_lease,
@@ -183,6 +184,30 @@ pub async fn claim_orders_by_priority_then_fifo(f: &impl Factory) {
 }
 
 /// A claim returns at most `max` messages, only from the queues asked for.
+/// At equal priority a claim takes from the worker's earlier queues first (`-Q urgent,bulk`:
+/// an urgent message published after a bulk backlog is next), and a queue named twice is
+/// read once.
+pub async fn claim_prefers_earlier_queues_at_equal_priority(f: &impl Factory) {
+    let fx = f(DAY).await;
+    let b = &fx.broker;
+    let (m1, m2) = (
+        msg("t", "bulk", SendOptions::default()),
+        msg("t", "bulk", SendOptions::default()),
+    );
+    let u = msg("t", "urgent", SendOptions::default());
+    for m in [&m1, &m2, &u] {
+        b.publish(m).await.unwrap();
+        sleep_ms(2).await;
+    }
+    let first = b.claim(&req(&["urgent", "bulk"], 1, 10_000)).await.unwrap();
+    assert_eq!(ids(&first), vec![u.id.clone()]);
+    let rest = b
+        .claim(&req(&["urgent", "bulk", "bulk"], 4, 10_000))
+        .await
+        .unwrap();
+    assert_eq!(ids(&rest), vec![m1.id.clone(), m2.id.clone()]);
+}
+
 pub async fn claim_respects_max_and_queues(f: &impl Factory) {
     let fx = f(DAY).await;
     for q in ["q1", "q1", "q2"] {

@@ -10,7 +10,6 @@ use afterview_core::tasks::{
     ExportResult, GenerateCostInfographic, GenerateExport, PaperSize, QUEUE_EXPORTS,
     export_download_url,
 };
-use afterview_engine::time::format_iso;
 use afterview_engine::{Task, TaskContext, TaskError, TaskOptions};
 use afterview_imaging::intake::decode_png;
 use afterview_imaging::{face, face_window};
@@ -174,7 +173,7 @@ async fn save_export(
         format: format.as_str().into(),
         download_url: export_download_url(&id),
         size_bytes: size,
-        created_at: format_iso(Utc::now()),
+        created_at: crate::stamp(),
     };
     let value = serde_json::to_value(&result).expect("results serialize");
     let rec = ExportRecord {

@@ -161,6 +161,12 @@ pub(crate) fn storage(e: StoreError) -> TaskError {
     )
 }
 
+/// A result's time (`generated_at`, `created_at`): UTC to the second with `Z`, as the seed's
+/// answers show it (`2025-12-07T15:52:00Z`) and as the API's own records are written.
+pub(crate) fn stamp() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
 /// The id of result `index` of task `task_id`: the task id itself for index 0, otherwise a
 /// variation of it (still a UUID), so re-runs of the task produce the same ids.
 ///

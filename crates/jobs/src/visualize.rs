@@ -7,7 +7,6 @@ use afterview_core::tasks::{
     ComparisonResult, EngineKind, GenerateComparison, GenerateVisualization, Intensity,
     PreviewOptions, QUEUE_VISUALIZATIONS, VisualizationResult, image_url, visualization_image_url,
 };
-use afterview_engine::time::format_iso;
 use afterview_engine::{Task, TaskContext, TaskError, TaskOptions};
 use afterview_imaging::face::{self, Landmarks};
 use afterview_imaging::intake::{decode_png, encode_png};
@@ -427,7 +426,7 @@ impl Task for GenerateVisualizationTask {
                 procedure_id: &procedure.id,
                 engine,
                 intensity: a.options.intensity,
-                generated_at: format_iso(Utc::now()),
+                generated_at: crate::stamp(),
             },
             after,
         )
@@ -475,7 +474,7 @@ impl Task for GenerateComparisonTask {
         let afters =
             render_each(d, &ctx, &scene, &procedures, (a.options.intensity, engine)).await?;
         ctx.progress(80, "Saving comparison").await;
-        let now = format_iso(Utc::now());
+        let now = crate::stamp();
         let mut items = Vec::with_capacity(afters.len());
         let mut item_values = Vec::with_capacity(afters.len());
         for (i, (p, img)) in procedures.iter().zip(&afters).enumerate() {

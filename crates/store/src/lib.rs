@@ -213,6 +213,16 @@ pub trait MetadataStore: Send + Sync + 'static {
     async fn get_task(&self, owner: &str, id: &str) -> Result<Option<TaskRecord>, StoreError>;
     /// The owner's tasks, newest first.
     async fn list_tasks(&self, owner: &str, limit: u32) -> Result<Vec<TaskRecord>, StoreError>;
+    /// The owner's tasks sent after `since` and not marked finished, newest first (the
+    /// per-user limit counts these: finished tasks never push waiting ones out of its view).
+    async fn list_open_tasks(
+        &self,
+        owner: &str,
+        since: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<TaskRecord>, StoreError>;
+    /// Marks the owner's tasks `ids` finished (seen in a final state); unknown ids are skipped.
+    async fn mark_tasks_finished(&self, owner: &str, ids: &[String]) -> Result<(), StoreError>;
     /// Everyone's most recent tasks, newest first (the operators' monitor).
     async fn recent_tasks(&self, limit: u32) -> Result<Vec<TaskRecord>, StoreError>;
     /// The ids of the owner's tasks that work on `image_id`.

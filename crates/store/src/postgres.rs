@@ -68,6 +68,11 @@ const MIGRATIONS: &[&str] = &[
     ",
     // 3: everyone's recent tasks (the operators' monitor).
     "CREATE INDEX tasks_age ON tasks (created_at DESC);",
+    // 4: tasks seen in a final state, so the per-user limit reads only the others.
+    "
+    ALTER TABLE tasks ADD COLUMN finished BOOLEAN NOT NULL DEFAULT FALSE;
+    CREATE INDEX tasks_open ON tasks (owner, created_at DESC, id) WHERE NOT finished;
+    ",
 ];
 
 const POOL_SIZE: usize = 16;
@@ -585,6 +590,36 @@ impl MetadataStore for PostgresMetadata {
             )
             .await?;
         Ok(rows.iter().map(task_row).collect())
+    }
+
+    async fn list_open_tasks(
+        &self,
+        owner: &str,
+        since: DateTime<Utc>,
+        n: u32,
+    ) -> Result<Vec<TaskRecord>, StoreError> {
+        let rows = self
+            .query(
+                &format!(
+                    "SELECT {TASK_COLS} FROM tasks WHERE owner = $1 AND NOT finished
+                     AND created_at > $2 ORDER BY created_at DESC, id LIMIT $3"
+                ),
+                &[&owner, &since, &limit(n)],
+            )
+            .await?;
+        Ok(rows.iter().map(task_row).collect())
+    }
+
+    async fn mark_tasks_finished(&self, owner: &str, ids: &[String]) -> Result<(), StoreError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        self.execute(
+            "UPDATE tasks SET finished = TRUE WHERE owner = $1 AND id = ANY($2)",
+            &[&owner, &ids],
+        )
+        .await?;
+        Ok(())
     }
 
     async fn recent_tasks(&self, n: u32) -> Result<Vec<TaskRecord>, StoreError> {

@@ -54,6 +54,9 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX slots_owner ON slots (owner, kind);",
     // 4: everyone's recent tasks (the operators' monitor).
     "CREATE INDEX tasks_age ON tasks (created_at);",
+    // 5: tasks seen in a final state, so the per-user limit reads only the others.
+    "ALTER TABLE tasks ADD COLUMN finished INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX tasks_open ON tasks (owner, created_at) WHERE finished = 0;",
 ];
 
 /// The SQLite metadata store.
@@ -180,7 +183,10 @@ impl SqliteMetadata {
     ) -> Result<Option<String>, StoreError> {
         let (owner, id) = (owner.to_owned(), id.to_owned());
         self.run(move |c| {
-            let tx = c.transaction()?;
+            // Immediate: a read that later writes must take the write lock first. A deferred
+            // transaction's upgrade does not wait for another process's writer (no busy wait
+            // on an upgrade) and failed as "database is locked".
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             let key = tx
                 .query_row(
                     &format!("SELECT blob_key FROM {table} WHERE id = ?1 AND owner = ?2"),
@@ -314,7 +320,8 @@ impl MetadataStore for SqliteMetadata {
     async fn delete_image(&self, owner: &str, id: &str) -> Result<Option<Deleted>, StoreError> {
         let (owner, id) = (owner.to_owned(), id.to_owned());
         self.run(move |c| {
-            let tx = c.transaction()?;
+            // Immediate, as in `delete_owned`.
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             let Some(key) = tx
                 .query_row(
                     "SELECT blob_key FROM images WHERE id = ?1 AND owner = ?2",
@@ -498,6 +505,44 @@ impl MetadataStore for SqliteMetadata {
             c.prepare("SELECT id, owner, name, created_at, image_ids FROM tasks WHERE owner = ?1 ORDER BY created_at DESC, id LIMIT ?2")?
                 .query_map(params![owner, limit], task_row)?
                 .collect()
+        })
+        .await
+    }
+
+    async fn list_open_tasks(
+        &self,
+        owner: &str,
+        since: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<TaskRecord>, StoreError> {
+        let (owner, since) = (owner.to_owned(), ts(&since));
+        self.run(move |c| {
+            c.prepare_cached(
+                "SELECT id, owner, name, created_at, image_ids FROM tasks
+                 WHERE owner = ?1 AND finished = 0 AND created_at > ?2
+                 ORDER BY created_at DESC, id LIMIT ?3",
+            )?
+            .query_map(params![owner, since, limit], task_row)?
+            .collect()
+        })
+        .await
+    }
+
+    async fn mark_tasks_finished(&self, owner: &str, ids: &[String]) -> Result<(), StoreError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let (owner, ids) = (owner.to_owned(), ids.to_vec());
+        self.run(move |c| {
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            {
+                let mut st = tx
+                    .prepare_cached("UPDATE tasks SET finished = 1 WHERE id = ?1 AND owner = ?2")?;
+                for id in &ids {
+                    st.execute(params![id, owner])?;
+                }
+            }
+            tx.commit()
         })
         .await
     }

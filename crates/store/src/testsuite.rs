@@ -24,6 +24,7 @@ macro_rules! metadata_conformance {
             deleting_an_image_cascades,
             visualizations_and_exports_round_trip,
             tasks_record_ownership,
+            finished_tasks_leave_the_open_list,
             single_deletes_are_owner_scoped,
             ids_no_record_can_have_are_not_found,
             idempotency_keeps_the_first_answer,
@@ -199,6 +200,57 @@ pub async fn visualizations_and_exports_round_trip(s: Arc<dyn MetadataStore>) {
 }
 
 /// Tasks remember their owner.
+/// The open list (what the per-user limit counts): the owner's tasks sent after a time and not
+/// marked finished, newest first; marking is owner-scoped and skips unknown ids.
+pub async fn finished_tasks_leave_the_open_list(s: Arc<dyn MetadataStore>) {
+    let start = Utc::now();
+    let task = |id: &str, owner: &str, secs: i64| TaskRecord {
+        id: id.into(),
+        owner: owner.into(),
+        name: "afterview.noop".into(),
+        image_ids: vec![],
+        created_at: start + Duration::seconds(secs),
+    };
+    for t in [
+        task("old", "alice", -3600),
+        task("a1", "alice", 1),
+        task("a2", "alice", 2),
+        task("a3", "alice", 3),
+        task("b1", "bob", 4),
+    ] {
+        s.insert_task(&t).await.unwrap();
+    }
+    let open = |owner: &'static str, limit: u32| {
+        let s = s.clone();
+        async move {
+            s.list_open_tasks(owner, start - Duration::seconds(60), limit)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|t| t.id)
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(
+        open("alice", 10).await,
+        ["a3", "a2", "a1"],
+        "newest first, since"
+    );
+    assert_eq!(open("alice", 2).await, ["a3", "a2"]);
+    s.mark_tasks_finished("alice", &["a3".into(), "a2".into(), "nope".into()])
+        .await
+        .unwrap();
+    s.mark_tasks_finished("bob", &["a1".into()]).await.unwrap();
+    s.mark_tasks_finished("alice", &[]).await.unwrap();
+    assert_eq!(open("alice", 2).await, ["a1"], "bob cannot mark alice's");
+    assert_eq!(open("bob", 10).await, ["b1"]);
+    assert_eq!(
+        s.list_tasks("alice", 10).await.unwrap().len(),
+        4,
+        "finished tasks are still listed"
+    );
+}
+
 pub async fn tasks_record_ownership(s: Arc<dyn MetadataStore>) {
     let t = TaskRecord {
         id: "t1".into(),

@@ -270,6 +270,12 @@ async fn the_seed_flow_async_then_sync() {
     for k in ["id", "before_image_url", "after_image_url", "generated_at"] {
         assert!(sync.get(k).is_some(), "{k} in {sync}");
     }
+    // The seed's form (`2025-12-07T15:52:00Z`), as the API's other times.
+    let at = sync["generated_at"].as_str().unwrap();
+    assert!(
+        at.len() == 20 && at.ends_with('Z') && chrono::DateTime::parse_from_rfc3339(at).is_ok(),
+        "{at}"
+    );
     assert_eq!(sync["intensity"], "subtle");
 
     let (st, cmp) = body(

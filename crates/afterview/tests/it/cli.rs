@@ -389,3 +389,51 @@ fn a_secret_given_both_as_a_variable_and_a_file_is_refused() {
         assert!(!err.contains("new-") && !err.contains("old-"), "{err}");
     }
 }
+
+/// OIDC's three settings count wherever each comes from: two in the config file and the
+/// issuer from the environment start (clap refused it), and a partial setting is refused,
+/// naming what is missing (it was skipped silently, and serve fell back to a dev token).
+#[test]
+fn oidc_settings_from_the_file_and_the_environment_combine() {
+    use std::io::BufRead;
+    let env = Env::new();
+    std::fs::create_dir_all(env.data()).unwrap();
+    std::fs::write(
+        env.data().join("afterview.toml"),
+        "[auth]\noidc_audience = \"afterview-api\"\noidc_jwks_url = \"http://127.0.0.1:9/jwks.json\"\n",
+    )
+    .unwrap();
+    let mut child = env
+        .cmd(&["serve", "--bind", "127.0.0.1:0", "--no-worker"])
+        .env("AFTERVIEW_OIDC_ISSUER", "https://id.example.test")
+        .env_remove("AFTERVIEW_AUTH_TOKENS")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(line.starts_with("afterview serving on"), "{line}");
+
+    std::fs::write(
+        env.data().join("afterview.toml"),
+        "[auth]\noidc_issuer = \"https://id.example.test\"\noidc_audience = \"afterview-api\"\n",
+    )
+    .unwrap();
+    let out = env
+        .cmd(&["serve", "--bind", "127.0.0.1:0", "--no-worker"])
+        .env_remove("AFTERVIEW_OIDC_ISSUER")
+        .env_remove("AFTERVIEW_AUTH_TOKENS")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("--oidc-jwks-url") && !err.contains("--oidc-issuer"),
+        "{err}"
+    );
+}

@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 
 use super::{DownloadQuery, ListQuery, delete_with_files, png_response, stored_file};
 use crate::error::ApiError;
-use crate::idempotency;
+use crate::idempotency::{self, Sending, Sent};
 use crate::submit::submit;
 use crate::{AppState, User};
 
@@ -58,7 +58,7 @@ pub(crate) async fn upload_image(
         &uid,
         &headers,
         ("POST /api/images", &body),
-        |_| async move { store_photo(&st, &user, file).await },
+        |sent| async move { store_photo(&st, &user, file, sent).await },
         None,
     )
     .await
@@ -110,11 +110,14 @@ async fn check_quota(st: &AppState, user: &User) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Checks, decodes (EXIF applied and stripped, re-encoded as PNG) and stores a photo.
+/// Checks, decodes (EXIF applied and stripped, re-encoded as PNG) and stores a photo. `sent`
+/// learns the answer of the save, which runs on when the client goes away: an
+/// `Idempotency-Key` then keeps it, and a retry gets the same photo instead of a second copy.
 async fn store_photo(
     st: &AppState,
     user: &User,
     file: Bytes,
+    sent: Sent,
 ) -> Result<(StatusCode, Value), ApiError> {
     check_quota(st, user).await?;
     // Bounded work: at most `decode_slots()` photos decode at once; the others wait, then get
@@ -153,21 +156,39 @@ async fn store_photo(
     };
     // File, then record, to the end even if the client goes away in between; a record that
     // cannot be written takes its file back with it: no photo stays stored without a record
-    // naming it (nothing would ever delete it).
-    let (meta, blobs) = (st.meta.clone(), st.blobs.clone());
+    // naming it (nothing would ever delete it). Under the user's lock, with the quota checked
+    // again: parallel uploads each passed the first check before any was stored.
+    let (st2, user2) = (st.clone(), user.clone());
+    sent.tell(Sending::Underway);
+    let told = sent.clone();
     let saved = tokio::spawn(async move {
-        blobs.put(&rec.blob_key, Bytes::from(n.png)).await?;
-        if let Err(e) = meta.insert_image(&rec).await {
-            if let Err(d) = blobs.delete(&rec.blob_key).await {
-                tracing::warn!(error = %d, "An upload's file could not be removed after its record failed.");
+        let _turn = crate::submit::LocalTurn::take(&st2, &user2).await;
+        let (meta, blobs) = (&st2.meta, &st2.blobs);
+        let stored = async {
+            check_quota(&st2, &user2).await?;
+            blobs.put(&rec.blob_key, Bytes::from(n.png)).await?;
+            if let Err(e) = meta.insert_image(&rec).await {
+                if let Err(d) = blobs.delete(&rec.blob_key).await {
+                    tracing::warn!(error = %d, "An upload's file could not be removed after its record failed.");
+                }
+                return Err(ApiError::from(e));
             }
-            return Err(e);
+            Ok((StatusCode::CREATED, image_view(&rec)))
         }
-        Ok(rec)
+        .await;
+        match &stored {
+            Ok((status, body)) => sent.tell(Sending::Done(*status, body.clone())),
+            Err(_) => sent.tell(Sending::Failed),
+        }
+        stored
     })
-    .await
-    .map_err(|_| ApiError::unavailable("the photo could not be stored; retry"))??;
-    Ok((StatusCode::CREATED, image_view(&saved)))
+    .await;
+    saved.unwrap_or_else(|_| {
+        told.tell(Sending::Failed);
+        Err(ApiError::unavailable(
+            "the photo could not be stored; retry",
+        ))
+    })
 }
 
 /// A multipart body that could not be read: 413 when it passed the size limit (axum says so

@@ -56,12 +56,14 @@ impl AsyncQuery {
     }
 }
 
-/// A true/false query parameter (`true`/`false`/`1`/`0`, any case), `default` when absent.
+/// A true/false query parameter, `default` when absent. It takes what the seed's FastAPI
+/// (pydantic's `bool`) took, in any case: `true`/`false`, `1`/`0`, `yes`/`no`, `on`/`off`,
+/// `t`/`f`, `y`/`n`.
 fn flag(name: &str, v: Option<&str>, default: bool) -> Result<bool, ApiError> {
     match v.map(str::to_ascii_lowercase).as_deref() {
         None => Ok(default),
-        Some("true") | Some("1") => Ok(true),
-        Some("false") | Some("0") => Ok(false),
+        Some("true" | "1" | "yes" | "on" | "t" | "y") => Ok(true),
+        Some("false" | "0" | "no" | "off" | "f" | "n") => Ok(false),
         Some(other) => Err(ApiError::bad_request(format!(
             "{name} must be true or false, got {other:?}"
         ))),

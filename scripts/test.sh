@@ -30,6 +30,19 @@ if ! pg_isready -d "$pg/postgres" -q 2>/dev/null; then
   (service postgresql start >/dev/null 2>&1 || pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | sort -V | tail -n1)" main start) || true
   for _ in $(seq 1 30); do pg_isready -d "$pg/postgres" -q 2>/dev/null && break; sleep 1; done
 fi
+# Debian's own cluster asks for a password on 127.0.0.1 (scram-sha-256); on a test machine
+# where this script may administer it, trust loopback connections instead.
+if ! psql "$pg/postgres" -qtAc 'SELECT 1' >/dev/null 2>&1 && [ -z "${AFTERVIEW_TEST_POSTGRES:-}" ] \
+  && [ "$(id -u)" = 0 ]; then
+  hba="$(ls /etc/postgresql/*/main/pg_hba.conf 2>/dev/null | sort -V | tail -n1)"
+  if [ -n "$hba" ] && ! grep -q "afterview tests" "$hba"; then
+    echo "== PostgreSQL: trusting loopback connections for the tests ($hba)"
+    { echo "host all all 127.0.0.1/32 trust # afterview tests"; echo "host all all ::1/128 trust # afterview tests"; cat "$hba"; } > "$hba.new"
+    mv "$hba.new" "$hba"
+    (service postgresql reload >/dev/null 2>&1 || pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | sort -V | tail -n1)" main reload) || true
+    sleep 1
+  fi
+fi
 psql "$pg/postgres" -qtAc 'SELECT 1' >/dev/null \
   || { echo "error: PostgreSQL at $pg does not accept the test user (trust auth on 127.0.0.1 needed)" >&2; exit 1; }
 

@@ -212,14 +212,14 @@ fn migrate_reports_the_schema_and_names_bad_store_urls() {
     let env = Env::new();
     let out = env.ok(&["migrate"]);
     assert!(
-        out.contains("metadata sqlite") && out.contains("schema version 4"),
+        out.contains("metadata sqlite") && out.contains("schema version 5"),
         "{out}"
     );
     assert!(out.contains("reachable"), "{out}");
     let db = afterview_store::testing::PostgresDb::fresh();
     for _ in 0..2 {
         let out = env.ok(&["--database", &db.url(), "migrate"]);
-        assert!(out.contains("schema version 3"), "{out}");
+        assert!(out.contains("schema version 4"), "{out}");
     }
     for (args, needle) in [
         (

@@ -67,15 +67,14 @@ const SUBMIT_LOCK_TTL: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// One user's turn to submit on this host: held from before the store's lock is asked for
 /// until the task is recorded, so a burst from one user waits here, not in a polling loop.
-/// Uploads take it too, from their quota's check to their record.
-pub(crate) struct LocalTurn {
+struct LocalTurn {
     st: AppState,
     user: String,
     guard: Option<tokio::sync::OwnedMutexGuard<()>>,
 }
 
 impl LocalTurn {
-    pub(crate) async fn take(st: &AppState, user: &User) -> LocalTurn {
+    async fn take(st: &AppState, user: &User) -> LocalTurn {
         let lock = st
             .submit_locks
             .lock()
@@ -112,11 +111,18 @@ async fn submit_lock(st: &AppState, user: &User) -> Result<Option<Slot>, ApiErro
     if st.user_limits.active_tasks == 0 {
         return Ok(None);
     }
+    user_lock(st, user, "submit").await.map(Some)
+}
+
+/// One of the user's steps of `kind` at a time, on every API host (a slot of capacity 1 in the
+/// metadata store), waited for at most [`SUBMIT_LOCK_WAIT`]: uploads take `upload` from their
+/// quota's check to their record, so parallel uploads on several hosts stay within it.
+pub(crate) async fn user_lock(st: &AppState, user: &User, kind: &str) -> Result<Slot, ApiError> {
     let deadline = tokio::time::Instant::now() + SUBMIT_LOCK_WAIT;
     let mut pause = std::time::Duration::from_millis(2);
     loop {
-        if let Some(slot) = Slot::take(st, user, "submit", 1, SUBMIT_LOCK_TTL).await? {
-            return Ok(Some(slot));
+        if let Some(slot) = Slot::take(st, user, kind, 1, SUBMIT_LOCK_TTL).await? {
+            return Ok(slot);
         }
         if tokio::time::Instant::now() >= deadline {
             return Err(ApiError::unavailable(
@@ -131,7 +137,7 @@ async fn submit_lock(st: &AppState, user: &User) -> Result<Option<Slot>, ApiErro
 /// A slot of a user's in the metadata store (a synchronous request in flight, or the submit
 /// lock), so a limit holds across every API host. Given back when the guard drops; a crashed
 /// host's slot expires.
-struct Slot {
+pub(crate) struct Slot {
     st: AppState,
     id: Option<String>,
 }
@@ -184,7 +190,7 @@ impl Slot {
     /// Gives the slot back before the answer leaves, so a client's next synchronous request
     /// (sent the moment this one is answered) finds it free on every host. A request dropped
     /// midway (the client went away) gives it back from `Drop` instead.
-    async fn release(mut self) {
+    pub(crate) async fn release(mut self) {
         if let Some(id) = self.id.take()
             && let Err(e) = self.st.meta.release_slot(&id).await
         {

@@ -65,6 +65,25 @@ fn app() -> App {
 fn app_with(adjust: impl FnOnce(&mut Inner)) -> App {
     let dir = tempfile::tempdir().unwrap();
     let backend = Arc::new(MemoryBackend::new(Duration::from_secs(60)));
+    let meta = Arc::new(SqliteMetadata::open(&dir.path().join("m.db")).unwrap());
+    let blobs = Arc::new(FlakyBlobs {
+        inner: ObjectBlobStore::memory(),
+        down: Default::default(),
+        gate: Default::default(),
+    });
+    let mut app = App {
+        router: axum::Router::new(),
+        backend,
+        meta,
+        blobs,
+        _dir: dir,
+    };
+    app.router = another_host(&app, adjust);
+    app
+}
+
+/// One more API host beside `app`'s: its own process state, the same stores and broker.
+fn another_host(app: &App, adjust: impl FnOnce(&mut Inner)) -> axum::Router {
     let auth = Auth {
         static_tokens: Auth::parse_static(
             "alice-token-0123456789=alice,bob-token-0123456789ab=bob",
@@ -72,29 +91,17 @@ fn app_with(adjust: impl FnOnce(&mut Inner)) -> App {
         .unwrap(),
         ..Auth::default()
     };
-    let meta = Arc::new(SqliteMetadata::open(&dir.path().join("m.db")).unwrap());
-    let blobs = Arc::new(FlakyBlobs {
-        inner: ObjectBlobStore::memory(),
-        down: Default::default(),
-        gate: Default::default(),
-    });
     let mut inner = Inner::new(
-        Client::new(backend.clone(), backend.clone()),
-        meta.clone(),
-        blobs.clone(),
+        Client::new(app.backend.clone(), app.backend.clone()),
+        app.meta.clone(),
+        app.blobs.clone(),
         Arc::new(Catalog::builtin()),
         auth,
         afterview_intake::Limits::default(),
         Arc::new(Metrics::default()),
     );
     adjust(&mut inner);
-    App {
-        router: router(Arc::new(inner)),
-        backend,
-        meta,
-        blobs,
-        _dir: dir,
-    }
+    router(Arc::new(inner))
 }
 
 /// `(status, JSON body)` of one request as `token`'s user.
@@ -922,14 +929,15 @@ async fn alice_photos(app: &App) -> usize {
     app.meta.list_images("alice", 100).await.unwrap().len()
 }
 
-/// Parallel uploads of a user one photo below the quota: one is stored, the others are
-/// refused (each passed the quota's first check before any was stored).
+/// Parallel uploads of a user one photo below the quota, on two API hosts: one is stored, the
+/// others are refused (each passed the quota's first check before any was stored).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn parallel_uploads_stay_within_the_photo_quota() {
     let app = app_with(|i| i.user_limits.photos = 1);
+    let other = another_host(&app, |i| i.user_limits.photos = 1);
     let mut uploads = tokio::task::JoinSet::new();
-    for _ in 0..4 {
-        uploads.spawn(app.router.clone().oneshot(upload_request(None)));
+    for host in [&app.router, &other, &app.router, &other] {
+        uploads.spawn(host.clone().oneshot(upload_request(None)));
     }
     let mut statuses: Vec<u16> = uploads
         .join_all()

@@ -14,8 +14,9 @@
 //! - An answer whose face does not match the photo's after the fit (another pose or
 //!   expression, another person) is refused, never blended: it would show as a ghost. (Where
 //!   the photo's landmarks are only the mean face fitted to a client's control points, the
-//!   match cannot be judged and is not; an answer in which no face is seen either is resized
-//!   to the photo, and only if it has the photo's shape.)
+//!   match cannot be judged and is not. For a face placed by control points, an answer in
+//!   which the models see no face is resized to the photo, and only if it has the photo's
+//!   shape.) With several faces in the answer, the one that fits the photo's is used.
 
 use image::{Rgb, RgbImage};
 
@@ -147,15 +148,22 @@ pub fn register(
     // The mean face fitted to a client's control points is an estimate of where the features
     // are: matching it cannot tell another face from this one.
     let estimated = lm.source == Source::Template;
-    let Some(theirs) = face::detect(generated) else {
-        return match estimated {
-            true => stretched(photo, generated).ok_or(RegisterError::NoFace),
-            false => Err(RegisterError::NoFace),
-        };
-    };
+    // Every face in the answer, the one fitting the photo's best: with two people in the
+    // picture, the patient's (control points may have placed the smaller one).
     let eyes = f64::from(lm.right_eye().minus(lm.left_eye()).len()).max(1.0);
-    let Some((t, rms)) = robust_fit(&lm.points, &theirs.points) else {
-        return Err(RegisterError::NoFace);
+    let best = face::detect_all(generated)
+        .iter()
+        .filter_map(|theirs| robust_fit(&lm.points, &theirs.points))
+        .min_by(|a, b| a.1.total_cmp(&b.1));
+    let Some((t, rms)) = best else {
+        // A face the models do not see in the photo (placed by control points) is likely
+        // unseen in the answer too: only an answer of the photo's shape can be placed then.
+        return match lm.source {
+            Source::Detected => Err(RegisterError::NoFace),
+            Source::ControlPoints | Source::Template => {
+                stretched(photo, generated).ok_or(RegisterError::NoFace)
+            }
+        };
     };
     let misfit = (rms / eyes) as f32;
     // A NaN misfit (degenerate points) is a mismatch too.
@@ -173,9 +181,9 @@ pub fn register(
     Ok(Registered { image, misfit })
 }
 
-/// For a photo whose face the models do not see (its landmarks are the mean face fitted to
-/// control points), and an answer where they see none either: the answer resized to the
-/// photo's size, if it has the photo's shape (within 2 %); nothing else can place it.
+/// For a photo whose face was placed by a client's control points and an answer where the
+/// models see no face: the answer resized to the photo's size, if it has the photo's shape
+/// (within 2 %); nothing else can place it.
 fn stretched(photo: &RgbImage, generated: &RgbImage) -> Option<Registered> {
     let (w, h) = photo.dimensions();
     let (gw, gh) = generated.dimensions();

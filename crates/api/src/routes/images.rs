@@ -156,24 +156,18 @@ async fn store_photo(
     };
     // File, then record, to the end even if the client goes away in between; a record that
     // cannot be written takes its file back with it: no photo stays stored without a record
-    // naming it (nothing would ever delete it). Under the user's lock, with the quota checked
-    // again: parallel uploads each passed the first check before any was stored.
+    // naming it (nothing would ever delete it). Under the user's `upload` lock (one per user
+    // on every host), with the quota checked again: parallel uploads each passed the first
+    // check before any was stored.
     let (st2, user2) = (st.clone(), user.clone());
     sent.tell(Sending::Underway);
     let told = sent.clone();
     let saved = tokio::spawn(async move {
-        let _turn = crate::submit::LocalTurn::take(&st2, &user2).await;
-        let (meta, blobs) = (&st2.meta, &st2.blobs);
         let stored = async {
-            check_quota(&st2, &user2).await?;
-            blobs.put(&rec.blob_key, Bytes::from(n.png)).await?;
-            if let Err(e) = meta.insert_image(&rec).await {
-                if let Err(d) = blobs.delete(&rec.blob_key).await {
-                    tracing::warn!(error = %d, "An upload's file could not be removed after its record failed.");
-                }
-                return Err(ApiError::from(e));
-            }
-            Ok((StatusCode::CREATED, image_view(&rec)))
+            let turn = crate::submit::user_lock(&st2, &user2, "upload").await?;
+            let stored = store_checked(&st2, &user2, &rec, n.png).await;
+            turn.release().await;
+            stored
         }
         .await;
         match &stored {
@@ -189,6 +183,25 @@ async fn store_photo(
             "the photo could not be stored; retry",
         ))
     })
+}
+
+/// The quota checked again, then the file and the record (the caller holds the user's
+/// `upload` lock); a record that fails takes its file back.
+async fn store_checked(
+    st: &AppState,
+    user: &User,
+    rec: &ImageRecord,
+    png: Vec<u8>,
+) -> Result<(StatusCode, Value), ApiError> {
+    check_quota(st, user).await?;
+    st.blobs.put(&rec.blob_key, Bytes::from(png)).await?;
+    if let Err(e) = st.meta.insert_image(rec).await {
+        if let Err(d) = st.blobs.delete(&rec.blob_key).await {
+            tracing::warn!(error = %d, "An upload's file could not be removed after its record failed.");
+        }
+        return Err(ApiError::from(e));
+    }
+    Ok((StatusCode::CREATED, image_view(rec)))
 }
 
 /// A multipart body that could not be read: 413 when it passed the size limit (axum says so

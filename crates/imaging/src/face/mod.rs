@@ -271,11 +271,12 @@ fn mesh_from(img: &RgbImage, roi: Roi, source: Source) -> Option<Landmarks> {
     Some(lm)
 }
 
-/// Detects the largest face that Face Mesh confirms.
-pub fn detect(img: &RgbImage) -> Option<Landmarks> {
+/// The detected faces, largest first, each measured by Face Mesh when it confirms it (lazily:
+/// [`detect`] stops at the first).
+fn meshes(img: &RgbImage) -> impl Iterator<Item = Landmarks> + '_ {
     let mut faces = detect_faces(img);
     faces.sort_by(|a, b| (b.w * b.h).total_cmp(&(a.w * a.h)));
-    faces.iter().find_map(|f| {
+    faces.into_iter().filter_map(move |f| {
         let d = f.keypoints[1].minus(f.keypoints[0]);
         let roi = Roi {
             center: Pt::new(f.x + f.w / 2.0, f.y + f.h / 2.0),
@@ -284,6 +285,16 @@ pub fn detect(img: &RgbImage) -> Option<Landmarks> {
         };
         mesh_from(img, roi, Source::Detected)
     })
+}
+
+/// Every face that Face Mesh confirms, largest first.
+pub fn detect_all(img: &RgbImage) -> Vec<Landmarks> {
+    meshes(img).collect()
+}
+
+/// Detects the largest face that Face Mesh confirms.
+pub fn detect(img: &RgbImage) -> Option<Landmarks> {
+    meshes(img).next()
 }
 
 impl Landmarks {

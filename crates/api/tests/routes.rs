@@ -1076,3 +1076,28 @@ async fn async_processing_takes_every_spelling_the_seed_took() {
             .contains("async_processing")
     );
 }
+
+/// A download's file name ends in the id's last 8 characters, the reference the report prints
+/// (the first 8 of a time-ordered id are the same for everything made within a minute).
+#[tokio::test]
+async fn downloads_are_named_by_the_reference_the_report_prints() {
+    let app = app();
+    let mut names = vec![];
+    for _ in 0..2 {
+        let (id, _) = stored_export(&app).await;
+        let req = Request::get(format!("/api/exports/{id}/download"))
+            .header("authorization", "Bearer alice-token-0123456789")
+            .body(Body::empty())
+            .unwrap();
+        let r = app.router.clone().oneshot(req).await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        let cd = r.headers()["content-disposition"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        let reference = id[id.len() - 8..].to_uppercase();
+        assert!(cd.contains(&format!("-{reference}.svg")), "{cd}");
+        names.push(cd);
+    }
+    assert_ne!(names[0], names[1]);
+}

@@ -8,6 +8,9 @@ use serde::{Deserialize, Serialize};
 
 const BUILTIN: &str = include_str!("catalog.json");
 
+/// The largest total cost of a procedure, in whole currency units.
+pub const MAX_TOTAL: u64 = (u32::MAX / 2) as u64;
+
 /// A low-high range in whole currency units.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -182,6 +185,21 @@ impl Catalog {
                         p.id, r.low, r.high
                     ));
                 }
+            }
+            // Totals are sums of whole units in 32 bits (and low + high is taken for a bar's
+            // middle): a catalog in a currency of large numbers must stay below the bound,
+            // rather than wrap to a small total.
+            let high: u64 = p
+                .costs
+                .components()
+                .iter()
+                .map(|(_, r)| u64::from(r.high))
+                .sum();
+            if high > MAX_TOTAL {
+                return Err(format!(
+                    "{}: the costs total up to {high}, more than {MAX_TOTAL} units",
+                    p.id
+                ));
             }
         }
         Ok(())

@@ -298,9 +298,15 @@ mod tests {
             include_costs: true,
             patient: None,
             paper: Some("A4".into()),
+            utc_offset_minutes: Some(-420),
             user_id: UserId::parse("u").unwrap(),
         };
         assert_eq!(e.check(), Ok(PaperSize::A4));
+        for bad in [-721, 841, i32::MIN] {
+            e.utc_offset_minutes = Some(bad);
+            assert_eq!(e.check().unwrap_err().code, ErrorCode::InvalidOptions);
+        }
+        e.utc_offset_minutes = None;
         e.paper = Some("legal".into());
         assert_eq!(e.check().unwrap_err().code, ErrorCode::InvalidOptions);
         e.paper = None;
@@ -318,6 +324,7 @@ mod tests {
         })
         .unwrap();
         assert!(wire.get("paper").is_none(), "paper only when given: {wire}");
+        assert!(wire.get("utc_offset_minutes").is_none(), "{wire}");
 
         let mut i = GenerateCostInfographic {
             procedure_ids: vec!["rhinoplasty".into()],
@@ -455,9 +462,17 @@ pub struct GenerateExport {
     /// does not know it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub paper: Option<String>,
+    /// The clinic's offset from UTC in minutes (a browser's `-getTimezoneOffset()`), so the
+    /// report is dated by the clinic's day; UTC's when absent. Absent from the message when
+    /// not given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub utc_offset_minutes: Option<i32>,
     /// The owner.
     pub user_id: UserId,
 }
+
+/// The offsets from UTC that exist: UTC−12:00 to UTC+14:00.
+pub const UTC_OFFSETS_MINUTES: std::ops::RangeInclusive<i32> = -720..=840;
 
 /// Arguments of [`GENERATE_COST_INFOGRAPHIC`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -598,6 +613,14 @@ impl GenerateExport {
         }
         if let Some(p) = &self.patient {
             p.check()?;
+        }
+        if let Some(m) = self.utc_offset_minutes
+            && !UTC_OFFSETS_MINUTES.contains(&m)
+        {
+            return Err(Invalid::new(
+                ErrorCode::InvalidOptions,
+                format!("utc_offset_minutes must be -720 to 840 (UTC-12:00 to UTC+14:00), got {m}"),
+            ));
         }
         Ok(paper)
     }

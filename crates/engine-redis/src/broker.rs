@@ -20,6 +20,17 @@ use crate::calls::{ClaimRow, Unreadable, delivery, fenced_call, parse_revocation
 use crate::pubsub;
 use crate::push::{Idle, waiters_key};
 
+/// When a message goes onto its queue's list: at once when its consumer holds its ETA (a
+/// foreign worker's task, Celery's way: the `eta` header travels with it), else at its ETA
+/// (until then it waits in `afterview:scheduled`).
+fn list_at(msg: &TaskMessage) -> i64 {
+    if msg.consumer_holds_eta {
+        0
+    } else {
+        msg.run_at_ms()
+    }
+}
+
 #[async_trait]
 impl Broker for RedisBackend {
     fn kind(&self) -> &'static str {
@@ -28,12 +39,7 @@ impl Broker for RedisBackend {
 
     async fn publish(&self, msg: &TaskMessage) -> Result<(), BackendError> {
         self.inner
-            .publish_one(
-                &msg.queue,
-                msg.priority,
-                msg.run_at_ms(),
-                &[msg.to_envelope()],
-            )
+            .publish_one(&msg.queue, msg.priority, list_at(msg), &[msg.to_envelope()])
             .await
     }
 
@@ -42,7 +48,7 @@ impl Broker for RedisBackend {
         let mut i = 0;
         while i < msgs.len() {
             let first = &msgs[i];
-            let due = first.run_at_ms() <= now;
+            let due = list_at(first) <= now;
             let mut raws = vec![first.to_envelope()];
             let mut j = i + 1;
             while due
@@ -50,12 +56,12 @@ impl Broker for RedisBackend {
                 && raws.len() < 500
                 && msgs[j].queue == first.queue
                 && msgs[j].priority == first.priority
-                && msgs[j].run_at_ms() <= now
+                && list_at(&msgs[j]) <= now
             {
                 raws.push(msgs[j].to_envelope());
                 j += 1;
             }
-            let run_at = if due { 0 } else { first.run_at_ms() };
+            let run_at = if due { 0 } else { list_at(first) };
             self.inner
                 .publish_one(&first.queue, first.priority, run_at, &raws)
                 .await?;

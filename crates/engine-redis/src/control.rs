@@ -790,9 +790,14 @@ impl Inner {
         let mut running = vec![];
         for id in &ids {
             match self.revoke(id, terminate, PIDBOX_REVOKE_KEEP).await {
-                Ok((_, r, _)) => {
+                Ok((_, r, new)) => {
                     if node.active.iter().any(|a| &a.id == id) || r {
                         running.push(id.clone());
+                    } else if new {
+                        // Not running on any of our workers: REVOKED at once (the first of
+                        // them to hear it), as a Celery 5.6.2+ worker marks a revoked task it
+                        // does not run; a waiter would otherwise wait for its ETA.
+                        self.mark_revoked(id).await;
                     }
                 }
                 Err(e) => {
@@ -806,6 +811,36 @@ impl Inner {
             json!({"ok": "terminate: tasks unknown"})
         } else {
             json!({"ok": format!("terminate: {}", running.join(", "))})
+        }
+    }
+
+    /// Stores REVOKED for `id` if it has not started anywhere we can see: its result is absent,
+    /// PENDING, RECEIVED or RETRY (a foreign worker's STARTED or a final state is kept).
+    async fn mark_revoked(&self, id: &str) {
+        let mut c = self.results.clone();
+        let current: Result<Option<String>, _> =
+            c.get(format!("{}{id}", crate::RESULT_PREFIX)).await;
+        let waiting = match current {
+            Ok(None) => true,
+            Ok(Some(s)) => ResultMeta::from_json(&s).is_ok_and(|m| {
+                matches!(
+                    m.status,
+                    TaskState::Pending | TaskState::Received | TaskState::Retry
+                )
+            }),
+            Err(_) => false,
+        };
+        if !waiting {
+            return;
+        }
+        let mut meta = ResultMeta::error(
+            id,
+            TaskState::Revoked,
+            &afterview_engine::TaskError::revoked("revoked"),
+        );
+        meta.traceback = None;
+        if let Err(e) = self.store_meta(&meta, None, false).await {
+            warn!(error = %e, task_id = %id, "Could not store a revoked task's state.");
         }
     }
 

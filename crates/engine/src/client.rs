@@ -114,13 +114,12 @@ impl Client {
         kwargs: Map<String, Value>,
         opts: SendOptions,
     ) -> Result<TaskMessage, ClientError> {
-        Ok(TaskMessage::new(
-            task,
-            args,
-            kwargs,
-            self.queue_for(task),
-            opts,
-        )?)
+        let mut msg = TaskMessage::new(task, args, kwargs, self.queue_for(task), opts)?;
+        // A task this client does not route is another worker's (a Python Celery worker's):
+        // its consumer holds its ETA, as Celery's do.
+        msg.consumer_holds_eta =
+            msg.eta.is_some() && !self.routes.is_empty() && !self.routes.contains_key(task);
+        Ok(msg)
     }
 
     /// Sends `task` by name; returns its id.

@@ -69,6 +69,12 @@ pub struct TaskMessage {
     pub redelivered: bool,
     /// Do not store a result (`ignore_result`); `None` means the task's default.
     pub ignore_result: Option<bool>,
+    /// Its consumer holds it until its `eta`, as Celery does: the broker hands it out at once.
+    /// Set for tasks the sending client does not know (a Python Celery worker's), whose
+    /// consumers may all be foreign workers: a broker that kept such a message until its
+    /// ETA, for Afterview's workers to take, would keep it from them. False for Afterview's
+    /// own tasks, which wait in the broker (no worker holds them in memory). Not on the wire.
+    pub consumer_holds_eta: bool,
 }
 
 /// Options a caller may set when sending a task.
@@ -163,6 +169,7 @@ impl TaskMessage {
             origin: Some(origin()),
             redelivered: false,
             ignore_result: None,
+            consumer_holds_eta: false,
         })
     }
 
@@ -351,6 +358,7 @@ impl TaskMessage {
             queue: facts.queue,
             delivery_tag: facts.delivery_tag,
             redelivered: facts.redelivered,
+            consumer_holds_eta: false,
         };
         validate_task_id(&msg.id).map_err(|e| fail(e.to_string()))?;
         Ok(msg)
@@ -408,6 +416,7 @@ impl TaskMessage {
             origin: None,
             redelivered: facts.redelivered,
             ignore_result: None,
+            consumer_holds_eta: false,
         })
     }
 }

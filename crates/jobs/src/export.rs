@@ -125,12 +125,14 @@ async fn picture(d: &Deps, ctx: &TaskContext, key: &str) -> Result<Arc<RgbImage>
 }
 
 /// Crops a before/after pair to the face (same window for both, the face cheek to cheek
-/// at least 40 % of its width), when a face is found.
+/// at least 40 % of its width), when a face is found. The after picture's `label` (stamped in
+/// the full picture's corner, which the crop cuts off) is stamped again on the crop: every
+/// simulated picture in the report says it is one.
 ///
 /// Both come back no larger than the report prints them ([`fit_to_print`]): a report holds
 /// every item's pair until it renders, and eight procedures on a 40 MP photo kept at full
 /// resolution were about 2 GB at once.
-fn face_crop(before: &RgbImage, after: &RgbImage) -> (RgbImage, RgbImage) {
+fn face_crop(before: &RgbImage, after: &RgbImage, label: Option<&str>) -> (RgbImage, RgbImage) {
     let window =
         face::detect(before).map(|lm| face_window(&lm, before.width(), before.height(), 0.7, 0.82));
     let fit = |img: &RgbImage| {
@@ -140,7 +142,18 @@ fn face_crop(before: &RgbImage, after: &RgbImage) -> (RgbImage, RgbImage) {
         };
         fit_to_print(&img).unwrap_or(img)
     };
-    (fit(before), fit(after))
+    let mut after_crop = fit(after);
+    let corner_kept = window.is_none_or(|r| r.x1 >= after.width() && r.y1 >= after.height());
+    if let Some(l) = label.filter(|_| !corner_kept) {
+        afterview_imaging::render::label(&mut after_crop, l);
+    }
+    (fit(before), after_crop)
+}
+
+/// The report's date: the clinic's day when its offset from UTC is known, else UTC's.
+fn report_date(now: chrono::DateTime<Utc>, utc_offset_minutes: Option<i32>) -> String {
+    let local = now + chrono::Duration::minutes(i64::from(utc_offset_minutes.unwrap_or(0)));
+    local.format("%Y-%m-%d").to_string()
 }
 
 /// The report's patient fields (their lengths were checked with the arguments).
@@ -301,7 +314,10 @@ impl Task for GenerateExportTask {
             let procedure = procedure(d, &proc_id)?;
             let before = load_photo(d, &ctx, &a.user_id, &v.image_id).await?;
             let after = picture(d, &ctx, &v.blob_key).await?;
-            let (before, after) = ctx.blocking(move |_| face_crop(&before, &after)).await?;
+            let label = d.preview.label.clone();
+            let (before, after) = ctx
+                .blocking(move |_| face_crop(&before, &after, label.as_deref()))
+                .await?;
             if !image_ids.contains(&v.image_id) {
                 image_ids.push(v.image_id.clone());
             }
@@ -320,7 +336,7 @@ impl Task for GenerateExportTask {
         ctx.progress(30, "Generating report").await;
         let input = ReportInput {
             reference: short_reference(&derived_id(ctx.id(), 0)),
-            date: Utc::now().format("%Y-%m-%d").to_string(),
+            date: report_date(Utc::now(), a.utc_offset_minutes),
             paper,
             patient,
             include_costs: a.include_costs,
@@ -414,12 +430,62 @@ mod tests {
     fn a_report_keeps_its_pictures_no_larger_than_it_prints_them() {
         // No face here: the whole picture, scaled down, its proportions kept.
         let big = RgbImage::from_pixel(3000, 1800, image::Rgb([180, 140, 120]));
-        let (before, after) = face_crop(&big, &big);
+        let (before, after) = face_crop(&big, &big, None);
         for img in [&before, &after] {
             assert_eq!(img.dimensions(), (PICTURE_SIDE, 540));
         }
         let small = RgbImage::from_pixel(400, 300, image::Rgb([180, 140, 120]));
-        assert_eq!(face_crop(&small, &small).0.dimensions(), (400, 300));
+        assert_eq!(face_crop(&small, &small, None).0.dimensions(), (400, 300));
+    }
+
+    /// The crop to the face cuts off the corner where the preview's label was stamped: the
+    /// report's after picture is labelled again (only the after picture).
+    #[test]
+    fn a_reports_after_picture_keeps_its_simulation_label() {
+        let bytes = std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../testdata/portraits/astronaut.png"
+        ))
+        .unwrap();
+        let portrait = afterview_imaging::intake::decode_upright(
+            &bytes,
+            &afterview_imaging::intake::Limits::default(),
+        )
+        .unwrap()
+        .0;
+        // In the middle of a larger photo: the crop to the face leaves its corners out.
+        let mut photo = RgbImage::from_pixel(1400, 1400, image::Rgb([90, 110, 130]));
+        image::imageops::replace(&mut photo, &portrait, 444, 444);
+        let (before, after) = face_crop(&photo, &photo, Some("SIMULATION"));
+        let (w, h) = after.dimensions();
+        let changed: Vec<(u32, u32)> = after
+            .enumerate_pixels()
+            .filter(|(x, y, p)| *p != before.get_pixel(*x, *y))
+            .map(|(x, y, _)| (x, y))
+            .collect();
+        assert!(changed.len() > 500, "labelled: {} pixels", changed.len());
+        assert!(
+            changed.iter().all(|(x, y)| *x > w / 3 && *y > h / 2),
+            "only in the bottom right corner: {w}x{h}, from {:?}",
+            (
+                changed.iter().map(|c| c.0).min(),
+                changed.iter().map(|c| c.1).min()
+            )
+        );
+        let (_, plain) = face_crop(&photo, &photo, None);
+        assert_eq!(plain, before, "no label configured: no label");
+    }
+
+    #[test]
+    fn reports_are_dated_by_the_clinics_day() {
+        let t = chrono::DateTime::parse_from_rfc3339("2026-12-07T01:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        assert_eq!(report_date(t, None), "2026-12-07");
+        assert_eq!(report_date(t, Some(-480)), "2026-12-06", "Los Angeles");
+        assert_eq!(report_date(t, Some(540)), "2026-12-07", "Tokyo");
+        let evening = t + chrono::Duration::hours(20);
+        assert_eq!(report_date(evening, Some(540)), "2026-12-08");
     }
 
     #[test]

@@ -82,15 +82,22 @@ pub(crate) fn width(text: &str, size: f32, bold: bool) -> f32 {
     w
 }
 
-/// The text as the report prints it: control characters (NUL, escapes, tabs) and the
+/// The text as the report prints it: control characters (NUL, escapes) and the
 /// bidirectional marks, embeddings, overrides and isolates are dropped, so a field can neither
-/// hide nor reorder what the page shows. Line breaks stay (paragraphs split on them).
+/// hide nor reorder what the page shows. A tab is a space (`Age:\t35` is not `Age:35`); line
+/// breaks stay, whichever convention they follow (`\r\n`, `\r`), and paragraphs split on them.
 pub(crate) fn printable(text: &str) -> String {
-    text.chars()
-        .filter(|&c| {
-            c == '\n'
-                || !(c.is_control()
-                    || matches!(c, '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}'))
+    text.replace("\r\n", "\n")
+        .chars()
+        .filter_map(|c| match c {
+            '\n' | '\r' => Some('\n'),
+            '\t' => Some(' '),
+            c if c.is_control()
+                || matches!(c, '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}') =>
+            {
+                None
+            }
+            c => Some(c),
         })
         .collect()
 }
@@ -118,10 +125,14 @@ fn pieces(word: &str, size: f32, bold: bool, max: f32) -> Vec<String> {
     out
 }
 
-/// Splits `text` ([`printable`] of it) into lines no wider than `max`.
+/// Splits `text` ([`printable`] of it) into lines no wider than `max`. Blank lines in a row
+/// are one (a field of 2,000 line breaks made 40 blank pages).
 pub(crate) fn wrap(text: &str, size: f32, bold: bool, max: f32) -> Vec<String> {
-    let mut lines = vec![];
+    let mut lines: Vec<String> = vec![];
     for para in printable(text).split('\n') {
+        if para.trim().is_empty() && lines.last().is_some_and(|l| l.is_empty()) {
+            continue;
+        }
         let mut line = String::new();
         for word in para
             .split_whitespace()
@@ -510,4 +521,21 @@ fn set_fill(s: &mut krilla::surface::Surface<'_>, c: Rgb) {
         opacity: NormalizedF32::ONE,
         rule: Default::default(),
     }));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{printable, wrap};
+
+    /// A tab keeps words apart, every line-break convention breaks a line, and blank lines in
+    /// a row are one: 2,000 line breaks in the notes are not 40 blank pages.
+    #[test]
+    fn fields_keep_their_words_apart_and_blank_lines_are_one() {
+        assert_eq!(
+            printable("Age:\t35\r\nnext\rthird\u{202E}"),
+            "Age: 35\nnext\nthird"
+        );
+        assert_eq!(wrap(&"\n".repeat(2000), 10.0, false, 400.0).len(), 1);
+        assert_eq!(wrap("a\n\n\n\nb", 10.0, false, 400.0), ["a", "", "b"]);
+    }
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use afterview_core::catalog::Procedure;
 use image::RgbImage;
 
-use crate::layout::{ACCENT, Flow, INK, MUTED, Op, width};
+use crate::layout::{ACCENT, Flow, INK, MUTED, Op, width, wrap};
 use crate::{DISCLAIMER, ReportError, range};
 
 /// Paper size.
@@ -117,16 +117,21 @@ fn pictures(f: &mut Flow, pics: &[(&str, &RgbImage)], max_h: f32) {
         .map(|(_, p)| p.width() as f32 / p.height() as f32)
         .sum();
     let h = ((cw - gap * (n - 1.0)) / ratios).min(max_h);
-    f.need(h + 24.0);
-    let total_w: f32 = pics
+    let width_of = |p: &RgbImage| h * p.width() as f32 / p.height() as f32;
+    // Each caption wrapped to its picture's width (and its share of the gaps): with eight
+    // pictures in a row, one-line captions ran into each other.
+    let (size, leading) = (8.5, 10.0);
+    let captions: Vec<Vec<String>> = pics
         .iter()
-        .map(|(_, p)| h * p.width() as f32 / p.height() as f32)
-        .sum::<f32>()
-        + gap * (n - 1.0);
+        .map(|(c, p)| wrap(c, size, true, width_of(p) + gap - 2.0))
+        .collect();
+    let lines = captions.iter().map(Vec::len).max().unwrap_or(1) as f32;
+    f.need(h + 14.0 + leading * lines);
+    let total_w: f32 = pics.iter().map(|(_, p)| width_of(p)).sum::<f32>() + gap * (n - 1.0);
     let mut x = f.margin + (cw - total_w) / 2.0;
     let y = f.y;
-    for (caption, p) in pics {
-        let w = h * p.width() as f32 / p.height() as f32;
+    for ((_, p), caption) in pics.iter().zip(&captions) {
+        let w = width_of(p);
         f.push(Op::Image {
             x,
             y,
@@ -134,18 +139,20 @@ fn pictures(f: &mut Flow, pics: &[(&str, &RgbImage)], max_h: f32) {
             h,
             jpeg: jpeg(p),
         });
-        let cap_w = width(caption, 8.5, true);
-        f.push(Op::Text {
-            x: x + (w - cap_w) / 2.0,
-            y: y + h + 13.0,
-            size: 8.5,
-            bold: true,
-            color: MUTED,
-            text: (*caption).to_owned(),
-        });
+        for (k, line) in caption.iter().enumerate() {
+            let cap_w = width(line, size, true);
+            f.push(Op::Text {
+                x: x + (w - cap_w) / 2.0,
+                y: y + h + 13.0 + leading * k as f32,
+                size,
+                bold: true,
+                color: MUTED,
+                text: line.clone(),
+            });
+        }
         x += w + gap;
     }
-    f.y = y + h + 22.0;
+    f.y = y + h + 12.0 + leading * lines;
 }
 
 fn cost_rows(p: &Procedure, currency: &str) -> Vec<Vec<String>> {
@@ -376,6 +383,44 @@ fn closing(f: &mut Flow, input: &ReportInput) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Nine pictures in a row (a photo and eight results): every caption stays within its
+    /// picture's column, so no two run into each other.
+    #[test]
+    fn captions_of_many_pictures_do_not_overlap() {
+        let mut f = Flow::new(612.0, 792.0);
+        let img = RgbImage::from_pixel(410, 500, image::Rgb([200, 150, 120]));
+        let names = [
+            "Before",
+            "Rhinoplasty",
+            "Blepharoplasty",
+            "Lip augmentation",
+            "Chin augmentation",
+            "Facelift",
+            "Brow lift",
+            "Otoplasty",
+            "Skin resurfacing",
+        ];
+        let pics: Vec<(&str, &RgbImage)> = names.iter().map(|n| (*n, &img)).collect();
+        pictures(&mut f, &pics, 200.0);
+        let mut spans: Vec<(f32, f32, f32)> = f.pages[0]
+            .iter()
+            .filter_map(|op| match op {
+                Op::Text {
+                    x, y, size, text, ..
+                } => Some((*y, *x, *x + width(text, *size, true))),
+                _ => None,
+            })
+            .collect();
+        assert!(spans.len() >= names.len());
+        spans.sort_by(|a, b| (a.0, a.1).partial_cmp(&(b.0, b.1)).unwrap());
+        for pair in spans.windows(2) {
+            let ((y0, _, end), (y1, start, _)) = (pair[0], pair[1]);
+            if y0 == y1 {
+                assert!(end <= start + 0.01, "captions overlap: {spans:?}");
+            }
+        }
+    }
 
     #[test]
     fn a_very_thin_picture_is_embedded() {

@@ -748,6 +748,8 @@ async function createReport(ev) {
     $("report-link").hidden = true;
     const ex = await api("POST", "/api/exports", {
       visualization_ids: [state.result.id], format: "pdf", paper: f.get("paper"), patient,
+      // Dated by the clinic's day, not UTC's.
+      utc_offset_minutes: -new Date().getTimezoneOffset(),
     });
     const href = await fileUrl(ex.download_url);
     // Another patient's photo opened meanwhile: this report is not theirs to be offered.

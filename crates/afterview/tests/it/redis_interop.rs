@@ -159,6 +159,20 @@ t0 = time.time()
 r = app.send_task('afterview.noop', args=['later'], countdown=2)
 out['eta'] = {'result': r.get(timeout=30), 'seconds': time.time() - t0}
 
+# A revoke of a task that waits for its ETA marks it REVOKED at once, as Celery 5.6.2+
+# workers do: a waiter does not wait for the ETA.
+r = app.send_task('afterview.noop', args=['never'], countdown=60)
+time.sleep(0.5)
+t1 = time.time()
+app.control.revoke(r.id)
+try:
+    r.get(timeout=10)
+    out['revoke_waiting'] = 'no exception'
+except TaskRevokedError:
+    out['revoke_waiting'] = {'state': r.state, 'seconds': time.time() - t1}
+except Exception as e:
+    out['revoke_waiting'] = {'error': type(e).__name__, 'state': r.state}
+
 r = app.send_task('afterview.fail', kwargs={'message': 'boom from rust'})
 try:
     r.get(timeout=30)
@@ -351,6 +365,12 @@ async fn python_clients_drive_our_worker_and_the_websocket_follows_through_redis
             .all(|p| p["progress"].as_u64().is_some_and(|v| v <= 100))
     );
     assert_eq!(out["sleep"], json!({"slept": 3.0}));
+    assert_eq!(
+        out["revoke_waiting"]["state"], "REVOKED",
+        "{}",
+        out["revoke_waiting"]
+    );
+    assert!(out["revoke_waiting"]["seconds"].as_f64().unwrap() < 5.0);
     assert_eq!(out["revoke"]["state"], "REVOKED", "{}", out["revoke"]);
     assert!(
         out["revoke"]["text"]
@@ -451,6 +471,32 @@ fn our_producer_feeds_python_workers_and_flower_sees_ours() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "5");
+    // A countdown for a Python task goes onto its queue at once with its `eta` header, for
+    // the Python worker to hold (Celery's way). Kept in our schedule, it waited for one of
+    // our workers to move it, and with none of ours about it never ran.
+    let add_in = |countdown: &str, wait: &[&str]| {
+        let mut a = vec![
+            "call",
+            "pytasks.add",
+            "--args",
+            "[4, 5]",
+            "--queue",
+            "pyq",
+            "--countdown",
+            countdown,
+        ];
+        a.extend_from_slice(wait);
+        cmd(&a)
+    };
+    assert!(add_in("30", &[]).status.success());
+    let mut c = redis.connection(0);
+    let scheduled: i64 = redis::cmd("ZCARD")
+        .arg("afterview:scheduled")
+        .query(&mut c)
+        .unwrap();
+    assert_eq!(scheduled, 0, "not in our schedule");
+    let out = add_in("1", &["--wait", "--timeout", "30"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "9");
     let out = cmd(&[
         "call",
         "pytasks.boom",
@@ -465,7 +511,7 @@ fn our_producer_feeds_python_workers_and_flower_sees_ours() {
     assert!(err.contains("python says no"), "{err}");
 
     let stats: Value = serde_json::from_slice(&cmd(&["inspect", "stats"]).stdout).unwrap();
-    assert_eq!(stats[&py_node]["total"]["pytasks.add"], 1, "{stats}");
+    assert_eq!(stats[&py_node]["total"]["pytasks.add"], 2, "{stats}");
     assert_eq!(stats[&rs_node]["queues"], json!(["celery"]));
 
     // The operators' monitor (an API host on the same Redis) lists both workers, Celery's too.

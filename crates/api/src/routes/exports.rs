@@ -116,10 +116,12 @@ pub(crate) async fn download_export(
 ) -> Result<Response, ApiError> {
     let rec = owned_export(&st, &user, &id).await?;
     let ct = rec.format.content_type();
+    // The id's last 8 characters, as the report prints its reference (a UUID v7's first 8
+    // change only every ~65 s: reports made in a row had one name).
     let name = format!(
         "afterview-{}-{}.{}",
         rec.kind,
-        &rec.id[..8.min(rec.id.len())],
+        rec.id[rec.id.len().saturating_sub(8)..].to_uppercase(),
         rec.format
     );
     stored_file(&st, (&rec.blob_key, &q), "export content", |bytes| {

@@ -151,6 +151,26 @@ fn clients(
     Ok((client, result_client))
 }
 
+/// Redis Cluster spreads keys over nodes by their hash; the scripts read and write several keys
+/// at once (a queue, its leases, the running tasks), which would fail part-way, after some
+/// writes, when the keys live on different nodes. Refused at once, by name.
+async fn refuse_cluster(conn: &Conn, url: &str) -> Result<(), BackendError> {
+    let mut c = conn.clone();
+    let info: String = redis::cmd("INFO")
+        .arg("cluster")
+        .query_async(&mut c)
+        .await
+        .map_err(unavailable)?;
+    if info.lines().any(|l| l.trim() == "cluster_enabled:1") {
+        return Err(BackendError::invalid(format!(
+            "{} is a Redis Cluster node; Afterview needs a standalone Redis (a primary, with \
+             replicas if you like), as Celery's Redis transport does",
+            redact(url)
+        )));
+    }
+    Ok(())
+}
+
 impl RedisBackend {
     /// Connects to the broker at `broker_url` (`redis://[:password@]host[:port][/db]`) and the
     /// result backend at `result_url` (same server, any database; default: the broker's).
@@ -175,6 +195,7 @@ impl RedisBackend {
                     redact(broker_url)
                 ))
             })?;
+        refuse_cluster(&conn, broker_url).await?;
         let results = if backend_db == broker_db {
             conn.clone()
         } else {

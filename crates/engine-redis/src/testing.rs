@@ -25,6 +25,7 @@ pub struct RedisServer {
     next_db: AtomicU32,
     databases: u32,
     aof: bool,
+    extra: Vec<String>,
 }
 
 fn free_port() -> u16 {
@@ -38,6 +39,11 @@ impl RedisServer {
     /// Starts a server with `databases` logical databases; `aof` turns on the append-only file
     /// (fsync every write) so a restart keeps everything.
     pub fn start(databases: u32, aof: bool) -> Self {
+        Self::start_with(databases, aof, &[])
+    }
+
+    /// As [`RedisServer::start`], with more `redis-server` arguments.
+    pub fn start_with(databases: u32, aof: bool, extra: &[&str]) -> Self {
         let dir = std::env::temp_dir().join(format!(
             "afterview-redis-{}-{}",
             std::process::id(),
@@ -52,6 +58,7 @@ impl RedisServer {
             next_db: AtomicU32::new(0),
             databases,
             aof,
+            extra: extra.iter().map(|a| (*a).to_owned()).collect(),
         };
         s.spawn();
         s
@@ -82,6 +89,7 @@ impl RedisServer {
         ])
         .args(["--loglevel", "warning", "--logfile"])
         .arg(self.dir.join("redis.log"))
+        .args(&self.extra)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::inherit());

@@ -293,3 +293,17 @@ async fn a_push_through_one_queue_takes_the_worker_out_of_its_other_queues() {
     };
     assert_eq!(worker.claim(&other).await.unwrap()[0].lease.task_id, second);
 }
+
+/// A Redis Cluster node is refused at once, by name: the scripts' keys would be spread over
+/// nodes and fail part-way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_cluster_is_refused_by_name() {
+    let server = RedisServer::start_with(1, false, &["--cluster-enabled", "yes"]);
+    match RedisBackend::open(&server.url(0), None, RedisOptions::default()).await {
+        Err(afterview_engine::BackendError::Invalid(c)) => {
+            assert!(c.to_string().contains("Redis Cluster"), "{c}")
+        }
+        Err(e) => panic!("refused, but as {e}"),
+        Ok(_) => panic!("a cluster node was accepted"),
+    }
+}

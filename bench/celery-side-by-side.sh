@@ -14,14 +14,17 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT="$PWD"
-HARNESS="${CELERY_BENCH:-$ROOT/../shared/bench/celery}"
+# Not CELERY_BENCH: Celery reads that variable itself and, set, swaps its worker's bookkeeping for
+# a benchmark's (Celery 5.7's then fails every task callback).
+HARNESS="${AFTERVIEW_CELERY_HARNESS:-$ROOT/../shared/bench/celery}"
+unset CELERY_BENCH
 OUT="${OUT:-/var/tmp/afterview-bench-celery}"
 PORT="${PORT:-6393}"
 ARGS="${BENCH_ARGS:---reps 2}"
 # Which runs, in order (the first is the baseline of the ratios).
 RUNS="${RUNS:-celery afterview afterview+rs-producer}"
 export VENV="${VENV:-/var/tmp/afterview-celery-bench-venv}"   # the harness's pinned venv, kept out of ../shared
-[ -x "$HARNESS/run.sh" ] || { echo "Celery harness not found at $HARNESS (set CELERY_BENCH)" >&2; exit 2; }
+[ -x "$HARNESS/run.sh" ] || { echo "Celery harness not found at $HARNESS (set AFTERVIEW_CELERY_HARNESS)" >&2; exit 2; }
 
 . ./.envrc.sh
 cargo build --release -p afterview -p afterview-bench

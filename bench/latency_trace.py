@@ -38,7 +38,9 @@ import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-HARNESS = os.environ.get("CELERY_BENCH", os.path.join(HERE, "..", "..", "shared", "bench", "celery"))
+# Not CELERY_BENCH: Celery reads that variable itself (a benchmark mode that breaks its worker).
+HARNESS = os.environ.get("AFTERVIEW_CELERY_HARNESS", os.path.join(HERE, "..", "..", "shared", "bench", "celery"))
+os.environ.pop("CELERY_BENCH", None)
 LINE = re.compile(r'^(\d+\.\d+) \[\d+ ([^\]]+)\] "(\w+)"(.*)$')
 
 

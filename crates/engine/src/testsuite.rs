@@ -93,6 +93,7 @@ macro_rules! broker_conformance {
             worker_shutdown_gives_back_messages_not_started,
             worker_takes_nothing_more_once_stopping,
             worker_keeps_the_newer_run_of_a_message_it_got_back,
+            worker_stops_a_run_when_its_lease_runs_out_unrenewed,
             worker_fails_a_task_whose_arguments_panic_in_decoding,
             worker_expires_tasks,
             worker_marks_waiting_tasks_received,
@@ -1691,6 +1692,88 @@ pub async fn worker_keeps_the_newer_run_of_a_message_it_got_back(f: &impl Factor
         2,
         "the run of the newer lease was not stopped in place of the older"
     );
+    w.stop().await;
+}
+
+/// Sleeps `seconds`; notes when it started and when its run was stopped (its future dropped).
+struct StopStamp {
+    started: Arc<std::sync::Mutex<Option<tokio::time::Instant>>>,
+    stopped: Arc<std::sync::Mutex<Option<tokio::time::Instant>>>,
+}
+
+/// Sets its stamp when dropped.
+struct Stamp(Arc<std::sync::Mutex<Option<tokio::time::Instant>>>);
+
+impl Drop for Stamp {
+    fn drop(&mut self) {
+        *self.0.lock().unwrap() = Some(tokio::time::Instant::now());
+    }
+}
+
+impl Task for StopStamp {
+    const NAME: &'static str = "suite.stop_stamp";
+    type Args = CountedSleepArgs;
+    type Output = Value;
+
+    async fn run(&self, _ctx: TaskContext, a: CountedSleepArgs) -> Result<Value, TaskError> {
+        self.started
+            .lock()
+            .unwrap()
+            .get_or_insert_with(tokio::time::Instant::now);
+        let _stamp = Stamp(self.stopped.clone());
+        tokio::time::sleep(Duration::from_secs_f64(a.seconds)).await;
+        Ok(json!({"slept": a.seconds}))
+    }
+}
+
+/// A worker whose renewals go unanswered (a network partition: the calls hang until the
+/// client's reply timeout) stops a run when its lease runs out, counted from its claim or last
+/// renewal: another worker may take the task from then on. It waited for the hung call to
+/// give up (10 s on Redis), and the run went on beside the other worker's.
+pub async fn worker_stops_a_run_when_its_lease_runs_out_unrenewed(f: &impl Factory) {
+    let fx = f(DAY).await;
+    let gated = Arc::new(gated::Gated::new(fx.broker.clone(), gated::Hold::Renewals));
+    let gfx = Fixture {
+        broker: gated.clone(),
+        ..fx.clone()
+    };
+    let task = StopStamp {
+        started: Arc::default(),
+        stopped: Arc::default(),
+    };
+    let (started, stopped) = (task.started.clone(), task.stopped.clone());
+    let mut registry = Registry::with_builtins();
+    registry.register(task);
+    let cfg = WorkerConfig {
+        lease: Duration::from_secs(1),
+        ..worker_cfg(&["celery"], 1)
+    };
+    let w = start_with(&gfx, cfg, registry);
+    call(
+        &w.client,
+        StopStamp::NAME,
+        json!({"seconds": 20.0}),
+        SendOptions::default(),
+    )
+    .await;
+    let t0 = tokio::time::Instant::now();
+    let (began, ended) = loop {
+        let (b, e) = (*started.lock().unwrap(), *stopped.lock().unwrap());
+        if let (Some(b), Some(e)) = (b, e) {
+            break (b, e);
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(8),
+            "the run was not stopped as its lease ran out"
+        );
+        sleep_ms(20).await;
+    };
+    assert!(
+        ended - began < Duration::from_millis(1500),
+        "stopped {:?} after it began, with a lease of 1 s",
+        ended - began
+    );
+    gated.open();
     w.stop().await;
 }
 

@@ -117,6 +117,7 @@ pub(super) async fn fetch_loop(s: &Arc<Shared>, shutdown: &Shutdown, runs: &mut 
             worker: s.cfg.node.clone(),
             lease: s.cfg.lease,
         };
+        let asked_at = Instant::now();
         match s.broker.claim(&req).await {
             Ok(batch) => {
                 backoff = Duration::from_millis(100);
@@ -126,7 +127,7 @@ pub(super) async fn fetch_loop(s: &Arc<Shared>, shutdown: &Shutdown, runs: &mut 
                 let wait = batch.is_empty() || (batch.len() < req.max && s.broker.pushes_wakeups());
                 let claimed_at = Instant::now();
                 for d in batch {
-                    spawn_run(s, runs, d, claimed_at);
+                    spawn_run(s, runs, d, (asked_at, claimed_at));
                 }
                 if wait {
                     tokio::select! {
@@ -152,11 +153,11 @@ fn spawn_run(
     s: &Arc<Shared>,
     runs: &mut JoinSet<()>,
     mut d: crate::backend::Delivery,
-    claimed_at: Instant,
+    (asked_at, claimed_at): (Instant, Instant),
 ) {
     let ctrl = Arc::new(RunControl::default());
     s.held.fetch_add(1, Ordering::SeqCst);
-    s.register(&mut d, &ctrl);
+    s.register(&mut d, &ctrl, asked_at);
     let hold = Hold {
         s: s.clone(),
         key: run_key(&d.lease),
@@ -188,13 +189,24 @@ impl Drop for Hold {
     }
 }
 
-/// Extends held leases every third of a lease; a lost lease kills its run, and when renewal
-/// has failed for a whole lease every run is killed (other workers may own them now).
+/// Extends held leases every third of a lease; a lost lease kills its run. When renewals fail
+/// or do not answer (each waits at most a third of a lease), a run is killed as its lease runs
+/// out: at the lease's end counted from when the last renewal that succeeded was sent (or its
+/// claim, if later), on a timer of its own, not when a hung call gives up (the broker's reply
+/// timeout, 10 s, let a partitioned worker run on for seconds after another took the task).
 pub(super) async fn renew_loop(s: Arc<Shared>, stop: CancellationToken) {
-    let period = (s.cfg.lease / 3).max(Duration::from_millis(50));
-    let mut last_ok = Instant::now();
-    let mut period = Period::new(period, stop);
-    while period.next().await {
+    let every = (s.cfg.lease / 3).max(Duration::from_millis(50));
+    let mut renewed_at = Instant::now();
+    let mut period = Period::new(every, stop.clone());
+    loop {
+        let go = tokio::select! {
+            more = period.next() => more,
+            () = tokio::time::sleep_until(lease_end(&s, renewed_at)) => !stop.is_cancelled(),
+        };
+        if !go {
+            return;
+        }
+        kill_expired(&s, renewed_at);
         let leases: Vec<LeaseRef> = s
             .runs
             .lock()
@@ -203,12 +215,17 @@ pub(super) async fn renew_loop(s: Arc<Shared>, stop: CancellationToken) {
             .map(|r| r.lease.clone())
             .collect();
         if leases.is_empty() {
-            last_ok = Instant::now();
+            renewed_at = Instant::now();
             continue;
         }
-        match s.broker.renew(&leases, s.cfg.lease).await {
-            Ok(lost) => {
-                last_ok = Instant::now();
+        let sent = Instant::now();
+        let answer = tokio::select! {
+            r = tokio::time::timeout(every, s.broker.renew(&leases, s.cfg.lease)) => r.ok(),
+            () = tokio::time::sleep_until(lease_end(&s, renewed_at)) => None,
+        };
+        match answer {
+            Some(Ok(lost)) => {
+                renewed_at = sent;
                 let runs = s.runs.lock().expect("runs lock");
                 for l in lost {
                     // The run of that epoch only: the message may be held again at a newer one.
@@ -218,14 +235,39 @@ pub(super) async fn renew_loop(s: Arc<Shared>, stop: CancellationToken) {
                     }
                 }
             }
-            Err(e) => {
+            Some(Err(e)) => {
                 warn!(error = %e, "Lease renewal failed.");
-                if last_ok.elapsed() >= s.cfg.lease {
-                    for r in s.runs.lock().expect("runs lock").values() {
-                        r.ctrl.kill(CancelReason::LeaseLost);
-                    }
-                }
+                kill_expired(&s, renewed_at);
             }
+            None => {
+                warn!("Lease renewal did not answer in time.");
+                kill_expired(&s, renewed_at);
+            }
+        }
+    }
+}
+
+/// When the first held lease of a run not yet killed ends, as far as this worker knows: a
+/// lease after its claim or the last renewal that succeeded, whichever is later. Far ahead
+/// with nothing held (a killed run may stay held while blocking work of it finishes).
+fn lease_end(s: &Shared, renewed_at: Instant) -> Instant {
+    s.runs
+        .lock()
+        .expect("runs lock")
+        .values()
+        .filter(|r| r.ctrl.killed().is_none())
+        .map(|r| r.leased_at.max(renewed_at) + s.cfg.lease)
+        .min()
+        .unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400))
+}
+
+/// Kills the runs whose lease has ended (see [`lease_end`]): another worker may run them now.
+fn kill_expired(s: &Shared, renewed_at: Instant) {
+    let now = Instant::now();
+    for r in s.runs.lock().expect("runs lock").values() {
+        if r.ctrl.killed().is_none() && r.leased_at.max(renewed_at) + s.cfg.lease <= now {
+            warn!(task_id = %r.lease.task_id, "Lease ran out without a renewal; stopping the run.");
+            r.ctrl.kill(CancelReason::LeaseLost);
         }
     }
 }

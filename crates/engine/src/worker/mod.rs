@@ -377,7 +377,7 @@ impl Shared {
     ///
     /// A run of the same message at an older epoch has lost its lease (the broker gave the
     /// message out again, to this worker): it is stopped now rather than at its next renewal.
-    fn register(&self, d: &mut Delivery, ctrl: &Arc<RunControl>) {
+    fn register(&self, d: &mut Delivery, ctrl: &Arc<RunControl>, leased_at: Instant) {
         let mut runs = self.runs.lock().expect("runs lock");
         if d.revoked.is_none() {
             d.revoked = self.recently_revoked(&d.lease.task_id);
@@ -396,6 +396,7 @@ impl Shared {
             Run {
                 lease: d.lease.clone(),
                 ctrl: ctrl.clone(),
+                leased_at,
             },
         );
     }
@@ -624,17 +625,17 @@ mod tests {
         let s = &w.shared;
         let ctrl = Arc::new(RunControl::default());
         let mut held = delivery("held", "tag-1");
-        s.register(&mut held, &ctrl);
+        s.register(&mut held, &ctrl, Instant::now());
         assert_eq!(s.controls_of(&rev("held")).len(), 1, "a held run is found");
         assert!(s.controls_of(&rev("crossing")).is_empty());
         let mut late = delivery("crossing", "tag-2");
-        s.register(&mut late, &ctrl);
+        s.register(&mut late, &ctrl, Instant::now());
         assert_eq!(late.revoked.map(|r| r.task_id), Some("crossing".into()));
         let mut other = delivery("other", "tag-3");
-        s.register(&mut other, &ctrl);
+        s.register(&mut other, &ctrl, Instant::now());
         assert!(other.revoked.is_none());
         let mut again = delivery("held", "tag-4");
-        s.register(&mut again, &ctrl);
+        s.register(&mut again, &ctrl, Instant::now());
         assert_eq!(
             again.revoked.map(|r| r.task_id),
             Some("held".into()),

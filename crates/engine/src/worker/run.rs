@@ -128,6 +128,9 @@ impl Running {
 pub(super) struct Run {
     pub(super) lease: LeaseRef,
     pub(super) ctrl: Arc<RunControl>,
+    /// When the claim that leased it was asked for (its lease ends a lease later, unless
+    /// renewed).
+    pub(super) leased_at: tokio::time::Instant,
 }
 
 #[cfg(test)]

@@ -102,6 +102,24 @@ pub(crate) fn printable(text: &str) -> String {
         .collect()
 }
 
+/// `text` (one line) as runs in visual order, left to right, each with whether it reads right
+/// to left (the Unicode bidirectional algorithm). Text without right-to-left characters is one
+/// run, as it was.
+pub(crate) fn visual_runs(text: &str) -> Vec<(&str, bool)> {
+    let info = unicode_bidi::BidiInfo::new(text, None);
+    if !info.has_rtl() {
+        return vec![(text, false)];
+    }
+    let mut out = vec![];
+    for para in &info.paragraphs {
+        let (levels, runs) = info.visual_runs(para, para.range.clone());
+        for r in runs {
+            out.push((&text[r.clone()], levels[r.start].is_rtl()));
+        }
+    }
+    out
+}
+
 /// `word` cut into pieces no wider than `max` (a word wider than a line, such as a long
 /// address or a name typed without spaces, would otherwise run off the page).
 fn pieces(word: &str, size: f32, bold: bool, max: f32) -> Vec<String> {
@@ -482,15 +500,28 @@ fn draw(
             text,
         } => {
             set_fill(s, *color);
-            let font = if *b { bold.clone() } else { regular.clone() };
-            s.draw_text(
-                Point::from_xy(*x, *y),
-                font,
-                *size,
-                text,
-                false,
-                TextDirection::Auto,
-            );
+            let font = if *b { bold } else { regular };
+            // Run by run in visual order: one shaping of a mixed line took one direction for
+            // all of it (a Hebrew note's "35" printed "53", a Latin name's Hebrew surname
+            // backwards).
+            let runs = visual_runs(text);
+            let mut at = *x;
+            for (run, rtl) in &runs {
+                let direction = match (runs.len(), rtl) {
+                    (1, false) => TextDirection::Auto,
+                    (_, true) => TextDirection::RightToLeft,
+                    (_, false) => TextDirection::LeftToRight,
+                };
+                s.draw_text(
+                    Point::from_xy(at, *y),
+                    font.clone(),
+                    *size,
+                    run,
+                    false,
+                    direction,
+                );
+                at += width(run, *size, *b);
+            }
         }
         Op::Rect { x, y, w, h, color } => {
             set_fill(s, *color);
@@ -525,7 +556,16 @@ fn set_fill(s: &mut krilla::surface::Surface<'_>, c: Rgb) {
 
 #[cfg(test)]
 mod tests {
-    use super::{printable, wrap};
+    use super::{printable, visual_runs, wrap};
+
+    /// A line mixing scripts is drawn run by run in visual order: a Hebrew surname after a
+    /// Latin name reads right to left on its own, and a number in a Hebrew note stays "35".
+    #[test]
+    fn mixed_lines_are_drawn_in_visual_runs() {
+        assert_eq!(visual_runs("Sarah Smith"), [("Sarah Smith", false)]);
+        assert_eq!(visual_runs("Sarah כהן"), [("Sarah ", false), ("כהן", true)]);
+        assert_eq!(visual_runs("אני בת 35"), [("35", false), ("אני בת ", true)]);
+    }
 
     /// A tab keeps words apart, every line-break convention breaks a line, and blank lines in
     /// a row are one: 2,000 line breaks in the notes are not 40 blank pages.

@@ -1222,16 +1222,7 @@ fn answers_are_laid_by_the_patients_face_among_several() {
     image::imageops::replace(&mut canvas, &big, 0, 10);
     let (ox, oy) = (780.0, 200.0);
     image::imageops::replace(&mut canvas, &small, ox as i64, oy as i64);
-    let d = face::detect(&small).unwrap();
-    let at = |p: Pt| [p.x + ox, p.y + oy];
-    let cp = ControlPoints {
-        right_eye: at(d.right_eye()),
-        left_eye: at(d.left_eye()),
-        nose_tip: at(d.nose_tip()),
-        mouth_right: at(d.points[61]),
-        mouth_left: at(d.points[291]),
-        chin: None,
-    };
+    let cp = face::detect(&small).unwrap().control_points((ox, oy));
     let lm = locate(&canvas, Some(&cp)).unwrap();
     assert_eq!(lm.source, Source::ControlPoints);
     assert!(lm.nose_tip().x > ox, "the patient's face");

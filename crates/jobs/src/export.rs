@@ -133,8 +133,8 @@ async fn picture(d: &Deps, ctx: &TaskContext, key: &str) -> Result<Arc<RgbImage>
 /// every item's pair until it renders, and eight procedures on a 40 MP photo kept at full
 /// resolution were about 2 GB at once.
 fn face_crop(before: &RgbImage, after: &RgbImage, label: Option<&str>) -> (RgbImage, RgbImage) {
-    let window =
-        face::detect(before).map(|lm| face_window(&lm, before.width(), before.height(), 0.7, 0.82));
+    let window = treated_face(before, after)
+        .map(|lm| face_window(&lm, before.width(), before.height(), 0.7, 0.82));
     let fit = |img: &RgbImage| {
         let img = match window {
             Some(r) => image::imageops::crop_imm(img, r.x0, r.y0, r.width(), r.height()).to_image(),
@@ -148,6 +148,33 @@ fn face_crop(before: &RgbImage, after: &RgbImage, label: Option<&str>) -> (RgbIm
         afterview_imaging::render::label(&mut after_crop, l);
     }
     (fit(before), after_crop)
+}
+
+/// The face the preview changed: of the faces in the photo, the one whose window holds the
+/// most pixels that differ between the pair (a preview made with control points may have
+/// treated a smaller face than the largest, which the report then showed unchanged); the
+/// largest when nothing differs there.
+fn treated_face(before: &RgbImage, after: &RgbImage) -> Option<face::Landmarks> {
+    let faces = face::detect_all(before);
+    if faces.len() < 2 || before.dimensions() != after.dimensions() {
+        return faces.into_iter().next();
+    }
+    let changed = |lm: &face::Landmarks| {
+        let r = face_window(lm, before.width(), before.height(), 0.7, 0.82);
+        let mut n = 0u64;
+        for y in r.y0..r.y1 {
+            for x in r.x0..r.x1 {
+                let (a, b) = (before.get_pixel(x, y).0, after.get_pixel(x, y).0);
+                if (0..3).any(|c| a[c].abs_diff(b[c]) > 8) {
+                    n += 1;
+                }
+            }
+        }
+        n
+    };
+    let counts: Vec<u64> = faces.iter().map(changed).collect();
+    let best = (0..faces.len()).max_by_key(|&i| (counts[i], std::cmp::Reverse(i)))?;
+    faces.into_iter().nth(best)
 }
 
 /// The report's date: the clinic's day when its offset from UTC is known, else UTC's.
@@ -474,6 +501,57 @@ mod tests {
         );
         let (_, plain) = face_crop(&photo, &photo, None);
         assert_eq!(plain, before, "no label configured: no label");
+    }
+
+    /// Two people in the photo, the preview made (with control points) on the smaller face:
+    /// the report shows that face, changed, not the larger one unchanged.
+    #[test]
+    fn a_reports_pictures_show_the_face_the_preview_changed() {
+        use afterview_core::tasks::Intensity;
+        let read = |name: &str| {
+            let bytes = std::fs::read(format!(
+                "{}/../../testdata/portraits/{name}",
+                env!("CARGO_MANIFEST_DIR")
+            ))
+            .unwrap();
+            afterview_imaging::intake::decode_upright(
+                &bytes,
+                &afterview_imaging::intake::Limits::default(),
+            )
+            .unwrap()
+            .0
+        };
+        let big = image::imageops::resize(
+            &read("astronaut.png"),
+            700,
+            700,
+            image::imageops::FilterType::Triangle,
+        );
+        let hopper = read("grace_hopper.jpg");
+        let small = image::imageops::resize(
+            &hopper,
+            hopper.width() / 2,
+            hopper.height() / 2,
+            image::imageops::FilterType::Triangle,
+        );
+        let mut photo = RgbImage::from_pixel(1100, 720, image::Rgb([128, 128, 128]));
+        image::imageops::replace(&mut photo, &big, 0, 10);
+        let (ox, oy) = (780.0, 200.0);
+        image::imageops::replace(&mut photo, &small, ox as i64, oy as i64);
+        let cp = face::detect(&small).unwrap().control_points((ox, oy));
+        let lm = face::locate(&photo, Some(&cp)).unwrap();
+        let after = afterview_imaging::simulate(&photo, "rhinoplasty", Intensity::Pronounced, &lm)
+            .unwrap()
+            .image;
+        let (b, a) = face_crop(&photo, &after, None);
+        let differing = b
+            .enumerate_pixels()
+            .filter(|(x, y, p)| (0..3).any(|c| p.0[c].abs_diff(a.get_pixel(*x, *y).0[c]) > 8))
+            .count();
+        assert!(
+            differing > 50,
+            "the change shows in the report's pictures ({differing} pixels)"
+        );
     }
 
     #[test]

@@ -420,6 +420,19 @@ impl Landmarks {
     pub fn chin(&self) -> Pt {
         self.points[regions::MENTON]
     }
+    /// This face's control points (eyes, nose tip, mouth corners), moved by `(dx, dy)`: a
+    /// face found in a crop, placed in the whole picture.
+    pub fn control_points(&self, (dx, dy): (f32, f32)) -> ControlPoints {
+        let at = |p: Pt| [p.x + dx, p.y + dy];
+        ControlPoints {
+            right_eye: at(self.right_eye()),
+            left_eye: at(self.left_eye()),
+            nose_tip: at(self.nose_tip()),
+            mouth_right: at(self.points[regions::MOUTH_CORNERS[0]]),
+            mouth_left: at(self.points[regions::MOUTH_CORNERS[1]]),
+            chin: None,
+        }
+    }
     /// The points of a group of mesh indices.
     pub fn group(&self, idx: &[usize]) -> Vec<Pt> {
         idx.iter().map(|&i| self.points[i]).collect()

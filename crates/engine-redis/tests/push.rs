@@ -307,3 +307,17 @@ async fn a_redis_cluster_is_refused_by_name() {
         Ok(_) => panic!("a cluster node was accepted"),
     }
 }
+
+/// A server that does not answer INFO (renamed away, or an ACL user without it) opens as
+/// before: the Cluster check cannot tell, so it does not refuse.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_without_info_still_opens() {
+    let server = RedisServer::start_with(2, false, &["--rename-command", "INFO", ""]);
+    RedisBackend::open(
+        &server.url(0),
+        Some(&server.url(1)),
+        RedisOptions::default(),
+    )
+    .await
+    .expect("opens");
+}

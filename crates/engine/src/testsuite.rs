@@ -94,6 +94,7 @@ macro_rules! broker_conformance {
             worker_takes_nothing_more_once_stopping,
             worker_keeps_the_newer_run_of_a_message_it_got_back,
             worker_stops_a_run_when_its_lease_runs_out_unrenewed,
+            worker_survives_one_renewal_that_never_answers,
             worker_fails_a_task_whose_arguments_panic_in_decoding,
             worker_expires_tasks,
             worker_marks_waiting_tasks_received,
@@ -1701,12 +1702,16 @@ struct StopStamp {
     stopped: Arc<std::sync::Mutex<Option<tokio::time::Instant>>>,
 }
 
-/// Sets its stamp when dropped.
+/// Sets its stamp when dropped (the first drop's: a later run's end does not hide an earlier
+/// run's stop).
 struct Stamp(Arc<std::sync::Mutex<Option<tokio::time::Instant>>>);
 
 impl Drop for Stamp {
     fn drop(&mut self) {
-        *self.0.lock().unwrap() = Some(tokio::time::Instant::now());
+        self.0
+            .lock()
+            .unwrap()
+            .get_or_insert_with(tokio::time::Instant::now);
     }
 }
 
@@ -1726,13 +1731,16 @@ impl Task for StopStamp {
     }
 }
 
-/// A worker whose renewals go unanswered (a network partition: the calls hang until the
-/// client's reply timeout) stops a run when its lease runs out, counted from its claim or last
-/// renewal: another worker may take the task from then on. It waited for the hung call to
-/// give up (10 s on Redis), and the run went on beside the other worker's.
-pub async fn worker_stops_a_run_when_its_lease_runs_out_unrenewed(f: &impl Factory) {
-    let fx = f(DAY).await;
-    let gated = Arc::new(gated::Gated::new(fx.broker.clone(), gated::Hold::Renewals));
+type Stamped = Arc<std::sync::Mutex<Option<tokio::time::Instant>>>;
+
+/// A one-slot worker with a [`StopStamp`] task, on a broker whose renewals `hold` names, with
+/// leases of `lease`: the worker, the broker, and the task's start and stop stamps.
+fn stamped_worker(
+    fx: &Fixture,
+    hold: gated::Hold,
+    lease: Duration,
+) -> (Running, Arc<gated::Gated>, Stamped, Stamped) {
+    let gated = Arc::new(gated::Gated::new(fx.broker.clone(), hold));
     let gfx = Fixture {
         broker: gated.clone(),
         ..fx.clone()
@@ -1745,10 +1753,19 @@ pub async fn worker_stops_a_run_when_its_lease_runs_out_unrenewed(f: &impl Facto
     let mut registry = Registry::with_builtins();
     registry.register(task);
     let cfg = WorkerConfig {
-        lease: Duration::from_secs(1),
+        lease,
         ..worker_cfg(&["celery"], 1)
     };
-    let w = start_with(&gfx, cfg, registry);
+    (start_with(&gfx, cfg, registry), gated, started, stopped)
+}
+
+/// A worker whose renewals go unanswered (a network partition: the calls hang until the
+/// client's reply timeout) stops a run when its lease runs out, counted from its claim or last
+/// renewal: another worker may take the task from then on. It waited for the hung call to
+/// give up (10 s on Redis), and the run went on beside the other worker's.
+pub async fn worker_stops_a_run_when_its_lease_runs_out_unrenewed(f: &impl Factory) {
+    let (w, gated, started, stopped) =
+        stamped_worker(&f(DAY).await, gated::Hold::Renewals, Duration::from_secs(1));
     call(
         &w.client,
         StopStamp::NAME,
@@ -1774,6 +1791,29 @@ pub async fn worker_stops_a_run_when_its_lease_runs_out_unrenewed(f: &impl Facto
         ended - began
     );
     gated.open();
+    w.stop().await;
+}
+
+/// One renewal whose answer never comes (a lost reply) costs nothing: the next is tried at
+/// once, succeeds, and the run ends normally (waiting a whole period after the timeout let
+/// the lease run out, and every run of the worker was stopped).
+pub async fn worker_survives_one_renewal_that_never_answers(f: &impl Factory) {
+    let (w, _gated, started, stopped) = stamped_worker(
+        &f(DAY).await,
+        gated::Hold::SecondRenewal,
+        Duration::from_millis(1500),
+    );
+    let id = call(
+        &w.client,
+        StopStamp::NAME,
+        json!({"seconds": 4.0}),
+        SendOptions::default(),
+    )
+    .await;
+    let r = wait(&w.client, &id).await;
+    assert_eq!(r.status, TaskState::Success, "{r:?}");
+    let ran = stopped.lock().unwrap().unwrap() - started.lock().unwrap().unwrap();
+    assert!(ran >= Duration::from_secs(4), "ran {ran:?}, not stopped");
     w.stop().await;
 }
 

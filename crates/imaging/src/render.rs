@@ -93,10 +93,14 @@ fn shade(img: &mut RgbImage, r: Rect, alpha: f32) {
     }
 }
 
-/// Puts a small label (e.g. "SIMULATION") in the bottom-right corner; returns its rectangle.
-pub fn label(img: &mut RgbImage, text: &str) -> Rect {
-    let (w, h) = img.dimensions();
-    let px = (w.min(h) as f32 * 0.032).clamp(10.0, 42.0);
+/// The label's text size on a `w × h` picture.
+fn label_px(w: u32, h: u32) -> f32 {
+    (w.min(h) as f32 * 0.032).clamp(10.0, 42.0)
+}
+
+/// Where [`label`] puts `text` on a `w × h` picture (empty when it does not fit).
+pub fn label_rect(w: u32, h: u32, text: &str) -> Rect {
+    let px = label_px(w, h);
     let pad = (px * 0.45).round();
     let tw = text_width(text, px, true);
     let bw = (tw + 2.0 * pad).ceil() as u32;
@@ -105,12 +109,23 @@ pub fn label(img: &mut RgbImage, text: &str) -> Rect {
     if bw + margin >= w || bh + margin >= h {
         return Rect::default();
     }
-    let r = Rect {
+    Rect {
         x0: w - margin - bw,
         y0: h - margin - bh,
         x1: w - margin,
         y1: h - margin,
-    };
+    }
+}
+
+/// Puts a small label (e.g. "SIMULATION") in the bottom-right corner; returns its rectangle.
+pub fn label(img: &mut RgbImage, text: &str) -> Rect {
+    let (w, h) = img.dimensions();
+    let r = label_rect(w, h, text);
+    if r == Rect::default() {
+        return r;
+    }
+    let px = label_px(w, h);
+    let pad = (px * 0.45).round();
     shade(img, r, 0.55);
     let baseline = r.y0 as f32 + pad * 0.5 + px;
     draw_text(

@@ -133,7 +133,7 @@ async fn picture(d: &Deps, ctx: &TaskContext, key: &str) -> Result<Arc<RgbImage>
 /// every item's pair until it renders, and eight procedures on a 40 MP photo kept at full
 /// resolution were about 2 GB at once.
 fn face_crop(before: &RgbImage, after: &RgbImage, label: Option<&str>) -> (RgbImage, RgbImage) {
-    let window = treated_face(before, after)
+    let window = treated_face(before, after, label)
         .map(|lm| face_window(&lm, before.width(), before.height(), 0.7, 0.82));
     let fit = |img: &RgbImage| {
         let img = match window {
@@ -150,20 +150,38 @@ fn face_crop(before: &RgbImage, after: &RgbImage, label: Option<&str>) -> (RgbIm
     (fit(before), after_crop)
 }
 
-/// The face the preview changed: of the faces in the photo, the one whose window holds the
+/// The face the preview changed: of the faces in the photo, the one whose outline holds the
 /// most pixels that differ between the pair (a preview made with control points may have
 /// treated a smaller face than the largest, which the report then showed unchanged); the
-/// largest when nothing differs there.
-fn treated_face(before: &RgbImage, after: &RgbImage) -> Option<face::Landmarks> {
+/// largest when nothing differs there. Only the face's own box counts, not its window, and
+/// never the SIMULATION label's corner (stamped on every preview: it would count for a face
+/// near it).
+fn treated_face(
+    before: &RgbImage,
+    after: &RgbImage,
+    label: Option<&str>,
+) -> Option<face::Landmarks> {
     let faces = face::detect_all(before);
     if faces.len() < 2 || before.dimensions() != after.dimensions() {
         return faces.into_iter().next();
     }
+    let (w, h) = before.dimensions();
+    let stamped = label.map(|l| afterview_imaging::render::label_rect(w, h, l));
     let changed = |lm: &face::Landmarks| {
-        let r = face_window(lm, before.width(), before.height(), 0.7, 0.82);
+        let oval = lm.group(&face::regions::FACE_OVAL);
+        let (x0, x1) = oval
+            .iter()
+            .fold((f32::MAX, f32::MIN), |(a, b), p| (a.min(p.x), b.max(p.x)));
+        let (y0, y1) = oval
+            .iter()
+            .fold((f32::MAX, f32::MIN), |(a, b), p| (a.min(p.y), b.max(p.y)));
+        let clamp = |v: f32, hi: u32| (v.max(0.0) as u32).min(hi);
         let mut n = 0u64;
-        for y in r.y0..r.y1 {
-            for x in r.x0..r.x1 {
+        for y in clamp(y0, h)..clamp(y1, h) {
+            for x in clamp(x0, w)..clamp(x1, w) {
+                if stamped.is_some_and(|r| r.contains(x, y)) {
+                    continue;
+                }
                 let (a, b) = (before.get_pixel(x, y).0, after.get_pixel(x, y).0);
                 if (0..3).any(|c| a[c].abs_diff(b[c]) > 8) {
                     n += 1;
@@ -551,6 +569,23 @@ mod tests {
         assert!(
             differing > 50,
             "the change shows in the report's pictures ({differing} pixels)"
+        );
+
+        // The larger face treated, the smaller in the corner where the label is stamped.
+        let mut photo = RgbImage::from_pixel(1100, 720, image::Rgb([128, 128, 128]));
+        image::imageops::replace(&mut photo, &big, 0, 10);
+        image::imageops::replace(&mut photo, &small, 1100 - 256, 720 - 300);
+        let lm = face::detect(&photo).unwrap();
+        assert!(lm.nose_tip().x < 700.0, "the larger face");
+        let mut after =
+            afterview_imaging::simulate(&photo, "rhinoplasty", Intensity::Pronounced, &lm)
+                .unwrap()
+                .image;
+        afterview_imaging::render::label(&mut after, "SIMULATION");
+        let chosen = treated_face(&photo, &after, Some("SIMULATION")).unwrap();
+        assert!(
+            chosen.nose_tip().x < 700.0,
+            "the treated larger face is shown"
         );
     }
 

@@ -71,7 +71,7 @@ pub(crate) fn width(text: &str, size: f32, bold: bool) -> f32 {
     let sf = f.as_scaled(scale);
     let mut w = 0.0;
     let mut prev = None;
-    for c in text.chars() {
+    for c in text.chars().filter(|&c| c != RTL_LINE) {
         let id = sf.glyph_id(c);
         if let Some(p) = prev {
             w += sf.kern(p, id);
@@ -102,11 +102,20 @@ pub(crate) fn printable(text: &str) -> String {
         .collect()
 }
 
+/// Starts a line of a right-to-left paragraph ([`wrap`] puts it there, [`printable`] keeps
+/// users' own marks out): the line reads right to left even when it begins with a Latin word
+/// or a number. Never drawn, no width.
+const RTL_LINE: char = '\u{200F}';
+
 /// `text` (one line) as runs in visual order, left to right, each with whether it reads right
-/// to left (the Unicode bidirectional algorithm). Text without right-to-left characters is one
-/// run, as it was.
+/// to left (the Unicode bidirectional algorithm; a line starting with [`RTL_LINE`] has a
+/// right-to-left base). Text without right-to-left characters is one run, as it was.
 pub(crate) fn visual_runs(text: &str) -> Vec<(&str, bool)> {
-    let info = unicode_bidi::BidiInfo::new(text, None);
+    let (text, base) = match text.strip_prefix(RTL_LINE) {
+        Some(rest) => (rest, Some(unicode_bidi::Level::rtl())),
+        None => (text, None),
+    };
+    let info = unicode_bidi::BidiInfo::new(text, base);
     if !info.has_rtl() {
         return vec![(text, false)];
     }
@@ -144,13 +153,19 @@ fn pieces(word: &str, size: f32, bold: bool, max: f32) -> Vec<String> {
 }
 
 /// Splits `text` ([`printable`] of it) into lines no wider than `max`. Blank lines in a row
-/// are one (a field of 2,000 line breaks made 40 blank pages).
+/// are one (a field of 2,000 line breaks made 40 blank pages). The lines of a right-to-left
+/// paragraph start with [`RTL_LINE`], so each keeps the paragraph's direction.
 pub(crate) fn wrap(text: &str, size: f32, bold: bool, max: f32) -> Vec<String> {
     let mut lines: Vec<String> = vec![];
     for para in printable(text).split('\n') {
         if para.trim().is_empty() && lines.last().is_some_and(|l| l.is_empty()) {
             continue;
         }
+        let rtl = unicode_bidi::BidiInfo::new(para, None)
+            .paragraphs
+            .first()
+            .is_some_and(|p| p.level.is_rtl());
+        let first = lines.len();
         let mut line = String::new();
         for word in para
             .split_whitespace()
@@ -169,6 +184,11 @@ pub(crate) fn wrap(text: &str, size: f32, bold: bool, max: f32) -> Vec<String> {
             }
         }
         lines.push(line);
+        if rtl {
+            for l in lines[first..].iter_mut().filter(|l| !l.is_empty()) {
+                l.insert(0, RTL_LINE);
+            }
+        }
     }
     lines
 }
@@ -565,6 +585,19 @@ mod tests {
         assert_eq!(visual_runs("Sarah Smith"), [("Sarah Smith", false)]);
         assert_eq!(visual_runs("Sarah כהן"), [("Sarah ", false), ("כהן", true)]);
         assert_eq!(visual_runs("אני בת 35"), [("35", false), ("אני בת ", true)]);
+        // A right-to-left paragraph's lines keep its direction, also a line that starts with
+        // a Latin word once wrapped: its Hebrew reads first, from the right.
+        let lines = wrap("ביקשה טיפול Botox 50 יחידות במצח", 10.0, false, 80.0);
+        assert!(lines.len() > 1, "{lines:?}");
+        assert!(lines.iter().all(|l| l.starts_with('\u{200F}')), "{lines:?}");
+        let runs = visual_runs("\u{200F}Botox 50 יחידות במצח");
+        assert!(runs[0].1, "{runs:?}");
+        assert!(runs.last().unwrap().0.contains("Botox"), "{runs:?}");
+        assert!(runs.iter().all(|(r, _)| !r.contains('\u{200F}')));
+        assert_eq!(
+            super::width("\u{200F}ab", 10.0, false),
+            super::width("ab", 10.0, false)
+        );
     }
 
     /// A tab keeps words apart, every line-break convention breaks a line, and blank lines in

@@ -23,6 +23,8 @@ pub(super) enum Hold {
     FirstLogRead,
     /// Every `renew`.
     Renewals,
+    /// The second `renew` only, for ever (one answer lost: the others pass).
+    SecondRenewal,
 }
 
 /// Delegates everything to `inner`; the calls `hold` names wait for [`Gated::open`].
@@ -31,6 +33,7 @@ pub(super) struct Gated {
     hold: Hold,
     gate: Semaphore,
     passed: AtomicBool,
+    renewals: std::sync::atomic::AtomicUsize,
 }
 
 impl Gated {
@@ -40,6 +43,7 @@ impl Gated {
             hold,
             gate: Semaphore::new(0),
             passed: AtomicBool::new(false),
+            renewals: std::sync::atomic::AtomicUsize::new(0),
         }
     }
 
@@ -81,8 +85,12 @@ impl Broker for Gated {
         leases: &[LeaseRef],
         lease: Duration,
     ) -> Result<Vec<LeaseRef>, BackendError> {
-        if self.hold == Hold::Renewals {
-            self.pass().await;
+        match self.hold {
+            Hold::Renewals => self.pass().await,
+            Hold::SecondRenewal if self.renewals.fetch_add(1, Ordering::SeqCst) == 1 => {
+                std::future::pending::<()>().await;
+            }
+            _ => {}
         }
         self.inner.renew(leases, lease).await
     }

@@ -189,19 +189,29 @@ impl Drop for Hold {
     }
 }
 
-/// Extends held leases every third of a lease; a lost lease kills its run. When renewals fail
-/// or do not answer (each waits at most a third of a lease), a run is killed as its lease runs
-/// out: at the lease's end counted from when the last renewal that succeeded was sent (or its
+/// Extends held leases every third of a lease; a lost lease kills its run. A renewal that
+/// fails or does not answer (each waits at most a third of a lease) is tried again at once;
+/// when none succeeds, a run is killed as its lease runs out: at the lease's end counted from when the last renewal that succeeded was sent (or its
 /// claim, if later), on a timer of its own, not when a hung call gives up (the broker's reply
 /// timeout, 10 s, let a partitioned worker run on for seconds after another took the task).
 pub(super) async fn renew_loop(s: Arc<Shared>, stop: CancellationToken) {
     let every = (s.cfg.lease / 3).max(Duration::from_millis(50));
     let mut renewed_at = Instant::now();
     let mut period = Period::new(every, stop.clone());
+    // After a renewal that failed or did not answer, the next is tried at once (a failure
+    // after a short pause), not a period later: one slow answer must not cost every run.
+    let mut retry: Option<Duration> = None;
     loop {
-        let go = tokio::select! {
-            more = period.next() => more,
-            () = tokio::time::sleep_until(lease_end(&s, renewed_at)) => !stop.is_cancelled(),
+        let go = match retry.take() {
+            Some(pause) => tokio::select! {
+                () = tokio::time::sleep(pause) => true,
+                () = tokio::time::sleep_until(lease_end(&s, renewed_at)) => true,
+                () = stop.cancelled() => false,
+            },
+            None => tokio::select! {
+                more = period.next() => more,
+                () = tokio::time::sleep_until(lease_end(&s, renewed_at)) => !stop.is_cancelled(),
+            },
         };
         if !go {
             return;
@@ -238,10 +248,12 @@ pub(super) async fn renew_loop(s: Arc<Shared>, stop: CancellationToken) {
             Some(Err(e)) => {
                 warn!(error = %e, "Lease renewal failed.");
                 kill_expired(&s, renewed_at);
+                retry = Some(Duration::from_millis(100).min(every));
             }
             None => {
                 warn!("Lease renewal did not answer in time.");
                 kill_expired(&s, renewed_at);
+                retry = Some(Duration::ZERO);
             }
         }
     }

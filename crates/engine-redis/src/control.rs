@@ -833,13 +833,7 @@ impl Inner {
         if !waiting {
             return;
         }
-        let mut meta = ResultMeta::error(
-            id,
-            TaskState::Revoked,
-            &afterview_engine::TaskError::revoked("revoked"),
-        );
-        meta.traceback = None;
-        if let Err(e) = self.store_meta(&meta, None, false).await {
+        if let Err(e) = self.store_meta(&ResultMeta::revoked(id), None, false).await {
             warn!(error = %e, task_id = %id, "Could not store a revoked task's state.");
         }
     }

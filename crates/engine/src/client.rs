@@ -11,7 +11,7 @@ use crate::backend::{
     BackendError, Broker, QueueStats, ResultBackend, RevokeOutcome, StoreOutcome, WorkerReport,
 };
 use crate::message::{DEFAULT_QUEUE, MessageError, SendOptions, TaskMessage, validate_task_id};
-use crate::result::{ResultMeta, TaskError, TaskState};
+use crate::result::ResultMeta;
 use crate::task::{Registry, Task};
 use crate::watch::{TaskWatch, wait_ready, wait_watch};
 
@@ -201,11 +201,11 @@ impl Client {
             .revoke(task_id, terminate, self.revoke_keep)
             .await?;
         if !out.running {
-            let meta =
-                ResultMeta::error(task_id, TaskState::Revoked, &TaskError::revoked("revoked"));
-            let mut meta = meta;
-            meta.traceback = None;
-            match self.backend.store(&meta, None).await? {
+            match self
+                .backend
+                .store(&ResultMeta::revoked(task_id), None)
+                .await?
+            {
                 StoreOutcome::Stored | StoreOutcome::KeptTerminal | StoreOutcome::Fenced => {}
             }
         }

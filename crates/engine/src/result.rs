@@ -192,6 +192,15 @@ impl ResultMeta {
         m
     }
 
+    /// The REVOKED state stored for a task revoked before it ran (no traceback: nothing ran).
+    pub fn revoked(task_id: impl Into<String>) -> Self {
+        Self::new(
+            task_id,
+            TaskState::Revoked,
+            TaskError::revoked("revoked").to_exception(),
+        )
+    }
+
     /// Progress as `{progress, status}` when the state is PROCESSING.
     pub fn progress(&self) -> Option<(u8, String)> {
         match (&self.status, &self.result) {

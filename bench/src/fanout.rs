@@ -182,6 +182,12 @@ async fn round(clients: usize, every_ms: u64, seconds: f64, stagger: bool) -> Ou
                         // The result: how long after the last progress it arrived (the server
                         // stores it right after that progress).
                         result_gap = last_progress.map(|l| now - l);
+                        // Then as a browser does: the server's close, answered (a follower
+                        // on another machine closes on its own CPU, not this one's).
+                        let _ = tokio::time::timeout(Duration::from_secs(10), async {
+                            while let Some(Ok(_)) = ws.next().await {}
+                        })
+                        .await;
                         break;
                     }
                     if let Some(at) = updated_at_ms(&t) {

@@ -141,7 +141,8 @@ pub async fn serve(s: Settings, a: ServeArgs) -> anyhow::Result<ExitCode> {
     });
     print_banner(&s, addr, dev_token.as_deref());
     write_ready_file(a.worker.ready_file.as_deref())?;
-    let app = afterview_api::router(std::sync::Arc::new(inner)).merge(afterview_web::router(&web));
+    let state = std::sync::Arc::new(inner);
+    let app = afterview_api::router(state.clone()).merge(afterview_web::router(&web));
     let (stop, now) = (shutdown.graceful.clone(), shutdown.immediate.clone());
     let http = afterview_api::serve(
         listener,
@@ -150,6 +151,15 @@ pub async fn serve(s: Settings, a: ServeArgs) -> anyhow::Result<ExitCode> {
         async move { now.cancelled().await },
     );
     http.await.context("the HTTP server failed")?;
+    // WebSocket followers run in tasks of their own, which the HTTP drain does not wait for:
+    // they were told to close (1001, reconnect); give them a moment to have said it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    while !state.sockets.lock().map(|m| m.is_empty()).unwrap_or(true)
+        && std::time::Instant::now() < deadline
+        && !shutdown.immediate.is_cancelled()
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
     if let Some(w) = worker {
         w.await.context("the worker panicked")??;
     }

@@ -2,8 +2,8 @@
 //! against cached JWKS keys.
 //!
 //! Firebase checks (as the Admin SDKs do): RS256 only, a known `kid`, `aud` = the project id,
-//! `iss` = `https://securetoken.google.com/<project>`, `sub` non-empty and at most 128
-//! characters, `exp` in the future, `iat` and `auth_time` not in the future (60 s leeway).
+//! `iss` = `https://securetoken.google.com/<project>`, `sub` non-empty and at most 255
+//! characters (Firebase uids are at most 128, OpenID Connect subjects 255), `exp` in the future, `iat` and `auth_time` not in the future (60 s leeway).
 //! `alg: none` and HMAC tokens are refused whatever else they claim. Keys are cached for the
 //! `Cache-Control: max-age` the key server sends; an unknown `kid` triggers at most one refresh
 //! per 30 s; a failed refresh keeps the last good keys.
@@ -233,8 +233,9 @@ impl JwtVerifier {
                 "auth_time is missing or in the future".into(),
             ));
         }
-        if c.sub.is_empty() || c.sub.len() > 100 {
-            return Err(AuthError::Invalid("sub must be 1-100 characters".into()));
+        // Firebase uids are 1-128 characters, OpenID Connect subjects at most 255.
+        if c.sub.is_empty() || c.sub.len() > 255 {
+            return Err(AuthError::Invalid("sub must be 1-255 characters".into()));
         }
         // Each issuer has its own namespace: `sub: "clinic1"` from Firebase is not the static
         // user `clinic1` (static ids may not contain ':').
@@ -287,15 +288,20 @@ impl Auth {
                 .rsplit_once('=')
                 .ok_or_else(|| format!("{:?} is not token=user", redact(pair)))?;
             let (t, u) = (t.trim(), u.trim());
+            // The user part is redacted too: written the wrong way round (user=token), it is
+            // the secret, and these messages reach the service's log.
             if t.len() < 16 {
                 return Err(format!(
-                    "the token for user {u:?} is shorter than 16 characters"
+                    "the token for user {:?} is shorter than 16 characters (entries are token=user)",
+                    redact(u)
                 ));
             }
-            afterview_core::ids::UserId::parse(u).map_err(|e| format!("user {u:?}: {e}"))?;
+            afterview_core::ids::UserId::parse(u)
+                .map_err(|e| format!("user {:?}: {e}", redact(u)))?;
             if u.contains(':') {
                 return Err(format!(
-                    "user {u:?}: ':' is reserved for token issuers (firebase:…, oidc:…)"
+                    "user {:?}: ':' is reserved for token issuers (firebase:…, oidc:…)",
+                    redact(u)
                 ));
             }
             m.insert(t.to_owned(), u.to_owned());
@@ -355,6 +361,20 @@ pub fn redact(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::Auth;
+
+    /// An entry written the wrong way round (user=token) is refused without printing the
+    /// token, whichever check refuses it.
+    #[test]
+    fn a_reversed_entry_does_not_print_its_secret() {
+        for spec in [
+            "alice=0123456789abcdef0123456789abcdef",
+            "alice=0123456789abcdef 0123456789abcdef",
+            "alice=0123456789abcdef:0123456789abcdef",
+        ] {
+            let e = Auth::parse_static(spec).unwrap_err();
+            assert!(!e.contains("456789abcdef"), "{e}");
+        }
+    }
 
     /// A base64 token (`openssl rand -base64 32`) ends in `=` padding: it is kept whole, and
     /// its user is what follows the last `=`.

@@ -41,8 +41,8 @@ use crate::auth::{Auth, AuthError};
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 
-/// Largest upload accepted at the HTTP layer (the intake limit, 20 MB, plus multipart framing).
-pub const MAX_UPLOAD_BODY: usize = 21 * 1024 * 1024;
+/// What a multipart upload may carry beyond its file (the form's framing and headers).
+pub const MULTIPART_FRAMING: usize = 1024 * 1024;
 /// Largest JSON body.
 pub const MAX_JSON_BODY: usize = 256 * 1024;
 
@@ -313,7 +313,7 @@ pub const ROUTES: &[(&str, &str)] = &[
 
 /// The router: every resource's routes, the 404 fallback, and request tracking.
 pub fn router(state: AppState) -> Router {
-    routes::all()
+    routes::all(state.limits.max_bytes)
         .fallback(|| async { ApiError::not_found("route") })
         .layer(axum::middleware::from_fn_with_state(state.clone(), track))
         .with_state(state)

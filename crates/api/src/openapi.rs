@@ -118,7 +118,7 @@ const OPS: &[Op] = &[
         path: "/api/visualizations/{id}",
         summary: "One visualization (or comparison).",
         body: None,
-        ok: ("200", "Visualization"),
+        ok: ("200", "VisualizationOrComparison"),
         query: &[],
     },
     Op {
@@ -322,6 +322,7 @@ fn schemas() -> Value {
         "CreateVisualization": obj(json!({"image_id": {"type": "string"}, "procedure_id": {"type": "string"}, "options": {"$ref": "#/components/schemas/PreviewOptions"}}), &["image_id", "procedure_id"]),
         "CreateComparison": obj(json!({"image_id": {"type": "string"}, "procedure_ids": {"type": "array", "items": {"type": "string"}, "minItems": 2, "maxItems": 4}, "options": {"$ref": "#/components/schemas/PreviewOptions"}}), &["image_id", "procedure_ids"]),
         "Visualization": obj(json!({"id": {"type": "string"}, "image_id": {"type": "string"}, "procedure_id": {"type": "string"}, "engine": {"type": "string"}, "intensity": {"type": "string"}, "before_image_url": {"type": "string"}, "after_image_url": {"type": "string"}, "generated_at": {"type": "string"}}), &["id", "before_image_url", "after_image_url", "generated_at"]),
+        "VisualizationOrComparison": {"anyOf": [{"$ref": "#/components/schemas/Visualization"}, {"$ref": "#/components/schemas/Comparison"}]},
         "Comparison": obj(json!({"id": {"type": "string"}, "items": {"type": "array", "items": {"$ref": "#/components/schemas/Visualization"}}, "comparison_image_url": {"type": "string"}, "before_image_url": {"type": "string"}, "generated_at": {"type": "string"}}), &["id", "items", "comparison_image_url"]),
         "CreateExport": obj(json!({"visualization_ids": {"type": "array", "items": {"type": "string"}}, "format": {"const": "pdf"}, "include_costs": {"type": "boolean"}, "paper": {"enum": ["letter", "a4"]}, "utc_offset_minutes": {"type": "integer", "minimum": -720, "maximum": 840, "description": "the clinic's offset from UTC, for the report's date (UTC's day when absent)"}, "patient": {"type": "object", "description": "name, date_of_birth, clinic, surgeon, notes (all optional)"}}), &["visualization_ids"]),
         "CreateInfographic": obj(json!({"procedure_ids": {"type": "array", "items": {"type": "string"}}, "format": {"enum": ["png", "svg"]}, "colors": {"type": "array", "items": {"type": "string"}, "description": "four #rrggbb colors: surgeon, anesthesia, facility, other"}}), &["procedure_ids"]),
@@ -382,6 +383,9 @@ pub fn document() -> Value {
         o["responses"][code] = ok;
         if schema == "png" || schema == "file" {
             o["responses"]["307"] = json!({"description": "with presigned downloads on (`--presign-downloads`) and no `redirect=false`: a short-lived URL of the object store holding the bytes", "headers": {"Location": {"schema": {"type": "string"}}}});
+        }
+        if op.path == "/api/tasks/{id}/result" {
+            o["responses"]["202"] = json!({"description": "not finished yet: its status", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/TaskStatus"}}}});
         }
         if !op.query.is_empty() && op.query[0].0 == "async_processing" {
             o["responses"]["202"] = json!({"description": "accepted (async_processing=true)", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Accepted"}}}});
@@ -484,6 +488,30 @@ mod tests {
                 .map(|o| o.path)
                 .collect::<std::collections::HashSet<_>>()
                 .len()
+        );
+    }
+
+    /// What the handlers answer besides 200 is documented: a running task's `/result` is a 202
+    /// with its status (not the error shape), and a visualization may be a comparison.
+    #[test]
+    fn answers_other_than_the_usual_are_documented() {
+        let doc = document();
+        let result = &doc["paths"]["/api/tasks/{id}/result"]["get"]["responses"]["202"];
+        assert_eq!(
+            result["content"]["application/json"]["schema"]["$ref"],
+            "#/components/schemas/TaskStatus"
+        );
+        let viz = &doc["paths"]["/api/visualizations/{id}"]["get"]["responses"]["200"];
+        let name = viz["content"]["application/json"]["schema"]["$ref"]
+            .as_str()
+            .unwrap()
+            .rsplit('/')
+            .next()
+            .unwrap();
+        let any = doc["components"]["schemas"][name]["anyOf"].to_string();
+        assert!(
+            any.contains("/Visualization\"") && any.contains("/Comparison\""),
+            "{any}"
         );
     }
 }

@@ -288,6 +288,7 @@ pub(crate) async fn wait_again(
 /// would stay PENDING, and count against its owner's active tasks, for the results' whole
 /// lifetime). A publish that fails revokes the task, best effort: it then reads REVOKED and
 /// stops counting, and should the message have reached the broker after all, it never runs.
+/// So does a record that fails (it may have been committed after the store's time ran out).
 /// `sent` learns the outcome (an `Idempotency-Key` then names the task, or is given back).
 async fn record_and_send(
     st: &AppState,
@@ -300,6 +301,11 @@ async fn record_and_send(
     let told = sent.clone();
     let job = tokio::spawn(async move {
         if let Err(e) = st.meta.insert_task(&rec).await {
+            // A store that did not answer in time may still commit the record: revoked, it
+            // reads REVOKED, not PENDING with nothing ever to run it.
+            if let Err(r) = st.client.revoke(&msg.id, false).await {
+                tracing::warn!(error = %r, task_id = %msg.id, "A task whose record could not be written could not be revoked either.");
+            }
             sent.tell(Sending::Failed);
             return Err(ApiError::from(e));
         }

@@ -53,6 +53,7 @@ codes! {
     InvalidProcedureCount => "invalid_procedure_count", 400: "A comparison needs 2 to 4 distinct procedures.",
     ImageNotFound => "image_not_found", 404: "The image does not exist or belongs to someone else.",
     VisualizationNotFound => "visualization_not_found", 404: "The visualization does not exist or belongs to someone else.",
+    ExportNotFound => "export_not_found", 404: "The export was deleted while its task saved it.",
     UnsupportedExportFormat => "unsupported_export_format", 422: "The export format is not supported.",
     FieldTooLong => "field_too_long", 400: "A text field of the report (patient, clinic, surgeon: 200 characters; notes: 2000) is over its limit.",
     GeminiNotConfigured => "gemini_not_configured", 501: "The Gemini engine was chosen but no API key is configured.",

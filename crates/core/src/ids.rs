@@ -1,12 +1,14 @@
 //! Identifiers. Resource ids are UUIDs (v4) as lowercase strings; user ids are opaque strings
-//! from the identity provider (Firebase uids are at most 128 characters).
+//! from the identity provider, prefixed by its kind (`firebase:` and a uid of at most 128
+//! characters, `oidc:` and a `sub` of at most 255).
 
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-/// The maximum length of a user id.
-pub const MAX_USER_ID_LEN: usize = 128;
+/// The maximum length of a user id: an OpenID Connect `sub` (at most 255 characters) with its
+/// issuer's prefix.
+pub const MAX_USER_ID_LEN: usize = 300;
 
 /// A new random resource id.
 pub fn new_id() -> String {
@@ -45,7 +47,7 @@ impl std::ops::Deref for UserId {
 }
 
 impl UserId {
-    /// Checks and wraps a user id: 1-128 printable characters.
+    /// Checks and wraps a user id: 1-[`MAX_USER_ID_LEN`] printable characters.
     pub fn parse(s: &str) -> Result<Self, String> {
         if s.is_empty() || s.len() > MAX_USER_ID_LEN {
             return Err(format!("user id must be 1-{MAX_USER_ID_LEN} characters"));
@@ -79,7 +81,8 @@ mod tests {
         assert!(UserId::parse("uid_42").is_ok());
         assert!(UserId::parse("").is_err());
         assert!(UserId::parse("a b").is_err());
-        assert!(UserId::parse(&"x".repeat(129)).is_err());
+        assert!(UserId::parse(&"x".repeat(MAX_USER_ID_LEN)).is_ok());
+        assert!(UserId::parse(&"x".repeat(MAX_USER_ID_LEN + 1)).is_err());
         let u: UserId = serde_json::from_str("\"firebase:abc\"").unwrap();
         assert_eq!(serde_json::to_string(&u).unwrap(), "\"firebase:abc\"");
         assert!(serde_json::from_str::<UserId>("\"a b\"").is_err());

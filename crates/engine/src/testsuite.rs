@@ -75,6 +75,7 @@ macro_rules! broker_conformance {
             watch_yields_current_then_changes,
             watch_gives_the_current_state_after_a_dropped_first_read,
             watch_ends_on_a_revocation_between_retries,
+            watch_follows_the_attempt_after_a_countless_retry,
             purge_and_queue_stats,
             dead_letters_are_kept,
             raw_messages_are_stored_as_given,
@@ -692,6 +693,27 @@ pub async fn watch_ends_on_a_revocation_between_retries(f: &impl Factory) {
         .unwrap()
         .unwrap();
     assert_eq!(end.status, TaskState::Revoked);
+}
+
+/// A Python worker's states carry no retry count: after its RETRY, the next attempt's
+/// STARTED and progress still reach a follower (they would read as older than the RETRY).
+pub async fn watch_follows_the_attempt_after_a_countless_retry(f: &impl Factory) {
+    let fx = f(DAY).await;
+    let retry = ResultMeta::new("wc", TaskState::Retry, json!({"exc_type": "Retry"}));
+    fx.backend.store(&retry, None).await.unwrap();
+    let mut watch = crate::watch::TaskWatch::new(fx.backend.clone(), "wc");
+    assert_eq!(
+        watch.next().await.unwrap().unwrap().status,
+        TaskState::Retry
+    );
+    let progress = ResultMeta::new("wc", TaskState::Processing, json!({"progress": 20}));
+    fx.backend.store(&progress, None).await.unwrap();
+    let next = tokio::time::timeout(Duration::from_secs(5), watch.next())
+        .await
+        .expect("the next attempt's progress reaches the follower")
+        .unwrap()
+        .unwrap();
+    assert_eq!(next.status, TaskState::Processing);
 }
 
 /// Purge deletes ready and delayed messages; stats count what is left.

@@ -85,7 +85,9 @@ impl TaskWatch {
                     if self.last.as_ref().is_some_and(|l| {
                         Arc::ptr_eq(l, &meta)
                             || **l == *meta
-                            || (order(&meta) < order(l) && !meta.status.is_terminal())
+                            || (order(&meta) < order(l)
+                                && !meta.status.is_terminal()
+                                && !next_attempt(l, &meta))
                     }) {
                         continue;
                     }
@@ -136,6 +138,13 @@ impl Drop for TaskWatch {
         self.rx.take();
         self.backend.events().release(&self.task_id);
     }
+}
+
+/// Whether `m`, after the RETRY `l`, is the next attempt's although [`order`] cannot tell: a
+/// Python worker's states carry no retry count, so its next attempt's STARTED would read as
+/// older than the RETRY before it, and its progress would never reach a follower.
+fn next_attempt(l: &ResultMeta, m: &ResultMeta) -> bool {
+    l.status == TaskState::Retry && l.retries.is_none() && m.retries.is_none()
 }
 
 /// Where a state sits in a task's life: (attempt, phase, progress). Within one attempt states

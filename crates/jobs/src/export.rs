@@ -213,15 +213,33 @@ fn patient(p: Option<afterview_core::tasks::PatientFields>) -> Patient {
     }
 }
 
-/// Saves the file and its record; a re-run of the same task returns the stored result.
+/// Saves the file and its record; a re-run of the same task returns the stored result. A run
+/// stopped while it saves leaves no record ([`Unsaved`](crate::unsaved::Unsaved)).
 async fn save_export(
+    d: &Deps,
+    ctx: &TaskContext,
+    owner: &str,
+    what: (ExportKind, ExportFormat),
+    bytes: Vec<u8>,
+    image_ids: Vec<String>,
+) -> Result<Value, TaskError> {
+    let mut guard = crate::unsaved::Unsaved::new();
+    let out = save_export_on(d, ctx, owner, what, bytes, image_ids, &mut guard).await;
+    guard.disarm();
+    out
+}
+
+async fn save_export_on(
     d: &Deps,
     ctx: &TaskContext,
     owner: &str,
     (kind, format): (ExportKind, ExportFormat),
     bytes: Vec<u8>,
     image_ids: Vec<String>,
+    guard: &mut crate::unsaved::Unsaved,
 ) -> Result<Value, TaskError> {
+    // Cancelled while the file was made: nothing is saved; the task ends REVOKED.
+    ctx.check_cancelled()?;
     let id = derived_id(ctx.id(), 0);
     let key = export_key(&id, format.as_str());
     let size = bytes.len() as u64;
@@ -248,7 +266,8 @@ async fn save_export(
     };
     // As `save_owned` in visualize.rs: the record claims the id first (another user's id is
     // refused before the file is touched), the photos are checked before and after the record
-    // and after the file, which is written last.
+    // and after the file, which is written last; the record is read again after the file (the
+    // export deleted meanwhile: its file goes too).
     let photos_gone = || any_photo_gone(d, owner, &rec.image_ids);
     let gone = || {
         fail(
@@ -260,6 +279,9 @@ async fn save_export(
         return Err(gone());
     }
     let (inserted, stored) = claim_export(d, ctx, &rec).await?;
+    if inserted {
+        guard.arm(d, crate::unsaved::Kind::Export, owner, &id, &rec.blob_key);
+    }
     if photos_gone().await? {
         let _ = d.meta.delete_export(owner, &id).await;
         let _ = d.blobs.delete(&rec.blob_key).await;
@@ -268,6 +290,7 @@ async fn save_export(
     if let Err(e) = d.blobs.put(&rec.blob_key, Bytes::from(bytes)).await {
         if inserted {
             let _ = d.meta.delete_export(owner, &id).await;
+            let _ = d.blobs.delete(&rec.blob_key).await;
         }
         return Err(storage(e));
     }
@@ -275,6 +298,18 @@ async fn save_export(
         let _ = d.meta.delete_export(owner, &id).await;
         let _ = d.blobs.delete(&rec.blob_key).await;
         return Err(gone());
+    }
+    if d.meta
+        .get_export(owner, &id)
+        .await
+        .map_err(storage)?
+        .is_none()
+    {
+        let _ = d.blobs.delete(&rec.blob_key).await;
+        return Err(fail(
+            ErrorCode::ExportNotFound,
+            format!("export {id} was deleted while it was saved"),
+        ));
     }
     Ok(stored.unwrap_or(value))
 }

@@ -9,6 +9,7 @@
 //! stored result instead of making a second one.
 
 mod export;
+mod unsaved;
 mod visualize;
 
 use std::sync::Arc;

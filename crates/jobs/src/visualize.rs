@@ -265,14 +265,36 @@ async fn save_png(
 ///   would miss the new record), and once more after the picture is written (a delete that
 ///   ran while the picture was encoded and stored found the record but no file yet), undoing
 ///   both writes when the photo is gone. A delete after the last check finds record and file.
-/// - The picture is written last; if that fails, a record written by this run is removed and
-///   the task is retried.
+/// - The preview itself may have been deleted (`DELETE /api/visualizations/{id}`) while its
+///   picture was stored: that delete found the record but no file yet, so the record is read
+///   again after the picture is written, and the picture removed when the record is gone.
+/// - The picture is written last; if that fails, a record written by this run is removed, and
+///   so is whatever a failed write may have stored after all (a time-out after the store took
+///   it), and the task is retried.
+/// - A run stopped while it saves (its hard time limit, a terminating revoke) is dropped where
+///   it waits: [`Unsaved`](crate::unsaved::Unsaved) then removes the record it wrote.
 async fn save_owned(
     d: &Deps,
     ctx: &TaskContext,
     rec: &VisualizationRecord,
     img: RgbImage,
 ) -> Result<Option<serde_json::Value>, TaskError> {
+    let mut guard = crate::unsaved::Unsaved::new();
+    let out = save_owned_on(d, ctx, rec, img, &mut guard).await;
+    guard.disarm();
+    out
+}
+
+async fn save_owned_on(
+    d: &Deps,
+    ctx: &TaskContext,
+    rec: &VisualizationRecord,
+    img: RgbImage,
+    guard: &mut crate::unsaved::Unsaved,
+) -> Result<Option<serde_json::Value>, TaskError> {
+    // Cancelled while the picture was made (the user's cancel does not stop a render): nothing
+    // is saved, and the task ends REVOKED rather than SUCCESS.
+    ctx.check_cancelled()?;
     let photo_gone = || async {
         d.meta
             .get_image(&rec.owner, &rec.image_id)
@@ -308,6 +330,15 @@ async fn save_owned(
         },
         Err(e) => return Err(storage(e)),
     };
+    if inserted {
+        guard.arm(
+            d,
+            crate::unsaved::Kind::Visualization,
+            &rec.owner,
+            &rec.id,
+            &rec.blob_key,
+        );
+    }
     if photo_gone().await? {
         let _ = d.meta.delete_visualization(&rec.owner, &rec.id).await;
         let _ = d.blobs.delete(&rec.blob_key).await;
@@ -316,6 +347,7 @@ async fn save_owned(
     if let Err(e) = save_png(d, ctx, rec.blob_key.clone(), img).await {
         if inserted {
             let _ = d.meta.delete_visualization(&rec.owner, &rec.id).await;
+            let _ = d.blobs.delete(&rec.blob_key).await;
         }
         return Err(e);
     }
@@ -323,6 +355,18 @@ async fn save_owned(
         let _ = d.meta.delete_visualization(&rec.owner, &rec.id).await;
         let _ = d.blobs.delete(&rec.blob_key).await;
         return Err(gone());
+    }
+    let kept = d
+        .meta
+        .get_visualization(&rec.owner, &rec.id)
+        .await
+        .map_err(storage)?;
+    if kept.is_none() {
+        let _ = d.blobs.delete(&rec.blob_key).await;
+        return Err(fail(
+            ErrorCode::VisualizationNotFound,
+            format!("visualization {} was deleted while it was saved", rec.id),
+        ));
     }
     Ok(stored)
 }

@@ -704,6 +704,9 @@ struct DeleteDuringPut {
     meta: Arc<dyn MetadataStore>,
     prefix: &'static str,
     photo: std::sync::Mutex<Option<(String, String)>>,
+    /// Instead, the owner deletes the record being saved (as `DELETE /api/visualizations/{id}`
+    /// or `DELETE /api/exports/{id}` does: the record, then its file, not there yet).
+    record: std::sync::Mutex<Option<String>>,
     /// Every key written under `prefix`.
     written: std::sync::Mutex<Vec<String>>,
 }
@@ -717,6 +720,21 @@ impl BlobStore for DeleteDuringPut {
         } else {
             None
         };
+        let record = if key.starts_with(self.prefix) {
+            self.record.lock().unwrap().take()
+        } else {
+            None
+        };
+        if let Some(owner) = record {
+            let id = key[self.prefix.len()..].split('.').next().unwrap();
+            let gone = if self.prefix == "exports/" {
+                self.meta.delete_export(&owner, id).await?
+            } else {
+                self.meta.delete_visualization(&owner, id).await?
+            };
+            let k = gone.expect("the record being saved");
+            self.inner.delete(&k).await?;
+        }
         if let Some((owner, id)) = photo {
             let deleted = self
                 .meta
@@ -744,6 +762,19 @@ impl BlobStore for DeleteDuringPut {
 /// delete found the record but not yet the file, so the task removes what it wrote.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_photo_deleted_while_its_results_are_written_leaves_no_file() {
+    deleted_while_written(false).await;
+}
+
+/// So does the preview or report itself, deleted while its file is written: the task fails
+/// (the record is gone) and removes the file no record names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_result_deleted_while_it_is_written_leaves_no_file() {
+    deleted_while_written(true).await;
+}
+
+/// Deletes the photo (or, with `record`, the result being saved) as the first file under each
+/// prefix is written, and checks that no file stays.
+async fn deleted_while_written(record: bool) {
     for prefix in ["visualizations/", "exports/"] {
         let inner = ObjectBlobStore::memory();
         let hook = std::sync::Arc::new(std::sync::OnceLock::<Arc<DeleteDuringPut>>::new());
@@ -755,6 +786,7 @@ async fn a_photo_deleted_while_its_results_are_written_leaves_no_file() {
                     meta,
                     prefix,
                     photo: std::sync::Mutex::new(None),
+                    record: std::sync::Mutex::new(None),
                     written: std::sync::Mutex::new(vec![]),
                 });
                 let _ = hook.set(b.clone());
@@ -781,15 +813,26 @@ async fn a_photo_deleted_while_its_results_are_written_leaves_no_file() {
                 json!({"image_id": image_id, "procedure_id": "rhinoplasty", "user_id": "alice"}),
             )
         };
-        *hook.get().unwrap().photo.lock().unwrap() = Some(("alice".into(), image_id.clone()));
+        let want = if record {
+            *hook.get().unwrap().record.lock().unwrap() = Some("alice".into());
+            if prefix == "exports/" {
+                "export_not_found"
+            } else {
+                "visualization_not_found"
+            }
+        } else {
+            *hook.get().unwrap().photo.lock().unwrap() = Some(("alice".into(), image_id.clone()));
+            "image_not_found"
+        };
         let (m, _) = h.run(task.0, task.1).await;
         assert_eq!(
             (m.status.clone(), code(&m)),
-            (TaskState::Failure, "image_not_found".to_owned()),
+            (TaskState::Failure, want.to_owned()),
             "{prefix}"
         );
         let b = hook.get().unwrap();
         assert!(b.photo.lock().unwrap().is_none(), "the delete ran");
+        assert!(b.record.lock().unwrap().is_none(), "the delete ran");
         let written = b.written.lock().unwrap().clone();
         assert!(!written.is_empty(), "{prefix}: the task wrote its file");
         for key in written {
@@ -839,4 +882,142 @@ async fn the_delete_files_task_removes_files_and_nothing_else() {
     }
     assert!(h.blobs.get("settings/keep.json").await.unwrap().is_some());
     h.shutdown.trigger();
+}
+
+/// A blob store through which the user cancels a report (a revoke that does not terminate, as
+/// `POST /api/tasks/{id}/cancel` sends) while the report reads its preview's picture.
+struct CancelDuringGet {
+    inner: ObjectBlobStore,
+    client: std::sync::OnceLock<Client>,
+    task: std::sync::Mutex<Option<String>>,
+    /// Instead: an operator's revoke that terminates the run while it stores its preview.
+    kill_on_put: std::sync::Mutex<Option<String>>,
+}
+
+#[async_trait::async_trait]
+impl BlobStore for CancelDuringGet {
+    async fn put(&self, key: &str, bytes: bytes::Bytes) -> Result<(), afterview_store::StoreError> {
+        let kill = if key.starts_with("visualizations/") {
+            self.kill_on_put.lock().unwrap().take()
+        } else {
+            None
+        };
+        if let Some(id) = kill {
+            let client = self.client.get().expect("the client");
+            client.revoke(&id, true).await.expect("revoke");
+            // A slow store: the run is stopped before this write ends.
+            tokio::time::sleep(Duration::from_secs(3)).await;
+        }
+        self.inner.put(key, bytes).await
+    }
+    async fn get(&self, key: &str) -> Result<Option<bytes::Bytes>, afterview_store::StoreError> {
+        let task = if key.starts_with("visualizations/") {
+            self.task.lock().unwrap().take()
+        } else {
+            None
+        };
+        if let Some(id) = task {
+            let client = self.client.get().expect("the client");
+            client.revoke(&id, false).await.expect("revoke");
+            // The run sees the cancellation (the revocation reaches the worker).
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        self.inner.get(key).await
+    }
+    async fn delete(&self, key: &str) -> Result<(), afterview_store::StoreError> {
+        self.inner.delete(key).await
+    }
+    async fn ping(&self) -> Result<(), afterview_store::StoreError> {
+        self.inner.ping().await
+    }
+}
+
+/// The user's cancel of a report that is being made stops it before anything is saved: the
+/// task ends REVOKED, not SUCCESS, and no export is stored. A preview stopped while it saves
+/// leaves no record behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_report_cancelled_while_it_is_made_saves_nothing() {
+    use afterview_core::tasks::GENERATE_EXPORT;
+    let hook = Arc::new(std::sync::OnceLock::<Arc<CancelDuringGet>>::new());
+    let h = {
+        let hook = hook.clone();
+        Harness::start_with_blobs(PreviewSettings::default(), move |_meta| {
+            let b = Arc::new(CancelDuringGet {
+                inner: ObjectBlobStore::memory(),
+                client: std::sync::OnceLock::new(),
+                task: std::sync::Mutex::new(None),
+                kill_on_put: std::sync::Mutex::new(None),
+            });
+            let _ = hook.set(b.clone());
+            b
+        })
+        .await
+    };
+    let b = hook.get().unwrap();
+    let _ = b.client.set(h.client.clone());
+    let image_id = h.upload("alice", "astronaut.png").await;
+    let (v, _) = h
+        .run(
+            GENERATE_VISUALIZATION,
+            json!({"image_id": image_id, "procedure_id": "rhinoplasty", "user_id": "alice"}),
+        )
+        .await;
+    assert_eq!(v.status, TaskState::Success);
+    let id = afterview_core::ids::new_id();
+    *b.task.lock().unwrap() = Some(id.clone());
+    let kwargs = json!({"visualization_ids": [v.result["id"]], "user_id": "alice"});
+    h.client
+        .send_task(
+            GENERATE_EXPORT,
+            vec![],
+            kwargs.as_object().unwrap().clone(),
+            SendOptions {
+                task_id: Some(id.clone()),
+                ..SendOptions::default()
+            },
+        )
+        .await
+        .unwrap();
+    let end = h.client.wait(&id, Duration::from_secs(60)).await.unwrap();
+    assert!(b.task.lock().unwrap().is_none(), "the cancel was sent");
+    assert_eq!(end.status, TaskState::Revoked, "{end:?}");
+    assert!(h.meta.list_exports("alice", 10).await.unwrap().is_empty());
+
+    // A preview whose run is terminated while it stores its picture leaves no record naming a
+    // picture that does not exist.
+    let id = afterview_core::ids::new_id();
+    *b.kill_on_put.lock().unwrap() = Some(id.clone());
+    let kwargs = json!({"image_id": image_id, "procedure_id": "rhinoplasty", "user_id": "alice"});
+    h.client
+        .send_task(
+            GENERATE_VISUALIZATION,
+            vec![],
+            kwargs.as_object().unwrap().clone(),
+            SendOptions {
+                task_id: Some(id.clone()),
+                ..SendOptions::default()
+            },
+        )
+        .await
+        .unwrap();
+    let end = h.client.wait(&id, Duration::from_secs(60)).await.unwrap();
+    assert!(
+        b.kill_on_put.lock().unwrap().is_none(),
+        "the revoke was sent"
+    );
+    assert_eq!(end.status, TaskState::Revoked, "{end:?}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while h
+        .meta
+        .get_visualization("alice", &id)
+        .await
+        .unwrap()
+        .is_some()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the stopped run's record stays"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

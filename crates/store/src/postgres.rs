@@ -78,6 +78,20 @@ const MIGRATIONS: &[&str] = &[
 const POOL_SIZE: usize = 16;
 /// Longest wait for a connection or a statement before the store counts as unavailable.
 const TIMEOUT: Duration = Duration::from_secs(5);
+/// The server's own limit on a statement (`statement_timeout`), under [`TIMEOUT`]: a statement
+/// the client gave up on is ended, and its transaction rolled back, by the server too, not
+/// committed after the caller was told it failed.
+const STATEMENT_TIMEOUT_MS: u64 = 4_000;
+/// Migrations may wait for another host's, and may take longer than a request's statement.
+const MIGRATE_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// A connection whose statement did not answer in time: dropped, not returned to the pool
+/// (its socket may be dead, as after a failover that dropped packets, or still busy with the
+/// statement), so the next request gets a fresh one.
+fn timed_out(c: deadpool_postgres::Object, what: &str) -> StoreError {
+    drop(deadpool_postgres::Object::take(c));
+    StoreError::Unavailable(format!("PostgreSQL did not answer {what}"))
+}
 
 /// The PostgreSQL metadata store.
 #[derive(Clone)]
@@ -221,7 +235,17 @@ impl PostgresMetadata {
             .parse()
             .map_err(|e| StoreError::Unavailable(format!("bad PostgreSQL URL: {e}")))?;
         cfg.connect_timeout(TIMEOUT);
+        // Data unacknowledged this long closes the socket (a peer gone without a reset), and
+        // idle pooled sockets are probed, so a dead connection is found, not waited on.
+        cfg.tcp_user_timeout(TIMEOUT);
+        cfg.keepalives(true);
+        cfg.keepalives_idle(Duration::from_secs(30));
         cfg.application_name("afterview");
+        let options = format!(
+            "{} -c statement_timeout={STATEMENT_TIMEOUT_MS}",
+            cfg.get_options().unwrap_or_default()
+        );
+        cfg.options(options.trim_start());
         let mc = || ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         };
@@ -265,7 +289,20 @@ impl PostgresMetadata {
     /// Applies pending migrations (also `afterview migrate`); returns the schema version.
     pub async fn migrate(&self) -> Result<usize, StoreError> {
         let mut c = self.client().await?;
+        match tokio::time::timeout(MIGRATE_TIMEOUT, Self::migrate_on(&mut c)).await {
+            Ok(r) => r,
+            Err(_) => Err(timed_out(c, "while migrating, in 120 s")),
+        }
+    }
+
+    async fn migrate_on(c: &mut deadpool_postgres::Object) -> Result<usize, StoreError> {
         let tx = c.transaction().await.map_err(db)?;
+        tx.batch_execute(&format!(
+            "SET LOCAL statement_timeout = {}",
+            MIGRATE_TIMEOUT.as_millis()
+        ))
+        .await
+        .map_err(db)?;
         // One host migrates at a time; the others wait here, then find nothing to do.
         tx.execute("SELECT pg_advisory_xact_lock(7262746973)", &[])
             .await
@@ -301,16 +338,60 @@ impl PostgresMetadata {
         Ok(version)
     }
 
+    async fn delete_image_on(
+        c: &mut deadpool_postgres::Object,
+        owner: &str,
+        id: &str,
+    ) -> Result<Option<Deleted>, StoreError> {
+        let tx = c.transaction().await.map_err(db)?;
+        let Some(row) = tx
+            .query_opt(
+                "DELETE FROM images WHERE id = $1 AND owner = $2 RETURNING blob_key",
+                &[&id, &owner],
+            )
+            .await
+            .map_err(db)?
+        else {
+            return Ok(None);
+        };
+        let mut d = Deleted {
+            blob_keys: vec![row.get(0)],
+            ..Default::default()
+        };
+        let viz = tx
+            .query(
+                "DELETE FROM visualizations WHERE image_id = $1 AND owner = $2 RETURNING blob_key",
+                &[&id, &owner],
+            )
+            .await
+            .map_err(db)?;
+        d.visualizations = viz.len() as u64;
+        d.blob_keys
+            .extend(viz.iter().map(|r| r.get::<_, String>(0)));
+        let exports = tx
+            .query(
+                "DELETE FROM exports WHERE owner = $2 AND image_ids @> $1 RETURNING blob_key",
+                &[&json!([id]), &owner],
+            )
+            .await
+            .map_err(db)?;
+        d.exports = exports.len() as u64;
+        d.blob_keys
+            .extend(exports.iter().map(|r| r.get::<_, String>(0)));
+        tx.commit().await.map_err(db)?;
+        Ok(Some(d))
+    }
+
     async fn query(
         &self,
         sql: &str,
         params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
     ) -> Result<Vec<Row>, StoreError> {
         let c = self.client().await?;
-        tokio::time::timeout(TIMEOUT, c.query(sql, params))
-            .await
-            .map_err(|_| StoreError::Unavailable("PostgreSQL did not answer in 5 s".into()))?
-            .map_err(db)
+        match tokio::time::timeout(TIMEOUT, c.query(sql, params)).await {
+            Ok(r) => r.map_err(db),
+            Err(_) => Err(timed_out(c, "in 5 s")),
+        }
     }
 
     async fn execute(
@@ -319,10 +400,10 @@ impl PostgresMetadata {
         params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
     ) -> Result<u64, StoreError> {
         let c = self.client().await?;
-        tokio::time::timeout(TIMEOUT, c.execute(sql, params))
-            .await
-            .map_err(|_| StoreError::Unavailable("PostgreSQL did not answer in 5 s".into()))?
-            .map_err(db)
+        match tokio::time::timeout(TIMEOUT, c.execute(sql, params)).await {
+            Ok(r) => r.map_err(db),
+            Err(_) => Err(timed_out(c, "in 5 s")),
+        }
     }
 
     /// Deletes row `id` of `table` if `owner` owns it; returns its blob key.
@@ -405,43 +486,10 @@ impl MetadataStore for PostgresMetadata {
             return Ok(None);
         }
         let mut c = self.client().await?;
-        let tx = c.transaction().await.map_err(db)?;
-        let Some(row) = tx
-            .query_opt(
-                "DELETE FROM images WHERE id = $1 AND owner = $2 RETURNING blob_key",
-                &[&id, &owner],
-            )
-            .await
-            .map_err(db)?
-        else {
-            return Ok(None);
-        };
-        let mut d = Deleted {
-            blob_keys: vec![row.get(0)],
-            ..Default::default()
-        };
-        let viz = tx
-            .query(
-                "DELETE FROM visualizations WHERE image_id = $1 AND owner = $2 RETURNING blob_key",
-                &[&id, &owner],
-            )
-            .await
-            .map_err(db)?;
-        d.visualizations = viz.len() as u64;
-        d.blob_keys
-            .extend(viz.iter().map(|r| r.get::<_, String>(0)));
-        let exports = tx
-            .query(
-                "DELETE FROM exports WHERE owner = $2 AND image_ids @> $1 RETURNING blob_key",
-                &[&json!([id]), &owner],
-            )
-            .await
-            .map_err(db)?;
-        d.exports = exports.len() as u64;
-        d.blob_keys
-            .extend(exports.iter().map(|r| r.get::<_, String>(0)));
-        tx.commit().await.map_err(db)?;
-        Ok(Some(d))
+        match tokio::time::timeout(TIMEOUT, Self::delete_image_on(&mut c, owner, id)).await {
+            Ok(r) => r,
+            Err(_) => Err(timed_out(c, "in 5 s")),
+        }
     }
 
     async fn insert_visualization(&self, r: &VisualizationRecord) -> Result<(), StoreError> {
@@ -801,9 +849,11 @@ impl MetadataStore for PostgresMetadata {
             tx.commit().await.map_err(db)?;
             Ok(out)
         };
-        tokio::time::timeout(TIMEOUT, work)
-            .await
-            .map_err(|_| StoreError::Unavailable("PostgreSQL did not answer in 5 s".into()))?
+        let out = tokio::time::timeout(TIMEOUT, work).await;
+        match out {
+            Ok(r) => r,
+            Err(_) => Err(timed_out(c, "in 5 s")),
+        }
     }
 
     async fn release_slot(&self, id: &str) -> Result<(), StoreError> {

@@ -102,3 +102,45 @@ async fn sslmode_require_is_tls_and_verifies_the_server() {
     };
     assert!(err.to_lowercase().contains("certificate"), "{err}");
 }
+
+/// A statement the store gives up on is ended by the server too (`statement_timeout`): an
+/// INSERT slowed past the limit (a trigger that sleeps 6 s) fails, and its row is not committed
+/// after the caller was told it failed (the API then answered 503 for a task that would read
+/// PENDING for a day). The store answers again at once, on a fresh connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statement_given_up_on_commits_nothing() {
+    use afterview_store::TaskRecord;
+    let db = PostgresDb::fresh();
+    let store = PostgresMetadata::connect(&db.url()).await.unwrap();
+    let (admin, conn) = tokio_postgres::connect(&db.url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    admin
+        .batch_execute(
+            "CREATE FUNCTION slow() RETURNS trigger AS $$ BEGIN PERFORM pg_sleep(6); RETURN NEW; END $$ LANGUAGE plpgsql;
+             CREATE TRIGGER slow BEFORE INSERT ON tasks FOR EACH ROW EXECUTE FUNCTION slow();",
+        )
+        .await
+        .unwrap();
+    let rec = TaskRecord {
+        id: "0b0e5b0c-6f2c-4a4e-9d8e-2f7d1c3b4a59".into(),
+        owner: "u".into(),
+        name: "afterview.noop".into(),
+        image_ids: vec![],
+        created_at: chrono::Utc::now(),
+    };
+    let t0 = std::time::Instant::now();
+    assert!(store.insert_task(&rec).await.is_err());
+    assert!(t0.elapsed() < std::time::Duration::from_millis(5_500));
+    // Past the trigger's sleep: nothing was committed behind the error.
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    admin
+        .batch_execute("DROP TRIGGER slow ON tasks")
+        .await
+        .unwrap();
+    assert_eq!(store.get_task("u", &rec.id).await.unwrap(), None);
+    store.insert_task(&rec).await.unwrap();
+    assert!(store.get_task("u", &rec.id).await.unwrap().is_some());
+    drop(store);
+}

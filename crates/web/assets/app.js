@@ -15,9 +15,11 @@ const state = {
   task: null, // {id, socket}
   photoGen: 0, // bumped each time the shown photo is let go: late answers for an older one are dropped
   uploading: false,
+  submitting: false, // a preview's request is on its way: Generate waits for its answer
   result: null, // the visualization or comparison shown
   pages: {},
   monitorTimer: null,
+  placeFace: null, // places the face box over the photo as shown now
 };
 
 // ------------------------------------------------------------------------------ API calls
@@ -161,6 +163,7 @@ function setView(name) {
   }
   clearInterval(state.monitorTimer);
   state.monitorTimer = null;
+  if (name === "consult" && state.placeFace && !$("face-box").hidden) state.placeFace();
   if (name === "history") loadHistory();
   if (name === "monitor") startMonitor();
   document.title = name === "signin" ? "Sign in · Afterview" : `${name[0].toUpperCase()}${name.slice(1)} · Afterview`;
@@ -181,7 +184,8 @@ async function signIn(token) {
     throw e;
   });
   state.me = me;
-  sessionStorage.setItem(TOKEN_KEY, token);
+  // The token the request went with: Google's sign-in may have refreshed it meanwhile.
+  sessionStorage.setItem(TOKEN_KEY, state.token);
   $("nav-monitor").hidden = !me.operator;
   if (state.procedures.length === 0) await loadProcedures();
   setView(viewFromPath());
@@ -197,15 +201,30 @@ function signOut(message) {
   if (state.task && state.task.socket) state.task.socket.close();
   resetPhoto();
   for (const i of document.querySelectorAll("#procedures input")) i.checked = false;
-  $("intensity").selectedIndex = 0;
+  // The form's own default (moderate, the API's), not the first option.
+  for (const o of $("intensity").options) o.selected = o.defaultSelected;
+  forgetLists();
   updateGenerate();
   setView("signin");
   if (message) show(message, "info");
   $("token").focus();
 }
 
-async function firebaseSignIn() {
-  const cfg = state.config.firebase;
+/// Empties history and the monitor: the next person to sign in on this page must not see the
+/// previous one's photos, tasks or (an operator's) every user's tasks.
+function forgetLists() {
+  for (const name of Object.keys(LISTS)) {
+    $(`h-${name}`).replaceChildren();
+    document.querySelector(`.more[data-list="${name}"]`).hidden = true;
+  }
+  document.querySelector("#m-queues tbody").replaceChildren();
+  $("m-workers").replaceChildren();
+  document.querySelector("#m-tasks tbody").replaceChildren();
+}
+
+/// Google's sign-in (Firebase's SDK), loaded once, its session kept fresh: ID tokens live an
+/// hour, and the SDK refreshes them (`onIdTokenChanged`).
+async function loadFirebase() {
   const load = (src) => new Promise((ok, fail) => {
     const s = document.createElement("script");
     s.src = src;
@@ -214,19 +233,40 @@ async function firebaseSignIn() {
     document.head.append(s);
   });
   const v = "10.14.1";
-  await load(`https://www.gstatic.com/firebasejs/${v}/firebase-app-compat.js`);
-  await load(`https://www.gstatic.com/firebasejs/${v}/firebase-auth-compat.js`);
+  if (!window.firebase) {
+    await load(`https://www.gstatic.com/firebasejs/${v}/firebase-app-compat.js`);
+    await load(`https://www.gstatic.com/firebasejs/${v}/firebase-auth-compat.js`);
+  }
   const fb = window.firebase;
-  if (!fb.apps.length) fb.initializeApp(cfg);
+  if (!fb.apps.length) {
+    fb.initializeApp(state.config.firebase);
+    fb.auth().onIdTokenChanged(async (u) => {
+      if (u && state.token) {
+        state.token = await u.getIdToken();
+        sessionStorage.setItem(TOKEN_KEY, state.token);
+      }
+    });
+  }
+  return fb;
+}
+
+async function firebaseSignIn() {
+  const fb = await loadFirebase();
   const cred = await fb.auth().signInWithPopup(new fb.auth.GoogleAuthProvider());
   await signIn(await cred.user.getIdToken());
-  // ID tokens live an hour: keep the session's token fresh.
-  fb.auth().onIdTokenChanged(async (u) => {
-    if (u && state.token) {
-      state.token = await u.getIdToken();
-      sessionStorage.setItem(TOKEN_KEY, state.token);
-    }
-  });
+}
+
+/// After a reload, a session that Google's sign-in began: the SDK again, and the user it kept
+/// (it restores its session asynchronously), so that the stored token is refreshed rather
+/// than used until it expires. Without it (offline, blocked), the stored token as it is.
+async function resumeFirebase() {
+  try {
+    const fb = await loadFirebase();
+    await new Promise((ok) => {
+      const stop = fb.auth().onAuthStateChanged(() => { stop(); ok(); });
+      setTimeout(ok, 5000);
+    });
+  } catch (e) { /* the stored token is tried as it is */ }
 }
 
 // ----------------------------------------------------------------------------- procedures
@@ -269,7 +309,7 @@ function chosen() {
 
 function updateGenerate() {
   const n = chosen().length;
-  const busy = Boolean(state.task);
+  const busy = Boolean(state.task) || state.submitting;
   for (const i of document.querySelectorAll("#procedures input")) i.disabled = busy || (!i.checked && n >= 4);
   let hint = "";
   if (!state.image) hint = "Upload a photo first.";
@@ -310,6 +350,8 @@ function resetPhoto() {
   $("photo-view").hidden = true;
   $("photo-actions").hidden = true;
   $("face-box").hidden = true;
+  if (state.placeFace) window.removeEventListener("resize", state.placeFace);
+  state.placeFace = null;
   $("result").hidden = true;
   $("after-result").hidden = true;
   $("report-link").hidden = true;
@@ -424,7 +466,11 @@ function placeFace(face) {
   box.hidden = false;
   if (img.complete) place();
   img.onload = place;
+  window.removeEventListener("resize", state.placeFace || place);
   window.addEventListener("resize", place);
+  // Measured while the consultation shows: found while another view was open, the picture
+  // had no size, so the box is placed again when the consultation comes back.
+  state.placeFace = place;
 }
 
 async function deletePhoto() {
@@ -441,14 +487,23 @@ async function deletePhoto() {
 
 async function generate() {
   const ids = chosen();
-  if (!state.image || ids.length === 0) return;
+  if (!state.image || ids.length === 0 || state.task || state.submitting) return;
   const options = { intensity: $("intensity").value };
   const gen = state.photoGen;
+  // A second click (or tap on a slow connection) before the answer sends nothing more.
+  state.submitting = true;
+  updateGenerate();
   await guard(async () => {
     const single = ids.length === 1;
-    const accepted = single
-      ? await api("POST", "/api/visualizations?async_processing=true", { image_id: state.image.id, procedure_id: ids[0], options })
-      : await api("POST", "/api/visualizations/compare?async_processing=true", { image_id: state.image.id, procedure_ids: ids, options });
+    let accepted;
+    try {
+      accepted = single
+        ? await api("POST", "/api/visualizations?async_processing=true", { image_id: state.image.id, procedure_id: ids[0], options })
+        : await api("POST", "/api/visualizations/compare?async_processing=true", { image_id: state.image.id, procedure_ids: ids, options });
+    } finally {
+      state.submitting = false;
+      updateGenerate();
+    }
     // Another photo was opened while this was sent: its preview is not wanted any more.
     if (!stillShowing(gen)) {
       api("POST", `/api/tasks/${accepted.task_id}/cancel`).catch(() => {});
@@ -886,13 +941,14 @@ function renderTask(t) {
 }
 
 async function loadHistory() {
-  await guard(async () => {
-    for (const name of Object.keys(LISTS)) {
-      state.pages[name] = 0;
-      $(`h-${name}`).replaceChildren();
-      await loadPage(name);
-    }
-  });
+  // Every list emptied first (none shows an older answer while the ones before it load), then
+  // each loaded on its own: one that fails leaves the others.
+  for (const name of Object.keys(LISTS)) {
+    state.pages[name] = 0;
+    $(`h-${name}`).replaceChildren();
+    document.querySelector(`.more[data-list="${name}"]`).hidden = true;
+  }
+  for (const name of Object.keys(LISTS)) await guard(() => loadPage(name));
 }
 
 async function loadPage(name) {
@@ -926,6 +982,7 @@ async function refreshMonitor() {
   } catch (e) {
     clearInterval(state.monitorTimer);
     state.monitorTimer = null;
+    if (e.status === 404 || e.status === 401) forgetLists();
     show(e.status === 404 ? "The monitor is for operators only." : e.message);
     return;
   }
@@ -1046,6 +1103,7 @@ async function start() {
     }
   }
   if (state.token) {
+    if (state.config.firebase) await resumeFirebase();
     const ok = await guard(async () => { await signIn(state.token); return true; });
     if (ok) return;
   }

@@ -502,6 +502,19 @@ async fn authentication_accepts_good_tokens_and_names_what_is_wrong_with_bad_one
     let oidc = json!({"iss": "https://id.example.test", "aud": "afterview-api", "sub": "oidc-user", "iat": now, "exp": now + 60});
     assert_eq!(ok(mint(&oidc, "trusted.pem", "trusted-kid")).await, 200);
 
+    // Firebase uids may be 128 characters long, OpenID Connect subjects 255: both sign in.
+    let long_uid = {
+        let mut c = good.clone();
+        c["sub"] = json!("u".repeat(128));
+        mint(&c, "trusted.pem", "trusted-kid")
+    };
+    assert_eq!(ok(long_uid).await, 200, "a 128-character Firebase uid");
+    let long_sub = {
+        let mut c = oidc.clone();
+        c["sub"] = json!("s".repeat(255));
+        mint(&c, "trusted.pem", "trusted-kid")
+    };
+    assert_eq!(ok(long_sub).await, 200, "a 255-character subject");
     // Firebase users own their uploads like anyone else.
     let fb = mint(&good, "trusted.pem", "trusted-kid");
     let id = s.upload_portrait(&fb, "astronaut.png").await;
@@ -730,6 +743,29 @@ fn crc32(bytes: &[u8]) -> u32 {
         }
     }
     !crc
+}
+
+/// `--max-upload-bytes` raised past the default is the limit at the HTTP layer too: a 25 MB
+/// photo (a PNG carrying 24 MB of private chunk) is taken under a 30 MB limit, and a body over
+/// it is refused with the configured figure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_raised_upload_limit_is_the_limit() {
+    let s = Server::with_users(&[("AFTERVIEW_MAX_UPLOAD_BYTES", "30000000")]);
+    let png = std::fs::read(format!("{PORTRAITS}/astronaut.png")).unwrap();
+    let (head, iend) = png.split_at(png.len() - 12);
+    let mut chunk = b"afVw".to_vec();
+    chunk.resize(4 + 24_000_000, 0x5a);
+    let mut big = head.to_vec();
+    big.extend_from_slice(&((chunk.len() - 4) as u32).to_be_bytes());
+    big.extend_from_slice(&chunk);
+    big.extend_from_slice(&crc32(&chunk).to_be_bytes());
+    big.extend_from_slice(iend);
+    assert!(big.len() > 22 * 1024 * 1024);
+    let (st, b) = body(s.upload(ALICE, big, "big.png").await).await;
+    assert_eq!(st, 201, "{b}");
+    let (st, b) = body(s.upload(ALICE, vec![0; 32_000_000], "huge.png").await).await;
+    assert_eq!(st, 413, "{b}");
+    assert!(b.to_string().contains("30000000"), "{b}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

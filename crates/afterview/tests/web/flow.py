@@ -233,10 +233,9 @@ def delete_photo(page):
     expect(page.locator("#photo-view")).to_be_hidden()
 
 
-def late_answers(page):
-    """An answer for a photo let go meanwhile does not land on the next one: the first photo's
-    face detection is held back until a second photo shows, then answered (no face); the
-    second photo keeps its face, and nothing says it has none."""
+def hold_first_face(page):
+    """Holds back the first face detection the page asks for (the routes held are collected
+    in the list returned, with the pattern to unroute)."""
     held = []
 
     def hold(route):
@@ -247,6 +246,14 @@ def late_answers(page):
 
     face = re.compile(r"/api/images/[0-9a-f-]+/face$")
     page.route(face, hold)
+    return held, face
+
+
+def late_answers(page):
+    """An answer for a photo let go meanwhile does not land on the next one: the first photo's
+    face detection is held back until a second photo shows, then answered (no face); the
+    second photo keeps its face, and nothing says it has none."""
+    held, face = hold_first_face(page)
     with page.expect_response(lambda r: r.url.endswith("/api/images") and r.request.method == "POST") as up:
         upload(page, f"{PORTRAITS}/no_face_coffee.png")
     first = up.value.json()["id"]
@@ -382,6 +389,124 @@ def monitor(page, size):
     assert r.status == 404, r.status
 
 
+def face_found_elsewhere(page):
+    """A face found while another view shows is marked over the photo when the consultation
+    shows again (measured while hidden, the photo had no size)."""
+    held, face = hold_first_face(page)
+    upload(page, f"{PORTRAITS}/grace_hopper.jpg")
+    for _ in range(200):
+        if held:
+            break
+        page.wait_for_timeout(50)
+    assert held, "the face was asked for"
+    page.get_by_role("link", name="History").click()
+    expect(page.get_by_role("heading", name="History")).to_be_visible()
+    with page.expect_response(lambda r: r.url.endswith("/face")):
+        held[0].continue_()
+    page.unroute(face)
+    page.wait_for_timeout(200)
+    page.get_by_role("link", name="Consultation").click()
+    expect(page.locator("#face-caption")).to_contain_text("Face found")
+    box = page.locator("#face-box").bounding_box()
+    photo = page.locator("#photo-img").bounding_box()
+    assert box and box["width"] > photo["width"] * 0.1, f"the face box {box} over the photo {photo}"
+
+
+def one_click_one_task(page):
+    """A double click on Generate, or a second tap while the request is on its way, sends one
+    preview: the button waits for the answer (on a host without workers: the task waits)."""
+    sign_in(page, ALICE, BASE_IDLE)
+    upload(page, f"{PORTRAITS}/grace_hopper.jpg")
+    page.get_by_role("checkbox", name=re.compile("^Facelift")).check()
+    held = []
+
+    def hold(route):
+        if route.request.method == "POST":
+            held.append(route)
+        else:
+            route.continue_()
+
+    viz = re.compile(r"/api/visualizations(/compare)?\?")
+    page.route(viz, hold)
+    page.locator("#generate").dblclick()
+    for _ in range(200):
+        if held:
+            break
+        page.wait_for_timeout(50)
+    page.wait_for_timeout(500)
+    assert len(held) == 1, f"{len(held)} previews asked for by one double click"
+    expect(page.locator("#generate")).to_be_disabled()
+    for r in held:
+        r.continue_()
+    page.unroute(viz)
+    expect(page.get_by_role("progressbar")).to_be_visible()
+    page.get_by_role("button", name="Cancel").click()
+    expect(page.get_by_role("alert")).to_contain_text("cancelled")
+
+
+def switching_users(page):
+    """Signing out empties what the person before saw: the next one, at the same screen, sees
+    neither the operator's monitor nor their choices (the intensity is the default again)."""
+    sign_in(page, ALICE)
+    page.get_by_label("Intensity").select_option("subtle")
+    page.get_by_role("link", name="Monitor").click()
+    expect(page.locator("#m-tasks tbody")).to_contain_text("alice")
+    page.get_by_role("button", name="Sign out").click()
+    page.get_by_label("Access token").fill(BOB)
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.get_by_role("alert")).to_contain_text("operators only")
+    expect(page.locator("#m-tasks tbody tr")).to_have_count(0)
+    expect(page.locator("#m-workers li")).to_have_count(0)
+    expect(page.get_by_label("Intensity")).to_have_value("moderate")
+    # History shows Bob's lists only: none of Alice's photos stay while his load.
+    page.get_by_role("link", name="History").click()
+    expect(page.locator("#h-images")).to_contain_text("Nothing yet")
+
+
+# What the page loads from gstatic for Google's sign-in, faked: a user the SDK restored after
+# a reload, whose fresh ID token is ALICE's (a static token the server accepts).
+FAKE_FIREBASE = """window.firebase = (() => {
+  const user = { getIdToken: async () => %s };
+  const auth = {
+    currentUser: user,
+    onAuthStateChanged(cb) { setTimeout(() => cb(user), 50); return () => {}; },
+    onIdTokenChanged() { return () => {}; },
+    signOut: async () => {},
+  };
+  const authFn = () => auth;
+  authFn.GoogleAuthProvider = function () {};
+  return { apps: [], initializeApp(c) { this.apps.push(c); }, auth: authFn };
+})();"""
+
+
+def google_session_resumed(page):
+    """After a reload, a session begun with Google's sign-in refreshes its token through the
+    SDK (loaded again) instead of sending the stored one until it expires."""
+    # A server with Firebase configured: its config, and its page's policy allowing the SDK.
+    page.route(re.compile(r"/api/config$"), lambda r: r.fulfill(json={"firebase": {"apiKey": "k", "projectId": "p"}}))
+
+    def firebase_policy(route):
+        r = route.fetch()
+        headers = dict(r.headers)
+        headers["content-security-policy"] = headers["content-security-policy"].replace(
+            "script-src 'self'", "script-src 'self' https://www.gstatic.com")
+        route.fulfill(response=r, headers=headers)
+
+    page.route(BASE + "/", firebase_policy)
+    page.route(re.compile(r"^https://www\.gstatic\.com/firebasejs/.*app-compat\.js$"),
+               lambda r: r.fulfill(body=FAKE_FIREBASE % repr(ALICE), content_type="text/javascript"))
+    page.route(re.compile(r"^https://www\.gstatic\.com/firebasejs/.*auth-compat\.js$"),
+               lambda r: r.fulfill(body="", content_type="text/javascript"))
+    page.goto(BASE + "/")
+    # The token stored by the sign-in an hour ago: expired now.
+    page.evaluate("sessionStorage.setItem('afterview.token', 'expired-google-id-token-0123456789')")
+    page.reload()
+    expect(page.get_by_role("heading", name="Consultation")).to_be_visible()
+    kept = page.evaluate("sessionStorage.getItem('afterview.token')")
+    assert kept == ALICE, f"the fresh token is kept: {kept!r}"
+    page.unroute_all()
+
+
 def main():
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
@@ -398,7 +523,12 @@ def main():
                 late_answers(page)
                 late_preview(page)
                 cancel_waiting(page)
+                one_click_one_task(page)
                 monitor(page, size)
+                sign_in(page, ALICE)
+                face_found_elsewhere(page)
+                switching_users(page)
+                google_session_resumed(page)
             else:
                 page.get_by_role("link", name="History").click()
                 expect(page.get_by_role("heading", name="History")).to_be_visible()

@@ -47,7 +47,7 @@ pub(crate) async fn upload_image(
     headers: HeaderMap,
     mp: Multipart,
 ) -> Response {
-    let file = match file_field(mp).await {
+    let file = match file_field(mp, st.limits.max_bytes).await {
         Ok(f) => f,
         Err(e) => return e.into_response(),
     };
@@ -65,9 +65,9 @@ pub(crate) async fn upload_image(
 }
 
 /// The multipart body's `file` field.
-async fn file_field(mut mp: Multipart) -> Result<Bytes, ApiError> {
+async fn file_field(mut mp: Multipart, limit: usize) -> Result<Bytes, ApiError> {
     let mut file: Option<Bytes> = None;
-    while let Some(field) = mp.next_field().await.map_err(|e| upload_error(&e))? {
+    while let Some(field) = mp.next_field().await.map_err(|e| upload_error(&e, limit))? {
         if field.name() == Some("file") {
             if file.is_some() {
                 // One photo per upload: silently keeping one of several would store a photo
@@ -76,7 +76,7 @@ async fn file_field(mut mp: Multipart) -> Result<Bytes, ApiError> {
                     "the upload has more than one `file` field; send one photo per request",
                 ));
             }
-            file = Some(field.bytes().await.map_err(|e| upload_error(&e))?);
+            file = Some(field.bytes().await.map_err(|e| upload_error(&e, limit))?);
         }
     }
     file.ok_or_else(|| {
@@ -194,7 +194,14 @@ async fn store_checked(
     png: Vec<u8>,
 ) -> Result<(StatusCode, Value), ApiError> {
     check_quota(st, user).await?;
-    st.blobs.put(&rec.blob_key, Bytes::from(png)).await?;
+    if let Err(e) = st.blobs.put(&rec.blob_key, Bytes::from(png)).await {
+        // A write that timed out may have been stored all the same: no record will ever name
+        // this key, so it goes now.
+        if let Err(d) = st.blobs.delete(&rec.blob_key).await {
+            tracing::warn!(error = %d, "A failed upload's file could not be removed.");
+        }
+        return Err(ApiError::from(e));
+    }
     if let Err(e) = st.meta.insert_image(rec).await {
         if let Err(d) = st.blobs.delete(&rec.blob_key).await {
             tracing::warn!(error = %d, "An upload's file could not be removed after its record failed.");
@@ -206,12 +213,12 @@ async fn store_checked(
 
 /// A multipart body that could not be read: 413 when it passed the size limit (axum says so
 /// by the error's status), else 400.
-fn upload_error(e: &axum::extract::multipart::MultipartError) -> ApiError {
+fn upload_error(e: &axum::extract::multipart::MultipartError, limit: usize) -> ApiError {
     if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "payload_too_large",
-            "the upload is larger than the limit (20 MB)",
+            format!("the upload is larger than the limit ({limit} bytes)"),
         )
     } else {
         ApiError::bad_request(format!("malformed multipart body: {}", e.body_text()))

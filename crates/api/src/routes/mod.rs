@@ -23,16 +23,20 @@ use serde_json::{Value, json};
 use crate::error::ApiError;
 use crate::submit::{submit, wait_again};
 use crate::{AppState, User};
-use crate::{MAX_JSON_BODY, MAX_UPLOAD_BODY, idempotency};
+use crate::{MAX_JSON_BODY, MULTIPART_FRAMING, idempotency};
 
 /// Every route (listed in [`crate::ROUTES`]; a test checks the two agree).
-pub(crate) fn all() -> Router<AppState> {
+/// `max_upload` is the largest photo intake accepts (`--max-upload-bytes`); the upload route
+/// reads that and the form's framing, no more.
+pub(crate) fn all(max_upload: usize) -> Router<AppState> {
     let uploads = Router::new()
         .route(
             "/api/images",
             post(images::upload_image).get(images::list_images),
         )
-        .layer(DefaultBodyLimit::max(MAX_UPLOAD_BODY));
+        .layer(DefaultBodyLimit::max(
+            max_upload.saturating_add(MULTIPART_FRAMING),
+        ));
     let api = images::routes()
         .merge(procedures::routes())
         .merge(visualizations::routes())

@@ -178,8 +178,8 @@ pub(crate) const MAX_SOCKETS_PER_USER: usize = 16;
 /// socket and zero-fills its free space each time it polls for a message, which the follow
 /// loop does after every frame it sends (4 KiB: 1.5 % of the machine in a burst, `perf`).
 const WS_READ_BUFFER: usize = 512;
-/// Frames fed without a flush are written together up to this size (`send` flushes: only the
-/// final state is fed, to go out with the close).
+/// Frames fed without a flush are written together up to this size (`send` flushes; only a
+/// state that is already final when the socket opens is fed, to go out with the close).
 const WS_WRITE_COALESCE: usize = 4096;
 /// The most a follower socket buffers for a slow reader before it is closed.
 const WS_MAX_BACKLOG: usize = 256 * 1024;
@@ -248,8 +248,8 @@ pub(crate) async fn task_ws(
     let until = session.expires_at;
     // Small buffers: a follower sends almost nothing and receives small frames, and thousands
     // of sockets stay open at once (tungstenite's defaults are 128 KiB each way per socket).
-    // Frames are written at once (each `send` flushes: progress is latency-bound); the final
-    // state is fed and goes out with the close, in one write. A reader too slow for 256 KiB of
+    // Frames are written at once (each `send` flushes: progress is latency-bound); the close
+    // follows the final state a moment later (`close_after_final`). A reader too slow for 256 KiB of
     // backlog is dropped rather than buffered without bound.
     Ok(ws
         .max_message_size(MAX_CLIENT_MESSAGE)
@@ -288,6 +288,30 @@ impl FrameMemo {
         map.insert(m.task_id.clone(), (m.clone(), text.clone()));
         text
     }
+}
+
+/// How long a follower's socket stays open after its task's final state went out, before the
+/// server closes it (1000, "task finished").
+const CLOSE_AFTER_FINAL: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Closes a follower's socket [`CLOSE_AFTER_FINAL`] after its final state was flushed (at once
+/// when the server begins to shut down). Tasks followed by many sockets tend to finish
+/// together (a batch, a clinic's session, the bench's 625 tasks in one millisecond), and the
+/// teardown of a socket (its close frame, `close`, the poller's deregistration, and on the
+/// client's side its close handshake) costs about as much as a frame: done at once, 10,000
+/// closes took their place in the runtime's queue among other followers' final states. The
+/// socket is not read meanwhile: a client that closed first is noticed when the close fails.
+async fn close_after_final(st: &AppState, mut socket: WebSocket) {
+    tokio::select! {
+        () = tokio::time::sleep(CLOSE_AFTER_FINAL) => {}
+        () = st.closing.cancelled() => {}
+    }
+    let _ = socket
+        .send(Message::Close(Some(CloseFrame {
+            code: 1000,
+            reason: "task finished".into(),
+        })))
+        .await;
 }
 
 fn frame(m: &ResultMeta) -> String {
@@ -345,9 +369,8 @@ async fn follow(
                 Ok(Some(m)) => {
                     let text = Message::Text(st.frames.frame(&m));
                     if m.status.is_terminal() {
-                        // The final state and the close in one write.
-                        if socket.feed(text).await.is_ok() {
-                            let _ = socket.send(Message::Close(Some(CloseFrame { code: 1000, reason: "task finished".into() }))).await;
+                        if socket.send(text).await.is_ok() {
+                            close_after_final(&st, socket).await;
                         }
                         return;
                     }

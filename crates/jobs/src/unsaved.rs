@@ -1,0 +1,74 @@
+//! A record written by a run that never finished saving its file. A run stopped at its hard
+//! time limit, or terminated by a revoke, is dropped wherever it waits, so the clean-up on its
+//! own error paths never runs: its record would stay in the owner's history naming a file that
+//! does not exist (and, once the task's result expired, read as the task's SUCCESS). The guard
+//! removes both when it is dropped while armed: armed once the run's record is written,
+//! disarmed when the save returns, with whatever outcome (those paths clean up themselves).
+
+use std::sync::Arc;
+
+use afterview_store::{BlobStore, MetadataStore};
+
+/// What the record is.
+#[derive(Clone, Copy)]
+pub(crate) enum Kind {
+    Visualization,
+    Export,
+}
+
+/// See the module's documentation.
+pub(crate) struct Unsaved {
+    undo: Option<Undo>,
+}
+
+struct Undo {
+    meta: Arc<dyn MetadataStore>,
+    blobs: Arc<dyn BlobStore>,
+    kind: Kind,
+    owner: String,
+    id: String,
+    key: String,
+}
+
+impl Unsaved {
+    /// Not armed yet.
+    pub(crate) fn new() -> Self {
+        Self { undo: None }
+    }
+
+    /// The run wrote record `id` of `owner`, whose file is `key`.
+    pub(crate) fn arm(&mut self, d: &crate::Deps, kind: Kind, owner: &str, id: &str, key: &str) {
+        self.undo = Some(Undo {
+            meta: d.meta.clone(),
+            blobs: d.blobs.clone(),
+            kind,
+            owner: owner.to_owned(),
+            id: id.to_owned(),
+            key: key.to_owned(),
+        });
+    }
+
+    /// The save returned: nothing to undo here.
+    pub(crate) fn disarm(&mut self) {
+        self.undo = None;
+    }
+}
+
+impl Drop for Unsaved {
+    fn drop(&mut self) {
+        let Some(u) = self.undo.take() else { return };
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        rt.spawn(async move {
+            let gone = match u.kind {
+                Kind::Visualization => u.meta.delete_visualization(&u.owner, &u.id).await,
+                Kind::Export => u.meta.delete_export(&u.owner, &u.id).await,
+            };
+            if let Err(e) = gone {
+                tracing::warn!(error = %e, id = %u.id, "The record of a run stopped while it saved could not be removed.");
+            }
+            let _ = u.blobs.delete(&u.key).await;
+        });
+    }
+}

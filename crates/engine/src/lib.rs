@@ -37,7 +37,7 @@ pub use backend::{BackendError, Broker, ResultBackend};
 pub use client::{Client, ClientError};
 pub use message::{SendOptions, TaskMessage, TimeLimits};
 pub use result::{ErrorInfo, ResultMeta, RetryHint, TaskError, TaskState};
-pub use task::{CancelFlag, Registry, RetryPolicy, Task, TaskContext, TaskOptions};
+pub use task::{CancelFlag, CancelReason, Registry, RetryPolicy, Task, TaskContext, TaskOptions};
 pub use worker::{Shutdown, Worker, WorkerConfig};
 
 /// This machine's host name (cached).

@@ -147,9 +147,13 @@ pub struct GeminiClient {
 impl GeminiClient {
     /// A client with `cfg`.
     pub fn new(cfg: GeminiConfig) -> Result<Self, GeminiError> {
+        // No redirects: a redirect keeps the `x-goog-api-key` header (only `Authorization` and
+        // cookies are dropped across hosts) and a 307 re-sends the body, the patient's photo.
+        // Google's endpoint does not redirect; a 3xx is an error.
         let http = reqwest::Client::builder()
             .timeout(cfg.timeout)
             .connect_timeout(Duration::from_secs(10))
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| GeminiError::Unavailable(format!("cannot build the HTTP client: {e}")))?;
         Ok(Self { http, cfg })
@@ -434,12 +438,17 @@ fn classify_success(text: &str) -> Attempt {
         .and_then(Value::as_str)
         .unwrap_or("")
         .to_owned();
-    let parts = cand
+    // Thinking models (Gemini 3 image models) send their drafts first, as parts marked
+    // `"thought": true`: they are neither the answer nor what the model said.
+    let parts: Vec<Value> = cand
         .pointer("/content/parts")
         .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter(|p| p.get("thought").and_then(Value::as_bool) != Some(true))
         .cloned()
-        .unwrap_or_default();
-    if let Some(image) = parts.iter().find_map(image_part) {
+        .collect();
+    if let Some(image) = parts.iter().rev().find_map(image_part) {
         return image;
     }
     no_image(finish, &parts)

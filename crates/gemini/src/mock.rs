@@ -36,6 +36,10 @@ pub enum Scenario {
     OkWithoutFace,
     /// A text part, then the image.
     OkTextThenImage,
+    /// As a thinking model (Gemini 3 image models) answers: a thought and a draft image (a
+    /// flat grey picture), both marked `"thought": true`, then the edited image with its
+    /// `thoughtSignature`.
+    OkThinking,
     /// `finishReason: STOP` with only text.
     TextOnly,
     /// `promptFeedback.blockReason`.
@@ -403,6 +407,7 @@ async fn answer(s: Scenario, model: &str, image: &[u8], key: &str) -> Response {
         | Scenario::OkReframed
         | Scenario::OkWithoutFace
         | Scenario::OkTextThenImage
+        | Scenario::OkThinking
         | Scenario::TextOnly
         | Scenario::NoImage
         | Scenario::BadBase64 => success(s, model, image),
@@ -438,6 +443,22 @@ fn success(s: Scenario, model: &str, image: &[u8]) -> Response {
                 vec![
                     json!({"text": "Here is the simulated result."}),
                     json!({"inlineData": {"mimeType": mime, "data": B64.encode(bytes)}}),
+                ],
+                "STOP",
+            )
+        }
+        Scenario::OkThinking => {
+            let (draft, draft_mime) = encoded(
+                &image::RgbImage::from_pixel(1024, 1024, image::Rgb([128; 3])),
+                false,
+            );
+            let (bytes, mime) = edited(image, false);
+            ok_body(
+                model,
+                vec![
+                    json!({"text": "Planning the edit: the nose, narrower.", "thought": true}),
+                    json!({"inlineData": {"mimeType": draft_mime, "data": B64.encode(draft)}, "thought": true}),
+                    json!({"inlineData": {"mimeType": mime, "data": B64.encode(bytes)}, "thoughtSignature": "c2lnbmF0dXJl"}),
                 ],
                 "STOP",
             )

@@ -244,3 +244,54 @@ async fn a_call_with_a_time_budget_gives_up_within_it() {
     assert_eq!(e.code(), ErrorCode::GeminiUnavailable);
     assert_eq!(mock.requests().len(), 2);
 }
+
+/// A thinking model's drafts (parts marked `"thought": true`, a flat grey picture here) are not
+/// the answer: the final image is.
+#[tokio::test]
+async fn a_thinking_models_drafts_are_passed_over() {
+    let (r, _, _) = run(vec![Scenario::OkThinking]).await;
+    let img = r.unwrap();
+    let decoded = image::load_from_memory(&img.bytes).unwrap().into_rgb8();
+    assert_eq!(
+        decoded.dimensions(),
+        (32, 24),
+        "the edit, not the 1024² draft"
+    );
+}
+
+/// A redirect is not followed: it would carry the key (a custom header, kept across hosts)
+/// and, for a 307, the photo to wherever it points.
+#[tokio::test]
+async fn a_redirect_is_not_followed() {
+    use std::io::{Read, Write};
+    let elsewhere = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let there = elsewhere.local_addr().unwrap();
+    elsewhere.set_nonblocking(true).unwrap();
+    let endpoint = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let here = endpoint.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for conn in endpoint.incoming() {
+            let Ok(mut c) = conn else { return };
+            let mut buf = [0u8; 65536];
+            let _ = c.read(&mut buf);
+            let _ = write!(
+                c,
+                "HTTP/1.1 307 Temporary Redirect\r\nLocation: http://{there}/x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            );
+        }
+    });
+    let mut cfg = GeminiConfig::new(KEY);
+    cfg.base_url = format!("http://{here}");
+    cfg.initial_backoff = Duration::from_millis(20);
+    cfg.max_backoff = Duration::from_millis(50);
+    cfg.timeout = Duration::from_millis(1500);
+    let r = GeminiClient::new(cfg)
+        .unwrap()
+        .edit_image(&png(), "image/png", "simulate a rhinoplasty")
+        .await;
+    assert!(r.is_err(), "a redirect is no answer");
+    assert!(
+        elsewhere.accept().is_err(),
+        "nothing reached the redirect's target"
+    );
+}

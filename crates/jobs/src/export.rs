@@ -238,8 +238,8 @@ async fn save_export_on(
     image_ids: Vec<String>,
     guard: &mut crate::unsaved::Unsaved,
 ) -> Result<Value, TaskError> {
-    // Cancelled while the file was made: nothing is saved; the task ends REVOKED.
-    ctx.check_cancelled()?;
+    // Revoked while the file was made: nothing is saved; the task ends REVOKED.
+    crate::revoked(ctx)?;
     let id = derived_id(ctx.id(), 0);
     let key = export_key(&id, format.as_str());
     let size = bytes.len() as u64;
@@ -280,7 +280,11 @@ async fn save_export_on(
     }
     let (inserted, stored) = claim_export(d, ctx, &rec).await?;
     if inserted {
-        guard.arm(d, crate::unsaved::Kind::Export, owner, &id, &rec.blob_key);
+        guard.arm(
+            d,
+            ctx,
+            (crate::unsaved::Kind::Export, owner, &id, &rec.blob_key),
+        );
     }
     if photos_gone().await? {
         let _ = d.meta.delete_export(owner, &id).await;

@@ -103,6 +103,9 @@ pub fn register(registry: &mut Registry, deps: Arc<Deps>) {
 
 /// `afterview.delete_files`: removes files whose records are gone, retried (with backoff, for
 /// about a day) while the blob store is unavailable. Only keys under the product's prefixes.
+/// Its time limits are an hour, not the previews' 4-5 minutes: a store that answers slowly
+/// (30 s a delete, its retries included) would otherwise stop it at its limit, which is not
+/// retried, with files left behind.
 #[derive(Debug, Clone)]
 pub struct DeleteFilesTask(pub Arc<Deps>);
 
@@ -114,13 +117,14 @@ impl Task for DeleteFilesTask {
     fn options(&self) -> TaskOptions {
         TaskOptions {
             queue: afterview_core::tasks::QUEUE_EXPORTS.into(),
+            soft_time_limit: std::time::Duration::from_secs(3300),
+            time_limit: std::time::Duration::from_secs(3600),
             retry: RetryPolicy {
                 max_retries: 40,
                 base: std::time::Duration::from_secs(5),
                 max_delay: std::time::Duration::from_secs(3600),
                 jitter: true,
             },
-            ..TaskOptions::default()
         }
     }
 
@@ -144,6 +148,16 @@ impl Task for DeleteFilesTask {
         }
         tracing::info!(owner = %a.user_id, files = a.keys.len(), "Deleted files removed from storage.");
         Ok(serde_json::json!({"deleted": a.keys.len()}))
+    }
+}
+
+/// `Err(cancelled)` when the run was revoked (not for the other reasons a run is asked to stop:
+/// a soft time limit that passed, a worker going away, a lease that ran out).
+pub(crate) fn revoked(ctx: &TaskContext) -> Result<(), TaskError> {
+    if ctx.cancel_reason() == Some(afterview_engine::CancelReason::Revoked) {
+        Err(TaskError::cancelled())
+    } else {
+        Ok(())
     }
 }
 

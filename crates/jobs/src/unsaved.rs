@@ -4,9 +4,15 @@
 //! does not exist (and, once the task's result expired, read as the task's SUCCESS). The guard
 //! removes both when it is dropped while armed: armed once the run's record is written,
 //! disarmed when the save returns, with whatever outcome (those paths clean up themselves).
+//!
+//! Not when the run was stopped because another run owns the task now (its lease ran out) or
+//! the worker is going away (the task goes back to its queue): the record is then the task's,
+//! which the next run takes over. The file is deleted once more a few seconds later: a write
+//! the run had handed to a thread (the local store's write and rename) may still land.
 
 use std::sync::Arc;
 
+use afterview_engine::{CancelReason, TaskContext};
 use afterview_store::{BlobStore, MetadataStore};
 
 /// What the record is.
@@ -22,6 +28,7 @@ pub(crate) struct Unsaved {
 }
 
 struct Undo {
+    ctx: TaskContext,
     meta: Arc<dyn MetadataStore>,
     blobs: Arc<dyn BlobStore>,
     kind: Kind,
@@ -37,8 +44,15 @@ impl Unsaved {
     }
 
     /// The run wrote record `id` of `owner`, whose file is `key`.
-    pub(crate) fn arm(&mut self, d: &crate::Deps, kind: Kind, owner: &str, id: &str, key: &str) {
+    pub(crate) fn arm(
+        &mut self,
+        d: &crate::Deps,
+        ctx: &TaskContext,
+        what: (Kind, &str, &str, &str),
+    ) {
+        let (kind, owner, id, key) = what;
         self.undo = Some(Undo {
+            ctx: ctx.clone(),
             meta: d.meta.clone(),
             blobs: d.blobs.clone(),
             kind,
@@ -57,6 +71,12 @@ impl Unsaved {
 impl Drop for Unsaved {
     fn drop(&mut self) {
         let Some(u) = self.undo.take() else { return };
+        if matches!(
+            u.ctx.cancel_reason(),
+            Some(CancelReason::LeaseLost | CancelReason::Shutdown)
+        ) {
+            return;
+        }
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
             return;
         };
@@ -68,6 +88,8 @@ impl Drop for Unsaved {
             if let Err(e) = gone {
                 tracing::warn!(error = %e, id = %u.id, "The record of a run stopped while it saved could not be removed.");
             }
+            let _ = u.blobs.delete(&u.key).await;
+            tokio::time::sleep(std::time::Duration::from_secs(5)).await;
             let _ = u.blobs.delete(&u.key).await;
         });
     }

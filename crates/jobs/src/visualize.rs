@@ -292,9 +292,10 @@ async fn save_owned_on(
     img: RgbImage,
     guard: &mut crate::unsaved::Unsaved,
 ) -> Result<Option<serde_json::Value>, TaskError> {
-    // Cancelled while the picture was made (the user's cancel does not stop a render): nothing
-    // is saved, and the task ends REVOKED rather than SUCCESS.
-    ctx.check_cancelled()?;
+    // Revoked while the picture was made (the user's cancel does not stop a render): nothing
+    // is saved, and the task ends REVOKED rather than SUCCESS. (A soft time limit that passed
+    // meanwhile does not throw the finished picture away.)
+    crate::revoked(ctx)?;
     let photo_gone = || async {
         d.meta
             .get_image(&rec.owner, &rec.image_id)
@@ -331,13 +332,13 @@ async fn save_owned_on(
         Err(e) => return Err(storage(e)),
     };
     if inserted {
-        guard.arm(
-            d,
+        let what = (
             crate::unsaved::Kind::Visualization,
-            &rec.owner,
-            &rec.id,
-            &rec.blob_key,
+            &*rec.owner,
+            &*rec.id,
+            &*rec.blob_key,
         );
+        guard.arm(d, ctx, what);
     }
     if photo_gone().await? {
         let _ = d.meta.delete_visualization(&rec.owner, &rec.id).await;

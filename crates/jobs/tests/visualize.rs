@@ -849,6 +849,20 @@ async fn deleted_while_written(record: bool) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_delete_files_task_removes_files_and_nothing_else() {
     let h = Harness::start(PreviewSettings::default()).await;
+    // A slow store's deletes (30 s each, retries included) fit in its time limits, whose end
+    // is not retried: an hour, not a preview's five minutes.
+    let task = afterview_jobs::DeleteFilesTask(Arc::new(Deps {
+        meta: h.meta.clone(),
+        blobs: h.blobs.clone(),
+        catalog: Arc::new(Catalog::builtin()),
+        preview: PreviewSettings::default(),
+    }));
+    let opts = afterview_engine::Task::options(&task);
+    assert!(
+        opts.soft_time_limit >= Duration::from_secs(3000),
+        "{opts:?}"
+    );
+    assert!(opts.time_limit > opts.soft_time_limit, "{opts:?}");
     for k in ["images/a.png", "exports/b.pdf", "settings/keep.json"] {
         h.blobs.put(k, vec![1u8, 2, 3].into()).await.unwrap();
     }

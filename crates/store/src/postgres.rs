@@ -241,11 +241,6 @@ impl PostgresMetadata {
         cfg.keepalives(true);
         cfg.keepalives_idle(Duration::from_secs(30));
         cfg.application_name("afterview");
-        let options = format!(
-            "{} -c statement_timeout={STATEMENT_TIMEOUT_MS}",
-            cfg.get_options().unwrap_or_default()
-        );
-        cfg.options(options.trim_start());
         let mc = || ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         };
@@ -258,7 +253,18 @@ impl PostgresMetadata {
                 Manager::from_config(cfg, NoTls, mc())
             }
         };
+        // Set on each new connection, not as a startup `options` parameter, which PgBouncer
+        // refuses (before 1.20) or ignores.
+        let set_timeout = deadpool_postgres::Hook::async_fn(|client, _| {
+            Box::pin(async move {
+                client
+                    .batch_execute(&format!("SET statement_timeout = {STATEMENT_TIMEOUT_MS}"))
+                    .await
+                    .map_err(deadpool_postgres::HookError::Backend)
+            })
+        });
         let pool = Pool::builder(mgr)
+            .post_create(set_timeout)
             .max_size(POOL_SIZE)
             .wait_timeout(Some(TIMEOUT))
             .create_timeout(Some(TIMEOUT))
@@ -380,6 +386,22 @@ impl PostgresMetadata {
             .extend(exports.iter().map(|r| r.get::<_, String>(0)));
         tx.commit().await.map_err(db)?;
         Ok(Some(d))
+    }
+
+    /// Deletes `table`'s rows created before `before`, 5,000 at a time, for at most a minute.
+    async fn delete_batched(&self, table: &str, before: &DateTime<Utc>) -> Result<u64, StoreError> {
+        let sql = format!(
+            "DELETE FROM {table} WHERE ctid IN (SELECT ctid FROM {table} WHERE created_at < $1 LIMIT 5000)"
+        );
+        let t0 = std::time::Instant::now();
+        let mut total = 0;
+        loop {
+            let n = self.execute(&sql, &[before]).await?;
+            total += n;
+            if n < 5000 || t0.elapsed() > Duration::from_secs(60) {
+                return Ok(total);
+            }
+        }
     }
 
     async fn query(
@@ -872,12 +894,10 @@ impl MetadataStore for PostgresMetadata {
     }
 
     async fn cleanup(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
-        let a = self
-            .execute("DELETE FROM idempotency WHERE created_at < $1", &[&before])
-            .await?;
-        let b = self
-            .execute("DELETE FROM tasks WHERE created_at < $1", &[&before])
-            .await?;
+        // In batches: each statement stays under the server's limit however large the backlog
+        // (a shortened expiry), and every run removes some of it.
+        let a = self.delete_batched("idempotency", &before).await?;
+        let b = self.delete_batched("tasks", &before).await?;
         let d = self
             .execute("DELETE FROM slots WHERE expires_at < now()", &[])
             .await?;

@@ -3,6 +3,9 @@
 
 const $ = (id) => document.getElementById(id);
 const TOKEN_KEY = "afterview.token";
+/// How the stored token was obtained: "google" (Firebase's ID token, which the SDK refreshes)
+/// or "token" (an access token or sign-in link, which nothing may replace).
+const VIA_KEY = "afterview.via";
 const state = {
   token: sessionStorage.getItem(TOKEN_KEY),
   me: null,
@@ -20,7 +23,12 @@ const state = {
   pages: {},
   monitorTimer: null,
   placeFace: null, // places the face box over the photo as shown now
+  session: 0, // bumped at each sign-in and sign-out: answers for an earlier session are dropped
 };
+
+/// Whether the session's token came from Google's sign-in (only then may Firebase's SDK, and
+/// whatever Google user it keeps in this browser, replace it).
+const viaGoogle = () => sessionStorage.getItem(VIA_KEY) === "google";
 
 // ------------------------------------------------------------------------------ API calls
 
@@ -36,7 +44,7 @@ class ApiError extends Error {
 /// live an hour, and `getIdToken()` answers the cached one or a new one when it is near its end.
 async function freshToken() {
   const fb = window.firebase;
-  const user = fb && fb.apps && fb.apps.length ? fb.auth().currentUser : null;
+  const user = fb && fb.apps && fb.apps.length && viaGoogle() ? fb.auth().currentUser : null;
   if (user && state.token) {
     try {
       const t = await user.getIdToken();
@@ -84,9 +92,28 @@ async function api(method, path, body) {
 }
 
 /// Fetches a picture or file with the token; an object URL for it (revoked on the next photo).
-/// Asks for the bytes: with presigned downloads on, the API would otherwise redirect to the
-/// object store, which this page's `fetch` may not reach (its CSP, the bucket's CORS).
 async function fileUrl(path) {
+  const url = URL.createObjectURL(await fileBlob(path));
+  state.objectUrls.push(url);
+  return url;
+}
+
+/// A picture's small copy (160 px wide, a JPEG data URL): the full-size bytes, 20 MB for a
+/// phone's photo, are let go as soon as it is drawn, not kept for as long as the page lives.
+async function thumbnail(path) {
+  const bmp = await createImageBitmap(await fileBlob(path), { resizeWidth: 160, resizeQuality: "medium" });
+  const c = document.createElement("canvas");
+  c.width = bmp.width;
+  c.height = bmp.height;
+  c.getContext("2d").drawImage(bmp, 0, 0);
+  bmp.close();
+  return c.toDataURL("image/jpeg", 0.8);
+}
+
+/// A stored file's bytes, fetched with the token. Asks for the bytes: with presigned downloads
+/// on, the API would otherwise redirect to the object store, which this page's `fetch` may not
+/// reach (its CSP, the bucket's CORS).
+async function fileBlob(path) {
   await freshToken();
   const bytes = `${path}${path.includes("?") ? "&" : "?"}redirect=false`;
   let r;
@@ -103,9 +130,7 @@ async function fileUrl(path) {
     } catch (e) { /* not JSON */ }
     throw new ApiError(r.status, "file", msg);
   }
-  const url = URL.createObjectURL(await r.blob());
-  state.objectUrls.push(url);
-  return url;
+  return r.blob();
 }
 
 function forgetFiles() {
@@ -177,10 +202,13 @@ function navigate(path) {
 
 // ------------------------------------------------------------------------------- sign-in
 
-async function signIn(token) {
+async function signIn(token, via = "token") {
+  state.session += 1;
   state.token = token;
+  sessionStorage.setItem(VIA_KEY, via);
   const me = await api("GET", "/api/me").catch((e) => {
     state.token = null;
+    sessionStorage.removeItem(VIA_KEY);
     throw e;
   });
   state.me = me;
@@ -196,6 +224,8 @@ function signOut(message) {
   const fb = window.firebase;
   if (fb && fb.apps && fb.apps.length) fb.auth().signOut().catch(() => {});
   sessionStorage.removeItem(TOKEN_KEY);
+  sessionStorage.removeItem(VIA_KEY);
+  state.session += 1;
   state.token = null;
   state.me = null;
   if (state.task && state.task.socket) state.task.socket.close();
@@ -241,7 +271,7 @@ async function loadFirebase() {
   if (!fb.apps.length) {
     fb.initializeApp(state.config.firebase);
     fb.auth().onIdTokenChanged(async (u) => {
-      if (u && state.token) {
+      if (u && state.token && viaGoogle()) {
         state.token = await u.getIdToken();
         sessionStorage.setItem(TOKEN_KEY, state.token);
       }
@@ -253,7 +283,7 @@ async function loadFirebase() {
 async function firebaseSignIn() {
   const fb = await loadFirebase();
   const cred = await fb.auth().signInWithPopup(new fb.auth.GoogleAuthProvider());
-  await signIn(await cred.user.getIdToken());
+  await signIn(await cred.user.getIdToken(), "google");
 }
 
 /// After a reload, a session that Google's sign-in began: the SDK again, and the user it kept
@@ -403,7 +433,7 @@ const PHOTO_ERRORS = {
   corrupt_image: "This photo could not be read (the file is damaged or incomplete). Please choose another photo.",
   unsupported_format: "This file is not a JPEG, PNG or WebP photo. Please choose another photo.",
   empty_file: "This file is empty. Please choose another photo.",
-  file_too_large: "This photo is too large (over 20 MB). Please choose a smaller photo.",
+  file_too_large: "This photo is too large. Please choose a smaller photo.",
   image_too_large: "This photo has too many pixels (over 40 megapixels). Please choose a smaller photo.",
 };
 
@@ -868,7 +898,7 @@ const thumbs = new IntersectionObserver((entries) => {
   for (const e of entries) {
     if (!e.isIntersecting) continue;
     thumbs.unobserve(e.target);
-    fileUrl(e.target.dataset.src).then((u) => { e.target.src = u; }, () => { e.target.hidden = true; });
+    thumbnail(e.target.dataset.src).then((u) => { e.target.src = u; }, () => { e.target.hidden = true; });
   }
 });
 
@@ -948,13 +978,19 @@ async function loadHistory() {
     $(`h-${name}`).replaceChildren();
     document.querySelector(`.more[data-list="${name}"]`).hidden = true;
   }
-  for (const name of Object.keys(LISTS)) await guard(() => loadPage(name));
+  const session = state.session;
+  for (const name of Object.keys(LISTS)) {
+    if (session !== state.session) return;
+    await guard(() => loadPage(name));
+  }
 }
 
 async function loadPage(name) {
   const list = LISTS[name];
   const offset = state.pages[name] || 0;
+  const session = state.session;
   const page = await api("GET", `${list.path}?limit=10&offset=${offset}`);
+  if (session !== state.session) return; // another person signed in meanwhile
   const ul = $(`h-${name}`);
   for (const it of page.items) ul.append(list.render(it));
   if (offset === 0 && page.items.length === 0) ul.append(item("Nothing yet."));
@@ -977,9 +1013,12 @@ function cell(text) {
 
 async function refreshMonitor() {
   let m;
+  const session = state.session;
   try {
     m = await api("GET", "/api/monitor");
+    if (session !== state.session) return; // answered for the person before
   } catch (e) {
+    if (session !== state.session) return;
     clearInterval(state.monitorTimer);
     state.monitorTimer = null;
     if (e.status === 404 || e.status === 401) forgetLists();
@@ -1103,8 +1142,9 @@ async function start() {
     }
   }
   if (state.token) {
-    if (state.config.firebase) await resumeFirebase();
-    const ok = await guard(async () => { await signIn(state.token); return true; });
+    const via = sessionStorage.getItem(VIA_KEY) || "token";
+    if (state.config.firebase && via === "google") await resumeFirebase();
+    const ok = await guard(async () => { await signIn(state.token, via); return true; });
     if (ok) return;
   }
   setView("signin");

@@ -213,9 +213,12 @@ def history(page, size):
     expect(page.get_by_role("heading", name="History")).to_be_visible()
     photos = page.locator("#h-images li")
     expect(photos).to_have_count(10)
-    # Each photo and preview shows a small picture of itself.
-    expect(photos.first.locator("img.thumb")).to_have_attribute("src", re.compile("^blob:"))
-    expect(page.locator("#h-visualizations li img.thumb").first).to_have_attribute("src", re.compile("^blob:"))
+    # Each photo and preview shows a small picture of itself, a small copy (the full-size
+    # bytes are not kept by the page).
+    thumb = photos.first.locator("img.thumb")
+    expect(thumb).to_have_attribute("src", re.compile("^data:image/jpeg"))
+    expect(page.locator("#h-visualizations li img.thumb").first).to_have_attribute("src", re.compile("^data:image/jpeg"))
+    page.wait_for_function("t => t.complete && t.naturalWidth === 160", arg=thumb.element_handle())
     page.get_by_role("button", name="More photos").click()
     expect(photos).to_have_count(14)
     expect(page.get_by_role("button", name="More photos")).to_be_hidden()
@@ -499,11 +502,24 @@ def google_session_resumed(page):
                lambda r: r.fulfill(body="", content_type="text/javascript"))
     page.goto(BASE + "/")
     # The token stored by the sign-in an hour ago: expired now.
-    page.evaluate("sessionStorage.setItem('afterview.token', 'expired-google-id-token-0123456789')")
+    page.evaluate("sessionStorage.setItem('afterview.token', 'expired-google-id-token-0123456789');"
+                  "sessionStorage.setItem('afterview.via', 'google')")
     page.reload()
     expect(page.get_by_role("heading", name="Consultation")).to_be_visible()
     kept = page.evaluate("sessionStorage.getItem('afterview.token')")
     assert kept == ALICE, f"the fresh token is kept: {kept!r}"
+    # A session begun with an access token stays that token's after a reload, whatever Google
+    # user the browser keeps (a shared clinic computer): Bob is not made Alice.
+    page.get_by_role("button", name="Sign out").click()
+    page.get_by_label("Access token").fill(BOB)
+    page.get_by_role("button", name="Sign in", exact=True).click()
+    expect(page.get_by_role("heading", name="Consultation")).to_be_visible()
+    page.reload()
+    expect(page.get_by_role("heading", name="Consultation")).to_be_visible()
+    page.wait_for_timeout(500)
+    kept = page.evaluate("sessionStorage.getItem('afterview.token')")
+    assert kept == BOB, f"the access token is kept: {kept!r}"
+    expect(page.get_by_role("link", name="Monitor")).to_be_hidden()
     page.unroute_all()
 
 

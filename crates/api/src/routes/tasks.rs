@@ -258,8 +258,13 @@ pub(crate) async fn task_ws(
         .write_buffer_size(WS_WRITE_COALESCE)
         .max_write_buffer_size(WS_MAX_BACKLOG)
         .on_upgrade(move |socket| async move {
-            follow(st, id, socket, until, finished).await;
+            let ended = follow(st.clone(), id, socket, until, finished).await;
+            // The user's count drops as the task ends: a client that opens the next task's
+            // socket on the final state is not refused for this one's delayed close.
             drop(slot);
+            if let Some(socket) = ended {
+                close_after_final(&st, socket).await;
+            }
         }))
 }
 
@@ -323,13 +328,15 @@ fn frame(m: &ResultMeta) -> String {
     json!({"type": kind, "data": status_view(m)}).to_string()
 }
 
+/// Follows task `id` on `socket`; gives the socket back when the task's final state went out,
+/// for [`close_after_final`].
 async fn follow(
     st: AppState,
     id: String,
     mut socket: WebSocket,
     expires_at: Option<i64>,
     finished: Option<ResultMeta>,
-) {
+) -> Option<WebSocket> {
     if let Some(m) = finished {
         if socket.feed(Message::Text(frame(&m).into())).await.is_ok() {
             let _ = socket
@@ -339,7 +346,7 @@ async fn follow(
                 })))
                 .await;
         }
-        return;
+        return None;
     }
     let mut watch = st.client.watch(&id);
     let now = chrono::Utc::now().timestamp();
@@ -354,7 +361,7 @@ async fn follow(
             () = st.closing.cancelled() => {
                 let reason = "server shutting down; reconnect";
                 let _ = socket.send(Message::Close(Some(CloseFrame { code: 1001, reason: reason.into() }))).await;
-                return;
+                return None;
             }
             () = &mut deadline => {
                 let (code, reason) = if token_bound {
@@ -363,22 +370,19 @@ async fn follow(
                     (1001, "connection lifetime reached; reconnect")
                 };
                 let _ = socket.send(Message::Close(Some(CloseFrame { code, reason: reason.into() }))).await;
-                return;
+                return None;
             }
             next = watch.next_shared() => match next {
                 Ok(Some(m)) => {
                     let text = Message::Text(st.frames.frame(&m));
                     if m.status.is_terminal() {
-                        if socket.send(text).await.is_ok() {
-                            close_after_final(&st, socket).await;
-                        }
-                        return;
+                        return socket.send(text).await.is_ok().then_some(socket);
                     }
                     if socket.send(text).await.is_err() {
-                        return;
+                        return None;
                     }
                 }
-                Ok(None) => return,
+                Ok(None) => return None,
                 Err(e) => {
                     // The backend's own words (addresses, paths) go to the log, not the client;
                     // the frame has no `state`: the task goes on, the client reconnects.
@@ -386,11 +390,11 @@ async fn follow(
                     let msg = json!({"type": "error", "data": {"task_id": id, "error": {"code": "unavailable", "message": "the result store is unavailable; reconnect to follow the task"}}});
                     let _ = socket.send(Message::Text(msg.to_string().into())).await;
                     let _ = socket.send(Message::Close(Some(CloseFrame { code: 1011, reason: "backend unavailable".into() }))).await;
-                    return;
+                    return None;
                 }
             },
             incoming = socket.recv() => match incoming {
-                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return None,
                 _ => {}
             }
         }

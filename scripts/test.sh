@@ -11,6 +11,7 @@ command -v sqlite3 >/dev/null 2>&1 || need_apt+=(sqlite3)
 command -v mold >/dev/null 2>&1 || need_apt+=(mold)
 command -v pdftotext >/dev/null 2>&1 || need_apt+=(poppler-utils)   # reading reports back
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server) # private servers per test run
+command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)             # certificates for the TLS tests
 command -v curl >/dev/null 2>&1 || need_apt+=(curl)                 # talking to Flower
 command -v docker-compose >/dev/null 2>&1 || need_apt+=(docker-compose) # validating docker-compose.yml
 command -v pg_isready >/dev/null 2>&1 || need_apt+=(postgresql)     # the PostgreSQL store's tests

@@ -77,7 +77,7 @@ pub async fn open_with(s: &Settings, task_events: bool) -> anyhow::Result<Backen
         });
     }
     usage!(
-        "unknown broker URL {:?}: use sqlite://[path], memory:// or redis://host:port/db",
+        "unknown broker URL {:?}: use sqlite://[path], memory://, redis://host:port/db or rediss:// (TLS)",
         crate::product::redact(&broker_url)
     )
 }
@@ -96,6 +96,7 @@ async fn open_redis(s: &Settings, broker_url: &str, task_events: bool) -> anyhow
         result_expires: s.result_expires,
         task_events,
         push_to_idle: s.redis_push_to_idle,
+        ca_file: s.redis_ca_file.clone(),
         ..RedisOptions::default()
     };
     let b = Arc::new(

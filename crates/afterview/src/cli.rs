@@ -53,6 +53,7 @@ impl Cli {
             result_backend: g.result_backend.clone(),
             database_url: g.database_url.clone(),
             database_ca_file: g.database_ca_file.clone(),
+            redis_ca_file: g.redis_ca_file.clone(),
             storage_url: g.storage_url.clone(),
             result_expires: g.result_expires,
             log: g.log.clone(),
@@ -111,6 +112,15 @@ struct GlobalArgs {
         value_name = "FILE"
     )]
     database_ca_file: Option<PathBuf>,
+    /// With a rediss:// (TLS) broker URL: trust only the CA certificates (PEM) in this file
+    /// [default: the system trust store].
+    #[arg(
+        long,
+        global = true,
+        env = "AFTERVIEW_REDIS_CA_FILE",
+        value_name = "FILE"
+    )]
+    redis_ca_file: Option<PathBuf>,
     /// Where photos, previews and reports are stored: file://path (default: <data-dir>/blobs)
     /// or s3://bucket[/prefix] (credentials and endpoint from the standard AWS_* variables).
     #[arg(

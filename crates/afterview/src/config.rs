@@ -148,6 +148,8 @@ pub struct Settings {
     pub database_url: Option<String>,
     /// CA file for the database's TLS (None = the system trust store).
     pub database_ca_file: Option<PathBuf>,
+    /// CA file for Redis's TLS, `rediss://` (None = the system trust store).
+    pub redis_ca_file: Option<PathBuf>,
     /// Blob storage URL (None = `<data-dir>/blobs`).
     pub storage_url: Option<String>,
     /// How long results are kept.
@@ -173,6 +175,8 @@ pub struct GlobalLayer {
     pub database_url: Option<String>,
     /// `--database-ca-file`.
     pub database_ca_file: Option<PathBuf>,
+    /// `--redis-ca-file`.
+    pub redis_ca_file: Option<PathBuf>,
     /// `--storage`.
     pub storage_url: Option<String>,
     /// `--result-expires`.
@@ -202,6 +206,7 @@ impl Settings {
             result_backend: g.result_backend,
             database_url: g.database_url,
             database_ca_file: g.database_ca_file,
+            redis_ca_file: g.redis_ca_file,
             storage_url: g.storage_url,
             result_expires,
             log: g.log,

@@ -27,6 +27,9 @@
 //! - Blocking reads (pidbox replies) use their own connection; pub/sub has its own connection
 //!   that resubscribes after a reconnect and re-reads what it follows.
 
+// Only its provider feature: see Cargo.toml.
+use rustls as _;
+
 mod broker;
 mod calls;
 mod celery;
@@ -120,17 +123,43 @@ fn tcp_settings() -> redis::io::tcp::TcpSettings {
 }
 
 /// The broker's and the result backend's clients: valid URLs on one server (results are fenced
-/// by leases in one atomic script, so they cannot live elsewhere).
+/// by leases in one atomic script, so they cannot live elsewhere). `rediss://` is TLS, the
+/// server verified against the system's trust store or, given `ca_file`, only against it.
 fn clients(
     broker_url: &str,
     result_url: Option<&str>,
+    ca_file: Option<&std::path::Path>,
 ) -> Result<(redis::Client, redis::Client), BackendError> {
+    let ca = match ca_file {
+        None => None,
+        Some(p) => Some(std::fs::read(p).map_err(|e| {
+            BackendError::invalid(format!(
+                "cannot read the Redis CA file {}: {e}",
+                p.display()
+            ))
+        })?),
+    };
     let open = |u: &str| {
         let bad = |e: redis::RedisError| {
             BackendError::invalid(format!("bad Redis URL {}: {e}", redact(u)))
         };
         let info = redis::IntoConnectionInfo::into_connection_info(u).map_err(bad)?;
-        redis::Client::open(info.set_tcp_settings(tcp_settings())).map_err(bad)
+        let info = info.set_tcp_settings(tcp_settings());
+        match &ca {
+            None => redis::Client::open(info).map_err(bad),
+            Some(_) if !u.starts_with("rediss://") => Err(BackendError::invalid(format!(
+                "a Redis CA file is given but {} is not a rediss:// (TLS) URL",
+                redact(u)
+            ))),
+            Some(pem) => redis::Client::build_with_tls(
+                info,
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(pem.clone()),
+                },
+            )
+            .map_err(bad),
+        }
     };
     let client = open(broker_url)?;
     let result_client = match result_url {
@@ -183,7 +212,7 @@ impl RedisBackend {
         result_url: Option<&str>,
         opts: RedisOptions,
     ) -> Result<Self, BackendError> {
-        let (client, result_client) = clients(broker_url, result_url)?;
+        let (client, result_client) = clients(broker_url, result_url, opts.ca_file.as_deref())?;
         let (a, b) = (
             client.get_connection_info(),
             result_client.get_connection_info(),

@@ -27,6 +27,9 @@ pub struct RedisOptions {
     pub push_to_idle: bool,
     /// Dead letters kept.
     pub dead_letters_max: usize,
+    /// For `rediss://` URLs: trust only the CA certificates (PEM) in this file instead of the
+    /// system's trust store (a private CA, a self-signed server).
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 impl Default for RedisOptions {
@@ -38,6 +41,7 @@ impl Default for RedisOptions {
             keyspace_events: true,
             push_to_idle: true,
             dead_letters_max: policy::DEAD_LETTER_CAP,
+            ca_file: None,
         }
     }
 }

@@ -303,19 +303,26 @@ async fn save_export_on(
         let _ = d.blobs.delete(&rec.blob_key).await;
         return Err(gone());
     }
-    if d.meta
-        .get_export(owner, &id)
+    still_recorded(d, &rec).await?;
+    Ok(stored.unwrap_or(value))
+}
+
+/// After its file is written: the export's record read again. Deleted meanwhile (the delete
+/// found no file yet), the file goes too.
+async fn still_recorded(d: &Deps, rec: &ExportRecord) -> Result<(), TaskError> {
+    let kept = d
+        .meta
+        .get_export(&rec.owner, &rec.id)
         .await
-        .map_err(storage)?
-        .is_none()
-    {
+        .map_err(storage)?;
+    if kept.is_none() {
         let _ = d.blobs.delete(&rec.blob_key).await;
         return Err(fail(
             ErrorCode::ExportNotFound,
-            format!("export {id} was deleted while it was saved"),
+            format!("export {} was deleted while it was saved", rec.id),
         ));
     }
-    Ok(stored.unwrap_or(value))
+    Ok(())
 }
 
 /// Whether any of `ids` is no longer the owner's photo.

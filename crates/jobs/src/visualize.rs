@@ -357,6 +357,13 @@ async fn save_owned_on(
         let _ = d.blobs.delete(&rec.blob_key).await;
         return Err(gone());
     }
+    still_recorded(d, rec).await?;
+    Ok(stored)
+}
+
+/// After its picture is written: the preview's record read again. Deleted meanwhile (the
+/// delete found no file yet), the picture goes too.
+async fn still_recorded(d: &Deps, rec: &VisualizationRecord) -> Result<(), TaskError> {
     let kept = d
         .meta
         .get_visualization(&rec.owner, &rec.id)
@@ -369,7 +376,7 @@ async fn save_owned_on(
             format!("visualization {} was deleted while it was saved", rec.id),
         ));
     }
-    Ok(stored)
+    Ok(())
 }
 
 /// One preview to save.

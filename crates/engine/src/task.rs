@@ -161,6 +161,8 @@ struct CtxInner {
     worker: String,
     cancel: CancellationToken,
     reason: Mutex<Option<CancelReason>>,
+    /// Every reason given, in any order (one bit per [`CancelReason`]).
+    reasons: std::sync::atomic::AtomicU8,
     sink: Arc<dyn ProgressSink>,
     args: Vec<Value>,
     kwargs: Map<String, Value>,
@@ -240,6 +242,7 @@ impl TaskContext {
                 worker: parts.worker,
                 cancel: CancellationToken::new(),
                 reason: Mutex::new(None),
+                reasons: std::sync::atomic::AtomicU8::new(0),
                 sink: parts.sink,
                 args: parts.args,
                 kwargs: parts.kwargs,
@@ -342,8 +345,17 @@ impl TaskContext {
             .map_err(|e| TaskError::panicked(format!("blocking work failed: {e}")))
     }
 
+    /// Whether the run was asked to stop for `reason`, first or later (a revoke or a lost lease
+    /// after the soft time limit passed, say).
+    pub fn cancelled_for(&self, reason: CancelReason) -> bool {
+        self.inner.reasons.load(std::sync::atomic::Ordering::SeqCst) & (1 << reason as u8) != 0
+    }
+
     /// Asks the run to stop (first reason wins). Used by the worker runtime.
     pub fn cancel(&self, reason: CancelReason) {
+        self.inner
+            .reasons
+            .fetch_or(1 << reason as u8, std::sync::atomic::Ordering::SeqCst);
         {
             let mut r = self.inner.reason.lock().expect("cancel reason lock");
             if r.is_none() {
@@ -440,6 +452,41 @@ impl Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    struct NoSink;
+    impl ProgressSink for NoSink {
+        fn report(
+            &self,
+            _progress: u8,
+            _status: String,
+        ) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+            Box::pin(async {})
+        }
+    }
+
+    /// The first reason is the run's reason; every reason given is known (a revoke or a lost
+    /// lease after the soft time limit passed must not read as the soft limit alone).
+    #[test]
+    fn every_cancel_reason_is_kept() {
+        let ctx = TaskContext::new(ContextParts {
+            id: "t".into(),
+            name: "n".into(),
+            retries: 0,
+            queue: "q".into(),
+            worker: "w".into(),
+            sink: Arc::new(NoSink),
+            args: vec![],
+            kwargs: Map::new(),
+        });
+        assert!(!ctx.cancelled_for(CancelReason::Revoked));
+        ctx.cancel(CancelReason::SoftTimeLimit);
+        ctx.cancel(CancelReason::LeaseLost);
+        assert_eq!(ctx.cancel_reason(), Some(CancelReason::SoftTimeLimit));
+        assert!(ctx.cancelled_for(CancelReason::SoftTimeLimit));
+        assert!(ctx.cancelled_for(CancelReason::LeaseLost));
+        assert!(!ctx.cancelled_for(CancelReason::Revoked));
+        assert!(!ctx.cancelled_for(CancelReason::Shutdown));
+    }
 
     #[test]
     fn backoff_grows_and_is_capped() {

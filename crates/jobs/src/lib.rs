@@ -154,7 +154,7 @@ impl Task for DeleteFilesTask {
 /// `Err(cancelled)` when the run was revoked (not for the other reasons a run is asked to stop:
 /// a soft time limit that passed, a worker going away, a lease that ran out).
 pub(crate) fn revoked(ctx: &TaskContext) -> Result<(), TaskError> {
-    if ctx.cancel_reason() == Some(afterview_engine::CancelReason::Revoked) {
+    if ctx.cancelled_for(afterview_engine::CancelReason::Revoked) {
         Err(TaskError::cancelled())
     } else {
         Ok(())

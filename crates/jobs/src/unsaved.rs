@@ -5,10 +5,11 @@
 //! removes both when it is dropped while armed: armed once the run's record is written,
 //! disarmed when the save returns, with whatever outcome (those paths clean up themselves).
 //!
-//! Not when the run was stopped because another run owns the task now (its lease ran out) or
-//! the worker is going away (the task goes back to its queue): the record is then the task's,
-//! which the next run takes over. The file is deleted once more a few seconds later: a write
-//! the run had handed to a thread (the local store's write and rename) may still land.
+//! Not when the run was stopped because another run owns the task now (its lease ran out):
+//! the record is then that run's. When the worker is going away (the task goes back to its
+//! queue), both go at once and the next run writes them anew; otherwise the file is deleted
+//! once more a few seconds later, as a write the run had handed to a thread (the local store's
+//! write and rename) may still land (not after a shutdown: the next run's file may be there).
 
 use std::sync::Arc;
 
@@ -71,12 +72,10 @@ impl Unsaved {
 impl Drop for Unsaved {
     fn drop(&mut self) {
         let Some(u) = self.undo.take() else { return };
-        if matches!(
-            u.ctx.cancel_reason(),
-            Some(CancelReason::LeaseLost | CancelReason::Shutdown)
-        ) {
+        if u.ctx.cancelled_for(CancelReason::LeaseLost) {
             return;
         }
+        let again = !u.ctx.cancelled_for(CancelReason::Shutdown);
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
             return;
         };
@@ -89,8 +88,10 @@ impl Drop for Unsaved {
                 tracing::warn!(error = %e, id = %u.id, "The record of a run stopped while it saved could not be removed.");
             }
             let _ = u.blobs.delete(&u.key).await;
-            tokio::time::sleep(std::time::Duration::from_secs(5)).await;
-            let _ = u.blobs.delete(&u.key).await;
+            if again {
+                tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+                let _ = u.blobs.delete(&u.key).await;
+            }
         });
     }
 }

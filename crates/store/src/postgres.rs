@@ -288,8 +288,13 @@ impl PostgresMetadata {
         self
     }
 
+    /// A pooled connection, within [`TIMEOUT`]: a new one's `SET statement_timeout` (the pool's
+    /// post-create hook, which no pool timeout covers) must not wait without end either.
     async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
-        self.pool.get().await.map_err(unavailable)
+        tokio::time::timeout(TIMEOUT, self.pool.get())
+            .await
+            .map_err(|_| StoreError::Unavailable("PostgreSQL did not answer in 5 s".into()))?
+            .map_err(unavailable)
     }
 
     /// Applies pending migrations (also `afterview migrate`); returns the schema version.

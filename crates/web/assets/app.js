@@ -6,6 +6,9 @@ const TOKEN_KEY = "afterview.token";
 /// How the stored token was obtained: "google" (Firebase's ID token, which the SDK refreshes)
 /// or "token" (an access token or sign-in link, which nothing may replace).
 const VIA_KEY = "afterview.via";
+/// The Google user (Firebase uid) a Google session belongs to: a token of another Google user
+/// (signed in in another tab of this browser, say) never replaces it.
+const UID_KEY = "afterview.uid";
 const state = {
   token: sessionStorage.getItem(TOKEN_KEY),
   me: null,
@@ -46,15 +49,27 @@ async function freshToken() {
   const fb = window.firebase;
   const user = fb && fb.apps && fb.apps.length && viaGoogle() ? fb.auth().currentUser : null;
   if (user && state.token) {
+    const session = state.session;
     try {
       const t = await user.getIdToken();
-      if (t !== state.token) {
-        state.token = t;
-        sessionStorage.setItem(TOKEN_KEY, t);
-      }
+      adoptGoogleToken(user, t, session);
     } catch (e) { /* offline: the request says so */ }
   }
   return state.token;
+}
+
+/// Takes Google's fresh ID token `t` of `user` as the session's, when the session is still the
+/// one that asked (`session`), began with Google, and is this Google user's. Another Google
+/// user's token ends the session instead: this tab is not silently someone else's.
+function adoptGoogleToken(user, t, session) {
+  if (session !== state.session || !viaGoogle() || !state.token || t === state.token) return;
+  const uid = sessionStorage.getItem(UID_KEY);
+  if (uid && user.uid !== uid) {
+    signOut("You signed in as another Google user elsewhere in this browser. Please sign in again.", true);
+    return;
+  }
+  state.token = t;
+  sessionStorage.setItem(TOKEN_KEY, t);
 }
 
 async function api(method, path, body) {
@@ -208,7 +223,6 @@ async function signIn(token, via = "token") {
   sessionStorage.setItem(VIA_KEY, via);
   const me = await api("GET", "/api/me").catch((e) => {
     state.token = null;
-    sessionStorage.removeItem(VIA_KEY);
     throw e;
   });
   state.me = me;
@@ -219,12 +233,14 @@ async function signIn(token, via = "token") {
   setView(viewFromPath());
 }
 
-function signOut(message) {
-  // Google's session too: else the next request would refresh the token again.
+function signOut(message, keepGoogle = false) {
+  // Google's session too: else the next request would refresh the token again (not when
+  // that session is another tab's Google user).
   const fb = window.firebase;
-  if (fb && fb.apps && fb.apps.length) fb.auth().signOut().catch(() => {});
+  if (!keepGoogle && fb && fb.apps && fb.apps.length) fb.auth().signOut().catch(() => {});
   sessionStorage.removeItem(TOKEN_KEY);
   sessionStorage.removeItem(VIA_KEY);
+  sessionStorage.removeItem(UID_KEY);
   state.session += 1;
   state.token = null;
   state.me = null;
@@ -271,10 +287,9 @@ async function loadFirebase() {
   if (!fb.apps.length) {
     fb.initializeApp(state.config.firebase);
     fb.auth().onIdTokenChanged(async (u) => {
-      if (u && state.token && viaGoogle()) {
-        state.token = await u.getIdToken();
-        sessionStorage.setItem(TOKEN_KEY, state.token);
-      }
+      if (!u || !state.token || !viaGoogle()) return;
+      const session = state.session;
+      adoptGoogleToken(u, await u.getIdToken(), session);
     });
   }
   return fb;
@@ -283,6 +298,7 @@ async function loadFirebase() {
 async function firebaseSignIn() {
   const fb = await loadFirebase();
   const cred = await fb.auth().signInWithPopup(new fb.auth.GoogleAuthProvider());
+  sessionStorage.setItem(UID_KEY, cred.user.uid);
   await signIn(await cred.user.getIdToken(), "google");
 }
 

@@ -89,7 +89,11 @@ def drop_file(page, path, mime):
 
 
 def upload(page, path):
+    """Chooses a photo and waits until it is the one shown: the photo before it (and its
+    caption, "Face found") stays on screen until the upload is answered."""
+    before = page.locator("#photo-img").get_attribute("src") or ""
     page.get_by_label("Photo").set_input_files(path)
+    expect(page.locator("#photo-img")).not_to_have_attribute("src", before)
     expect(page.locator("#photo-img")).to_be_visible()
 
 
@@ -293,6 +297,7 @@ def late_preview(page):
     upload(page, f"{PORTRAITS}/grace_hopper.jpg")
     expect(page.locator("#face-caption")).to_contain_text("Face found")
     page.get_by_role("checkbox", name=re.compile("^Rhinoplasty")).check()
+    expect(page.locator("#generate")).to_be_enabled()
     viz = re.compile(r"/api/visualizations(/compare)?\?")
     page.route(viz, hold)
     page.locator("#generate").click()
@@ -301,7 +306,7 @@ def late_preview(page):
             break
         page.wait_for_timeout(50)
     assert held, "the preview was asked for"
-    page.get_by_label("Photo").set_input_files(f"{PORTRAITS}/astronaut.png")
+    upload(page, f"{PORTRAITS}/astronaut.png")
     expect(page.locator("#face-caption")).to_contain_text("Face found")
     with page.expect_request(lambda r: r.url.endswith("/cancel"), timeout=15_000):
         held[0].continue_()
@@ -469,11 +474,11 @@ def switching_users(page):
 # What the page loads from gstatic for Google's sign-in, faked: a user the SDK restored after
 # a reload, whose fresh ID token is ALICE's (a static token the server accepts).
 FAKE_FIREBASE = """window.firebase = (() => {
-  const user = { getIdToken: async () => %s };
+  const user = { uid: "alice-uid", getIdToken: async () => %s };
   const auth = {
     currentUser: user,
     onAuthStateChanged(cb) { setTimeout(() => cb(user), 50); return () => {}; },
-    onIdTokenChanged() { return () => {}; },
+    onIdTokenChanged(cb) { window.fakeIdTokenChanged = cb; return () => {}; },
     signOut: async () => {},
   };
   const authFn = () => auth;
@@ -503,14 +508,20 @@ def google_session_resumed(page):
     page.goto(BASE + "/")
     # The token stored by the sign-in an hour ago: expired now.
     page.evaluate("sessionStorage.setItem('afterview.token', 'expired-google-id-token-0123456789');"
-                  "sessionStorage.setItem('afterview.via', 'google')")
+                  "sessionStorage.setItem('afterview.via', 'google');"
+                  "sessionStorage.setItem('afterview.uid', 'alice-uid')")
     page.reload()
     expect(page.get_by_role("heading", name="Consultation")).to_be_visible()
     kept = page.evaluate("sessionStorage.getItem('afterview.token')")
     assert kept == ALICE, f"the fresh token is kept: {kept!r}"
+    # Another Google user signs in in another tab of this browser: this tab's session ends
+    # rather than carry on as them.
+    page.evaluate("window.fakeIdTokenChanged({uid: 'bob-uid', getIdToken: async () => 'bobs-google-id-token-0123456789'})")
+    expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
+    expect(page.get_by_role("alert")).to_contain_text("another Google user")
+    assert page.evaluate("sessionStorage.getItem('afterview.token')") is None
     # A session begun with an access token stays that token's after a reload, whatever Google
     # user the browser keeps (a shared clinic computer): Bob is not made Alice.
-    page.get_by_role("button", name="Sign out").click()
     page.get_by_label("Access token").fill(BOB)
     page.get_by_role("button", name="Sign in", exact=True).click()
     expect(page.get_by_role("heading", name="Consultation")).to_be_visible()

@@ -3,7 +3,8 @@
 //!
 //! Firebase checks (as the Admin SDKs do): RS256 only, a known `kid`, `aud` = the project id,
 //! `iss` = `https://securetoken.google.com/<project>`, `sub` non-empty and at most 255
-//! characters (Firebase uids are at most 128, OpenID Connect subjects 255), `exp` in the future, `iat` and `auth_time` not in the future (60 s leeway).
+//! characters (Firebase uids are at most 128, OpenID Connect subjects 255), `exp` in the
+//! future, `iat` and `auth_time` not in the future (60 s leeway).
 //! `alg: none` and HMAC tokens are refused whatever else they claim. Keys are cached for the
 //! `Cache-Control: max-age` the key server sends; an unknown `kid` triggers at most one refresh
 //! per 30 s; a failed refresh keeps the last good keys.

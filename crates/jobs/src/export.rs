@@ -279,12 +279,9 @@ async fn save_export_on(
         return Err(gone());
     }
     let (inserted, stored) = claim_export(d, ctx, &rec).await?;
+    let what = (crate::unsaved::Kind::Export, owner, &*id, &*rec.blob_key);
     if inserted {
-        guard.arm(
-            d,
-            ctx,
-            (crate::unsaved::Kind::Export, owner, &id, &rec.blob_key),
-        );
+        guard.arm(d, ctx, what);
     }
     if photos_gone().await? {
         let _ = d.meta.delete_export(owner, &id).await;
@@ -303,26 +300,8 @@ async fn save_export_on(
         let _ = d.blobs.delete(&rec.blob_key).await;
         return Err(gone());
     }
-    still_recorded(d, &rec).await?;
+    crate::unsaved::still_recorded(d, what).await?;
     Ok(stored.unwrap_or(value))
-}
-
-/// After its file is written: the export's record read again. Deleted meanwhile (the delete
-/// found no file yet), the file goes too.
-async fn still_recorded(d: &Deps, rec: &ExportRecord) -> Result<(), TaskError> {
-    let kept = d
-        .meta
-        .get_export(&rec.owner, &rec.id)
-        .await
-        .map_err(storage)?;
-    if kept.is_none() {
-        let _ = d.blobs.delete(&rec.blob_key).await;
-        return Err(fail(
-            ErrorCode::ExportNotFound,
-            format!("export {} was deleted while it was saved", rec.id),
-        ));
-    }
-    Ok(())
 }
 
 /// Whether any of `ids` is no longer the owner's photo.

@@ -10,17 +10,71 @@
 //! queue), both go at once and the next run writes them anew; otherwise the file is deleted
 //! once more a few seconds later, as a write the run had handed to a thread (the local store's
 //! write and rename) may still land (not after a shutdown: the next run's file may be there).
+//!
+//! [`still_recorded`] covers the other way a record goes while its file is written: its owner
+//! deleted it.
 
 use std::sync::Arc;
 
-use afterview_engine::{CancelReason, TaskContext};
-use afterview_store::{BlobStore, MetadataStore};
+use afterview_core::ErrorCode;
+use afterview_engine::{CancelReason, TaskContext, TaskError};
+use afterview_store::{BlobStore, MetadataStore, StoreError};
+
+use crate::{Deps, fail, storage};
 
 /// What the record is.
 #[derive(Clone, Copy)]
 pub(crate) enum Kind {
     Visualization,
     Export,
+}
+
+impl Kind {
+    /// Whether record `id` of `owner` is there.
+    async fn recorded(
+        self,
+        meta: &dyn MetadataStore,
+        owner: &str,
+        id: &str,
+    ) -> Result<bool, StoreError> {
+        Ok(match self {
+            Kind::Visualization => meta.get_visualization(owner, id).await?.is_some(),
+            Kind::Export => meta.get_export(owner, id).await?.is_some(),
+        })
+    }
+
+    /// Removes record `id` of `owner`, if it is there.
+    async fn delete(
+        self,
+        meta: &dyn MetadataStore,
+        owner: &str,
+        id: &str,
+    ) -> Result<(), StoreError> {
+        match self {
+            Kind::Visualization => meta.delete_visualization(owner, id).await.map(drop),
+            Kind::Export => meta.delete_export(owner, id).await.map(drop),
+        }
+    }
+}
+
+/// After its file is written: the record `(kind, owner, id, file key)` read again. Deleted
+/// meanwhile (the delete found no file yet), the file goes too and the run fails.
+pub(crate) async fn still_recorded(
+    d: &Deps,
+    (kind, owner, id, key): (Kind, &str, &str, &str),
+) -> Result<(), TaskError> {
+    if kind.recorded(&*d.meta, owner, id).await.map_err(storage)? {
+        return Ok(());
+    }
+    let _ = d.blobs.delete(key).await;
+    let (code, what) = match kind {
+        Kind::Visualization => (ErrorCode::VisualizationNotFound, "visualization"),
+        Kind::Export => (ErrorCode::ExportNotFound, "export"),
+    };
+    Err(fail(
+        code,
+        format!("{what} {id} was deleted while it was saved"),
+    ))
 }
 
 /// See the module's documentation.
@@ -80,11 +134,7 @@ impl Drop for Unsaved {
             return;
         };
         rt.spawn(async move {
-            let gone = match u.kind {
-                Kind::Visualization => u.meta.delete_visualization(&u.owner, &u.id).await,
-                Kind::Export => u.meta.delete_export(&u.owner, &u.id).await,
-            };
-            if let Err(e) = gone {
+            if let Err(e) = u.kind.delete(&*u.meta, &u.owner, &u.id).await {
                 tracing::warn!(error = %e, id = %u.id, "The record of a run stopped while it saved could not be removed.");
             }
             let _ = u.blobs.delete(&u.key).await;

@@ -331,13 +331,13 @@ async fn save_owned_on(
         },
         Err(e) => return Err(storage(e)),
     };
+    let what = (
+        crate::unsaved::Kind::Visualization,
+        &*rec.owner,
+        &*rec.id,
+        &*rec.blob_key,
+    );
     if inserted {
-        let what = (
-            crate::unsaved::Kind::Visualization,
-            &*rec.owner,
-            &*rec.id,
-            &*rec.blob_key,
-        );
         guard.arm(d, ctx, what);
     }
     if photo_gone().await? {
@@ -357,26 +357,8 @@ async fn save_owned_on(
         let _ = d.blobs.delete(&rec.blob_key).await;
         return Err(gone());
     }
-    still_recorded(d, rec).await?;
+    crate::unsaved::still_recorded(d, what).await?;
     Ok(stored)
-}
-
-/// After its picture is written: the preview's record read again. Deleted meanwhile (the
-/// delete found no file yet), the picture goes too.
-async fn still_recorded(d: &Deps, rec: &VisualizationRecord) -> Result<(), TaskError> {
-    let kept = d
-        .meta
-        .get_visualization(&rec.owner, &rec.id)
-        .await
-        .map_err(storage)?;
-    if kept.is_none() {
-        let _ = d.blobs.delete(&rec.blob_key).await;
-        return Err(fail(
-            ErrorCode::VisualizationNotFound,
-            format!("visualization {} was deleted while it was saved", rec.id),
-        ));
-    }
-    Ok(())
 }
 
 /// One preview to save.

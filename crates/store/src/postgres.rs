@@ -93,6 +93,15 @@ fn timed_out(c: deadpool_postgres::Object, what: &str) -> StoreError {
     StoreError::Unavailable(format!("PostgreSQL did not answer {what}"))
 }
 
+/// The answer of work bounded by [`TIMEOUT`] on connection `c`: none in time, `c` is dropped
+/// ([`timed_out`]).
+fn answered<T>(
+    answer: Result<Result<T, StoreError>, tokio::time::error::Elapsed>,
+    c: deadpool_postgres::Object,
+) -> Result<T, StoreError> {
+    answer.unwrap_or_else(|_| Err(timed_out(c, "in 5 s")))
+}
+
 /// The PostgreSQL metadata store.
 #[derive(Clone)]
 pub struct PostgresMetadata {
@@ -415,10 +424,8 @@ impl PostgresMetadata {
         params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
     ) -> Result<Vec<Row>, StoreError> {
         let c = self.client().await?;
-        match tokio::time::timeout(TIMEOUT, c.query(sql, params)).await {
-            Ok(r) => r.map_err(db),
-            Err(_) => Err(timed_out(c, "in 5 s")),
-        }
+        let answer = tokio::time::timeout(TIMEOUT, c.query(sql, params)).await;
+        answered(answer.map(|r| r.map_err(db)), c)
     }
 
     async fn execute(
@@ -427,10 +434,8 @@ impl PostgresMetadata {
         params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
     ) -> Result<u64, StoreError> {
         let c = self.client().await?;
-        match tokio::time::timeout(TIMEOUT, c.execute(sql, params)).await {
-            Ok(r) => r.map_err(db),
-            Err(_) => Err(timed_out(c, "in 5 s")),
-        }
+        let answer = tokio::time::timeout(TIMEOUT, c.execute(sql, params)).await;
+        answered(answer.map(|r| r.map_err(db)), c)
     }
 
     /// Deletes row `id` of `table` if `owner` owns it; returns its blob key.
@@ -513,10 +518,8 @@ impl MetadataStore for PostgresMetadata {
             return Ok(None);
         }
         let mut c = self.client().await?;
-        match tokio::time::timeout(TIMEOUT, Self::delete_image_on(&mut c, owner, id)).await {
-            Ok(r) => r,
-            Err(_) => Err(timed_out(c, "in 5 s")),
-        }
+        let answer = tokio::time::timeout(TIMEOUT, Self::delete_image_on(&mut c, owner, id)).await;
+        answered(answer, c)
     }
 
     async fn insert_visualization(&self, r: &VisualizationRecord) -> Result<(), StoreError> {
@@ -876,11 +879,8 @@ impl MetadataStore for PostgresMetadata {
             tx.commit().await.map_err(db)?;
             Ok(out)
         };
-        let out = tokio::time::timeout(TIMEOUT, work).await;
-        match out {
-            Ok(r) => r,
-            Err(_) => Err(timed_out(c, "in 5 s")),
-        }
+        let answer = tokio::time::timeout(TIMEOUT, work).await;
+        answered(answer, c)
     }
 
     async fn release_slot(&self, id: &str) -> Result<(), StoreError> {

@@ -259,10 +259,7 @@ function signOut(message, keepGoogle = false) {
 /// Empties history and the monitor: the next person to sign in on this page must not see the
 /// previous one's photos, tasks or (an operator's) every user's tasks.
 function forgetLists() {
-  for (const name of Object.keys(LISTS)) {
-    $(`h-${name}`).replaceChildren();
-    document.querySelector(`.more[data-list="${name}"]`).hidden = true;
-  }
+  clearHistory();
   document.querySelector("#m-queues tbody").replaceChildren();
   $("m-workers").replaceChildren();
   document.querySelector("#m-tasks tbody").replaceChildren();
@@ -287,7 +284,7 @@ async function loadFirebase() {
   if (!fb.apps.length) {
     fb.initializeApp(state.config.firebase);
     fb.auth().onIdTokenChanged(async (u) => {
-      if (!u || !state.token || !viaGoogle()) return;
+      if (!u || !viaGoogle()) return;
       const session = state.session;
       adoptGoogleToken(u, await u.getIdToken(), session);
     });
@@ -989,15 +986,20 @@ function renderTask(t) {
 async function loadHistory() {
   // Every list emptied first (none shows an older answer while the ones before it load), then
   // each loaded on its own: one that fails leaves the others.
-  for (const name of Object.keys(LISTS)) {
-    state.pages[name] = 0;
-    $(`h-${name}`).replaceChildren();
-    document.querySelector(`.more[data-list="${name}"]`).hidden = true;
-  }
+  clearHistory();
   const session = state.session;
   for (const name of Object.keys(LISTS)) {
     if (session !== state.session) return;
     await guard(() => loadPage(name));
+  }
+}
+
+/// Empties History's lists, back to their first page.
+function clearHistory() {
+  for (const name of Object.keys(LISTS)) {
+    state.pages[name] = 0;
+    $(`h-${name}`).replaceChildren();
+    document.querySelector(`.more[data-list="${name}"]`).hidden = true;
   }
 }
 

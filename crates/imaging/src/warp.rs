@@ -404,25 +404,65 @@ impl Mask {
         }
     }
 
-    /// Grows (r > 0) the mask by taking the maximum over a square of radius `r`.
+    /// Grows (r > 0) the mask by taking the maximum over a square of radius `r`: rows then
+    /// columns, each in time independent of `r` (a 40 MP photo's mask grown by 40 px took
+    /// billions of comparisons window by window).
     pub fn dilate(&mut self, r: u32) {
         let (w, h) = (self.rect.width() as usize, self.rect.height() as usize);
         let r = r as usize;
         let max_rows = |a: &mut Vec<f32>, w: usize, h: usize| {
-            let src = a.clone();
-            for y in 0..h {
-                let row = &src[y * w..(y + 1) * w];
-                for x in 0..w {
-                    let lo = x.saturating_sub(r);
-                    let hi = (x + r + 1).min(w);
-                    a[y * w + x] = row[lo..hi].iter().copied().fold(0.0, f32::max);
-                }
+            let mut scratch = RunningMax::default();
+            for row in a.chunks_exact_mut(w).take(h) {
+                scratch.apply(row, r);
             }
         };
         max_rows(&mut self.alpha, w, h);
         transpose(&mut self.alpha, w, h);
         max_rows(&mut self.alpha, h, w);
         transpose(&mut self.alpha, h, w);
+    }
+}
+
+/// The maximum over a sliding window (van Herk / Gil-Werman): the row padded with `r` zeros
+/// each side (mask values are never below 0) is cut into blocks of the window's length `k`;
+/// a window then spans at most two blocks, and its maximum is the larger of the first
+/// block's maximum from the window's start to the block's end and the second's from its
+/// start to the window's end. Three passes per row, whatever `r`.
+#[derive(Default)]
+struct RunningMax {
+    padded: Vec<f32>,
+    from_start: Vec<f32>,
+    to_end: Vec<f32>,
+}
+
+impl RunningMax {
+    fn apply(&mut self, row: &mut [f32], r: usize) {
+        let (n, k) = (row.len(), 2 * r + 1);
+        self.padded.clear();
+        self.padded.resize(r, 0.0);
+        self.padded.extend_from_slice(row);
+        self.padded.resize(n + 2 * r, 0.0);
+        let p = &self.padded;
+        self.from_start.clear();
+        self.from_start
+            .extend(p.iter().enumerate().scan(0.0f32, |m, (i, &v)| {
+                *m = if i % k == 0 { v } else { m.max(v) };
+                Some(*m)
+            }));
+        self.to_end.clear();
+        self.to_end.resize(p.len(), 0.0);
+        let mut m = 0.0f32;
+        for i in (0..p.len()).rev() {
+            m = if i % k == k - 1 || i == p.len() - 1 {
+                p[i]
+            } else {
+                m.max(p[i])
+            };
+            self.to_end[i] = m;
+        }
+        for (x, out) in row.iter_mut().enumerate() {
+            *out = self.to_end[x].max(self.from_start[x + 2 * r]);
+        }
     }
 }
 
@@ -975,5 +1015,36 @@ mod tests {
         };
         assert!(spread(&out) < spread(&img) * 0.5);
         assert!(out.get_pixel(45, 20).0[0] < 50 && out.get_pixel(34, 20).0[0] > 140);
+    }
+
+    /// The running maximum gives what the window-by-window maximum gives, at the edges too.
+    #[test]
+    fn running_max_matches_the_windows_maximum() {
+        let mut seed = 7u32;
+        let mut next = || {
+            seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            (seed >> 8) as f32 / (1 << 24) as f32
+        };
+        let mut scratch = super::RunningMax::default();
+        for (n, r) in [
+            (1usize, 0usize),
+            (1, 3),
+            (5, 1),
+            (17, 2),
+            (17, 8),
+            (64, 5),
+            (100, 40),
+        ] {
+            let row: Vec<f32> = (0..n).map(|_| next()).collect();
+            let naive: Vec<f32> = (0..n)
+                .map(|x| {
+                    let (lo, hi) = (x.saturating_sub(r), (x + r + 1).min(n));
+                    row[lo..hi].iter().copied().fold(0.0, f32::max)
+                })
+                .collect();
+            let mut fast = row.clone();
+            scratch.apply(&mut fast, r);
+            assert_eq!(fast, naive, "n = {n}, r = {r}");
+        }
     }
 }

@@ -202,6 +202,9 @@ pub fn decode_upright(
             "the JPEG is truncated (no end-of-image marker)".into(),
         ));
     }
+    if format == SourceFormat::Webp {
+        check_webp(bytes)?;
+    }
     let (width, height) = dimensions(bytes, format)?;
     if width == 0 || height == 0 {
         return Err(IntakeError::Corrupt("the image has no pixels".into()));
@@ -307,6 +310,88 @@ fn dimensions(bytes: &[u8], format: SourceFormat) -> Result<(u32, u32), IntakeEr
     ImageReader::with_format(Cursor::new(bytes), format.image_format())
         .into_dimensions()
         .map_err(|e| IntakeError::Corrupt(e.to_string()))
+}
+
+/// A WebP's container, checked before a decoder sees it, where the pixel limit alone does not
+/// hold: every chunk lies within the file (a decoder allocates the size a chunk declares
+/// before reading it: a colour profile or EXIF chunk could ask for 4 GiB in a 100-byte file),
+/// the picture is one frame (a photo is not animated), and with an extended header (`VP8X`)
+/// the frame has the canvas's size. The pixel limit is checked against the canvas, but the
+/// decoder decodes the frame at its own declared size, up to 16383x16383 (1 GiB of pixels from
+/// a file of a few bytes), before it compares the two.
+fn check_webp(bytes: &[u8]) -> Result<(), IntakeError> {
+    let corrupt = |m: String| IntakeError::Corrupt(format!("the WebP {m}"));
+    let le32 = |b: &[u8]| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize;
+    // The RIFF header's size bounds what the decoder reads; anything after it is ignored.
+    let end = bytes.len().min(le32(&bytes[4..8]).saturating_add(8));
+    let (mut at, mut canvas, mut frame) = (12usize, None, None);
+    while at < end {
+        let header = bytes
+            .get(at..at + 8)
+            .filter(|_| at + 8 <= end)
+            .ok_or_else(|| corrupt("ends inside a chunk header".into()))?;
+        let (kind, size) = (&header[..4], le32(&header[4..]));
+        let body = bytes
+            .get(at + 8..)
+            .and_then(|rest| rest.get(..size))
+            .filter(|_| at + 8 + size <= end)
+            .ok_or_else(|| {
+                corrupt(format!(
+                    "declares a {} chunk of {size} bytes, beyond the end of the file",
+                    String::from_utf8_lossy(kind)
+                ))
+            })?;
+        match kind {
+            b"VP8X" => {
+                let b = body
+                    .get(..10)
+                    .ok_or_else(|| corrupt("header is too short".into()))?;
+                if b[0] & 0x02 != 0 {
+                    return Err(IntakeError::Unsupported {
+                        detected: Some("an animated WebP"),
+                    });
+                }
+                let le24 = |b: &[u8]| u32::from_le_bytes([b[0], b[1], b[2], 0]) + 1;
+                canvas = Some((le24(&b[4..7]), le24(&b[7..10])));
+            }
+            b"ANIM" | b"ANMF" => {
+                return Err(IntakeError::Unsupported {
+                    detected: Some("an animated WebP"),
+                });
+            }
+            b"VP8 " | b"VP8L" if frame.is_none() => frame = Some(webp_frame_size(kind, body)?),
+            _ => {}
+        }
+        at += 8 + size + (size & 1);
+    }
+    match (canvas, frame) {
+        (_, None) => Err(corrupt("holds no image".into())),
+        (Some(c), Some(f)) if c != f => Err(corrupt(format!(
+            "image is {}x{} but its canvas is {}x{}",
+            f.0, f.1, c.0, c.1
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// The size a WebP frame declares in its own header: lossy (`VP8 `, a key frame's start code
+/// and two 14-bit sizes) or lossless (`VP8L`, its signature and two 14-bit sizes less one).
+fn webp_frame_size(kind: &[u8], body: &[u8]) -> Result<(u32, u32), IntakeError> {
+    let bad = || IntakeError::Corrupt("the WebP image header is damaged".into());
+    if kind == b"VP8 " {
+        let b = body.get(..10).ok_or_else(bad)?;
+        if b[0] & 1 != 0 || b[3..6] != [0x9d, 0x01, 0x2a] {
+            return Err(bad());
+        }
+        let size = |lo: u8, hi: u8| u32::from(u16::from_le_bytes([lo, hi]) & 0x3fff);
+        return Ok((size(b[6], b[7]), size(b[8], b[9])));
+    }
+    let b = body.get(..5).ok_or_else(bad)?;
+    if b[0] != 0x2f {
+        return Err(bad());
+    }
+    let bits = u32::from_le_bytes([b[1], b[2], b[3], b[4]]);
+    Ok(((bits & 0x3fff) + 1, ((bits >> 14) & 0x3fff) + 1))
 }
 
 /// A PNG decoder that allocates at most `limit` bytes for chunks and skips the metadata chunks
@@ -486,9 +571,15 @@ pub fn encode_png(img: &RgbImage) -> Vec<u8> {
     out
 }
 
-/// Decodes a PNG this crate produced (stored photos and previews).
+/// Decodes a PNG this crate produced (stored photos and previews). Without the decoder's
+/// default 512 MiB allocation limit: the photo was checked against the pixel limit when it
+/// came in, and a `--max-pixels` above ~179 megapixels would otherwise store photos that no
+/// preview could read.
 pub fn decode_png(bytes: &[u8]) -> Result<RgbImage, IntakeError> {
-    image::load_from_memory_with_format(bytes, ImageFormat::Png)
+    let mut reader = ImageReader::with_format(Cursor::new(bytes), ImageFormat::Png);
+    reader.no_limits();
+    reader
+        .decode()
         .map(DynamicImage::into_rgb8)
         .map_err(|e| IntakeError::Corrupt(e.to_string()))
 }

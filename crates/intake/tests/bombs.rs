@@ -1,6 +1,7 @@
-//! Compressed metadata bombs: a small PNG whose colour-profile chunk inflates to hundreds of
-//! megabytes must be taken (or refused) without inflating it. Alone in its test binary, so the
-//! process's peak memory (`VmHWM`) is this test's.
+//! Decompression bombs: a small PNG whose colour-profile chunk inflates to hundreds of
+//! megabytes must be taken (or refused) without inflating it, and a WebP whose frame is larger
+//! than its canvas is refused before it is decoded. Alone in their test binary, so the
+//! process's peak memory (`VmHWM`) is these tests'.
 
 use afterview_intake::{Limits, intake};
 use image::{Rgb, RgbImage};
@@ -100,5 +101,115 @@ fn a_colour_profile_that_inflates_to_400_mb_is_never_inflated() {
     assert!(
         grew_mib < 64,
         "taking the photo raised the peak memory by {grew_mib} MiB"
+    );
+}
+
+/// A lossless WebP image (`VP8L`) of `w`x`h` transparent black pixels in a dozen bytes: no
+/// transforms, no colour cache, and five prefix codes of one symbol each, so every pixel takes
+/// no bits at all.
+fn vp8l_blank(w: u32, h: u32) -> Vec<u8> {
+    let mut b = Bits::default();
+    b.put(0x2f, 8);
+    b.put(w - 1, 14);
+    b.put(h - 1, 14);
+    b.put(0, 4); // no alpha hint, version 0
+    b.put(0, 3); // no transform, no colour cache, no meta prefix codes
+    for _ in 0..5 {
+        // A simple code of one 1-bit symbol: 0.
+        b.put(0b0001, 4);
+    }
+    b.finish()
+}
+
+/// A RIFF WebP file of `chunks`, each padded to an even length.
+fn webp(chunks: &[(&[u8; 4], Vec<u8>)]) -> Vec<u8> {
+    let mut body = b"WEBP".to_vec();
+    for (kind, data) in chunks {
+        body.extend_from_slice(*kind);
+        body.extend_from_slice(&(data.len() as u32).to_le_bytes());
+        body.extend_from_slice(data);
+        if data.len() % 2 == 1 {
+            body.push(0);
+        }
+    }
+    let mut file = b"RIFF".to_vec();
+    file.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    file.extend(body);
+    file
+}
+
+/// An extended header (`VP8X`) with `flags` and a `w`x`h` canvas.
+fn vp8x(flags: u8, w: u32, h: u32) -> Vec<u8> {
+    let mut v = vec![flags, 0, 0, 0];
+    v.extend_from_slice(&(w - 1).to_le_bytes()[..3]);
+    v.extend_from_slice(&(h - 1).to_le_bytes()[..3]);
+    v
+}
+
+#[test]
+fn a_webp_frame_larger_than_its_canvas_is_refused_before_decoding() {
+    // The generator makes images the decoder takes: a plain one decodes.
+    let plain = webp(&[(b"VP8L", vp8l_blank(40, 30))]);
+    let n = intake(&plain, &Limits::default()).expect("a blank 40x30 WebP");
+    assert_eq!((n.width, n.height), (40, 30));
+    let framed = webp(&[(b"VP8X", vp8x(0, 40, 30)), (b"VP8L", vp8l_blank(40, 30))]);
+    intake(&framed, &Limits::default()).expect("an extended header of the frame's size");
+
+    // A 16x16 canvas (within any pixel limit) around an 8000x8000 lossless frame, refused by
+    // the container check (the lossless decoder also compares before decoding; the lossy one
+    // does not: the next test).
+    let bomb = webp(&[
+        (b"VP8X", vp8x(0, 16, 16)),
+        (b"VP8L", vp8l_blank(8000, 8000)),
+    ]);
+    assert!(bomb.len() < 64, "{} bytes", bomb.len());
+    refused_as_larger_than_its_canvas(&bomb);
+}
+
+#[test]
+fn webp_chunks_beyond_the_file_and_animations_are_refused() {
+    // An EXIF chunk declaring 4 GiB in a 60-byte file: the decoder would allocate it.
+    let mut lying = webp(&[
+        (b"VP8X", vp8x(0x08, 40, 30)),
+        (b"VP8L", vp8l_blank(40, 30)),
+        (b"EXIF", vec![0; 8]),
+    ]);
+    let exif = lying.len() - 12;
+    lying[exif..exif + 4].copy_from_slice(&0xffff_fff0u32.to_le_bytes());
+    let err = intake(&lying, &Limits::default()).expect_err("a chunk beyond the file");
+    assert!(
+        err.to_string().contains("beyond the end of the file"),
+        "{err}"
+    );
+
+    let animated = webp(&[(b"VP8X", vp8x(0x02, 40, 30)), (b"ANIM", vec![0; 6])]);
+    let err = intake(&animated, &Limits::default()).expect_err("an animation");
+    assert!(err.to_string().contains("animated WebP"), "{err}");
+    let no_image = webp(&[(b"VP8X", vp8x(0, 40, 30))]);
+    let err = intake(&no_image, &Limits::default()).expect_err("no image");
+    assert!(err.to_string().contains("holds no image"), "{err}");
+}
+
+/// A lossy frame (`VP8 `) is decoded at its own size before the decoder compares it with the
+/// canvas (a lossless one is compared first). The fixture, made by
+/// `fixtures/make_webp_bomb.py 8000 8000`, is 107 KB: a 16x16 canvas around an 8000x8000
+/// frame of skipped macroblocks. Decoded, it raised the peak memory by 99 MiB and took a
+/// second; at 16383x16383 it is 400 MiB from 450 KB.
+#[test]
+fn a_lossy_webp_frame_larger_than_its_canvas_is_never_decoded() {
+    let bomb = include_bytes!("fixtures/vp8-frame-8000-in-16-canvas.webp");
+    refused_as_larger_than_its_canvas(bomb);
+}
+
+/// `bomb`, an 8000x8000 frame on a 16x16 canvas, is refused without raising the peak memory.
+fn refused_as_larger_than_its_canvas(bomb: &[u8]) {
+    let before = peak_kib();
+    let err = intake(bomb, &Limits::default()).expect_err("the frame is not its canvas");
+    let grew_mib = (peak_kib() - before) / 1024;
+    assert!(grew_mib < 64, "the peak memory rose by {grew_mib} MiB");
+    assert!(
+        err.to_string()
+            .contains("8000x8000 but its canvas is 16x16"),
+        "{err}"
     );
 }

@@ -55,6 +55,17 @@ impl Control {
         }
     }
 
+    /// Remembers when `uuid` started, for its `task-succeeded` event's runtime. Runs whose
+    /// final state another process stored (a lost lease, a retry taken elsewhere) leave their
+    /// entry: once there are 10,000, those older than a day are forgotten.
+    fn note_started(&self, uuid: &str) {
+        let mut started = self.started.lock().expect("started lock");
+        if started.len() >= 10_000 {
+            started.retain(|_, t| t.elapsed() < std::time::Duration::from_secs(86_400));
+        }
+        started.insert(uuid.to_owned(), Instant::now());
+    }
+
     /// Lamport clock: the next value.
     fn tick(&self) -> u64 {
         self.clock.fetch_add(1, Ordering::SeqCst) + 1
@@ -496,11 +507,7 @@ impl Inner {
         let uuid = &meta.task_id;
         let (kind, fields) = match meta.status {
             TaskState::Started => {
-                self.control
-                    .started
-                    .lock()
-                    .expect("started lock")
-                    .insert(uuid.clone(), Instant::now());
+                self.control.note_started(uuid);
                 ("task-started", json!({"uuid": uuid}))
             }
             TaskState::Success => {
@@ -517,13 +524,12 @@ impl Inner {
                 )
             }
             TaskState::Failure | TaskState::Retry => {
-                if meta.status == TaskState::Failure {
-                    self.control
-                        .started
-                        .lock()
-                        .expect("started lock")
-                        .remove(uuid);
-                }
+                // A retry's next attempt may start on another process.
+                self.control
+                    .started
+                    .lock()
+                    .expect("started lock")
+                    .remove(uuid);
                 (
                     if meta.status == TaskState::Failure {
                         "task-failed"

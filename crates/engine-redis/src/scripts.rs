@@ -331,8 +331,12 @@ local function record(got, now, lease)
   local rtag, rtid, probe, np = {}, {}, {}, 0
   for i = 1, #got do
     local tag, tid = envelope_ids(got[i][1])
-    -- A tag spelled as the anchor would share its entries: kept under a tag of its own.
-    if tag == ANCHOR then tag = nil end
+    -- A tag spelled as the anchor would share its entries, an empty one means "no lease" to
+    -- the stores, and one spelled as a held tag would be acked as a held message (its
+    -- `unacked` entry left for the sweep to hand out again): kept under a tag of its own.
+    if tag and (tag == ANCHOR or tag == '' or string.find(tag, 'afterview-malformed-', 1, true) == 1) then
+      tag = nil
+    end
     rtag[i], rtid[i] = tag or false, tid or ''
     if tag then
       np = np + 1
@@ -598,13 +602,26 @@ return 1
 pub(crate) const DEFER: &str = r#"
 if not held(ARGV[1], ARGV[2]) then return 0 end
 local u = redis.call('HGET', 'unacked', ARGV[1])
-if not u then return 0 end
-local env, q, raw = unacked_entry(u)
+local q, raw
 local prio = 0
-if env then
-  if type(env.properties) == 'table' then prio = tonumber(env.properties.priority) or 0 end
-  local ok, enc = pcall(cjson.encode, env)
-  raw = ok and enc or as_it_came(u)
+if u then
+  local env
+  env, q, raw = unacked_entry(u)
+  if env then
+    if type(env.properties) == 'table' then prio = tonumber(env.properties.priority) or 0 end
+    local ok, enc = pcall(cjson.encode, env)
+    raw = ok and enc or as_it_came(u)
+  end
+else
+  -- A message kept under a tag of its own (no `delivery_info`, or a tag another task holds):
+  -- its list (the queue and its priority bucket) and its text as popped. Refused here, it
+  -- would hold a prefetch slot of the worker until its ETA.
+  local h = redis.call('HGET', 'afterview:held', ARGV[1])
+  if not h then return 0 end
+  local m = cjson.decode(h)
+  q, raw = m.q, m.m
+  local base, p = string.match(q, '^(.*)' .. SEP .. '(%d)$')
+  if base then q, prio = base, tonumber(p) end
 end
 if not raw then return 0 end
 redis.call('ZADD', 'afterview:scheduled', ARGV[3], cjson.encode({q = q, p = prio, m = raw}))

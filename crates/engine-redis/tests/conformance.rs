@@ -63,9 +63,31 @@ async fn keyspace_notifications_make_wakeups_pushed() {
     assert!(!polled.pushes_wakeups());
 }
 
+/// A backend on a fresh database of the shared server, and a plain connection to it.
+async fn fresh() -> (Arc<RedisBackend>, redis::Connection) {
+    let server = shared();
+    let db = server.fresh_db();
+    (server.backend(db).await, server.connection(db))
+}
+
+/// The one entry of the schedule, decoded.
+fn only_scheduled(c: &mut redis::Connection) -> serde_json::Value {
+    let scheduled: Vec<String> = redis::cmd("ZRANGE")
+        .arg("afterview:scheduled")
+        .arg(0)
+        .arg(-1)
+        .query(c)
+        .unwrap();
+    assert_eq!(scheduled.len(), 1, "{scheduled:?}");
+    serde_json::from_str(&scheduled[0]).unwrap()
+}
+
 /// Up to 10 messages of queue `q`, leased for `lease`.
-async fn claim_q(f: &Fixture, lease: Duration) -> Vec<afterview_engine::backend::Delivery> {
-    f.broker
+async fn claim_q(
+    broker: &dyn afterview_engine::Broker,
+    lease: Duration,
+) -> Vec<afterview_engine::backend::Delivery> {
+    broker
         .claim(&afterview_engine::backend::ClaimRequest {
             queues: vec!["q".into()],
             max: 10,
@@ -117,7 +139,7 @@ async fn claims_read_tag_and_id_as_a_json_parser_does() {
     for (raw, _, _) in &envelopes {
         f.broker.publish_raw("q", raw.as_bytes()).await.unwrap();
     }
-    let got = claim_q(&f, Duration::from_secs(10)).await;
+    let got = claim_q(f.broker.as_ref(), Duration::from_secs(10)).await;
     let mut read: Vec<(String, String)> = got
         .iter()
         .map(|d| (d.lease.delivery_tag.clone(), d.lease.task_id.clone()))
@@ -168,7 +190,7 @@ async fn lease_keys_keep_their_fast_encodings_and_their_anchor_is_invisible() {
         .publish_raw("q", crafted_id.as_bytes())
         .await
         .unwrap();
-    let got = claim_q(&f, Duration::from_millis(200)).await;
+    let got = claim_q(f.broker.as_ref(), Duration::from_millis(200)).await;
     assert_eq!(got.len(), 5);
     let odd = got.iter().find(|d| d.lease.task_id == "t-anchor").unwrap();
     assert_ne!(odd.lease.delivery_tag, ANCHOR);
@@ -208,7 +230,7 @@ async fn lease_keys_keep_their_fast_encodings_and_their_anchor_is_invisible() {
     // The leases run out: the three messages come back, and only they.
     tokio::time::sleep(Duration::from_millis(300)).await;
     f.broker.requeue_expired().await.unwrap();
-    let again = claim_q(&f, Duration::from_secs(10)).await;
+    let again = claim_q(f.broker.as_ref(), Duration::from_secs(10)).await;
     assert_eq!(again.len(), 3);
     for d in &again {
         assert!(f.broker.ack(&d.lease).await.unwrap());
@@ -277,10 +299,7 @@ fn deep_envelope(tag: &str, id: &str, depth: usize) -> String {
 #[tokio::test]
 async fn a_message_cjson_cannot_decode_is_given_back_and_deferred_not_dropped() {
     use afterview_engine::Broker;
-    let server = shared();
-    let db = server.fresh_db();
-    let b = server.backend(db).await;
-    let mut c = server.connection(db);
+    let (b, mut c) = fresh().await;
     let raw = deep_envelope("d-deep", "t-deep", 1100);
     b.publish_raw("q", raw.as_bytes()).await.unwrap();
     let claim = |lease_ms| afterview_engine::backend::ClaimRequest {
@@ -299,14 +318,7 @@ async fn a_message_cjson_cannot_decode_is_given_back_and_deferred_not_dropped() 
     // Early: moved to the schedule, whole.
     let later = afterview_engine::time::now().timestamp_millis() + 60_000;
     assert!(b.defer(&again[0].lease, later).await.unwrap());
-    let scheduled: Vec<String> = redis::cmd("ZRANGE")
-        .arg("afterview:scheduled")
-        .arg(0)
-        .arg(-1)
-        .query(&mut c)
-        .unwrap();
-    assert_eq!(scheduled.len(), 1);
-    let entry: serde_json::Value = serde_json::from_str(&scheduled[0]).unwrap();
+    let entry = only_scheduled(&mut c);
     assert_eq!(entry["m"].as_str(), Some(raw.as_str()));
     assert_eq!(entry["q"].as_str(), Some("q"));
     assert!(b.dead_letters(10).await.unwrap().is_empty());
@@ -317,10 +329,7 @@ async fn a_message_cjson_cannot_decode_is_given_back_and_deferred_not_dropped() 
 #[tokio::test]
 async fn dead_letters_expire_a_week_after_the_newest() {
     use afterview_engine::Broker;
-    let server = shared();
-    let db = server.fresh_db();
-    let b = server.backend(db).await;
-    let mut c = server.connection(db);
+    let (b, mut c) = fresh().await;
     let old = serde_json::json!({"queue": "q", "task_id": null, "reason": "old",
         "payload": "x", "at": "2020-01-01T00:00:00Z"});
     let _: i64 = redis::cmd("RPUSH")
@@ -353,10 +362,7 @@ async fn dead_letters_expire_a_week_after_the_newest() {
 #[tokio::test]
 async fn a_reused_delivery_tag_does_not_take_over_the_first_messages_lease() {
     use afterview_engine::Broker;
-    let server = shared();
-    let db = server.fresh_db();
-    let b = server.backend(db).await;
-    let mut c = server.connection(db);
+    let (b, mut c) = fresh().await;
     let claim = || afterview_engine::backend::ClaimRequest {
         queues: vec!["q".into()],
         max: 10,
@@ -405,6 +411,66 @@ async fn a_reused_delivery_tag_does_not_take_over_the_first_messages_lease() {
     );
 }
 
+/// Tags that mean something inside the scripts are never taken from a producer: an empty tag
+/// (to the stores: "no lease") and one spelled as a held message's. Such messages are kept
+/// under tags of their own, so their ack clears everything: before, the empty tag's message
+/// was never acked and came back after every lease, and the other's `unacked` entry stayed
+/// for the sweep to hand out again.
+#[tokio::test]
+async fn tags_the_scripts_use_as_markers_are_replaced() {
+    use afterview_engine::Broker;
+    let (b, mut c) = fresh().await;
+    for tag in ["", "afterview-malformed-1"] {
+        let env = format!(
+            r#"{{"body": "W10=", "headers": {{"id": "t-marker", "task": "afterview.noop"}}, "properties": {{"delivery_info": {{"exchange": "", "routing_key": "q"}}, "delivery_tag": "{tag}"}}}}"#
+        );
+        b.publish_raw("q", env.as_bytes()).await.unwrap();
+        let got = claim_q(b.as_ref(), Duration::from_secs(30)).await;
+        assert_eq!(got.len(), 1);
+        let own = &got[0].lease.delivery_tag;
+        assert!(!own.is_empty() && own != tag, "{tag:?} kept: {own:?}");
+        assert!(b.ack(&got[0].lease).await.unwrap(), "{tag:?}");
+        let unacked: Vec<String> = redis::cmd("HKEYS").arg("unacked").query(&mut c).unwrap();
+        let held: u64 = redis::cmd("HLEN")
+            .arg("afterview:held")
+            .query(&mut c)
+            .unwrap();
+        assert!(
+            unacked.iter().all(|k| k == ANCHOR) && held == 0,
+            "{tag:?}: left {unacked:?}, {held} held"
+        );
+        assert_eq!(b.requeue_expired().await.unwrap(), 0, "{tag:?}");
+    }
+}
+
+/// A message kept under a tag of its own (no `delivery_info`) whose ETA is ahead goes to the
+/// schedule like any other, instead of holding the worker's prefetch slot until its ETA.
+#[tokio::test]
+async fn a_held_message_with_a_later_eta_is_deferred() {
+    use afterview_engine::Broker;
+    let (b, mut c) = fresh().await;
+    let env = r#"{"body": "W10=", "headers": {"id": "t-held-eta", "task": "afterview.noop", "eta": "2099-01-01T00:00:00+00:00"}, "properties": {"delivery_tag": "d-held", "priority": 6}}"#;
+    b.publish_raw("q", env.as_bytes()).await.unwrap();
+    let got = claim_q(b.as_ref(), Duration::from_secs(30)).await;
+    assert_eq!(got.len(), 1);
+    assert!(
+        got[0]
+            .lease
+            .delivery_tag
+            .starts_with("afterview-malformed-")
+    );
+    let run_at = 4_070_908_800_000;
+    assert!(b.defer(&got[0].lease, run_at).await.unwrap(), "deferred");
+    let entry = only_scheduled(&mut c);
+    assert_eq!(entry["q"], "q", "{entry}");
+    assert_eq!(entry["m"], env, "{entry}");
+    let held: u64 = redis::cmd("HLEN")
+        .arg("afterview:held")
+        .query(&mut c)
+        .unwrap();
+    assert_eq!(held, 0, "no longer held");
+}
+
 /// A revoke heard again (the pidbox broadcast that follows a client's revoke reaches every
 /// worker, which records it with the pidbox's one-day keep) never shortens the tombstone: a
 /// task revoked for a week stays revoked for a week.
@@ -412,10 +478,7 @@ async fn a_reused_delivery_tag_does_not_take_over_the_first_messages_lease() {
 async fn a_repeated_revoke_never_shortens_the_tombstone() {
     use afterview_engine::Broker;
     const DAY: Duration = Duration::from_secs(86_400);
-    let server = shared();
-    let db = server.fresh_db();
-    let b = server.backend(db).await;
-    let mut c = server.connection(db);
+    let (b, mut c) = fresh().await;
     let ttl = |c: &mut redis::Connection, id: &str| -> i64 {
         redis::cmd("PTTL")
             .arg(format!("afterview:revoked:{id}"))
@@ -439,10 +502,7 @@ async fn a_repeated_revoke_never_shortens_the_tombstone() {
 #[tokio::test]
 async fn an_abandoned_broadcast_leaves_no_reply_binding() {
     use afterview_engine::Broker;
-    let server = shared();
-    let db = server.fresh_db();
-    let b = server.backend(db).await;
-    let mut c = server.connection(db);
+    let (b, mut c) = fresh().await;
     let members = |c: &mut redis::Connection| -> i64 {
         redis::cmd("SCARD")
             .arg("_kombu.binding.reply.celery.pidbox")
@@ -470,10 +530,7 @@ async fn an_abandoned_broadcast_leaves_no_reply_binding() {
 async fn revocations_after_a_rolled_back_log_are_still_read() {
     use afterview_engine::Broker;
     const DAY: Duration = Duration::from_secs(86_400);
-    let server = shared();
-    let db = server.fresh_db();
-    let b = server.backend(db).await;
-    let mut c = server.connection(db);
+    let (b, mut c) = fresh().await;
     let (_, start) = b.revocations_since(u64::MAX).await.unwrap();
     b.revoke("a", false, DAY).await.unwrap();
     let (_, after_a) = b.revocations_since(start).await.unwrap();
@@ -507,10 +564,7 @@ async fn revocations_after_a_rolled_back_log_are_still_read() {
 #[tokio::test]
 async fn foreign_unacked_messages_go_back_to_their_bound_queue() {
     use afterview_engine::Broker;
-    let server = shared();
-    let db = server.fresh_db();
-    let b = server.backend(db).await;
-    let mut c = server.connection(db);
+    let (b, mut c) = fresh().await;
     let old = (chrono::Utc::now().timestamp() - 7_200) as f64;
     let env = |id: &str| {
         afterview_engine::TaskMessage::new(

@@ -205,7 +205,8 @@ pub struct DeadLetter {
 pub const DEAD_LETTER_PAYLOAD_MAX: usize = 64 * 1024;
 
 impl DeadLetter {
-    /// A dead letter made now, its payload cut at [`DEAD_LETTER_PAYLOAD_MAX`] bytes.
+    /// A dead letter made now, its payload cut at [`DEAD_LETTER_PAYLOAD_MAX`] bytes and its
+    /// reason at 1 KiB.
     pub fn new(queue: &str, task_id: Option<&str>, reason: &str, raw: &[u8]) -> Self {
         let mut payload =
             String::from_utf8_lossy(&raw[..raw.len().min(DEAD_LETTER_PAYLOAD_MAX)]).into_owned();
@@ -218,7 +219,7 @@ impl DeadLetter {
         Self {
             queue: queue.to_owned(),
             task_id: task_id.map(str::to_owned),
-            reason: reason.to_owned(),
+            reason: crate::message::cut(reason, crate::message::REASON_MAX),
             payload,
             at: crate::time::now(),
         }

@@ -189,7 +189,10 @@ impl Client {
 
     /// Revokes a task: queued or delayed copies never run, a running one is cancelled, and the
     /// revocation is stored so that it survives restarts. A task not running is marked REVOKED
-    /// at once (unless it already ended).
+    /// at once (unless it already ended). The revocation is kept for the client's revoke keep
+    /// (7 days by default, [`with_revoke_keep`](Self::with_revoke_keep)): a copy delayed past
+    /// it by an ETA is refused only where the broker deletes delayed copies (SQLite, memory);
+    /// on Redis, as with Celery's revocations, it would run.
     pub async fn revoke(
         &self,
         task_id: &str,

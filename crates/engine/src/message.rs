@@ -427,14 +427,35 @@ struct Who {
     task: Option<String>,
 }
 
+/// The longest decode error kept: reasons quote the value they refuse (a 10 MB `eta` string),
+/// and the reason goes into the task's FAILURE, the dead letter and a log line.
+pub(crate) const REASON_MAX: usize = 1024;
+
+/// The longest task name reported with a decode error.
+const NAME_MAX: usize = 255;
+
 impl Who {
+    /// The error reported against this task: its id only when it is one (a foreign message may
+    /// carry a 10 MB id, which must not become a result key), its name and the reason cut.
     fn fail(&self, reason: String) -> DecodeError {
         DecodeError {
-            task_id: self.id.clone(),
-            task_name: self.task.clone(),
-            reason,
+            task_id: self.id.clone().filter(|id| validate_task_id(id).is_ok()),
+            task_name: self.task.as_deref().map(|t| cut(t, NAME_MAX)),
+            reason: cut(&reason, REASON_MAX),
         }
     }
+}
+
+/// `s` cut at a character boundary within `max` bytes, marked when cut.
+pub(crate) fn cut(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_owned();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… ({} more bytes)", &s[..end], s.len() - end)
 }
 
 /// The envelope's fields that decoding reads; all others are skipped. A `null` field reads as
@@ -1065,6 +1086,29 @@ mod tests {
             assert!(err.reason.contains(needle), "{raw}: {err}");
             assert_eq!(err.task_id.as_deref(), *id, "{raw}");
         }
+    }
+
+    /// A decode error quotes what it refuses, cut: a 1 MB `eta` string must not become a 1 MB
+    /// FAILURE, dead-letter reason and log line; an id that is not one is not reported against.
+    #[test]
+    fn decode_errors_are_cut_and_name_only_valid_ids() {
+        let long = "9".repeat(1 << 20);
+        let raw = format!(
+            r#"{{"body": "[[], {{}}, {{}}]", "headers": {{"task": "{long}", "id": "i7", "eta": "{long}"}}, "properties": {{"delivery_tag": "x"}}}}"#
+        );
+        let err = TaskMessage::from_envelope(raw.as_bytes(), "q").unwrap_err();
+        assert!(err.reason.starts_with("eta: "), "{}", &err.reason[..40]);
+        assert!(err.reason.len() < 1100, "{} bytes", err.reason.len());
+        assert!(err.reason.ends_with("more bytes)"));
+        assert_eq!(err.task_id.as_deref(), Some("i7"));
+        assert!(err.task_name.is_some_and(|n| n.len() < 300));
+        let raw = format!(
+            r#"{{"body": "[[], {{}}, {{}}]", "headers": {{"task": "t", "id": "{long}"}}, "properties": {{"delivery_tag": "x"}}}}"#
+        );
+        let err = TaskMessage::from_envelope(raw.as_bytes(), "q").unwrap_err();
+        assert_eq!(err.task_id, None, "no result key of 1 MB");
+        // Cut at a character boundary.
+        assert_eq!(super::cut("ééé", 3), "é… (4 more bytes)");
     }
 
     #[test]

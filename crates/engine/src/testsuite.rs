@@ -1982,6 +1982,36 @@ pub async fn worker_expires_tasks(f: &impl Factory) {
     let r = wait(&w.client, &id).await;
     assert_eq!(r.status, TaskState::Revoked);
     assert_eq!(r.error_info().unwrap().code, "expired");
+    // A later copy of a finished task, past its `expires`, leaves the result as it is.
+    let done = call(&client, "afterview.noop", json!({}), SendOptions::default()).await;
+    assert_eq!(wait(&w.client, &done).await.status, TaskState::Success);
+    let copy = call(
+        &client,
+        "afterview.noop",
+        json!({}),
+        SendOptions {
+            task_id: Some(done.clone()),
+            expires: Some(chrono::Utc::now() - chrono::Duration::seconds(1)),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(copy, done);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while fx
+        .broker
+        .queue_stats(None)
+        .await
+        .unwrap()
+        .iter()
+        .any(|q| q.ready + q.leased > 0)
+    {
+        assert!(std::time::Instant::now() < deadline, "the copy was taken");
+        sleep_ms(20).await;
+    }
+    sleep_ms(100).await;
+    let kept = fx.backend.get(&done).await.unwrap().unwrap();
+    assert_eq!(kept.status, TaskState::Success, "{kept:?}");
     w.stop().await;
 }
 

@@ -68,7 +68,13 @@ pub(super) async fn admit(s: &Arc<Shared>, d: &Delivery, ctrl: &RunControl) -> O
         }
         Admission::Refused(msg, why) => {
             debug!(task_id = %msg.id, why, "Task not run.");
-            revoke(s, &MetaBase::new(&s.cfg.node, &msg), &d.lease, why).await;
+            if finished(s, &msg.id).await {
+                // A later copy of a finished task (a reused id, a copy handed out again):
+                // the result stays what the run gave.
+                ack(s, &d.lease).await;
+            } else {
+                revoke(s, &MetaBase::new(&s.cfg.node, &msg), &d.lease, why).await;
+            }
             return None;
         }
         Admission::Early(msg, eta) => wait_for_eta(s, d, ctrl, msg, eta).await?,

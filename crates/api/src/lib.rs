@@ -94,7 +94,14 @@ pub struct Inner {
     /// Photo decodes allowed at once: each holds up to ~3 bytes per pixel (120 MB at the 40 MP
     /// limit), so uploads beyond this wait (then 503 + Retry-After) instead of adding up.
     pub decodes: Arc<tokio::sync::Semaphore>,
+    /// `/metrics`' queue counts, read at most once a second by one request at a time: the
+    /// count reads every scheduled and held message in the broker (on Redis one script that
+    /// blocks the server meanwhile), and `/metrics` is open by default.
+    pub(crate) queue_counts: tokio::sync::Mutex<Option<(std::time::Instant, QueueCounts)>>,
 }
+
+/// Queue counts as read by `/metrics`.
+pub(crate) type QueueCounts = Vec<afterview_engine::backend::QueueStats>;
 
 /// What one user may hold at once. Defaults are generous for a clinic and small for an abuser;
 /// every value has a `serve` flag and an `AFTERVIEW_*` variable.
@@ -163,6 +170,7 @@ impl Inner {
             client_config: json!({"firebase": null}),
             user_limits: UserLimits::default(),
             metrics_token: None,
+            queue_counts: tokio::sync::Mutex::default(),
         }
     }
 }

@@ -1101,3 +1101,40 @@ async fn downloads_are_named_by_the_reference_the_report_prints() {
     }
     assert_ne!(names[0], names[1]);
 }
+
+/// `/metrics`, open by default, reads the broker's queue counts (every scheduled and held
+/// message) at most once a second: a request within the second gets the count before.
+#[tokio::test]
+async fn metrics_read_the_queue_counts_at_most_once_a_second() {
+    let app = app();
+    let ready = |app: &App| {
+        let router = app.router.clone();
+        async move {
+            let req = Request::builder()
+                .uri("/metrics")
+                .body(Body::empty())
+                .unwrap();
+            let r = router.oneshot(req).await.unwrap();
+            assert_eq!(r.status(), StatusCode::OK);
+            let bytes = axum::body::to_bytes(r.into_body(), 1 << 20).await.unwrap();
+            let text = String::from_utf8(bytes.to_vec()).unwrap();
+            // Every queue's ready messages (this app's client has no routes: its tasks go to
+            // the default queue).
+            text.lines()
+                .filter(|l| {
+                    l.starts_with("afterview_queue_messages{") && l.contains("state=\"ready\"")
+                })
+                .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+                .sum::<u64>()
+        }
+    };
+    let first = std::time::Instant::now();
+    assert_eq!(ready(&app).await, 0);
+    assert_eq!(send_async(&app).await.0, StatusCode::ACCEPTED);
+    let again = ready(&app).await;
+    if first.elapsed() < Duration::from_millis(900) {
+        assert_eq!(again, 0, "counted again within the second");
+    }
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(ready(&app).await, 1, "counted again after the second");
+}

@@ -476,13 +476,13 @@ async function openPhoto(img) {
 /// then fails with the same advice.
 async function findFace(img, gen) {
   try {
-    const face = await api("GET", `/api/images/${img.id}/face`);
+    const face = await detectFace(img.id);
     if (!stillShowing(gen)) return;
     state.face = { imageId: img.id, ...face };
     placeFace(face);
     $("face-caption").textContent = "Face found: previews change only the marked area.";
   } catch (e) {
-    if (!stillShowing(gen)) return;
+    if (!stillShowing(gen) || e.code === SUPERSEDED) return;
     $("face-box").hidden = true;
     if (e.code === "no_face_detected") {
       state.noFace = true;
@@ -492,6 +492,45 @@ async function findFace(img, gen) {
       ? NO_FACE
       : e.message;
   }
+}
+
+/// Face detection answers synchronously, and the server holds one of the user's two
+/// synchronous slots until the detection ends, even after the page stopped waiting for it. So
+/// the page asks for one face at a time; when photos change faster than faces are found, only
+/// the latest photo's face is asked for next (the ones between would be dropped unread), and
+/// nothing is asked for a session that has ended.
+const faces = { busy: false, waiting: null };
+const SUPERSEDED = "superseded";
+
+function detectFace(imageId) {
+  return new Promise((resolve, reject) => {
+    if (faces.waiting) faces.waiting.reject(superseded());
+    faces.waiting = { imageId, session: state.session, resolve, reject };
+    pumpFaces();
+  });
+}
+
+function superseded() {
+  return Object.assign(new Error("Another photo was chosen."), { code: SUPERSEDED });
+}
+
+async function pumpFaces() {
+  if (faces.busy) return;
+  faces.busy = true;
+  while (faces.waiting) {
+    const job = faces.waiting;
+    faces.waiting = null;
+    if (job.session !== state.session) {
+      job.reject(superseded());
+      continue;
+    }
+    try {
+      job.resolve(await api("GET", `/api/images/${job.imageId}/face`));
+    } catch (e) {
+      job.reject(e);
+    }
+  }
+  faces.busy = false;
 }
 
 const NO_FACE = "No face was found. Choose a clear, front-facing photo where the face fills at least a tenth of the width.";
@@ -954,7 +993,7 @@ function renderViz(v) {
       $("photo-actions").hidden = false;
       updateGenerate();
       // Where the face is, for the zoom (without it the whole photo is shown).
-      const face = await api("GET", `/api/images/${img.id}/face`).catch(() => null);
+      const face = await detectFace(img.id).catch(() => null);
       if (!stillShowing(gen)) return;
       if (face) state.face = { imageId: img.id, ...face };
     }

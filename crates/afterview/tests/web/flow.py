@@ -257,30 +257,50 @@ def hold_first_face(page):
 
 
 def late_answers(page):
-    """An answer for a photo let go meanwhile does not land on the next one: the first photo's
-    face detection is held back until a second photo shows, then answered (no face); the
-    second photo keeps its face, and nothing says it has none."""
+    """An answer for a photo let go meanwhile does not land on the next one, and photos
+    changed faster than faces are found ask for one face at a time: the first photo's face
+    detection is held back while a second and a third photo show; nothing more is asked for
+    until it is answered (no face), then only the third photo's face, which is found, and
+    nothing says it has none."""
     held, face = hold_first_face(page)
-    with page.expect_response(lambda r: r.url.endswith("/api/images") and r.request.method == "POST") as up:
-        upload(page, f"{PORTRAITS}/no_face_coffee.png")
-    first = up.value.json()["id"]
+    asked = []
+
+    def ask(request):
+        if face.search(request.url):
+            asked.append(request.url)
+
+    page.on("request", ask)
+
+    def uploaded(path):
+        with page.expect_response(
+            lambda r: r.url.endswith("/api/images") and r.request.method == "POST"
+        ) as up:
+            upload(page, path)
+        return up.value.json()["id"]
+
+    first = uploaded(f"{PORTRAITS}/no_face_coffee.png")
     for _ in range(200):
         if held:
             break
         page.wait_for_timeout(50)
     assert held, "the first photo's face detection was asked for"
     expect(page.locator("#face-caption")).to_contain_text("Finding the face")
-    # The second photo is uploaded while the first one's face is still being found.
-    page.get_by_label("Photo").set_input_files(f"{PORTRAITS}/grace_hopper.jpg")
-    expect(page.locator("#face-caption")).to_contain_text("Face found")
-    with page.expect_response(lambda r: first in r.url and r.url.endswith("/face")):
-        held[0].continue_()
+    # Two more photos while the first one's face is still being found.
+    uploaded(f"{PORTRAITS}/astronaut.png")
+    third = uploaded(f"{PORTRAITS}/grace_hopper.jpg")
     page.wait_for_timeout(500)
+    assert len(asked) == 1, f"one face detection at a time: {asked}"
+    expect(page.locator("#face-caption")).to_contain_text("Finding the face")
+    with page.expect_response(lambda r: third in r.url and r.url.endswith("/face")):
+        with page.expect_response(lambda r: first in r.url and r.url.endswith("/face")):
+            held[0].continue_()
     page.unroute(face)
-    # The first photo's late "no face" does not land on the second.
+    assert len(asked) == 2 and third in asked[1], f"only the latest photo's face next: {asked}"
+    # The first photo's late "no face" does not land on the third.
     expect(page.locator("#face-caption")).to_contain_text("Face found")
     expect(page.locator("#face-box")).to_be_visible()
     expect(page.locator("#generate-hint")).not_to_contain_text("No face")
+    page.remove_listener("request", ask)
 
 
 def late_preview(page):

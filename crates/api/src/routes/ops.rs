@@ -68,6 +68,26 @@ async fn readyz(State(st): State<AppState>) -> Response {
     }
 }
 
+/// The broker's queue counts, at most a second old: requests at once wait for the one count
+/// under way and share it (a scraper every second, or a flood of requests, costs the broker
+/// one count a second). A failed count is not kept.
+async fn queue_counts(st: &AppState) -> crate::QueueCounts {
+    const FRESH: std::time::Duration = std::time::Duration::from_secs(1);
+    let mut cached = st.queue_counts.lock().await;
+    if let Some((at, counts)) = cached.as_ref()
+        && at.elapsed() < FRESH
+    {
+        return counts.clone();
+    }
+    match st.client.queue_stats(None).await {
+        Ok(counts) => {
+            *cached = Some((std::time::Instant::now(), counts.clone()));
+            counts
+        }
+        Err(_) => Vec::new(),
+    }
+}
+
 /// `/metrics`: open by default (it shows request counts and latencies by route, task counts
 /// by task name and queue depths: no user, photo or token); with `metrics_token` set, only
 /// `Authorization: Bearer <that token>`.
@@ -90,7 +110,7 @@ async fn metrics_text(State(st): State<AppState>, headers: axum::http::HeaderMap
         }
     }
     // One count of every queue (it reads every message), then the known queues that are empty.
-    let mut queues = st.client.queue_stats(None).await.unwrap_or_default();
+    let mut queues = queue_counts(&st).await;
     for q in st.client.known_queues() {
         if !queues.iter().any(|k| k.queue == q) {
             queues.push(afterview_engine::backend::QueueStats {

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use afterview_engine::memory::MemoryBackend;
 use afterview_engine::{Broker, ResultBackend};
-use afterview_engine_redis::{RedisBackend, RedisOptions};
+use afterview_engine_redis::{ClientCert, RedisBackend, RedisOptions};
 use afterview_engine_sqlite::{SqliteBackend, SqliteOptions};
 use anyhow::Context;
 
@@ -97,6 +97,13 @@ async fn open_redis(s: &Settings, broker_url: &str, task_events: bool) -> anyhow
         task_events,
         push_to_idle: s.redis_push_to_idle,
         ca_file: s.redis_ca_file.clone(),
+        client_cert: s
+            .redis_client_cert
+            .clone()
+            .map(|(cert_file, key_file)| ClientCert {
+                cert_file,
+                key_file,
+            }),
         ..RedisOptions::default()
     };
     let b = Arc::new(

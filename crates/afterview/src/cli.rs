@@ -54,6 +54,8 @@ impl Cli {
             database_url: g.database_url.clone(),
             database_ca_file: g.database_ca_file.clone(),
             redis_ca_file: g.redis_ca_file.clone(),
+            redis_client_cert: g.redis_client_cert.clone(),
+            redis_client_key: g.redis_client_key.clone(),
             storage_url: g.storage_url.clone(),
             result_expires: g.result_expires,
             log: g.log.clone(),
@@ -121,6 +123,23 @@ struct GlobalArgs {
         value_name = "FILE"
     )]
     redis_ca_file: Option<PathBuf>,
+    /// With a rediss:// broker URL on a server that asks for client certificates: this
+    /// client's certificate chain (PEM); needs --redis-client-key.
+    #[arg(
+        long,
+        global = true,
+        env = "AFTERVIEW_REDIS_CLIENT_CERT",
+        value_name = "FILE"
+    )]
+    redis_client_cert: Option<PathBuf>,
+    /// The private key (PEM) of --redis-client-cert.
+    #[arg(
+        long,
+        global = true,
+        env = "AFTERVIEW_REDIS_CLIENT_KEY",
+        value_name = "FILE"
+    )]
+    redis_client_key: Option<PathBuf>,
     /// Where photos, previews and reports are stored: file://path (default: <data-dir>/blobs)
     /// or s3://bucket[/prefix] (credentials and endpoint from the standard AWS_* variables).
     #[arg(
@@ -141,7 +160,8 @@ struct GlobalArgs {
     /// Log filter, e.g. `info` or `afterview_engine=debug` [default: info for serve/worker, warn otherwise].
     #[arg(long, global = true, env = "AFTERVIEW_LOG", value_name = "FILTER")]
     log: Option<String>,
-    /// Sync every SQLite commit to disk (survives power loss, slower).
+    /// Sync every commit of the embedded SQLite files (queue, results, metadata) and every
+    /// locally stored file to disk before answering (survives power loss, slower).
     #[arg(long, global = true, env = "AFTERVIEW_SQLITE_SYNCHRONOUS_FULL")]
     sqlite_synchronous_full: Option<bool>,
     /// Redis: hand a message straight to an idle worker of its queue (one round trip less).

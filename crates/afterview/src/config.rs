@@ -78,8 +78,23 @@ pub fn load_file(
 ) -> anyhow::Result<BTreeMap<String, Vec<String>>> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read the config file {}", path.display()))?;
-    let table: toml::Table =
-        toml::from_str(&text).with_context(|| format!("invalid config file {}", path.display()))?;
+    // The line and column, never the line itself: it may hold a password or a token.
+    let table: toml::Table = match toml::from_str(&text) {
+        Ok(t) => t,
+        Err(e) => {
+            let at = e.span().map_or(String::new(), |s| {
+                let before = &text[..s.start.min(text.len())];
+                let line = before.matches('\n').count() + 1;
+                let col = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+                format!(" at line {line}, column {col}")
+            });
+            usage!(
+                "invalid config file {}{at}: {}",
+                path.display(),
+                e.message().trim_end()
+            );
+        }
+    };
     let mut out = BTreeMap::new();
     let mut put = |key: &str, value: &toml::Value, section: Option<&str>| -> anyhow::Result<()> {
         let var = variable_of(key);
@@ -100,14 +115,16 @@ pub fn load_file(
                 .map(|v| match v {
                     toml::Value::String(s) => Ok(s.clone()),
                     other => usage!(
-                        "{}: `{key}`{place} must list strings, got {other:?}",
-                        path.display()
+                        "{}: `{key}`{place} must list strings (found a value of type {})",
+                        path.display(),
+                        other.type_str()
                     ),
                 })
                 .collect::<anyhow::Result<_>>()?,
             other => usage!(
-                "{}: `{key}`{place} has an unsupported value {other:?}",
-                path.display()
+                "{}: `{key}`{place} has a value of type {}; use a string, number, boolean or list of strings",
+                path.display(),
+                other.type_str()
             ),
         };
         if out.insert(var, values).is_some() {
@@ -150,6 +167,8 @@ pub struct Settings {
     pub database_ca_file: Option<PathBuf>,
     /// CA file for Redis's TLS, `rediss://` (None = the system trust store).
     pub redis_ca_file: Option<PathBuf>,
+    /// Client certificate and key for Redis's mutual TLS.
+    pub redis_client_cert: Option<(PathBuf, PathBuf)>,
     /// Blob storage URL (None = `<data-dir>/blobs`).
     pub storage_url: Option<String>,
     /// How long results are kept.
@@ -177,6 +196,10 @@ pub struct GlobalLayer {
     pub database_ca_file: Option<PathBuf>,
     /// `--redis-ca-file`.
     pub redis_ca_file: Option<PathBuf>,
+    /// `--redis-client-cert`.
+    pub redis_client_cert: Option<PathBuf>,
+    /// `--redis-client-key`.
+    pub redis_client_key: Option<PathBuf>,
     /// `--storage`.
     pub storage_url: Option<String>,
     /// `--result-expires`.
@@ -207,6 +230,12 @@ impl Settings {
             database_url: g.database_url,
             database_ca_file: g.database_ca_file,
             redis_ca_file: g.redis_ca_file,
+            redis_client_cert: match (g.redis_client_cert, g.redis_client_key) {
+                (None, None) => None,
+                (Some(c), Some(k)) => Some((c, k)),
+                (Some(_), None) => usage!("--redis-client-cert needs --redis-client-key"),
+                (None, Some(_)) => usage!("--redis-client-key needs --redis-client-cert"),
+            },
             storage_url: g.storage_url,
             result_expires,
             log: g.log,

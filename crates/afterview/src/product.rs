@@ -50,7 +50,7 @@ pub async fn open_metadata(s: &Settings) -> anyhow::Result<(Arc<dyn MetadataStor
     } else {
         PathBuf::from(rest)
     };
-    let m = SqliteMetadata::open(&path)
+    let m = SqliteMetadata::open_with(&path, s.sqlite_synchronous_full)
         .with_context(|| format!("cannot open the metadata store {}", path.display()))?;
     Ok((Arc::new(m), format!("sqlite {}", path.display())))
 }
@@ -58,8 +58,8 @@ pub async fn open_metadata(s: &Settings) -> anyhow::Result<(Arc<dyn MetadataStor
 /// Opens the blob store the settings name.
 pub fn open_blobs(s: &Settings) -> anyhow::Result<(Arc<dyn BlobStore>, String)> {
     let b = match s.storage_url.as_deref() {
-        None => ObjectBlobStore::local(&s.data_dir.join("blobs")),
-        Some(url) => ObjectBlobStore::from_url(url),
+        None => ObjectBlobStore::local_with(&s.data_dir.join("blobs"), s.sqlite_synchronous_full),
+        Some(url) => ObjectBlobStore::from_url_with(url, s.sqlite_synchronous_full),
     }
     .context("cannot open the blob store")?;
     let d = b.description().to_owned();

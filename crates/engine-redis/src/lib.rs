@@ -37,7 +37,7 @@ mod conn;
 mod control;
 pub use control::ControlRequest;
 mod options;
-pub use options::{RedisOptions, redact};
+pub use options::{ClientCert, RedisOptions, redact};
 mod pubsub;
 mod push;
 mod results;
@@ -124,41 +124,52 @@ fn tcp_settings() -> redis::io::tcp::TcpSettings {
 
 /// The broker's and the result backend's clients: valid URLs on one server (results are fenced
 /// by leases in one atomic script, so they cannot live elsewhere). `rediss://` is TLS, the
-/// server verified against the system's trust store or, given `ca_file`, only against it.
+/// server verified against the system's trust store or, given `ca_file`, only against it; a
+/// client certificate is presented when the options name one (mutual TLS). TLS files with a
+/// plain `redis://` URL are refused, never ignored.
 fn clients(
     broker_url: &str,
     result_url: Option<&str>,
-    ca_file: Option<&std::path::Path>,
+    opts: &RedisOptions,
 ) -> Result<(redis::Client, redis::Client), BackendError> {
-    let ca = match ca_file {
-        None => None,
-        Some(p) => Some(std::fs::read(p).map_err(|e| {
-            BackendError::invalid(format!(
-                "cannot read the Redis CA file {}: {e}",
-                p.display()
-            ))
-        })?),
+    let read = |what: &str, p: &std::path::Path| {
+        std::fs::read(p).map_err(|e| {
+            BackendError::invalid(format!("cannot read the Redis {what} {}: {e}", p.display()))
+        })
     };
+    let ca = match &opts.ca_file {
+        None => None,
+        Some(p) => Some(read("CA file", p)?),
+    };
+    let client_tls = match &opts.client_cert {
+        None => None,
+        Some(c) => Some(redis::ClientTlsConfig {
+            client_cert: read("client certificate", &c.cert_file)?,
+            client_key: read("client key", &c.key_file)?,
+        }),
+    };
+    let tls = (ca.is_some() || client_tls.is_some()).then_some(redis::TlsCertificates {
+        client_tls,
+        root_cert: ca,
+    });
     let open = |u: &str| {
         let bad = |e: redis::RedisError| {
             BackendError::invalid(format!("bad Redis URL {}: {e}", redact(u)))
         };
         let info = redis::IntoConnectionInfo::into_connection_info(u).map_err(bad)?;
         let info = info.set_tcp_settings(tcp_settings());
-        match &ca {
+        match &tls {
             None => redis::Client::open(info).map_err(bad),
             Some(_) if !u.starts_with("rediss://") => Err(BackendError::invalid(format!(
-                "a Redis CA file is given but {} is not a rediss:// (TLS) URL",
+                "a Redis CA file or client certificate is given but {} is not a rediss:// (TLS) URL",
                 redact(u)
             ))),
-            Some(pem) => redis::Client::build_with_tls(
-                info,
-                redis::TlsCertificates {
-                    client_tls: None,
-                    root_cert: Some(pem.clone()),
-                },
-            )
-            .map_err(bad),
+            Some(certs) => redis::Client::build_with_tls(info, certs.clone()).map_err(|e| {
+                BackendError::invalid(format!(
+                    "the Redis TLS files for {} cannot be used: {e}",
+                    redact(u)
+                ))
+            }),
         }
     };
     let client = open(broker_url)?;
@@ -212,7 +223,7 @@ impl RedisBackend {
         result_url: Option<&str>,
         opts: RedisOptions,
     ) -> Result<Self, BackendError> {
-        let (client, result_client) = clients(broker_url, result_url, opts.ca_file.as_deref())?;
+        let (client, result_client) = clients(broker_url, result_url, &opts)?;
         let (a, b) = (
             client.get_connection_info(),
             result_client.get_connection_info(),

@@ -30,6 +30,18 @@ pub struct RedisOptions {
     /// For `rediss://` URLs: trust only the CA certificates (PEM) in this file instead of the
     /// system's trust store (a private CA, a self-signed server).
     pub ca_file: Option<std::path::PathBuf>,
+    /// For `rediss://` URLs on a server that asks for client certificates
+    /// (`tls-auth-clients yes`): this client's certificate chain and private key (PEM files).
+    pub client_cert: Option<ClientCert>,
+}
+
+/// A client certificate for mutual TLS: two PEM files, read when the backend opens.
+#[derive(Debug, Clone)]
+pub struct ClientCert {
+    /// The certificate (and any intermediates), PEM.
+    pub cert_file: std::path::PathBuf,
+    /// Its private key, PEM (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: std::path::PathBuf,
 }
 
 impl Default for RedisOptions {
@@ -42,6 +54,7 @@ impl Default for RedisOptions {
             push_to_idle: true,
             dead_letters_max: policy::DEAD_LETTER_CAP,
             ca_file: None,
+            client_cert: None,
         }
     }
 }

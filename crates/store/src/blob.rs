@@ -87,10 +87,18 @@ fn path(key: &str) -> Result<ObjectPath, StoreError> {
 impl ObjectBlobStore {
     /// Files under `dir` (created if missing); writes go to a temporary file and are renamed.
     pub fn local(dir: &Path) -> Result<Self, StoreError> {
+        Self::local_with(dir, false)
+    }
+
+    /// As [`local`](Self::local); with `fsync` every file and its directory are synced before
+    /// a write returns, so a stored photo survives a power loss (not merely a crash).
+    pub fn local_with(dir: &Path, fsync: bool) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir).map_err(|e| {
             StoreError::Unavailable(format!("cannot create {}: {e}", dir.display()))
         })?;
-        let fs = object_store::local::LocalFileSystem::new_with_prefix(dir).map_err(unavailable)?;
+        let fs = object_store::local::LocalFileSystem::new_with_prefix(dir)
+            .map_err(unavailable)?
+            .with_fsync(fsync);
         Ok(Self {
             store: Arc::new(fs),
             signer: None,
@@ -172,6 +180,12 @@ impl ObjectBlobStore {
     /// From a storage URL: `file://path`, a plain path, or `s3://bucket[/prefix]` (with the
     /// standard `AWS_*` variables).
     pub fn from_url(url: &str) -> Result<Self, StoreError> {
+        Self::from_url_with(url, false)
+    }
+
+    /// As [`from_url`](Self::from_url); `fsync` as in [`local_with`](Self::local_with), for
+    /// local files only (an S3 store has its own durability).
+    pub fn from_url_with(url: &str, fsync: bool) -> Result<Self, StoreError> {
         if url.starts_with("s3://") {
             return Self::s3(url, &S3Options::default());
         }
@@ -181,7 +195,7 @@ impl ObjectBlobStore {
             )));
         }
         let path = url.strip_prefix("file://").unwrap_or(url);
-        Self::local(Path::new(path))
+        Self::local_with(Path::new(path), fsync)
     }
 
     /// In memory (tests).

@@ -206,8 +206,15 @@ impl SqliteMetadata {
         .await
     }
 
-    /// Opens (creating and migrating) the database at `path`.
+    /// Opens (creating and migrating) the database at `path`; commits are synced at WAL
+    /// checkpoints (`synchronous = NORMAL`: a power loss may drop the last commits).
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        Self::open_with(path, false)
+    }
+
+    /// As [`open`](Self::open); with `synchronous_full` every commit is synced before it
+    /// returns (`synchronous = FULL`: commits survive a power loss).
+    pub fn open_with(path: &Path, synchronous_full: bool) -> Result<Self, StoreError> {
         if let Some(dir) = path.parent()
             && !dir.as_os_str().is_empty()
         {
@@ -220,7 +227,8 @@ impl SqliteMetadata {
             .map_err(err)?;
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(err)?;
-        conn.pragma_update(None, "synchronous", "NORMAL")
+        let synchronous = if synchronous_full { "FULL" } else { "NORMAL" };
+        conn.pragma_update(None, "synchronous", synchronous)
             .map_err(err)?;
         conn.pragma_update(None, "foreign_keys", true)
             .map_err(err)?;
@@ -767,5 +775,24 @@ impl MetadataStore for SqliteMetadata {
 
     async fn ping(&self) -> Result<(), StoreError> {
         self.run(|c| c.query_row("SELECT 1", [], |_| Ok(()))).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SqliteMetadata;
+
+    /// `--sqlite-synchronous-full` reaches the metadata database too, not only the queue.
+    #[test]
+    fn synchronous_full_syncs_every_metadata_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        for (full, expected) in [(false, 1), (true, 2)] {
+            let m = SqliteMetadata::open_with(&dir.path().join("m.db"), full).unwrap();
+            let c = m.conn.lock().unwrap();
+            let level: i64 = c
+                .pragma_query_value(None, "synchronous", |r| r.get(0))
+                .unwrap();
+            assert_eq!(level, expected, "synchronous_full = {full}");
+        }
     }
 }

@@ -111,6 +111,14 @@ fn bad_arguments_are_named() {
             vec!["call", "afterview.noop", "--kwargs", "[1]", "--wait"],
             "--kwargs must be a JSON object",
         ),
+        (
+            vec!["--redis-client-cert", "c.pem", "result", "x"],
+            "--redis-client-cert needs --redis-client-key",
+        ),
+        (
+            vec!["--redis-client-key", "k.pem", "result", "x"],
+            "--redis-client-key needs --redis-client-cert",
+        ),
     ] {
         let out = env.run(&args);
         let err = String::from_utf8_lossy(&out.stderr);
@@ -319,6 +327,28 @@ fn the_config_file_sits_below_variables_and_flags_for_every_setting() {
     let out = env.run(&["migrate"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(err(out).contains("unknown key `max_upload_byte` in [serve]"));
+    // A file that is not TOML is named with the place, never the line: it may hold a password.
+    for (text, place) in [
+        (
+            "log = \"info\"\ndatabase_url = \"postgres://app:hunter2@pg/app\n",
+            "line 2",
+        ),
+        (
+            "database_url = [\"postgres://app:hunter2@pg/app\", 1]\n",
+            "must list strings (found a value of type integer)",
+        ),
+        (
+            "database_url = 2026-12-07T10:00:00Z\n",
+            "has a value of type datetime",
+        ),
+    ] {
+        std::fs::write(&file, text).unwrap();
+        let out = env.run(&["migrate"]);
+        assert_eq!(out.status.code(), Some(2));
+        let e = err(out);
+        assert!(e.contains(place), "{e}");
+        assert!(!e.contains("hunter2"), "the password is shown: {e}");
+    }
 }
 
 /// `--help` shows no secret: not a database password from the config file, not a Redis

@@ -409,6 +409,9 @@ impl Mask {
     /// billions of comparisons window by window).
     pub fn dilate(&mut self, r: u32) {
         let (w, h) = (self.rect.width() as usize, self.rect.height() as usize);
+        if w == 0 || h == 0 {
+            return;
+        }
         let r = r as usize;
         let max_rows = |a: &mut Vec<f32>, w: usize, h: usize| {
             let mut scratch = RunningMax::default();

@@ -202,9 +202,11 @@ pub fn decode_upright(
             "the JPEG is truncated (no end-of-image marker)".into(),
         ));
     }
-    if format == SourceFormat::Webp {
-        check_webp(bytes)?;
-    }
+    // A WebP is read only up to its RIFF size (the decoder reads chunk headers past it).
+    let bytes = match format {
+        SourceFormat::Webp => &bytes[..check_webp(bytes)?],
+        _ => bytes,
+    };
     let (width, height) = dimensions(bytes, format)?;
     if width == 0 || height == 0 {
         return Err(IntakeError::Corrupt("the image has no pixels".into()));
@@ -319,10 +321,12 @@ fn dimensions(bytes: &[u8], format: SourceFormat) -> Result<(u32, u32), IntakeEr
 /// the frame has the canvas's size. The pixel limit is checked against the canvas, but the
 /// decoder decodes the frame at its own declared size, up to 16383x16383 (1 GiB of pixels from
 /// a file of a few bytes), before it compares the two.
-fn check_webp(bytes: &[u8]) -> Result<(), IntakeError> {
+/// Answers where the file ends by its RIFF header: the caller gives the decoder only that much,
+/// as image-webp reads chunk headers somewhat past it (a chunk placed just after the RIFF
+/// size would escape this walk and still be allocated).
+fn check_webp(bytes: &[u8]) -> Result<usize, IntakeError> {
     let corrupt = |m: String| IntakeError::Corrupt(format!("the WebP {m}"));
     let le32 = |b: &[u8]| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize;
-    // The RIFF header's size bounds what the decoder reads; anything after it is ignored.
     let end = bytes.len().min(le32(&bytes[4..8]).saturating_add(8));
     let (mut at, mut canvas, mut frame) = (12usize, None, None);
     while at < end {
@@ -370,7 +374,7 @@ fn check_webp(bytes: &[u8]) -> Result<(), IntakeError> {
             "image is {}x{} but its canvas is {}x{}",
             f.0, f.1, c.0, c.1
         ))),
-        _ => Ok(()),
+        _ => Ok(end),
     }
 }
 

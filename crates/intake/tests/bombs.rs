@@ -213,3 +213,47 @@ fn refused_as_larger_than_its_canvas(bomb: &[u8]) {
         "{err}"
     );
 }
+
+/// A 40x30 WebP followed, just past its RIFF size, by an EXIF chunk declaring 4 GiB: the
+/// decoder reads chunk headers somewhat past the RIFF size, and would allocate it.
+fn chunk_past_the_riff_size() -> Vec<u8> {
+    let mut f = webp(&[(b"VP8X", vp8x(0, 40, 30)), (b"VP8L", vp8l_blank(40, 30))]);
+    f.extend_from_slice(b"EXIF");
+    f.extend_from_slice(&0xffff_fff0u32.to_le_bytes());
+    f.extend_from_slice(&[0; 8]);
+    f
+}
+
+/// The decoder is given a WebP only up to its RIFF size. Checked in a child process limited to
+/// 1 GiB of address space (`prlimit`): a 4 GiB allocation, which the resident memory would not
+/// show (the pages are never touched), aborts it; on a host without overcommit it would abort
+/// the server.
+#[test]
+fn a_chunk_past_the_riff_size_is_never_allocated() {
+    const CHILD: &str = "AFTERVIEW_WEBP_CHILD";
+    if std::env::var_os(CHILD).is_some() {
+        let n = intake(&chunk_past_the_riff_size(), &Limits::default())
+            .expect("the photo within the RIFF size");
+        assert_eq!((n.width, n.height), (40, 30));
+        return;
+    }
+    let out = std::process::Command::new("prlimit")
+        .arg("--as=1073741824")
+        .arg("--")
+        .arg(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "a_chunk_past_the_riff_size_is_never_allocated",
+            "--test-threads=1",
+        ])
+        .env(CHILD, "1")
+        .output()
+        .expect("prlimit (util-linux)");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("1 passed"));
+}

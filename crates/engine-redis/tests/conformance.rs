@@ -449,26 +449,38 @@ async fn tags_the_scripts_use_as_markers_are_replaced() {
 async fn a_held_message_with_a_later_eta_is_deferred() {
     use afterview_engine::Broker;
     let (b, mut c) = fresh().await;
-    let env = r#"{"body": "W10=", "headers": {"id": "t-held-eta", "task": "afterview.noop", "eta": "2099-01-01T00:00:00+00:00"}, "properties": {"delivery_tag": "d-held", "priority": 6}}"#;
-    b.publish_raw("q", env.as_bytes()).await.unwrap();
-    let got = claim_q(b.as_ref(), Duration::from_secs(30)).await;
-    assert_eq!(got.len(), 1);
-    assert!(
-        got[0]
-            .lease
-            .delivery_tag
-            .starts_with("afterview-malformed-")
-    );
-    let run_at = 4_070_908_800_000;
-    assert!(b.defer(&got[0].lease, run_at).await.unwrap(), "deferred");
-    let entry = only_scheduled(&mut c);
-    assert_eq!(entry["q"], "q", "{entry}");
-    assert_eq!(entry["m"], env, "{entry}");
-    let held: u64 = redis::cmd("HLEN")
-        .arg("afterview:held")
-        .query(&mut c)
-        .unwrap();
-    assert_eq!(held, 0, "no longer held");
+    // Two held messages: one from the plain list, one from priority 9's bucket (as kombu
+    // names it: the queue, `\x06\x16`, the bucket), which goes back to the schedule with
+    // its queue and priority apart.
+    for (list, priority) in [("q", 0), ("q\x06\x169", 9)] {
+        let env = format!(
+            r#"{{"body": "W10=", "headers": {{"id": "t-held-{priority}", "task": "afterview.noop", "eta": "2099-01-01T00:00:00+00:00"}}, "properties": {{"delivery_tag": "d-held"}}}}"#
+        );
+        let _: i64 = redis::cmd("LPUSH")
+            .arg(list)
+            .arg(&env)
+            .query(&mut c)
+            .unwrap();
+        let got = claim_q(b.as_ref(), Duration::from_secs(30)).await;
+        assert_eq!(got.len(), 1);
+        let tag = &got[0].lease.delivery_tag;
+        assert!(tag.starts_with("afterview-malformed-"), "{tag}");
+        let run_at = 4_070_908_800_000;
+        assert!(b.defer(&got[0].lease, run_at).await.unwrap(), "deferred");
+        let entry = only_scheduled(&mut c);
+        assert_eq!(entry["q"], "q", "{entry}");
+        assert_eq!(entry["p"], priority, "{entry}");
+        assert_eq!(entry["m"], env, "{entry}");
+        let held: u64 = redis::cmd("HLEN")
+            .arg("afterview:held")
+            .query(&mut c)
+            .unwrap();
+        assert_eq!(held, 0, "no longer held");
+        let _: i64 = redis::cmd("DEL")
+            .arg("afterview:scheduled")
+            .query(&mut c)
+            .unwrap();
+    }
 }
 
 /// A revoke heard again (the pidbox broadcast that follows a client's revoke reaches every

@@ -70,7 +70,8 @@ async fn readyz(State(st): State<AppState>) -> Response {
 
 /// The broker's queue counts, at most a second old: requests at once wait for the one count
 /// under way and share it (a scraper every second, or a flood of requests, costs the broker
-/// one count a second). A failed count is not kept.
+/// one count a second). A failed count is kept for the second too (none): requests waiting
+/// behind a count that timed out do not each wait for their own.
 async fn queue_counts(st: &AppState) -> crate::QueueCounts {
     const FRESH: std::time::Duration = std::time::Duration::from_secs(1);
     let mut cached = st.queue_counts.lock().await;
@@ -79,13 +80,9 @@ async fn queue_counts(st: &AppState) -> crate::QueueCounts {
     {
         return counts.clone();
     }
-    match st.client.queue_stats(None).await {
-        Ok(counts) => {
-            *cached = Some((std::time::Instant::now(), counts.clone()));
-            counts
-        }
-        Err(_) => Vec::new(),
-    }
+    let counts = st.client.queue_stats(None).await.unwrap_or_default();
+    *cached = Some((std::time::Instant::now(), counts.clone()));
+    counts
 }
 
 /// `/metrics`: open by default (it shows request counts and latencies by route, task counts

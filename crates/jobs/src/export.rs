@@ -283,24 +283,13 @@ async fn save_export_on(
     if inserted {
         guard.arm(d, ctx, what);
     }
-    if photos_gone().await? {
-        let _ = d.meta.delete_export(owner, &id).await;
-        let _ = d.blobs.delete(&rec.blob_key).await;
-        return Err(gone());
-    }
-    if let Err(e) = d.blobs.put(&rec.blob_key, Bytes::from(bytes)).await {
-        if inserted {
-            let _ = d.meta.delete_export(owner, &id).await;
-            let _ = d.blobs.delete(&rec.blob_key).await;
-        }
-        return Err(storage(e));
-    }
-    if photos_gone().await? {
-        let _ = d.meta.delete_export(owner, &id).await;
-        let _ = d.blobs.delete(&rec.blob_key).await;
-        return Err(gone());
-    }
-    crate::unsaved::still_recorded(d, what).await?;
+    let write = async {
+        d.blobs
+            .put(&rec.blob_key, Bytes::from(bytes))
+            .await
+            .map_err(storage)
+    };
+    crate::unsaved::write_file(d, (what, inserted), photos_gone, gone, write).await?;
     Ok(stored.unwrap_or(value))
 }
 

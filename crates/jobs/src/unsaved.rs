@@ -57,6 +57,75 @@ impl Kind {
     }
 }
 
+/// A record `(kind, owner, id, file key)`.
+pub(crate) type Record<'a> = (Kind, &'a str, &'a str, &'a str);
+
+/// Writes the file of record `what`, claimed by this run when `inserted`, checking the photos
+/// it was made from (`photos_gone`) before and after: a photo deleted meanwhile takes the
+/// record and file with it (whoever wrote the record), and the run fails with `gone`. Any
+/// other failure (the file's write, the store that answers the check) removes the record and
+/// file when this run inserted them, at once: a record naming no file would stay in the
+/// owner's history when the run is not tried again. After the file, the record is read again
+/// ([`still_recorded`]).
+pub(crate) async fn write_file<G, W>(
+    d: &Deps,
+    (what, inserted): (Record<'_>, bool),
+    photos_gone: impl Fn() -> G,
+    gone: impl Fn() -> TaskError,
+    write: W,
+) -> Result<(), TaskError>
+where
+    G: std::future::Future<Output = Result<bool, TaskError>>,
+    W: std::future::Future<Output = Result<(), TaskError>>,
+{
+    let check = async || match photos_gone().await {
+        Ok(false) => Ok(()),
+        Ok(true) => {
+            remove(d, what).await;
+            Err(gone())
+        }
+        Err(e) => {
+            if inserted {
+                remove(d, what).await;
+            }
+            Err(e)
+        }
+    };
+    check().await?;
+    if let Err(e) = write.await {
+        if inserted {
+            remove(d, what).await;
+        }
+        return Err(e);
+    }
+    check().await?;
+    still_recorded(d, what).await
+}
+
+/// Removes record `what` and its file now.
+async fn remove(d: &Deps, (kind, owner, id, key): Record<'_>) {
+    if let Err(e) = kind.delete(&*d.meta, owner, id).await {
+        tracing::warn!(error = %e, id, "A record whose file was not saved could not be removed.");
+    }
+    delete_file(&*d.blobs, key).await;
+}
+
+/// Deletes file `key`, three times over about 3 s if it must: nothing else names the file any
+/// more. One that stays is logged by its key (a random id, nothing of the patient's).
+pub(crate) async fn delete_file(blobs: &dyn BlobStore, key: &str) {
+    let mut last = None;
+    for wait_ms in [0, 500, 2_500] {
+        tokio::time::sleep(std::time::Duration::from_millis(wait_ms)).await;
+        match blobs.delete(key).await {
+            Ok(()) => return,
+            Err(e) => last = Some(e),
+        }
+    }
+    if let Some(e) = last {
+        tracing::error!(key, error = %e, "A file no record names could not be deleted; delete it by hand.");
+    }
+}
+
 /// After its file is written: the record `(kind, owner, id, file key)` read again. Deleted
 /// meanwhile (the delete found no file yet), the file goes too and the run fails.
 pub(crate) async fn still_recorded(
@@ -66,7 +135,7 @@ pub(crate) async fn still_recorded(
     if kind.recorded(&*d.meta, owner, id).await.map_err(storage)? {
         return Ok(());
     }
-    let _ = d.blobs.delete(key).await;
+    delete_file(&*d.blobs, key).await;
     let (code, what) = match kind {
         Kind::Visualization => (ErrorCode::VisualizationNotFound, "visualization"),
         Kind::Export => (ErrorCode::ExportNotFound, "export"),
@@ -121,6 +190,21 @@ impl Unsaved {
     pub(crate) fn disarm(&mut self) {
         self.undo = None;
     }
+
+    /// The run fails after this save succeeded (a comparison whose later part failed): the
+    /// record and file go now, not when the guard is dropped, so that the next run, which
+    /// writes the same ids, is not undone by a delayed delete. Nothing when another run owns
+    /// the task (its lease ran out).
+    pub(crate) async fn undo_now(&mut self) {
+        let Some(u) = self.undo.take() else { return };
+        if u.ctx.cancelled_for(CancelReason::LeaseLost) {
+            return;
+        }
+        if let Err(e) = u.kind.delete(&*u.meta, &u.owner, &u.id).await {
+            tracing::warn!(error = %e, id = %u.id, "The record of a failed run could not be removed.");
+        }
+        delete_file(&*u.blobs, &u.key).await;
+    }
 }
 
 impl Drop for Unsaved {
@@ -137,7 +221,7 @@ impl Drop for Unsaved {
             if let Err(e) = u.kind.delete(&*u.meta, &u.owner, &u.id).await {
                 tracing::warn!(error = %e, id = %u.id, "The record of a run stopped while it saved could not be removed.");
             }
-            let _ = u.blobs.delete(&u.key).await;
+            delete_file(&*u.blobs, &u.key).await;
             if again {
                 tokio::time::sleep(std::time::Duration::from_secs(5)).await;
                 let _ = u.blobs.delete(&u.key).await;

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use afterview_core::ErrorCode;
+use afterview_core::catalog::Procedure;
 use afterview_core::tasks::{
     ComparisonResult, EngineKind, GenerateComparison, GenerateVisualization, Intensity,
     PreviewOptions, QUEUE_VISUALIZATIONS, VisualizationResult, image_url, visualization_image_url,
@@ -340,24 +341,8 @@ async fn save_owned_on(
     if inserted {
         guard.arm(d, ctx, what);
     }
-    if photo_gone().await? {
-        let _ = d.meta.delete_visualization(&rec.owner, &rec.id).await;
-        let _ = d.blobs.delete(&rec.blob_key).await;
-        return Err(gone());
-    }
-    if let Err(e) = save_png(d, ctx, rec.blob_key.clone(), img).await {
-        if inserted {
-            let _ = d.meta.delete_visualization(&rec.owner, &rec.id).await;
-            let _ = d.blobs.delete(&rec.blob_key).await;
-        }
-        return Err(e);
-    }
-    if photo_gone().await? {
-        let _ = d.meta.delete_visualization(&rec.owner, &rec.id).await;
-        let _ = d.blobs.delete(&rec.blob_key).await;
-        return Err(gone());
-    }
-    crate::unsaved::still_recorded(d, what).await?;
+    let write = save_png(d, ctx, rec.blob_key.clone(), img);
+    crate::unsaved::write_file(d, (what, inserted), photo_gone, gone, write).await?;
     Ok(stored)
 }
 
@@ -373,11 +358,13 @@ struct Single<'a> {
 }
 
 /// Saves one preview (blob + record) and returns its result (the stored one on a re-run).
+/// `guard` is armed when this run wrote the record, and left so for the caller to disarm.
 async fn save_single(
     d: &Deps,
     ctx: &TaskContext,
     s: Single<'_>,
     img: RgbImage,
+    guard: &mut crate::unsaved::Unsaved,
 ) -> Result<(VisualizationResult, serde_json::Value), TaskError> {
     let id = derived_id(ctx.id(), s.index);
     let key = visualization_key(&id);
@@ -404,7 +391,7 @@ async fn save_single(
         task_id: Some(ctx.id().to_owned()),
         created_at: Utc::now(),
     };
-    let stored = save_owned(d, ctx, &rec, img).await?;
+    let stored = save_owned_on(d, ctx, &rec, img, guard).await?;
     Ok((result, stored.unwrap_or(value)))
 }
 
@@ -450,7 +437,8 @@ impl Task for GenerateVisualizationTask {
         )
         .await?;
         ctx.progress(80, "Saving visualization").await;
-        let (_, value) = save_single(
+        let mut guard = crate::unsaved::Unsaved::new();
+        let value = save_single(
             d,
             &ctx,
             Single {
@@ -463,8 +451,11 @@ impl Task for GenerateVisualizationTask {
                 generated_at: crate::stamp(),
             },
             after,
+            &mut guard,
         )
-        .await?;
+        .await;
+        guard.disarm();
+        let (_, value) = value?;
         ctx.progress(100, "Visualization complete").await;
         Ok(value)
     }
@@ -508,54 +499,94 @@ impl Task for GenerateComparisonTask {
         let afters =
             render_each(d, &ctx, &scene, &procedures, (a.options.intensity, engine)).await?;
         ctx.progress(80, "Saving comparison").await;
-        let now = crate::stamp();
-        let mut items = Vec::with_capacity(afters.len());
-        let mut item_values = Vec::with_capacity(afters.len());
-        for (i, (p, img)) in procedures.iter().zip(&afters).enumerate() {
-            let single = Single {
-                index: (i + 1) as u8,
-                owner: &a.user_id,
-                image_id: &a.image_id,
-                procedure_id: &p.id,
-                engine,
-                intensity: a.options.intensity,
-                generated_at: now.clone(),
-            };
-            let (r, value) = save_single(d, &ctx, single, img.clone()).await?;
-            item_values.push(value);
-            items.push(r);
-        }
         let names: Vec<String> = procedures.iter().map(|p| p.name.clone()).collect();
-        let composite = composite(&ctx, scene, names, afters, d.preview.label.clone()).await?;
-        let comparison_id = derived_id(ctx.id(), 0);
-        let result = ComparisonResult {
-            id: comparison_id.clone(),
-            image_id: a.image_id.clone(),
-            procedure_ids: a.procedure_ids.clone(),
-            engine: engine.as_str().into(),
-            items,
-            before_image_url: image_url(&a.image_id),
-            comparison_image_url: visualization_image_url(&comparison_id),
-            generated_at: now,
-        };
-        let mut value = serde_json::to_value(&result).expect("results serialize");
-        value["items"] = serde_json::Value::Array(item_values);
-        let rec = VisualizationRecord {
-            id: comparison_id.clone(),
-            owner: a.user_id.to_string(),
-            image_id: a.image_id,
-            kind: VisualizationKind::Comparison,
-            procedure_ids: a.procedure_ids,
-            engine,
-            blob_key: visualization_key(&comparison_id),
-            result: value.clone(),
-            task_id: Some(ctx.id().to_owned()),
-            created_at: Utc::now(),
-        };
-        let stored = save_owned(d, &ctx, &rec, composite).await?;
+        // The composite first: it needs only crops, and each full-size preview can then be
+        // handed to its save instead of copied (four 40 MP previews are 480 MB).
+        let (composite, afters) =
+            composite(&ctx, scene, names, afters, d.preview.label.clone()).await?;
+        // Each preview saved stays armed until the comparison is: a run that fails or is
+        // stopped after some of them leaves none in the owner's history.
+        let mut guards = Vec::with_capacity(afters.len());
+        let saved = save_comparison(
+            d,
+            &ctx,
+            (&a, engine),
+            (&procedures, afters, composite),
+            &mut guards,
+        )
+        .await;
+        for g in &mut guards {
+            if saved.is_ok() {
+                g.disarm();
+            } else {
+                g.undo_now().await;
+            }
+        }
+        let value = saved?;
         ctx.progress(100, "Comparison complete").await;
-        Ok(stored.unwrap_or(value))
+        Ok(value)
     }
+}
+
+/// Saves a comparison's previews, then the comparison; `guards` gets each preview's guard.
+async fn save_comparison(
+    d: &Deps,
+    ctx: &TaskContext,
+    (a, engine): (&GenerateComparison, EngineKind),
+    (procedures, afters, composite): (&[Procedure], Vec<RgbImage>, RgbImage),
+    guards: &mut Vec<crate::unsaved::Unsaved>,
+) -> Result<serde_json::Value, TaskError> {
+    let now = crate::stamp();
+    let mut items = Vec::with_capacity(afters.len());
+    let mut item_values = Vec::with_capacity(afters.len());
+    for (i, (p, img)) in procedures.iter().zip(afters).enumerate() {
+        let single = Single {
+            index: (i + 1) as u8,
+            owner: &a.user_id,
+            image_id: &a.image_id,
+            procedure_id: &p.id,
+            engine,
+            intensity: a.options.intensity,
+            generated_at: now.clone(),
+        };
+        let mut guard = crate::unsaved::Unsaved::new();
+        let saved = save_single(d, ctx, single, img, &mut guard).await;
+        if saved.is_err() {
+            // Its own failure paths removed what it wrote.
+            guard.disarm();
+        }
+        guards.push(guard);
+        let (r, value) = saved?;
+        item_values.push(value);
+        items.push(r);
+    }
+    let comparison_id = derived_id(ctx.id(), 0);
+    let result = ComparisonResult {
+        id: comparison_id.clone(),
+        image_id: a.image_id.clone(),
+        procedure_ids: a.procedure_ids.clone(),
+        engine: engine.as_str().into(),
+        items,
+        before_image_url: image_url(&a.image_id),
+        comparison_image_url: visualization_image_url(&comparison_id),
+        generated_at: now,
+    };
+    let mut value = serde_json::to_value(&result).expect("results serialize");
+    value["items"] = serde_json::Value::Array(item_values);
+    let rec = VisualizationRecord {
+        id: comparison_id.clone(),
+        owner: a.user_id.to_string(),
+        image_id: a.image_id.clone(),
+        kind: VisualizationKind::Comparison,
+        procedure_ids: a.procedure_ids.clone(),
+        engine,
+        blob_key: visualization_key(&comparison_id),
+        result: value.clone(),
+        task_id: Some(ctx.id().to_owned()),
+        created_at: Utc::now(),
+    };
+    let stored = save_owned(d, ctx, &rec, composite).await?;
+    Ok(stored.unwrap_or(value))
 }
 
 /// Every procedure's preview of one photo, reporting progress from 20 to 80 %.
@@ -582,7 +613,7 @@ async fn render_each(
     Ok(afters)
 }
 
-/// The before and every after side by side, each panel the face (cheek to cheek ≥ 40 % of its
+/// The before and every after side by side (the afters are given back), each panel the face (cheek to cheek ≥ 40 % of its
 /// width), not the photo. Each after panel carries the preview label (the crop leaves out the
 /// photo's corner where the single preview has it, unless the face fills the photo).
 async fn composite(
@@ -591,7 +622,7 @@ async fn composite(
     names: Vec<String>,
     afters: Vec<RgbImage>,
     label: Option<String>,
-) -> Result<RgbImage, TaskError> {
+) -> Result<(RgbImage, Vec<RgbImage>), TaskError> {
     ctx.blocking(move |_| {
         let r = afterview_imaging::face_window(&lm, photo.width(), photo.height(), 0.62, 0.8);
         let crop = |img: &RgbImage| {
@@ -611,7 +642,7 @@ async fn composite(
             .collect();
         let mut panels: Vec<(&str, &RgbImage)> = vec![("Original", &before)];
         panels.extend(names.iter().map(String::as_str).zip(crops.iter()));
-        render::compose(&panels, r.height().clamp(256, 720))
+        (render::compose(&panels, r.height().clamp(256, 720)), afters)
     })
     .await
 }

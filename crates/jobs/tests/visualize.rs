@@ -129,6 +129,19 @@ impl Harness {
         }
     }
 
+    /// Sends `task` as task `id` and waits for its end (at most a minute).
+    async fn send_as(&self, id: &str, task: &str, kwargs: &Value) -> ResultMeta {
+        let opts = SendOptions {
+            task_id: Some(id.to_owned()),
+            ..SendOptions::default()
+        };
+        self.client
+            .send_task(task, vec![], kwargs.as_object().unwrap().clone(), opts)
+            .await
+            .unwrap();
+        self.client.wait(id, Duration::from_secs(60)).await.unwrap()
+    }
+
     async fn picture(&self, url: &str) -> image::RgbImage {
         let id = url
             .trim_start_matches("/api/visualizations/")
@@ -906,6 +919,34 @@ struct CancelDuringGet {
     task: std::sync::Mutex<Option<String>>,
     /// Instead: an operator's revoke that terminates the run while it stores its preview.
     kill_on_put: std::sync::Mutex<Option<String>>,
+    /// Instead: the user's cancel while the run stores its first preview.
+    cancel_on_put: std::sync::Mutex<Option<String>>,
+    /// The previews' keys written.
+    puts: std::sync::Mutex<Vec<String>>,
+}
+
+/// A harness whose blob store is a [`CancelDuringGet`] given the harness's client.
+async fn cancel_harness() -> (Harness, Arc<CancelDuringGet>) {
+    let hook = Arc::new(std::sync::OnceLock::<Arc<CancelDuringGet>>::new());
+    let h = {
+        let hook = hook.clone();
+        Harness::start_with_blobs(PreviewSettings::default(), move |_meta| {
+            let b = Arc::new(CancelDuringGet {
+                inner: ObjectBlobStore::memory(),
+                client: std::sync::OnceLock::new(),
+                task: std::sync::Mutex::new(None),
+                kill_on_put: std::sync::Mutex::new(None),
+                cancel_on_put: std::sync::Mutex::new(None),
+                puts: std::sync::Mutex::default(),
+            });
+            let _ = hook.set(b.clone());
+            b
+        })
+        .await
+    };
+    let b = hook.get().unwrap().clone();
+    let _ = b.client.set(h.client.clone());
+    (h, b)
 }
 
 #[async_trait::async_trait]
@@ -921,6 +962,18 @@ impl BlobStore for CancelDuringGet {
             client.revoke(&id, true).await.expect("revoke");
             // A slow store: the run is stopped before this write ends.
             tokio::time::sleep(Duration::from_secs(3)).await;
+        }
+        let cancel = if key.starts_with("visualizations/") {
+            self.puts.lock().unwrap().push(key.to_owned());
+            self.cancel_on_put.lock().unwrap().take()
+        } else {
+            None
+        };
+        if let Some(id) = cancel {
+            let client = self.client.get().expect("the client");
+            client.revoke(&id, false).await.expect("revoke");
+            // The run sees the cancellation once this write is done.
+            tokio::time::sleep(Duration::from_millis(300)).await;
         }
         self.inner.put(key, bytes).await
     }
@@ -952,23 +1005,7 @@ impl BlobStore for CancelDuringGet {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_report_cancelled_while_it_is_made_saves_nothing() {
     use afterview_core::tasks::GENERATE_EXPORT;
-    let hook = Arc::new(std::sync::OnceLock::<Arc<CancelDuringGet>>::new());
-    let h = {
-        let hook = hook.clone();
-        Harness::start_with_blobs(PreviewSettings::default(), move |_meta| {
-            let b = Arc::new(CancelDuringGet {
-                inner: ObjectBlobStore::memory(),
-                client: std::sync::OnceLock::new(),
-                task: std::sync::Mutex::new(None),
-                kill_on_put: std::sync::Mutex::new(None),
-            });
-            let _ = hook.set(b.clone());
-            b
-        })
-        .await
-    };
-    let b = hook.get().unwrap();
-    let _ = b.client.set(h.client.clone());
+    let (h, b) = cancel_harness().await;
     let image_id = h.upload("alice", "astronaut.png").await;
     let (v, _) = h
         .run(
@@ -980,19 +1017,7 @@ async fn a_report_cancelled_while_it_is_made_saves_nothing() {
     let id = afterview_core::ids::new_id();
     *b.task.lock().unwrap() = Some(id.clone());
     let kwargs = json!({"visualization_ids": [v.result["id"]], "user_id": "alice"});
-    h.client
-        .send_task(
-            GENERATE_EXPORT,
-            vec![],
-            kwargs.as_object().unwrap().clone(),
-            SendOptions {
-                task_id: Some(id.clone()),
-                ..SendOptions::default()
-            },
-        )
-        .await
-        .unwrap();
-    let end = h.client.wait(&id, Duration::from_secs(60)).await.unwrap();
+    let end = h.send_as(&id, GENERATE_EXPORT, &kwargs).await;
     assert!(b.task.lock().unwrap().is_none(), "the cancel was sent");
     assert_eq!(end.status, TaskState::Revoked, "{end:?}");
     assert!(h.meta.list_exports("alice", 10).await.unwrap().is_empty());
@@ -1002,19 +1027,7 @@ async fn a_report_cancelled_while_it_is_made_saves_nothing() {
     let id = afterview_core::ids::new_id();
     *b.kill_on_put.lock().unwrap() = Some(id.clone());
     let kwargs = json!({"image_id": image_id, "procedure_id": "rhinoplasty", "user_id": "alice"});
-    h.client
-        .send_task(
-            GENERATE_VISUALIZATION,
-            vec![],
-            kwargs.as_object().unwrap().clone(),
-            SendOptions {
-                task_id: Some(id.clone()),
-                ..SendOptions::default()
-            },
-        )
-        .await
-        .unwrap();
-    let end = h.client.wait(&id, Duration::from_secs(60)).await.unwrap();
+    let end = h.send_as(&id, GENERATE_VISUALIZATION, &kwargs).await;
     assert!(
         b.kill_on_put.lock().unwrap().is_none(),
         "the revoke was sent"
@@ -1033,5 +1046,33 @@ async fn a_report_cancelled_while_it_is_made_saves_nothing() {
             "the stopped run's record stays"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The user's cancel of a comparison while it stores its previews: the previews already
+/// stored go too (before, they stayed in the owner's history, each a single preview), and the
+/// task ends REVOKED.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_comparison_cancelled_while_it_saves_leaves_none_of_its_previews() {
+    let (h, b) = cancel_harness().await;
+    let image_id = h.upload("alice", "astronaut.png").await;
+    let id = afterview_core::ids::new_id();
+    *b.cancel_on_put.lock().unwrap() = Some(id.clone());
+    let kwargs = json!({"image_id": image_id, "procedure_ids": ["rhinoplasty", "brow-lift"], "user_id": "alice"});
+    let end = h.send_as(&id, GENERATE_COMPARISON, &kwargs).await;
+    assert!(
+        b.cancel_on_put.lock().unwrap().is_none(),
+        "the cancel was sent"
+    );
+    assert_eq!(end.status, TaskState::Revoked, "{end:?}");
+    let left = h.meta.list_visualizations("alice", 10).await.unwrap();
+    assert!(left.is_empty(), "previews left: {left:?}");
+    let written = b.puts.lock().unwrap().clone();
+    assert!(
+        !written.is_empty(),
+        "a preview was stored before the cancel"
+    );
+    for key in written {
+        assert!(h.blobs.get(&key).await.unwrap().is_none(), "{key} left");
     }
 }

@@ -341,7 +341,11 @@ fn watch(inner: Weak<Inner>, conn: Connection, mut last_seq: i64) {
                         }
                     }
                 }
-                Err(e) => warn!(error = %e, "Reading result changes failed."),
+                Err(e) => {
+                    warn!(error = %e, "Reading result changes failed.");
+                    // Read again on the next pass, not only after the next write.
+                    last_version = -1;
+                }
             }
         } else {
             idle += poll_interval(idle);
@@ -736,10 +740,27 @@ impl Broker for SqliteBackend {
         let wake = self.after_wake();
         self.write(move |c| {
             let now = now_ms();
-            c.prepare_cached(
-                "INSERT OR REPLACE INTO revocations (task_id, terminate, at, expires_at) VALUES (?1, ?2, ?3, ?4)",
-            )?
-            .execute(params![id, terminate, now, now + keep.as_millis() as i64])?;
+            let until = now + keep.as_millis() as i64;
+            // A repeat never weakens a revocation (as on Redis): one that terminates stays so,
+            // and its keep only grows; only a terminate after a cancel is logged anew.
+            let cur: Option<bool> = c
+                .prepare_cached(
+                    "SELECT terminate FROM revocations WHERE task_id = ?1 AND expires_at > ?2",
+                )?
+                .query_row(params![id, now], |r| r.get(0))
+                .optional()?;
+            if cur.is_some_and(|t| t || !terminate) {
+                c.prepare_cached(
+                    "UPDATE revocations SET expires_at = MAX(expires_at, ?2) WHERE task_id = ?1",
+                )?
+                .execute(params![id, until])?;
+            } else {
+                c.prepare_cached(
+                    "INSERT OR REPLACE INTO revocations (task_id, terminate, at, expires_at)
+                     VALUES (?1, ?2, ?3, MAX(?4, COALESCE((SELECT expires_at FROM revocations WHERE task_id = ?1), 0)))",
+                )?
+                .execute(params![id, terminate, now, until])?;
+            }
             let removed = c.prepare_cached(REVOKE_WAITING)?.execute([&id])? as u64;
             let running: bool = c.prepare_cached(IS_RUNNING)?.query_row([&id], |r| r.get(0))?;
             Ok((RevokeOutcome { removed, running }, wake.effect()))

@@ -399,17 +399,27 @@ impl Broker for MemoryBackend {
     ) -> Result<RevokeOutcome, BackendError> {
         let out = {
             let mut st = self.lock();
-            st.rev_seq += 1;
-            let rev = Revocation {
-                task_id: task_id.to_owned(),
-                terminate,
-                at: crate::time::now(),
-                seq: st.rev_seq,
-            };
-            st.revocations.insert(
-                task_id.to_owned(),
-                (rev, now_ms() + keep.as_millis() as i64),
-            );
+            let until = now_ms() + keep.as_millis() as i64;
+            // A repeat never weakens a revocation: one that terminates stays so, and its
+            // keep only grows; only a terminate after a cancel is logged anew.
+            let cur = st
+                .revocations
+                .get_mut(task_id)
+                .filter(|(_, exp)| *exp > now_ms());
+            match cur {
+                Some((rev, exp)) if rev.terminate || !terminate => *exp = (*exp).max(until),
+                cur => {
+                    let until = cur.map_or(until, |(_, exp)| (*exp).max(until));
+                    st.rev_seq += 1;
+                    let rev = Revocation {
+                        task_id: task_id.to_owned(),
+                        terminate,
+                        at: crate::time::now(),
+                        seq: st.rev_seq,
+                    };
+                    st.revocations.insert(task_id.to_owned(), (rev, until));
+                }
+            }
             let removed = st.remove_waiting(|m| m.task_id == task_id);
             let running = st
                 .msgs

@@ -546,6 +546,18 @@ pub async fn revocation_log_has_a_cursor(f: &impl Factory) {
     let (more, c2) = fx.broker.revocations_since(c).await.unwrap();
     assert!(more.is_empty());
     assert_eq!(c, c2);
+    // A repeat never weakens a revocation: a terminating one stays terminating (an owner's
+    // cancel after an operator's terminate), and nothing new is logged for it; a terminate
+    // after a cancel is logged, so workers that read the cancel kill the run.
+    fx.broker.revoke("r2", false, DAY).await.unwrap();
+    let (revs, c3) = fx.broker.revocations_since(c2).await.unwrap();
+    assert!(revs.is_empty(), "{revs:?}");
+    assert!(fx.broker.revocation("r2").await.unwrap().unwrap().terminate);
+    fx.broker.revoke("r1", true, DAY).await.unwrap();
+    let (revs, _) = fx.broker.revocations_since(c3).await.unwrap();
+    assert_eq!(revs.len(), 1, "{revs:?}");
+    assert!(revs[0].task_id == "r1" && revs[0].terminate, "{revs:?}");
+    assert!(fx.broker.revocation("r1").await.unwrap().unwrap().terminate);
 }
 
 /// Unfenced writes never overwrite a terminal state; forget deletes.

@@ -21,7 +21,10 @@ pub const API_CODES: &[(&str, &str)] = &[
     ),
     ("task_not_found", "No such task for this user."),
     ("invalid_task_id", "The task id is malformed."),
-    ("invalid_id", "A resource id is malformed."),
+    (
+        "conflict",
+        "The resource already exists (an id taken by another request).",
+    ),
     ("invalid_request", "The request body or query is malformed."),
     ("missing_file", "The upload has no `file` field."),
     ("payload_too_large", "The request body is over the limit."),

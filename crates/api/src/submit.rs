@@ -258,11 +258,33 @@ pub(crate) async fn submit(
     let Some(watch) = watch else {
         return Ok((StatusCode::ACCEPTED, accepted(&msg.id)));
     };
-    let meta = afterview_engine::watch::wait_watch(watch, st.sync_timeout).await;
+    let meta = until_closing(
+        st,
+        afterview_engine::watch::wait_watch(watch, st.sync_timeout),
+    )
+    .await;
     if let Some(slot) = sync {
         slot.release().await;
     }
-    waited(st, &msg.id, meta?)
+    waited(st, &msg.id, meta.ok_or_else(|| going_away(&msg.id))??)
+}
+
+/// `wait`'s outcome, or `None` when the server begins to shut down first: the wait ends with
+/// an answer (and the request's slot and Idempotency-Key are settled) while the server still
+/// drains, instead of being cut off with the connection 30 s later.
+async fn until_closing<T>(st: &AppState, wait: impl std::future::Future<Output = T>) -> Option<T> {
+    tokio::select! {
+        out = wait => Some(out),
+        () = st.closing.cancelled() => None,
+    }
+}
+
+/// The answer to a synchronous request whose server shuts down while its task runs: the task
+/// goes on (followed by its status, or by repeating the request with its Idempotency-Key).
+fn going_away(id: &str) -> ApiError {
+    ApiError::unavailable(format!(
+        "the server is restarting; task {id} goes on: follow it at /api/tasks/{id}/status"
+    ))
 }
 
 /// Waits again for a task an earlier request with the same `Idempotency-Key` sent (that
@@ -278,9 +300,9 @@ pub(crate) async fn wait_again(
         return waited(st, task_id, now);
     }
     let sync = Slot::sync(st, user).await?;
-    let meta = st.client.wait(task_id, st.sync_timeout).await;
+    let meta = until_closing(st, st.client.wait(task_id, st.sync_timeout)).await;
     sync.release().await;
-    waited(st, task_id, meta?)
+    waited(st, task_id, meta.ok_or_else(|| going_away(task_id))??)
 }
 
 /// Records the task's owner, then publishes its message: in a task of its own, which runs to

@@ -446,6 +446,12 @@ async fn requests_the_framework_refuses_still_answer_the_json_error_shape() {
                      --XX\r\nContent-Disposition: form-data; name=\"file\"; filename=\"b.png\"\r\n\r\nB\r\n--XX--\r\n";
     let cases: Vec<(axum::http::request::Builder, Body, StatusCode, &str)> = vec![
         (
+            Request::post("/api/visualizations").header("content-type", "application/xml"),
+            Body::from("{}"),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+        ),
+        (
             get("/api/images?limit=abc"),
             Body::empty(),
             StatusCode::BAD_REQUEST,

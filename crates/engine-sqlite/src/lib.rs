@@ -343,8 +343,12 @@ fn watch(inner: Weak<Inner>, conn: Connection, mut last_seq: i64) {
                 }
                 Err(e) => {
                     warn!(error = %e, "Reading result changes failed.");
-                    // Read again on the next pass, not only after the next write.
+                    // Read again after a pause (an error that persists is not read 500 times
+                    // a second), not only after the next write.
                     last_version = -1;
+                    drop(inner);
+                    std::thread::sleep(Duration::from_millis(200));
+                    continue;
                 }
             }
         } else {

@@ -11,7 +11,7 @@
 //! once more a few seconds later, as a write the run had handed to a thread (the local store's
 //! write and rename) may still land (not after a shutdown: the next run's file may be there).
 //!
-//! [`still_recorded`] covers the other way a record goes while its file is written: its owner
+//! [`write_file`] covers the other way a record goes while its file is written: its owner
 //! deleted it.
 
 use std::sync::Arc;
@@ -66,7 +66,7 @@ pub(crate) type Record<'a> = (Kind, &'a str, &'a str, &'a str);
 /// other failure (the file's write, the store that answers the check) removes the record and
 /// file when this run inserted them, at once: a record naming no file would stay in the
 /// owner's history when the run is not tried again. After the file, the record is read again
-/// ([`still_recorded`]).
+/// (a record deleted meanwhile: its file goes too, and the run fails).
 pub(crate) async fn write_file<G, W>(
     d: &Deps,
     (what, inserted): (Record<'_>, bool),
@@ -99,7 +99,19 @@ where
         return Err(e);
     }
     check().await?;
-    still_recorded(d, what).await
+    // The record read again: deleted meanwhile (the delete found no file yet), the file goes
+    // too and the run fails.
+    let (kind, owner, id, _) = what;
+    match kind.recorded(&*d.meta, owner, id).await {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(deleted_meanwhile(d, what).await),
+        Err(e) => {
+            if inserted {
+                remove(d, what).await;
+            }
+            Err(storage(e))
+        }
+    }
 }
 
 /// Removes record `what` and its file now.
@@ -126,24 +138,15 @@ pub(crate) async fn delete_file(blobs: &dyn BlobStore, key: &str) {
     }
 }
 
-/// After its file is written: the record `(kind, owner, id, file key)` read again. Deleted
-/// meanwhile (the delete found no file yet), the file goes too and the run fails.
-pub(crate) async fn still_recorded(
-    d: &Deps,
-    (kind, owner, id, key): (Kind, &str, &str, &str),
-) -> Result<(), TaskError> {
-    if kind.recorded(&*d.meta, owner, id).await.map_err(storage)? {
-        return Ok(());
-    }
+/// The record `(kind, owner, id, file key)` was deleted while its file was written: the file
+/// goes too, and the run fails with the record's not-found code.
+async fn deleted_meanwhile(d: &Deps, (kind, _, id, key): Record<'_>) -> TaskError {
     delete_file(&*d.blobs, key).await;
     let (code, what) = match kind {
         Kind::Visualization => (ErrorCode::VisualizationNotFound, "visualization"),
         Kind::Export => (ErrorCode::ExportNotFound, "export"),
     };
-    Err(fail(
-        code,
-        format!("{what} {id} was deleted while it was saved"),
-    ))
+    fail(code, format!("{what} {id} was deleted while it was saved"))
 }
 
 /// See the module's documentation.
@@ -196,14 +199,17 @@ impl Unsaved {
     /// writes the same ids, is not undone by a delayed delete. Nothing when another run owns
     /// the task (its lease ran out).
     pub(crate) async fn undo_now(&mut self) {
-        let Some(u) = self.undo.take() else { return };
+        let Some(u) = self.undo.as_ref() else { return };
         if u.ctx.cancelled_for(CancelReason::LeaseLost) {
+            self.undo = None;
             return;
         }
         if let Err(e) = u.kind.delete(&*u.meta, &u.owner, &u.id).await {
             tracing::warn!(error = %e, id = %u.id, "The record of a failed run could not be removed.");
         }
         delete_file(&*u.blobs, &u.key).await;
+        // Armed until both are done: a run stopped meanwhile is undone by the guard's drop.
+        self.undo = None;
     }
 }
 

@@ -1363,7 +1363,36 @@ async fn websockets_end_on_stored_outputs_and_close_going_away_at_shutdown() {
     let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
     let first = ws.next().await.unwrap().unwrap();
     assert!(first.to_text().unwrap().contains("PENDING"), "{first:?}");
+    // A synchronous request waiting for such a task is answered while the server drains (the
+    // task goes on), not cut off with its connection after the drain's 30 s.
+    let sync = {
+        let url = b.url("/api/exports/cost-infographic");
+        tokio::spawn(async move {
+            let r = http()
+                .post(url)
+                .bearer_auth(ALICE)
+                .json(&json!({"procedure_ids": ["rhinoplasty"]}))
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.json::<Value>().await.unwrap())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
     b.proc.signal(libc::SIGTERM);
+    let (status, answer) = tokio::time::timeout(Duration::from_secs(10), sync)
+        .await
+        .expect("answered at the shutdown")
+        .unwrap();
+    assert_eq!(status, 503, "{answer}");
+    assert_eq!(answer["error"]["code"], "unavailable", "{answer}");
+    assert!(
+        answer["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("restarting"),
+        "{answer}"
+    );
     let close = tokio::time::timeout(Duration::from_secs(10), async {
         while let Some(m) = ws.next().await {
             if let Ok(Message::Close(c)) = m {

@@ -237,7 +237,7 @@ fn json_body(headers: &HeaderMap, body: &[u8]) -> Result<Value, ApiError> {
     {
         return Err(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "invalid_request",
+            "unsupported_media_type",
             format!("expected application/json, got {ct}"),
         ));
     }

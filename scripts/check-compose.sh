@@ -10,7 +10,7 @@ command -v docker-compose >/dev/null 2>&1 || {
 }
 empty="$(mktemp)"; trap 'rm -f "$empty"' EXIT   # ignore a developer's own .env
 export POSTGRES_PASSWORD=ci-pg S3_ACCESS_KEY=ci-s3 S3_SECRET_KEY=ci-s3-secret \
-  AFTERVIEW_AUTH_TOKENS=ci-token=ci-user
+  AFTERVIEW_AUTH_TOKENS=ci-token=ci-user FLOWER_BASIC_AUTH=ci:ci-flower
 out="$(docker-compose -f docker-compose.yml --env-file "$empty" config)"
 for svc in api worker-visualizations worker-exports redis postgres s3 flower migrate; do
   grep -q "^  $svc:" <<<"$out" || { echo "check-compose: service $svc missing" >&2; exit 1; }
@@ -18,6 +18,19 @@ done
 [ "$(grep -c 'healthcheck:' <<<"$out")" -ge 7 ] || { echo "check-compose: health checks missing" >&2; exit 1; }
 grep -q 'postgres://afterview:ci-pg@postgres:5432/afterview' <<<"$out" \
   || { echo "check-compose: database URL not rendered" >&2; exit 1; }
+grep -q -- '--basic-auth=ci:ci-flower' <<<"$out" \
+  || { echo "check-compose: Flower without a login" >&2; exit 1; }
+# Published on loopback only (the API behind its TLS proxy, Flower through a tunnel): a port
+# renders as `- HOST_IP:PUBLISHED:TARGET/tcp`; one on every interface as `- published: N`.
+if grep -E '^\s+- (published: |"?[0-9]+:[0-9]+|"?0\.0\.0\.0:)' <<<"$out"; then
+  echo "check-compose: a port published on every interface" >&2; exit 1
+fi
+unset FLOWER_BASIC_AUTH
+if docker-compose -f docker-compose.yml --env-file "$empty" config -q 2>/dev/null; then
+  echo "check-compose: rendered without FLOWER_BASIC_AUTH" >&2
+  exit 1
+fi
+export FLOWER_BASIC_AUTH=ci:ci-flower
 unset POSTGRES_PASSWORD
 if docker-compose -f docker-compose.yml --env-file "$empty" config -q 2>/dev/null; then
   echo "check-compose: rendered without POSTGRES_PASSWORD" >&2

@@ -70,9 +70,10 @@ fi
 
 command -v "$PYTHON" >/dev/null 2>&1 || die "'$PYTHON' not found (set AFTERVIEW_PYTHON to a Python >= 3.9)"
 
-# (Re)create the venv if it is missing or its interpreter no longer runs (e.g. the base Python
+# (Re)create the venv if it is missing or its interpreter (or its pip) no longer runs (e.g. the base Python
 # it was made from was removed/upgraded). An existing working venv is upgraded in place.
-if ! { [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -c 'import sys' >/dev/null 2>&1; }; then
+# A venv made without pip (Debian's python3 without python3-venv stops half-way) is made anew too.
+if ! { [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -m pip --version >/dev/null 2>&1; }; then
   echo "python-env: creating venv at $VENV with $("$PYTHON" --version 2>&1)" >&2
   rm -rf "$VENV"
   "$PYTHON" -m venv "$VENV" || die "'$PYTHON -m venv $VENV' failed (Debian: apt-get install python3-venv)"

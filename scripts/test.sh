@@ -16,6 +16,9 @@ command -v curl >/dev/null 2>&1 || need_apt+=(curl)                 # talking to
 command -v docker-compose >/dev/null 2>&1 || need_apt+=(docker-compose) # validating docker-compose.yml
 command -v pg_isready >/dev/null 2>&1 || need_apt+=(postgresql)     # the PostgreSQL store's tests
 command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)         # the web app's browser tests
+command -v python3 >/dev/null 2>&1 || need_apt+=(python3)           # Celery, Flower, moto, Playwright
+python3 -c 'import ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)  # their venv, with pip
+command -v c++ >/dev/null 2>&1 || need_apt+=(g++)                   # the fuzz targets' libFuzzer
 if [ ${#need_apt[@]} -gt 0 ] && command -v apt-get >/dev/null 2>&1; then
   echo "== installing: ${need_apt[*]}"
   (apt-get install -y --no-install-recommends "${need_apt[@]}" >/dev/null 2>&1 \

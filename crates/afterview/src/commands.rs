@@ -237,7 +237,11 @@ fn api_state(
     let web = afterview_web::WebConfig {
         firebase: firebase_web.is_some(),
     };
-    inner.client_config = serde_json::json!({ "firebase": firebase_web });
+    // The upload limit too: the web app refuses a larger photo before sending it.
+    inner.client_config = serde_json::json!({
+        "firebase": firebase_web,
+        "max_upload_bytes": inner.limits.max_bytes,
+    });
     Ok((inner, web))
 }
 

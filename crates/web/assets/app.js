@@ -18,6 +18,9 @@ const state = {
   noFace: false, // the photo shown has no face the previews could work on
   face: null, // where the face is in it: {imageId, width, height, face: {x, y, width, height}}
   objectUrls: [],
+  resultUrls: [], // the shown result's pictures, let go when the next result is shown
+  resultSeq: 0, // bumped for each result shown and each photo let go: a late one is dropped
+  reporting: false, // a report's request is on its way: one at a time
   task: null, // {id, socket}
   photoGen: 0, // bumped each time the shown photo is let go: late answers for an older one are dropped
   uploading: false,
@@ -36,11 +39,31 @@ const viaGoogle = () => sessionStorage.getItem(VIA_KEY) === "google";
 // ------------------------------------------------------------------------------ API calls
 
 class ApiError extends Error {
-  constructor(status, code, message) {
+  constructor(status, code, message, retryAfter = null) {
     super(message);
     this.status = status;
     this.code = code;
+    this.retryAfter = retryAfter; // seconds, when the server said when to come back
   }
+}
+
+/// What a person can do when the server is busy (the API's own words are for developers).
+const BUSY_TEXTS = {
+  unavailable: "Afterview is busy or restarting. Please try again in a moment.",
+  busy: "Afterview is busy with other photos. Please try again in a moment.",
+  too_many_requests: "Another of your requests is still being answered: wait until it is, then try again.",
+  too_many_tasks: "You have the most previews and reports under way at once: wait until one is done.",
+};
+
+/// Answers the page asks again for by itself, after their `Retry-After` (2 s without one).
+const RETRIED = new Set(["unavailable", "busy", "too_many_requests"]);
+
+const sleep = (ms) => new Promise((ok) => setTimeout(ok, ms));
+
+/// A random Idempotency-Key (crypto.randomUUID exists only on https and localhost).
+function newKey() {
+  const b = crypto.getRandomValues(new Uint8Array(16));
+  return Array.from(b, (x) => x.toString(16).padStart(2, "0")).join("");
 }
 
 /// The session's token, refreshed first when it came from Google sign-in: Firebase ID tokens
@@ -72,10 +95,29 @@ function adoptGoogleToken(user, t, session) {
   sessionStorage.setItem(TOKEN_KEY, t);
 }
 
+/// One API call, asked again up to 3 times when the server is busy or restarting (a person
+/// would otherwise press the button again). A JSON POST carries an Idempotency-Key, the same
+/// on every try: a task the server sent before it answered 503 is the one the next try waits
+/// for, not a second one (a second report, a second Gemini call).
 async function api(method, path, body) {
+  const session = state.session;
+  const key = method === "POST" && !(body instanceof FormData) ? newKey() : null;
+  for (let attempt = 0; ; attempt++) {
+    try {
+      return await apiOnce(method, path, body, key);
+    } catch (e) {
+      if (!RETRIED.has(e.code) || attempt >= 3 || session !== state.session) throw e;
+      await sleep(Math.min(e.retryAfter ?? 2, 5) * 1000);
+      if (session !== state.session) throw e;
+    }
+  }
+}
+
+async function apiOnce(method, path, body, key) {
   await freshToken();
   const headers = {};
   if (state.token) headers.Authorization = `Bearer ${state.token}`;
+  if (key) headers["Idempotency-Key"] = key;
   let payload;
   if (body instanceof FormData) payload = body;
   else if (body !== undefined) {
@@ -98,10 +140,12 @@ async function api(method, path, body) {
   }
   if (!r.ok) {
     const err = data && data.error ? data.error : {};
-    const retry = r.headers.get("Retry-After");
-    let msg = err.message || `The server answered ${r.status}.`;
-    if (retry) msg += ` Try again in ${retry} s.`;
-    throw new ApiError(r.status, err.code || `http_${r.status}`, msg);
+    const code = err.code || `http_${r.status}`;
+    const retry = Number.parseInt(r.headers.get("Retry-After") || "", 10);
+    const after = Number.isFinite(retry) ? retry : null;
+    let msg = BUSY_TEXTS[code] || err.message || `The server answered ${r.status}.`;
+    if (after !== null && !BUSY_TEXTS[code]) msg += ` Try again in ${after} s.`;
+    throw new ApiError(r.status, code, msg, after);
   }
   return data;
 }
@@ -149,8 +193,10 @@ async function fileBlob(path) {
 }
 
 function forgetFiles() {
-  for (const u of state.objectUrls) URL.revokeObjectURL(u);
+  for (const u of state.objectUrls.concat(state.resultUrls)) URL.revokeObjectURL(u);
   state.objectUrls = [];
+  state.resultUrls = [];
+  state.resultSeq += 1; // a result still loading is not shown over the next photo
 }
 
 // ------------------------------------------------------------------------------- messages
@@ -244,6 +290,10 @@ function signOut(message, keepGoogle = false) {
   state.session += 1;
   state.token = null;
   state.me = null;
+  // An upload still on its way belongs to the session that started it.
+  state.uploading = false;
+  $("upload-status").textContent = "";
+  $("photo").disabled = false;
   if (state.task && state.task.socket) state.task.socket.close();
   resetPhoto();
   for (const i of document.querySelectorAll("#procedures input")) i.checked = false;
@@ -416,6 +466,13 @@ async function upload(file) {
     show("Please choose a JPEG, PNG or WebP photo.");
     return;
   }
+  // Refused here rather than after minutes of sending it on a slow connection.
+  const limit = state.config.max_upload_bytes;
+  if (limit && file.size > limit) {
+    show(PHOTO_ERRORS.file_too_large);
+    return;
+  }
+  const session = state.session;
   const status = $("upload-status");
   $("photo").disabled = true;
   state.uploading = true;
@@ -428,16 +485,21 @@ async function upload(file) {
       try {
         img = await api("POST", "/api/images", form);
       } catch (e) {
+        if (session !== state.session) return;
         throw PHOTO_ERRORS[e.code] ? new ApiError(e.status, e.code, PHOTO_ERRORS[e.code]) : e;
       }
+      // Signed out meanwhile: the photo is the previous person's, not this screen's.
+      if (session !== state.session) return;
       // Only now is the shown photo (and what was made from it) replaced.
       resetPhoto();
       await openPhoto(img);
     });
   } finally {
-    state.uploading = false;
-    status.textContent = "";
-    $("photo").disabled = false;
+    if (session === state.session) {
+      state.uploading = false;
+      status.textContent = "";
+      $("photo").disabled = false;
+    }
   }
 }
 
@@ -447,6 +509,7 @@ const PHOTO_ERRORS = {
   unsupported_format: "This file is not a JPEG, PNG or WebP photo. Please choose another photo.",
   empty_file: "This file is empty. Please choose another photo.",
   file_too_large: "This photo is too large. Please choose a smaller photo.",
+  payload_too_large: "This photo is too large. Please choose a smaller photo.",
   image_too_large: "This photo has too many pixels (over 40 megapixels). Please choose a smaller photo.",
 };
 
@@ -717,8 +780,32 @@ function crop(box, imgs, win) {
   }
 }
 
+/// Shows a preview or comparison. Its pictures are fetched together first, then shown, if it
+/// is still the result to show (a later one, another photo or a History entry may have come
+/// meanwhile: a picture landing late would sit under another result's title). The previous
+/// result's pictures are let go once these are on screen.
 async function showResult(result, single) {
+  const seq = ++state.resultSeq;
   state.result = result;
+  const paths = single
+    ? [result.before_image_url, result.after_image_url]
+    : [result.before_image_url, ...result.items.map((it) => it.after_image_url)];
+  const urls = [];
+  try {
+    await Promise.all(paths.map(async (p, i) => {
+      urls[i] = URL.createObjectURL(await fileBlob(p));
+    }));
+  } catch (e) {
+    urls.forEach((u) => u && URL.revokeObjectURL(u));
+    if (seq === state.resultSeq) throw e;
+    return;
+  }
+  if (seq !== state.resultSeq) {
+    urls.forEach((u) => URL.revokeObjectURL(u));
+    return;
+  }
+  const previous = state.resultUrls;
+  state.resultUrls = urls;
   // Zoomed to the face (a small face in a large photo would be a few pixels on a phone);
   // each picture opens whole.
   const win = faceWindow(result.image_id);
@@ -733,8 +820,8 @@ async function showResult(result, single) {
     $("single").hidden = false;
     const name = procName(result.procedure_id);
     $("result-title").textContent = `Preview: ${name}`;
-    $("before-img").src = await fileUrl(result.before_image_url);
-    $("after-img").src = await fileUrl(result.after_image_url);
+    $("before-img").src = urls[0];
+    $("after-img").src = urls[1];
     $("after-img").alt = `After ${name} (simulation)`;
     crop($("compare"), [$("before-img"), $("after-img")], win);
     setSlider(50);
@@ -742,37 +829,40 @@ async function showResult(result, single) {
     $("single").hidden = true;
     $("comparison").hidden = false;
     $("result-title").textContent = "Comparison";
-    const grid = $("comparison-grid");
-    grid.replaceChildren();
-    const tiles = [{ url: result.before_image_url, label: "Before" }]
-      .concat(result.items.map((it) => ({ url: it.after_image_url, label: `${procName(it.procedure_id)} (simulation)`, after: true })));
-    for (const t of tiles) {
-      const fig = document.createElement("figure");
-      const img = document.createElement("img");
-      img.alt = t.label;
-      img.src = await fileUrl(t.url);
-      // A tile opens the picture full size (a phone's screen leaves each tile small).
-      const link = document.createElement("a");
-      link.href = img.src;
-      link.target = "_blank";
-      link.rel = "noopener";
-      link.title = `${t.label}: open full size`;
-      link.append(img);
-      crop(link, [img], win);
-      if (win && t.after) {
-        // The zoom leaves out the corner where the picture carries its SIMULATION mark.
-        const badge = document.createElement("span");
-        badge.className = "badge";
-        badge.textContent = "SIMULATION";
-        link.append(badge);
-      }
-      const cap = document.createElement("figcaption");
-      cap.textContent = t.label;
-      fig.append(link, cap);
-      grid.append(fig);
-    }
+    const tiles = [{ label: "Before" }]
+      .concat(result.items.map((it) => ({ label: `${procName(it.procedure_id)} (simulation)`, after: true })));
+    $("comparison-grid").replaceChildren(...tiles.map((t, i) => tile(t, urls[i], win)));
   }
+  previous.forEach((u) => URL.revokeObjectURL(u));
+  $("result-status").textContent = single ? "The preview is ready." : "The comparison is ready.";
   $("result").scrollIntoView({ behavior: "smooth", block: "start" });
+}
+
+/// One tile of a comparison: the picture at `url`, zoomed to `win`, opening full size.
+function tile(t, url, win) {
+  const fig = document.createElement("figure");
+  const img = document.createElement("img");
+  img.alt = t.label;
+  img.src = url;
+  // A tile opens the picture full size (a phone's screen leaves each tile small).
+  const link = document.createElement("a");
+  link.href = url;
+  link.target = "_blank";
+  link.rel = "noopener";
+  link.title = `${t.label}: open full size`;
+  link.append(img);
+  crop(link, [img], win);
+  if (win && t.after) {
+    // The zoom leaves out the corner where the picture carries its SIMULATION mark.
+    const badge = document.createElement("span");
+    badge.className = "badge";
+    badge.textContent = "SIMULATION";
+    link.append(badge);
+  }
+  const cap = document.createElement("figcaption");
+  cap.textContent = t.label;
+  fig.append(link, cap);
+  return fig;
 }
 
 function procName(id) {
@@ -872,7 +962,9 @@ async function showCosts() {
 
 async function createReport(ev) {
   ev.preventDefault();
-  if (!state.result) return;
+  // One report at a time: a double click or a second Enter would make a second one.
+  if (!state.result || state.reporting) return;
+  const submit = $("report-form").querySelector('button[type="submit"]');
   const f = new FormData($("report-form"));
   const patient = {};
   for (const k of ["name", "date_of_birth", "clinic", "surgeon", "notes"]) {
@@ -880,6 +972,8 @@ async function createReport(ev) {
     if (v) patient[k] = v;
   }
   const gen = state.photoGen;
+  state.reporting = true;
+  if (submit) submit.disabled = true;
   await guard(async () => {
     $("report-status").textContent = "Creating the report…";
     $("report-link").hidden = true;
@@ -898,6 +992,8 @@ async function createReport(ev) {
     $("report-status").textContent = "The report is ready.";
     link.focus();
   }).finally(() => {
+    state.reporting = false;
+    if (submit) submit.disabled = false;
     if ($("report-link").hidden) $("report-status").textContent = "";
   });
 }
@@ -938,6 +1034,8 @@ function item(text, sub, action, label) {
     const b = document.createElement("button");
     b.type = "button";
     b.textContent = label;
+    // Named with its entry: a list of buttons all called "Open" says nothing to a screen reader.
+    b.setAttribute("aria-label", `${label} ${text}${sub ? `, ${sub}` : ""}`);
     b.addEventListener("click", () => guard(action));
     li.append(b);
   }
@@ -1182,10 +1280,15 @@ async function start() {
   const m = location.hash.match(/^#token=([^&]+)/);
   if (m) {
     history.replaceState({}, "", location.pathname);
-    state.token = decodeURIComponent(m[1]);
   }
   if (m) {
     try {
+      // A link cut off in the middle of an escape (`%3`) is an invalid link, not a blank page.
+      try {
+        state.token = decodeURIComponent(m[1]);
+      } catch (e) {
+        throw new ApiError(401, "unauthorized", "bad link");
+      }
       await signIn(state.token);
       return;
     } catch (e) {

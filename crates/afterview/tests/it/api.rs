@@ -1365,6 +1365,11 @@ async fn websockets_end_on_stored_outputs_and_close_going_away_at_shutdown() {
     assert!(first.to_text().unwrap().contains("PENDING"), "{first:?}");
     // A synchronous request waiting for such a task is answered while the server drains (the
     // task goes on), not cut off with its connection after the drain's 30 s.
+    let listed = async || {
+        let (_, tasks) = body(b.get(ALICE, "/api/tasks").await).await;
+        tasks["items"].as_array().map_or(0, Vec::len)
+    };
+    let before = listed().await;
     let sync = {
         let url = b.url("/api/exports/cost-infographic");
         tokio::spawn(async move {
@@ -1378,7 +1383,16 @@ async fn websockets_end_on_stored_outputs_and_close_going_away_at_shutdown() {
             (r.status().as_u16(), r.json::<Value>().await.unwrap())
         })
     };
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Recorded, so taken by the server (a request sent after the shutdown began would find
+    // the listener closed).
+    let t0 = std::time::Instant::now();
+    while listed().await == before {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "the request was taken"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     b.proc.signal(libc::SIGTERM);
     let (status, answer) = tokio::time::timeout(Duration::from_secs(10), sync)
         .await

@@ -442,9 +442,22 @@ async fn store_outages_answer_503_and_heal_by_themselves() {
     let db = PostgresDb::fresh();
     let s3 = S3Server::start();
     let bucket = s3.fresh_bucket();
-    let pg = Cuttable::start("127.0.0.1:5432".into()).await;
+    // The server the test databases live on (AFTERVIEW_TEST_POSTGRES may name another).
+    let server = afterview_store::testing::postgres_server();
+    let host_port = server
+        .rsplit_once('@')
+        .map_or(server.as_str(), |(_, hp)| hp)
+        .trim_start_matches("postgres://")
+        .trim_start_matches("postgresql://")
+        .split('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    let pg = Cuttable::start(host_port.clone()).await;
     let s3p = Cuttable::start(format!("127.0.0.1:{}", s3.port)).await;
-    let pg_url = db.url().replace(":5432/", &format!(":{}/", pg.port));
+    let pg_url = db
+        .url()
+        .replace(&format!("{host_port}/"), &format!("127.0.0.1:{}/", pg.port));
     assert_ne!(pg_url, db.url(), "the database goes through the proxy");
     let vars = vec![
         ("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{}", s3p.port)),

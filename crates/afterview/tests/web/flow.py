@@ -14,6 +14,7 @@ Exits non-zero with a message on the first failure.
 """
 
 import base64
+import json
 import os
 import re
 import sys
@@ -92,7 +93,7 @@ def upload(page, path):
     """Chooses a photo and waits until it is the one shown: the photo before it (and its
     caption, "Face found") stays on screen until the upload is answered."""
     before = page.locator("#photo-img").get_attribute("src") or ""
-    page.get_by_label("Photo").set_input_files(path)
+    page.get_by_label("Photo", exact=True).set_input_files(path)
     expect(page.locator("#photo-img")).not_to_have_attribute("src", before)
     expect(page.locator("#photo-img")).to_be_visible()
 
@@ -196,7 +197,7 @@ def consultation(page, size):
     expect(page.locator("#result")).to_be_hidden()
 
     # A photo the server cannot read leaves the current one in place and says what to do.
-    page.get_by_label("Photo").set_input_files(
+    page.get_by_label("Photo", exact=True).set_input_files(
         files=[{"name": "broken.jpg", "mimeType": "image/jpeg", "buffer": b"\xff\xd8\xff\xe0broken"}]
     )
     expect(page.get_by_role("alert")).to_contain_text("choose another photo")
@@ -254,6 +255,113 @@ def hold_first_face(page):
     face = re.compile(r"/api/images/[0-9a-f-]+/face$")
     page.route(face, hold)
     return held, face
+
+
+def late_result_pictures(page):
+    """A result whose pictures are still loading when another is opened never lands over it:
+    the first result's pictures are held back while a second entry of History opens, then let
+    through; the second result keeps the screen."""
+    held = []
+    holding = [True]
+
+    def hold(route):
+        if holding[0]:
+            held.append(route)
+        else:
+            route.continue_()
+
+    pictures = re.compile(r"/api/visualizations/[0-9a-f-]+/image")
+    page.route(pictures, hold)
+    page.get_by_role("link", name="History").click()
+    entries = page.locator("#h-visualizations li")
+    entries.filter(has_text=re.compile("^Rhinoplasty")).first.get_by_role("button", name="Open").click()
+    for _ in range(200):
+        if held:
+            break
+        page.wait_for_timeout(50)
+    assert held, "the first result's picture was asked for"
+    holding[0] = False
+    page.get_by_role("link", name="History").click()
+    other = entries.filter(has_not_text=re.compile("^Rhinoplasty")).first
+    other.get_by_role("button", name="Open").click()
+    title = page.locator("#result-title")
+    expect(title).not_to_have_text("Preview: Rhinoplasty")
+    expect(page.locator("#result-status")).to_contain_text("ready")
+    shown = title.text_content()
+    after = page.locator("#after-img").get_attribute("src")
+    for r in held:
+        r.continue_()
+    page.wait_for_timeout(1000)
+    page.unroute(pictures)
+    expect(title).to_have_text(shown)
+    assert page.locator("#after-img").get_attribute("src") == after, "a late picture landed"
+
+
+def double_click_posts_once(page, pattern, button, what):
+    """Double-clicks `button` with the POSTs to `pattern` held back; exactly one must be asked
+    for, and the button waits (disabled) for its answer. Lets it through."""
+    held = []
+
+    def hold(route):
+        if route.request.method == "POST":
+            held.append(route)
+        else:
+            route.continue_()
+
+    page.route(pattern, hold)
+    button.dblclick()
+    for _ in range(200):
+        if held:
+            break
+        page.wait_for_timeout(50)
+    page.wait_for_timeout(500)
+    assert len(held) == 1, f"{len(held)} {what} asked for by one double click"
+    expect(button).to_be_disabled()
+    for r in held:
+        r.continue_()
+    page.unroute(pattern)
+
+
+def one_report_per_click(page):
+    """A double click on Create report makes one report."""
+    create = page.get_by_role("button", name="Create report")
+    double_click_posts_once(page, re.compile(r"/api/exports$"), create, "reports")
+    expect(page.locator("#report-link")).to_be_visible()
+    expect(create).to_be_enabled()
+
+
+def busy_server_is_asked_again(page):
+    """A server that answers 503 (restarting) is asked again after its Retry-After, and a photo
+    over the upload limit is refused before it is sent."""
+    answered = []
+
+    def busy_once(route):
+        if answered:
+            route.continue_()
+            return
+        answered.append(route.request.url)
+        route.fulfill(
+            status=503,
+            headers={"Retry-After": "1", "Content-Type": "application/json"},
+            body=json.dumps({"error": {"code": "unavailable", "message": "the server is restarting"}}),
+        )
+
+    face = re.compile(r"/api/images/[0-9a-f-]+/face$")
+    page.route(face, busy_once)
+    upload(page, f"{PORTRAITS}/grace_hopper.jpg")
+    expect(page.locator("#face-caption")).to_contain_text("Face found")
+    assert len(answered) == 1
+    page.unroute(face)
+
+    sent = []
+    listener = lambda r: sent.append(r.url) if r.method == "POST" and r.url.endswith("/api/images") else None
+    page.on("request", listener)
+    # Over the server's 20 MB (its /api/config says so).
+    big = {"name": "big.png", "mimeType": "image/png", "buffer": b"\x89PNG\r\n\x1a\n" + bytes(21_000_000)}
+    page.get_by_label("Photo", exact=True).set_input_files(big)
+    expect(page.get_by_role("alert")).to_contain_text("too large")
+    page.remove_listener("request", listener)
+    assert not sent, "the photo was sent"
 
 
 def late_answers(page):
@@ -446,27 +554,8 @@ def one_click_one_task(page):
     sign_in(page, ALICE, BASE_IDLE)
     upload(page, f"{PORTRAITS}/grace_hopper.jpg")
     page.get_by_role("checkbox", name=re.compile("^Facelift")).check()
-    held = []
-
-    def hold(route):
-        if route.request.method == "POST":
-            held.append(route)
-        else:
-            route.continue_()
-
     viz = re.compile(r"/api/visualizations(/compare)?\?")
-    page.route(viz, hold)
-    page.locator("#generate").dblclick()
-    for _ in range(200):
-        if held:
-            break
-        page.wait_for_timeout(50)
-    page.wait_for_timeout(500)
-    assert len(held) == 1, f"{len(held)} previews asked for by one double click"
-    expect(page.locator("#generate")).to_be_disabled()
-    for r in held:
-        r.continue_()
-    page.unroute(viz)
+    double_click_posts_once(page, viz, page.locator("#generate"), "previews")
     expect(page.get_by_role("progressbar")).to_be_visible()
     page.get_by_role("button", name="Cancel").click()
     expect(page.get_by_role("alert")).to_contain_text("cancelled")
@@ -566,8 +655,11 @@ def main():
             consultation(page, size)
             if size == "desktop":
                 history(page, size)
+                late_result_pictures(page)
+                one_report_per_click(page)
                 delete_photo(page)
                 late_answers(page)
+                busy_server_is_asked_again(page)
                 late_preview(page)
                 cancel_waiting(page)
                 one_click_one_task(page)

@@ -18,12 +18,18 @@ done
 [ "$(grep -c 'healthcheck:' <<<"$out")" -ge 7 ] || { echo "check-compose: health checks missing" >&2; exit 1; }
 grep -q 'postgres://afterview:ci-pg@postgres:5432/afterview' <<<"$out" \
   || { echo "check-compose: database URL not rendered" >&2; exit 1; }
-grep -q -- '--basic-auth=ci:ci-flower' <<<"$out" \
+grep -q 'FLOWER_BASIC_AUTH: ci:ci-flower' <<<"$out" \
   || { echo "check-compose: Flower without a login" >&2; exit 1; }
-# Published on loopback only (the API behind its TLS proxy, Flower through a tunnel): a port
-# renders as `- HOST_IP:PUBLISHED:TARGET/tcp`; one on every interface as `- published: N`.
-if grep -E '^\s+- (published: |"?[0-9]+:[0-9]+|"?0\.0\.0\.0:)' <<<"$out"; then
-  echo "check-compose: a port published on every interface" >&2; exit 1
+# Published on loopback only (the API behind its TLS proxy, Flower through a tunnel): every
+# item under a `ports:` key must render as `- 127.0.0.1:PUBLISHED:TARGET/...` (anything else,
+# `- published: N`, `- target: N`, `- ::N:N`, a long form, is on every interface).
+open_ports="$(awk '
+  /^    ports:$/ { in_ports = 1; next }
+  in_ports && /^    - / { if ($0 !~ /^    - 127\.0\.0\.1:/) print; next }
+  in_ports && /^      / { next }
+  { in_ports = 0 }' <<<"$out")"
+if [ -n "$open_ports" ]; then
+  echo "check-compose: a port published on every interface: $open_ports" >&2; exit 1
 fi
 unset FLOWER_BASIC_AUTH
 if docker-compose -f docker-compose.yml --env-file "$empty" config -q 2>/dev/null; then

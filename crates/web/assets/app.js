@@ -20,7 +20,7 @@ const state = {
   objectUrls: [],
   resultUrls: [], // the shown result's pictures, let go when the next result is shown
   resultSeq: 0, // bumped for each result shown and each photo let go: a late one is dropped
-  reporting: false, // a report's request is on its way: one at a time
+  reporting: false, // the photo generation whose report's request is on its way: one at a time
   task: null, // {id, socket}
   photoGen: 0, // bumped each time the shown photo is let go: late answers for an older one are dropped
   uploading: false,
@@ -439,6 +439,9 @@ function resetPhoto() {
   state.face = null;
   state.result = null;
   $("report-form").reset();
+  // A report still on its way for the photo let go does not hold the next photo's.
+  state.reporting = false;
+  $("report-form").querySelector('button[type="submit"]').disabled = false;
   $("face-caption").textContent = "";
   $("photo-view").hidden = true;
   $("photo-actions").hidden = true;
@@ -786,24 +789,19 @@ function crop(box, imgs, win) {
 /// result's pictures are let go once these are on screen.
 async function showResult(result, single) {
   const seq = ++state.resultSeq;
-  state.result = result;
   const paths = single
     ? [result.before_image_url, result.after_image_url]
     : [result.before_image_url, ...result.items.map((it) => it.after_image_url)];
-  const urls = [];
-  try {
-    await Promise.all(paths.map(async (p, i) => {
-      urls[i] = URL.createObjectURL(await fileBlob(p));
-    }));
-  } catch (e) {
-    urls.forEach((u) => u && URL.revokeObjectURL(u));
-    if (seq === state.resultSeq) throw e;
+  const got = await Promise.allSettled(paths.map((p) => fileBlob(p)));
+  const failed = got.find((g) => g.status === "rejected");
+  if (failed || seq !== state.resultSeq) {
+    if (failed && seq === state.resultSeq) throw failed.reason;
     return;
   }
-  if (seq !== state.resultSeq) {
-    urls.forEach((u) => URL.revokeObjectURL(u));
-    return;
-  }
+  const urls = got.map((g) => URL.createObjectURL(g.value));
+  // Only now is it the result shown (a report or cost breakdown asked for meanwhile is the
+  // previous one's, still on screen).
+  state.result = result;
   const previous = state.resultUrls;
   state.resultUrls = urls;
   // Zoomed to the face (a small face in a large photo would be a few pixels on a phone);
@@ -943,13 +941,14 @@ function sliderEvents() {
 async function showCosts() {
   const ids = state.result && (state.result.procedure_ids || [state.result.procedure_id]);
   if (!ids) return;
-  const gen = state.photoGen;
+  // The result it is for: another result or photo shown meanwhile does not get it.
+  const seq = state.resultSeq;
   await guard(async () => {
     $("costs").disabled = true;
     try {
       const ex = await api("POST", "/api/exports/cost-infographic", { procedure_ids: ids, format: "png" });
       const src = await fileUrl(ex.download_url);
-      if (!stillShowing(gen)) return;
+      if (seq !== state.resultSeq) return;
       $("infographic").src = src;
       $("infographic").hidden = false;
       $("infographic-full").href = $("infographic").src;
@@ -963,7 +962,7 @@ async function showCosts() {
 async function createReport(ev) {
   ev.preventDefault();
   // One report at a time: a double click or a second Enter would make a second one.
-  if (!state.result || state.reporting) return;
+  if (!state.result || state.reporting === state.photoGen) return;
   const submit = $("report-form").querySelector('button[type="submit"]');
   const f = new FormData($("report-form"));
   const patient = {};
@@ -971,8 +970,9 @@ async function createReport(ev) {
     const v = String(f.get(k) || "").trim();
     if (v) patient[k] = v;
   }
+  const seq = state.resultSeq;
   const gen = state.photoGen;
-  state.reporting = true;
+  state.reporting = gen;
   if (submit) submit.disabled = true;
   await guard(async () => {
     $("report-status").textContent = "Creating the report…";
@@ -983,8 +983,8 @@ async function createReport(ev) {
       utc_offset_minutes: -new Date().getTimezoneOffset(),
     });
     const href = await fileUrl(ex.download_url);
-    // Another patient's photo opened meanwhile: this report is not theirs to be offered.
-    if (!stillShowing(gen)) return;
+    // Another result, or another patient's photo, shown meanwhile: the report is not theirs.
+    if (seq !== state.resultSeq) return;
     const link = $("report-link");
     link.href = href;
     link.download = `afterview-report-${shortId(ex.id)}.pdf`;
@@ -992,6 +992,7 @@ async function createReport(ev) {
     $("report-status").textContent = "The report is ready.";
     link.focus();
   }).finally(() => {
+    if (state.reporting !== gen) return; // the photo (or the session) changed meanwhile
     state.reporting = false;
     if (submit) submit.disabled = false;
     if ($("report-link").hidden) $("report-status").textContent = "";

@@ -453,7 +453,13 @@ async fn store_outages_answer_503_and_heal_by_themselves() {
         .next()
         .unwrap()
         .to_owned();
-    let pg = Cuttable::start(host_port.clone()).await;
+    // The proxy needs the port, PostgreSQL's default when the URL leaves it out.
+    let target = if host_port.contains(':') {
+        host_port.clone()
+    } else {
+        format!("{host_port}:5432")
+    };
+    let pg = Cuttable::start(target).await;
     let s3p = Cuttable::start(format!("127.0.0.1:{}", s3.port)).await;
     let pg_url = db
         .url()

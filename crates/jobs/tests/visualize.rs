@@ -925,6 +925,16 @@ struct CancelDuringGet {
     puts: std::sync::Mutex<Vec<String>>,
 }
 
+impl CancelDuringGet {
+    /// Revokes task `id`, when one is given, then waits `wait`.
+    async fn revoke(&self, id: Option<String>, terminate: bool, wait: Duration) {
+        let Some(id) = id else { return };
+        let client = self.client.get().expect("the client");
+        client.revoke(&id, terminate).await.expect("revoke");
+        tokio::time::sleep(wait).await;
+    }
+}
+
 /// A harness whose blob store is a [`CancelDuringGet`] given the harness's client.
 async fn cancel_harness() -> (Harness, Arc<CancelDuringGet>) {
     let hook = Arc::new(std::sync::OnceLock::<Arc<CancelDuringGet>>::new());
@@ -952,42 +962,22 @@ async fn cancel_harness() -> (Harness, Arc<CancelDuringGet>) {
 #[async_trait::async_trait]
 impl BlobStore for CancelDuringGet {
     async fn put(&self, key: &str, bytes: bytes::Bytes) -> Result<(), afterview_store::StoreError> {
-        let kill = if key.starts_with("visualizations/") {
-            self.kill_on_put.lock().unwrap().take()
-        } else {
-            None
-        };
-        if let Some(id) = kill {
-            let client = self.client.get().expect("the client");
-            client.revoke(&id, true).await.expect("revoke");
-            // A slow store: the run is stopped before this write ends.
-            tokio::time::sleep(Duration::from_secs(3)).await;
-        }
-        let cancel = if key.starts_with("visualizations/") {
+        if key.starts_with("visualizations/") {
             self.puts.lock().unwrap().push(key.to_owned());
-            self.cancel_on_put.lock().unwrap().take()
-        } else {
-            None
-        };
-        if let Some(id) = cancel {
-            let client = self.client.get().expect("the client");
-            client.revoke(&id, false).await.expect("revoke");
+            // A slow store: the run is stopped before this write ends.
+            let kill = self.kill_on_put.lock().unwrap().take();
+            self.revoke(kill, true, Duration::from_secs(3)).await;
             // The run sees the cancellation once this write is done.
-            tokio::time::sleep(Duration::from_millis(300)).await;
+            let cancel = self.cancel_on_put.lock().unwrap().take();
+            self.revoke(cancel, false, Duration::from_millis(300)).await;
         }
         self.inner.put(key, bytes).await
     }
     async fn get(&self, key: &str) -> Result<Option<bytes::Bytes>, afterview_store::StoreError> {
-        let task = if key.starts_with("visualizations/") {
-            self.task.lock().unwrap().take()
-        } else {
-            None
-        };
-        if let Some(id) = task {
-            let client = self.client.get().expect("the client");
-            client.revoke(&id, false).await.expect("revoke");
+        if key.starts_with("visualizations/") {
             // The run sees the cancellation (the revocation reaches the worker).
-            tokio::time::sleep(Duration::from_millis(300)).await;
+            let task = self.task.lock().unwrap().take();
+            self.revoke(task, false, Duration::from_millis(300)).await;
         }
         self.inner.get(key).await
     }

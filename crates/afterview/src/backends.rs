@@ -106,16 +106,19 @@ async fn open_redis(s: &Settings, broker_url: &str, task_events: bool) -> anyhow
             }),
         ..RedisOptions::default()
     };
-    let b = Arc::new(
-        RedisBackend::open(broker_url, result_url, opts)
-            .await
-            .with_context(|| {
-                format!(
-                    "cannot open the Redis broker {}",
-                    afterview_engine_redis::redact(broker_url)
-                )
-            })?,
-    );
+    let shown = afterview_engine_redis::redact(broker_url);
+    let b = match RedisBackend::open(broker_url, result_url, opts).await {
+        Ok(b) => Arc::new(b),
+        // The URLs or TLS files themselves: the configuration, not an outage.
+        Err(e @ afterview_engine::backend::BackendError::Invalid(_)) => {
+            usage!("cannot open the Redis broker {shown}: {e}")
+        }
+        Err(e) => {
+            return Err(
+                anyhow::Error::new(e).context(format!("cannot open the Redis broker {shown}"))
+            );
+        }
+    };
     Ok(Backends {
         description: b.description().to_owned(),
         broker: b.clone(),

@@ -37,7 +37,9 @@ fn worker_config(a: &WorkerArgs) -> anyhow::Result<WorkerConfig> {
         usage!("no queues to consume: give -Q with at least one queue");
     }
     for q in &queues {
-        validate_queue(q)?;
+        if let Err(e) = validate_queue(q) {
+            usage!("{e}");
+        }
     }
     let concurrency = a.concurrency.unwrap_or(d.concurrency);
     if concurrency == 0 || concurrency > 10_000 {
@@ -316,11 +318,13 @@ fn build_auth(
         );
     }
     let spec = match &a.auth_tokens_file {
-        Some(p) => std::fs::read_to_string(p)
-            .with_context(|| format!("cannot read {}", p.display()))?
-            .lines()
-            .collect::<Vec<_>>()
-            .join(","),
+        Some(p) => match std::fs::read_to_string(p) {
+            Ok(text) => text,
+            Err(e) => usage!("cannot read the tokens file {}: {e}", p.display()),
+        }
+        .lines()
+        .collect::<Vec<_>>()
+        .join(","),
         None => std::env::var("AFTERVIEW_AUTH_TOKENS").unwrap_or_default(),
     };
     let mut auth = Auth {
@@ -613,7 +617,9 @@ pub async fn revoke(s: Settings, a: RevokeArgs) -> anyhow::Result<ExitCode> {
 pub async fn purge(s: Settings, a: PurgeArgs) -> anyhow::Result<ExitCode> {
     let queues = a.queues.unwrap_or_else(crate::all_queues);
     for q in &queues {
-        validate_queue(q)?;
+        if let Err(e) = validate_queue(q) {
+            usage!("{e}");
+        }
     }
     let b = backends::open(&s).await?;
     let n = client(&b).purge(&queues).await?;

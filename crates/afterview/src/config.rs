@@ -377,8 +377,10 @@ fn gemini_key(file: Option<&PathBuf>) -> anyhow::Result<Option<String>> {
         );
     }
     if let Some(p) = file {
-        let k = std::fs::read_to_string(p)
-            .with_context(|| format!("cannot read the Gemini key file {}", p.display()))?;
+        let k = match std::fs::read_to_string(p) {
+            Ok(k) => k,
+            Err(e) => usage!("cannot read the Gemini key file {}: {e}", p.display()),
+        };
         let k = k.trim().to_owned();
         if k.is_empty() {
             usage!("the Gemini key file {} is empty", p.display());

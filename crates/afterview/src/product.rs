@@ -57,6 +57,16 @@ pub async fn open_metadata(s: &Settings) -> anyhow::Result<(Arc<dyn MetadataStor
 
 /// Opens the blob store the settings name.
 pub fn open_blobs(s: &Settings) -> anyhow::Result<(Arc<dyn BlobStore>, String)> {
+    if let Some(url) = s.storage_url.as_deref()
+        && url.contains("://")
+        && !url.starts_with("file://")
+        && !url.starts_with("s3://")
+    {
+        usage!(
+            "unknown storage URL {}: use file://path, a path, or s3://bucket[/prefix]",
+            redact(url)
+        );
+    }
     let b = match s.storage_url.as_deref() {
         None => ObjectBlobStore::local_with(&s.data_dir.join("blobs"), s.sqlite_synchronous_full),
         Some(url) => ObjectBlobStore::from_url_with(url, s.sqlite_synchronous_full),
@@ -101,9 +111,14 @@ impl Product {
         let (blobs, bd) = open_blobs(s)?;
         let catalog = match &p.catalog {
             Some(p) => {
-                let text = std::fs::read_to_string(p)
-                    .with_context(|| format!("cannot read the catalog {}", p.display()))?;
-                Catalog::from_json(&text).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?
+                let text = match std::fs::read_to_string(p) {
+                    Ok(text) => text,
+                    Err(e) => usage!("cannot read the catalog {}: {e}", p.display()),
+                };
+                match Catalog::from_json(&text) {
+                    Ok(c) => c,
+                    Err(e) => usage!("the catalog {}: {e}", p.display()),
+                }
             }
             None => Catalog::builtin(),
         };

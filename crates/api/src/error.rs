@@ -64,7 +64,7 @@ pub const API_CODES: &[(&str, &str)] = &[
     ),
     (
         "busy",
-        "Too many photos are being decoded at once; retry after `Retry-After` seconds.",
+        "Too many photos are being received or decoded at once; retry after `Retry-After` seconds.",
     ),
     ("internal_error", "An unexpected error."),
     (
@@ -141,6 +141,11 @@ impl ApiError {
     /// 401.
     pub fn unauthorized(code: &str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::UNAUTHORIZED, code, message)
+    }
+
+    /// 500: something the server holds is wrong (not the request, not a passing outage).
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", message)
     }
 
     /// 503 with `Retry-After`.

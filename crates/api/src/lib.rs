@@ -32,7 +32,7 @@ use afterview_store::{BlobStore, MetadataStore};
 use axum::Router;
 use axum::extract::{FromRequestParts, MatchedPath, Request, State};
 use axum::http::request::Parts;
-use axum::http::{HeaderValue, Method, header};
+use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::Response;
 use serde_json::json;
@@ -94,6 +94,10 @@ pub struct Inner {
     /// Photo decodes allowed at once: each holds up to ~3 bytes per pixel (120 MB at the 40 MP
     /// limit), so uploads beyond this wait (then 503 + Retry-After) instead of adding up.
     pub decodes: Arc<tokio::sync::Semaphore>,
+    /// Uploads whose bytes are being received or held at once ([`UPLOADS_PER_DECODE`] per
+    /// decode slot): each holds up to `--max-upload-bytes` before it reaches a decode slot, so
+    /// beyond this an upload is answered 503 `busy` (with `Retry-After`) before its body is read.
+    pub uploads: Arc<tokio::sync::Semaphore>,
     /// `/metrics`' queue counts, read at most once a second by one request at a time: the
     /// count reads every scheduled and held message in the broker (on Redis one script that
     /// blocks the server meanwhile), and `/metrics` is open by default.
@@ -135,8 +139,23 @@ pub fn decode_slots() -> usize {
     std::thread::available_parallelism().map_or(2, |n| n.get().clamp(1, 4))
 }
 
+/// Uploads received or held at once per decode slot (see [`Inner::uploads`]).
+pub const UPLOADS_PER_DECODE: usize = 4;
+
 /// How long an upload waits for a decode slot before it is answered 503.
 pub const DECODE_WAIT: Duration = Duration::from_secs(20);
+
+/// One of the photo decode slots ([`decode_slots`]), waited for at most [`DECODE_WAIT`]:
+/// `503 busy` (with `Retry-After`) when they stay taken, or when the server is closing.
+pub(crate) async fn decode_slot(
+    st: &AppState,
+) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
+    let busy = |m: &str| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "busy", m);
+    tokio::time::timeout(DECODE_WAIT, st.decodes.clone().acquire_owned())
+        .await
+        .map_err(|_| busy("too many pictures are being processed; retry shortly"))?
+        .map_err(|_| busy("shutting down"))
+}
 
 impl Inner {
     /// Assembles the state.
@@ -163,6 +182,9 @@ impl Inner {
             submit_locks: Mutex::default(),
             frames: routes::tasks::FrameMemo::default(),
             decodes: Arc::new(tokio::sync::Semaphore::new(decode_slots())),
+            uploads: Arc::new(tokio::sync::Semaphore::new(
+                decode_slots() * UPLOADS_PER_DECODE,
+            )),
             sockets: Mutex::default(),
             closing: tokio_util::sync::CancellationToken::new(),
             presign: None,
@@ -288,6 +310,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/images/{id}"),
     ("DELETE", "/api/images/{id}"),
     ("GET", "/api/images/{id}/content"),
+    ("GET", "/api/images/{id}/thumbnail"),
     ("GET", "/api/images/{id}/face"),
     ("GET", "/api/procedures"),
     ("GET", "/api/procedures/{id}"),
@@ -297,6 +320,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/visualizations/{id}"),
     ("DELETE", "/api/visualizations/{id}"),
     ("GET", "/api/visualizations/{id}/image"),
+    ("GET", "/api/visualizations/{id}/thumbnail"),
     ("POST", "/api/exports"),
     ("POST", "/api/exports/cost-infographic"),
     ("GET", "/api/exports"),

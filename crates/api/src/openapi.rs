@@ -75,6 +75,14 @@ const OPS: &[Op] = &[
     },
     Op {
         method: "GET",
+        path: "/api/images/{id}/thumbnail",
+        summary: "The photo's small copy for lists: JPEG, at most 256 pixels a side.",
+        body: None,
+        ok: ("200", "jpeg"),
+        query: &[],
+    },
+    Op {
+        method: "GET",
         path: "/api/procedures",
         summary: "The procedure catalog with cost breakdowns.",
         body: None,
@@ -136,6 +144,14 @@ const OPS: &[Op] = &[
         body: None,
         ok: ("200", "png"),
         query: DOWNLOAD,
+    },
+    Op {
+        method: "GET",
+        path: "/api/visualizations/{id}/thumbnail",
+        summary: "The picture's small copy for lists: JPEG, at most 256 pixels a side.",
+        body: None,
+        ok: ("200", "jpeg"),
+        query: &[],
     },
     Op {
         method: "POST",
@@ -313,7 +329,7 @@ fn schemas() -> Value {
         "Error": obj(json!({"error": obj(json!({"code": {"type": "string"}, "message": {"type": "string"}}), &["code", "message"])}), &["error"]),
         "Accepted": obj(json!({"task_id": {"type": "string"}, "status": {"const": "processing"}, "status_url": {"type": "string"}, "websocket_url": {"type": "string"}}), &["task_id", "status", "status_url", "websocket_url"]),
         "Upload": obj(json!({"file": {"type": "string", "format": "binary"}}), &["file"]),
-        "Image": obj(json!({"id": {"type": "string"}, "url": {"type": "string"}, "width": {"type": "integer"}, "height": {"type": "integer"}, "size_bytes": {"type": "integer"}, "source_format": {"type": "string"}, "created_at": {"type": "string", "format": "date-time"}}), &["id", "url", "width", "height", "created_at"]),
+        "Image": obj(json!({"id": {"type": "string"}, "url": {"type": "string"}, "thumbnail_url": {"type": "string"}, "width": {"type": "integer"}, "height": {"type": "integer"}, "size_bytes": {"type": "integer"}, "source_format": {"type": "string"}, "created_at": {"type": "string", "format": "date-time"}}), &["id", "url", "width", "height", "created_at"]),
         "ImageList": obj(json!({"items": {"type": "array", "items": {"$ref": "#/components/schemas/Image"}}, "next_offset": {"type": ["integer", "null"]}}), &["items"]),
         "List": obj(json!({"items": {"type": "array", "items": {"type": "object"}}, "next_offset": {"type": ["integer", "null"]}}), &["items"]),
         "Procedure": obj(json!({"id": {"type": "string"}, "name": {"type": "string"}, "category": {"type": "string"}, "description": {"type": "string"}, "recovery": {"type": "object"}, "risks": {"type": "array", "items": {"type": "string"}}, "costs": {"type": "object", "description": "surgeon, anesthesia, facility, other, total: {low, high}; currency"}, "cost_source": {"type": "string"}}), &["id", "name", "costs"]),
@@ -321,9 +337,9 @@ fn schemas() -> Value {
         "PreviewOptions": obj(json!({"intensity": {"enum": ["subtle", "moderate", "pronounced"]}, "engine": {"enum": ["local", "gemini"]}, "control_points": {"type": "object", "description": "right_eye, left_eye, nose_tip, mouth_right, mouth_left, chin?: [x, y] in pixels (the subject's left/right)"}}), &[]),
         "CreateVisualization": obj(json!({"image_id": {"type": "string"}, "procedure_id": {"type": "string"}, "options": {"$ref": "#/components/schemas/PreviewOptions"}}), &["image_id", "procedure_id"]),
         "CreateComparison": obj(json!({"image_id": {"type": "string"}, "procedure_ids": {"type": "array", "items": {"type": "string"}, "minItems": 2, "maxItems": 4}, "options": {"$ref": "#/components/schemas/PreviewOptions"}}), &["image_id", "procedure_ids"]),
-        "Visualization": obj(json!({"id": {"type": "string"}, "image_id": {"type": "string"}, "procedure_id": {"type": "string"}, "engine": {"type": "string"}, "intensity": {"type": "string"}, "before_image_url": {"type": "string"}, "after_image_url": {"type": "string"}, "generated_at": {"type": "string"}}), &["id", "before_image_url", "after_image_url", "generated_at"]),
+        "Visualization": obj(json!({"id": {"type": "string"}, "image_id": {"type": "string"}, "procedure_id": {"type": "string"}, "engine": {"type": "string"}, "intensity": {"type": "string"}, "before_image_url": {"type": "string"}, "after_image_url": {"type": "string"}, "generated_at": {"type": "string"}, "thumbnail_url": {"type": "string", "description": "in lists and GET by id: the picture's small copy"}}), &["id", "before_image_url", "after_image_url", "generated_at"]),
         "VisualizationOrComparison": {"anyOf": [{"$ref": "#/components/schemas/Visualization"}, {"$ref": "#/components/schemas/Comparison"}]},
-        "Comparison": obj(json!({"id": {"type": "string"}, "items": {"type": "array", "items": {"$ref": "#/components/schemas/Visualization"}}, "comparison_image_url": {"type": "string"}, "before_image_url": {"type": "string"}, "generated_at": {"type": "string"}}), &["id", "items", "comparison_image_url"]),
+        "Comparison": obj(json!({"id": {"type": "string"}, "items": {"type": "array", "items": {"$ref": "#/components/schemas/Visualization"}}, "comparison_image_url": {"type": "string"}, "before_image_url": {"type": "string"}, "generated_at": {"type": "string"}, "thumbnail_url": {"type": "string", "description": "in lists and GET by id: the composite's small copy"}}), &["id", "items", "comparison_image_url"]),
         "CreateExport": obj(json!({"visualization_ids": {"type": "array", "items": {"type": "string"}}, "format": {"const": "pdf"}, "include_costs": {"type": "boolean"}, "paper": {"enum": ["letter", "a4"]}, "utc_offset_minutes": {"type": "integer", "minimum": -720, "maximum": 840, "description": "the clinic's offset from UTC, for the report's date (UTC's day when absent)"}, "patient": {"type": "object", "description": "name, date_of_birth, clinic, surgeon, notes (all optional)"}}), &["visualization_ids"]),
         "CreateInfographic": obj(json!({"procedure_ids": {"type": "array", "items": {"type": "string"}}, "format": {"enum": ["png", "svg"]}, "colors": {"type": "array", "items": {"type": "string"}, "description": "four #rrggbb colors: surgeon, anesthesia, facility, other"}}), &["procedure_ids"]),
         "Export": obj(json!({"id": {"type": "string"}, "format": {"type": "string"}, "download_url": {"type": "string"}, "created_at": {"type": "string"}}), &["id", "format", "download_url", "created_at"]),
@@ -373,6 +389,7 @@ pub fn document() -> Value {
         let ok = match schema {
             "" => json!({"description": "OK"}),
             "png" => json!({"description": "PNG", "content": {"image/png": {}}}),
+            "jpeg" => json!({"description": "JPEG", "content": {"image/jpeg": {}}}),
             "file" => {
                 json!({"description": "the file", "content": {"application/pdf": {}, "image/png": {}, "image/svg+xml": {}}})
             }

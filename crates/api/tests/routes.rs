@@ -1144,3 +1144,187 @@ async fn metrics_read_the_queue_counts_at_most_once_a_second() {
     tokio::time::sleep(Duration::from_millis(1100)).await;
     assert_eq!(ready(&app).await, 1, "counted again after the second");
 }
+
+/// `(status, JSON body)` of a photo upload as alice; a 503 must carry `Retry-After`.
+async fn upload(app: &App) -> (StatusCode, Value) {
+    let r = app
+        .router
+        .clone()
+        .oneshot(upload_request(None))
+        .await
+        .unwrap();
+    let status = r.status();
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        assert!(r.headers().get("retry-after").is_some());
+    }
+    let bytes = axum::body::to_bytes(r.into_body(), 1 << 20).await.unwrap();
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
+}
+
+/// `(status, content type, bytes)` of a GET as `token`'s user.
+async fn get_bytes(app: &App, uri: &str, token: &str) -> (StatusCode, String, bytes::Bytes) {
+    let req = Request::get(uri)
+        .header("authorization", format!("Bearer {token}"))
+        .body(Body::empty())
+        .unwrap();
+    let r = app.router.clone().oneshot(req).await.unwrap();
+    let ct = r
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    let status = r.status();
+    (
+        status,
+        ct,
+        axum::body::to_bytes(r.into_body(), 1 << 26).await.unwrap(),
+    )
+}
+
+/// Polls until blob `key` is stored (`true`) or gone (`false`).
+async fn blob_becomes(app: &App, key: &str, stored: bool) {
+    use afterview_store::BlobStore;
+    for _ in 0..200 {
+        if app.blobs.get(key).await.unwrap().is_some() == stored {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!(
+        "{key} never became {}",
+        if stored { "stored" } else { "gone" }
+    );
+}
+
+/// A picture's small copy for lists: the photo's, stored at upload; a visualization's (or an
+/// older photo's), made on its first request and stored; only its owner's; and gone with its
+/// picture, also when the picture is deleted as part of its photo.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pictures_have_small_copies_that_go_with_them() {
+    use afterview_store::{BlobStore, MetadataStore, thumbnail_key};
+    let app = app();
+    let alice = "alice-token-0123456789";
+    let (status, photo) = upload(&app).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let id = photo["id"].as_str().unwrap().to_owned();
+    let url = photo["thumbnail_url"].as_str().unwrap().to_owned();
+    assert_eq!(url, format!("/api/images/{id}/thumbnail"));
+    let photo_thumb = thumbnail_key(&afterview_store::image_key(&id)).unwrap();
+    assert!(
+        app.blobs.get(&photo_thumb).await.unwrap().is_some(),
+        "stored at upload"
+    );
+    let (status, ct, bytes) = get_bytes(&app, &url, alice).await;
+    assert_eq!((status, ct.as_str()), (StatusCode::OK, "image/jpeg"));
+    let small = image::load_from_memory(&bytes).unwrap();
+    let (w, h) = (
+        photo["width"].as_u64().unwrap(),
+        photo["height"].as_u64().unwrap(),
+    );
+    assert_eq!(u64::from(small.width().max(small.height())), 256);
+    let aspect = |a: u64, b: u64| a as f64 / b as f64;
+    assert!((aspect(w, h) - aspect(small.width().into(), small.height().into())).abs() < 0.01);
+    assert!(bytes.len() < 40_000, "{} bytes", bytes.len());
+    for (uri, token) in [
+        (url.as_str(), "bob-token-0123456789ab"),
+        (
+            "/api/images/0123456789abcdef0123456789abcdef/thumbnail",
+            alice,
+        ),
+        (
+            "/api/visualizations/0123456789abcdef0123456789abcdef/thumbnail",
+            alice,
+        ),
+    ] {
+        assert_eq!(
+            get_bytes(&app, uri, token).await.0,
+            StatusCode::NOT_FOUND,
+            "{uri}"
+        );
+    }
+    // A photo stored before there were small copies gets one on its first request.
+    app.blobs.delete(&photo_thumb).await.unwrap();
+    let again = get_bytes(&app, &url, alice).await;
+    assert_eq!((again.0, again.1.as_str()), (StatusCode::OK, "image/jpeg"));
+    blob_becomes(&app, &photo_thumb, true).await;
+    // A visualization of the photo (its picture is the photo itself here).
+    let viz = afterview_core::ids::new_id();
+    let viz_key = afterview_store::visualization_key(&viz);
+    let full = get_bytes(&app, &format!("/api/images/{id}/content"), alice)
+        .await
+        .2;
+    app.blobs.put(&viz_key, full).await.unwrap();
+    app.meta
+        .insert_visualization(&afterview_store::VisualizationRecord {
+            id: viz.clone(),
+            owner: "alice".into(),
+            image_id: id.clone(),
+            kind: afterview_store::VisualizationKind::Single,
+            procedure_ids: vec!["rhinoplasty".into()],
+            engine: afterview_store::EngineKind::Local,
+            blob_key: viz_key.clone(),
+            result: json!({"id": viz, "image_id": id, "procedure_id": "rhinoplasty"}),
+            task_id: None,
+            created_at: chrono::Utc::now(),
+        })
+        .await
+        .unwrap();
+    let (_, list) = call(&app, "GET", "/api/visualizations", alice, Value::Null).await;
+    let viz_url = list["items"][0]["thumbnail_url"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(viz_url, format!("/api/visualizations/{viz}/thumbnail"));
+    let (status, ct, bytes) = get_bytes(&app, &viz_url, alice).await;
+    assert_eq!((status, ct.as_str()), (StatusCode::OK, "image/jpeg"));
+    let copy = image::load_from_memory(&bytes).unwrap();
+    assert_eq!(
+        (copy.width(), copy.height()),
+        (small.width(), small.height())
+    );
+    let viz_thumb = thumbnail_key(&viz_key).unwrap();
+    blob_becomes(&app, &viz_thumb, true).await;
+    assert_eq!(
+        get_bytes(&app, &viz_url, "bob-token-0123456789ab").await.0,
+        StatusCode::NOT_FOUND
+    );
+    // The photo deleted: its visualization goes with it, and every file of both.
+    let (status, _) = call(
+        &app,
+        "DELETE",
+        &format!("/api/images/{id}"),
+        alice,
+        Value::Null,
+    )
+    .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    for key in [
+        afterview_store::image_key(&id),
+        photo_thumb,
+        viz_key,
+        viz_thumb,
+    ] {
+        blob_becomes(&app, &key, false).await;
+    }
+}
+
+/// Uploads past the host's limit of uploads in flight are answered 503 `busy` with
+/// `Retry-After` at once (their bytes not read: each would hold up to 20 MB until its decode),
+/// and stored once the others are done.
+#[tokio::test]
+async fn uploads_past_the_hosts_limit_are_turned_away_before_their_bytes() {
+    let gate = Arc::new(tokio::sync::Semaphore::new(1));
+    let shared = gate.clone();
+    let app = app_with(move |i| i.uploads = shared);
+    let receiving = gate.clone().acquire_owned().await.unwrap();
+    let (status, body) = upload(&app).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(body["error"]["code"], "busy", "{body}");
+    assert_eq!(alice_photos(&app).await, 0);
+    drop(receiving);
+    assert_eq!(upload(&app).await.0, StatusCode::CREATED);
+    assert_eq!(gate.available_permits(), 1, "given back");
+}

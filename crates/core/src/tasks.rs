@@ -188,7 +188,7 @@ pub struct DeleteFiles {
 }
 
 /// Key prefixes of the files a [`DELETE_FILES`] task may remove.
-pub const FILE_PREFIXES: &[&str] = &["images/", "visualizations/", "exports/"];
+pub const FILE_PREFIXES: &[&str] = &["images/", "visualizations/", "exports/", "thumbnails/"];
 
 /// Checks a comparison's procedure list: 2-4 distinct ids (the API answers 400 with this
 /// message before sending the task; the task checks the same for Celery producers).
@@ -270,6 +270,16 @@ pub fn image_url(image_id: &str) -> String {
 /// URL of a visualization's picture (the after image, or a comparison's composite).
 pub fn visualization_image_url(viz_id: &str) -> String {
     format!("/api/visualizations/{viz_id}/image")
+}
+
+/// URL of a photo's small copy (a JPEG of at most 256 pixels a side, for lists).
+pub fn image_thumbnail_url(image_id: &str) -> String {
+    format!("/api/images/{image_id}/thumbnail")
+}
+
+/// URL of a visualization picture's small copy.
+pub fn visualization_thumbnail_url(viz_id: &str) -> String {
+    format!("/api/visualizations/{viz_id}/thumbnail")
 }
 
 #[cfg(test)]

@@ -435,15 +435,26 @@ pub(crate) const REASON_MAX: usize = 1024;
 const NAME_MAX: usize = 255;
 
 impl Who {
-    /// The error reported against this task: its id only when it is one (a foreign message may
-    /// carry a 10 MB id, which must not become a result key), its name and the reason cut.
+    /// The error reported against this task: its id when it can be a result key (a foreign
+    /// message may carry a 10 MB id; an id Celery takes but we refuse, `"order 17"`, still
+    /// gets its FAILURE, or its caller's `get()` would wait for ever), its name and the reason
+    /// cut.
     fn fail(&self, reason: String) -> DecodeError {
         DecodeError {
-            task_id: self.id.clone().filter(|id| validate_task_id(id).is_ok()),
+            task_id: self.id.clone().filter(|id| reportable_id(id)),
             task_name: self.task.as_deref().map(|t| cut(t, NAME_MAX)),
             reason: cut(&reason, REASON_MAX),
         }
     }
+}
+
+/// The longest id a decode error is stored under (Celery takes any string; ours are 36).
+const REPORTED_ID_MAX: usize = 1024;
+
+/// Whether a refused message's id can name its FAILURE: not empty, at most
+/// [`REPORTED_ID_MAX`] bytes, no control characters (they would reach log lines).
+fn reportable_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= REPORTED_ID_MAX && !id.chars().any(char::is_control)
 }
 
 /// `s` cut at a character boundary within `max` bytes, marked when cut.
@@ -1107,6 +1118,15 @@ mod tests {
         );
         let err = TaskMessage::from_envelope(raw.as_bytes(), "q").unwrap_err();
         assert_eq!(err.task_id, None, "no result key of 1 MB");
+        // An id Celery takes and we refuse still names the refusal: its caller's get() ends.
+        for (id, kept) in [("order 17", true), ("ordre-été", true), ("a\\nb", false)] {
+            let raw = format!(
+                r#"{{"body": "[[], {{}}, {{}}]", "headers": {{"task": "t", "id": "{id}"}}, "properties": {{"delivery_tag": "x"}}}}"#
+            );
+            let err = TaskMessage::from_envelope(raw.as_bytes(), "q").unwrap_err();
+            assert!(err.reason.contains("task id"), "{id}: {}", err.reason);
+            assert_eq!(err.task_id.is_some(), kept, "{id}");
+        }
         // Cut at a character boundary.
         assert_eq!(super::cut("ééé", 3), "é… (4 more bytes)");
     }

@@ -122,19 +122,25 @@ async fn remove(d: &Deps, (kind, owner, id, key): Record<'_>) {
     delete_file(&*d.blobs, key).await;
 }
 
-/// Deletes file `key`, three times over about 3 s if it must: nothing else names the file any
-/// more. One that stays is logged by its key (a random id, nothing of the patient's).
+/// Deletes file `key` and its small copy (the API may have made one while the record was
+/// there), each three times over about 3 s if it must: nothing else names them any more. One
+/// that stays is logged by its key (a random id, nothing of the patient's).
 pub(crate) async fn delete_file(blobs: &dyn BlobStore, key: &str) {
-    let mut last = None;
-    for wait_ms in [0, 500, 2_500] {
-        tokio::time::sleep(std::time::Duration::from_millis(wait_ms)).await;
-        match blobs.delete(key).await {
-            Ok(()) => return,
-            Err(e) => last = Some(e),
+    for key in afterview_store::with_thumbnails(vec![key.to_owned()]) {
+        let mut last = None;
+        for wait_ms in [0, 500, 2_500] {
+            tokio::time::sleep(std::time::Duration::from_millis(wait_ms)).await;
+            match blobs.delete(&key).await {
+                Ok(()) => {
+                    last = None;
+                    break;
+                }
+                Err(e) => last = Some(e),
+            }
         }
-    }
-    if let Some(e) = last {
-        tracing::error!(key, error = %e, "A file no record names could not be deleted; delete it by hand.");
+        if let Some(e) = last {
+            tracing::error!(key, error = %e, "A file no record names could not be deleted; delete it by hand.");
+        }
     }
 }
 

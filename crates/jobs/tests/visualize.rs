@@ -876,7 +876,12 @@ async fn the_delete_files_task_removes_files_and_nothing_else() {
         "{opts:?}"
     );
     assert!(opts.time_limit > opts.soft_time_limit, "{opts:?}");
-    for k in ["images/a.png", "exports/b.pdf", "settings/keep.json"] {
+    for k in [
+        "images/a.png",
+        "thumbnails/images/a.jpg",
+        "exports/b.pdf",
+        "settings/keep.json",
+    ] {
         h.blobs.put(k, vec![1u8, 2, 3].into()).await.unwrap();
     }
     let send = |keys: Value| {
@@ -895,9 +900,21 @@ async fn the_delete_files_task_removes_files_and_nothing_else() {
             client.wait(&id, Duration::from_secs(20)).await.unwrap()
         }
     };
-    let done = send(json!(["images/a.png", "exports/b.pdf"])).await;
+    let done = send(json!([
+        "images/a.png",
+        "thumbnails/images/a.jpg",
+        "exports/b.pdf"
+    ]))
+    .await;
     assert_eq!(done.status, TaskState::Success, "{done:?}");
     assert!(h.blobs.get("images/a.png").await.unwrap().is_none());
+    assert!(
+        h.blobs
+            .get("thumbnails/images/a.jpg")
+            .await
+            .unwrap()
+            .is_none()
+    );
     assert!(h.blobs.get("exports/b.pdf").await.unwrap().is_none());
     for bad in [
         json!(["settings/keep.json"]),

@@ -288,7 +288,53 @@ pub fn visualization_key(id: &str) -> String {
     format!("visualizations/{id}.png")
 }
 
+/// The blob key of a picture's small copy (a JPEG: the API writes a photo's at upload and
+/// any other on its first request), for a photo's or a visualization's key; `None` for files
+/// that have none (exports). Whoever deletes a picture's file deletes this key too.
+pub fn thumbnail_key(blob_key: &str) -> Option<String> {
+    let stem = blob_key.strip_suffix(".png")?;
+    (stem.starts_with("images/") || stem.starts_with("visualizations/"))
+        .then(|| format!("thumbnails/{stem}.jpg"))
+}
+
+/// `keys` and, after each, its picture's small copy (see [`thumbnail_key`]).
+pub fn with_thumbnails(keys: Vec<String>) -> Vec<String> {
+    keys.into_iter()
+        .flat_map(|k| {
+            let thumb = thumbnail_key(&k);
+            std::iter::once(k).chain(thumb)
+        })
+        .collect()
+}
+
 /// The blob key of an export.
 pub fn export_key(id: &str, format: &str) -> String {
     format!("exports/{id}.{format}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pictures_have_thumbnail_keys_and_exports_none() {
+        assert_eq!(
+            thumbnail_key(&image_key("a1")).as_deref(),
+            Some("thumbnails/images/a1.jpg")
+        );
+        assert_eq!(
+            thumbnail_key(&visualization_key("b2")).as_deref(),
+            Some("thumbnails/visualizations/b2.jpg")
+        );
+        assert_eq!(thumbnail_key(&export_key("c3", "pdf")), None);
+        assert_eq!(thumbnail_key(&export_key("c3", "png")), None);
+        assert_eq!(
+            with_thumbnails(vec![image_key("a1"), export_key("c3", "pdf")]),
+            vec![
+                "images/a1.png".to_string(),
+                "thumbnails/images/a1.jpg".into(),
+                "exports/c3.pdf".into()
+            ]
+        );
+    }
 }

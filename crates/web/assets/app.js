@@ -114,7 +114,11 @@ async function api(method, path, body) {
 }
 
 async function apiOnce(method, path, body, key) {
+  const session = state.session;
   await freshToken();
+  // The session ended while its token was refreshed (another Google user took the browser's
+  // sign-in): nothing is sent without a token, and there is nothing more to say.
+  if (session !== state.session) throw new ApiError(0, "session_ended", "");
   const headers = {};
   if (state.token) headers.Authorization = `Bearer ${state.token}`;
   if (key) headers["Idempotency-Key"] = key;
@@ -157,16 +161,16 @@ async function fileUrl(path) {
   return url;
 }
 
-/// A picture's small copy (160 px wide, a JPEG data URL): the full-size bytes, 20 MB for a
-/// phone's photo, are let go as soon as it is drawn, not kept for as long as the page lives.
+/// A picture's small copy (the API's JPEG of at most 256 px a side, a few KB), as a data URL:
+/// nothing to revoke, however long the page lives.
 async function thumbnail(path) {
-  const bmp = await createImageBitmap(await fileBlob(path), { resizeWidth: 160, resizeQuality: "medium" });
-  const c = document.createElement("canvas");
-  c.width = bmp.width;
-  c.height = bmp.height;
-  c.getContext("2d").drawImage(bmp, 0, 0);
-  bmp.close();
-  return c.toDataURL("image/jpeg", 0.8);
+  const blob = await fileBlob(path);
+  return new Promise((resolve, reject) => {
+    const r = new FileReader();
+    r.onload = () => resolve(r.result);
+    r.onerror = () => reject(r.error);
+    r.readAsDataURL(blob);
+  });
 }
 
 /// A stored file's bytes, fetched with the token. Asks for the bytes: with presigned downloads
@@ -221,6 +225,7 @@ async function guard(fn) {
     clearToast();
     return await fn();
   } catch (e) {
+    if (e instanceof ApiError && e.code === "session_ended") return undefined;
     if (e instanceof ApiError && e.status === 401) {
       signOut("Your session has ended. Please sign in again.");
       return undefined;
@@ -280,10 +285,12 @@ async function signIn(token, via = "token") {
 }
 
 function signOut(message, keepGoogle = false) {
-  // Google's session too: else the next request would refresh the token again (not when
-  // that session is another tab's Google user).
+  // Google's session too: else the next request would refresh the token again. Only when it
+  // is this session's Google user: not another tab's (who signed in since), whoever asks.
   const fb = window.firebase;
-  if (!keepGoogle && fb && fb.apps && fb.apps.length) fb.auth().signOut().catch(() => {});
+  const uid = sessionStorage.getItem(UID_KEY);
+  const current = fb && fb.apps && fb.apps.length ? fb.auth().currentUser : null;
+  if (!keepGoogle && current && uid && current.uid === uid) fb.auth().signOut().catch(() => {});
   sessionStorage.removeItem(TOKEN_KEY);
   sessionStorage.removeItem(VIA_KEY);
   sessionStorage.removeItem(UID_KEY);
@@ -1069,7 +1076,7 @@ function renderImage(img) {
     navigate("/");
     resetPhoto();
     await openPhoto(img);
-  }, "Open"), img.url);
+  }, "Open"), img.thumbnail_url);
 }
 
 function renderViz(v) {
@@ -1097,7 +1104,7 @@ function renderViz(v) {
       if (face) state.face = { imageId: img.id, ...face };
     }
     await showResult(v, !comparison);
-  }, "Open"), comparison ? v.comparison_image_url : v.after_image_url);
+  }, "Open"), v.thumbnail_url);
 }
 
 function renderExport(e) {
@@ -1305,6 +1312,9 @@ async function start() {
   if (state.token) {
     const via = sessionStorage.getItem(VIA_KEY) || "token";
     if (state.config.firebase && via === "google") await resumeFirebase();
+    // Another Google user took the browser's sign-in meanwhile: the session ended, with its
+    // own message.
+    if (!state.token) return;
     const ok = await guard(async () => { await signIn(state.token, via); return true; });
     if (ok) return;
   }

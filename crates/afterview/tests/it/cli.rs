@@ -119,6 +119,32 @@ fn bad_arguments_are_named() {
             vec!["--redis-client-key", "k.pem", "result", "x"],
             "--redis-client-key needs --redis-client-cert",
         ),
+        // Configuration a service manager should not restart into (2, not 1).
+        (vec!["worker", "-Q", "no spaces"], "queue name"),
+        (vec!["purge", "-Q", "no spaces"], "queue name"),
+        (
+            vec![
+                "--broker",
+                "redis://:s3cret@127.0.0.1:1/0",
+                "--redis-ca-file",
+                "/nonexistent/ca.pem",
+                "result",
+                "x",
+            ],
+            "cannot read the Redis CA file",
+        ),
+        (
+            vec!["--storage", "ftp://u:s3cret@host/x", "migrate"],
+            "unknown storage URL",
+        ),
+        (
+            vec!["worker", "--catalog", "/nonexistent/catalog.json"],
+            "cannot read the catalog",
+        ),
+        (
+            vec!["worker", "--gemini-api-key-file", "/nonexistent/key"],
+            "cannot read the Gemini key file",
+        ),
     ] {
         let out = env.run(&args);
         let err = String::from_utf8_lossy(&out.stderr);

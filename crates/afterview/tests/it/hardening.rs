@@ -516,6 +516,12 @@ async fn deleting_a_photo_mid_task_leaves_nothing_of_it() {
         .map(|d| d.filter_map(Result::ok).map(|e| e.path()).collect())
         .unwrap_or_default();
     assert!(left.is_empty(), "photo files left: {left:?}");
+    for dir in ["blobs/thumbnails/images", "blobs/thumbnails/visualizations"] {
+        let left: Vec<_> = std::fs::read_dir(s.env.data().join(dir))
+            .map(|d| d.filter_map(Result::ok).map(|e| e.path()).collect())
+            .unwrap_or_default();
+        assert!(left.is_empty(), "small copies left in {dir}: {left:?}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -544,6 +550,21 @@ async fn visualizations_and_exports_have_their_own_delete() {
     .await;
     assert_eq!(st, 200, "{e}");
     let eid = e["id"].as_str().unwrap().to_owned();
+    // The preview's small copy, made on this first request and stored.
+    let thumb = s
+        .get(ALICE, &format!("/api/visualizations/{vid}/thumbnail"))
+        .await;
+    assert_eq!(thumb.status(), 200);
+    assert_eq!(thumb.headers()["content-type"], "image/jpeg");
+    let thumbs = s.env.data().join("blobs/thumbnails/visualizations");
+    let t0 = std::time::Instant::now();
+    while std::fs::read_dir(&thumbs).map_or(0, Iterator::count) == 0 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "the small copy is stored"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let delete = |token: &'static str, path: String| {
         let s = &s;
         async move {
@@ -577,7 +598,11 @@ async fn visualizations_and_exports_have_their_own_delete() {
         404
     );
     tokio::time::sleep(Duration::from_millis(300)).await;
-    for dir in ["blobs/visualizations", "blobs/exports"] {
+    for dir in [
+        "blobs/visualizations",
+        "blobs/exports",
+        "blobs/thumbnails/visualizations",
+    ] {
         let left: Vec<_> = std::fs::read_dir(s.env.data().join(dir))
             .map(|d| d.filter_map(Result::ok).map(|e| e.path()).collect())
             .unwrap_or_default();

@@ -214,16 +214,23 @@ def history(page, size):
             multipart={"file": {"name": f"p{i}.png", "mimeType": "image/png", "buffer": png}},
         )
         assert r.status == 201, r.text()
+    asked = []
+    listen = lambda r: asked.append(r.url)
+    page.on("request", listen)
     page.get_by_role("link", name="History").click()
     expect(page.get_by_role("heading", name="History")).to_be_visible()
     photos = page.locator("#h-images li")
     expect(photos).to_have_count(10)
-    # Each photo and preview shows a small picture of itself, a small copy (the full-size
-    # bytes are not kept by the page).
+    # Each photo and preview shows a small picture of itself: the server's small copy (256 px
+    # at most), never the full-size picture (a phone's photo is megabytes).
     thumb = photos.first.locator("img.thumb")
     expect(thumb).to_have_attribute("src", re.compile("^data:image/jpeg"))
     expect(page.locator("#h-visualizations li img.thumb").first).to_have_attribute("src", re.compile("^data:image/jpeg"))
-    page.wait_for_function("t => t.complete && t.naturalWidth === 160", arg=thumb.element_handle())
+    page.wait_for_function("t => t.complete && t.naturalWidth === 256", arg=thumb.element_handle())
+    page.remove_listener("request", listen)
+    assert any(u.split("?")[0].endswith("/thumbnail") for u in asked), asked
+    full = [u for u in asked if re.search(r"/(content|image)(\?|$)", u)]
+    assert not full, full
     page.get_by_role("button", name="More photos").click()
     expect(photos).to_have_count(14)
     expect(page.get_by_role("button", name="More photos")).to_be_hidden()
@@ -583,12 +590,12 @@ def switching_users(page):
 # What the page loads from gstatic for Google's sign-in, faked: a user the SDK restored after
 # a reload, whose fresh ID token is ALICE's (a static token the server accepts).
 FAKE_FIREBASE = """window.firebase = (() => {
-  const user = { uid: "alice-uid", getIdToken: async () => %s };
+  const user = { uid: %s, getIdToken: async () => %s };
   const auth = {
     currentUser: user,
     onAuthStateChanged(cb) { setTimeout(() => cb(user), 50); return () => {}; },
     onIdTokenChanged(cb) { window.fakeIdTokenChanged = cb; return () => {}; },
-    signOut: async () => {},
+    signOut: async () => { window.fakeSignOuts = (window.fakeSignOuts || 0) + 1; },
   };
   const authFn = () => auth;
   authFn.GoogleAuthProvider = function () {};
@@ -610,8 +617,11 @@ def google_session_resumed(page):
         route.fulfill(response=r, headers=headers)
 
     page.route(BASE + "/", firebase_policy)
+    # The browser's Google user (Firebase's stored sign-in, shared by its tabs).
+    google = {"uid": "alice-uid", "token": ALICE}
     page.route(re.compile(r"^https://www\.gstatic\.com/firebasejs/.*app-compat\.js$"),
-               lambda r: r.fulfill(body=FAKE_FIREBASE % repr(ALICE), content_type="text/javascript"))
+               lambda r: r.fulfill(body=FAKE_FIREBASE % (repr(google["uid"]), repr(google["token"])),
+                                   content_type="text/javascript"))
     page.route(re.compile(r"^https://www\.gstatic\.com/firebasejs/.*auth-compat\.js$"),
                lambda r: r.fulfill(body="", content_type="text/javascript"))
     page.goto(BASE + "/")
@@ -629,6 +639,18 @@ def google_session_resumed(page):
     expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
     expect(page.get_by_role("alert")).to_contain_text("another Google user")
     assert page.evaluate("sessionStorage.getItem('afterview.token')") is None
+    # Alice's session reloaded after Bob signed in with Google in another tab: it ends, with
+    # nothing sent without a token, and Bob stays signed in to Google.
+    google.update(uid="bob-uid", token=BOB)
+    page.evaluate("sessionStorage.setItem('afterview.token', 'expired-google-id-token-0123456789');"
+                  "sessionStorage.setItem('afterview.via', 'google');"
+                  "sessionStorage.setItem('afterview.uid', 'alice-uid')")
+    page.reload()
+    expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
+    expect(page.get_by_role("alert")).to_contain_text("another Google user")
+    page.wait_for_timeout(500)
+    assert page.evaluate("window.fakeSignOuts || 0") == 0, "Bob's Google sign-in is left alone"
+    expect(page.get_by_role("alert")).to_contain_text("another Google user")
     # A session begun with an access token stays that token's after a reload, whatever Google
     # user the browser keeps (a shared clinic computer): Bob is not made Alice.
     page.get_by_label("Access token").fill(BOB)

@@ -15,7 +15,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::{Value, json};
 
-use super::{DownloadQuery, ListQuery, delete_with_files, png_response, stored_file};
+use super::{
+    DownloadQuery, ListQuery, delete_with_files, png_response, stored_file, thumbnail_file,
+};
 use crate::error::ApiError;
 use crate::idempotency::{self, Sending, Sent};
 use crate::submit::submit;
@@ -25,6 +27,7 @@ pub(super) fn routes() -> Router<AppState> {
     Router::new()
         .route("/api/images/{id}", get(get_image).delete(delete_image))
         .route("/api/images/{id}/content", get(image_content))
+        .route("/api/images/{id}/thumbnail", get(image_thumbnail))
         .route("/api/images/{id}/face", get(image_face))
 }
 
@@ -32,6 +35,7 @@ fn image_view(r: &ImageRecord) -> Value {
     json!({
         "id": r.id,
         "url": tasks::image_url(&r.id),
+        "thumbnail_url": tasks::image_thumbnail_url(&r.id),
         "width": r.width,
         "height": r.height,
         "size_bytes": r.bytes,
@@ -47,6 +51,16 @@ pub(crate) async fn upload_image(
     headers: HeaderMap,
     mp: Multipart,
 ) -> Response {
+    // Bounded memory: each upload holds its bytes until its decode; past the limit the body is
+    // not read at all.
+    let Ok(_receiving) = st.uploads.clone().try_acquire_owned() else {
+        return ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "busy",
+            "too many photos are being received; retry shortly",
+        )
+        .into_response();
+    };
     let file = match file_field(mp, st.limits.max_bytes).await {
         Ok(f) => f,
         Err(e) => return e.into_response(),
@@ -122,11 +136,7 @@ async fn store_photo(
     check_quota(st, user).await?;
     // Bounded work: at most `decode_slots()` photos decode at once; the others wait, then get
     // 503 with Retry-After rather than exhaust memory.
-    let busy = |m: &str| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "busy", m);
-    let slot = tokio::time::timeout(crate::DECODE_WAIT, st.decodes.clone().acquire_owned())
-        .await
-        .map_err(|_| busy("too many photos are being processed; retry shortly"))?
-        .map_err(|_| busy("shutting down"))?;
+    let slot = crate::decode_slot(st).await?;
     let limits = st.limits;
     // The slot goes with the decode: a client that hangs up drops this handler, not the
     // blocking decode, which would otherwise run on beside the next request's.
@@ -165,7 +175,7 @@ async fn store_photo(
     let saved = tokio::spawn(async move {
         let stored = async {
             let turn = crate::submit::user_lock(&st2, &user2, "upload").await?;
-            let stored = store_checked(&st2, &user2, &rec, n.png).await;
+            let stored = store_checked(&st2, &user2, &rec, (n.png, n.thumbnail)).await;
             turn.release().await;
             stored
         }
@@ -185,30 +195,43 @@ async fn store_photo(
     })
 }
 
-/// The quota checked again, then the file and the record (the caller holds the user's
-/// `upload` lock); a record that fails takes its file back.
+/// The quota checked again, then the files (the photo and its small copy) and the record (the
+/// caller holds the user's `upload` lock); a record that fails takes its files back.
 async fn store_checked(
     st: &AppState,
     user: &User,
     rec: &ImageRecord,
-    png: Vec<u8>,
+    (png, thumbnail): (Vec<u8>, Vec<u8>),
 ) -> Result<(StatusCode, Value), ApiError> {
     check_quota(st, user).await?;
-    if let Err(e) = st.blobs.put(&rec.blob_key, Bytes::from(png)).await {
-        // A write that timed out may have been stored all the same: no record will ever name
-        // this key, so it goes now.
-        if let Err(d) = st.blobs.delete(&rec.blob_key).await {
-            tracing::warn!(error = %d, "A failed upload's file could not be removed.");
+    let keys = afterview_store::with_thumbnails(vec![rec.blob_key.clone()]);
+    for (key, bytes) in keys.iter().zip([png, thumbnail]) {
+        if let Err(e) = st.blobs.put(key, Bytes::from(bytes)).await {
+            // A write that timed out may have been stored all the same: no record will ever
+            // name these keys, so they go now.
+            remove_files(st, &keys, "A failed upload's file could not be removed.").await;
+            return Err(ApiError::from(e));
         }
-        return Err(ApiError::from(e));
     }
     if let Err(e) = st.meta.insert_image(rec).await {
-        if let Err(d) = st.blobs.delete(&rec.blob_key).await {
-            tracing::warn!(error = %d, "An upload's file could not be removed after its record failed.");
-        }
+        remove_files(
+            st,
+            &keys,
+            "An upload's file could not be removed after its record failed.",
+        )
+        .await;
         return Err(ApiError::from(e));
     }
     Ok((StatusCode::CREATED, image_view(rec)))
+}
+
+/// Deletes the files of an upload that was not stored, logging (`failed`) those that stay.
+async fn remove_files(st: &AppState, keys: &[String], failed: &str) {
+    for key in keys {
+        if let Err(d) = st.blobs.delete(key).await {
+            tracing::warn!(error = %d, "{failed}");
+        }
+    }
 }
 
 /// A multipart body that could not be read: 413 when it passed the size limit (axum says so
@@ -270,6 +293,21 @@ pub(crate) async fn image_content(
 ) -> Result<Response, ApiError> {
     let rec = owned_image(&st, &user, &id).await?;
     stored_file(&st, (&rec.blob_key, &q), "image content", png_response).await
+}
+
+/// `GET /api/images/{id}/thumbnail`: the photo's small copy (JPEG, stored at upload; made
+/// from the photo for one stored before there were any).
+pub(crate) async fn image_thumbnail(
+    State(st): State<AppState>,
+    user: User,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let rec = owned_image(&st, &user, &id).await?;
+    let meta = st.meta.clone();
+    thumbnail_file(&st, &rec.blob_key, "image content", move || async move {
+        Ok(meta.get_image(&user.0, &id).await?.is_some())
+    })
+    .await
 }
 
 /// `GET /api/images/{id}/face`: where the previews will work (box, key points, outline), found

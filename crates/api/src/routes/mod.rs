@@ -250,9 +250,14 @@ fn json_body(headers: &HeaderMap, body: &[u8]) -> Result<Value, ApiError> {
 }
 
 fn png_response(bytes: Bytes) -> Response {
+    picture_response("image/png", bytes)
+}
+
+/// A picture's bytes, never cached on disk (they are a patient's face).
+fn picture_response(content_type: &'static str, bytes: Bytes) -> Response {
     (
         [
-            (header::CONTENT_TYPE, HeaderValue::from_static("image/png")),
+            (header::CONTENT_TYPE, HeaderValue::from_static(content_type)),
             (
                 header::CACHE_CONTROL,
                 HeaderValue::from_static("private, no-store"),
@@ -261,6 +266,53 @@ fn png_response(bytes: Bytes) -> Response {
         bytes,
     )
         .into_response()
+}
+
+/// A picture's small copy (`image/jpeg`, see [`afterview_intake::thumbnail`]) for picture
+/// `key`: the stored one, or one made now from the picture (under a decode slot) and stored
+/// for the next time, in a job of its own that asks `still_there` after the write: a picture
+/// deleted meanwhile takes its copy with it (the delete may have run before the write).
+async fn thumbnail_file<F, Fut>(
+    st: &AppState,
+    key: &str,
+    what: &str,
+    still_there: F,
+) -> Result<Response, ApiError>
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<bool, afterview_store::StoreError>> + Send,
+{
+    let thumb = afterview_store::thumbnail_key(key).ok_or_else(|| ApiError::not_found(what))?;
+    if let Some(bytes) = st.blobs.get(&thumb).await? {
+        return Ok(picture_response("image/jpeg", bytes));
+    }
+    let full = st
+        .blobs
+        .get(key)
+        .await?
+        .ok_or_else(|| ApiError::not_found(what))?;
+    let slot = crate::decode_slot(st).await?;
+    let small = tokio::task::spawn_blocking(move || {
+        let _slot = slot;
+        afterview_intake::decode_png(&full).map(|img| afterview_intake::thumbnail(&img))
+    })
+    .await
+    .map_err(|e| ApiError::internal(e.to_string()))?
+    .map_err(|e| ApiError::internal(format!("the stored picture could not be read: {e}")))?;
+    let small = Bytes::from(small);
+    let (blobs, copy) = (st.blobs.clone(), small.clone());
+    tokio::spawn(async move {
+        if let Err(e) = blobs.put(&thumb, copy).await {
+            tracing::debug!(error = %e, "A small copy was not stored; it is made again next time.");
+            return;
+        }
+        if !matches!(still_there().await, Ok(true))
+            && let Err(e) = blobs.delete(&thumb).await
+        {
+            tracing::warn!(key = %thumb, error = %e, "The small copy of a deleted picture could not be removed.");
+        }
+    });
+    Ok(picture_response("image/jpeg", small))
 }
 
 /// A stored file's answer: with presigned downloads on, a store that signs (S3) and a caller
@@ -322,7 +374,7 @@ where
         let Some(keys) = delete(st.clone(), user.clone()).await? else {
             return Ok(false);
         };
-        delete_blobs(&st, &user, keys).await;
+        delete_blobs(&st, &user, afterview_store::with_thumbnails(keys)).await;
         Ok(true)
     });
     job.await

@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use super::images::owned_image;
 use super::{
     AsyncQuery, DownloadQuery, ListQuery, Post, delete_with_files, kwargs, png_response, post_task,
-    stored_file, task_args,
+    stored_file, task_args, thumbnail_file,
 };
 use crate::error::ApiError;
 use crate::{AppState, User};
@@ -33,6 +33,10 @@ pub(super) fn routes() -> Router<AppState> {
             get(get_visualization).delete(delete_visualization),
         )
         .route("/api/visualizations/{id}/image", get(visualization_image))
+        .route(
+            "/api/visualizations/{id}/thumbnail",
+            get(visualization_thumbnail),
+        )
 }
 
 pub(super) fn known_procedure(st: &AppState, id: &str) -> Result<(), ApiError> {
@@ -96,6 +100,7 @@ pub(crate) async fn create_comparison(
 fn viz_view(r: &afterview_store::VisualizationRecord) -> Value {
     let mut v = r.result.clone();
     v["kind"] = json!(r.kind);
+    v["thumbnail_url"] = json!(afterview_core::tasks::visualization_thumbnail_url(&r.id));
     v
 }
 
@@ -151,6 +156,23 @@ pub(crate) async fn visualization_image(
         (&rec.blob_key, &q),
         "visualization picture",
         png_response,
+    )
+    .await
+}
+
+/// `GET /api/visualizations/{id}/thumbnail`: the picture's small copy (JPEG).
+pub(crate) async fn visualization_thumbnail(
+    State(st): State<AppState>,
+    user: User,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let rec = owned_viz(&st, &user, &id).await?;
+    let meta = st.meta.clone();
+    thumbnail_file(
+        &st,
+        &rec.blob_key,
+        "visualization picture",
+        move || async move { Ok(meta.get_visualization(&user.0, &id).await?.is_some()) },
     )
     .await
 }

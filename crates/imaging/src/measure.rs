@@ -299,6 +299,12 @@ fn chin_augmentation(p: &Probe<'_>) -> Vec<Change> {
     vec![
         c("menton v", p.v(p.at(r::MENTON)), p.v(p.go(r::MENTON))),
         c("menton u", p.u(p.at(r::MENTON)), p.u(p.go(r::MENTON))),
+        // The chin's lower border either side of the menton (6-8 mm off the midline): an
+        // implant lowers it as a broad curve, not a point at the menton.
+        c("right chin border v", p.v(p.at(148)), p.v(p.go(148))),
+        c("left chin border v", p.v(p.at(377)), p.v(p.go(377))),
+        c("right jaw v", p.v(p.at(176)), p.v(p.go(176))),
+        c("left jaw v", p.v(p.at(400)), p.v(p.go(400))),
     ]
 }
 

@@ -352,18 +352,37 @@ fn chin_augmentation(d: &mut Draft<'_>, sc: &Scene<'_>) -> Result<(), ImagingErr
     let k = sc.k;
     let m = &mut d.m;
     let f = m.f;
-    // The chin pad comes down: full at the menton, fading towards the lower lip and
-    // along the jaw.
+    // The chin pad comes down as an implant lowers it: the whole lower border of the chin
+    // alike (±9 mm of the menton, an implant's width), fading along the jaw beyond and
+    // towards the lower lip above. Each point's share is its height between the lip and the
+    // border below it, not below the menton: else only the menton would get the full drop and
+    // the chin would come to a point.
     let (_, v_lip) = m.uv(r::LOWER_LIP_MID.1);
-    let (u_c, v_c) = m.uv(r::MENTON);
+    let (u_c, _) = m.uv(r::MENTON);
+    let (border_u, border_v): (Vec<f32>, Vec<f32>) = {
+        let mut t: Vec<(f32, f32)> = r::FACE_OVAL
+            .iter()
+            .map(|&i| m.uv(i))
+            .filter(|&(_, v)| v > v_lip + 2.0)
+            .collect();
+        t.sort_by(|a, b| a.0.total_cmp(&b.0));
+        t.into_iter().unzip()
+    };
+    if border_u.is_empty() {
+        return Err(ImagingError::FeatureNotVisible(
+            "the chin's lower border is not in the photo".into(),
+        ));
+    }
     let drop = amounts::CHIN_DROP_MM * k;
     for i in 0..MESH_POINTS {
         let (u, v) = m.uv(i);
         if v <= v_lip + 2.0 {
             continue;
         }
-        let down = ((v - v_lip - 2.0) / (v_c - v_lip - 2.0).max(1.0)).clamp(0.0, 1.0);
-        let side = (-((u - u_c) / 16.0).powi(2)).exp();
+        let border = lerp_table(&border_u, &border_v, u);
+        let down = ((v - v_lip - 2.0) / (border - v_lip - 2.0).max(1.0)).clamp(0.0, 1.0);
+        let off = ((u - u_c).abs() - 9.0).max(0.0);
+        let side = (-(off / 9.0).powi(2)).exp();
         let w = down * side;
         if w > 0.02 {
             m.set(i, 0.0, drop * w);

@@ -369,6 +369,18 @@ fn each_procedure_hits_its_target_on_every_variant() {
                         &mut failures,
                         tag(&format!("menton sideways {side:.2} mm")),
                     );
+                    // The lower border comes down with the menton, a broad curve: the chin
+                    // does not come to a point (it did at 35 % of the menton's drop).
+                    for s in ["right", "left"] {
+                        let border = find(&c, &format!("{s} chin border v")).delta();
+                        check(
+                            small || border >= 0.5 * down,
+                            &mut failures,
+                            tag(&format!(
+                                "{s} chin border down {border:.2} mm, menton {down:.2} mm"
+                            )),
+                        );
+                    }
                 }
                 "brow-lift" => {
                     for s in ["right", "left"] {
@@ -939,6 +951,105 @@ fn exif_orientation_is_applied_and_all_metadata_dropped() {
         ["IHDR", "IDAT", "IEND"],
         "no metadata chunks"
     );
+}
+
+/// Whether `p` is inside polygon `poly` (even-odd rule).
+fn in_polygon(poly: &[Pt], p: Pt) -> bool {
+    let mut inside = false;
+    for (k, a) in poly.iter().enumerate() {
+        let b = poly[(k + 1) % poly.len()];
+        if (a.y > p.y) != (b.y > p.y) && p.x < a.x + (p.y - a.y) * (b.x - a.x) / (b.y - a.y) {
+            inside = !inside;
+        }
+    }
+    inside
+}
+
+/// Dark lipstick on a closed mouth is not an open mouth: the inner lip lines stay where they
+/// were without it (they were set on the lipstick's edges, the lips' bands shrank to a
+/// millimetre, and a lip augmentation hardly moved the lips), and so do the lips' bands.
+#[test]
+fn dark_lipstick_is_not_read_as_an_open_mouth() {
+    use face::regions::{LOWER_LIP_INNER, LOWER_LIP_OUTER, UPPER_LIP_INNER, UPPER_LIP_OUTER};
+    let hopper = portrait("grace_hopper.jpg");
+    let bare = face::detect(&hopper).unwrap();
+    let outline: Vec<Pt> = UPPER_LIP_OUTER
+        .iter()
+        .chain(LOWER_LIP_OUTER.iter().rev())
+        .map(|&i| bare.points[i])
+        .collect();
+    for (name, colour) in [
+        ("berry", [96u8, 18, 40]),
+        ("red", [150, 24, 36]),
+        ("brown", [88, 40, 34]),
+    ] {
+        let mut painted = hopper.clone();
+        for (x, y, p) in painted.enumerate_pixels_mut() {
+            if in_polygon(&outline, Pt::new(x as f32 + 0.5, y as f32 + 0.5)) {
+                for (v, lipstick) in p.0.iter_mut().zip(colour) {
+                    // The lipstick's colour, with a little of the lips' texture.
+                    *v = (0.2 * f32::from(*v) + 0.8 * f32::from(lipstick)) as u8;
+                }
+            }
+        }
+        let lm = face::detect(&painted).expect("the face is found");
+        let (f, bf) = (lm.frame(), bare.frame());
+        for line in [UPPER_LIP_INNER, LOWER_LIP_INNER] {
+            for &i in &line[1..line.len() - 1] {
+                let (_, v) = f.local(lm.points[i]);
+                let (_, v0) = bf.local(bare.points[i]);
+                assert!(
+                    (v - v0).abs() < 1.0,
+                    "{name}: point {i} moved {:.2} mm",
+                    v - v0
+                );
+            }
+        }
+        let (bands, bare_bands) = (
+            afterview_imaging::procedures::lip_bands(&lm),
+            afterview_imaging::procedures::lip_bands(&bare),
+        );
+        for (b, b0) in bands.iter().zip(&bare_bands) {
+            assert!(
+                (b.height - b0.height).abs() < 1.0,
+                "{name}: a lip band of {:.1} mm became {:.1} mm",
+                b0.height,
+                b.height
+            );
+        }
+    }
+}
+
+/// A photo's small copy for lists: a JPEG of at most 256 pixels a side, the photo's aspect,
+/// upright, with none of the upload's metadata; a smaller picture keeps its size.
+#[test]
+fn thumbnails_are_small_upright_jpegs_without_metadata() {
+    let rotated = with_exif_orientation(&jpeg(1600, 1200), 6);
+    let n = intake(&rotated, &Limits::default()).unwrap();
+    assert_eq!((n.width, n.height), (1200, 1600));
+    let t = &n.thumbnail;
+    assert!(t.starts_with(&[0xFF, 0xD8]), "a JPEG");
+    assert!(!t.windows(4).any(|w| w == b"Exif"), "no EXIF");
+    assert!(t.len() < 40_000, "{} bytes", t.len());
+    let small = image::load_from_memory(t).unwrap();
+    assert_eq!(
+        (small.width(), small.height()),
+        (192, 256),
+        "upright, aspect kept"
+    );
+    // The colours of the photo, not of another picture: the corner the rotation put top left.
+    let full = decode_png(&n.png).unwrap();
+    let (a, b) = (full.get_pixel(8, 8).0, small.to_rgb8().get_pixel(1, 1).0);
+    assert!(
+        a.iter().zip(b).all(|(x, y)| x.abs_diff(y) < 24),
+        "{a:?} {b:?}"
+    );
+    let tiny = RgbImage::from_pixel(40, 30, Rgb([200, 10, 10]));
+    let t = image::load_from_memory(&intake::thumbnail(&tiny)).unwrap();
+    assert_eq!((t.width(), t.height()), (40, 30), "never enlarged");
+    let thin = RgbImage::new(3, 3000);
+    let t = image::load_from_memory(&intake::thumbnail(&thin)).unwrap();
+    assert_eq!((t.width(), t.height()), (1, 256), "at least one pixel wide");
 }
 
 /// A headshot cropped just under the chin: a facelift, whose neck handles lie below the

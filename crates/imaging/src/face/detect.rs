@@ -79,10 +79,13 @@ fn weighted_nms(mut cands: Vec<Candidate>) -> Vec<Candidate> {
     cands.sort_by(|a, b| b.score.total_cmp(&a.score));
     let mut out = vec![];
     while !cands.is_empty() {
-        let best = cands[0].clone();
-        let (cluster, rest): (Vec<_>, Vec<_>) = cands
+        let best = cands.remove(0);
+        // The best box is in its own cluster whatever its overlap with itself (a box whose
+        // area rounds to zero overlaps nothing, itself included, and would be kept for ever).
+        let (mut cluster, rest): (Vec<_>, Vec<_>) = cands
             .into_iter()
             .partition(|c| iou(&best.coords, &c.coords) > NMS_IOU);
+        cluster.insert(0, best.clone());
         let total: f32 = cluster.iter().map(|c| c.score).sum();
         let mut coords = [0f32; 16];
         for c in &cluster {
@@ -213,5 +216,15 @@ mod tests {
         assert_eq!(out[0].score, 0.9);
         assert!((out[0].coords[0] - 0.025).abs() < 1e-6);
         assert_eq!(out[1].coords[0], 5.0);
+        // A box whose area is zero (it overlaps nothing, not even itself) ends the loop too.
+        let flat = Candidate {
+            coords: [
+                0.5, 0.5, 0.5, 0.5, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0,
+            ],
+            score: 0.95,
+        };
+        let out = weighted_nms(vec![flat, mk(0.0, 0.9)]);
+        assert_eq!(out.len(), 2);
+        assert!(out.iter().all(|c| c.coords.iter().all(|v| v.is_finite())));
     }
 }

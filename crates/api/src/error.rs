@@ -29,6 +29,10 @@ pub const API_CODES: &[(&str, &str)] = &[
     ("missing_file", "The upload has no `file` field."),
     ("payload_too_large", "The request body is over the limit."),
     (
+        "request_timeout",
+        "The upload's body did not arrive within 180 s; retry on a faster connection.",
+    ),
+    (
         "idempotency_key_reused",
         "The Idempotency-Key was used before with a different request.",
     ),
@@ -64,7 +68,7 @@ pub const API_CODES: &[(&str, &str)] = &[
     ),
     (
         "busy",
-        "Too many photos are being received or decoded at once; retry after `Retry-After` seconds.",
+        "Too many photos are being received or decoded at once (on this host, or by this user); retry after `Retry-After` seconds.",
     ),
     ("internal_error", "An unexpected error."),
     (

@@ -19,6 +19,7 @@ pub mod openapi;
 mod outcome;
 mod routes;
 mod submit;
+pub mod uploads;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -94,10 +95,9 @@ pub struct Inner {
     /// Photo decodes allowed at once: each holds up to ~3 bytes per pixel (120 MB at the 40 MP
     /// limit), so uploads beyond this wait (then 503 + Retry-After) instead of adding up.
     pub decodes: Arc<tokio::sync::Semaphore>,
-    /// Uploads whose bytes are being received or held at once ([`UPLOADS_PER_DECODE`] per
-    /// decode slot): each holds up to `--max-upload-bytes` before it reaches a decode slot, so
-    /// beyond this an upload is answered 503 `busy` (with `Retry-After`) before its body is read.
-    pub uploads: Arc<tokio::sync::Semaphore>,
+    /// Uploads received or held at once ([`UPLOADS_PER_DECODE`] per decode slot, half of them
+    /// one user's): see [`uploads`].
+    pub uploads: Arc<uploads::UploadGate>,
     /// `/metrics`' queue counts, read at most once a second by one request at a time: the
     /// count reads every scheduled and held message in the broker (on Redis one script that
     /// blocks the server meanwhile), and `/metrics` is open by default.
@@ -182,9 +182,7 @@ impl Inner {
             submit_locks: Mutex::default(),
             frames: routes::tasks::FrameMemo::default(),
             decodes: Arc::new(tokio::sync::Semaphore::new(decode_slots())),
-            uploads: Arc::new(tokio::sync::Semaphore::new(
-                decode_slots() * UPLOADS_PER_DECODE,
-            )),
+            uploads: uploads::UploadGate::new(decode_slots() * UPLOADS_PER_DECODE),
             sockets: Mutex::default(),
             closing: tokio_util::sync::CancellationToken::new(),
             presign: None,

@@ -583,6 +583,28 @@ async fn files_the_store_cannot_delete_now_are_handed_to_a_task_not_forgotten() 
         Value::Object(msg.kwargs),
         json!({"keys": [key], "user_id": "alice"})
     );
+    // A photo: its file and its small copy, in two tasks (a worker older than small copies
+    // refuses their prefix, and would refuse the photo's file with them).
+    app.blobs
+        .down
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    let (status, photo) = upload(&app).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let id = photo["id"].as_str().unwrap();
+    app.blobs
+        .down
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let uri = format!("/api/images/{id}");
+    let (status, _) = call(&app, "DELETE", &uri, "alice-token-0123456789", Value::Null).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert_eq!(queued(&app).await, 2);
+    let mut sent: Vec<Value> = vec![];
+    for _ in 0..2 {
+        sent.push(claim_one(&app).await.kwargs["keys"].clone());
+    }
+    let image = afterview_store::image_key(id);
+    let thumb = afterview_store::thumbnail_key(&image).unwrap();
+    assert_eq!(sent, [json!([image]), json!([thumb])]);
 }
 
 #[tokio::test]
@@ -1316,15 +1338,23 @@ async fn pictures_have_small_copies_that_go_with_them() {
 /// and stored once the others are done.
 #[tokio::test]
 async fn uploads_past_the_hosts_limit_are_turned_away_before_their_bytes() {
-    let gate = Arc::new(tokio::sync::Semaphore::new(1));
+    let gate = afterview_api::uploads::UploadGate::new(2);
     let shared = gate.clone();
     let app = app_with(move |i| i.uploads = shared);
-    let receiving = gate.clone().acquire_owned().await.unwrap();
+    // Bob's upload takes one of the two slots: alice's one is her share.
+    let bobs = gate.enter("bob").unwrap();
+    let alices = gate.enter("alice").unwrap();
+    let (status, body) = upload(&app).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(body["error"]["code"], "busy", "{body}");
+    drop(alices);
+    let receiving = bobs;
+    let other = gate.enter("carol").unwrap();
     let (status, body) = upload(&app).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(body["error"]["code"], "busy", "{body}");
     assert_eq!(alice_photos(&app).await, 0);
-    drop(receiving);
+    drop((receiving, other));
     assert_eq!(upload(&app).await.0, StatusCode::CREATED);
-    assert_eq!(gate.available_permits(), 1, "given back");
+    assert_eq!(gate.free(), 2, "given back");
 }

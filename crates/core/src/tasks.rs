@@ -188,7 +188,11 @@ pub struct DeleteFiles {
 }
 
 /// Key prefixes of the files a [`DELETE_FILES`] task may remove.
-pub const FILE_PREFIXES: &[&str] = &["images/", "visualizations/", "exports/", "thumbnails/"];
+pub const FILE_PREFIXES: &[&str] = &["images/", "visualizations/", "exports/", THUMBNAILS_PREFIX];
+
+/// Key prefix of pictures' small copies (sent in [`DELETE_FILES`] tasks of their own: workers
+/// older than them refuse the prefix).
+pub const THUMBNAILS_PREFIX: &str = "thumbnails/";
 
 /// Checks a comparison's procedure list: 2-4 distinct ids (the API answers 400 with this
 /// message before sending the task; the task checks the same for Celery producers).

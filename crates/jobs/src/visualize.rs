@@ -252,7 +252,15 @@ async fn save_png(
     img: RgbImage,
 ) -> Result<(), TaskError> {
     let png = ctx.blocking(move |_| encode_png(&img)).await?;
-    d.blobs.put(&key, Bytes::from(png)).await.map_err(storage)
+    d.blobs.put(&key, Bytes::from(png)).await.map_err(storage)?;
+    // A re-run replaced the picture: a small copy the API made of the previous one goes (the
+    // next request makes it anew).
+    if let Some(thumb) = afterview_store::thumbnail_key(&key)
+        && let Err(e) = d.blobs.delete(&thumb).await
+    {
+        tracing::warn!(key = %thumb, error = %e, "A replaced picture's small copy could not be removed.");
+    }
+    Ok(())
 }
 
 /// Saves a preview's record and picture, in the order that keeps both safe, and returns the

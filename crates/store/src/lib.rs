@@ -294,7 +294,7 @@ pub fn visualization_key(id: &str) -> String {
 pub fn thumbnail_key(blob_key: &str) -> Option<String> {
     let stem = blob_key.strip_suffix(".png")?;
     (stem.starts_with("images/") || stem.starts_with("visualizations/"))
-        .then(|| format!("thumbnails/{stem}.jpg"))
+        .then(|| format!("{}{stem}.jpg", afterview_core::tasks::THUMBNAILS_PREFIX))
 }
 
 /// `keys` and, after each, its picture's small copy (see [`thumbnail_key`]).

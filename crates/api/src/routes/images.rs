@@ -51,17 +51,29 @@ pub(crate) async fn upload_image(
     headers: HeaderMap,
     mp: Multipart,
 ) -> Response {
-    // Bounded memory: each upload holds its bytes until its decode; past the limit the body is
-    // not read at all.
-    let Ok(_receiving) = st.uploads.clone().try_acquire_owned() else {
-        return ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "busy",
-            "too many photos are being received; retry shortly",
-        )
-        .into_response();
+    // Bounded memory: each upload holds its bytes until its decode; past the host's or the
+    // user's share of uploads the body is not read at all, and a body that does not arrive in
+    // time gives its slot back.
+    let _receiving = match st.uploads.enter(&user.0) {
+        Ok(turn) => turn,
+        Err(e) => return e.into_response(),
     };
-    let file = match file_field(mp, st.limits.max_bytes).await {
+    let file = tokio::time::timeout(
+        crate::uploads::BODY_DEADLINE,
+        file_field(mp, st.limits.max_bytes),
+    )
+    .await
+    .unwrap_or_else(|_| {
+        Err(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            format!(
+                "the photo did not arrive within {} s; retry on a faster connection",
+                crate::uploads::BODY_DEADLINE.as_secs()
+            ),
+        ))
+    });
+    let file = match file {
         Ok(f) => f,
         Err(e) => return e.into_response(),
     };

@@ -286,12 +286,13 @@ where
     if let Some(bytes) = st.blobs.get(&thumb).await? {
         return Ok(picture_response("image/jpeg", bytes));
     }
+    // The slot first: it bounds the pictures held in memory too (History asks for 20 at once).
+    let slot = crate::decode_slot(st).await?;
     let full = st
         .blobs
         .get(key)
         .await?
         .ok_or_else(|| ApiError::not_found(what))?;
-    let slot = crate::decode_slot(st).await?;
     let small = tokio::task::spawn_blocking(move || {
         let _slot = slot;
         afterview_intake::decode_png(&full).map(|img| afterview_intake::thumbnail(&img))
@@ -302,14 +303,12 @@ where
     let small = Bytes::from(small);
     let (blobs, copy) = (st.blobs.clone(), small.clone());
     tokio::spawn(async move {
-        if let Err(e) = blobs.put(&thumb, copy).await {
-            tracing::debug!(error = %e, "A small copy was not stored; it is made again next time.");
-            return;
-        }
-        if !matches!(still_there().await, Ok(true))
+        // A write that failed may have landed all the same (a timeout): it goes too.
+        let stored = blobs.put(&thumb, copy).await.is_ok();
+        if !(stored && matches!(still_there().await, Ok(true)))
             && let Err(e) = blobs.delete(&thumb).await
         {
-            tracing::warn!(key = %thumb, error = %e, "The small copy of a deleted picture could not be removed.");
+            tracing::warn!(key = %thumb, error = %e, "A small copy no picture names could not be removed.");
         }
     });
     Ok(picture_response("image/jpeg", small))
@@ -403,19 +402,29 @@ async fn delete_blobs(st: &AppState, user: &User, keys: Vec<String>) {
     if left.is_empty() {
         return;
     }
-    let kwargs = json!({"keys": left, "user_id": user.0});
-    let sent = st
-        .client
-        .send_task(
-            afterview_core::tasks::DELETE_FILES,
-            vec![],
-            kwargs.as_object().cloned().unwrap_or_default(),
-            afterview_engine::SendOptions::default(),
-        )
-        .await;
-    if let Err(e) = sent {
-        tracing::error!(error = %e, files = left.len(), "Could not queue the removal of deleted files; retrying in memory.");
-        retry_in_memory(st, left);
+    // Small copies in a task of their own: a worker older than them refuses their prefix, and
+    // would refuse the pictures' own files with them.
+    let (thumbs, files): (Vec<String>, Vec<String>) = left
+        .into_iter()
+        .partition(|k| k.starts_with(afterview_core::tasks::THUMBNAILS_PREFIX));
+    for keys in [files, thumbs] {
+        if keys.is_empty() {
+            continue;
+        }
+        let kwargs = json!({"keys": keys, "user_id": user.0});
+        let sent = st
+            .client
+            .send_task(
+                afterview_core::tasks::DELETE_FILES,
+                vec![],
+                kwargs.as_object().cloned().unwrap_or_default(),
+                afterview_engine::SendOptions::default(),
+            )
+            .await;
+        if let Err(e) = sent {
+            tracing::error!(error = %e, files = keys.len(), "Could not queue the removal of deleted files; retrying in memory.");
+            retry_in_memory(st, keys);
+        }
     }
 }
 

@@ -1,0 +1,106 @@
+//! How many uploads an API host receives at once. Each holds its bytes (up to
+//! `--max-upload-bytes`) from the first byte until its decode, so the host takes at most
+//! `slots` at once and one user at most half of them; past either, the upload is answered
+//! 503 `busy` (with `Retry-After`) before its body is read. A body must arrive within
+//! [`BODY_DEADLINE`]: a stalled or trickling upload does not hold a slot for ever.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::error::ApiError;
+
+/// How long an upload's body may take to arrive: 20 MB at about 1 Mbit/s.
+pub const BODY_DEADLINE: Duration = Duration::from_secs(180);
+
+/// The host's upload slots and who holds them.
+#[derive(Debug)]
+pub struct UploadGate {
+    slots: Arc<Semaphore>,
+    per_user: usize,
+    users: Mutex<HashMap<String, usize>>,
+}
+
+/// One upload's slot, given back when dropped (whatever way the request ends).
+#[derive(Debug)]
+pub struct UploadTurn {
+    _slot: OwnedSemaphorePermit,
+    gate: Arc<UploadGate>,
+    user: String,
+}
+
+impl UploadGate {
+    /// `slots` uploads at once, at most half of them (at least one) one user's.
+    pub fn new(slots: usize) -> Arc<Self> {
+        Arc::new(Self {
+            slots: Arc::new(Semaphore::new(slots)),
+            per_user: (slots / 2).max(1),
+            users: Mutex::default(),
+        })
+    }
+
+    /// A slot for `user`'s upload, or `503 busy` when the host's or the user's are taken.
+    pub fn enter(self: &Arc<Self>, user: &str) -> Result<UploadTurn, ApiError> {
+        let busy = || {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "busy",
+                "too many photos are being received; retry shortly",
+            )
+        };
+        let mut users = self.users.lock().unwrap_or_else(|e| e.into_inner());
+        let held = users.get(user).copied().unwrap_or(0);
+        if held >= self.per_user {
+            return Err(busy());
+        }
+        let slot = self.slots.clone().try_acquire_owned().map_err(|_| busy())?;
+        users.insert(user.to_owned(), held + 1);
+        Ok(UploadTurn {
+            _slot: slot,
+            gate: self.clone(),
+            user: user.to_owned(),
+        })
+    }
+
+    /// Slots free now.
+    pub fn free(&self) -> usize {
+        self.slots.available_permits()
+    }
+}
+
+impl Drop for UploadTurn {
+    fn drop(&mut self) {
+        let mut users = self.gate.users.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = users.get_mut(&self.user) {
+            *n -= 1;
+            if *n == 0 {
+                users.remove(&self.user);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_user_holds_at_most_half_the_slots_and_drops_give_them_back() {
+        let gate = UploadGate::new(4);
+        let a1 = gate.enter("alice").unwrap();
+        let _a2 = gate.enter("alice").unwrap();
+        assert_eq!(gate.enter("alice").unwrap_err().code, "busy", "her half");
+        let b1 = gate.enter("bob").unwrap();
+        let _b2 = gate.enter("bob").unwrap();
+        assert!(gate.enter("carol").is_err(), "the host's four");
+        drop(b1);
+        let _c = gate.enter("carol").unwrap();
+        drop(a1);
+        assert_eq!(gate.free(), 1);
+        let _a3 = gate.enter("alice").unwrap();
+        assert_eq!(gate.free(), 0);
+    }
+}

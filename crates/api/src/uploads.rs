@@ -1,8 +1,10 @@
 //! How many uploads an API host receives at once. Each holds its bytes (up to
 //! `--max-upload-bytes`) from the first byte until its decode, so the host takes at most
 //! `slots` at once and one user at most half of them; past either, the upload is answered
-//! 503 `busy` (with `Retry-After`) before its body is read. A body must arrive within
-//! [`BODY_DEADLINE`]: a stalled or trickling upload does not hold a slot for ever.
+//! 503 `busy` (with `Retry-After`) without holding its body: its bytes are read and dropped as
+//! they arrive ([`discard`]), since a client still sending would take an answer before the end
+//! of its body for a broken connection. A body must arrive within [`BODY_DEADLINE`]: a stalled
+//! or trickling upload does not hold a slot, or a refused one its connection, for ever.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -15,6 +17,17 @@ use crate::error::ApiError;
 
 /// How long an upload's body may take to arrive: 20 MB at about 1 Mbit/s.
 pub const BODY_DEADLINE: Duration = Duration::from_secs(180);
+
+/// Reads a refused upload's body to its end (or for at most [`BODY_DEADLINE`]) and drops it,
+/// chunk by chunk, so that its answer reaches a client still sending it.
+pub(crate) async fn discard(mut mp: axum::extract::Multipart) {
+    let drain = async {
+        while let Ok(Some(mut field)) = mp.next_field().await {
+            while let Ok(Some(_)) = field.chunk().await {}
+        }
+    };
+    let _ = tokio::time::timeout(BODY_DEADLINE, drain).await;
+}
 
 /// The host's upload slots and who holds them.
 #[derive(Debug)]

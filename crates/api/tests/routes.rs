@@ -1333,11 +1333,11 @@ async fn pictures_have_small_copies_that_go_with_them() {
     }
 }
 
-/// Uploads past the host's limit of uploads in flight are answered 503 `busy` with
-/// `Retry-After` at once (their bytes not read: each would hold up to 20 MB until its decode),
-/// and stored once the others are done.
+/// Uploads past the host's slots or the user's half of them are answered 503 `busy` with
+/// `Retry-After` (their bytes dropped as they arrive: each held would be up to 20 MB until its
+/// decode), and stored once the others are done.
 #[tokio::test]
-async fn uploads_past_the_hosts_limit_are_turned_away_before_their_bytes() {
+async fn uploads_past_the_hosts_or_the_users_share_are_turned_away() {
     let gate = afterview_api::uploads::UploadGate::new(2);
     let shared = gate.clone();
     let app = app_with(move |i| i.uploads = shared);

@@ -136,8 +136,13 @@ fn protect_mask(photo: &RgbImage, lm: &Landmarks, f: &Frame, rect: Rect, only_da
             let grown = face::grow(&brow, f, 2.0);
             let mut inside = Mask::new(rect);
             inside.fill_polygon(&grown, 1.0);
+            // What continues into the region from an overlay outside it (a frame's soft edge,
+            // lighter than near-black) stays too, for as far as the region's margin: lifted
+            // with the brow it would smear onto the forehead.
+            let reach = (2.0 * f.px_per_mm).ceil().max(1.0) as u32;
+            let continued = continued_into(&m, &inside, reach);
             m.map(|x, y, v| {
-                if inside.at(x, y) == 0.0 {
+                if inside.at(x, y) == 0.0 || continued.at(x, y) > 0.0 {
                     return v;
                 }
                 let p = photo.get_pixel(x, y).0;
@@ -152,6 +157,60 @@ fn protect_mask(photo: &RgbImage, lm: &Landmarks, f: &Frame, rect: Rect, only_da
     m.blur(1);
     m.map(|x, y, v| v.max(hard.at(x, y)));
     m
+}
+
+/// The pixels of `region` reached from protected pixels outside it (`protected` ≥ 0.5) through
+/// protected pixels inside it, in at most `reach` steps (4-neighbours): an overlay that crosses
+/// into the region, as far as `reach` (1 where reached).
+fn continued_into(protected: &Mask, region: &Mask, reach: u32) -> Mask {
+    let rect = protected.rect;
+    let mut out = Mask::new(rect);
+    let held = |x: u32, y: u32| protected.at(x, y) >= 0.5;
+    let mut front: Vec<(u32, u32)> = vec![];
+    for y in rect.y0..rect.y1 {
+        for x in rect.x0..rect.x1 {
+            if region.at(x, y) > 0.0 && held(x, y) {
+                let near_outside =
+                    [(-1i64, 0i64), (1, 0), (0, -1), (0, 1)]
+                        .iter()
+                        .any(|(dx, dy)| {
+                            let (nx, ny) = (x as i64 + dx, y as i64 + dy);
+                            nx >= 0
+                                && ny >= 0
+                                && rect.contains(nx as u32, ny as u32)
+                                && region.at(nx as u32, ny as u32) == 0.0
+                                && held(nx as u32, ny as u32)
+                        });
+                if near_outside {
+                    front.push((x, y));
+                }
+            }
+        }
+    }
+    for &(x, y) in &front {
+        out.put(x, y, 1.0);
+    }
+    for _ in 1..reach {
+        let mut next = vec![];
+        for &(x, y) in &front {
+            for (dx, dy) in [(-1i64, 0i64), (1, 0), (0, -1), (0, 1)] {
+                let (nx, ny) = (x as i64 + dx, y as i64 + dy);
+                if nx < 0 || ny < 0 || !rect.contains(nx as u32, ny as u32) {
+                    continue;
+                }
+                let (nx, ny) = (nx as u32, ny as u32);
+                if region.at(nx, ny) > 0.0 && held(nx, ny) && out.at(nx, ny) == 0.0 {
+                    out.put(nx, ny, 1.0);
+                    next.push((nx, ny));
+                }
+            }
+        }
+        if next.is_empty() {
+            break;
+        }
+        front = next;
+    }
+    out
 }
 
 /// The warp and smoothing of a plan, applied.

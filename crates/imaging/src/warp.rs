@@ -331,6 +331,11 @@ impl Mask {
         self.alpha[((y - self.rect.y0) * self.rect.width() + x - self.rect.x0) as usize]
     }
 
+    /// Sets one pixel (inside `rect`).
+    pub(crate) fn put(&mut self, x: u32, y: u32, v: f32) {
+        self.set(x, y, v);
+    }
+
     fn set(&mut self, x: u32, y: u32, v: f32) {
         let w = self.rect.width();
         self.alpha[((y - self.rect.y0) * w + x - self.rect.x0) as usize] = v;

@@ -595,6 +595,34 @@ fn hair_glasses_background_and_clothing_never_move() {
     }
 }
 
+/// On Grace Hopper tilted 8°, her frames' upper edge (lighter than near-black where the rotation
+/// blurred it) meets the brows' tails, inside their regions: lifted with the brow, it smeared a
+/// grey patch onto the forehead above each tail (14-17 mm above the eyes, 50-57 mm out; the
+/// brows themselves, darker and lifted, darken the skin above them further in and higher up).
+#[test]
+fn a_brow_lift_leaves_no_piece_of_the_frames_on_the_forehead() {
+    let img = rotated(&portrait("grace_hopper.jpg"), 8.0);
+    let lm = face::detect(&img).unwrap();
+    let f = lm.frame();
+    let out = simulate(&img, "brow-lift", Intensity::Pronounced, &lm)
+        .unwrap()
+        .image;
+    let lum =
+        |p: [u8; 3]| 0.299 * f32::from(p[0]) + 0.587 * f32::from(p[1]) + 0.114 * f32::from(p[2]);
+    let mut darker = vec![];
+    for (x, y, p) in out.enumerate_pixels() {
+        let (u, v) = f.local(Pt::new(x as f32, y as f32));
+        let drop = lum(img.get_pixel(x, y).0) - lum(p.0);
+        if u.abs() > 50.0 && (-19.0..-14.0).contains(&v) && drop > 40.0 {
+            darker.push((x, y, drop as i32));
+        }
+    }
+    assert!(
+        darker.is_empty(),
+        "darkened above the frames' ends: {darker:?}"
+    );
+}
+
 #[test]
 fn previews_are_deterministic_and_local() {
     let photo = portrait("grace_hopper.jpg");

@@ -52,11 +52,14 @@ pub(crate) async fn upload_image(
     mp: Multipart,
 ) -> Response {
     // Bounded memory: each upload holds its bytes until its decode; past the host's or the
-    // user's share of uploads the body is not read at all, and a body that does not arrive in
-    // time gives its slot back.
+    // user's share of uploads the body is dropped as it arrives, and a body that does not
+    // arrive in time gives its slot back.
     let _receiving = match st.uploads.enter(&user.0) {
         Ok(turn) => turn,
-        Err(e) => return e.into_response(),
+        Err(e) => {
+            crate::uploads::discard(mp).await;
+            return e.into_response();
+        }
     };
     let file = tokio::time::timeout(
         crate::uploads::BODY_DEADLINE,

@@ -1,10 +1,12 @@
 //! How many uploads an API host receives at once. Each holds its bytes (up to
 //! `--max-upload-bytes`) from the first byte until its decode, so the host takes at most
 //! `slots` at once and one user at most half of them; past either, the upload is answered
-//! 503 `busy` (with `Retry-After`) without holding its body: its bytes are read and dropped as
-//! they arrive ([`discard`]), since a client still sending would take an answer before the end
-//! of its body for a broken connection. A body must arrive within [`BODY_DEADLINE`]: a stalled
-//! or trickling upload does not hold a slot, or a refused one its connection, for ever.
+//! 503 `busy` (with `Retry-After`). A refused body is read and dropped first
+//! ([`UploadGate::discard`]), since a client still sending would take an answer before the end
+//! of its body for a broken connection; at most [`DRAINS`] at once, for at most
+//! [`DRAIN_DEADLINE`] each (the multipart reader may buffer a body without boundaries, up to the
+//! route's limit), the others answered at once. A body must arrive within [`BODY_DEADLINE`]: a
+//! stalled or trickling upload does not hold a slot for ever.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -18,21 +20,17 @@ use crate::error::ApiError;
 /// How long an upload's body may take to arrive: 20 MB at about 1 Mbit/s.
 pub const BODY_DEADLINE: Duration = Duration::from_secs(180);
 
-/// Reads a refused upload's body to its end (or for at most [`BODY_DEADLINE`]) and drops it,
-/// chunk by chunk, so that its answer reaches a client still sending it.
-pub(crate) async fn discard(mut mp: axum::extract::Multipart) {
-    let drain = async {
-        while let Ok(Some(mut field)) = mp.next_field().await {
-            while let Ok(Some(_)) = field.chunk().await {}
-        }
-    };
-    let _ = tokio::time::timeout(BODY_DEADLINE, drain).await;
-}
+/// Refused bodies read and dropped at once, per host.
+pub const DRAINS: usize = 4;
+
+/// How long a refused body is read before its answer goes anyway.
+pub const DRAIN_DEADLINE: Duration = Duration::from_secs(30);
 
 /// The host's upload slots and who holds them.
 #[derive(Debug)]
 pub struct UploadGate {
     slots: Arc<Semaphore>,
+    drains: Arc<Semaphore>,
     per_user: usize,
     users: Mutex<HashMap<String, usize>>,
 }
@@ -50,6 +48,7 @@ impl UploadGate {
     pub fn new(slots: usize) -> Arc<Self> {
         Arc::new(Self {
             slots: Arc::new(Semaphore::new(slots)),
+            drains: Arc::new(Semaphore::new(DRAINS)),
             per_user: (slots / 2).max(1),
             users: Mutex::default(),
         })
@@ -78,6 +77,21 @@ impl UploadGate {
         })
     }
 
+    /// Reads a refused upload's body to its end (for at most [`DRAIN_DEADLINE`], at most
+    /// [`DRAINS`] at once; else not at all) and drops it, so that its answer reaches a client
+    /// still sending it.
+    pub(crate) async fn discard(&self, mut mp: axum::extract::Multipart) {
+        let Ok(_drain) = self.drains.clone().try_acquire_owned() else {
+            return;
+        };
+        let drain = async {
+            while let Ok(Some(mut field)) = mp.next_field().await {
+                while let Ok(Some(_)) = field.chunk().await {}
+            }
+        };
+        let _ = tokio::time::timeout(DRAIN_DEADLINE, drain).await;
+    }
+
     /// Slots free now.
     pub fn free(&self) -> usize {
         self.slots.available_permits()
@@ -99,6 +113,43 @@ impl Drop for UploadTurn {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A multipart upload whose body never ends (a client that stalls).
+    async fn stalled() -> axum::extract::Multipart {
+        use axum::extract::FromRequest;
+        let body = axum::body::Body::from_stream(futures_util::stream::pending::<
+            Result<bytes::Bytes, std::io::Error>,
+        >());
+        let req = axum::http::Request::post("/api/images")
+            .header("content-type", "multipart/form-data; boundary=XX")
+            .body(body)
+            .unwrap();
+        axum::extract::Multipart::from_request(req, &())
+            .await
+            .unwrap()
+    }
+
+    /// Refused bodies are read at most `DRAINS` at once: the next is answered at once.
+    #[tokio::test(start_paused = true)]
+    async fn refused_bodies_are_drained_a_few_at_once_for_a_while() {
+        let gate = UploadGate::new(2);
+        let mut draining = tokio::task::JoinSet::new();
+        for _ in 0..DRAINS {
+            let (gate, mp) = (gate.clone(), stalled().await);
+            draining.spawn(async move { gate.discard(mp).await });
+        }
+        tokio::task::yield_now().await;
+        let t0 = tokio::time::Instant::now();
+        gate.discard(stalled().await).await;
+        assert_eq!(
+            t0.elapsed(),
+            Duration::ZERO,
+            "not drained: the drains are taken"
+        );
+        // The stalled ones give up at the deadline.
+        draining.join_all().await;
+        assert_eq!(t0.elapsed(), DRAIN_DEADLINE);
+    }
 
     #[test]
     fn one_user_holds_at_most_half_the_slots_and_drops_give_them_back() {

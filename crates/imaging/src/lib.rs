@@ -137,10 +137,14 @@ fn protect_mask(photo: &RgbImage, lm: &Landmarks, f: &Frame, rect: Rect, only_da
             let mut inside = Mask::new(rect);
             inside.fill_polygon(&grown, 1.0);
             // What continues into the region from an overlay outside it (a frame's soft edge,
-            // lighter than near-black) stays too, for as far as the region's margin: lifted
-            // with the brow it would smear onto the forehead.
-            let reach = (2.0 * f.px_per_mm).ceil().max(1.0) as u32;
-            let continued = continued_into(&m, &inside, reach);
+            // lighter than near-black) stays too: lifted with the brow it would smear onto the
+            // forehead. Across the margin (2 mm), but into the brow's own outline only 1 mm:
+            // dark brow hair is "not skin" too, and kept deeper it would be split, part of the
+            // brow left behind.
+            let mut core = Mask::new(rect);
+            core.fill_polygon(&brow, 1.0);
+            let reach = |mm: f32| (mm * f.px_per_mm).ceil().max(1.0) as u32;
+            let continued = continued_into(&m, &inside, (&core, reach(1.0)), reach(2.0));
             m.map(|x, y, v| {
                 if inside.at(x, y) == 0.0 || continued.at(x, y) > 0.0 {
                     return v;
@@ -160,9 +164,15 @@ fn protect_mask(photo: &RgbImage, lm: &Landmarks, f: &Frame, rect: Rect, only_da
 }
 
 /// The pixels of `region` reached from protected pixels outside it (`protected` ≥ 0.5) through
-/// protected pixels inside it, in at most `reach` steps (4-neighbours): an overlay that crosses
-/// into the region, as far as `reach` (1 where reached).
-fn continued_into(protected: &Mask, region: &Mask, reach: u32) -> Mask {
+/// protected pixels of `region`, in at most `reach` steps (4-neighbours), and those of `core`
+/// (within `region`) only within its own step limit: an overlay that crosses into the region
+/// (1 where reached).
+fn continued_into(
+    protected: &Mask,
+    region: &Mask,
+    (core, core_reach): (&Mask, u32),
+    reach: u32,
+) -> Mask {
     let rect = protected.rect;
     let mut out = Mask::new(rect);
     let held = |x: u32, y: u32| protected.at(x, y) >= 0.5;
@@ -190,7 +200,7 @@ fn continued_into(protected: &Mask, region: &Mask, reach: u32) -> Mask {
     for &(x, y) in &front {
         out.put(x, y, 1.0);
     }
-    for _ in 1..reach {
+    for step in 1..reach {
         let mut next = vec![];
         for &(x, y) in &front {
             for (dx, dy) in [(-1i64, 0i64), (1, 0), (0, -1), (0, 1)] {
@@ -199,7 +209,11 @@ fn continued_into(protected: &Mask, region: &Mask, reach: u32) -> Mask {
                     continue;
                 }
                 let (nx, ny) = (nx as u32, ny as u32);
-                if region.at(nx, ny) > 0.0 && held(nx, ny) && out.at(nx, ny) == 0.0 {
+                if region.at(nx, ny) > 0.0
+                    && held(nx, ny)
+                    && out.at(nx, ny) == 0.0
+                    && (step < core_reach || core.at(nx, ny) == 0.0)
+                {
                     out.put(nx, ny, 1.0);
                     next.push((nx, ny));
                 }

@@ -57,7 +57,7 @@ pub(crate) async fn upload_image(
     let _receiving = match st.uploads.enter(&user.0) {
         Ok(turn) => turn,
         Err(e) => {
-            crate::uploads::discard(mp).await;
+            st.uploads.discard(mp).await;
             return e.into_response();
         }
     };

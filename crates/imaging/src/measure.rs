@@ -336,7 +336,22 @@ fn blepharoplasty(p: &Probe<'_>) -> Vec<Change> {
         c("left lid platform", platform(1, false), platform(1, true)),
         c("right lid margin v", margin(0, false), margin(0, true)),
         c("left lid margin v", margin(1, false), margin(1, true)),
+        // The brows' lower edges stay (the hooding pushed them up: a notch under the brow):
+        // the most any of their points rose.
+        c(
+            "right brow lower rise",
+            0.0,
+            brow_rise(p, &r::BROW_LOWER[0]),
+        ),
+        c("left brow lower rise", 0.0, brow_rise(p, &r::BROW_LOWER[1])),
     ]
+}
+
+/// The most any of points `idx` rose, mm (0 when none did).
+fn brow_rise(p: &Probe<'_>, idx: &[usize]) -> f32 {
+    idx.iter()
+        .map(|&i| p.v(p.at(i)) - p.v(p.go(i)))
+        .fold(0.0, f32::max)
 }
 
 fn facelift(p: &Probe<'_>) -> Vec<Change> {

@@ -476,8 +476,16 @@ fn blepharoplasty(d: &mut Draft<'_>, sc: &Scene<'_>) -> Result<(), ImagingError>
     let k = sc.k;
     let m = &mut d.m;
     // Less hooding: the upper-lid fold and the hooding skin above it rise towards the
-    // brow, so more lid platform shows; the lid margin and the eye stay.
+    // brow, so more lid platform shows; the lid margin, the eye and the brow stay. The
+    // hooding rises at most 40 % of its distance to the brow's lower edge (half its amount at
+    // least): the skin between is compressed, and further it would push the brow's lower
+    // hairs up (a notch under the brow where it is close to the lid).
     for side in 0..2 {
+        let (brow_u, brow_v): (Vec<f32>, Vec<f32>) = {
+            let mut t: Vec<(f32, f32)> = r::BROW_LOWER[side].iter().map(|&i| m.uv(i)).collect();
+            t.sort_by(|a, b| a.0.total_cmp(&b.0));
+            t.into_iter().unzip()
+        };
         for (ring, amount) in [
             (&r::LID_FOLD[side], amounts::LID_FOLD_MM),
             (&r::LID_HOOD[side], amounts::LID_HOOD_MM),
@@ -487,7 +495,11 @@ fn blepharoplasty(d: &mut Draft<'_>, sc: &Scene<'_>) -> Result<(), ImagingError>
                 // Less at the corners.
                 let t = j as f32 / n as f32;
                 let w = 0.45 + 0.55 * (std::f32::consts::PI * t).sin();
-                m.set(i, 0.0, -amount * k * w);
+                let (u, v) = m.uv(i);
+                let room = 0.4 * (v - lerp_table(&brow_u, &brow_v, u)).max(0.0);
+                // Never below half the amount: the procedure still shows where the brow is low.
+                let full = amount * k * w;
+                m.set(i, 0.0, -full.min(room.max(0.5 * full)));
             }
         }
     }

@@ -602,17 +602,22 @@ fn hair_glasses_background_and_clothing_never_move() {
 fn a_blepharoplasty_leaves_the_brows_lower_edge() {
     let img = portrait("astronaut.png");
     let lm = face::detect(&img).unwrap();
-    let out = simulate(&img, "blepharoplasty", Intensity::Pronounced, &lm).unwrap().image;
+    let out = simulate(&img, "blepharoplasty", Intensity::Pronounced, &lm)
+        .unwrap()
+        .image;
     let c = measure::changes("blepharoplasty", &img, &out, &lm);
     for side in ["right", "left"] {
         let rise = find(&c, &format!("{side} brow lower rise")).delta();
         assert!(rise < 0.8, "{side} brow's lower edge rose {rise:.2} mm");
     }
     let platform = find(&c, "right lid platform").delta();
-    assert!(platform > 0.15, "the lid platform grew only {platform:.2} mm");
+    assert!(
+        platform > 0.15,
+        "the lid platform grew only {platform:.2} mm"
+    );
 }
 
-/// On Grace Hopper tilted 8°, her frames' upper edge/// On Grace Hopper tilted 8°, her frames' upper edge (lighter than near-black where the rotation
+/// On Grace Hopper tilted 8°, her frames' upper edge (lighter than near-black where the rotation
 /// blurred it) meets the brows' tails, inside their regions: lifted with the brow, it smeared a
 /// grey patch onto the forehead above each tail (14-17 mm above the eyes, 50-57 mm out; the
 /// brows themselves, darker and lifted, darken the skin above them further in and higher up).

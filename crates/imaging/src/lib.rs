@@ -105,21 +105,13 @@ fn protect_mask(photo: &RgbImage, lm: &Landmarks, f: &Frame, rect: Rect, only_da
     // Only what is clearly not skin: near-black (frames, dark hair) or far from the skin's
     // colour. Shaded skin (lid creases, under the jaw) keeps its chroma and stays movable.
     let dark = if only_dark { 0.35 } else { 0.2 } * skin.luminance();
-    // With only dark pixels protected, a lens's reflections too: brighter than any skin and
-    // nearly colourless (the eyes' whites and catchlights are among them, and stay anyway).
-    let bright = (1.15 * skin.luminance()).max(175.0);
     m.map(|x, y, _| {
         let p = photo.get_pixel(x, y).0;
         let lum = 0.299 * p[0] as f32 + 0.587 * p[1] as f32 + 0.114 * p[2] as f32;
         if lum < dark {
             1.0
         } else if only_dark {
-            let spread = p.iter().max().unwrap_or(&0) - p.iter().min().unwrap_or(&0);
-            if lum > bright && spread < 48 {
-                1.0
-            } else {
-                0.0
-            }
+            0.0
         } else {
             ((skin.distance(p) - 5.0) / 2.0).clamp(0.0, 1.0)
         }

@@ -36,8 +36,8 @@ pub struct Plan {
 pub enum Protect {
     /// None.
     Nothing,
-    /// Near-black pixels (glasses frames crossing the eyelids, where shaded skin must still
-    /// move) and bright, colourless ones (a lens's reflections).
+    /// Near-black pixels only (glasses frames crossing the eyelids, where shaded skin must
+    /// still move).
     Dark,
     /// Near-black pixels and anything far from the skin's colour (frames, hair, a collar).
     Overlays,

@@ -179,21 +179,11 @@ fn continued_into(
     let mut front: Vec<(u32, u32)> = vec![];
     for y in rect.y0..rect.y1 {
         for x in rect.x0..rect.x1 {
-            if region.at(x, y) > 0.0 && held(x, y) {
-                let near_outside =
-                    [(-1i64, 0i64), (1, 0), (0, -1), (0, 1)]
-                        .iter()
-                        .any(|(dx, dy)| {
-                            let (nx, ny) = (x as i64 + dx, y as i64 + dy);
-                            nx >= 0
-                                && ny >= 0
-                                && rect.contains(nx as u32, ny as u32)
-                                && region.at(nx as u32, ny as u32) == 0.0
-                                && held(nx as u32, ny as u32)
-                        });
-                if near_outside {
-                    front.push((x, y));
-                }
+            if region.at(x, y) > 0.0
+                && held(x, y)
+                && neighbours(rect, x, y).any(|(nx, ny)| region.at(nx, ny) == 0.0 && held(nx, ny))
+            {
+                front.push((x, y));
             }
         }
     }
@@ -203,12 +193,7 @@ fn continued_into(
     for step in 1..reach {
         let mut next = vec![];
         for &(x, y) in &front {
-            for (dx, dy) in [(-1i64, 0i64), (1, 0), (0, -1), (0, 1)] {
-                let (nx, ny) = (x as i64 + dx, y as i64 + dy);
-                if nx < 0 || ny < 0 || !rect.contains(nx as u32, ny as u32) {
-                    continue;
-                }
-                let (nx, ny) = (nx as u32, ny as u32);
+            for (nx, ny) in neighbours(rect, x, y) {
                 if region.at(nx, ny) > 0.0
                     && held(nx, ny)
                     && out.at(nx, ny) == 0.0
@@ -225,6 +210,15 @@ fn continued_into(
         front = next;
     }
     out
+}
+
+/// The 4-neighbours of `(x, y)` inside `rect`.
+fn neighbours(rect: Rect, x: u32, y: u32) -> impl Iterator<Item = (u32, u32)> {
+    [(-1i64, 0i64), (1, 0), (0, -1), (0, 1)]
+        .into_iter()
+        .map(move |(dx, dy)| (i64::from(x) + dx, i64::from(y) + dy))
+        .filter(move |&(nx, ny)| nx >= 0 && ny >= 0 && rect.contains(nx as u32, ny as u32))
+        .map(|(nx, ny)| (nx as u32, ny as u32))
 }
 
 /// The warp and smoothing of a plan, applied.

@@ -159,6 +159,13 @@ impl<'a> Moves<'a> {
     }
 }
 
+/// A table for [`lerp_table`]: the `(u, value)` pairs sorted by `u`, as `(us, values)`.
+fn by_u(pairs: impl IntoIterator<Item = (f32, f32)>) -> (Vec<f32>, Vec<f32>) {
+    let mut t: Vec<(f32, f32)> = pairs.into_iter().collect();
+    t.sort_by(|a, b| a.0.total_cmp(&b.0));
+    t.into_iter().unzip()
+}
+
 /// Piecewise-linear interpolation of `ys` over increasing `xs`, clamped at the ends.
 fn lerp_table(xs: &[f32], ys: &[f32], x: f32) -> f32 {
     if x <= xs[0] {
@@ -359,15 +366,12 @@ fn chin_augmentation(d: &mut Draft<'_>, sc: &Scene<'_>) -> Result<(), ImagingErr
     // the chin would come to a point.
     let (_, v_lip) = m.uv(r::LOWER_LIP_MID.1);
     let (u_c, _) = m.uv(r::MENTON);
-    let (border_u, border_v): (Vec<f32>, Vec<f32>) = {
-        let mut t: Vec<(f32, f32)> = r::FACE_OVAL
+    let (border_u, border_v) = by_u(
+        r::FACE_OVAL
             .iter()
             .map(|&i| m.uv(i))
-            .filter(|&(_, v)| v > v_lip + 2.0)
-            .collect();
-        t.sort_by(|a, b| a.0.total_cmp(&b.0));
-        t.into_iter().unzip()
-    };
+            .filter(|&(_, v)| v > v_lip + 2.0),
+    );
     if border_u.is_empty() {
         return Err(ImagingError::FeatureNotVisible(
             "the chin's lower border is not in the photo".into(),
@@ -407,22 +411,14 @@ fn brow_lift(d: &mut Draft<'_>, sc: &Scene<'_>) -> Result<(), ImagingError> {
         let upper = &r::BROW_UPPER[side];
         let us: Vec<f32> = upper.iter().map(|&i| m.uv(i).0).collect();
         // Order the table by u (tail is lateral: negative u on the subject's right).
-        let (xs, lift): (Vec<f32>, Vec<f32>) = {
-            let tail = amounts::BROW_TAIL_MM * k;
-            let mut t: Vec<(f32, f32)> = us
-                .iter()
+        let tail = amounts::BROW_TAIL_MM * k;
+        let (xs, lift) = by_u(
+            us.iter()
                 .enumerate()
-                .map(|(j, &u)| (u, tail * (1.0 - 0.75 * j as f32 / 4.0)))
-                .collect();
-            t.sort_by(|a, b| a.0.total_cmp(&b.0));
-            t.into_iter().unzip()
-        };
+                .map(|(j, &u)| (u, tail * (1.0 - 0.75 * j as f32 / 4.0))),
+        );
         let lift_at = |u: f32| lerp_table(&xs, &lift, u);
-        let table = |idx: &[usize]| -> (Vec<f32>, Vec<f32>) {
-            let mut t: Vec<(f32, f32)> = idx.iter().map(|&i| m.uv(i)).collect();
-            t.sort_by(|a, b| a.0.total_cmp(&b.0));
-            t.into_iter().unzip()
-        };
+        let table = |idx: &[usize]| by_u(idx.iter().map(|&i| m.uv(i)));
         let (brow_u, brow_vs) = table(upper);
         let (lid_u, lid_vs) = table(&r::UPPER_LID[side]);
         let brow_v = |u: f32| lerp_table(&brow_u, &brow_vs, u);
@@ -481,11 +477,7 @@ fn blepharoplasty(d: &mut Draft<'_>, sc: &Scene<'_>) -> Result<(), ImagingError>
     // least): the skin between is compressed, and further it would push the brow's lower
     // hairs up (a notch under the brow where it is close to the lid).
     for side in 0..2 {
-        let (brow_u, brow_v): (Vec<f32>, Vec<f32>) = {
-            let mut t: Vec<(f32, f32)> = r::BROW_LOWER[side].iter().map(|&i| m.uv(i)).collect();
-            t.sort_by(|a, b| a.0.total_cmp(&b.0));
-            t.into_iter().unzip()
-        };
+        let (brow_u, brow_v) = by_u(r::BROW_LOWER[side].iter().map(|&i| m.uv(i)));
         for (ring, amount) in [
             (&r::LID_FOLD[side], amounts::LID_FOLD_MM),
             (&r::LID_HOOD[side], amounts::LID_HOOD_MM),
@@ -522,12 +514,7 @@ fn facelift(d: &mut Draft<'_>, sc: &Scene<'_>) -> Result<(), ImagingError> {
     // smooth; purely vertical, so the face is not widened. Below the jaw, only skin
     // moves: a collar or the background is kept rigid (`protect`).
     let lift = amounts::JOWL_LIFT_MM * k;
-    let jaw: Vec<(f32, f32)> = {
-        let mut t: Vec<(f32, f32)> = r::JAWLINE.iter().map(|&i| m.uv(i)).collect();
-        t.sort_by(|a, b| a.0.total_cmp(&b.0));
-        t
-    };
-    let (ju, jv): (Vec<f32>, Vec<f32>) = jaw.iter().copied().unzip();
+    let (ju, jv) = by_u(r::JAWLINE.iter().map(|&i| m.uv(i)));
     let half = (ju[ju.len() - 1] - ju[0]) / 2.0;
     let mid = (ju[ju.len() - 1] + ju[0]) / 2.0;
     let profile = |u: f32| {
@@ -562,7 +549,7 @@ fn facelift(d: &mut Draft<'_>, sc: &Scene<'_>) -> Result<(), ImagingError> {
         }
     }
     // The neck below follows with the same profile, fading over 20 mm.
-    for (u, v) in jaw.iter().copied() {
+    for (u, v) in ju.iter().copied().zip(jv.iter().copied()) {
         for d in [6.0f32, 12.0] {
             let w = profile(u) * (1.0 - d / 20.0);
             m.extra.push(Handle {

@@ -257,17 +257,54 @@ fn render_plan(photo: &RgbImage, lm: &Landmarks, plan: &Plan) -> Simulated {
             })
             .intersect(rect);
         let feather = f.px(2.0).round().max(1.0) as u32;
-        let mut mask = polygon_mask(rect, &s.include, feather);
-        let mut cut = polygon_mask(rect, &s.exclude, 0);
-        cut.blur(feather);
-        let skin = SkinModel::learn(photo, lm);
-        mask.map(|x, y, v| v * (1.0 - cut.at(x, y)) * skin.likelihood(photo.get_pixel(x, y).0));
+        let mask = skin_region(photo, lm, rect, (Some(&s.include), &s.exclude), feather);
         let radius = f.px(s.radius_mm).round().max(1.0) as u32;
         let (out, r) = warp::smooth_detail(&image, &mask, radius, s.eps, s.amount);
         image = out;
         region = region.union(r);
     }
+    if let Some(s) = &plan.shading {
+        let px = |mm: f32| f.px(mm).round().max(1.0) as u32;
+        let (fine, coarse) = (px(s.detail_mm), px(s.reach_mm).max(px(s.detail_mm) + 1));
+        let rect = s.include.iter().fold(Rect::default(), |acc, p| {
+            acc.union(Rect::around(p, 2.0, w, h))
+        });
+        let feather = px(1.5);
+        let mask = skin_region(photo, lm, rect, (Some(&s.include), &s.exclude), feather);
+        // The surroundings' tone: the skin within reach, the excluded features left out.
+        let reach = rect.grown(coarse, w, h);
+        let weight = skin_region(photo, lm, reach, (None, &s.exclude), 0);
+        let (out, r) = warp::even_shading(&image, &mask, &weight, (fine, coarse), s.amount);
+        image = out;
+        region = region.union(r);
+    }
     Simulated { image, region }
+}
+
+/// How much each pixel of `rect` is the patient's skin inside the `include` polygons (feathered
+/// inwards over `feather` pixels; all of `rect` when `None`) and outside the `exclude` ones
+/// (their edges blurred over as much): the skin model's likelihood of the photo's pixel, times
+/// both.
+fn skin_region(
+    photo: &RgbImage,
+    lm: &Landmarks,
+    rect: Rect,
+    (include, exclude): (Option<&[Vec<Pt>]>, &[Vec<Pt>]),
+    feather: u32,
+) -> Mask {
+    let mut mask = match include {
+        Some(polys) => polygon_mask(rect, polys, feather),
+        None => {
+            let mut all = Mask::new(rect);
+            all.map(|_, _, _| 1.0);
+            all
+        }
+    };
+    let mut cut = polygon_mask(rect, exclude, 0);
+    cut.blur(feather);
+    let skin = SkinModel::learn(photo, lm);
+    mask.map(|x, y, v| v * (1.0 - cut.at(x, y)) * skin.likelihood(photo.get_pixel(x, y).0));
+    mask
 }
 
 /// Applies `procedure` to `photo` at `intensity` for the face at `lm`.
@@ -312,9 +349,11 @@ pub fn treatment_mask(
             (field.at(Pt::new(x as f32, y as f32)).len() / unit).min(1.0)
         });
     }
-    if let Some(s) = &plan.smoothing {
-        let mut inc = polygon_mask(full, &s.include, 0);
-        for p in &s.exclude {
+    let smoothing = plan.smoothing.iter().map(|s| (&s.include, &s.exclude));
+    let shading = plan.shading.iter().map(|s| (&s.include, &s.exclude));
+    for (include, exclude) in smoothing.chain(shading) {
+        let mut inc = polygon_mask(full, include, 0);
+        for p in exclude {
             inc.clear_polygon(p);
         }
         mask.map(|x, y, v| v.max(inc.at(x, y)));

@@ -8,6 +8,7 @@ use image::RgbImage;
 
 use crate::face::skin::SkinModel;
 use crate::face::{Frame, Landmarks, Pt, regions as r};
+use crate::warp::{Mask, Rect};
 
 /// One measured quantity before and after.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -117,6 +118,35 @@ fn band_energy(
 ) -> f32 {
     let f = lm.frame();
     let r = f.px(disc_mm);
+    let mut pixels = vec![];
+    for c in [
+        lm.points[r::CHEEKS[0]],
+        lm.points[r::CHEEKS[1]],
+        lm.points[151],
+    ] {
+        let (x0, x1) = ((c.x - r) as i64, (c.x + r) as i64);
+        let (y0, y1) = ((c.y - r) as i64, (c.y + r) as i64);
+        for y in y0..=y1 {
+            for x in x0..=x1 {
+                if Pt::new(x as f32, y as f32).minus(c).len() <= r {
+                    pixels.push((x, y));
+                }
+            }
+        }
+    }
+    energy(img, &f, &pixels, inner_mm, outer_mm)
+}
+
+/// Mean squared difference, over `pixels`, of luminance averaged over ±`inner_mm` (the pixel
+/// itself when `None`) from luminance averaged over ±`outer_mm` (pixels whose box leaves the
+/// image are skipped).
+fn energy(
+    img: &RgbImage,
+    f: &Frame,
+    pixels: &[(i64, i64)],
+    inner_mm: Option<f32>,
+    outer_mm: f32,
+) -> f32 {
     let b = f.px(outer_mm).round().max(1.0) as i64;
     let bi = inner_mm.map_or(0, |m| f.px(m).round().max(1.0) as i64);
     let lum = |xx: i64, yy: i64| {
@@ -133,29 +163,44 @@ fn band_energy(
         s / ((2 * h + 1) * (2 * h + 1)) as f64
     };
     let (mut acc, mut n) = (0f64, 0u64);
-    for c in [
-        lm.points[r::CHEEKS[0]],
-        lm.points[r::CHEEKS[1]],
-        lm.points[151],
-    ] {
-        let (x0, x1) = ((c.x - r) as i64, (c.x + r) as i64);
-        let (y0, y1) = ((c.y - r) as i64, (c.y + r) as i64);
-        for y in y0..=y1 {
-            for x in x0..=x1 {
-                if Pt::new(x as f32, y as f32).minus(c).len() > r
-                    || x - b < 0
-                    || y - b < 0
-                    || x + b >= img.width() as i64
-                    || y + b >= img.height() as i64
-                {
-                    continue;
-                }
-                acc += (mean(x, y, bi) - mean(x, y, b)).powi(2);
-                n += 1;
+    for &(x, y) in pixels {
+        if x - b < 0 || y - b < 0 || x + b >= img.width() as i64 || y + b >= img.height() as i64 {
+            continue;
+        }
+        acc += (mean(x, y, bi) - mean(x, y, b)).powi(2);
+        n += 1;
+    }
+    (acc / n.max(1) as f64) as f32
+}
+
+/// Under eye `side` (0 = the subject's right), on the skin a lower blepharoplasty evens out
+/// (`procedures::under_eye_band` without 2 mm round the eye): its shading, as the mean squared
+/// difference of luminance averaged over ±1 mm from luminance averaged over ±5 mm; and its fine
+/// texture, the pixel against its ±1 mm average.
+pub fn under_eye(img: &RgbImage, lm: &Landmarks, side: usize) -> (f32, f32) {
+    let f = lm.frame();
+    let band = crate::procedures::under_eye_band(lm, side);
+    let ring = if side == 0 {
+        &r::RIGHT_EYE_RING[..]
+    } else {
+        &r::LEFT_EYE_RING[..]
+    };
+    let rect = Rect::around(&band, 1.0, img.width(), img.height());
+    let mut m = Mask::new(rect);
+    m.fill_polygon(&band, 1.0);
+    m.clear_polygon(&crate::face::grow(&lm.group(ring), &f, 2.0));
+    let mut pixels = vec![];
+    for y in rect.y0..rect.y1 {
+        for x in rect.x0..rect.x1 {
+            if m.at(x, y) > 0.5 {
+                pixels.push((i64::from(x), i64::from(y)));
             }
         }
     }
-    (acc / n.max(1) as f64) as f32
+    (
+        energy(img, &f, &pixels, Some(1.0), 5.0),
+        energy(img, &f, &pixels, None, 1.0),
+    )
 }
 
 /// The rim of each visible ear (subject's right, left): mean lateral distance of the rim
@@ -331,7 +376,17 @@ fn blepharoplasty(p: &Probe<'_>) -> Vec<Change> {
         mean_v(&r::UPPER_LID[side][2..7], moved) - mean_v(&r::LID_FOLD[side][1..6], moved)
     };
     let margin = |side: usize, moved: bool| mean_v(&r::UPPER_LID[side][2..7], moved);
+    let [(rb, ra), (lb, la)] = [0, 1].map(|side| {
+        (
+            under_eye(p.before, p.lm, side),
+            under_eye(p.after, p.lm, side),
+        )
+    });
     vec![
+        c("right under-eye shading", rb.0, ra.0),
+        c("left under-eye shading", lb.0, la.0),
+        c("right under-eye texture", rb.1, ra.1),
+        c("left under-eye texture", lb.1, la.1),
         c("right lid platform", platform(0, false), platform(0, true)),
         c("left lid platform", platform(1, false), platform(1, true)),
         c("right lid margin v", margin(0, false), margin(0, true)),

@@ -29,6 +29,8 @@ pub struct Plan {
     pub protect: Protect,
     /// Texture smoothing, for skin procedures.
     pub smoothing: Option<Smoothing>,
+    /// Shading evened out (under-eye bags and hollows).
+    pub shading: Option<Shading>,
 }
 
 /// Which pixels are laid back unchanged over the warped skin.
@@ -56,6 +58,22 @@ pub struct Smoothing {
     /// whose variance is well under it counts as texture, well over it as an edge that stays.
     pub eps: f32,
     /// Share of the fine detail removed, 0-1.
+    pub amount: f32,
+}
+
+/// Shading evened out under the skin's texture (frequency separation): a shadow or a bulge
+/// narrower than `reach_mm` takes its surroundings' tone, detail finer than `detail_mm` stays.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Shading {
+    /// Where (union of polygons)...
+    pub include: Vec<Vec<Pt>>,
+    /// ...except here; neither is part of the surroundings' average (the eyes, the lashes).
+    pub exclude: Vec<Vec<Pt>>,
+    /// Detail finer than this (millimetres, a box's radius) stays: pores, fine lines.
+    pub detail_mm: f32,
+    /// Shading up to about twice this wide (millimetres, a box's radius) is evened out.
+    pub reach_mm: f32,
+    /// Share of it evened out, 0-1.
     pub amount: f32,
 }
 
@@ -88,6 +106,8 @@ pub mod amounts {
     pub const LID_FOLD_MM: f32 = 2.0;
     /// Upper-lid hooding raised, mm.
     pub const LID_HOOD_MM: f32 = 2.6;
+    /// Share of the under-eye shading (bags, the hollow below them) evened out.
+    pub const UNDER_EYE_EVENED: f32 = 0.6;
     /// Jowls lifted, mm.
     pub const JOWL_LIFT_MM: f32 = 4.5;
     /// Ear rim moved towards the head, mm (at most a third of the ear's visible width).
@@ -201,6 +221,7 @@ pub fn plan(
         allow: face_outline(lm),
         protect: Protect::Nothing,
         smoothing: None,
+        shading: None,
         radius_mm: 0.0,
     };
     match procedure {
@@ -226,6 +247,7 @@ pub fn plan(
         allow: d.allow,
         protect: d.protect,
         smoothing: d.smoothing,
+        shading: d.shading,
     })
 }
 
@@ -272,6 +294,7 @@ struct Draft<'a> {
     allow: Vec<Vec<Pt>>,
     protect: Protect,
     smoothing: Option<Smoothing>,
+    shading: Option<Shading>,
     radius_mm: f32,
 }
 
@@ -498,8 +521,41 @@ fn blepharoplasty(d: &mut Draft<'_>, sc: &Scene<'_>) -> Result<(), ImagingError>
     m.pin_outside(&[6.0, 14.0]);
     d.radius_mm = 7.0;
     d.protect = Protect::Dark;
+    // Under the eyes (the lower lid's part): the bags and the hollow below them, shading a few
+    // millimetres wide, evened out towards the surrounding skin's tone, the texture kept.
+    // The creases that outline the bags are softened as a facelift softens the nasolabial folds.
+    let lm = sc.lm;
+    let f = lm.frame();
+    let include: Vec<Vec<Pt>> = (0..2).map(|side| under_eye_band(lm, side)).collect();
+    let exclude: Vec<Vec<Pt>> = [&r::RIGHT_EYE_RING, &r::LEFT_EYE_RING]
+        .map(|ring| grow(&lm.group(ring), &f, 1.2))
+        .to_vec();
+    d.smoothing = Some(Smoothing {
+        include: include.clone(),
+        exclude: exclude.clone(),
+        radius_mm: 1.6,
+        eps: 220.0,
+        amount: (0.45 * k).min(0.8),
+    });
+    d.shading = Some(Shading {
+        include,
+        exclude,
+        detail_mm: 1.0,
+        reach_mm: 5.0,
+        amount: (amounts::UNDER_EYE_EVENED * k).min(0.9),
+    });
 
     Ok(())
+}
+
+/// The skin under eye `side` (0 = the subject's right) that a lower blepharoplasty changes:
+/// from the lower lid's margin down to the upper cheek (the third mesh ring below the eye),
+/// its inner end at the inner corner's ring (the nose's side wall is not part of it).
+pub(crate) fn under_eye_band(lm: &Landmarks, side: usize) -> Vec<Pt> {
+    let mut band = lm.group(&r::LOWER_LID[side]);
+    let low = &r::UNDER_EYE_LOW[side];
+    band.extend(lm.group(&low[..low.len() - 1]).into_iter().rev());
+    band
 }
 
 /// The facelift recipe.
@@ -509,7 +565,8 @@ fn facelift(d: &mut Draft<'_>, sc: &Scene<'_>) -> Result<(), ImagingError> {
     let m = &mut d.m;
     let f = m.f;
     // The lower face lifts along its own vertical: most at the jowls, nothing at the
-    // chin's centre, a third at the jaw's angle; fading over 25 mm above the jawline.
+    // chin's centre, half at the jaw's angle, none at the ears; fading over 25 mm above the
+    // jawline.
     // One smooth function for every point (outline included), so the outline stays
     // smooth; purely vertical, so the face is not widened. Below the jaw, only skin
     // moves: a collar or the background is kept rigid (`protect`).
@@ -518,13 +575,18 @@ fn facelift(d: &mut Draft<'_>, sc: &Scene<'_>) -> Result<(), ImagingError> {
     let half = (ju[ju.len() - 1] - ju[0]) / 2.0;
     let mid = (ju[ju.len() - 1] + ju[0]) / 2.0;
     let profile = |u: f32| {
-        // 0 at the chin's centre, 1 at 55 % of the half width, a third at the angle.
+        // 0 at the chin's centre, 1 at 55 % of the half width, half at the jaw's angle (85 %),
+        // none from 95 % out: the face's side at the ear, where a facelift's skin is anchored
+        // and where the mesh's outline runs over the earlobe (lifted, its crease was dragged
+        // into a dark pocket).
         let t = ((u - mid).abs() / half.max(1.0)).min(1.0);
         if t < 0.55 {
             let x = t / 0.55;
             x * x * (3.0 - 2.0 * x)
+        } else if t < 0.85 {
+            1.0 - (t - 0.55) / 0.30 * 0.5
         } else {
-            1.0 - (t - 0.55) / 0.45 * 0.67
+            (0.5 * (0.95 - t) / 0.10).max(0.0)
         }
     };
     let (_, v_nose) = f.local(lm.points[r::SUBNASALE]);

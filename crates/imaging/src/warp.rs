@@ -88,6 +88,16 @@ impl Rect {
         }
     }
 
+    /// This rectangle grown by `margin` pixels on every side, clipped to `w × h`.
+    pub fn grown(self, margin: u32, w: u32, h: u32) -> Rect {
+        Rect {
+            x0: self.x0.saturating_sub(margin),
+            y0: self.y0.saturating_sub(margin),
+            x1: (self.x1 + margin).min(w),
+            y1: (self.y1 + margin).min(h),
+        }
+    }
+
     /// The bounding rectangle of `pts` grown by `margin` pixels, clipped to `w × h`.
     pub fn around(pts: &[Pt], margin: f32, w: u32, h: u32) -> Rect {
         if pts.is_empty() {
@@ -491,6 +501,16 @@ fn box_blur_rows(a: &mut [f32], w: usize, h: usize, r: usize) {
     }
 }
 
+/// One box blur of radius `r` over a `w` × `h` grid (rows, then columns).
+fn box_blur(v: &[f32], w: usize, h: usize, r: usize) -> Vec<f32> {
+    let mut b = v.to_vec();
+    box_blur_rows(&mut b, w, h, r);
+    transpose(&mut b, w, h);
+    box_blur_rows(&mut b, h, w, r);
+    transpose(&mut b, h, w);
+    b
+}
+
 fn transpose(a: &mut Vec<f32>, w: usize, h: usize) {
     let mut t = vec![0f32; a.len()];
     for y in 0..h {
@@ -693,23 +713,10 @@ pub fn smooth_detail(
         return (out, region);
     }
     // Work area: the region plus two radii (the filter reads boxes of boxes).
-    let m = 2 * radius;
-    let wr = Rect {
-        x0: region.x0.saturating_sub(m),
-        y0: region.y0.saturating_sub(m),
-        x1: (region.x1 + m).min(w),
-        y1: (region.y1 + m).min(h),
-    };
+    let wr = region.grown(2 * radius, w, h);
     let (ww, wh) = (wr.width() as usize, wr.height() as usize);
     let r = radius as usize;
-    let boxed = |v: &[f32]| -> Vec<f32> {
-        let mut b = v.to_vec();
-        box_blur_rows(&mut b, ww, wh, r);
-        transpose(&mut b, ww, wh);
-        box_blur_rows(&mut b, wh, ww, r);
-        transpose(&mut b, wh, ww);
-        b
-    };
+    let boxed = |v: &[f32]| box_blur(v, ww, wh, r);
     let mut bases = vec![];
     for c in 0..3 {
         let i: Vec<f32> = (0..wh)
@@ -748,6 +755,61 @@ pub fn smooth_detail(
                 to_u8(v - k * (v - bases[c][at]))
             });
             out.put_pixel(x, y, Rgb(px));
+        }
+    }
+    (out, region)
+}
+
+/// Shading evened out inside `mask` under the skin's texture (frequency separation): at each
+/// pixel, each channel's average over a box of radius `fine` is replaced by its average over a
+/// box of radius `coarse`, by `amount × mask`. Both averages are taken over `weight` only (what
+/// is skin: the lashes, the eye, a frame are no part of them), so detail finer than `fine`
+/// stays as it is and a shadow or a bulge narrower than `coarse` takes its surroundings' tone.
+/// `weight` should cover the mask's rectangle grown by `coarse`; pixels whose boxes hold almost
+/// no weight are left alone.
+pub fn even_shading(
+    img: &RgbImage,
+    mask: &Mask,
+    weight: &Mask,
+    (fine, coarse): (u32, u32),
+    amount: f32,
+) -> (RgbImage, Rect) {
+    let (w, h) = img.dimensions();
+    let region = mask.rect;
+    let mut out = img.clone();
+    if region.is_empty() || coarse <= fine {
+        return (out, region);
+    }
+    let wr = region.grown(coarse, w, h);
+    let (ww, wh) = (wr.width() as usize, wr.height() as usize);
+    let boxed = |v: &[f32], r: usize| box_blur(v, ww, wh, r);
+    let cells = || (0..wh).flat_map(|y| (0..ww).map(move |x| (wr.x0 + x as u32, wr.y0 + y as u32)));
+    let wt: Vec<f32> = cells().map(|(x, y)| weight.at(x, y)).collect();
+    let (wf, wc) = (boxed(&wt, fine as usize), boxed(&wt, coarse as usize));
+    // Each channel's two weighted averages; the smallest weight share a box may hold.
+    const FLOOR: f32 = 0.05;
+    let mut lift = vec![[0f32; 3]; ww * wh];
+    for c in 0..3 {
+        let v: Vec<f32> = cells()
+            .zip(&wt)
+            .map(|((x, y), k)| img.get_pixel(x, y).0[c] as f32 * k)
+            .collect();
+        let (nf, nc) = (boxed(&v, fine as usize), boxed(&v, coarse as usize));
+        for (i, l) in lift.iter_mut().enumerate() {
+            if wf[i] > FLOOR && wc[i] > FLOOR {
+                l[c] = nc[i] / wc[i] - nf[i] / wf[i];
+            }
+        }
+    }
+    for y in region.y0..region.y1 {
+        for x in region.x0..region.x1 {
+            let k = amount * mask.at(x, y);
+            if k <= 0.0 {
+                continue;
+            }
+            let d = lift[(y - wr.y0) as usize * ww + (x - wr.x0) as usize];
+            let p = img.get_pixel(x, y).0;
+            out.put_pixel(x, y, Rgb([0, 1, 2].map(|c| to_u8(p[c] as f32 + k * d[c]))));
         }
     }
     (out, region)
@@ -859,12 +921,12 @@ mod tests {
     }
 
     fn full(w: u32, h: u32) -> Mask {
-        let mut m = Mask::new(Rect {
-            x0: 0,
-            y0: 0,
-            x1: w,
-            y1: h,
-        });
+        ones(0, 0, w, h)
+    }
+
+    /// A mask of ones over `x0..x1` × `y0..y1`.
+    fn ones(x0: u32, y0: u32, x1: u32, y1: u32) -> Mask {
+        let mut m = Mask::new(Rect { x0, y0, x1, y1 });
         m.map(|_, _, _| 1.0);
         m
     }
@@ -902,13 +964,7 @@ mod tests {
             }],
             30.0,
         );
-        let mut allow = Mask::new(Rect {
-            x0: 90,
-            y0: 0,
-            x1: 200,
-            y1: 160,
-        });
-        allow.map(|_, _, _| 1.0);
+        let allow = ones(90, 0, 200, 160);
         let (out, region) = apply(&img, &f, &allow, None);
         assert!(region.x0 >= 90);
         for (x, y, p) in out.enumerate_pixels() {
@@ -1023,6 +1079,54 @@ mod tests {
         };
         assert!(spread(&out) < spread(&img) * 0.5);
         assert!(out.get_pixel(45, 20).0[0] < 50 && out.get_pixel(34, 20).0[0] > 140);
+    }
+
+    /// A dark crescent 6 px tall on textured skin, a near-black line (lashes) above it that
+    /// the weights leave out: the crescent takes the skin's tone, the texture stays, and the
+    /// line neither darkens the skin next to it nor changes itself.
+    #[test]
+    fn shading_is_evened_under_the_texture_and_excluded_pixels_do_not_count() {
+        let texture = |x: u32, y: u32| ((x * 7919 + y * 104_729) % 9) as f32 - 4.0;
+        let tone = |y: u32| match y {
+            10 => 20.0,
+            20..26 => 150.0,
+            _ => 190.0,
+        };
+        let img = RgbImage::from_fn(60, 40, |x, y| {
+            let v = if y == 10 {
+                20.0
+            } else {
+                tone(y) + texture(x, y)
+            };
+            Rgb([to_u8(v), to_u8(v * 0.8), to_u8(v * 0.7)])
+        });
+        let mut weight = full(60, 40);
+        weight.map(|_, y, _| if y == 10 { 0.0 } else { 1.0 });
+        let mask = ones(10, 8, 50, 32);
+        let (out, _) = even_shading(&img, &mask, &weight, (1, 8), 1.0);
+        let row_mean = |im: &RgbImage, y: u32| {
+            (20..40)
+                .map(|x| im.get_pixel(x, y).0[0] as f32)
+                .sum::<f32>()
+                / 20.0
+        };
+        // The crescent, 40 darker, to its surroundings' average (itself a part: within 20 of the skin).
+        let (before, after) = (row_mean(&img, 23), row_mean(&out, 23));
+        assert!(before < 155.0 && after > 170.0, "{before} -> {after}");
+        // The texture is the same: each pixel's difference from its row's mean.
+        for y in [16, 23, 29] {
+            for x in 20..40 {
+                let d = |im: &RgbImage| im.get_pixel(x, y).0[0] as f32 - row_mean(im, y);
+                assert!((d(&out) - d(&img)).abs() <= 3.0, "({x}, {y})");
+            }
+        }
+        // Next to the excluded line the skin keeps its tone (were the line counted, the skin
+        // beside it would move towards the line's dark), and the line stays dark.
+        assert!((row_mean(&out, 12) - row_mean(&img, 12)).abs() < 4.0);
+        assert!((row_mean(&out, 8) - row_mean(&img, 8)).abs() < 4.0);
+        assert!(row_mean(&out, 10) < 30.0);
+        // Outside the mask nothing changes.
+        assert_eq!(out.get_pixel(5, 23), img.get_pixel(5, 23));
     }
 
     /// The running maximum gives what the window-by-window maximum gives, at the edges too.

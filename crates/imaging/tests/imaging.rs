@@ -429,6 +429,23 @@ fn each_procedure_hits_its_target_on_every_variant() {
                             &mut failures,
                             tag(&format!("{s} lid margin moved {lid:.2} mm")),
                         );
+                        // The lower lid's part: under-eye bags and hollows evened out, their
+                        // creases softened, the skin's fine texture there not erased.
+                        let shading = -find(&c, &format!("{s} under-eye shading")).relative();
+                        check(
+                            (0.15 * low..=0.8).contains(&shading),
+                            &mut failures,
+                            tag(&format!(
+                                "{s} under-eye shading {:.0} % less",
+                                shading * 100.0
+                            )),
+                        );
+                        let texture = find(&c, &format!("{s} under-eye texture")).relative();
+                        check(
+                            (-0.55..=0.1).contains(&texture),
+                            &mut failures,
+                            tag(&format!("{s} under-eye texture {:+.0} %", texture * 100.0)),
+                        );
                     }
                 }
                 "facelift" => {

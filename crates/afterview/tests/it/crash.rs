@@ -73,10 +73,15 @@ fn a_frozen_worker_cannot_overwrite_the_redelivered_result() {
         "the stale run did not overwrite: {after}"
     );
     assert_eq!(after["date_done"], m["date_done"]);
+    // It notices by whichever comes first after the thaw: a renewal refused ("Lease lost"), its
+    // own deadline passed ("Lease ran out without a renewal"), or the fenced store refused
+    // ("another run owns", "result dropped (fenced)").
     let log = a.log_text();
     assert!(
         log.contains("Lease lost")
+            || log.contains("Lease ran out")
             || log.contains("another run owns")
+            || log.contains("result dropped (fenced)")
             || log.contains("lease lost"),
         "the stale worker noticed: {log}"
     );

@@ -47,11 +47,14 @@ async fn owned_task(
 }
 
 /// The seed's status shape: `{task_id, state, progress, status}` plus `result` on SUCCESS and
-/// `error` on FAILURE/REVOKED.
+/// `error` on FAILURE/REVOKED. RECEIVED (a worker holds the task until a slot is free) is shown
+/// as PENDING: the seed's clients know PENDING, STARTED, PROCESSING, SUCCESS, FAILURE, RETRY and
+/// REVOKED, and Celery never stores RECEIVED in a result backend.
 pub(crate) fn status_view(m: &ResultMeta) -> Value {
     let (progress, status) = match &m.status {
-        TaskState::Pending => (0, "Task is waiting to be processed".to_owned()),
-        TaskState::Received => (0, "Task received by a worker".to_owned()),
+        TaskState::Pending | TaskState::Received => {
+            (0, "Task is waiting to be processed".to_owned())
+        }
         TaskState::Started => (0, "Task started".to_owned()),
         TaskState::Success => (100, "Task completed successfully".to_owned()),
         TaskState::Failure => (0, "Task failed".to_owned()),
@@ -59,7 +62,12 @@ pub(crate) fn status_view(m: &ResultMeta) -> Value {
         TaskState::Retry => (0, "Task failed and will be retried".to_owned()),
         TaskState::Processing | TaskState::Custom(_) => m.progress().unwrap_or((0, String::new())),
     };
-    let mut v = json!({"task_id": m.task_id, "state": m.status.as_str(), "progress": progress, "status": status});
+    let state = match m.status {
+        TaskState::Received => TaskState::Pending.as_str(),
+        ref s => s.as_str(),
+    };
+    let mut v =
+        json!({"task_id": m.task_id, "state": state, "progress": progress, "status": status});
     match m.status {
         TaskState::Success => v["result"] = m.result.clone(),
         TaskState::Failure | TaskState::Revoked => {
@@ -438,5 +446,13 @@ mod tests {
             )));
         }
         assert!(memo.0.lock().unwrap().len() <= FRAME_MEMO_MAX, "bounded");
+    }
+    #[test]
+    fn a_received_task_is_shown_as_pending() {
+        let v = status_view(&ResultMeta::new("t1", TaskState::Received, Value::Null));
+        assert_eq!(v["state"], "PENDING");
+        assert_eq!(v["progress"], 0);
+        let v = status_view(&ResultMeta::new("t1", TaskState::Started, Value::Null));
+        assert_eq!(v["state"], "STARTED");
     }
 }

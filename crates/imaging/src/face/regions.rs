@@ -86,6 +86,12 @@ pub const UNDER_EYE: [[usize; 9]; 2] = [
     [130, 25, 110, 24, 23, 22, 26, 112, 243],
     [359, 255, 339, 254, 253, 252, 256, 341, 463],
 ];
+/// The third ring below the eyes (upper cheek, below the lid's junction with it: the lower edge
+/// of the tear trough and of under-eye bags), outer to inner.
+pub const UNDER_EYE_LOW: [[usize; 9]; 2] = [
+    [143, 111, 117, 118, 119, 120, 121, 128, 245],
+    [372, 340, 346, 347, 348, 349, 350, 357, 465],
+];
 /// Brow, upper edge, tail (lateral) to head (medial), right then left.
 pub const BROW_UPPER: [[usize; 5]; 2] = [[70, 63, 105, 66, 107], [300, 293, 334, 296, 336]];
 /// Brow, lower edge, tail to head.

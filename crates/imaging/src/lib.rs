@@ -84,9 +84,12 @@ pub struct Simulated {
 }
 
 /// Filled polygons, feathered inwards over `feather` pixels: 0 on and outside the outline,
-/// 1 deeper inside than the feather.
+/// 1 deeper inside than the feather. The feather is blurred over `rect` grown by its reach, so
+/// an outline near `rect`'s edge fades there as anywhere (blurred within `rect` alone, the
+/// zeros beyond its edge did not count, and a band's mask ended in a hard step).
 fn polygon_mask(rect: Rect, polys: &[Vec<Pt>], feather: u32) -> Mask {
-    let mut m = Mask::new(rect);
+    let reach = rect.grown(3 * feather, u32::MAX, u32::MAX);
+    let mut m = Mask::new(reach);
     for p in polys {
         m.fill_polygon(p, 1.0);
     }
@@ -94,7 +97,12 @@ fn polygon_mask(rect: Rect, polys: &[Vec<Pt>], feather: u32) -> Mask {
         m.blur(feather);
         m.map(|_, _, v| (2.0 * v - 1.0).max(0.0));
     }
-    m
+    if reach == rect {
+        return m;
+    }
+    let mut out = Mask::new(rect);
+    out.map(|x, y, _| m.at(x, y));
+    out
 }
 
 /// What lies in front of the skin inside `rect` (glasses frames, hair): 1 where a pixel is not
@@ -351,7 +359,14 @@ pub fn treatment_mask(
     }
     let smoothing = plan.smoothing.iter().map(|s| (&s.include, &s.exclude));
     let shading = plan.shading.iter().map(|s| (&s.include, &s.exclude));
-    for (include, exclude) in smoothing.chain(shading) {
+    // Each area drawn once (a blepharoplasty smooths and evens the same band).
+    let mut areas = vec![];
+    for a in smoothing.chain(shading) {
+        if !areas.contains(&a) {
+            areas.push(a);
+        }
+    }
+    for (include, exclude) in areas {
         let mut inc = polygon_mask(full, include, 0);
         for p in exclude {
             inc.clear_polygon(p);

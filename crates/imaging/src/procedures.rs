@@ -541,7 +541,7 @@ fn blepharoplasty(d: &mut Draft<'_>, sc: &Scene<'_>) -> Result<(), ImagingError>
         include,
         exclude,
         detail_mm: 1.0,
-        reach_mm: 5.0,
+        reach_mm: 7.0,
         amount: (amounts::UNDER_EYE_EVENED * k).min(0.9),
     });
 
@@ -549,12 +549,19 @@ fn blepharoplasty(d: &mut Draft<'_>, sc: &Scene<'_>) -> Result<(), ImagingError>
 }
 
 /// The skin under eye `side` (0 = the subject's right) that a lower blepharoplasty changes:
-/// from the lower lid's margin down to the upper cheek (the third mesh ring below the eye),
-/// its inner end at the inner corner's ring (the nose's side wall is not part of it).
+/// from the lower lid's margin down to 3 mm below the third mesh ring under the eye (the crease
+/// that outlines a bag, where the lid meets the cheek, lies about there), its inner end at the
+/// inner corner's ring (the nose's side wall is not part of it).
 pub(crate) fn under_eye_band(lm: &Landmarks, side: usize) -> Vec<Pt> {
+    let f = lm.frame();
     let mut band = lm.group(&r::LOWER_LID[side]);
     let low = &r::UNDER_EYE_LOW[side];
-    band.extend(lm.group(&low[..low.len() - 1]).into_iter().rev());
+    band.extend(
+        lm.group(&low[..low.len() - 1])
+            .into_iter()
+            .rev()
+            .map(|p| p.plus(f.vec(0.0, 3.0))),
+    );
     band
 }
 
@@ -565,8 +572,8 @@ fn facelift(d: &mut Draft<'_>, sc: &Scene<'_>) -> Result<(), ImagingError> {
     let m = &mut d.m;
     let f = m.f;
     // The lower face lifts along its own vertical: most at the jowls, nothing at the
-    // chin's centre, half at the jaw's angle, none at the ears; fading over 25 mm above the
-    // jawline.
+    // chin's centre, half at the jaw's angle, none at the ears (`jowl_profile`); fading over
+    // 25 mm above the jawline.
     // One smooth function for every point (outline included), so the outline stays
     // smooth; purely vertical, so the face is not widened. Below the jaw, only skin
     // moves: a collar or the background is kept rigid (`protect`).
@@ -574,21 +581,7 @@ fn facelift(d: &mut Draft<'_>, sc: &Scene<'_>) -> Result<(), ImagingError> {
     let (ju, jv) = by_u(r::JAWLINE.iter().map(|&i| m.uv(i)));
     let half = (ju[ju.len() - 1] - ju[0]) / 2.0;
     let mid = (ju[ju.len() - 1] + ju[0]) / 2.0;
-    let profile = |u: f32| {
-        // 0 at the chin's centre, 1 at 55 % of the half width, half at the jaw's angle (85 %),
-        // none from 95 % out: the face's side at the ear, where a facelift's skin is anchored
-        // and where the mesh's outline runs over the earlobe (lifted, its crease was dragged
-        // into a dark pocket).
-        let t = ((u - mid).abs() / half.max(1.0)).min(1.0);
-        if t < 0.55 {
-            let x = t / 0.55;
-            x * x * (3.0 - 2.0 * x)
-        } else if t < 0.85 {
-            1.0 - (t - 0.55) / 0.30 * 0.5
-        } else {
-            (0.5 * (0.95 - t) / 0.10).max(0.0)
-        }
-    };
+    let profile = |u: f32| jowl_profile(((u - mid).abs() / half.max(1.0)).min(1.0));
     let (_, v_nose) = f.local(lm.points[r::SUBNASALE]);
     for i in 0..MESH_POINTS {
         let (u, v) = m.uv(i);
@@ -639,6 +632,21 @@ fn facelift(d: &mut Draft<'_>, sc: &Scene<'_>) -> Result<(), ImagingError> {
     });
 
     Ok(())
+}
+
+/// The facelift's lift across the face, by `t`, the distance from the chin's centre over half
+/// the jaw's width: 0 at the centre, 1 at 55 %, half at the jaw's angle (85 %), none from 95 %
+/// out: the face's side at the ear, where a facelift's skin is anchored and where the mesh's
+/// outline runs over the earlobe (lifted, its crease was dragged into a dark pocket).
+fn jowl_profile(t: f32) -> f32 {
+    if t < 0.55 {
+        let x = t / 0.55;
+        x * x * (3.0 - 2.0 * x)
+    } else if t < 0.85 {
+        1.0 - (t - 0.55) / 0.30 * 0.5
+    } else {
+        (0.5 * (0.95 - t) / 0.10).max(0.0)
+    }
 }
 
 /// The otoplasty recipe.

@@ -765,8 +765,10 @@ pub fn smooth_detail(
 /// box of radius `coarse`, by `amount × mask`. Both averages are taken over `weight` only (what
 /// is skin: the lashes, the eye, a frame are no part of them), so detail finer than `fine`
 /// stays as it is and a shadow or a bulge narrower than `coarse` takes its surroundings' tone.
-/// `weight` should cover the mask's rectangle grown by `coarse`; pixels whose boxes hold almost
-/// no weight are left alone.
+/// What stays darker than that tone by more than the skin's grain ([`DODGE_GRAIN`]: a crease,
+/// a shadow narrower than `fine`) is lifted towards it by the same share, on skin only (times
+/// `weight` there). `weight` should cover the mask's rectangle grown by `coarse`; pixels whose
+/// boxes hold almost no weight are left alone.
 pub fn even_shading(
     img: &RgbImage,
     mask: &Mask,
@@ -789,15 +791,17 @@ pub fn even_shading(
     // Each channel's two weighted averages; the smallest weight share a box may hold.
     const FLOOR: f32 = 0.05;
     let mut lift = vec![[0f32; 3]; ww * wh];
+    let mut tone = vec![[0f32; 3]; ww * wh];
     for c in 0..3 {
         let v: Vec<f32> = cells()
             .zip(&wt)
             .map(|((x, y), k)| img.get_pixel(x, y).0[c] as f32 * k)
             .collect();
         let (nf, nc) = (boxed(&v, fine as usize), boxed(&v, coarse as usize));
-        for (i, l) in lift.iter_mut().enumerate() {
+        for (i, (l, t)) in lift.iter_mut().zip(tone.iter_mut()).enumerate() {
             if wf[i] > FLOOR && wc[i] > FLOOR {
-                l[c] = nc[i] / wc[i] - nf[i] / wf[i];
+                t[c] = nc[i] / wc[i];
+                l[c] = t[c] - nf[i] / wf[i];
             }
         }
     }
@@ -807,12 +811,30 @@ pub fn even_shading(
             if k <= 0.0 {
                 continue;
             }
-            let d = lift[(y - wr.y0) as usize * ww + (x - wr.x0) as usize];
+            let i = (y - wr.y0) as usize * ww + (x - wr.x0) as usize;
             let p = img.get_pixel(x, y).0;
-            out.put_pixel(x, y, Rgb([0, 1, 2].map(|c| to_u8(p[c] as f32 + k * d[c]))));
+            let mut v = [0, 1, 2].map(|c| p[c] as f32 + k * lift[i][c]);
+            // What stays darker than the surroundings' tone by more than the skin's grain (a
+            // crease, a shadow narrower than `fine`) is lifted towards it by the same share, its
+            // colour kept; only on what counts as skin.
+            let (lv, lt) = (luma(v), luma(tone[i]));
+            let short = lt - DODGE_GRAIN - lv;
+            if short > 0.0 && lv > 1.0 && lift[i] != [0.0; 3] {
+                let gain = 1.0 + k * weight.at(x, y) * short / lv;
+                v = v.map(|c| c * gain);
+            }
+            out.put_pixel(x, y, Rgb(v.map(to_u8)));
         }
     }
     (out, region)
+}
+
+/// How much darker than its surroundings' tone skin may be and count as its own grain (8-bit
+/// luminance) in [`even_shading`]; darker is a crease or a shadow.
+const DODGE_GRAIN: f32 = 6.0;
+
+fn luma(c: [f32; 3]) -> f32 {
+    0.299 * c[0] + 0.587 * c[1] + 0.114 * c[2]
 }
 
 #[cfg(test)]
@@ -1081,15 +1103,16 @@ mod tests {
         assert!(out.get_pixel(45, 20).0[0] < 50 && out.get_pixel(34, 20).0[0] > 140);
     }
 
-    /// A dark crescent 6 px tall on textured skin, a near-black line (lashes) above it that
-    /// the weights leave out: the crescent takes the skin's tone, the texture stays, and the
-    /// line neither darkens the skin next to it nor changes itself.
+    /// A dark crescent 6 px tall and a crease 1 px wide on textured skin, a near-black line
+    /// (lashes) above them that the weights leave out: the crescent and the crease take the
+    /// skin's tone, the texture stays, and the line neither darkens the skin next to it nor
+    /// changes itself.
     #[test]
     fn shading_is_evened_under_the_texture_and_excluded_pixels_do_not_count() {
         let texture = |x: u32, y: u32| ((x * 7919 + y * 104_729) % 9) as f32 - 4.0;
         let tone = |y: u32| match y {
             10 => 20.0,
-            20..26 => 150.0,
+            20..26 | 29 => 150.0,
             _ => 190.0,
         };
         let img = RgbImage::from_fn(60, 40, |x, y| {
@@ -1110,11 +1133,15 @@ mod tests {
                 .sum::<f32>()
                 / 20.0
         };
-        // The crescent, 40 darker, to its surroundings' average (itself a part: within 20 of the skin).
+        // The crescent, 40 darker, to its surroundings' average (itself and the crease a part).
         let (before, after) = (row_mean(&img, 23), row_mean(&out, 23));
-        assert!(before < 155.0 && after > 170.0, "{before} -> {after}");
+        assert!(before < 155.0 && after > 165.0, "{before} -> {after}");
+        // A crease 1 px wide, 40 darker, finer than the averages see: lifted as a shadow, to
+        // the grain's width below its surroundings' tone (176 here, the crescent in it).
+        let (before, after) = (row_mean(&img, 29), row_mean(&out, 29));
+        assert!(before < 155.0 && after > 165.0, "{before} -> {after}");
         // The texture is the same: each pixel's difference from its row's mean.
-        for y in [16, 23, 29] {
+        for y in [16, 23, 31] {
             for x in 20..40 {
                 let d = |im: &RgbImage| im.get_pixel(x, y).0[0] as f32 - row_mean(im, y);
                 assert!((d(&out) - d(&img)).abs() <= 3.0, "({x}, {y})");

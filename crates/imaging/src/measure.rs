@@ -341,9 +341,26 @@ fn lip_augmentation(p: &Probe<'_>) -> Vec<Change> {
 }
 
 fn chin_augmentation(p: &Probe<'_>) -> Vec<Change> {
+    // Halfway along the outline from the menton to its neighbours (3-4 mm off the midline),
+    // where no mesh point is: the border there sagged while the menton came down (a point).
+    let near = |i: usize| p.at(r::MENTON).plus(p.at(i)).times(0.5);
+    let went = |q: Pt| q.plus(flow(p.before, p.after, q, &p.f));
+    let ((rb, ra), (lb, la)) = [148, 377]
+        .map(|i| (p.v(near(i)), p.v(went(near(i)))))
+        .into();
+    // Sideways: the median of five points along the border (the menton alone is one patch of
+    // smooth skin, and block matching there wandered by millimetres on the astronaut).
+    let mut du: Vec<f32> = [p.at(r::MENTON), near(148), near(377), p.at(148), p.at(377)]
+        .into_iter()
+        .map(|q| p.u(went(q)) - p.u(q))
+        .collect();
+    du.sort_by(f32::total_cmp);
+    let u0 = p.u(p.at(r::MENTON));
     vec![
         c("menton v", p.v(p.at(r::MENTON)), p.v(p.go(r::MENTON))),
-        c("menton u", p.u(p.at(r::MENTON)), p.u(p.go(r::MENTON))),
+        c("menton u", u0, u0 + du[2]),
+        c("right chin border near v", rb, ra),
+        c("left chin border near v", lb, la),
         // The chin's lower border either side of the menton (6-8 mm off the midline): an
         // implant lowers it as a broad curve, not a point at the menton.
         c("right chin border v", p.v(p.at(148)), p.v(p.go(148))),

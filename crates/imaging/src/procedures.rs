@@ -401,6 +401,7 @@ fn chin_augmentation(d: &mut Draft<'_>, sc: &Scene<'_>) -> Result<(), ImagingErr
         ));
     }
     let drop = amounts::CHIN_DROP_MM * k;
+    let side = |u: f32| (-(((u - u_c).abs() - 9.0).max(0.0) / 9.0).powi(2)).exp();
     for i in 0..MESH_POINTS {
         let (u, v) = m.uv(i);
         if v <= v_lip + 2.0 {
@@ -408,12 +409,24 @@ fn chin_augmentation(d: &mut Draft<'_>, sc: &Scene<'_>) -> Result<(), ImagingErr
         }
         let border = lerp_table(&border_u, &border_v, u);
         let down = ((v - v_lip - 2.0) / (border - v_lip - 2.0).max(1.0)).clamp(0.0, 1.0);
-        let off = ((u - u_c).abs() - 9.0).max(0.0);
-        let side = (-(off / 9.0).powi(2)).exp();
-        let w = down * side;
+        let w = down * side(u);
         if w > 0.02 {
             m.set(i, 0.0, drop * w);
         }
+    }
+    // The border itself every 2 mm: the outline's own points are 8-10 mm apart, and between
+    // them the field sagged towards the pins below, so the border came down as a point under
+    // the menton (a patient's-eye review: a "witch's chin").
+    let mut u = u_c - 26.0;
+    while u <= u_c + 26.0 {
+        let w = side(u);
+        if w > 0.02 && u >= border_u[0] && u <= border_u[border_u.len() - 1] {
+            m.extra.push(Handle {
+                at: f.at(u, lerp_table(&border_u, &border_v, u)),
+                shift: f.vec(0.0, drop * w),
+            });
+        }
+        u += 2.0;
     }
     // Below the chin: the neck stays beyond 12 mm.
     m.pin_outside(&[12.0, 22.0]);

@@ -372,6 +372,15 @@ fn each_procedure_hits_its_target_on_every_variant() {
                     // The lower border comes down with the menton, a broad curve: the chin
                     // does not come to a point (it did at 35 % of the menton's drop).
                     for s in ["right", "left"] {
+                        // Halfway to those points too: no point under the menton between them.
+                        let near = find(&c, &format!("{s} chin border near v")).delta();
+                        check(
+                            small || near >= 0.75 * down,
+                            &mut failures,
+                            tag(&format!(
+                                "{s} chin border near the menton down {near:.2} mm, menton {down:.2} mm"
+                            )),
+                        );
                         let border = find(&c, &format!("{s} chin border v")).delta();
                         check(
                             small || border >= 0.5 * down,

@@ -121,7 +121,9 @@ fn main() {
          (difference ×4). Regenerate with `cargo run --release -p afterview-imaging --example gallery`.\n\n\
          Landmarks are detected (MediaPipe Face Mesh + Iris, bundled); each recipe moves one feature's \
          outline by clinical millimetres measured from the iris, and nothing outside the face outline moves \
-         (the neck under the jaw for a facelift or a chin, the ears for otoplasty). Glasses frames stay rigid \
+         (the neck under the jaw for a facelift or a chin, the ears for otoplasty); skin procedures change \
+         texture and shading instead (skin resurfacing's fine lines, a blepharoplasty's under-eye bags, a \
+         facelift's folds). Glasses frames stay rigid \
          while the skin behind them moves (Grace Hopper's brow lift and blepharoplasty). `tilted` is Grace \
          Hopper rotated by 8 degrees: the recipes follow the face's own axes.\n",
     );

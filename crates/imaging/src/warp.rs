@@ -767,7 +767,8 @@ pub fn smooth_detail(
 /// stays as it is and a shadow or a bulge narrower than `coarse` takes its surroundings' tone.
 /// What stays darker than that tone by more than the skin's grain ([`DODGE_GRAIN`]: a crease,
 /// a shadow narrower than `fine`) is lifted towards it by the same share, on skin only (times
-/// `weight` there). `weight` should cover the mask's rectangle grown by `coarse`; pixels whose
+/// `weight` there), by no more than three times what its own `fine` box lacks (a crease, not a
+/// pore or a freckle). `weight` should cover the mask's rectangle grown by `coarse`; pixels whose
 /// boxes hold almost no weight are left alone.
 pub fn even_shading(
     img: &RgbImage,
@@ -815,13 +816,16 @@ pub fn even_shading(
             let p = img.get_pixel(x, y).0;
             let mut v = [0, 1, 2].map(|c| p[c] as f32 + k * lift[i][c]);
             // What stays darker than the surroundings' tone by more than the skin's grain (a
-            // crease, a shadow narrower than `fine`) is lifted towards it by the same share, its
-            // colour kept; only on what counts as skin.
+            // crease, a shadow narrower than `fine`) is lifted towards it by the same share, the
+            // same amount added to each channel (scaled, a shaded pixel's extra chroma grew with
+            // it: a lifted crease came out redder than the skin); only on what counts as skin,
+            // and no more than three times what its own `fine` box lacks: a crease fills a good
+            // part of its box, a dark pore or a freckle a small one, and they stay.
             let (lv, lt) = (luma(v), luma(tone[i]));
-            let short = lt - DODGE_GRAIN - lv;
-            if short > 0.0 && lv > 1.0 && lift[i] != [0.0; 3] {
-                let gain = 1.0 + k * weight.at(x, y) * short / lv;
-                v = v.map(|c| c * gain);
+            let short = (lt - DODGE_GRAIN - lv).min(3.0 * (luma(lift[i]) - DODGE_GRAIN));
+            if short > 0.0 {
+                let add = k * weight.at(x, y) * short;
+                v = v.map(|c| c + add);
             }
             out.put_pixel(x, y, Rgb(v.map(to_u8)));
         }
@@ -1103,21 +1107,23 @@ mod tests {
         assert!(out.get_pixel(45, 20).0[0] < 50 && out.get_pixel(34, 20).0[0] > 140);
     }
 
-    /// A dark crescent 6 px tall and a crease 1 px wide on textured skin, a near-black line
-    /// (lashes) above them that the weights leave out: the crescent and the crease take the
-    /// skin's tone, the texture stays, and the line neither darkens the skin next to it nor
-    /// changes itself.
+    /// A dark crescent 6 px tall, a crease 1 px wide and a dark pore on textured skin, a
+    /// near-black line (lashes) above them that the weights leave out: the crescent and the
+    /// crease take the skin's tone, the texture and the pore stay, and the line neither darkens
+    /// the skin next to it nor changes itself.
     #[test]
     fn shading_is_evened_under_the_texture_and_excluded_pixels_do_not_count() {
         let texture = |x: u32, y: u32| ((x * 7919 + y * 104_729) % 9) as f32 - 4.0;
         let tone = |y: u32| match y {
             10 => 20.0,
-            20..26 | 29 => 150.0,
+            20..26 | 34 => 150.0,
             _ => 190.0,
         };
         let img = RgbImage::from_fn(60, 40, |x, y| {
             let v = if y == 10 {
                 20.0
+            } else if (x, y) == (30, 29) {
+                150.0
             } else {
                 tone(y) + texture(x, y)
             };
@@ -1125,7 +1131,7 @@ mod tests {
         });
         let mut weight = full(60, 40);
         weight.map(|_, y, _| if y == 10 { 0.0 } else { 1.0 });
-        let mask = ones(10, 8, 50, 32);
+        let mask = ones(10, 8, 50, 40);
         let (out, _) = even_shading(&img, &mask, &weight, (1, 8), 1.0);
         let row_mean = |im: &RgbImage, y: u32| {
             (20..40)
@@ -1136,10 +1142,12 @@ mod tests {
         // The crescent, 40 darker, to its surroundings' average (itself and the crease a part).
         let (before, after) = (row_mean(&img, 23), row_mean(&out, 23));
         assert!(before < 155.0 && after > 165.0, "{before} -> {after}");
-        // A crease 1 px wide, 40 darker, finer than the averages see: lifted as a shadow, to
-        // the grain's width below its surroundings' tone (176 here, the crescent in it).
-        let (before, after) = (row_mean(&img, 29), row_mean(&out, 29));
-        assert!(before < 155.0 && after > 165.0, "{before} -> {after}");
+        // A crease 1 px wide, 40 darker, finer than the averages see: lifted as a shadow.
+        let (before, after) = (row_mean(&img, 34), row_mean(&out, 34));
+        assert!(before < 155.0 && after > 168.0, "{before} -> {after}");
+        // A dark pore, one pixel 40 darker in its row: it fills a ninth of its box, and stays.
+        let pore = |im: &RgbImage| im.get_pixel(30, 29).0[0] as f32 - row_mean(im, 29);
+        assert!(pore(&out) < -25.0, "{} -> {}", pore(&img), pore(&out));
         // The texture is the same: each pixel's difference from its row's mean.
         for y in [16, 23, 31] {
             for x in 20..40 {

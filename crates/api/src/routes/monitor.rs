@@ -96,6 +96,9 @@ pub(crate) async fn monitor(
         let mut v = status_view(&m);
         if let Some(o) = v.as_object_mut() {
             o.remove("result");
+            // Operators see RECEIVED as it is (a task a busy worker holds), which users see as
+            // PENDING.
+            o.insert("state".into(), json!(m.status.as_str()));
         }
         let end = m.date_done.unwrap_or(now);
         v["name"] = json!(t.name);

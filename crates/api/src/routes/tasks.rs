@@ -62,12 +62,7 @@ pub(crate) fn status_view(m: &ResultMeta) -> Value {
         TaskState::Retry => (0, "Task failed and will be retried".to_owned()),
         TaskState::Processing | TaskState::Custom(_) => m.progress().unwrap_or((0, String::new())),
     };
-    let state = match m.status {
-        TaskState::Received => TaskState::Pending.as_str(),
-        ref s => s.as_str(),
-    };
-    let mut v =
-        json!({"task_id": m.task_id, "state": state, "progress": progress, "status": status});
+    let mut v = json!({"task_id": m.task_id, "state": api_state(&m.status), "progress": progress, "status": status});
     match m.status {
         TaskState::Success => v["result"] = m.result.clone(),
         TaskState::Failure | TaskState::Revoked => {
@@ -83,6 +78,14 @@ pub(crate) fn status_view(m: &ResultMeta) -> Value {
         v["updated_at_ms"] = json!(at);
     }
     v
+}
+
+/// A state as the API names it to users: RECEIVED is PENDING (see [`status_view`]).
+fn api_state(s: &TaskState) -> &str {
+    match s {
+        TaskState::Received => TaskState::Pending.as_str(),
+        s => s.as_str(),
+    }
 }
 
 /// `GET /api/tasks/{id}/status`.
@@ -128,13 +131,13 @@ pub(crate) async fn cancel_task(
     let before = task_meta(&st, &user.0, &id).await?;
     if before.status.is_terminal() {
         return Ok(Json(
-            json!({"task_id": id, "status": "already_finished", "state": before.status.as_str()}),
+            json!({"task_id": id, "status": "already_finished", "state": api_state(&before.status)}),
         ));
     }
     let out = st.client.revoke(&id, false).await?;
     if out.running {
         return Ok(Json(
-            json!({"task_id": id, "status": "cancelling", "state": before.status.as_str()}),
+            json!({"task_id": id, "status": "cancelling", "state": api_state(&before.status)}),
         ));
     }
     // Not running: the revoke stored REVOKED, unless the task ended in between (its own end is
@@ -142,7 +145,7 @@ pub(crate) async fn cancel_task(
     let after = task_meta(&st, &user.0, &id).await?;
     if after.status.is_terminal() && after.status != TaskState::Revoked {
         return Ok(Json(
-            json!({"task_id": id, "status": "already_finished", "state": after.status.as_str()}),
+            json!({"task_id": id, "status": "already_finished", "state": api_state(&after.status)}),
         ));
     }
     Ok(Json(
@@ -454,5 +457,7 @@ mod tests {
         assert_eq!(v["progress"], 0);
         let v = status_view(&ResultMeta::new("t1", TaskState::Started, Value::Null));
         assert_eq!(v["state"], "STARTED");
+        assert_eq!(api_state(&TaskState::Received), "PENDING");
+        assert_eq!(api_state(&TaskState::Revoked), "REVOKED");
     }
 }

@@ -149,18 +149,35 @@ fn energy(
 ) -> f32 {
     let b = f.px(outer_mm).round().max(1.0) as i64;
     let bi = inner_mm.map_or(0, |m| f.px(m).round().max(1.0) as i64);
-    let lum = |xx: i64, yy: i64| {
-        let p = img.get_pixel(xx as u32, yy as u32).0;
-        0.299 * p[0] as f64 + 0.587 * p[1] as f64 + 0.114 * p[2] as f64
-    };
-    let mean = |x: i64, y: i64, h: i64| {
-        let mut s = 0.0;
-        for dy in -h..=h {
-            for dx in -h..=h {
-                s += lum(x + dx, y + dy);
-            }
+    // Box means from a summed-area table over the pixels' bounding box grown by `b` (clipped
+    // to the image): O(1) each, where summing each box took minutes on a 40 MP photo.
+    let (w, h) = (i64::from(img.width()), i64::from(img.height()));
+    let (x0, y0) = pixels
+        .iter()
+        .fold((w, h), |(a, c), &(x, y)| (a.min(x - b), c.min(y - b)));
+    let (x1, y1) = pixels.iter().fold((0, 0), |(a, c), &(x, y)| {
+        (a.max(x + b + 1), c.max(y + b + 1))
+    });
+    let (x0, y0, x1, y1) = (x0.max(0), y0.max(0), x1.min(w), y1.min(h));
+    if x1 <= x0 || y1 <= y0 {
+        return 0.0;
+    }
+    let tw = (x1 - x0 + 1) as usize;
+    let mut sat = vec![0f64; tw * (y1 - y0 + 1) as usize];
+    for yy in y0..y1 {
+        let mut row = 0.0;
+        for xx in x0..x1 {
+            let p = img.get_pixel(xx as u32, yy as u32).0;
+            row += 0.299 * p[0] as f64 + 0.587 * p[1] as f64 + 0.114 * p[2] as f64;
+            let at = (yy - y0 + 1) as usize * tw + (xx - x0 + 1) as usize;
+            sat[at] = sat[at - tw] + row;
         }
-        s / ((2 * h + 1) * (2 * h + 1)) as f64
+    }
+    let corner = |xx: i64, yy: i64| sat[(yy - y0) as usize * tw + (xx - x0) as usize];
+    let mean = |x: i64, y: i64, r: i64| {
+        let (a, c, d, e) = (x - r, y - r, x + r + 1, y + r + 1);
+        (corner(d, e) - corner(a, e) - corner(d, c) + corner(a, c))
+            / ((2 * r + 1) * (2 * r + 1)) as f64
     };
     let (mut acc, mut n) = (0f64, 0u64);
     for &(x, y) in pixels {

@@ -107,8 +107,13 @@ fn polygon_mask(rect: Rect, polys: &[Vec<Pt>], feather: u32) -> Mask {
 
 /// What lies in front of the skin inside `rect` (glasses frames, hair): 1 where a pixel is not
 /// the patient's skin, except on the face's own features (eyes, brows, lips, nostrils).
-fn protect_mask(photo: &RgbImage, lm: &Landmarks, f: &Frame, rect: Rect, only_dark: bool) -> Mask {
-    let skin = SkinModel::learn(photo, lm);
+fn protect_mask(
+    photo: &RgbImage,
+    (lm, skin): (&Landmarks, &SkinModel),
+    f: &Frame,
+    rect: Rect,
+    only_dark: bool,
+) -> Mask {
     let mut m = Mask::new(rect);
     // Only what is clearly not skin: near-black (frames, dark hair) or far from the skin's
     // colour. Shaded skin (lid creases, under the jaw) keeps its chroma and stays movable.
@@ -233,6 +238,9 @@ fn neighbours(rect: Rect, x: u32, y: u32) -> impl Iterator<Item = (u32, u32)> {
 fn render_plan(photo: &RgbImage, lm: &Landmarks, plan: &Plan) -> Simulated {
     let f = lm.frame();
     let (w, h) = photo.dimensions();
+    // The skin model, learned once and only if a step needs it.
+    let learned = std::cell::OnceCell::new();
+    let skin = || *learned.get_or_init(|| SkinModel::learn(photo, lm));
     let mut image = photo.clone();
     let mut region = Rect::default();
     if plan.handles.iter().any(|h| h.shift.len() > 1e-3) {
@@ -242,30 +250,23 @@ fn render_plan(photo: &RgbImage, lm: &Landmarks, plan: &Plan) -> Simulated {
         let allow = polygon_mask(support, &plan.allow, feather);
         let protect = match plan.protect {
             Protect::Nothing => None,
-            Protect::Dark => Some(protect_mask(photo, lm, &f, support, true)),
-            Protect::Overlays => Some(protect_mask(photo, lm, &f, support, false)),
+            Protect::Dark => Some(protect_mask(photo, (lm, &skin()), &f, support, true)),
+            Protect::Overlays => Some(protect_mask(photo, (lm, &skin()), &f, support, false)),
         };
         let (out, r) = warp::apply(photo, &field, &allow, protect.as_ref());
         image = out;
         region = r;
     }
     if let Some(s) = &plan.smoothing {
-        let rect = plan
-            .allow
-            .iter()
-            .chain(&s.include)
-            .fold(Rect::default(), |acc, p| {
-                acc.union(Rect::around(p, 2.0, w, h))
-            });
-        let rect = s
-            .include
-            .iter()
-            .fold(Rect::default(), |acc, p| {
-                acc.union(Rect::around(p, 2.0, w, h))
-            })
-            .intersect(rect);
+        let rect = bounds(&s.include, w, h);
         let feather = f.px(2.0).round().max(1.0) as u32;
-        let mask = skin_region(photo, lm, rect, (Some(&s.include), &s.exclude), feather);
+        let mask = skin_region(
+            photo,
+            &skin(),
+            rect,
+            (Some(&s.include), &s.exclude),
+            feather,
+        );
         let radius = f.px(s.radius_mm).round().max(1.0) as u32;
         let (out, r) = warp::smooth_detail(&image, &mask, radius, s.eps, s.amount);
         image = out;
@@ -274,19 +275,29 @@ fn render_plan(photo: &RgbImage, lm: &Landmarks, plan: &Plan) -> Simulated {
     if let Some(s) = &plan.shading {
         let px = |mm: f32| f.px(mm).round().max(1.0) as u32;
         let (fine, coarse) = (px(s.detail_mm), px(s.reach_mm).max(px(s.detail_mm) + 1));
-        let rect = s.include.iter().fold(Rect::default(), |acc, p| {
-            acc.union(Rect::around(p, 2.0, w, h))
-        });
-        let feather = px(1.5);
-        let mask = skin_region(photo, lm, rect, (Some(&s.include), &s.exclude), feather);
+        let rect = bounds(&s.include, w, h);
+        let mask = skin_region(
+            photo,
+            &skin(),
+            rect,
+            (Some(&s.include), &s.exclude),
+            px(1.5),
+        );
         // The surroundings' tone: the skin within reach, the excluded features left out.
         let reach = rect.grown(coarse, w, h);
-        let weight = skin_region(photo, lm, reach, (None, &s.exclude), 0);
+        let weight = skin_region(photo, &skin(), reach, (None, &s.exclude), 0);
         let (out, r) = warp::even_shading(&image, &mask, &weight, (fine, coarse), s.amount);
         image = out;
         region = region.union(r);
     }
     Simulated { image, region }
+}
+
+/// The bounding rectangle of `polys`, 2 pixels round, within `w × h`.
+fn bounds(polys: &[Vec<Pt>], w: u32, h: u32) -> Rect {
+    polys.iter().fold(Rect::default(), |acc, p| {
+        acc.union(Rect::around(p, 2.0, w, h))
+    })
 }
 
 /// How much each pixel of `rect` is the patient's skin inside the `include` polygons (feathered
@@ -295,7 +306,7 @@ fn render_plan(photo: &RgbImage, lm: &Landmarks, plan: &Plan) -> Simulated {
 /// both.
 fn skin_region(
     photo: &RgbImage,
-    lm: &Landmarks,
+    skin: &SkinModel,
     rect: Rect,
     (include, exclude): (Option<&[Vec<Pt>]>, &[Vec<Pt>]),
     feather: u32,
@@ -310,7 +321,6 @@ fn skin_region(
     };
     let mut cut = polygon_mask(rect, exclude, 0);
     cut.blur(feather);
-    let skin = SkinModel::learn(photo, lm);
     mask.map(|x, y, v| v * (1.0 - cut.at(x, y)) * skin.likelihood(photo.get_pixel(x, y).0));
     mask
 }

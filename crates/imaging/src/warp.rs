@@ -742,21 +742,15 @@ pub fn smooth_detail(
                 .collect::<Vec<f32>>(),
         );
     }
-    for y in region.y0..region.y1 {
-        for x in region.x0..region.x1 {
-            let k = amount * mask.at(x, y);
-            if k <= 0.0 {
-                continue;
-            }
-            let at = (y - wr.y0) as usize * ww + (x - wr.x0) as usize;
-            let p = img.get_pixel(x, y).0;
-            let px = [0, 1, 2].map(|c| {
-                let v = p[c] as f32;
-                to_u8(v - k * (v - bases[c][at]))
-            });
-            out.put_pixel(x, y, Rgb(px));
-        }
-    }
+    each_masked(mask, amount, |x, y, k| {
+        let at = (y - wr.y0) as usize * ww + (x - wr.x0) as usize;
+        let p = img.get_pixel(x, y).0;
+        let px = [0, 1, 2].map(|c| {
+            let v = p[c] as f32;
+            to_u8(v - k * (v - bases[c][at]))
+        });
+        out.put_pixel(x, y, Rgb(px));
+    });
     (out, region)
 }
 
@@ -806,31 +800,39 @@ pub fn even_shading(
             }
         }
     }
-    for y in region.y0..region.y1 {
-        for x in region.x0..region.x1 {
+    each_masked(mask, amount, |x, y, k| {
+        let i = (y - wr.y0) as usize * ww + (x - wr.x0) as usize;
+        let p = img.get_pixel(x, y).0;
+        let mut v = [0, 1, 2].map(|c| p[c] as f32 + k * lift[i][c]);
+        // What stays darker than the surroundings' tone by more than the skin's grain (a
+        // crease, a shadow narrower than `fine`) is lifted towards it by the same share, the
+        // same amount added to each channel (scaled, a shaded pixel's extra chroma grew with
+        // it: a lifted crease came out redder than the skin); only on what counts as skin,
+        // and no more than three times what its own `fine` box lacks: a crease fills a good
+        // part of its box, a dark pore or a freckle a small one, and they stay.
+        let (lv, lt) = (luma(v), luma(tone[i]));
+        let short = (lt - DODGE_GRAIN - lv).min(3.0 * (luma(lift[i]) - DODGE_GRAIN));
+        if short > 0.0 {
+            let add = k * weight.at(x, y) * short;
+            v = v.map(|c| c + add);
+        }
+        out.put_pixel(x, y, Rgb(v.map(to_u8)));
+    });
+    (out, region)
+}
+
+/// Calls `f(x, y, k)` for each pixel of `mask`'s rectangle where `k = amount × mask` is
+/// positive.
+fn each_masked(mask: &Mask, amount: f32, mut f: impl FnMut(u32, u32, f32)) {
+    let r = mask.rect;
+    for y in r.y0..r.y1 {
+        for x in r.x0..r.x1 {
             let k = amount * mask.at(x, y);
-            if k <= 0.0 {
-                continue;
+            if k > 0.0 {
+                f(x, y, k);
             }
-            let i = (y - wr.y0) as usize * ww + (x - wr.x0) as usize;
-            let p = img.get_pixel(x, y).0;
-            let mut v = [0, 1, 2].map(|c| p[c] as f32 + k * lift[i][c]);
-            // What stays darker than the surroundings' tone by more than the skin's grain (a
-            // crease, a shadow narrower than `fine`) is lifted towards it by the same share, the
-            // same amount added to each channel (scaled, a shaded pixel's extra chroma grew with
-            // it: a lifted crease came out redder than the skin); only on what counts as skin,
-            // and no more than three times what its own `fine` box lacks: a crease fills a good
-            // part of its box, a dark pore or a freckle a small one, and they stay.
-            let (lv, lt) = (luma(v), luma(tone[i]));
-            let short = (lt - DODGE_GRAIN - lv).min(3.0 * (luma(lift[i]) - DODGE_GRAIN));
-            if short > 0.0 {
-                let add = k * weight.at(x, y) * short;
-                v = v.map(|c| c + add);
-            }
-            out.put_pixel(x, y, Rgb(v.map(to_u8)));
         }
     }
-    (out, region)
 }
 
 /// How much darker than its surroundings' tone skin may be and count as its own grain (8-bit

@@ -11,6 +11,9 @@
 //! of `unacked` so Python workers never choke on them), `revoked:<task_id>`, the `revocations`
 //! stream, `dead` (list).
 //!
+//! A full Redis (`maxmemory`, noeviction) refuses PUBLISH whole and runs every other script
+//! (`even_when_full`, `unless_full`): new work waits at the door, work inside drains.
+//!
 //! Cost: a claim and a batch of results touch each key once for the whole batch (`many`, one
 //! variadic call per key; a claim pops each list with one `RPOP key count`, Redis 6.2 or newer;
 //! only the result's SET + PUBLISH are per message). Every string that enters Lua (a popped
@@ -41,6 +44,14 @@ local function bucket(q, p)
   return q
 end
 local LEASE, LEASES, RUNNING = 'afterview:lease', 'afterview:leases', 'afterview:running'
+-- A Redis over `maxmemory` (noeviction) refuses a script's commands that may grow memory only
+-- until the script's first write: it cannot stop a script half way. Scripts that move work
+-- already inside (claims, renewals, results and acks, retries, revocations) start with a write
+-- that grows nothing, so a full Redis still drains its backlog (an ack frees a whole message,
+-- its result expires); PUBLISH, which lets new work in, starts with one a full Redis refuses,
+-- so a new message is refused whole and the producer hears it.
+local function even_when_full() redis.call('DEL', 'afterview:full') end
+local function unless_full() redis.call('SETRANGE', 'afterview:full', 0, '') end
 -- A member of both lease zsets and a field of both lease hashes, longer than Redis's listpack
 -- limits (the name predates the hashes; it is data in running deployments, so it stays).
 local ANCHOR = 'afterview:anchor:keeps-this-sorted-set-a-skiplist:longer-than-zset-max-listpack-value'
@@ -470,6 +481,7 @@ local PUSH = 'afterview:push:'
 /// Returns `{messages, next_due_ms}` with `[tag, task_id, queue, raw, epoch, revoked]` per message
 /// and the run-at time of the earliest scheduled message (-1 when none).
 pub(crate) const CLAIM: &str = r#"
+even_when_full()
 local now = tonumber(ARGV[1])
 local lease = tonumber(ARGV[2])
 local max = tonumber(ARGV[3])
@@ -520,6 +532,7 @@ return {out, next_due}
 
 /// ARGV: tag, epoch. 1 when acked, 0 when the lease is not current.
 pub(crate) const ACK: &str = r#"
+even_when_full()
 local task = holder(ARGV[1], ARGV[2])
 if task == nil then return 0 end
 finish(ARGV[1], task)
@@ -528,6 +541,7 @@ return 1
 
 /// ARGV: tag, epoch. Gives the message back to its queue.
 pub(crate) const RELEASE: &str = r#"
+even_when_full()
 if not held(ARGV[1], ARGV[2]) then return 0 end
 restore(ARGV[1])
 return 1
@@ -535,6 +549,7 @@ return 1
 
 /// ARGV: lease_ms, now_ms, then pairs tag, epoch. Returns the tags no longer held.
 pub(crate) const RENEW: &str = r#"
+even_when_full()
 local lease = tonumber(ARGV[1])
 local now = tonumber(ARGV[2])
 local lost = {}
@@ -557,6 +572,7 @@ return lost
 /// kombu's `restore_visible`) messages of other consumers unacked for longer than the
 /// visibility timeout. Returns how many were restored.
 pub(crate) const REQUEUE_EXPIRED: &str = r#"
+even_when_full()
 local now = tonumber(ARGV[1])
 local vis = tonumber(ARGV[2])
 local n = 0
@@ -585,6 +601,7 @@ return n
 
 /// ARGV: tag, epoch, queue, priority, run_at_ms, now_ms, raw. Acks and enqueues the retry.
 pub(crate) const RETRY: &str = r#"
+even_when_full()
 local task = holder(ARGV[1], ARGV[2])
 if task == nil then return 0 end
 finish(ARGV[1], task)
@@ -600,6 +617,7 @@ return 1
 /// ARGV: tag, epoch, run_at_ms. Moves a claimed message whose ETA is in the future (from a
 /// producer that LPUSHed it, as Celery does) into the schedule, out of the lease.
 pub(crate) const DEFER: &str = r#"
+even_when_full()
 if not held(ARGV[1], ARGV[2]) then return 0 end
 local u = redis.call('HGET', 'unacked', ARGV[1])
 local q, raw
@@ -638,6 +656,7 @@ return 1
 /// `[tag, task_id, queue, epoch, revoked]` JSON, a newline, then the envelope. Returns 2 when
 /// pushed, else 1.
 pub(crate) const PUBLISH: &str = r#"
+unless_full()
 local q, p = ARGV[1], ARGV[2]
 local run_at, now = tonumber(ARGV[3]), tonumber(ARGV[4])
 if run_at <= now and #ARGV == 5 then
@@ -678,6 +697,7 @@ return 1
 /// never shortens the tombstone's life: a client's revoke keeps it a week, and the same revoke
 /// heard again on the pidbox (kept a day) must not cut that to a day.
 pub(crate) const REVOKE: &str = r#"
+even_when_full()
 local id, terminate = ARGV[1], ARGV[2]
 local key = 'afterview:revoked:' .. id
 local cur = redis.call('GET', key)
@@ -738,6 +758,7 @@ return out
 /// Records a dead letter (newest first; at most `max`, none older than `cutoff`, the list
 /// expiring a week after its newest) and acks the message if the lease is still held.
 pub(crate) const DEAD: &str = r#"
+even_when_full()
 if ARGV[1] ~= '' and held(ARGV[1], ARGV[2]) then
   finish(ARGV[1])
 end
@@ -749,6 +770,7 @@ return 1
 /// does (through `_kombu.binding.reply.celery.pidbox`); a reply nobody waits for is dropped,
 /// and a delivered one expires if its client is gone (celery #6089).
 pub(crate) const REPLY: &str = r#"
+even_when_full()
 local n = 0
 for _, m in ipairs(redis.call('SMEMBERS', '_kombu.binding.reply.celery.pidbox')) do
   local rk, rest = string.match(m, '^(.-)' .. SEP .. '(.*)$')
@@ -770,6 +792,7 @@ return n
 /// message. Many results go in one call (the backend batches concurrent writes). Returns one of
 /// 'stored', 'fenced', 'kept' per result.
 pub(crate) const STORE: &str = r#"
+even_when_full()
 local backend_db, broker_db, ttl = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local out = {}
 -- Fences and acks first, in the broker's database (the script starts there), reading every

@@ -131,9 +131,9 @@ fn protect_mask(
     });
     let grow = |idx: &[usize], mm: f32| face::grow(&lm.group(idx), f, mm);
     if !only_dark {
-        // The face's own dark features are not overlays: eyes and lips never, brows unless a
-        // pixel is near-black (a frame crossing the brow; brow hair is rarely that dark). With
-        // only dark pixels protected (blepharoplasty), the eyes and brows stay anyway.
+        // The face's own dark features are not overlays: eyes and lips never, brows only where
+        // an overlay from outside crosses them (a frame). With only dark pixels protected
+        // (blepharoplasty), the eyes and brows stay anyway.
         for p in [
             grow(&regions::RIGHT_EYE_RING, 1.0),
             grow(&regions::LEFT_EYE_RING, 1.0),
@@ -143,28 +143,39 @@ fn protect_mask(
         ] {
             m.clear_polygon(&p);
         }
+        // Near-black pixels (the frames' cores).
+        let mut black = Mask::new(rect);
+        black.map(|x, y, _| {
+            let p = photo.get_pixel(x, y).0;
+            let lum = 0.299 * p[0] as f32 + 0.587 * p[1] as f32 + 0.114 * p[2] as f32;
+            if lum < dark { 1.0 } else { 0.0 }
+        });
         for side in 0..2 {
             let mut brow = lm.group(&regions::BROW_UPPER[side]);
             brow.extend(lm.group(&regions::BROW_LOWER[side]).into_iter().rev());
-            let grown = face::grow(&brow, f, 2.0);
+            let reach = |mm: f32| (mm * f.px_per_mm).ceil().max(1.0) as u32;
+            let mut core = Mask::new(rect);
+            core.fill_polygon(&brow, 1.0);
             let mut inside = Mask::new(rect);
-            inside.fill_polygon(&grown, 1.0);
+            inside.fill_polygon(&face::grow(&brow, f, 2.0), 1.0);
             // What continues into the region from an overlay outside it (a frame's soft edge,
             // lighter than near-black) stays too: lifted with the brow it would smear onto the
             // forehead. Across the margin (2 mm), but into the brow's own outline only 1 mm:
             // dark brow hair is "not skin" too, and kept deeper it would be split, part of the
             // brow left behind.
-            let mut core = Mask::new(rect);
-            core.fill_polygon(&brow, 1.0);
-            let reach = |mm: f32| (mm * f.px_per_mm).ceil().max(1.0) as u32;
             let continued = continued_into(&m, &inside, (&core, reach(1.0)), reach(2.0));
+            // A frame crossing the brow stays whole: near-black pixels reached from near-black
+            // outside the region through near-black ones. Near-black on its own is not a frame:
+            // black brow hair (dark-haired patients, darker skin whose tone sets the threshold)
+            // kept rigid left the brow behind while its lighter top edge rose with the skin.
+            let far = u32::MAX;
+            let frame = continued_into(&black, &inside, (&core, far), far);
             m.map(|x, y, v| {
-                if inside.at(x, y) == 0.0 || continued.at(x, y) > 0.0 {
-                    return v;
+                if inside.at(x, y) == 0.0 || continued.at(x, y) > 0.0 || frame.at(x, y) > 0.0 {
+                    v
+                } else {
+                    0.0
                 }
-                let p = photo.get_pixel(x, y).0;
-                let lum = 0.299 * p[0] as f32 + 0.587 * p[1] as f32 + 0.114 * p[2] as f32;
-                if lum < dark { v } else { 0.0 }
             });
         }
     }

@@ -393,6 +393,9 @@ fn brow_lift(p: &Probe<'_>) -> Vec<Change> {
         c("left brow tail v", p.v(p.at(300)), p.v(p.go(300))),
         c("right brow middle v", p.v(p.at(105)), p.v(p.go(105))),
         c("left brow middle v", p.v(p.at(334)), p.v(p.go(334))),
+        // The brow's lower edge under its middle: the brow rises as one, not stretched.
+        c("right brow lower middle v", p.v(p.at(52)), p.v(p.go(52))),
+        c("left brow lower middle v", p.v(p.at(282)), p.v(p.go(282))),
         c("right lid margin v", p.v(p.at(159)), p.v(p.go(159))),
         c("left lid margin v", p.v(p.at(386)), p.v(p.go(386))),
     ]

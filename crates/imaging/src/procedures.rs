@@ -456,8 +456,15 @@ fn brow_lift(d: &mut Draft<'_>, sc: &Scene<'_>) -> Result<(), ImagingError> {
         let lift_at = |u: f32| lerp_table(&xs, &lift, u);
         let table = |idx: &[usize]| by_u(idx.iter().map(|&i| m.uv(i)));
         let (brow_u, brow_vs) = table(upper);
+        let (low_u, low_vs) = table(&r::BROW_LOWER[side]);
         let (lid_u, lid_vs) = table(&r::UPPER_LID[side]);
-        let brow_v = |u: f32| lerp_table(&brow_u, &brow_vs, u);
+        // The brow's lower edge: its outline's lower line and a millimetre for the hairs below
+        // it, at least 3 mm under the upper line. The whole brow rises as one; a thick brow
+        // ramped from 3 mm under its upper line rose at its top only and came out taller.
+        let brow_v = |u: f32| {
+            let top = lerp_table(&brow_u, &brow_vs, u);
+            (top, (lerp_table(&low_u, &low_vs, u) + 1.0).max(top + 3.0))
+        };
         let lid_v = |u: f32| lerp_table(&lid_u, &lid_vs, u);
         let (u_lo, u_hi) = (
             xs[0] - if side == 0 { 8.0 } else { 3.0 },
@@ -476,17 +483,15 @@ fn brow_lift(d: &mut Draft<'_>, sc: &Scene<'_>) -> Result<(), ImagingError> {
             if u < u_lo || u > u_hi {
                 continue;
             }
-            let (bv, lv) = (brow_v(u), lid_v(u));
+            let ((top, low), lv) = (brow_v(u), lid_v(u));
             if v > lv - 0.5 {
                 continue;
             }
-            // 0 at the lid margin, 1 from the brow's lower edge up, fading 25 mm above.
-            let w = if v >= bv + 3.0 {
-                ((lv - v) / (lv - bv - 3.0).max(1.0))
-                    .clamp(0.0, 1.0)
-                    .powf(1.5)
+            // 0 at the lid margin, 1 from the brow's lower edge up, fading 25 mm above its top.
+            let w = if v >= low {
+                ((lv - v) / (lv - low).max(1.0)).clamp(0.0, 1.0).powf(1.5)
             } else {
-                (1.0 - (bv - v) / 25.0).clamp(0.0, 1.0)
+                (1.0 - (top - v) / 25.0).clamp(0.0, 1.0)
             };
             // Beyond the brow's ends the lift fades over 8 mm.
             let edge = ((u - xs[0] + 8.0) / 8.0).min((xs[xs.len() - 1] + 8.0 - u) / 8.0);

@@ -402,6 +402,17 @@ fn each_procedure_hits_its_target_on_every_variant() {
                                 tag(&format!("{s} brow middle up {mid:.2} mm")),
                             );
                         }
+                        // The whole brow rises: its lower edge as far as its top (a thick
+                        // brow whose lower half stayed came out taller, not lifted).
+                        // (Not measurable behind Grace Hopper's frames, which stay.)
+                        let lower = -find(&c, &format!("{s} brow lower middle v")).delta();
+                        check(
+                            glasses || lower >= 0.75 * mid,
+                            &mut failures,
+                            tag(&format!(
+                                "{s} brow lower edge up {lower:.2}, top {mid:.2} mm"
+                            )),
+                        );
                         // Grace Hopper's brow tails are behind her glasses' frames, which stay.
                         if !glasses {
                             let tail = -find(&c, &format!("{s} brow tail v")).delta();
@@ -640,6 +651,96 @@ fn a_blepharoplasty_leaves_the_brows_lower_edge() {
     assert!(
         platform > 0.15,
         "the lid platform grew only {platform:.2} mm"
+    );
+}
+
+/// A thick brow rises as one: with its lower outline 3 mm further down than the astronaut's own
+/// (a full brow), its lower edge moves up as far as its top. The lift was ramped from 3 mm
+/// under the brow's upper line whatever its thickness, so a thick brow's lower half stayed and
+/// the brow came out taller, not lifted (seen on dark, full brows).
+#[test]
+fn a_brow_lift_raises_a_thick_brow_whole() {
+    let img = portrait("astronaut.png");
+    let mut lm = face::detect(&img).unwrap();
+    let f = lm.frame();
+    for side in 0..2 {
+        for &i in &face::regions::BROW_LOWER[side] {
+            lm.points[i] = lm.points[i].plus(f.vec(0.0, 3.0));
+        }
+    }
+    let plan =
+        afterview_imaging::procedures::plan("brow-lift", &img, &lm, Intensity::Moderate).unwrap();
+    let rise = |i: usize| {
+        let h = plan.handles.iter().find(|h| h.at == lm.points[i]).unwrap();
+        -f.local_vec(h.shift).1
+    };
+    for (top, low) in [(105, 52), (334, 282)] {
+        let (t, l) = (rise(top), rise(low));
+        assert!(t > 0.5, "the brow's top rose {t:.2} mm");
+        assert!(l >= 0.9 * t, "lower edge up {l:.2} mm, top {t:.2} mm");
+    }
+}
+
+/// Black brow hair is not a frame: with the astronaut's brows painted near-black, a brow lift
+/// still moves them (near-black pixels were kept rigid as frames, so a dark brow stayed while
+/// the skin round it rose). Under the painted brows' lower edge skin shows after the lift.
+#[test]
+fn a_brow_lift_moves_black_brows() {
+    let mut img = portrait("astronaut.png");
+    let lm = face::detect(&img).unwrap();
+    let f = lm.frame();
+    let (w, h) = img.dimensions();
+    let mut painted = afterview_imaging::warp::Mask::new(afterview_imaging::warp::Rect {
+        x0: 0,
+        y0: 0,
+        x1: w,
+        y1: h,
+    });
+    // The brows' outline, where it lies within the region the recipe knows as the brow (the
+    // outline grown 2 mm from its centroid, which misses a thin arch's lower middle).
+    let mut region = painted.clone();
+    for side in 0..2 {
+        let mut brow = lm.group(&face::regions::BROW_UPPER[side]);
+        brow.extend(lm.group(&face::regions::BROW_LOWER[side]).into_iter().rev());
+        painted.fill_polygon(&brow, 1.0);
+        let c = brow.iter().fold(Pt::new(0.0, 0.0), |a, p| a.plus(*p));
+        let c = c.times(1.0 / brow.len() as f32);
+        let grown: Vec<Pt> = brow
+            .iter()
+            .map(|p| {
+                p.plus(
+                    p.minus(c)
+                        .times(2.0 * f.px_per_mm / p.minus(c).len().max(1e-3)),
+                )
+            })
+            .collect();
+        region.fill_polygon(&grown, 1.0);
+    }
+    painted.map(|x, y, v| v.min(region.at(x, y)));
+    for (x, y, p) in img.enumerate_pixels_mut() {
+        if painted.at(x, y) >= 0.5 {
+            *p = Rgb([22, 19, 18]);
+        }
+    }
+    let out = simulate(&img, "brow-lift", Intensity::Pronounced, &lm)
+        .unwrap()
+        .image;
+    // The painted pixels within 0.6 mm of the paint's lower edge, towards the brows' tails
+    // (the lift is largest there): how many turned light.
+    let px = (0.6 * f.px_per_mm).ceil() as u32;
+    let (mut edge, mut light) = (0, 0);
+    for (x, y, p) in out.enumerate_pixels() {
+        let below = (1..=px).any(|d| painted.at(x, y + d) < 0.5);
+        let (u, _) = f.local(Pt::new(x as f32, y as f32));
+        if painted.at(x, y) >= 0.5 && below && u.abs() > 25.0 {
+            edge += 1;
+            light += usize::from(p.0.iter().map(|&c| u32::from(c)).sum::<u32>() > 3 * 80);
+        }
+    }
+    assert!(edge > 20, "{edge} edge pixels");
+    assert!(
+        light * 2 >= edge,
+        "only {light} of the black brows' {edge} lower-edge pixels show skin after the lift"
     );
 }
 

@@ -328,7 +328,7 @@ fn lip_augmentation(p: &Probe<'_>) -> Vec<Change> {
     // The stretch of each lip's middle three columns, read between the inner line and
     // a point 60 % of the way to the band's end (inside the vermilion, where the strain
     // is even), as the lip's height before and after.
-    let bands = crate::procedures::lip_bands(lm);
+    let bands = crate::procedures::lip_bands_seen(before, lm);
     let height = |dir: f32| {
         let cols: Vec<_> = bands.iter().filter(|b| b.dir == dir).collect();
         let mid = cols.len() / 2;

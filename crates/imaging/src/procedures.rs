@@ -328,18 +328,40 @@ fn lip_augmentation(d: &mut Draft<'_>, sc: &Scene<'_>) -> Result<(), ImagingErro
     // or the edge of the open mouth): the vermilion gains height wherever its border
     // lies inside the mesh's outline, the inner lines (so the mouth's opening) and the
     // corners stay.
-    let bands = lip_bands(lm);
+    let bands = lip_bands_seen(sc.photo, lm);
+    // How far each column's border moves: the gain of the lip the photo shows, the median of
+    // the column and its neighbours on the same lip (a column whose edge was misread, or an
+    // open mouth's, would make a notch or a spike in the border).
+    let grows: Vec<f32> = (0..bands.len())
+        .map(|j| {
+            let same = |i: usize| bands.get(i).filter(|b| b.dir == bands[j].dir);
+            let mut near: Vec<f32> = [j.checked_sub(1).and_then(same), same(j), same(j + 1)]
+                .into_iter()
+                .flatten()
+                .map(|b| b.height * b.gain * k)
+                .collect();
+            near.sort_by(f32::total_cmp);
+            near[near.len() / 2]
+        })
+        .collect();
     let mut ends = vec![];
-    for band in &bands {
+    for (band, grow_mm) in bands.iter().zip(grows) {
         let (u, v_in) = f.local(band.inner);
-        let g = band.gain * k;
+        if band.inner != lm.points[band.inner_index] {
+            // An open mouth's lip edge, found in the photo: it stays, as the teeth between it
+            // and the mesh's inner point (pinned) do.
+            m.extra.push(Handle {
+                at: band.inner,
+                shift: Pt::new(0.0, 0.0),
+            });
+        }
         ends.push(f.at(u, v_in + band.dir * band.height));
         // An even stretch along the column: the vermilion grows by the gain wherever
         // its border is.
         for t in [0.25f32, 0.5, 0.75, 1.0] {
             m.extra.push(Handle {
                 at: f.at(u, v_in + band.dir * band.height * t),
-                shift: f.vec(0.0, band.dir * band.height * t * g),
+                shift: f.vec(0.0, band.dir * grow_mm * t),
             });
         }
     }
@@ -750,6 +772,8 @@ pub struct LipBand {
     pub inner: Pt,
     /// Mesh index of the outer point.
     pub outer_index: usize,
+    /// Mesh index of the inner point.
+    pub inner_index: usize,
     /// Height from the inner line outwards, mm (the mesh's, capped).
     pub height: f32,
     /// Whether the cap applied (the mesh's outline lies farther out).
@@ -789,6 +813,7 @@ pub fn lip_bands(lm: &Landmarks) -> Vec<LipBand> {
             out.push(LipBand {
                 inner: lm.points[inner[j]],
                 outer_index: outer[j],
+                inner_index: inner[j],
                 height: h.min(cap),
                 capped: h > cap,
                 dir,
@@ -797,6 +822,65 @@ pub fn lip_bands(lm: &Landmarks) -> Vec<LipBand> {
         }
     }
     out
+}
+
+/// [`lip_bands`], each starting where the photo shows the lip's inner edge. On an open mouth
+/// the mesh's inner lip points often lie on the teeth or the tongue (the face model was
+/// trained mostly on closed mouths), and a band from there stretched the teeth with the lip:
+/// a sawtooth along the upper teeth, lower incisors drawn into the lip. Each column is read
+/// from 1 mm inside the lip's border (the mesh's outer point) inwards, every quarter
+/// millimetre, against the lip's own colour 1-2 mm inside its border; two samples in a row
+/// that are teeth (40 levels brighter, and greyer) or the mouth (darker than half the lip and
+/// than 60) end the lip there. A closed mouth's bands are as the mesh's.
+pub fn lip_bands_seen(photo: &RgbImage, lm: &Landmarks) -> Vec<LipBand> {
+    let f = lm.frame();
+    lip_bands(lm)
+        .into_iter()
+        .map(|b| lip_edge(photo, lm, &f, b))
+        .collect()
+}
+
+fn lip_edge(photo: &RgbImage, lm: &Landmarks, f: &Frame, b: LipBand) -> LipBand {
+    const STEP_MM: f32 = 0.25;
+    let (u, vi) = f.local(b.inner);
+    // The whole column, to the mesh's outer point (the vermilion border), whatever the cap.
+    let whole = (f.local(lm.points[b.outer_index]).1 - vi) * b.dir;
+    if whole < 3.0 {
+        return b;
+    }
+    let (w, h) = photo.dimensions();
+    // A sample `mm` in from the border.
+    let sample = |mm: f32| {
+        let p = f.at(u, vi + b.dir * (whole - mm));
+        let x = (p.x.round().max(0.0) as u32).min(w - 1);
+        let y = (p.y.round().max(0.0) as u32).min(h - 1);
+        let c = photo.get_pixel(x, y).0.map(f32::from);
+        let lum = 0.299 * c[0] + 0.587 * c[1] + 0.114 * c[2];
+        let chroma = c[0].max(c[1]).max(c[2]) - c[0].min(c[1]).min(c[2]);
+        (lum, chroma)
+    };
+    // The lip: 1-2 mm in from its border.
+    let mut lip: Vec<(f32, f32)> = (4..=8).map(|k| sample(k as f32 * STEP_MM)).collect();
+    lip.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let (lum, chroma) = lip[lip.len() / 2];
+    // Teeth: brighter and greyer than the lip. The mouth: dark in itself, not only darker
+    // than the lip.
+    let off = |(l, c): (f32, f32)| (l > lum + 40.0 && c < chroma) || l < (0.5 * lum).min(60.0);
+    let n = (whole / STEP_MM) as usize;
+    for k in 4..n {
+        let mm = k as f32 * STEP_MM;
+        if off(sample(mm)) && off(sample(mm + STEP_MM)) {
+            // The lip ends just outside the first of the two.
+            let cut = whole - mm + STEP_MM;
+            let height = (whole - cut).min(b.height).max(0.3);
+            return LipBand {
+                inner: f.at(u, vi + b.dir * cut),
+                height,
+                ..b
+            };
+        }
+    }
+    b
 }
 
 /// The points of the lower nose (alae, nostril sills, columella), both sides and the midline.

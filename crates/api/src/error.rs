@@ -302,6 +302,10 @@ impl From<BackendError> for ApiError {
                 tracing::warn!(error = %m, "broker unavailable");
                 Self::unavailable("the task broker is unavailable; retry shortly")
             }
+            BackendError::Full(m) => {
+                tracing::warn!(error = %m, "broker full");
+                Self::unavailable("the task broker is full; retry later")
+            }
             BackendError::Invalid(m) => Self::bad_request(m.to_string()),
             BackendError::Corrupt(m) => {
                 tracing::error!(error = %m, "broker returned corrupt data");

@@ -2,7 +2,7 @@
 //! record (owner and photos, before the message exists anywhere), and the answer: `202` with the
 //! task's URLs, or the result when the caller waits.
 
-use afterview_engine::{SendOptions, TaskState};
+use afterview_engine::{BackendError, SendOptions, TaskState};
 use afterview_store::TaskRecord;
 use axum::http::StatusCode;
 use serde_json::Value;
@@ -337,7 +337,15 @@ async fn record_and_send(
                 Ok(())
             }
             Err(e) => {
-                if let Err(r) = st.client.revoke(&msg.id, false).await {
+                if matches!(e, BackendError::Full(_)) {
+                    // Refused whole: the message is nowhere, so nothing to revoke, and a revoke
+                    // (a tombstone, a log entry, a result) would grow a full Redis with every
+                    // retried request. The record stops counting against its owner.
+                    let done = [msg.id.clone()];
+                    if let Err(r) = st.meta.mark_tasks_finished(&rec.owner, &done).await {
+                        tracing::warn!(error = %r, task_id = %msg.id, "A task the broker refused could not be marked finished.");
+                    }
+                } else if let Err(r) = st.client.revoke(&msg.id, false).await {
                     tracing::warn!(error = %r, task_id = %msg.id, "A task whose message could not be sent could not be revoked either; it reads PENDING until its record expires.");
                 }
                 sent.tell(Sending::Failed);

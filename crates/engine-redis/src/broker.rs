@@ -397,8 +397,13 @@ impl Broker for RedisBackend {
     }
 
     async fn heartbeat(&self, report: &WorkerReport) -> Result<(), BackendError> {
+        // The queues' bindings are best effort (declared again on the next beat): a Redis that
+        // is full refuses their SADDs, and the worker must still join the control channel and
+        // be seen while it drains.
         for q in &report.queues {
-            self.inner.declare(q).await?;
+            if let Err(e) = self.inner.declare(q).await {
+                tracing::warn!(error = %e, queue = %q, "Could not declare a queue's binding; trying again at the next heartbeat.");
+            }
         }
         self.inner.heartbeat(report).await
     }

@@ -66,6 +66,9 @@ pub(crate) fn fenced_call<'a>(
 pub(crate) fn unavailable(e: redis::RedisError) -> BackendError {
     if e.kind() == redis::ErrorKind::Parse || e.kind() == redis::ErrorKind::UnexpectedReturnType {
         BackendError::Corrupt(Cause::with_source(e.to_string(), e))
+    } else if e.code() == Some("OOM") {
+        // Refused before any write (a script's first write, or a plain command).
+        BackendError::Full(Cause::with_source(e.to_string(), e))
     } else {
         BackendError::Unavailable(Cause::with_source(e.to_string(), e))
     }

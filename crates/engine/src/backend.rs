@@ -32,6 +32,9 @@ pub enum BackendError {
     Invalid(Cause),
     /// Stored data could not be read back.
     Corrupt(Cause),
+    /// The store is full (Redis at `maxmemory` with noeviction) and refused the write whole:
+    /// nothing of it was written. Retrying once there is room may succeed.
+    Full(Cause),
 }
 
 impl BackendError {
@@ -55,13 +58,14 @@ impl std::fmt::Display for BackendError {
             Self::Unavailable(c) => write!(f, "backend unavailable: {c}"),
             Self::Invalid(c) => write!(f, "invalid request: {c}"),
             Self::Corrupt(c) => write!(f, "corrupt data: {c}"),
+            Self::Full(c) => write!(f, "backend full: {c}"),
         }
     }
 }
 
 impl std::error::Error for BackendError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        let (Self::Unavailable(c) | Self::Invalid(c) | Self::Corrupt(c)) = self;
+        let (Self::Unavailable(c) | Self::Invalid(c) | Self::Corrupt(c) | Self::Full(c)) = self;
         c.source
             .as_deref()
             .map(|e| e as &(dyn std::error::Error + 'static))

@@ -845,10 +845,10 @@ fn lip_edge(photo: &RgbImage, lm: &Landmarks, f: &Frame, b: LipBand) -> LipBand 
     let (u, vi) = f.local(b.inner);
     // The whole column, to the mesh's outer point (the vermilion border), whatever the cap.
     let whole = (f.local(lm.points[b.outer_index]).1 - vi) * b.dir;
-    if whole < 3.0 {
+    let (w, h) = photo.dimensions();
+    if whole < 3.0 || w == 0 || h == 0 {
         return b;
     }
-    let (w, h) = photo.dimensions();
     // A sample `mm` in from the border.
     let sample = |mm: f32| {
         let p = f.at(u, vi + b.dir * (whole - mm));
@@ -865,8 +865,11 @@ fn lip_edge(photo: &RgbImage, lm: &Landmarks, f: &Frame, b: LipBand) -> LipBand 
     let (lum, chroma) = lip[lip.len() / 2];
     // Teeth: brighter and greyer than the lip. The mouth: dark in itself, not only darker
     // than the lip.
-    let off = |(l, c): (f32, f32)| (l > lum + 40.0 && c < chroma) || l < (0.5 * lum).min(60.0);
-    let n = (whole / STEP_MM) as usize;
+    // (Greyer or as grey: a black-and-white photo's teeth are no greyer than its lips.)
+    let off = |(l, c): (f32, f32)| (l > lum + 40.0 && c <= chroma) || l < (0.5 * lum).min(60.0);
+    // Not within a millimetre of the mesh's inner point: a closed mouth's seam between the
+    // lips is dark there, and no cut.
+    let n = ((whole - 1.0) / STEP_MM) as usize;
     for k in 4..n {
         let mm = k as f32 * STEP_MM;
         if off(sample(mm)) && off(sample(mm + STEP_MM)) {

@@ -771,6 +771,55 @@ async fn a_forged_task_cannot_overwrite_another_users_picture() {
     );
 }
 
+/// A full Redis (`maxmemory` reached, noeviction): a new preview is refused with 503 and
+/// `Retry-After`, and nothing of it lands in Redis, not even the revocation a failed publish
+/// otherwise gets (a tombstone, a log entry and a result per retried request would grow a full
+/// Redis with nothing to free it). With room again, the next request runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_redis_refuses_new_previews_and_grows_by_nothing() {
+    let r = RedisServer::start(4, false);
+    let (b, rb) = (r.url(0), r.url(1));
+    let s = Server::with_users_args(&["--broker", &b, "--result-backend", &rb]);
+    let image = s.upload_portrait(ALICE, "grace_hopper.jpg").await;
+    let preview = json!({"image_id": image, "procedure_id": "rhinoplasty"});
+    let path = "/api/visualizations";
+    // Warm: the queues are declared, one preview runs.
+    let (st, v) = crate::api::body(s.post(ALICE, path, preview.clone()).await).await;
+    assert_eq!(st, 200, "{v}");
+
+    let mut c = r.connection(0);
+    let mut backend = r.connection(1);
+    let size = |c: &mut redis::Connection| -> i64 { redis::cmd("DBSIZE").query(c).unwrap() };
+    let before = (size(&mut c), size(&mut backend));
+    let () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory")
+        .arg(1)
+        .query(&mut c)
+        .unwrap();
+    for _ in 0..3 {
+        let resp = s.post(ALICE, path, preview.clone()).await;
+        assert!(resp.headers().contains_key("retry-after"));
+        let (st, v) = crate::api::body(resp).await;
+        assert_eq!(st, 503, "{v}");
+        assert_eq!(v["error"]["code"], "unavailable", "{v}");
+    }
+    assert_eq!(
+        (size(&mut c), size(&mut backend)),
+        before,
+        "refused previews left keys in Redis"
+    );
+
+    let () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory")
+        .arg(0)
+        .query(&mut c)
+        .unwrap();
+    let (st, v) = crate::api::body(s.post(ALICE, path, preview).await).await;
+    assert_eq!(st, 200, "{v}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invented_methods_add_no_metric_series_and_metrics_can_require_a_token() {
     let s = Server::start(

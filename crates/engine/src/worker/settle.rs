@@ -196,7 +196,7 @@ pub(super) async fn finish(s: &Arc<Shared>, lease: &LeaseRef, meta: ResultMeta) 
                 return;
             }
             Ok(_) => return,
-            Err(BackendError::Unavailable(e)) if tries < 5 => {
+            Err(BackendError::Unavailable(e) | BackendError::Full(e)) if tries < 5 => {
                 tries += 1;
                 warn!(task_id = %meta.task_id, error = %e, attempt = tries, "Result store unavailable; retrying.");
                 tokio::time::sleep(Duration::from_millis(100 << tries)).await;
@@ -231,7 +231,7 @@ pub(super) async fn store(
     loop {
         match s.backend.store(meta, Some(lease)).await {
             Ok(o) => return Some(o),
-            Err(BackendError::Unavailable(e)) if tries < 5 => {
+            Err(BackendError::Unavailable(e) | BackendError::Full(e)) if tries < 5 => {
                 tries += 1;
                 warn!(task_id = %meta.task_id, error = %e, attempt = tries, "Result store unavailable; retrying.");
                 tokio::time::sleep(Duration::from_millis(100 << tries)).await;

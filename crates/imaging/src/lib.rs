@@ -118,6 +118,22 @@ fn protect_mask(
     // Only what is clearly not skin: near-black (frames, dark hair) or far from the skin's
     // colour. Shaded skin (lid creases, under the jaw) keeps its chroma and stays movable.
     let dark = if only_dark { 0.35 } else { 0.2 } * skin.luminance();
+    // The colour judged is averaged over ±0.7 mm: a JPEG stores chroma in blocks (16 pixels
+    // in most photos), and skin near the threshold (shaded, under the jaw) crossed it block
+    // by block, some blocks kept rigid and their neighbours moved: a mosaic along the jaw.
+    let (rw, rh) = (rect.width() as usize, rect.height() as usize);
+    let r = f.px(0.7).round().max(1.0) as usize;
+    let smooth: Vec<Vec<f32>> = (0..3)
+        .map(|c| {
+            let v: Vec<f32> = (0..rh)
+                .flat_map(|y| (0..rw).map(move |x| (x, y)))
+                .map(|(x, y)| {
+                    f32::from(photo.get_pixel(rect.x0 + x as u32, rect.y0 + y as u32).0[c])
+                })
+                .collect();
+            warp::box_blur(&v, rw, rh, r)
+        })
+        .collect();
     m.map(|x, y, _| {
         let p = photo.get_pixel(x, y).0;
         let lum = 0.299 * p[0] as f32 + 0.587 * p[1] as f32 + 0.114 * p[2] as f32;
@@ -126,7 +142,9 @@ fn protect_mask(
         } else if only_dark {
             0.0
         } else {
-            ((skin.distance(p) - 5.0) / 2.0).clamp(0.0, 1.0)
+            let i = (y - rect.y0) as usize * rw + (x - rect.x0) as usize;
+            let q = [0, 1, 2].map(|c| smooth[c][i].round().clamp(0.0, 255.0) as u8);
+            ((skin.distance(q) - 5.0) / 2.0).clamp(0.0, 1.0)
         }
     });
     let grow = |idx: &[usize], mm: f32| face::grow(&lm.group(idx), f, mm);

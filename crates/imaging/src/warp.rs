@@ -502,7 +502,7 @@ fn box_blur_rows(a: &mut [f32], w: usize, h: usize, r: usize) {
 }
 
 /// One box blur of radius `r` over a `w` × `h` grid (rows, then columns).
-fn box_blur(v: &[f32], w: usize, h: usize, r: usize) -> Vec<f32> {
+pub(crate) fn box_blur(v: &[f32], w: usize, h: usize, r: usize) -> Vec<f32> {
     let mut b = v.to_vec();
     box_blur_rows(&mut b, w, h, r);
     transpose(&mut b, w, h);

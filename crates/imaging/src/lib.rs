@@ -121,19 +121,8 @@ fn protect_mask(
     // The colour judged is averaged over ±0.7 mm: a JPEG stores chroma in blocks (16 pixels
     // in most photos), and skin near the threshold (shaded, under the jaw) crossed it block
     // by block, some blocks kept rigid and their neighbours moved: a mosaic along the jaw.
-    let (rw, rh) = (rect.width() as usize, rect.height() as usize);
-    let r = f.px(0.7).round().max(1.0) as usize;
-    let smooth: Vec<Vec<f32>> = (0..3)
-        .map(|c| {
-            let v: Vec<f32> = (0..rh)
-                .flat_map(|y| (0..rw).map(move |x| (x, y)))
-                .map(|(x, y)| {
-                    f32::from(photo.get_pixel(rect.x0 + x as u32, rect.y0 + y as u32).0[c])
-                })
-                .collect();
-            warp::box_blur(&v, rw, rh, r)
-        })
-        .collect();
+    let rw = rect.width() as usize;
+    let smooth = box_averaged(photo, rect, f.px(0.7).round().max(1.0) as usize);
     m.map(|x, y, _| {
         let p = photo.get_pixel(x, y).0;
         let lum = 0.299 * p[0] as f32 + 0.587 * p[1] as f32 + 0.114 * p[2] as f32;
@@ -161,41 +150,7 @@ fn protect_mask(
         ] {
             m.clear_polygon(&p);
         }
-        // Near-black pixels (the frames' cores).
-        let mut black = Mask::new(rect);
-        black.map(|x, y, _| {
-            let p = photo.get_pixel(x, y).0;
-            let lum = 0.299 * p[0] as f32 + 0.587 * p[1] as f32 + 0.114 * p[2] as f32;
-            if lum < dark { 1.0 } else { 0.0 }
-        });
-        for side in 0..2 {
-            let mut brow = lm.group(&regions::BROW_UPPER[side]);
-            brow.extend(lm.group(&regions::BROW_LOWER[side]).into_iter().rev());
-            let reach = |mm: f32| (mm * f.px_per_mm).ceil().max(1.0) as u32;
-            let mut core = Mask::new(rect);
-            core.fill_polygon(&brow, 1.0);
-            let mut inside = Mask::new(rect);
-            inside.fill_polygon(&face::grow(&brow, f, 2.0), 1.0);
-            // What continues into the region from an overlay outside it (a frame's soft edge,
-            // lighter than near-black) stays too: lifted with the brow it would smear onto the
-            // forehead. Across the margin (2 mm), but into the brow's own outline only 1 mm:
-            // dark brow hair is "not skin" too, and kept deeper it would be split, part of the
-            // brow left behind.
-            let continued = continued_into(&m, &inside, (&core, reach(1.0)), reach(2.0));
-            // A frame crossing the brow stays whole: near-black pixels reached from near-black
-            // outside the region through near-black ones. Near-black on its own is not a frame:
-            // black brow hair (dark-haired patients, darker skin whose tone sets the threshold)
-            // kept rigid left the brow behind while its lighter top edge rose with the skin.
-            let far = u32::MAX;
-            let frame = continued_into(&black, &inside, (&core, far), far);
-            m.map(|x, y, v| {
-                if inside.at(x, y) == 0.0 || continued.at(x, y) > 0.0 || frame.at(x, y) > 0.0 {
-                    v
-                } else {
-                    0.0
-                }
-            });
-        }
+        free_brows(&mut m, photo, (lm, f), dark);
     }
     // Catch anti-aliased edges, softly, never weakening a protected pixel.
     let hard = m.clone();
@@ -203,6 +158,63 @@ fn protect_mask(
     m.blur(1);
     m.map(|x, y, v| v.max(hard.at(x, y)));
     m
+}
+
+/// In each brow's region, only what continues into it from an overlay outside stays protected
+/// in `m`: a frame crossing the brow; the brow's own hair, black too, moves.
+fn free_brows(m: &mut Mask, photo: &RgbImage, (lm, f): (&Landmarks, &Frame), dark: f32) {
+    let rect = m.rect;
+    // Near-black pixels (the frames' cores).
+    let mut black = Mask::new(rect);
+    black.map(|x, y, _| {
+        let p = photo.get_pixel(x, y).0;
+        let lum = 0.299 * p[0] as f32 + 0.587 * p[1] as f32 + 0.114 * p[2] as f32;
+        if lum < dark { 1.0 } else { 0.0 }
+    });
+    for side in 0..2 {
+        let mut brow = lm.group(&regions::BROW_UPPER[side]);
+        brow.extend(lm.group(&regions::BROW_LOWER[side]).into_iter().rev());
+        let reach = |mm: f32| (mm * f.px_per_mm).ceil().max(1.0) as u32;
+        let mut core = Mask::new(rect);
+        core.fill_polygon(&brow, 1.0);
+        let mut inside = Mask::new(rect);
+        inside.fill_polygon(&face::grow(&brow, f, 2.0), 1.0);
+        // What continues into the region from an overlay outside it (a frame's soft edge,
+        // lighter than near-black) stays too: lifted with the brow it would smear onto the
+        // forehead. Across the margin (2 mm), but into the brow's own outline only 1 mm:
+        // dark brow hair is "not skin" too, and kept deeper it would be split, part of the
+        // brow left behind.
+        let continued = continued_into(m, &inside, (&core, reach(1.0)), reach(2.0));
+        // A frame crossing the brow stays whole: near-black pixels reached from near-black
+        // outside the region through near-black ones. Near-black on its own is not a frame:
+        // black brow hair (dark-haired patients, darker skin whose tone sets the threshold)
+        // kept rigid left the brow behind while its lighter top edge rose with the skin.
+        let far = u32::MAX;
+        let frame = continued_into(&black, &inside, (&core, far), far);
+        m.map(|x, y, v| {
+            if inside.at(x, y) == 0.0 || continued.at(x, y) > 0.0 || frame.at(x, y) > 0.0 {
+                v
+            } else {
+                0.0
+            }
+        });
+    }
+}
+
+/// Each channel of `photo` inside `rect`, averaged over a box of radius `r` (row-major).
+fn box_averaged(photo: &RgbImage, rect: Rect, r: usize) -> Vec<Vec<f32>> {
+    let (rw, rh) = (rect.width() as usize, rect.height() as usize);
+    (0..3)
+        .map(|c| {
+            let v: Vec<f32> = (0..rh)
+                .flat_map(|y| (0..rw).map(move |x| (x, y)))
+                .map(|(x, y)| {
+                    f32::from(photo.get_pixel(rect.x0 + x as u32, rect.y0 + y as u32).0[c])
+                })
+                .collect();
+            warp::box_blur(&v, rw, rh, r)
+        })
+        .collect()
 }
 
 /// The pixels of `region` reached from protected pixels outside it (`protected` ≥ 0.5) through

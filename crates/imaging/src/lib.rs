@@ -114,10 +114,114 @@ fn protect_mask(
     rect: Rect,
     only_dark: bool,
 ) -> Mask {
-    let mut m = Mask::new(rect);
-    // Only what is clearly not skin: near-black (frames, dark hair) or far from the skin's
-    // colour. Shaded skin (lid creases, under the jaw) keeps its chroma and stays movable.
     let dark = if only_dark { 0.35 } else { 0.2 } * skin.luminance();
+    let mut m = overlays(photo, (skin, f), rect, dark, only_dark);
+    let grow = |idx: &[usize], mm: f32| face::grow(&lm.group(idx), f, mm);
+    if !only_dark {
+        // The face's own dark features are not overlays: eyes and lips never, brows only where
+        // an overlay from outside crosses them (a frame). With only dark pixels protected
+        // (blepharoplasty), the eyes and brows stay anyway.
+        for p in [
+            grow(&regions::RIGHT_EYE_RING, 1.0),
+            grow(&regions::LEFT_EYE_RING, 1.0),
+            grow(&regions::UPPER_LIP_OUTER, 1.5),
+            grow(&regions::LOWER_LIP_OUTER, 1.5),
+            lm.group(&[98, 64, 48, 115, 220, 45, 4, 275, 440, 344, 278, 294, 327, 2]),
+        ] {
+            m.clear_polygon(&p);
+        }
+        let glasses = wears_glasses(&m, lm, f);
+        free_brows(&mut m, photo, (lm, f), dark, glasses);
+    }
+    // Catch anti-aliased edges, softly, never weakening a protected pixel.
+    let hard = m.clone();
+    m.dilate(1);
+    m.blur(1);
+    m.map(|x, y, v| v.max(hard.at(x, y)));
+    m
+}
+
+/// In each brow's region, only what continues into it from an overlay outside stays protected
+/// in `m`: a frame crossing the brow; the brow's own hair, black too, moves.
+fn free_brows(
+    m: &mut Mask,
+    photo: &RgbImage,
+    (lm, f): (&Landmarks, &Frame),
+    dark: f32,
+    glasses: bool,
+) {
+    let rect = m.rect;
+    // Near-black pixels (the frames' cores).
+    let mut black = Mask::new(rect);
+    black.map(|x, y, _| {
+        let p = photo.get_pixel(x, y).0;
+        let lum = 0.299 * p[0] as f32 + 0.587 * p[1] as f32 + 0.114 * p[2] as f32;
+        if lum < dark { 1.0 } else { 0.0 }
+    });
+    for side in 0..2 {
+        let mut brow = lm.group(&regions::BROW_UPPER[side]);
+        brow.extend(lm.group(&regions::BROW_LOWER[side]).into_iter().rev());
+        let reach = |mm: f32| (mm * f.px_per_mm).ceil().max(1.0) as u32;
+        let mut core = Mask::new(rect);
+        core.fill_polygon(&brow, 1.0);
+        let mut inside = Mask::new(rect);
+        if !glasses {
+            // No frame to keep apart from the brow: the region reaches from 2 mm above the
+            // brow's upper outline down to the upper lid's margin, so that a full brow's hair
+            // (the mesh's brow outline often sits on its upper half) and the lid's crease move
+            // with the skin; kept, the brow's lower half stayed while its top rose.
+            inside = core.clone();
+            inside.dilate(reach(2.0));
+            let mut top: Vec<Pt> = lm
+                .group(&regions::BROW_UPPER[side])
+                .into_iter()
+                .map(|p| p.plus(f.vec(0.0, -2.0)))
+                .collect();
+            let mut lid = lm.group(&regions::UPPER_LID[side]);
+            let u = |p: &Pt| f.local(*p).0;
+            top.sort_by(|a, b| u(a).total_cmp(&u(b)));
+            lid.sort_by(|a, b| u(b).total_cmp(&u(a)));
+            top.extend(lid);
+            inside.fill_polygon(&top, 1.0);
+        }
+        inside.fill_polygon(&face::grow(&brow, f, 2.0), 1.0);
+        // What continues into the region from an overlay outside it (a frame's soft edge,
+        // lighter than near-black) stays too: lifted with the brow it would smear onto the
+        // forehead. Across the margin (2 mm), but into the brow's own outline only 1 mm:
+        // dark brow hair is "not skin" too, and kept deeper it would be split, part of the
+        // brow left behind.
+        let continued = continued_into(m, &inside, (&core, reach(1.0)), reach(2.0));
+        // A frame crossing the brow stays whole: near-black pixels reached from near-black
+        // outside the region through near-black ones. Near-black on its own is not a frame:
+        // black brow hair (dark-haired patients, darker skin whose tone sets the threshold)
+        // kept rigid left the brow behind while its lighter top edge rose with the skin.
+        let far = u32::MAX;
+        let frame = if glasses {
+            continued_into(&black, &inside, (&core, far), far)
+        } else {
+            Mask::new(rect)
+        };
+        m.map(|x, y, v| {
+            if inside.at(x, y) == 0.0 || continued.at(x, y) > 0.0 || frame.at(x, y) > 0.0 {
+                v
+            } else {
+                0.0
+            }
+        });
+    }
+}
+
+/// 1 where a pixel of `rect` is clearly not skin: darker than `dark` (frames, dark hair) or,
+/// unless `only_dark`, far from the skin's colour. Shaded skin (lid creases, under the jaw)
+/// keeps its chroma and stays movable.
+fn overlays(
+    photo: &RgbImage,
+    (skin, f): (&SkinModel, &Frame),
+    rect: Rect,
+    dark: f32,
+    only_dark: bool,
+) -> Mask {
+    let mut m = Mask::new(rect);
     // The colour judged is averaged over ±0.7 mm: a JPEG stores chroma in blocks (16 pixels
     // in most photos), and skin near the threshold (shaded, under the jaw) crossed it block
     // by block, some blocks kept rigid and their neighbours moved: a mosaic along the jaw.
@@ -136,69 +240,36 @@ fn protect_mask(
             ((skin.distance(q) - 5.0) / 2.0).clamp(0.0, 1.0)
         }
     });
-    let grow = |idx: &[usize], mm: f32| face::grow(&lm.group(idx), f, mm);
-    if !only_dark {
-        // The face's own dark features are not overlays: eyes and lips never, brows only where
-        // an overlay from outside crosses them (a frame). With only dark pixels protected
-        // (blepharoplasty), the eyes and brows stay anyway.
-        for p in [
-            grow(&regions::RIGHT_EYE_RING, 1.0),
-            grow(&regions::LEFT_EYE_RING, 1.0),
-            grow(&regions::UPPER_LIP_OUTER, 1.5),
-            grow(&regions::LOWER_LIP_OUTER, 1.5),
-            lm.group(&[98, 64, 48, 115, 220, 45, 4, 275, 440, 344, 278, 294, 327, 2]),
-        ] {
-            m.clear_polygon(&p);
-        }
-        free_brows(&mut m, photo, (lm, f), dark);
-    }
-    // Catch anti-aliased edges, softly, never weakening a protected pixel.
-    let hard = m.clone();
-    m.dilate(1);
-    m.blur(1);
-    m.map(|x, y, v| v.max(hard.at(x, y)));
     m
 }
 
-/// In each brow's region, only what continues into it from an overlay outside stays protected
-/// in `m`: a frame crossing the brow; the brow's own hair, black too, moves.
-fn free_brows(m: &mut Mask, photo: &RgbImage, (lm, f): (&Landmarks, &Frame), dark: f32) {
-    let rect = m.rect;
-    // Near-black pixels (the frames' cores).
-    let mut black = Mask::new(rect);
-    black.map(|x, y, _| {
-        let p = photo.get_pixel(x, y).0;
-        let lum = 0.299 * p[0] as f32 + 0.587 * p[1] as f32 + 0.114 * p[2] as f32;
-        if lum < dark { 1.0 } else { 0.0 }
-    });
-    for side in 0..2 {
-        let mut brow = lm.group(&regions::BROW_UPPER[side]);
-        brow.extend(lm.group(&regions::BROW_LOWER[side]).into_iter().rev());
-        let reach = |mm: f32| (mm * f.px_per_mm).ceil().max(1.0) as u32;
-        let mut core = Mask::new(rect);
-        core.fill_polygon(&brow, 1.0);
-        let mut inside = Mask::new(rect);
-        inside.fill_polygon(&face::grow(&brow, f, 2.0), 1.0);
-        // What continues into the region from an overlay outside it (a frame's soft edge,
-        // lighter than near-black) stays too: lifted with the brow it would smear onto the
-        // forehead. Across the margin (2 mm), but into the brow's own outline only 1 mm:
-        // dark brow hair is "not skin" too, and kept deeper it would be split, part of the
-        // brow left behind.
-        let continued = continued_into(m, &inside, (&core, reach(1.0)), reach(2.0));
-        // A frame crossing the brow stays whole: near-black pixels reached from near-black
-        // outside the region through near-black ones. Near-black on its own is not a frame:
-        // black brow hair (dark-haired patients, darker skin whose tone sets the threshold)
-        // kept rigid left the brow behind while its lighter top edge rose with the skin.
-        let far = u32::MAX;
-        let frame = continued_into(&black, &inside, (&core, far), far);
-        m.map(|x, y, v| {
-            if inside.at(x, y) == 0.0 || continued.at(x, y) > 0.0 || frame.at(x, y) > 0.0 {
-                v
-            } else {
-                0.0
+/// Whether glasses sit on the face: a frame's bridge crosses the nose between the eyes, so some
+/// row of the nose's bridge (from between the brows to the level of the eyes' inner corners)
+/// is overlay (`m` ≥ 0.5: near-black or far from the skin's colour) across most of ±4 mm.
+fn wears_glasses(m: &Mask, lm: &Landmarks, f: &Frame) -> bool {
+    let (u0, v_top) = f.local(lm.points[168]);
+    let v_bottom = f.local(lm.points[6]).1.max(v_top + 2.0);
+    let step = (0.5 / f.px_per_mm).min(0.25);
+    let mut best = 0.0f32;
+    let mut v = v_top - 4.0;
+    while v <= v_bottom {
+        let (mut n, mut held) = (0, 0);
+        let mut u = u0 - 4.0;
+        while u <= u0 + 4.0 {
+            let p = f.at(u, v);
+            if p.x >= 0.0 && p.y >= 0.0 {
+                n += 1;
+                held += usize::from(m.at(p.x as u32, p.y as u32) >= 0.5);
             }
-        });
+            u += step;
+        }
+        if n > 0 {
+            best = best.max(held as f32 / n as f32);
+        }
+        v += step;
     }
+    // (Here: 0.55 to 0.97 on Grace Hopper's frames, 0 on six faces without glasses.)
+    best >= 0.35
 }
 
 /// Each channel of `photo` inside `rect`, averaged over a box of radius `r` (row-major).
@@ -389,12 +460,7 @@ pub fn treatment_mask(
     let plan = procedures::plan(procedure, photo, lm, intensity)?;
     let f = lm.frame();
     let (w, h) = photo.dimensions();
-    let full = Rect {
-        x0: 0,
-        y0: 0,
-        x1: w,
-        y1: h,
-    };
+    let full = Rect::whole(w, h);
     let mut mask = Mask::new(full);
     if plan.handles.iter().any(|h| h.shift.len() > 1e-3) {
         let field = Field::fit(&plan.handles, f.px(plan.radius_mm));
@@ -495,5 +561,42 @@ pub fn face_window(lm: &Landmarks, w: u32, h: u32, face_share: f32, aspect: f32)
         y0: y0 as u32,
         x1: ((x0 + ww) as u32).min(w),
         y1: ((y0 + wh) as u32).min(h),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn portrait(name: &str) -> RgbImage {
+        let path = format!(
+            "{}/../../testdata/portraits/{name}",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        let bytes = std::fs::read(path).unwrap();
+        intake::decode_upright(&bytes, &intake::Limits::default())
+            .unwrap()
+            .0
+    }
+
+    /// Glasses are told by their bridge across the nose: Grace Hopper's frames, upright and
+    /// tilted, and none on the astronaut (whose brows then move with all their hair).
+    #[test]
+    fn glasses_are_found_by_their_bridge() {
+        let grace = portrait("grace_hopper.jpg");
+        let tilted = image::imageops::rotate90(&grace);
+        for (name, img, expected) in [
+            ("grace_hopper", grace, true),
+            ("grace_hopper turned", tilted, true),
+            ("astronaut", portrait("astronaut.png"), false),
+        ] {
+            let lm = face::detect(&img).unwrap();
+            let f = lm.frame();
+            let skin = SkinModel::learn(&img, &lm);
+            let (w, h) = img.dimensions();
+            let rect = Rect::whole(w, h);
+            let m = overlays(&img, (&skin, &f), rect, 0.2 * skin.luminance(), false);
+            assert_eq!(wears_glasses(&m, &lm, &f), expected, "{name}");
+        }
     }
 }

@@ -32,6 +32,16 @@ pub struct Rect {
 }
 
 impl Rect {
+    /// All of a `w` × `h` image.
+    pub fn whole(w: u32, h: u32) -> Rect {
+        Rect {
+            x0: 0,
+            y0: 0,
+            x1: w,
+            y1: h,
+        }
+    }
+
     /// Whether `(x, y)` is inside.
     pub fn contains(&self, x: u32, y: u32) -> bool {
         x >= self.x0 && x < self.x1 && y >= self.y0 && y < self.y1

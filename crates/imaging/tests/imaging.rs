@@ -692,36 +692,24 @@ fn a_brow_lift_raises_a_thick_brow_whole() {
     }
 }
 
-/// Black brow hair is not a frame: with the astronaut's brows painted near-black, a brow lift
-/// still moves them (near-black pixels were kept rigid as frames, so a dark brow stayed while
-/// the skin round it rose). Under the painted brows' lower edge skin shows after the lift.
+/// Black, full brow hair is not a frame: with the astronaut's brows painted near-black and
+/// full (the mesh's outline and 2.5 mm of hair below it, as on dark, full brows, where the
+/// outline sits on the brow's upper half), a brow lift still moves them whole. Near-black
+/// pixels were kept rigid as frames, and the hair outside the brow's region as an overlay, so
+/// the brow's lower half stayed while the skin round it rose. Under the painted brows' lower
+/// edge skin shows after the lift.
 #[test]
 fn a_brow_lift_moves_black_brows() {
     let mut img = portrait("astronaut.png");
     let lm = face::detect(&img).unwrap();
     let f = lm.frame();
     let mut painted = whole_mask(&img);
-    // The brows' outline, where it lies within the region the recipe knows as the brow (the
-    // outline grown 2 mm from its centroid, which misses a thin arch's lower middle).
-    let mut region = painted.clone();
     for side in 0..2 {
         let mut brow = lm.group(&face::regions::BROW_UPPER[side]);
-        brow.extend(lm.group(&face::regions::BROW_LOWER[side]).into_iter().rev());
+        let lower = lm.group(&face::regions::BROW_LOWER[side]);
+        brow.extend(lower.iter().rev().map(|p| p.plus(f.vec(0.0, 2.5))));
         painted.fill_polygon(&brow, 1.0);
-        let c = brow.iter().fold(Pt::new(0.0, 0.0), |a, p| a.plus(*p));
-        let c = c.times(1.0 / brow.len() as f32);
-        let grown: Vec<Pt> = brow
-            .iter()
-            .map(|p| {
-                p.plus(
-                    p.minus(c)
-                        .times(2.0 * f.px_per_mm / p.minus(c).len().max(1e-3)),
-                )
-            })
-            .collect();
-        region.fill_polygon(&grown, 1.0);
     }
-    painted.map(|x, y, v| v.min(region.at(x, y)));
     for (x, y, p) in img.enumerate_pixels_mut() {
         if painted.at(x, y) >= 0.5 {
             *p = Rgb([22, 19, 18]);

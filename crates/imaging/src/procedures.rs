@@ -329,23 +329,10 @@ fn lip_augmentation(d: &mut Draft<'_>, sc: &Scene<'_>) -> Result<(), ImagingErro
     // lies inside the mesh's outline, the inner lines (so the mouth's opening) and the
     // corners stay.
     let bands = lip_bands_seen(sc.photo, lm);
-    // How far each column's border moves: the gain of the lip the photo shows, the median of
-    // the column and its neighbours on the same lip (a column whose edge was misread, or an
-    // open mouth's, would make a notch or a spike in the border).
-    let grows: Vec<f32> = (0..bands.len())
-        .map(|j| {
-            let same = |i: usize| bands.get(i).filter(|b| b.dir == bands[j].dir);
-            let mut near: Vec<f32> = [j.checked_sub(1).and_then(same), same(j), same(j + 1)]
-                .into_iter()
-                .flatten()
-                .map(|b| b.height * b.gain * k)
-                .collect();
-            near.sort_by(f32::total_cmp);
-            near[near.len() / 2]
-        })
-        .collect();
+    let grows = border_gains(&bands, k);
+    hold_between_columns(m, &bands, &grows);
     let mut ends = vec![];
-    for (band, grow_mm) in bands.iter().zip(grows) {
+    for (band, &grow_mm) in bands.iter().zip(&grows) {
         let (u, v_in) = f.local(band.inner);
         if band.inner != lm.points[band.inner_index] {
             // An open mouth's lip edge, found in the photo: it stays, as the teeth between it
@@ -396,6 +383,44 @@ fn lip_augmentation(d: &mut Draft<'_>, sc: &Scene<'_>) -> Result<(), ImagingErro
     d.radius_mm = 8.0;
 
     Ok(())
+}
+
+/// How far each column's border moves: the gain of the lip the photo shows, the median of the
+/// column and its neighbours on the same lip (a column whose edge was misread, or an open
+/// mouth's, would make a notch or a spike in the border).
+fn border_gains(bands: &[LipBand], k: f32) -> Vec<f32> {
+    (0..bands.len())
+        .map(|j| {
+            let same = |i: usize| bands.get(i).filter(|b| b.dir == bands[j].dir);
+            let mut near: Vec<f32> = [j.checked_sub(1).and_then(same), same(j), same(j + 1)]
+                .into_iter()
+                .flatten()
+                .map(|b| b.height * b.gain * k)
+                .collect();
+            near.sort_by(f32::total_cmp);
+            near[near.len() / 2]
+        })
+        .collect()
+}
+
+/// Between two columns of a lip, its border is held halfway too (the mean of theirs): held at
+/// the columns only, it sagged between them, a scallop per column.
+fn hold_between_columns(m: &mut Moves<'_>, bands: &[LipBand], grows: &[f32]) {
+    let f = m.f;
+    for j in 0..bands.len().saturating_sub(1) {
+        let (a, b) = (&bands[j], &bands[j + 1]);
+        if a.dir != b.dir {
+            continue;
+        }
+        let ((ua, va), (ub, vb)) = (f.local(a.inner), f.local(b.inner));
+        for t in [0.5f32, 1.0] {
+            let (ea, eb) = (va + a.dir * a.height * t, vb + b.dir * b.height * t);
+            m.extra.push(Handle {
+                at: f.at(0.5 * (ua + ub), 0.5 * (ea + eb)),
+                shift: f.vec(0.0, a.dir * 0.5 * (grows[j] + grows[j + 1]) * t),
+            });
+        }
+    }
 }
 
 /// The chin-augmentation recipe.

@@ -792,6 +792,37 @@ fn a_lip_augmentation_leaves_the_teeth() {
     );
 }
 
+/// A lip's border moves as one curve, not a scallop per column: held only at the recipe's
+/// columns (a mesh point every 4-6 mm), the border sagged between them, bumps along the upper
+/// lip and a notch in the lower at `pronounced`. Here the warp's shift halfway between two
+/// columns of Grace Hopper's lips is at least 85 % of the smaller of theirs.
+#[test]
+fn a_lip_augmentation_moves_the_border_as_one_curve() {
+    let img = portrait("grace_hopper.jpg");
+    let lm = face::detect(&img).unwrap();
+    let f = lm.frame();
+    let plan =
+        afterview_imaging::procedures::plan("lip-augmentation", &img, &lm, Intensity::Pronounced)
+            .unwrap();
+    let field = afterview_imaging::warp::Field::fit(&plan.handles, f.px(plan.radius_mm));
+    let shift = |p: Pt| f.local_vec(field.at(p)).1.abs();
+    for border in [
+        &face::regions::UPPER_LIP_OUTER,
+        &face::regions::LOWER_LIP_OUTER,
+    ] {
+        let pts = lm.group(border);
+        for pair in pts[2..pts.len() - 2].windows(2) {
+            let (a, b) = (pair[0], pair[1]);
+            let mid = Pt::new(0.5 * (a.x + b.x), 0.5 * (a.y + b.y));
+            let (sa, sb, sm) = (shift(a), shift(b), shift(mid));
+            assert!(
+                sm >= 0.85 * sa.min(sb),
+                "the border sags between two columns: {sa:.2} and {sb:.2} mm, {sm:.2} between"
+            );
+        }
+    }
+}
+
 /// On Grace Hopper tilted 8°, her frames' upper edge (lighter than near-black where the rotation
 /// blurred it) meets the brows' tails, inside their regions: lifted with the brow, it smeared a
 /// grey patch onto the forehead above each tail (14-17 mm above the eyes, 50-57 mm out; the

@@ -48,6 +48,24 @@ fn with_file_defaults(
         .fold(cmd, |c, n| c.mut_subcommand(n, |sc| sc.mut_args(set)))
 }
 
+/// An error and its causes on one line, each cause once: a backend error's message already
+/// holds its source's text (Redis's answer), which anyhow's `{:#}` printed again for every
+/// link of the chain (`backend full: "OOM" …: "OOM" …: "OOM" …`).
+fn describe(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for link in e.chain() {
+        let text = link.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
+}
+
 /// Parses the command line and runs the command.
 pub fn main() -> ExitCode {
     private_files();
@@ -57,7 +75,7 @@ pub fn main() -> ExitCode {
         match crate::config::load_file(&path, &variables(&cmd)) {
             Ok(file) => cmd = with_file_defaults(cmd, &file),
             Err(e) => {
-                eprintln!("afterview: {e:#}");
+                eprintln!("afterview: {}", describe(&e));
                 return ExitCode::from(EXIT_USAGE);
             }
         }
@@ -71,7 +89,7 @@ pub fn main() -> ExitCode {
     let settings = match Settings::resolve(layer) {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("afterview: {e:#}");
+            eprintln!("afterview: {}", describe(&e));
             return ExitCode::from(EXIT_USAGE);
         }
     };
@@ -110,7 +128,7 @@ pub fn main() -> ExitCode {
     match out {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("afterview: {e:#}");
+            eprintln!("afterview: {}", describe(&e));
             if e.chain().any(|c| c.is::<crate::cli::Usage>()) {
                 ExitCode::from(EXIT_USAGE)
             } else {
@@ -151,5 +169,43 @@ fn tighten(dir: &std::path::Path) {
         {
             let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
         }
+    }
+}
+
+#[cfg(test)]
+mod describe_tests {
+    use super::describe;
+
+    #[derive(Debug)]
+    struct Leaf;
+    impl std::fmt::Display for Leaf {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("\"OOM\": command not allowed")
+        }
+    }
+    impl std::error::Error for Leaf {}
+
+    #[derive(Debug)]
+    struct Wrapper(Leaf);
+    impl std::fmt::Display for Wrapper {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "backend full: {}", self.0)
+        }
+    }
+    impl std::error::Error for Wrapper {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[test]
+    fn each_cause_is_said_once() {
+        let e = anyhow::Error::new(Wrapper(Leaf)).context("inspect");
+        assert_eq!(
+            describe(&e),
+            "inspect: backend full: \"OOM\": command not allowed"
+        );
+        let plain = anyhow::anyhow!("no such task").context("result");
+        assert_eq!(describe(&plain), "result: no such task");
     }
 }

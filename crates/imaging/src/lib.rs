@@ -115,7 +115,8 @@ fn protect_mask(
     only_dark: bool,
 ) -> Mask {
     let dark = if only_dark { 0.35 } else { 0.2 } * skin.luminance();
-    let mut m = overlays(photo, (skin, f), rect, dark, only_dark);
+    let judged = (!only_dark).then_some(skin);
+    let mut m = overlays(photo, (judged, f.px(0.7)), rect, dark);
     let grow = |idx: &[usize], mm: f32| face::grow(&lm.group(idx), f, mm);
     if !only_dark {
         // The face's own dark features are not overlays: eyes and lips never, brows only where
@@ -151,26 +152,24 @@ fn free_brows(
     glasses: bool,
 ) {
     let rect = m.rect;
-    // Near-black pixels (the frames' cores).
-    let mut black = Mask::new(rect);
-    black.map(|x, y, _| {
-        let p = photo.get_pixel(x, y).0;
-        let lum = 0.299 * p[0] as f32 + 0.587 * p[1] as f32 + 0.114 * p[2] as f32;
-        if lum < dark { 1.0 } else { 0.0 }
-    });
+    // Near-black pixels (the frames' cores), only wanted where there are frames.
+    let black = glasses.then(|| overlays(photo, (None, 0.0), rect, dark));
     for side in 0..2 {
         let mut brow = lm.group(&regions::BROW_UPPER[side]);
         brow.extend(lm.group(&regions::BROW_LOWER[side]).into_iter().rev());
         let reach = |mm: f32| (mm * f.px_per_mm).ceil().max(1.0) as u32;
         let mut core = Mask::new(rect);
         core.fill_polygon(&brow, 1.0);
-        let mut inside = Mask::new(rect);
+        let mut inside = if glasses {
+            Mask::new(rect)
+        } else {
+            core.clone()
+        };
         if !glasses {
             // No frame to keep apart from the brow: the region reaches from 2 mm above the
             // brow's upper outline down to the upper lid's margin, so that a full brow's hair
             // (the mesh's brow outline often sits on its upper half) and the lid's crease move
             // with the skin; kept, the brow's lower half stayed while its top rose.
-            inside = core.clone();
             inside.dilate(reach(2.0));
             let mut top: Vec<Pt> = lm
                 .group(&regions::BROW_UPPER[side])
@@ -196,10 +195,9 @@ fn free_brows(
         // black brow hair (dark-haired patients, darker skin whose tone sets the threshold)
         // kept rigid left the brow behind while its lighter top edge rose with the skin.
         let far = u32::MAX;
-        let frame = if glasses {
-            continued_into(&black, &inside, (&core, far), far)
-        } else {
-            Mask::new(rect)
+        let frame = match &black {
+            Some(black) => continued_into(black, &inside, (&core, far), far),
+            None => Mask::new(rect),
         };
         m.map(|x, y, v| {
             if inside.at(x, y) == 0.0 || continued.at(x, y) > 0.0 || frame.at(x, y) > 0.0 {
@@ -212,32 +210,31 @@ fn free_brows(
 }
 
 /// 1 where a pixel of `rect` is clearly not skin: darker than `dark` (frames, dark hair) or,
-/// unless `only_dark`, far from the skin's colour. Shaded skin (lid creases, under the jaw)
-/// keeps its chroma and stays movable.
+/// given the skin's model, far from the skin's colour (`colour_px`: the radius the colour is
+/// averaged over). Shaded skin (lid creases, under the jaw) keeps its chroma and stays movable.
 fn overlays(
     photo: &RgbImage,
-    (skin, f): (&SkinModel, &Frame),
+    (skin, colour_px): (Option<&SkinModel>, f32),
     rect: Rect,
     dark: f32,
-    only_dark: bool,
 ) -> Mask {
     let mut m = Mask::new(rect);
     // The colour judged is averaged over ±0.7 mm: a JPEG stores chroma in blocks (16 pixels
     // in most photos), and skin near the threshold (shaded, under the jaw) crossed it block
     // by block, some blocks kept rigid and their neighbours moved: a mosaic along the jaw.
     let rw = rect.width() as usize;
-    let smooth = box_averaged(photo, rect, f.px(0.7).round().max(1.0) as usize);
+    let smooth = skin.map(|_| box_averaged(photo, rect, colour_px.round().max(1.0) as usize));
     m.map(|x, y, _| {
         let p = photo.get_pixel(x, y).0;
         let lum = 0.299 * p[0] as f32 + 0.587 * p[1] as f32 + 0.114 * p[2] as f32;
-        if lum < dark {
-            1.0
-        } else if only_dark {
-            0.0
-        } else {
-            let i = (y - rect.y0) as usize * rw + (x - rect.x0) as usize;
-            let q = [0, 1, 2].map(|c| smooth[c][i].round().clamp(0.0, 255.0) as u8);
-            ((skin.distance(q) - 5.0) / 2.0).clamp(0.0, 1.0)
+        match (skin, &smooth) {
+            _ if lum < dark => 1.0,
+            (Some(skin), Some(smooth)) => {
+                let i = (y - rect.y0) as usize * rw + (x - rect.x0) as usize;
+                let q = [0, 1, 2].map(|c| smooth[c][i].round().clamp(0.0, 255.0) as u8);
+                ((skin.distance(q) - 5.0) / 2.0).clamp(0.0, 1.0)
+            }
+            _ => 0.0,
         }
     });
     m
@@ -595,7 +592,7 @@ mod tests {
             let skin = SkinModel::learn(&img, &lm);
             let (w, h) = img.dimensions();
             let rect = Rect::whole(w, h);
-            let m = overlays(&img, (&skin, &f), rect, 0.2 * skin.luminance(), false);
+            let m = overlays(&img, (Some(&skin), f.px(0.7)), rect, 0.2 * skin.luminance());
             assert_eq!(wears_glasses(&m, &lm, &f), expected, "{name}");
         }
     }

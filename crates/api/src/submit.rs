@@ -310,7 +310,9 @@ pub(crate) async fn wait_again(
 /// would stay PENDING, and count against its owner's active tasks, for the results' whole
 /// lifetime). A publish that fails revokes the task, best effort: it then reads REVOKED and
 /// stops counting, and should the message have reached the broker after all, it never runs.
-/// So does a record that fails (it may have been committed after the store's time ran out).
+/// A broker that refused the message whole (a full Redis) has nothing to revoke: the record is
+/// deleted instead. A record that fails is revoked too (it may have been committed after the
+/// store's time ran out).
 /// `sent` learns the outcome (an `Idempotency-Key` then names the task, or is given back).
 async fn record_and_send(
     st: &AppState,
@@ -340,10 +342,10 @@ async fn record_and_send(
                 if matches!(e, BackendError::Full(_)) {
                     // Refused whole: the message is nowhere, so nothing to revoke, and a revoke
                     // (a tombstone, a log entry, a result) would grow a full Redis with every
-                    // retried request. The record stops counting against its owner.
-                    let done = [msg.id.clone()];
-                    if let Err(r) = st.meta.mark_tasks_finished(&rec.owner, &done).await {
-                        tracing::warn!(error = %r, task_id = %msg.id, "A task the broker refused could not be marked finished.");
+                    // retried request. The task never existed: its record goes too, so that it
+                    // neither counts against its owner nor lists as PENDING for ever.
+                    if let Err(r) = st.meta.delete_task(&rec.owner, &msg.id).await {
+                        tracing::warn!(error = %r, task_id = %msg.id, "A task the broker refused could not be forgotten; it reads PENDING until its record expires.");
                     }
                 } else if let Err(r) = st.client.revoke(&msg.id, false).await {
                     tracing::warn!(error = %r, task_id = %msg.id, "A task whose message could not be sent could not be revoked either; it reads PENDING until its record expires.");

@@ -221,6 +221,9 @@ pub trait MetadataStore: Send + Sync + 'static {
         since: DateTime<Utc>,
         limit: u32,
     ) -> Result<Vec<TaskRecord>, StoreError>;
+    /// Forgets the owner's task `id` (its message never reached the broker: the request that
+    /// sent it was refused); `false` when the owner has no such task.
+    async fn delete_task(&self, owner: &str, id: &str) -> Result<bool, StoreError>;
     /// Marks the owner's tasks `ids` finished (seen in a final state); unknown ids are skipped.
     async fn mark_tasks_finished(&self, owner: &str, ids: &[String]) -> Result<(), StoreError>;
     /// Everyone's most recent tasks, newest first (the operators' monitor).

@@ -688,6 +688,19 @@ impl MetadataStore for PostgresMetadata {
         Ok(rows.iter().map(task_row).collect())
     }
 
+    async fn delete_task(&self, owner: &str, id: &str) -> Result<bool, StoreError> {
+        if no_record_has(id) {
+            return Ok(false);
+        }
+        let n = self
+            .execute(
+                "DELETE FROM tasks WHERE id = $1 AND owner = $2",
+                &[&id, &owner],
+            )
+            .await?;
+        Ok(n > 0)
+    }
+
     async fn mark_tasks_finished(&self, owner: &str, ids: &[String]) -> Result<(), StoreError> {
         if ids.is_empty() {
             return Ok(());

@@ -536,6 +536,18 @@ impl MetadataStore for SqliteMetadata {
         .await
     }
 
+    async fn delete_task(&self, owner: &str, id: &str) -> Result<bool, StoreError> {
+        let (owner, id) = (owner.to_owned(), id.to_owned());
+        self.run(move |c| {
+            c.execute(
+                "DELETE FROM tasks WHERE id = ?1 AND owner = ?2",
+                params![id, owner],
+            )
+            .map(|n| n > 0)
+        })
+        .await
+    }
+
     async fn mark_tasks_finished(&self, owner: &str, ids: &[String]) -> Result<(), StoreError> {
         if ids.is_empty() {
             return Ok(());

@@ -292,6 +292,13 @@ pub async fn tasks_record_ownership(s: Arc<dyn MetadataStore>) {
         .collect();
     assert_eq!(recent, ["t2", "t1"]);
     assert_eq!(s.recent_tasks(1).await.unwrap().len(), 1);
+    // A task the broker refused is forgotten, by its owner only.
+    assert!(!s.delete_task("alice", "t2").await.unwrap(), "bob's");
+    assert!(s.delete_task("alice", "t1").await.unwrap());
+    assert!(s.get_task("alice", "t1").await.unwrap().is_none());
+    assert!(s.tasks_for_image("alice", "i1").await.unwrap().is_empty());
+    assert!(!s.delete_task("alice", "t1").await.unwrap(), "already gone");
+    assert!(s.get_task("bob", "t2").await.unwrap().is_some());
 }
 
 /// Visualizations and exports are deleted one by one, by their owner only.
@@ -339,6 +346,7 @@ pub async fn ids_no_record_can_have_are_not_found(s: Arc<dyn MetadataStore>) {
         assert!(s.get_export("alice", id).await.unwrap().is_none());
         assert!(s.delete_export("alice", id).await.unwrap().is_none());
         assert!(s.get_task("alice", id).await.unwrap().is_none());
+        assert!(!s.delete_task("alice", id).await.unwrap());
         assert!(s.tasks_for_image("alice", id).await.unwrap().is_empty());
     }
     assert!(s.get_image("alice", "i1").await.unwrap().is_some());

@@ -809,6 +809,11 @@ async fn a_full_redis_refuses_new_previews_and_grows_by_nothing() {
         before,
         "refused previews left keys in Redis"
     );
+    // Refused, they never existed: the task list holds the warm-up preview alone.
+    let (st, v) = crate::api::body(s.get(ALICE, "/api/tasks").await).await;
+    assert_eq!(st, 200, "{v}");
+    let listed = v["items"].as_array().map_or(0, Vec::len);
+    assert_eq!(listed, 1, "{v}");
 
     let () = redis::cmd("CONFIG")
         .arg("SET")

@@ -14,8 +14,10 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
  && install -m 0755 target/release/afterview /afterview
 
 FROM debian:bookworm-slim
+# fonts-wqy-zenhei: patients' names and notes in Chinese, Japanese and Korean print in reports
+# (found there without configuration; AFTERVIEW_REPORT_FONTS names others).
 RUN apt-get update \
- && apt-get install -y --no-install-recommends ca-certificates \
+ && apt-get install -y --no-install-recommends ca-certificates fonts-wqy-zenhei \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --uid 10001 --user-group --home-dir /var/lib/afterview --create-home \
       --shell /usr/sbin/nologin afterview

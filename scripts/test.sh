@@ -19,6 +19,8 @@ command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)         # the web ap
 command -v python3 >/dev/null 2>&1 || need_apt+=(python3)           # Celery, Flower, moto, Playwright
 python3 -c 'import ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)  # their venv, with pip
 command -v c++ >/dev/null 2>&1 || need_apt+=(g++)                   # the fuzz targets' libFuzzer
+[ -f /usr/share/fonts/truetype/droid/DroidSansFallbackFull.ttf ] \
+  || need_apt+=(fonts-droid-fallback)                              # reports in Chinese and Japanese
 if [ ${#need_apt[@]} -gt 0 ] && command -v apt-get >/dev/null 2>&1; then
   echo "== installing: ${need_apt[*]}"
   (apt-get install -y --no-install-recommends "${need_apt[@]}" >/dev/null 2>&1 \

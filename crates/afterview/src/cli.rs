@@ -330,6 +330,16 @@ pub struct ProductArgs {
     /// A catalog JSON file replacing the built-in procedure catalog.
     #[arg(long, env = "AFTERVIEW_CATALOG", value_name = "FILE")]
     pub catalog: Option<PathBuf>,
+    /// Font files for report text the bundled DejaVu lacks (Chinese, Japanese, Korean, Thai…),
+    /// comma-separated, tried in order; `none` for none [default: whichever of Debian's
+    /// fonts-noto-cjk, fonts-wqy-zenhei and fonts-droid-fallback are installed].
+    #[arg(
+        long,
+        env = "AFTERVIEW_REPORT_FONTS",
+        value_delimiter = ',',
+        value_name = "FILES"
+    )]
+    pub report_fonts: Option<Vec<String>>,
     /// File holding the Gemini API key (else AFTERVIEW_GEMINI_API_KEY).
     #[arg(long, env = "AFTERVIEW_GEMINI_API_KEY_FILE", value_name = "FILE")]
     pub gemini_api_key_file: Option<PathBuf>,
@@ -349,6 +359,7 @@ impl ProductArgs {
             allowed_engines: self.allowed_engines.clone(),
             preview_label: self.preview_label.clone(),
             catalog: self.catalog.clone(),
+            report_fonts: self.report_fonts.clone(),
             gemini_api_key_file: self.gemini_api_key_file.clone(),
             gemini_model: self.gemini_model.clone(),
             gemini_base_url: self.gemini_base_url.clone(),

@@ -264,6 +264,8 @@ pub struct ProductLayer {
     pub preview_label: Option<String>,
     /// `--catalog`.
     pub catalog: Option<PathBuf>,
+    /// `--report-fonts`.
+    pub report_fonts: Option<Vec<String>>,
     /// `--gemini-api-key-file`.
     pub gemini_api_key_file: Option<PathBuf>,
     /// `--gemini-model`.
@@ -284,6 +286,8 @@ pub struct ProductSettings {
     pub preview_label: Option<String>,
     /// A catalog file replacing the built-in catalog.
     pub catalog: Option<PathBuf>,
+    /// Fallback font files for report text, in the order they are tried.
+    pub report_fonts: Vec<PathBuf>,
     /// Gemini, when a key is configured.
     pub gemini: Option<GeminiSettings>,
 }
@@ -360,8 +364,36 @@ impl ProductSettings {
             allowed_engines,
             preview_label: l.preview_label,
             catalog: l.catalog,
+            report_fonts: report_fonts(l.report_fonts),
             gemini,
         })
+    }
+}
+
+/// Fonts for report text the bundled DejaVu lacks, used when none are configured: those of
+/// Debian's packages that are installed (fonts-noto-cjk covers Chinese, Japanese and Korean;
+/// fonts-wqy-zenhei too, in less space; fonts-droid-fallback Chinese and Japanese only).
+pub const SYSTEM_REPORT_FONTS: &[&str] = &[
+    "/usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc",
+    "/usr/share/fonts/truetype/wqy/wqy-zenhei.ttc",
+    "/usr/share/fonts/truetype/droid/DroidSansFallbackFull.ttf",
+];
+
+/// The report's fallback fonts: those given (`none`: none), else [`SYSTEM_REPORT_FONTS`]
+/// that exist.
+fn report_fonts(given: Option<Vec<String>>) -> Vec<PathBuf> {
+    match given {
+        Some(v) => v
+            .iter()
+            .map(|p| p.trim())
+            .filter(|p| !p.is_empty() && *p != "none")
+            .map(PathBuf::from)
+            .collect(),
+        None => SYSTEM_REPORT_FONTS
+            .iter()
+            .map(PathBuf::from)
+            .filter(|p| p.is_file())
+            .collect(),
     }
 }
 

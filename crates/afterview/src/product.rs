@@ -8,7 +8,7 @@ use std::sync::Arc;
 use afterview_core::catalog::Catalog;
 use afterview_engine::Registry;
 use afterview_gemini::{GeminiClient, GeminiConfig};
-use afterview_jobs::{Deps, PreviewSettings};
+use afterview_jobs::{Deps, PreviewSettings, ReportFonts};
 use afterview_store::postgres::PostgresMetadata;
 use afterview_store::sqlite::SqliteMetadata;
 use afterview_store::{BlobStore, MetadataStore, ObjectBlobStore};
@@ -141,10 +141,28 @@ impl Product {
                 blobs: self.blobs.clone(),
                 catalog: self.catalog.clone(),
                 preview,
+                report_fonts: report_fonts(p)?,
             }),
         );
         Ok(r)
     }
+}
+
+/// The report's faces: the bundled ones, then each configured fallback file, read and checked
+/// before anything starts.
+fn report_fonts(p: &ProductSettings) -> anyhow::Result<ReportFonts> {
+    let mut fonts = ReportFonts::bundled();
+    for path in &p.report_fonts {
+        let bytes = match std::fs::read(path) {
+            Ok(b) => b,
+            Err(e) => usage!("cannot read the report font {}: {e}", path.display()),
+        };
+        fonts = match fonts.with_fallback(&path.display().to_string(), bytes) {
+            Ok(f) => f,
+            Err(e) => usage!("AFTERVIEW_REPORT_FONTS: {e}"),
+        };
+    }
+    Ok(fonts)
 }
 
 fn preview_settings(p: &ProductSettings) -> anyhow::Result<PreviewSettings> {

@@ -13,7 +13,8 @@ pub const FONT_REGULAR: &[u8] = include_bytes!("../../../assets/fonts/DejaVuSans
 /// DejaVu Sans Bold.
 pub const FONT_BOLD: &[u8] = include_bytes!("../../../assets/fonts/DejaVuSans-Bold.ttf");
 
-fn font(bold: bool) -> &'static FontRef<'static> {
+/// The bundled face of that weight (also what the reports measure their text with).
+pub fn font(bold: bool) -> &'static FontRef<'static> {
     static REGULAR: OnceLock<FontRef<'static>> = OnceLock::new();
     static BOLD: OnceLock<FontRef<'static>> = OnceLock::new();
     let (cell, bytes) = if bold {
@@ -26,7 +27,12 @@ fn font(bold: bool) -> &'static FontRef<'static> {
 
 /// Width in pixels of `text` at `px`.
 pub fn text_width(text: &str, px: f32, bold: bool) -> f32 {
-    let f = font(bold).as_scaled(PxScale::from(px));
+    advance(font(bold), text, PxScale::from(px))
+}
+
+/// Width of `text` set in `f` at `scale`, kerned.
+pub fn advance(f: &impl Font, text: &str, scale: PxScale) -> f32 {
+    let f = f.as_scaled(scale);
     let mut w = 0.0;
     let mut prev = None;
     for c in text.chars() {

@@ -403,8 +403,10 @@ impl Task for GenerateExportTask {
             cost_disclaimer: d.catalog.disclaimer.clone(),
             items,
         };
+        let fonts = d.report_fonts.clone();
+        warn_of_missing_glyphs(&fonts, &input.patient, ctx.id());
         let pdf = ctx
-            .blocking(move |_| afterview_reports::render_report(&input))
+            .blocking(move |_| afterview_reports::render_report_with(&input, &fonts))
             .await?
             .map_err(|e| fail(ErrorCode::InvalidOptions, e.to_string()))?;
         ctx.progress(90, "Saving report").await;
@@ -477,6 +479,23 @@ impl Task for GenerateCostInfographicTask {
         .await?;
         ctx.progress(100, "Infographic complete").await;
         Ok(result)
+    }
+}
+
+/// Logs how many characters of the patient's fields no report font has (they print as boxes):
+/// counted, never quoted, as the fields are the patient's.
+fn warn_of_missing_glyphs(fonts: &afterview_reports::Fonts, p: &Patient, task_id: &str) {
+    let missing: usize = [&p.name, &p.clinic, &p.surgeon, &p.notes, &p.date_of_birth]
+        .into_iter()
+        .flatten()
+        .map(|t| fonts.missing(t))
+        .sum();
+    if missing > 0 {
+        tracing::warn!(
+            task_id,
+            characters = missing,
+            "A report has characters no font covers; they print as boxes. Install fonts-noto-cjk or name a font that has them in AFTERVIEW_REPORT_FONTS."
+        );
     }
 }
 

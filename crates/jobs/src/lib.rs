@@ -22,6 +22,7 @@ use afterview_gemini::GeminiClient;
 use afterview_imaging::Limits;
 use afterview_store::{BlobStore, MetadataStore, StoreError};
 
+pub use afterview_reports::Fonts as ReportFonts;
 pub use export::{GenerateCostInfographicTask, GenerateExportTask};
 pub use visualize::{DetectFaceTask, GenerateComparisonTask, GenerateVisualizationTask};
 
@@ -80,12 +81,15 @@ pub struct Deps {
     pub catalog: Arc<Catalog>,
     /// Preview settings.
     pub preview: PreviewSettings,
+    /// The faces reports are set in (the bundled ones and the operator's fallbacks).
+    pub report_fonts: ReportFonts,
 }
 
 impl std::fmt::Debug for Deps {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Deps")
             .field("preview", &self.preview)
+            .field("report_fonts", &self.report_fonts)
             .finish_non_exhaustive()
     }
 }

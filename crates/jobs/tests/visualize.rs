@@ -47,6 +47,7 @@ impl Harness {
             blobs: blobs.clone(),
             catalog: Arc::new(Catalog::builtin()),
             preview,
+            report_fonts: afterview_jobs::ReportFonts::bundled(),
         });
         let mut registry = Registry::with_builtins();
         afterview_jobs::register(&mut registry, deps);
@@ -869,6 +870,7 @@ async fn the_delete_files_task_removes_files_and_nothing_else() {
         blobs: h.blobs.clone(),
         catalog: Arc::new(Catalog::builtin()),
         preview: PreviewSettings::default(),
+        report_fonts: afterview_jobs::ReportFonts::bundled(),
     }));
     let opts = afterview_engine::Task::options(&task);
     assert!(

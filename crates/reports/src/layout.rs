@@ -1,9 +1,6 @@
 //! A small flow layout: paragraphs wrap, blocks move to the next page when they do not fit,
 //! and the pages are drawn once the page count is known (for "page i of n").
 
-use std::sync::OnceLock;
-
-use ab_glyph::{Font as _, FontRef, PxScale, ScaleFont};
 use afterview_imaging::render::{FONT_BOLD, FONT_REGULAR};
 use krilla::Document;
 use krilla::color::rgb;
@@ -15,6 +12,7 @@ use krilla::paint::Fill;
 use krilla::text::{Font, TextDirection};
 
 use crate::ReportError;
+use crate::fonts::Fonts;
 
 /// A colour.
 pub(crate) type Rgb = (u8, u8, u8);
@@ -52,34 +50,19 @@ pub(crate) enum Op {
     },
 }
 
-fn measure_font(bold: bool) -> &'static FontRef<'static> {
-    static R: OnceLock<FontRef<'static>> = OnceLock::new();
-    static B: OnceLock<FontRef<'static>> = OnceLock::new();
-    let (cell, bytes) = if bold {
-        (&B, FONT_BOLD)
+/// Width of `text` in points at `size`, set in `fonts` (each character in the first face that
+/// has it).
+pub(crate) fn width_in(fonts: &Fonts, text: &str, size: f32, bold: bool) -> f32 {
+    if text.contains(RTL_LINE) {
+        fonts.width(&text.replace(RTL_LINE, ""), size, bold)
     } else {
-        (&R, FONT_REGULAR)
-    };
-    cell.get_or_init(|| FontRef::try_from_slice(bytes).expect("bundled font"))
+        fonts.width(text, size, bold)
+    }
 }
 
-/// Width of `text` in points at `size`.
+/// Width of `text` in points at `size`, in the bundled faces.
 pub(crate) fn width(text: &str, size: f32, bold: bool) -> f32 {
-    let f = measure_font(bold);
-    // ab_glyph scales by the font's height; convert to em units as PDF fonts are sized.
-    let scale = PxScale::from(size * f.height_unscaled() / f.units_per_em().unwrap_or(1000.0));
-    let sf = f.as_scaled(scale);
-    let mut w = 0.0;
-    let mut prev = None;
-    for c in text.chars().filter(|&c| c != RTL_LINE) {
-        let id = sf.glyph_id(c);
-        if let Some(p) = prev {
-            w += sf.kern(p, id);
-        }
-        w += sf.h_advance(id);
-        prev = Some(id);
-    }
-    w
+    width_in(Fonts::bundled_ref(), text, size, bold)
 }
 
 /// The text as the report prints it: control characters (NUL, escapes) and the
@@ -131,14 +114,14 @@ pub(crate) fn visual_runs(text: &str) -> Vec<(&str, bool)> {
 
 /// `word` cut into pieces no wider than `max` (a word wider than a line, such as a long
 /// address or a name typed without spaces, would otherwise run off the page).
-fn pieces(word: &str, size: f32, bold: bool, max: f32) -> Vec<String> {
-    if width(word, size, bold) <= max {
+fn pieces(fonts: &Fonts, word: &str, size: f32, bold: bool, max: f32) -> Vec<String> {
+    if width_in(fonts, word, size, bold) <= max {
         return vec![word.to_owned()];
     }
     let (mut out, mut cur, mut w) = (vec![], String::new(), 0.0);
     let mut buf = [0u8; 4];
     for c in word.chars() {
-        let cw = width(c.encode_utf8(&mut buf), size, bold);
+        let cw = width_in(fonts, c.encode_utf8(&mut buf), size, bold);
         if w + cw > max && !cur.is_empty() {
             out.push(std::mem::take(&mut cur));
             w = 0.0;
@@ -152,10 +135,17 @@ fn pieces(word: &str, size: f32, bold: bool, max: f32) -> Vec<String> {
     out
 }
 
-/// Splits `text` ([`printable`] of it) into lines no wider than `max`. Blank lines in a row
-/// are one (a field of 2,000 line breaks made 40 blank pages). The lines of a right-to-left
-/// paragraph start with [`RTL_LINE`], so each keeps the paragraph's direction.
+/// [`wrap_in`] the bundled faces.
 pub(crate) fn wrap(text: &str, size: f32, bold: bool, max: f32) -> Vec<String> {
+    wrap_in(Fonts::bundled_ref(), text, size, bold, max)
+}
+
+/// Splits `text` ([`printable`] of it) into lines no wider than `max`, set in `fonts`. Blank
+/// lines in a row are one (a field of 2,000 line breaks made 40 blank pages). The lines of a
+/// right-to-left paragraph start with [`RTL_LINE`], so each keeps the paragraph's direction.
+/// A word wider than a line is cut between characters (so is a line of Chinese or Japanese,
+/// which has no spaces).
+pub(crate) fn wrap_in(fonts: &Fonts, text: &str, size: f32, bold: bool, max: f32) -> Vec<String> {
     let mut lines: Vec<String> = vec![];
     for para in printable(text).split('\n') {
         if para.trim().is_empty() && lines.last().is_some_and(|l| l.is_empty()) {
@@ -169,14 +159,14 @@ pub(crate) fn wrap(text: &str, size: f32, bold: bool, max: f32) -> Vec<String> {
         let mut line = String::new();
         for word in para
             .split_whitespace()
-            .flat_map(|w| pieces(w, size, bold, max))
+            .flat_map(|w| pieces(fonts, w, size, bold, max))
         {
             let candidate = if line.is_empty() {
                 word.clone()
             } else {
                 format!("{line} {word}")
             };
-            if width(&candidate, size, bold) <= max || line.is_empty() {
+            if width_in(fonts, &candidate, size, bold) <= max || line.is_empty() {
                 line = candidate;
             } else {
                 lines.push(std::mem::take(&mut line));
@@ -208,11 +198,11 @@ struct Columns<'a> {
 
 impl Columns<'_> {
     /// Each cell wrapped to its column.
-    fn lay(&self, cells: &[String], bold: bool) -> Vec<Vec<String>> {
+    fn lay(&self, fonts: &Fonts, cells: &[String], bold: bool) -> Vec<Vec<String>> {
         cells
             .iter()
             .enumerate()
-            .map(|(i, c)| wrap(c, TABLE_SIZE, bold, self.widths[i] * self.cw - 12.0))
+            .map(|(i, c)| wrap_in(fonts, c, TABLE_SIZE, bold, self.widths[i] * self.cw - 12.0))
             .collect()
     }
 }
@@ -230,12 +220,15 @@ pub(crate) struct Flow {
     pub(crate) bottom: f32,
     pub(crate) pages: Vec<Vec<Op>>,
     pub(crate) y: f32,
+    /// The faces text is set in.
+    pub(crate) fonts: Fonts,
 }
 
 impl Flow {
-    pub(crate) fn new(w: f32, h: f32) -> Self {
+    pub(crate) fn new(w: f32, h: f32, fonts: Fonts) -> Self {
         let margin = 54.0;
         Self {
+            fonts,
             w,
             h,
             margin,
@@ -282,7 +275,7 @@ impl Flow {
         color: Rgb,
     ) {
         let lead = size * 1.35;
-        for line in wrap(text, size, bold, max) {
+        for line in wrap_in(&self.fonts, text, size, bold, max) {
             self.need(lead);
             self.y += lead;
             self.push(Op::Text {
@@ -330,7 +323,7 @@ impl Flow {
         let lines = |items: &[String]| {
             items
                 .iter()
-                .map(|i| wrap(i, size, false, col - 12.0).len())
+                .map(|i| wrap_in(&self.fonts, i, size, false, col - 12.0).len())
                 .sum::<usize>()
         };
         let h = 34.0 + lead * lines(left.1).max(lines(right.1)) as f32;
@@ -392,12 +385,13 @@ impl Flow {
         let laid: Vec<Vec<Vec<String>>> = rows
             .iter()
             .enumerate()
-            .map(|(i, r)| cols.lay(r, bold_last && i + 1 == rows.len()))
+            .map(|(i, r)| cols.lay(&self.fonts, r, bold_last && i + 1 == rows.len()))
             .collect();
         self.need(ROW_H + laid.iter().map(|l| row_height(l)).sum::<f32>() + 6.0);
         if header.iter().any(|h| !h.is_empty()) {
             let head: Vec<String> = header.iter().map(|s| (*s).to_owned()).collect();
-            self.table_row(&cols, &cols.lay(&head, true), true, true);
+            let head = cols.lay(&self.fonts, &head, true);
+            self.table_row(&cols, &head, true, true);
         } else {
             let (y, w) = (self.y, cols.cw);
             self.push(Op::Rect {
@@ -431,7 +425,7 @@ impl Flow {
             let w = cols.widths[i] * cols.cw;
             for (k, line) in lines.iter().enumerate() {
                 let tx = if cols.right[i] {
-                    x + w - 6.0 - width(line, TABLE_SIZE, bold)
+                    x + w - 6.0 - width_in(&self.fonts, line, TABLE_SIZE, bold)
                 } else {
                     x + 6.0
                 };
@@ -462,9 +456,9 @@ impl Flow {
         footer: &dyn Fn(usize, usize) -> String,
         title: &str,
     ) -> Result<Vec<u8>, ReportError> {
-        let regular = Font::new(FONT_REGULAR.to_vec().into(), 0)
+        let regular = Font::new(FONT_REGULAR.into(), 0)
             .ok_or_else(|| ReportError::Pdf("bundled font".into()))?;
-        let bold = Font::new(FONT_BOLD.to_vec().into(), 0)
+        let bold = Font::new(FONT_BOLD.into(), 0)
             .ok_or_else(|| ReportError::Pdf("bundled font".into()))?;
         let mut doc = Document::new();
         doc.set_metadata(
@@ -495,7 +489,7 @@ impl Flow {
                 text: footer(i + 1, n),
             });
             for op in &all {
-                draw(&mut s, op, (&regular, &bold))?;
+                draw(&mut s, op, &self.fonts, (&regular, &bold))?;
             }
             s.finish();
             page.finish();
@@ -508,6 +502,7 @@ impl Flow {
 fn draw(
     s: &mut krilla::surface::Surface<'_>,
     op: &Op,
+    fonts: &Fonts,
     (regular, bold): (&Font, &Font),
 ) -> Result<(), ReportError> {
     match op {
@@ -520,10 +515,10 @@ fn draw(
             text,
         } => {
             set_fill(s, *color);
-            let font = if *b { bold } else { regular };
+            let bundled = if *b { bold } else { regular };
             // Run by run in visual order: one shaping of a mixed line took one direction for
             // all of it (a Hebrew note's "35" printed "53", a Latin name's Hebrew surname
-            // backwards).
+            // backwards). Within a run, face by face (a Chinese name in a fallback face).
             let runs = visual_runs(text);
             let mut at = *x;
             for (run, rtl) in &runs {
@@ -532,15 +527,21 @@ fn draw(
                     (_, true) => TextDirection::RightToLeft,
                     (_, false) => TextDirection::LeftToRight,
                 };
-                s.draw_text(
-                    Point::from_xy(at, *y),
-                    font.clone(),
-                    *size,
-                    run,
-                    false,
-                    direction,
-                );
-                at += width(run, *size, *b);
+                let mut pieces = fonts.runs(run, *b);
+                if *rtl {
+                    pieces.reverse();
+                }
+                for (piece, face) in pieces {
+                    s.draw_text(
+                        Point::from_xy(at, *y),
+                        fonts.pdf_font(face, bundled).clone(),
+                        *size,
+                        piece,
+                        false,
+                        direction,
+                    );
+                    at += fonts.run_width(piece, face, *size, *b);
+                }
             }
         }
         Op::Rect { x, y, w, h, color } => {

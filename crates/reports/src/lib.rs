@@ -1,20 +1,23 @@
 //! The patient report (PDF) and the cost infographic (SVG and PNG).
 //!
 //! Job: values and pictures in, bytes out. Pure and synchronous: no tokio, no HTTP, no SQL.
-//! Fonts are the bundled DejaVu faces (no system lookup, nothing downloaded); pages are laid
-//! out by a small flow engine ([`layout`]) and written with `krilla`, which subsets and embeds
-//! the fonts (with ToUnicode maps, so the text can be extracted and searched).
+//! Fonts are the bundled DejaVu faces, then the fallback faces the caller gives for scripts
+//! DejaVu lacks ([`Fonts`]; nothing is looked up or downloaded here); pages are laid out by a
+//! small flow engine ([`layout`]) and written with `krilla`, which subsets and embeds the fonts
+//! (with ToUnicode maps, so the text can be extracted and searched).
 //!
 //! Invariants: the same input gives the same PDF apart from its creation date; every page
 //! carries the reference, the date and "page i of n"; every picture of a simulated result is
 //! labelled as a simulation; the disclaimer is always included.
 
+pub mod fonts;
 pub mod infographic;
 mod layout;
 pub mod report;
 
+pub use fonts::Fonts;
 pub use infographic::{InfographicInput, infographic_png, infographic_svg};
-pub use report::{Paper, Patient, ReportInput, ReportItem, render_report};
+pub use report::{Paper, Patient, ReportInput, ReportItem, render_report, render_report_with};
 
 /// What can go wrong.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]

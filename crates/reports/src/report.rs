@@ -7,7 +7,8 @@ use std::sync::Arc;
 use afterview_core::catalog::Procedure;
 use image::RgbImage;
 
-use crate::layout::{ACCENT, Flow, INK, MUTED, Op, width, wrap};
+use crate::fonts::Fonts;
+use crate::layout::{ACCENT, Flow, INK, MUTED, Op, width_in, wrap_in};
 use crate::{DISCLAIMER, ReportError, range};
 
 /// Paper size.
@@ -111,6 +112,7 @@ fn jpeg(img: &RgbImage) -> Arc<Vec<u8>> {
 fn pictures(f: &mut Flow, pics: &[(&str, &RgbImage)], max_h: f32) {
     let gap = 12.0;
     let cw = f.content_w();
+    let fonts = f.fonts.clone();
     let n = pics.len() as f32;
     let ratios: f32 = pics
         .iter()
@@ -123,7 +125,7 @@ fn pictures(f: &mut Flow, pics: &[(&str, &RgbImage)], max_h: f32) {
     let (size, leading) = (8.5, 10.0);
     let captions: Vec<Vec<String>> = pics
         .iter()
-        .map(|(c, p)| wrap(c, size, true, width_of(p) + gap - 2.0))
+        .map(|(c, p)| wrap_in(&fonts, c, size, true, width_of(p) + gap - 2.0))
         .collect();
     let lines = captions.iter().map(Vec::len).max().unwrap_or(1) as f32;
     f.need(h + 14.0 + leading * lines);
@@ -140,7 +142,7 @@ fn pictures(f: &mut Flow, pics: &[(&str, &RgbImage)], max_h: f32) {
             jpeg: jpeg(p),
         });
         for (k, line) in caption.iter().enumerate() {
-            let cap_w = width(line, size, true);
+            let cap_w = width_in(&fonts, line, size, true);
             f.push(Op::Text {
                 x: x + (w - cap_w) / 2.0,
                 y: y + h + 13.0 + leading * k as f32,
@@ -171,13 +173,18 @@ fn cost_rows(p: &Procedure, currency: &str) -> Vec<Vec<String>> {
 
 /// Renders the report.
 pub fn render_report(input: &ReportInput) -> Result<Vec<u8>, ReportError> {
+    render_report_with(input, &Fonts::bundled())
+}
+
+/// [`render_report`] with `fonts`' fallback faces for what the bundled faces lack.
+pub fn render_report_with(input: &ReportInput, fonts: &Fonts) -> Result<Vec<u8>, ReportError> {
     if input.items.is_empty() {
         return Err(ReportError::Invalid(
             "a report needs at least one visualization".into(),
         ));
     }
     let (w, h) = input.paper.points();
-    let mut f = Flow::new(w, h);
+    let mut f = Flow::new(w, h, fonts.clone());
     summary_page(&mut f, input, w);
     for item in &input.items {
         procedure_section(&mut f, input, item);
@@ -383,12 +390,13 @@ fn closing(f: &mut Flow, input: &ReportInput) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::layout::width;
 
     /// Nine pictures in a row (a photo and eight results): every caption stays within its
     /// picture's column, so no two run into each other.
     #[test]
     fn captions_of_many_pictures_do_not_overlap() {
-        let mut f = Flow::new(612.0, 792.0);
+        let mut f = Flow::new(612.0, 792.0, Fonts::bundled());
         let img = RgbImage::from_pixel(410, 500, image::Rgb([200, 150, 120]));
         let names = [
             "Before",

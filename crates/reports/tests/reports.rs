@@ -294,3 +294,76 @@ fn a_comparison_of_two_photos_shows_each_before() {
     r.items[1].before = photo(9);
     assert_eq!(strip(&r), 4, "two photos: each before and its result");
 }
+
+/// A CJK face on this machine: Debian's `fonts-droid-fallback` (what `scripts/test.sh`
+/// installs), else `fonts-noto-cjk`'s.
+fn cjk_face() -> (String, Vec<u8>) {
+    let paths = [
+        "/usr/share/fonts/truetype/droid/DroidSansFallbackFull.ttf",
+        "/usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc",
+    ];
+    let path = paths
+        .iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .unwrap_or_else(|| {
+            panic!("this test needs a CJK font: apt-get install fonts-droid-fallback")
+        });
+    ((*path).to_owned(), std::fs::read(path).unwrap())
+}
+
+/// A Chinese or Japanese name prints in the fallback face (embedded, extractable,
+/// wrapped inside the page); without one it would be boxes, which `missing` counts. Text the
+/// bundled faces cover never uses the fallback.
+#[test]
+fn names_in_scripts_dejavu_lacks_print_in_a_fallback_face() {
+    let (path, bytes) = cjk_face();
+    let fonts = afterview_reports::Fonts::bundled()
+        .with_fallback(&path, bytes)
+        .unwrap();
+    let mut i = input(&["rhinoplasty"], Paper::A4, false);
+    i.patient.name = Some("王小明 (Wang Xiaoming)".into());
+    i.patient.clinic = Some("東京美容クリニック".into());
+    i.patient.notes = Some("鼻を少し細くしたいです。".repeat(30));
+    let bundled_only = afterview_reports::Fonts::bundled();
+    assert_eq!(bundled_only.missing(i.patient.name.as_ref().unwrap()), 3);
+    assert_eq!(fonts.missing(i.patient.name.as_ref().unwrap()), 0);
+
+    let pdf = afterview_reports::render_report_with(&i, &fonts).unwrap();
+    let listed = poppler("pdffonts", &pdf, &[]);
+    assert!(
+        listed.contains("DejaVuSans") && listed.to_lowercase().contains("droid")
+            || listed.contains("NotoSansCJK"),
+        "the fallback face is embedded:\n{listed}"
+    );
+    let text = poppler("pdftotext", &pdf, &[]);
+    for needle in [
+        "王小明 (Wang Xiaoming)",
+        "東京美容クリニック",
+        "鼻を少し細くしたいです。",
+    ] {
+        assert!(text.contains(needle), "{needle:?} missing from:\n{text}");
+    }
+    // The long notes, one sentence 30 times without a space, wrap inside the page: every
+    // line of the first page's text lies within its width (A4, 595 pt).
+    let bbox = poppler("pdftotext", &pdf, &["-bbox", "-f", "1", "-l", "1"]);
+    let right_edges: Vec<f32> = bbox
+        .lines()
+        .filter_map(|l| l.split("xMax=\"").nth(1))
+        .filter_map(|r| r.split('"').next()?.parse().ok())
+        .collect();
+    assert!(!right_edges.is_empty(), "{bbox}");
+    assert!(
+        right_edges.iter().all(|&x| x <= 595.28 - 40.0),
+        "text runs off the page: {right_edges:?}"
+    );
+
+    // Latin text alone: the fallback is never used, so never embedded.
+    let latin =
+        afterview_reports::render_report_with(&input(&["rhinoplasty"], Paper::A4, false), &fonts)
+            .unwrap();
+    let listed = poppler("pdffonts", &latin, &[]).to_lowercase();
+    assert!(
+        !listed.contains("droid") && !listed.contains("cjk"),
+        "{listed}"
+    );
+}

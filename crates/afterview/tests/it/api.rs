@@ -1160,6 +1160,24 @@ async fn reports_and_infographics_through_the_api() {
             .starts_with("attachment;")
     );
     assert!(dl.bytes().await.unwrap().starts_with(b"%PDF-"));
+    // A name in a script the bundled font lacks prints in an installed system face
+    // (`scripts/test.sh` installs fonts-droid-fallback), found with no configuration.
+    let (st, cjk) = body(
+        s.post(
+            ALICE,
+            "/api/exports",
+            json!({"visualization_ids": [v1["id"]], "format": "pdf", "patient": {"name": "王小明", "clinic": "東京美容クリニック"}}),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(st, 200, "{cjk}");
+    let pdf = s.get(ALICE, cjk["download_url"].as_str().unwrap()).await;
+    let fonts = pdf_tool("pdffonts", &pdf.bytes().await.unwrap()).to_lowercase();
+    assert!(
+        fonts.contains("droid") || fonts.contains("cjk") || fonts.contains("zenhei"),
+        "a CJK face is embedded:\n{fonts}"
+    );
     let (st, got) = body(
         s.get(
             ALICE,
@@ -1198,7 +1216,7 @@ async fn reports_and_infographics_through_the_api() {
     assert_eq!(svg.headers()["content-type"], "image/svg+xml");
     assert!(svg.text().await.unwrap().contains("Otoplasty"));
     let (_, list) = body(s.get(ALICE, "/api/exports").await).await;
-    assert_eq!(list["items"].as_array().unwrap().len(), 2);
+    assert_eq!(list["items"].as_array().unwrap().len(), 3);
 
     for (path, req, want) in [
         (
@@ -1418,4 +1436,17 @@ async fn websockets_end_on_stored_outputs_and_close_going_away_at_shutdown() {
     .await
     .expect("closed at the shutdown");
     assert_eq!(close, Some(1001));
+}
+
+/// `tool` (poppler's `pdffonts`, `pdftotext`) run on `pdf`; its output.
+fn pdf_tool(tool: &str, pdf: &[u8]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("r.pdf");
+    std::fs::write(&path, pdf).unwrap();
+    let out = std::process::Command::new(tool)
+        .arg(&path)
+        .output()
+        .unwrap_or_else(|e| panic!("{tool} (apt-get install poppler-utils): {e}"));
+    assert!(out.status.success(), "{tool}: {out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }

@@ -145,6 +145,18 @@ fn bad_arguments_are_named() {
             vec!["worker", "--gemini-api-key-file", "/nonexistent/key"],
             "cannot read the Gemini key file",
         ),
+        (
+            vec!["worker", "--report-fonts", "/nonexistent/font.ttf"],
+            "cannot read the report font /nonexistent/font.ttf",
+        ),
+        (
+            vec![
+                "worker",
+                "--report-fonts",
+                concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"),
+            ],
+            "Cargo.toml is not a TrueType or OpenType font",
+        ),
     ] {
         let out = env.run(&args);
         let err = String::from_utf8_lossy(&out.stderr);

@@ -714,6 +714,11 @@ fn jowl_profile(t: f32) -> f32 {
     }
 }
 
+/// How far beyond an ear's rim its setback fades (mm).
+const EAR_FADE_MM: f32 = 24.0;
+/// Over how many millimetres from the found ear's top and bottom its setback grows from 30 %.
+const EAR_END_MM: f32 = 8.0;
+
 /// The otoplasty recipe.
 fn otoplasty(d: &mut Draft<'_>, sc: &Scene<'_>) -> Result<(), ImagingError> {
     let photo = sc.photo;
@@ -730,23 +735,32 @@ fn otoplasty(d: &mut Draft<'_>, sc: &Scene<'_>) -> Result<(), ImagingError> {
         };
         any = true;
         let s = if side == 0 { -1.0 } else { 1.0 };
+        let (top, bottom) = (ear.rows[0].0, ear.rows[ear.rows.len() - 1].0);
         for &(v, u_root, u_rim) in &ear.rows {
             // The ear folds back towards the head: its rim moves in, its root stays, and
-            // what lies between follows evenly.
+            // what lies between follows evenly; less towards its found ends, which the rows
+            // above and below, left where they are, would otherwise shear from it.
             let width = (u_rim - u_root).abs();
-            let setback = (amounts::EAR_SETBACK_MM * k).min(width / 3.0);
+            let end = ((v - top).min(bottom - v) / EAR_END_MM).clamp(0.0, 1.0);
+            let setback = (amounts::EAR_SETBACK_MM * k).min(width / 3.0)
+                * (0.3 + 0.7 * end * end * (3.0 - 2.0 * end));
             for t in [1.0f32 / 3.0, 2.0 / 3.0, 1.0] {
                 m.extra.push(Handle {
                     at: f.at(u_root + s * width * t, v),
                     shift: f.vec(-s * setback * t, 0.0),
                 });
             }
-            m.extra.push(Handle {
-                at: f.at(u_rim + s * 12.0, v),
-                shift: Pt::default(),
-            });
+            // Beyond the rim what lies behind the ear closes over its old place evenly, the
+            // shift fading over EAR_FADE_MM: left to the warp's radius it faded within a few
+            // millimetres, and the rim's light and the background were dragged into streaks.
+            for t in [0.25f32, 0.5, 0.75, 1.0] {
+                m.extra.push(Handle {
+                    at: f.at(u_rim + s * EAR_FADE_MM * t, v),
+                    shift: f.vec(-s * setback * (1.0 - t), 0.0),
+                });
+            }
         }
-        d.allow.push(ear.region(&f, 16.0));
+        d.allow.push(ear.region(&f, EAR_FADE_MM + 4.0));
     }
     if !any {
         return Err(ImagingError::FeatureNotVisible(

@@ -1600,3 +1600,44 @@ fn answers_are_laid_by_the_patients_face_among_several() {
     let laid = register(&canvas, &lm, &reframed(&canvas, 2.0)).unwrap();
     assert!(laid.misfit < register::MAX_MISFIT / 2.0, "{}", laid.misfit);
 }
+
+/// Beside an ear, what lies behind it closes over the ear's old place evenly: across the rows
+/// of the ears, no strip is stretched sideways by more than 1.45 times. Left to the warp's
+/// radius the setback faded within a few millimetres beyond the rim, and the rim's light and
+/// the background were dragged into streaks.
+#[test]
+fn an_otoplasty_stretches_nothing_beside_the_ears() {
+    for img in [
+        portrait("grace_hopper.jpg"),
+        rotated(&portrait("grace_hopper.jpg"), 8.0),
+    ] {
+        let lm = face::detect(&img).unwrap();
+        let f = lm.frame();
+        let plan =
+            afterview_imaging::procedures::plan("otoplasty", &img, &lm, Intensity::Pronounced)
+                .unwrap();
+        let field = afterview_imaging::warp::Field::fit(&plan.handles, f.px(plan.radius_mm));
+        // Where a row's pixels come from, along the row (mm).
+        let source = |u: f32, v: f32| u + f.local_vec(field.at(f.at(u, v))).0;
+        let mut worst = (1.0f32, 0.0, 0.0);
+        for v in (-10..50).step_by(2) {
+            let v = v as f32;
+            for side in [-1.0f32, 1.0] {
+                for u in 80..260 {
+                    let u = side * u as f32 * 0.5;
+                    let ds = (source(u + side * 0.5, v) - source(u, v)) * side / 0.5;
+                    if ds > 0.0 && 1.0 / ds > worst.0 {
+                        worst = (1.0 / ds, u, v);
+                    }
+                }
+            }
+        }
+        assert!(
+            worst.0 <= 1.5,
+            "stretched {:.2} times at u {:.1}, v {:.1} mm",
+            worst.0,
+            worst.1,
+            worst.2
+        );
+    }
+}

@@ -368,13 +368,13 @@ fn render_plan(photo: &RgbImage, lm: &Landmarks, plan: &Plan) -> Simulated {
     }
     if let Some(s) = &plan.smoothing {
         let rect = bounds(&s.include, w, h);
-        let feather = f.px(2.0).round().max(1.0) as u32;
+        let px = |mm: f32| f.px(mm).round().max(1.0) as u32;
         let mask = skin_region(
             photo,
             &skin(),
             rect,
             (Some(&s.include), &s.exclude),
-            feather,
+            (px(s.feather_mm), px(2.0)),
         );
         let radius = f.px(s.radius_mm).round().max(1.0) as u32;
         let (out, r) = warp::smooth_detail(&image, &mask, radius, s.eps, s.amount);
@@ -390,11 +390,11 @@ fn render_plan(photo: &RgbImage, lm: &Landmarks, plan: &Plan) -> Simulated {
             &skin(),
             rect,
             (Some(&s.include), &s.exclude),
-            px(1.5),
+            (px(1.5), px(1.5)),
         );
         // The surroundings' tone: the skin within reach, the excluded features left out.
         let reach = rect.grown(coarse, w, h);
-        let weight = skin_region(photo, &skin(), reach, (None, &s.exclude), 0);
+        let weight = skin_region(photo, &skin(), reach, (None, &s.exclude), (0, 0));
         let (out, r) = warp::even_shading(&image, &mask, &weight, (fine, coarse), s.amount);
         image = out;
         region = region.union(r);
@@ -410,15 +410,15 @@ fn bounds(polys: &[Vec<Pt>], w: u32, h: u32) -> Rect {
 }
 
 /// How much each pixel of `rect` is the patient's skin inside the `include` polygons (feathered
-/// inwards over `feather` pixels; all of `rect` when `None`) and outside the `exclude` ones
-/// (their edges blurred over as much): the skin model's likelihood of the photo's pixel, times
-/// both.
+/// inwards over `feather.0` pixels; all of `rect` when `None`) and outside the `exclude` ones
+/// (their edges blurred over `feather.1`): the skin model's likelihood of the photo's pixel,
+/// times both.
 fn skin_region(
     photo: &RgbImage,
     skin: &SkinModel,
     rect: Rect,
     (include, exclude): (Option<&[Vec<Pt>]>, &[Vec<Pt>]),
-    feather: u32,
+    (feather, feather_exclude): (u32, u32),
 ) -> Mask {
     let mut mask = match include {
         Some(polys) => polygon_mask(rect, polys, feather),
@@ -429,7 +429,7 @@ fn skin_region(
         }
     };
     let mut cut = polygon_mask(rect, exclude, 0);
-    cut.blur(feather);
+    cut.blur(feather_exclude);
     mask.map(|x, y, v| v * (1.0 - cut.at(x, y)) * skin.likelihood(photo.get_pixel(x, y).0));
     mask
 }

@@ -59,6 +59,8 @@ pub struct Smoothing {
     pub eps: f32,
     /// Share of the fine detail removed, 0-1.
     pub amount: f32,
+    /// Over how many millimetres inside `include`'s outline the smoothing fades in.
+    pub feather_mm: f32,
 }
 
 /// Shading evened out under the skin's texture (frequency separation): a shadow or a bulge
@@ -601,6 +603,7 @@ fn blepharoplasty(d: &mut Draft<'_>, sc: &Scene<'_>) -> Result<(), ImagingError>
         radius_mm: 1.6,
         eps: 220.0,
         amount: (0.45 * k).min(0.8),
+        feather_mm: 2.0,
     });
     d.shading = Some(Shading {
         include,
@@ -694,6 +697,7 @@ fn facelift(d: &mut Draft<'_>, sc: &Scene<'_>) -> Result<(), ImagingError> {
         radius_mm: 1.6,
         eps: 220.0,
         amount: (0.45 * k).min(0.8),
+        feather_mm: 2.0,
     });
 
     Ok(())
@@ -793,15 +797,44 @@ fn skin_resurfacing(d: &mut Draft<'_>, sc: &Scene<'_>) -> Result<(), ImagingErro
         exclude.push(grow(&brow, &f, 2.5));
     }
     d.smoothing = Some(Smoothing {
-        include: vec![oval(lm, &f, -2.0)],
+        include: vec![with_forehead(lm, &f)],
         exclude,
         radius_mm: amounts::RESURFACING_RADIUS_MM,
         eps: amounts::RESURFACING_EPS,
         amount: (amounts::TEXTURE_REMOVED * k).min(0.9),
+        feather_mm: RESURFACING_FEATHER_MM,
     });
     d.radius_mm = 1.0;
 
     Ok(())
+}
+
+/// Over how many millimetres a resurfacing fades out towards the face's outline: it ended
+/// within 2 mm, a line across an older forehead, smooth below and lined above.
+const RESURFACING_FEATHER_MM: f32 = 7.0;
+
+/// The face outline grown by 1 mm, its upper part raised over the forehead (Face Mesh's outline
+/// stops mid-forehead, and a resurfacing reaches the hairline): points above the brows by up
+/// to 12 mm, most at the top. Only skin-coloured pixels are smoothed, so hair stays as it is.
+fn with_forehead(lm: &Landmarks, f: &Frame) -> Vec<Pt> {
+    let brows = lm
+        .group(&r::BROW_UPPER[0])
+        .into_iter()
+        .chain(lm.group(&r::BROW_UPPER[1]));
+    let v_brows = brows.map(|p| f.local(p).1).fold(f32::MAX, f32::min);
+    let outline = oval(lm, f, 1.0);
+    let v_top = outline
+        .iter()
+        .map(|&p| f.local(p).1)
+        .fold(f32::MAX, f32::min);
+    outline
+        .into_iter()
+        .map(|p| {
+            let (u, v) = f.local(p);
+            let t = ((v_brows - v) / (v_brows - v_top).max(1.0)).clamp(0.0, 1.0);
+            f.at(u, v - 12.0 * t)
+        })
+        .collect()
 }
 
 /// One column of a lip, from its inner line outwards.

@@ -1641,3 +1641,56 @@ fn an_otoplasty_stretches_nothing_beside_the_ears() {
         );
     }
 }
+
+/// A resurfacing fades out over the forehead instead of ending in a line: on the astronaut's
+/// face given a fine texture everywhere, the texture removed 4 mm above the mesh's top is at
+/// least 30 % of what the mid-forehead loses, and no millimetre up from the mesh's top loses
+/// 30 % of that at once (it stopped within 2 mm, 2 mm inside the mesh's outline: smooth below,
+/// lined above, on an older bald forehead).
+#[test]
+fn a_resurfacing_fades_out_over_the_forehead() {
+    let mut img = portrait("astronaut.png");
+    for (x, y, p) in img.enumerate_pixels_mut() {
+        let d = ((x * 7 + y * 13) % 5) as i32 * 6 - 12;
+        p.0 = p.0.map(|c| (i32::from(c) + d).clamp(0, 255) as u8);
+    }
+    let lm = face::detect(&img).unwrap();
+    let f = lm.frame();
+    let out = simulate(&img, "skin-resurfacing", Intensity::Moderate, &lm)
+        .unwrap()
+        .image;
+    // Mean change per 1 mm band up the forehead's middle (|u| < 12 mm), by v.
+    let removed = |v0: f32| {
+        let (mut sum, mut n) = (0.0f32, 0);
+        for (x, y, p) in out.enumerate_pixels() {
+            let (u, v) = f.local(Pt::new(x as f32, y as f32));
+            if u.abs() < 12.0 && (v0..v0 + 1.0).contains(&v) {
+                let b = img.get_pixel(x, y).0;
+                sum += (0..3)
+                    .map(|c| f32::from(p.0[c].abs_diff(b[c])))
+                    .sum::<f32>();
+                n += 1;
+            }
+        }
+        sum / n.max(1) as f32
+    };
+    let v_top = f.local(lm.points[10]).1;
+    let v_brows = face::regions::BROW_UPPER
+        .iter()
+        .flatten()
+        .map(|&i| f.local(lm.points[i]).1)
+        .fold(f32::MAX, f32::min);
+    let mid = removed(0.5 * (v_top + v_brows));
+    assert!(mid > 2.0, "the forehead is resurfaced: {mid:.2}");
+    let above = removed(v_top - 5.0);
+    assert!(
+        above >= 0.3 * mid,
+        "4 mm above the mesh: {above:.2} of {mid:.2}"
+    );
+    // From the mesh's top up, millimetre by millimetre (10-13 inside; 0 from 2 mm above
+    // before).
+    let bands: Vec<f32> = (0..12).map(|i| removed(v_top - i as f32)).collect();
+    for w in bands.windows(2) {
+        assert!(w[0] - w[1] <= 0.3 * mid, "a step: {bands:.2?}");
+    }
+}

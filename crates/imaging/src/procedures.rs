@@ -768,8 +768,9 @@ fn otoplasty(d: &mut Draft<'_>, sc: &Scene<'_>) -> Result<(), ImagingError> {
     }
     if !any {
         return Err(ImagingError::FeatureNotVisible(
-            "the ears are not visible in the photo (hidden by hair or turned away); \
-                 otoplasty needs at least one ear in view"
+            "no ear could be found in the photo: hidden by hair, turned away, or too close \
+                 in colour or light to what surrounds it; otoplasty needs at least one ear \
+                 clearly in view"
                 .into(),
         ));
     }
@@ -902,8 +903,9 @@ pub fn lip_bands(lm: &Landmarks) -> Vec<LipBand> {
 /// a sawtooth along the upper teeth, lower incisors drawn into the lip. Each column is read
 /// from 1 mm inside the lip's border (the mesh's outer point) inwards, every quarter
 /// millimetre, against the lip's own colour 1-2 mm inside its border; two samples in a row
-/// that are teeth (40 levels brighter, and greyer) or the mouth (darker than half the lip and
-/// than 60) end the lip there. A closed mouth's bands are as the mesh's.
+/// that are teeth (40 levels brighter, and greyer), the mouth (darker than half the lip and
+/// than 60) or, on the upper lip, gums or teeth (30 levels over its darkest sample so far) end
+/// the lip there. A closed mouth's bands are as the mesh's.
 pub fn lip_bands_seen(photo: &RgbImage, lm: &Landmarks) -> Vec<LipBand> {
     let f = lm.frame();
     lip_bands(lm)
@@ -939,12 +941,20 @@ fn lip_edge(photo: &RgbImage, lm: &Landmarks, f: &Frame, b: LipBand) -> LipBand 
     // than the lip.
     // (Greyer or as grey: a black-and-white photo's teeth are no greyer than its lips.)
     let off = |(l, c): (f32, f32)| (l > lum + 40.0 && c <= chroma) || l < (0.5 * lum).min(60.0);
+    // Above the upper teeth a smile shows the gums: pink, and brighter than the upper lip's
+    // lower edge, its darkest part (counted as lip, they were stretched with it into a gummy
+    // smile). Two samples in a row 30 levels over the darkest so far end the upper lip too.
+    let gums = b.dir < 0.0;
+    let mut darkest = f32::MAX;
     // Not within a millimetre of the mesh's inner point: a closed mouth's seam between the
     // lips is dark there, and no cut.
     let n = ((whole - 1.0) / STEP_MM) as usize;
     for k in 4..n {
         let mm = k as f32 * STEP_MM;
-        if off(sample(mm)) && off(sample(mm + STEP_MM)) {
+        let (here, next) = (sample(mm), sample(mm + STEP_MM));
+        darkest = darkest.min(here.0);
+        let gum = gums && here.0 > darkest + 30.0 && next.0 > darkest + 30.0;
+        if gum || (off(here) && off(next)) {
             // The lip ends just outside the first of the two.
             let cut = whole - mm + STEP_MM;
             let height = (whole - cut).min(b.height).max(0.3);

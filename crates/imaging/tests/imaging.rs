@@ -792,6 +792,55 @@ fn a_lip_augmentation_leaves_the_teeth() {
     );
 }
 
+/// A smile's gums are not the lip: a lip augmentation stretches the upper lip from above them
+/// (counted as lip, they were stretched with it into a gummy smile). Grace Hopper's lips are
+/// painted dark, as a smile whose upper teeth reach 3 mm above the mesh's inner line under
+/// 2.5 mm of pink gum: each upper column tall enough starts above the gum.
+#[test]
+fn a_lip_augmentation_leaves_the_gums() {
+    let mut img = portrait("grace_hopper.jpg");
+    let lm = face::detect(&img).unwrap();
+    let f = lm.frame();
+    let mut lips = whole_mask(&img);
+    let mut outline = lm.group(&face::regions::UPPER_LIP_OUTER);
+    outline.extend(lm.group(&face::regions::LOWER_LIP_OUTER).into_iter().rev());
+    lips.fill_polygon(&outline, 1.0);
+    let inner = lm.group(&face::regions::UPPER_LIP_INNER);
+    let strip = |from: f32, to: f32| {
+        let mut m = whole_mask(&img);
+        let mut poly: Vec<Pt> = inner.iter().map(|p| p.plus(f.vec(0.0, -from))).collect();
+        poly.extend(inner.iter().rev().map(|p| p.plus(f.vec(0.0, -to))));
+        m.fill_polygon(&poly, 1.0);
+        m
+    };
+    let (teeth, gum) = (strip(0.0, 3.0), strip(3.0, 5.5));
+    const GUM: [u8; 3] = [232, 112, 176];
+    for (x, y, p) in img.enumerate_pixels_mut() {
+        if teeth.at(x, y) >= 0.5 {
+            *p = Rgb([236, 234, 226]);
+        } else if gum.at(x, y) >= 0.5 {
+            *p = Rgb(GUM);
+        } else if lips.at(x, y) >= 0.5 {
+            *p = Rgb([110, 60, 55]);
+        }
+    }
+    // Each upper column that reaches past the gum starts above it.
+    let seen = afterview_imaging::procedures::lip_bands_seen(&img, &lm);
+    let mut starts = vec![];
+    for band in seen.iter().filter(|b| b.dir < 0.0) {
+        let mesh_inner = f.local(lm.points[band.inner_index]).1;
+        let whole = mesh_inner - f.local(lm.points[band.outer_index]).1;
+        if whole >= 6.5 {
+            starts.push(mesh_inner - f.local(band.inner).1);
+        }
+    }
+    assert!(starts.len() >= 2, "{starts:?}");
+    assert!(
+        starts.iter().all(|&mm| mm >= 5.0),
+        "upper lip columns start on the gum (mm above the mesh's inner line): {starts:.1?}"
+    );
+}
+
 /// A lip's border moves as one curve, not a scallop per column: held only at the recipe's
 /// columns (a mesh point every 4-6 mm), the border sagged between them, bumps along the upper
 /// lip and a notch in the lower at `pronounced`. Here the warp's shift halfway between two

@@ -737,6 +737,17 @@ fn a_brow_lift_moves_black_brows() {
     );
 }
 
+/// Grace Hopper, her landmarks, and the mask of her lips (inside their outer outline).
+fn grace_and_her_lips() -> (RgbImage, Landmarks, afterview_imaging::warp::Mask) {
+    let img = portrait("grace_hopper.jpg");
+    let lm = face::detect(&img).unwrap();
+    let mut lips = whole_mask(&img);
+    let mut outline = lm.group(&face::regions::UPPER_LIP_OUTER);
+    outline.extend(lm.group(&face::regions::LOWER_LIP_OUTER).into_iter().rev());
+    lips.fill_polygon(&outline, 1.0);
+    (img, lm, lips)
+}
+
 /// An open mouth's teeth stay put in a lip augmentation. On a smile or an open mouth the
 /// mesh's inner lip points often lie on the teeth, and the lips' stretch from there drew the
 /// teeth into a sawtooth and the lower incisors into the lip. Here Grace Hopper's lips are
@@ -744,13 +755,8 @@ fn a_brow_lift_moves_black_brows() {
 /// teeth may appear or go (at most a tenth of them; 21 % appeared on the old recipe).
 #[test]
 fn a_lip_augmentation_leaves_the_teeth() {
-    let mut img = portrait("grace_hopper.jpg");
-    let lm = face::detect(&img).unwrap();
+    let (mut img, lm, lips) = grace_and_her_lips();
     let f = lm.frame();
-    let mut lips = whole_mask(&img);
-    let mut outline = lm.group(&face::regions::UPPER_LIP_OUTER);
-    outline.extend(lm.group(&face::regions::LOWER_LIP_OUTER).into_iter().rev());
-    lips.fill_polygon(&outline, 1.0);
     let mut teeth = whole_mask(&img);
     for (line, dir) in [
         (&face::regions::UPPER_LIP_INNER, -1.0),
@@ -798,13 +804,8 @@ fn a_lip_augmentation_leaves_the_teeth() {
 /// 2.5 mm of pink gum: each upper column tall enough starts above the gum.
 #[test]
 fn a_lip_augmentation_leaves_the_gums() {
-    let mut img = portrait("grace_hopper.jpg");
-    let lm = face::detect(&img).unwrap();
+    let (mut img, lm, lips) = grace_and_her_lips();
     let f = lm.frame();
-    let mut lips = whole_mask(&img);
-    let mut outline = lm.group(&face::regions::UPPER_LIP_OUTER);
-    outline.extend(lm.group(&face::regions::LOWER_LIP_OUTER).into_iter().rev());
-    lips.fill_polygon(&outline, 1.0);
     let inner = lm.group(&face::regions::UPPER_LIP_INNER);
     let strip = |from: f32, to: f32| {
         let mut m = whole_mask(&img);

@@ -11,8 +11,8 @@ use afterview_imaging::face;
 use afterview_imaging::intake::{Limits, decode_upright};
 use afterview_reports::infographic::DEFAULT_COLORS;
 use afterview_reports::{
-    InfographicInput, Paper, Patient, ReportInput, ReportItem, infographic_png, infographic_svg,
-    render_report,
+    Fonts, InfographicInput, Paper, Patient, ReportInput, ReportItem, infographic_png,
+    infographic_svg, render_report, render_report_with,
 };
 
 fn median(mut v: Vec<Duration>) -> Duration {
@@ -119,4 +119,48 @@ pub(crate) fn run(iterations: usize) {
         ms(svg),
         svg.as_secs_f64() / base.as_secs_f64()
     );
+    cjk_rows(&one, base, &time);
+}
+
+/// The baseline report with Chinese and Japanese patient fields, set in an installed CJK face
+/// (what subsetting a large fallback face adds), and with Latin fields and the face loaded but
+/// unused.
+fn cjk_rows(one: &ReportInput, base: Duration, time: &dyn Fn(&mut dyn FnMut()) -> Duration) {
+    let Some(path) = [
+        "/usr/share/fonts/truetype/droid/DroidSansFallbackFull.ttf",
+        "/usr/share/fonts/truetype/wqy/wqy-zenhei.ttc",
+        "/usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc",
+    ]
+    .into_iter()
+    .find(|p| std::path::Path::new(p).exists()) else {
+        println!("| (no CJK face installed: apt-get install fonts-droid-fallback) | - | - |");
+        return;
+    };
+    let t = Instant::now();
+    let fonts = Fonts::bundled()
+        .with_fallback(path, std::fs::read(path).unwrap())
+        .unwrap();
+    let load = t.elapsed();
+    let mut cjk = one.clone();
+    cjk.patient.name = Some("王小明".into());
+    cjk.patient.clinic = Some("東京美容クリニック".into());
+    cjk.patient.notes = Some("鼻を少し細くしたいです。".repeat(10));
+    let with_cjk = time(&mut || {
+        std::hint::black_box(render_report_with(&cjk, &fonts).unwrap());
+    });
+    let unused = time(&mut || {
+        std::hint::black_box(render_report_with(one, &fonts).unwrap());
+    });
+    let name = path.rsplit('/').next().unwrap_or(path);
+    println!(
+        "| the baseline, CJK patient fields in {name} | {:.1} | {:.2}x |",
+        ms(with_cjk),
+        with_cjk.as_secs_f64() / base.as_secs_f64()
+    );
+    println!(
+        "| the baseline, {name} loaded but unused | {:.1} | {:.2}x |",
+        ms(unused),
+        unused.as_secs_f64() / base.as_secs_f64()
+    );
+    println!("\nLoading {name} once, at start: {:.1} ms", ms(load));
 }

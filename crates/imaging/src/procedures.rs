@@ -949,9 +949,11 @@ fn lip_edge(photo: &RgbImage, lm: &Landmarks, f: &Frame, b: LipBand) -> LipBand 
     // Not within a millimetre of the mesh's inner point: a closed mouth's seam between the
     // lips is dark there, and no cut.
     let n = ((whole - 1.0) / STEP_MM) as usize;
+    let mut next = sample(4.0 * STEP_MM);
     for k in 4..n {
         let mm = k as f32 * STEP_MM;
-        let (here, next) = (sample(mm), sample(mm + STEP_MM));
+        let here = next;
+        next = sample(mm + STEP_MM);
         darkest = darkest.min(here.0);
         let gum = gums && here.0 > darkest + 30.0 && next.0 > darkest + 30.0;
         if gum || (off(here) && off(next)) {

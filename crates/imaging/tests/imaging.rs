@@ -842,6 +842,17 @@ fn a_lip_augmentation_leaves_the_gums() {
     );
 }
 
+/// The warp field `procedure`'s recipe fits at `pronounced` for the face at `lm`.
+fn pronounced_warp(
+    procedure: &str,
+    img: &RgbImage,
+    lm: &Landmarks,
+) -> afterview_imaging::warp::Field {
+    let plan =
+        afterview_imaging::procedures::plan(procedure, img, lm, Intensity::Pronounced).unwrap();
+    afterview_imaging::warp::Field::fit(&plan.handles, lm.frame().px(plan.radius_mm))
+}
+
 /// A lip's border moves as one curve, not a scallop per column: held only at the recipe's
 /// columns (a mesh point every 4-6 mm), the border sagged between them, bumps along the upper
 /// lip and a notch in the lower at `pronounced`. Here the warp's shift halfway between two
@@ -851,10 +862,7 @@ fn a_lip_augmentation_moves_the_border_as_one_curve() {
     let img = portrait("grace_hopper.jpg");
     let lm = face::detect(&img).unwrap();
     let f = lm.frame();
-    let plan =
-        afterview_imaging::procedures::plan("lip-augmentation", &img, &lm, Intensity::Pronounced)
-            .unwrap();
-    let field = afterview_imaging::warp::Field::fit(&plan.handles, f.px(plan.radius_mm));
+    let field = pronounced_warp("lip-augmentation", &img, &lm);
     let shift = |p: Pt| f.local_vec(field.at(p)).1.abs();
     for border in [
         &face::regions::UPPER_LIP_OUTER,
@@ -1663,10 +1671,7 @@ fn an_otoplasty_stretches_nothing_beside_the_ears() {
     ] {
         let lm = face::detect(&img).unwrap();
         let f = lm.frame();
-        let plan =
-            afterview_imaging::procedures::plan("otoplasty", &img, &lm, Intensity::Pronounced)
-                .unwrap();
-        let field = afterview_imaging::warp::Field::fit(&plan.handles, f.px(plan.radius_mm));
+        let field = pronounced_warp("otoplasty", &img, &lm);
         // Where a row's pixels come from, along the row (mm).
         let source = |u: f32, v: f32| u + f.local_vec(field.at(f.at(u, v))).0;
         let mut worst = (1.0f32, 0.0, 0.0);

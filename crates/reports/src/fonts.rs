@@ -99,7 +99,7 @@ impl Fonts {
 
     /// The first face with a glyph for `c`; `None` when none has one.
     fn face_of(&self, c: char, bold: bool) -> Option<Face> {
-        if c.is_whitespace() || bundled(bold).glyph_id(c).0 != 0 {
+        if bundled(bold).glyph_id(c).0 != 0 {
             return Some(Face::Bundled);
         }
         self.0

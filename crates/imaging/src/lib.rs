@@ -360,9 +360,17 @@ fn render_plan(photo: &RgbImage, lm: &Landmarks, plan: &Plan) -> Simulated {
         let protect = match plan.protect {
             Protect::Nothing => None,
             Protect::Dark => Some(protect_mask(photo, (lm, &skin()), &f, support, true)),
-            Protect::Overlays => Some(protect_mask(photo, (lm, &skin()), &f, support, false)),
+            Protect::Overlays | Protect::Anchoring => {
+                Some(protect_mask(photo, (lm, &skin()), &f, support, false))
+            }
         };
-        let (out, r) = warp::apply(photo, &field, &allow, protect.as_ref());
+        // Overlays wider than 5 mm (a collar, the background; never a frame's line) are walls
+        // the warp draws nothing from.
+        let walls = match plan.protect {
+            Protect::Anchoring => protect.as_ref().map(|p| p.opened(f.px(2.5).round() as u32)),
+            _ => None,
+        };
+        let (out, r) = warp::apply(photo, &field, &allow, (protect.as_ref(), walls.as_ref()));
         image = out;
         region = r;
     }

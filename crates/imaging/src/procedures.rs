@@ -43,6 +43,11 @@ pub enum Protect {
     Dark,
     /// Near-black pixels and anything far from the skin's colour (frames, hair, a collar).
     Overlays,
+    /// As `Overlays`, and skin meeting a wide overlay (over 5 mm: a collar, the background,
+    /// not a frame's line) is anchored to it: the warp draws nothing from behind it. Lifted
+    /// away from a collar, the skin took the collar's filled-in colour (streaks, a step in the
+    /// jaw's outline); a lifted brow, by contrast, should show the skin a frame hid.
+    Anchoring,
 }
 
 /// Edge-preserving removal of fine texture.
@@ -644,7 +649,8 @@ fn facelift(d: &mut Draft<'_>, sc: &Scene<'_>) -> Result<(), ImagingError> {
     // 25 mm above the jawline.
     // One smooth function for every point (outline included), so the outline stays
     // smooth; purely vertical, so the face is not widened. Below the jaw, only skin
-    // moves: a collar or the background is kept rigid (`protect`).
+    // moves: a collar or the background is kept rigid, the skin meeting it anchored there
+    // (`Protect::Anchoring`).
     let lift = amounts::JOWL_LIFT_MM * k;
     let (ju, jv) = by_u(r::JAWLINE.iter().map(|&i| m.uv(i)));
     let half = (ju[ju.len() - 1] - ju[0]) / 2.0;
@@ -688,7 +694,7 @@ fn facelift(d: &mut Draft<'_>, sc: &Scene<'_>) -> Result<(), ImagingError> {
     m.pin_outside(&[10.0, 20.0]);
     d.allow = vec![lm.group(&r::FACE_OVAL), below_jaw(lm, &f, 22.0)];
     d.radius_mm = 14.0;
-    d.protect = Protect::Overlays;
+    d.protect = Protect::Anchoring;
     d.smoothing = Some(Smoothing {
         include: (0..2)
             .map(|s| band(lm, &f, &r::NASOLABIAL[s], 5.0))

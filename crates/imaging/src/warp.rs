@@ -429,6 +429,17 @@ impl Mask {
         }
     }
 
+    /// The mask's wide parts: where it is ≥ 0.5, opened by a square of radius `r` (eroded,
+    /// then grown back), so every line thinner than `2r + 1` pixels is gone; 0 or 1.
+    pub fn opened(&self, r: u32) -> Mask {
+        let mut m = self.clone();
+        m.map(|_, _, v| if v >= 0.5 { 0.0 } else { 1.0 });
+        m.dilate(r);
+        m.map(|_, _, v| 1.0 - v);
+        m.dilate(r);
+        m
+    }
+
     /// Grows (r > 0) the mask by taking the maximum over a square of radius `r`: rows then
     /// columns, each in time independent of `r` (a 40 MP photo's mask grown by 40 px took
     /// billions of comparisons window by window).
@@ -631,12 +642,16 @@ fn fill_protected(img: &RgbImage, protect: &Mask, rect: Rect) -> RgbImage {
 }
 
 /// Moves pixels: output `x` takes the colour at `x + allow(x) · field(x)`, and protected
-/// pixels are laid back unchanged on top. Returns the image and the rectangle that may differ.
+/// pixels are laid back unchanged on top. Where `walls` are given (wide protected areas: a
+/// collar, the background), the field eases to nothing before its source would reach one
+/// ([`clearance`]): what lies behind a frame's thin line is filled in from both sides, but a
+/// source deep in a collar would be all invented (rows of one colour, streaks). Returns the
+/// image and the rectangle that may differ.
 pub fn apply(
     img: &RgbImage,
     field: &Field,
     allow: &Mask,
-    protect: Option<&Mask>,
+    (protect, walls): (Option<&Mask>, Option<&Mask>),
 ) -> (RgbImage, Rect) {
     let (w, h) = img.dimensions();
     let region = field.support(w, h).intersect(allow.rect);
@@ -656,7 +671,10 @@ pub fn apply(
                 (region.x0 + gx as u32 * step) as f32,
                 (region.y0 + gy as u32 * step) as f32,
             );
-            let v = field.at(p);
+            let mut v = field.at(p);
+            if let Some(walls) = walls {
+                v = v.times(clearance(walls, p, v));
+            }
             reach = reach.max(v.len());
             grid[gy * gw + gx] = v;
         }
@@ -703,6 +721,32 @@ pub fn apply(
         }
     }
     (out, region)
+}
+
+/// How much of the backward displacement `v` at `p` may be kept before its source meets a
+/// wall (`walls` ≥ 0.5): all of it when none lies within `3|v|` along `v`, else the smoothstep
+/// of the wall's distance over `3|v|`. The source so stops short of the wall (`|v|·s(t) ≤ 3|v|·t`),
+/// and along `v` the mapping keeps its order, stretching what it moves at most twofold
+/// (`1 − s′/3 ≥ ½`): no fold, no tear. Marched in at most 48 steps (walls are wider than a step).
+fn clearance(walls: &Mask, p: Pt, v: Pt) -> f32 {
+    let len = v.len();
+    if len < 0.5 {
+        return 1.0;
+    }
+    let reach = 3.0 * len;
+    let step = (reach / 48.0).max(1.0);
+    let dir = v.times(1.0 / len);
+    let mut d = 0.0;
+    while d <= reach {
+        let q = p.plus(dir.times(d));
+        let (x, y) = (q.x.round(), q.y.round());
+        if x >= 0.0 && y >= 0.0 && walls.at(x as u32, y as u32) >= 0.5 {
+            let t = d / reach;
+            return t * t * (3.0 - 2.0 * t);
+        }
+        d += step;
+    }
+    1.0
 }
 
 /// Edge-preserving removal of fine texture inside `mask`: a self-guided filter (He et al.,
@@ -1003,7 +1047,7 @@ mod tests {
             30.0,
         );
         let allow = ones(90, 0, 200, 160);
-        let (out, region) = apply(&img, &f, &allow, None);
+        let (out, region) = apply(&img, &f, &allow, (None, None));
         assert!(region.x0 >= 90);
         for (x, y, p) in out.enumerate_pixels() {
             if x < 90 || !region.contains(x, y) {
@@ -1025,7 +1069,7 @@ mod tests {
             }],
             30.0,
         );
-        let (out, _) = apply(&img, &f, &full(100, 100), None);
+        let (out, _) = apply(&img, &f, &full(100, 100), (None, None));
         let darkest = out
             .enumerate_pixels()
             .min_by_key(|(_, _, p)| p.0[0])
@@ -1033,6 +1077,64 @@ mod tests {
             .unwrap();
         assert_eq!(darkest.1, 50);
         assert!((54..=56).contains(&darkest.0), "{darkest:?}");
+    }
+
+    #[test]
+    fn opening_drops_thin_lines_and_keeps_wide_areas() {
+        let mut m = full(60, 40);
+        m.map(|x, y, _| {
+            let line = (10..13).contains(&x);
+            let block = (30..50).contains(&x) && (10..30).contains(&y);
+            if line || block { 0.9 } else { 0.2 }
+        });
+        let o = m.opened(2);
+        for y in 0..40 {
+            for x in 0..60 {
+                let block = (30..50).contains(&x) && (10..30).contains(&y);
+                assert_eq!(o.at(x, y), if block { 1.0 } else { 0.0 }, "at {x},{y}");
+            }
+        }
+    }
+
+    /// Content lifted over a collar (a wall): the rows above it are drawn from the image
+    /// alone, in order, the last one not moving; through the collar's filled-in pixels each
+    /// column's last rows took one colour.
+    #[test]
+    fn sources_stop_short_of_walls() {
+        let img = RgbImage::from_fn(60, 80, |x, y| {
+            if y >= 50 {
+                Rgb([20, 30, 200])
+            } else {
+                Rgb([(x * 3) as u8, (y * 4 + 10) as u8, 90])
+            }
+        });
+        let collar = ones(0, 50, 60, 80);
+        let mut protect = full(60, 80);
+        protect.map(|x, y, _| collar.at(x, y));
+        let f = Field::fit(
+            &[Handle {
+                at: Pt::new(30.0, 40.0),
+                shift: Pt::new(0.0, -6.0),
+            }],
+            400.0,
+        );
+        let green = |im: &RgbImage, x: u32, y: u32| im.get_pixel(x, y).0[1];
+        let walled = Some(&collar);
+        for (walls, ordered) in [(None, false), (walled, true)] {
+            let (out, _) = apply(&img, &f, &full(60, 80), (Some(&protect), walls));
+            let in_order =
+                (10..50).all(|x| (20..49).all(|y| green(&out, x, y + 1) > green(&out, x, y)));
+            assert_eq!(in_order, ordered, "walls: {}", walls.is_some());
+            if ordered {
+                for x in 10..50 {
+                    assert!(green(&out, x, 49).abs_diff(green(&img, x, 49)) <= 1);
+                    assert!(
+                        green(&out, x, 20) >= green(&img, x, 20) + 20,
+                        "lifted above"
+                    );
+                }
+            }
+        }
     }
 
     #[test]
@@ -1059,7 +1161,7 @@ mod tests {
             }],
             40.0,
         );
-        let (out, _) = apply(&img, &f, &full(120, 60), Some(&protect));
+        let (out, _) = apply(&img, &f, &full(120, 60), (Some(&protect), None));
         for y in 0..60 {
             for x in 58..62 {
                 assert_eq!(out.get_pixel(x, y), img.get_pixel(x, y));

@@ -1749,3 +1749,78 @@ fn a_resurfacing_fades_out_over_the_forehead() {
         assert!(w[0] - w[1] <= 0.3 * mid, "a step: {bands:.2?}");
     }
 }
+
+/// A collar right under the jaw (painted in a colour far from skin): a facelift lifts the
+/// jowls but draws nothing out of the collar. Drawn from it (its pixels filled in from the
+/// skin beside them, as behind a frame's thin line), the skin above the collar took one row's
+/// colour repeated down each column: streaks, and a step where the jaw met the collar.
+#[test]
+fn a_facelift_draws_nothing_out_of_a_collar_under_the_jaw() {
+    // Twice the size, so that the lift spans more pixels than the JPEG's grain.
+    let small = portrait("grace_hopper.jpg");
+    let (sw, sh) = small.dimensions();
+    let mut img = image::imageops::resize(
+        &small,
+        2 * sw,
+        2 * sh,
+        image::imageops::FilterType::CatmullRom,
+    );
+    let lm = face::detect(&img).unwrap();
+    let f = lm.frame();
+    let mut jaw: Vec<(f32, f32)> = face::regions::JAWLINE
+        .iter()
+        .map(|&i| f.local(lm.points[i]))
+        .collect();
+    jaw.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let (u0, u1) = (jaw[0].0, jaw[jaw.len() - 1].0);
+    let jaw_v = |u: f32| {
+        let i = jaw.partition_point(|p| p.0 <= u).clamp(1, jaw.len() - 1);
+        let (a, b) = (jaw[i - 1], jaw[i]);
+        a.1 + (b.1 - a.1) * ((u - a.0) / (b.0 - a.0).max(1e-3)).clamp(0.0, 1.0)
+    };
+    let painted = |x: u32, y: u32| {
+        let (u, v) = f.local(Pt::new(x as f32, y as f32));
+        (u0..=u1).contains(&u) && v > jaw_v(u) + 1.0
+    };
+    let (w, h) = img.dimensions();
+    for y in 0..h {
+        for x in 0..w {
+            if painted(x, y) {
+                img.put_pixel(x, y, Rgb([40, 60, 110]));
+            }
+        }
+    }
+    // The skin's texture within 2.5 mm above the collar, across the jaw's middle 80 %: the
+    // mean step between vertical neighbours (luminance), after over before.
+    let lum = |p: &Rgb<u8>| {
+        0.299 * f32::from(p.0[0]) + 0.587 * f32::from(p.0[1]) + 0.114 * f32::from(p.0[2])
+    };
+    let margin = (u1 - u0) * 0.1;
+    let band: Vec<(u32, u32)> = (0..h - 1)
+        .flat_map(|y| (0..w).map(move |x| (x, y)))
+        .filter(|&(x, y)| {
+            let (u, v) = f.local(Pt::new(x as f32, y as f32));
+            let near = (u0 + margin..=u1 - margin).contains(&u) && v > jaw_v(u) - 2.5;
+            near && !painted(x, y) && !painted(x, y + 1)
+        })
+        .collect();
+    assert!(
+        band.len() > 300,
+        "the band holds the jaw's skin ({})",
+        band.len()
+    );
+    let texture = |im: &RgbImage| {
+        band.iter()
+            .map(|&(x, y)| (lum(im.get_pixel(x, y)) - lum(im.get_pixel(x, y + 1))).abs())
+            .sum::<f32>()
+    };
+    for intensity in [Intensity::Moderate, Intensity::Pronounced] {
+        let out = simulate(&img, "facelift", intensity, &lm).unwrap().image;
+        let kept = texture(&out) / texture(&img);
+        eprintln!("{intensity:?}: texture kept above the collar {kept:.2}");
+        assert!(
+            kept > 0.92,
+            "{intensity:?}: the skin keeps its texture: {kept:.2}"
+        );
+    }
+}

@@ -1819,7 +1819,7 @@ fn a_facelift_draws_nothing_out_of_a_collar_under_the_jaw() {
         let kept = texture(&out) / texture(&img);
         eprintln!("{intensity:?}: texture kept above the collar {kept:.2}");
         assert!(
-            kept > 0.92,
+            kept > 0.9,
             "{intensity:?}: the skin keeps its texture: {kept:.2}"
         );
     }

@@ -1158,26 +1158,34 @@ mod tests {
             );
             backend.store(&meta, None).await.unwrap();
         }
-        let in_file = || -> i64 {
+        // What the file alone holds, or why it could not be read (no table yet: nothing
+        // checkpointed; a CI run once found 0 after 10 s, and the reason was not kept).
+        let in_file = || -> Result<i64, String> {
             let uri = format!("file:{}?immutable=1", path.display());
             let c = rusqlite::Connection::open_with_flags(
                 uri,
                 rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_URI,
             )
-            .unwrap();
+            .map_err(|e| e.to_string())?;
             c.query_row(
                 "SELECT COUNT(*) FROM results WHERE task_id LIKE 'ckpt-%'",
                 [],
                 |r| r.get(0),
             )
-            .unwrap_or(0)
+            .map_err(|e| e.to_string())
+        };
+        let wal = || {
+            let w = path.with_extension("db-wal");
+            std::fs::metadata(w).map_or(0, |m| m.len())
         };
         let t0 = std::time::Instant::now();
-        while in_file() < 200 {
+        while in_file().map_or(true, |n| n < 200) {
             assert!(
                 t0.elapsed() < Duration::from_secs(10),
-                "the WAL was not checkpointed into the database file ({} of 400 results there)",
-                in_file()
+                "the WAL was not checkpointed into the database file: {:?} of 400 results \
+                 there, the WAL {} bytes",
+                in_file(),
+                wal()
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

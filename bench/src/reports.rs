@@ -24,6 +24,15 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
+/// One table row: what, its time, and that time over the baseline's.
+fn row(what: &str, d: Duration, base: Duration) {
+    println!(
+        "| {what} | {:.1} | {:.2}x |",
+        ms(d),
+        d.as_secs_f64() / base.as_secs_f64()
+    );
+}
+
 pub(crate) fn run(iterations: usize) {
     let bytes = std::fs::read(concat!(
         env!("CARGO_MANIFEST_DIR"),
@@ -103,17 +112,12 @@ pub(crate) fn run(iterations: usize) {
         "| baseline: 1-procedure report with 8x8 pictures | {:.1} | 1.00x |",
         ms(base)
     );
-    println!(
-        "| 3-procedure report, 512x600 photos ({} KB) | {:.1} | {:.2}x |",
-        pages / 1024,
-        ms(report),
-        report.as_secs_f64() / base.as_secs_f64()
+    row(
+        &format!("3-procedure report, 512x600 photos ({} KB)", pages / 1024),
+        report,
+        base,
     );
-    println!(
-        "| infographic PNG, 3 procedures | {:.1} | {:.2}x |",
-        ms(png),
-        png.as_secs_f64() / base.as_secs_f64()
-    );
+    row("infographic PNG, 3 procedures", png, base);
     println!(
         "| infographic SVG, 3 procedures | {:.2} | {:.3}x |",
         ms(svg),
@@ -152,15 +156,15 @@ fn cjk_rows(one: &ReportInput, base: Duration, time: &dyn Fn(&mut dyn FnMut()) -
         std::hint::black_box(render_report_with(one, &fonts).unwrap());
     });
     let name = path.rsplit('/').next().unwrap_or(path);
-    println!(
-        "| the baseline, CJK patient fields in {name} | {:.1} | {:.2}x |",
-        ms(with_cjk),
-        with_cjk.as_secs_f64() / base.as_secs_f64()
+    row(
+        &format!("the baseline, CJK patient fields in {name}"),
+        with_cjk,
+        base,
     );
-    println!(
-        "| the baseline, {name} loaded but unused | {:.1} | {:.2}x |",
-        ms(unused),
-        unused.as_secs_f64() / base.as_secs_f64()
+    row(
+        &format!("the baseline, {name} loaded but unused"),
+        unused,
+        base,
     );
     println!("\nLoading {name} once, at start: {:.1} ms", ms(load));
 }
